@@ -1,0 +1,78 @@
+"""Exceptions raised by ksym, and the exit codes the CLI maps them to.
+
+Every error is a :class:`KsymError`; each subclass also derives from the builtin it resembles, so
+callers can catch ``LookupError`` or ``ValueError`` as usual. Each carries the exit code the command
+line uses for it (see docs/usage.md, "Exit codes").
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EXIT_OK",
+    "EXIT_UNRESOLVED",
+    "EXIT_USAGE",
+    "EXIT_NO_FILE",
+    "EXIT_BAD_FILE",
+    "EXIT_INTERNAL",
+    "KsymError",
+    "FileNotFoundKsymError",
+    "BadFileError",
+    "MissingDebugInfoError",
+    "SpecError",
+    "SymbolNotFoundError",
+]
+
+EXIT_OK = 0
+#: At least one frame could not be resolved (unknown symbol, offset beyond the symbol, no line info).
+EXIT_UNRESOLVED = 1
+#: Bad command line or malformed frame text.
+EXIT_USAGE = 2
+#: The debug file is missing or unreadable, or none could be found.
+EXIT_NO_FILE = 3
+#: The file is not usable: not ELF, truncated, no symbol table, no DWARF.
+EXIT_BAD_FILE = 4
+#: A bug in ksym: reported in one line, never as a traceback (run with KSYM_DEBUG=1 for one).
+EXIT_INTERNAL = 70
+
+
+class KsymError(Exception):
+    """Base of every error ksym raises on purpose."""
+
+    exit_code: int = EXIT_INTERNAL
+
+
+class FileNotFoundKsymError(KsymError, FileNotFoundError):
+    """The debug file (vmlinux) does not exist, cannot be read, or none was found."""
+
+    exit_code = EXIT_NO_FILE
+
+
+class BadFileError(KsymError, ValueError):
+    """The file exists but cannot serve: not ELF, truncated, no .symtab, corrupt DWARF."""
+
+    exit_code = EXIT_BAD_FILE
+
+
+class MissingDebugInfoError(BadFileError):
+    """The ELF file has no DWARF (.debug_info): a stripped vmlinux rather than the debug one."""
+
+
+class SpecError(KsymError, ValueError):
+    """Frame text that is not ``func+off[/size]`` or an address."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, text: str = "") -> None:
+        super().__init__(message)
+        self.text = text
+
+
+class SymbolNotFoundError(KsymError, LookupError):
+    """No symbol matches the frame; ``reasons`` lists why each candidate was skipped."""
+
+    exit_code = EXIT_UNRESOLVED
+
+    def __init__(self, message: str, name: str = "", reasons: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.name = name
+        self.reasons = reasons

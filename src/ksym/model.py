@@ -1,0 +1,87 @@
+"""The records ksym returns: plain frozen dataclasses with a readable ``str()``.
+
+A :class:`Resolution` is one answer for one input (a ``func+off`` frame or an address); its ``chain``
+is the inline chain, innermost first, the way faddr2line and addr2line -i print it: the first entry is
+the code at the address, each later entry is the function the previous one was inlined into, located
+at the call site, and the last entry is the real (out-of-line) function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["SourceLocation", "Resolution"]
+
+
+@dataclass(frozen=True)
+class SourceLocation:
+    """One level of an inline chain."""
+
+    #: Function name as the debug info names it (``"??"`` when unknown).
+    function: str
+    #: Source-relative path, e.g. ``net/ipv4/ip_output.c`` (``"??"`` when unknown).
+    file: str
+    #: 1-based line, 0 when unknown.
+    line: int
+    #: Column, 0 when unknown (only the innermost level has one).
+    column: int = 0
+    #: DWARF line-table discriminator of the innermost level (0: none).
+    discriminator: int = 0
+    #: The path as the DWARF names it, before the build directory prefix is stripped.
+    raw_file: str = ""
+    #: True when this function was inlined into the next entry of the chain.
+    inlined: bool = False
+
+    def __str__(self) -> str:
+        text = f"{self.function} at {self.file}:{self.line if self.line else '?'}"
+        if self.discriminator:
+            text += f" (discriminator {self.discriminator})"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The answer for one input: the symbol it falls in and the inline chain at its address."""
+
+    #: The input as given (``__ip_local_out+222``, ``0xffffffff81845796``).
+    query: str
+    #: Link-time address that was looked up.
+    address: int
+    #: Symbol the address falls in (``None`` for a raw address outside every symbol).
+    symbol: str | None = None
+    #: Offset of ``address`` from the symbol start.
+    offset: int | None = None
+    #: Symbol size as the kernel's kallsyms sees it (distance to the next symbol), as faddr2line prints.
+    size: int | None = None
+    #: The offset exactly as the input spelled it (``219``, ``0xdb``); faddr2line echoes it.
+    offset_text: str | None = None
+    #: Inline chain, innermost first; empty when the address has no line information.
+    chain: tuple[SourceLocation, ...] = field(default_factory=tuple)
+
+    @property
+    def header(self) -> str:
+        """The faddr2line header line, e.g. ``__ip_local_out+222/0x160:``."""
+        if self.symbol is None:
+            return f"{self.address:#x}:"
+        off = self.offset_text if self.offset_text is not None else f"{self.offset:#x}"
+        return f"{self.symbol}+{off}/{(self.size or 0):#x}:"
+
+    def __str__(self) -> str:
+        lines = [self.header]
+        for i, loc in enumerate(self.chain):
+            lines.append(("(inlined by) " if i else "") + str(loc))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "symbol": self.symbol,
+            "offset": self.offset,
+            "size": self.size,
+            "address": f"{self.address:#x}",
+            "chain": [loc.to_dict() for loc in self.chain],
+        }
