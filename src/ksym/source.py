@@ -1,0 +1,565 @@
+"""Kernel source text for ``--list``: local trees, HTTP fetching with caching, and faddr2line's format.
+
+:class:`SourceProvider` returns the lines of ``<path>`` at kernel tag ``<tag>`` from, in order:
+
+1. ``source_dir`` (``--source-dir``, or an installed tree found by :func:`find_source_dir`);
+2. an in-memory cache (cachetools LRU, bounded by characters);
+3. the on-disk cache (``$XDG_CACHE_HOME/ksym/source``, one file per (tag, path), atomic writes, least
+   recently used files evicted beyond ``max_cache_bytes``);
+4. HTTP with requests from ``url_template`` (``--source-url``; default: the stable tree's plain view on
+   git.kernel.org), with retries and backoff for transient errors, unless ``offline`` (``--offline``).
+
+Every failure is one :class:`SourceFetchError` with a one-line message; :func:`format_list` collects them
+and carries on, so the rest of the output still prints. Fetched text is only ever displayed.
+
+:func:`format_list` prints exactly what the kernel's ``scripts/faddr2line --list`` prints after each
+``func+off/size:`` header. See docs/source.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import requests
+from cachetools import LRUCache
+
+from ksym.errors import EXIT_NO_FILE, KsymError
+from ksym.version import KernelVersion
+
+__all__ = [
+    "DEFAULT_MAX_CACHE_BYTES",
+    "DEFAULT_URL_TEMPLATE",
+    "SourceFetchError",
+    "SourceProvider",
+    "default_cache_dir",
+    "find_source_dir",
+    "format_list",
+    "parse_location",
+    "render_context",
+    "shell_words",
+    "split_lines",
+    "tree_version",
+]
+
+#: ``{tag}`` and ``{path}`` are replaced (URL-quoted); the kernel.org stable tree has every ``vX.Y[.Z]``
+#: and ``vX.Y-rcN`` tag.
+DEFAULT_URL_TEMPLATE = "https://git.kernel.org/pub/scm/linux/kernel/git/stable/linux.git/plain/{path}?h={tag}"
+DEFAULT_MAX_CACHE_BYTES = 256 * 1024 * 1024
+#: A single fetched file larger than this is refused (the largest kernel sources are a few MiB).
+MAX_FILE_BYTES = 64 * 1024 * 1024
+_TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+_USER_AGENT = "ksym (source fetcher for kernel stack frames; +https://github.com/)"
+
+
+class SourceFetchError(KsymError, LookupError):
+    """A source file could not be read or fetched. ``str()`` is a one-line message for the user.
+
+    ``kind`` is one of ``offline``, ``not-found``, ``local``, ``timeout``, ``connection``, ``http``,
+    ``rate-limited``, ``too-large``, ``bad-path``.
+    """
+
+    exit_code = EXIT_NO_FILE
+
+    def __init__(self, message: str, *, tag: str = "", path: str = "", kind: str = "") -> None:
+        super().__init__(message)
+        self.tag = tag
+        self.path = path
+        self.kind = kind
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/ksym/source``, ``~/.cache/ksym/source`` when XDG_CACHE_HOME is unset or relative."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "ksym" / "source"
+
+
+def _clean_path(path: str) -> str | None:
+    """A relative path without ``.``/``..``/empty components, or None."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts or any("\0" in p for p in parts):
+        return None
+    return "/".join(parts)
+
+
+class SourceProvider:
+    """Source lines for (tag, path) from a local tree, the caches, or HTTP. Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        source_dir: str | Path | None = None,
+        url_template: str | None = DEFAULT_URL_TEMPLATE,
+        cache_dir: str | Path | None = None,
+        max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        offline: bool = False,
+        memory_cache_chars: int = 32 * 1024 * 1024,
+        session: requests.Session | None = None,
+    ) -> None:
+        """``url_template=None`` disables fetching (like ``offline``); ``cache_dir`` defaults to
+        :func:`default_cache_dir`; ``max_cache_bytes=0`` disables the disk cache; ``retries`` is the
+        number of extra attempts after a transient failure (timeouts, connection errors, HTTP 408, 429,
+        5xx), waiting ``backoff * 2**n`` seconds (or the server's ``Retry-After``, up to
+        ``max_backoff``)."""
+        if url_template is not None and "{path}" not in url_template:
+            raise ValueError(f"source URL template has no {{path}}: {url_template!r}")
+        self.source_dir = Path(source_dir) if source_dir is not None else None
+        self.url_template = url_template
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.max_cache_bytes = max_cache_bytes
+        self.timeout = timeout
+        self.retries = max(0, retries)
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.offline = offline
+        self._memory: LRUCache[tuple[str, str], str] = LRUCache(maxsize=memory_cache_chars, getsizeof=len)
+        self._missing: dict[tuple[str, str], SourceFetchError] = {}
+        self._lock = threading.RLock()
+        self._session = session
+        #: Where the last :meth:`get_text` found its answer: ``local``, ``memory``, ``disk`` or ``http``.
+        self.last_origin = ""
+
+    # --- public ------------------------------------------------------------------------------------
+
+    def get_lines(self, tag: str, path: str) -> list[str]:
+        """The file's lines split the way awk splits records (on ``\\n`` only; a final newline does not
+        start an empty line). Raises :class:`SourceFetchError`."""
+        return split_lines(self.get_text(tag, path))
+
+    def get_text(self, tag: str, path: str) -> str:
+        """The whole file, decoded as UTF-8 (invalid bytes replaced). Raises :class:`SourceFetchError`."""
+        if path.startswith("/"):
+            return self._read_local(Path(path), tag, path)
+        rel = _clean_path(path)
+        if rel is None:
+            raise SourceFetchError(f"{path}: not a source-relative path", tag=tag, path=path, kind="bad-path")
+        if self.source_dir is not None:
+            local = self.source_dir / rel
+            if local.is_file():
+                return self._read_local(local, tag, rel)
+        key = (tag, rel)
+        with self._lock:
+            text = self._memory.get(key)
+            if text is not None:
+                self.last_origin = "memory"
+                return text
+            missing = self._missing.get(key)
+        if missing is not None:
+            raise missing
+        data = self._disk_get(tag, rel)
+        if data is not None:
+            self.last_origin = "disk"
+        else:
+            if self.offline or self.url_template is None:
+                why = "--offline is set" if self.offline else "no source URL is configured"
+                where = f" and not in {self.source_dir}" if self.source_dir is not None else ""
+                raise SourceFetchError(
+                    f"{rel} ({tag}) is not in the source cache{where}, and {why}",
+                    tag=tag, path=rel, kind="offline",
+                )
+            try:
+                data = self._fetch(tag, rel)
+            except SourceFetchError as exc:
+                if exc.kind == "not-found":
+                    with self._lock:
+                        self._missing[key] = exc
+                raise
+            self.last_origin = "http"
+            self._disk_put(tag, rel, data)
+        text = data.decode("utf-8", errors="replace")
+        with self._lock:
+            if len(text) <= self._memory.maxsize:
+                self._memory[key] = text
+        return text
+
+    def url_for(self, tag: str, path: str) -> str:
+        """The URL :meth:`get_text` fetches (``{tag}`` and ``{path}`` quoted)."""
+        if self.url_template is None:
+            raise ValueError("no source URL template")
+        return self.url_template.replace("{tag}", quote(tag, safe="")).replace("{path}", quote(path, safe="/"))
+
+    def cache_path(self, tag: str, path: str) -> Path:
+        """The disk cache file for (tag, path): ``<cache_dir>/<2 hex>/<sha256 of tag NUL path>``."""
+        digest = hashlib.sha256(f"{tag}\0{path}".encode()).hexdigest()
+        return self.cache_dir / digest[:2] / digest
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    # --- local files ----------------------------------------------------------------------------------
+
+    def _read_local(self, file: Path, tag: str, path: str) -> str:
+        try:
+            data = file.read_bytes()
+        except FileNotFoundError:
+            raise SourceFetchError(f"{path}: no such file in {self.source_dir or file.parent}",
+                                   tag=tag, path=path, kind="local") from None
+        except OSError as exc:
+            raise SourceFetchError(f"{path}: cannot read {file}: {exc.strerror or exc}",
+                                   tag=tag, path=path, kind="local") from None
+        self.last_origin = "local"
+        return data.decode("utf-8", errors="replace")
+
+    # --- disk cache -----------------------------------------------------------------------------------
+
+    def _disk_get(self, tag: str, path: str) -> bytes | None:
+        if self.max_cache_bytes <= 0:
+            return None
+        file = self.cache_path(tag, path)
+        try:
+            data = file.read_bytes()
+        except OSError:
+            return None
+        try:
+            os.utime(file)  # recently used: evicted last
+        except OSError:
+            pass
+        return data
+
+    def _disk_put(self, tag: str, path: str, data: bytes) -> None:
+        if self.max_cache_bytes <= 0 or len(data) > self.max_cache_bytes:
+            return
+        file = self.cache_path(tag, path)
+        tmp_name = ""
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=file.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(tmp_name, file)
+            tmp_name = ""
+            self._evict()
+        except OSError:
+            pass  # a cache that cannot be written only costs a refetch
+        finally:
+            if tmp_name:
+                try:
+                    os.unlink(tmp_name)
+                except OSError:
+                    pass
+
+    def _evict(self) -> None:
+        """Delete least recently used cache files until the cache fits in ``max_cache_bytes``."""
+        entries: list[tuple[float, int, Path]] = []
+        total = 0
+        for sub in self.cache_dir.iterdir():
+            if not sub.is_dir() or len(sub.name) != 2:
+                continue
+            for file in sub.iterdir():
+                if file.name.startswith(".tmp-"):
+                    continue
+                try:
+                    st = file.stat()
+                except OSError:
+                    continue
+                entries.append((st.st_mtime, st.st_size, file))
+                total += st.st_size
+        if total <= self.max_cache_bytes:
+            return
+        entries.sort(key=lambda e: e[0])
+        for _mtime, size, file in entries:
+            if total <= self.max_cache_bytes:
+                break
+            try:
+                file.unlink()
+                total -= size
+            except OSError:
+                pass
+
+    # --- HTTP -----------------------------------------------------------------------------------------
+
+    def _fetch(self, tag: str, path: str) -> bytes:
+        url = self.url_for(tag, path)
+        host = urlsplit(url).netloc or url
+        what = f"{path} ({tag}) from {host}"
+        with self._lock:
+            if self._session is None:
+                self._session = requests.Session()
+                self._session.headers["User-Agent"] = _USER_AGENT
+            session = self._session
+        attempt = 0
+        while True:
+            wait = min(self.backoff * (2 ** attempt), self.max_backoff)
+            try:
+                resp = session.get(url, timeout=self.timeout, stream=True, allow_redirects=True)
+            except requests.Timeout:
+                error = SourceFetchError(f"cannot fetch {what}: timed out after {self.timeout:g} s",
+                                         tag=tag, path=path, kind="timeout")
+            except requests.RequestException as exc:
+                error = SourceFetchError(f"cannot fetch {what}: {_short_reason(exc)}",
+                                         tag=tag, path=path, kind="connection")
+            else:
+                with resp:
+                    status = resp.status_code
+                    if status == 200:
+                        return self._read_body(resp, what, tag, path)
+                    reason = f"HTTP {status}{' ' + resp.reason if resp.reason else ''}"
+                    if status == 404 or status == 410:
+                        raise SourceFetchError(f"cannot fetch {what}: {reason} (no such file at this tag?)",
+                                               tag=tag, path=path, kind="not-found")
+                    if status not in _TRANSIENT_STATUS:
+                        raise SourceFetchError(f"cannot fetch {what}: {reason}", tag=tag, path=path, kind="http")
+                    retry_after = _retry_after(resp.headers.get("Retry-After"))
+                    kind = "rate-limited" if status == 429 else "http"
+                    if retry_after is not None:
+                        if retry_after > self.max_backoff:
+                            raise SourceFetchError(
+                                f"cannot fetch {what}: {reason}, server asks to retry after {retry_after:.0f} s",
+                                tag=tag, path=path, kind=kind)
+                        wait = retry_after
+                    error = SourceFetchError(f"cannot fetch {what}: {reason}", tag=tag, path=path, kind=kind)
+            if attempt >= self.retries:
+                if attempt:
+                    raise SourceFetchError(f"{error} (after {attempt + 1} attempts)",
+                                           tag=tag, path=path, kind=error.kind)
+                raise error
+            attempt += 1
+            time.sleep(wait)
+
+    def _read_body(self, resp: requests.Response, what: str, tag: str, path: str) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in resp.iter_content(chunk_size=65536):
+                size += len(chunk)
+                if size > MAX_FILE_BYTES:
+                    raise SourceFetchError(f"cannot fetch {what}: larger than {MAX_FILE_BYTES >> 20} MiB",
+                                           tag=tag, path=path, kind="too-large")
+                chunks.append(chunk)
+        except requests.RequestException as exc:
+            raise SourceFetchError(f"cannot fetch {what}: {_short_reason(exc)} while reading",
+                                   tag=tag, path=path, kind="connection") from None
+        return b"".join(chunks)
+
+
+def _short_reason(exc: BaseException) -> str:
+    """A short reason for a requests exception, without urllib3's nested reprs."""
+    text = str(exc)
+    for pattern, reason in (
+        (r"Connection refused", "connection refused"),
+        ((r"Name or service not known|nodename nor servname|Temporary failure in name resolution|"
+         r"getaddrinfo failed"), "host name not found"),
+        (r"Network is unreachable", "network is unreachable"),
+        (r"timed out", "timed out"),
+        (r"CERTIFICATE_VERIFY_FAILED|SSLError|certificate", "TLS certificate error"),
+        (r"Connection reset", "connection reset"),
+        (r"RemoteDisconnected|closed connection", "server closed the connection"),
+    ):
+        if re.search(pattern, text):
+            return reason
+    return type(exc).__name__
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+# --- installed trees -------------------------------------------------------------------------------------
+
+
+def tree_version(tree: str | Path) -> tuple[int, int, int] | None:
+    """(VERSION, PATCHLEVEL, SUBLEVEL) from the top Makefile of a kernel tree, or None."""
+    try:
+        with open(Path(tree) / "Makefile", encoding="utf-8", errors="replace") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    values: dict[str, int] = {}
+    for name in ("VERSION", "PATCHLEVEL", "SUBLEVEL"):
+        m = re.search(rf"^{name}\s*=\s*(\d+)\s*$", head, re.MULTILINE)
+        if m is None:
+            return None
+        values[name] = int(m.group(1))
+    return values["VERSION"], values["PATCHLEVEL"], values["SUBLEVEL"]
+
+
+def _is_source_tree(path: Path) -> bool:
+    """A full kernel tree (not a headers-only build dir): has a Makefile and C sources."""
+    return (path / "Makefile").is_file() and (path / "init" / "main.c").is_file() and (path / "kernel").is_dir()
+
+
+def find_source_dir(
+    version: KernelVersion,
+    *,
+    src_roots: Sequence[str | Path] = ("/usr/src",),
+    modules_dir: str | Path = "/lib/modules",
+) -> Path | None:
+    """An installed kernel source tree for ``version``, or None.
+
+    Looks at ``/lib/modules/<release>/source``, ``/usr/src/linux-source-X.Y`` (the extracted Debian/Ubuntu
+    ``linux-source-X.Y`` package; the package itself only installs a tarball), ``/usr/src/linux-<release>``
+    and other ``/usr/src/linux-*`` trees. Only full trees count (headers-only ``build`` directories do not),
+    and only trees whose Makefile says the same ``X.Y``; among them one whose ``X.Y.Z`` equals the
+    upstream version the banner names is preferred.
+    """
+    want: tuple[int, ...] = version.upstream[:3] if version.upstream else (version.major, version.minor,
+                                                                           version.patch)
+    series = (version.major, version.minor)
+    candidates: list[Path] = [Path(modules_dir) / version.release / "source"]
+    for root in map(Path, src_roots):
+        candidates += [
+            root / f"linux-source-{version.major}.{version.minor}",
+            root / f"linux-{version.release}",
+            root / f"linux-{'.'.join(map(str, want))}",
+            root / "linux",
+        ]
+        try:
+            candidates += sorted(p for p in root.glob("linux-*") if p.is_dir())
+        except OSError:
+            pass
+    seen: set[str] = set()
+    fallback: Path | None = None
+    for cand in candidates:
+        try:
+            real = cand.resolve()
+        except OSError:
+            continue
+        if str(real) in seen:
+            continue
+        seen.add(str(real))
+        try:
+            if not _is_source_tree(real):
+                continue
+        except OSError:
+            continue
+        tv = tree_version(real)
+        if tv is None or tv[:2] != series:
+            continue
+        if tv == tuple(want) or (len(want) == 3 and want[2] == 0 and version.upstream is None):
+            return cand
+        if fallback is None:
+            fallback = cand
+    return fallback
+
+
+# --- faddr2line --list ---------------------------------------------------------------------------------
+
+
+def split_lines(text: str) -> list[str]:
+    """Split like awk's default RS: on ``\\n`` only (not ``\\r``, form feed or Unicode separators); a
+    trailing newline does not make an empty last line."""
+    if not text:
+        return []
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def shell_words(line: str) -> list[str]:
+    """Bash word splitting with the default IFS (space, tab, newline), as ``echo $line`` does."""
+    return [w for w in re.split(r"[ \t\n]+", line) if w]
+
+
+_LINE_NO_RE = re.compile(r".*:([0-9]+).*")
+_FILE_RE = re.compile(r".*at (.+):.*")
+
+
+def parse_location(line: str) -> tuple[str, int] | None:
+    """(path, line number) of a faddr2line location line, extracted the way the script's two sed
+    expressions do: the number after the last ``:`` followed by digits, the path between the last
+    ``at `` and the last ``:``. ``None`` when either is missing (the script then prints no source)."""
+    line = " ".join(shell_words(line))
+    m_no = _LINE_NO_RE.fullmatch(line)
+    m_file = _FILE_RE.fullmatch(line)
+    if m_no is None or m_file is None:
+        return None
+    return m_file.group(1), int(m_no.group(1))
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a\x0b\x0d-\x1f\x7f-\x9f]")
+
+
+def _sanitize(text: str) -> str:
+    """Control characters other than tab and form feed (escape sequences, carriage returns) shown as
+    U+FFFD, so fetched text cannot drive the terminal."""
+    return _CONTROL_RE.sub("\ufffd", text)
+
+
+def render_context(lines: Sequence[str], lineno: int, radius: int = 5, *, sanitize: bool = False) -> list[str]:
+    """The source lines faddr2line --list prints around ``lineno`` (1-based): lines ``lineno - radius``
+    to ``lineno + radius`` that exist, each ``" N \\t<text>"``, the line itself ``">N<\\t<text>"``.
+
+    This is the script's ``awk 'NR>=n-5 && NR<=n+5 { if (NR==n) printf(">%d<", NR); else printf(" %d ",
+    NR); printf("\\t%s\\n", $0)}'`` without the newlines. With ``sanitize`` control characters other
+    than tab become U+FFFD.
+    """
+    out: list[str] = []
+    first = max(1, lineno - radius)
+    last = min(len(lines), lineno + radius)
+    for nr in range(first, last + 1):
+        text = lines[nr - 1]
+        if sanitize:
+            text = _sanitize(text)
+        mark = f">{nr}<" if nr == lineno else f" {nr} "
+        out.append(f"{mark}\t{text}")
+    return out
+
+
+def format_list(
+    chain_lines: Iterable[str],
+    provider: SourceProvider,
+    tag: str,
+    *,
+    radius: int = 5,
+    errors: list[SourceFetchError] | None = None,
+    sanitize: bool = True,
+) -> str:
+    """The ``--list`` block faddr2line prints after one ``func+off/size:`` header.
+
+    ``chain_lines`` are the location lines as faddr2line prints them without ``--list`` (e.g.
+    ``nf_hook at include/linux/netfilter.h:257``, ``(inlined by) __ip_local_out at
+    net/ipv4/ip_output.c:115``). For each: an empty line, the location line word-split and re-joined
+    with single spaces (the script's unquoted ``echo $line``), then :func:`render_context` of the file.
+    The result ends with a newline, so ``header + "\\n" + block`` is the script's output for one frame.
+
+    A file that cannot be read gets no context lines (as with the script, whose awk then only complains
+    on stderr); its :class:`SourceFetchError` is appended to ``errors`` when given. Each (tag, path)
+    failure is reported once per call. ``sanitize`` (default on) replaces control characters other than
+    tab in the source text with U+FFFD; the script prints them raw.
+    """
+    out: list[str] = []
+    failed: set[str] = set()
+    for raw in chain_lines:
+        line = " ".join(shell_words(raw))
+        out.append("")
+        out.append(line)
+        loc = parse_location(line)
+        if loc is None:
+            continue
+        path, lineno = loc
+        if path in failed:
+            continue
+        try:
+            lines = provider.get_lines(tag, path)
+        except SourceFetchError as exc:
+            failed.add(path)
+            if errors is not None:
+                errors.append(exc)
+            continue
+        out.extend(render_context(lines, lineno, radius, sanitize=sanitize))
+    return "\n".join(out) + "\n" if out else ""
