@@ -1,0 +1,313 @@
+"""The drop event: one layout shared by the BPF C text and Python, and the decoded record.
+
+:data:`EVENT_FIELDS` is the single description of the record the BPF program emits; the C
+``struct dc_event`` (:func:`c_struct`) and the ctypes mirror (:class:`RawEvent`) are both generated
+from it, so they cannot drift apart. :class:`DropEvent` is what users of the Python API receive.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from .kallsyms import Symbol
+
+__all__ = [
+    "EVENT_FIELDS",
+    "RawEvent",
+    "StackFrame",
+    "DropEvent",
+    "c_struct",
+    "l4_name",
+    "ethertype_name",
+    "STACK_ERRORS",
+    "decode_addr",
+    "decode_event",
+    "l4_number",
+]
+
+# (name, ctypes type, C type); order and types define the layout, natural alignment, no packing.
+EVENT_FIELDS: list[tuple[str, Any, str]] = [
+    ("ts_ns", ctypes.c_uint64, "u64"),
+    ("skbaddr", ctypes.c_uint64, "u64"),
+    ("location", ctypes.c_uint64, "u64"),
+    ("pid", ctypes.c_uint32, "u32"),
+    ("tid", ctypes.c_uint32, "u32"),
+    ("cpu", ctypes.c_uint32, "u32"),
+    ("reason", ctypes.c_uint32, "u32"),
+    ("stack_id", ctypes.c_int32, "s32"),
+    ("len", ctypes.c_uint32, "u32"),
+    ("eth_protocol", ctypes.c_uint16, "u16"),
+    ("family", ctypes.c_uint8, "u8"),
+    ("l4proto", ctypes.c_uint8, "u8"),
+    ("sport", ctypes.c_uint16, "u16"),
+    ("dport", ctypes.c_uint16, "u16"),
+    ("saddr", ctypes.c_uint8 * 16, "u8 saddr[16]"),
+    ("daddr", ctypes.c_uint8 * 16, "u8 daddr[16]"),
+    ("comm", ctypes.c_char * 16, "char comm[16]"),
+    ("tcp_flags", ctypes.c_uint8, "u8"),
+    ("icmp_type", ctypes.c_uint8, "u8"),
+    ("icmp_code", ctypes.c_uint8, "u8"),
+    ("has_l4", ctypes.c_uint8, "u8"),
+    ("_pad", ctypes.c_uint32, "u32"),
+]
+
+
+class RawEvent(ctypes.Structure):
+    """ctypes mirror of ``struct dc_event``."""
+
+    _fields_ = [(n, t) for n, t, _c in EVENT_FIELDS]
+
+
+def c_struct(name: str = "dc_event") -> str:
+    """The C definition of the event record, for the BPF text."""
+    lines = [f"struct {name} {{"]
+    for fname, _t, ctype in EVENT_FIELDS:
+        lines.append(f"    {ctype};" if "[" in ctype else f"    {ctype} {fname};")
+    lines.append("};")
+    return "\n".join(lines)
+
+
+#: Negative stack ids the stack map returns, as text.
+STACK_ERRORS = {
+    -14: "EFAULT",
+    -17: "EEXIST (hash collision in the stack map)",
+    -12: "ENOMEM (stack map full)",
+    -22: "EINVAL",
+}
+
+_L4 = {
+    socket.IPPROTO_TCP: "TCP",
+    socket.IPPROTO_UDP: "UDP",
+    socket.IPPROTO_ICMP: "ICMP",
+    58: "ICMPv6",
+    132: "SCTP",
+    136: "UDPLITE",
+    47: "GRE",
+    50: "ESP",
+    51: "AH",
+    2: "IGMP",
+    4: "IPIP",
+    41: "IPv6",
+    17: "UDP",
+    6: "TCP",
+    33: "DCCP",
+    103: "PIM",
+    112: "VRRP",
+    255: "RAW",
+}
+_L4_BY_NAME = {v.upper(): k for k, v in _L4.items()}
+
+_ETHERTYPES = {
+    0x0800: "IPv4",
+    0x86DD: "IPv6",
+    0x0806: "ARP",
+    0x8100: "VLAN",
+    0x88A8: "QinQ",
+    0x8847: "MPLS",
+    0x88CC: "LLDP",
+    0x0003: "ALL",
+    0x0004: "802.2",
+    0x0001: "802.3",
+    0x0000: "-",
+}
+
+
+def l4_name(proto: int) -> str:
+    """``TCP``, ``UDP``, ``ICMP`` ... or ``IP/<n>`` for other IP protocol numbers."""
+    return _L4.get(proto, f"IP/{proto}")
+
+
+def l4_number(name: str) -> int:
+    """IP protocol number for ``tcp``/``udp``/``icmp``/``icmpv6``/... or a decimal number.
+
+    :raises ValueError: unknown name.
+    """
+    key = name.strip().upper()
+    if key.isdigit():
+        return int(key)
+    if key in ("ICMP6", "IPV6-ICMP"):
+        key = "ICMPV6"
+    if key in _L4_BY_NAME:
+        return _L4_BY_NAME[key]
+    raise ValueError(f"unknown protocol {name!r} (use tcp, udp, icmp, icmpv6, sctp or a number)")
+
+
+def ethertype_name(eth: int) -> str:
+    """Name of an ethertype in host byte order (``ARP``), or ``0x88b5``."""
+    return _ETHERTYPES.get(eth, f"{eth:#06x}")
+
+
+@dataclass(frozen=True)
+class StackFrame:
+    """One kernel stack frame: the raw address and its kallsyms symbol."""
+
+    address: int
+    symbol: Symbol | None = None
+    #: file:line with inline chain from ksym, when a debug vmlinux was given (already formatted).
+    source: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return self.symbol.short if self.symbol else f"{self.address:#x}"
+
+    @property
+    def oops(self) -> str:
+        """The frame in the kernel's oops style: ``func+0xoff/0xsize`` (or the raw address)."""
+        return str(self.symbol) if self.symbol else f"{self.address:#x}"
+
+
+@dataclass(frozen=True)
+class DropEvent:
+    """One packet drop seen at the ``skb:kfree_skb`` tracepoint."""
+
+    #: Wall-clock time (seconds since the epoch) and the raw CLOCK_MONOTONIC stamp.
+    timestamp: float
+    ktime_ns: int
+    pid: int
+    tid: int
+    comm: str
+    cpu: int
+    #: 4, 6, or 0 when the buffer has no IP header (ARP, unix sockets, ...).
+    family: int
+    saddr: str | None
+    daddr: str | None
+    #: IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6), None without an IP header.
+    l4proto: int | None
+    sport: int | None
+    dport: int | None
+    #: ``skb->protocol`` (ethertype, host byte order).
+    eth_protocol: int
+    reason: int
+    reason_name: str
+    location: int
+    location_symbol: Symbol | None
+    skbaddr: int
+    length: int
+    stack_id: int
+    stack: tuple[StackFrame, ...] = ()
+    tcp_flags: int | None = None
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def protocol(self) -> str:
+        """``TCP``, ``UDP``, ``ICMP``, ``ICMPv6``, ``IP/<n>``, or the ethertype name without IP."""
+        if self.l4proto is not None:
+            return l4_name(self.l4proto)
+        return ethertype_name(self.eth_protocol)
+
+    @property
+    def stack_error(self) -> str | None:
+        """Why there is no stack (``stack_id < 0``), else None."""
+        if self.stack_id >= 0:
+            return None
+        return STACK_ERRORS.get(self.stack_id, f"error {self.stack_id}")
+
+    @property
+    def location_text(self) -> str:
+        return self.location_symbol.short if self.location_symbol else f"{self.location:#x}"
+
+    def endpoint(self, which: str) -> str:
+        """``10.0.0.1:40412`` / ``[::1]:80`` / ``10.0.0.1`` (no port) / ``-``."""
+        addr = self.saddr if which == "src" else self.daddr
+        port = self.sport if which == "src" else self.dport
+        if addr is None:
+            return "-"
+        if port is None:
+            return addr
+        return f"[{addr}]:{port}" if self.family == 6 else f"{addr}:{port}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (addresses as hex strings, stack frames with raw address and symbol)."""
+        return {
+            "time": self.timestamp,
+            "ktime_ns": self.ktime_ns,
+            "pid": self.pid,
+            "tid": self.tid,
+            "comm": self.comm,
+            "cpu": self.cpu,
+            "family": self.family,
+            "protocol": self.protocol,
+            "l4proto": self.l4proto,
+            "saddr": self.saddr,
+            "sport": self.sport,
+            "daddr": self.daddr,
+            "dport": self.dport,
+            "eth_protocol": self.eth_protocol,
+            "reason": self.reason_name,
+            "reason_code": self.reason,
+            "location": self.location_text,
+            "location_addr": f"{self.location:#x}",
+            "skbaddr": f"{self.skbaddr:#x}",
+            "len": self.length,
+            "tcp_flags": self.tcp_flags,
+            "icmp_type": self.icmp_type,
+            "icmp_code": self.icmp_code,
+            "stack_id": self.stack_id,
+            "stack_error": self.stack_error,
+            "stack": [
+                {
+                    "addr": f"{f.address:#x}",
+                    "sym": f.oops if f.symbol else None,
+                    **({"source": list(f.source)} if f.source else {}),
+                }
+                for f in self.stack
+            ],
+        }
+
+
+def decode_addr(family: int, raw: bytes) -> str | None:
+    """Text form of a 4- or 16-byte address from the event (None for family 0)."""
+    if family == 4:
+        return str(ipaddress.IPv4Address(bytes(raw[:4])))
+    if family == 6:
+        return str(ipaddress.IPv6Address(bytes(raw[:16])))
+    return None
+
+
+def decode_event(
+    raw: RawEvent,
+    *,
+    reason_name: str,
+    clock_offset: float,
+    location_symbol: Symbol | None,
+    stack: tuple[StackFrame, ...],
+) -> DropEvent:
+    """Turn one raw record into a :class:`DropEvent`.
+
+    ``clock_offset`` is wall-clock minus CLOCK_MONOTONIC in seconds (see ``Capture``).
+    """
+    family = raw.family if raw.family in (4, 6) else 0
+    has_ip = family != 0
+    ports = has_ip and raw.has_l4 and raw.l4proto in (6, 17, 132, 136)
+    icmp = has_ip and raw.has_l4 and raw.l4proto in (1, 58)
+    return DropEvent(
+        timestamp=raw.ts_ns / 1e9 + clock_offset,
+        ktime_ns=raw.ts_ns,
+        pid=raw.pid,
+        tid=raw.tid,
+        comm=raw.comm.decode("utf-8", "replace"),
+        cpu=raw.cpu,
+        family=family,
+        saddr=decode_addr(family, bytes(raw.saddr)),
+        daddr=decode_addr(family, bytes(raw.daddr)),
+        l4proto=raw.l4proto if has_ip else None,
+        sport=raw.sport if ports else None,
+        dport=raw.dport if ports else None,
+        eth_protocol=raw.eth_protocol,
+        reason=raw.reason,
+        reason_name=reason_name,
+        location=raw.location,
+        location_symbol=location_symbol,
+        skbaddr=raw.skbaddr,
+        length=raw.len,
+        stack_id=raw.stack_id,
+        stack=stack,
+        tcp_flags=raw.tcp_flags if (ports and raw.l4proto == 6) else None,
+        icmp_type=raw.icmp_type if icmp else None,
+        icmp_code=raw.icmp_code if icmp else None,
+    )
