@@ -1,0 +1,620 @@
+"""Recognise kernel stack frames in pasted text (the parsing layer of ``ksym annotate``).
+
+Kernel engineers paste stacks from many tools: bpftrace ``kstack``, bcc tools, ``perf script``,
+oops / WARN / lockdep reports (raw, from ``dmesg``, ``dmesg -T``, syslog or journalctl),
+``/proc/PID/stack``, ftrace ``stacktrace``, dropwatch, plain ``func+off`` lists and bare addresses.
+:func:`parse_text` keeps every input line (so a filter can write non-frame lines back byte for byte)
+and attaches a :class:`StackFrame` to each line that is a frame; :func:`parse_line` does one line.
+
+The rules are conservative: a line is a frame only when its *whole shape* matches one of the known
+formats (position, indentation, surrounding tokens); a ``func+off`` inside prose is a frame only
+when it has the kernel's own ``%pS`` shape (``func+0x1a/0x30``) or sits at the edge of a short line.
+docs/formats.md lists every format and rule.
+
+Offsets: ``0x`` is hex everywhere; bpftrace prints decimal; dropwatch prints hex without ``0x``;
+a plain ``func+off`` follows bash arithmetic like faddr2line (``0x`` hex, leading ``0`` octal, else
+decimal). ``offset_text`` keeps the spelling, since the faddr2line header echoes it.
+
+Stacks: every frame carries ``stack_index``; a new stack starts at the first frame after any
+non-frame line (``kstack:``, a blank line, ``Call Trace:``, ``<IRQ>``/``</IRQ>``/``<TASK>``, a
+``comm(pid): probe`` header, ...), so the first frame of each index is the top of that stack.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Callable
+
+__all__ = [
+    "FrameKind",
+    "ParsedLine",
+    "StackFrame",
+    "find_kaslr_offset",
+    "iter_lines",
+    "line_context",
+    "parse_line",
+    "parse_offset",
+    "parse_text",
+    "strip_log_prefix",
+]
+
+
+class FrameKind(str, Enum):
+    """The format a frame line was recognised as (compares equal to its string value)."""
+
+    BPFTRACE = "bpftrace"
+    PERF = "perf"
+    OOPS = "oops"
+    PROC_STACK = "proc_stack"
+    FTRACE = "ftrace"
+    DROPWATCH = "dropwatch"
+    BCC = "bcc"
+    PLAIN = "plain"
+    RAW = "raw"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class StackFrame:
+    """One recognised stack frame."""
+
+    #: 1-based line number in the parsed text (1 for :func:`parse_line` unless given).
+    lineno: int
+    #: The line exactly as given, including its line ending if it had one.
+    text: str
+    #: ``(start, end)`` of the frame token in ``text``: ``func+off[/size]``, or the address when the
+    #: frame has no symbol.
+    span: tuple[int, int]
+    #: Format the line was recognised as.
+    kind: FrameKind
+    symbol: str | None = None
+    offset: int | None = None
+    size: int | None = None
+    #: Offset / size exactly as spelled (``219``, ``0xdb``, ``1d`` for dropwatch).
+    offset_text: str | None = None
+    size_text: str | None = None
+    #: Raw (runtime) address printed on the line, if any (``[<0>]`` hidden addresses give ``None``).
+    address: int | None = None
+    #: Kernel module the frame is in (``None`` for vmlinux / ``[kernel.kallsyms]`` / unknown).
+    module: str | None = None
+    #: Module build id printed after the module name (``[nf_tables 5f3c...]``), lower-case hex.
+    module_build_id: str | None = None
+    #: False for the oops unwinder's ``? `` (unreliable, probably stale) frames.
+    reliable: bool = True
+    #: 0-based index of the stack this frame belongs to (set by :func:`parse_text`).
+    stack_index: int = 0
+    #: ``(start, end)`` of the whole frame description (address, token, module, build id ...);
+    #: an annotation placed at ``extent[1]`` follows everything the tool printed for the frame.
+    extent: tuple[int, int] = (0, 0)
+
+    @property
+    def token(self) -> str:
+        """The frame token, ``text[span[0]:span[1]]``."""
+        return self.text[self.span[0] : self.span[1]]
+
+    @property
+    def spec(self) -> str:
+        """A faddr2line-style query: ``func+off_text[/size_text]``, ``func`` or ``0xaddress``."""
+        if self.symbol is None:
+            return f"{self.address or 0:#x}"
+        if self.offset_text is None:
+            return self.symbol
+        spec = f"{self.symbol}+{self.offset_text}"
+        if self.size_text is not None:
+            spec += f"/{self.size_text}"
+        return spec
+
+
+@dataclass(frozen=True)
+class ParsedLine:
+    """One input line, kept verbatim, with the frame it holds (if any)."""
+
+    #: 1-based line number.
+    lineno: int
+    #: The line exactly as in the input, line ending included (the last line may have none).
+    text: str
+    frame: StackFrame | None = None
+    #: For non-frame lines, what the line is when it matters to stack structure: ``"blank"``,
+    #: ``"kstack"``, ``"call_trace"``, ``"marker"`` (``<IRQ>``, ``</TASK>``...), ``"header"``
+    #: (``comm(pid): probe``, perf sample header, ftrace ``<stack trace>``), ``"kaslr"``
+    #: (``Kernel Offset:``), ``"end_trace"``; ``None`` for other text.
+    context: str | None = None
+
+    @property
+    def content(self) -> str:
+        """The line without its line ending (``\\n``, ``\\r\\n``)."""
+        return self.text.rstrip("\r\n") if self.text.endswith("\n") else self.text
+
+    @property
+    def ending(self) -> str:
+        """The line ending (``""`` for a last line without one)."""
+        return self.text[len(self.content) :]
+
+    @property
+    def stack_index(self) -> int | None:
+        return self.frame.stack_index if self.frame is not None else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks
+
+_SYM = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*"
+_HEX = r"[0-9a-fA-F]+"
+_ADDR = r"[0-9a-fA-F]{8,16}"
+# ``[nf_tables]``, ``[nf_tables 5f3c...]`` (CONFIG_STACKTRACE_BUILD_ID), ``[kernel]`` (bcc)
+_MOD = r"\[(?P<mod>[A-Za-z0-9_.\-]+)(?:[ \t]+(?P<bid>[0-9a-fA-F]{8,64}))?\]"
+# the kernel's %pS / %pB shape: func+0x1a/0x30
+_KTOK = rf"(?P<tok>(?P<sym>{_SYM})\+(?P<off>0x{_HEX})/(?P<size>0x{_HEX}))"
+
+#: Module names that mean "the kernel image itself".
+_VMLINUX_NAMES = frozenset({"kernel", "kernel.kallsyms", "vmlinux", "unknown", "k"})
+
+_LOG_PREFIXES = [
+    re.compile(p)
+    for p in (
+        r"<\d{1,3}>",  # /dev/kmsg, dmesg -r
+        (
+            r"(?:kern|user|mail|daemon|auth|syslog|lpr|news|uucp|cron|authpriv|ftp|local[0-7])\s*:"
+            r"(?:emerg|alert|crit|err|warn|notice|info|debug)\s*: "
+        ),  # dmesg -x
+        r"\[\s*\d+\.\d+\]\s?",  # dmesg
+        r"\[\s*[TC]\d+\]\s?",  # CONFIG_PRINTK_CALLER
+        r"\[(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4}\]\s?",  # dmesg -T
+        (
+            r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d"
+            r"|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?)"
+            r" \S+ kernel: "
+        ),  # syslog / journalctl
+        r"[A-Za-z0-9_.\-]+ kernel: ",  # journalctl -o short-monotonic after its [timestamp]
+        r"kernel: ",
+    )
+]
+
+
+def strip_log_prefix(line: str) -> int:
+    """Index in ``line`` where the kernel message starts, after dmesg / syslog / journal prefixes."""
+    pos = 0
+    for _ in range(6):
+        for rx in _LOG_PREFIXES:
+            m = rx.match(line, pos)
+            if m and m.end() > pos:
+                pos = m.end()
+                break
+        else:
+            break
+    return pos
+
+
+def parse_offset(text: str, base: str = "bash") -> int | None:
+    """Value of an offset/size spelled ``text``; ``None`` if it is not valid in that base.
+
+    ``base``: ``"bash"`` (faddr2line: ``0x`` hex, leading ``0`` octal, else decimal),
+    ``"dec"`` (bpftrace: decimal unless ``0x``), ``"hex"`` (hex with or without ``0x``).
+    """
+    t = text.strip()
+    digits = t[2:] if t[:2] in ("0x", "0X") else t
+    if not digits or not all(c in _HEXDIGITS for c in digits):
+        return None
+    if digits is not t or base == "hex":
+        return int(digits, 16)
+    if not t.isdigit():
+        return None
+    if base == "bash" and len(t) > 1 and t[0] == "0":
+        return int(t, 8) if all(c in "01234567" for c in t) else None
+    return int(t, 10)
+
+
+_HEXDIGITS = frozenset("0123456789abcdefABCDEF")
+
+
+# --------------------------------------------------------------------------------------------------
+# Line formats. Each is matched with ``fullmatch`` on the message part of the line (after any log
+# prefix, before trailing white space). Groups: ext (whole frame), tok (func+off), sym, off, size,
+# addr (printed address), raw (address that *is* the frame), mod, bid, q (``? ``), lead.
+
+_Kind = Callable[["re.Match[str]", bool], FrameKind]
+
+
+def _fixed(kind: FrameKind) -> _Kind:
+    return lambda m, prefixed: kind
+
+
+def _oops_or_plain(m: re.Match[str], prefixed: bool) -> FrameKind:
+    lead = m.groupdict().get("lead") or ""
+    if prefixed or lead or m.groupdict().get("q") or m.groupdict().get("mod"):
+        return FrameKind.OOPS
+    return FrameKind.PLAIN
+
+
+def _proc_or_oops(m: re.Match[str], prefixed: bool) -> FrameKind:
+    if prefixed or m.group("q") or m.group("lead"):
+        return FrameKind.OOPS
+    return FrameKind.PROC_STACK
+
+
+def _raw_kind(m: re.Match[str], prefixed: bool) -> FrameKind:
+    if prefixed or m.group("q"):
+        return FrameKind.OOPS
+    if m.group("lead") and m.group("raw")[:2] in ("0x", "0X"):
+        return FrameKind.BPFTRACE
+    return FrameKind.RAW
+
+
+def _prefixed_oops(m: re.Match[str], prefixed: bool) -> FrameKind:
+    return FrameKind.OOPS if prefixed else FrameKind.PLAIN
+
+
+class _Format:
+    __slots__ = ("base", "check", "kind", "name", "rx")
+
+    def __init__(
+        self,
+        name: str,
+        pattern: str,
+        kind: _Kind,
+        base: str,
+        check: Callable[[re.Match[str]], bool] | None = None,
+    ) -> None:
+        self.name = name
+        self.rx = re.compile(pattern)
+        self.kind = kind
+        self.base = base
+        self.check = check
+
+
+def _kernel_address(m: re.Match[str]) -> bool:
+    a = m.group("addr")
+    v = int(a, 16)
+    return v != 0 and (v >= 0xFFFF000000000000 if len(a) > 8 else v >= 0xC0000000) and v != (1 << 64) - 1
+
+
+def _perf_check(m: re.Match[str]) -> bool:
+    return m.group("sym") is not None or _kernel_address(m)
+
+
+def _raw_check(m: re.Match[str]) -> bool:
+    raw = m.group("raw")
+    if raw[:2] in ("0x", "0X"):
+        return int(raw, 16) != 0
+    v = int(raw, 16)
+    # without 0x: only things that look like kernel addresses (not dates, words like "deadbeef")
+    return v >= 0xFFFF000000000000 if len(raw) == 16 else (len(raw) == 8 and v >= 0xC0000000)
+
+
+def _bcc_addr_check(m: re.Match[str]) -> bool:
+    if m.group("off") is not None:
+        return True
+    # address + bare symbol: only with an unmistakable address
+    return bool(m.group("ox")) or len(m.group("addr")) == 16
+
+
+_FORMATS: list[_Format] = [
+    # /proc/PID/stack: "[<0>] func+0x1ab/0x270"; old kernels and old oopses print the address
+    _Format(
+        "proc_stack",
+        rf"(?P<lead>\s*)(?P<ext>\[<(?P<addr>{_HEX})>\]\s+(?P<q>\?\s+)?{_KTOK}(?:\s+{_MOD})?)",
+        _proc_or_oops,
+        "hex",
+    ),
+    # old ARM: "[<c0013b6c>] (unwind_backtrace+0x0/0xf8) from [<c0011c58>] (show_stack+0x10/0x14)"
+    _Format(
+        "arm_old",
+        rf"\s*(?P<ext>\[<(?P<addr>{_HEX})>\]\s+\({_KTOK}\))(?:\s+from\s+\[<{_HEX}>\]\s+\(.*\))?",
+        _fixed(FrameKind.OOPS),
+        "hex",
+    ),
+    # register lines: "RIP: 0010:func+0x1a/0x30 [mod]", "pc : func+..", "NIP [c0..] func+..",
+    # old "RIP: 0010:[<ffffffff8106d3a5>]  [<ffffffff8106d3a5>] func+0x85/0xc0", "PC is at func+.."
+    _Format(
+        "register",
+        r"\s*(?:RIP|EIP|IP|NIP|LR|PC is at|LR is at|pc|lr|epc|ra|PC)\s*:?\s*(?:[0-9a-fA-F]{4}:)?"
+        rf"(?:\[<{_HEX}>\]\s+)?(?P<ext>(?:\[<?(?P<addr>{_HEX})>?\]\s+)?{_KTOK}(?:\s+{_MOD})?)(?:\s+.*)?",
+        _fixed(FrameKind.OOPS),
+        "hex",
+    ),
+    # oops / WARN / lockdep Call Trace: " func+0x1a/0x30 [nf_tables]", " ? func+0x1a/0x30"
+    _Format(
+        "oops",
+        rf"(?P<lead>\s*)(?P<q>\?\s+)?(?P<ext>{_KTOK}(?:\s+{_MOD})?)",
+        _oops_or_plain,
+        "hex",
+    ),
+    # ftrace stacktrace: " => func+0x1a/0x30", " => func", " => func (ffffffff81845796)",
+    # " => func+0x1a/0x30 <ffffffff81845796>", " => 0xffffffffc0a12345"
+    _Format(
+        "ftrace",
+        rf"\s*=>\s+(?P<ext>(?:(?P<tok>(?P<sym>{_SYM})(?:\+(?P<off>0x{_HEX}|\d+)(?:/(?P<size>0x{_HEX}))?)?)"
+        rf"(?:\s+{_MOD})?|(?P<raw>0x{_HEX}))(?:\s+[<(](?:0x)?(?P<addr>{_HEX})[>)])?)",
+        _fixed(FrameKind.FTRACE),
+        "bash",
+    ),
+    # perf script: "\tffffffff81845796 __ip_local_out+0xd6 ([kernel.kallsyms])"; the dso may be the
+    # vmlinux or a .ko path ("(/lib/modules/6.1.0/build/vmlinux)"); user-space dsos are not frames
+    _Format(
+        "perf",
+        rf"\s*(?P<ext>(?P<addr>{_ADDR})\s+(?:(?P<tok>(?P<sym>{_SYM})(?:\+(?P<off>0x{_HEX}))?)|\[unknown\])"
+        rf"\s+\((?:{_MOD}|(?P<dso>/?(?:[^()\s]*/)?(?:vmlinux[^()\s/]*|[^()\s/]+\.ko(?:\.[a-z]+)?))|\[unknown\])\))",
+        _fixed(FrameKind.PERF),
+        "hex",
+        _perf_check,
+    ),
+    # bpftrace kstack(perf): "\tffffffff81845796 __ip_local_out+214"
+    _Format(
+        "bpftrace_perf",
+        rf"\s*(?P<ext>(?P<addr>{_ADDR})\s(?P<tok>(?P<sym>{_SYM})\+(?P<off>\d+))(?:\s+{_MOD})?)",
+        _fixed(FrameKind.BPFTRACE),
+        "dec",
+    ),
+    # bcc with addresses: "ffffffff81845796 __ip_local_out+0x1a", "0xffffffff81845796 tcp_sendmsg"
+    _Format(
+        "bcc_addr",
+        rf"\s*(?P<ext>(?P<ox>0x)?(?P<addr>{_ADDR})\s+(?P<tok>(?P<sym>{_SYM})(?:\+(?P<off>0x{_HEX}))?)"
+        rf"(?:\s+{_MOD})?)",
+        _fixed(FrameKind.BCC),
+        "hex",
+        _bcc_addr_check,
+    ),
+    # bcc under python3 (old bug): "  b'__ip_local_out+0x1a'", "  b'tcp_sendmsg'"
+    _Format(
+        "bcc_bytes",
+        rf"\s*(?P<ext>b(?P<quote>['\"])(?P<tok>(?P<sym>{_SYM})(?:\+(?P<off>0x{_HEX}))?)(?:\s+{_MOD})?(?P=quote))",
+        _fixed(FrameKind.BCC),
+        "hex",
+    ),
+    # bcc tcpdrop / trace -K / stackcount -v: "\ttcp_drop+0x1", "        kfree_skb+0x0 [kernel]"
+    _Format(
+        "bcc",
+        rf"(?P<lead>\s+)(?P<ext>(?P<tok>(?P<sym>{_SYM})\+(?P<off>0x{_HEX}))(?:\s+{_MOD})?)",
+        _fixed(FrameKind.BCC),
+        "hex",
+    ),
+    # bpftrace kstack: "        kfree_skb+1"
+    _Format(
+        "bpftrace",
+        rf"(?P<lead>\s+)(?P<ext>(?P<tok>(?P<sym>{_SYM})\+(?P<off>\d+))(?:\s+{_MOD})?)",
+        _fixed(FrameKind.BPFTRACE),
+        "dec",
+    ),
+    # dropwatch: "1 drops at tcp_v4_rcv+a1 (0xffffffff9bdb8181) [software]"
+    _Format(
+        "dropwatch",
+        rf"\s*\d+\s+drops\s+at\s+(?P<ext>(?P<tok>(?P<sym>{_SYM})\+(?P<off>(?:0x)?{_HEX}))"
+        rf"\s+\((?:0x)?(?P<addr>{_HEX})\))(?:\s+\[[a-z]+\])*",
+        _fixed(FrameKind.DROPWATCH),
+        "hex",
+    ),
+    # dropwatch, unknown symbol: "1 drops at location 0xffffffffc0a12345"
+    _Format(
+        "dropwatch_location",
+        rf"\s*\d+\s+drops\s+at\s+location\s+(?P<ext>(?P<raw>(?:0x)?{_HEX}))(?:\s+\[[a-z]+\])*",
+        _fixed(FrameKind.DROPWATCH),
+        "hex",
+    ),
+    # dropwatch-like without the count: "func+0x1a (0xffffffff81845796)"
+    _Format(
+        "dropwatch_bare",
+        rf"\s*(?P<ext>(?P<tok>(?P<sym>{_SYM})\+(?P<off>(?:0x)?{_HEX}))\s+\(0x(?P<addr>{_HEX})\))",
+        _fixed(FrameKind.DROPWATCH),
+        "hex",
+    ),
+    # plain list item: "__ip_local_out+219", "- __ip_local_out+0xdb/0x150", "__ip_local_out+219/0x150:"
+    _Format(
+        "plain",
+        r"\s*(?:[-*>]\s+|\#?\d{1,3}[.:)]?\s+)?"
+        rf"(?P<ext>(?P<tok>(?P<sym>{_SYM})\+(?P<off>0[xX]{_HEX}|\d+)(?:/(?P<size>0[xX]{_HEX}|\d+))?)"
+        rf"(?:\s+{_MOD})?):?",
+        _prefixed_oops,
+        "bash",
+    ),
+    # an address alone: "0xffffffff9091b941", "ffffffff9091b941", oops " ? 0xffffffffc0a12345"
+    _Format(
+        "raw",
+        r"(?P<lead>\s*)(?P<q>\?\s+)?(?P<ext>(?P<raw>0[xX][0-9a-fA-F]{8,16}|[0-9a-fA-F]{16}|[0-9a-fA-F]{8}))",
+        _raw_kind,
+        "hex",
+        _raw_check,
+    ),
+]
+
+# A frame inside a sentence ("WARNING: CPU: 0 PID: 1 at net/core/dev.c:1 func+0x1a/0x30 [mod]",
+# "hardirqs last enabled at (12): [<ffffffff81234567>] _raw_spin_unlock_irq+0x1f/0x40").
+_IN_TEXT = re.compile(
+    r"(?<![^\s('\"`<\[])"
+    rf"(?P<ext>(?:\[<(?P<addr>{_HEX})>\]\s+)?"
+    rf"(?P<tok>(?P<sym>{_SYM})\+(?P<off>0x{_HEX}|\d+)(?:/(?P<size>0x{_HEX}))?)(?:\s+{_MOD})?)"
+    r"(?=$|[\s)\]'\"`,:]|\.(?:\s|$))"
+)
+_PROMPT = re.compile(r"\s*(?:[$%#]|\S+@\S+[$#%]|>>>)\s")
+
+
+def _in_text_ok(m: re.Match[str], body: str, start: int, end: int) -> bool:
+    sym = m.group("sym")
+    off = m.group("off")
+    if off.startswith("0x"):
+        if m.group("size") is not None:
+            return True
+        return "_" in sym or "." in sym
+    if m.group("size") is not None:
+        return "_" in sym
+    if "_" not in sym or len(sym) < 4:
+        return False
+    # decimal offset in a sentence: only as the first or last word of the line
+    before = body[start : m.start("ext")].strip(" \t-*#>:(['\"`")
+    after = body[m.end("ext") : end].strip(" \t)]'\"`.,:")
+    return not before or not after
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _build(m: re.Match[str], line: str, lineno: int, kind: FrameKind, base: str) -> StackFrame | None:
+    g = m.groupdict()
+    sym = g.get("sym")
+    address: int | None = None
+    if g.get("addr"):
+        address = int(g["addr"], 16) or None
+    offset: int | None = None
+    offset_text = g.get("off")
+    if offset_text is not None:
+        offset = parse_offset(offset_text, base)
+        if offset is None:
+            return None
+    size: int | None = None
+    size_text = g.get("size")
+    if size_text is not None:
+        size = parse_offset(size_text, "bash" if base == "bash" else "hex")
+        if size is None:
+            return None
+    if sym is None:
+        raw = g.get("raw")
+        if raw:
+            address = int(raw, 16)
+            span = m.span("raw")
+        elif address is not None:
+            span = m.span("addr")
+        else:
+            return None
+    else:
+        span = m.span("tok")
+    module = g.get("mod")
+    if module is not None and module in _VMLINUX_NAMES:
+        module = None
+    dso = g.get("dso")
+    if dso and ".ko" in dso:
+        module = dso.rsplit("/", 1)[-1].split(".ko", 1)[0].replace("-", "_")
+    bid = g.get("bid")
+    return StackFrame(
+        lineno=lineno,
+        text=line,
+        span=span,
+        kind=kind,
+        symbol=sym,
+        offset=offset,
+        size=size,
+        offset_text=offset_text,
+        size_text=size_text,
+        address=address,
+        module=module,
+        module_build_id=bid.lower() if (bid and module is not None) else None,
+        reliable=not g.get("q"),
+        extent=m.span("ext"),
+    )
+
+
+def _body_bounds(line: str) -> tuple[int, int, bool]:
+    end = len(line)
+    while end and line[end - 1] in " \t\r\n\f\v":
+        end -= 1
+    start = strip_log_prefix(line[:end])
+    return start, end, start > 0
+
+
+def parse_line(line: str, lineno: int = 1) -> StackFrame | None:
+    """The frame on ``line`` (one line, with or without its line ending), or ``None``."""
+    if "\n" in line.rstrip("\r\n"):
+        raise ValueError("parse_line() takes a single line; use parse_text() for text")
+    start, end, prefixed = _body_bounds(line)
+    if start >= end:
+        return None
+    for fmt in _FORMATS:
+        m = fmt.rx.fullmatch(line, start, end)
+        if m is None or (fmt.check is not None and not fmt.check(m)):
+            continue
+        frame = _build(m, line, lineno, fmt.kind(m, prefixed), fmt.base)
+        if frame is not None:
+            return frame
+    if "+" not in line[start:end] or _PROMPT.match(line, start):
+        return None
+    found: StackFrame | None = None
+    for m in _IN_TEXT.finditer(line, start, end):
+        if not _in_text_ok(m, line, start, end):
+            continue
+        if found is not None:
+            return None  # several candidates: a sentence about frames, not a frame line
+        found = _build(m, line, lineno, _prefixed_oops(m, prefixed), "bash")
+    return found
+
+
+# --------------------------------------------------------------------------------------------------
+# Context lines
+
+_KASLR = re.compile(r"Kernel Offset:\s+(?:(?P<off>0x[0-9a-fA-F]+)\s+from\s+0x[0-9a-fA-F]+|(?P<dis>disabled))")
+_MARKER = re.compile(r"\s*</?(?:[A-Z]{2,8}|#[A-Z]{2})>\s*")  # <IRQ> </IRQ> <TASK> <NMI> <SOFTIRQ> <EOI> <#DF>
+_KSTACK = re.compile(r"(?:.*\W)?[ku]stack(?:\([^)]*\))?:")
+_CALL_TRACE = frozenset({"call trace", "backtrace", "stack backtrace"})
+_HEADERS = [
+    re.compile(r"\s*\S.*\(\d+\):\s+\S+:\S*.*"),  # bpftrace "sshd(219966): tracepoint:net:net_dev_queue"
+    re.compile(r"\s*\S.*\s\d+(?:/\d+)?\s+(?:\[\d+\]\s+)?\d+\.\d+:\s.*"),  # perf script sample header
+    re.compile(r".*<stack trace>\s*"),  # ftrace
+    re.compile(r"\s*@\S*\[.*"),  # bpftrace map key "@[", "@stacks["
+]
+
+
+def line_context(line: str) -> str | None:
+    """Classify a non-frame line by its role in stack structure (see :attr:`ParsedLine.context`)."""
+    start, end, _ = _body_bounds(line)
+    if start >= end:
+        return "blank"
+    body = line[start:end]
+    if _KASLR.search(body):
+        return "kaslr"
+    if _MARKER.fullmatch(body):
+        return "marker"
+    if _KSTACK.fullmatch(body):
+        return "kstack"
+    if body.lstrip().startswith("---[ end"):
+        return "end_trace"
+    if body.strip().rstrip(":").lower() in _CALL_TRACE or body.lstrip().startswith("Exception stack("):
+        return "call_trace"
+    for rx in _HEADERS:
+        if rx.fullmatch(body):
+            return "header"
+    return None
+
+
+def iter_lines(text: str) -> Iterator[str]:
+    """Split ``text`` into lines on ``\\n`` only, keeping each ending; ``"".join`` gives ``text``."""
+    start = 0
+    n = len(text)
+    while start < n:
+        nl = text.find("\n", start)
+        if nl < 0:
+            yield text[start:]
+            return
+        yield text[start : nl + 1]
+        start = nl + 1
+
+
+def parse_text(text: str) -> list[ParsedLine]:
+    """Every line of ``text`` (verbatim), each with its frame or ``None``, frames numbered by stack."""
+    out: list[ParsedLine] = []
+    stack = -1
+    in_stack = False
+    for i, line in enumerate(iter_lines(text), 1):
+        frame = parse_line(line, i)
+        if frame is None:
+            in_stack = False
+            out.append(ParsedLine(i, line, None, line_context(line)))
+            continue
+        if not in_stack:
+            stack += 1
+            in_stack = True
+        out.append(ParsedLine(i, line, replace(frame, stack_index=stack)))
+    return out
+
+
+def find_kaslr_offset(text: str) -> int | None:
+    """The KASLR slide from a panic's ``Kernel Offset: 0x... from 0xffffffff81000000`` line.
+
+    ``Kernel Offset: disabled`` gives 0; no such line gives ``None``. With several lines (several
+    panics pasted together) the first wins.
+    """
+    m = _KASLR.search(text)
+    if m is None:
+        return None
+    return 0 if m.group("dis") else int(m.group("off"), 16)
