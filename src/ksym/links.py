@@ -28,7 +28,8 @@ def kernel_relative_path(path: str) -> str | None:
 
     ``net/ipv4/ip_output.c`` and ``./net/ipv4/ip_output.c`` give ``net/ipv4/ip_output.c``; an absolute
     path whose build-directory prefix was not stripped (``/build/linux-xyz/net/ipv4/ip_output.c``) is cut
-    at its first top-level kernel directory; ``??``, empty paths and paths with ``..`` give ``None``.
+    at its first top-level kernel directory below the root (a heuristic); ``??``, empty paths and
+    paths with ``..`` give ``None``.
     """
     path = path.strip()
     if not path or path == "??":
@@ -38,7 +39,7 @@ def kernel_relative_path(path: str) -> str | None:
         return None
     if path.startswith("/"):
         for i, part in enumerate(parts[:-1]):
-            if part in _TOP_DIRS:
+            if i > 0 and part in _TOP_DIRS:  # i > 0: /usr/src/... is not the kernel's usr/
                 return "/".join(parts[i:])
         return None
     return "/".join(parts)
