@@ -18,7 +18,7 @@ from .events import c_struct
 from .filters import Filters
 from .tpformat import TracepointFormat
 
-__all__ = ["Layout", "build_text", "SKB_MEMBERS", "STAT_HITS", "STAT_EMITTED", "STAT_LOST", "STAT_FILTERED"]
+__all__ = ["SKB_MEMBERS", "STAT_EMITTED", "STAT_FILTERED", "STAT_HITS", "STAT_LOST", "Layout", "build_text"]
 
 #: ``struct sk_buff`` members the program reads; offsets come from BTF.
 SKB_MEMBERS = ("head", "network_header", "transport_header", "protocol", "len")

@@ -172,12 +172,12 @@ class Btf:
             return 0
         _n, kind, _v, _kf, sot = self._record(tid)
         if kind in _SIZED:
-            return sot
+            return int(sot)
         if kind == _PTR:
             return 8
         if kind == _ARRAY:
             elem, _idx, nelems = struct.unpack_from(self._end + "III", self._data, self._offs[tid] + 12)
-            return self.size(elem) * nelems
+            return self.size(elem) * int(nelems)
         raise BtfError(f"BTF type {tid} (kind {kind}) has no size")
 
     def find(self, name: str, kinds: tuple[int, ...]) -> int:

@@ -18,21 +18,21 @@ Exit codes (also in docs/dropcapture.md):
 from __future__ import annotations
 
 __all__ = [
-    "EXIT_OK",
-    "EXIT_RUNTIME",
-    "EXIT_USAGE",
-    "EXIT_NO_BCC",
-    "EXIT_PRIVILEGE",
-    "EXIT_UNSUPPORTED",
     "EXIT_HEADERS",
     "EXIT_INTERNAL",
-    "CaptureError",
+    "EXIT_NO_BCC",
+    "EXIT_OK",
+    "EXIT_PRIVILEGE",
+    "EXIT_RUNTIME",
+    "EXIT_UNSUPPORTED",
+    "EXIT_USAGE",
     "BccMissingError",
-    "PrivilegeError",
-    "UnsupportedKernelError",
     "BtfError",
-    "TracefsError",
+    "CaptureError",
     "HeadersError",
+    "PrivilegeError",
+    "TracefsError",
+    "UnsupportedKernelError",
 ]
 
 EXIT_OK = 0

@@ -17,15 +17,15 @@ from .kallsyms import Symbol
 
 __all__ = [
     "EVENT_FIELDS",
+    "STACK_ERRORS",
+    "DropEvent",
     "RawEvent",
     "StackFrame",
-    "DropEvent",
     "c_struct",
-    "l4_name",
-    "ethertype_name",
-    "STACK_ERRORS",
     "decode_addr",
     "decode_event",
+    "ethertype_name",
+    "l4_name",
     "l4_number",
 ]
 

@@ -1,0 +1,227 @@
+"""dropcapture: capture packet drops (skb:kfree_skb) with their kernel stacks.
+
+USAGE: dropcapture [--comm C] [--pid P] [--proto tcp|udp|icmp...] [--host ADDR] [--port N]
+                   [--reason NAME] [--count N] [--duration S] [--json] [--save FILE]
+                   [--vmlinux PATH] [--no-stack] [--quiet]
+
+Replaces the bpftrace dropwatch.bt script (kprobe:kfree_skb, TCP only) with the skb:kfree_skb
+tracepoint, every protocol, the kernel's drop reason by name, and stacks that ksym can turn into
+file:line. Needs root; see docs/dropcapture.md (exit codes, save format).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from types import FrameType
+from typing import IO
+
+from .capture import Capture
+from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, CaptureError
+from .events import l4_number
+from .filters import Filters, IPAddress
+from .output import SaveWriter, Summary, TextFormatter
+
+__all__ = ["build_parser", "main"]
+
+EPILOG = """\
+examples:
+  dropcapture                          # every drop, with stacks, until Ctrl-C
+  dropcapture --comm curl              # drops while curl runs (send path, loopback receive)
+  dropcapture --proto tcp --port 80    # TCP drops from or to port 80
+  dropcapture --reason NETFILTER_DROP --count 10
+  dropcapture --json --duration 30 > drops.jsonl
+  dropcapture --save drops.txt         # stacks for 'ksym annotate' on another machine
+  dropcapture --vmlinux /usr/lib/debug/boot/vmlinux-$(uname -r)   # file:line via ksym
+
+exit codes: 0 ok, 1 capture failed, 2 usage, 3 bcc missing, 4 not privileged,
+            5 kernel lacks tracefs/tracepoint/BPF/BTF, 6 bcc cannot compile (kernel headers)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dropcapture",
+        description="Capture packet drops with their kernel stacks and the kernel's drop reason.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    f = p.add_argument_group("filters (repeat an option for alternatives)")
+    f.add_argument("--comm", help="only drops in tasks with this command name")
+    f.add_argument("--pid", type=int, action="append", default=[], help="only this process (or thread) id")
+    f.add_argument("--proto", action="append", default=[], help="tcp, udp, icmp, icmpv6, sctp or a number")
+    f.add_argument("--host", action="append", default=[], help="source or destination address (v4 or v6)")
+    f.add_argument("--port", type=int, action="append", default=[], help="source or destination port")
+    f.add_argument("--reason", action="append", default=[], help="drop reason name, e.g. NO_SOCKET")
+    lim = p.add_argument_group("limits")
+    lim.add_argument("--count", type=int, help="stop after N drops")
+    lim.add_argument("--duration", type=float, help="stop after S seconds")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", action="store_true", help="one JSON object per drop (summary as a last line)")
+    o.add_argument("--save", metavar="FILE", help="also write stacks in the offline format ksym annotate reads")
+    o.add_argument("--no-stack", action="store_true", help="one line per drop, no stack")
+    o.add_argument("--quiet", "-q", action="store_true", help="no per-drop output, summary only")
+    o.add_argument("--no-summary", action="store_true", help="no summary at exit")
+    o.add_argument("--vmlinux", help="debug vmlinux of the running kernel, for file:line through ksym")
+    b = p.add_argument_group("buffers")
+    b.add_argument("--perf-buffer", action="store_true", help="per-CPU perf buffers instead of a ring buffer")
+    b.add_argument("--buffer-pages", type=int, default=1024, help="ring buffer pages (power of two)")
+    p.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def _filters(args: argparse.Namespace, reasons_lookup: object) -> Filters:
+    protos = set()
+    for spec in args.proto:
+        for item in spec.split(","):
+            protos.add(l4_number(item))
+    hosts: set[IPAddress] = set()
+    for h in args.host:
+        hosts.add(ipaddress.ip_address(h))
+    for port in args.port:
+        if not 0 < port < 65536:
+            raise ValueError(f"bad port {port}")
+    reasons = set()
+    for spec in args.reason:
+        for item in spec.split(","):
+            try:
+                reasons.add(reasons_lookup.value(item))  # type: ignore[attr-defined]
+            except KeyError:
+                raise ValueError(f"this kernel has no drop reason {item!r}") from None
+    return Filters(
+        comm=args.comm,
+        pids=frozenset(args.pid),
+        protos=frozenset(protos),
+        hosts=frozenset(hosts),
+        ports=frozenset(args.port),
+        reasons=frozenset(reasons),
+    )
+
+
+def _err(msg: str) -> None:
+    print(f"dropcapture: error: {msg}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except CaptureError as exc:
+        _err(str(exc))
+        return exc.exit_code
+    except ValueError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:
+        if os.environ.get("DROPCAPTURE_DEBUG"):
+            raise
+        _err(f"internal error: {type(exc).__name__}: {exc} (DROPCAPTURE_DEBUG=1 shows the traceback)")
+        return EXIT_INTERNAL
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .btf import Btf
+    from .reasons import ReasonTable
+    from .tpformat import read_format
+
+    if args.count is not None and args.count <= 0:
+        raise ValueError("--count must be positive")
+    if args.duration is not None and args.duration <= 0:
+        raise ValueError("--duration must be positive")
+    # reason names need the running kernel's table before the program is built
+    table = ReasonTable()
+    if args.reason:
+        try:
+            btf: Btf | None = Btf.load()
+        except CaptureError:
+            btf = None
+        table = ReasonTable.from_kernel(read_format(), btf)
+    filters = _filters(args, table)
+
+    annotate = None
+    if args.vmlinux:
+        from .symbolize import ksym_annotator
+
+        if not os.path.isfile(args.vmlinux):
+            raise ValueError(f"--vmlinux {args.vmlinux}: no such file")
+        annotate, status = ksym_annotator(args.vmlinux)
+        print(f"dropcapture: {status}", file=sys.stderr)
+    else:
+        from .symbolize import default_vmlinux, ksym_annotator
+
+        if default_vmlinux():
+            annotate, status = ksym_annotator(None)
+            print(f"dropcapture: {status}", file=sys.stderr)
+
+    cap = Capture(
+        filters,
+        ringbuf=False if args.perf_buffer else None,
+        ringbuf_pages=args.buffer_pages,
+        annotate=annotate,
+    )
+    if args.ebpf:
+        print(cap.prepare())
+        return EXIT_OK
+
+    stop = {"flag": False}
+
+    def _on_signal(_sig: int, _frame: FrameType | None) -> None:
+        stop["flag"] = True
+
+    old_int = signal.signal(signal.SIGINT, _on_signal)
+    old_term = signal.signal(signal.SIGTERM, _on_signal)
+    out: IO[str] = sys.stdout
+    save: IO[str] | None = None
+    fmt = TextFormatter(stacks=not args.no_stack)
+    summary = Summary()
+    start = time.monotonic()
+    try:
+        cap.open()
+        if args.save:
+            save = open(args.save, "w", encoding="utf-8")  # noqa: SIM115
+        saver = SaveWriter(save, cap.kernel, cap.reasons.source) if save else None
+        if not args.json and not args.quiet:
+            print(
+                f"dropcapture: tracing skb:kfree_skb ({'ring buffer' if cap.ringbuf else 'perf buffer'}, "
+                f"reasons from {cap.reasons.source}); Ctrl-C to stop",
+                file=sys.stderr,
+            )
+            print(fmt.header(), file=out)
+        for ev in cap.events(count=args.count, duration=args.duration, stop=lambda: stop["flag"]):
+            summary.add(ev)
+            if saver:
+                saver.write(ev)
+            if args.quiet:
+                continue
+            if args.json:
+                out.write(fmt.json(ev) + "\n")
+            else:
+                out.write(fmt.format(ev) + "\n")
+            out.flush()
+    finally:
+        cap.close()
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+        if save:
+            save.close()
+    elapsed = time.monotonic() - start
+    stats = cap.stats()
+    if not args.no_summary:
+        if args.json:
+            out.write(json.dumps(summary.to_dict(stats, elapsed)) + "\n")
+        else:
+            print(summary.render(stats, elapsed), file=sys.stderr if not args.quiet else out)
+    out.flush()
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""file:line with the inline chain for stack frames, through ksym and a debug vmlinux.
+
+The glue to ksym's API lives in :func:`ksym_annotator` alone, so it can follow that API as it
+settles. ksym is imported lazily; without a debug vmlinux frames stay ``func+0xoff``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any, Callable
+
+from .kallsyms import Symbol
+
+__all__ = ["default_vmlinux", "format_chain", "ksym_annotator"]
+
+# where distributions install the debug vmlinux of the running kernel
+_VMLINUX_CANDIDATES = (
+    "/usr/lib/debug/boot/vmlinux-{rel}",
+    "/usr/lib/debug/lib/modules/{rel}/vmlinux",
+    "/boot/vmlinux-{rel}",
+    "/lib/modules/{rel}/vmlinux",
+    "/usr/lib/debug/vmlinux-{rel}",
+)
+
+
+def default_vmlinux() -> str | None:
+    """The debug vmlinux of the running kernel when one is installed in a usual place."""
+    rel = os.uname().release
+    for pattern in _VMLINUX_CANDIDATES:
+        path = pattern.format(rel=rel)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def format_chain(chain: Any) -> str:
+    """``net/ipv4/ip_output.c:115 (inlined nf_hook include/linux/netfilter.h:257)``.
+
+    ``chain`` is innermost first (ksym's order): the last entry is the real function, earlier entries
+    were inlined into it; they are shown outermost to innermost after its location.
+    """
+    items = list(chain)
+    if not items:
+        return ""
+    outer = items[-1]
+    text = f"{outer.file}:{outer.line or '?'}"
+    for loc in reversed(items[:-1]):
+        text += f" (inlined {loc.function} {loc.file}:{loc.line or '?'})"
+    return text
+
+
+def ksym_annotator(vmlinux: str | None = None) -> tuple[Callable[[Symbol], tuple[str, ...]] | None, str]:
+    """A ``Symbol -> ("file:line (inlined ...)", ...)`` function backed by ksym, and a status text.
+
+    Returns ``(None, why)`` when ksym or a debug vmlinux is not available; lookup errors of one frame
+    (``ksym.KsymError``) give an empty annotation for that frame only.
+    """
+    path = vmlinux or default_vmlinux()
+    if path is None:
+        return None, "no debug vmlinux for this kernel (use --vmlinux PATH): frames shown as func+0xoff"
+    try:
+        # imported by name so type checkers of dropcapture do not descend into ksym
+        ksym: Any = importlib.import_module("ksym")
+    except ImportError as exc:
+        return None, f"ksym is not importable ({exc}): frames shown as func+0xoff"
+    error: type[BaseException] = getattr(ksym, "KsymError", Exception)
+    try:
+        sym = ksym.Symbolizer(path)
+    except error as exc:
+        return None, f"ksym cannot use {path}: {exc}"
+    except AttributeError:
+        return None, "this ksym has no Symbolizer yet: frames shown as func+0xoff"
+
+    def annotate(s: Symbol) -> tuple[str, ...]:
+        if s.module:
+            return ()  # module frames need the module's debug file
+        try:
+            results = sym.resolve(f"{s.name}+{s.offset:#x}/{s.size:#x}")
+        except error:
+            return ()
+        out = []
+        for res in results if isinstance(results, (list, tuple)) else [results]:
+            text = format_chain(getattr(res, "chain", ()))
+            if text:
+                out.append(text)
+        return tuple(out)
+
+    return annotate, f"file:line from {path} through ksym"
