@@ -1,0 +1,48 @@
+"""ksym: kernel stack frames → file:line evidence.
+
+Data flow, one module each: parse text → frames (:mod:`ksym.spec`, :mod:`ksym.parse`); locate frame →
+address (:mod:`ksym.symbols`, :mod:`ksym.locate`, :mod:`ksym.image`); resolve address → inline chain
+(:mod:`ksym.dwarf`, cached by :mod:`ksym.index`); present (:mod:`ksym.format`, :mod:`ksym.cli`).
+The entry point is :class:`Symbolizer`.
+"""
+
+from .errors import (
+    EXIT_BAD_FILE,
+    EXIT_INTERNAL,
+    EXIT_NO_FILE,
+    EXIT_OK,
+    EXIT_UNRESOLVED,
+    EXIT_USAGE,
+    BadFileError,
+    FileNotFoundKsymError,
+    KsymError,
+    MissingDebugInfoError,
+    SpecError,
+    SymbolNotFoundError,
+)
+from .model import Resolution, SourceLocation
+from .spec import AddressSpec, FuncSpec, parse_spec
+from .symbolizer import Symbolizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Symbolizer",
+    "Resolution",
+    "SourceLocation",
+    "FuncSpec",
+    "AddressSpec",
+    "parse_spec",
+    "KsymError",
+    "FileNotFoundKsymError",
+    "BadFileError",
+    "MissingDebugInfoError",
+    "SpecError",
+    "SymbolNotFoundError",
+    "EXIT_OK",
+    "EXIT_UNRESOLVED",
+    "EXIT_USAGE",
+    "EXIT_NO_FILE",
+    "EXIT_BAD_FILE",
+    "EXIT_INTERNAL",
+]

@@ -1,0 +1,1126 @@
+"""Resolve address → inline chain from DWARF, reading only the one compilation unit that holds it.
+
+The readers here are small and targeted on purpose: a kernel CU such as net/ipv4/ip_output.c has ~22,000
+DIEs and a 15,000-row line program, and a generic walk (pyelftools' ``iter_DIEs``) takes most of a
+second. Here a CU is read once into a compact :class:`CompiledUnit` (the subprogram/inlined-subroutine
+tree with its address ranges, and the line table) which is cheap to keep in memory and to store in the
+on-disk index; top-level DIEs are skipped by their DW_AT_sibling, and subtrees are entered only when
+they hold code.
+
+The lookup rules follow binutils' bfd (what ``addr2line -i`` and therefore the kernel's faddr2line
+print), so ksym agrees with them:
+
+* line table: within the sequence holding the address, rows with the same address keep only the last
+  one; the answer is the last row whose address is <= the address;
+* functions: among all subprograms and inlined subroutines whose ranges contain the address, the one
+  whose containing range is the smallest (ties go to the later DIE); the chain goes up through the
+  enclosing functions of the DIE tree, each outer level located at the inner level's call_file/call_line;
+* file names: ``comp_dir/dir/name`` joined the way bfd's concat_filename does it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+__all__ = [
+    "DwarfSections",
+    "DwarfError",
+    "CompiledUnit",
+    "FunctionNode",
+    "LineTable",
+    "read_aranges",
+    "scan_cu_headers",
+    "compile_unit",
+    "concat_filename",
+    "unit_ranges",
+    "unit_to_record",
+    "unit_from_record",
+]
+
+
+class DwarfError(Exception):
+    """Malformed or unsupported DWARF."""
+
+
+# --- tags, attributes, forms -------------------------------------------------------------------------
+
+TAG_ENTRY_POINT = 0x03
+TAG_LEXICAL_BLOCK = 0x0B
+TAG_COMPILE_UNIT = 0x11
+TAG_INLINED_SUBROUTINE = 0x1D
+TAG_SUBPROGRAM = 0x2E
+TAG_PARTIAL_UNIT = 0x3C
+TAG_SKELETON_UNIT = 0x4A
+FUNCTION_TAGS = frozenset({TAG_SUBPROGRAM, TAG_INLINED_SUBROUTINE, TAG_ENTRY_POINT})
+
+AT_SIBLING = 0x01
+AT_NAME = 0x03
+AT_STMT_LIST = 0x10
+AT_LOW_PC = 0x11
+AT_HIGH_PC = 0x12
+AT_COMP_DIR = 0x1B
+AT_ABSTRACT_ORIGIN = 0x31
+AT_SPECIFICATION = 0x47
+AT_RANGES = 0x55
+AT_CALL_COLUMN = 0x57
+AT_CALL_FILE = 0x58
+AT_CALL_LINE = 0x59
+AT_LINKAGE_NAME = 0x6E
+AT_MIPS_LINKAGE_NAME = 0x2007
+AT_STR_OFFSETS_BASE = 0x72
+AT_ADDR_BASE = 0x73
+AT_RNGLISTS_BASE = 0x74
+AT_GNU_RANGES_BASE = 0x2132
+AT_GNU_ADDR_BASE = 0x2133
+
+# attribute kinds we decode (others are skipped)
+_WANTED = frozenset(
+    {
+        AT_SIBLING, AT_NAME, AT_STMT_LIST, AT_LOW_PC, AT_HIGH_PC, AT_COMP_DIR, AT_ABSTRACT_ORIGIN,
+        AT_SPECIFICATION, AT_RANGES, AT_CALL_COLUMN, AT_CALL_FILE, AT_CALL_LINE, AT_LINKAGE_NAME,
+        AT_MIPS_LINKAGE_NAME, AT_STR_OFFSETS_BASE, AT_ADDR_BASE, AT_RNGLISTS_BASE, AT_GNU_RANGES_BASE,
+        AT_GNU_ADDR_BASE,
+    }
+)
+
+FORM_ADDR = 0x01
+FORM_BLOCK2 = 0x03
+FORM_BLOCK4 = 0x04
+FORM_DATA2 = 0x05
+FORM_DATA4 = 0x06
+FORM_DATA8 = 0x07
+FORM_STRING = 0x08
+FORM_BLOCK = 0x09
+FORM_BLOCK1 = 0x0A
+FORM_DATA1 = 0x0B
+FORM_FLAG = 0x0C
+FORM_SDATA = 0x0D
+FORM_STRP = 0x0E
+FORM_UDATA = 0x0F
+FORM_REF_ADDR = 0x10
+FORM_REF1 = 0x11
+FORM_REF2 = 0x12
+FORM_REF4 = 0x13
+FORM_REF8 = 0x14
+FORM_REF_UDATA = 0x15
+FORM_INDIRECT = 0x16
+FORM_SEC_OFFSET = 0x17
+FORM_EXPRLOC = 0x18
+FORM_FLAG_PRESENT = 0x19
+FORM_STRX = 0x1A
+FORM_ADDRX = 0x1B
+FORM_REF_SUP4 = 0x1C
+FORM_STRP_SUP = 0x1D
+FORM_DATA16 = 0x1E
+FORM_LINE_STRP = 0x1F
+FORM_REF_SIG8 = 0x20
+FORM_IMPLICIT_CONST = 0x21
+FORM_LOCLISTX = 0x22
+FORM_RNGLISTX = 0x23
+FORM_REF_SUP8 = 0x24
+FORM_STRX1 = 0x25
+FORM_STRX2 = 0x26
+FORM_STRX3 = 0x27
+FORM_STRX4 = 0x28
+FORM_ADDRX1 = 0x29
+FORM_ADDRX2 = 0x2A
+FORM_ADDRX3 = 0x2B
+FORM_ADDRX4 = 0x2C
+FORM_GNU_ADDR_INDEX = 0x1F01
+FORM_GNU_STR_INDEX = 0x1F02
+FORM_GNU_REF_ALT = 0x1F20
+FORM_GNU_STRP_ALT = 0x1F21
+
+_CONST_FORMS = frozenset(
+    {FORM_DATA1, FORM_DATA2, FORM_DATA4, FORM_DATA8, FORM_UDATA, FORM_SDATA, FORM_IMPLICIT_CONST}
+)
+_REF_LOCAL_FORMS = frozenset({FORM_REF1, FORM_REF2, FORM_REF4, FORM_REF8, FORM_REF_UDATA})
+
+
+def _uleb(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    b = buf[pos]
+    if b < 0x80:
+        return b, pos + 1
+    result = b & 0x7F
+    shift = 7
+    pos += 1
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _sleb(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            if b & 0x40:
+                result -= 1 << shift
+            return result, pos
+
+
+def _cstr(buf: bytes | memoryview, pos: int) -> tuple[str, int]:
+    end = bytes(buf[pos : pos + 4096]).find(b"\0") if isinstance(buf, memoryview) else buf.find(b"\0", pos)
+    if isinstance(buf, memoryview):
+        if end < 0:
+            end = len(bytes(buf[pos:]).split(b"\0", 1)[0])
+        raw = bytes(buf[pos : pos + end])
+        return raw.decode("utf-8", "replace"), pos + end + 1
+    if end < 0:
+        raise DwarfError(f"unterminated string at {pos:#x}")
+    return buf[pos:end].decode("utf-8", "replace"), end + 1
+
+
+@dataclass
+class DwarfSections:
+    """The raw DWARF sections (bytes or memoryviews over an mmap) a lookup reads."""
+
+    info: bytes | memoryview
+    abbrev: bytes | memoryview
+    line: bytes | memoryview | None = None
+    str: bytes | memoryview | None = None
+    line_str: bytes | memoryview | None = None
+    ranges: bytes | memoryview | None = None
+    rnglists: bytes | memoryview | None = None
+    addr: bytes | memoryview | None = None
+    str_offsets: bytes | memoryview | None = None
+    aranges: bytes | memoryview | None = None
+    little_endian: bool = True
+    default_address_size: int = 8
+
+    def string_at(self, section: bytes | memoryview | None, offset: int) -> str:
+        if section is None:
+            raise DwarfError("string form refers to a missing section")
+        if isinstance(section, memoryview):
+            chunk = bytes(section[offset : offset + 512])
+            end = chunk.find(b"\0")
+            while end < 0:
+                more = bytes(section[offset + len(chunk) : offset + len(chunk) + 4096])
+                if not more:
+                    end = len(chunk)
+                    break
+                chunk += more
+                end = chunk.find(b"\0")
+            return chunk[:end].decode("utf-8", "replace")
+        end = section.find(b"\0", offset)
+        if end < 0:
+            end = len(section)
+        return section[offset:end].decode("utf-8", "replace")
+
+
+# --- .debug_aranges ---------------------------------------------------------------------------------
+
+
+def read_aranges(sec: DwarfSections) -> list[tuple[int, int, int]]:
+    """All (start, end, cu_offset) address ranges of .debug_aranges, unsorted."""
+    data = sec.aranges
+    out: list[tuple[int, int, int]] = []
+    if data is None:
+        return out
+    data = bytes(data)
+    e = "<" if sec.little_endian else ">"
+    pos = 0
+    n = len(data)
+    while pos + 4 <= n:
+        (length,) = struct.unpack_from(e + "I", data, pos)
+        pos += 4
+        off_size = 4
+        if length == 0xFFFFFFFF:
+            (length,) = struct.unpack_from(e + "Q", data, pos)
+            pos += 8
+            off_size = 8
+        end = pos + length
+        if length == 0 or end > n:
+            break
+        (version,) = struct.unpack_from(e + "H", data, pos)
+        cu_off = struct.unpack_from(e + ("I" if off_size == 4 else "Q"), data, pos + 2)[0]
+        p = pos + 2 + off_size
+        addr_size = data[p]
+        seg_size = data[p + 1]
+        p += 2
+        tuple_size = 2 * addr_size + seg_size
+        # tuples are aligned to twice the address size from the unit start
+        unit_start = pos - (4 if off_size == 4 else 12)
+        rel = p - unit_start
+        if rel % tuple_size:
+            p += tuple_size - rel % tuple_size
+        fmt = e + {4: "I", 8: "Q", 2: "H"}.get(addr_size, "Q") * 2
+        while p + tuple_size <= end:
+            if seg_size:
+                p += seg_size
+            start, length_ = struct.unpack_from(fmt, data, p)
+            p += 2 * addr_size
+            if start == 0 and length_ == 0:
+                break
+            if length_:
+                out.append((start, start + length_, cu_off))
+        del version
+        pos = end
+    return out
+
+
+# --- CU headers and abbreviations --------------------------------------------------------------------
+
+
+@dataclass
+class CUHeader:
+    offset: int
+    version: int
+    unit_type: int
+    address_size: int
+    offset_size: int
+    abbrev_offset: int
+    die_offset: int  # first DIE
+    end: int  # one past the unit
+
+
+def parse_cu_header(sec: DwarfSections, offset: int) -> CUHeader:
+    data = sec.info
+    e = "<" if sec.little_endian else ">"
+    (length,) = struct.unpack_from(e + "I", data, offset)
+    pos = offset + 4
+    off_size = 4
+    if length == 0xFFFFFFFF:
+        (length,) = struct.unpack_from(e + "Q", data, pos)
+        pos += 8
+        off_size = 8
+    end = pos + length
+    if end > len(data):
+        raise DwarfError(f"CU at {offset:#x} runs past .debug_info")
+    (version,) = struct.unpack_from(e + "H", data, pos)
+    pos += 2
+    ofmt = e + ("I" if off_size == 4 else "Q")
+    unit_type = 1
+    if version >= 5:
+        unit_type = data[pos]
+        address_size = data[pos + 1]
+        (abbrev_off,) = struct.unpack_from(ofmt, data, pos + 2)
+        pos += 2 + off_size
+        if unit_type in (4, 5):  # skeleton, split_compile: dwo id
+            pos += 8
+        elif unit_type in (2, 6):  # type, split_type: signature + type offset
+            pos += 8 + off_size
+    elif version >= 2:
+        (abbrev_off,) = struct.unpack_from(ofmt, data, pos)
+        address_size = data[pos + off_size]
+        pos += off_size + 1
+    else:
+        raise DwarfError(f"unsupported DWARF version {version} in CU at {offset:#x}")
+    return CUHeader(offset, version, unit_type, address_size, off_size, abbrev_off, pos, end)
+
+
+def scan_cu_headers(sec: DwarfSections) -> list[tuple[int, int]]:
+    """(offset, end) of every unit in .debug_info, reading only the unit lengths."""
+    data = sec.info
+    e = "<" if sec.little_endian else ">"
+    out = []
+    pos = 0
+    n = len(data)
+    while pos + 4 <= n:
+        (length,) = struct.unpack_from(e + "I", data, pos)
+        hdr = 4
+        if length == 0xFFFFFFFF:
+            (length,) = struct.unpack_from(e + "Q", data, pos + 4)
+            hdr = 12
+        end = pos + hdr + length
+        if length == 0 or end > n:
+            break
+        out.append((pos, end))
+        pos = end
+    return out
+
+
+# An abbreviation: (tag, has_children, attrs) where attrs is a tuple of (attr, form, implicit_const).
+Abbrev = tuple[int, bool, tuple[tuple[int, int, int], ...]]
+
+
+def parse_abbrevs(sec: DwarfSections, offset: int) -> dict[int, Abbrev]:
+    data = sec.abbrev
+    table: dict[int, Abbrev] = {}
+    pos = offset
+    while True:
+        code, pos = _uleb(data, pos)
+        if code == 0:
+            break
+        tag, pos = _uleb(data, pos)
+        children = data[pos] != 0
+        pos += 1
+        attrs = []
+        while True:
+            at, pos = _uleb(data, pos)
+            form, pos = _uleb(data, pos)
+            const = 0
+            if form == FORM_IMPLICIT_CONST:
+                const, pos = _sleb(data, pos)
+            if at == 0 and form == 0:
+                break
+            attrs.append((at, form, const))
+        table[code] = (tag, children, tuple(attrs))
+    return table
+
+
+# --- the compact form of one CU ----------------------------------------------------------------------
+
+
+@dataclass
+class FunctionNode:
+    """A subprogram or inlined subroutine: its ranges, name and where it was called from."""
+
+    die_offset: int
+    tag: int
+    ranges: list[tuple[int, int]]
+    name: str
+    parent: int  # index of the enclosing function node in CompiledUnit.functions, -1 for none
+    call_file: int = 0
+    call_line: int = 0
+    call_column: int = 0
+
+
+@dataclass
+class LineTable:
+    """Rows of one CU's line program, sequence by sequence, in bfd's form.
+
+    ``addrs``/``rows`` are parallel; rows are (file_index, line, column, discriminator, end_sequence).
+    ``seqs`` are (low, high, first_row, last_row_exclusive), sorted by low.
+    """
+
+    files: list[str]
+    addrs: list[int] = field(default_factory=list)
+    rows: list[tuple[int, int, int, int, bool]] = field(default_factory=list)
+    seqs: list[tuple[int, int, int, int]] = field(default_factory=list)
+    #: What a file number of this table (call_file, rows) is offset by: 1 before DWARF 5, else 0.
+    file_base: int = 0
+
+    def file_name(self, number: int) -> str:
+        i = number - self.file_base
+        return self.files[i] if 0 <= i < len(self.files) else "<unknown>"
+
+    def lookup(self, address: int) -> Optional[tuple[str, int, int, int]]:
+        """(file, line, column, discriminator) of the row covering ``address``, or None."""
+        seqs = self.seqs
+        lows = [s[0] for s in seqs]
+        i = bisect.bisect_right(lows, address) - 1
+        # sequences may overlap (discarded code at address 0); look back for one that contains it
+        while i >= 0:
+            low, high, first, last = seqs[i]
+            if low <= address < high:
+                j = bisect.bisect_right(self.addrs, address, first, last) - 1
+                if j >= first:
+                    fnum, line, col, disc, end_seq = self.rows[j]
+                    if not end_seq and j + 1 < last and address < self.addrs[j + 1]:
+                        return self.file_name(fnum), line, col, disc
+                return None
+            i -= 1
+        return None
+
+
+@dataclass
+class CompiledUnit:
+    """What ksym keeps of one compilation unit."""
+
+    offset: int
+    name: str
+    comp_dir: str
+    functions: list[FunctionNode]
+    lines: LineTable | None
+    # (low, high, function index) for every range of every function, sorted by low
+    _starts: list[int] = field(default_factory=list, repr=False)
+    _spans: list[tuple[int, int, int]] = field(default_factory=list, repr=False)
+    _max_len: int = 0
+
+    def finish(self) -> "CompiledUnit":
+        spans = []
+        for i, fn in enumerate(self.functions):
+            for lo, hi in fn.ranges:
+                if hi > lo:
+                    spans.append((lo, hi, i))
+        spans.sort()
+        self._spans = spans
+        self._starts = [s[0] for s in spans]
+        self._max_len = max((hi - lo for lo, hi, _ in spans), default=0)
+        return self
+
+    def best_function(self, address: int) -> int:
+        """Index of bfd's "best fit" function for ``address`` (smallest containing range), or -1."""
+        best = -1
+        best_len = -1
+        i = bisect.bisect_right(self._starts, address) - 1
+        lo_bound = address - self._max_len
+        spans = self._spans
+        while i >= 0:
+            lo, hi, idx = spans[i]
+            if lo < lo_bound:
+                break
+            if address < hi:
+                ln = hi - lo
+                if best < 0 or ln < best_len or (ln == best_len and idx > best):
+                    best, best_len = idx, ln
+            i -= 1
+        return best
+
+
+# --- reading one CU ------------------------------------------------------------------------------------
+
+
+class _CUReader:
+    """Decodes DIEs of one CU, skipping what it does not need."""
+
+    def __init__(self, sec: DwarfSections, hdr: CUHeader) -> None:
+        self.sec = sec
+        self.hdr = hdr
+        self.data = sec.info
+        self.abbrevs = parse_abbrevs(sec, hdr.abbrev_offset)
+        self.e = "<" if sec.little_endian else ">"
+        self.str_offsets_base = 8 if hdr.offset_size == 4 else 16
+        self.addr_base = 8
+        self.rnglists_base = 0
+        self.low_pc = 0
+        # per-abbrev plans: fixed skip size when nothing wanted and all forms fixed-size
+        self._fixed: dict[int, int] = {}
+        asz = hdr.address_size
+        osz = hdr.offset_size
+        self._form_size = {
+            FORM_ADDR: asz, FORM_DATA1: 1, FORM_REF1: 1, FORM_FLAG: 1, FORM_STRX1: 1, FORM_ADDRX1: 1,
+            FORM_DATA2: 2, FORM_REF2: 2, FORM_STRX2: 2, FORM_ADDRX2: 2, FORM_STRX3: 3, FORM_ADDRX3: 3,
+            FORM_DATA4: 4, FORM_REF4: 4, FORM_REF_SUP4: 4, FORM_STRX4: 4, FORM_ADDRX4: 4,
+            FORM_DATA8: 8, FORM_REF8: 8, FORM_REF_SIG8: 8, FORM_REF_SUP8: 8, FORM_DATA16: 16,
+            FORM_STRP: osz, FORM_SEC_OFFSET: osz, FORM_LINE_STRP: osz, FORM_STRP_SUP: osz,
+            FORM_GNU_REF_ALT: osz, FORM_GNU_STRP_ALT: osz,
+            FORM_REF_ADDR: osz if hdr.version >= 3 else asz,
+            FORM_FLAG_PRESENT: 0, FORM_IMPLICIT_CONST: 0,
+        }
+        for code, (_tag, _ch, attrs) in self.abbrevs.items():
+            total = 0
+            for at, form, _c in attrs:
+                sz = self._form_size.get(form)
+                if sz is None or at in _WANTED:
+                    total = -1
+                    break
+                total += sz
+            if total >= 0:
+                self._fixed[code] = total
+
+    def _read_form(self, form: int, pos: int, const: int) -> tuple[object, int]:
+        data = self.data
+        e = self.e
+        if form == FORM_ADDR:
+            asz = self.hdr.address_size
+            return int.from_bytes(data[pos : pos + asz], "little" if e == "<" else "big"), pos + asz
+        if form in (FORM_DATA1, FORM_REF1, FORM_FLAG, FORM_STRX1, FORM_ADDRX1):
+            return data[pos], pos + 1
+        if form in (FORM_DATA2, FORM_REF2, FORM_STRX2, FORM_ADDRX2):
+            return struct.unpack_from(e + "H", data, pos)[0], pos + 2
+        if form in (FORM_STRX3, FORM_ADDRX3):
+            return int.from_bytes(data[pos : pos + 3], "little" if e == "<" else "big"), pos + 3
+        if form in (FORM_DATA4, FORM_REF4, FORM_REF_SUP4, FORM_STRX4, FORM_ADDRX4):
+            return struct.unpack_from(e + "I", data, pos)[0], pos + 4
+        if form in (FORM_DATA8, FORM_REF8, FORM_REF_SIG8, FORM_REF_SUP8):
+            return struct.unpack_from(e + "Q", data, pos)[0], pos + 8
+        if form in (FORM_STRP, FORM_SEC_OFFSET, FORM_LINE_STRP, FORM_STRP_SUP, FORM_GNU_REF_ALT,
+                    FORM_GNU_STRP_ALT, FORM_REF_ADDR):
+            sz = self._form_size[form]
+            return struct.unpack_from(e + ("I" if sz == 4 else "Q"), data, pos)[0], pos + sz
+        if form in (FORM_UDATA, FORM_REF_UDATA, FORM_STRX, FORM_ADDRX, FORM_LOCLISTX, FORM_RNGLISTX,
+                    FORM_GNU_ADDR_INDEX, FORM_GNU_STR_INDEX):
+            return _uleb(data, pos)
+        if form == FORM_SDATA:
+            return _sleb(data, pos)
+        if form == FORM_STRING:
+            return _cstr(data, pos)
+        if form == FORM_FLAG_PRESENT:
+            return 1, pos
+        if form == FORM_IMPLICIT_CONST:
+            return const, pos
+        if form == FORM_DATA16:
+            return bytes(data[pos : pos + 16]), pos + 16
+        if form in (FORM_BLOCK1, FORM_BLOCK2, FORM_BLOCK4, FORM_BLOCK, FORM_EXPRLOC):
+            if form == FORM_BLOCK1:
+                n, pos = data[pos], pos + 1
+            elif form == FORM_BLOCK2:
+                n, pos = struct.unpack_from(e + "H", data, pos)[0], pos + 2
+            elif form == FORM_BLOCK4:
+                n, pos = struct.unpack_from(e + "I", data, pos)[0], pos + 4
+            else:
+                n, pos = _uleb(data, pos)
+            return None, pos + n
+        if form == FORM_INDIRECT:
+            real, pos = _uleb(data, pos)
+            return self._read_form(real, pos, const)
+        raise DwarfError(f"unknown DWARF form {form:#x} at {pos:#x}")
+
+    def read_die(self, pos: int) -> tuple[int, int, bool, dict[int, tuple[int, object]], int]:
+        """(code, tag, has_children, {attr: (form, value)} of wanted attrs, next position)."""
+        code, pos = _uleb(self.data, pos)
+        if code == 0:
+            return 0, 0, False, {}, pos
+        ab = self.abbrevs.get(code)
+        if ab is None:
+            raise DwarfError(f"unknown abbreviation {code} at {pos:#x} in CU {self.hdr.offset:#x}")
+        tag, children, attrs = ab
+        fixed = self._fixed.get(code)
+        if fixed is not None:
+            return code, tag, children, {}, pos + fixed
+        vals: dict[int, tuple[int, object]] = {}
+        fs = self._form_size
+        for at, form, const in attrs:
+            if at in _WANTED:
+                val, pos = self._read_form(form, pos, const)
+                vals[at] = (form, val)
+            else:
+                sz = fs.get(form)
+                if sz is not None:
+                    pos += sz
+                else:
+                    _v, pos = self._read_form(form, pos, const)
+        return code, tag, children, vals, pos
+
+    # -- attribute helpers --
+
+    def string(self, form: int, val: object) -> str:
+        if form == FORM_STRING:
+            return str(val)
+        if form == FORM_STRP:
+            return self.sec.string_at(self.sec.str, int(val))  # type: ignore[call-overload]
+        if form == FORM_LINE_STRP:
+            return self.sec.string_at(self.sec.line_str, int(val))  # type: ignore[call-overload]
+        if form in (FORM_STRX, FORM_STRX1, FORM_STRX2, FORM_STRX3, FORM_STRX4, FORM_GNU_STR_INDEX):
+            so = self.sec.str_offsets
+            if so is None:
+                raise DwarfError("strx form without .debug_str_offsets")
+            sz = self.hdr.offset_size
+            off = struct.unpack_from(self.e + ("I" if sz == 4 else "Q"), so,
+                                     self.str_offsets_base + int(val) * sz)[0]  # type: ignore[call-overload]
+            return self.sec.string_at(self.sec.str, off)
+        return "??"
+
+    def address(self, form: int, val: object) -> int:
+        if form in (FORM_ADDRX, FORM_ADDRX1, FORM_ADDRX2, FORM_ADDRX3, FORM_ADDRX4, FORM_GNU_ADDR_INDEX):
+            return self.indexed_address(int(val))  # type: ignore[call-overload]
+        return int(val)  # type: ignore[call-overload]
+
+    def indexed_address(self, index: int) -> int:
+        a = self.sec.addr
+        if a is None:
+            raise DwarfError("addrx form without .debug_addr")
+        asz = self.hdr.address_size
+        p = self.addr_base + index * asz
+        return int.from_bytes(a[p : p + asz], "little" if self.e == "<" else "big")
+
+    def ranges_of(self, vals: dict[int, tuple[int, object]]) -> list[tuple[int, int]]:
+        lo = vals.get(AT_LOW_PC)
+        if AT_RANGES in vals:
+            form, v = vals[AT_RANGES]
+            return self.read_ranges(form, int(v))  # type: ignore[call-overload]
+        if lo is not None:
+            low = self.address(*lo)
+            hi = vals.get(AT_HIGH_PC)
+            if hi is None:
+                return [(low, low + 1)]
+            hform, hval = hi
+            if hform in _CONST_FORMS:
+                return [(low, low + int(hval))]  # type: ignore[call-overload]
+            return [(low, self.address(hform, hval))]
+        return []
+
+    def read_ranges(self, form: int, value: int) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        e = self.e
+        asz = self.hdr.address_size
+        order = "little" if e == "<" else "big"
+        base = self.low_pc
+        if self.hdr.version < 5 and form != FORM_RNGLISTX:
+            data = self.sec.ranges
+            if data is None:
+                return out
+            pos = value
+            maxaddr = (1 << (8 * asz)) - 1
+            while pos + 2 * asz <= len(data):
+                a = int.from_bytes(data[pos : pos + asz], order)
+                b = int.from_bytes(data[pos + asz : pos + 2 * asz], order)
+                pos += 2 * asz
+                if a == 0 and b == 0:
+                    break
+                if a == maxaddr:
+                    base = b
+                    continue
+                out.append((base + a, base + b))
+            return out
+        data = self.sec.rnglists
+        if data is None:
+            return out
+        if form == FORM_RNGLISTX:
+            sz = self.hdr.offset_size
+            rel = struct.unpack_from(e + ("I" if sz == 4 else "Q"), data, self.rnglists_base + value * sz)[0]
+            pos = self.rnglists_base + rel
+        else:
+            pos = value
+        while pos < len(data):
+            kind = data[pos]
+            pos += 1
+            if kind == 0:  # end_of_list
+                break
+            if kind == 1:  # base_addressx
+                idx, pos = _uleb(data, pos)
+                base = self.indexed_address(idx)
+            elif kind == 2:  # startx_endx
+                i1, pos = _uleb(data, pos)
+                i2, pos = _uleb(data, pos)
+                out.append((self.indexed_address(i1), self.indexed_address(i2)))
+            elif kind == 3:  # startx_length
+                i1, pos = _uleb(data, pos)
+                ln, pos = _uleb(data, pos)
+                s = self.indexed_address(i1)
+                out.append((s, s + ln))
+            elif kind == 4:  # offset_pair
+                a, pos = _uleb(data, pos)
+                b, pos = _uleb(data, pos)
+                out.append((base + a, base + b))
+            elif kind == 5:  # base_address
+                base = int.from_bytes(data[pos : pos + asz], order)
+                pos += asz
+            elif kind == 6:  # start_end
+                a = int.from_bytes(data[pos : pos + asz], order)
+                b = int.from_bytes(data[pos + asz : pos + 2 * asz], order)
+                pos += 2 * asz
+                out.append((a, b))
+            elif kind == 7:  # start_length
+                a = int.from_bytes(data[pos : pos + asz], order)
+                pos += asz
+                ln, pos = _uleb(data, pos)
+                out.append((a, a + ln))
+            else:
+                raise DwarfError(f"bad range list entry {kind} at {pos - 1:#x}")
+        return out
+
+
+def _ref_target(reader: _CUReader, form: int, val: object) -> int:
+    """Absolute .debug_info offset of a reference attribute."""
+    if form in _REF_LOCAL_FORMS:
+        return reader.hdr.offset + int(val)  # type: ignore[call-overload]
+    if form == FORM_REF_ADDR:
+        return int(val)  # type: ignore[call-overload]
+    return -1
+
+
+def _name_of(reader: _CUReader, offset: int, readers: Callable[[int], _CUReader], depth: int = 0) -> str:
+    """The name of the DIE at ``offset``, following abstract_origin/specification like bfd."""
+    if depth > 8 or offset < 0:
+        return "??"
+    if not reader.hdr.offset <= offset < reader.hdr.end:
+        reader = readers(offset)
+    _c, _t, _ch, vals, _p = reader.read_die(offset)
+    # bfd prefers the linkage name for languages that mangle; for C (the kernel) both are the same
+    # plain name and DW_AT_name is what it prints
+    if AT_NAME in vals:
+        return reader.string(*vals[AT_NAME])
+    for at in (AT_LINKAGE_NAME, AT_MIPS_LINKAGE_NAME):
+        if at in vals:
+            return reader.string(*vals[at])
+    for at in (AT_ABSTRACT_ORIGIN, AT_SPECIFICATION):
+        if at in vals:
+            return _name_of(reader, _ref_target(reader, *vals[at]), readers, depth + 1)
+    return "??"
+
+
+def compile_unit(
+    sec: DwarfSections,
+    cu_offset: int,
+    reader_for: Optional[Callable[[int], "_CUReader"]] = None,
+) -> CompiledUnit:
+    """Read one CU: its function tree (only subtrees holding code) and its line table."""
+    hdr = parse_cu_header(sec, cu_offset)
+    reader = _CUReader(sec, hdr)
+    readers_cache: dict[int, _CUReader] = {cu_offset: reader}
+    cu_list: list[tuple[int, int]] = []
+
+    def other_reader(offset: int) -> _CUReader:
+        # a DW_FORM_ref_addr into another CU (rare in the kernel): find and open that CU
+        nonlocal cu_list
+        if not cu_list:
+            cu_list = scan_cu_headers(sec)
+        starts = [c[0] for c in cu_list]
+        i = bisect.bisect_right(starts, offset) - 1
+        if i < 0:
+            raise DwarfError(f"reference {offset:#x} outside .debug_info")
+        start = cu_list[i][0]
+        if start not in readers_cache:
+            readers_cache[start] = _CUReader(sec, parse_cu_header(sec, start))
+        return readers_cache[start]
+
+    getter = reader_for or other_reader
+    pos = hdr.die_offset
+    code, tag, children, vals, pos = reader.read_die(pos)
+    if tag not in (TAG_COMPILE_UNIT, TAG_PARTIAL_UNIT, TAG_SKELETON_UNIT):
+        raise DwarfError(f"unit at {cu_offset:#x} does not start with a compile unit DIE")
+    # bases first: other attributes of the CU DIE may depend on them
+    if AT_STR_OFFSETS_BASE in vals:
+        reader.str_offsets_base = int(vals[AT_STR_OFFSETS_BASE][1])  # type: ignore[call-overload]
+    for at in (AT_ADDR_BASE, AT_GNU_ADDR_BASE):
+        if at in vals:
+            reader.addr_base = int(vals[at][1])  # type: ignore[call-overload]
+    for at in (AT_RNGLISTS_BASE, AT_GNU_RANGES_BASE):
+        if at in vals:
+            reader.rnglists_base = int(vals[at][1])  # type: ignore[call-overload]
+    if AT_LOW_PC in vals:
+        reader.low_pc = reader.address(*vals[AT_LOW_PC])
+    name = reader.string(*vals[AT_NAME]) if AT_NAME in vals else ""
+    comp_dir = reader.string(*vals[AT_COMP_DIR]) if AT_COMP_DIR in vals else ""
+    stmt_list = int(vals[AT_STMT_LIST][1]) if AT_STMT_LIST in vals else -1  # type: ignore[call-overload]
+
+    functions: list[FunctionNode] = []
+    if children:
+        _walk_children(reader, pos, functions, getter)
+    lines = None
+    if stmt_list >= 0 and sec.line is not None:
+        lines = read_line_table(sec, stmt_list, comp_dir, hdr.address_size)
+    return CompiledUnit(cu_offset, name, comp_dir, functions, lines).finish()
+
+
+def _walk_children(
+    reader: _CUReader, pos: int, functions: list[FunctionNode], getter: Callable[[int], _CUReader]
+) -> None:
+    """Walk the CU's DIE tree iteratively, recording function DIEs that have code.
+
+    A subtree is skipped (via DW_AT_sibling when present) unless its root is a function or lexical
+    block with code, or a DIE that may hold such (a DW_TAG without ranges that has children).
+    """
+    data_end = reader.hdr.end
+    # stack entries: index of the enclosing function node (or -1)
+    stack: list[int] = [-1]
+    read_die = reader.read_die
+    while pos < data_end and stack:
+        die_off = pos
+        code, tag, children, vals, pos = read_die(pos)
+        if code == 0:
+            stack.pop()
+            continue
+        enclosing = stack[-1]
+        if tag in FUNCTION_TAGS or tag == TAG_LEXICAL_BLOCK:
+            rngs = reader.ranges_of(vals) if (AT_LOW_PC in vals or AT_RANGES in vals) else []
+            if tag in FUNCTION_TAGS and rngs:
+                nm = "??"
+                if AT_NAME in vals:
+                    nm = reader.string(*vals[AT_NAME])
+                elif AT_LINKAGE_NAME in vals or AT_MIPS_LINKAGE_NAME in vals:
+                    nm = reader.string(*vals.get(AT_LINKAGE_NAME, vals.get(AT_MIPS_LINKAGE_NAME)))  # type: ignore[arg-type]
+                else:
+                    for at in (AT_ABSTRACT_ORIGIN, AT_SPECIFICATION):
+                        if at in vals:
+                            nm = _name_of(reader, _ref_target(reader, *vals[at]), getter)
+                            break
+                node = FunctionNode(
+                    die_offset=die_off,
+                    tag=tag,
+                    ranges=rngs,
+                    name=nm,
+                    parent=enclosing,
+                    call_file=int(vals[AT_CALL_FILE][1]) if AT_CALL_FILE in vals else 0,  # type: ignore[call-overload]
+                    call_line=int(vals[AT_CALL_LINE][1]) if AT_CALL_LINE in vals else 0,  # type: ignore[call-overload]
+                    call_column=int(vals[AT_CALL_COLUMN][1]) if AT_CALL_COLUMN in vals else 0,  # type: ignore[call-overload]
+                )
+                functions.append(node)
+                if children:
+                    stack.append(len(functions) - 1)
+                continue
+            if tag in FUNCTION_TAGS:
+                # an abstract instance or declaration: no code, nothing inside can have code
+                # that bfd attributes to it; skip it
+                if children:
+                    pos = _skip_subtree(reader, pos, vals)
+                continue
+            # lexical block: transparent for the function tree
+            if children:
+                stack.append(enclosing)
+            continue
+        if children:
+            # types, variables, namespaces...: their children cannot hold code, except that a
+            # namespace or module might; kernel C has none, but be exact for C++ (DW_TAG_namespace
+            # 0x39, DW_TAG_module 0x1e, class/structure types with member functions defined inline)
+            if tag in (0x39, 0x1E, 0x02, 0x13, 0x17):
+                stack.append(enclosing)
+            else:
+                pos = _skip_subtree(reader, pos, vals)
+
+
+def _skip_subtree(reader: _CUReader, pos: int, vals: dict[int, tuple[int, object]]) -> int:
+    """Position after the children of a DIE whose attributes end at ``pos``."""
+    sib = vals.get(AT_SIBLING)
+    if sib is not None:
+        target = _ref_target(reader, *sib)
+        if target > pos:
+            return target
+    depth = 1
+    read_die = reader.read_die
+    while depth:
+        code, _tag, children, _vals, pos = read_die(pos)
+        if code == 0:
+            depth -= 1
+        elif children:
+            depth += 1
+    return pos
+
+
+# --- line programs -----------------------------------------------------------------------------------
+
+
+def concat_filename(comp_dir: str, dirs: Sequence[str], name: str, dir_index: int, version: int) -> str:
+    """Join a line-table file name as binutils' concat_filename does."""
+    if name.startswith("/"):
+        return name
+    d = dir_index if version >= 5 else dir_index - 1
+    subdir = dirs[d] if 0 <= d < len(dirs) else None
+    dir_name: Optional[str] = None
+    if subdir is None or not subdir.startswith("/"):
+        dir_name = comp_dir or None
+    if dir_name is None:
+        dir_name, subdir = subdir, None
+    if dir_name is None:
+        return name
+    if subdir is not None:
+        return f"{dir_name}/{subdir}/{name}"
+    return f"{dir_name}/{name}"
+
+
+def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_size: int) -> LineTable:
+    data = sec.line
+    assert data is not None
+    e = "<" if sec.little_endian else ">"
+    (length,) = struct.unpack_from(e + "I", data, offset)
+    pos = offset + 4
+    off_size = 4
+    if length == 0xFFFFFFFF:
+        (length,) = struct.unpack_from(e + "Q", data, pos)
+        pos += 8
+        off_size = 8
+    end = pos + length
+    (version,) = struct.unpack_from(e + "H", data, pos)
+    pos += 2
+    address_size = cu_address_size
+    if version >= 5:
+        address_size = data[pos]
+        pos += 2
+    ofmt = e + ("I" if off_size == 4 else "Q")
+    (header_length,) = struct.unpack_from(ofmt, data, pos)
+    pos += off_size
+    prog_start = pos + header_length
+    min_inst = data[pos]
+    pos += 1
+    if version >= 4:
+        pos += 1  # maximum_operations_per_instruction (VLIW only)
+    default_is_stmt = data[pos]
+    line_base = struct.unpack_from("b", data, pos + 1)[0]
+    line_range = data[pos + 2]
+    opcode_base = data[pos + 3]
+    pos += 4
+    std_lengths = list(data[pos : pos + opcode_base - 1])
+    pos += opcode_base - 1
+    dirs: list[str] = []
+    raw_files: list[tuple[str, int]] = []
+    if version >= 5:
+        dirs_e, pos = _v5_entries(sec, data, pos, off_size, e)
+        dirs = [d.get(1, "") for d in dirs_e]  # type: ignore[misc]
+        files_e, pos = _v5_entries(sec, data, pos, off_size, e)
+        raw_files = [(str(f.get(1, "")), int(f.get(2, 0))) for f in files_e]
+    else:
+        while data[pos] != 0:
+            s, pos = _cstr(data, pos)
+            dirs.append(s)
+        pos += 1
+        while data[pos] != 0:
+            s, pos = _cstr(data, pos)
+            di, pos = _uleb(data, pos)
+            _m, pos = _uleb(data, pos)
+            _l, pos = _uleb(data, pos)
+            raw_files.append((s, di))
+        pos += 1
+    files = [concat_filename(comp_dir, dirs, n, d, version) for n, d in raw_files]
+    del default_is_stmt
+
+    # DWARF < 5 numbers files from 1; rows keep the file number as written
+    table = LineTable(files=[], file_base=0 if version >= 5 else 1)
+    addrs = table.addrs
+    rows = table.rows
+    seqs = table.seqs
+    table.files = files
+    order = "little" if e == "<" else "big"
+
+    pos = prog_start
+    address = 0
+    file = 1
+    line = 1
+    column = 0
+    disc = 0
+    seq_first = len(rows)
+    seq_low: Optional[int] = None
+    d = data
+    n_end = end
+    lr = line_range
+    ob = opcode_base
+
+    def emit(end_seq: bool) -> None:
+        nonlocal seq_low
+        fidx = file
+        if addrs and len(addrs) > seq_first and addrs[-1] == address and rows[-1][4] == end_seq:
+            # bfd keeps only the last row for one address (PR ld/4986)
+            rows[-1] = (fidx, line, column, disc, end_seq)
+        else:
+            addrs.append(address)
+            rows.append((fidx, line, column, disc, end_seq))
+        if seq_low is None:
+            seq_low = address
+
+    while pos < n_end:
+        op = d[pos]
+        pos += 1
+        if op >= ob:
+            adj = op - ob
+            address += (adj // lr) * min_inst
+            line += line_base + adj % lr
+            emit(False)
+            disc = 0
+        elif op == 0:
+            ln, pos = _uleb(d, pos)
+            if ln == 0:
+                continue
+            sub = d[pos]
+            nxt = pos + ln
+            if sub == 1:  # end_sequence
+                emit(True)
+                if seq_low is not None:
+                    seqs.append((seq_low, address, seq_first, len(rows)))
+                seq_first = len(rows)
+                seq_low = None
+                address = 0
+                file = 1
+                line = 1
+                column = 0
+                disc = 0
+            elif sub == 2:  # set_address
+                address = int.from_bytes(d[pos + 1 : pos + 1 + min(address_size, ln - 1)], order)
+            elif sub == 4:  # set_discriminator
+                disc, _ = _uleb(d, pos + 1)
+            pos = nxt
+        elif op == 1:  # copy
+            emit(False)
+            disc = 0
+        elif op == 2:  # advance_pc
+            v, pos = _uleb(d, pos)
+            address += v * min_inst
+        elif op == 3:  # advance_line
+            v, pos = _sleb(d, pos)
+            line += v
+        elif op == 4:  # set_file
+            file, pos = _uleb(d, pos)
+        elif op == 5:  # set_column
+            column, pos = _uleb(d, pos)
+        elif op == 8:  # const_add_pc
+            address += ((255 - ob) // lr) * min_inst
+        elif op == 9:  # fixed_advance_pc
+            address += struct.unpack_from(e + "H", d, pos)[0]
+            pos += 2
+        elif op in (6, 7, 10, 11):
+            pass
+        else:  # set_isa (12) and unknown standard opcodes: skip their uleb operands
+            for _ in range(std_lengths[op - 1] if op - 1 < len(std_lengths) else 0):
+                _v, pos = _uleb(d, pos)
+    seqs.sort()
+    return table
+
+
+def _v5_entries(
+    sec: DwarfSections, data: bytes | memoryview, pos: int, off_size: int, e: str
+) -> tuple[list[dict[int, object]], int]:
+    fmt_count = data[pos]
+    pos += 1
+    fmts = []
+    for _ in range(fmt_count):
+        ct, pos = _uleb(data, pos)
+        form, pos = _uleb(data, pos)
+        fmts.append((ct, form))
+    count, pos = _uleb(data, pos)
+    out: list[dict[int, object]] = []
+    ofmt = e + ("I" if off_size == 4 else "Q")
+    for _ in range(count):
+        ent: dict[int, object] = {}
+        for ct, form in fmts:
+            val: object
+            if form == FORM_STRING:
+                val, pos = _cstr(data, pos)
+            elif form in (FORM_LINE_STRP, FORM_STRP):
+                (o,) = struct.unpack_from(ofmt, data, pos)
+                pos += off_size
+                val = sec.string_at(sec.line_str if form == FORM_LINE_STRP else sec.str, o)
+            elif form in (FORM_UDATA,):
+                val, pos = _uleb(data, pos)
+            elif form == FORM_DATA1:
+                val, pos = data[pos], pos + 1
+            elif form == FORM_DATA2:
+                val, pos = struct.unpack_from(e + "H", data, pos)[0], pos + 2
+            elif form == FORM_DATA4:
+                val, pos = struct.unpack_from(e + "I", data, pos)[0], pos + 4
+            elif form == FORM_DATA8:
+                val, pos = struct.unpack_from(e + "Q", data, pos)[0], pos + 8
+            elif form == FORM_DATA16:
+                val, pos = None, pos + 16
+            elif form == FORM_BLOCK:
+                n, pos = _uleb(data, pos)
+                val, pos = None, pos + n
+            else:
+                raise DwarfError(f"unsupported form {form:#x} in a DWARF 5 line table header")
+            ent[ct] = val
+        out.append(ent)
+    return out, pos
+
+
+# --- (de)serialisation for the on-disk index ----------------------------------------------------------
+
+
+def unit_to_record(cu: CompiledUnit) -> tuple[object, ...]:
+    fns = [(f.die_offset, f.tag, f.ranges, f.name, f.parent, f.call_file, f.call_line, f.call_column)
+           for f in cu.functions]
+    lines = None
+    if cu.lines is not None:
+        lt = cu.lines
+        lines = (lt.files, lt.addrs, lt.rows, lt.seqs, lt.file_base)
+    return (cu.offset, cu.name, cu.comp_dir, fns, lines)
+
+
+def unit_from_record(rec: tuple[object, ...]) -> CompiledUnit:
+    offset, name, comp_dir, fns, lines = rec
+    functions = [FunctionNode(int(a), int(b), [tuple(r) for r in c], str(d), int(e), int(f), int(g), int(h))  # type: ignore[misc]
+                 for a, b, c, d, e, f, g, h in fns]  # type: ignore[attr-defined]
+    table = None
+    if lines is not None:
+        files, addrs, rows, seqs, file_base = lines  # type: ignore[misc]
+        table = LineTable(list(files), list(addrs), [tuple(r) for r in rows], [tuple(s) for s in seqs],
+                          int(file_base))
+    return CompiledUnit(int(offset), str(name), str(comp_dir), functions, table).finish()  # type: ignore[call-overload]
+
+
+def unit_ranges(sec: DwarfSections, cu_offset: int) -> list[tuple[int, int]]:
+    """Address ranges of a unit from its top DIE (DW_AT_ranges or low/high pc)."""
+    hdr = parse_cu_header(sec, cu_offset)
+    reader = _CUReader(sec, hdr)
+    _code, tag, _children, vals, _pos = reader.read_die(hdr.die_offset)
+    if tag not in (TAG_COMPILE_UNIT, TAG_PARTIAL_UNIT, TAG_SKELETON_UNIT):
+        return []
+    for at in (AT_ADDR_BASE, AT_GNU_ADDR_BASE):
+        if at in vals:
+            reader.addr_base = int(vals[at][1])  # type: ignore[call-overload]
+    for at in (AT_RNGLISTS_BASE, AT_GNU_RANGES_BASE):
+        if at in vals:
+            reader.rnglists_base = int(vals[at][1])  # type: ignore[call-overload]
+    if AT_LOW_PC in vals:
+        reader.low_pc = reader.address(*vals[AT_LOW_PC])
+    return [r for r in reader.ranges_of(vals) if r[1] > r[0]]

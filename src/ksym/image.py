@@ -1,0 +1,198 @@
+"""Parse: open a kernel image (vmlinux or any ELF with DWARF) and expose its raw parts.
+
+The file is memory-mapped; pyelftools reads the ELF header and section table and checks the file,
+and the big sections (.symtab, .debug_*) are handed on as memoryviews over the mapping, so opening a
+588 MB debug vmlinux costs milliseconds and almost no memory. Compressed debug sections
+(SHF_COMPRESSED, zlib) are decompressed by pyelftools on first use.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from pathlib import Path
+from typing import Optional
+
+from .errors import BadFileError, FileNotFoundKsymError, MissingDebugInfoError
+from .symbols import Section, SymbolTable
+
+__all__ = ["KernelImage", "read_build_id_from_notes", "DEBUG_PACKAGE_HINT"]
+
+SHT_SYMTAB = 2
+SHT_NOTE = 7
+SHT_NOBITS = 8
+SHT_DYNSYM = 11
+SHF_COMPRESSED = 0x800
+NT_GNU_BUILD_ID = 3
+
+DEBUG_PACKAGE_HINT = (
+    "install the kernel's debug symbols (Debian: linux-image-$(uname -r)-dbg; Ubuntu: "
+    "linux-image-$(uname -r)-dbgsym; Fedora/RHEL: kernel-debuginfo) or pass --vmlinux"
+)
+
+
+def read_build_id_from_notes(data: bytes, little_endian: bool = True) -> Optional[str]:
+    """The GNU build id in a block of ELF notes (a note section, or /sys/kernel/notes)."""
+    e = "<" if little_endian else ">"
+    pos = 0
+    while pos + 12 <= len(data):
+        namesz, descsz, ntype = struct.unpack_from(e + "III", data, pos)
+        pos += 12
+        name = data[pos : pos + namesz]
+        pos += (namesz + 3) & ~3
+        desc = data[pos : pos + descsz]
+        pos += (descsz + 3) & ~3
+        if ntype == NT_GNU_BUILD_ID and name.rstrip(b"\0") == b"GNU":
+            return desc.hex()
+    return None
+
+
+class KernelImage:
+    """An opened ELF file: header facts, sections, the symbol table and the raw DWARF sections."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self._file = open(self.path, "rb")
+        except FileNotFoundError:
+            raise FileNotFoundKsymError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise FileNotFoundKsymError(f"{self.path}: is a directory, not a vmlinux") from None
+        except PermissionError:
+            raise FileNotFoundKsymError(f"{self.path}: permission denied") from None
+        except OSError as exc:
+            raise FileNotFoundKsymError(f"{self.path}: cannot open: {exc.strerror}") from None
+        try:
+            self._open()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _open(self) -> None:
+        st = os.fstat(self._file.fileno())
+        self.size = st.st_size
+        head = self._file.read(64)
+        if len(head) < 4 or head[:4] != b"\x7fELF":
+            raise BadFileError(f"{self.path}: not an ELF file")
+        if len(head) < 64 and not (len(head) >= 52 and head[4] == 1):
+            raise BadFileError(f"{self.path}: truncated ELF file ({self.size} bytes)")
+        self.mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        self.view = memoryview(self.mm)
+        from elftools.common.exceptions import ELFError
+        from elftools.elf.elffile import ELFFile
+
+        try:
+            self.elf = ELFFile(self._file)
+            shoff = self.elf.header["e_shoff"]
+            shnum = self.elf.num_sections()
+            if shoff + shnum * self.elf.header["e_shentsize"] > self.size:
+                raise BadFileError(
+                    f"{self.path}: truncated ELF file: section table ends past the file's {self.size} bytes"
+                )
+            self.elf_type = str(self.elf.header["e_type"])
+            self.little_endian = self.elf.little_endian
+            self.elfclass = self.elf.elfclass
+            self.machine = str(self.elf.header["e_machine"])
+            sections = []
+            for i, sec in enumerate(self.elf.iter_sections()):
+                h = sec.header
+                sections.append(Section(i, sec.name, int(h["sh_type"]) if isinstance(h["sh_type"], int)
+                                        else _sh_type_num(str(h["sh_type"])),
+                                        int(h["sh_flags"]), int(h["sh_addr"]), int(h["sh_offset"]),
+                                        int(h["sh_size"])))
+        except (ELFError, struct.error, ValueError) as exc:
+            if isinstance(exc, BadFileError):
+                raise
+            raise BadFileError(f"{self.path}: corrupt ELF file: {exc}") from None
+        self.sections = sections
+        self._by_name = {s.name: s for s in sections}
+        for s in sections:
+            if s.type != SHT_NOBITS and s.offset + s.size > self.size:
+                raise BadFileError(
+                    f"{self.path}: truncated ELF file: section {s.name} ends at {s.offset + s.size:#x}, "
+                    f"past the end of the file ({self.size:#x})"
+                )
+
+    def close(self) -> None:
+        try:
+            self.view.release()
+            self.mm.close()
+        except (AttributeError, BufferError, ValueError):
+            pass
+        self._file.close()
+
+    # -- facts --
+
+    def section(self, name: str) -> Optional[Section]:
+        return self._by_name.get(name)
+
+    def section_bytes(self, name: str) -> Optional[bytes | memoryview]:
+        """Raw (decompressed if needed) contents of a section, or None."""
+        s = self._by_name.get(name)
+        if s is None or s.type == SHT_NOBITS:
+            return None
+        if s.flags & SHF_COMPRESSED:
+            from elftools.common.exceptions import ELFError
+
+            try:
+                data = self.elf.get_section(s.index).data()
+            except ELFError as exc:
+                raise BadFileError(f"{self.path}: cannot decompress {name}: {exc}") from None
+            return bytes(data)
+        return self.view[s.offset : s.offset + s.size]
+
+    @property
+    def build_id(self) -> Optional[str]:
+        for s in self.sections:
+            if s.type == SHT_NOTE:
+                data = self.section_bytes(s.name)
+                if data is not None:
+                    bid = read_build_id_from_notes(bytes(data), self.little_endian)
+                    if bid:
+                        return bid
+        return None
+
+    @property
+    def has_dwarf(self) -> bool:
+        return ".debug_info" in self._by_name or ".zdebug_info" in self._by_name
+
+    def require_dwarf(self) -> None:
+        if not self.has_dwarf:
+            raise MissingDebugInfoError(
+                f"{self.path}: no DWARF debug info (.debug_info): this is a stripped image; "
+                + DEBUG_PACKAGE_HINT
+            )
+
+    def load_symbols(self) -> SymbolTable:
+        tables = []
+        for s in self.sections:
+            if s.type in (SHT_DYNSYM, SHT_SYMTAB):
+                link = self.elf.get_section(s.index).header["sh_link"]
+                strsec = self.sections[link] if 0 <= link < len(self.sections) else None
+                if strsec is None:
+                    continue
+                tables.append((s.type, bytes(self.section_bytes(s.name) or b""),
+                               bytes(self.section_bytes(strsec.name) or b"")))
+        if not any(t == SHT_SYMTAB for t, _d, _s in tables):
+            raise BadFileError(f"{self.path}: no symbol table (.symtab): the file was stripped; "
+                               + DEBUG_PACKAGE_HINT)
+        tables.sort(key=lambda t: 0 if t[0] == SHT_DYNSYM else 1)
+        return SymbolTable.from_raw(((d, s) for _t, d, s in tables), self.sections,
+                                    self.little_endian, self.elfclass)
+
+    def read_cstring_at_address(self, address: int, limit: int = 512) -> Optional[str]:
+        """A NUL-terminated string at a link-time address (e.g. ``linux_banner``)."""
+        for s in self.sections:
+            if s.type != SHT_NOBITS and s.flags & 0x2 and s.addr <= address < s.addr + s.size:
+                off = s.offset + (address - s.addr)
+                raw = bytes(self.view[off : off + limit])
+                return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        return None
+
+
+def _sh_type_num(name: str) -> int:
+    table = {"SHT_NULL": 0, "SHT_PROGBITS": 1, "SHT_SYMTAB": 2, "SHT_STRTAB": 3, "SHT_RELA": 4,
+             "SHT_HASH": 5, "SHT_DYNAMIC": 6, "SHT_NOTE": 7, "SHT_NOBITS": 8, "SHT_REL": 9,
+             "SHT_DYNSYM": 11}
+    return table.get(name, 0x70000000)

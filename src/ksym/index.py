@@ -1,0 +1,145 @@
+"""The persistent index: what ksym learns about a kernel image, kept per build id.
+
+Layout under ``$KSYM_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ksym``, i.e. ``~/.cache/ksym``)::
+
+    paths/<sha256 of the real path>     → (path, size, mtime_ns, inode, key)   which key a file has
+    index/<key>/image.v1                → sections, symbol table arrays, aranges, faddr2line prefix, banner
+    index/<key>/cu-<offset>.v1          → one compilation unit, read once (function tree + line table)
+
+``key`` is the GNU build id (or, for a file without one, a hash of path, size and mtime). Files are
+written with ``marshal`` (plain data only: loading never runs code) to a temporary name and renamed into
+place, so readers never see half a file; a file that fails to load is deleted and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import marshal
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+__all__ = ["IndexStore", "default_cache_dir", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("KSYM_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "ksym"
+
+
+class IndexStore:
+    """Reads and writes index files; every failure degrades to "not cached"."""
+
+    def __init__(self, root: Optional[Path] = None, enabled: bool = True) -> None:
+        self.root = root or default_cache_dir()
+        self.enabled = enabled
+
+    # -- path → key memo --
+
+    @staticmethod
+    def _stat_key(path: Path) -> tuple[str, int, int, int]:
+        st = path.stat()
+        return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+    def _memo_file(self, path: Path) -> Path:
+        h = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
+        return self.root / "paths" / h
+
+    def key_for_path(self, path: Path) -> Optional[str]:
+        """The key remembered for this exact file (same size, mtime and inode), or None."""
+        if not self.enabled:
+            return None
+        data = self._load(self._memo_file(path))
+        if not isinstance(data, tuple) or len(data) != 5:
+            return None
+        try:
+            if tuple(data[:4]) != self._stat_key(path):
+                return None
+        except OSError:
+            return None
+        return str(data[4])
+
+    def remember_path(self, path: Path, key: str) -> None:
+        if self.enabled:
+            self._save(self._memo_file(path), (*self._stat_key(path), key))
+
+    @staticmethod
+    def fallback_key(path: Path) -> str:
+        st = path.stat()
+        h = hashlib.sha256(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
+        return "nobuildid-" + h[:32]
+
+    # -- image and CU records --
+
+    def _dir(self, key: str) -> Path:
+        safe = "".join(c for c in key if c.isalnum() or c in "-_")
+        return self.root / "index" / safe
+
+    def load_image(self, key: str) -> Optional[dict[str, Any]]:
+        if not self.enabled:
+            return None
+        data = self._load(self._dir(key) / f"image.v{FORMAT_VERSION}")
+        return data if isinstance(data, dict) and data.get("format") == FORMAT_VERSION else None
+
+    def save_image(self, key: str, record: dict[str, Any]) -> None:
+        if self.enabled:
+            self._save(self._dir(key) / f"image.v{FORMAT_VERSION}", {**record, "format": FORMAT_VERSION})
+
+    def load_cu(self, key: str, offset: int) -> Any:
+        if not self.enabled:
+            return None
+        return self._load(self._dir(key) / f"cu-{offset}.v{FORMAT_VERSION}")
+
+    def save_cu(self, key: str, offset: int, record: Any) -> None:
+        if self.enabled:
+            self._save(self._dir(key) / f"cu-{offset}.v{FORMAT_VERSION}", record)
+
+    def evict(self, key: Optional[str] = None) -> None:
+        """Delete the index of one key, or everything."""
+        import shutil
+
+        target = self._dir(key) if key else self.root
+        shutil.rmtree(target, ignore_errors=True)
+
+    # -- file helpers --
+
+    @staticmethod
+    def _load(path: Path) -> Any:
+        try:
+            with open(path, "rb") as f:
+                return marshal.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, EOFError, ValueError, TypeError):
+            # corrupt or unreadable: drop it, it will be rebuilt
+            try:
+                path.unlink()
+            except OSError:
+                pass
+            return None
+
+    @staticmethod
+    def _save(path: Path, obj: Any) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    marshal.dump(obj, f)
+                os.replace(tmp, path)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+        except (OSError, ValueError):
+            # a cache that cannot be written is only slower, never wrong
+            pass

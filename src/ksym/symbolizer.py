@@ -1,0 +1,425 @@
+"""The one entry point: :class:`Symbolizer` turns frames and addresses into :class:`Resolution` records.
+
+    >>> from ksym import Symbolizer
+    >>> s = Symbolizer("/usr/lib/debug/boot/vmlinux-6.1.0-53-cloud-amd64")
+    >>> print(s.resolve("__ip_local_out+222")[0])
+    __ip_local_out+222/0x160:
+    nf_hook at include/linux/netfilter.h:257
+    (inlined by) __ip_local_out at net/ipv4/ip_output.c:115
+
+It owns every cache: the on-disk index (symbols, aranges, each CU once read; see :mod:`ksym.index`) and
+an in-memory LRU of compiled units for batch work. The ELF file itself is opened only when the index
+cannot answer.
+"""
+
+from __future__ import annotations
+
+import bisect
+import mmap
+import os
+import re
+from array import array
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+from cachetools import LRUCache
+
+from . import dwarf as D
+from .errors import BadFileError, KsymError, SpecError, SymbolNotFoundError
+from .index import IndexStore
+from .locate import find_vmlinux
+from .model import Resolution, SourceLocation
+from .spec import AddressSpec, FuncSpec, parse_spec
+from .symbols import Section, SymbolTable
+
+__all__ = ["Symbolizer", "source_relative"]
+
+_KERNEL_TOP_DIRS = (
+    "arch", "block", "certs", "crypto", "drivers", "fs", "include", "init", "io_uring", "ipc", "kernel",
+    "lib", "mm", "net", "rust", "samples", "scripts", "security", "sound", "tools", "usr", "virt",
+)
+_TOP_RE = re.compile(r"/(?:%s)/" % "|".join(_KERNEL_TOP_DIRS))
+
+_DWARF_SECTIONS = {
+    "info": ".debug_info", "abbrev": ".debug_abbrev", "line": ".debug_line", "str": ".debug_str",
+    "line_str": ".debug_line_str", "ranges": ".debug_ranges", "rnglists": ".debug_rnglists",
+    "addr": ".debug_addr", "str_offsets": ".debug_str_offsets", "aranges": ".debug_aranges",
+}
+
+
+def _prefix_regex(prefix: Optional[str]) -> Optional[re.Pattern[str]]:
+    """faddr2line strips ``sed "s; $prefix\\(\\./\\)*; ;"``: a basic regex where '.' is any character."""
+    if not prefix:
+        return None
+    body = "".join("." if c == "." else re.escape(c) for c in prefix)
+    return re.compile(" " + body + "(?:\\./)*")
+
+
+def source_relative(path: str, prefix: Optional[str] = None) -> str:
+    """Best source-tree-relative form of a DWARF path (for links and source lookup)."""
+    if prefix and path.startswith(prefix):
+        path = path[len(prefix):]
+        while path.startswith("./"):
+            path = path[2:]
+        return path
+    if path.startswith("/"):
+        m = _TOP_RE.search(path)
+        if m:
+            return path[m.start() + 1:]
+    return path
+
+
+class Symbolizer:
+    """Resolve kernel frames (``func+off[/size]``) and link-time addresses against one debug image.
+
+    :param vmlinux: the debug vmlinux (or any ELF with DWARF); default: ``$KSYM_VMLINUX``, then the
+        running kernel's debug vmlinux where distributions install it.
+    :param use_index: read and write the on-disk index (``$KSYM_CACHE_DIR``, default ~/.cache/ksym).
+    :param cache_dir: where the index lives, overriding the default.
+    :param warn: called with warning lines (build id mismatch); default: ignore them (see ``warnings``).
+    :raises FileNotFoundKsymError: no such file / nothing found.
+    :raises BadFileError: not ELF, truncated, no symbol table; :class:`MissingDebugInfoError`: no DWARF.
+    """
+
+    def __init__(
+        self,
+        vmlinux: Optional[str | os.PathLike[str]] = None,
+        *,
+        use_index: bool = True,
+        cache_dir: Optional[str | os.PathLike[str]] = None,
+        warn: Optional[Callable[[str], None]] = None,
+        cu_cache_size: int = 256,
+    ) -> None:
+        located = find_vmlinux(vmlinux)
+        self.path = located.path
+        self.warnings: list[str] = list(located.warnings)
+        for w in self.warnings:
+            if warn:
+                warn(w)
+        self._store = IndexStore(Path(cache_dir) if cache_dir else None, enabled=use_index)
+        self._image: Any = None
+        self._mm: Optional[mmap.mmap] = None
+        self._sections_cache: Optional[D.DwarfSections] = None
+        self._cus: LRUCache[int, D.CompiledUnit] = LRUCache(maxsize=cu_cache_size)
+        self._cu_list: Optional[list[tuple[int, int, int]]] = None
+        self._load_index()
+
+    # -- index ---------------------------------------------------------------------------------------
+
+    def _load_index(self) -> None:
+        if not self.path.exists():
+            from .errors import FileNotFoundKsymError
+
+            raise FileNotFoundKsymError(f"{self.path}: no such file")
+        key = self._store.key_for_path(self.path)
+        rec = self._store.load_image(key) if key else None
+        if rec is not None:
+            try:
+                self._apply_record(rec)
+                self.key = key
+                return
+            except (KeyError, TypeError, ValueError):
+                pass  # a stale or damaged index: rebuild it
+        img = self._open_image()
+        img.require_dwarf()
+        self.build_id: Optional[str] = img.build_id
+        self.key = self.build_id or self._store.fallback_key(self.path)
+        rec = self._store.load_image(self.key)
+        if rec is not None:
+            try:
+                self._apply_record(rec)
+                self._store.remember_path(self.path, self.key)
+                return
+            except (KeyError, TypeError, ValueError):
+                pass
+        rec = self._build_record(img)
+        self._apply_record(rec)
+        self._store.save_image(self.key, rec)
+        self._store.remember_path(self.path, self.key)
+
+    def _open_image(self) -> Any:
+        if self._image is None:
+            from .image import KernelImage
+
+            self._image = KernelImage(self.path)
+        return self._image
+
+    def _build_record(self, img: Any) -> dict[str, Any]:
+        syms = img.load_symbols()
+        sec = self._dwarf_sections_from_image(img)
+        ar = D.read_aranges(sec)
+        ar.sort()
+        banner = None
+        self.symbols = syms
+        self.sections = list(img.sections)
+        banner_addr = syms.address_of("linux_banner")
+        if banner_addr is not None:
+            banner = img.read_cstring_at_address(banner_addr)
+        rec: dict[str, Any] = {
+            "path": str(self.path),
+            "build_id": img.build_id,
+            "elf_type": img.elf_type,
+            "little_endian": img.little_endian,
+            "elfclass": img.elfclass,
+            "machine": img.machine,
+            "sections": [(s.index, s.name, s.type, s.flags, s.addr, s.offset, s.size) for s in img.sections],
+            "syms": syms.to_record(),
+            "aranges": (array("Q", [a[0] for a in ar]).tobytes(), array("Q", [a[1] for a in ar]).tobytes(),
+                        array("Q", [a[2] for a in ar]).tobytes()),
+            "banner": banner,
+        }
+        # faddr2line's path prefix: addr2line's file for start_kernel, cut before init/main.c
+        self._apply_record({**rec, "dir_prefix": None})
+        rec["dir_prefix"] = self._find_dir_prefix()
+        return rec
+
+    def _apply_record(self, rec: dict[str, Any]) -> None:
+        self.build_id = rec["build_id"]
+        self.elf_type = rec["elf_type"]
+        self.little_endian = bool(rec["little_endian"])
+        self.elfclass = int(rec["elfclass"])
+        self.machine = rec.get("machine")
+        self.banner: Optional[str] = rec.get("banner")
+        self.sections = [Section(*s) for s in rec["sections"]]
+        self.symbols = SymbolTable.from_record(rec["syms"], self.sections)
+        s, e, c = (array("Q"), array("Q"), array("Q"))
+        s.frombytes(rec["aranges"][0])
+        e.frombytes(rec["aranges"][1])
+        c.frombytes(rec["aranges"][2])
+        self._ar_starts = s.tolist()
+        self._ar_ends = e.tolist()
+        self._ar_cus = c.tolist()
+        self._ar_maxlen = max((b - a for a, b in zip(self._ar_starts, self._ar_ends)), default=0)
+        self.dir_prefix: Optional[str] = rec.get("dir_prefix")
+        self._prefix_re = _prefix_regex(self.dir_prefix)
+
+    def _find_dir_prefix(self) -> Optional[str]:
+        for i in self.symbols.indices_named("start_kernel"):
+            addr = int(self.symbols.values[i])
+            chain = self._chain(addr)
+            if not chain or chain[0].raw_file in ("", "??"):
+                return None
+            file_line = f"{chain[0].raw_file}:{chain[0].line}"
+            cut = file_line.rfind("init/main.c:")
+            if cut <= 0:
+                return None
+            return file_line[:cut]
+        return None
+
+    # -- DWARF access ------------------------------------------------------------------------------------
+
+    def _dwarf_sections_from_image(self, img: Any) -> D.DwarfSections:
+        kw = {k: img.section_bytes(v) for k, v in _DWARF_SECTIONS.items()}
+        if kw["info"] is None or kw["abbrev"] is None:
+            img.require_dwarf()
+            raise BadFileError(f"{self.path}: DWARF without .debug_abbrev")
+        sec = D.DwarfSections(little_endian=img.little_endian,
+                              default_address_size=img.elfclass // 8, **kw)
+        self._sections_cache = sec
+        return sec
+
+    def _dwarf(self) -> D.DwarfSections:
+        if self._sections_cache is not None:
+            return self._sections_cache
+        by_name = {s.name: s for s in self.sections}
+        if any(by_name[n].flags & 0x800 for n in _DWARF_SECTIONS.values() if n in by_name) or not all(
+            n in by_name for n in (".debug_info", ".debug_abbrev")
+        ):
+            return self._dwarf_sections_from_image(self._open_image())
+        try:
+            f = open(self.path, "rb")
+        except OSError as exc:
+            from .errors import FileNotFoundKsymError
+
+            raise FileNotFoundKsymError(f"{self.path}: cannot open: {exc.strerror}") from None
+        with f:
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        view = memoryview(self._mm)
+        kw: dict[str, Any] = {}
+        for k, name in _DWARF_SECTIONS.items():
+            s = by_name.get(name)
+            kw[k] = view[s.offset : s.offset + s.size] if s is not None and s.type != 8 else None
+        self._sections_cache = D.DwarfSections(little_endian=self.little_endian,
+                                               default_address_size=self.elfclass // 8, **kw)
+        return self._sections_cache
+
+    def _cu_offset_for(self, address: int) -> Optional[int]:
+        i = bisect.bisect_right(self._ar_starts, address) - 1
+        while i >= 0 and self._ar_starts[i] >= address - self._ar_maxlen:
+            if address < self._ar_ends[i]:
+                return int(self._ar_cus[i])
+            i -= 1
+        return self._cu_offset_fallback(address)
+
+    def _cu_offset_fallback(self, address: int) -> Optional[int]:
+        """For CUs missing from .debug_aranges: the ranges of every CU DIE (read once, then indexed)."""
+        if self._cu_list is None:
+            cached = self._store.load_cu(self.key, -1)
+            if isinstance(cached, list):
+                self._cu_list = [tuple(x) for x in cached]  # type: ignore[misc]
+            else:
+                sec = self._dwarf()
+                covered = set(self._ar_cus)
+                out: list[tuple[int, int, int]] = []
+                for off, _end in D.scan_cu_headers(sec):
+                    if off in covered:
+                        continue
+                    try:
+                        for lo, hi in D.unit_ranges(sec, off):
+                            out.append((lo, hi, off))
+                    except (D.DwarfError, IndexError, ValueError):
+                        continue
+                out.sort()
+                self._cu_list = out
+                self._store.save_cu(self.key, -1, out)
+        for lo, hi, off in self._cu_list:
+            if lo <= address < hi:
+                return off
+        return None
+
+    def compiled_unit(self, offset: int) -> D.CompiledUnit:
+        cu = self._cus.get(offset)
+        if cu is not None:
+            return cu
+        rec = self._store.load_cu(self.key, offset)
+        if rec is not None:
+            try:
+                cu = D.unit_from_record(rec)
+            except (TypeError, ValueError, IndexError):
+                cu = None
+        if cu is None:
+            try:
+                cu = D.compile_unit(self._dwarf(), offset)
+            except (D.DwarfError, IndexError, ValueError) as exc:
+                raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {offset:#x}: {exc}") from None
+            except __import__("struct").error as exc:
+                raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {offset:#x}: {exc}") from None
+            self._store.save_cu(self.key, offset, D.unit_to_record(cu))
+        self._cus[offset] = cu
+        return cu
+
+    # -- lookups ---------------------------------------------------------------------------------------
+
+    def _display(self, raw: str) -> str:
+        if raw in ("", "??"):
+            return "??"
+        if self._prefix_re is not None:
+            m = self._prefix_re.match(" " + raw)
+            if m:
+                return raw[m.end() - 1:]
+        return raw
+
+    def _chain(self, address: int) -> tuple[SourceLocation, ...]:
+        """The inline chain at ``address``, innermost first, as addr2line -i reports it."""
+        cu_off = self._cu_offset_for(address)
+        if cu_off is None:
+            name = self.symbols.bfd_function_name(address)
+            if name is None:
+                return ()
+            return (SourceLocation(name, "??", 0),)
+        cu = self.compiled_unit(cu_off)
+        loc = cu.lines.lookup(address) if cu.lines is not None else None
+        fi = cu.best_function(address)
+        if fi >= 0:
+            name = cu.functions[fi].name
+        else:
+            name = self.symbols.bfd_function_name(address) or "??"
+        if loc is None and fi < 0 and name == "??":
+            return ()
+        raw, line, col, disc = loc if loc is not None else ("??", 0, 0, 0)
+        out = [SourceLocation(name, self._display(raw), line, col, disc, raw, False)]
+        if fi >= 0 and cu.functions[fi].tag == D.TAG_INLINED_SUBROUTINE and cu.lines is not None:
+            fn = cu.functions[fi]
+            while fn.parent >= 0:
+                parent = cu.functions[fn.parent]
+                craw = cu.lines.file_name(fn.call_file) if fn.call_file or cu.lines.file_base == 0 else "??"
+                out.append(SourceLocation(parent.name, self._display(craw), fn.call_line, fn.call_column, 0,
+                                          craw, False))
+                fn = parent
+        if len(out) > 1:
+            out = [SourceLocation(x.function, x.file, x.line, x.column, x.discriminator, x.raw_file,
+                                  i < len(out) - 1) for i, x in enumerate(out)]
+        return tuple(out)
+
+    def symbolize(self, address: int, query: Optional[str] = None) -> Resolution:
+        """Resolve one link-time address (no KASLR adjustment)."""
+        hit = self.symbols.containing(address)
+        chain = self._chain(address)
+        q = query if query is not None else f"{address:#x}"
+        if hit is None:
+            return Resolution(q, address, None, None, None, None, chain)
+        sym, size = hit
+        return Resolution(q, address, sym.name, address - sym.address, size, None, chain)
+
+    def symbolize_many(self, addresses: Iterable[int]) -> list[Resolution]:
+        return [self.symbolize(a) for a in addresses]
+
+    def resolve(self, frame: str) -> list[Resolution]:
+        """Resolve ``func+off[/size]`` (every matching symbol, as faddr2line) or a raw address.
+
+        :raises SpecError: malformed text.
+        :raises SymbolNotFoundError: no symbol matched; ``.reasons`` holds faddr2line's skip messages.
+        """
+        spec = parse_spec(frame)
+        if isinstance(spec, AddressSpec):
+            return [self.symbolize(spec.address, frame)]
+        return self._resolve_func(spec)
+
+    def _resolve_func(self, spec: FuncSpec) -> list[Resolution]:
+        matches = self.symbols.faddr2line_matches(spec.name)
+        out: list[Resolution] = []
+        reasons: list[str] = []
+        for m in matches:
+            sym = m.symbol
+            if m.size is None:
+                nxt = f"0x{m.next_address:x}" if m.next_address is not None else ""
+                reasons.append(f"bad symbol size: sym_addr: 0x{sym.address:x} cur_sym_addr: {nxt}")
+                break
+            addr = (sym.address + spec.offset) & ((1 << 64) - 1)
+            if addr == 0:
+                reasons.append(f"bad address: 0x{sym.address:x} + {spec.offset_text}")
+                break
+            if spec.size is not None and spec.size != m.size:
+                reasons.append(f"skipping {spec.name} address at 0x{addr:x} due to size mismatch "
+                               f"({spec.size_text} != 0x{m.size:x})")
+                continue
+            if spec.offset > m.size:
+                reasons.append(f"skipping {spec.name} address at 0x{addr:x} due to size mismatch "
+                               f"({spec.offset_text} > 0x{m.size:x})")
+                continue
+            out.append(Resolution(spec.text.strip(), addr, spec.name, spec.offset, m.size, spec.offset_text,
+                                  self._chain(addr)))
+        if not out:
+            if not matches:
+                why = f"no symbol named {spec.name}"
+            else:
+                why = "; ".join(reasons) or "no usable symbol"
+            raise SymbolNotFoundError(f"no match for {spec.text.strip()} ({why})", spec.name, tuple(reasons))
+        return out
+
+    def address_of(self, name: str) -> Optional[int]:
+        """Link-time address of a symbol (functions first), or None."""
+        return self.symbols.address_of(name)
+
+    def close(self) -> None:
+        if self._image is not None:
+            self._image.close()
+            self._image = None
+        self._sections_cache = None
+        self._cus.clear()
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:
+                pass
+            self._mm = None
+
+    def __enter__(self) -> "Symbolizer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# keep the public errors reachable from here for users of this module alone
+_ = (KsymError, SpecError)

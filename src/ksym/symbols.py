@@ -1,0 +1,439 @@
+"""Locate: the ELF symbol table as kallsyms and faddr2line see it.
+
+The table is read straight from the raw ``.symtab`` bytes (119,000 symbols in a distribution vmlinux;
+pyelftools' per-symbol objects would take seconds) into parallel arrays that the on-disk index stores
+as they are.
+
+Three lookups:
+
+* :meth:`SymbolTable.faddr2line_matches` — every FUNC symbol of a name, in symbol-table order, with the
+  size the kernel's scripts/faddr2line computes (distance to the next symbol of the same section that
+  lies at or beyond the symbol's ELF size: kallsyms counts the padding);
+* :meth:`SymbolTable.containing` — the text symbol an address falls in, for raw addresses;
+* :meth:`SymbolTable.bfd_function_name` — the symbol binutils' ``elf_find_function`` names for an address
+  that no DWARF function covers (assembly), so ksym prints what addr2line prints there.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+import zlib
+from array import array
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Optional
+
+__all__ = ["Symbol", "SymbolTable", "FaddrMatch", "Section"]
+
+STT_NOTYPE = 0
+STT_OBJECT = 1
+STT_FUNC = 2
+STT_SECTION = 3
+STT_FILE = 4
+STT_COMMON = 5
+STT_TLS = 6
+STT_GNU_IFUNC = 10
+STB_LOCAL = 0
+STV_HIDDEN = 2
+SHN_UNDEF = 0
+SHN_LORESERVE = 0xFF00
+SHF_EXECINSTR = 0x4
+SHF_ALLOC = 0x2
+
+
+@dataclass(frozen=True)
+class Section:
+    index: int
+    name: str
+    type: int
+    flags: int
+    addr: int
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """One ELF symbol."""
+
+    name: str
+    address: int
+    elf_size: int
+    type: int
+    bind: int
+    visibility: int
+    shndx: int
+
+
+@dataclass(frozen=True)
+class FaddrMatch:
+    """A FUNC symbol matching a faddr2line name, with the size faddr2line computes for it."""
+
+    symbol: Symbol
+    #: kallsyms-style size, or None when faddr2line would fail ("bad symbol size").
+    size: Optional[int]
+    #: Next symbol address used for the size (for faddr2line's messages).
+    next_address: Optional[int]
+
+
+def _signed64(v: int) -> int:
+    v &= (1 << 64) - 1
+    return v - (1 << 64) if v >> 63 else v
+
+
+class NameTable:
+    """Symbol names as one blob plus a hash index, so a loaded index answers lookups by name without
+    decoding 100,000 strings first."""
+
+    def __init__(self, blob: bytes, offsets: array, slots: array, chain: array) -> None:  # type: ignore[type-arg]
+        self.blob = blob
+        self.offsets = offsets
+        self.slots = slots
+        self.chain = chain
+        self._mask = len(slots) - 1
+
+    @classmethod
+    def build(cls, names: list[str]) -> "NameTable":
+        raw = [n.encode("utf-8", "surrogateescape") for n in names]
+        offsets = array("I", [0])
+        pos = 0
+        for r in raw:
+            pos += len(r) + 1
+            offsets.append(pos)
+        blob = b"\0".join(raw) + b"\0" if raw else b""
+        nslots = 1
+        while nslots < 2 * len(raw) + 2:
+            nslots *= 2
+        mask = nslots - 1
+        slots = array("i", [-1]) * nslots
+        chain = array("i", [-1]) * len(raw)
+        last: dict[bytes, int] = {}
+        for i, r in enumerate(raw):
+            prev = last.get(r)
+            if prev is not None:
+                chain[prev] = i
+                last[r] = i
+                continue
+            last[r] = i
+            h = zlib.crc32(r) & mask
+            while slots[h] != -1:
+                h = (h + 1) & mask
+            slots[h] = i
+        return cls(blob, offsets, slots, chain)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def raw(self, i: int) -> bytes:
+        return self.blob[self.offsets[i] : self.offsets[i + 1] - 1]
+
+    def __getitem__(self, i: int) -> str:
+        return self.blob[self.offsets[i] : self.offsets[i + 1] - 1].decode("utf-8", "replace")
+
+    def __iter__(self) -> Iterator[str]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def lookup(self, name: str) -> list[int]:
+        r = name.encode("utf-8", "surrogateescape")
+        mask = self._mask
+        h = zlib.crc32(r) & mask
+        slots = self.slots
+        while True:
+            i = slots[h]
+            if i == -1:
+                return []
+            if self.raw(i) == r:
+                out = [i]
+                j = self.chain[i]
+                while j != -1:
+                    out.append(j)
+                    j = self.chain[j]
+                return out
+            h = (h + 1) & mask
+
+
+class SymbolTable:
+    """Parallel arrays over the ELF symbol table (``.dynsym`` entries first, as readelf lists them)."""
+
+    def __init__(
+        self,
+        names: NameTable,
+        values: array,  # type: ignore[type-arg]
+        sizes: array,  # type: ignore[type-arg]
+        infos: bytes,
+        others: bytes,
+        shndx: array,  # type: ignore[type-arg]
+        sections: list[Section],
+    ) -> None:
+        self.names = names
+        self.values = values
+        self.sizes = sizes
+        self.infos = infos
+        self.others = others
+        self.shndx = shndx
+        self.sections = sections
+        self._faddr_order: Optional[tuple[array, array]] = None  # type: ignore[type-arg]
+        self._text: Optional[tuple[array, array]] = None  # type: ignore[type-arg]
+
+    # -- construction --
+
+    @classmethod
+    def from_raw(
+        cls,
+        tables: Iterable[tuple[bytes, bytes]],
+        sections: list[Section],
+        little_endian: bool = True,
+        elfclass: int = 64,
+    ) -> "SymbolTable":
+        """Build from (symtab bytes, strtab bytes) pairs."""
+        names: list[str] = []
+        values = array("Q")
+        sizes = array("Q")
+        infos = bytearray()
+        others = bytearray()
+        shndx = array("I")
+        e = "<" if little_endian else ">"
+        for data, strtab in tables:
+            if elfclass == 64:
+                fmt = e + "IBBHQQ"
+                entries = struct.iter_unpack(fmt, data[: len(data) - len(data) % 24])
+                rows = ((n, i, o, s, v, z) for n, i, o, s, v, z in entries)
+            else:
+                fmt = e + "IIIBBH"
+                entries32 = struct.iter_unpack(fmt, data[: len(data) - len(data) % 16])
+                rows = ((n, i, o, s, v, z) for n, v, z, i, o, s in entries32)
+            first = True
+            for name_off, info, other, sh, value, size in rows:
+                if first:  # the null symbol
+                    first = False
+                    continue
+                end = strtab.find(b"\0", name_off)
+                names.append(strtab[name_off:end].decode("utf-8", "replace"))
+                values.append(value)
+                sizes.append(size)
+                infos.append(info)
+                others.append(other)
+                shndx.append(sh)
+        return cls(NameTable.build(names), values, sizes, bytes(infos), bytes(others), shndx, sections)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def symbol(self, i: int) -> Symbol:
+        info = self.infos[i]
+        return Symbol(self.names[i], self.values[i], self.sizes[i], info & 0xF, info >> 4,
+                      self.others[i] & 3, self.shndx[i])
+
+    def section_of_index(self, shndx: int) -> Optional[Section]:
+        for s in self.sections:
+            if s.index == shndx:
+                return s
+        return None
+
+    # -- by name --
+
+    def indices_named(self, name: str) -> list[int]:
+        """Indices of every symbol called ``name``, in symbol-table order."""
+        return self.names.lookup(name)
+
+    # -- persistence --
+
+    def to_record(self) -> tuple[Any, ...]:
+        order, oaddrs = self._address_order()
+        tidx, taddrs = self._text_index()
+        n = self.names
+        return (n.blob, n.offsets.tobytes(), n.slots.tobytes(), n.chain.tobytes(), self.values.tobytes(),
+                self.sizes.tobytes(), self.infos, self.others, self.shndx.tobytes(), order.tobytes(),
+                oaddrs.tobytes(), tidx.tobytes(), taddrs.tobytes())
+
+    @classmethod
+    def from_record(cls, rec: tuple[Any, ...], sections: list[Section]) -> "SymbolTable":
+        def arr(code: str, data: bytes) -> array:  # type: ignore[type-arg]
+            a = array(code)
+            a.frombytes(data)
+            return a
+
+        (blob, offs, slots, chain, values, sizes, infos, others, shndx, order, oaddrs, tidx, taddrs) = rec
+        names = NameTable(bytes(blob), arr("I", offs), arr("i", slots), arr("i", chain))
+        t = cls(names, arr("Q", values), arr("Q", sizes), bytes(infos), bytes(others), arr("I", shndx),
+                sections)
+        t._faddr_order = (arr("I", order), arr("Q", oaddrs))
+        t._text = (arr("I", tidx), arr("Q", taddrs))
+        return t
+
+    def address_of(self, name: str) -> Optional[int]:
+        """Address of the first symbol of this name (functions first), or None."""
+        idx = self.indices_named(name)
+        if not idx:
+            return None
+        for i in idx:
+            if self.infos[i] & 0xF == STT_FUNC:
+                return int(self.values[i])
+        return int(self.values[idx[0]])
+
+    def _address_order(self) -> tuple[array, array]:  # type: ignore[type-arg]
+        """All symbols sorted by address (stable: symbol-table order within one address)."""
+        if self._faddr_order is None:
+            vals = self.values
+            idx = sorted(range(len(self.names)), key=vals.__getitem__)
+            self._faddr_order = (array("I", idx), array("Q", [vals[i] for i in idx]))
+        return self._faddr_order
+
+    _TYPES = {0: "NOTYPE", 1: "OBJECT", 2: "FUNC", 3: "SECTION", 4: "FILE", 5: "COMMON", 6: "TLS",
+              10: "IFUNC"}
+    _BINDS = {0: "LOCAL", 1: "GLOBAL", 2: "WEAK", 10: "UNIQUE"}
+    _VIS = {0: "DEFAULT", 1: "INTERNAL", 2: "HIDDEN", 3: "PROTECTED"}
+
+    def _readelf_tail(self, i: int) -> bytes:
+        size = self.sizes[i]
+        sz = f"{size:5d}" if size < 100000 else f"0x{size:x}"
+        info = self.infos[i]
+        return (f"{sz} {self._TYPES.get(info & 0xF, '<unknown>'):7} {self._BINDS.get(info >> 4, '<unknown>'):6} "
+                f"{self._VIS.get(self.others[i] & 3, ''):8} {self.shndx[i]:4} {self.names[i]}").encode()
+
+    def faddr2line_matches(self, name: str) -> list[FaddrMatch]:
+        """FUNC symbols called ``name`` with faddr2line's size for each, in symbol-table order."""
+        out = []
+        for i in self.indices_named(name):
+            if self.infos[i] & 0xF != STT_FUNC:
+                continue
+            sym = self.symbol(i)
+            order, addrs = self._address_order()
+            # faddr2line walks this section's symbols sorted by readelf's line from the address on
+            # (``sort --key=2``): find ours among those at its address, then scan forward
+            lo = bisect.bisect_left(addrs, sym.address)
+            hi = bisect.bisect_right(addrs, sym.address)
+            same = sorted((j for j in order[lo:hi] if self.shndx[j] == sym.shndx), key=self._readelf_tail)
+            size: Optional[int] = None
+            nxt: Optional[int] = None
+            found = 0
+            for j in same:
+                if self.sizes[j] == sym.elf_size and self.names[j] == name:
+                    found = 1
+                    continue
+                if found and sym.elf_size <= 0:
+                    # another symbol at the same address: faddr2line takes the zero distance
+                    nxt = sym.address
+                    found = 2
+                    size = 0
+                    break
+            if found == 1:
+                pos = hi
+                while pos < len(order):
+                    j = order[pos]
+                    pos += 1
+                    if self.shndx[j] != sym.shndx:
+                        continue
+                    cur = addrs[pos - 1]
+                    diff = _signed64(cur - sym.address)
+                    nxt = cur
+                    if diff < sym.elf_size:
+                        continue
+                    size = diff
+                    found = 2
+                    break
+            if found == 1:
+                sec = self.section_of_index(sym.shndx)
+                if sec is not None:
+                    size = _signed64(sec.size - sym.address)
+            out.append(FaddrMatch(sym, size if size is not None and size > 0 else None, nxt))
+        return out
+
+    # -- by address --
+
+    def _text_index(self) -> tuple[list[int], list[int]]:
+        if self._text is None:
+            exec_secs = {s.index for s in self.sections if s.flags & SHF_EXECINSTR}
+            idx = []
+            for i, n in enumerate(self.names):
+                t = self.infos[i] & 0xF
+                if t not in (STT_FUNC, STT_NOTYPE, STT_GNU_IFUNC) or self.shndx[i] not in exec_secs:
+                    continue
+                if not n or n.startswith("$") or n.startswith(".L"):
+                    continue
+                idx.append(i)
+            # functions before untyped aliases at one address, then symbol-table order
+            idx.sort(key=lambda i: (self.values[i], 0 if self.infos[i] & 0xF == STT_FUNC else 1, i))
+            self._text = (array("I", idx), array("Q", [self.values[i] for i in idx]))
+        return self._text
+
+    def containing(self, address: int) -> Optional[tuple[Symbol, int]]:
+        """(symbol, kallsyms-style size) of the text symbol ``address`` falls in, or None."""
+        idx, addrs = self._text_index()
+        k = bisect.bisect_right(addrs, address) - 1
+        if k < 0:
+            return None
+        start = addrs[k]
+        # first (preferred) symbol at that address
+        while k > 0 and addrs[k - 1] == start:
+            k -= 1
+        i = idx[k]
+        sym = self.symbol(i)
+        nk = bisect.bisect_right(addrs, start)
+        if nk < len(addrs):
+            size = addrs[nk] - start
+        else:
+            sec = self.section_of_index(sym.shndx)
+            size = (sec.addr + sec.size - start) if sec else max(sym.elf_size, 1)
+        if sym.elf_size > size:
+            size = sym.elf_size
+        if address >= start + max(size, sym.elf_size, 1):
+            return None
+        return sym, size
+
+    def section_containing(self, address: int) -> Optional[Section]:
+        for s in self.sections:
+            if s.flags & SHF_ALLOC and s.addr <= address < s.addr + s.size and s.type != 8:
+                return s
+        return None
+
+    def bfd_function_name(self, address: int) -> Optional[str]:
+        """The name binutils' elf_find_function gives ``address`` (used when DWARF has no function)."""
+        sec = self.section_containing(address)
+        if sec is None:
+            return None
+        idx, addrs = self._text_index()
+        k = bisect.bisect_right(addrs, address) - 1
+        if k < 0:
+            return None
+        best_val = addrs[k]
+        # candidates: every symbol at the closest address at or below, in symbol-table order
+        lo = bisect.bisect_left(addrs, best_val)
+        hi = bisect.bisect_right(addrs, best_val)
+        cands = sorted(idx[lo:hi])
+        best: Optional[int] = None
+        best_size = 0
+        for i in cands:
+            if self.shndx[i] != sec.index:
+                continue
+            t = self.infos[i] & 0xF
+            size = int(self.sizes[i])
+            if size == 0 and (self.infos[i] >> 4) == STB_LOCAL and t == STT_NOTYPE and (self.others[i] & 3) == STV_HIDDEN:
+                continue
+            size = size or 1
+            if best is None:
+                best, best_size = i, size
+                continue
+            if best_val + best_size <= address:
+                if size > best_size:
+                    best, best_size = i, size
+                continue
+            if best_val + size <= address:
+                continue
+            bt = self.infos[best] & 0xF
+            bfun = bt in (STT_FUNC, STT_GNU_IFUNC)
+            nfun = t in (STT_FUNC, STT_GNU_IFUNC)
+            if bfun and not nfun:
+                continue
+            if nfun and not bfun:
+                best, best_size = i, size
+                continue
+            if bt == STT_NOTYPE and t != STT_NOTYPE:
+                best, best_size = i, size
+                continue
+            if bt != STT_NOTYPE and t == STT_NOTYPE:
+                continue
+            if size < best_size:
+                best, best_size = i, size
+        return self.names[best] if best is not None else None
