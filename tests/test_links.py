@@ -12,7 +12,9 @@ def test_source_and_ident_urls() -> None:
     assert links.source_url("net/ipv4/ip_output.c", 115) == (
         "https://elixir.bootlin.com/linux/v6.1.187/source/net/ipv4/ip_output.c#L115"
     )
-    assert links.ident_url("__ip_local_out") == "https://elixir.bootlin.com/linux/v6.1.187/A/ident/__ip_local_out"
+    assert links.ident_url("__ip_local_out") == (
+        "https://elixir.bootlin.com/linux/v6.1.187/A/ident/__ip_local_out"
+    )
     assert links.source_url("include/linux/netfilter.h", 0) == (
         "https://elixir.bootlin.com/linux/v6.1.187/source/include/linux/netfilter.h"
     )
@@ -20,7 +22,9 @@ def test_source_and_ident_urls() -> None:
 
 def test_self_hosted_base_url() -> None:
     links = ElixirLinks("v6.18-rc3", base_url="http://127.0.0.1:8080/elixir/")
-    assert links.source_url("./mm/slub.c", 7) == "http://127.0.0.1:8080/elixir/linux/v6.18-rc3/source/mm/slub.c#L7"
+    assert links.source_url("./mm/slub.c", 7) == (
+        "http://127.0.0.1:8080/elixir/linux/v6.18-rc3/source/mm/slub.c#L7"
+    )
     assert links.ident_url("kfree") == "http://127.0.0.1:8080/elixir/linux/v6.18-rc3/A/ident/kfree"
     with pytest.raises(ValueError):
         ElixirLinks("v6.1", base_url="elixir.bootlin.com")
@@ -33,12 +37,16 @@ def test_quoting() -> None:
     assert links.source_url("drivers/a b/c#d.c", 3) == (
         "https://elixir.bootlin.com/linux/v6.1/source/drivers/a%20b/c%23d.c#L3"
     )
-    assert ElixirLinks("odd/tag?x").ident_url("f") == "https://elixir.bootlin.com/linux/odd%2Ftag%3Fx/A/ident/f"
+    assert ElixirLinks("odd/tag?x").ident_url("f") == (
+        "https://elixir.bootlin.com/linux/odd%2Ftag%3Fx/A/ident/f"
+    )
 
 
 def test_clone_suffixes_and_unknowns() -> None:
     links = ElixirLinks("v6.1.187")
-    assert links.ident_url("tcp_v4_rcv.cold") == "https://elixir.bootlin.com/linux/v6.1.187/A/ident/tcp_v4_rcv"
+    assert links.ident_url("tcp_v4_rcv.cold") == (
+        "https://elixir.bootlin.com/linux/v6.1.187/A/ident/tcp_v4_rcv"
+    )
     assert ident_name("ip_finish_output2.constprop.0") == "ip_finish_output2"
     assert ident_name("foo.isra.0.cold") == "foo"
     assert ident_name("??") is None

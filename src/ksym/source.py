@@ -189,7 +189,8 @@ class SourceProvider:
         """The URL :meth:`get_text` fetches (``{tag}`` and ``{path}`` quoted)."""
         if self.url_template is None:
             raise ValueError("no source URL template")
-        return self.url_template.replace("{tag}", quote(tag, safe="")).replace("{path}", quote(path, safe="/"))
+        url = self.url_template.replace("{tag}", quote(tag, safe=""))
+        return url.replace("{path}", quote(path, safe="/"))
 
     def cache_path(self, tag: str, path: str) -> Path:
         """The disk cache file for (tag, path): ``<cache_dir>/<2 hex>/<sha256 of tag NUL path>``."""
@@ -313,13 +314,15 @@ class SourceProvider:
                         raise SourceFetchError(f"cannot fetch {what}: {reason} (no such file at this tag?)",
                                                tag=tag, path=path, kind="not-found")
                     if status not in _TRANSIENT_STATUS:
-                        raise SourceFetchError(f"cannot fetch {what}: {reason}", tag=tag, path=path, kind="http")
+                        raise SourceFetchError(f"cannot fetch {what}: {reason}",
+                                               tag=tag, path=path, kind="http")
                     retry_after = _retry_after(resp.headers.get("Retry-After"))
                     kind = "rate-limited" if status == 429 else "http"
                     if retry_after is not None:
                         if retry_after > self.max_backoff:
                             raise SourceFetchError(
-                                f"cannot fetch {what}: {reason}, server asks to retry after {retry_after:.0f} s",
+                                f"cannot fetch {what}: {reason}, "
+                                f"server asks to retry after {retry_after:.0f} s",
                                 tag=tag, path=path, kind=kind)
                         wait = retry_after
                     error = SourceFetchError(f"cannot fetch {what}: {reason}", tag=tag, path=path, kind=kind)
@@ -399,7 +402,8 @@ def tree_version(tree: str | Path) -> tuple[int, int, int] | None:
 
 def _is_source_tree(path: Path) -> bool:
     """A full kernel tree (not a headers-only build dir): has a Makefile and C sources."""
-    return (path / "Makefile").is_file() and (path / "init" / "main.c").is_file() and (path / "kernel").is_dir()
+    return ((path / "Makefile").is_file() and (path / "init" / "main.c").is_file()
+            and (path / "kernel").is_dir())
 
 
 def find_source_dir(
@@ -500,7 +504,9 @@ def _sanitize(text: str) -> str:
     return _CONTROL_RE.sub("\ufffd", text)
 
 
-def render_context(lines: Sequence[str], lineno: int, radius: int = 5, *, sanitize: bool = False) -> list[str]:
+def render_context(
+    lines: Sequence[str], lineno: int, radius: int = 5, *, sanitize: bool = False
+) -> list[str]:
     """The source lines faddr2line --list prints around ``lineno`` (1-based): lines ``lineno - radius``
     to ``lineno + radius`` that exist, each ``" N \\t<text>"``, the line itself ``">N<\\t<text>"``.
 

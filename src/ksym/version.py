@@ -215,7 +215,8 @@ def kernel_tag(banner: str | KernelVersion) -> TagGuess:
 
     - a Debian banner's package version (``Debian 6.1.187-1``) gives ``v6.1.187``;
     - Ubuntu's signature (``(Ubuntu 5.13.0-22.22-generic 5.13.19)``) gives ``v5.13.19``;
-    - ``X.Y.0-rcN`` gives ``vX.Y-rcN``; ``X.Y.Z`` with Z > 0 gives ``vX.Y.Z``; a plain ``X.Y.0`` gives ``vX.Y``;
+    - ``X.Y.0-rcN`` gives ``vX.Y-rcN``; ``X.Y.Z`` with Z > 0 gives ``vX.Y.Z``; a plain ``X.Y.0`` gives
+      ``vX.Y``;
     - anything else (``6.1.0-53-cloud-amd64`` without the package version, RHEL's ``4.18.0-477...el8``)
       falls back to ``vMAJOR.MINOR`` with a note.
 
