@@ -283,7 +283,9 @@ def _raw_check(m: re.Match[str]) -> bool:
         return int(raw, 16) != 0
     v = int(raw, 16)
     # without 0x: only things that look like kernel addresses (not dates, words like "deadbeef")
-    return v >= 0xFFFF000000000000 if len(raw) == 16 else (len(raw) == 8 and v >= 0xC0000000)
+    if len(raw) == 16:
+        return v >= 0xFFFF000000000000
+    return len(raw) == 8 and v >= 0xC0000000 and any(c.isdigit() for c in raw)
 
 
 def _bcc_addr_check(m: re.Match[str]) -> bool:
@@ -308,12 +310,19 @@ _FORMATS: list[_Format] = [
         _fixed(FrameKind.OOPS),
         "hex",
     ),
+    # powerpc Call Trace: "[c00000000ab3b9f0] [c000000000a1b3e0] ip_local_out+0x30/0x90 (unreliable)"
+    _Format(
+        "powerpc",
+        rf"\s*\[{_HEX}\]\s+(?P<ext>\[(?P<addr>{_HEX})\]\s+{_KTOK}(?:\s+{_MOD})?)(?:\s+(?P<q>\(unreliable\)))?",
+        _fixed(FrameKind.OOPS),
+        "hex",
+    ),
     # register lines: "RIP: 0010:func+0x1a/0x30 [mod]", "pc : func+..", "NIP [c0..] func+..",
     # old "RIP: 0010:[<ffffffff8106d3a5>]  [<ffffffff8106d3a5>] func+0x85/0xc0", "PC is at func+.."
     _Format(
         "register",
         r"\s*(?:RIP|EIP|IP|NIP|LR|PC is at|LR is at|pc|lr|epc|ra|PC)\s*:?\s*(?:[0-9a-fA-F]{4}:)?"
-        rf"(?:\[<{_HEX}>\]\s+)?(?P<ext>(?:\[<?(?P<addr>{_HEX})>?\]\s+)?{_KTOK}(?:\s+{_MOD})?)(?:\s+.*)?",
+        rf"(?:\[<{_HEX}>\]\s+(?=\[))?(?P<ext>(?:\[<?(?P<addr>{_HEX})>?\]\s+)?{_KTOK}(?:\s+{_MOD})?)(?:\s+.*)?",
         _fixed(FrameKind.OOPS),
         "hex",
     ),
@@ -455,6 +464,8 @@ def _in_text_ok(m: re.Match[str], body: str, start: int, end: int) -> bool:
 def _build(m: re.Match[str], line: str, lineno: int, kind: FrameKind, base: str) -> StackFrame | None:
     g = m.groupdict()
     sym = g.get("sym")
+    if sym is not None and len(sym) >= 8 and all(c in _HEXDIGITS for c in sym):
+        return None  # "ffff88003fc03ab8 ffffffff81580f47": stack words, not address + symbol
     address: int | None = None
     if g.get("addr"):
         address = int(g["addr"], 16) or None
@@ -601,8 +612,8 @@ def parse_text(text: str) -> list[ParsedLine]:
             in_stack = False
             out.append(ParsedLine(i, line, None, line_context(line)))
             continue
-        if not in_stack:
-            stack += 1
+        if not in_stack or frame.kind is FrameKind.DROPWATCH:
+            stack += 1  # dropwatch: every line is a separate drop event
             in_stack = True
         out.append(ParsedLine(i, line, replace(frame, stack_index=stack)))
     return out
