@@ -1,0 +1,126 @@
+"""Fixtures for the dropcapture tests.
+
+Unit tests read this machine's real tracefs format file and BTF (skipped, with the reason printed,
+where they are missing). Tests marked ``kernel`` load real BPF programs: they need root, bcc, tracefs,
+BTF and kernel headers (tools/dropcapture-setup.sh prepares all of it) and skip otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src"
+if str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+
+
+def _bcc_importable() -> bool:
+    try:
+        import bcc  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def kernel_missing() -> str | None:
+    """Why real-BPF tests cannot run here, or None when they can."""
+    if sys.platform != "linux":
+        return "not Linux"
+    if os.geteuid() != 0:
+        return "needs root (CI runs these as root)"
+    if not os.path.isdir("/sys/kernel/tracing/events") and not os.path.isdir("/sys/kernel/debug/tracing/events"):
+        return "tracefs not mounted (tools/dropcapture-setup.sh mounts it)"
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        return "no /sys/kernel/btf/vmlinux (kernel without CONFIG_DEBUG_INFO_BTF)"
+    if not _bcc_importable():
+        return f"bcc not importable from {sys.executable} (apt-get install python3-bpfcc; tools/dropcapture-setup.sh)"
+    rel = os.uname().release
+    if not os.path.exists(f"/lib/modules/{rel}/build/Makefile") and not os.path.exists("/sys/kernel/kheaders.tar.xz"):
+        return f"no kernel headers at /lib/modules/{rel}/build (tools/dropcapture-setup.sh links them)"
+    return None
+
+
+def tracefs_missing() -> str | None:
+    if not os.path.exists("/sys/kernel/tracing/events/skb/kfree_skb/format") and not os.path.exists(
+        "/sys/kernel/debug/tracing/events/skb/kfree_skb/format"
+    ):
+        return "no readable skb:kfree_skb format file (tracefs not mounted or not root)"
+    try:
+        Path("/sys/kernel/tracing/events/skb/kfree_skb/format").read_text()
+    except OSError as exc:
+        return f"cannot read the kfree_skb format file: {exc}"
+    return None
+
+
+def btf_missing() -> str | None:
+    if not os.access("/sys/kernel/btf/vmlinux", os.R_OK):
+        return "no readable /sys/kernel/btf/vmlinux"
+    return None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    why = kernel_missing()
+    return "dropcapture kernel tests: " + ("run" if why is None else f"SKIPPED - {why}")
+
+
+@pytest.fixture
+def need_kernel() -> None:
+    why = kernel_missing()
+    if why is not None:
+        print(f"skipping: {why}")
+        pytest.skip(why)
+
+
+@pytest.fixture
+def need_tracefs() -> None:
+    why = tracefs_missing()
+    if why is not None:
+        print(f"skipping: {why}")
+        pytest.skip(why)
+
+
+@pytest.fixture
+def need_btf() -> None:
+    why = btf_missing()
+    if why is not None:
+        print(f"skipping: {why}")
+        pytest.skip(why)
+
+
+@pytest.fixture
+def need_tools() -> None:
+    missing = [t for t in ("ip", "nft", "curl") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"missing tools: {', '.join(missing)} (apt-get install iproute2 nftables curl)")
+
+
+def dropcapture_cmd(*args: str) -> list[str]:
+    """The CLI as a subprocess of this interpreter, running the checkout's sources."""
+    return [sys.executable, "-m", "dropcapture", *args]
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture
+def netns(need_kernel: None, need_tools: None):  # type: ignore[no-untyped-def]
+    """A fresh network namespace with only its own loopback up; removed afterwards."""
+    name = f"dctest{os.getpid()}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)

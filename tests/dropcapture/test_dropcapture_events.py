@@ -1,0 +1,195 @@
+"""Event decoding, filters, text/JSON/save formatting and the summary (no BPF needed)."""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import ipaddress
+import json
+import socket
+
+import pytest
+
+from dropcapture.capture import CaptureStats, KernelInfo, read_build_id
+from dropcapture.events import EVENT_FIELDS, RawEvent, StackFrame, c_struct, decode_event, l4_number
+from dropcapture.filters import Filters
+from dropcapture.kallsyms import Kallsyms, Symbol
+from dropcapture.output import SAVE_MAGIC, SaveWriter, Summary, TextFormatter
+from dropcapture.symbolize import format_chain
+
+KALLSYMS = """\
+ffffffff81000000 T _text
+ffffffff81e94f20 T sk_skb_reason_drop
+ffffffff81e95050 T consume_skb
+ffffffff8205c3e0 t __ip_local_out
+ffffffff8205c5b0 T ip_local_out
+ffffffff8205c630 T ip_output
+ffffffffc0001000 t nft_thing\t[nf_tables]
+ffffffffc0001100 t nft_other\t[nf_tables]
+"""
+
+
+def raw_v4(**kw: object) -> RawEvent:
+    r = RawEvent()
+    r.ts_ns = 5_000_000_000
+    r.pid, r.tid, r.cpu = 4211, 4212, 1
+    r.comm = b"curl"
+    r.family, r.l4proto, r.has_l4 = 4, socket.IPPROTO_TCP, 1
+    r.saddr[:4] = list(ipaddress.IPv4Address("10.0.0.1").packed)
+    r.daddr[:4] = list(ipaddress.IPv4Address("10.0.0.2").packed)
+    r.sport, r.dport = 40412, 80
+    r.eth_protocol = 0x0800
+    r.reason = 12
+    r.location = 0xFFFFFFFF8205C53C
+    r.stack_id = 7
+    r.tcp_flags = 0x02
+    for k, v in kw.items():
+        setattr(r, k, v)
+    return r
+
+
+def decode(r: RawEvent, stack: tuple[StackFrame, ...] = ()) -> object:
+    ks = Kallsyms(KALLSYMS)
+    return decode_event(r, reason_name="NETFILTER_DROP", clock_offset=1000.0,
+                        location_symbol=ks.lookup(r.location), stack=stack)
+
+
+def test_layout_is_one_definition() -> None:
+    text = c_struct()
+    for name, _t, ctype in EVENT_FIELDS:
+        assert (ctype + ";" if "[" in ctype else f"{ctype} {name};") in text
+    assert ctypes.sizeof(RawEvent) % 8 == 0
+
+
+def test_kallsyms_lookup() -> None:
+    ks = Kallsyms(KALLSYMS)
+    s = ks.lookup(0xFFFFFFFF8205C53C)
+    assert s == Symbol("__ip_local_out", 0x15C, 0x1D0)
+    assert str(s) == "__ip_local_out+0x15c/0x1d0" and s.short == "__ip_local_out+0x15c"
+    assert str(ks.lookup(0xFFFFFFFFC0001010)) == "nft_thing+0x10/0x100 [nf_tables]"
+    assert ks.lookup(0x1000) is None
+    assert ks.address("ip_output") == 0xFFFFFFFF8205C630
+    assert not Kallsyms("0000000000000000 T _text\n").usable
+
+
+def test_decode_ipv4_tcp() -> None:
+    ev = decode(raw_v4())
+    assert ev.pid == 4211 and ev.tid == 4212 and ev.comm == "curl" and ev.cpu == 1
+    assert (ev.saddr, ev.sport, ev.daddr, ev.dport) == ("10.0.0.1", 40412, "10.0.0.2", 80)
+    assert ev.protocol == "TCP" and ev.tcp_flags == 2 and ev.icmp_type is None
+    assert ev.timestamp == pytest.approx(1005.0)
+    assert ev.location_text == "__ip_local_out+0x15c"
+    assert ev.endpoint("src") == "10.0.0.1:40412" and ev.stack_error is None
+
+
+def test_decode_ipv6_udp_icmp_and_non_ip() -> None:
+    r = raw_v4(family=6, l4proto=17)
+    r.saddr[:] = list(ipaddress.IPv6Address("::1").packed)
+    r.daddr[:] = list(ipaddress.IPv6Address("fe80::2").packed)
+    ev = decode(r)
+    assert ev.saddr == "::1" and ev.daddr == "fe80::2" and ev.protocol == "UDP"
+    assert ev.endpoint("dst") == "[fe80::2]:80" and ev.tcp_flags is None
+    ev = decode(raw_v4(l4proto=1, icmp_type=8, icmp_code=0))
+    assert ev.protocol == "ICMP" and ev.sport is None and ev.icmp_type == 8 and ev.endpoint("src") == "10.0.0.1"
+    ev = decode(raw_v4(family=0, eth_protocol=0x0806, has_l4=0))
+    assert ev.protocol == "ARP" and ev.saddr is None and ev.endpoint("src") == "-" and ev.l4proto is None
+    ev = decode(raw_v4(l4proto=47))
+    assert ev.protocol == "GRE" and ev.sport is None
+    ev = decode(raw_v4(stack_id=-17))
+    assert ev.stack_error is not None and "EEXIST" in ev.stack_error
+
+
+def test_filters() -> None:
+    ev = decode(raw_v4())
+    assert Filters().matches(ev) and Filters().empty
+    assert Filters(comm="curl").matches(ev) and not Filters(comm="wget").matches(ev)
+    assert Filters(pids=frozenset({4211})).matches(ev) and Filters(pids=frozenset({4212})).matches(ev)
+    assert not Filters(pids=frozenset({1})).matches(ev)
+    assert Filters(protos=frozenset({6})).matches(ev) and not Filters(protos=frozenset({17})).matches(ev)
+    assert Filters(ports=frozenset({80})).matches(ev) and Filters(ports=frozenset({40412})).matches(ev)
+    assert not Filters(ports=frozenset({443})).matches(ev)
+    assert Filters(hosts=frozenset({ipaddress.ip_address("10.0.0.2")})).matches(ev)
+    assert not Filters(hosts=frozenset({ipaddress.ip_address("::1")})).matches(ev)
+    assert Filters(reasons=frozenset({12})).matches(ev) and not Filters(reasons=frozenset({3})).matches(ev)
+    both = Filters(comm="curl", ports=frozenset({80}), reasons=frozenset({3}))
+    assert not both.matches(ev)
+    assert l4_number("tcp") == 6 and l4_number("ICMPv6") == 58 and l4_number("132") == 132
+    with pytest.raises(ValueError):
+        l4_number("bogus")
+
+
+def _stack() -> tuple[StackFrame, ...]:
+    ks = Kallsyms(KALLSYMS)
+    addrs = [0xFFFFFFFF81E94FB0, 0xFFFFFFFF8205C53C, 0xFFFFFFFF8205C5CC, 0x12]
+    return tuple(StackFrame(a, ks.lookup(a)) for a in addrs)
+
+
+def test_text_and_json() -> None:
+    ev = decode(raw_v4(), _stack())
+    fmt = TextFormatter()
+    text = fmt.format(ev)
+    first = text.splitlines()[0]
+    for part in ("4211", "curl", "TCP", "10.0.0.1:40412", "-> 10.0.0.2:80", "NETFILTER_DROP", "__ip_local_out+0x15c"):
+        assert part in first
+    assert "    sk_skb_reason_drop+0x90" in text and "    0x12" in text
+    assert "sk_skb" not in TextFormatter(stacks=False).format(ev)
+    d = json.loads(fmt.json(ev))
+    assert d["reason"] == "NETFILTER_DROP" and d["reason_code"] == 12 and d["dport"] == 80
+    assert d["stack"][1] == {"addr": "0xffffffff8205c53c", "sym": "__ip_local_out+0x15c/0x1d0"}
+    assert d["stack"][3]["sym"] is None
+    missed = TextFormatter().format(decode(raw_v4(stack_id=-14)))
+    assert "[Missed Kernel Stack: EFAULT]" in missed
+
+
+def test_source_annotation_text() -> None:
+    class Loc:
+        def __init__(self, function: str, file: str, line: int) -> None:
+            self.function, self.file, self.line = function, file, line
+
+    chain = [Loc("nf_hook", "include/linux/netfilter.h", 257), Loc("__ip_local_out", "net/ipv4/ip_output.c", 115)]
+    text = format_chain(chain)
+    assert text == "net/ipv4/ip_output.c:115 (inlined nf_hook include/linux/netfilter.h:257)"
+    ks = Kallsyms(KALLSYMS)
+    fr = StackFrame(0xFFFFFFFF8205C53C, ks.lookup(0xFFFFFFFF8205C53C), (text,))
+    ev = decode(raw_v4(), (fr,))
+    assert "__ip_local_out+0x15c" in TextFormatter().format(ev) and text in TextFormatter().format(ev)
+
+
+def test_save_format() -> None:
+    buf = io.StringIO()
+    info = KernelInfo("6.18.44-test", "85c7e4e2", 0xFFFFFFFF81000000, 0)
+    w = SaveWriter(buf, info, "tracefs")
+    w.write(decode(raw_v4(comm=b"my prog"), _stack()))
+    text = buf.getvalue()
+    lines = text.splitlines()
+    assert lines[0] == SAVE_MAGIC
+    assert "# release: 6.18.44-test" in lines and "# build-id: 85c7e4e2" in lines
+    assert "# kaslr-offset: 0x0" in lines
+    drop = next(line for line in lines if line.startswith("drop 1 "))
+    assert 'comm="my prog"' in drop and "reason=NETFILTER_DROP" in drop and "src=10.0.0.1:40412" in drop
+    assert "location=__ip_local_out+0x15c/0x1d0" in drop
+    i = lines.index("Call Trace:")
+    assert lines[i + 1] == " [<ffffffff81e94fb0>] sk_skb_reason_drop+0x90/0x130"
+    assert lines[i + 2] == " [<ffffffff8205c53c>] __ip_local_out+0x15c/0x1d0"
+    assert lines[i + 4] == " [<0000000000000012>] ?"
+    assert text.endswith("\n\n")
+
+
+def test_summary() -> None:
+    s = Summary()
+    for _ in range(3):
+        s.add(decode(raw_v4(), _stack()))
+    s.add(decode(raw_v4(stack_id=-17)))
+    text = s.render(CaptureStats(10, 2, 8, 1, 4), 2.0)
+    assert "4 drops" in text and "1 lost" in text and "NETFILTER_DROP" in text
+    assert "       3  sk_skb_reason_drop+0x90 <- __ip_local_out+0x15c" in text
+    d = s.to_dict(CaptureStats(10, 2, 8, 1, 4), 2.0)["summary"]
+    assert d["by_reason"] == {"NETFILTER_DROP": 4} and d["kernel"]["lost"] == 1  # type: ignore[index]
+
+
+def test_build_id_note() -> None:
+    desc = bytes(range(20))
+    note = (4).to_bytes(4, "little") + (20).to_bytes(4, "little") + (3).to_bytes(4, "little") + b"GNU\0" + desc
+    other = (6).to_bytes(4, "little") + (4).to_bytes(4, "little") + (1).to_bytes(4, "little") + b"Linux\0\0\0" + b"abcd"
+    assert read_build_id(other + note) == desc.hex()
+    assert read_build_id(other) is None
