@@ -1124,3 +1124,16 @@ def unit_ranges(sec: DwarfSections, cu_offset: int) -> list[tuple[int, int]]:
     if AT_LOW_PC in vals:
         reader.low_pc = reader.address(*vals[AT_LOW_PC])
     return [r for r in reader.ranges_of(vals) if r[1] > r[0]]
+
+
+def unit_line_table(sec: DwarfSections, cu_offset: int) -> Optional[LineTable]:
+    """Only the line table of a unit (no DIE walk): enough for a file:line without inline chain."""
+    hdr = parse_cu_header(sec, cu_offset)
+    reader = _CUReader(sec, hdr)
+    _code, _tag, _children, vals, _pos = reader.read_die(hdr.die_offset)
+    if AT_STR_OFFSETS_BASE in vals:
+        reader.str_offsets_base = int(vals[AT_STR_OFFSETS_BASE][1])  # type: ignore[call-overload]
+    if AT_STMT_LIST not in vals or sec.line is None:
+        return None
+    comp_dir = reader.string(*vals[AT_COMP_DIR]) if AT_COMP_DIR in vals else ""
+    return read_line_table(sec, int(vals[AT_STMT_LIST][1]), comp_dir, hdr.address_size)  # type: ignore[call-overload]

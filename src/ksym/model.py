@@ -65,15 +65,19 @@ class Resolution:
     @property
     def header(self) -> str:
         """The faddr2line header line, e.g. ``__ip_local_out+222/0x160:``."""
-        if self.symbol is None:
-            return f"{self.address:#x}:"
-        off = self.offset_text if self.offset_text is not None else f"{self.offset:#x}"
-        return f"{self.symbol}+{off}/{(self.size or 0):#x}:"
+        if self.offset_text is None:
+            # a raw address: name the address, then where it falls
+            if self.symbol is None:
+                return f"{self.address:#x}:"
+            return f"{self.address:#x} ({self.symbol}+{(self.offset or 0):#x}/{(self.size or 0):#x}):"
+        return f"{self.symbol}+{self.offset_text}/{(self.size or 0):#x}:"
 
     def __str__(self) -> str:
         lines = [self.header]
         for i, loc in enumerate(self.chain):
             lines.append(("(inlined by) " if i else "") + str(loc))
+        if not self.chain:
+            lines.append("?? ??:0")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:

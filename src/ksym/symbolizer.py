@@ -196,10 +196,16 @@ class Symbolizer:
     def _find_dir_prefix(self) -> Optional[str]:
         for i in self.symbols.indices_named("start_kernel"):
             addr = int(self.symbols.values[i])
-            chain = self._chain(addr)
-            if not chain or chain[0].raw_file in ("", "??"):
+            cu_off = self._cu_offset_for(addr)
+            if cu_off is None:
                 return None
-            file_line = f"{chain[0].raw_file}:{chain[0].line}"
+            # addr2line without -i: the innermost line; the line table alone answers that
+            cu = self._cus.get(cu_off)
+            table = cu.lines if cu is not None else D.unit_line_table(self._dwarf(), cu_off)
+            loc = table.lookup(addr) if table is not None else None
+            if loc is None:
+                return None
+            file_line = f"{loc[0]}:{loc[1]}"
             cut = file_line.rfind("init/main.c:")
             if cut <= 0:
                 return None

@@ -17,8 +17,8 @@ Three lookups:
 from __future__ import annotations
 
 import bisect
+import itertools
 import struct
-import zlib
 from array import array
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Optional
@@ -82,44 +82,21 @@ def _signed64(v: int) -> int:
 
 
 class NameTable:
-    """Symbol names as one blob plus a hash index, so a loaded index answers lookups by name without
-    decoding 100,000 strings first."""
+    """Symbol names as one blob plus an index sorted by name, so a loaded index answers lookups by
+    name (bisect) without decoding 100,000 strings first."""
 
-    def __init__(self, blob: bytes, offsets: array, slots: array, chain: array) -> None:  # type: ignore[type-arg]
+    def __init__(self, blob: bytes, offsets: array, order: array) -> None:  # type: ignore[type-arg]
         self.blob = blob
         self.offsets = offsets
-        self.slots = slots
-        self.chain = chain
-        self._mask = len(slots) - 1
+        self.order = order
 
     @classmethod
-    def build(cls, names: list[str]) -> "NameTable":
-        raw = [n.encode("utf-8", "surrogateescape") for n in names]
+    def build(cls, raw: list[bytes]) -> "NameTable":
         offsets = array("I", [0])
-        pos = 0
-        for r in raw:
-            pos += len(r) + 1
-            offsets.append(pos)
+        offsets.extend(itertools.accumulate(len(r) + 1 for r in raw))
         blob = b"\0".join(raw) + b"\0" if raw else b""
-        nslots = 1
-        while nslots < 2 * len(raw) + 2:
-            nslots *= 2
-        mask = nslots - 1
-        slots = array("i", [-1]) * nslots
-        chain = array("i", [-1]) * len(raw)
-        last: dict[bytes, int] = {}
-        for i, r in enumerate(raw):
-            prev = last.get(r)
-            if prev is not None:
-                chain[prev] = i
-                last[r] = i
-                continue
-            last[r] = i
-            h = zlib.crc32(r) & mask
-            while slots[h] != -1:
-                h = (h + 1) & mask
-            slots[h] = i
-        return cls(blob, offsets, slots, chain)
+        order = array("I", sorted(range(len(raw)), key=raw.__getitem__))
+        return cls(blob, offsets, order)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -135,22 +112,15 @@ class NameTable:
             yield self[i]
 
     def lookup(self, name: str) -> list[int]:
+        """Indices of every symbol called ``name``, in symbol-table order."""
         r = name.encode("utf-8", "surrogateescape")
-        mask = self._mask
-        h = zlib.crc32(r) & mask
-        slots = self.slots
-        while True:
-            i = slots[h]
-            if i == -1:
-                return []
-            if self.raw(i) == r:
-                out = [i]
-                j = self.chain[i]
-                while j != -1:
-                    out.append(j)
-                    j = self.chain[j]
-                return out
-            h = (h + 1) & mask
+        lo = bisect.bisect_left(self.order, r, key=self.raw)
+        out = []
+        while lo < len(self.order) and self.raw(self.order[lo]) == r:
+            out.append(self.order[lo])
+            lo += 1
+        out.sort()
+        return out
 
 
 class SymbolTable:
@@ -187,7 +157,7 @@ class SymbolTable:
         elfclass: int = 64,
     ) -> "SymbolTable":
         """Build from (symtab bytes, strtab bytes) pairs."""
-        names: list[str] = []
+        raw: list[bytes] = []
         values = array("Q")
         sizes = array("Q")
         infos = bytearray()
@@ -196,26 +166,37 @@ class SymbolTable:
         e = "<" if little_endian else ">"
         for data, strtab in tables:
             if elfclass == 64:
-                fmt = e + "IBBHQQ"
-                entries = struct.iter_unpack(fmt, data[: len(data) - len(data) % 24])
-                rows = ((n, i, o, s, v, z) for n, i, o, s, v, z in entries)
-            else:
-                fmt = e + "IIIBBH"
-                entries32 = struct.iter_unpack(fmt, data[: len(data) - len(data) % 16])
-                rows = ((n, i, o, s, v, z) for n, v, z, i, o, s in entries32)
-            first = True
-            for name_off, info, other, sh, value, size in rows:
-                if first:  # the null symbol
-                    first = False
+                ent = 24
+                cols = list(zip(*struct.iter_unpack(e + "IBBHQQ", data[ent: len(data) - len(data) % ent])))
+                if not cols:
                     continue
-                end = strtab.find(b"\0", name_off)
-                names.append(strtab[name_off:end].decode("utf-8", "replace"))
-                values.append(value)
-                sizes.append(size)
-                infos.append(info)
-                others.append(other)
-                shndx.append(sh)
-        return cls(NameTable.build(names), values, sizes, bytes(infos), bytes(others), shndx, sections)
+                noff, info, other, sh, value, size = cols
+            else:
+                ent = 16
+                cols = list(zip(*struct.iter_unpack(e + "IIIBBH", data[ent: len(data) - len(data) % ent])))
+                if not cols:
+                    continue
+                noff, value, size, info, other, sh = cols
+            # names: split the string table once; offsets into the middle of a string (tail merging)
+            # fall back to a search
+            starts: dict[int, bytes] = {}
+            pos = 0
+            for part in strtab.split(b"\0"):
+                starts[pos] = part
+                pos += len(part) + 1
+            get = starts.get
+            find = strtab.find
+            for o in noff:
+                r = get(o)
+                if r is None:
+                    r = strtab[o: find(b"\0", o)]
+                raw.append(r)
+            values.extend(value)
+            sizes.extend(size)
+            infos.extend(info)
+            others.extend(other)
+            shndx.extend(sh)
+        return cls(NameTable.build(raw), values, sizes, bytes(infos), bytes(others), shndx, sections)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -243,7 +224,7 @@ class SymbolTable:
         order, oaddrs = self._address_order()
         tidx, taddrs = self._text_index()
         n = self.names
-        return (n.blob, n.offsets.tobytes(), n.slots.tobytes(), n.chain.tobytes(), self.values.tobytes(),
+        return (n.blob, n.offsets.tobytes(), n.order.tobytes(), self.values.tobytes(),
                 self.sizes.tobytes(), self.infos, self.others, self.shndx.tobytes(), order.tobytes(),
                 oaddrs.tobytes(), tidx.tobytes(), taddrs.tobytes())
 
@@ -254,8 +235,8 @@ class SymbolTable:
             a.frombytes(data)
             return a
 
-        (blob, offs, slots, chain, values, sizes, infos, others, shndx, order, oaddrs, tidx, taddrs) = rec
-        names = NameTable(bytes(blob), arr("I", offs), arr("i", slots), arr("i", chain))
+        (blob, offs, norder, values, sizes, infos, others, shndx, order, oaddrs, tidx, taddrs) = rec
+        names = NameTable(bytes(blob), arr("I", offs), arr("I", norder))
         t = cls(names, arr("Q", values), arr("Q", sizes), bytes(infos), bytes(others), arr("I", shndx),
                 sections)
         t._faddr_order = (arr("I", order), arr("Q", oaddrs))
@@ -345,17 +326,16 @@ class SymbolTable:
     def _text_index(self) -> tuple[list[int], list[int]]:
         if self._text is None:
             exec_secs = {s.index for s in self.sections if s.flags & SHF_EXECINSTR}
-            idx = []
-            for i, n in enumerate(self.names):
-                t = self.infos[i] & 0xF
-                if t not in (STT_FUNC, STT_NOTYPE, STT_GNU_IFUNC) or self.shndx[i] not in exec_secs:
-                    continue
-                if not n or n.startswith("$") or n.startswith(".L"):
-                    continue
-                idx.append(i)
+            wanted = (STT_FUNC, STT_NOTYPE, STT_GNU_IFUNC)
+            infos = self.infos
+            shndx = self.shndx
+            raw = self.names.raw
+            idx = [i for i in range(len(infos)) if (infos[i] & 0xF) in wanted and shndx[i] in exec_secs]
+            idx = [i for i in idx if (r := raw(i)) and r[:1] != b"$" and r[:2] != b".L"]
             # functions before untyped aliases at one address, then symbol-table order
-            idx.sort(key=lambda i: (self.values[i], 0 if self.infos[i] & 0xF == STT_FUNC else 1, i))
-            self._text = (array("I", idx), array("Q", [self.values[i] for i in idx]))
+            vals = self.values
+            idx.sort(key=lambda i: (vals[i], 0 if infos[i] & 0xF == STT_FUNC else 1, i))
+            self._text = (array("I", idx), array("Q", [vals[i] for i in idx]))
         return self._text
 
     def containing(self, address: int) -> Optional[tuple[Symbol, int]]:

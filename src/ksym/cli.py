@@ -1,0 +1,147 @@
+"""The ``ksym`` command: a thin layer over :class:`ksym.Symbolizer`.
+
+Every failure ends in one line on stderr and a documented exit code (docs/usage.md): never a
+traceback, unless KSYM_DEBUG=1 asks for one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, NoReturn, Optional, Sequence
+
+from .errors import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_UNRESOLVED,
+    EXIT_USAGE,
+    KsymError,
+    SpecError,
+    SymbolNotFoundError,
+)
+
+__all__ = ["main", "build_parser"]
+
+EPILOG = """\
+examples:
+  ksym resolve --vmlinux /usr/lib/debug/boot/vmlinux-6.1.0-53-cloud-amd64 __ip_local_out+222
+  ksym resolve ip_local_out+0x1d/0x70 0xffffffff8184586e        (default vmlinux: the running kernel's)
+  ksym resolve --json __ip_local_out+219 | jq .chain
+  ksym faddr2line vmlinux __ip_local_out+219                     (faddr2line's argument order)
+
+exit codes: 0 all resolved, 1 some frame did not resolve, 2 usage or malformed frame,
+            3 file missing or unreadable, 4 not a usable ELF/DWARF file, 70 internal error
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog.split()[0]} --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="ksym",
+        description="Turn Linux kernel stack frames (func+off, raw addresses) into file:line with the "
+        "whole inline chain, as scripts/faddr2line prints them.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    r = sub.add_parser("resolve", help="resolve func+off[/size] frames or addresses (faddr2line output)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    r.add_argument("frames", nargs="+", metavar="FRAME", help="func+off, func+off/size, or 0xADDRESS")
+    _common(r)
+    f = sub.add_parser("faddr2line", help="drop-in for scripts/faddr2line: VMLINUX FRAME...",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    f.add_argument("vmlinux_pos", metavar="VMLINUX")
+    f.add_argument("frames", nargs="+", metavar="FRAME")
+    _common(f, with_vmlinux=False)
+    return p
+
+
+def _common(p: argparse.ArgumentParser, with_vmlinux: bool = True) -> None:
+    if with_vmlinux:
+        p.add_argument("--vmlinux", "-e", metavar="PATH",
+                       help="debug vmlinux (default: $KSYM_VMLINUX, then the running kernel's)")
+    p.add_argument("--json", action="store_true", help="one JSON object per input line")
+    p.add_argument("--no-index", action="store_true", help="neither read nor write the on-disk index")
+    p.add_argument("--cache-dir", metavar="DIR", help="index directory (default: $KSYM_CACHE_DIR or "
+                   "~/.cache/ksym)")
+
+
+def _resolve_command(args: argparse.Namespace, out: Callable[[str], None],
+                     err: Callable[[str], None]) -> int:
+    from .format import frame_json
+    from .symbolizer import Symbolizer
+
+    vmlinux = getattr(args, "vmlinux_pos", None) or getattr(args, "vmlinux", None)
+    sym = Symbolizer(vmlinux, use_index=not args.no_index, cache_dir=args.cache_dir, warn=err)
+    status = EXIT_OK
+    first = True
+    for frame in args.frames:
+        try:
+            matches = sym.resolve(frame)
+        except SpecError as exc:
+            err(str(exc))
+            status = max(status, EXIT_USAGE)
+            if args.json:
+                out(frame_json(frame, [], str(exc)))
+            continue
+        except SymbolNotFoundError as exc:
+            status = max(status, EXIT_UNRESOLVED)
+            if args.json:
+                out(frame_json(frame, [], str(exc)))
+                continue
+            for reason in exc.reasons:
+                if reason.startswith("skipping"):
+                    out(reason)
+                else:
+                    err(reason)
+            if not any(r.startswith("bad ") for r in exc.reasons):
+                err(f"no match for {frame}")
+            continue
+        if args.json:
+            out(frame_json(frame, matches))
+            continue
+        for m in matches:
+            if not first:
+                out("")
+            first = False
+            out(str(m))
+    return status
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    def out(line: str) -> None:
+        sys.stdout.write(line + "\n")
+
+    def err(line: str) -> None:
+        sys.stderr.write(line + "\n")
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _resolve_command(args, out, err)
+    except KsymError as exc:
+        err(f"ksym: error: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err("ksym: interrupted")
+        return 130
+    except BrokenPipeError:
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - the promise is: one line, never a traceback
+        if os.environ.get("KSYM_DEBUG"):
+            raise
+        err(f"ksym: internal error: {type(exc).__name__}: {exc} (set KSYM_DEBUG=1 for a traceback)")
+        return EXIT_INTERNAL
