@@ -47,6 +47,7 @@ FILES = {
     "limited.c": "after one 429\n",
     "limited-long.c": "never served\n",
     "escape.c": "ok\n\x1b[2Jcleared?\n",
+    "page.c": "<html><body>a web page</body></html>\n",
     "big/a.c": "a" * 999 + "\n",
     "big/b.c": "b" * 999 + "\n",
     "big/c.c": "c" * 999 + "\n",
@@ -84,7 +85,8 @@ class TreeHandler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Content-Type", "text/plain; charset=UTF-8")
+        if "Content-Type" not in (headers or {}):
+            self.send_header("Content-Type", "text/plain; charset=UTF-8")
         self.end_headers()
         self.wfile.write(body)
 
@@ -96,7 +98,7 @@ class TreeHandler(BaseHTTPRequestHandler):
             self.server.requests.append(self.path)
             self.server.counts[path] = n = self.server.counts.get(path, 0) + 1
         try:
-            if tag != TAG or path not in FILES:
+            if tag not in (TAG, "latest") or path not in FILES:
                 self._send(404, b"Not found\n")
             elif path == "slow.c":
                 time.sleep(SLOW_SECONDS)
@@ -107,6 +109,8 @@ class TreeHandler(BaseHTTPRequestHandler):
                 self._send(429, b"slow down\n", {"Retry-After": "0"})
             elif path == "limited-long.c":
                 self._send(429, b"slow down\n", {"Retry-After": "3600"})
+            elif path == "page.c":
+                self._send(200, FILES[path].encode(), {"Content-Type": "text/html; charset=utf-8"})
             else:
                 self._send(200, FILES[path].encode())
         except (BrokenPipeError, ConnectionResetError):
@@ -181,6 +185,12 @@ def test_slow_response_times_out(server: TreeServer, tmp_path: Path) -> None:
         "timed out after 0.3 s (after 2 attempts)"
     assert elapsed < 2 * SLOW_SECONDS
     assert server.hits("slow.c") == 2, "a timeout is transient: retried once"
+    # The other files of the run fail fast instead of waiting for the same host again.
+    with pytest.raises(SourceFetchError) as info:
+        p.get_lines(TAG, "net/ipv4/ip_output.c")
+    assert info.value.kind == "timeout"
+    assert "skipped" in str(info.value) and "timed out after 0.3 s" in str(info.value)
+    assert server.hits("net/ipv4/ip_output.c") == 0
 
 
 def test_500_then_success(server: TreeServer, tmp_path: Path) -> None:
@@ -233,6 +243,9 @@ def test_cache_hit_without_server(tmp_path: Path) -> None:
         p.get_lines(TAG, "net/ipv4/ip_output.c")
     assert info.value.kind == "connection"
     assert str(info.value).endswith("connection refused")
+    skipped = r"skipped, 127\.0\.0\.1:\d+ failed before \(connection refused\)"
+    with pytest.raises(SourceFetchError, match=skipped):
+        p.get_lines(TAG, "mm/slub.c")
     off = SourceProvider(url_template=template, cache_dir=tmp_path / "cache", offline=True)
     assert len(off.get_lines(TAG, "include/linux/netfilter.h")) == 12
 
@@ -273,6 +286,32 @@ def test_bounded_disk_cache(server: TreeServer, tmp_path: Path) -> None:
     assert p.cache_path(TAG, "big/b.c").exists() and p.cache_path(TAG, "big/c.c").exists()
     total = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
     assert total <= 2500
+
+
+def test_html_is_refused(server: TreeServer, tmp_path: Path) -> None:
+    p = provider(server, tmp_path / "cache")
+    with pytest.raises(SourceFetchError, match="HTML page, not plain text"):
+        p.get_lines(TAG, "page.c")
+    assert not p.cache_path(TAG, "page.c").exists()
+
+
+def test_latest_is_not_cached_on_disk(server: TreeServer, tmp_path: Path) -> None:
+    p = provider(server, tmp_path / "cache")
+    assert p.get_lines("latest", "include/linux/netfilter.h")[0] == "/* netfilter.h 1 */"
+    assert not p.cache_path("latest", "include/linux/netfilter.h").exists()
+
+
+def test_absolute_paths(server: TreeServer, tmp_path: Path) -> None:
+    local = tmp_path / "abs.c"
+    local.write_text("one\ntwo\n")
+    p = provider(server, tmp_path / "cache")
+    assert p.get_lines(TAG, str(local)) == ["one", "two"]
+    # A build-directory path that does not exist here: its kernel-relative tail is fetched.
+    assert p.get_lines(TAG, "/build/linux-XyZ/include/linux/netfilter.h")[2] == "/* netfilter.h 3 */"
+    assert server.hits("include/linux/netfilter.h") == 1
+    with pytest.raises(SourceFetchError) as info:
+        p.get_lines(TAG, "/nonexistent/notes.txt")
+    assert info.value.kind == "bad-path"
 
 
 def test_bad_paths_and_template(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ import requests
 from cachetools import LRUCache
 
 from ksym.errors import EXIT_NO_FILE, KsymError
+from ksym.links import kernel_relative_path
 from ksym.version import KernelVersion
 
 __all__ = [
@@ -127,6 +128,7 @@ class SourceProvider:
         self.offline = offline
         self._memory: LRUCache[tuple[str, str], str] = LRUCache(maxsize=memory_cache_chars, getsizeof=len)
         self._missing: dict[tuple[str, str], SourceFetchError] = {}
+        self._host_down: dict[str, SourceFetchError] = {}
         self._lock = threading.RLock()
         self._session = session
         #: Where the last :meth:`get_text` found its answer: ``local``, ``memory``, ``disk`` or ``http``.
@@ -140,9 +142,19 @@ class SourceProvider:
         return split_lines(self.get_text(tag, path))
 
     def get_text(self, tag: str, path: str) -> str:
-        """The whole file, decoded as UTF-8 (invalid bytes replaced). Raises :class:`SourceFetchError`."""
+        """The whole file, decoded as UTF-8 (invalid bytes replaced). Raises :class:`SourceFetchError`.
+
+        An absolute path (a build directory prefix that was not stripped) is read as it is when it
+        exists, as faddr2line's awk would; otherwise its kernel-relative tail is looked up.
+        """
         if path.startswith("/"):
-            return self._read_local(Path(path), tag, path)
+            if os.path.isfile(path):
+                return self._read_local(Path(path), tag, path)
+            tail = kernel_relative_path(path)
+            if tail is None:
+                raise SourceFetchError(f"{path}: no such file, and not a path inside a kernel tree",
+                                       tag=tag, path=path, kind="bad-path")
+            path = tail
         rel = _clean_path(path)
         if rel is None:
             raise SourceFetchError(f"{path}: not a source-relative path", tag=tag, path=path, kind="bad-path")
@@ -178,7 +190,8 @@ class SourceProvider:
                         self._missing[key] = exc
                 raise
             self.last_origin = "http"
-            self._disk_put(tag, rel, data)
+            if tag != "latest":  # a moving target: not cached on disk
+                self._disk_put(tag, rel, data)
         text = data.decode("utf-8", errors="replace")
         with self._lock:
             if len(text) <= self._memory.maxsize:
@@ -289,6 +302,10 @@ class SourceProvider:
         host = urlsplit(url).netloc or url
         what = f"{path} ({tag}) from {host}"
         with self._lock:
+            down = self._host_down.get(host)
+            if down is not None:
+                raise SourceFetchError(f"cannot fetch {what}: skipped, {host} failed before ({down})",
+                                       tag=tag, path=path, kind=down.kind)
             if self._session is None:
                 self._session = requests.Session()
                 self._session.headers["User-Agent"] = _USER_AGENT
@@ -307,6 +324,11 @@ class SourceProvider:
             else:
                 with resp:
                     status = resp.status_code
+                    ctype = resp.headers.get("Content-Type", "")
+                    if status == 200 and ctype.lower().startswith(("text/html", "application/xhtml")):
+                        raise SourceFetchError(
+                            f"cannot fetch {what}: the server sent an HTML page, not plain text "
+                            "(check --source-url)", tag=tag, path=path, kind="http")
                     if status == 200:
                         return self._read_body(resp, what, tag, path)
                     reason = f"HTTP {status}{' ' + resp.reason if resp.reason else ''}"
@@ -328,8 +350,13 @@ class SourceProvider:
                     error = SourceFetchError(f"cannot fetch {what}: {reason}", tag=tag, path=path, kind=kind)
             if attempt >= self.retries:
                 if attempt:
-                    raise SourceFetchError(f"{error} (after {attempt + 1} attempts)",
-                                           tag=tag, path=path, kind=error.kind)
+                    error = SourceFetchError(f"{error} (after {attempt + 1} attempts)",
+                                             tag=tag, path=path, kind=error.kind)
+                if error.kind in ("timeout", "connection"):
+                    # Fail fast for the other files of this run instead of waiting again per file.
+                    reason = str(error).split(": ", 1)[-1]
+                    with self._lock:
+                        self._host_down[host] = SourceFetchError(reason, kind=error.kind)
                 raise error
             attempt += 1
             time.sleep(wait)
