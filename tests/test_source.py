@@ -499,6 +499,17 @@ def test_format_list_matches_faddr2line(real_list: tuple[Path, str], tmp_path: P
     # The resolver's lines keep addr2line's leading space before "(inlined by)": same output.
     spaced = [" " + line if line.startswith("(") else line for line in CHAINS["ip_local_out+29/0x70:"]]
     assert format_list(spaced, p, TAG) == format_list(CHAINS["ip_local_out+29/0x70:"], p, TAG)
+    # The real tree is what find_source_dir picks for the real banner.
+    from ksym.version import read_banner
+
+    vmlinux = _first_existing("KSYM_TEST_VMLINUX", "/var/tmp/ksym-testdata/vmlinux-6.1.0-53-cloud-amd64",
+                              "/work/cache/dbg/usr/lib/debug/boot/vmlinux-6.1.0-53-cloud-amd64",
+                              kind="Debian 6.1 debug vmlinux")
+    banner = read_banner(vmlinux)
+    assert banner is not None
+    assert tree_version(tree) == (6, 1, 187)
+    assert find_source_dir(KernelVersion.parse(banner), src_roots=[tree.parent],
+                           modules_dir=tmp_path / "no-modules") == tree
     # Spot checks of the real text (tabs kept, the line marked).
     assert ">115<\t\treturn nf_hook(NFPROTO_IPV4, NF_INET_LOCAL_OUT,\n" in ours
     assert " 253 \t\n" in ours
