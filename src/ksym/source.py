@@ -58,7 +58,7 @@ DEFAULT_MAX_CACHE_BYTES = 256 * 1024 * 1024
 #: A single fetched file larger than this is refused (the largest kernel sources are a few MiB).
 MAX_FILE_BYTES = 64 * 1024 * 1024
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-_USER_AGENT = "ksym (source fetcher for kernel stack frames; +https://github.com/)"
+_USER_AGENT = "ksym (kernel stack frame resolver; source context fetcher)"
 
 
 class SourceFetchError(KsymError, LookupError):
