@@ -241,6 +241,13 @@ def kernel_tag(banner: str | KernelVersion) -> TagGuess:
             return TagGuess(_version_tag(up), derived, False, note, v)
         return TagGuess(_version_tag(up), derived, True, None, v)
     git = _GIT_DESCRIBE_RE.match(v.local)
+    fedora_rc = re.match(r"-0\.rc(\d+)(\.\d{8}git([0-9a-f]+))?", v.local) if v.distro == "fedora" else None
+    if fedora_rc is not None and v.rc is None:
+        tag = f"{base}-rc{fedora_rc.group(1)}"
+        if fedora_rc.group(2):
+            note = f"Fedora snapshot of git commit {fedora_rc.group(3)} after {tag}; links point to {tag}"
+            return TagGuess(tag, "release-rc", False, note, v)
+        return TagGuess(tag, "release-rc", True, None, v)
     if v.rc is not None:
         tag = f"{base}-rc{v.rc}"
         if git is not None:
