@@ -30,6 +30,8 @@ say "apt-get update"
 apt-get update -qq || die "apt-get update failed"
 say "installing python3-bpfcc nftables curl iproute2"
 apt-get install -y -qq python3-bpfcc nftables curl iproute2 >/dev/null || die "apt-get install failed"
+# optional: bpftool lets the tests check that no program is left attached
+apt-get install -y -qq bpftool >/dev/null 2>&1 || say "bpftool not available (optional)"
 
 # tracefs
 if [ ! -e /sys/kernel/tracing/events ]; then

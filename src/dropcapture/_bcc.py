@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from .errors import BccMissingError, CaptureError, HeadersError, PrivilegeError
 
@@ -54,7 +54,7 @@ class BccProgram:
         self.ringbuf = ringbuf
         self._lost_perf = 0
         try:
-            self._b: Any = bcc.BPF(text=text, cflags=["-w"])
+            self._b: Any = bcc.BPF(text=text.encode(), cflags=["-w"])
         except Exception as exc:  # bcc raises bare Exception
             low = str(exc).lower()
             if "compile" in low:

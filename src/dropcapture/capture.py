@@ -17,10 +17,10 @@ from __future__ import annotations
 import ctypes
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ._bcc import BccProgram, import_bcc
 from .bpf_text import Layout, build_text
@@ -219,7 +219,7 @@ class Capture:
         self._prog.open_output(self._on_record, self._perf_pages)
         return self
 
-    def __enter__(self) -> Capture:  # noqa: PYI034 - Python 3.9 has no typing.Self
+    def __enter__(self) -> Capture:  # noqa: PYI034 - typing.Self needs 3.11
         return self.open()
 
     def __exit__(self, *exc: object) -> None:

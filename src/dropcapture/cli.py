@@ -188,12 +188,13 @@ def _run(args: argparse.Namespace) -> int:
         if args.save:
             save = open(args.save, "w", encoding="utf-8")  # noqa: SIM115
         saver = SaveWriter(save, cap.kernel, cap.reasons.source) if save else None
+        print(
+            f"dropcapture: tracing skb:kfree_skb ({'ring buffer' if cap.ringbuf else 'perf buffer'}, "
+            f"reasons from {cap.reasons.source}); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
         if not args.json and not args.quiet:
-            print(
-                f"dropcapture: tracing skb:kfree_skb ({'ring buffer' if cap.ringbuf else 'perf buffer'}, "
-                f"reasons from {cap.reasons.source}); Ctrl-C to stop",
-                file=sys.stderr,
-            )
             print(fmt.header(), file=out)
         for ev in cap.events(count=args.count, duration=args.duration, stop=lambda: stop["flag"]):
             summary.add(ev)
