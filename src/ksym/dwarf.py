@@ -957,7 +957,10 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
 
     pos = prog_start
     address = 0
-    file = 1
+    # binutils starts every sequence of a DWARF 5 table at file 0 (the spec says 1); rows before the
+    # first DW_LNS_set_file differ when entries 0 and 1 name different files. Match addr2line.
+    first_file = 0 if version >= 5 else 1
+    file = first_file
     line = 1
     column = 0
     disc = 0
@@ -1002,7 +1005,7 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
                 seq_first = len(rows)
                 seq_low = None
                 address = 0
-                file = 1
+                file = first_file
                 line = 1
                 column = 0
                 disc = 0

@@ -322,7 +322,7 @@ class Symbolizer:
             name = self.symbols.bfd_function_name(address)
             if name is None:
                 return ()
-            return (SourceLocation(name, "??", 0),)
+            return (SourceLocation(name, "??", 0, raw_file="??"),)
         cu = self.compiled_unit(cu_off)
         loc = cu.lines.lookup(address) if cu.lines is not None else None
         fi = cu.best_function(address)
