@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -158,6 +159,7 @@ class Capture:
         self._pending: list[DropEvent] = []
         self._stack_cache: dict[int, tuple[StackFrame, ...]] = {}
         self._sym_cache: dict[int, Symbol | None] = {}
+        self._reason_cache: dict[int, str] = {}
         self._delivered = 0
         self._final_stats: CaptureStats | None = None
         self.format: TracepointFormat | None = None
@@ -240,6 +242,12 @@ class Capture:
 
     # -- events ----------------------------------------------------------------------------------
 
+    def _reason_name(self, value: int) -> str:
+        name = self._reason_cache.get(value)
+        if name is None:
+            name = self._reason_cache[value] = self.reasons.name(value)
+        return name
+
     def _symbol(self, addr: int) -> Symbol | None:
         if addr not in self._sym_cache:
             self._sym_cache[addr] = self.ksyms.lookup(addr) if self.ksyms else None
@@ -263,13 +271,14 @@ class Capture:
         return got
 
     def _on_record(self, data: Any) -> None:
-        raw = ctypes.cast(data, ctypes.POINTER(RawEvent)).contents
+        buf = ctypes.string_at(data, _RAW_SIZE)
+        location, reason, stack_id = _PEEK.unpack_from(buf, _PEEK_OFF)
         ev = decode_event(
-            raw,
-            reason_name=self.reasons.name(raw.reason),
+            buf,
+            reason_name=self._reason_name(reason),
             clock_offset=self._clock_offset,
-            location_symbol=self._symbol(raw.location),
-            stack=self._stack(raw.stack_id),
+            location_symbol=self._symbol(location),
+            stack=self._stack(stack_id),
         )
         if self.filters.matches(ev):
             self._pending.append(ev)
@@ -321,6 +330,13 @@ class Capture:
             return CaptureStats(0, 0, 0, 0, self._delivered)
         hits, emitted, lost, filtered = self._prog.stats()
         return CaptureStats(hits, filtered, emitted, lost + self._prog.lost_perf, self._delivered)
+
+
+_RAW_SIZE = ctypes.sizeof(RawEvent)
+# location (u64) at offset 16, then pid, tid, cpu (u32), reason (u32) at 36, stack_id (s32) at 40
+_PEEK = struct.Struct("@Q12xIi")
+_PEEK_OFF = RawEvent.location.offset
+assert RawEvent.reason.offset == _PEEK_OFF + 20 and RawEvent.stack_id.offset == _PEEK_OFF + 24
 
 
 def _has_ringbuf(btf: Btf) -> bool:

@@ -8,15 +8,16 @@ from it, so they cannot drift apart. :class:`DropEvent` is what users of the Pyt
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 import socket
-from dataclasses import dataclass, field
-from typing import Any
+import struct
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from .kallsyms import Symbol
 
 __all__ = [
     "EVENT_FIELDS",
+    "RAW_STRUCT",
     "STACK_ERRORS",
     "DropEvent",
     "RawEvent",
@@ -159,9 +160,9 @@ class StackFrame:
         return str(self.symbol) if self.symbol else f"{self.address:#x}"
 
 
-@dataclass(frozen=True)
-class DropEvent:
-    """One packet drop seen at the ``skb:kfree_skb`` tracepoint."""
+class DropEvent(NamedTuple):
+    """One packet drop seen at the ``skb:kfree_skb`` tracepoint (immutable; a NamedTuple because
+    thousands are made per second)."""
 
     #: Wall-clock time (seconds since the epoch) and the raw CLOCK_MONOTONIC stamp.
     timestamp: float
@@ -191,7 +192,6 @@ class DropEvent:
     tcp_flags: int | None = None
     icmp_type: int | None = None
     icmp_code: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def protocol(self) -> str:
@@ -263,51 +263,74 @@ class DropEvent:
 def decode_addr(family: int, raw: bytes) -> str | None:
     """Text form of a 4- or 16-byte address from the event (None for family 0)."""
     if family == 4:
-        return str(ipaddress.IPv4Address(bytes(raw[:4])))
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
     if family == 6:
-        return str(ipaddress.IPv6Address(bytes(raw[:16])))
+        return socket.inet_ntop(socket.AF_INET6, raw[:16])
     return None
 
 
+_STRUCT_CODES = {"u64": "Q", "u32": "I", "s32": "i", "u16": "H", "u8": "B"}
+
+
+def _struct_format() -> str:
+    codes = []
+    for _name, _t, ctype in EVENT_FIELDS:
+        codes.append("16s" if "[16]" in ctype else _STRUCT_CODES[ctype])
+    return "@" + "".join(codes)
+
+
+#: ``struct`` mirror of the record (native alignment = the C layout); unpacking it is much cheaper
+#: than reading ctypes attributes one by one.
+RAW_STRUCT = struct.Struct(_struct_format())
+_INDEX = {name: i for i, (name, _t, _c) in enumerate(EVENT_FIELDS)}
+_PORT_PROTOS = frozenset((6, 17, 132, 136))
+_ICMP_PROTOS = frozenset((1, 58))
+
+
 def decode_event(
-    raw: RawEvent,
+    raw: RawEvent | bytes,
     *,
     reason_name: str,
     clock_offset: float,
     location_symbol: Symbol | None,
     stack: tuple[StackFrame, ...],
 ) -> DropEvent:
-    """Turn one raw record into a :class:`DropEvent`.
+    """Turn one raw record (ctypes mirror or its bytes) into a :class:`DropEvent`.
 
     ``clock_offset`` is wall-clock minus CLOCK_MONOTONIC in seconds (see ``Capture``).
     """
-    family = raw.family if raw.family in (4, 6) else 0
+    (ts_ns, skbaddr, location, pid, tid, cpu, reason, stack_id, length, eth_protocol, family, l4proto,
+     sport, dport, saddr, daddr, comm, tcp_flags, icmp_type, icmp_code, has_l4, _pad) = RAW_STRUCT.unpack_from(
+        bytes(raw) if isinstance(raw, RawEvent) else raw
+    )
+    family = family if family in (4, 6) else 0
     has_ip = family != 0
-    ports = has_ip and raw.has_l4 and raw.l4proto in (6, 17, 132, 136)
-    icmp = has_ip and raw.has_l4 and raw.l4proto in (1, 58)
+    ports = has_ip and has_l4 and l4proto in _PORT_PROTOS
+    icmp = has_ip and has_l4 and l4proto in _ICMP_PROTOS
+    nul = comm.find(b"\0")
     return DropEvent(
-        timestamp=raw.ts_ns / 1e9 + clock_offset,
-        ktime_ns=raw.ts_ns,
-        pid=raw.pid,
-        tid=raw.tid,
-        comm=raw.comm.decode("utf-8", "replace"),
-        cpu=raw.cpu,
-        family=family,
-        saddr=decode_addr(family, bytes(raw.saddr)),
-        daddr=decode_addr(family, bytes(raw.daddr)),
-        l4proto=raw.l4proto if has_ip else None,
-        sport=raw.sport if ports else None,
-        dport=raw.dport if ports else None,
-        eth_protocol=raw.eth_protocol,
-        reason=raw.reason,
-        reason_name=reason_name,
-        location=raw.location,
-        location_symbol=location_symbol,
-        skbaddr=raw.skbaddr,
-        length=raw.len,
-        stack_id=raw.stack_id,
-        stack=stack,
-        tcp_flags=raw.tcp_flags if (ports and raw.l4proto == 6) else None,
-        icmp_type=raw.icmp_type if icmp else None,
-        icmp_code=raw.icmp_code if icmp else None,
+        ts_ns / 1e9 + clock_offset,
+        ts_ns,
+        pid,
+        tid,
+        (comm[:nul] if nul >= 0 else comm).decode("utf-8", "replace"),
+        cpu,
+        family,
+        decode_addr(family, saddr),
+        decode_addr(family, daddr),
+        l4proto if has_ip else None,
+        sport if ports else None,
+        dport if ports else None,
+        eth_protocol,
+        reason,
+        reason_name,
+        location,
+        location_symbol,
+        skbaddr,
+        length,
+        stack_id,
+        stack,
+        tcp_flags if (ports and l4proto == 6) else None,
+        icmp_type if icmp else None,
+        icmp_code if icmp else None,
     )

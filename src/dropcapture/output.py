@@ -141,14 +141,26 @@ class Summary:
     def __init__(self, top: int = 5) -> None:
         self.top = top
         self.by_reason: Counter[str] = Counter()
-        self.by_stack: Counter[tuple[str, ...]] = Counter()
+        self._by_stack_id: Counter[int] = Counter()
+        self._stack_text: dict[int, tuple[str, ...]] = {}
         self.total = 0
 
     def add(self, ev: DropEvent) -> None:
         self.total += 1
         self.by_reason[ev.reason_name] += 1
-        key = tuple(str(f) for f in ev.stack) or (f"[Missed Kernel Stack: {ev.stack_error}]",)
-        self.by_stack[key] += 1
+        # keyed by stack id (a stack map id always names the same stack); text made once per id
+        self._by_stack_id[ev.stack_id] += 1
+        if ev.stack_id not in self._stack_text:
+            text = tuple(str(f) for f in ev.stack) or (f"[Missed Kernel Stack: {ev.stack_error}]",)
+            self._stack_text[ev.stack_id] = text
+
+    @property
+    def by_stack(self) -> Counter[tuple[str, ...]]:
+        """Drops per distinct stack (as ``func+0xoff`` text, innermost first)."""
+        out: Counter[tuple[str, ...]] = Counter()
+        for sid, n in self._by_stack_id.items():
+            out[self._stack_text[sid]] += n
+        return out
 
     def render(self, stats: CaptureStats | None, elapsed: float) -> str:
         lines = [f"--- dropcapture summary: {self.total} drops in {elapsed:.1f}s ---"]
@@ -161,9 +173,10 @@ class Summary:
             lines.append("drops by reason:")
             for name, n in self.by_reason.most_common():
                 lines.append(f"  {n:>8}  {name}")
-        if self.by_stack:
-            lines.append(f"top stacks (of {len(self.by_stack)}):")
-            for stack, n in self.by_stack.most_common(self.top):
+        by_stack = self.by_stack
+        if by_stack:
+            lines.append(f"top stacks (of {len(by_stack)}):")
+            for stack, n in by_stack.most_common(self.top):
                 lines.append(f"  {n:>8}  " + " <- ".join(stack[:6]) + (" ..." if len(stack) > 6 else ""))
         return "\n".join(lines)
 
