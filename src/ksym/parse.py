@@ -23,10 +23,9 @@ non-frame line (``kstack:``, a blank line, ``Call Trace:``, ``<IRQ>``/``</IRQ>``
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Callable
 
 __all__ = [
     "FrameKind",
@@ -321,7 +320,7 @@ _FORMATS: list[_Format] = [
     # old "RIP: 0010:[<ffffffff8106d3a5>]  [<ffffffff8106d3a5>] func+0x85/0xc0", "PC is at func+.."
     _Format(
         "register",
-        r"\s*(?:RIP|EIP|IP|NIP|LR|PC is at|LR is at|pc|lr|epc|ra|PC)\s*:?\s*(?:[0-9a-fA-F]{4}:)?"
+        r"\s*(?:RIP|EIP|IP|NIP|LR|PC is at|LR is at|pc|lr|epc|ra|PC)(?:\s*:\s*|\s+)(?:[0-9a-fA-F]{4}:)?"
         rf"(?:\[<{_HEX}>\]\s+(?=\[))?(?P<ext>(?:\[<?(?P<addr>{_HEX})>?\]\s+)?{_KTOK}(?:\s+{_MOD})?)(?:\s+.*)?",
         _fixed(FrameKind.OOPS),
         "hex",
@@ -419,6 +418,7 @@ _FORMATS: list[_Format] = [
         rf"(?:\s+{_MOD})?):?",
         _prefixed_oops,
         "bash",
+        lambda m: len(m.group("sym")) >= 3,  # "x+1" alone on a line is arithmetic, not a frame
     ),
     # an address alone: "0xffffffff9091b941", "ffffffff9091b941", oops " ? 0xffffffffc0a12345"
     _Format(
@@ -437,6 +437,10 @@ _IN_TEXT = re.compile(
     rf"(?P<ext>(?:\[<(?P<addr>{_HEX})>\]\s+)?"
     rf"(?P<tok>(?P<sym>{_SYM})\+(?P<off>0x{_HEX}|\d+)(?:/(?P<size>0x{_HEX}))?)(?:\s+{_MOD})?)"
     r"(?=$|[\s)\]'\"`,:]|\.(?:\s|$))"
+)
+# Lines that look like frames but are not kernel frames: perf script user-space / unknown dsos.
+_NOT_KERNEL = re.compile(
+    rf"\s*{_HEX}\s+(?:{_SYM}(?:\+0x{_HEX})?|\[unknown\])\s+\((?!\[)[^()]*\)|.*\(\[unknown\]\)"
 )
 _PROMPT = re.compile(r"\s*(?:[$%#]|\S+@\S+[$#%]|>>>)\s")
 
@@ -539,7 +543,7 @@ def parse_line(line: str, lineno: int = 1) -> StackFrame | None:
         frame = _build(m, line, lineno, fmt.kind(m, prefixed), fmt.base)
         if frame is not None:
             return frame
-    if "+" not in line[start:end] or _PROMPT.match(line, start):
+    if "+" not in line[start:end] or _PROMPT.match(line, start) or _NOT_KERNEL.fullmatch(line, start, end):
         return None
     found: StackFrame | None = None
     for m in _IN_TEXT.finditer(line, start, end):
