@@ -143,10 +143,18 @@ def parse_kallsyms(text: str, source: str = "kallsyms") -> Kallsyms:
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        m = _LINE.fullmatch(line)
-        if m is None:
-            raise KallsymsError(f"{source}:{lineno}: not a kallsyms line: {line[:80]!r}")
-        entries.append(KallsymsEntry(int(m.group(1), 16), m.group(2), m.group(3), m.group(4)))
+        parts = line.split()
+        try:
+            if len(parts) not in (3, 4) or len(parts[1]) != 1:
+                raise ValueError(line)
+            module = None
+            if len(parts) == 4:
+                if not (parts[3].startswith("[") and parts[3].endswith("]") and len(parts[3]) > 2):
+                    raise ValueError(line)
+                module = parts[3][1:-1]
+            entries.append(KallsymsEntry(int(parts[0], 16), parts[1], parts[2], module))
+        except ValueError:
+            raise KallsymsError(f"{source}:{lineno}: not a kallsyms line: {line[:80]!r}") from None
     if not entries:
         raise KallsymsError(f"{source}: no symbols (empty or not a kallsyms file)")
     if all(e.address == 0 for e in entries):

@@ -1,0 +1,246 @@
+"""Tests for ksym.kallsyms: reading saved /proc/kallsyms and finding the KASLR slide."""
+
+from __future__ import annotations
+
+import functools
+import platform
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ksym.errors import BadFileError, FileNotFoundKsymError
+from ksym.kallsyms import (
+    KASLR_ALIGN_X86_64,
+    Kallsyms,
+    KallsymsError,
+    KaslrError,
+    kaslr_offset_from_frames,
+    kaslr_offset_from_kallsyms,
+    load_kallsyms,
+    parse_kallsyms,
+)
+from ksym.parse import StackFrame, parse_text
+
+DATA = Path(__file__).parent / "data" / "stacks"
+#: The kernel the real captures in tests/data/stacks come from (no KASLR: _text at its link address).
+CAPTURE_KERNEL = "6.18.44-fc-v782"
+SLIDE = 0x1E800000
+
+SAMPLE = """\
+ffffffff81000000 T _stext
+ffffffff81000000 T _text
+ffffffff81000010 T __entry_text_start
+ffffffff81845700 t __ip_local_out
+ffffffff818457e0 T ip_local_out
+ffffffff81845850 T ip_output
+ffffffff82000000 T _etext
+ffffffff82400000 D some_data
+ffffffff81a00000 t dup_static
+ffffffff81b00000 t dup_static
+ffffffffc0a1b000 t nft_do_chain\t[nf_tables]
+ffffffffc0a1b600 T nft_do_chain_inet\t[nf_tables]
+ffffffffc0b00000 t nf_conntrack_in\t[nf_conntrack]
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def _load_proc_kallsyms() -> Kallsyms:
+    return load_kallsyms(Path("/proc/kallsyms"))
+
+
+def real_kallsyms() -> Kallsyms:
+    try:
+        return _load_proc_kallsyms()
+    except (OSError, KallsymsError) as exc:  # not root / kptr_restrict / not Linux
+        pytest.skip(f"/proc/kallsyms unusable here: {exc}")
+
+
+def shifted(k: Kallsyms, slide: int) -> Callable[[str], int | None]:
+    """A synthetic link map: the vmlinux linked ``slide`` below where kallsyms says it runs."""
+
+    def link_address_of(name: str) -> int | None:
+        a = k.address_of(name)
+        return None if a is None else a - slide
+
+    return link_address_of
+
+
+def test_parse_sample() -> None:
+    k = parse_kallsyms(SAMPLE)
+    assert len(k) == 13
+    assert k.address_of("_text") == 0xFFFFFFFF81000000
+    assert k.text_address == 0xFFFFFFFF81000000
+    assert k.address_of("__ip_local_out") == 0xFFFFFFFF81845700
+    assert k.address_of("nft_do_chain") is None  # a module symbol: ask with its module
+    assert k.address_of("nft_do_chain", "nf_tables") == 0xFFFFFFFFC0A1B000
+    assert k.lookup("nft_do_chain", "nf_tables")[0].type == "t"
+    assert k.modules == frozenset({"nf_tables", "nf_conntrack"})
+    assert "ip_output" in k and "nope" not in k
+    assert k.address_of("dup_static") is None  # ambiguous
+    assert len(k.lookup("dup_static")) == 2
+
+
+def test_symbolize() -> None:
+    k = parse_kallsyms(SAMPLE)
+    entry, off = k.symbolize(0xFFFFFFFF818457DB) or (None, None)
+    assert entry is not None and (entry.name, off) == ("__ip_local_out", 0xDB)
+    entry, off = k.symbolize(0xFFFFFFFF81000000) or (None, None)
+    assert entry is not None and entry.name in ("_stext", "_text") and off == 0
+    entry, off = k.symbolize(0xFFFFFFFFC0A1B3E8) or (None, None)
+    assert entry is not None and (entry.name, entry.module, off) == ("nft_do_chain", "nf_tables", 0x3E8)
+    assert k.symbolize(0x1000) is None
+
+
+def test_zeroed_addresses_are_refused() -> None:
+    hidden = "".join("0000000000000000" + line[16:] + "\n" for line in SAMPLE.splitlines())
+    with pytest.raises(KallsymsError, match="kptr_restrict"):
+        parse_kallsyms(hidden)
+    with pytest.raises(BadFileError):  # KallsymsError is a BadFileError (exit code 4)
+        load_kallsyms(hidden)
+
+
+def test_malformed_and_empty() -> None:
+    with pytest.raises(KallsymsError, match=r"kallsyms:2: not a kallsyms line"):
+        parse_kallsyms("ffffffff81000000 T _text\nthis is not kallsyms\n")
+    with pytest.raises(KallsymsError, match="no symbols"):
+        parse_kallsyms("\n\n")
+    assert len(parse_kallsyms("# saved on host1\nffffffff81000000 T _text\n\n")) == 1
+
+
+def test_load_path_or_text(tmp_path: Path) -> None:
+    p = tmp_path / "kallsyms.txt"
+    p.write_text(SAMPLE)
+    assert load_kallsyms(p).address_of("_text") == 0xFFFFFFFF81000000
+    assert load_kallsyms(str(p)).address_of("_text") == 0xFFFFFFFF81000000
+    assert load_kallsyms(SAMPLE).address_of("_text") == 0xFFFFFFFF81000000
+    assert load_kallsyms("ffffffff81000000 T _text").address_of("_text") == 0xFFFFFFFF81000000
+    with pytest.raises(FileNotFoundKsymError):
+        load_kallsyms(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError):  # also a builtin FileNotFoundError
+        load_kallsyms(str(tmp_path / "missing"))
+
+
+def test_real_proc_kallsyms() -> None:
+    k = real_kallsyms()
+    assert len(k) > 10000
+    text = k.address_of("_text")
+    assert text is not None and text >= 0xFFFF000000000000
+    assert k.address_of("_stext") is not None
+    # every unique global text symbol symbolizes back to itself
+    for name in ("do_syscall_64", "tcp_v4_rcv", "ip_local_out", "schedule"):
+        a = k.address_of(name)
+        if a is None:
+            continue
+        hit = k.symbolize(a + 1)
+        assert hit is not None and hit[1] == 1 and hit[0].address == a
+
+
+def test_kaslr_from_real_kallsyms_and_synthetic_link_map() -> None:
+    k = real_kallsyms()
+    assert kaslr_offset_from_kallsyms(k, shifted(k, SLIDE)) == SLIDE
+    assert kaslr_offset_from_kallsyms(k, shifted(k, 0)) == 0
+
+
+def test_kaslr_from_kallsyms_checks_other_symbols() -> None:
+    k = real_kallsyms()
+    good = shifted(k, SLIDE)
+    text_link = good("_text")
+    stext_link = good("_stext")
+
+    # a vmlinux of another build: _text agrees, everything else is elsewhere
+    def other_build(name: str) -> int | None:
+        a = good(name)
+        if a is None or name in ("_text", "_stext"):
+            return a
+        return a + 0x1340
+
+    with pytest.raises(KaslrError, match="different builds"):
+        kaslr_offset_from_kallsyms(k, other_build)
+    # _text missing from the link map: _stext anchors
+    assert kaslr_offset_from_kallsyms(k, lambda n: None if n == "_text" else good(n)) == SLIDE
+    assert text_link is not None and stext_link is not None
+    # nothing to anchor on
+    with pytest.raises(KaslrError, match="neither _text nor _stext"):
+        kaslr_offset_from_kallsyms(k, lambda n: None)
+    # an anchor that is not page aligned
+    with pytest.raises(KaslrError, match="page aligned"):
+        kaslr_offset_from_kallsyms(k, lambda n: None if good(n) is None else good(n) + 0x10)  # type: ignore[operator]
+
+
+def test_kaslr_from_kallsyms_tolerates_a_few_odd_symbols() -> None:
+    k = parse_kallsyms(SAMPLE)
+    link = {e.name: e.address - SLIDE for e in k.entries if e.module is None}
+    link["ip_output"] += 0x40  # one same-named static resolved differently
+    assert kaslr_offset_from_kallsyms(k, link.get) == SLIDE
+
+
+def frames_of(name: str) -> list[StackFrame]:
+    return [p.frame for p in parse_text((DATA / name).read_text()) if p.frame is not None]
+
+
+MIXED_SAMPLES = (
+    "perf-script-kfree_skb-6.18.txt",
+    "ftrace-stacktrace-sym-addr-6.18.txt",
+    "bpftrace-kstack-perf-map.txt",
+)
+
+
+@pytest.mark.parametrize("name", MIXED_SAMPLES)
+def test_kaslr_from_real_frames(name: str) -> None:
+    if platform.release() != CAPTURE_KERNEL:
+        pytest.skip(f"captures come from {CAPTURE_KERNEL}")
+    k = real_kallsyms()
+    fs = frames_of(name)
+    # the capture kernel runs without KASLR, so the frames agree with kallsyms as is ...
+    assert kaslr_offset_from_frames(fs, k.address_of) == 0
+    # ... and with a vmlinux linked SLIDE lower, the frames reveal SLIDE
+    assert kaslr_offset_from_frames(fs, shifted(k, SLIDE)) == SLIDE
+
+
+def synthetic_frames() -> tuple[list[StackFrame], dict[str, int]]:
+    """Frames of the perf capture, with a link map derived from a made-up vmlinux."""
+    fs = frames_of("perf-script-kfree_skb-6.18.txt")
+    link: dict[str, int] = {}
+    for f in fs:
+        assert f.symbol is not None and f.offset is not None and f.address is not None
+        link[f.symbol] = f.address - f.offset - SLIDE
+    return fs, link
+
+
+def test_kaslr_from_frames_majority_and_alignment() -> None:
+    fs, link = synthetic_frames()
+    assert kaslr_offset_from_frames(fs, link.get) == SLIDE
+    # a few frames with wrong offsets (a different boot pasted in) are outvoted
+    bad = [replace(f, address=(f.address or 0) + 0x200000) for f in fs[:5]]
+    assert kaslr_offset_from_frames(fs + bad, link.get) == SLIDE
+    # no strict majority
+    half = [replace(f, address=(f.address or 0) + 0x200000) for f in fs]
+    with pytest.raises(KaslrError, match="disagree"):
+        kaslr_offset_from_frames(fs + half, link.get)
+    # a slide that is not a 2 MiB multiple means a wrong vmlinux
+    off = {k: v + 0x1000 for k, v in link.items()}
+    with pytest.raises(KaslrError, match="not a multiple"):
+        kaslr_offset_from_frames(fs, off.get)
+    assert kaslr_offset_from_frames(fs, off.get, alignment=0x1000) == SLIDE - 0x1000
+    assert KASLR_ALIGN_X86_64 == 0x200000
+
+
+def test_kaslr_from_frames_ignores_unusable_frames() -> None:
+    fs, link = synthetic_frames()
+    module_frames = [replace(f, module="nf_tables", address=(f.address or 0) + 0x999000) for f in fs]
+    no_address = [replace(f, address=None) for f in fs]
+    unknown = [replace(f, symbol="not_in_vmlinux") for f in fs]
+    assert kaslr_offset_from_frames(module_frames + no_address + unknown + fs[:1], link.get) == SLIDE
+    with pytest.raises(KaslrError, match="no frame"):
+        kaslr_offset_from_frames(module_frames + no_address + unknown, link.get)
+    with pytest.raises(KaslrError, match="no frame"):
+        kaslr_offset_from_frames(frames_of("bcc-tcpdrop.txt"), link.get)  # no addresses at all
+
+
+def test_kaslr_from_old_oops_frames() -> None:
+    # an old oops prints [<address>] and func+off/size: one symbol known to the "vmlinux" is enough
+    fs = frames_of("oops-old-3.10-proc-stack-old.txt")
+    link = {"nf_iterate": 0xFFFFFFFF8157D0B8 - 0x98 - SLIDE}
+    assert kaslr_offset_from_frames(fs, link.get) == SLIDE
