@@ -36,6 +36,8 @@ __all__ = [
     "compile_unit",
     "concat_filename",
     "unit_ranges",
+    "unit_line_table",
+    "expand_for",
     "unit_to_record",
     "unit_from_record",
 ]
@@ -133,6 +135,13 @@ FORM_GNU_ADDR_INDEX = 0x1F01
 FORM_GNU_STR_INDEX = 0x1F02
 FORM_GNU_REF_ALT = 0x1F20
 FORM_GNU_STRP_ALT = 0x1F21
+
+_INTERESTING_TAGS = frozenset(
+    {TAG_SUBPROGRAM, TAG_INLINED_SUBROUTINE, TAG_ENTRY_POINT, TAG_LEXICAL_BLOCK, TAG_COMPILE_UNIT,
+     TAG_PARTIAL_UNIT, TAG_SKELETON_UNIT}
+)
+_SIBLING_ONLY = frozenset({AT_SIBLING})
+_EMPTY: dict[int, tuple[int, object]] = {}
 
 _CONST_FORMS = frozenset(
     {FORM_DATA1, FORM_DATA2, FORM_DATA4, FORM_DATA8, FORM_UDATA, FORM_SDATA, FORM_IMPLICIT_CONST}
@@ -385,6 +394,8 @@ class FunctionNode:
     call_file: int = 0
     call_line: int = 0
     call_column: int = 0
+    #: .debug_info offset of the first child while the subtree is not read yet, else -1.
+    child_pos: int = -1
 
 
 @dataclass
@@ -438,6 +449,8 @@ class CompiledUnit:
     _starts: list[int] = field(default_factory=list, repr=False)
     _spans: list[tuple[int, int, int]] = field(default_factory=list, repr=False)
     _max_len: int = 0
+    # the reader that built this unit, reused by expand_for (not stored on disk)
+    reader: Optional["_CUReader"] = field(default=None, repr=False, compare=False)
 
     def finish(self) -> "CompiledUnit":
         spans = []
@@ -500,16 +513,30 @@ class _CUReader:
             FORM_REF_ADDR: osz if hdr.version >= 3 else asz,
             FORM_FLAG_PRESENT: 0, FORM_IMPLICIT_CONST: 0,
         }
-        for code, (_tag, _ch, attrs) in self.abbrevs.items():
-            total = 0
-            for at, form, _c in attrs:
+        # A plan per abbreviation: which attributes to decode (only what the function tree needs:
+        # for other DIEs just DW_AT_sibling) and how far to jump over the rest. Steps are
+        # (0, n): skip n bytes; (1, attr, form, const): decode; (2, form, const): skip a variable form.
+        self._plans: dict[int, tuple[int, bool, tuple[tuple[int, ...], ...], int]] = {}
+        for code, (tag, ch, attrs) in self.abbrevs.items():
+            wanted = _WANTED if tag in _INTERESTING_TAGS else _SIBLING_ONLY
+            steps: list[tuple[int, ...]] = []
+            fixed_total = 0
+            all_fixed = True
+            for at, form, const in attrs:
                 sz = self._form_size.get(form)
-                if sz is None or at in _WANTED:
-                    total = -1
-                    break
-                total += sz
-            if total >= 0:
-                self._fixed[code] = total
+                if at in wanted:
+                    steps.append((1, at, form, const))
+                    all_fixed = False
+                elif sz is not None:
+                    if steps and steps[-1][0] == 0:
+                        steps[-1] = (0, steps[-1][1] + sz)
+                    else:
+                        steps.append((0, sz))
+                    fixed_total += sz
+                else:
+                    steps.append((2, form, const))
+                    all_fixed = False
+            self._plans[code] = (tag, ch, tuple(steps), fixed_total if all_fixed else -1)
 
     def _read_form(self, form: int, pos: int, const: int) -> tuple[object, int]:
         data = self.data
@@ -561,28 +588,31 @@ class _CUReader:
 
     def read_die(self, pos: int) -> tuple[int, int, bool, dict[int, tuple[int, object]], int]:
         """(code, tag, has_children, {attr: (form, value)} of wanted attrs, next position)."""
-        code, pos = _uleb(self.data, pos)
+        data = self.data
+        code = data[pos]
+        if code < 0x80:
+            pos += 1
+        else:
+            code, pos = _uleb(data, pos)
         if code == 0:
-            return 0, 0, False, {}, pos
-        ab = self.abbrevs.get(code)
-        if ab is None:
+            return 0, 0, False, _EMPTY, pos
+        plan = self._plans.get(code)
+        if plan is None:
             raise DwarfError(f"unknown abbreviation {code} at {pos:#x} in CU {self.hdr.offset:#x}")
-        tag, children, attrs = ab
-        fixed = self._fixed.get(code)
-        if fixed is not None:
-            return code, tag, children, {}, pos + fixed
+        tag, children, steps, fixed = plan
+        if fixed >= 0:
+            return code, tag, children, _EMPTY, pos + fixed
         vals: dict[int, tuple[int, object]] = {}
-        fs = self._form_size
-        for at, form, const in attrs:
-            if at in _WANTED:
-                val, pos = self._read_form(form, pos, const)
-                vals[at] = (form, val)
+        read_form = self._read_form
+        for step in steps:
+            op = step[0]
+            if op == 0:
+                pos += step[1]
+            elif op == 1:
+                val, pos = read_form(step[2], pos, step[3])
+                vals[step[1]] = (step[2], val)
             else:
-                sz = fs.get(form)
-                if sz is not None:
-                    pos += sz
-                else:
-                    _v, pos = self._read_form(form, pos, const)
+                _v, pos = read_form(step[1], pos, step[2])
         return code, tag, children, vals, pos
 
     # -- attribute helpers --
@@ -733,34 +763,11 @@ def _name_of(reader: _CUReader, offset: int, readers: Callable[[int], _CUReader]
     return "??"
 
 
-def compile_unit(
-    sec: DwarfSections,
-    cu_offset: int,
-    reader_for: Optional[Callable[[int], "_CUReader"]] = None,
-) -> CompiledUnit:
-    """Read one CU: its function tree (only subtrees holding code) and its line table."""
+def _open_unit(sec: DwarfSections, cu_offset: int) -> tuple[_CUReader, dict[int, tuple[int, object]], bool, int]:
+    """Read a unit's top DIE and set the reader's bases: (reader, attributes, has_children, next pos)."""
     hdr = parse_cu_header(sec, cu_offset)
     reader = _CUReader(sec, hdr)
-    readers_cache: dict[int, _CUReader] = {cu_offset: reader}
-    cu_list: list[tuple[int, int]] = []
-
-    def other_reader(offset: int) -> _CUReader:
-        # a DW_FORM_ref_addr into another CU (rare in the kernel): find and open that CU
-        nonlocal cu_list
-        if not cu_list:
-            cu_list = scan_cu_headers(sec)
-        starts = [c[0] for c in cu_list]
-        i = bisect.bisect_right(starts, offset) - 1
-        if i < 0:
-            raise DwarfError(f"reference {offset:#x} outside .debug_info")
-        start = cu_list[i][0]
-        if start not in readers_cache:
-            readers_cache[start] = _CUReader(sec, parse_cu_header(sec, start))
-        return readers_cache[start]
-
-    getter = reader_for or other_reader
-    pos = hdr.die_offset
-    code, tag, children, vals, pos = reader.read_die(pos)
+    _code, tag, children, vals, pos = reader.read_die(hdr.die_offset)
     if tag not in (TAG_COMPILE_UNIT, TAG_PARTIAL_UNIT, TAG_SKELETON_UNIT):
         raise DwarfError(f"unit at {cu_offset:#x} does not start with a compile unit DIE")
     # bases first: other attributes of the CU DIE may depend on them
@@ -774,21 +781,74 @@ def compile_unit(
             reader.rnglists_base = int(vals[at][1])  # type: ignore[call-overload]
     if AT_LOW_PC in vals:
         reader.low_pc = reader.address(*vals[AT_LOW_PC])
+    return reader, vals, children, pos
+
+
+def _reader_getter(sec: DwarfSections, reader: _CUReader) -> Callable[[int], _CUReader]:
+    """A function giving the reader of the unit holding a .debug_info offset (for DW_FORM_ref_addr)."""
+    cache: dict[int, _CUReader] = {reader.hdr.offset: reader}
+    cu_list: list[tuple[int, int]] = []
+
+    def get(offset: int) -> _CUReader:
+        if not cu_list:
+            cu_list.extend(scan_cu_headers(sec))
+        starts = [c[0] for c in cu_list]
+        i = bisect.bisect_right(starts, offset) - 1
+        if i < 0:
+            raise DwarfError(f"reference {offset:#x} outside .debug_info")
+        start = cu_list[i][0]
+        if start not in cache:
+            cache[start] = _open_unit(sec, start)[0]
+        return cache[start]
+
+    return get
+
+
+def compile_unit(sec: DwarfSections, cu_offset: int) -> CompiledUnit:
+    """Read one CU: its top-level functions (their subtrees are read on demand by
+    :func:`expand_for`) and its line table."""
+    reader, vals, children, pos = _open_unit(sec, cu_offset)
     name = reader.string(*vals[AT_NAME]) if AT_NAME in vals else ""
     comp_dir = reader.string(*vals[AT_COMP_DIR]) if AT_COMP_DIR in vals else ""
     stmt_list = int(vals[AT_STMT_LIST][1]) if AT_STMT_LIST in vals else -1  # type: ignore[call-overload]
-
     functions: list[FunctionNode] = []
     if children:
-        _walk_children(reader, pos, functions, getter)
+        _walk_children(reader, pos, functions, _reader_getter(sec, reader), [-1], top_only=True)
     lines = None
     if stmt_list >= 0 and sec.line is not None:
-        lines = read_line_table(sec, stmt_list, comp_dir, hdr.address_size)
-    return CompiledUnit(cu_offset, name, comp_dir, functions, lines).finish()
+        lines = read_line_table(sec, stmt_list, comp_dir, reader.hdr.address_size)
+    cu = CompiledUnit(cu_offset, name, comp_dir, functions, lines)
+    cu.reader = reader
+    return cu.finish()
+
+
+def expand_for(sec: DwarfSections, cu: CompiledUnit, address: int) -> bool:
+    """Read the subtrees of the functions containing ``address`` that are not read yet.
+
+    Returns True when the unit changed (so a cached copy may be refreshed)."""
+    todo = [i for i, fn in enumerate(cu.functions)
+            if fn.child_pos >= 0 and any(lo <= address < hi for lo, hi in fn.ranges)]
+    if not todo:
+        return False
+    reader = cu.reader if cu.reader is not None and cu.reader.sec is sec else _open_unit(sec, cu.offset)[0]
+    cu.reader = reader
+    getter = _reader_getter(sec, reader)
+    while todo:
+        i = todo.pop()
+        fn = cu.functions[i]
+        pos, fn.child_pos = fn.child_pos, -1
+        _walk_children(reader, pos, cu.functions, getter, [i], top_only=False)
+    cu.finish()
+    return True
 
 
 def _walk_children(
-    reader: _CUReader, pos: int, functions: list[FunctionNode], getter: Callable[[int], _CUReader]
+    reader: _CUReader,
+    pos: int,
+    functions: list[FunctionNode],
+    getter: Callable[[int], _CUReader],
+    stack: list[int],
+    top_only: bool,
 ) -> None:
     """Walk the CU's DIE tree iteratively, recording function DIEs that have code.
 
@@ -796,8 +856,8 @@ def _walk_children(
     block with code, or a DIE that may hold such (a DW_TAG without ranges that has children).
     """
     data_end = reader.hdr.end
-    # stack entries: index of the enclosing function node (or -1)
-    stack: list[int] = [-1]
+    # stack entries: index of the enclosing function node (or -1); with ``top_only`` the subtrees
+    # of functions are not entered but remembered (FunctionNode.child_pos) for expand_for()
     read_die = reader.read_die
     while pos < data_end and stack:
         die_off = pos
@@ -831,7 +891,11 @@ def _walk_children(
                 )
                 functions.append(node)
                 if children:
-                    stack.append(len(functions) - 1)
+                    if top_only:
+                        node.child_pos = pos
+                        pos = _skip_subtree(reader, pos, vals)
+                    else:
+                        stack.append(len(functions) - 1)
                 continue
             if tag in FUNCTION_TAGS:
                 # an abstract instance or declaration: no code, nothing inside can have code
@@ -965,24 +1029,14 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
     column = 0
     disc = 0
     seq_first = len(rows)
-    seq_low: Optional[int] = None
     d = data
     n_end = end
     lr = line_range
     ob = opcode_base
 
-    def emit(end_seq: bool) -> None:
-        nonlocal seq_low
-        fidx = file
-        if addrs and len(addrs) > seq_first and addrs[-1] == address and rows[-1][4] == end_seq:
-            # bfd keeps only the last row for one address (PR ld/4986)
-            rows[-1] = (fidx, line, column, disc, end_seq)
-        else:
-            addrs.append(address)
-            rows.append((fidx, line, column, disc, end_seq))
-        if seq_low is None:
-            seq_low = address
-
+    # bfd keeps only the last row for one address within a sequence (PR ld/4986): a row at the
+    # address of the previous one replaces it
+    last_addr = -1
     while pos < n_end:
         op = d[pos]
         pos += 1
@@ -990,7 +1044,12 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
             adj = op - ob
             address += (adj // lr) * min_inst
             line += line_base + adj % lr
-            emit(False)
+            if address == last_addr:
+                rows[-1] = (file, line, column, disc, False)
+            else:
+                addrs.append(address)
+                rows.append((file, line, column, disc, False))
+                last_addr = address
             disc = 0
         elif op == 0:
             ln, pos = _uleb(d, pos)
@@ -999,11 +1058,11 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
             sub = d[pos]
             nxt = pos + ln
             if sub == 1:  # end_sequence
-                emit(True)
-                if seq_low is not None:
-                    seqs.append((seq_low, address, seq_first, len(rows)))
+                addrs.append(address)
+                rows.append((file, line, column, disc, True))
+                seqs.append((min(addrs[seq_first:]), address, seq_first, len(rows)))
                 seq_first = len(rows)
-                seq_low = None
+                last_addr = -1
                 address = 0
                 file = first_file
                 line = 1
@@ -1015,7 +1074,12 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
                 disc, _ = _uleb(d, pos + 1)
             pos = nxt
         elif op == 1:  # copy
-            emit(False)
+            if address == last_addr:
+                rows[-1] = (file, line, column, disc, False)
+            else:
+                addrs.append(address)
+                rows.append((file, line, column, disc, False))
+                last_addr = address
             disc = 0
         elif op == 2:  # advance_pc
             v, pos = _uleb(d, pos)
@@ -1090,8 +1154,8 @@ def _v5_entries(
 
 
 def unit_to_record(cu: CompiledUnit) -> tuple[object, ...]:
-    fns = [(f.die_offset, f.tag, f.ranges, f.name, f.parent, f.call_file, f.call_line, f.call_column)
-           for f in cu.functions]
+    fns = [(f.die_offset, f.tag, f.ranges, f.name, f.parent, f.call_file, f.call_line, f.call_column,
+            f.child_pos) for f in cu.functions]
     lines = None
     if cu.lines is not None:
         lt = cu.lines
@@ -1101,8 +1165,9 @@ def unit_to_record(cu: CompiledUnit) -> tuple[object, ...]:
 
 def unit_from_record(rec: tuple[object, ...]) -> CompiledUnit:
     offset, name, comp_dir, fns, lines = rec
-    functions = [FunctionNode(int(a), int(b), [tuple(r) for r in c], str(d), int(e), int(f), int(g), int(h))  # type: ignore[misc]
-                 for a, b, c, d, e, f, g, h in fns]  # type: ignore[attr-defined]
+    functions = [FunctionNode(int(a), int(b), [tuple(r) for r in c], str(d), int(e), int(f), int(g), int(h),  # type: ignore[misc]
+                              int(k))
+                 for a, b, c, d, e, f, g, h, k in fns]  # type: ignore[attr-defined]
     table = None
     if lines is not None:
         files, addrs, rows, seqs, file_base = lines  # type: ignore[misc]
@@ -1113,30 +1178,14 @@ def unit_from_record(rec: tuple[object, ...]) -> CompiledUnit:
 
 def unit_ranges(sec: DwarfSections, cu_offset: int) -> list[tuple[int, int]]:
     """Address ranges of a unit from its top DIE (DW_AT_ranges or low/high pc)."""
-    hdr = parse_cu_header(sec, cu_offset)
-    reader = _CUReader(sec, hdr)
-    _code, tag, _children, vals, _pos = reader.read_die(hdr.die_offset)
-    if tag not in (TAG_COMPILE_UNIT, TAG_PARTIAL_UNIT, TAG_SKELETON_UNIT):
-        return []
-    for at in (AT_ADDR_BASE, AT_GNU_ADDR_BASE):
-        if at in vals:
-            reader.addr_base = int(vals[at][1])  # type: ignore[call-overload]
-    for at in (AT_RNGLISTS_BASE, AT_GNU_RANGES_BASE):
-        if at in vals:
-            reader.rnglists_base = int(vals[at][1])  # type: ignore[call-overload]
-    if AT_LOW_PC in vals:
-        reader.low_pc = reader.address(*vals[AT_LOW_PC])
+    reader, vals, _children, _pos = _open_unit(sec, cu_offset)
     return [r for r in reader.ranges_of(vals) if r[1] > r[0]]
 
 
 def unit_line_table(sec: DwarfSections, cu_offset: int) -> Optional[LineTable]:
     """Only the line table of a unit (no DIE walk): enough for a file:line without inline chain."""
-    hdr = parse_cu_header(sec, cu_offset)
-    reader = _CUReader(sec, hdr)
-    _code, _tag, _children, vals, _pos = reader.read_die(hdr.die_offset)
-    if AT_STR_OFFSETS_BASE in vals:
-        reader.str_offsets_base = int(vals[AT_STR_OFFSETS_BASE][1])  # type: ignore[call-overload]
+    reader, vals, _children, _pos = _open_unit(sec, cu_offset)
     if AT_STMT_LIST not in vals or sec.line is None:
         return None
     comp_dir = reader.string(*vals[AT_COMP_DIR]) if AT_COMP_DIR in vals else ""
-    return read_line_table(sec, int(vals[AT_STMT_LIST][1]), comp_dir, hdr.address_size)  # type: ignore[call-overload]
+    return read_line_table(sec, int(vals[AT_STMT_LIST][1]), comp_dir, reader.hdr.address_size)  # type: ignore[call-overload]

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 __all__ = ["IndexStore", "default_cache_dir", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def default_cache_dir() -> Path:

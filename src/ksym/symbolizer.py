@@ -324,6 +324,13 @@ class Symbolizer:
                 return ()
             return (SourceLocation(name, "??", 0, raw_file="??"),)
         cu = self.compiled_unit(cu_off)
+        if any(fn.child_pos >= 0 for fn in cu.functions):
+            try:
+                changed = D.expand_for(self._dwarf(), cu, address)
+            except (D.DwarfError, IndexError, ValueError) as exc:
+                raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {cu_off:#x}: {exc}") from None
+            if changed:
+                self._store.save_cu(self.key, cu_off, D.unit_to_record(cu))
         loc = cu.lines.lookup(address) if cu.lines is not None else None
         fi = cu.best_function(address)
         if fi >= 0:
