@@ -309,6 +309,23 @@ CASES = [
         "0xec",
         size=0x110,
     ),
+    # decode_stacktrace.sh / syzbot output, e-mail quoting
+    Case(
+        " dump_stack_lvl+0xd9/0x1b0 lib/dump_stack.c:106", "oops", "dump_stack_lvl", 0xD9, "0xd9", size=0x1B0
+    ),
+    Case(
+        " nft_do_chain+0x3e8/0x5f0 [nf_tables] net/netfilter/nf_tables_core.c:123:5",
+        "oops",
+        "nft_do_chain",
+        0x3E8,
+        "0x3e8",
+        size=0x5F0,
+        module="nf_tables",
+    ),
+    Case(
+        "> [  1.0]  ? nf_hook_slow+0x43/0xc0", "oops", "nf_hook_slow", 0x43, "0x43", size=0xC0, reliable=False
+    ),
+    Case(">>         kfree_skb+1", "bpftrace", "kfree_skb", 1, "1"),
     # /proc/PID/stack
     Case("[<0>] proc_pid_stack+0xb1/0x150", "proc_stack", "proc_pid_stack", 0xB1, "0xb1", size=0x150),
     Case(
@@ -437,7 +454,7 @@ def test_parse_line_formats(case: Case) -> None:
     # the extent covers the token and stays inside the line content
     assert f.extent[0] <= f.span[0] <= f.span[1] <= f.extent[1] <= len(case.line.rstrip("\r\n"))
     rest = f.text[f.extent[1] :].strip()
-    assert rest in ("", ":", "[software]", "(unreliable)") or rest.startswith("from "), rest
+    assert rest in ("", ":", "[software]", "(unreliable)") or rest.startswith("from ") or ".c:" in rest, rest
 
 
 NOT_FRAMES = [
@@ -909,6 +926,7 @@ log_prefixes = st.sampled_from(
         "Nov 25 19:02:11 host kernel: ",
         "2026-11-25T19:02:11.123456+00:00 host kernel: ",
         "<4>",
+        "> [  412.345678] ",
     ]
 )
 

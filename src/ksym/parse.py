@@ -328,7 +328,8 @@ _FORMATS: list[_Format] = [
     # oops / WARN / lockdep Call Trace: " func+0x1a/0x30 [nf_tables]", " ? func+0x1a/0x30"
     _Format(
         "oops",
-        rf"(?P<lead>\s*)(?P<q>\?\s+)?(?P<ext>{_KTOK}(?:\s+{_MOD})?)",
+        rf"(?P<lead>\s*)(?P<q>\?\s+)?(?P<ext>{_KTOK}(?:\s+{_MOD})?)"
+        r"(?:\s+[\w./+-]+\.[chS]:\d+(?::\d+)?(?:\s+\[inline\])?)?",  # decode_stacktrace.sh / syzbot
         _oops_or_plain,
         "hex",
     ),
@@ -442,7 +443,7 @@ _IN_TEXT = re.compile(
 _NOT_KERNEL = re.compile(
     rf"\s*{_HEX}\s+(?:{_SYM}(?:\+0x{_HEX})?|\[unknown\])\s+\((?!\[)[^()]*\)|.*\(\[unknown\]\)"
 )
-_PROMPT = re.compile(r"\s*(?:[$%#]|\S+@\S+[$#%]|>>>)\s")
+_PROMPT = re.compile(r"\s*(?:[$%#]|\S+@\S+[$#%])\s")
 
 
 def _in_text_ok(m: re.Match[str], body: str, start: int, end: int) -> bool:
@@ -521,12 +522,17 @@ def _build(m: re.Match[str], line: str, lineno: int, kind: FrameKind, base: str)
     )
 
 
+_QUOTE = re.compile(r"(?:>[ \t]?)+")  # e-mail quoting: "> [  12.3]  func+0x1/0x2"
+
+
 def _body_bounds(line: str) -> tuple[int, int, bool]:
     end = len(line)
     while end and line[end - 1] in " \t\r\n\f\v":
         end -= 1
-    start = strip_log_prefix(line[:end])
-    return start, end, start > 0
+    quote = _QUOTE.match(line, 0, end)
+    qend = quote.end() if quote else 0
+    start = strip_log_prefix(line[qend:end]) + qend
+    return start, end, start > qend
 
 
 def parse_line(line: str, lineno: int = 1) -> StackFrame | None:
