@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, NoReturn, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from .errors import (
     EXIT_INTERNAL,
@@ -21,7 +22,7 @@ from .errors import (
     SymbolNotFoundError,
 )
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 EPILOG = """\
 examples:
@@ -114,7 +115,7 @@ def _resolve_command(args: argparse.Namespace, out: Callable[[str], None],
     return status
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     def out(line: str) -> None:
         sys.stdout.write(line + "\n")
 
@@ -136,11 +137,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except BrokenPipeError:
         try:
-            sys.stdout = open(os.devnull, "w")
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces a dead stdout
         except OSError:
             pass
         return EXIT_OK
-    except Exception as exc:  # noqa: BLE001 - the promise is: one line, never a traceback
+    except Exception as exc:
         if os.environ.get("KSYM_DEBUG"):
             raise
         err(f"ksym: internal error: {type(exc).__name__}: {exc} (set KSYM_DEBUG=1 for a traceback)")

@@ -22,24 +22,25 @@ from __future__ import annotations
 
 import bisect
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Literal
 
 __all__ = [
-    "DwarfSections",
-    "DwarfError",
     "CompiledUnit",
+    "DwarfError",
+    "DwarfSections",
     "FunctionNode",
     "LineTable",
-    "read_aranges",
-    "scan_cu_headers",
     "compile_unit",
     "concat_filename",
-    "unit_ranges",
-    "unit_line_table",
     "expand_for",
-    "unit_to_record",
+    "read_aranges",
+    "scan_cu_headers",
     "unit_from_record",
+    "unit_line_table",
+    "unit_ranges",
+    "unit_to_record",
 ]
 
 
@@ -141,12 +142,16 @@ _INTERESTING_TAGS = frozenset(
      TAG_PARTIAL_UNIT, TAG_SKELETON_UNIT}
 )
 _SIBLING_ONLY = frozenset({AT_SIBLING})
-_EMPTY: dict[int, tuple[int, object]] = {}
+_EMPTY: dict[int, tuple[int, Any]] = {}
 
 _CONST_FORMS = frozenset(
     {FORM_DATA1, FORM_DATA2, FORM_DATA4, FORM_DATA8, FORM_UDATA, FORM_SDATA, FORM_IMPLICIT_CONST}
 )
 _REF_LOCAL_FORMS = frozenset({FORM_REF1, FORM_REF2, FORM_REF4, FORM_REF8, FORM_REF_UDATA})
+
+
+def _byteorder(e: str) -> Literal["little", "big"]:
+    return "little" if e == "<" else "big"
 
 
 def _uleb(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
@@ -198,7 +203,7 @@ class DwarfSections:
     info: bytes | memoryview
     abbrev: bytes | memoryview
     line: bytes | memoryview | None = None
-    str: bytes | memoryview | None = None
+    debug_str: bytes | memoryview | None = None
     line_str: bytes | memoryview | None = None
     ranges: bytes | memoryview | None = None
     rnglists: bytes | memoryview | None = None
@@ -417,7 +422,7 @@ class LineTable:
         i = number - self.file_base
         return self.files[i] if 0 <= i < len(self.files) else "<unknown>"
 
-    def lookup(self, address: int) -> Optional[tuple[str, int, int, int]]:
+    def lookup(self, address: int) -> tuple[str, int, int, int] | None:
         """(file, line, column, discriminator) of the row covering ``address``, or None."""
         seqs = self.seqs
         lows = [s[0] for s in seqs]
@@ -450,9 +455,9 @@ class CompiledUnit:
     _spans: list[tuple[int, int, int]] = field(default_factory=list, repr=False)
     _max_len: int = 0
     # the reader that built this unit, reused by expand_for (not stored on disk)
-    reader: Optional["_CUReader"] = field(default=None, repr=False, compare=False)
+    reader: _CUReader | None = field(default=None, repr=False, compare=False)
 
-    def finish(self) -> "CompiledUnit":
+    def finish(self) -> CompiledUnit:
         spans = []
         for i, fn in enumerate(self.functions):
             for lo, hi in fn.ranges:
@@ -538,18 +543,18 @@ class _CUReader:
                     all_fixed = False
             self._plans[code] = (tag, ch, tuple(steps), fixed_total if all_fixed else -1)
 
-    def _read_form(self, form: int, pos: int, const: int) -> tuple[object, int]:
+    def _read_form(self, form: int, pos: int, const: int) -> tuple[Any, int]:
         data = self.data
         e = self.e
         if form == FORM_ADDR:
             asz = self.hdr.address_size
-            return int.from_bytes(data[pos : pos + asz], "little" if e == "<" else "big"), pos + asz
+            return int.from_bytes(data[pos : pos + asz], _byteorder(e)), pos + asz
         if form in (FORM_DATA1, FORM_REF1, FORM_FLAG, FORM_STRX1, FORM_ADDRX1):
             return data[pos], pos + 1
         if form in (FORM_DATA2, FORM_REF2, FORM_STRX2, FORM_ADDRX2):
             return struct.unpack_from(e + "H", data, pos)[0], pos + 2
         if form in (FORM_STRX3, FORM_ADDRX3):
-            return int.from_bytes(data[pos : pos + 3], "little" if e == "<" else "big"), pos + 3
+            return int.from_bytes(data[pos : pos + 3], _byteorder(e)), pos + 3
         if form in (FORM_DATA4, FORM_REF4, FORM_REF_SUP4, FORM_STRX4, FORM_ADDRX4):
             return struct.unpack_from(e + "I", data, pos)[0], pos + 4
         if form in (FORM_DATA8, FORM_REF8, FORM_REF_SIG8, FORM_REF_SUP8):
@@ -586,7 +591,7 @@ class _CUReader:
             return self._read_form(real, pos, const)
         raise DwarfError(f"unknown DWARF form {form:#x} at {pos:#x}")
 
-    def read_die(self, pos: int) -> tuple[int, int, bool, dict[int, tuple[int, object]], int]:
+    def read_die(self, pos: int) -> tuple[int, int, bool, dict[int, tuple[int, Any]], int]:
         """(code, tag, has_children, {attr: (form, value)} of wanted attrs, next position)."""
         data = self.data
         code = data[pos]
@@ -602,7 +607,7 @@ class _CUReader:
         tag, children, steps, fixed = plan
         if fixed >= 0:
             return code, tag, children, _EMPTY, pos + fixed
-        vals: dict[int, tuple[int, object]] = {}
+        vals: dict[int, tuple[int, Any]] = {}
         read_form = self._read_form
         for step in steps:
             op = step[0]
@@ -617,27 +622,27 @@ class _CUReader:
 
     # -- attribute helpers --
 
-    def string(self, form: int, val: object) -> str:
+    def string(self, form: int, val: Any) -> str:
         if form == FORM_STRING:
             return str(val)
         if form == FORM_STRP:
-            return self.sec.string_at(self.sec.str, int(val))  # type: ignore[call-overload]
+            return self.sec.string_at(self.sec.debug_str, int(val))
         if form == FORM_LINE_STRP:
-            return self.sec.string_at(self.sec.line_str, int(val))  # type: ignore[call-overload]
+            return self.sec.string_at(self.sec.line_str, int(val))
         if form in (FORM_STRX, FORM_STRX1, FORM_STRX2, FORM_STRX3, FORM_STRX4, FORM_GNU_STR_INDEX):
             so = self.sec.str_offsets
             if so is None:
                 raise DwarfError("strx form without .debug_str_offsets")
             sz = self.hdr.offset_size
             off = struct.unpack_from(self.e + ("I" if sz == 4 else "Q"), so,
-                                     self.str_offsets_base + int(val) * sz)[0]  # type: ignore[call-overload]
-            return self.sec.string_at(self.sec.str, off)
+                                     self.str_offsets_base + int(val) * sz)[0]
+            return self.sec.string_at(self.sec.debug_str, off)
         return "??"
 
-    def address(self, form: int, val: object) -> int:
+    def address(self, form: int, val: Any) -> int:
         if form in (FORM_ADDRX, FORM_ADDRX1, FORM_ADDRX2, FORM_ADDRX3, FORM_ADDRX4, FORM_GNU_ADDR_INDEX):
-            return self.indexed_address(int(val))  # type: ignore[call-overload]
-        return int(val)  # type: ignore[call-overload]
+            return self.indexed_address(int(val))
+        return int(val)
 
     def indexed_address(self, index: int) -> int:
         a = self.sec.addr
@@ -647,11 +652,11 @@ class _CUReader:
         p = self.addr_base + index * asz
         return int.from_bytes(a[p : p + asz], "little" if self.e == "<" else "big")
 
-    def ranges_of(self, vals: dict[int, tuple[int, object]]) -> list[tuple[int, int]]:
+    def ranges_of(self, vals: dict[int, tuple[int, Any]]) -> list[tuple[int, int]]:
         lo = vals.get(AT_LOW_PC)
         if AT_RANGES in vals:
             form, v = vals[AT_RANGES]
-            return self.read_ranges(form, int(v))  # type: ignore[call-overload]
+            return self.read_ranges(form, int(v))
         if lo is not None:
             low = self.address(*lo)
             hi = vals.get(AT_HIGH_PC)
@@ -659,7 +664,7 @@ class _CUReader:
                 return [(low, low + 1)]
             hform, hval = hi
             if hform in _CONST_FORMS:
-                return [(low, low + int(hval))]  # type: ignore[call-overload]
+                return [(low, low + int(hval))]
             return [(low, self.address(hform, hval))]
         return []
 
@@ -667,7 +672,7 @@ class _CUReader:
         out: list[tuple[int, int]] = []
         e = self.e
         asz = self.hdr.address_size
-        order = "little" if e == "<" else "big"
+        order = _byteorder(e)
         base = self.low_pc
         if self.hdr.version < 5 and form != FORM_RNGLISTX:
             data = self.sec.ranges
@@ -734,12 +739,12 @@ class _CUReader:
         return out
 
 
-def _ref_target(reader: _CUReader, form: int, val: object) -> int:
+def _ref_target(reader: _CUReader, form: int, val: Any) -> int:
     """Absolute .debug_info offset of a reference attribute."""
     if form in _REF_LOCAL_FORMS:
-        return reader.hdr.offset + int(val)  # type: ignore[call-overload]
+        return reader.hdr.offset + int(val)
     if form == FORM_REF_ADDR:
-        return int(val)  # type: ignore[call-overload]
+        return int(val)
     return -1
 
 
@@ -763,7 +768,7 @@ def _name_of(reader: _CUReader, offset: int, readers: Callable[[int], _CUReader]
     return "??"
 
 
-def _open_unit(sec: DwarfSections, cu_offset: int) -> tuple[_CUReader, dict[int, tuple[int, object]], bool, int]:
+def _open_unit(sec: DwarfSections, cu_offset: int) -> tuple[_CUReader, dict[int, tuple[int, Any]], bool, int]:
     """Read a unit's top DIE and set the reader's bases: (reader, attributes, has_children, next pos)."""
     hdr = parse_cu_header(sec, cu_offset)
     reader = _CUReader(sec, hdr)
@@ -772,13 +777,13 @@ def _open_unit(sec: DwarfSections, cu_offset: int) -> tuple[_CUReader, dict[int,
         raise DwarfError(f"unit at {cu_offset:#x} does not start with a compile unit DIE")
     # bases first: other attributes of the CU DIE may depend on them
     if AT_STR_OFFSETS_BASE in vals:
-        reader.str_offsets_base = int(vals[AT_STR_OFFSETS_BASE][1])  # type: ignore[call-overload]
+        reader.str_offsets_base = int(vals[AT_STR_OFFSETS_BASE][1])
     for at in (AT_ADDR_BASE, AT_GNU_ADDR_BASE):
         if at in vals:
-            reader.addr_base = int(vals[at][1])  # type: ignore[call-overload]
+            reader.addr_base = int(vals[at][1])
     for at in (AT_RNGLISTS_BASE, AT_GNU_RANGES_BASE):
         if at in vals:
-            reader.rnglists_base = int(vals[at][1])  # type: ignore[call-overload]
+            reader.rnglists_base = int(vals[at][1])
     if AT_LOW_PC in vals:
         reader.low_pc = reader.address(*vals[AT_LOW_PC])
     return reader, vals, children, pos
@@ -810,7 +815,7 @@ def compile_unit(sec: DwarfSections, cu_offset: int) -> CompiledUnit:
     reader, vals, children, pos = _open_unit(sec, cu_offset)
     name = reader.string(*vals[AT_NAME]) if AT_NAME in vals else ""
     comp_dir = reader.string(*vals[AT_COMP_DIR]) if AT_COMP_DIR in vals else ""
-    stmt_list = int(vals[AT_STMT_LIST][1]) if AT_STMT_LIST in vals else -1  # type: ignore[call-overload]
+    stmt_list = int(vals[AT_STMT_LIST][1]) if AT_STMT_LIST in vals else -1
     functions: list[FunctionNode] = []
     if children:
         _walk_children(reader, pos, functions, _reader_getter(sec, reader), [-1], top_only=True)
@@ -873,7 +878,7 @@ def _walk_children(
                 if AT_NAME in vals:
                     nm = reader.string(*vals[AT_NAME])
                 elif AT_LINKAGE_NAME in vals or AT_MIPS_LINKAGE_NAME in vals:
-                    nm = reader.string(*vals.get(AT_LINKAGE_NAME, vals.get(AT_MIPS_LINKAGE_NAME)))  # type: ignore[arg-type]
+                    nm = reader.string(*vals.get(AT_LINKAGE_NAME) or vals[AT_MIPS_LINKAGE_NAME])
                 else:
                     for at in (AT_ABSTRACT_ORIGIN, AT_SPECIFICATION):
                         if at in vals:
@@ -885,9 +890,9 @@ def _walk_children(
                     ranges=rngs,
                     name=nm,
                     parent=enclosing,
-                    call_file=int(vals[AT_CALL_FILE][1]) if AT_CALL_FILE in vals else 0,  # type: ignore[call-overload]
-                    call_line=int(vals[AT_CALL_LINE][1]) if AT_CALL_LINE in vals else 0,  # type: ignore[call-overload]
-                    call_column=int(vals[AT_CALL_COLUMN][1]) if AT_CALL_COLUMN in vals else 0,  # type: ignore[call-overload]
+                    call_file=int(vals[AT_CALL_FILE][1]) if AT_CALL_FILE in vals else 0,
+                    call_line=int(vals[AT_CALL_LINE][1]) if AT_CALL_LINE in vals else 0,
+                    call_column=int(vals[AT_CALL_COLUMN][1]) if AT_CALL_COLUMN in vals else 0,
                 )
                 functions.append(node)
                 if children:
@@ -917,7 +922,7 @@ def _walk_children(
                 pos = _skip_subtree(reader, pos, vals)
 
 
-def _skip_subtree(reader: _CUReader, pos: int, vals: dict[int, tuple[int, object]]) -> int:
+def _skip_subtree(reader: _CUReader, pos: int, vals: dict[int, tuple[int, Any]]) -> int:
     """Position after the children of a DIE whose attributes end at ``pos``."""
     sib = vals.get(AT_SIBLING)
     if sib is not None:
@@ -944,7 +949,7 @@ def concat_filename(comp_dir: str, dirs: Sequence[str], name: str, dir_index: in
         return name
     d = dir_index if version >= 5 else dir_index - 1
     subdir = dirs[d] if 0 <= d < len(dirs) else None
-    dir_name: Optional[str] = None
+    dir_name: str | None = None
     if subdir is None or not subdir.startswith("/"):
         dir_name = comp_dir or None
     if dir_name is None:
@@ -993,7 +998,7 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
     raw_files: list[tuple[str, int]] = []
     if version >= 5:
         dirs_e, pos = _v5_entries(sec, data, pos, off_size, e)
-        dirs = [d.get(1, "") for d in dirs_e]  # type: ignore[misc]
+        dirs = [str(d.get(1, "")) for d in dirs_e]
         files_e, pos = _v5_entries(sec, data, pos, off_size, e)
         raw_files = [(str(f.get(1, "")), int(f.get(2, 0))) for f in files_e]
     else:
@@ -1017,7 +1022,7 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
     rows = table.rows
     seqs = table.seqs
     table.files = files
-    order = "little" if e == "<" else "big"
+    order = _byteorder(e)
 
     pos = prog_start
     address = 0
@@ -1107,7 +1112,7 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
 
 def _v5_entries(
     sec: DwarfSections, data: bytes | memoryview, pos: int, off_size: int, e: str
-) -> tuple[list[dict[int, object]], int]:
+) -> tuple[list[dict[int, Any]], int]:
     fmt_count = data[pos]
     pos += 1
     fmts = []
@@ -1116,18 +1121,18 @@ def _v5_entries(
         form, pos = _uleb(data, pos)
         fmts.append((ct, form))
     count, pos = _uleb(data, pos)
-    out: list[dict[int, object]] = []
+    out: list[dict[int, Any]] = []
     ofmt = e + ("I" if off_size == 4 else "Q")
     for _ in range(count):
-        ent: dict[int, object] = {}
+        ent: dict[int, Any] = {}
         for ct, form in fmts:
-            val: object
+            val: Any
             if form == FORM_STRING:
                 val, pos = _cstr(data, pos)
             elif form in (FORM_LINE_STRP, FORM_STRP):
                 (o,) = struct.unpack_from(ofmt, data, pos)
                 pos += off_size
-                val = sec.string_at(sec.line_str if form == FORM_LINE_STRP else sec.str, o)
+                val = sec.string_at(sec.line_str if form == FORM_LINE_STRP else sec.debug_str, o)
             elif form in (FORM_UDATA,):
                 val, pos = _uleb(data, pos)
             elif form == FORM_DATA1:
@@ -1153,7 +1158,7 @@ def _v5_entries(
 # --- (de)serialisation for the on-disk index ----------------------------------------------------------
 
 
-def unit_to_record(cu: CompiledUnit) -> tuple[object, ...]:
+def unit_to_record(cu: CompiledUnit) -> tuple[Any, ...]:
     fns = [(f.die_offset, f.tag, f.ranges, f.name, f.parent, f.call_file, f.call_line, f.call_column,
             f.child_pos) for f in cu.functions]
     lines = None
@@ -1163,17 +1168,17 @@ def unit_to_record(cu: CompiledUnit) -> tuple[object, ...]:
     return (cu.offset, cu.name, cu.comp_dir, fns, lines)
 
 
-def unit_from_record(rec: tuple[object, ...]) -> CompiledUnit:
+def unit_from_record(rec: tuple[Any, ...]) -> CompiledUnit:
     offset, name, comp_dir, fns, lines = rec
-    functions = [FunctionNode(int(a), int(b), [tuple(r) for r in c], str(d), int(e), int(f), int(g), int(h),  # type: ignore[misc]
+    functions = [FunctionNode(int(a), int(b), [(int(r[0]), int(r[1])) for r in c], str(d), int(e), int(f), int(g), int(h),
                               int(k))
-                 for a, b, c, d, e, f, g, h, k in fns]  # type: ignore[attr-defined]
+                 for a, b, c, d, e, f, g, h, k in fns]
     table = None
     if lines is not None:
-        files, addrs, rows, seqs, file_base = lines  # type: ignore[misc]
-        table = LineTable(list(files), list(addrs), [tuple(r) for r in rows], [tuple(s) for s in seqs],
+        files, addrs, rows, seqs, file_base = lines
+        table = LineTable(list(files), list(addrs), [tuple(r) for r in rows], [tuple(q) for q in seqs],
                           int(file_base))
-    return CompiledUnit(int(offset), str(name), str(comp_dir), functions, table).finish()  # type: ignore[call-overload]
+    return CompiledUnit(int(offset), str(name), str(comp_dir), functions, table).finish()
 
 
 def unit_ranges(sec: DwarfSections, cu_offset: int) -> list[tuple[int, int]]:
@@ -1182,10 +1187,10 @@ def unit_ranges(sec: DwarfSections, cu_offset: int) -> list[tuple[int, int]]:
     return [r for r in reader.ranges_of(vals) if r[1] > r[0]]
 
 
-def unit_line_table(sec: DwarfSections, cu_offset: int) -> Optional[LineTable]:
+def unit_line_table(sec: DwarfSections, cu_offset: int) -> LineTable | None:
     """Only the line table of a unit (no DIE walk): enough for a file:line without inline chain."""
     reader, vals, _children, _pos = _open_unit(sec, cu_offset)
     if AT_STMT_LIST not in vals or sec.line is None:
         return None
     comp_dir = reader.string(*vals[AT_COMP_DIR]) if AT_COMP_DIR in vals else ""
-    return read_line_table(sec, int(vals[AT_STMT_LIST][1]), comp_dir, reader.hdr.address_size)  # type: ignore[call-overload]
+    return read_line_table(sec, int(vals[AT_STMT_LIST][1]), comp_dir, reader.hdr.address_size)

@@ -8,15 +8,15 @@ line uses for it (see docs/usage.md, "Exit codes").
 from __future__ import annotations
 
 __all__ = [
+    "EXIT_BAD_FILE",
+    "EXIT_INTERNAL",
+    "EXIT_NO_FILE",
     "EXIT_OK",
     "EXIT_UNRESOLVED",
     "EXIT_USAGE",
-    "EXIT_NO_FILE",
-    "EXIT_BAD_FILE",
-    "EXIT_INTERNAL",
-    "KsymError",
-    "FileNotFoundKsymError",
     "BadFileError",
+    "FileNotFoundKsymError",
+    "KsymError",
     "MissingDebugInfoError",
     "SpecError",
     "SymbolNotFoundError",

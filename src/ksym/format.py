@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .model import Resolution
 
-__all__ = ["faddr2line_lines", "resolution_json", "frame_json"]
+__all__ = ["faddr2line_lines", "frame_json", "resolution_json"]
 
 
 def faddr2line_lines(res: Resolution) -> list[str]:
@@ -22,7 +23,7 @@ def resolution_json(res: Resolution) -> dict[str, Any]:
     return res.to_dict()
 
 
-def frame_json(query: str, matches: Sequence[Resolution], error: Optional[str] = None) -> str:
+def frame_json(query: str, matches: Sequence[Resolution], error: str | None = None) -> str:
     """One JSON object for one input: the first match's fields at the top, every match in ``matches``."""
     obj: dict[str, Any] = {"query": query, "resolved": bool(matches), "error": error}
     if matches:

@@ -12,12 +12,11 @@ import mmap
 import os
 import struct
 from pathlib import Path
-from typing import Optional
 
 from .errors import BadFileError, FileNotFoundKsymError, MissingDebugInfoError
 from .symbols import Section, SymbolTable
 
-__all__ = ["KernelImage", "read_build_id_from_notes", "DEBUG_PACKAGE_HINT"]
+__all__ = ["DEBUG_PACKAGE_HINT", "KernelImage", "read_build_id_from_notes"]
 
 SHT_SYMTAB = 2
 SHT_NOTE = 7
@@ -32,7 +31,7 @@ DEBUG_PACKAGE_HINT = (
 )
 
 
-def read_build_id_from_notes(data: bytes, little_endian: bool = True) -> Optional[str]:
+def read_build_id_from_notes(data: bytes, little_endian: bool = True) -> str | None:
     """The GNU build id in a block of ELF notes (a note section, or /sys/kernel/notes)."""
     e = "<" if little_endian else ">"
     pos = 0
@@ -54,7 +53,7 @@ class KernelImage:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         try:
-            self._file = open(self.path, "rb")
+            self._file = open(self.path, "rb")  # noqa: SIM115 - kept open for the mmap
         except FileNotFoundError:
             raise FileNotFoundKsymError(f"{self.path}: no such file") from None
         except IsADirectoryError:
@@ -124,10 +123,10 @@ class KernelImage:
 
     # -- facts --
 
-    def section(self, name: str) -> Optional[Section]:
+    def section(self, name: str) -> Section | None:
         return self._by_name.get(name)
 
-    def section_bytes(self, name: str) -> Optional[bytes | memoryview]:
+    def section_bytes(self, name: str) -> bytes | memoryview | None:
         """Raw (decompressed if needed) contents of a section, or None."""
         s = self._by_name.get(name)
         if s is None or s.type == SHT_NOBITS:
@@ -143,7 +142,7 @@ class KernelImage:
         return self.view[s.offset : s.offset + s.size]
 
     @property
-    def build_id(self) -> Optional[str]:
+    def build_id(self) -> str | None:
         for s in self.sections:
             if s.type == SHT_NOTE:
                 data = self.section_bytes(s.name)
@@ -181,7 +180,7 @@ class KernelImage:
         return SymbolTable.from_raw(((d, s) for _t, d, s in tables), self.sections,
                                     self.little_endian, self.elfclass)
 
-    def read_cstring_at_address(self, address: int, limit: int = 512) -> Optional[str]:
+    def read_cstring_at_address(self, address: int, limit: int = 512) -> str | None:
         """A NUL-terminated string at a link-time address (e.g. ``linux_banner``)."""
         for s in self.sections:
             if s.type != SHT_NOBITS and s.flags & 0x2 and s.addr <= address < s.addr + s.size:

@@ -18,9 +18,9 @@ import marshal
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-__all__ = ["IndexStore", "default_cache_dir", "FORMAT_VERSION"]
+__all__ = ["FORMAT_VERSION", "IndexStore", "default_cache_dir"]
 
 FORMAT_VERSION = 2
 
@@ -37,7 +37,7 @@ def default_cache_dir() -> Path:
 class IndexStore:
     """Reads and writes index files; every failure degrades to "not cached"."""
 
-    def __init__(self, root: Optional[Path] = None, enabled: bool = True) -> None:
+    def __init__(self, root: Path | None = None, enabled: bool = True) -> None:
         self.root = root or default_cache_dir()
         self.enabled = enabled
 
@@ -52,7 +52,7 @@ class IndexStore:
         h = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
         return self.root / "paths" / h
 
-    def key_for_path(self, path: Path) -> Optional[str]:
+    def key_for_path(self, path: Path) -> str | None:
         """The key remembered for this exact file (same size, mtime and inode), or None."""
         if not self.enabled:
             return None
@@ -82,7 +82,7 @@ class IndexStore:
         safe = "".join(c for c in key if c.isalnum() or c in "-_")
         return self.root / "index" / safe
 
-    def load_image(self, key: str) -> Optional[dict[str, Any]]:
+    def load_image(self, key: str) -> dict[str, Any] | None:
         if not self.enabled:
             return None
         data = self._load(self._dir(key) / f"image.v{FORMAT_VERSION}")
@@ -101,7 +101,7 @@ class IndexStore:
         if self.enabled:
             self._save(self._dir(key) / f"cu-{offset}.v{FORMAT_VERSION}", record)
 
-    def evict(self, key: Optional[str] = None) -> None:
+    def evict(self, key: str | None = None) -> None:
         """Delete the index of one key, or everything."""
         import shutil
 

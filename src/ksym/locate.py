@@ -7,15 +7,14 @@ import glob
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from .errors import FileNotFoundKsymError
 from .image import DEBUG_PACKAGE_HINT, read_build_id_from_notes
 
-__all__ = ["candidate_paths", "running_build_id", "find_vmlinux", "Located"]
+__all__ = ["Located", "candidate_paths", "find_vmlinux", "running_build_id"]
 
 
-def candidate_paths(release: Optional[str] = None) -> list[Path]:
+def candidate_paths(release: str | None = None) -> list[Path]:
     """Where distributions put the debug vmlinux of kernel ``release`` (default: the running one)."""
     rel = release or os.uname().release
     pats = [
@@ -33,7 +32,7 @@ def candidate_paths(release: Optional[str] = None) -> list[Path]:
     return out
 
 
-def running_build_id(notes_path: str = "/sys/kernel/notes") -> Optional[str]:
+def running_build_id(notes_path: str = "/sys/kernel/notes") -> str | None:
     try:
         data = Path(notes_path).read_bytes()
     except OSError:
@@ -48,7 +47,7 @@ class Located:
     warnings: list[str] = field(default_factory=list)
 
 
-def find_vmlinux(explicit: Optional[str | os.PathLike[str]] = None) -> Located:
+def find_vmlinux(explicit: str | os.PathLike[str] | None = None) -> Located:
     """The vmlinux to use: ``explicit``, ``$KSYM_VMLINUX``, or the running kernel's debug vmlinux."""
     if explicit:
         return Located(Path(explicit), "given on the command line")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["SourceLocation", "Resolution"]
+__all__ = ["Resolution", "SourceLocation"]
 
 
 @dataclass(frozen=True)

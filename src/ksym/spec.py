@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional, Union
 
 from .errors import SpecError
 
-__all__ = ["FuncSpec", "AddressSpec", "parse_spec", "parse_number"]
+__all__ = ["AddressSpec", "FuncSpec", "parse_number", "parse_spec"]
 
 _ADDR_RE = re.compile(r"^(?:0[xX])?[0-9a-fA-F]{8,16}$")
 _NAME_RE = re.compile(r"^[A-Za-z_.$][\w.$@-]*$")
@@ -28,8 +27,8 @@ class FuncSpec:
     name: str
     offset: int
     offset_text: str
-    size: Optional[int] = None
-    size_text: Optional[str] = None
+    size: int | None = None
+    size_text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class AddressSpec:
     address: int
 
 
-Spec = Union[FuncSpec, AddressSpec]
+Spec = FuncSpec | AddressSpec
 
 
 def parse_number(text: str) -> int:

@@ -19,8 +19,9 @@ import mmap
 import os
 import re
 from array import array
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any
 
 from cachetools import LRUCache
 
@@ -38,16 +39,16 @@ _KERNEL_TOP_DIRS = (
     "arch", "block", "certs", "crypto", "drivers", "fs", "include", "init", "io_uring", "ipc", "kernel",
     "lib", "mm", "net", "rust", "samples", "scripts", "security", "sound", "tools", "usr", "virt",
 )
-_TOP_RE = re.compile(r"/(?:%s)/" % "|".join(_KERNEL_TOP_DIRS))
+_TOP_RE = re.compile("/(?:" + "|".join(_KERNEL_TOP_DIRS) + ")/")
 
 _DWARF_SECTIONS = {
-    "info": ".debug_info", "abbrev": ".debug_abbrev", "line": ".debug_line", "str": ".debug_str",
+    "info": ".debug_info", "abbrev": ".debug_abbrev", "line": ".debug_line", "debug_str": ".debug_str",
     "line_str": ".debug_line_str", "ranges": ".debug_ranges", "rnglists": ".debug_rnglists",
     "addr": ".debug_addr", "str_offsets": ".debug_str_offsets", "aranges": ".debug_aranges",
 }
 
 
-def _prefix_regex(prefix: Optional[str]) -> Optional[re.Pattern[str]]:
+def _prefix_regex(prefix: str | None) -> re.Pattern[str] | None:
     """faddr2line strips ``sed "s; $prefix\\(\\./\\)*; ;"``: a basic regex where '.' is any character."""
     if not prefix:
         return None
@@ -55,7 +56,7 @@ def _prefix_regex(prefix: Optional[str]) -> Optional[re.Pattern[str]]:
     return re.compile(" " + body + "(?:\\./)*")
 
 
-def source_relative(path: str, prefix: Optional[str] = None) -> str:
+def source_relative(path: str, prefix: str | None = None) -> str:
     """Best source-tree-relative form of a DWARF path (for links and source lookup)."""
     if prefix and path.startswith(prefix):
         path = path[len(prefix):]
@@ -83,11 +84,11 @@ class Symbolizer:
 
     def __init__(
         self,
-        vmlinux: Optional[str | os.PathLike[str]] = None,
+        vmlinux: str | os.PathLike[str] | None = None,
         *,
         use_index: bool = True,
-        cache_dir: Optional[str | os.PathLike[str]] = None,
-        warn: Optional[Callable[[str], None]] = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        warn: Callable[[str], None] | None = None,
         cu_cache_size: int = 256,
     ) -> None:
         located = find_vmlinux(vmlinux)
@@ -98,10 +99,10 @@ class Symbolizer:
                 warn(w)
         self._store = IndexStore(Path(cache_dir) if cache_dir else None, enabled=use_index)
         self._image: Any = None
-        self._mm: Optional[mmap.mmap] = None
-        self._sections_cache: Optional[D.DwarfSections] = None
+        self._mm: mmap.mmap | None = None
+        self._sections_cache: D.DwarfSections | None = None
         self._cus: LRUCache[int, D.CompiledUnit] = LRUCache(maxsize=cu_cache_size)
-        self._cu_list: Optional[list[tuple[int, int, int]]] = None
+        self._cu_list: list[tuple[int, int, int]] | None = None
         self._load_index()
 
     # -- index ---------------------------------------------------------------------------------------
@@ -113,16 +114,16 @@ class Symbolizer:
             raise FileNotFoundKsymError(f"{self.path}: no such file")
         key = self._store.key_for_path(self.path)
         rec = self._store.load_image(key) if key else None
-        if rec is not None:
+        if rec is not None and key:
             try:
                 self._apply_record(rec)
-                self.key = key
+                self.key: str = key
                 return
             except (KeyError, TypeError, ValueError):
                 pass  # a stale or damaged index: rebuild it
         img = self._open_image()
         img.require_dwarf()
-        self.build_id: Optional[str] = img.build_id
+        self.build_id: str | None = img.build_id
         self.key = self.build_id or self._store.fallback_key(self.path)
         rec = self._store.load_image(self.key)
         if rec is not None:
@@ -179,7 +180,7 @@ class Symbolizer:
         self.little_endian = bool(rec["little_endian"])
         self.elfclass = int(rec["elfclass"])
         self.machine = rec.get("machine")
-        self.banner: Optional[str] = rec.get("banner")
+        self.banner: str | None = rec.get("banner")
         self.sections = [Section(*s) for s in rec["sections"]]
         self.symbols = SymbolTable.from_record(rec["syms"], self.sections)
         s, e, c = (array("Q"), array("Q"), array("Q"))
@@ -190,10 +191,10 @@ class Symbolizer:
         self._ar_ends = e.tolist()
         self._ar_cus = c.tolist()
         self._ar_maxlen = max((b - a for a, b in zip(self._ar_starts, self._ar_ends)), default=0)
-        self.dir_prefix: Optional[str] = rec.get("dir_prefix")
+        self.dir_prefix: str | None = rec.get("dir_prefix")
         self._prefix_re = _prefix_regex(self.dir_prefix)
 
-    def _find_dir_prefix(self) -> Optional[str]:
+    def _find_dir_prefix(self) -> str | None:
         for i in self.symbols.indices_named("start_kernel"):
             addr = int(self.symbols.values[i])
             cu_off = self._cu_offset_for(addr)
@@ -233,13 +234,12 @@ class Symbolizer:
         ):
             return self._dwarf_sections_from_image(self._open_image())
         try:
-            f = open(self.path, "rb")
+            with open(self.path, "rb") as f:
+                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except OSError as exc:
             from .errors import FileNotFoundKsymError
 
             raise FileNotFoundKsymError(f"{self.path}: cannot open: {exc.strerror}") from None
-        with f:
-            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         view = memoryview(self._mm)
         kw: dict[str, Any] = {}
         for k, name in _DWARF_SECTIONS.items():
@@ -249,7 +249,7 @@ class Symbolizer:
                                                default_address_size=self.elfclass // 8, **kw)
         return self._sections_cache
 
-    def _cu_offset_for(self, address: int) -> Optional[int]:
+    def _cu_offset_for(self, address: int) -> int | None:
         i = bisect.bisect_right(self._ar_starts, address) - 1
         while i >= 0 and self._ar_starts[i] >= address - self._ar_maxlen:
             if address < self._ar_ends[i]:
@@ -257,12 +257,12 @@ class Symbolizer:
             i -= 1
         return self._cu_offset_fallback(address)
 
-    def _cu_offset_fallback(self, address: int) -> Optional[int]:
+    def _cu_offset_fallback(self, address: int) -> int | None:
         """For CUs missing from .debug_aranges: the ranges of every CU DIE (read once, then indexed)."""
         if self._cu_list is None:
             cached = self._store.load_cu(self.key, -1)
             if isinstance(cached, list):
-                self._cu_list = [tuple(x) for x in cached]  # type: ignore[misc]
+                self._cu_list = [(int(x[0]), int(x[1]), int(x[2])) for x in cached]
             else:
                 sec = self._dwarf()
                 covered = set(self._ar_cus)
@@ -354,7 +354,7 @@ class Symbolizer:
                                   i < len(out) - 1) for i, x in enumerate(out)]
         return tuple(out)
 
-    def symbolize(self, address: int, query: Optional[str] = None) -> Resolution:
+    def symbolize(self, address: int, query: str | None = None) -> Resolution:
         """Resolve one link-time address (no KASLR adjustment)."""
         hit = self.symbols.containing(address)
         chain = self._chain(address)
@@ -410,9 +410,10 @@ class Symbolizer:
             raise SymbolNotFoundError(f"no match for {spec.text.strip()} ({why})", spec.name, tuple(reasons))
         return out
 
-    def address_of(self, name: str) -> Optional[int]:
+    def address_of(self, name: str) -> int | None:
         """Link-time address of a symbol (functions first), or None."""
-        return self.symbols.address_of(name)
+        addr: int | None = self.symbols.address_of(name)
+        return addr
 
     def close(self) -> None:
         if self._image is not None:
@@ -427,7 +428,7 @@ class Symbolizer:
                 pass
             self._mm = None
 
-    def __enter__(self) -> "Symbolizer":
+    def __enter__(self) -> Symbolizer:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
     def __exit__(self, *exc: object) -> None:

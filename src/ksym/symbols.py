@@ -20,10 +20,11 @@ import bisect
 import itertools
 import struct
 from array import array
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, ClassVar
 
-__all__ = ["Symbol", "SymbolTable", "FaddrMatch", "Section"]
+__all__ = ["FaddrMatch", "Section", "Symbol", "SymbolTable"]
 
 STT_NOTYPE = 0
 STT_OBJECT = 1
@@ -71,9 +72,9 @@ class FaddrMatch:
 
     symbol: Symbol
     #: kallsyms-style size, or None when faddr2line would fail ("bad symbol size").
-    size: Optional[int]
+    size: int | None
     #: Next symbol address used for the size (for faddr2line's messages).
-    next_address: Optional[int]
+    next_address: int | None
 
 
 def _signed64(v: int) -> int:
@@ -91,7 +92,7 @@ class NameTable:
         self.order = order
 
     @classmethod
-    def build(cls, raw: list[bytes]) -> "NameTable":
+    def build(cls, raw: list[bytes]) -> NameTable:
         offsets = array("I", [0])
         offsets.extend(itertools.accumulate(len(r) + 1 for r in raw))
         blob = b"\0".join(raw) + b"\0" if raw else b""
@@ -143,8 +144,8 @@ class SymbolTable:
         self.others = others
         self.shndx = shndx
         self.sections = sections
-        self._faddr_order: Optional[tuple[array, array]] = None  # type: ignore[type-arg]
-        self._text: Optional[tuple[array, array]] = None  # type: ignore[type-arg]
+        self._faddr_order: tuple[array, array] | None = None  # type: ignore[type-arg]
+        self._text: tuple[array, array] | None = None  # type: ignore[type-arg]
 
     # -- construction --
 
@@ -155,7 +156,7 @@ class SymbolTable:
         sections: list[Section],
         little_endian: bool = True,
         elfclass: int = 64,
-    ) -> "SymbolTable":
+    ) -> SymbolTable:
         """Build from (symtab bytes, strtab bytes) pairs."""
         raw: list[bytes] = []
         values = array("Q")
@@ -206,7 +207,7 @@ class SymbolTable:
         return Symbol(self.names[i], self.values[i], self.sizes[i], info & 0xF, info >> 4,
                       self.others[i] & 3, self.shndx[i])
 
-    def section_of_index(self, shndx: int) -> Optional[Section]:
+    def section_of_index(self, shndx: int) -> Section | None:
         for s in self.sections:
             if s.index == shndx:
                 return s
@@ -229,7 +230,7 @@ class SymbolTable:
                 oaddrs.tobytes(), tidx.tobytes(), taddrs.tobytes())
 
     @classmethod
-    def from_record(cls, rec: tuple[Any, ...], sections: list[Section]) -> "SymbolTable":
+    def from_record(cls, rec: tuple[Any, ...], sections: list[Section]) -> SymbolTable:
         def arr(code: str, data: bytes) -> array:  # type: ignore[type-arg]
             a = array(code)
             a.frombytes(data)
@@ -243,7 +244,7 @@ class SymbolTable:
         t._text = (arr("I", tidx), arr("Q", taddrs))
         return t
 
-    def address_of(self, name: str) -> Optional[int]:
+    def address_of(self, name: str) -> int | None:
         """Address of the first symbol of this name (functions first), or None."""
         idx = self.indices_named(name)
         if not idx:
@@ -261,10 +262,10 @@ class SymbolTable:
             self._faddr_order = (array("I", idx), array("Q", [vals[i] for i in idx]))
         return self._faddr_order
 
-    _TYPES = {0: "NOTYPE", 1: "OBJECT", 2: "FUNC", 3: "SECTION", 4: "FILE", 5: "COMMON", 6: "TLS",
+    _TYPES: ClassVar[dict[int, str]] = {0: "NOTYPE", 1: "OBJECT", 2: "FUNC", 3: "SECTION", 4: "FILE", 5: "COMMON", 6: "TLS",
               10: "IFUNC"}
-    _BINDS = {0: "LOCAL", 1: "GLOBAL", 2: "WEAK", 10: "UNIQUE"}
-    _VIS = {0: "DEFAULT", 1: "INTERNAL", 2: "HIDDEN", 3: "PROTECTED"}
+    _BINDS: ClassVar[dict[int, str]] = {0: "LOCAL", 1: "GLOBAL", 2: "WEAK", 10: "UNIQUE"}
+    _VIS: ClassVar[dict[int, str]] = {0: "DEFAULT", 1: "INTERNAL", 2: "HIDDEN", 3: "PROTECTED"}
 
     def _readelf_tail(self, i: int) -> bytes:
         size = self.sizes[i]
@@ -286,8 +287,8 @@ class SymbolTable:
             lo = bisect.bisect_left(addrs, sym.address)
             hi = bisect.bisect_right(addrs, sym.address)
             same = sorted((j for j in order[lo:hi] if self.shndx[j] == sym.shndx), key=self._readelf_tail)
-            size: Optional[int] = None
-            nxt: Optional[int] = None
+            size: int | None = None
+            nxt: int | None = None
             found = 0
             for j in same:
                 if self.sizes[j] == sym.elf_size and self.names[j] == name:
@@ -323,7 +324,7 @@ class SymbolTable:
 
     # -- by address --
 
-    def _text_index(self) -> tuple[list[int], list[int]]:
+    def _text_index(self) -> tuple[array, array]:  # type: ignore[type-arg]
         if self._text is None:
             exec_secs = {s.index for s in self.sections if s.flags & SHF_EXECINSTR}
             wanted = (STT_FUNC, STT_NOTYPE, STT_GNU_IFUNC)
@@ -338,7 +339,7 @@ class SymbolTable:
             self._text = (array("I", idx), array("Q", [vals[i] for i in idx]))
         return self._text
 
-    def containing(self, address: int) -> Optional[tuple[Symbol, int]]:
+    def containing(self, address: int) -> tuple[Symbol, int] | None:
         """(symbol, kallsyms-style size) of the text symbol ``address`` falls in, or None."""
         idx, addrs = self._text_index()
         k = bisect.bisect_right(addrs, address) - 1
@@ -356,19 +357,18 @@ class SymbolTable:
         else:
             sec = self.section_of_index(sym.shndx)
             size = (sec.addr + sec.size - start) if sec else max(sym.elf_size, 1)
-        if sym.elf_size > size:
-            size = sym.elf_size
+        size = max(size, sym.elf_size)
         if address >= start + max(size, sym.elf_size, 1):
             return None
         return sym, size
 
-    def section_containing(self, address: int) -> Optional[Section]:
+    def section_containing(self, address: int) -> Section | None:
         for s in self.sections:
             if s.flags & SHF_ALLOC and s.addr <= address < s.addr + s.size and s.type != 8:
                 return s
         return None
 
-    def bfd_function_name(self, address: int) -> Optional[str]:
+    def bfd_function_name(self, address: int) -> str | None:
         """The name binutils' elf_find_function gives ``address`` (used when DWARF has no function)."""
         sec = self.section_containing(address)
         if sec is None:
@@ -382,7 +382,7 @@ class SymbolTable:
         lo = bisect.bisect_left(addrs, best_val)
         hi = bisect.bisect_right(addrs, best_val)
         cands = sorted(idx[lo:hi])
-        best: Optional[int] = None
+        best: int | None = None
         best_size = 0
         for i in cands:
             if self.shndx[i] != sec.index:
