@@ -20,6 +20,7 @@ import json
 import multiprocessing as mp
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -86,7 +87,7 @@ def start_cli(port: int, extra: list[str]) -> subprocess.Popen[str]:
 def stop_cli(proc: subprocess.Popen[str]) -> dict[str, object]:
     time.sleep(0.5)
     proc.send_signal(2)
-    out, err = proc.communicate(timeout=60)
+    out, _err = proc.communicate(timeout=60)
     last = [ln for ln in out.splitlines() if ln.strip()][-1]
     return json.loads(last)["summary"]  # type: ignore[no-any-return]
 
@@ -102,26 +103,38 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--senders", type=int, default=2)
     ap.add_argument("--rates", default="10000,20000,40000,80000")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--perf-buffer", action="store_true", help="benchmark the perf buffer path")
     args = ap.parse_args()
     extra = ["--perf-buffer"] if args.perf_buffer else []
     print(f"# {os.uname().release}, {os.cpu_count()} CPUs, {args.senders} senders, {args.seconds}s per run,"
           f" {'perf' if args.perf_buffer else 'ring'} buffer")
 
-    port = free_port()
-    base = workload(port, args.seconds, args.senders)
-    proc = start_cli(port, extra)
-    with_cap = workload(port, args.seconds, args.senders)
-    s = stop_cli(proc)
-    k = s["kernel"]
-    assert isinstance(k, dict)
-    print("\n## overhead (senders unpaced)")
-    print("| | datagrams (drops)/s |")
-    print("|---|---|")
-    print(f"| without dropcapture | {base:,.0f} |")
-    print(f"| with dropcapture | {with_cap:,.0f} ({(1 - with_cap / base) * 100:.1f}% fewer) |")
-    print(f"\nunder that load the kernel matched {k['hits'] - k['filtered']:,} drops, sent {k['emitted']:,},"
-          f" lost {k['lost']:,}; the CLI received {s['drops']:,}")
+    print("\n## overhead (senders unpaced; rounds alternate without/with)")
+    print("| round | without /s | probe only (filter rejects in kernel) /s | change | full capture /s | change"
+          " | kernel matched | received | lost |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    bases, probes, withs = [], [], []
+    for rnd in range(args.rounds):
+        port = free_port()
+        base = workload(port, args.seconds, args.senders)
+        # the program runs on every drop but its --port filter rejects them: in-kernel cost only
+        proc = start_cli(free_port(), extra)
+        probe = workload(port, args.seconds, args.senders)
+        stop_cli(proc)
+        proc = start_cli(port, extra)
+        with_cap = workload(port, args.seconds, args.senders)
+        s = stop_cli(proc)
+        k = s["kernel"]
+        assert isinstance(k, dict)
+        bases.append(base)
+        probes.append(probe)
+        withs.append(with_cap)
+        print(f"| {rnd + 1} | {base:,.0f} | {probe:,.0f} | {(probe / base - 1) * 100:+.1f}% | {with_cap:,.0f} |"
+              f" {(with_cap / base - 1) * 100:+.1f}% | {k['hits'] - k['filtered']:,} | {s['drops']:,} | {k['lost']:,} |")
+    mb, mp_, mw = statistics.median(bases), statistics.median(probes), statistics.median(withs)
+    print(f"| median | {mb:,.0f} | {mp_:,.0f} | {(mp_ / mb - 1) * 100:+.1f}% | {mw:,.0f} | {(mw / mb - 1) * 100:+.1f}%"
+          " | | | |")
 
     print("\n## capacity (senders paced)")
     print("| offered drops/s | achieved/s | kernel matched | received | lost | loss |")
