@@ -1,0 +1,210 @@
+"""Run the reference tools ksym must agree with, and parse their output into comparable records.
+
+The anchors are GNU ``addr2line`` (binutils) and the kernel's ``scripts/faddr2line``, which is a shell
+script around ``readelf`` and ``addr2line --functions --pretty-print --inlines``. They are run, never
+reimplemented: the test-suite compares ksym's answers with what these programs print.
+
+No tests live here; see tests/test_anchors.py for the tests of this module itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "FIXTURES_BIN",
+    "REPO_ROOT",
+    "FAddr2lineResult",
+    "Frame",
+    "addr2line_batch",
+    "dir_prefix",
+    "faddr2line",
+    "find_addr2line",
+    "find_faddr2line",
+    "find_test_vmlinux",
+    "fixture",
+    "func_symbols",
+    "parse_addr2line_output",
+    "strip_prefix",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES_BIN = REPO_ROOT / "fixtures" / "bin"
+
+#: One level of an inline chain as addr2line prints it: (function, file, line, discriminator).
+#: Unknown parts are ``"??"`` and line 0 (addr2line prints ``??:0`` or ``file:?``).
+Frame = tuple[str, str, int, int]
+
+_FADDR2LINE_CANDIDATES = (
+    Path("/var/tmp/ksym-testdata/linux-source-6.1/scripts/faddr2line"),
+    Path("/work/cache/src/linux-source-6.1/scripts/faddr2line"),
+)
+_VMLINUX_CANDIDATES = (
+    Path("/var/tmp/ksym-testdata/vmlinux-6.1.0-53-cloud-amd64"),
+    Path("/work/cache/dbg/usr/lib/debug/boot/vmlinux-6.1.0-53-cloud-amd64"),
+)
+
+# "0x0000000000401000" as printed by addr2line -a (always 0x + 16 hex digits on 64-bit targets).
+_ADDRESS_LINE = re.compile(r"^0x[0-9a-f]+$")
+# "path/file.c:123", "path/file.c:123 (discriminator 4)", "??:0", "file.c:?"
+_LOCATION_LINE = re.compile(r"^(?P<file>.*):(?P<line>\d+|\?)(?: \(discriminator (?P<disc>\d+)\))?$")
+
+
+@dataclass(frozen=True)
+class FAddr2lineResult:
+    """What one run of scripts/faddr2line produced."""
+
+    stdout: str
+    stderr: str
+    returncode: int
+
+
+def fixture(name: str) -> Path:
+    """Path of a built fixture ELF in fixtures/bin (e.g. ``kshapes-dwarf5.elf``)."""
+    return FIXTURES_BIN / name
+
+
+def find_addr2line() -> str | None:
+    """The ``addr2line`` on PATH, or None."""
+    return shutil.which("addr2line")
+
+
+def _first_file(env: str, candidates: tuple[Path, ...]) -> Path | None:
+    value = os.environ.get(env)
+    if value:
+        path = Path(value)
+        return path if path.is_file() else None
+    for path in candidates:
+        if path.is_file():
+            return path
+    return None
+
+
+def find_faddr2line() -> Path | None:
+    """The kernel's scripts/faddr2line: ``$KSYM_FADDR2LINE``, else the usual test-data locations."""
+    return _first_file("KSYM_FADDR2LINE", _FADDR2LINE_CANDIDATES)
+
+
+def find_test_vmlinux() -> Path | None:
+    """The Debian 6.1 debug vmlinux: ``$KSYM_TEST_VMLINUX``, else the usual test-data locations."""
+    return _first_file("KSYM_TEST_VMLINUX", _VMLINUX_CANDIDATES)
+
+
+def _parse_location(text: str) -> tuple[str, int, int]:
+    m = _LOCATION_LINE.match(text)
+    if m is None:
+        raise ValueError(f"unexpected addr2line location line: {text!r}")
+    line = 0 if m["line"] == "?" else int(m["line"])
+    return m["file"], line, int(m["disc"] or 0)
+
+
+def parse_addr2line_output(text: str) -> list[list[Frame]]:
+    """Split ``addr2line -a -f -i`` output into one inline chain per address, innermost first.
+
+    Each address record is the ``-a`` address line followed by (function, location) line pairs,
+    one pair per inline level. A function line can never look like ``0x<hex>`` (C identifiers do not
+    start with a digit), so the address lines split the records unambiguously.
+    """
+    lines = text.splitlines()
+    records: list[list[Frame]] = []
+    i = 0
+    while i < len(lines):
+        if not _ADDRESS_LINE.match(lines[i]):
+            raise ValueError(f"expected an address line from addr2line -a, got {lines[i]!r}")
+        i += 1
+        chain: list[Frame] = []
+        while i < len(lines) and not _ADDRESS_LINE.match(lines[i]):
+            if i + 1 >= len(lines):
+                raise ValueError(f"addr2line output ends after a function line: {lines[i]!r}")
+            function = lines[i]
+            file, line, disc = _parse_location(lines[i + 1])
+            chain.append((function, file, line, disc))
+            i += 2
+        records.append(chain)
+    return records
+
+
+def addr2line_batch(elf: Path, addresses: list[int]) -> list[list[Frame]]:
+    """Resolve every address with ONE ``addr2line -a -f -i -e ELF`` process fed on stdin.
+
+    Returns one chain per address, in input order, innermost first; an address without line
+    information gives ``[("??", "??", 0, 0)]``, exactly as addr2line prints it.
+    """
+    if not addresses:
+        return []
+    tool = find_addr2line()
+    if tool is None:
+        raise FileNotFoundError("addr2line is not installed")
+    stdin = "".join(f"{a:#x}\n" for a in addresses)
+    proc = subprocess.run(
+        [tool, "-a", "-f", "-i", "-e", str(elf)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "LC_ALL": "C"},
+    )
+    records = parse_addr2line_output(proc.stdout)
+    if len(records) != len(addresses):
+        raise ValueError(f"addr2line answered {len(records)} records for {len(addresses)} addresses")
+    return records
+
+
+def faddr2line(elf: Path, specs: list[str], script: Path) -> FAddr2lineResult:
+    """Run the kernel's scripts/faddr2line once with all ``specs`` (run with bash, never reimplemented)."""
+    proc = subprocess.run(
+        ["bash", str(script), str(elf), *specs],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "LC_ALL": "C"},
+    )
+    return FAddr2lineResult(proc.stdout, proc.stderr, proc.returncode)
+
+
+def func_symbols(elf: Path) -> list[tuple[str, int, int]]:
+    """(name, address, st_size) of every FUNC symbol in .symtab, as ``readelf --symbols`` lists them."""
+    proc = subprocess.run(
+        ["readelf", "--symbols", "--wide", str(elf)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "LC_ALL": "C"},
+    )
+    out: list[tuple[str, int, int]] = []
+    for line in proc.stdout.splitlines():
+        fields = re.sub(r"\[.*\]", "", line).split()
+        if len(fields) >= 8 and fields[3] == "FUNC":
+            out.append((fields[7], int(fields[1], 16), int(fields[2], 0)))
+    return out
+
+
+def dir_prefix(elf: Path) -> str | None:
+    """The build-directory prefix scripts/faddr2line strips, found the way it finds it.
+
+    It resolves ``start_kernel`` with addr2line and keeps what precedes ``init/main.c``; None when
+    there is no start_kernel or its file is not init/main.c (faddr2line then strips nothing).
+    """
+    starts = [addr for name, addr, _ in func_symbols(elf) if name == "start_kernel"]
+    if not starts:
+        return None
+    chain = addr2line_batch(elf, [starts[0]])[0]
+    file = chain[0][1]
+    idx = file.find("init/main.c")
+    if idx <= 0:
+        return None
+    return file[:idx]
+
+
+def strip_prefix(path: str, prefix: str | None) -> str:
+    """Strip ``prefix`` and any following ``./`` from the start of ``path``, as faddr2line's sed does."""
+    if prefix and path.startswith(prefix):
+        path = path[len(prefix):]
+        while path.startswith("./"):
+            path = path[2:]
+    return path
