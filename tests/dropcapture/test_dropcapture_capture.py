@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -201,3 +202,22 @@ def test_count_and_duration_limits(need_kernel: None) -> None:
     cli = Cli("--duration", "1", "--port", "9")
     assert cli.proc.wait(timeout=20) == 0
     assert time.monotonic() - t0 < 15
+
+
+def test_icmp_drop_in_netns(netns: str) -> None:
+    # not only TCP: an ICMP echo dropped by an OUTPUT rule, sent from a raw socket inside the namespace
+    _nft(netns, "add", "table", "inet", "dctest")
+    _nft(netns, "add chain inet dctest out { type filter hook output priority 0; }")
+    _nft(netns, "add", "rule", "inet", "dctest", "out", "ip", "daddr", "127.0.0.3", "ip", "protocol", "icmp", "drop")
+    cli = Cli("--proto", "icmp", "--host", "127.0.0.3")
+    code = (
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\n"
+        "try:\n    s.sendto(bytes([8, 0, 0xf7, 0xff, 0, 0, 0, 0]), ('127.0.0.3', 0))\n"
+        "except PermissionError:\n    pass  # the local netfilter drop is reported to the sender as EPERM\n"
+    )
+    subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code], check=True, timeout=30)
+    events, _ = cli.stop()
+    assert events, cli.stderr
+    ev = events[0]
+    assert ev["protocol"] == "ICMP" and ev["daddr"] == "127.0.0.3" and ev["icmp_type"] == 8
+    assert ev["reason"] == "NETFILTER_DROP" and ev["sport"] is None
