@@ -23,6 +23,7 @@ from ksym.parse import (
     parse_text,
     strip_log_prefix,
 )
+from ksym.spec import FuncSpec, parse_spec
 
 DATA = Path(__file__).parent / "data" / "stacks"
 SHARED = Path("/work/shared/samples")
@@ -638,12 +639,25 @@ def test_annotation_goes_after_extent() -> None:
 
 
 def test_spec_property() -> None:
-    f = parse_line("__ip_local_out+219/0x150:")
-    assert f is not None and f.spec == "__ip_local_out+219/0x150"
-    f = parse_line(" => tcp_v4_rcv")
-    assert f is not None and f.spec == "tcp_v4_rcv"
-    f = parse_line("        0xffffffff9091b941")
-    assert f is not None and f.spec == "0xffffffff9091b941"
+    expected = {
+        "__ip_local_out+219/0x150:": "__ip_local_out+219/0x150",
+        "__ip_local_out+010": "__ip_local_out+010",  # bash octal, as faddr2line reads it
+        "        __ip_local_out+010": "__ip_local_out+0xa",  # bpftrace decimal
+        "1 drops at tcp_v4_rcv+a1 (0xffffffff9bdb8181)": "tcp_v4_rcv+0xa1",  # dropwatch hex
+        " => tcp_v4_rcv": "tcp_v4_rcv",
+        "\tffffffff82094309 tcp_v4_rcv ([kernel.kallsyms])": "0xffffffff82094309",
+        "        0xffffffff9091b941": "0xffffffff9091b941",
+        "ffffffff9091b941": "0xffffffff9091b941",
+    }
+    for line, spec in expected.items():
+        f = parse_line(line)
+        assert f is not None and f.spec == spec, line
+        if "+" in spec or spec.startswith("0x"):
+            parsed = parse_spec(spec)
+            if isinstance(parsed, FuncSpec):
+                assert (parsed.name, parsed.offset) == (f.symbol, f.offset)
+            else:
+                assert parsed.address == f.address
 
 
 def test_frozen() -> None:
@@ -1076,6 +1090,9 @@ def test_fuzz_parse_text(parts: list[Gen | str], endings: list[str], final_newli
             assert f.token.startswith(gen.expect["symbol"])
         if f.offset is not None and f.offset_text is not None:
             assert f.token == f"{f.symbol}+{f.offset_text}" + (f"/{f.size_text}" if f.size_text else "")
+            spec = parse_spec(f.spec)  # the resolver's reading of the query agrees with the frame
+            assert isinstance(spec, FuncSpec)
+            assert (spec.name, spec.offset, spec.size) == (f.symbol, f.offset, f.size)
     # consecutive generated frames belong to one stack (dropwatch lines are one event each)
     for n in expected:
         if n + 1 in expected:

@@ -98,14 +98,26 @@ class StackFrame:
 
     @property
     def spec(self) -> str:
-        """A faddr2line-style query: ``func+off_text[/size_text]``, ``func`` or ``0xaddress``."""
-        if self.symbol is None:
-            return f"{self.address or 0:#x}"
-        if self.offset_text is None:
-            return self.symbol
-        spec = f"{self.symbol}+{self.offset_text}"
-        if self.size_text is not None:
-            spec += f"/{self.size_text}"
+        """A query for :func:`ksym.spec.parse_spec` / faddr2line that reads back to this frame.
+
+        ``func+off[/size]`` keeps the spelling when bash arithmetic reads it the same way, else
+        uses hex (bpftrace ``+010`` is ten, dropwatch ``+a1`` is 0xa1); a frame without an offset
+        gives its ``0xaddress`` (a *runtime* address: apply the KASLR slide) or, with no address
+        either, the bare symbol name (which faddr2line cannot resolve to a line).
+        """
+        if self.symbol is None or self.offset is None:
+            if self.address is not None:
+                return f"{self.address:#x}"
+            return self.symbol or ""
+        off = self.offset_text
+        if off is None or parse_offset(off, "bash") != self.offset:
+            off = f"{self.offset:#x}"
+        spec = f"{self.symbol}+{off}"
+        if self.size is not None:
+            size = self.size_text
+            if size is None or parse_offset(size, "bash") != self.size:
+                size = f"{self.size:#x}"
+            spec += f"/{size}"
         return spec
 
 
