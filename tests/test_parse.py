@@ -820,6 +820,16 @@ def test_sample_old_oops_and_proc_stack() -> None:
     assert find_kaslr_offset("".join(p.text for p in parsed)) == 0
 
 
+def test_sample_rhel7_inline_irq_markers() -> None:
+    _, parsed = load(DATA / "oops-rhel7-inline-irq-markers.txt")
+    # " <EOI>  [<...>] ? process_one_work+0x176/0x4b0": a frame that also starts the next stack
+    assert stacks(parsed) == [[3], [7, 8, 9], [10, 11, 12, 13], [15, 16], [17]]
+    fs = {p.lineno: p.frame for p in parsed if p.frame is not None}
+    assert fs[10].symbol == "process_one_work" and fs[10].reliable is False
+    assert fs[10].address == 0xFFFFFFFF8109E3B6 and fs[10].kind == "oops"
+    assert fs[15].symbol == "dump_stack" and fs[7].module == "nf_conntrack"
+
+
 def test_sample_other_architectures() -> None:
     _, parsed = load(DATA / "arm64-riscv-ppc-arm-oops.txt")
     assert stacks(parsed) == [[2, 3], [6, 7, 8], [10, 11], [13, 14], [16], [18, 19], [21]]

@@ -162,6 +162,10 @@ _MOD = r"\[(?P<mod>[A-Za-z0-9_.\-]+)(?:[ \t]+(?P<bid>[0-9a-fA-F]{8,64}))?\]"
 # the kernel's %pS / %pB shape: func+0x1a/0x30
 _KTOK = rf"(?P<tok>(?P<sym>{_SYM})\+(?P<off>0x{_HEX})/(?P<size>0x{_HEX}))"
 
+# 3.x kernels print the stack switch on the frame's line: " <IRQ>  [<ffffffff81595f6e>] dump_stack+0x19/0x1b"
+_INLINE_MARKER = r"(?:</?(?:IRQ|EOI|NMI|SOFTIRQ|EOE|#[A-Z]{2})>\s+)"
+_INLINE_MARKER_RX = re.compile(r"\s*" + _INLINE_MARKER)
+
 #: Module names that mean "the kernel image itself".
 _VMLINUX_NAMES = frozenset({"kernel", "kernel.kallsyms", "vmlinux", "unknown", "k"})
 
@@ -310,7 +314,7 @@ _FORMATS: list[_Format] = [
     # /proc/PID/stack: "[<0>] func+0x1ab/0x270"; old kernels and old oopses print the address
     _Format(
         "proc_stack",
-        rf"(?P<lead>\s*)(?P<ext>\[<(?P<addr>{_HEX})>\]\s+(?P<q>\?\s+)?{_KTOK}(?:\s+{_MOD})?)",
+        rf"(?P<lead>\s*{_INLINE_MARKER}?)(?P<ext>\[<(?P<addr>{_HEX})>\]\s+(?P<q>\?\s+)?{_KTOK}(?:\s+{_MOD})?)",
         _proc_or_oops,
         "hex",
     ),
@@ -634,8 +638,12 @@ def parse_text(text: str) -> list[ParsedLine]:
             in_stack = False
             out.append(ParsedLine(i, line, None, line_context(line)))
             continue
-        if not in_stack or frame.kind is FrameKind.DROPWATCH:
-            stack += 1  # dropwatch: every line is a separate drop event
+        if (
+            not in_stack
+            or frame.kind is FrameKind.DROPWATCH  # every dropwatch line is a separate drop event
+            or _INLINE_MARKER_RX.match(line, _body_bounds(line)[0])  # " <EOI>  [<...>] func+0x1/0x2"
+        ):
+            stack += 1
             in_stack = True
         out.append(ParsedLine(i, line, replace(frame, stack_index=stack)))
     return out
