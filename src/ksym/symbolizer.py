@@ -346,7 +346,8 @@ class Symbolizer:
             while fn.parent >= 0:
                 parent = cu.functions[fn.parent]
                 craw = cu.lines.file_name(fn.call_file) if fn.call_file or cu.lines.file_base == 0 else "??"
-                out.append(SourceLocation(parent.name, self._display(craw), fn.call_line, fn.call_column, 0,
+                # addr2line repeats the innermost discriminator on every "(inlined by)" line; so do we
+                out.append(SourceLocation(parent.name, self._display(craw), fn.call_line, fn.call_column, disc,
                                           craw, False))
                 fn = parent
         if len(out) > 1:

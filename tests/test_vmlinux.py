@@ -1,0 +1,251 @@
+"""ksym against the real Debian 6.1 debug vmlinux, compared with the anchors run in the test itself:
+the same kernel version's scripts/faddr2line (text, byte for byte) and binutils addr2line -fi.
+
+The vmlinux and linux-source come from tools/fetch-testdata.sh (CI runs it). Elsewhere the tests skip
+with the reason printed; under CI=true missing data is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from anchors import addr2line_batch, dir_prefix, faddr2line, find_faddr2line, find_test_vmlinux, strip_prefix
+from ksym import Symbolizer
+
+pytestmark = pytest.mark.vmlinux
+
+VMLINUX = find_test_vmlinux()
+FADDR2LINE = find_faddr2line()
+
+
+def _need(what: object, name: str) -> None:
+    if what is None:
+        msg = f"{name} not found: run tools/fetch-testdata.sh (Debian 6.1 debug vmlinux + linux-source)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        print(msg)
+        pytest.skip(msg)
+
+
+@pytest.fixture(scope="module")
+def vmlinux() -> Path:
+    _need(VMLINUX, "the Debian 6.1 debug vmlinux")
+    assert VMLINUX is not None
+    return VMLINUX
+
+
+@pytest.fixture(scope="module")
+def script() -> Path:
+    _need(FADDR2LINE, "scripts/faddr2line of linux-source-6.1")
+    assert FADDR2LINE is not None
+    return FADDR2LINE
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ksym-index")
+
+
+@pytest.fixture(scope="module")
+def sym(vmlinux: Path, cache_dir: Path) -> Symbolizer:
+    return Symbolizer(vmlinux, cache_dir=cache_dir)
+
+
+def _ksym_cli(vmlinux: Path, cache_dir: Path, specs: list[str], *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ksym", "resolve", "--vmlinux", str(vmlinux), "--cache-dir", str(cache_dir),
+         *extra, *specs],
+        capture_output=True, text=True, timeout=600,
+    )
+
+
+def _faddr2line_parallel(vmlinux: Path, script: Path, specs: list[str], parts: int = 2) -> tuple[str, str]:
+    """Run the kernel script on chunks of ``specs`` in parallel (it takes seconds per spec); returns the
+    stdout and stderr a single run over all specs would print (the script's blank-line separators
+    between chunks are restored)."""
+    size = (len(specs) + parts - 1) // parts
+    chunks = [specs[i : i + size] for i in range(0, len(specs), size)]
+    with ThreadPoolExecutor(len(chunks)) as pool:
+        results = list(pool.map(lambda c: faddr2line(vmlinux, c, script), chunks))
+    out = ""
+    for r in results:
+        text = r.stdout
+        if out and text and not text.startswith("skipping"):
+            # every chunk after the first starts a new block: faddr2line separates blocks by a blank line
+            out += "\n"
+        out += text
+    return out, "".join(r.stderr for r in results)
+
+
+TUTORIAL = [
+    "__ip_local_out+219",
+    "__ip_local_out+222",
+    "ip_local_out+29",
+    "__ip_queue_xmit+367",
+    "kfree_skb+1",
+    "ip_local_out+0x1d/0x70",
+    "__ip_local_out+0xdb/0x160",
+    "__ip_local_out+0x500",
+    "__ip_local_out+0x10/0x20",
+    "nf_hook_slow+0",
+    "tcp_v4_rcv+145",
+    "__udp4_lib_rcv+0x4bc",
+]
+
+
+def test_tutorial_frames_match_faddr2line(vmlinux: Path, script: Path, cache_dir: Path) -> None:
+    ref = faddr2line(vmlinux, TUTORIAL, script)
+    got = _ksym_cli(vmlinux, cache_dir, TUTORIAL)
+    assert got.stdout == ref.stdout
+    # faddr2line's "no match for X" lines, in order
+    assert [ln for ln in got.stderr.splitlines() if ln.startswith("no match")] == [
+        ln for ln in ref.stderr.splitlines() if ln.startswith("no match")
+    ]
+    assert "Traceback" not in got.stderr
+    assert got.returncode == 1  # kfree_skb+1 and the out-of-range frames do not resolve
+    assert "nf_hook at include/linux/netfilter.h:257\n(inlined by) __ip_local_out at net/ipv4/ip_output.c:115" in got.stdout
+
+
+def _sample_specs(sym: Symbolizer, n: int, seed: int) -> list[str]:
+    st = sym.symbols
+    rng = random.Random(seed)
+    funcs = [i for i in range(len(st)) if st.infos[i] & 0xF == 2 and st.sizes[i] > 0]
+    names = [st.names[i] for i in funcs]
+    by_count: dict[str, int] = {}
+    for nm in names:
+        by_count[nm] = by_count.get(nm, 0) + 1
+    dups = sorted(nm for nm, c in by_count.items() if c > 1)
+    shaped = sorted({nm for nm in names if any(t in nm for t in (".cold", ".isra", ".constprop", ".part"))})
+    specs: list[str] = []
+
+    def spec_for(name: str) -> str:
+        m = sym.symbols.faddr2line_matches(name)[0]
+        size = m.size or m.symbol.elf_size or 1
+        kind = rng.randrange(6)
+        off = rng.randrange(size + 1)
+        if kind == 0:
+            return f"{name}+{off}"
+        if kind == 1:
+            return f"{name}+{off:#x}"
+        if kind == 2:
+            return f"{name}+{off:#x}/{size:#x}"
+        if kind == 3:
+            return f"{name}+{off}/{size}"
+        if kind == 4:
+            return f"{name}+{size:#x}" if rng.randrange(2) else f"{name}+{size + 1 + rng.randrange(64):#x}"
+        return f"{name}+{off:#x}/{size + 16:#x}"  # wrong size: skipped
+
+    for nm in rng.sample(dups, min(len(dups), n // 8)):
+        specs.append(f"{nm}+{rng.randrange(1, 8)}")
+    for nm in rng.sample(shaped, min(len(shaped), n // 8)):
+        specs.append(spec_for(nm))
+    for nm in rng.sample(names, n - len(specs)):
+        specs.append(spec_for(nm))
+    return specs
+
+
+def test_sampled_frames_match_faddr2line(vmlinux: Path, script: Path, sym: Symbolizer, cache_dir: Path) -> None:
+    specs = _sample_specs(sym, int(os.environ.get("KSYM_FADDR2LINE_SAMPLES", "200")), seed=61187)
+    ref_out, ref_err = _faddr2line_parallel(vmlinux, script, specs)
+    got = _ksym_cli(vmlinux, cache_dir, specs)
+    ref_blocks = ref_out.split("\n\n")
+    got_blocks = got.stdout.split("\n\n")
+    mismatches = [(a, b) for a, b in zip(ref_blocks, got_blocks) if a != b]
+    assert not mismatches, "first mismatches:\n" + "\n---\n".join(f"faddr2line:\n{a}\nksym:\n{b}"
+                                                                     for a, b in mismatches[:5])
+    assert got.stdout == ref_out
+    assert sorted(ln for ln in got.stderr.splitlines() if ln.startswith("no match")) == sorted(
+        ln for ln in ref_err.splitlines() if ln.startswith("no match"))
+    assert len(ref_blocks) > len(specs) // 2  # most samples really resolved
+
+
+def _return_addresses(sym: Symbolizer, vmlinux: Path, rng: random.Random, nfuncs: int) -> list[int]:
+    """Addresses right after call instructions (what a stack holds), found with capstone."""
+    import capstone
+
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    st = sym.symbols
+    text = [s for s in sym.sections if s.name == ".text"][0]
+    funcs = [i for i in range(len(st)) if st.infos[i] & 0xF == 2 and st.shndx[i] == text.index
+             and 16 < st.sizes[i] < 4096]
+    out: list[int] = []
+    with open(vmlinux, "rb") as f:
+        for i in rng.sample(funcs, nfuncs):
+            start, size = int(st.values[i]), int(st.sizes[i])
+            f.seek(text.offset + start - text.addr)
+            code = f.read(size)
+            for insn in md.disasm(code, start):
+                if insn.mnemonic == "call":
+                    out.append(insn.address + insn.size)
+    return out
+
+
+def test_addresses_match_addr2line(vmlinux: Path, sym: Symbolizer) -> None:
+    rng = random.Random(2026)
+    st = sym.symbols
+    funcs = [i for i in range(len(st)) if st.infos[i] & 0xF == 2 and st.sizes[i] > 0]
+    addrs = [int(st.values[i]) + rng.randrange(int(st.sizes[i])) for i in rng.sample(funcs, 600)]
+    addrs += _return_addresses(sym, vmlinux, rng, 60)
+    ref = addr2line_batch(vmlinux, addrs)
+    bad = []
+    for a, want in zip(addrs, ref):
+        chain = sym.symbolize(a).chain
+        got = [(c.function, c.raw_file, c.line, c.discriminator) for c in chain]
+        if not got:
+            got = [("??", "??", 0, 0)]
+        if got != want:
+            bad.append((hex(a), got, want))
+    assert not bad, f"{len(bad)} of {len(addrs)} differ, e.g. {bad[:3]}"
+    assert len(addrs) > 700
+
+
+def test_paths_are_source_relative(vmlinux: Path, sym: Symbolizer) -> None:
+    prefix = dir_prefix(vmlinux)
+    assert prefix == "debian/build/build_amd64_none_cloud-amd64/"
+    assert sym.dir_prefix == prefix
+    r = sym.resolve("__ip_local_out+222")[0]
+    assert [c.file for c in r.chain] == [strip_prefix(c.raw_file, prefix) for c in r.chain]
+    assert r.chain[0].raw_file.startswith(prefix)
+    assert r.chain[0].file == "include/linux/netfilter.h"
+
+
+def test_json_matches_text(vmlinux: Path, cache_dir: Path) -> None:
+    specs = ["ip_local_out+29", "kfree_skb+1", "0xffffffff8184586e"]
+    got = _ksym_cli(vmlinux, cache_dir, specs, "--json")
+    objs = [json.loads(line) for line in got.stdout.splitlines()]
+    assert [o["query"] for o in objs] == specs
+    first = objs[0]
+    assert first["resolved"] and first["symbol"] == "ip_local_out" and first["offset"] == 29
+    assert first["size"] == 0x70
+    text = _ksym_cli(vmlinux, cache_dir, specs[:1]).stdout.splitlines()
+    from_json = [f"{c['function']} at {c['file']}:{c['line']}" for c in first["chain"]]
+    assert text[1:] == [from_json[0]] + [f"(inlined by) {x}" for x in from_json[1:]]
+    assert [c["inlined"] for c in first["chain"]] == [True, True, False]
+    assert objs[1]["resolved"] is False and "no match" in objs[1]["error"]
+    assert objs[2]["symbol"] == "__ip_local_out" and objs[2]["offset"] == 0xDE
+
+
+def test_index_warm_equals_cold_and_survives_corruption(vmlinux: Path, tmp_path: Path) -> None:
+    specs = ["__ip_local_out+222", "ip_local_out+29", "tcp_v4_rcv+145", "__udp4_lib_rcv+0x4bc"]
+    cold = Symbolizer(vmlinux, cache_dir=tmp_path)
+    want = [str(r) for s in specs for r in cold.resolve(s)]
+    images = list(tmp_path.glob("index/*/image.v*"))
+    cus = list(tmp_path.glob("index/*/cu-*"))
+    assert len(images) == 1 and cus, "the index and the CUs read were stored"
+    assert images[0].parent.name == cold.build_id
+    warm = Symbolizer(vmlinux, cache_dir=tmp_path)
+    assert [str(r) for s in specs for r in warm.resolve(s)] == want
+    for f in [images[0], *cus]:
+        f.write_bytes(b"\x00garbage" * 3)
+    again = Symbolizer(vmlinux, cache_dir=tmp_path)
+    assert [str(r) for s in specs for r in again.resolve(s)] == want
+    nocache = Symbolizer(vmlinux, use_index=False)
+    assert [str(r) for s in specs for r in nocache.resolve(s)] == want
