@@ -6,7 +6,7 @@ Save format (``--save FILE``), read offline by ``ksym annotate`` on another mach
     # release: 6.18.44-fc-v782
     # build-id: 85c7e4e2ed76f4417e8aaad7c6b040d2bb897a26
     # text-address: 0xffffffff81000000
-    # kaslr-offset: 0x0
+    # Kernel Offset: 0x0 from 0xffffffff81000000
     # reasons: tracefs
     # started: 2026-11-25T20:21:12.123456Z
 
@@ -33,6 +33,7 @@ from .events import DropEvent
 __all__ = ["SAVE_MAGIC", "SaveWriter", "Summary", "TextFormatter", "iso_time"]
 
 SAVE_MAGIC = "# dropcapture capture v1"
+_DEFAULT_TEXT = 0xFFFFFFFF81000000  # x86-64 link address of _text
 
 
 def iso_time(ts: float) -> str:
@@ -100,7 +101,10 @@ class SaveWriter:
             f"# release: {k.release if k else '?'}",
             f"# build-id: {(k.build_id if k else None) or '?'}",
             f"# text-address: {hex(k.text_address) if k and k.text_address else '?'}",
-            f"# kaslr-offset: {hex(k.kaslr_offset) if k and k.kaslr_offset is not None else '?'}",
+            # the panic's own wording, which ksym (find_kaslr_offset) reads
+            f"# Kernel Offset: {hex(k.kaslr_offset)} from {_DEFAULT_TEXT:#x}"
+            if k and k.kaslr_offset is not None
+            else "# Kernel Offset: unknown",
             f"# reasons: {reasons_source or '?'}",
             f"# started: {iso_time(time.time())}",
             "",

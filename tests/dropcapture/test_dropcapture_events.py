@@ -164,7 +164,7 @@ def test_save_format() -> None:
     lines = text.splitlines()
     assert lines[0] == SAVE_MAGIC
     assert "# release: 6.18.44-test" in lines and "# build-id: 85c7e4e2" in lines
-    assert "# kaslr-offset: 0x0" in lines
+    assert "# Kernel Offset: 0x0 from 0xffffffff81000000" in lines
     drop = next(line for line in lines if line.startswith("drop 1 "))
     assert 'comm="my prog"' in drop and "reason=NETFILTER_DROP" in drop and "src=10.0.0.1:40412" in drop
     assert "location=__ip_local_out+0x15c/0x1d0" in drop
@@ -193,3 +193,18 @@ def test_build_id_note() -> None:
     other = (6).to_bytes(4, "little") + (4).to_bytes(4, "little") + (1).to_bytes(4, "little") + b"Linux\0\0\0" + b"abcd"
     assert read_build_id(other + note) == desc.hex()
     assert read_build_id(other) is None
+
+
+def test_save_format_is_read_by_ksym_parser() -> None:
+    parse = pytest.importorskip("ksym.parse", reason="ksym's parser is not importable")
+    buf = io.StringIO()
+    w = SaveWriter(buf, KernelInfo("6.18.44-test", "85c7e4e2", 0xFFFFFFFF9A000000, 0x19000000), "tracefs")
+    w.write(decode(raw_v4(), _stack()))
+    w.write(decode(raw_v4(), _stack()))
+    text = buf.getvalue()
+    frames = [pl.frame for pl in parse.parse_text(text) if pl.frame is not None]
+    # the symbolized frames of both events, none from the "drop N ... location=..." lines
+    assert len(frames) == 6
+    assert [f.address for f in frames[:3]] == [0xFFFFFFFF81E94FB0, 0xFFFFFFFF8205C53C, 0xFFFFFFFF8205C5CC]
+    assert frames[0].stack_index != frames[3].stack_index
+    assert parse.find_kaslr_offset(text) == 0x19000000
