@@ -201,6 +201,33 @@ def test_raw_files_and_inlined_flags(elf_name: str) -> None:
     assert not mismatches, _report(mismatches)
 
 
+@needs_addr2line
+@pytest.mark.parametrize("elf_name", DEBUG_ELVES)
+def test_every_byte_of_text_matches_addr2line(elf_name: str) -> None:
+    """Every address of .text (and a little beyond), padding and mid-instruction bytes included.
+
+    In the padding after ``netif_receive_like.cold`` no DWARF covers the address, and addr2line falls
+    back to the ELF symbol table: the preceding symbol's name and, for a LOCAL symbol, the file of the
+    preceding STT_FILE symbol, printed as ``netif_receive_like.cold`` / ``dev.c:?`` (a global symbol
+    gives ``??:?``).
+    """
+    elf = fixture(elf_name)
+    prefix = dir_prefix(elf)
+    with elf.open("rb") as f:
+        text = ELFFile(f).get_section_by_name(".text")
+        start, size = text["sh_addr"], text["sh_size"]
+    addrs = list(range(start - 16, start + size + 16))
+    expected = addr2line_batch(elf, addrs)
+    s = Symbolizer(elf)
+    mismatches = []
+    for addr, want_raw in zip(addrs, expected):
+        want = stripped(want_raw, prefix)
+        got = chain_frames(s.symbolize(addr).chain)
+        if got != want:
+            mismatches.append(f"{addr:#x}: ksym {got} != addr2line {want}")
+    assert not mismatches, _report(mismatches)
+
+
 @pytest.mark.parametrize("elf_name", DEBUG_ELVES)
 def test_symbolize_names_the_containing_symbol(elf_name: str) -> None:
     elf = fixture(elf_name)
@@ -254,6 +281,22 @@ def test_resolve_api_duplicates_and_sizes() -> None:
     assert cold.symbol == "netif_receive_like.cold"
     assert cold.chain[0].function == "netif_receive_like"
     assert cold.chain[0].discriminator == 4
+
+
+@needs_faddr2line
+def test_cli_padding_of_local_symbol_matches_faddr2line() -> None:
+    """Offsets past st_size but within the kallsyms size of a LOCAL symbol without DWARF coverage.
+
+    faddr2line prints ``netif_receive_like.cold at dev.c:?``: addr2line's symbol-table fallback
+    names the ELF symbol and the file of the preceding STT_FILE symbol, with an unknown line.
+    """
+    assert FADDR2LINE is not None
+    elf = fixture("kshapes-dwarf5.elf")
+    specs = ["netif_receive_like.cold+0x54", "netif_receive_like.cold+0x5c/0x5d"]
+    ref = faddr2line(elf, specs, FADDR2LINE)
+    assert "netif_receive_like.cold at dev.c:?" in ref.stdout
+    got = run_cli("resolve", "--vmlinux", str(elf), *specs)
+    assert got.stdout == ref.stdout
 
 
 @pytest.mark.parametrize("spec", ["no_such_function+0x10", "netif_receive_like+0x21", "raw_ioctl+0x5/0x50"])
