@@ -215,6 +215,7 @@ def test_every_byte_of_text_matches_addr2line(elf_name: str) -> None:
     prefix = dir_prefix(elf)
     with elf.open("rb") as f:
         text = ELFFile(f).get_section_by_name(".text")
+        assert text is not None
         start, size = text["sh_addr"], text["sh_size"]
     addrs = list(range(start - 16, start + size + 16))
     expected = addr2line_batch(elf, addrs)
