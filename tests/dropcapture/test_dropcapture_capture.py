@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli_env, dropcapture_cmd
+from dc_helpers import cli_env, dropcapture_cmd
 
 pytestmark = pytest.mark.kernel
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import cli_env, dropcapture_cmd
+from dc_helpers import cli_env, dropcapture_cmd
 
 from dropcapture.cli import main
 from dropcapture.errors import EXIT_HEADERS, EXIT_NO_BCC, EXIT_OK, EXIT_PRIVILEGE, EXIT_USAGE
@@ -87,3 +87,20 @@ def test_headers_missing_message(need_kernel: None) -> None:
         if saved is not None:
             os.environ["BCC_KERNEL_SOURCE"] = saved
     assert HeadersError("x").exit_code == EXIT_HEADERS
+
+
+def test_bcc_is_imported_lazily() -> None:
+    code = "import sys, dropcapture, dropcapture.cli; assert 'bcc' not in sys.modules; print('ok')"
+    r = _run([sys.executable, "-c", code])
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_tracefs_missing_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dropcapture import tpformat
+    from dropcapture.errors import EXIT_UNSUPPORTED, TracefsError
+
+    monkeypatch.setattr(tpformat, "TRACEFS_DIRS", ("/nonexistent/tracing",))
+    with pytest.raises(TracefsError) as info:
+        tpformat.read_format()
+    assert "mount -t tracefs nodev /sys/kernel/tracing" in str(info.value)
+    assert info.value.exit_code == EXIT_UNSUPPORTED

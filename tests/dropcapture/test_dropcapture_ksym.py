@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from conftest import ROOT
+from dc_helpers import ROOT
 
 from dropcapture.cli import main
 from dropcapture.errors import EXIT_USAGE
