@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,23 @@ def test_faddr2line_runner() -> None:
         "(inlined by) ip_local_out_like at net/ipv4/ip_output.c:46\n"
     )
     assert res.stderr == "no match for no_such_function+0x1\n"
+
+
+def _toolchain_matches() -> bool:
+    """The committed fixtures were built with Debian 12's gcc 12.2.0 and binutils 2.40."""
+    if shutil.which("gcc") is None or shutil.which("objcopy") is None:
+        return False
+    gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True, check=False).stdout
+    ld = subprocess.run(["ld", "--version"], capture_output=True, text=True, check=False).stdout
+    return "12.2.0" in gcc.split("\n", 1)[0] and " 2.40" in ld.split("\n", 1)[0]
+
+
+@pytest.mark.skipif(not _toolchain_matches(), reason="needs gcc 12.2.0 and binutils 2.40 (Debian 12)")
+def test_fixtures_rebuild_byte_identical(tmp_path: Path) -> None:
+    """fixtures/build.sh run from another directory reproduces the committed files exactly."""
+    src = fixture("kshapes-dwarf5.elf").parent.parent
+    copy = tmp_path / "fixtures"
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("bin"))
+    subprocess.run(["bash", str(copy / "build.sh")], check=True, capture_output=True, text=True)
+    for built in sorted((copy / "bin").glob("*.elf")):
+        assert built.read_bytes() == fixture(built.name).read_bytes(), built.name
