@@ -506,6 +506,10 @@ NOT_FRAMES = [
     "kfree_skb+ 1",
     "1.5+2.5",
     "v6.1+foo",
+    "20231125 kfree_skb+1",
+    "12345678 tcp_sendmsg+0x1a",
+    "\t00007f3a1c31a7c0 __libc_connect+16",
+    "ffffffff",
 ]
 
 

@@ -282,14 +282,24 @@ class _Format:
         self.check = check
 
 
-def _kernel_address(m: re.Match[str]) -> bool:
-    a = m.group("addr")
+def _kernel_half(a: str) -> bool:
+    """``a`` (hex digits) is a kernel-half address: 16 digits from 0x8000000000000000 (x86-64,
+    arm64, ppc64, riscv64), or 8 digits from 0x80000000 (32-bit); never 0 or all ones."""
     v = int(a, 16)
-    return v != 0 and (v >= 0xFFFF000000000000 if len(a) > 8 else v >= 0xC0000000) and v != (1 << 64) - 1
+    if len(a) == 16:
+        return v >= 0x8000000000000000 and v != (1 << 64) - 1
+    return len(a) == 8 and v >= 0x80000000 and v != 0xFFFFFFFF
+
+
+def _kernel_address(m: re.Match[str]) -> bool:
+    return _kernel_half(m.group("addr"))
 
 
 def _perf_check(m: re.Match[str]) -> bool:
-    return m.group("sym") is not None or _kernel_address(m)
+    if m.group("sym") is not None:
+        return True
+    # "[unknown]" symbol: only a kernel address (perf prints user frames the same way)
+    return int(m.group("addr"), 16) >= 0xFFFF000000000000 or _kernel_half(m.group("addr"))
 
 
 def _raw_check(m: re.Match[str]) -> bool:
@@ -300,10 +310,12 @@ def _raw_check(m: re.Match[str]) -> bool:
     # without 0x: only things that look like kernel addresses (not dates, words like "deadbeef")
     if len(raw) == 16:
         return v >= 0xFFFF000000000000
-    return len(raw) == 8 and v >= 0xC0000000 and any(c.isdigit() for c in raw)
+    return len(raw) == 8 and v >= 0xC0000000 and _kernel_half(raw) and any(c.isdigit() for c in raw)
 
 
 def _bcc_addr_check(m: re.Match[str]) -> bool:
+    if not _kernel_address(m):
+        return False
     if m.group("off") is not None:
         return True
     # address + bare symbol: only with an unmistakable address
@@ -374,6 +386,7 @@ _FORMATS: list[_Format] = [
         rf"\s*(?P<ext>(?P<addr>{_ADDR})\s(?P<tok>(?P<sym>{_SYM})\+(?P<off>\d+))(?:\s+{_MOD})?)",
         _fixed(FrameKind.BPFTRACE),
         "dec",
+        _kernel_address,
     ),
     # bcc with addresses: "ffffffff81845796 __ip_local_out+0x1a", "0xffffffff81845796 tcp_sendmsg"
     _Format(
@@ -459,6 +472,8 @@ _IN_TEXT = re.compile(
 _NOT_KERNEL = re.compile(
     rf"\s*{_HEX}\s+(?:{_SYM}(?:\+0x{_HEX})?|\[unknown\])\s+\((?!\[)[^()]*\)|.*\(\[unknown\]\)"
 )
+# "<address> func+off" with an address outside the kernel half: a user-space frame (or not an address)
+_ADDR_LEAD = re.compile(rf"\s*(?:0x)?(?P<addr>[0-9a-fA-F]{{6,16}})\s+{_SYM}\+")
 _PROMPT = re.compile(r"\s*(?:[$%#]|\S+@\S+[$#%])\s")
 
 
@@ -566,6 +581,9 @@ def parse_line(line: str, lineno: int = 1) -> StackFrame | None:
         if frame is not None:
             return frame
     if "+" not in line[start:end] or _PROMPT.match(line, start) or _NOT_KERNEL.fullmatch(line, start, end):
+        return None
+    lead = _ADDR_LEAD.match(line, start, end)
+    if lead is not None and not _kernel_address(lead):
         return None
     found: StackFrame | None = None
     for m in _IN_TEXT.finditer(line, start, end):
