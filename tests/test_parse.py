@@ -547,6 +547,8 @@ def test_log_prefixes() -> None:
         "[Wed Nov  5 09:02:11 2026] ",
         "Nov 25 19:02:11 host kernel: ",
         "2026-11-25T19:02:11.123456+00:00 host kernel: ",
+        "Nov 25 19:02:11.123456 host kernel: ",
+        "Wed 2026-11-25 19:02:11 UTC host kernel: ",
         "[  123.456789] host kernel: ",
         "<4>[  123.456789] ",
         "kern  :warn  : [  123.456789] ",

@@ -181,10 +181,11 @@ _LOG_PREFIXES = [
         r"\[\s*[TC]\d+\]\s?",  # CONFIG_PRINTK_CALLER
         r"\[(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4}\]\s?",  # dmesg -T
         (
-            r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d"
-            r"|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?)"
+            r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)?"  # syslog, journalctl (-o short-precise)
+            r"|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?"  # -o short-iso, rsyslog
+            r"|[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? [A-Z]{1,5})"  # -o short-full
             r" \S+ kernel: "
-        ),  # syslog / journalctl
+        ),
         r"[A-Za-z0-9_.\-]+ kernel: ",  # journalctl -o short-monotonic after its [timestamp]
         r"kernel: ",
     )
