@@ -66,6 +66,7 @@ SPECS: list[str] = [
     "ip_local_out_like+0x1D",
     "__ip_local_out+45",  # decimal offset, echoed as typed
     "__ip_local_out+0x2d/144",  # decimal size, compared numerically
+    "__ip_local_out+0x2d/145",  # decimal size that does not match: "skipping ... (145 != 0x90)"
     "__ip_local_out+0xa",
     # duplicate static names (net/ipv4/raw.c and drivers/char/raw.c)
     "raw_ioctl+0x5",
@@ -88,6 +89,8 @@ SPECS: list[str] = [
     "dev_hash.constprop.0.isra.0+4",
     "skb_len_sum.isra.0+0x3/0x10",
     "dev_set_mtu_like.constprop.0+0x8",
+    "dev_set_mtu_like.constprop.0+010",  # bash arithmetic: a leading 0 is octal (+8), echoed as typed
+    "ip_local_out_like+-1",  # accepted by faddr2line: the padding byte before the symbol
     "start_kernel+0",
     "main+0x4",
     # unknown symbol; the last symbol of .text, whose size faddr2line cannot compute
