@@ -104,6 +104,16 @@ def _filters(args: argparse.Namespace, reasons_lookup: object) -> Filters:
     )
 
 
+def _running_build_id() -> str | None:
+    from .capture import read_build_id
+
+    try:
+        with open("/sys/kernel/notes", "rb") as f:
+            return read_build_id(f.read())
+    except OSError:
+        return None
+
+
 def _err(msg: str) -> None:
     print(f"dropcapture: error: {msg}", file=sys.stderr)
 
@@ -146,19 +156,14 @@ def _run(args: argparse.Namespace) -> int:
         table = ReasonTable.from_kernel(read_format(), btf)
     filters = _filters(args, table)
 
+    from .symbolize import ksym_annotator
+
+    if args.vmlinux and not os.path.isfile(args.vmlinux):
+        raise ValueError(f"--vmlinux {args.vmlinux}: no such file")
     annotate = None
-    if args.vmlinux:
-        from .symbolize import ksym_annotator
-
-        if not os.path.isfile(args.vmlinux):
-            raise ValueError(f"--vmlinux {args.vmlinux}: no such file")
-        annotate, status = ksym_annotator(args.vmlinux)
-        print(f"dropcapture: {status}", file=sys.stderr)
-    else:
-        from .symbolize import default_vmlinux, ksym_annotator
-
-        if default_vmlinux():
-            annotate, status = ksym_annotator(None)
+    if not args.ebpf and not args.no_stack:
+        annotate, status = ksym_annotator(args.vmlinux, _running_build_id())
+        if args.vmlinux or annotate is not None:
             print(f"dropcapture: {status}", file=sys.stderr)
 
     cap = Capture(
@@ -196,8 +201,11 @@ def _run(args: argparse.Namespace) -> int:
         )
         if not args.json and not args.quiet:
             print(fmt.header(), file=out)
+        annotated = False
         for ev in cap.events(count=args.count, duration=args.duration, stop=lambda: stop["flag"]):
             summary.add(ev)
+            if annotate is not None and not annotated:
+                annotated = any(fr.source for fr in ev.stack)
             if saver:
                 saver.write(ev)
             if args.quiet:
@@ -215,6 +223,12 @@ def _run(args: argparse.Namespace) -> int:
             save.close()
     elapsed = time.monotonic() - start
     stats = cap.stats()
+    if annotate is not None and summary.total and not annotated:
+        print(
+            "dropcapture: note: no frame got a file:line: the debug vmlinux does not match this kernel "
+            f"({os.uname().release}; symbol sizes differ), or it lacks line information",
+            file=sys.stderr,
+        )
     if not args.no_summary:
         if args.json:
             out.write(json.dumps(summary.to_dict(stats, elapsed)) + "\n")

@@ -2,6 +2,7 @@
 
 The glue to ksym's API lives in :func:`ksym_annotator` alone, so it can follow that API as it
 settles. ksym is imported lazily; without a debug vmlinux frames stay ``func+0xoff``.
+:func:`default_vmlinux` is kept for API users; the CLI lets ksym's own locator search.
 """
 
 from __future__ import annotations
@@ -51,27 +52,37 @@ def format_chain(chain: Any) -> str:
     return text
 
 
-def ksym_annotator(vmlinux: str | None = None) -> tuple[Callable[[Symbol], tuple[str, ...]] | None, str]:
+def ksym_annotator(
+    vmlinux: str | None = None, running_build_id: str | None = None
+) -> tuple[Callable[[Symbol], tuple[str, ...]] | None, str]:
     """A ``Symbol -> ("file:line (inlined ...)", ...)`` function backed by ksym, and a status text.
 
-    Returns ``(None, why)`` when ksym or a debug vmlinux is not available; lookup errors of one frame
-    (``ksym.KsymError``) give an empty annotation for that frame only.
+    ``vmlinux`` None lets ksym find the running kernel's debug vmlinux (``$KSYM_VMLINUX``, then where
+    distributions install it). Returns ``(None, why)`` when ksym or a usable debug vmlinux is not
+    available; a lookup error of one frame (``ksym.KsymError``) leaves only that frame unannotated.
+    With ``running_build_id``, a vmlinux whose GNU build id differs is refused: some functions of
+    another build have the same size, so ``func+off/size`` would resolve to wrong lines.
     """
-    path = vmlinux or default_vmlinux()
-    if path is None:
-        return None, "no debug vmlinux for this kernel (use --vmlinux PATH): frames shown as func+0xoff"
     try:
         # imported by name so type checkers of dropcapture do not descend into ksym
         ksym: Any = importlib.import_module("ksym")
     except ImportError as exc:
         return None, f"ksym is not importable ({exc}): frames shown as func+0xoff"
     error: type[BaseException] = getattr(ksym, "KsymError", Exception)
+    if not hasattr(ksym, "Symbolizer"):
+        return None, "this ksym has no Symbolizer: frames shown as func+0xoff"
     try:
-        sym = ksym.Symbolizer(path)
+        sym = ksym.Symbolizer(vmlinux) if vmlinux else ksym.Symbolizer()
     except error as exc:
-        return None, f"ksym cannot use {path}: {exc}"
-    except AttributeError:
-        return None, "this ksym has no Symbolizer yet: frames shown as func+0xoff"
+        return None, f"no file:line ({exc}); frames shown as func+0xoff"
+    path = getattr(sym, "path", vmlinux)
+    have = getattr(sym, "build_id", None)
+    if running_build_id and have and have != running_build_id:
+        return None, (
+            f"{path} has build id {have} but the running kernel's is {running_build_id}: not used for "
+            "file:line (it would give wrong lines); frames shown as func+0xoff"
+        )
+    warnings = "; ".join(str(w) for w in getattr(sym, "warnings", ()))
 
     def annotate(s: Symbol) -> tuple[str, ...]:
         if s.module:
@@ -87,4 +98,5 @@ def ksym_annotator(vmlinux: str | None = None) -> tuple[Callable[[Symbol], tuple
                 out.append(text)
         return tuple(out)
 
-    return annotate, f"file:line from {path} through ksym"
+    status = f"file:line from {path} through ksym"
+    return annotate, status + (f" ({warnings})" if warnings else "")

@@ -60,3 +60,11 @@ def test_annotator_without_vmlinux(tmp_path: object) -> None:
 
 def test_cli_vmlinux_missing() -> None:
     assert main(["--vmlinux", "/nonexistent/vmlinux", "--count", "1"]) == EXIT_USAGE
+
+
+@pytest.mark.vmlinux
+def test_annotator_refuses_other_build(vmlinux: str) -> None:
+    annotate, status = ksym_annotator(vmlinux, running_build_id="00" * 20)
+    assert annotate is None and "build id" in status
+    annotate, _ = ksym_annotator(vmlinux, running_build_id=None)
+    assert annotate is not None
