@@ -609,6 +609,7 @@ def test_find_kaslr_offset() -> None:
         "a\rb\n        kfree_skb+1\r",
         "\u2028        kfree_skb+1\x85\n\x0c\n",
         "no newline at end\n        kfree_skb+1",
+        "two returns\r\r\n\r\n",
     ],
 )
 def test_round_trip(text: str) -> None:
@@ -1090,6 +1091,7 @@ def test_fuzz_parse_text(parts: list[Gen | str], endings: list[str], final_newli
         text = text[:-1]
     parsed = parse_text(text)
     assert "".join(p.text for p in parsed) == text
+    assert all(p.content + p.ending == p.text and p.ending in ("", "\n", "\r\n") for p in parsed)
     previous = -1
     for p in parsed:
         if p.frame is not None:

@@ -139,7 +139,9 @@ class ParsedLine:
     @property
     def content(self) -> str:
         """The line without its line ending (``\\n``, ``\\r\\n``)."""
-        return self.text.rstrip("\r\n") if self.text.endswith("\n") else self.text
+        if self.text.endswith("\r\n"):
+            return self.text[:-2]
+        return self.text.removesuffix("\n")
 
     @property
     def ending(self) -> str:
