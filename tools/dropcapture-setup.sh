@@ -67,6 +67,7 @@ else
     if [ ! -e "$dest/.complete" ]; then
         say "fetching $pkg $common $kbuild into $dest"
         tmp="$(mktemp -d)"
+        chown _apt "$tmp" 2>/dev/null || true   # lets apt download without its "unsandboxed" warning
         ( cd "$tmp" && apt-get download "$pkg" "$common" "$kbuild" ) || die "apt-get download failed"
         rm -rf "$dest"
         mkdir -p "$dest"
