@@ -21,6 +21,7 @@ from ksym.parse import (
     parse_line,
     parse_offset,
     parse_text,
+    split_stacks,
     strip_log_prefix,
 )
 from ksym.spec import FuncSpec, parse_spec
@@ -920,6 +921,15 @@ def test_real_proc_stack() -> None:
     fs = frames(parsed)
     assert len(fs) == len(parsed) == 8
     assert all(f.kind == "proc_stack" and f.address is None and f.size for f in fs)
+
+
+def test_split_stacks() -> None:
+    _, parsed = load(DATA / "oops-nf_tables-panic-dmesg.txt")
+    groups = split_stacks(parsed)
+    assert [len(g) for g in groups] == [1, 15, 14, 1]
+    assert [g[0].symbol for g in groups] == ["nft_do_chain", "__die", "__local_bh_enable_ip", "nft_do_chain"]
+    assert all(f.stack_index == i for i, g in enumerate(groups) for f in g)
+    assert split_stacks(parse_text("no frames here\n")) == []
 
 
 def test_every_sample_round_trips() -> None:

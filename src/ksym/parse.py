@@ -23,7 +23,7 @@ non-frame line (``kstack:``, a blank line, ``Call Trace:``, ``<IRQ>``/``</IRQ>``
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from enum import Enum
 
@@ -37,6 +37,7 @@ __all__ = [
     "parse_line",
     "parse_offset",
     "parse_text",
+    "split_stacks",
     "strip_log_prefix",
 ]
 
@@ -668,6 +669,15 @@ def parse_text(text: str) -> list[ParsedLine]:
             in_stack = True
         out.append(ParsedLine(i, line, replace(frame, stack_index=stack)))
     return out
+
+
+def split_stacks(lines: Iterable[ParsedLine]) -> list[tuple[StackFrame, ...]]:
+    """The frames of :func:`parse_text` output grouped by ``stack_index``, top frame first."""
+    out: dict[int, list[StackFrame]] = {}
+    for line in lines:
+        if line.frame is not None:
+            out.setdefault(line.frame.stack_index, []).append(line.frame)
+    return [tuple(v) for _, v in sorted(out.items())]
 
 
 def find_kaslr_offset(text: str) -> int | None:
