@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from anchors import addr2line_batch, dir_prefix, faddr2line, find_faddr2line, find_test_vmlinux, strip_prefix
+
 from ksym import Symbolizer
 
 pytestmark = pytest.mark.vmlinux
@@ -63,7 +63,7 @@ def _ksym_cli(vmlinux: Path, cache_dir: Path, specs: list[str], *extra: str) -> 
     return subprocess.run(
         [sys.executable, "-m", "ksym", "resolve", "--vmlinux", str(vmlinux), "--cache-dir", str(cache_dir),
          *extra, *specs],
-        capture_output=True, text=True, timeout=600,
+        check=False, capture_output=True, text=True, timeout=600,
     )
 
 
@@ -76,12 +76,16 @@ def _faddr2line_parallel(vmlinux: Path, script: Path, specs: list[str], parts: i
     with ThreadPoolExecutor(len(chunks)) as pool:
         results = list(pool.map(lambda c: faddr2line(vmlinux, c, script), chunks))
     out = ""
+    printed_block = False
     for r in results:
-        text = r.stdout
-        if out and text and not text.startswith("skipping"):
-            # every chunk after the first starts a new block: faddr2line separates blocks by a blank line
-            out += "\n"
-        out += text
+        lines = r.stdout.splitlines(keepends=True)
+        # a chunk run alone has not printed a block yet when it reaches its first header, so it puts no
+        # blank line before it; one run over all specs would, once anything printed a block before
+        first_header = next((i for i, ln in enumerate(lines) if not ln.startswith("skipping")), None)
+        if printed_block and first_header is not None:
+            lines.insert(first_header, "\n")
+        printed_block = printed_block or first_header is not None
+        out += "".join(lines)
     return out, "".join(r.stderr for r in results)
 
 
@@ -173,7 +177,7 @@ def _return_addresses(sym: Symbolizer, vmlinux: Path, rng: random.Random, nfuncs
 
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     st = sym.symbols
-    text = [s for s in sym.sections if s.name == ".text"][0]
+    text = next(s for s in sym.sections if s.name == ".text")
     funcs = [i for i in range(len(st)) if st.infos[i] & 0xF == 2 and st.shndx[i] == text.index
              and 16 < st.sizes[i] < 4096]
     out: list[int] = []

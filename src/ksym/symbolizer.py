@@ -319,10 +319,11 @@ class Symbolizer:
         """The inline chain at ``address``, innermost first, as addr2line -i reports it."""
         cu_off = self._cu_offset_for(address)
         if cu_off is None:
-            name = self.symbols.bfd_function_name(address)
-            if name is None:
+            found = self.symbols.bfd_function(address)
+            if found is None:
                 return ()
-            return (SourceLocation(name, "??", 0, raw_file="??"),)
+            name, sfile = found
+            return (SourceLocation(name, self._display(sfile or "??"), 0, raw_file=sfile or "??"),)
         cu = self.compiled_unit(cu_off)
         if any(fn.child_pos >= 0 for fn in cu.functions):
             try:
@@ -333,13 +334,16 @@ class Symbolizer:
                 self._store.save_cu(self.key, cu_off, D.unit_to_record(cu))
         loc = cu.lines.lookup(address) if cu.lines is not None else None
         fi = cu.best_function(address)
+        sfile: str | None = None
         if fi >= 0:
             name = cu.functions[fi].name
         else:
-            name = self.symbols.bfd_function_name(address) or "??"
+            found = self.symbols.bfd_function(address)
+            name, sfile = found if found is not None else ("??", None)
         if loc is None and fi < 0 and name == "??":
             return ()
-        raw, line, col, disc = loc if loc is not None else ("??", 0, 0, 0)
+        # with no line row, bfd takes the file from the symbol table's STT_FILE entry (local symbols)
+        raw, line, col, disc = loc if loc is not None else (sfile or "??", 0, 0, 0)
         out = [SourceLocation(name, self._display(raw), line, col, disc, raw, False)]
         if fi >= 0 and cu.functions[fi].tag == D.TAG_INLINED_SUBROUTINE and cu.lines is not None:
             fn = cu.functions[fi]

@@ -146,6 +146,7 @@ class SymbolTable:
         self.sections = sections
         self._faddr_order: tuple[array, array] | None = None  # type: ignore[type-arg]
         self._text: tuple[array, array] | None = None  # type: ignore[type-arg]
+        self._first_file_after_symbol: int | None = None
 
     # -- construction --
 
@@ -368,8 +369,11 @@ class SymbolTable:
                 return s
         return None
 
-    def bfd_function_name(self, address: int) -> str | None:
-        """The name binutils' elf_find_function gives ``address`` (used when DWARF has no function)."""
+    def bfd_function(self, address: int) -> tuple[str, str | None] | None:
+        """(name, file) binutils' elf_find_function gives ``address``, used when DWARF has no function.
+
+        ``file`` is the STT_FILE symbol before the chosen one, which bfd reports when the symbol is
+        local (or no file symbol followed other symbols yet), else None."""
         sec = self.section_containing(address)
         if sec is None:
             return None
@@ -416,4 +420,26 @@ class SymbolTable:
                 continue
             if size < best_size:
                 best, best_size = i, size
-        return self.names[best] if best is not None else None
+        if best is None:
+            return None
+        return self.names[best], self._bfd_file_of(best)
+
+    def _bfd_file_of(self, i: int) -> str | None:
+        infos = self.infos
+        if self._first_file_after_symbol is None:
+            seen_symbol = False
+            first = len(infos)
+            for j in range(len(infos)):
+                if infos[j] & 0xF == STT_FILE:
+                    if seen_symbol:
+                        first = j
+                        break
+                else:
+                    seen_symbol = True
+            self._first_file_after_symbol = first
+        if (infos[i] >> 4) != STB_LOCAL and i > self._first_file_after_symbol:
+            return None
+        for j in range(i - 1, -1, -1):
+            if infos[j] & 0xF == STT_FILE:
+                return self.names[j]
+        return None

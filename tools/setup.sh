@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One command for a fresh Debian/Ubuntu machine (run as root, or with sudo available):
+#   bash tools/setup.sh demo   install ksym into .venv and resolve frames of the shipped fixture
+#   bash tools/setup.sh test   install everything the suite needs (binutils, bcc, kernel headers for
+#                              bcc, the real Debian 6.1 debug vmlinux + linux-source), then ruff, mypy
+#                              and the whole pytest suite
+# .ci/run calls "test". Environment: KSYM_TESTDATA (default /var/tmp/ksym-testdata).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-demo}
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+
+apt_install() {
+  if command -v apt-get >/dev/null; then
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  else
+    echo "setup: no apt-get here: install $* yourself" >&2
+  fi
+}
+
+make_venv() {
+  # /usr/bin/python3: Debian's python3-bpfcc (bcc) lives in its dist-packages, which the venv sees
+  local py=/usr/bin/python3
+  [ -x "$py" ] || py=$(command -v python3)
+  if [ ! -x .venv/bin/python ]; then
+    "$py" -m venv --system-site-packages .venv
+  fi
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e ".$1"
+}
+
+case "$mode" in
+  demo)
+    if ! /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null; then
+      apt_install python3 python3-venv python3-pip
+    fi
+    make_venv ""
+    echo "\$ ksym resolve --vmlinux fixtures/bin/kshapes-dwarf5.elf __ip_local_out+0x10 raw_ioctl+0x5"
+    exec .venv/bin/ksym resolve --vmlinux fixtures/bin/kshapes-dwarf5.elf __ip_local_out+0x10 raw_ioctl+0x5
+    ;;
+  test)
+    apt_install python3 python3-venv python3-pip binutils elfutils gawk xz-utils ca-certificates gcc
+    if [ "$(id -u)" = 0 ] && [ -d /sys/kernel/btf ]; then
+      sh tools/dropcapture-setup.sh
+    else
+      echo "setup: not root or no BTF: dropcapture's kernel tests will skip"
+    fi
+    bash tools/fetch-testdata.sh
+    make_venv "[test]"
+    .venv/bin/ruff check src
+    .venv/bin/mypy src
+    set +e
+    .venv/bin/python -m pytest -rs "${@:2}"
+    rc=$?
+    set -e
+    if [ "$rc" = 5 ]; then
+      echo "setup: pytest collected no tests"
+      exit 0
+    fi
+    exit "$rc"
+    ;;
+  *)
+    echo "usage: bash tools/setup.sh demo|test [pytest args]" >&2
+    exit 2
+    ;;
+esac
