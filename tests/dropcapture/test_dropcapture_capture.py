@@ -128,7 +128,7 @@ def test_firewall_drop_in_netns(netns: str, tmp_path: Path) -> None:
     _nft(netns, "add chain inet dctest out { type filter hook output priority 0; }")
     _nft(netns, "add", "rule", "inet", "dctest", "out", "ip", "daddr", "127.0.0.2", "tcp", "dport", "80", "drop")
     save = tmp_path / "drops.txt"
-    cli = Cli("--comm", "curl", "--proto", "tcp", "--port", "80", "--save", str(save))
+    cli = Cli("--comm", "curl", "--proto", "tcp", "--port", "80", "--host", "127.0.0.2", "--save", str(save))
     curl = subprocess.Popen(["ip", "netns", "exec", netns, "curl", "-s", "--max-time", "1", "http://127.0.0.2/"])
     curl.wait(timeout=30)  # ip netns exec execs curl: same pid
     events, summary = cli.stop()
