@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import FileNotFoundKsymError
+from .errors import FileNotFoundKsymError, KsymError, MissingDebugInfoError
 from .image import DEBUG_PACKAGE_HINT, read_build_id_from_notes
 
 __all__ = ["Located", "candidate_paths", "find_vmlinux", "running_build_id"]
@@ -47,33 +47,53 @@ class Located:
     warnings: list[str] = field(default_factory=list)
 
 
-def find_vmlinux(explicit: str | os.PathLike[str] | None = None) -> Located:
-    """The vmlinux to use: ``explicit``, ``$KSYM_VMLINUX``, or the running kernel's debug vmlinux."""
+def find_vmlinux(
+    explicit: str | os.PathLike[str] | None = None,
+    *,
+    candidates: list[Path] | None = None,
+    notes_path: str = "/sys/kernel/notes",
+) -> Located:
+    """The vmlinux to use: ``explicit``, ``$KSYM_VMLINUX``, or the running kernel's debug vmlinux
+    (the first of ``candidates``, default :func:`candidate_paths`, that exists), checked against the
+    build id in ``notes_path``."""
     if explicit:
         return Located(Path(explicit), "given on the command line")
     env = os.environ.get("KSYM_VMLINUX")
     if env:
         return Located(Path(env), "from $KSYM_VMLINUX")
-    tried = candidate_paths()
+    tried = candidate_paths() if candidates is None else candidates
+    want = running_build_id(notes_path)
+    with_dwarf: list[tuple[Path, str | None]] = []
+    stripped: list[Path] = []
     for p in tried:
-        if p.is_file():
-            loc = Located(p, "debug vmlinux of the running kernel")
-            want = running_build_id()
-            if want:
-                from .image import KernelImage
+        if not p.is_file():
+            continue
+        from .image import KernelImage
 
-                try:
-                    img = KernelImage(p)
-                    have = img.build_id
-                    img.close()
-                except Exception:  # noqa: BLE001 - reported when the file is really opened
-                    have = None
-                if have and have != want:
-                    loc.warnings.append(
-                        f"warning: {p} has build id {have} but the running kernel's is {want}: "
-                        "results may be wrong"
-                    )
-            return loc
+        try:
+            img = KernelImage(p)
+        except KsymError:
+            continue
+        try:
+            have, dwarf = img.build_id, img.has_dwarf
+        finally:
+            img.close()
+        if not dwarf:
+            # e.g. the vmlinux of a linux-headers package (kept for BTF): no DWARF, keep looking
+            stripped.append(p)
+            continue
+        if want is None or have is None or have == want:
+            return Located(p, "debug vmlinux of the running kernel")
+        with_dwarf.append((p, have))
+    if with_dwarf:
+        p, have = with_dwarf[0]
+        return Located(p, "debug vmlinux for the running kernel's release", [
+            f"warning: {p} has build id {have} but the running kernel's is {want}: results may be wrong"])
+    if stripped:
+        raise MissingDebugInfoError(
+            f"{stripped[0]} has no DWARF debug info (a stripped vmlinux) and no debug vmlinux was found for "
+            f"kernel {os.uname().release}: " + DEBUG_PACKAGE_HINT
+        )
     shown = ", ".join(str(p) for p in tried[:4])
     raise FileNotFoundKsymError(
         f"no debug vmlinux found for kernel {os.uname().release} (looked in {shown}, ...): "

@@ -322,8 +322,8 @@ class Symbolizer:
             found = self.symbols.bfd_function(address)
             if found is None:
                 return ()
-            name, sfile = found
-            return (SourceLocation(name, self._display(sfile or "??"), 0, raw_file=sfile or "??"),)
+            fname, ffile = found
+            return (SourceLocation(fname, self._display(ffile or "??"), 0, raw_file=ffile or "??"),)
         cu = self.compiled_unit(cu_off)
         if any(fn.child_pos >= 0 for fn in cu.functions):
             try:
