@@ -415,6 +415,20 @@ class Symbolizer:
             raise SymbolNotFoundError(f"no match for {spec.text.strip()} ({why})", spec.name, tuple(reasons))
         return out
 
+    def code_bytes(self, address: int, size: int) -> bytes:
+        """Up to ``size`` bytes of the image at a link-time address (empty when no section holds it)."""
+        for s in self.sections:
+            if s.flags & 0x2 and s.type != 8 and s.addr <= address < s.addr + s.size:
+                n = min(size, s.addr + s.size - address)
+                off = s.offset + (address - s.addr)
+                if self._mm is None:
+                    self._dwarf()
+                if self._mm is not None:
+                    return bytes(self._mm[off : off + n])
+                img = self._open_image()
+                return bytes(img.view[off : off + n])
+        return b""
+
     def address_of(self, name: str) -> int | None:
         """Link-time address of a symbol (functions first), or None."""
         addr: int | None = self.symbols.address_of(name)
