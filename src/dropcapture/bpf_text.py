@@ -10,6 +10,7 @@ needs headers to compile (its helper definitions include them), see tools/dropca
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from .btf import Btf
@@ -173,6 +174,7 @@ int dc_kfree_skb(void *ctx)
     }
     FILTER_PROTO
     FILTER_PORT
+    FILTER_HOST
 
     ev.ts_ns = bpf_ktime_get_ns();
     ev.cpu = bpf_get_smp_processor_id();
@@ -237,6 +239,25 @@ def build_text(
         if f.ports
         else ""
     )
+    host = ""
+    if f.hosts:
+        conds = []
+        for addr in sorted(f.hosts, key=lambda a: (a.version, a.packed)):
+            if addr.version == 4:
+                v = int.from_bytes(addr.packed, sys.byteorder)  # the 4 bytes read back as a native u32
+                conds.append(f"(ev.family == 4 && (*(u32 *)ev.saddr == {v:#x}U || *(u32 *)ev.daddr == {v:#x}U))")
+            else:
+                lo = int.from_bytes(addr.packed[:8], sys.byteorder)
+                hi = int.from_bytes(addr.packed[8:], sys.byteorder)
+                same = "(*(u64 *)&{a}[0] == {lo:#x}ULL && *(u64 *)&{a}[8] == {hi:#x}ULL)"
+                conds.append(
+                    "(ev.family == 6 && ("
+                    + same.format(a="ev.saddr", lo=lo, hi=hi)
+                    + " || "
+                    + same.format(a="ev.daddr", lo=lo, hi=hi)
+                    + "))"
+                )
+        host = f"if (!({' || '.join(conds)})) {_FILTERED}"
     if ringbuf:
         pages = int(ringbuf_pages)
         if pages <= 0 or pages & (pages - 1):
@@ -272,6 +293,7 @@ def build_text(
         ("FILTER_REASON", reason),
         ("FILTER_PROTO", proto),
         ("FILTER_PORT", port),
+        ("FILTER_HOST", host),
     ):
         text = text.replace(key, val)
     return text

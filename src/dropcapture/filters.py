@@ -1,8 +1,8 @@
 """Which drops to keep: ``--comm``, ``--pid``, ``--proto``, ``--host``, ``--port``, ``--reason``.
 
-A :class:`Filters` is applied twice: compiled into the BPF program (pid, comm, protocol, port and
-reason are checked in the kernel, so unwanted drops cost no copy to user space) and again on each
-decoded event by :meth:`Filters.matches` (which also checks hosts and serves API users).
+A :class:`Filters` is applied twice: compiled into the BPF program (every filter is checked in the
+kernel, so unwanted drops cost no copy to user space) and again on each decoded event by
+:meth:`Filters.matches` (which serves API users and documents the semantics in Python).
 Within one option the values are alternatives (``--port 80 --port 443``); options combine with AND.
 """
 

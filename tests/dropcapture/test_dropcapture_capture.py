@@ -221,3 +221,22 @@ def test_icmp_drop_in_netns(netns: str) -> None:
     ev = events[0]
     assert ev["protocol"] == "ICMP" and ev["daddr"] == "127.0.0.3" and ev["icmp_type"] == 8
     assert ev["reason"] == "NETFILTER_DROP" and ev["sport"] is None
+
+
+def test_host_filter_in_kernel(need_kernel: None) -> None:
+    import ipaddress
+
+    from dropcapture import Capture, Filters
+
+    port = free_port(socket.SOCK_DGRAM)
+    other = Filters(ports=frozenset({port}), hosts=frozenset({ipaddress.ip_address("127.0.0.9")}))
+    mine = Filters(ports=frozenset({port}), hosts=frozenset({ipaddress.ip_address("127.0.0.1")}))
+    with Capture(other) as cap_other, Capture(mine) as cap_mine:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"x", ("127.0.0.1", port))
+        got_mine = list(cap_mine.events(count=1, duration=5))
+        got_other = list(cap_other.events(duration=0.5))
+    assert len(got_mine) == 1 and got_mine[0].daddr == "127.0.0.1"
+    assert got_other == []
+    st = cap_other.stats()
+    assert st.emitted == 0 and st.filtered >= 1

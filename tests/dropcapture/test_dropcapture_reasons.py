@@ -94,6 +94,12 @@ def test_bpf_text_constants_come_from_kernel(need_tracefs: None, need_btf: None)
     assert f"#define TP_OFF_SKBADDR {fmt.fields['skbaddr'].offset}" in text
     assert "ev.comm[0] != 99" in text and "ev.pid == 42" in text and "ev.dport == 80" in text
     assert "ev.reason == 12" in text and "ev.l4proto == 6" in text
+    import ipaddress
+
+    hosts = frozenset({ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")})
+    htext = build_text(layout, Filters(hosts=hosts))
+    assert "*(u32 *)ev.saddr == 0x100007fU" in htext  # 127.0.0.1 as a little-endian u32
+    assert "ev.family == 6" in htext and "0x100000000000000ULL" in htext  # ::1, second half
     assert "#include <net/" not in text and "struct sk_buff *" not in text and "->head" not in text
     assert "BPF_RINGBUF_OUTPUT" in text
     assert "BPF_PERF_OUTPUT" in build_text(layout, ringbuf=False)
