@@ -208,3 +208,17 @@ def test_save_format_is_read_by_ksym_parser() -> None:
     assert [f.address for f in frames[:3]] == [0xFFFFFFFF81E94FB0, 0xFFFFFFFF8205C53C, 0xFFFFFFFF8205C5CC]
     assert frames[0].stack_index != frames[3].stack_index
     assert parse.find_kaslr_offset(text) == 0x19000000
+
+
+def test_public_exports() -> None:
+    import importlib
+
+    import dropcapture
+
+    for name in dropcapture.__all__:
+        assert hasattr(dropcapture, name), name
+    for mod in ("btf", "tpformat", "reasons", "events", "filters", "kallsyms", "bpf_text", "capture",
+                "output", "symbolize", "cli", "errors"):
+        m = importlib.import_module(f"dropcapture.{mod}")
+        for name in m.__all__:
+            assert hasattr(m, name), f"dropcapture.{mod}.{name}"
