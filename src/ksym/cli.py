@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .errors import (
     EXIT_INTERNAL,
@@ -67,7 +67,18 @@ def _common(p: argparse.ArgumentParser, with_vmlinux: bool = True) -> None:
     if with_vmlinux:
         p.add_argument("--vmlinux", "-e", metavar="PATH",
                        help="debug vmlinux (default: $KSYM_VMLINUX, then the running kernel's)")
-    p.add_argument("--json", action="store_true", help="one JSON object per input line")
+    p.add_argument("--json", action="store_true", help="one JSON object per input line (always with links)")
+    p.add_argument("--links", action="store_true", help="append the elixir.bootlin.com link to each location")
+    p.add_argument("--list", action="store_true",
+                   help="show the source around each location, as faddr2line --list")
+    src = p.add_argument_group("kernel version and source (see docs/source.md)")
+    src.add_argument("--kernel-tag", metavar="TAG", help="upstream tag for links and source, e.g. v6.1.187 "
+                     "(default: from the image's linux_banner)")
+    src.add_argument("--elixir-url", metavar="URL", help="base URL of a (self-hosted) Elixir instance")
+    src.add_argument("--source-dir", metavar="DIR", help="kernel source tree for --list (default: an installed "
+                     "linux-source tree of the same version, else fetched)")
+    src.add_argument("--source-url", metavar="TEMPLATE", help="raw-source URL template with {tag} and {path}")
+    src.add_argument("--offline", action="store_true", help="never fetch source over the network")
     p.add_argument("--no-index", action="store_true", help="neither read nor write the on-disk index")
     p.add_argument("--cache-dir", metavar="DIR", help="index directory (default: $KSYM_CACHE_DIR or "
                    "~/.cache/ksym)")
@@ -79,7 +90,9 @@ def _resolve_command(args: argparse.Namespace, out: Callable[[str], None],
     from .symbolizer import Symbolizer
 
     vmlinux = getattr(args, "vmlinux_pos", None) or getattr(args, "vmlinux", None)
-    sym = Symbolizer(vmlinux, use_index=not args.no_index, cache_dir=args.cache_dir, warn=err)
+    sym = Symbolizer(vmlinux, use_index=not args.no_index, cache_dir=args.cache_dir, warn=err,
+                     kernel_tag=args.kernel_tag, elixir_url=args.elixir_url)
+    lister = _Lister(sym, args, err) if args.list else None
     status = EXIT_OK
     first = True
     for frame in args.frames:
@@ -111,8 +124,57 @@ def _resolve_command(args: argparse.Namespace, out: Callable[[str], None],
             if not first:
                 out("")
             first = False
-            out(str(m))
+            if lister is not None:
+                out(m.header)
+                out(lister.block(m).rstrip("\n"))
+            elif args.links:
+                out(m.header)
+                for i, loc in enumerate(m.chain):
+                    text = ("(inlined by) " if i else "") + str(loc)
+                    out(f"{text}  {loc.url}" if loc.url else text)
+                if not m.chain:
+                    out("?? ??:0")
+            else:
+                out(str(m))
+    if lister is not None:
+        lister.report()
     return status
+
+
+class _Lister:
+    """faddr2line --list: the source around each location, from a local tree, the cache or the web."""
+
+    def __init__(self, sym: Any, args: argparse.Namespace, err: Callable[[str], None]) -> None:
+        from .source import SourceFetchError, SourceProvider, find_source_dir
+
+        self.tag = sym.tag_guess
+        source_dir = args.source_dir
+        if source_dir is None and os.path.isdir("include/linux"):
+            # faddr2line --list reads the files relative to the current directory: a kernel tree
+            source_dir = os.getcwd()
+        if source_dir is None and self.tag.version is not None:
+            source_dir = find_source_dir(self.tag.version)
+        kw: dict[str, Any] = {"source_dir": source_dir, "offline": args.offline}
+        if args.source_url:
+            kw["url_template"] = args.source_url
+        self.provider = SourceProvider(**kw)
+        self.errors: list[SourceFetchError] = []
+        self.err = err
+        if self.tag.note:
+            err(f"ksym: note: kernel tag {self.tag.tag}: {self.tag.note}")
+
+    def block(self, res: Any) -> str:
+        from .source import format_list
+
+        lines = [("(inlined by) " if i else "") + str(loc) for i, loc in enumerate(res.chain)]
+        return str(format_list(lines, self.provider, self.tag.tag, errors=self.errors))
+
+    def report(self) -> None:
+        seen = set()
+        for e in self.errors:
+            if str(e) not in seen:
+                seen.add(str(e))
+                self.err(f"ksym: warning: {e}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

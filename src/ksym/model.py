@@ -32,6 +32,10 @@ class SourceLocation:
     raw_file: str = ""
     #: True when this function was inlined into the next entry of the chain.
     inlined: bool = False
+    #: elixir.bootlin.com link to the line, for the kernel version of the image (None when unknown).
+    url: str | None = None
+    #: elixir.bootlin.com identifier link for the function.
+    ident_url: str | None = None
 
     def __str__(self) -> str:
         text = f"{self.function} at {self.file}:{self.line if self.line else '?'}"

@@ -18,6 +18,7 @@ import bisect
 import mmap
 import os
 import re
+from dataclasses import replace
 from array import array
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -90,6 +91,9 @@ class Symbolizer:
         cache_dir: str | os.PathLike[str] | None = None,
         warn: Callable[[str], None] | None = None,
         cu_cache_size: int = 256,
+        kernel_tag: str | None = None,
+        elixir_url: str | None = None,
+        links: bool = True,
     ) -> None:
         located = find_vmlinux(vmlinux)
         self.path = located.path
@@ -103,6 +107,10 @@ class Symbolizer:
         self._sections_cache: D.DwarfSections | None = None
         self._cus: LRUCache[int, D.CompiledUnit] = LRUCache(maxsize=cu_cache_size)
         self._cu_list: list[tuple[int, int, int]] | None = None
+        self._tag_override = kernel_tag
+        self._elixir_url = elixir_url
+        self._want_links = links
+        self._links: Any = None
         self._load_index()
 
     # -- index ---------------------------------------------------------------------------------------
@@ -306,6 +314,32 @@ class Symbolizer:
 
     # -- lookups ---------------------------------------------------------------------------------------
 
+    @property
+    def tag_guess(self) -> Any:
+        """The upstream kernel tag of this image (:class:`ksym.version.TagGuess`): from
+        ``kernel_tag=`` if given, else derived from its ``linux_banner``."""
+        from .version import choose_tag
+
+        return choose_tag(self.banner, self._tag_override)
+
+    @property
+    def links(self) -> Any:
+        """:class:`ksym.links.ElixirLinks` for this image's kernel tag (None when links are off)."""
+        if self._links is None and self._want_links:
+            from .links import DEFAULT_ELIXIR_URL, ElixirLinks
+
+            self._links = ElixirLinks(self.tag_guess.tag, self._elixir_url or DEFAULT_ELIXIR_URL)
+        return self._links
+
+    def _with_links(self, chain: tuple[SourceLocation, ...]) -> tuple[SourceLocation, ...]:
+        links = self.links
+        if links is None or not chain:
+            return chain
+        return tuple(
+            replace(loc, url=links.source_url(loc.file, loc.line), ident_url=links.ident_url(loc.function))
+            for loc in chain
+        )
+
     def _display(self, raw: str) -> str:
         if raw in ("", "??"):
             return "??"
@@ -362,7 +396,7 @@ class Symbolizer:
     def symbolize(self, address: int, query: str | None = None) -> Resolution:
         """Resolve one link-time address (no KASLR adjustment)."""
         hit = self.symbols.containing(address)
-        chain = self._chain(address)
+        chain = self._with_links(self._chain(address))
         q = query if query is not None else f"{address:#x}"
         if hit is None:
             return Resolution(q, address, None, None, None, None, chain)
@@ -406,7 +440,7 @@ class Symbolizer:
                                f"({spec.offset_text} > 0x{m.size:x})")
                 continue
             out.append(Resolution(spec.text.strip(), addr, spec.name, spec.offset, m.size, spec.offset_text,
-                                  self._chain(addr)))
+                                  self._with_links(self._chain(addr))))
         if not out:
             if not matches:
                 why = f"no symbol named {spec.name}"
