@@ -18,9 +18,9 @@ import bisect
 import mmap
 import os
 import re
-from dataclasses import replace
 from array import array
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
