@@ -91,7 +91,8 @@ def _resolve_command(args: argparse.Namespace, out: Callable[[str], None],
 
     vmlinux = getattr(args, "vmlinux_pos", None) or getattr(args, "vmlinux", None)
     sym = Symbolizer(vmlinux, use_index=not args.no_index, cache_dir=args.cache_dir, warn=err,
-                     kernel_tag=args.kernel_tag, elixir_url=args.elixir_url)
+                     kernel_tag=args.kernel_tag, elixir_url=args.elixir_url,
+                     links=args.json or args.links)  # plain text shows no links: skip building them
     lister = _Lister(sym, args, err) if args.list else None
     status = EXIT_OK
     first = True
