@@ -37,7 +37,7 @@ def default_vmlinux() -> str | None:
 
 
 def format_chain(chain: Any) -> str:
-    """``net/ipv4/ip_output.c:115 (inlined nf_hook include/linux/netfilter.h:257)``.
+    """``net/ipv4/ip_output.c:115 (inlined nf_hook include/linux/netfilter.h:257)  <elixir link>``.
 
     ``chain`` is innermost first (ksym's order): the last entry is the real function, earlier entries
     were inlined into it; they are shown outermost to innermost after its location.
@@ -49,6 +49,10 @@ def format_chain(chain: Any) -> str:
     text = f"{outer.file}:{outer.line or '?'}"
     for loc in reversed(items[:-1]):
         text += f" (inlined {loc.function} {loc.file}:{loc.line or '?'})"
+    url = getattr(items[0], "url", None)
+    if url:
+        # the elixir.bootlin.com link of the innermost line: the code that ran
+        text += f"  {url}"
     return text
 
 

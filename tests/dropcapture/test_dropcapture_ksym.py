@@ -40,11 +40,13 @@ def test_annotator_inline_chain(vmlinux: str) -> None:
     assert annotate is not None, status
     # faddr2line: nf_hook at include/linux/netfilter.h:257 (inlined by) __ip_local_out at net/ipv4/ip_output.c:115
     assert annotate(Symbol("__ip_local_out", 222, 0x160)) == (
-        "net/ipv4/ip_output.c:115 (inlined nf_hook include/linux/netfilter.h:257)",
+        "net/ipv4/ip_output.c:115 (inlined nf_hook include/linux/netfilter.h:257)"
+        "  https://elixir.bootlin.com/linux/v6.1.187/source/include/linux/netfilter.h#L257",
     )
     chain = (
         "net/ipv4/ip_output.c:126 (inlined dst_output include/net/dst.h:453)"
         " (inlined skb_dst include/linux/skbuff.h:1119)"
+        "  https://elixir.bootlin.com/linux/v6.1.187/source/include/linux/skbuff.h#L1119"
     )
     assert annotate(Symbol("ip_local_out", 29, 0x70)) == (chain,)
     # a size from another kernel build: faddr2line skips it, so no annotation (never a wrong line)
