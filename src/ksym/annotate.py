@@ -1,0 +1,578 @@
+"""``ksym annotate``: put file:line and the inline chain under every stack frame of pasted text.
+
+:func:`annotate` parses text with :func:`ksym.parse.parse_text`, resolves each frame against one debug
+vmlinux (:class:`ksym.Symbolizer`) and returns an :class:`AnnotatedText`: the per-frame records and the
+rendered text, in which every input line is written back byte for byte and each frame line is
+followed by its annotation lines (docs/annotate.md shows the form)::
+
+    [  412.345965]  ip_local_out+0x1d/0x70
+                      -> ip_local_out at net/ipv4/ip_output.c:131
+                         call site: call __ip_local_out
+
+Return addresses. A frame below the top of a stack is a return address: the code that is running
+there is the ``call`` just before it. By default such a frame is looked up at ``address - 1`` (as
+debuggers do) and :mod:`ksym.disasm` names the call instruction ending at the address; a frame whose
+address no call instruction ends at (the interrupted code under an interrupt or exception entry, a
+stale ``?`` entry) is looked up at the address itself. Exact addresses: the top frame of a sampling
+or probing stack (perf, bpftrace, bcc, plain lists, raw addresses), register lines (``RIP:``,
+``pc :``, ``NIP``) and the ``WARNING: ... at`` line. Formats the kernel itself prints from an unwinder
+(oops ``Call Trace:``, ``/proc/PID/stack``, ftrace ``stacktrace``, dropwatch's drop location) are
+return addresses from their first frame on. ``exact=True`` (``--exact``) looks every frame up at its
+address, which is what ``scripts/faddr2line`` does.
+
+KASLR. Frames that only give a runtime address need the slide: ``kaslr_offset``, else a saved
+``/proc/kallsyms`` (``kallsyms``), else a ``Kernel Offset:`` line in the text, else the frames that
+print both an address and ``func+off`` (:func:`ksym.kallsyms.kaslr_offset_from_frames`). Without any,
+an address inside the vmlinux's link-time text is taken as is (a ``nokaslr`` boot) and any other is
+marked unresolved, never guessed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .disasm import CallInstruction, instruction_before, supported_machine
+from .errors import EXIT_OK, EXIT_UNRESOLVED, EXIT_USAGE, KsymError, SpecError, SymbolNotFoundError
+from .kallsyms import (
+    Kallsyms,
+    KaslrError,
+    kaslr_offset_from_frames,
+    kaslr_offset_from_kallsyms,
+    load_kallsyms,
+)
+from .model import Resolution, SourceLocation
+from .parse import FrameKind, ParsedLine, StackFrame, find_kaslr_offset, parse_text
+from .symbolizer import Symbolizer
+
+__all__ = [
+    "LOOKUP_CALL_SITE",
+    "LOOKUP_ENTRY",
+    "LOOKUP_EXACT",
+    "STATUS_RESOLVED",
+    "STATUS_UNRESOLVED",
+    "AnnotatedFrame",
+    "AnnotatedText",
+    "FrameMatch",
+    "add_annotate_arguments",
+    "annotate",
+    "annotate_command",
+    "is_exact_frame",
+]
+
+#: Looked up at the frame's address (top frames, register lines, ``--exact``).
+LOOKUP_EXACT = "exact"
+#: A return address looked up at ``address - 1``: the call instruction before it.
+LOOKUP_CALL_SITE = "call_site"
+#: The frame names a function without an offset: its entry is shown.
+LOOKUP_ENTRY = "function_entry"
+
+STATUS_RESOLVED = "resolved"
+STATUS_UNRESOLVED = "unresolved"
+
+RUNTIME_ADDRESS_REASON = "runtime address: give --kallsyms or --kaslr-offset"
+
+# what precedes an exact-address frame on its line: register dumps and the WARN location line
+_EXACT_CONTEXT = re.compile(
+    r"(?:\b(?:RIP|EIP|IP|NIP|epc|pc|PC)\s*:?\s*(?:[0-9a-fA-F]{4}:)?(?:\[<[0-9a-fA-F]+>\]\s*)?"
+    r"|\bPC is at\s+|\bWARNING:.*\bat\s+\S+\s+)$"
+)
+# formats printed by an unwinder: every entry, the first included, is a return address
+_UNWINDER_KINDS = frozenset({FrameKind.OOPS, FrameKind.PROC_STACK, FrameKind.FTRACE, FrameKind.DROPWATCH})
+
+
+@dataclass(frozen=True)
+class FrameMatch:
+    """One symbol a frame resolved to (a frame naming a duplicated static function has several)."""
+
+    #: Link-time address of the frame (``symbol + offset``, or the runtime address minus the slide).
+    link_address: int
+    #: The address looked up: ``link_address - 1`` for a call site, else ``link_address``.
+    lookup_address: int
+    #: ``exact``, ``call_site`` or ``function_entry``.
+    lookup: str
+    #: Symbol ``link_address`` is in, its offset there and kallsyms size (as the kernel prints them).
+    symbol: str | None
+    offset: int | None
+    size: int | None
+    #: Inline chain at ``lookup_address``, innermost first (faddr2line's order).
+    chain: tuple[SourceLocation, ...]
+    #: The call instruction ending at ``link_address`` (call sites only).
+    call: CallInstruction | None = None
+    #: Remarks about this match (why a return address was looked up exactly ...).
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "link_address": f"{self.link_address:#x}",
+            "lookup_address": f"{self.lookup_address:#x}",
+            "lookup": self.lookup,
+            "symbol": self.symbol,
+            "offset": self.offset,
+            "size": self.size,
+            "chain": [loc.to_dict() for loc in self.chain],
+            "call": self.call.to_dict() if self.call is not None else None,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class AnnotatedFrame:
+    """One frame line of the input and what it resolved to."""
+
+    #: 1-based input line number.
+    lineno: int
+    #: The input line exactly as given (line ending included).
+    text: str
+    frame: StackFrame
+    #: True for the first frame of its stack (see :func:`ksym.parse.split_stacks`).
+    top: bool
+    #: ``resolved`` or ``unresolved``.
+    status: str
+    #: Why the frame is unresolved (``None`` when resolved).
+    reason: str | None = None
+    #: Every symbol the frame resolved to (usually one).
+    matches: tuple[FrameMatch, ...] = ()
+    #: Remarks that are not failures (slide cross-check, bare function names).
+    notes: tuple[str, ...] = ()
+
+    @property
+    def resolved(self) -> bool:
+        return self.status == STATUS_RESOLVED
+
+    @property
+    def runtime_address(self) -> int | None:
+        return self.frame.address
+
+    @property
+    def link_address(self) -> int | None:
+        return self.matches[0].link_address if self.matches else None
+
+    @property
+    def lookup_address(self) -> int | None:
+        return self.matches[0].lookup_address if self.matches else None
+
+    @property
+    def lookup(self) -> str | None:
+        return self.matches[0].lookup if self.matches else None
+
+    @property
+    def chain(self) -> tuple[SourceLocation, ...]:
+        return self.matches[0].chain if self.matches else ()
+
+    @property
+    def call(self) -> CallInstruction | None:
+        return self.matches[0].call if self.matches else None
+
+    def to_dict(self) -> dict[str, Any]:
+        f = self.frame
+        first = self.matches[0] if self.matches else None
+        return {
+            "line": self.lineno,
+            "text": _printable(self.text.rstrip("\r\n")),
+            "kind": str(f.kind),
+            "stack": f.stack_index,
+            "top": self.top,
+            "reliable": f.reliable,
+            "symbol": f.symbol,
+            "offset": f.offset,
+            "size": f.size,
+            "module": f.module,
+            "runtime_address": f"{f.address:#x}" if f.address is not None else None,
+            "link_address": f"{first.link_address:#x}" if first else None,
+            "lookup_address": f"{first.lookup_address:#x}" if first else None,
+            "lookup": first.lookup if first else None,
+            "resolved_symbol": first.symbol if first else None,
+            "resolved_offset": first.offset if first else None,
+            "resolved_size": first.size if first else None,
+            "status": self.status,
+            "reason": self.reason,
+            "chain": [loc.to_dict() for loc in first.chain] if first else [],
+            "call": first.call.to_dict() if first and first.call else None,
+            "notes": [*self.notes, *(first.notes if first else ())],
+            "matches": [m.to_dict() for m in self.matches],
+        }
+
+
+@dataclass(frozen=True)
+class AnnotatedText:
+    """The result of :func:`annotate`: every input line, the frames, and how addresses were read."""
+
+    lines: tuple[ParsedLine, ...]
+    frames: tuple[AnnotatedFrame, ...]
+    #: The KASLR slide used for runtime addresses (``None``: none known).
+    kaslr_offset: int | None
+    #: Where the slide came from: ``kaslr_offset``, ``kallsyms``, ``Kernel Offset line N``, ``frames``.
+    kaslr_source: str | None
+    #: ``exact=True`` was asked: every frame looked up at its address.
+    exact: bool
+    #: Remarks for the user (slide source, failed slide evidence).
+    notes: tuple[str, ...] = ()
+    _by_line: dict[int, AnnotatedFrame] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._by_line.update({f.lineno: f for f in self.frames})
+
+    @property
+    def all_resolved(self) -> bool:
+        return all(f.resolved for f in self.frames)
+
+    @property
+    def unresolved(self) -> tuple[AnnotatedFrame, ...]:
+        return tuple(f for f in self.frames if not f.resolved)
+
+    def frame_at(self, lineno: int) -> AnnotatedFrame | None:
+        return self._by_line.get(lineno)
+
+    @property
+    def text(self) -> str:
+        """The input with annotation lines after every frame line (see :func:`render_frame`)."""
+        out: list[str] = []
+        for line in self.lines:
+            out.append(line.text)
+            af = self._by_line.get(line.lineno)
+            if af is None:
+                continue
+            ending = line.ending or "\n"
+            if not line.ending:
+                out.append("\n")
+            out.extend(a + ending for a in render_frame(af))
+        return "".join(out)
+
+    def json_lines(self) -> list[str]:
+        """One JSON object per frame (see docs/annotate.md for the fields)."""
+        return [json.dumps(f.to_dict()) for f in self.frames]
+
+
+def _printable(text: str) -> str:
+    """``text`` with undecodable input bytes (surrogate escapes) shown as U+FFFD, for JSON."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _indent(af: AnnotatedFrame) -> str:
+    lead = af.text[: af.frame.extent[0]]
+    return "".join(c if c == "\t" else " " for c in lead) + "  "
+
+
+def render_frame(af: AnnotatedFrame) -> list[str]:
+    """The annotation lines (no line endings) written after a frame line.
+
+    ``-> innermost location``, then ``(inlined by) ...`` lines in faddr2line's order, then for a frame
+    without a symbol ``in symbol+off/size``, then for a return address ``call site: <instruction>``;
+    an unresolved frame gets ``-> unresolved: <reason>``.
+    """
+    ind = _indent(af)
+    cont = ind + "   "
+    if not af.resolved:
+        return [f"{ind}-> unresolved: {af.reason}"]
+    out: list[str] = []
+    n = len(af.matches)
+    for i, m in enumerate(af.matches):
+        head = f"({i + 1}/{n} at {m.link_address:#x}) " if n > 1 else ""
+        if not m.chain:
+            out.append(f"{ind}-> {head}?? ??:0 (no line information)")
+        for j, loc in enumerate(m.chain):
+            out.append(f"{ind}-> {head}{loc}" if j == 0 else f"{cont}(inlined by) {loc}")
+        if af.frame.symbol is None and m.symbol is not None:
+            out.append(f"{cont}in {m.symbol}+{(m.offset or 0):#x}/{(m.size or 0):#x}")
+        if m.lookup == LOOKUP_CALL_SITE:
+            what = m.call.text if m.call is not None else f"at {m.lookup_address:#x} (return address - 1)"
+            out.append(f"{cont}call site: {what}")
+        out.extend(f"{cont}note: {note}" for note in m.notes)
+    out.extend(f"{cont}note: {note}" for note in af.notes)
+    return out
+
+
+def is_exact_frame(frame: StackFrame, top: bool) -> bool:
+    """Whether a frame's address is where the code was (not a return address), by format and place."""
+    if _EXACT_CONTEXT.search(frame.text, 0, frame.extent[0]):
+        return True
+    if frame.kind in _UNWINDER_KINDS:
+        return False
+    return top
+
+
+class _Annotator:
+    def __init__(self, sym: Symbolizer, slide: int | None, kallsyms: Kallsyms | None, exact: bool) -> None:
+        self.sym = sym
+        self.slide = slide
+        self.kallsyms = kallsyms
+        self.exact = exact
+        self.can_disasm = supported_machine(sym.machine)
+
+    def name_of(self, address: int) -> str | None:
+        hit = self.sym.symbols.containing(address)
+        if hit is None:
+            return None
+        s, _ = hit
+        return s.name if address == s.address else f"{s.name}+{address - s.address:#x}"
+
+    def frame(self, f: StackFrame, top: bool) -> AnnotatedFrame:
+        def bad(reason: str, notes: tuple[str, ...] = ()) -> AnnotatedFrame:
+            return AnnotatedFrame(f.lineno, f.text, f, top, STATUS_UNRESOLVED, reason, (), notes)
+
+        if f.module is not None:
+            return bad(f"module {f.module}: module debug info not supported yet")
+        exact = self.exact or is_exact_frame(f, top)
+        notes: list[str] = []
+        links: list[tuple[int, Resolution | None]] = []
+        if f.symbol is not None and f.offset is not None:
+            try:
+                found = self.sym.resolve(f.spec)
+            except SpecError as exc:
+                return bad(f"malformed frame: {exc}")
+            except SymbolNotFoundError as exc:
+                return bad(self._not_found(f, exc))
+            if f.address is not None and self.slide is not None:
+                want = f.address - self.slide
+                same = [r for r in found if r.address == want]
+                if same:
+                    found = same
+                else:
+                    notes.append(f"runtime address {f.address:#x} - slide {self.slide:#x} = {want:#x}, "
+                                 f"not {f.symbol}+{f.offset:#x}: resolved by the symbol")
+            links = [(r.address, r) for r in found]
+        elif f.address is not None:
+            link, why = self._link_of_runtime(f.address)
+            if link is None:
+                return bad(why or RUNTIME_ADDRESS_REASON)
+            if why:
+                notes.append(why)
+            links = [(link, None)]
+        elif f.symbol is not None:
+            try:
+                found = self.sym.resolve(f"{f.symbol}+0")
+            except SymbolNotFoundError as exc:
+                return bad(self._not_found(f, exc))
+            except SpecError as exc:
+                return bad(f"malformed frame: {exc}")
+            matches = tuple(
+                FrameMatch(r.address, r.address, LOOKUP_ENTRY, r.symbol, 0, r.size, r.chain) for r in found
+            )
+            notes.append("the frame gives no offset: the function's entry is shown")
+            return self._done(f, top, matches, notes)
+        else:
+            return bad("no symbol and no address on the line")
+        matches = tuple(self._match(link, res, exact) for link, res in links)
+        return self._done(f, top, matches, notes)
+
+    def _done(self, f: StackFrame, top: bool, matches: tuple[FrameMatch, ...], notes: list[str]) -> AnnotatedFrame:
+        if all(not m.chain for m in matches):
+            return AnnotatedFrame(f.lineno, f.text, f, top, STATUS_UNRESOLVED,
+                                  "no line information for this address", matches, tuple(notes))
+        return AnnotatedFrame(f.lineno, f.text, f, top, STATUS_RESOLVED, None, matches, tuple(notes))
+
+    def _not_found(self, f: StackFrame, exc: SymbolNotFoundError) -> str:
+        if any("size mismatch" in r for r in exc.reasons):
+            return f"{f.spec} does not fit {f.symbol} of this vmlinux (another kernel build?): " + "; ".join(
+                exc.reasons)
+        if not exc.reasons:
+            return f"unknown symbol {f.symbol} (not in this vmlinux: another kernel build or a module?)"
+        return f"{f.spec}: " + "; ".join(exc.reasons)
+
+    def _link_of_runtime(self, address: int) -> tuple[int | None, str | None]:
+        """Link-time address of a runtime address, or (None, reason); the second item may be a note."""
+        if self.slide is not None:
+            link = (address - self.slide) & ((1 << 64) - 1)
+            if self.sym.symbols.containing(link) is not None:
+                return link, None
+            return None, self._outside(address, link)
+        if self.sym.symbols.containing(address) is not None:
+            return address, "no KASLR slide known: the address is taken as link-time (a nokaslr boot)"
+        return None, RUNTIME_ADDRESS_REASON
+
+    def _outside(self, address: int, link: int) -> str:
+        if self.kallsyms is not None:
+            hit = self.kallsyms.symbolize(address)
+            if hit is not None and hit[0].module is not None:
+                e, off = hit
+                return f"module {e.module} ({e.name}+{off:#x}): module debug info not supported yet"
+        return (f"address {address:#x} (link-time {link:#x} with slide {self.slide or 0:#x}) is not in the "
+                "vmlinux text: a module, BPF program or another kernel?")
+
+    def _match(self, link: int, res: Resolution | None, exact: bool) -> FrameMatch:
+        here = self.sym.symbols.containing(link)
+        symbol, offset, size = (here[0].name, link - here[0].address, here[1]) if here else (None, None, None)
+        if res is not None:
+            symbol, offset, size = res.symbol, res.offset, res.size
+        if exact:
+            chain = res.chain if res is not None else self.sym.symbolize(link).chain
+            return FrameMatch(link, link, LOOKUP_EXACT, symbol, offset, size, chain)
+        look = link - 1
+        caller = self.sym.symbols.containing(look)
+        call: CallInstruction | None = None
+        if self.can_disasm and self.sym.code_bytes(look, 1):
+            before = instruction_before(link, self.sym.code_bytes, self.sym.machine,
+                                        function_start=caller[0].address if caller else None,
+                                        name_of=self.name_of)
+            insn = before.instruction
+            why: str | None = None
+            if before.boundary is False:
+                why = (f"{link:#x} is inside an instruction of this vmlinux, so not a return address "
+                       "(a dump from another build?): looked up exactly")
+            elif insn is not None and not insn.is_call:
+                why = (f"the instruction before {link:#x} is '{insn.text}', not a call (interrupted code "
+                       "or a stale stack entry): looked up exactly")
+            elif insn is None:
+                why = f"no call instruction ends at {link:#x}: looked up exactly"
+            if why is not None:
+                chain = res.chain if res is not None else self.sym.symbolize(link).chain
+                return FrameMatch(link, link, LOOKUP_EXACT, symbol, offset, size, chain, None, (why,))
+            call = insn
+        chain = self.sym.symbolize(look).chain
+        return FrameMatch(link, look, LOOKUP_CALL_SITE, symbol, offset, size, chain, call)
+
+
+def _top_flags(lines: Sequence[ParsedLine]) -> dict[int, bool]:
+    seen: set[int] = set()
+    out: dict[int, bool] = {}
+    for line in lines:
+        if line.frame is not None:
+            out[line.lineno] = line.frame.stack_index not in seen
+            seen.add(line.frame.stack_index)
+    return out
+
+
+def annotate(
+    text: str,
+    symbolizer: Symbolizer,
+    *,
+    kaslr_offset: int | None = None,
+    kallsyms: Kallsyms | None = None,
+    exact: bool = False,
+) -> AnnotatedText:
+    """Resolve every frame of ``text`` against ``symbolizer``'s vmlinux (see the module docstring).
+
+    :param kaslr_offset: the KASLR slide (runtime - link-time); wins over every other source.
+    :param kallsyms: a saved ``/proc/kallsyms`` of the boot the text comes from: gives the slide and
+        names module addresses.
+    :param exact: look every frame up at its address (faddr2line), never at the call site.
+    :raises KaslrError: ``kallsyms`` does not match the vmlinux.
+    """
+    lines = tuple(parse_text(text))
+    frames = [line.frame for line in lines if line.frame is not None]
+    notes: list[str] = []
+    slide, source = kaslr_offset, "kaslr_offset" if kaslr_offset is not None else None
+    if slide is None and kallsyms is not None:
+        slide, source = kaslr_offset_from_kallsyms(kallsyms, symbolizer.address_of), "kallsyms"
+    if slide is None:
+        found = find_kaslr_offset(text)
+        if found is not None:
+            where = next((ln.lineno for ln in lines if ln.context == "kaslr"), None)
+            slide, source = found, f"Kernel Offset line {where}" if where else "Kernel Offset line"
+    if slide is None and any(f.address is not None and f.offset is not None and f.module is None for f in frames):
+        try:
+            slide, source = kaslr_offset_from_frames(frames, symbolizer.address_of), "frames"
+        except KaslrError as exc:
+            if any(f.address is not None and f.symbol is None and f.module is None for f in frames):
+                notes.append(f"no KASLR slide from the frames: {exc}")
+    if slide is not None:
+        notes.append(f"KASLR slide {slide:#x} (from {source})")
+    worker = _Annotator(symbolizer, slide, kallsyms, exact)
+    top = _top_flags(lines)
+    out = tuple(worker.frame(f, top[f.lineno]) for f in frames)
+    return AnnotatedText(lines, out, slide, source, exact, tuple(notes))
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _hex(text: str) -> int:
+    t = text.strip().lower()
+    neg = t.startswith("-")
+    t = t.lstrip("+-")
+    try:
+        value = int(t.removeprefix("0x"), 16)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a hexadecimal number: {text!r}") from None
+    return -value if neg else value
+
+
+def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``ksym annotate``'s arguments: ``[FILE|-] [--vmlinux PATH] [--kallsyms FILE | --kaslr-offset
+    HEX] [--json] [--exact] [--no-index] [--cache-dir DIR]``."""
+    parser.add_argument("file", nargs="?", default="-", metavar="FILE",
+                        help="text with stack frames (default, or '-': standard input)")
+    parser.add_argument("--vmlinux", "-e", metavar="PATH",
+                        help="debug vmlinux (default: $KSYM_VMLINUX, then the running kernel's)")
+    slide = parser.add_mutually_exclusive_group()
+    slide.add_argument("--kallsyms", metavar="FILE",
+                       help="saved /proc/kallsyms of the boot the text comes from (gives the KASLR slide)")
+    slide.add_argument("--kaslr-offset", metavar="HEX", type=_hex,
+                       help="KASLR slide, runtime - link-time address (e.g. 0xf000000)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per frame instead of the text")
+    parser.add_argument("--exact", action="store_true",
+                        help="look every frame up at its address (faddr2line), not return addresses at "
+                        "the call site")
+    parser.add_argument("--no-index", action="store_true", help="neither read nor write the on-disk index")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="index directory (default: $KSYM_CACHE_DIR or ~/.cache/ksym)")
+
+
+def _read_input(name: str) -> str:
+    if name == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        with open(name, "rb") as fh:
+            data = fh.read()
+    return data.decode("utf-8", "surrogateescape")
+
+
+def annotate_command(args: argparse.Namespace) -> int:
+    """Run ``ksym annotate`` with parsed ``args``; returns the exit code (0: every frame resolved,
+    1: some did not, 2: usage, 3/4: vmlinux or kallsyms missing / unusable)."""
+
+    def err(line: str) -> None:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    name = getattr(args, "file", None) or "-"
+    try:
+        text = _read_input(name)
+    except OSError as exc:
+        err(f"ksym annotate: error: {name}: {exc.strerror or exc}")
+        return EXIT_USAGE
+    try:
+        ks = load_kallsyms(args.kallsyms) if getattr(args, "kallsyms", None) else None
+        sym = Symbolizer(getattr(args, "vmlinux", None), use_index=not getattr(args, "no_index", False),
+                         cache_dir=getattr(args, "cache_dir", None), warn=err)
+        result = annotate(text, sym, kaslr_offset=getattr(args, "kaslr_offset", None), kallsyms=ks,
+                          exact=bool(getattr(args, "exact", False)))
+    except KsymError as exc:
+        err(f"ksym annotate: error: {exc}")
+        return exc.exit_code
+    if getattr(args, "json", False):
+        payload = "".join(line + "\n" for line in result.json_lines())
+    else:
+        payload = result.text
+    sys.stdout.buffer.write(payload.encode("utf-8", "surrogateescape"))
+    sys.stdout.buffer.flush()
+    for note in result.notes:
+        err(f"ksym annotate: {note}")
+    bad = len(result.unresolved)
+    if bad:
+        err(f"ksym annotate: {bad} of {len(result.frames)} frames unresolved")
+        return EXIT_UNRESOLVED
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ksym.annotate``: the command on its own, until ``ksym annotate`` is wired."""
+    parser = argparse.ArgumentParser(prog="ksym annotate",
+                                     description="Annotate kernel stack frames in text with file:line.")
+    add_annotate_arguments(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else EXIT_OK
+    return annotate_command(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
