@@ -154,6 +154,15 @@ def _byteorder(e: str) -> Literal["little", "big"]:
     return "little" if e == "<" else "big"
 
 
+def _initial_length(data: bytes | memoryview, pos: int, e: str) -> tuple[int, int, int]:
+    """A unit's initial length: (length, position after it, offset size 4 or 8 for 64-bit DWARF)."""
+    (length,) = struct.unpack_from(e + "I", data, pos)
+    if length == 0xFFFFFFFF:
+        (length,) = struct.unpack_from(e + "Q", data, pos + 4)
+        return length, pos + 12, 8
+    return length, pos + 4, 4
+
+
 def _uleb(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
     b = buf[pos]
     if b < 0x80:
@@ -247,13 +256,8 @@ def read_aranges(sec: DwarfSections) -> list[tuple[int, int, int]]:
     pos = 0
     n = len(data)
     while pos + 4 <= n:
-        (length,) = struct.unpack_from(e + "I", data, pos)
-        pos += 4
-        off_size = 4
-        if length == 0xFFFFFFFF:
-            (length,) = struct.unpack_from(e + "Q", data, pos)
-            pos += 8
-            off_size = 8
+        unit_start = pos
+        length, pos, off_size = _initial_length(data, pos, e)
         end = pos + length
         if length == 0 or end > n:
             break
@@ -265,7 +269,6 @@ def read_aranges(sec: DwarfSections) -> list[tuple[int, int, int]]:
         p += 2
         tuple_size = 2 * addr_size + seg_size
         # tuples are aligned to twice the address size from the unit start
-        unit_start = pos - (4 if off_size == 4 else 12)
         rel = p - unit_start
         if rel % tuple_size:
             p += tuple_size - rel % tuple_size
@@ -302,13 +305,7 @@ class CUHeader:
 def parse_cu_header(sec: DwarfSections, offset: int) -> CUHeader:
     data = sec.info
     e = "<" if sec.little_endian else ">"
-    (length,) = struct.unpack_from(e + "I", data, offset)
-    pos = offset + 4
-    off_size = 4
-    if length == 0xFFFFFFFF:
-        (length,) = struct.unpack_from(e + "Q", data, pos)
-        pos += 8
-        off_size = 8
+    length, pos, off_size = _initial_length(data, offset, e)
     end = pos + length
     if end > len(data):
         raise DwarfError(f"CU at {offset:#x} runs past .debug_info")
@@ -342,12 +339,8 @@ def scan_cu_headers(sec: DwarfSections) -> list[tuple[int, int]]:
     pos = 0
     n = len(data)
     while pos + 4 <= n:
-        (length,) = struct.unpack_from(e + "I", data, pos)
-        hdr = 4
-        if length == 0xFFFFFFFF:
-            (length,) = struct.unpack_from(e + "Q", data, pos + 4)
-            hdr = 12
-        end = pos + hdr + length
+        length, body, _off_size = _initial_length(data, pos, e)
+        end = body + length
         if length == 0 or end > n:
             break
         out.append((pos, end))
@@ -965,13 +958,7 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
     data = sec.line
     assert data is not None
     e = "<" if sec.little_endian else ">"
-    (length,) = struct.unpack_from(e + "I", data, offset)
-    pos = offset + 4
-    off_size = 4
-    if length == 0xFFFFFFFF:
-        (length,) = struct.unpack_from(e + "Q", data, pos)
-        pos += 8
-        off_size = 8
+    length, pos, off_size = _initial_length(data, offset, e)
     end = pos + length
     (version,) = struct.unpack_from(e + "H", data, pos)
     pos += 2
