@@ -379,12 +379,17 @@ class _Annotator:
         """Link-time address of a runtime address, or (None, reason); the second item may be a note."""
         if self.slide is not None:
             link = (address - self.slide) & ((1 << 64) - 1)
-            if self.sym.symbols.containing(link) is not None:
+            if self._in_text(link):
                 return link, None
             return None, self._outside(address, link)
-        if self.sym.symbols.containing(address) is not None:
+        if self._in_text(address):
             return address, "no KASLR slide known: the address is taken as link-time (a nokaslr boot)"
         return None, RUNTIME_ADDRESS_REASON
+
+    def _in_text(self, address: int) -> bool:
+        """``address`` is in an executable section of the vmlinux and inside a symbol."""
+        sec = self.sym.symbols.section_containing(address)
+        return sec is not None and bool(sec.flags & 0x4) and self.sym.symbols.containing(address) is not None
 
     def _outside(self, address: int, link: int) -> str:
         if self.kallsyms is not None:

@@ -238,8 +238,9 @@ def instruction_before(
                 return PrecedingInstruction(_make(insn, name_of), True)
         return PrecedingInstruction(None, None)
     if function_start is not None and 0 < return_address - function_start <= _MAX_SWEEP:
-        code = read(function_start, return_address - function_start)
-        if len(code) == return_address - function_start:
+        # a few bytes more: the instruction that straddles the address must decode whole
+        code = read(function_start, return_address - function_start + arch.max_insn)
+        if len(code) >= return_address - function_start:
             insn, reached = _sweep(md, code, function_start, return_address)
             if insn is not None:
                 return PrecedingInstruction(_make(insn, name_of), True)
