@@ -523,3 +523,19 @@ def test_add_annotate_arguments() -> None:
     assert (a.file, a.kaslr_offset, a.exact, a.json, a.kallsyms) == ("f.txt", SLIDE, True, True, None)
     assert p.parse_args([]).file == "-"
 
+
+
+def test_disasm_arm64() -> None:
+    import struct
+
+    code = struct.pack("<III", 0x94000010, 0xD63F0020, 0xAA0003E0)  # bl #0x1040; blr x1; mov x0, x0
+
+    def read(addr: int, n: int) -> bytes:
+        off = addr - 0x1000
+        return code[off : off + n] if off >= 0 else b""
+
+    c = call_before(0x1004, read, "EM_AARCH64", name_of=lambda a: "foo" if a == 0x1040 else None)
+    assert c is not None and (c.text, c.target, c.indirect) == ("bl foo", 0x1040, False)
+    c = call_before(0x1008, read, "EM_AARCH64")
+    assert c is not None and c.text == "blr x1" and c.indirect
+    assert call_before(0x100C, read, "EM_AARCH64") is None

@@ -9,8 +9,8 @@ x86-64 has variable-length instructions, so the instruction ending at an address
 disassembling linearly from the start of the function (kernel text has no data between instructions),
 and, when that is not possible or does not land on the address, by trying every length from the
 address backwards and keeping the decodings that are a single ``call`` ending exactly there (a
-5-byte ``call rel32`` first). Each architecture is one :class:`_Arch` entry: arm64 (fixed 4-byte
-``bl``/``blr``) only needs its own entry in :data:`_ARCHES`.
+5-byte ``call rel32`` first). Each architecture is one :class:`_Arch` entry in :data:`_ARCHES`: arm64
+has fixed 4-byte instructions, so the ``bl``/``blr`` is simply the word before the address.
 
 Call targets are named with a caller-supplied ``name_of(address)`` (``nf_hook_slow``,
 ``__x86_indirect_thunk_rax``, ``pv_ops+0x1a8``): direct calls by their target, indirect calls through a
@@ -113,6 +113,7 @@ class _Arch:
 
 _ARCHES: dict[str, _Arch] = {
     "EM_X86_64": _Arch("x86-64", capstone.CS_ARCH_X86, capstone.CS_MODE_64, _X86_MAX_INSN, False),
+    "EM_AARCH64": _Arch("arm64", capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM, 4, True),
 }
 
 _DISASSEMBLERS: dict[str, Any] = {}
@@ -139,7 +140,7 @@ def _is_call(insn: Any) -> bool:
     return capstone.CS_GRP_CALL in insn.groups
 
 
-def _make(insn: Any, name_of: NameOf | None) -> Instruction:
+def _make(insn: Any, name_of: NameOf | None, arch: _Arch) -> Instruction:
     from capstone import x86
 
     mnemonic = str(insn.mnemonic)
@@ -152,7 +153,11 @@ def _make(insn: Any, name_of: NameOf | None) -> Instruction:
     mem_address: int | None = None
     indirect = True
     ops = list(insn.operands)
-    if len(ops) == 1:
+    if arch.cs_arch == capstone.CS_ARCH_ARM64:  # bl #target / blr xN
+        if len(ops) == 1 and ops[0].type == capstone.arm64.ARM64_OP_IMM:
+            target = ops[0].imm & ((1 << 64) - 1)
+            indirect = False
+    elif len(ops) == 1:
         op = ops[0]
         if op.type == x86.X86_OP_IMM:
             target = op.imm & ((1 << 64) - 1)
@@ -235,7 +240,7 @@ def instruction_before(
         code = read(return_address - arch.max_insn, arch.max_insn)
         for insn in md.disasm(code, return_address - arch.max_insn):
             if insn.address + insn.size == return_address:
-                return PrecedingInstruction(_make(insn, name_of), True)
+                return PrecedingInstruction(_make(insn, name_of, arch), True)
         return PrecedingInstruction(None, None)
     if function_start is not None and 0 < return_address - function_start <= _MAX_SWEEP:
         # a few bytes more: the instruction that straddles the address must decode whole
@@ -243,7 +248,7 @@ def instruction_before(
         if len(code) >= return_address - function_start:
             insn, reached = _sweep(md, code, function_start, return_address)
             if insn is not None:
-                return PrecedingInstruction(_make(insn, name_of), True)
+                return PrecedingInstruction(_make(insn, name_of, arch), True)
             if reached:
                 return PrecedingInstruction(None, False)  # inside an instruction: not a return address
     # backward search: every length that decodes as one call ending at the address
@@ -260,4 +265,4 @@ def instruction_before(
         return PrecedingInstruction(None, None)
     # the common "call rel32" first, then the shortest decoding
     found.sort(key=lambda i: (bytes(i.bytes)[:1] != b"\xe8" or i.size != 5, i.size))
-    return PrecedingInstruction(_make(found[0], name_of), True)
+    return PrecedingInstruction(_make(found[0], name_of, arch), True)
