@@ -539,3 +539,14 @@ def test_disasm_arm64() -> None:
     c = call_before(0x1008, read, "EM_AARCH64")
     assert c is not None and c.text == "blr x1" and c.indirect
     assert call_before(0x100C, read, "EM_AARCH64") is None
+
+
+@pytest.mark.parametrize("name", ["warn-ip_local_out-6.1.0-53", "raw-kernel-offset-6.1.0-53"])
+def test_debian_rendering_golden(name: str, vmlinux: Path, vsym: Symbolizer) -> None:
+    """The examples of docs/annotate.md, rendered on the Debian vmlinux."""
+    result = annotate((DATA / f"{name}.txt").read_text(), vsym)
+    assert result.text == (DATA / f"{name}.expected").read_text()
+    for af in result.frames:  # each call site is the addr2line answer at ret - 1
+        if af.lookup == LOOKUP_CALL_SITE:
+            assert af.lookup_address is not None
+            assert _chain(af.chain) == _ref(vmlinux, [af.lookup_address], vsym.dir_prefix)[0]

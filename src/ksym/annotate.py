@@ -47,7 +47,7 @@ from .kallsyms import (
     load_kallsyms,
 )
 from .model import Resolution, SourceLocation
-from .parse import FrameKind, ParsedLine, StackFrame, find_kaslr_offset, parse_text
+from .parse import FrameKind, ParsedLine, StackFrame, find_kaslr_offset, parse_text, strip_log_prefix
 from .symbolizer import Symbolizer
 
 __all__ = [
@@ -255,8 +255,13 @@ def _printable(text: str) -> str:
 
 
 def _indent(af: AnnotatedFrame) -> str:
-    lead = af.text[: af.frame.extent[0]]
-    return "".join(c if c == "\t" else " " for c in lead) + "  "
+    """Blanks up to the frame (tabs kept), at most up to the message's own indentation after a log
+    prefix: a frame inside a sentence (``WARNING: ... at``) is annotated under the message start."""
+    text, end = af.text, af.frame.extent[0]
+    start = strip_log_prefix(text[:end])
+    while start < end and text[start] in " \t":
+        start += 1
+    return "".join(c if c == "\t" else " " for c in text[:start]) + "  "
 
 
 def render_frame(af: AnnotatedFrame) -> list[str]:
@@ -481,6 +486,11 @@ def annotate(
     worker = _Annotator(symbolizer, slide, kallsyms, exact)
     top = _top_flags(lines)
     out = tuple(worker.frame(f, top[f.lineno]) for f in frames)
+    misfits = sum(1 for af in out if (af.reason and "another kernel build" in af.reason)
+                  or any("inside an instruction" in n for m in af.matches for n in m.notes))
+    if misfits:
+        notes.append(f"{misfits} frame(s) do not fit this vmlinux: is the dump from another kernel build? "
+                     f"(vmlinux: {(symbolizer.banner or str(symbolizer.path)).strip()})")
     return AnnotatedText(lines, out, slide, source, exact, tuple(notes))
 
 
