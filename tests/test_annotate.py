@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 from anchors import REPO_ROOT, addr2line_batch, find_test_vmlinux, fixture, func_symbols, strip_prefix
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ksym import EXIT_NO_FILE, EXIT_OK, EXIT_UNRESOLVED, EXIT_USAGE, SourceLocation, Symbolizer
 from ksym.annotate import (
@@ -550,3 +552,35 @@ def test_debian_rendering_golden(name: str, vmlinux: Path, vsym: Symbolizer) -> 
         if af.lookup == LOOKUP_CALL_SITE:
             assert af.lookup_address is not None
             assert _chain(af.chain) == _ref(vmlinux, [af.lookup_address], vsym.dir_prefix)[0]
+
+
+_PIECES = [
+    "kstack:", "        ip_local_out_like+29", "        raw_ioctl+5", " ? __ip_local_out+0x2d/0x90",
+    "[<0>] ip_local_out_like+0x79/0x90", "\tffffffff81845796 __ip_local_out+0x6 ([kernel.kallsyms])",
+    "        0xffffffff9091b941", " nft_do_chain+0x3e8/0x5f0 [nf_tables]", "RIP: 0010:main+0x5/0x20",
+    "Kernel Offset: disabled", "Call Trace:", " <TASK>", "", "garbage + more garbage", "x+1",
+]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(st.sampled_from(_PIECES), st.text(max_size=40)), max_size=12),
+       st.sampled_from(["\n", "\r\n"]), st.booleans())
+def test_any_text_passes_through(fsym: Symbolizer, pieces: list[str], nl: str, last_nl: bool) -> None:
+    text = nl.join(pieces) + (nl if last_nl and pieces else "")
+    for exact in (False, True):
+        result = annotate(text, fsym, exact=exact)
+        assert _strip_annotations(result) == text
+        assert all(af.resolved or af.reason for af in result.frames)
+
+
+def test_kernel_offset_disabled_and_zero_slide(fsym: Symbolizer) -> None:
+    text = "kstack:\n        0x0000000000401279\nKernel Offset: disabled\n"
+    result = annotate(text, fsym)
+    assert result.kaslr_offset == 0 and result.frames[0].link_address == 0x401279
+    assert result.frames[0].notes == ()  # a known slide: no nokaslr guess note
+    assert annotate(text, fsym, kaslr_offset=0x200000).frames[0].reason is not None
+
+
+def test_misfit_note(fsym: Symbolizer) -> None:
+    result = annotate(" ip_local_out_like+0x500/0x90\n", fsym)
+    assert any("another kernel build" in n for n in result.notes)

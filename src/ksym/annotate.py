@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -586,7 +587,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
-    return annotate_command(args)
+    try:
+        return annotate_command(args)
+    except BrokenPipeError:  # `... | head`: stop quietly, as the ksym command does
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces a dead stdout
+        except OSError:
+            pass
+        return EXIT_OK
 
 
 if __name__ == "__main__":
