@@ -446,7 +446,7 @@ class CompiledUnit:
     # (low, high, function index) for every range of every function, sorted by low
     _starts: list[int] = field(default_factory=list, repr=False)
     _spans: list[tuple[int, int, int]] = field(default_factory=list, repr=False)
-    _max_len: int = 0
+    _reach: list[int] = field(default_factory=list, repr=False)
     # the reader that built this unit, reused by expand_for (not stored on disk)
     reader: _CUReader | None = field(default=None, repr=False, compare=False)
 
@@ -459,25 +459,41 @@ class CompiledUnit:
         spans.sort()
         self._spans = spans
         self._starts = [s[0] for s in spans]
-        self._max_len = max((hi - lo for lo, hi, _ in spans), default=0)
+        # running maximum of the span ends: a backward scan can stop once nothing earlier reaches further
+        reach = []
+        top = 0
+        for _lo, hi, _i in spans:
+            top = max(top, hi)
+            reach.append(top)
+        self._reach = reach
         return self
 
+    def containing(self, address: int) -> list[tuple[int, int]]:
+        """(function index, length of its range holding ``address``) for every function containing it."""
+        out = []
+        i = bisect.bisect_right(self._starts, address) - 1
+        spans = self._spans
+        reach = self._reach
+        while i >= 0 and reach[i] > address:
+            lo, hi, idx = spans[i]
+            if address < hi:
+                out.append((idx, hi - lo))
+            i -= 1
+        return out
+
+    def needs_expansion(self, address: int) -> bool:
+        """Whether a function holding ``address`` still has an unread subtree."""
+        fns = self.functions
+        return any(fns[i].child_pos >= 0 for i, _ln in self.containing(address))
+
     def best_function(self, address: int) -> int:
-        """Index of bfd's "best fit" function for ``address`` (smallest containing range), or -1."""
+        """Index of bfd's "best fit" function for ``address`` (smallest containing range, ties to the
+        later DIE), or -1."""
         best = -1
         best_len = -1
-        i = bisect.bisect_right(self._starts, address) - 1
-        lo_bound = address - self._max_len
-        spans = self._spans
-        while i >= 0:
-            lo, hi, idx = spans[i]
-            if lo < lo_bound:
-                break
-            if address < hi:
-                ln = hi - lo
-                if best < 0 or ln < best_len or (ln == best_len and idx > best):
-                    best, best_len = idx, ln
-            i -= 1
+        for idx, ln in self.containing(address):
+            if best < 0 or ln < best_len or (ln == best_len and idx > best):
+                best, best_len = idx, ln
         return best
 
 
@@ -824,8 +840,7 @@ def expand_for(sec: DwarfSections, cu: CompiledUnit, address: int) -> bool:
     """Read the subtrees of the functions containing ``address`` that are not read yet.
 
     Returns True when the unit changed (so a cached copy may be refreshed)."""
-    todo = [i for i, fn in enumerate(cu.functions)
-            if fn.child_pos >= 0 and any(lo <= address < hi for lo, hi in fn.ranges)]
+    todo = [i for i, _ln in cu.containing(address) if cu.functions[i].child_pos >= 0]
     if not todo:
         return False
     reader = cu.reader if cu.reader is not None and cu.reader.sec is sec else _open_unit(sec, cu.offset)[0]

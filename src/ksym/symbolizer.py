@@ -111,6 +111,8 @@ class Symbolizer:
         self._elixir_url = elixir_url
         self._want_links = links
         self._links: Any = None
+        # address → inline chain with links, for frames seen again (stack dumps repeat them)
+        self._chains: LRUCache[int, tuple[SourceLocation, ...]] = LRUCache(maxsize=16384)
         self._load_index()
 
     # -- index ---------------------------------------------------------------------------------------
@@ -331,6 +333,14 @@ class Symbolizer:
             self._links = ElixirLinks(self.tag_guess.tag, self._elixir_url or DEFAULT_ELIXIR_URL)
         return self._links
 
+    def chain(self, address: int) -> tuple[SourceLocation, ...]:
+        """The inline chain at a link-time address, innermost first (with links when enabled)."""
+        got = self._chains.get(address)
+        if got is None:
+            got = self._with_links(self._chain(address))
+            self._chains[address] = got
+        return got
+
     def _with_links(self, chain: tuple[SourceLocation, ...]) -> tuple[SourceLocation, ...]:
         links = self.links
         if links is None or not chain:
@@ -359,7 +369,7 @@ class Symbolizer:
             fname, ffile = found
             return (SourceLocation(fname, self._display(ffile or "??"), 0, raw_file=ffile or "??"),)
         cu = self.compiled_unit(cu_off)
-        if any(fn.child_pos >= 0 for fn in cu.functions):
+        if cu.needs_expansion(address):
             try:
                 changed = D.expand_for(self._dwarf(), cu, address)
             except (D.DwarfError, IndexError, ValueError) as exc:
@@ -396,7 +406,7 @@ class Symbolizer:
     def symbolize(self, address: int, query: str | None = None) -> Resolution:
         """Resolve one link-time address (no KASLR adjustment)."""
         hit = self.symbols.containing(address)
-        chain = self._with_links(self._chain(address))
+        chain = self.chain(address)
         q = query if query is not None else f"{address:#x}"
         if hit is None:
             return Resolution(q, address, None, None, None, None, chain)
@@ -440,7 +450,7 @@ class Symbolizer:
                                f"({spec.offset_text} > 0x{m.size:x})")
                 continue
             out.append(Resolution(spec.text.strip(), addr, spec.name, spec.offset, m.size, spec.offset_text,
-                                  self._with_links(self._chain(addr))))
+                                  self.chain(addr)))
         if not out:
             if not matches:
                 why = f"no symbol named {spec.name}"

@@ -147,6 +147,7 @@ class SymbolTable:
         self._faddr_order: tuple[array, array] | None = None  # type: ignore[type-arg]
         self._text: tuple[array, array] | None = None  # type: ignore[type-arg]
         self._first_file_after_symbol: int | None = None
+        self._matches: dict[str, list[FaddrMatch]] = {}
 
     # -- construction --
 
@@ -277,6 +278,15 @@ class SymbolTable:
 
     def faddr2line_matches(self, name: str) -> list[FaddrMatch]:
         """FUNC symbols called ``name`` with faddr2line's size for each, in symbol-table order."""
+        got = self._matches.get(name)
+        if got is None:
+            got = self._faddr2line_matches(name)
+            if len(self._matches) > 8192:
+                self._matches.clear()
+            self._matches[name] = got
+        return got
+
+    def _faddr2line_matches(self, name: str) -> list[FaddrMatch]:
         out = []
         for i in self.indices_named(name):
             if self.infos[i] & 0xF != STT_FUNC:
