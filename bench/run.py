@@ -218,7 +218,9 @@ def measure_speed(vmlinux: Path, script: Path, bench_python: str | None, runs: i
     base = Symbolizer(vmlinux, cache_dir=work / "base")
     single_addr = base.resolve(SINGLE_FRAME)[0].address
     # 1,000 distinct return addresses (what stacks hold) and a 10,000-frame list drawn from them
-    rets = [s.address for s in sample_addresses(base, vmlinux, 0, 0, 1000, seed=7)]
+    rets = [s.address for s in sample_addresses(base, vmlinux, 0, 0, 1200, seed=7)]
+    # keep return addresses whose kallsyms-style symbol is a FUNC (not an asm label such as .slowpath)
+    rets = [a for a in rets if (hit := base.symbols.containing(a)) and hit[0].type == 2][:1000]
     frames = frames_for(base, rets)
     rng = random.Random(10000)
     idx10k = [rng.randrange(len(rets)) for _ in range(10000)]
@@ -424,7 +426,7 @@ def write_markdown(path: Path, *, args: argparse.Namespace, vmlinux: Path, scrip
             for (s, got, want), (_, ok1) in zip(addr.mismatches, single):
                 L += [f"* `{s.address:#x}` ({s.kind}) — "
                       + ("ksym equals a one-address `addr2line` run; the batch answer depends on earlier "
-                         "lookups in the same process (binutils state), see below" if ok1 else "**ksym differs**"),
+                         "lookups in the same process (binutils keeps state between lookups)" if ok1 else "**ksym differs**"),
                       f"  * ksym: `{got}`", f"  * addr2line (batch): `{want}`"]
             L.append("")
         src = (f"reused from a stored run of {spec.faddr2line_cached}" if spec.faddr2line_cached
@@ -482,6 +484,7 @@ for ax, (label, row) in zip(axes, data.items()):
     colors = ["#1f77b4" if n.startswith("ksym") else "#aaaaaa" for n in names]
     ax.barh(names, vals, color=colors)
     ax.set_xscale("log")
+    ax.set_xlim(left=min(vals) / 4, right=max(vals) * 4)
     ax.set_title(label, fontsize=10)
     ax.set_xlabel("wall seconds (log)")
     ax.invert_yaxis()
