@@ -345,11 +345,26 @@ def faddr2line_cached(vmlinux: Path, script: Path, specs: list[str], cache: Path
     under ``cache`` (bench/.cache) so a re-run of the benchmark need not wait for it again.
     """
     path = cache / f"faddr2line-{_anchor_key(vmlinux, script, specs)}.json" if cache else None
+    running = path.with_suffix(".running") if path is not None else None
+    while running is not None and path is not None and running.is_file() and not path.is_file():
+        # another invocation is producing this very anchor output: wait for it rather than run it twice
+        try:
+            os.kill(int(running.read_text().split()[0]), 0)
+        except (OSError, ValueError, IndexError):
+            break
+        time.sleep(5)
     if path is not None and path.is_file():
         rec = json.loads(path.read_text())
         return rec["stdout"], rec["stderr"], float(rec["seconds"]), str(rec["date"])
+    if running is not None:
+        running.parent.mkdir(parents=True, exist_ok=True)
+        running.write_text(f"{os.getpid()}\n")
     t = time.monotonic()
-    out, err = faddr2line_parallel(vmlinux, script, specs)
+    try:
+        out, err = faddr2line_parallel(vmlinux, script, specs)
+    finally:
+        if running is not None:
+            running.unlink(missing_ok=True)
     secs = time.monotonic() - t
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
