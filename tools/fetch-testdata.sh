@@ -10,7 +10,8 @@ ABI=6.1.0-53
 SRCVER=6.1.187-1
 mkdir -p "$DEST"
 cd "$DEST"
-if [ -s "$DEST/vmlinux-$ABI-cloud-amd64" ] && [ -x "$DEST/linux-source-6.1/scripts/faddr2line" ]; then
+if [ -s "$DEST/vmlinux-$ABI-cloud-amd64" ] && [ -x "$DEST/linux-source-6.1/scripts/faddr2line" ] &&
+   [ -d "$DEST/modules/kernel/net/netfilter" ]; then
   echo "test data present in $DEST"
   exit 0
 fi
@@ -31,6 +32,14 @@ fi
 tmp=$(mktemp -d "$DEST/.x.XXXXXX")
 dpkg -x linux-image-"$ABI"-cloud-amd64-dbg_*.deb "$tmp/dbg"
 mv -f "$tmp/dbg/usr/lib/debug/boot/vmlinux-$ABI-cloud-amd64" "$DEST/"
+# module debug files (ET_REL) of the netfilter and IPv4/IPv6 stacks, for module frames
+rm -rf "$DEST/modules"
+mkdir -p "$DEST/modules/kernel/net"
+for d in netfilter ipv4 ipv6; do
+  if [ -d "$tmp/dbg/usr/lib/debug/lib/modules/$ABI-cloud-amd64/kernel/net/$d" ]; then
+    mv "$tmp/dbg/usr/lib/debug/lib/modules/$ABI-cloud-amd64/kernel/net/$d" "$DEST/modules/kernel/net/"
+  fi
+done
 dpkg -x linux-source-6.1_*.deb "$tmp/src"
 rm -rf "$DEST/linux-source-6.1"
 tar -C "$DEST" -xJf "$tmp"/src/usr/src/linux-source-6.1.tar.xz
