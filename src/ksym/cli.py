@@ -30,6 +30,8 @@ examples:
   ksym resolve ip_local_out+0x1d/0x70 0xffffffff8184586e        (default vmlinux: the running kernel's)
   ksym resolve --json __ip_local_out+219 | jq .chain
   ksym faddr2line vmlinux __ip_local_out+219                     (faddr2line's argument order)
+  dmesg | ksym annotate                                          (file:line under every frame)
+  ksym annotate --kallsyms kallsyms.txt --json dump.txt
 
 exit codes: 0 all resolved, 1 some frame did not resolve, 2 usage or malformed frame,
             3 file missing or unreadable, 4 not a usable ELF/DWARF file, 70 internal error
@@ -42,7 +44,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(annotate_arguments: bool = True) -> argparse.ArgumentParser:
     p = _Parser(
         prog="ksym",
         description="Turn Linux kernel stack frames (func+off, raw addresses) into file:line with the "
@@ -60,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("vmlinux_pos", metavar="VMLINUX")
     f.add_argument("frames", nargs="+", metavar="FRAME")
     _common(f, with_vmlinux=False)
+    a = sub.add_parser("annotate", help="put file:line under every stack frame of pasted text (a filter)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    if annotate_arguments:
+        # annotate pulls in capstone and the text parser: only when that command is used
+        from .annotate import add_annotate_arguments
+
+        add_annotate_arguments(a)
     return p
 
 
@@ -185,12 +194,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     def err(line: str) -> None:
         sys.stderr.write(line + "\n")
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(annotate_arguments=words[:1] == ["annotate"])
+    args = parser.parse_args(words)
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
+        if args.command == "annotate":
+            from .annotate import annotate_command
+
+            return int(annotate_command(args))
         return _resolve_command(args, out, err)
     except KsymError as exc:
         err(f"ksym: error: {exc}")
