@@ -1,0 +1,694 @@
+"""Kernel modules: ``nft_do_chain+0x3e8/0x5d0 [nf_tables]`` → file:line with the inline chain.
+
+A module's debug file (``nf_tables.ko``, ``.ko.xz``, ``.ko.zst``, ``.ko.debug``) is a relocatable ELF
+object (ET_REL): every SHF_ALLOC section starts at address 0, symbol values are offsets into their own
+section, and the DWARF addresses only mean something once the ``.rela.debug_*`` sections are applied.
+The kernel's scripts/faddr2line hands such a file to ``addr2line --section=SEC`` with the section-relative
+address; binutils (bfd's ``place_sections``) then gives every SHF_ALLOC section a distinct address — in
+section-header order, each aligned to its ``sh_addralign``, one after the other — and relocates the debug
+sections against that layout. :class:`ModuleSymbolizer` does exactly the same, so ``.text``,
+``.init.text``, ``.exit.text`` and ``.text.unlikely`` never overlap and the answers are addr2line's.
+
+    >>> from ksym.modules import ModuleSymbolizer
+    >>> m = ModuleSymbolizer("nf_tables.ko")
+    >>> print(m.resolve("nft_do_chain+0x3e8")[0])
+    nft_do_chain+0x3e8/0x5d0:
+    expr_call_ops_eval at debian/build/build_amd64_none_cloud-amd64/net/netfilter/nf_tables_core.c:202
+    (inlined by) nft_do_chain at debian/build/build_amd64_none_cloud-amd64/net/netfilter/nf_tables_core.c:264
+
+The relocation types applied to the debug sections: x86-64 ``R_X86_64_64``, ``R_X86_64_32``,
+``R_X86_64_32S``, ``R_X86_64_PC32``, ``R_X86_64_PC64``; arm64 ``R_AARCH64_ABS64``, ``R_AARCH64_ABS32``;
+i386 ``R_386_32`` (REL); ``*_NONE`` is skipped. Any other type in a debug section read is an error
+(one line). A :class:`ksym.model.Resolution` from a module carries the *section-relative* address (what
+``addr2line -j SECTION`` takes) in ``address``. See docs/modules.md.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import io
+import lzma
+import os
+import re
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import dwarf as D
+from .errors import (
+    BadFileError,
+    FileNotFoundKsymError,
+    MissingDebugInfoError,
+    SpecError,
+    SymbolNotFoundError,
+)
+from .image import read_build_id_from_notes
+from .model import Resolution, SourceLocation
+from .spec import AddressSpec, FuncSpec, parse_spec
+from .symbols import Section, SymbolTable
+
+__all__ = [
+    "MODULE_DEBUG_ROOT",
+    "ModuleImage",
+    "ModuleSymbolizer",
+    "find_module_debug_file",
+    "module_file_names",
+    "normalize_module_name",
+    "read_module_file",
+]
+
+#: Where distributions install module debug files: ``<root>/<release>/kernel/...``.
+MODULE_DEBUG_ROOT = Path("/usr/lib/debug/lib/modules")
+_BUILD_ID_ROOT = Path("/usr/lib/debug/.build-id")
+
+SHT_SYMTAB = 2
+SHT_RELA = 4
+SHT_NOTE = 7
+SHT_NOBITS = 8
+SHT_REL = 9
+SHF_ALLOC = 0x2
+SHF_COMPRESSED = 0x800
+ET_REL = 1
+
+_DWARF_SECTIONS = {
+    "info": ".debug_info", "abbrev": ".debug_abbrev", "line": ".debug_line", "debug_str": ".debug_str",
+    "line_str": ".debug_line_str", "ranges": ".debug_ranges", "rnglists": ".debug_rnglists",
+    "addr": ".debug_addr", "str_offsets": ".debug_str_offsets", "aranges": ".debug_aranges",
+}
+
+# machine → {type: (width in bytes, pc-relative, name)}; width 0: no-op
+_RELOCS: dict[int, dict[int, tuple[int, bool, str]]] = {
+    62: {0: (0, False, "R_X86_64_NONE"), 1: (8, False, "R_X86_64_64"), 2: (4, True, "R_X86_64_PC32"),
+         10: (4, False, "R_X86_64_32"), 11: (4, False, "R_X86_64_32S"), 24: (8, True, "R_X86_64_PC64")},
+    183: {0: (0, False, "R_AARCH64_NONE"), 256: (0, False, "R_AARCH64_NONE"),
+          257: (8, False, "R_AARCH64_ABS64"), 258: (4, False, "R_AARCH64_ABS32")},
+    3: {0: (0, False, "R_386_NONE"), 1: (4, False, "R_386_32"), 2: (4, True, "R_386_PC32")},
+}
+
+_MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz", ".ko.debug")
+
+
+# --- reading the file ---------------------------------------------------------------------------------
+
+
+def read_module_file(path: str | os.PathLike[str]) -> bytes:
+    """The ELF bytes of a module file, decompressing ``.xz`` (stdlib lzma) and ``.gz`` (zlib).
+
+    ``.zst`` needs a Zstandard decompressor, which is not among ksym's dependencies: when the optional
+    ``zstandard`` package is importable it is used, otherwise :class:`BadFileError` says so in one line.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundKsymError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise FileNotFoundKsymError(f"{p}: is a directory, not a module") from None
+    except PermissionError:
+        raise FileNotFoundKsymError(f"{p}: permission denied") from None
+    except OSError as exc:
+        raise FileNotFoundKsymError(f"{p}: cannot open: {exc.strerror}") from None
+    if raw[:6] == b"\xfd7zXZ\x00":
+        try:
+            return lzma.decompress(raw)
+        except lzma.LZMAError as exc:
+            raise BadFileError(f"{p}: corrupt xz data: {exc}") from None
+    if raw[:4] == b"\x28\xb5\x2f\xfd":
+        try:
+            import zstandard  # type: ignore[import-not-found, unused-ignore]
+        except ImportError:
+            raise BadFileError(
+                f"{p}: zstd-compressed module: ksym has no Zstandard decompressor "
+                "(pip install zstandard, or unzstd the file first)"
+            ) from None
+        try:
+            out: bytes = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
+        except zstandard.ZstdError as exc:
+            raise BadFileError(f"{p}: corrupt zstd data: {exc}") from None
+        return out
+    if raw[:2] == b"\x1f\x8b":
+        import gzip
+
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise BadFileError(f"{p}: corrupt gzip data: {exc}") from None
+    return raw
+
+
+def _log2(n: int) -> int:
+    return max(n.bit_length() - 1, 0) if n > 0 else 0
+
+
+@dataclass(frozen=True)
+class _Reloc:
+    offset: int
+    type: int
+    sym: int
+    addend: int | None  # None: REL, addend in place
+
+
+class ModuleImage:
+    """An opened module debug file: sections, the bfd-style layout of its SHF_ALLOC sections, symbol
+    tables, and the relocated DWARF sections.
+
+    ``bases`` maps each SHF_ALLOC section index to the address bfd's ``place_sections`` gives it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], data: bytes | None = None) -> None:
+        self.path = Path(path)
+        self.data = data if data is not None else read_module_file(self.path)
+        from elftools.common.exceptions import ELFError
+        from elftools.elf.elffile import ELFFile
+
+        if self.data[:4] != b"\x7fELF":
+            raise BadFileError(f"{self.path}: not an ELF file")
+        try:
+            self.elf = ELFFile(io.BytesIO(self.data))
+            self.elf_type = str(self.elf.header["e_type"])
+            self.little_endian = bool(self.elf.little_endian)
+            self.elfclass = int(self.elf.elfclass)
+            self.machine_number = _machine_number(self.data, self.little_endian)
+            secs: list[Section] = []
+            self._align: dict[int, int] = {}
+            self._link: dict[int, int] = {}
+            self._info: dict[int, int] = {}
+            for i, sec in enumerate(self.elf.iter_sections()):
+                h = sec.header
+                st = h["sh_type"]
+                stype = st if isinstance(st, int) else _sh_type_num(str(st))
+                secs.append(Section(i, sec.name, stype, int(h["sh_flags"]), int(h["sh_addr"]),
+                                    int(h["sh_offset"]), int(h["sh_size"])))
+                self._align[i] = int(h["sh_addralign"])
+                self._link[i] = int(h["sh_link"])
+                self._info[i] = int(h["sh_info"])
+        except (ELFError, struct.error, ValueError, KeyError) as exc:
+            raise BadFileError(f"{self.path}: corrupt ELF file: {exc}") from None
+        if self.elf_type != "ET_REL":
+            raise BadFileError(f"{self.path}: not a kernel module (ELF type {self.elf_type}, expected ET_REL)")
+        for s in secs:
+            if s.type != SHT_NOBITS and s.offset + s.size > len(self.data):
+                raise BadFileError(f"{self.path}: truncated ELF file: section {s.name} ends past the end of the file")
+        self.sections = secs
+        self._by_name = {s.name: s for s in secs}
+        self.bases = self._place_sections()
+        # sections at their synthetic addresses (for address → section and bfd's function fallback)
+        self.placed_sections = [
+            Section(s.index, s.name, s.type, s.flags, self.bases.get(s.index, 0), s.offset, s.size) for s in secs
+        ]
+
+    # -- layout --
+
+    def _place_sections(self) -> dict[int, int]:
+        """bfd's ``place_sections`` for relocatable objects: SHF_ALLOC sections in header order, each at
+        the running end aligned to its alignment."""
+        bases: dict[int, int] = {}
+        last = 0
+        for s in self.sections:
+            if not s.flags & SHF_ALLOC or s.index == 0:
+                continue
+            align = 1 << _log2(self._align.get(s.index, 0))
+            last = (last + align - 1) & -align
+            bases[s.index] = last
+            last += s.size
+        return bases
+
+    # -- facts --
+
+    def section(self, name: str) -> Section | None:
+        return self._by_name.get(name)
+
+    def section_bytes(self, name: str) -> bytes | None:
+        s = self._by_name.get(name)
+        if s is None or s.type == SHT_NOBITS:
+            return None
+        if s.flags & SHF_COMPRESSED:
+            from elftools.common.exceptions import ELFError
+
+            try:
+                return bytes(self.elf.get_section(s.index).data())
+            except ELFError as exc:
+                raise BadFileError(f"{self.path}: cannot decompress {name}: {exc}") from None
+        return self.data[s.offset : s.offset + s.size]
+
+    @property
+    def build_id(self) -> str | None:
+        for s in self.sections:
+            if s.type == SHT_NOTE:
+                bid = read_build_id_from_notes(self.section_bytes(s.name) or b"", self.little_endian)
+                if bid:
+                    return bid
+        return None
+
+    @property
+    def modinfo(self) -> dict[str, str]:
+        """``.modinfo`` as key → value (the first of repeated keys)."""
+        out: dict[str, str] = {}
+        for item in (self.section_bytes(".modinfo") or b"").split(b"\0"):
+            key, sep, value = item.partition(b"=")
+            if sep and key.decode("utf-8", "replace") not in out:
+                out[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+        return out
+
+    @property
+    def module_name(self) -> str:
+        """``name=`` of ``.modinfo``, else the file name without its ``.ko*`` suffix."""
+        name = self.modinfo.get("name")
+        if name:
+            return name
+        base = self.path.name
+        for suffix in sorted(_MODULE_SUFFIXES, key=len, reverse=True):
+            if base.endswith(suffix):
+                return base[: -len(suffix)]
+        return base
+
+    def require_dwarf(self) -> None:
+        if ".debug_info" not in self._by_name:
+            raise MissingDebugInfoError(
+                f"{self.path}: no DWARF debug info (.debug_info): this is a stripped module; install the "
+                "kernel's debug symbols (Debian: linux-image-<release>-dbg) or pass the module's debug file"
+            )
+
+    def symbol_tables(self) -> tuple[SymbolTable, SymbolTable]:
+        """(raw, placed): symbol values section-relative as readelf prints them (faddr2line's sizes), and
+        the same table with every value moved to its section's synthetic address (bfd's view)."""
+        from array import array
+
+        tables = []
+        for s in self.sections:
+            if s.type == SHT_SYMTAB:
+                link = self._link.get(s.index, 0)
+                if 0 < link < len(self.sections):
+                    tables.append((self.section_bytes(s.name) or b"",
+                                   self.section_bytes(self.sections[link].name) or b""))
+        if not tables:
+            raise BadFileError(f"{self.path}: no symbol table (.symtab): the module was stripped")
+        raw = SymbolTable.from_raw(tables, self.sections, self.little_endian, self.elfclass)
+        placed_values = array("Q", (
+            (v + self.bases.get(sh, 0)) & 0xFFFFFFFFFFFFFFFF for v, sh in zip(raw.values, raw.shndx)
+        ))
+        placed = SymbolTable(raw.names, placed_values, raw.sizes, raw.infos, raw.others, raw.shndx,
+                             self.placed_sections)
+        return raw, placed
+
+    # -- relocation --
+
+    def _symbol_values(self, symtab_index: int) -> list[int]:
+        """Per symbol of a symbol table: its value moved to its section's synthetic address."""
+        s = self.sections[symtab_index]
+        data = self.section_bytes(s.name) or b""
+        e = "<" if self.little_endian else ">"
+        out: list[int] = []
+        if self.elfclass == 64:
+            for _n, _i, _o, sh, value, _sz in struct.iter_unpack(e + "IBBHQQ", data[: len(data) - len(data) % 24]):
+                out.append(value + self.bases.get(sh, 0))
+        else:
+            for _n, value, _sz, _i, _o, sh in struct.iter_unpack(e + "IIIBBH", data[: len(data) - len(data) % 16]):
+                out.append(value + self.bases.get(sh, 0))
+        return out
+
+    def relocated_section(self, name: str) -> bytes | None:
+        """A section's contents with its ``.rela``/``.rel`` section applied against the layout."""
+        target = self._by_name.get(name)
+        if target is None or target.type == SHT_NOBITS:
+            return None
+        data = self.section_bytes(name)
+        if data is None:
+            return None
+        relocs = [s for s in self.sections if s.type in (SHT_RELA, SHT_REL) and self._info.get(s.index) == target.index]
+        if not relocs:
+            return data
+        buf = bytearray(data)
+        e = "<" if self.little_endian else ">"
+        kinds = _RELOCS.get(self.machine_number)
+        if kinds is None:
+            raise BadFileError(f"{self.path}: relocations for ELF machine {self.machine_number} are not supported")
+        values_cache: dict[int, list[int]] = {}
+        for rs in relocs:
+            symtab = self._link.get(rs.index, 0)
+            if symtab not in values_cache:
+                values_cache[symtab] = self._symbol_values(symtab)
+            values = values_cache[symtab]
+            rdata = self.section_bytes(rs.name) or b""
+            rela = rs.type == SHT_RELA
+            if self.elfclass == 64:
+                ent = 24 if rela else 16
+                fmt = e + ("QQq" if rela else "QQ")
+            else:
+                ent = 12 if rela else 8
+                fmt = e + ("IIi" if rela else "II")
+            pack = {8: struct.Struct(e + "Q"), 4: struct.Struct(e + "I")}
+            for t in struct.iter_unpack(fmt, rdata[: len(rdata) - len(rdata) % ent]):
+                off, info = t[0], t[1]
+                if self.elfclass == 64:
+                    rtype, rsym = info & 0xFFFFFFFF, info >> 32
+                else:
+                    rtype, rsym = info & 0xFF, info >> 8
+                kind = kinds.get(rtype)
+                if kind is None:
+                    raise BadFileError(f"{self.path}: relocation type {rtype} in {rs.name} is not supported")
+                width, pcrel, _rname = kind
+                if width == 0:
+                    continue
+                if off + width > len(buf):
+                    raise BadFileError(f"{self.path}: relocation at {off:#x} lies outside {name}")
+                st = pack[width]
+                addend = t[2] if rela else st.unpack_from(buf, off)[0]
+                value = (values[rsym] if rsym < len(values) else 0) + addend
+                if pcrel:
+                    value -= self.bases.get(target.index, 0) + off
+                st.pack_into(buf, off, value & ((1 << (8 * width)) - 1))
+        return bytes(buf)
+
+    def dwarf_sections(self) -> D.DwarfSections:
+        self.require_dwarf()
+        kw: dict[str, Any] = {k: self.relocated_section(v) for k, v in _DWARF_SECTIONS.items()}
+        if kw["info"] is None or kw["abbrev"] is None:
+            raise BadFileError(f"{self.path}: DWARF without .debug_abbrev")
+        return D.DwarfSections(little_endian=self.little_endian, default_address_size=self.elfclass // 8, **kw)
+
+
+def _machine_number(data: bytes, little_endian: bool) -> int:
+    return int(struct.unpack_from("<H" if little_endian else ">H", data, 18)[0])
+
+
+def _sh_type_num(name: str) -> int:
+    table = {"SHT_NULL": 0, "SHT_PROGBITS": 1, "SHT_SYMTAB": 2, "SHT_STRTAB": 3, "SHT_RELA": 4,
+             "SHT_HASH": 5, "SHT_DYNAMIC": 6, "SHT_NOTE": 7, "SHT_NOBITS": 8, "SHT_REL": 9,
+             "SHT_DYNSYM": 11}
+    return table.get(name, 0x70000000)
+
+
+# --- resolving ------------------------------------------------------------------------------------------
+
+
+class ModuleSymbolizer:
+    """Resolve frames of one kernel module the way ``scripts/faddr2line MODULE.ko func+off`` does.
+
+    :param path: the module's debug file (``.ko``, ``.ko.xz``, ``.ko.zst``, ``.ko.gz``, ``.ko.debug``).
+    :raises FileNotFoundKsymError: no such file.
+    :raises BadFileError: not ELF, not ET_REL, no symbol table, unsupported relocation or compression;
+        :class:`MissingDebugInfoError`: no DWARF.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.image = ModuleImage(path)
+        self.path = self.image.path
+        self.image.require_dwarf()
+        self.build_id: str | None = self.image.build_id
+        self.module_name: str = self.image.module_name
+        self.raw_symbols, self.symbols = self.image.symbol_tables()
+        self._dwarf: D.DwarfSections | None = None
+        self._cus: dict[int, D.CompiledUnit] = {}
+        self._ar: tuple[list[int], list[int], list[int]] | None = None
+        self._cu_list: list[tuple[int, int, int]] | None = None
+        self._chains: dict[int, tuple[SourceLocation, ...]] = {}
+
+    # -- DWARF --
+
+    def dwarf(self) -> D.DwarfSections:
+        if self._dwarf is None:
+            self._dwarf = self.image.dwarf_sections()
+        return self._dwarf
+
+    def _cu_offset_for(self, address: int) -> int | None:
+        sec = self.dwarf()
+        if self._ar is None:
+            try:
+                ar = sorted(D.read_aranges(sec))
+            except (D.DwarfError, IndexError, ValueError, struct.error):
+                ar = []
+            self._ar = ([a[0] for a in ar], [a[1] for a in ar], [a[2] for a in ar])
+        starts, ends, cus = self._ar
+        i = bisect.bisect_right(starts, address) - 1
+        while i >= 0:
+            if starts[i] <= address < ends[i]:
+                return cus[i]
+            i -= 1
+        if self._cu_list is None:
+            covered = set(cus)
+            out: list[tuple[int, int, int]] = []
+            for off, _end in D.scan_cu_headers(sec):
+                if off in covered:
+                    continue
+                try:
+                    out.extend((lo, hi, off) for lo, hi in D.unit_ranges(sec, off))
+                except (D.DwarfError, IndexError, ValueError, struct.error):
+                    continue
+            self._cu_list = sorted(out)
+        for lo, hi, off in self._cu_list:
+            if lo <= address < hi:
+                return off
+        return None
+
+    def _unit(self, offset: int) -> D.CompiledUnit:
+        cu = self._cus.get(offset)
+        if cu is None:
+            try:
+                cu = D.compile_unit(self.dwarf(), offset)
+            except (D.DwarfError, IndexError, ValueError, struct.error) as exc:
+                raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {offset:#x}: {exc}") from None
+            self._cus[offset] = cu
+        return cu
+
+    def chain(self, address: int) -> tuple[SourceLocation, ...]:
+        """The inline chain at a *placed* (synthetic) address, innermost first, as ``addr2line -i``."""
+        got = self._chains.get(address)
+        if got is None:
+            got = self._chain(address)
+            self._chains[address] = got
+        return got
+
+    def _chain(self, address: int) -> tuple[SourceLocation, ...]:
+        cu_off = self._cu_offset_for(address)
+        if cu_off is None:
+            found = self.symbols.bfd_function(address)
+            if found is None:
+                return ()
+            fname, ffile = found
+            return (SourceLocation(fname, ffile or "??", 0, raw_file=ffile or "??"),)
+        cu = self._unit(cu_off)
+        if cu.needs_expansion(address):
+            try:
+                D.expand_for(self.dwarf(), cu, address)
+            except (D.DwarfError, IndexError, ValueError, struct.error) as exc:
+                raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {cu_off:#x}: {exc}") from None
+        loc = cu.lines.lookup(address) if cu.lines is not None else None
+        fi = cu.best_function(address)
+        sfile: str | None = None
+        if fi >= 0:
+            name = cu.functions[fi].name
+        else:
+            found = self.symbols.bfd_function(address)
+            name, sfile = found if found is not None else ("??", None)
+        if loc is None and fi < 0 and name == "??":
+            return ()
+        raw, line, col, disc = loc if loc is not None else (sfile or "??", 0, 0, 0)
+        out = [SourceLocation(name, raw or "??", line, col, disc, raw, False)]
+        if fi >= 0 and cu.functions[fi].tag == D.TAG_INLINED_SUBROUTINE and cu.lines is not None:
+            fn = cu.functions[fi]
+            while fn.parent >= 0:
+                parent = cu.functions[fn.parent]
+                craw = cu.lines.file_name(fn.call_file) if fn.call_file or cu.lines.file_base == 0 else "??"
+                out.append(SourceLocation(parent.name, craw, fn.call_line, fn.call_column, disc, craw, False))
+                fn = parent
+        if len(out) > 1:
+            out = [SourceLocation(x.function, x.file, x.line, x.column, x.discriminator, x.raw_file,
+                                  i < len(out) - 1) for i, x in enumerate(out)]
+        return tuple(out)
+
+    # -- public lookups --
+
+    def section_base(self, section_name: str) -> int:
+        """The synthetic address of an SHF_ALLOC section (see docs/modules.md)."""
+        s = self.image.section(section_name)
+        if s is None or s.index not in self.image.bases:
+            raise SpecError(f"{self.path}: no allocated section {section_name}", section_name)
+        return self.image.bases[s.index]
+
+    def section_chain(self, section_name: str, offset: int) -> tuple[SourceLocation, ...]:
+        """The chain ``addr2line -fi -j SECTION -e MODULE OFFSET`` prints (empty: ``?? ??:0``)."""
+        s = self.image.section(section_name)
+        if s is None or s.index not in self.image.bases:
+            raise SpecError(f"{self.path}: no allocated section {section_name}", section_name)
+        if not 0 <= offset < s.size:
+            return ()  # addr2line finds nothing past the section's end
+        return self.chain(self.image.bases[s.index] + offset)
+
+    def symbolize_section_offset(self, section_name: str, offset: int, query: str | None = None) -> Resolution:
+        """Resolve an offset into a section (``.text+0x1234``): the symbol it falls in and the chain.
+
+        ``Resolution.address`` is the section-relative ``offset``."""
+        chain = self.section_chain(section_name, offset)
+        q = query if query is not None else f"{section_name}+{offset:#x}"
+        placed = self.section_base(section_name) + offset
+        hit = self.symbols.containing(placed)
+        if hit is None:
+            return Resolution(q, offset, None, None, None, None, chain)
+        sym, size = hit
+        return Resolution(q, offset, sym.name, placed - int(sym.address), size, None, chain)
+
+    def resolve(self, frame: str) -> list[Resolution]:
+        """Resolve ``func+off[/size]`` (every matching FUNC symbol, as faddr2line), e.g.
+        ``nft_do_chain+0x3e8/0x5d0``; a trailing `` [module]`` or `` [module buildid]`` is ignored.
+
+        :raises SpecError: malformed text, or a bare address (a module has no link-time addresses).
+        :raises SymbolNotFoundError: no symbol matched; ``.reasons`` holds faddr2line's skip messages.
+        """
+        text = re.sub(r"\s*\[[^\]]*\]\s*$", "", frame)
+        spec = parse_spec(text)
+        if isinstance(spec, AddressSpec):
+            raise SpecError(f"{frame.strip()}: a module frame needs func+offset (or use symbolize_section_offset)",
+                            frame)
+        return self._resolve_func(spec)
+
+    def _resolve_func(self, spec: FuncSpec) -> list[Resolution]:
+        matches = self.raw_symbols.faddr2line_matches(spec.name)
+        out: list[Resolution] = []
+        reasons: list[str] = []
+        for m in matches:
+            sym = m.symbol
+            sym_addr = f"0x{sym.address:016x}"
+            if m.size is None:
+                nxt = f"0x{m.next_address:016x}" if m.next_address is not None else ""
+                reasons.append(f"bad symbol size: sym_addr: {sym_addr} cur_sym_addr: {nxt}")
+                break
+            addr = (sym.address + spec.offset) & ((1 << 64) - 1)
+            if addr == 0:
+                reasons.append(f"bad address: {sym_addr} + {spec.offset_text}")
+                break
+            if spec.size is not None and spec.size != m.size:
+                reasons.append(f"skipping {spec.name} address at 0x{addr:x} due to size mismatch "
+                               f"({spec.size_text} != 0x{m.size:x})")
+                continue
+            if spec.offset > m.size:
+                reasons.append(f"skipping {spec.name} address at 0x{addr:x} due to size mismatch "
+                               f"({spec.offset_text} > 0x{m.size:x})")
+                continue
+            sec = self.image.sections[sym.shndx] if 0 < sym.shndx < len(self.image.sections) else None
+            chain: tuple[SourceLocation, ...] = ()
+            if sec is not None and sec.index in self.image.bases:
+                chain = self.section_chain(sec.name, addr)
+            out.append(Resolution(spec.text.strip(), addr, spec.name, spec.offset, m.size, spec.offset_text, chain))
+        if not out:
+            why = f"no symbol named {spec.name}" if not matches else ("; ".join(reasons) or "no usable symbol")
+            raise SymbolNotFoundError(f"no match for {spec.text.strip()} ({why})", spec.name, tuple(reasons))
+        return out
+
+    def section_of(self, resolution: Resolution) -> str | None:
+        """The section a :meth:`resolve` answer's address is relative to."""
+        if resolution.symbol is None:
+            return None
+        for m in self.raw_symbols.faddr2line_matches(resolution.symbol):
+            if m.size is not None and m.symbol.address + (resolution.offset or 0) == resolution.address:
+                return self.image.sections[m.symbol.shndx].name
+        return None
+
+    def close(self) -> None:
+        self._dwarf = None
+        self._cus.clear()
+        self._chains.clear()
+
+    def __enter__(self) -> ModuleSymbolizer:  # noqa: PYI034 - typing.Self needs Python 3.11
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- finding a module's debug file ------------------------------------------------------------------------
+
+
+def normalize_module_name(name: str) -> str:
+    """The kernel treats ``-`` and ``_`` in module names alike: compare with ``_``."""
+    return name.replace("-", "_")
+
+
+def module_file_names(module_name: str) -> list[str]:
+    """File names a module's debug file may have (``nf_tables.ko``, ``nf_tables.ko.xz``, ...)."""
+    return [module_name + suffix for suffix in _MODULE_SUFFIXES]
+
+
+def _strip_module_suffix(file_name: str) -> str | None:
+    for suffix in sorted(_MODULE_SUFFIXES, key=len, reverse=True):
+        if file_name.endswith(suffix):
+            return file_name[: -len(suffix)]
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _module_files_under(root: str) -> dict[str, tuple[str, ...]]:
+    """normalized module name → paths of its candidate files under ``root`` (walked once)."""
+    found: dict[str, list[str]] = {}
+    for dirpath, _dirs, files in os.walk(root, followlinks=True):
+        for f in files:
+            stem = _strip_module_suffix(f)
+            if stem is not None:
+                found.setdefault(normalize_module_name(stem), []).append(os.path.join(dirpath, f))
+    return {k: tuple(sorted(v, key=_suffix_rank)) for k, v in found.items()}
+
+
+def _suffix_rank(path: str) -> tuple[int, str]:
+    order = (".ko", ".ko.debug", ".ko.xz", ".ko.zst", ".ko.gz")
+    for i, suffix in enumerate(order):
+        if path.endswith(suffix) and (suffix != ".ko" or not path.endswith(".ko.debug")):
+            return (i, path)
+    return (len(order), path)
+
+
+def _file_build_id(path: str) -> str | None:
+    try:
+        img = ModuleImage(path)
+    except (BadFileError, FileNotFoundKsymError):
+        return None
+    return img.build_id
+
+
+def _build_id_matches(want: str, have: str | None) -> bool:
+    if have is None:
+        return False
+    w = want.lower()
+    return have.lower().startswith(w) or w.startswith(have.lower())
+
+
+def find_module_debug_file(
+    module_name: str,
+    release: str | None = None,
+    search_dirs: Sequence[str | os.PathLike[str]] | Iterable[str | os.PathLike[str]] = (),
+    build_id: str | None = None,
+) -> Path | None:
+    """The debug file of a module, or None.
+
+    Looks in every ``search_dirs`` entry (a directory, searched recursively, or a file itself), then under
+    ``/usr/lib/debug/lib/modules/<release>/`` (``release`` defaults to the running kernel's), for
+    ``<name>.ko``, ``.ko.debug``, ``.ko.xz``, ``.ko.zst``, ``.ko.gz``, with ``-`` and ``_`` equivalent.
+    With ``build_id`` (full or a prefix, as oopses print ``[nf_tables df1a2bb2...]``), only a file of
+    that build id qualifies, and ``/usr/lib/debug/.build-id/xx/yyyy.debug`` is tried as well.
+    """
+    want = normalize_module_name(module_name)
+    roots: list[str] = [os.fspath(d) for d in search_dirs]
+    rel = release if release is not None else os.uname().release
+    roots.append(str(MODULE_DEBUG_ROOT / rel))
+    candidates: list[str] = []
+    for root in roots:
+        if os.path.isfile(root):
+            stem = _strip_module_suffix(os.path.basename(root))
+            if stem is not None and normalize_module_name(stem) == want:
+                candidates.append(root)
+            continue
+        if os.path.isdir(root):
+            candidates.extend(_module_files_under(os.path.realpath(root)).get(want, ()))
+    if build_id:
+        bid = build_id.lower()
+        if len(bid) > 2:
+            for p in (_BUILD_ID_ROOT / bid[:2] / (bid[2:] + ".debug"),):
+                if p.is_file():
+                    candidates.append(str(p))
+        for c in candidates:
+            if _build_id_matches(bid, _file_build_id(c)):
+                return Path(c)
+        return None
+    return Path(candidates[0]) if candidates else None
