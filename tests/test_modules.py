@@ -28,7 +28,7 @@ from ksym.errors import (
     SpecError,
     SymbolNotFoundError,
 )
-from ksym.modules import ModuleSymbolizer, find_module_debug_file, normalize_module_name
+from ksym.modules import ModuleSet, ModuleSymbolizer, find_module_debug_file, normalize_module_name
 
 pytestmark = pytest.mark.vmlinux
 
@@ -353,3 +353,31 @@ def test_find_module_debug_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert find_module_debug_file("nft_ct", "other-release", [extra]) == extra / "nft_ct.ko.xz"
     assert find_module_debug_file("nft_ct", "other-release", [extra / "nft_ct.ko.xz"]) == extra / "nft_ct.ko.xz"
     assert normalize_module_name("nf-tables") == "nf_tables"
+
+
+def test_module_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = _need(NF_TABLES, NF_TABLES.name)
+    monkeypatch.setattr(km, "MODULE_DEBUG_ROOT", tmp_path / "nowhere")
+    ms = ModuleSet("6.1.0-53-cloud-amd64", [plain.parent])
+    (r,) = ms.resolve("nf_tables", "nft_do_chain+0x3e8/0x5d0", build_id="df1a2bb2")
+    assert r.chain[0].function == "expr_call_ops_eval"
+    assert ms.get("nf-tables") is ms.get("nf_tables")
+    with pytest.raises(FileNotFoundKsymError) as ei:
+        ms.get("nf_tables", build_id="0123456789")
+    assert "build id 0123456789" in str(ei.value) and "\n" not in str(ei.value)
+    with pytest.raises(FileNotFoundKsymError):
+        ms.get("no_such_module")
+    ms.close()
+
+
+def test_code_bytes() -> None:
+    m = _sym(NF_TABLES)
+    objdump = _need_tool("objdump")
+    (r,) = m.resolve("nft_do_chain+0")
+    got = m.code_bytes(".text", r.address, 16)
+    dump = subprocess.run([objdump, "-d", "-j", ".text", f"--start-address={r.address:#x}",
+                           f"--stop-address={r.address + 16:#x}", str(NF_TABLES)],
+                          capture_output=True, text=True, check=True).stdout
+    hexbytes = "".join(w for ln in dump.splitlines() if ":\t" in ln for w in ln.split("\t")[1].split())
+    assert got.hex() == hexbytes
+    assert m.code_bytes(".text", 1 << 40, 4) == b""

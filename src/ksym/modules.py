@@ -53,6 +53,7 @@ from .symbols import Section, SymbolTable
 __all__ = [
     "MODULE_DEBUG_ROOT",
     "ModuleImage",
+    "ModuleSet",
     "ModuleSymbolizer",
     "find_module_debug_file",
     "module_file_names",
@@ -578,6 +579,15 @@ class ModuleSymbolizer:
             raise SymbolNotFoundError(f"no match for {spec.text.strip()} ({why})", spec.name, tuple(reasons))
         return out
 
+    def code_bytes(self, section_name: str, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of a section from ``offset`` (not relocated: call targets read 0), for
+        disassembling the call before a return address; empty outside the section."""
+        s = self.image.section(section_name)
+        if s is None or s.type == SHT_NOBITS or not 0 <= offset < s.size:
+            return b""
+        n = min(size, s.size - offset)
+        return self.image.data[s.offset + offset : s.offset + offset + n]
+
     def section_of(self, resolution: Resolution) -> str | None:
         """The section a :meth:`resolve` answer's address is relative to."""
         if resolution.symbol is None:
@@ -597,6 +607,52 @@ class ModuleSymbolizer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ModuleSet:
+    """The debug files of one kernel release's modules, opened on first use and kept.
+
+    :param release: ``uname -r`` of the kernel the frames come from (default: the running kernel's);
+        with a vmlinux at hand, the word after ``Linux version`` in its banner.
+    :param search_dirs: extra directories (searched recursively) or files, tried before
+        ``/usr/lib/debug/lib/modules/<release>/``.
+    """
+
+    def __init__(self, release: str | None = None,
+                 search_dirs: Sequence[str | os.PathLike[str]] = ()) -> None:
+        self.release = release
+        self.search_dirs = list(search_dirs)
+        self._open: dict[tuple[str, str | None], ModuleSymbolizer] = {}
+
+    def get(self, module_name: str, build_id: str | None = None) -> ModuleSymbolizer:
+        """The symbolizer of a module.
+
+        :raises FileNotFoundKsymError: no debug file found (or none with that build id).
+        """
+        key = (normalize_module_name(module_name), build_id.lower() if build_id else None)
+        got = self._open.get(key)
+        if got is None:
+            path = find_module_debug_file(module_name, self.release, self.search_dirs, build_id)
+            if path is None:
+                rel = self.release if self.release is not None else os.uname().release
+                where = ", ".join([*(str(d) for d in self.search_dirs), str(MODULE_DEBUG_ROOT / rel)])
+                bid = f" with build id {build_id}" if build_id else ""
+                raise FileNotFoundKsymError(
+                    f"no debug file for module {module_name}{bid} in {where} (install the kernel's debug "
+                    "package or pass --modules DIR)"
+                )
+            got = ModuleSymbolizer(path)
+            self._open[key] = got
+        return got
+
+    def resolve(self, module_name: str, frame: str, build_id: str | None = None) -> list[Resolution]:
+        """``func+off[/size]`` of a module, as :meth:`ModuleSymbolizer.resolve`."""
+        return self.get(module_name, build_id).resolve(frame)
+
+    def close(self) -> None:
+        for m in self._open.values():
+            m.close()
+        self._open.clear()
 
 
 # --- finding a module's debug file ------------------------------------------------------------------------
