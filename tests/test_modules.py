@@ -28,7 +28,13 @@ from ksym.errors import (
     SpecError,
     SymbolNotFoundError,
 )
-from ksym.modules import ModuleSet, ModuleSymbolizer, find_module_debug_file, normalize_module_name
+from ksym.modules import (
+    ModuleSet,
+    ModuleSymbolizer,
+    find_module_debug_file,
+    is_module_file,
+    normalize_module_name,
+)
 
 pytestmark = pytest.mark.vmlinux
 
@@ -381,3 +387,12 @@ def test_code_bytes() -> None:
     hexbytes = "".join(w for ln in dump.splitlines() if ":\t" in ln for w in ln.split("\t")[1].split())
     assert got.hex() == hexbytes
     assert m.code_bytes(".text", 1 << 40, 4) == b""
+
+
+def test_is_module_file(tmp_path: Path) -> None:
+    plain = _need(NF_TABLES, NF_TABLES.name)
+    renamed = tmp_path / "nf_tables.o"
+    renamed.symlink_to(plain)
+    assert is_module_file(plain) and is_module_file(renamed) and is_module_file(tmp_path / "x.ko.xz")
+    assert not is_module_file(Path("/bin/true").resolve())
+    assert not is_module_file(tmp_path / "missing")

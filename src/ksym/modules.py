@@ -56,6 +56,7 @@ __all__ = [
     "ModuleSet",
     "ModuleSymbolizer",
     "find_module_debug_file",
+    "is_module_file",
     "module_file_names",
     "normalize_module_name",
     "read_module_file",
@@ -138,6 +139,22 @@ def read_module_file(path: str | os.PathLike[str]) -> bytes:
         except (OSError, EOFError) as exc:
             raise BadFileError(f"{p}: corrupt gzip data: {exc}") from None
     return raw
+
+
+def is_module_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` looks like a module debug file: a ``.ko*`` name, or an ELF relocatable object
+    (e_type ET_REL). Cheap: reads 18 bytes at most; False for unreadable files."""
+    p = Path(path)
+    if _strip_module_suffix(p.name) is not None:
+        return True
+    try:
+        with open(p, "rb") as f:
+            head = f.read(18)
+    except OSError:
+        return False
+    if len(head) < 18 or head[:4] != b"\x7fELF":
+        return False
+    return int.from_bytes(head[16:18], "little" if head[5] == 1 else "big") == ET_REL
 
 
 def _log2(n: int) -> int:
