@@ -19,27 +19,33 @@ longer than any backtick run inside them, and escapes the rest.
 
 from __future__ import annotations
 
+import argparse
 import html
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from .annotate import LOOKUP_CALL_SITE, LOOKUP_ENTRY, AnnotatedFrame, AnnotatedText, FrameMatch
 from .links import ElixirLinks
 from .model import SourceLocation
-from .source import SourceFetchError, SourceProvider, render_context
+from .source import SourceFetchError, SourceProvider, find_source_dir, render_context
 
 __all__ = [
     "DEFAULT_TITLE",
     "FORMATS",
     "ReportInfo",
+    "add_report_arguments",
+    "provider_for",
     "render_html",
     "render_markdown",
     "render_report",
+    "report_for_command",
     "report_info",
+    "write_output",
 ]
 
 DEFAULT_TITLE = "ksym stack report"
@@ -631,3 +637,100 @@ def _collapse_blank(lines: Sequence[str]) -> list[str]:
         out.pop()
     return out
 
+
+
+# --------------------------------------------------------------------------------------------------
+# What ``ksym annotate --format html|markdown [--output FILE]`` calls
+
+
+def add_report_arguments(parser: argparse.ArgumentParser | Any) -> None:
+    """Add the report options to ``ksym annotate``'s parser (or an argument group): ``--format
+    text|json|html|markdown``, ``--output FILE``, ``--title``, and the source/link options of ``ksym
+    resolve`` (``--source-dir``, ``--source-url``, ``--offline``, ``--kernel-tag``, ``--elixir-url``)."""
+    parser.add_argument("--format", "-f", choices=("text", "json", "html", "markdown"), default=None,
+                        help="output form: the annotated text (default), JSON lines (as --json), or a "
+                        "report with links and source context (html: one self-contained page; markdown)")
+    parser.add_argument("--output", "-o", metavar="FILE",
+                        help="write the output to FILE instead of standard output")
+    parser.add_argument("--title", metavar="TEXT", help=f"report title (default: {DEFAULT_TITLE!r})")
+    parser.add_argument("--kernel-tag", metavar="TAG", help="upstream tag for links and source, e.g. "
+                        "v6.1.187 (default: from the vmlinux's linux_banner)")
+    parser.add_argument("--elixir-url", metavar="URL", help="base URL of a (self-hosted) Elixir instance")
+    parser.add_argument("--source-dir", metavar="DIR", help="kernel source tree for the report's source "
+                        "context (default: an installed linux-source tree of the same version, else fetched)")
+    parser.add_argument("--source-url", metavar="TEMPLATE",
+                        help="raw-source URL template with {tag} and {path}")
+    parser.add_argument("--offline", action="store_true", help="never fetch source over the network")
+
+
+def provider_for(
+    symbolizer: Any,
+    *,
+    source_dir: str | os.PathLike[str] | None = None,
+    offline: bool = False,
+    source_url: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> SourceProvider:
+    """The :class:`SourceProvider` ``ksym resolve --list`` would use: ``source_dir``, else the current
+    directory when it is a kernel tree, else an installed tree of the vmlinux's version
+    (:func:`ksym.source.find_source_dir`); fetching unless ``offline``."""
+    tree: str | os.PathLike[str] | None = source_dir
+    if tree is None and os.path.isdir("include/linux") and os.path.isdir("kernel"):
+        tree = os.getcwd()
+    version = symbolizer.tag_guess.version
+    if tree is None and version is not None:
+        tree = find_source_dir(version)
+    kw: dict[str, Any] = {"source_dir": tree, "offline": offline}
+    if source_url:
+        kw["url_template"] = source_url
+    if cache_dir is not None:
+        kw["cache_dir"] = cache_dir
+    return SourceProvider(**kw)
+
+
+def report_for_command(
+    annotated: AnnotatedText,
+    symbolizer: Any,
+    fmt: str,
+    *,
+    source_dir: str | os.PathLike[str] | None = None,
+    offline: bool = False,
+    source_url: str | None = None,
+    title: str | None = None,
+    input_name: str | None = None,
+    warn: Callable[[str], None] | None = None,
+    provider: SourceProvider | None = None,
+) -> str:
+    """The ``--format html|markdown`` output of ``ksym annotate``: the report for ``annotated`` with the
+    header taken from ``symbolizer`` (banner, tag, links) and source from :func:`provider_for`; each
+    file that could not be read, and the kernel tag's caveat, go to ``warn`` once."""
+    info = report_info(symbolizer, input_name=input_name)
+    tag = symbolizer.tag_guess.tag
+    if warn is not None and info.tag_note:
+        warn(f"ksym annotate: note: kernel tag {tag}: {info.tag_note}")
+    if provider is None:
+        provider = provider_for(symbolizer, source_dir=source_dir, offline=offline, source_url=source_url)
+    errors: list[SourceFetchError] = []
+    text = render_report(annotated, fmt, provider=provider, tag=tag, title=title or DEFAULT_TITLE, info=info,
+                         errors=errors)
+    if warn is not None:
+        seen: set[str] = set()
+        for e in errors:
+            if str(e) not in seen:
+                seen.add(str(e))
+                warn(f"ksym annotate: warning: {e}")
+    return text
+
+
+def write_output(path: str | os.PathLike[str], payload: str) -> None:
+    """Write ``payload`` to ``path`` (UTF-8; undecodable input bytes of the text forms written back as
+    they were), through a temporary file renamed over it, so a failed run leaves no half report."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
+            fh.write(payload)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
