@@ -33,7 +33,6 @@ import os
 import re
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -159,14 +158,6 @@ def is_module_file(path: str | os.PathLike[str]) -> bool:
 
 def _log2(n: int) -> int:
     return max(n.bit_length() - 1, 0) if n > 0 else 0
-
-
-@dataclass(frozen=True)
-class _Reloc:
-    offset: int
-    type: int
-    sym: int
-    addend: int | None  # None: REL, addend in place
 
 
 class ModuleImage:
@@ -730,7 +721,7 @@ def _build_id_matches(want: str, have: str | None) -> bool:
 def find_module_debug_file(
     module_name: str,
     release: str | None = None,
-    search_dirs: Sequence[str | os.PathLike[str]] | Iterable[str | os.PathLike[str]] = (),
+    search_dirs: Iterable[str | os.PathLike[str]] = (),
     build_id: str | None = None,
 ) -> Path | None:
     """The debug file of a module, or None.
