@@ -101,12 +101,15 @@ def render_report(
     title: str = DEFAULT_TITLE,
     info: ReportInfo | None = None,
     errors: list[SourceFetchError] | None = None,
+    open_source: bool = True,
 ) -> str:
     """:func:`render_html` (``fmt="html"``) or :func:`render_markdown` (``fmt="markdown"``/``"md"``)."""
+    kw: dict[str, Any] = {"provider": provider, "tag": tag, "title": title, "info": info, "errors": errors,
+                          "open_source": open_source}
     if fmt == "html":
-        return render_html(annotated, provider=provider, tag=tag, title=title, info=info, errors=errors)
+        return render_html(annotated, **kw)
     if fmt in ("markdown", "md"):
-        return render_markdown(annotated, provider=provider, tag=tag, title=title, info=info, errors=errors)
+        return render_markdown(annotated, **kw)
     raise ValueError(f"unknown report format {fmt!r} (one of {', '.join(FORMATS)})")
 
 
@@ -150,8 +153,11 @@ def _stacks(annotated: AnnotatedText) -> list[_Stack]:
 class _Sources:
     """Source context per location, each file read once per report; failures collected."""
 
-    def __init__(self, provider: SourceProvider | None, tag: str, errors: list[SourceFetchError] | None) -> None:
+    def __init__(self, provider: SourceProvider | None, tag: str, errors: list[SourceFetchError] | None,
+                 open_innermost: bool = True) -> None:
         self.provider = provider
+        #: Show the innermost location's block of each match opened (the others stay collapsed).
+        self.open_innermost = open_innermost
         self.tag = tag
         self.errors = errors
         self._files: dict[str, list[str] | SourceFetchError] = {}
@@ -181,6 +187,10 @@ class _Sources:
             marked = mark.startswith(">")
             out.append((int(mark.strip(" ><")), text, marked))
         return _Context(loc, tuple(out))
+
+
+def _lines(first: int, last: int) -> str:
+    return f"line {first}" if first == last else f"lines {first}\u2013{last}"
 
 
 def _slide_text(annotated: AnnotatedText) -> str:
@@ -315,7 +325,8 @@ details.source summary { cursor: pointer; color: var(--mut); font-size: 13px; }
 pre.ctx { background: var(--code); border-radius: 4px; padding: .4em 0; margin: .3em 0; overflow-x: auto; tab-size: 8; }
 pre.ctx span.src-line { display: block; padding: 0 .6em; white-space: pre; }
 pre.ctx span.marked { background: var(--hl); font-weight: 600; }
-pre.ctx span.ln { display: inline-block; min-width: 4.5em; color: var(--mut); user-select: none; }
+pre.ctx span.ln { display: inline-block; min-width: 4.5em; color: var(--mut); user-select: none; vertical-align: top; }
+pre.ctx span.code { display: inline-block; white-space: pre; }
 pre.annotated { background: var(--code); padding: .6em; overflow-x: auto; white-space: pre; tab-size: 8; }
 footer { margin-top: 2em; color: var(--mut); font-size: 13px; }
 """
@@ -380,10 +391,10 @@ def _html_match(af: AnnotatedFrame, m: FrameMatch, i: int, n: int, sources: _Sou
     out.append('<p class="meta">' + " · ".join(meta) + "</p>")
     if m.notes:
         out.append('<ul class="notes">' + "".join(f"<li>note: {_e(note)}</li>" for note in m.notes) + "</ul>")
-    for loc in m.chain:
+    for j, loc in enumerate(m.chain):
         ctx = sources.context(loc)
         if ctx is not None:
-            out.append(_html_context(ctx, False))
+            out.append(_html_context(ctx, sources.open_innermost and j == 0))
     out.append("</div>")
     return "".join(out)
 
@@ -417,6 +428,7 @@ def render_html(
     title: str = DEFAULT_TITLE,
     info: ReportInfo | None = None,
     errors: list[SourceFetchError] | None = None,
+    open_source: bool = True,
 ) -> str:
     """A self-contained HTML page for ``annotated`` (see the module docstring).
 
@@ -424,9 +436,11 @@ def render_html(
     :param tag: the kernel tag files are read at (and that the header names).
     :param info: what the header says about the vmlinux (:func:`report_info`).
     :param errors: source files that could not be read are appended here (one per file).
+    :param open_source: show each frame's innermost source block opened (the outer levels' blocks and,
+        with ``False``, every block start collapsed).
     """
     info = info or ReportInfo()
-    sources = _Sources(provider, tag, errors)
+    sources = _Sources(provider, tag, errors, open_source)
     body: list[str] = [f"<header><h1>{_e(title)}</h1>", '<dl class="summary" id="summary">']
     for key, label, value in _header_rows(annotated, tag, info):
         body.append(f'<dt>{_e(label)}</dt><dd data-key="{_e(key)}">{_e(value)}</dd>')
@@ -444,7 +458,7 @@ def render_html(
         bad = sum(1 for af in s.frames if not af.resolved)
         body.append(f'<section class="stack" id="stack-{s.index}" data-stack="{s.index}">'
                     f"<h2>Stack {s.index + 1} <span class=\"meta\">({len(s.frames)} frame"
-                    f"{'s' if len(s.frames) != 1 else ''}, lines {first}\u2013{last}"
+                    f"{'s' if len(s.frames) != 1 else ''}, {_lines(first, last)}"
                     f"{f', {bad} unresolved' if bad else ''})</span></h2>")
         body.append('<ol class="frames">')
         for af in s.frames:
@@ -519,9 +533,9 @@ def _md_link(url: str | None, text: str) -> str:
     return f"[{_m(text)}]({u})" if u else _m(text)
 
 
-def _md_context(ctx: _Context) -> list[str]:
+def _md_context(ctx: _Context, open_: bool) -> list[str]:
     loc = ctx.location
-    out = ["", f"<details><summary>source: {html.escape(clean(_loc_place(loc)))}</summary>", ""]
+    out = ["", f"<details{' open' if open_ else ''}><summary>source: {html.escape(clean(_loc_place(loc)))}</summary>", ""]
     if ctx.error is not None:
         out.append(f"> {_m(ctx.error)}")
     else:
@@ -551,10 +565,10 @@ def _md_match(af: AnnotatedFrame, m: FrameMatch, i: int, n: int, sources: _Sourc
         out.append(f"- call site: {_code(call)}")
     out.append(f"- {_m(_lookup_text(m))}")
     out.extend(f"- note: {_m(note)}" for note in m.notes)
-    for loc in m.chain:
+    for j, loc in enumerate(m.chain):
         ctx = sources.context(loc)
         if ctx is not None:
-            out.extend(_md_context(ctx))
+            out.extend(_md_context(ctx, sources.open_innermost and j == 0))
     out.append("")
     return out
 
@@ -567,11 +581,12 @@ def render_markdown(
     title: str = DEFAULT_TITLE,
     info: ReportInfo | None = None,
     errors: list[SourceFetchError] | None = None,
+    open_source: bool = True,
 ) -> str:
     """The report as Markdown (GitHub flavour: tables, fenced code, ``<details>``), with the same
     structure and arguments as :func:`render_html`."""
     info = info or ReportInfo()
-    sources = _Sources(provider, tag, errors)
+    sources = _Sources(provider, tag, errors, open_source)
     out: list[str] = [f"# {_m(title)}", "", "| | |", "|---|---|"]
     for _key, label, value in _header_rows(annotated, tag, info):
         out.append(f"| {_m(label)} | {_m(value)} |")
@@ -589,7 +604,7 @@ def render_markdown(
         first, last = s.frames[0].lineno, s.frames[-1].lineno
         bad = sum(1 for af in s.frames if not af.resolved)
         count = f"{len(s.frames)} frame{'s' if len(s.frames) != 1 else ''}"
-        out.append(f"## Stack {s.index + 1} ({count}, lines {first}\u2013{last}"
+        out.append(f"## Stack {s.index + 1} ({count}, {_lines(first, last)}"
                    f"{f', {bad} unresolved' if bad else ''})")
         out.append("")
         for af in s.frames:
