@@ -135,7 +135,7 @@ def test_samples_on_the_debian_vmlinux(path: Path, vsym: Symbolizer) -> None:
     for af in result.frames:
         assert af.resolved or af.reason
         if af.frame.module is not None:
-            assert af.reason == f"module {af.frame.module}: module debug info not supported yet"
+            assert af.reason == f"module {af.frame.module}: no module debug files given (--modules DIR)"
         for m in af.matches:
             if m.lookup == LOOKUP_CALL_SITE:
                 assert m.lookup_address == m.link_address - 1
@@ -206,7 +206,7 @@ def test_unresolved_reasons_and_the_rest_still_annotates(fsym: Symbolizer) -> No
     assert reasons[0] is not None and "unknown symbol no_such_function" in reasons[0]
     assert reasons[1] is None and result.frames[1].lookup == LOOKUP_CALL_SITE  # oops: even the first
     assert reasons[2] is not None and "another kernel build" in reasons[2] and "size mismatch" in reasons[2]
-    assert reasons[3] == "module nf_tables: module debug info not supported yet"
+    assert reasons[3] == "module nf_tables: no module debug files given (--modules DIR)"
     assert reasons[4] is None
     assert not result.all_resolved and len(result.unresolved) == 3
 
@@ -584,3 +584,32 @@ def test_kernel_offset_disabled_and_zero_slide(fsym: Symbolizer) -> None:
 def test_misfit_note(fsym: Symbolizer) -> None:
     result = annotate(" ip_local_out_like+0x500/0x90\n", fsym)
     assert any("another kernel build" in n for n in result.notes)
+
+
+def test_module_frames_resolve_with_module_debug_files(vmlinux: Path, tmp_path: Path) -> None:
+    """`[nf_tables]` frames resolve through the module's debug file; return addresses at offset - 1."""
+    modules = vmlinux.parent / "modules"
+    nft = modules / "kernel" / "net" / "netfilter" / "nf_tables.ko"
+    if not nft.is_file():
+        if os.environ.get("CI"):
+            pytest.fail("module debug files missing: tools/fetch-testdata.sh")
+        pytest.skip("module debug files missing: run tools/fetch-testdata.sh")
+    from ksym.modules import ModuleSymbolizer
+
+    dump = ("[  12.5] Call Trace:\n[  12.5]  <TASK>\n"
+            "[  12.5]  nft_do_chain+0x3e8/0x5d0 [nf_tables]\n"
+            "[  12.5]  nf_hook_slow+0x43/0xc0\n[  12.5]  </TASK>\n")
+    src = tmp_path / "oops.txt"
+    src.write_text(dump)
+    got = subprocess.run([sys.executable, "-m", "ksym", "annotate", "--json", "--vmlinux", str(vmlinux),
+                          "--modules", str(modules), "--cache-dir", str(tmp_path / "c"), str(src)],
+                         capture_output=True, text=True, check=False)
+    frames = [json.loads(line) for line in got.stdout.splitlines()]
+    module = frames[0]
+    assert module["module"] == "nf_tables" and module["status"] == "resolved", module
+    mod = ModuleSymbolizer(nft)
+    res = mod.resolve("nft_do_chain+0x3e8/0x5d0")[0]
+    want = mod.section_chain(mod.section_of(res), res.address - 1)
+    assert [(c["function"], c["file"], c["line"]) for c in module["chain"]] == [
+        (c.function, c.file, c.line) for c in want]
+    assert [c["function"] for c in module["chain"]] == ["expr_call_ops_eval", "nft_do_chain"]

@@ -48,6 +48,7 @@ from .kallsyms import (
     load_kallsyms,
 )
 from .model import Resolution, SourceLocation
+from .modules import ModuleSet
 from .parse import FrameKind, ParsedLine, StackFrame, find_kaslr_offset, parse_text, strip_log_prefix
 from .symbolizer import Symbolizer
 
@@ -304,8 +305,10 @@ def is_exact_frame(frame: StackFrame, top: bool) -> bool:
 
 
 class _Annotator:
-    def __init__(self, sym: Symbolizer, slide: int | None, kallsyms: Kallsyms | None, exact: bool) -> None:
+    def __init__(self, sym: Symbolizer, slide: int | None, kallsyms: Kallsyms | None, exact: bool,
+                 modules: ModuleSet | None = None) -> None:
         self.sym = sym
+        self.modules = modules
         self.slide = slide
         self.kallsyms = kallsyms
         self.exact = exact
@@ -323,7 +326,7 @@ class _Annotator:
             return AnnotatedFrame(f.lineno, f.text, f, top, STATUS_UNRESOLVED, reason, (), notes)
 
         if f.module is not None:
-            return bad(f"module {f.module}: module debug info not supported yet")
+            return self._module_frame(f, top)
         exact = self.exact or is_exact_frame(f, top)
         notes: list[str] = []
         links: list[tuple[int, Resolution | None]] = []
@@ -366,6 +369,37 @@ class _Annotator:
             return bad("no symbol and no address on the line")
         matches = tuple(self._match(link, res, exact) for link, res in links)
         return self._done(f, top, matches, notes)
+
+    def _module_frame(self, f: StackFrame, top: bool) -> AnnotatedFrame:
+        """A frame in a module: its debug file's answer (docs/modules.md); return addresses at ``- 1``."""
+
+        def bad(reason: str) -> AnnotatedFrame:
+            return AnnotatedFrame(f.lineno, f.text, f, top, STATUS_UNRESOLVED, reason, (), ())
+
+        if self.modules is None:
+            return bad(f"module {f.module}: no module debug files given (--modules DIR)")
+        if f.symbol is None:
+            return bad(f"module {f.module}: a bare runtime address needs the module's load address")
+        spec = f.spec if f.offset is not None else f"{f.symbol}+0"
+        assert f.module is not None
+        try:
+            mod = self.modules.get(f.module, f.module_build_id)
+            found = mod.resolve(spec)
+        except KsymError as exc:
+            return bad(f"module {f.module}: {exc}")
+        exact = self.exact or is_exact_frame(f, top)
+        matches = []
+        for r in found:
+            sec = mod.section_of(r)
+            if f.offset is None:
+                matches.append(FrameMatch(r.address, r.address, LOOKUP_ENTRY, r.symbol, 0, r.size, r.chain))
+            elif exact or sec is None or not r.offset:
+                matches.append(FrameMatch(r.address, r.address, LOOKUP_EXACT, r.symbol, r.offset, r.size, r.chain))
+            else:
+                matches.append(FrameMatch(r.address, r.address - 1, LOOKUP_CALL_SITE, r.symbol, r.offset, r.size,
+                                          mod.section_chain(sec, r.address - 1)))
+        notes = [] if f.offset is not None else ["the frame gives no offset: the function's entry is shown"]
+        return self._done(f, top, tuple(matches), notes)
 
     def _done(self, f: StackFrame, top: bool, matches: tuple[FrameMatch, ...], notes: list[str]) -> AnnotatedFrame:
         if all(not m.chain for m in matches):
@@ -456,6 +490,7 @@ def annotate(
     kaslr_offset: int | None = None,
     kallsyms: Kallsyms | None = None,
     exact: bool = False,
+    modules: ModuleSet | None = None,
 ) -> AnnotatedText:
     """Resolve every frame of ``text`` against ``symbolizer``'s vmlinux (see the module docstring).
 
@@ -484,7 +519,7 @@ def annotate(
                 notes.append(f"no KASLR slide from the frames: {exc}")
     if slide is not None:
         notes.append(f"KASLR slide {slide:#x} (from {source})")
-    worker = _Annotator(symbolizer, slide, kallsyms, exact)
+    worker = _Annotator(symbolizer, slide, kallsyms, exact, modules)
     top = _top_flags(lines)
     out = tuple(worker.frame(f, top[f.lineno]) for f in frames)
     misfits = sum(1 for af in out if (af.reason and "another kernel build" in af.reason)
@@ -526,6 +561,11 @@ def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exact", action="store_true",
                         help="look every frame up at its address (faddr2line), not return addresses at "
                         "the call site")
+    parser.add_argument("--modules", metavar="DIR", action="append", default=[],
+                        help="directory (searched recursively) or file with module debug files (.ko, "
+                        ".ko.xz, .ko.debug); /usr/lib/debug/lib/modules/RELEASE is always searched")
+    parser.add_argument("--release", metavar="RELEASE",
+                        help="uname -r of the kernel the text comes from (default: from the vmlinux banner)")
     parser.add_argument("--no-index", action="store_true", help="neither read nor write the on-disk index")
     parser.add_argument("--cache-dir", metavar="DIR",
                         help="index directory (default: $KSYM_CACHE_DIR or ~/.cache/ksym)")
@@ -558,8 +598,13 @@ def annotate_command(args: argparse.Namespace) -> int:
         ks = load_kallsyms(args.kallsyms) if getattr(args, "kallsyms", None) else None
         sym = Symbolizer(getattr(args, "vmlinux", None), use_index=not getattr(args, "no_index", False),
                          cache_dir=getattr(args, "cache_dir", None), warn=err)
+        release = getattr(args, "release", None)
+        if release is None and sym.banner:
+            m = re.match(r"Linux version (\S+)", sym.banner)
+            release = m.group(1) if m else None
+        modules = ModuleSet(release, getattr(args, "modules", None) or [])
         result = annotate(text, sym, kaslr_offset=getattr(args, "kaslr_offset", None), kallsyms=ks,
-                          exact=bool(getattr(args, "exact", False)))
+                          exact=bool(getattr(args, "exact", False)), modules=modules)
     except KsymError as exc:
         err(f"ksym annotate: error: {exc}")
         return exc.exit_code

@@ -95,14 +95,27 @@ def _common(p: argparse.ArgumentParser, with_vmlinux: bool = True) -> None:
 
 def _resolve_command(args: argparse.Namespace, out: Callable[[str], None],
                      err: Callable[[str], None]) -> int:
-    from .format import frame_json
+    from .modules import ModuleSymbolizer, is_module_file
     from .symbolizer import Symbolizer
 
     vmlinux = getattr(args, "vmlinux_pos", None) or getattr(args, "vmlinux", None)
+    if vmlinux is not None and is_module_file(vmlinux):
+        # a module debug file (ET_REL): faddr2line's --section semantics (docs/modules.md)
+        if args.list:
+            err("--list is not supported for module debug files yet")
+            return EXIT_USAGE
+        return _print_resolutions(ModuleSymbolizer(vmlinux), args, out, err, None)
     sym = Symbolizer(vmlinux, use_index=not args.no_index, cache_dir=args.cache_dir, warn=err,
                      kernel_tag=args.kernel_tag, elixir_url=args.elixir_url,
                      links=args.json or args.links)  # plain text shows no links: skip building them
     lister = _Lister(sym, args, err) if args.list else None
+    return _print_resolutions(sym, args, out, err, lister)
+
+
+def _print_resolutions(sym: Any, args: argparse.Namespace, out: Callable[[str], None],
+                       err: Callable[[str], None], lister: _Lister | None) -> int:
+    from .format import frame_json
+
     status = EXIT_OK
     first = True
     for frame in args.frames:
