@@ -39,7 +39,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .disasm import CallInstruction, instruction_before, supported_machine
-from .errors import EXIT_OK, EXIT_UNRESOLVED, EXIT_USAGE, KsymError, SpecError, SymbolNotFoundError
+from .errors import (
+    EXIT_NO_FILE,
+    EXIT_OK,
+    EXIT_UNRESOLVED,
+    EXIT_USAGE,
+    KsymError,
+    SpecError,
+    SymbolNotFoundError,
+)
 from .kallsyms import (
     Kallsyms,
     KaslrError,
@@ -569,6 +577,9 @@ def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-index", action="store_true", help="neither read nor write the on-disk index")
     parser.add_argument("--cache-dir", metavar="DIR",
                         help="index directory (default: $KSYM_CACHE_DIR or ~/.cache/ksym)")
+    from .report import add_report_arguments
+
+    add_report_arguments(parser)  # --format text|json|html|markdown, --output, --title, source/link options
 
 
 def _read_input(name: str) -> str:
@@ -589,6 +600,10 @@ def annotate_command(args: argparse.Namespace) -> int:
         sys.stderr.flush()
 
     name = getattr(args, "file", None) or "-"
+    fmt = getattr(args, "format", None) or ("json" if getattr(args, "json", False) else "text")
+    if getattr(args, "json", False) and fmt != "json":
+        err(f"ksym annotate: error: --json and --format {fmt} do not go together")
+        return EXIT_USAGE
     try:
         text = _read_input(name)
     except OSError as exc:
@@ -597,7 +612,8 @@ def annotate_command(args: argparse.Namespace) -> int:
     try:
         ks = load_kallsyms(args.kallsyms) if getattr(args, "kallsyms", None) else None
         sym = Symbolizer(getattr(args, "vmlinux", None), use_index=not getattr(args, "no_index", False),
-                         cache_dir=getattr(args, "cache_dir", None), warn=err)
+                         cache_dir=getattr(args, "cache_dir", None), warn=err,
+                         kernel_tag=getattr(args, "kernel_tag", None), elixir_url=getattr(args, "elixir_url", None))
         release = getattr(args, "release", None)
         if release is None and sym.banner:
             m = re.match(r"Linux version (\S+)", sym.banner)
@@ -608,12 +624,33 @@ def annotate_command(args: argparse.Namespace) -> int:
     except KsymError as exc:
         err(f"ksym annotate: error: {exc}")
         return exc.exit_code
-    if getattr(args, "json", False):
+    if fmt == "json":
         payload = "".join(line + "\n" for line in result.json_lines())
+    elif fmt in ("html", "markdown"):
+        from .report import report_for_command
+
+        try:
+            payload = report_for_command(
+                result, sym, fmt, source_dir=getattr(args, "source_dir", None),
+                offline=bool(getattr(args, "offline", False)), source_url=getattr(args, "source_url", None),
+                title=getattr(args, "title", None), input_name=None if name == "-" else name, warn=err)
+        except ValueError as exc:  # a --source-url without {path}
+            err(f"ksym annotate: error: {exc}")
+            return EXIT_USAGE
     else:
         payload = result.text
-    sys.stdout.buffer.write(payload.encode("utf-8", "surrogateescape"))
-    sys.stdout.buffer.flush()
+    output = getattr(args, "output", None)
+    if output:
+        from .report import write_output
+
+        try:
+            write_output(output, payload)
+        except OSError as exc:
+            err(f"ksym annotate: error: {output}: {exc.strerror or exc}")
+            return EXIT_NO_FILE
+    else:
+        sys.stdout.buffer.write(payload.encode("utf-8", "surrogateescape"))
+        sys.stdout.buffer.flush()
     for note in result.notes:
         err(f"ksym annotate: {note}")
     bad = len(result.unresolved)

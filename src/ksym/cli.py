@@ -32,6 +32,7 @@ examples:
   ksym faddr2line vmlinux __ip_local_out+219                     (faddr2line's argument order)
   dmesg | ksym annotate                                          (file:line under every frame)
   ksym annotate --kallsyms kallsyms.txt --json dump.txt
+  ksym annotate --format html -o oops.html --modules /usr/lib/debug/lib/modules/$(uname -r) oops.txt
 
 exit codes: 0 all resolved, 1 some frame did not resolve, 2 usage or malformed frame,
             3 file missing or unreadable, 4 not a usable ELF/DWARF file, 70 internal error
