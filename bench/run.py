@@ -357,8 +357,8 @@ def speed_tables(sp: SpeedResults) -> list[str]:
             ""]
     if not any("ksym annotate" in row for row in sp.rows.values()):
         out += ["#### `ksym annotate` over 10,000 frames", "",
-                "TODO: `ksym annotate` is not available in the measured ksym. The 10,000-frame row above "
-                "measures `ksym resolve` with the 10,000 frames as arguments instead.", ""]
+                ("TODO: `ksym annotate` is not available in the measured ksym. The 10,000-frame row above "
+                "measures `ksym resolve` with the 10,000 frames as arguments instead."), ""]
     return out
 
 
