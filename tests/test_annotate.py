@@ -610,6 +610,10 @@ def test_module_frames_resolve_with_module_debug_files(vmlinux: Path, tmp_path: 
     mod = ModuleSymbolizer(nft)
     res = mod.resolve("nft_do_chain+0x3e8/0x5d0")[0]
     want = mod.section_chain(mod.section_of(res), res.address - 1)
+    prefix = Symbolizer(vmlinux, cache_dir=tmp_path / "c").dir_prefix
+    assert prefix
+    # module paths come out source-relative like the vmlinux's, with links
     assert [(c["function"], c["file"], c["line"]) for c in module["chain"]] == [
-        (c.function, c.file, c.line) for c in want]
+        (c.function, strip_prefix(c.file, prefix), c.line) for c in want]
+    assert module["chain"][0]["url"].startswith("https://elixir.bootlin.com/linux/v6.1.187/source/net/netfilter/")
     assert [c["function"] for c in module["chain"]] == ["expr_call_ops_eval", "nft_do_chain"]

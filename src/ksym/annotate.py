@@ -35,7 +35,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .disasm import CallInstruction, instruction_before, supported_machine
@@ -400,14 +400,31 @@ class _Annotator:
         for r in found:
             sec = mod.section_of(r)
             if f.offset is None:
-                matches.append(FrameMatch(r.address, r.address, LOOKUP_ENTRY, r.symbol, 0, r.size, r.chain))
+                matches.append(FrameMatch(r.address, r.address, LOOKUP_ENTRY, r.symbol, 0, r.size,
+                                          self._module_chain(r.chain)))
             elif exact or sec is None or not r.offset:
-                matches.append(FrameMatch(r.address, r.address, LOOKUP_EXACT, r.symbol, r.offset, r.size, r.chain))
+                matches.append(FrameMatch(r.address, r.address, LOOKUP_EXACT, r.symbol, r.offset, r.size,
+                                          self._module_chain(r.chain)))
             else:
                 matches.append(FrameMatch(r.address, r.address - 1, LOOKUP_CALL_SITE, r.symbol, r.offset, r.size,
-                                          mod.section_chain(sec, r.address - 1)))
+                                          self._module_chain(mod.section_chain(sec, r.address - 1))))
         notes = [] if f.offset is not None else ["the frame gives no offset: the function's entry is shown"]
         return self._done(f, top, tuple(matches), notes)
+
+    def _module_chain(self, chain: tuple[SourceLocation, ...]) -> tuple[SourceLocation, ...]:
+        """An in-tree module is built in the vmlinux's build directory: print its paths source-relative
+        like the vmlinux's (faddr2line on the .ko alone cannot know that prefix), with links."""
+        prefix = getattr(self.sym, "dir_prefix", None)
+        links = getattr(self.sym, "links", None)
+        out = []
+        for loc in chain:
+            file = loc.file
+            if prefix and file.startswith(prefix):
+                file = file[len(prefix):]
+            url = links.source_url(file, loc.line) if links is not None else loc.url
+            ident = links.ident_url(loc.function) if links is not None else loc.ident_url
+            out.append(replace(loc, file=file, url=url, ident_url=ident))
+        return tuple(out)
 
     def _done(self, f: StackFrame, top: bool, matches: tuple[FrameMatch, ...], notes: list[str]) -> AnnotatedFrame:
         if all(not m.chain for m in matches):
