@@ -22,6 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "tests") not in sys.path:
@@ -80,14 +81,14 @@ def text_functions(sym: Symbolizer) -> list[int]:
             if st.infos[i] & 0xF == STT_FUNC and st.sizes[i] > 0 and st.shndx[i] in exe]
 
 
-def _code(sym: Symbolizer, f: object, index: int) -> tuple[int, bytes]:
+def _code(sym: Symbolizer, f: BinaryIO, index: int) -> tuple[int, bytes]:
     st = sym.symbols
     sec = next(s for s in sym.sections if s.index == st.shndx[index])
     start, size = int(st.values[index]), int(st.sizes[index])
     if sec.type == 8:  # SHT_NOBITS: no bytes in the file
         return start, b""
-    f.seek(sec.offset + start - sec.addr)  # type: ignore[attr-defined]
-    return start, f.read(size)  # type: ignore[attr-defined,no-any-return]
+    f.seek(sec.offset + start - sec.addr)
+    return start, f.read(size)
 
 
 def sample_addresses(sym: Symbolizer, vmlinux: Path, n_entry: int, n_insn: int, n_return: int,
@@ -230,12 +231,12 @@ def sample_specs(sym: Symbolizer, n: int, seed: int = 2026) -> list[SpecSample]:
     # faddr2line's output is split per spec by symbol name: keep equal names apart
     for i in range(1, len(out)):
         if out[i].name == out[i - 1].name:
-            j = next((j for j in range(len(out)) if out[j].name not in
-                      {out[i - 1].name, out[min(i + 1, len(out) - 1)].name}
-                      and (j == 0 or out[j - 1].name != out[i].name)
-                      and (j + 1 >= len(out) or out[j + 1].name != out[i].name)), None)
-            if j is not None:
-                out[i], out[j] = out[j], out[i]
+            swap = next((j for j in range(len(out)) if out[j].name not in
+                         {out[i - 1].name, out[min(i + 1, len(out) - 1)].name}
+                         and (j == 0 or out[j - 1].name != out[i].name)
+                         and (j + 1 >= len(out) or out[j + 1].name != out[i].name)), None)
+            if swap is not None:
+                out[i], out[swap] = out[swap], out[i]
     return out
 
 
@@ -402,7 +403,7 @@ def compare_specs(vmlinux: Path, script: Path, cache_dir: Path, samples: list[Sp
             rep.agree += 1
             k[0] += 1
         else:
-            a = "\n\n".join(mine) + (f"\n[stderr] {nm}" if nm in no_match_got else "")
-            b = "\n\n".join(theirs) + (f"\n[stderr] {nm}" if nm in no_match_ref else "")
-            rep.mismatches.append((s, a, b))
+            ours = "\n\n".join(mine) + (f"\n[stderr] {nm}" if nm in no_match_got else "")
+            ref = "\n\n".join(theirs) + (f"\n[stderr] {nm}" if nm in no_match_ref else "")
+            rep.mismatches.append((s, ours, ref))
     return rep

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,7 @@ def versions(bench_python: str | None) -> dict[str, str]:
         "eu-addr2line": first_line(["eu-addr2line", "--version"]),
         "capstone": first_line([sys.executable, "-c", "import capstone; print(capstone.__version__)"]),
     }
-    v["drgn"] = (first_line([bench_python, "-c", "import drgn; print(drgn.__version__)"])
+    v["drgn"] = (first_line([bench_python or "python3", "-c", "import drgn; print(drgn.__version__)"])
                  if has_module(bench_python, "drgn") else "not installed")
     return v
 
@@ -173,8 +174,8 @@ def print_accuracy(a: AddressReport, single: list[tuple[int, bool]], sp: SpecRep
           f"whole stdout identical: {sp.text_identical}; 'no match' lines identical: {sp.no_match_identical}")
     for shape, (ok, n) in sp.by_shape.items():
         print(f"  {shape:15} {ok}/{n}")
-    for s, mine, theirs in sp.mismatches:
-        print(f"  MISMATCH {s.spec} ({s.shape})\n--- ksym:\n{mine}\n--- faddr2line:\n{theirs}")
+    for bad, mine, theirs in sp.mismatches:
+        print(f"  MISMATCH {bad.spec} ({bad.shape})\n--- ksym:\n{mine}\n--- faddr2line:\n{theirs}")
     for line in sp.no_match_diff:
         print(f"  {line}")
 
@@ -237,7 +238,7 @@ def measure_speed(vmlinux: Path, script: Path, bench_python: str | None, runs: i
     rows: dict[str, dict[str, Measure]] = {}
     v = str(vmlinux)
 
-    def ok_status(*allowed: int) -> object:
+    def ok_status(*allowed: int) -> Callable[[int, str], None]:
         def check(status: int, _out: str) -> None:
             if status not in allowed:
                 raise RuntimeError(f"exit status {status}")
@@ -248,24 +249,24 @@ def measure_speed(vmlinux: Path, script: Path, bench_python: str | None, runs: i
     cold_dirs = [work / f"cold{i}" for i in range(runs)]
     r: dict[str, Measure] = {}
     r["ksym"] = median_of(runs, lambda i: (ksym_cmd(vmlinux, cold_dirs[i], [SINGLE_FRAME]), None),
-                          ok_status(0))  # type: ignore[arg-type]
+                          ok_status(0))
     r["ksym"].note = "fresh empty --cache-dir each run (OS page cache warm)"
     rows["first-ever single frame"] = r
     warm_dir = work / "warm"
     run_timed(ksym_cmd(vmlinux, warm_dir, [SINGLE_FRAME]))  # builds the index
     w: dict[str, Measure] = {}
     w["ksym"] = median_of(runs, lambda i: (ksym_cmd(vmlinux, warm_dir, [SINGLE_FRAME]), None),
-                          ok_status(0))  # type: ignore[arg-type]
+                          ok_status(0))
     w["ksym"].note = "index built by an earlier run"
     # anchors have no persistent state: one single-frame measurement serves both rows
     anchor_single: dict[str, Measure] = {}
     anchor_single["scripts/faddr2line"] = median_of(
-        runs, lambda i: (["bash", str(script), v, SINGLE_FRAME], None), ok_status(0, 1))  # type: ignore[arg-type]
+        runs, lambda i: (["bash", str(script), v, SINGLE_FRAME], None), ok_status(0, 1))
     for name, mk in tool_cmds(vmlinux).items():
         anchor_single[name] = median_of(runs, lambda i, mk=mk: mk([single_addr]), ok_status(0))  # type: ignore[misc]
     if drgn_ok:
         anchor_single["drgn"] = median_of(
-            runs, lambda i: ([drgn_py, str(drgn_file), v], f"{single_addr:#x}\n"), ok_status(0))  # type: ignore[arg-type]
+            runs, lambda i: ([drgn_py, str(drgn_file), v], f"{single_addr:#x}\n"), ok_status(0))
     for name, m in anchor_single.items():
         m.note = "no persistent cache (same measurement in both single-frame rows)"
         r[name] = m
@@ -276,7 +277,7 @@ def measure_speed(vmlinux: Path, script: Path, bench_python: str | None, runs: i
     n20 = 20
     log("speed: scripts/faddr2line 20-spec batch (extrapolated to the batch rows)")
     f20 = median_of(1,
-                    lambda i: (["bash", str(script), v, *frames[:n20]], None), ok_status(0, 1))  # type: ignore[arg-type]
+                    lambda i: (["bash", str(script), v, *frames[:n20]], None), ok_status(0, 1))
     for label, addrs, kframes in (("batch of 1,000 addresses", rets, [f"{a:#x}" for a in rets]),
                                   ("10,000-frame list (1,000 unique)", addrs10k, frames10k)):
         log(f"speed: {label}")
@@ -450,8 +451,8 @@ def write_markdown(path: Path, *, args: argparse.Namespace, vmlinux: Path, scrip
         L += [f"| **all** | **{spec.agree}** ({spec.percent:.2f}%) | {spec.total} |", "",
               (f"Whole stdout byte-identical: **{spec.text_identical}**; the `no match for …` lines on stderr "
               f"identical: **{spec.no_match_identical}**."), ""]
-        for s, mine, theirs in spec.mismatches:
-            L += [f"* `{s.spec}` ({s.shape})", "", "  ksym:", "", "  ```", *("  " + x for x in mine.splitlines()),
+        for bad, mine, theirs in spec.mismatches:
+            L += [f"* `{bad.spec}` ({bad.shape})", "", "  ksym:", "", "  ```", *("  " + x for x in mine.splitlines()),
                   "  ```", "", "  faddr2line:", "", "  ```", *("  " + x for x in theirs.splitlines()), "  ```", ""]
         for line in spec.no_match_diff:
             L.append(f"* {line}")
