@@ -192,7 +192,7 @@ def _return_addresses(sym: Symbolizer, vmlinux: Path, rng: random.Random, nfuncs
     return out
 
 
-def test_addresses_match_addr2line(vmlinux: Path, sym: Symbolizer) -> None:
+def test_addresses_match_addr2line(vmlinux: Path, sym: Symbolizer, cache_dir: Path) -> None:
     rng = random.Random(2026)
     st = sym.symbols
     funcs = [i for i in range(len(st)) if st.infos[i] & 0xF == 2 and st.sizes[i] > 0]
@@ -209,6 +209,12 @@ def test_addresses_match_addr2line(vmlinux: Path, sym: Symbolizer) -> None:
             bad.append((hex(a), got, want))
     assert not bad, f"{len(bad)} of {len(addrs)} differ, e.g. {bad[:3]}"
     assert len(addrs) > 700
+    # a second process-like start reads every unit back from the on-disk index: same answers
+    again = Symbolizer(vmlinux, cache_dir=cache_dir)
+    assert not again._cus
+    stored = [[(c.function, c.raw_file, c.line, c.discriminator) for c in again.symbolize(a).chain] or
+              [("??", "??", 0, 0)] for a in addrs]
+    assert stored == ref
 
 
 def test_paths_are_source_relative(vmlinux: Path, sym: Symbolizer) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import struct
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -405,8 +406,8 @@ class LineTable:
     """
 
     files: list[str]
-    addrs: list[int] = field(default_factory=list)
-    rows: list[tuple[int, int, int, int, bool]] = field(default_factory=list)
+    addrs: Any = field(default_factory=list)  # list[int] while decoding, array('Q') when loaded
+    rows: Any = field(default_factory=list)  # list of tuples while decoding, _Rows when loaded
     seqs: list[tuple[int, int, int, int]] = field(default_factory=list)
     #: What a file number of this table (call_file, rows) is offset by: 1 before DWARF 5, else 0.
     file_base: int = 0
@@ -432,6 +433,21 @@ class LineTable:
                 return None
             i -= 1
         return None
+
+
+class _Rows:
+    """Line rows stored as columns (what the on-disk index keeps: loading it is a memcpy)."""
+
+    __slots__ = ("cols", "discs", "ends", "files", "lines")
+
+    def __init__(self, files: array, lines: array, cols: array, discs: array, ends: bytes) -> None:  # type: ignore[type-arg]
+        self.files, self.lines, self.cols, self.discs, self.ends = files, lines, cols, discs, ends
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, j: int) -> tuple[int, int, int, int, bool]:
+        return self.files[j], self.lines[j], self.cols[j], self.discs[j], bool(self.ends[j])
 
 
 @dataclass
@@ -1166,7 +1182,18 @@ def unit_to_record(cu: CompiledUnit) -> tuple[Any, ...]:
     lines = None
     if cu.lines is not None:
         lt = cu.lines
-        lines = (lt.files, lt.addrs, lt.rows, lt.seqs, lt.file_base)
+        rows = lt.rows
+        cols = [array("I"), array("I"), array("I"), array("I")]
+        ends = bytearray()
+        for j in range(len(rows)):
+            f, ln, c, d, e = rows[j]
+            cols[0].append(f)
+            cols[1].append(ln)
+            cols[2].append(c)
+            cols[3].append(d)
+            ends.append(1 if e else 0)
+        lines = (lt.files, array("Q", lt.addrs).tobytes(), [a.tobytes() for a in cols], bytes(ends), lt.seqs,
+                 lt.file_base)
     return (cu.offset, cu.name, cu.comp_dir, fns, lines)
 
 
@@ -1177,9 +1204,15 @@ def unit_from_record(rec: tuple[Any, ...]) -> CompiledUnit:
                  for a, b, c, d, e, f, g, h, k in fns]
     table = None
     if lines is not None:
-        files, addrs, rows, seqs, file_base = lines
-        table = LineTable(list(files), list(addrs), [tuple(r) for r in rows], [tuple(q) for q in seqs],
-                          int(file_base))
+        files, addrs, cols, ends, seqs, file_base = lines
+
+        def arr(code: str, data: bytes) -> array:  # type: ignore[type-arg]
+            a = array(code)
+            a.frombytes(data)
+            return a
+
+        rows = _Rows(arr("I", cols[0]), arr("I", cols[1]), arr("I", cols[2]), arr("I", cols[3]), bytes(ends))
+        table = LineTable(list(files), arr("Q", addrs), rows, [tuple(q) for q in seqs], int(file_base))
     return CompiledUnit(int(offset), str(name), str(comp_dir), functions, table).finish()
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 __all__ = ["FORMAT_VERSION", "IndexStore", "default_cache_dir"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def default_cache_dir() -> Path:
