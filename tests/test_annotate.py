@@ -617,3 +617,17 @@ def test_module_frames_resolve_with_module_debug_files(vmlinux: Path, tmp_path: 
         (c.function, strip_prefix(c.file, prefix), c.line) for c in want]
     assert module["chain"][0]["url"].startswith("https://elixir.bootlin.com/linux/v6.1.187/source/net/netfilter/")
     assert [c["function"] for c in module["chain"]] == ["expr_call_ops_eval", "nft_do_chain"]
+
+
+def test_links_flag_appends_elixir_links(tmp_path: Path) -> None:
+    dump = tmp_path / "d.txt"
+    dump.write_text("        __ip_local_out+0x10\n")
+    got = subprocess.run([sys.executable, "-m", "ksym", "annotate", "--links", "--kernel-tag", "v6.1.187",
+                          "--vmlinux", str(fixture("kshapes-dwarf5.elf")), "--cache-dir", str(tmp_path / "c"),
+                          str(dump)], capture_output=True, text=True, check=False)
+    assert got.returncode == 0, got.stderr
+    lines = got.stdout.splitlines()
+    assert lines[1].endswith("skb_network_header at include/linux/skbuff.h:22  "
+                             "https://elixir.bootlin.com/linux/v6.1.187/source/include/linux/skbuff.h#L22")
+    assert lines[-1].endswith("__ip_local_out at net/ipv4/ip_output.c:25  "
+                              "https://elixir.bootlin.com/linux/v6.1.187/source/net/ipv4/ip_output.c#L25")

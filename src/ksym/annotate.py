@@ -242,6 +242,10 @@ class AnnotatedText:
     @property
     def text(self) -> str:
         """The input with annotation lines after every frame line (see :func:`render_frame`)."""
+        return self.render_text()
+
+    def render_text(self, links: bool = False) -> str:
+        """:attr:`text`; with ``links`` each location line ends with its elixir.bootlin.com link."""
         out: list[str] = []
         for line in self.lines:
             out.append(line.text)
@@ -251,7 +255,7 @@ class AnnotatedText:
             ending = line.ending or "\n"
             if not line.ending:
                 out.append("\n")
-            out.extend(a + ending for a in render_frame(af))
+            out.extend(a + ending for a in render_frame(af, links))
         return "".join(out)
 
     def json_lines(self) -> list[str]:
@@ -274,7 +278,7 @@ def _indent(af: AnnotatedFrame) -> str:
     return "".join(c if c == "\t" else " " for c in text[:start]) + "  "
 
 
-def render_frame(af: AnnotatedFrame) -> list[str]:
+def render_frame(af: AnnotatedFrame, links: bool = False) -> list[str]:
     """The annotation lines (no line endings) written after a frame line.
 
     ``-> innermost location``, then ``(inlined by) ...`` lines in faddr2line's order, then for a frame
@@ -292,7 +296,8 @@ def render_frame(af: AnnotatedFrame) -> list[str]:
         if not m.chain:
             out.append(f"{ind}-> {head}?? ??:0 (no line information)")
         for j, loc in enumerate(m.chain):
-            out.append(f"{ind}-> {head}{loc}" if j == 0 else f"{cont}(inlined by) {loc}")
+            text = f"{loc}  {loc.url}" if links and loc.url else str(loc)
+            out.append(f"{ind}-> {head}{text}" if j == 0 else f"{cont}(inlined by) {text}")
         if af.frame.symbol is None and m.symbol is not None:
             out.append(f"{cont}in {m.symbol}+{(m.offset or 0):#x}/{(m.size or 0):#x}")
         if m.lookup == LOOKUP_CALL_SITE:
@@ -583,6 +588,9 @@ def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
     slide.add_argument("--kaslr-offset", metavar="HEX", type=_hex,
                        help="KASLR slide, runtime - link-time address (e.g. 0xf000000)")
     parser.add_argument("--json", action="store_true", help="one JSON object per frame instead of the text")
+    parser.add_argument("--links", action="store_true",
+                        help="end each location line with its elixir.bootlin.com link (JSON and reports always "
+                        "have them)")
     parser.add_argument("--exact", action="store_true",
                         help="look every frame up at its address (faddr2line), not return addresses at "
                         "the call site")
@@ -655,7 +663,7 @@ def annotate_command(args: argparse.Namespace) -> int:
             err(f"ksym annotate: error: {exc}")
             return EXIT_USAGE
     else:
-        payload = result.text
+        payload = result.render_text(links=bool(getattr(args, "links", False)))
     output = getattr(args, "output", None)
     if output:
         from .report import write_output
