@@ -8,6 +8,7 @@ children). Each row is the median of ``runs`` repetitions.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -98,13 +99,20 @@ class Measure:
 
 def run_timed(cmd: Sequence[str], stdin_text: str | None = None, env: dict[str, str] | None = None,
               ) -> tuple[float, float, int, str]:
-    """Run ``cmd``; return (wall seconds, peak RSS MB, exit status, stdout)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as inp, tempfile.TemporaryFile() as err:
+    """Run ``cmd``; return (wall seconds, peak RSS MB, exit status, stdout).
+
+    The peak RSS comes from GNU time, a small process that forks the command: Linux carries the
+    high-water RSS of a forked copy across exec, so wait4() on a child of this (large) Python process
+    would report this process's size instead."""
+    timer = shutil.which("time") if os.path.exists("/usr/bin/time") else None
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as inp, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r") as rss_file:
         if stdin_text is not None:
             inp.write(stdin_text.encode())
             inp.seek(0)
+        full = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name, *cmd] if timer else list(cmd)
         t = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdin=inp, stdout=out, stderr=err,
+        proc = subprocess.Popen(full, stdin=inp, stdout=out, stderr=err,
                                 env={**os.environ, "LC_ALL": "C", **(env or {})})
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t
@@ -114,7 +122,12 @@ def run_timed(cmd: Sequence[str], stdin_text: str | None = None, env: dict[str, 
         if proc.returncode not in (0, 1):
             err.seek(0)
             sys.stderr.write(err.read().decode(errors="replace")[-2000:])
-    return wall, usage.ru_maxrss / 1024.0, proc.returncode, text
+        rss_mb = usage.ru_maxrss / 1024.0
+        if timer:
+            lines = [ln for ln in rss_file.read().splitlines() if ln.strip().isdigit()]
+            if lines:
+                rss_mb = int(lines[-1]) / 1024.0
+    return wall, rss_mb, proc.returncode, text
 
 
 def median_of(runs: int, make: Callable[[int], tuple[Sequence[str], str | None]],
