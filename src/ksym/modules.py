@@ -42,12 +42,11 @@ from .errors import (
     FileNotFoundKsymError,
     MissingDebugInfoError,
     SpecError,
-    SymbolNotFoundError,
 )
 from .image import read_build_id_from_notes
 from .model import Resolution, SourceLocation
 from .spec import AddressSpec, FuncSpec, parse_spec
-from .symbols import Section, SymbolTable
+from .symbols import FaddrMatch, Section, SymbolTable, faddr2line_select
 
 __all__ = [
     "MODULE_DEBUG_ROOT",
@@ -555,37 +554,14 @@ class ModuleSymbolizer:
         return self._resolve_func(spec)
 
     def _resolve_func(self, spec: FuncSpec) -> list[Resolution]:
-        matches = self.raw_symbols.faddr2line_matches(spec.name)
-        out: list[Resolution] = []
-        reasons: list[str] = []
-        for m in matches:
-            sym = m.symbol
-            sym_addr = f"0x{sym.address:016x}"
-            if m.size is None:
-                nxt = f"0x{m.next_address:016x}" if m.next_address is not None else ""
-                reasons.append(f"bad symbol size: sym_addr: {sym_addr} cur_sym_addr: {nxt}")
-                break
-            addr = (sym.address + spec.offset) & ((1 << 64) - 1)
-            if addr == 0:
-                reasons.append(f"bad address: {sym_addr} + {spec.offset_text}")
-                break
-            if spec.size is not None and spec.size != m.size:
-                reasons.append(f"skipping {spec.name} address at 0x{addr:x} due to size mismatch "
-                               f"({spec.size_text} != 0x{m.size:x})")
-                continue
-            if spec.offset > m.size:
-                reasons.append(f"skipping {spec.name} address at 0x{addr:x} due to size mismatch "
-                               f"({spec.offset_text} > 0x{m.size:x})")
-                continue
-            sec = self.image.sections[sym.shndx] if 0 < sym.shndx < len(self.image.sections) else None
-            chain: tuple[SourceLocation, ...] = ()
+        def chain_for(m: FaddrMatch, addr: int) -> tuple[SourceLocation, ...]:
+            shndx = m.symbol.shndx
+            sec = self.image.sections[shndx] if 0 < shndx < len(self.image.sections) else None
             if sec is not None and sec.index in self.image.bases:
-                chain = self.section_chain(sec.name, addr)
-            out.append(Resolution(spec.text.strip(), addr, spec.name, spec.offset, m.size, spec.offset_text, chain))
-        if not out:
-            why = f"no symbol named {spec.name}" if not matches else ("; ".join(reasons) or "no usable symbol")
-            raise SymbolNotFoundError(f"no match for {spec.text.strip()} ({why})", spec.name, tuple(reasons))
-        return out
+                return self.section_chain(sec.name, addr)
+            return ()
+
+        return faddr2line_select(spec, self.raw_symbols.faddr2line_matches(spec.name), chain_for)
 
     def code_bytes(self, section_name: str, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of a section from ``offset`` (not relocated: call targets read 0), for

@@ -27,12 +27,12 @@ from typing import Any
 from cachetools import LRUCache
 
 from . import dwarf as D
-from .errors import BadFileError, KsymError, SpecError, SymbolNotFoundError
+from .errors import BadFileError, KsymError, SpecError
 from .index import IndexStore
 from .locate import find_vmlinux
 from .model import Resolution, SourceLocation
 from .spec import AddressSpec, FuncSpec, parse_spec
-from .symbols import Section, SymbolTable
+from .symbols import Section, SymbolTable, faddr2line_select
 
 __all__ = ["Symbolizer", "source_relative"]
 
@@ -428,36 +428,7 @@ class Symbolizer:
         return self._resolve_func(spec)
 
     def _resolve_func(self, spec: FuncSpec) -> list[Resolution]:
-        matches = self.symbols.faddr2line_matches(spec.name)
-        out: list[Resolution] = []
-        reasons: list[str] = []
-        for m in matches:
-            sym = m.symbol
-            if m.size is None:
-                nxt = f"0x{m.next_address:x}" if m.next_address is not None else ""
-                reasons.append(f"bad symbol size: sym_addr: 0x{sym.address:x} cur_sym_addr: {nxt}")
-                break
-            addr = (sym.address + spec.offset) & ((1 << 64) - 1)
-            if addr == 0:
-                reasons.append(f"bad address: 0x{sym.address:x} + {spec.offset_text}")
-                break
-            if spec.size is not None and spec.size != m.size:
-                reasons.append(f"skipping {spec.name} address at 0x{addr:x} due to size mismatch "
-                               f"({spec.size_text} != 0x{m.size:x})")
-                continue
-            if spec.offset > m.size:
-                reasons.append(f"skipping {spec.name} address at 0x{addr:x} due to size mismatch "
-                               f"({spec.offset_text} > 0x{m.size:x})")
-                continue
-            out.append(Resolution(spec.text.strip(), addr, spec.name, spec.offset, m.size, spec.offset_text,
-                                  self.chain(addr)))
-        if not out:
-            if not matches:
-                why = f"no symbol named {spec.name}"
-            else:
-                why = "; ".join(reasons) or "no usable symbol"
-            raise SymbolNotFoundError(f"no match for {spec.text.strip()} ({why})", spec.name, tuple(reasons))
-        return out
+        return faddr2line_select(spec, self.symbols.faddr2line_matches(spec.name), lambda _m, a: self.chain(a))
 
     def code_bytes(self, address: int, size: int) -> bytes:
         """Up to ``size`` bytes of the image at a link-time address (empty when no section holds it)."""

@@ -20,9 +20,13 @@ import bisect
 import itertools
 import struct
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+from .errors import SymbolNotFoundError
+from .model import Resolution, SourceLocation
+from .spec import FuncSpec
 
 __all__ = ["FaddrMatch", "Section", "Symbol", "SymbolTable"]
 
@@ -453,3 +457,40 @@ class SymbolTable:
             if infos[j] & 0xF == STT_FILE:
                 return self.names[j]
         return None
+
+
+def faddr2line_select(
+    spec: FuncSpec, matches: list[FaddrMatch], chain_for: Callable[[FaddrMatch, int], tuple[SourceLocation, ...]]
+) -> list[Resolution]:
+    """faddr2line's walk over the symbols named in ``spec``: the checks, in its order, and one
+    :class:`Resolution` per symbol that passes (``chain_for(match, address)`` gives its chain).
+
+    :raises SymbolNotFoundError: none passed; ``reasons`` holds the script's messages (``skipping ...`` it
+        prints on stdout, ``bad ...`` ones on stderr, after which it stops looking).
+    """
+    out: list[Resolution] = []
+    reasons: list[str] = []
+    for m in matches:
+        sym = m.symbol
+        if m.size is None:
+            nxt = f"0x{m.next_address:016x}" if m.next_address is not None else ""
+            reasons.append(f"bad symbol size: sym_addr: 0x{sym.address:016x} cur_sym_addr: {nxt}")
+            break
+        addr = (sym.address + spec.offset) & ((1 << 64) - 1)
+        if addr == 0:
+            reasons.append(f"bad address: 0x{sym.address:016x} + {spec.offset_text}")
+            break
+        if spec.size is not None and spec.size != m.size:
+            reasons.append(f"skipping {spec.name} address at 0x{addr:x} due to size mismatch "
+                           f"({spec.size_text} != 0x{m.size:x})")
+            continue
+        if spec.offset > m.size:
+            reasons.append(f"skipping {spec.name} address at 0x{addr:x} due to size mismatch "
+                           f"({spec.offset_text} > 0x{m.size:x})")
+            continue
+        out.append(Resolution(spec.text.strip(), addr, spec.name, spec.offset, m.size, spec.offset_text,
+                              chain_for(m, addr)))
+    if not out:
+        why = f"no symbol named {spec.name}" if not matches else ("; ".join(reasons) or "no usable symbol")
+        raise SymbolNotFoundError(f"no match for {spec.text.strip()} ({why})", spec.name, tuple(reasons))
+    return out
