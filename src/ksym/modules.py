@@ -46,7 +46,7 @@ from .errors import (
 from .image import read_build_id_from_notes
 from .model import Resolution, SourceLocation
 from .spec import AddressSpec, FuncSpec, parse_spec
-from .symbols import FaddrMatch, Section, SymbolTable, faddr2line_select
+from .symbols import FaddrMatch, Section, SymbolTable, faddr2line_select, inline_chain
 
 __all__ = [
     "MODULE_DEBUG_ROOT",
@@ -158,6 +158,11 @@ def is_module_file(path: str | os.PathLike[str]) -> bool:
 def _log2(n: int) -> int:
     return max(n.bit_length() - 1, 0) if n > 0 else 0
 
+
+
+def _raw_path(path: str) -> str:
+    # faddr2line strips no prefix in a module (it has no start_kernel): paths as addr2line prints them
+    return path or "??"
 
 class ModuleImage:
     """An opened module debug file: sections, the bfd-style layout of its SHF_ALLOC sections, symbol
@@ -473,40 +478,14 @@ class ModuleSymbolizer:
     def _chain(self, address: int) -> tuple[SourceLocation, ...]:
         cu_off = self._cu_offset_for(address)
         if cu_off is None:
-            found = self.symbols.bfd_function(address)
-            if found is None:
-                return ()
-            fname, ffile = found
-            return (SourceLocation(fname, ffile or "??", 0, raw_file=ffile or "??"),)
+            return inline_chain(None, address, self.symbols, _raw_path)
         cu = self._unit(cu_off)
         if cu.needs_expansion(address):
             try:
                 D.expand_for(self.dwarf(), cu, address)
             except (D.DwarfError, IndexError, ValueError, struct.error) as exc:
                 raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {cu_off:#x}: {exc}") from None
-        loc = cu.lines.lookup(address) if cu.lines is not None else None
-        fi = cu.best_function(address)
-        sfile: str | None = None
-        if fi >= 0:
-            name = cu.functions[fi].name
-        else:
-            found = self.symbols.bfd_function(address)
-            name, sfile = found if found is not None else ("??", None)
-        if loc is None and fi < 0 and name == "??":
-            return ()
-        raw, line, col, disc = loc if loc is not None else (sfile or "??", 0, 0, 0)
-        out = [SourceLocation(name, raw or "??", line, col, disc, raw, False)]
-        if fi >= 0 and cu.functions[fi].tag == D.TAG_INLINED_SUBROUTINE and cu.lines is not None:
-            fn = cu.functions[fi]
-            while fn.parent >= 0:
-                parent = cu.functions[fn.parent]
-                craw = cu.lines.file_name(fn.call_file) if fn.call_file or cu.lines.file_base == 0 else "??"
-                out.append(SourceLocation(parent.name, craw, fn.call_line, fn.call_column, disc, craw, False))
-                fn = parent
-        if len(out) > 1:
-            out = [SourceLocation(x.function, x.file, x.line, x.column, x.discriminator, x.raw_file,
-                                  i < len(out) - 1) for i, x in enumerate(out)]
-        return tuple(out)
+        return inline_chain(cu, address, self.symbols, _raw_path)
 
     # -- public lookups --
 

@@ -32,7 +32,7 @@ from .index import IndexStore
 from .locate import find_vmlinux
 from .model import Resolution, SourceLocation
 from .spec import AddressSpec, FuncSpec, parse_spec
-from .symbols import Section, SymbolTable, faddr2line_select
+from .symbols import Section, SymbolTable, faddr2line_select, inline_chain
 
 __all__ = ["Symbolizer", "source_relative"]
 
@@ -363,11 +363,7 @@ class Symbolizer:
         """The inline chain at ``address``, innermost first, as addr2line -i reports it."""
         cu_off = self._cu_offset_for(address)
         if cu_off is None:
-            found = self.symbols.bfd_function(address)
-            if found is None:
-                return ()
-            fname, ffile = found
-            return (SourceLocation(fname, self._display(ffile or "??"), 0, raw_file=ffile or "??"),)
+            return inline_chain(None, address, self.symbols, self._display)
         cu = self.compiled_unit(cu_off)
         if cu.needs_expansion(address):
             try:
@@ -376,32 +372,7 @@ class Symbolizer:
                 raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {cu_off:#x}: {exc}") from None
             if changed:
                 self._store.save_cu(self.key, cu_off, D.unit_to_record(cu))
-        loc = cu.lines.lookup(address) if cu.lines is not None else None
-        fi = cu.best_function(address)
-        sfile: str | None = None
-        if fi >= 0:
-            name = cu.functions[fi].name
-        else:
-            found = self.symbols.bfd_function(address)
-            name, sfile = found if found is not None else ("??", None)
-        if loc is None and fi < 0 and name == "??":
-            return ()
-        # with no line row, bfd takes the file from the symbol table's STT_FILE entry (local symbols)
-        raw, line, col, disc = loc if loc is not None else (sfile or "??", 0, 0, 0)
-        out = [SourceLocation(name, self._display(raw), line, col, disc, raw, False)]
-        if fi >= 0 and cu.functions[fi].tag == D.TAG_INLINED_SUBROUTINE and cu.lines is not None:
-            fn = cu.functions[fi]
-            while fn.parent >= 0:
-                parent = cu.functions[fn.parent]
-                craw = cu.lines.file_name(fn.call_file) if fn.call_file or cu.lines.file_base == 0 else "??"
-                # addr2line repeats the innermost discriminator on every "(inlined by)" line; so do we
-                out.append(SourceLocation(parent.name, self._display(craw), fn.call_line, fn.call_column, disc,
-                                          craw, False))
-                fn = parent
-        if len(out) > 1:
-            out = [SourceLocation(x.function, x.file, x.line, x.column, x.discriminator, x.raw_file,
-                                  i < len(out) - 1) for i, x in enumerate(out)]
-        return tuple(out)
+        return inline_chain(cu, address, self.symbols, self._display)
 
     def symbolize(self, address: int, query: str | None = None) -> Resolution:
         """Resolve one link-time address (no KASLR adjustment)."""

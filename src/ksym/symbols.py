@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from . import dwarf as D
 from .errors import SymbolNotFoundError
 from .model import Resolution, SourceLocation
 from .spec import FuncSpec
@@ -494,3 +495,42 @@ def faddr2line_select(
         why = f"no symbol named {spec.name}" if not matches else ("; ".join(reasons) or "no usable symbol")
         raise SymbolNotFoundError(f"no match for {spec.text.strip()} ({why})", spec.name, tuple(reasons))
     return out
+
+
+def inline_chain(
+    cu: D.CompiledUnit | None, address: int, symbols: SymbolTable, display: Callable[[str], str]
+) -> tuple[SourceLocation, ...]:
+    """The inline chain at ``address`` as ``addr2line -i`` reports it, innermost first, from its unit
+    (``None``: no unit covers it) with function subtrees already read; ``display`` turns a DWARF path
+    into the path shown (``file``), ``raw_file`` keeps the DWARF one."""
+    if cu is None:
+        found = symbols.bfd_function(address)
+        if found is None:
+            return ()
+        fname, ffile = found
+        return (SourceLocation(fname, display(ffile or "??"), 0, raw_file=ffile or "??"),)
+    loc = cu.lines.lookup(address) if cu.lines is not None else None
+    fi = cu.best_function(address)
+    sfile: str | None = None
+    if fi >= 0:
+        name = cu.functions[fi].name
+    else:
+        found = symbols.bfd_function(address)
+        name, sfile = found if found is not None else ("??", None)
+    if loc is None and fi < 0 and name == "??":
+        return ()
+    # with no line row, bfd takes the file from the symbol table's STT_FILE entry (local symbols)
+    raw, line, col, disc = loc if loc is not None else (sfile or "??", 0, 0, 0)
+    out = [SourceLocation(name, display(raw), line, col, disc, raw, False)]
+    if fi >= 0 and cu.functions[fi].tag == D.TAG_INLINED_SUBROUTINE and cu.lines is not None:
+        fn = cu.functions[fi]
+        while fn.parent >= 0:
+            parent = cu.functions[fn.parent]
+            craw = cu.lines.file_name(fn.call_file) if fn.call_file or cu.lines.file_base == 0 else "??"
+            # addr2line repeats the innermost discriminator on every "(inlined by)" line; so do we
+            out.append(SourceLocation(parent.name, display(craw), fn.call_line, fn.call_column, disc, craw, False))
+            fn = parent
+    if len(out) > 1:
+        out = [SourceLocation(x.function, x.file, x.line, x.column, x.discriminator, x.raw_file,
+                              i < len(out) - 1) for i, x in enumerate(out)]
+    return tuple(out)
