@@ -20,8 +20,8 @@ from pathlib import Path
 
 from ksym import Symbolizer
 
-DRGN_SCRIPT = r"""
-import sys, time
+# loads the vmlinux into drgn as the kernel module of a host program (both drgn scripts start so)
+_DRGN_LOAD = r"""
 import drgn
 import struct
 def kernel_range(path):
@@ -39,7 +39,11 @@ prog = drgn.Program(drgn.host_platform)
 mod = prog.extra_module("vmlinux", create=True)
 mod.address_range = kernel_range(sys.argv[1])
 mod.try_file(sys.argv[1], force=True)
-if len(sys.argv) > 2:
+"""
+
+DRGN_SCRIPT = r"""
+import sys, time
+""" + _DRGN_LOAD + r"""if len(sys.argv) > 2:
     addrs = [int(a, 16) for a in open(sys.argv[2]).read().split()]
 else:
     addrs = [int(a, 16) for a in sys.stdin.read().split()]
@@ -54,24 +58,7 @@ sys.stdout.write("\n".join(out) + "\n")
 
 DRGN_INPROCESS = r"""
 import sys, time, json
-import drgn
-import struct
-def kernel_range(path):
-    # drgn takes the load bias from the range start and the first PT_LOAD: give it the kernel-half span
-    with open(path, "rb") as f:
-        head = f.read(64)
-        phoff, = struct.unpack_from("<Q", head, 32)
-        phentsize, phnum = struct.unpack_from("<HH", head, 54)
-        f.seek(phoff)
-        ph = f.read(phentsize * phnum)
-    segs = [struct.unpack_from("<IIQQQQQQ", ph, i * phentsize) for i in range(phnum)]
-    spans = [(p[3], p[3] + p[6]) for p in segs if p[0] == 1 and p[3] >= 0xffff000000000000]
-    return min(a for a, _ in spans), max(b for _, b in spans)
-prog = drgn.Program(drgn.host_platform)
-mod = prog.extra_module("vmlinux", create=True)
-mod.address_range = kernel_range(sys.argv[1])
-mod.try_file(sys.argv[1], force=True)
-addrs = [int(a, 16) for a in open(sys.argv[2]).read().split()]
+""" + _DRGN_LOAD + r"""addrs = [int(a, 16) for a in open(sys.argv[2]).read().split()]
 def one_pass():
     t = time.perf_counter()
     for a in addrs:
