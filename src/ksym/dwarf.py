@@ -411,6 +411,8 @@ class LineTable:
     seqs: list[tuple[int, int, int, int]] = field(default_factory=list)
     #: What a file number of this table (call_file, rows) is offset by: 1 before DWARF 5, else 0.
     file_base: int = 0
+    # the sequences' low addresses, for bisect (derived from ``seqs`` on first lookup)
+    _lows: list[int] | None = field(default=None, repr=False, compare=False)
 
     def file_name(self, number: int) -> str:
         i = number - self.file_base
@@ -419,7 +421,9 @@ class LineTable:
     def lookup(self, address: int) -> tuple[str, int, int, int] | None:
         """(file, line, column, discriminator) of the row covering ``address``, or None."""
         seqs = self.seqs
-        lows = [s[0] for s in seqs]
+        lows = self._lows
+        if lows is None or len(lows) != len(seqs):
+            lows = self._lows = [q[0] for q in seqs]
         i = bisect.bisect_right(lows, address) - 1
         # sequences may overlap (discarded code at address 0); look back for one that contains it
         while i >= 0:
