@@ -247,13 +247,16 @@ def test_index_warm_equals_cold_and_survives_corruption(vmlinux: Path, tmp_path:
     specs = ["__ip_local_out+222", "ip_local_out+29", "tcp_v4_rcv+145", "__udp4_lib_rcv+0x4bc"]
     cold = Symbolizer(vmlinux, cache_dir=tmp_path)
     want = [str(r) for s in specs for r in cold.resolve(s)]
+    cold.flush()
     images = list(tmp_path.glob("index/*/image.v*"))
     cus = list(tmp_path.glob("index/*/cu-*"))
     assert len(images) == 1 and cus, "the index and the CUs read were stored"
     assert images[0].parent.name == cold.build_id
     warm = Symbolizer(vmlinux, cache_dir=tmp_path)
     assert [str(r) for s in specs for r in warm.resolve(s)] == want
-    for f in [images[0], *cus]:
+    answers = list(tmp_path.glob("index/*/answers.v*"))
+    assert len(answers) == 1, "the answers given were stored"
+    for f in [images[0], *cus, *answers]:
         f.write_bytes(b"\x00garbage" * 3)
     again = Symbolizer(vmlinux, cache_dir=tmp_path)
     assert [str(r) for s in specs for r in again.resolve(s)] == want

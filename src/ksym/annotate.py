@@ -326,6 +326,29 @@ class _Annotator:
         self.kallsyms = kallsyms
         self.exact = exact
         self.can_disasm = supported_machine(sym.machine)
+        # a dump repeats its frames (10,000 lines may hold 1,000 distinct ones): the answer for a frame
+        # depends only on what the frame says and whether it is looked up exactly, not on its line
+        self._done_frames: dict[tuple[object, ...], AnnotatedFrame] = {}
+
+    def prefetch(self, frames: Sequence[StackFrame]) -> None:
+        """Have the symbolizer answer every address the frames will ask about (each frame's address
+        and the call site before it) at once, so the units they need are read in parallel."""
+        want: set[int] = set()
+        done: set[tuple[str | None, int | None, int | None]] = set()
+        for f in frames:
+            key = (f.symbol, f.offset, f.address)
+            if f.module is not None or key in done:
+                continue
+            done.add(key)
+            if f.symbol is not None and f.offset is not None:
+                for m in self.sym.symbols.faddr2line_matches(f.symbol):
+                    if m.size is None or f.offset < m.size:
+                        want.update((m.symbol.address + f.offset, m.symbol.address + f.offset - 1))
+            elif f.address is not None and f.symbol is None:
+                link, _why = self._link_of_runtime(f.address)
+                if link is not None:
+                    want.update((link, link - 1))
+        self.sym.prefetch(want)
 
     def name_of(self, address: int) -> str | None:
         hit = self.sym.symbols.containing(address)
@@ -335,12 +358,22 @@ class _Annotator:
         return s.name if address == s.address else f"{s.name}+{address - s.address:#x}"
 
     def frame(self, f: StackFrame, top: bool) -> AnnotatedFrame:
+        """The annotation of one frame; frames saying the same thing share the work."""
+        exact = self.exact or is_exact_frame(f, top)
+        key = (f.symbol, f.offset, f.size, f.address, f.module, f.module_build_id, exact, f.offset_text)
+        got = self._done_frames.get(key)
+        if got is None:
+            got = self._frame(f, top, exact)
+            self._done_frames[key] = got
+            return got
+        return AnnotatedFrame(f.lineno, f.text, f, top, got.status, got.reason, got.matches, got.notes)
+
+    def _frame(self, f: StackFrame, top: bool, exact: bool) -> AnnotatedFrame:
         def bad(reason: str, notes: tuple[str, ...] = ()) -> AnnotatedFrame:
             return AnnotatedFrame(f.lineno, f.text, f, top, STATUS_UNRESOLVED, reason, (), notes)
 
         if f.module is not None:
-            return self._module_frame(f, top)
-        exact = self.exact or is_exact_frame(f, top)
+            return self._module_frame(f, top, exact)
         notes: list[str] = []
         links: list[tuple[int, Resolution | None]] = []
         if f.symbol is not None and f.offset is not None:
@@ -383,7 +416,7 @@ class _Annotator:
         matches = tuple(self._match(link, res, exact) for link, res in links)
         return self._done(f, top, matches, notes)
 
-    def _module_frame(self, f: StackFrame, top: bool) -> AnnotatedFrame:
+    def _module_frame(self, f: StackFrame, top: bool, exact: bool) -> AnnotatedFrame:
         """A frame in a module: its debug file's answer (docs/modules.md); return addresses at ``- 1``."""
 
         def bad(reason: str) -> AnnotatedFrame:
@@ -400,7 +433,6 @@ class _Annotator:
             found = mod.resolve(spec)
         except KsymError as exc:
             return bad(f"module {f.module}: {exc}")
-        exact = self.exact or is_exact_frame(f, top)
         matches = []
         for r in found:
             sec = mod.section_of(r)
@@ -484,7 +516,7 @@ class _Annotator:
         if self.can_disasm and self.sym.code_bytes(look, 1):
             before = instruction_before(link, self.sym.code_bytes, self.sym.machine,
                                         function_start=caller[0].address if caller else None,
-                                        name_of=self.name_of)
+                                        name_of=self.name_of, boundary_hint=self.sym.line_row_start(look))
             insn = before.instruction
             why: str | None = None
             if before.boundary is False:
@@ -550,10 +582,13 @@ def annotate(
     if slide is not None:
         notes.append(f"KASLR slide {slide:#x} (from {source})")
     worker = _Annotator(symbolizer, slide, kallsyms, exact, modules)
+    worker.prefetch(frames)
     top = _top_flags(lines)
     out = tuple(worker.frame(f, top[f.lineno]) for f in frames)
+    # a frame with several same-named symbols fits when one of them does
     misfits = sum(1 for af in out if (af.reason and "another kernel build" in af.reason)
-                  or any("inside an instruction" in n for m in af.matches for n in m.notes))
+                  or (af.matches and all(any("inside an instruction" in n for n in m.notes)
+                                         for m in af.matches)))
     if misfits:
         notes.append(f"{misfits} frame(s) do not fit this vmlinux: is the dump from another kernel build? "
                      f"(vmlinux: {(symbolizer.banner or str(symbolizer.path)).strip()})")
@@ -638,7 +673,9 @@ def annotate_command(args: argparse.Namespace) -> int:
         ks = load_kallsyms(args.kallsyms) if getattr(args, "kallsyms", None) else None
         sym = Symbolizer(getattr(args, "vmlinux", None), use_index=not getattr(args, "no_index", False),
                          cache_dir=getattr(args, "cache_dir", None), warn=err,
-                         kernel_tag=getattr(args, "kernel_tag", None), elixir_url=getattr(args, "elixir_url", None))
+                         kernel_tag=getattr(args, "kernel_tag", None), elixir_url=getattr(args, "elixir_url", None),
+                         # plain text without --links shows no links: skip building them
+                         links=fmt != "text" or bool(getattr(args, "links", False)))
         release = getattr(args, "release", None)
         if release is None and sym.banner:
             m = re.match(r"Linux version (\S+)", sym.banner)
@@ -646,6 +683,7 @@ def annotate_command(args: argparse.Namespace) -> int:
         modules = ModuleSet(release, getattr(args, "modules", None) or [])
         result = annotate(text, sym, kaslr_offset=getattr(args, "kaslr_offset", None), kallsyms=ks,
                           exact=bool(getattr(args, "exact", False)), modules=modules)
+        sym.flush()  # the index learns this dump's frames (the report below may read more)
     except KsymError as exc:
         err(f"ksym annotate: error: {exc}")
         return exc.exit_code

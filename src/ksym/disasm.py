@@ -117,6 +117,7 @@ _ARCHES: dict[str, _Arch] = {
 }
 
 _DISASSEMBLERS: dict[str, Any] = {}
+_SWEEPERS: dict[str, Any] = {}
 
 
 def supported_machine(machine: str | None) -> bool:
@@ -133,6 +134,16 @@ def _cs(machine: str) -> Any:
             md.syntax = capstone.CS_OPT_SYNTAX_ATT
         md.detail = True
         _DISASSEMBLERS[machine] = md
+    return md
+
+
+def _sweeper(machine: str) -> Any:
+    """A capstone instance without operand details, for the linear sweep (several times faster)."""
+    md = _SWEEPERS.get(machine)
+    if md is None:
+        arch = _ARCHES[machine]
+        md = capstone.Cs(arch.cs_arch, arch.cs_mode)
+        _SWEEPERS[machine] = md
     return md
 
 
@@ -182,18 +193,21 @@ def _make(insn: Any, name_of: NameOf | None, arch: _Arch) -> Instruction:
     )
 
 
-def _sweep(md: Any, code: bytes, start: int, end: int) -> tuple[Any | None, bool]:
-    """Linear sweep of ``code`` (at ``start``): (the instruction ending exactly at ``end`` or None,
-    whether the sweep reached ``end`` at all: capstone stops at bytes it cannot decode)."""
-    last = None
+def _sweep(machine: str, code: bytes, start: int, end: int) -> tuple[Any | None, bool]:
+    """Linear sweep of ``code`` (at ``start``): (the instruction ending exactly at ``end``, decoded
+    with details, or None; whether the sweep reached ``end`` at all: capstone stops at bytes it
+    cannot decode)."""
+    last = -1
     pos = start
-    for insn in md.disasm(code, start):
-        pos = insn.address + insn.size
-        last = insn
+    for address, size, _mn, _op in _sweeper(machine).disasm_lite(code, start):
+        last = address
+        pos = address + size
         if pos >= end:
             break
-    if last is not None and pos == end:
-        return last, True
+    if last >= 0 and pos == end:
+        one = list(_cs(machine).disasm(code[last - start : end - start], last, 1))
+        if one and one[0].size == end - last:
+            return one[0], True
     return None, pos >= end
 
 
@@ -225,12 +239,18 @@ def instruction_before(
     *,
     function_start: int | None = None,
     name_of: NameOf | None = None,
+    boundary_hint: int | None = None,
 ) -> PrecedingInstruction:
     """The instruction that ends exactly at ``return_address`` (see :func:`call_before`).
 
     With ``function_start`` the linear sweep tells any instruction ending there, or that the address
     is inside an instruction (``boundary=False``); the backward search, used without it or when the
     sweep stops at undecodable bytes, only finds calls (``boundary=None`` when it finds none).
+
+    :param boundary_hint: a known instruction start between ``function_start`` and the address (the
+        line-table row covering ``return_address - 1``: compilers start rows at instructions). The
+        sweep starts there, so it covers a few instructions instead of the whole function; when it
+        does not land on the address, the sweep from ``function_start`` decides.
     """
     if machine not in _ARCHES:
         return PrecedingInstruction(None, None)
@@ -242,11 +262,19 @@ def instruction_before(
             if insn.address + insn.size == return_address:
                 return PrecedingInstruction(_make(insn, name_of, arch), True)
         return PrecedingInstruction(None, None)
+    assert machine is not None
+    if (boundary_hint is not None and 0 < return_address - boundary_hint <= _MAX_SWEEP
+            and (function_start is None or boundary_hint >= function_start)):
+        code = read(boundary_hint, return_address - boundary_hint + arch.max_insn)
+        if len(code) >= return_address - boundary_hint:
+            insn, _reached = _sweep(machine, code, boundary_hint, return_address)
+            if insn is not None:
+                return PrecedingInstruction(_make(insn, name_of, arch), True)
     if function_start is not None and 0 < return_address - function_start <= _MAX_SWEEP:
         # a few bytes more: the instruction that straddles the address must decode whole
         code = read(function_start, return_address - function_start + arch.max_insn)
         if len(code) >= return_address - function_start:
-            insn, reached = _sweep(md, code, function_start, return_address)
+            insn, reached = _sweep(machine, code, function_start, return_address)
             if insn is not None:
                 return PrecedingInstruction(_make(insn, name_of, arch), True)
             if reached:

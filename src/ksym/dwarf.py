@@ -63,6 +63,7 @@ FUNCTION_TAGS = frozenset({TAG_SUBPROGRAM, TAG_INLINED_SUBROUTINE, TAG_ENTRY_POI
 AT_SIBLING = 0x01
 AT_NAME = 0x03
 AT_STMT_LIST = 0x10
+AT_LANGUAGE = 0x13
 AT_LOW_PC = 0x11
 AT_HIGH_PC = 0x12
 AT_COMP_DIR = 0x1B
@@ -86,9 +87,17 @@ _WANTED = frozenset(
         AT_SIBLING, AT_NAME, AT_STMT_LIST, AT_LOW_PC, AT_HIGH_PC, AT_COMP_DIR, AT_ABSTRACT_ORIGIN,
         AT_SPECIFICATION, AT_RANGES, AT_CALL_COLUMN, AT_CALL_FILE, AT_CALL_LINE, AT_LINKAGE_NAME,
         AT_MIPS_LINKAGE_NAME, AT_STR_OFFSETS_BASE, AT_ADDR_BASE, AT_RNGLISTS_BASE, AT_GNU_RANGES_BASE,
-        AT_GNU_ADDR_BASE,
+        AT_GNU_ADDR_BASE, AT_LANGUAGE,
     }
 )
+
+#: DW_LANG_C89, C, C99, C11, C17 and assembler (gas): languages whose types cannot hold code, so a
+#: walk for functions need not enter structures and unions (C++ member functions can live there).
+_C_LANGUAGES = frozenset({0x01, 0x02, 0x0C, 0x1D, 0x2C, 0x8001})
+#: Tags whose children may hold functions with code: namespace, module, and (not in C) class,
+#: structure and union types with member functions defined inline.
+_SCOPE_TAGS = frozenset({0x39, 0x1E})
+_TYPE_SCOPE_TAGS = frozenset({0x02, 0x13, 0x17})
 
 FORM_ADDR = 0x01
 FORM_BLOCK2 = 0x03
@@ -420,6 +429,18 @@ class LineTable:
 
     def lookup(self, address: int) -> tuple[str, int, int, int] | None:
         """(file, line, column, discriminator) of the row covering ``address``, or None."""
+        j = self._row_index(address)
+        if j < 0:
+            return None
+        fnum, line, col, disc, _end = self.rows[j]
+        return self.file_name(fnum), line, col, disc
+
+    def row_address(self, address: int) -> int | None:
+        """Start address of the row covering ``address`` (compilers start rows at instructions)."""
+        j = self._row_index(address)
+        return int(self.addrs[j]) if j >= 0 else None
+
+    def _row_index(self, address: int) -> int:
         seqs = self.seqs
         lows = self._lows
         if lows is None or len(lows) != len(seqs):
@@ -431,12 +452,12 @@ class LineTable:
             if low <= address < high:
                 j = bisect.bisect_right(self.addrs, address, first, last) - 1
                 if j >= first:
-                    fnum, line, col, disc, end_seq = self.rows[j]
+                    end_seq = self.rows[j][4]
                     if not end_seq and j + 1 < last and address < self.addrs[j + 1]:
-                        return self.file_name(fnum), line, col, disc
-                return None
+                        return j
+                return -1
             i -= 1
-        return None
+        return -1
 
 
 class _Rows:
@@ -533,6 +554,9 @@ class _CUReader:
         self.addr_base = 8
         self.rnglists_base = 0
         self.low_pc = 0
+        #: DW_AT_language of the unit (None: not said)
+        self.language: int | None = None
+        self._fast_skips: dict[int, tuple[int, int]] | None = None
         # per-abbrev plans: fixed skip size when nothing wanted and all forms fixed-size
         self._fixed: dict[int, int] = {}
         asz = hdr.address_size
@@ -571,6 +595,35 @@ class _CUReader:
                     steps.append((2, form, const))
                     all_fixed = False
             self._plans[code] = (tag, ch, tuple(steps), fixed_total if all_fixed else -1)
+
+    def fast_skips(self) -> dict[int, tuple[int, int]]:
+        """For the function walk: abbreviation code → how to step over a DIE of it without decoding
+        it: ``(0, n)`` a childless DIE of ``n`` fixed bytes; ``(1, k)`` a DIE whose children are not
+        entered and whose DW_AT_sibling (ref4) is ``k`` bytes after the code."""
+        skips = self._fast_skips
+        if skips is not None:
+            return skips
+        skips = {}
+        enter = _SCOPE_TAGS if self.language in _C_LANGUAGES else _SCOPE_TAGS | _TYPE_SCOPE_TAGS
+        for code, (tag, ch, attrs) in self.abbrevs.items():
+            if tag in _INTERESTING_TAGS or (ch and tag in enter):
+                continue
+            at_off = 0
+            sib = -1
+            for at, form, _const in attrs:
+                if at == AT_SIBLING and form == FORM_REF4 and sib < 0:
+                    sib = at_off
+                sz = self._form_size.get(form)
+                if sz is None:
+                    at_off = -1
+                    break
+                at_off += sz
+            if ch and sib >= 0:
+                skips[code] = (1, sib)
+            elif not ch and at_off >= 0:
+                skips[code] = (0, at_off)
+        self._fast_skips = skips
+        return skips
 
     def _read_form(self, form: int, pos: int, const: int) -> tuple[Any, int]:
         data = self.data
@@ -815,6 +868,8 @@ def _open_unit(sec: DwarfSections, cu_offset: int) -> tuple[_CUReader, dict[int,
             reader.rnglists_base = int(vals[at][1])
     if AT_LOW_PC in vals:
         reader.low_pc = reader.address(*vals[AT_LOW_PC])
+    if AT_LANGUAGE in vals:
+        reader.language = int(vals[AT_LANGUAGE][1])
     return reader, vals, children, pos
 
 
@@ -892,8 +947,25 @@ def _walk_children(
     # stack entries: index of the enclosing function node (or -1); with ``top_only`` the subtrees
     # of functions are not entered but remembered (FunctionNode.child_pos) for expand_for()
     read_die = reader.read_die
+    data = reader.data
+    skips = reader.fast_skips()
+    unit = reader.hdr.offset
+    sib_fmt = reader.e + "I"
+    enter_types = reader.language not in _C_LANGUAGES
     while pos < data_end and stack:
         die_off = pos
+        # most DIEs (types, members, declarations) are stepped over without decoding them
+        code = data[pos]
+        if 0 < code < 0x80:
+            sk = skips.get(code)
+            if sk is not None:
+                if sk[0] == 0:
+                    pos += 1 + sk[1]
+                    continue
+                target = unit + struct.unpack_from(sib_fmt, data, pos + 1 + sk[1])[0]
+                if target > pos:
+                    pos = target
+                    continue
         code, tag, children, vals, pos = read_die(pos)
         if code == 0:
             stack.pop()
@@ -944,7 +1016,7 @@ def _walk_children(
             # types, variables, namespaces...: their children cannot hold code, except that a
             # namespace or module might; kernel C has none, but be exact for C++ (DW_TAG_namespace
             # 0x39, DW_TAG_module 0x1e, class/structure types with member functions defined inline)
-            if tag in (0x39, 0x1E, 0x02, 0x13, 0x17):
+            if tag in _SCOPE_TAGS or (enter_types and tag in _TYPE_SCOPE_TAGS):
                 stack.append(enclosing)
             else:
                 pos = _skip_subtree(reader, pos, vals)
@@ -1064,13 +1136,15 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
     # bfd keeps only the last row for one address within a sequence (PR ld/4986): a row at the
     # address of the previous one replaces it
     last_addr = -1
+    # the address and line advance of each special opcode, computed once
+    addr_adv = [((op - ob) // lr) * min_inst if op >= ob else 0 for op in range(256)]
+    line_adv = [line_base + (op - ob) % lr if op >= ob else 0 for op in range(256)]
     while pos < n_end:
         op = d[pos]
         pos += 1
         if op >= ob:
-            adj = op - ob
-            address += (adj // lr) * min_inst
-            line += line_base + adj % lr
+            address += addr_adv[op]
+            line += line_adv[op]
             if address == last_addr:
                 rows[-1] = (file, line, column, disc, False)
             else:
@@ -1108,16 +1182,35 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
                 rows.append((file, line, column, disc, False))
                 last_addr = address
             disc = 0
-        elif op == 2:  # advance_pc
-            v, pos = _uleb(d, pos)
-            address += v * min_inst
+        elif op == 5:  # set_column (one-byte LEB128 is the common case for these operands)
+            column = d[pos]
+            if column < 0x80:
+                pos += 1
+            else:
+                column, pos = _uleb(d, pos)
         elif op == 3:  # advance_line
-            v, pos = _sleb(d, pos)
+            v = d[pos]
+            if v < 0x40:
+                pos += 1
+            elif v < 0x80:
+                v -= 0x80
+                pos += 1
+            else:
+                v, pos = _sleb(d, pos)
             line += v
+        elif op == 2:  # advance_pc
+            v = d[pos]
+            if v < 0x80:
+                pos += 1
+            else:
+                v, pos = _uleb(d, pos)
+            address += v * min_inst
         elif op == 4:  # set_file
-            file, pos = _uleb(d, pos)
-        elif op == 5:  # set_column
-            column, pos = _uleb(d, pos)
+            file = d[pos]
+            if file < 0x80:
+                pos += 1
+            else:
+                file, pos = _uleb(d, pos)
         elif op == 8:  # const_add_pc
             address += ((255 - ob) // lr) * min_inst
         elif op == 9:  # fixed_advance_pc

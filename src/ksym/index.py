@@ -5,6 +5,8 @@ Layout under ``$KSYM_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ksym``, i.e. ``~/.ca
     paths/<sha256 of the real path>     → (path, size, mtime_ns, inode, key)   which key a file has
     index/<key>/image.v1                → sections, symbol table arrays, aranges, faddr2line prefix, banner
     index/<key>/cu-<offset>.v1          → one compilation unit, read once (function tree + line table)
+    index/<key>/answers.v1              → address → (inline chain, line-row start) of every address
+                                          looked up before: a dump seen again needs no CU at all
 
 ``key`` is the GNU build id (or, for a file without one, a hash of path, size and mtime). Files are
 written with ``marshal`` (plain data only: loading never runs code) to a temporary name and renamed into
@@ -22,7 +24,9 @@ from typing import Any
 
 __all__ = ["FORMAT_VERSION", "IndexStore", "default_cache_dir"]
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+#: The answers file is dropped and started again when it grows past this many addresses.
+MAX_ANSWERS = 250_000
 
 
 def default_cache_dir() -> Path:
@@ -97,9 +101,32 @@ class IndexStore:
             return None
         return self._load(self._dir(key) / f"cu-{offset}.v{FORMAT_VERSION}")
 
+    def has_cu(self, key: str, offset: int) -> bool:
+        return self.enabled and (self._dir(key) / f"cu-{offset}.v{FORMAT_VERSION}").is_file()
+
     def save_cu(self, key: str, offset: int, record: Any) -> None:
         if self.enabled:
             self._save(self._dir(key) / f"cu-{offset}.v{FORMAT_VERSION}", record)
+
+    def load_answers(self, key: str, view: str) -> dict[int, Any]:
+        """Addresses answered before for this image, as shown with the display settings ``view``."""
+        if not self.enabled:
+            return {}
+        data = self._load(self._dir(key) / f"answers.v{FORMAT_VERSION}")
+        if not isinstance(data, dict) or data.get("view") != view or not isinstance(data.get("answers"), dict):
+            return {}
+        answers: dict[int, Any] = data["answers"]
+        return answers
+
+    def save_answers(self, key: str, view: str, new: dict[int, Any]) -> None:
+        """Add ``new`` to the stored answers (re-read first: another process may have added some)."""
+        if not self.enabled or not new:
+            return
+        answers = self.load_answers(key, view)
+        if len(answers) + len(new) > MAX_ANSWERS:
+            answers = {}
+        answers.update(new)
+        self._save(self._dir(key) / f"answers.v{FORMAT_VERSION}", {"view": view, "answers": answers})
 
     def evict(self, key: str | None = None) -> None:
         """Delete the index of one key, or everything."""

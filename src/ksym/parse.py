@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 
 __all__ = [
@@ -574,7 +574,10 @@ def parse_line(line: str, lineno: int = 1) -> StackFrame | None:
     """The frame on ``line`` (one line, with or without its line ending), or ``None``."""
     if "\n" in line.rstrip("\r\n"):
         raise ValueError("parse_line() takes a single line; use parse_text() for text")
-    start, end, prefixed = _body_bounds(line)
+    return _parse_body(line, lineno, *_body_bounds(line))
+
+
+def _parse_body(line: str, lineno: int, start: int, end: int, prefixed: bool) -> StackFrame | None:
     if start >= end:
         return None
     for fmt in _FORMATS:
@@ -655,7 +658,8 @@ def parse_text(text: str) -> list[ParsedLine]:
     stack = -1
     in_stack = False
     for i, line in enumerate(iter_lines(text), 1):
-        frame = parse_line(line, i)
+        bounds = _body_bounds(line)
+        frame = _parse_body(line, i, *bounds)
         if frame is None:
             in_stack = False
             out.append(ParsedLine(i, line, None, line_context(line)))
@@ -663,11 +667,13 @@ def parse_text(text: str) -> list[ParsedLine]:
         if (
             not in_stack
             or frame.kind is FrameKind.DROPWATCH  # every dropwatch line is a separate drop event
-            or _INLINE_MARKER_RX.match(line, _body_bounds(line)[0])  # " <EOI>  [<...>] func+0x1/0x2"
+            or _INLINE_MARKER_RX.match(line, bounds[0])  # " <EOI>  [<...>] func+0x1/0x2"
         ):
             stack += 1
             in_stack = True
-        out.append(ParsedLine(i, line, replace(frame, stack_index=stack)))
+        # the frame was made here and is not shared yet: set its stack without copying it
+        object.__setattr__(frame, "stack_index", stack)
+        out.append(ParsedLine(i, line, frame))
     return out
 
 

@@ -27,14 +27,17 @@ import time
 from collections.abc import Iterable, Sequence
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
-import requests
 from cachetools import LRUCache
 
 from ksym.errors import EXIT_NO_FILE, KsymError
 from ksym.links import kernel_relative_path
 from ksym.version import KernelVersion
+
+if TYPE_CHECKING:  # requests costs ~90 ms to import: only the HTTP path pays it
+    import requests
 
 __all__ = [
     "DEFAULT_MAX_CACHE_BYTES",
@@ -298,6 +301,8 @@ class SourceProvider:
     # --- HTTP -----------------------------------------------------------------------------------------
 
     def _fetch(self, tag: str, path: str) -> bytes:
+        import requests
+
         url = self.url_for(tag, path)
         host = urlsplit(url).netloc or url
         what = f"{path} ({tag}) from {host}"
@@ -362,6 +367,8 @@ class SourceProvider:
             time.sleep(wait)
 
     def _read_body(self, resp: requests.Response, what: str, tag: str, path: str) -> bytes:
+        import requests
+
         chunks: list[bytes] = []
         size = 0
         try:

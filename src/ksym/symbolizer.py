@@ -14,10 +14,13 @@ cannot answer.
 
 from __future__ import annotations
 
+import atexit
 import bisect
+import contextlib
 import mmap
 import os
 import re
+import weakref
 from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -113,7 +116,13 @@ class Symbolizer:
         self._links: Any = None
         # address → inline chain with links, for frames seen again (stack dumps repeat them)
         self._chains: LRUCache[int, tuple[SourceLocation, ...]] = LRUCache(maxsize=16384)
+        # address → (chain as plain tuples, line-row start or -1): loaded from the index on first use;
+        # new answers and CUs read or expanded are written by flush() (close(), or at exit)
+        self._answers: dict[int, Any] | None = None
+        self._new_answers: dict[int, Any] = {}
+        self._dirty_cus: dict[int, D.CompiledUnit] = {}
         self._load_index()
+        _LIVE.add(self)
 
     # -- index ---------------------------------------------------------------------------------------
 
@@ -310,9 +319,27 @@ class Symbolizer:
                 raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {offset:#x}: {exc}") from None
             except __import__("struct").error as exc:
                 raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {offset:#x}: {exc}") from None
-            self._store.save_cu(self.key, offset, D.unit_to_record(cu))
+            self._mark_dirty(cu)
         self._cus[offset] = cu
         return cu
+
+    def _mark_dirty(self, cu: D.CompiledUnit) -> None:
+        self._dirty_cus[cu.offset] = cu
+        if len(self._dirty_cus) >= _MAX_DIRTY_CUS:
+            self._write_cus()
+
+    def _write_cus(self) -> None:
+        for off, cu in sorted(self._dirty_cus.items()):
+            self._store.save_cu(self.key, off, D.unit_to_record(cu))
+        self._dirty_cus.clear()
+
+    def flush(self) -> None:
+        """Write what this session learnt to the on-disk index: the units read or expanded and the
+        answers given (called by :meth:`close` and at interpreter exit)."""
+        self._write_cus()
+        if self._new_answers:
+            self._store.save_answers(self.key, self._view(), self._new_answers)
+            self._new_answers = {}
 
     # -- lookups ---------------------------------------------------------------------------------------
 
@@ -337,9 +364,81 @@ class Symbolizer:
         """The inline chain at a link-time address, innermost first (with links when enabled)."""
         got = self._chains.get(address)
         if got is None:
-            got = self._with_links(self._chain(address))
+            got = self._with_links(self._answer(address)[0])
             self._chains[address] = got
         return got
+
+    def line_row_start(self, address: int) -> int | None:
+        """Start of the line-table row covering ``address``: an instruction boundary at or before it
+        (what the call-site disassembly starts from), or None without line information."""
+        row = self._answer(address)[1]
+        return row if row >= 0 else None
+
+    def prefetch(self, addresses: Iterable[int], *, processes: int | None = None) -> int:
+        """Answer ``addresses`` ahead of :meth:`chain` (a dump's frames, before they are printed).
+
+        When many compilation units must be read from the DWARF for them, they are read by up to
+        ``processes`` forked worker processes (default: the CPUs this process may use, at most 8),
+        each writing the units it read to the index; the answers come back to this process. Returns
+        how many addresses were answered. Errors are left for :meth:`chain` to raise in order.
+        """
+        answers = self._load_answers()
+        todo = sorted({a for a in addresses if a not in answers})
+        if not todo:
+            return 0
+        by_unit: dict[int | None, list[int]] = {}
+        for a in todo:
+            by_unit.setdefault(self._cu_offset_for(a), []).append(a)
+        cold = [off for off in by_unit if off is not None and off not in self._cus
+                and not self._store.has_cu(self.key, off)]
+        n = processes if processes is not None else _usable_cpus()
+        n = min(n, 8, max(1, len(cold) // _UNITS_PER_PROCESS))
+        if n < 2 or not hasattr(os, "fork"):
+            for a in todo:
+                with contextlib.suppress(KsymError):
+                    self._answer(a)
+            return len(todo)
+        import multiprocessing
+
+        # biggest groups first, dealt round-robin: the workers finish at about the same time
+        groups = sorted(by_unit.values(), key=len, reverse=True)
+        chunks = [groups[i::n] for i in range(n)]
+        global _FORKED
+        _FORKED = self
+        try:
+            with multiprocessing.get_context("fork").Pool(n) as pool:
+                results = pool.map(_prefetch_worker, chunks)
+        finally:
+            _FORKED = None
+        got = 0
+        for part in results:
+            for a, rec in part.items():
+                answers[a] = self._new_answers[a] = rec
+                got += 1
+        return got
+
+    def _load_answers(self) -> dict[int, Any]:
+        if self._answers is None:
+            self._answers = self._store.load_answers(self.key, self._view())
+        return self._answers
+
+    def _view(self) -> str:
+        """What the stored answers depend on besides the image: how paths are displayed."""
+        return f"prefix={self.dir_prefix!r}"
+
+    def _answer(self, address: int) -> tuple[tuple[SourceLocation, ...], int]:
+        answers = self._load_answers()
+        rec = answers.get(address)
+        if rec is not None:
+            try:
+                return tuple(SourceLocation(*loc) for loc in rec[0]), int(rec[1])
+            except (TypeError, ValueError, IndexError):
+                pass  # damaged: answer again
+        chain, row = self._chain(address)
+        rec = (tuple((c.function, c.file, c.line, c.column, c.discriminator, c.raw_file, c.inlined)
+                     for c in chain), row)
+        answers[address] = self._new_answers[address] = rec
+        return chain, row
 
     def _with_links(self, chain: tuple[SourceLocation, ...]) -> tuple[SourceLocation, ...]:
         links = self.links
@@ -359,11 +458,12 @@ class Symbolizer:
                 return raw[m.end() - 1:]
         return raw
 
-    def _chain(self, address: int) -> tuple[SourceLocation, ...]:
-        """The inline chain at ``address``, innermost first, as addr2line -i reports it."""
+    def _chain(self, address: int) -> tuple[tuple[SourceLocation, ...], int]:
+        """The inline chain at ``address``, innermost first, as addr2line -i reports it, and the start
+        of the line row covering it (-1: none)."""
         cu_off = self._cu_offset_for(address)
         if cu_off is None:
-            return inline_chain(None, address, self.symbols, self._display)
+            return inline_chain(None, address, self.symbols, self._display), -1
         cu = self.compiled_unit(cu_off)
         if cu.needs_expansion(address):
             try:
@@ -371,8 +471,9 @@ class Symbolizer:
             except (D.DwarfError, IndexError, ValueError) as exc:
                 raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {cu_off:#x}: {exc}") from None
             if changed:
-                self._store.save_cu(self.key, cu_off, D.unit_to_record(cu))
-        return inline_chain(cu, address, self.symbols, self._display)
+                self._mark_dirty(cu)
+        row = cu.lines.row_address(address) if cu.lines is not None else None
+        return inline_chain(cu, address, self.symbols, self._display), -1 if row is None else row
 
     def symbolize(self, address: int, query: str | None = None) -> Resolution:
         """Resolve one link-time address (no KASLR adjustment)."""
@@ -421,6 +522,14 @@ class Symbolizer:
         return addr
 
     def close(self) -> None:
+        """Write pending index data (:meth:`flush`) and release the file."""
+        try:
+            self.flush()
+        finally:
+            self._release()
+        _LIVE.discard(self)
+
+    def _release(self) -> None:
         if self._image is not None:
             self._image.close()
             self._image = None
@@ -438,6 +547,49 @@ class Symbolizer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: Units read or expanded are written in batches of this many (a unit often grows several times).
+_MAX_DIRTY_CUS = 64
+
+#: Fewer units than this per process are read in this process (a fork costs more than they do).
+_UNITS_PER_PROCESS = 24
+
+#: The symbolizer a forked prefetch worker works for (set in the parent just before the fork).
+_FORKED: Symbolizer | None = None
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _prefetch_worker(groups: list[list[int]]) -> dict[int, Any]:
+    """In a forked process: answer each group of addresses (one unit each), write the units read to
+    the index, and send the answers back."""
+    sym = _FORKED
+    assert sym is not None
+    sym._new_answers = {}
+    for group in groups:
+        for a in group:
+            with contextlib.suppress(KsymError):
+                sym._answer(a)
+    with contextlib.suppress(OSError):
+        sym._write_cus()
+    return sym._new_answers
+
+
+#: Symbolizers not closed yet: their pending index data is written at interpreter exit.
+_LIVE: weakref.WeakSet[Symbolizer] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for sym in list(_LIVE):
+        with contextlib.suppress(Exception):  # a cache that cannot be written is only slower
+            sym.flush()
 
 
 # keep the public errors reachable from here for users of this module alone

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Issue 3's annotate benchmark: a 10,000-frame stack dump (1,000 unique return-address frames) of the
+real Debian 6.1 vmlinux, annotated by ``ksym annotate`` with an empty index (cold) and a warm one, and
+by the kernel's scripts/decode_stacktrace.sh on the same dump in the same run.
+
+    .venv/bin/python bench/dump.py                    # writes bench/.cache/dump-result.json, prints a table
+    .venv/bin/python bench/dump.py --decode-lines 300 # decode_stacktrace.sh on the first 300 lines only
+    .venv/bin/python bench/dump.py --make-dump FILE   # only write the dump
+
+The dump is an oops-style call trace (``[  12.345678]  func+0x1c/0x80``), deterministic (seeded), made of
+return addresses (the instruction after a ``call``) in FUNC symbols, as real stacks hold.
+decode_stacktrace.sh costs seconds per distinct frame (``nm`` over the whole vmlinux per new symbol, one
+``addr2line`` per new address); by default it runs on the whole dump. ``--decode-lines N`` runs it on a
+prefix and scales by distinct frames, and the table says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+for p in (REPO, REPO / "tests"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from bench.accuracy import sample_addresses  # noqa: E402
+from bench.speed import Measure, median_of, run_timed  # noqa: E402
+from anchors import find_faddr2line, find_test_vmlinux  # noqa: E402
+from ksym import Symbolizer  # noqa: E402
+
+N_FRAMES = 10_000
+N_UNIQUE = 1_000
+TARGET_COLD_S = 3.0
+TARGET_WARM_S = 0.5
+
+
+def make_dump(vmlinux: Path, work: Path) -> list[str]:
+    """The dump's lines: 1,000 distinct ``sym+0xoff/0xsize`` return-address frames, drawn 10,000 times,
+    cut into call traces of 20 frames with oops headers between them."""
+    sym = Symbolizer(vmlinux, cache_dir=work / "sample-index")
+    try:
+        rets = [s.address for s in sample_addresses(sym, vmlinux, 0, 0, 1200, seed=7)]
+        frames: list[str] = []
+        for a in rets:
+            hit = sym.symbols.containing(a)
+            if hit and hit[0].type == 2:  # STT_FUNC, as kallsyms names stack entries
+                frames.append(f"{hit[0].name}+{a - hit[0].address:#x}/{hit[1]:#x}")
+            if len(frames) == N_UNIQUE:
+                break
+    finally:
+        sym.close()
+    rng = random.Random(10000)
+    lines: list[str] = []
+    t = 100.0
+    for i in range(N_FRAMES):
+        if i % 20 == 0:
+            lines.append(f"[{t:12.6f}] Call Trace:")
+        t += 0.000011
+        lines.append(f"[{t:12.6f}]  {frames[rng.randrange(len(frames))]}")
+    return lines
+
+
+def distinct_frames(lines: list[str]) -> int:
+    return len({ln.split("]", 1)[1].strip() for ln in lines if "+0x" in ln})
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--decode-lines", type=int, default=0, help="run decode_stacktrace.sh on this many lines "
+                    "of the dump and scale (0 = the whole dump)")
+    ap.add_argument("--no-decode", action="store_true", help="skip decode_stacktrace.sh")
+    ap.add_argument("--make-dump", metavar="FILE", help="write the dump to FILE and exit")
+    ap.add_argument("--out", default=str(HERE / ".cache" / "dump-result.json"))
+    args = ap.parse_args(argv)
+    vmlinux = find_test_vmlinux()
+    if vmlinux is None:
+        print("bench/dump.py: no Debian 6.1 debug vmlinux (run tools/fetch-testdata.sh)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="ksym-dump-bench-"))
+    try:
+        lines = make_dump(vmlinux, work)
+        dump = work / "dump.txt"
+        dump.write_text("\n".join(lines) + "\n")
+        if args.make_dump:
+            shutil.copy(dump, args.make_dump)
+            return 0
+        nframes = sum(1 for ln in lines if "+0x" in ln)
+        results: dict[str, dict[str, object]] = {}
+
+        def ann(cache: Path) -> list[str]:
+            return [sys.executable, "-m", "ksym", "annotate", str(dump), "--vmlinux", str(vmlinux),
+                    "--cache-dir", str(cache)]
+
+        def ok(status: int, _out: str) -> None:
+            if status != 0:
+                raise RuntimeError(f"exit status {status}")
+
+        cold = median_of(args.runs, lambda i: (ann(work / f"cold-{i}"), None), ok)
+        warm_dir = work / "warm"
+        run_timed(ann(warm_dir))
+        warm = median_of(args.runs, lambda i: (ann(warm_dir), None), ok)
+        results["ksym annotate (cold: empty index)"] = vars(cold)
+        results["ksym annotate (warm index)"] = vars(warm)
+        if not args.no_decode:
+            script = find_faddr2line()
+            decode = script.parent / "decode_stacktrace.sh" if script else None
+            if decode is None or not decode.is_file():
+                print("bench/dump.py: scripts/decode_stacktrace.sh not found; skipped", file=sys.stderr)
+            else:
+                part = lines[: args.decode_lines] if args.decode_lines else lines
+                pfile = work / "part.txt"
+                pfile.write_text("\n".join(part) + "\n")
+                m = median_of(1, lambda i: (["bash", str(decode), str(vmlinux)], pfile.read_text()), None)
+                whole, sub = distinct_frames(lines), distinct_frames(part)
+                note = "whole dump"
+                if part is not lines:
+                    assert m.seconds is not None
+                    m = Measure(m.seconds * whole / max(sub, 1), m.rss_mb, m.runs)
+                    note = (f"EXTRAPOLATED from the first {len(part)} lines ({sub} distinct frames), "
+                            f"scaled to {whole} distinct frames")
+                m.note = note
+                results["scripts/decode_stacktrace.sh"] = vars(m)
+        base = warm.seconds or 1.0
+        print(f"{nframes} frames, {distinct_frames(lines)} distinct")
+        print(f"{'tool':45} {'wall s':>9} {'RSS MB':>7} {'÷ warm ksym':>11}  note")
+        for name, r in results.items():
+            s = float(r["seconds"])  # type: ignore[arg-type]
+            print(f"{name:45} {s:9.3f} {float(r['rss_mb'] or 0):7.0f} {s / base:10.1f}×  {r['note']}")
+        print(f"targets: cold ≤ {TARGET_COLD_S} s: {'met' if (cold.seconds or 99) <= TARGET_COLD_S else 'NOT met'};"
+              f" warm ≤ {TARGET_WARM_S} s: {'met' if (warm.seconds or 99) <= TARGET_WARM_S else 'NOT met'}")
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"frames": nframes, "distinct": distinct_frames(lines), "rows": results},
+                                  indent=1, default=str) + "\n")
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
