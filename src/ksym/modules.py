@@ -240,11 +240,11 @@ class ModuleImage:
         s = self._lookup(name)
         if s is None or s.type == SHT_NOBITS:
             return None
-        raw = self.data[s.offset : s.offset + s.size]
         if not s.flags & SHF_COMPRESSED and not s.name.startswith(".zdebug_"):
-            return raw
+            return self.data[s.offset : s.offset + s.size]
         got = self._inflated.get(s.index)
         if got is None:
+            raw = self.data[s.offset : s.offset + s.size]
             where = f"{self.path}: cannot decompress {s.name}"
             if s.flags & SHF_COMPRESSED:
                 got = decompress_section(raw, self.little_endian, self.elfclass, where)
