@@ -46,7 +46,7 @@ ELFCOMPRESS_ZSTD = 2
 #: The first four bytes of a Zstandard frame.
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 #: What to install when no Zstandard decompressor is importable.
-ZSTD_INSTALL_HINT = "pip install 'ksym[zstd]' (the zstandard package), or use Python 3.14+ (compression.zstd)"
+ZSTD_INSTALL_HINT = "pip install 'ksym[zstd]' for the zstandard package, or use Python 3.14+"
 
 _CHDR64 = struct.Struct("IIQQ")  # ch_type, ch_reserved, ch_size, ch_addralign (byte order added below)
 _CHDR32 = struct.Struct("III")  # ch_type, ch_size, ch_addralign
