@@ -483,3 +483,23 @@ def test_ko_zst_cli_matches_faddr2line(tmp_path: Path) -> None:
     got = _ksym("resolve", "--vmlinux", str(zst), *specs)
     assert "Traceback" not in got.stderr
     assert got.stdout == ref.stdout
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_ko_zst_one_line(damage: str, tmp_path: Path) -> None:
+    plain = _need_module(NFT_CT)
+    good = tmp_path / "good.ko.zst"
+    subprocess.run([_need("zstd"), "-q", str(plain), "-o", str(good)], check=True)
+    data = good.read_bytes()
+    bad = tmp_path / "nft_ct.ko.zst"
+    if damage == "truncated":
+        bad.write_bytes(data[: len(data) * 2 // 3])
+    else:
+        bad.write_bytes(data[:6] + bytes(b ^ 0x5A for b in data[6:200]) + data[200:])
+    got = _ksym("resolve", "--vmlinux", str(bad), "nft_ct_get_eval+0x10")
+    assert "Traceback" not in got.stderr
+    assert got.returncode == ksym.EXIT_BAD_FILE, got.stderr
+    assert got.stderr.count("\n") == 1
+    assert got.stderr.startswith(f"ksym: error: {bad}: corrupt zstd data: "), got.stderr
+    with pytest.raises(BadFileError, match="corrupt zstd data"):
+        ModuleSymbolizer(bad)
