@@ -2,8 +2,9 @@
 
 The file is memory-mapped; pyelftools reads the ELF header and section table and checks the file,
 and the big sections (.symtab, .debug_*) are handed on as memoryviews over the mapping, so opening a
-588 MB debug vmlinux costs milliseconds and almost no memory. Compressed debug sections
-(SHF_COMPRESSED, zlib) are decompressed by pyelftools on first use.
+588 MB debug vmlinux costs milliseconds and almost no memory. Compressed debug sections (SHF_COMPRESSED
+zlib or zstd, legacy ``.zdebug_*``; see :mod:`ksym.compress`) are decompressed by ksym on first use, once
+per image, and ``.zdebug_X`` answers for ``.debug_X``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import struct
 from pathlib import Path
 
+from .compress import decompress_gnu_zdebug, decompress_section
 from .errors import BadFileError, FileNotFoundKsymError, MissingDebugInfoError
 from .symbols import Section, SymbolTable
 
@@ -106,6 +108,8 @@ class KernelImage:
             raise BadFileError(f"{self.path}: corrupt ELF file: {exc}") from None
         self.sections = sections
         self._by_name = {s.name: s for s in sections}
+        # section index → decompressed contents, so each compressed section is inflated once per image
+        self._inflated: dict[int, bytes | memoryview] = {}
         for s in sections:
             if s.type != SHT_NOBITS and s.offset + s.size > self.size:
                 raise BadFileError(
@@ -114,6 +118,7 @@ class KernelImage:
                 )
 
     def close(self) -> None:
+        self._inflated.clear()
         try:
             self.view.release()
             self.mm.close()
@@ -127,19 +132,30 @@ class KernelImage:
         return self._by_name.get(name)
 
     def section_bytes(self, name: str) -> bytes | memoryview | None:
-        """Raw (decompressed if needed) contents of a section, or None."""
+        """Contents of a section, decompressed if needed, or None.
+
+        ``.debug_X`` falls back to a legacy ``.zdebug_X``. Uncompressed sections are memoryviews over the
+        mapping; compressed ones are decompressed on the first call and kept.
+
+        :raises BadFileError: corrupt compressed data, or zstd without a decompressor.
+        """
         s = self._by_name.get(name)
+        if s is None and name.startswith(".debug_"):
+            s = self._by_name.get(".z" + name[1:])
         if s is None or s.type == SHT_NOBITS:
             return None
-        if s.flags & SHF_COMPRESSED:
-            from elftools.common.exceptions import ELFError
-
-            try:
-                data = self.elf.get_section(s.index).data()
-            except ELFError as exc:
-                raise BadFileError(f"{self.path}: cannot decompress {name}: {exc}") from None
-            return bytes(data)
-        return self.view[s.offset : s.offset + s.size]
+        if not s.flags & SHF_COMPRESSED and not s.name.startswith(".zdebug_"):
+            return self.view[s.offset : s.offset + s.size]
+        got = self._inflated.get(s.index)
+        if got is None:
+            raw = self.view[s.offset : s.offset + s.size]
+            where = f"{self.path}: cannot decompress {s.name}"
+            if s.flags & SHF_COMPRESSED:
+                got = decompress_section(raw, self.little_endian, self.elfclass, where)
+            else:
+                got = decompress_gnu_zdebug(raw, where)
+            self._inflated[s.index] = got
+        return got
 
     @property
     def build_id(self) -> str | None:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from . import dwarf as D
+from .compress import ZSTD_MAGIC, decompress_gnu_zdebug, decompress_section, zstd_decompress
 from .errors import (
     BadFileError,
     FileNotFoundKsymError,
@@ -95,10 +96,11 @@ _MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz", ".ko.debug")
 
 
 def read_module_file(path: str | os.PathLike[str]) -> bytes:
-    """The ELF bytes of a module file, decompressing ``.xz`` (stdlib lzma) and ``.gz`` (zlib).
+    """The ELF bytes of a module file, decompressing ``.xz`` (stdlib lzma), ``.gz`` (zlib) and ``.zst``.
 
-    ``.zst`` needs a Zstandard decompressor, which is not among ksym's dependencies: when the optional
-    ``zstandard`` package is importable it is used, otherwise :class:`BadFileError` says so in one line.
+    ``.zst`` needs a Zstandard decompressor (:mod:`ksym.compress`): ``compression.zstd`` (Python 3.14+) or
+    the optional ``zstandard`` package (``ksym[zstd]``); without one, :class:`BadFileError` says so in one
+    line. The file type is told by its magic bytes, not its name.
     """
     p = Path(path)
     try:
@@ -116,19 +118,8 @@ def read_module_file(path: str | os.PathLike[str]) -> bytes:
             return lzma.decompress(raw)
         except lzma.LZMAError as exc:
             raise BadFileError(f"{p}: corrupt xz data: {exc}") from None
-    if raw[:4] == b"\x28\xb5\x2f\xfd":
-        try:
-            import zstandard  # type: ignore[import-not-found, unused-ignore]
-        except ImportError:
-            raise BadFileError(
-                f"{p}: zstd-compressed module: ksym has no Zstandard decompressor "
-                "(pip install zstandard, or unzstd the file first)"
-            ) from None
-        try:
-            out: bytes = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
-        except zstandard.ZstdError as exc:
-            raise BadFileError(f"{p}: corrupt zstd data: {exc}") from None
-        return out
+    if raw[:4] == ZSTD_MAGIC:
+        return zstd_decompress(raw, str(p), hint="unzstd the file first")
     if raw[:2] == b"\x1f\x8b":
         import gzip
 
@@ -207,6 +198,8 @@ class ModuleImage:
                 raise BadFileError(f"{self.path}: truncated ELF file: section {s.name} ends past the end of the file")
         self.sections = secs
         self._by_name = {s.name: s for s in secs}
+        # section index → decompressed contents (each compressed section is inflated once per image)
+        self._inflated: dict[int, bytes] = {}
         self.bases = self._place_sections()
         # sections at their synthetic addresses (for address → section and bfd's function fallback)
         self.placed_sections = [
@@ -234,18 +227,31 @@ class ModuleImage:
     def section(self, name: str) -> Section | None:
         return self._by_name.get(name)
 
-    def section_bytes(self, name: str) -> bytes | None:
+    def _lookup(self, name: str) -> Section | None:
         s = self._by_name.get(name)
+        if s is None and name.startswith(".debug_"):
+            s = self._by_name.get(".z" + name[1:])  # legacy GNU .zdebug_X answers for .debug_X
+        return s
+
+    def section_bytes(self, name: str) -> bytes | None:
+        """Contents of a section, decompressed if needed (SHF_COMPRESSED zlib/zstd, ``.zdebug_*``: once per
+        image), or None; ``.debug_X`` falls back to ``.zdebug_X``. Not relocated: see
+        :meth:`relocated_section`."""
+        s = self._lookup(name)
         if s is None or s.type == SHT_NOBITS:
             return None
-        if s.flags & SHF_COMPRESSED:
-            from elftools.common.exceptions import ELFError
-
-            try:
-                return bytes(self.elf.get_section(s.index).data())
-            except ELFError as exc:
-                raise BadFileError(f"{self.path}: cannot decompress {name}: {exc}") from None
-        return self.data[s.offset : s.offset + s.size]
+        if not s.flags & SHF_COMPRESSED and not s.name.startswith(".zdebug_"):
+            return self.data[s.offset : s.offset + s.size]
+        got = self._inflated.get(s.index)
+        if got is None:
+            raw = self.data[s.offset : s.offset + s.size]
+            where = f"{self.path}: cannot decompress {s.name}"
+            if s.flags & SHF_COMPRESSED:
+                got = decompress_section(raw, self.little_endian, self.elfclass, where)
+            else:
+                got = bytes(decompress_gnu_zdebug(raw, where))
+            self._inflated[s.index] = got
+        return got
 
     @property
     def build_id(self) -> str | None:
@@ -279,7 +285,7 @@ class ModuleImage:
         return base
 
     def require_dwarf(self) -> None:
-        if ".debug_info" not in self._by_name:
+        if self._lookup(".debug_info") is None:
             raise MissingDebugInfoError(
                 f"{self.path}: no DWARF debug info (.debug_info): this is a stripped module; install the "
                 "kernel's debug symbols (Debian: linux-image-<release>-dbg) or pass the module's debug file"
@@ -325,7 +331,7 @@ class ModuleImage:
 
     def relocated_section(self, name: str) -> bytes | None:
         """A section's contents with its ``.rela``/``.rel`` section applied against the layout."""
-        target = self._by_name.get(name)
+        target = self._lookup(name)
         if target is None or target.type == SHT_NOBITS:
             return None
         data = self.section_bytes(name)

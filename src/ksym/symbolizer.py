@@ -248,9 +248,11 @@ class Symbolizer:
         if self._sections_cache is not None:
             return self._sections_cache
         by_name = {s.name: s for s in self.sections}
-        if any(by_name[n].flags & 0x800 for n in _DWARF_SECTIONS.values() if n in by_name) or not all(
-            n in by_name for n in (".debug_info", ".debug_abbrev")
-        ):
+        # compressed sections (SHF_COMPRESSED, legacy .zdebug_*) are read through KernelImage, which
+        # decompresses each once; the plain ones are views over a mapping of the file
+        if any(by_name[n].flags & 0x800 for n in _DWARF_SECTIONS.values() if n in by_name) or any(
+            s.name.startswith(".zdebug_") for s in self.sections
+        ) or not all(n in by_name for n in (".debug_info", ".debug_abbrev")):
             return self._dwarf_sections_from_image(self._open_image())
         try:
             with open(self.path, "rb") as f:
