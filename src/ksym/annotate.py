@@ -602,6 +602,9 @@ def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-index", action="store_true", help="neither read nor write the on-disk index")
     parser.add_argument("--cache-dir", metavar="DIR",
                         help="index directory (default: $KSYM_CACHE_DIR or ~/.cache/ksym)")
+    from .debuginfo import add_debuginfo_arguments
+
+    add_debuginfo_arguments(parser)
     from .report import add_report_arguments
 
     add_report_arguments(parser)  # --format text|json|html|markdown, --output, --title, source/link options
@@ -634,16 +637,36 @@ def annotate_command(args: argparse.Namespace) -> int:
     except OSError as exc:
         err(f"ksym annotate: error: {name}: {exc.strerror or exc}")
         return EXIT_USAGE
+    from .debuginfo import kernel_build_id_in_text, mismatch_warning, normalize_build_id, options_from_args
+    from .locate import running_build_id
+
+    options = options_from_args(args)
+    expected, where = None, ""
+    if getattr(args, "build_id", None):
+        try:
+            expected, where = normalize_build_id(args.build_id), "--build-id"
+        except ValueError as exc:
+            err(f"ksym annotate: error: {exc}")
+            return EXIT_USAGE
+    elif getattr(args, "running", False):
+        expected, where = running_build_id(), "the running kernel's"
+    else:
+        expected, where = kernel_build_id_in_text(text), "the dump's"
     try:
         ks = load_kallsyms(args.kallsyms) if getattr(args, "kallsyms", None) else None
         sym = Symbolizer(getattr(args, "vmlinux", None), use_index=not getattr(args, "no_index", False),
                          cache_dir=getattr(args, "cache_dir", None), warn=err,
-                         kernel_tag=getattr(args, "kernel_tag", None), elixir_url=getattr(args, "elixir_url", None))
+                         kernel_tag=getattr(args, "kernel_tag", None), elixir_url=getattr(args, "elixir_url", None),
+                         build_id=expected if where != "the running kernel's" else None,
+                         debuginfo=options)
+        warning = mismatch_warning(expected, where, sym.path, sym.build_id)
+        if warning and not any(expected and expected in w for w in sym.warnings):
+            err(warning)
         release = getattr(args, "release", None)
         if release is None and sym.banner:
             m = re.match(r"Linux version (\S+)", sym.banner)
             release = m.group(1) if m else None
-        modules = ModuleSet(release, getattr(args, "modules", None) or [])
+        modules = ModuleSet(release, getattr(args, "modules", None) or [], debuginfo=options)
         result = annotate(text, sym, kaslr_offset=getattr(args, "kaslr_offset", None), kallsyms=ks,
                           exact=bool(getattr(args, "exact", False)), modules=modules)
     except KsymError as exc:

@@ -43,6 +43,7 @@ __all__ = [
     "DebugLookup",
     "DebuginfoOptions",
     "DebuginfodClient",
+    "add_debuginfo_arguments",
     "build_id_paths",
     "check_file",
     "debug_roots",
@@ -53,6 +54,7 @@ __all__ = [
     "locate_debuginfo",
     "mismatch_warning",
     "normalize_build_id",
+    "options_from_args",
     "package_hint",
     "read_os_release",
 ]
@@ -212,12 +214,17 @@ class DebugLookup:
     servers: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: facts shown by ``ksym debuginfo`` (the running kernel's build id, a given vmlinux's, ...)
+    notes: list[str] = field(default_factory=list)
+    #: what to install when nothing was found
+    install: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"build_id": self.build_id, "build_id_source": self.source, "found": self.path is not None,
                 "path": str(self.path) if self.path else None, "found_by": self.found_by,
                 "attempts": [a.to_dict() for a in self.attempts], "servers": self.servers,
-                "failures": self.failures, "warnings": self.warnings}
+                "failures": self.failures, "warnings": self.warnings, "notes": self.notes,
+                "install": self.install}
 
 
 def check_file(path: Path, want: str | None, kind: str, need_dwarf: bool) -> Attempt:
@@ -636,7 +643,7 @@ def package_hint(release: str | None = None, os_release: dict[str, str] | None =
         return (f"{name}: apt install linux-image-{rel}-dbgsym (or linux-image-unsigned-{rel}-dbgsym) from "
                 "ddebs.ubuntu.com, or DEBUGINFOD_URLS=https://debuginfod.ubuntu.com")
     if "debian" in ids:
-        return (f"{name}: apt install linux-image-{rel}-dbg (main, or -security for security updates), "
+        return (f"{name}: apt install linux-image-{rel}-dbg, "
                 "or DEBUGINFOD_URLS=https://debuginfod.debian.net")
     if any(i in ids for i in ("fedora", "rhel", "centos", "rocky", "almalinux", "ol")):
         return (f"{name}: dnf debuginfo-install kernel-{rel} (package kernel-debuginfo-{rel}), "
@@ -651,3 +658,36 @@ def package_hint(release: str | None = None, os_release: dict[str, str] | None =
     from .image import DEBUG_PACKAGE_HINT
 
     return DEBUG_PACKAGE_HINT
+
+
+# --------------------------------------------------------------------------------------------------
+# Command-line options shared by resolve, annotate and debuginfo
+
+
+def add_debuginfo_arguments(parser: Any, *, build_id: bool = True) -> None:
+    """``--debug-dir``, ``--debuginfod-url``, ``--progress`` (and ``--build-id``, ``--running``); ``--offline``
+    is added with the source options and means "no network" for both."""
+    g = parser.add_argument_group("debug files by build id (see docs/debuginfo.md)")
+    if build_id:
+        g.add_argument("--build-id", metavar="HEX", help="use the debug vmlinux of this build id (found in "
+                       ".build-id trees, distribution paths or debuginfod); with --vmlinux, warn if it differs")
+        g.add_argument("--running", action="store_true",
+                       help="the frames come from the running kernel: warn if the vmlinux's build id differs")
+    g.add_argument("--debug-dir", metavar="DIR", action="append", default=[],
+                   help="a root with a .build-id tree, searched before $KSYM_DEBUG_DIRS and /usr/lib/debug "
+                   "(repeatable)")
+    g.add_argument("--debuginfod-url", metavar="URL", action="append", default=[],
+                   help="debuginfod server (repeatable; default: $DEBUGINFOD_URLS)")
+    g.add_argument("--progress", action="store_true",
+                   help="show a download progress bar even when stderr is not a terminal")
+
+
+def options_from_args(args: Any) -> DebuginfoOptions:
+    urls = list(getattr(args, "debuginfod_url", None) or [])
+    return DebuginfoOptions(
+        debug_dirs=tuple(getattr(args, "debug_dir", None) or ()),
+        servers=tuple(urls) if urls else None,
+        offline=bool(getattr(args, "offline", False)),
+        cache_dir=getattr(args, "cache_dir", None),
+        progress=True if getattr(args, "progress", False) else None,
+    )

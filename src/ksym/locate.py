@@ -24,7 +24,7 @@ from .debuginfo import (
 from .errors import DebuginfodError, FileNotFoundKsymError, MissingDebugInfoError
 from .image import read_build_id_from_notes
 
-__all__ = ["Located", "candidate_paths", "find_vmlinux", "running_build_id", "search_vmlinux"]
+__all__ = ["Located", "candidate_paths", "explain_debuginfo", "find_vmlinux", "running_build_id", "search_vmlinux"]
 
 
 def candidate_paths(release: str | None = None) -> list[Path]:
@@ -170,3 +170,66 @@ def _where(a: Attempt) -> str:
 def _cut(text: str, n: int = 4) -> str:
     parts = text.split(", ")
     return ", ".join(parts[:n]) + (", ..." if len(parts) > n else "")
+
+
+def explain_debuginfo(
+    *,
+    build_id: str | None = None,
+    vmlinux: str | os.PathLike[str] | None = None,
+    release: str | None = None,
+    options: DebuginfoOptions | None = None,
+    notes_path: str = "/sys/kernel/notes",
+    os_release: dict[str, str] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> DebugLookup:
+    """What ``ksym debuginfo`` shows: the debug file ksym would use for ``build_id``, for ``vmlinux`` (itself
+    when it has DWARF, else the debug file of its build id) or, with neither, for the running kernel;
+    every place searched, the build ids compared, and the package to install when nothing is found.
+
+    :raises FileNotFoundKsymError, BadFileError: ``vmlinux`` cannot be read.
+    """
+    from .debuginfo import file_build_id, mismatch_warning
+
+    rel = release or os.uname().release
+    running = running_build_id(notes_path)
+    notes: list[str] = []
+    if build_id:
+        want: str | None = normalize_build_id(build_id)
+        source = "from --build-id"
+    elif vmlinux is not None:
+        path = Path(vmlinux)
+        from .image import KernelImage
+
+        img = KernelImage(path)
+        try:
+            want, dwarf = img.build_id, img.has_dwarf
+        finally:
+            img.close()
+        source = f"from {path}'s own note"
+        notes.append(f"{path}: build id {want or 'none'}, " + ("has DWARF" if dwarf else "no DWARF (stripped)"))
+        if running:
+            w = mismatch_warning(running, "the running kernel's", path, want)
+            notes.append(w.removeprefix("ksym: warning: ") if w else "matches the running kernel's build id")
+        if dwarf:
+            look = DebugLookup(want, source, path, "given", [Attempt("given", str(path), "match", want,
+                                                                      "has DWARF", True)],
+                               servers=debuginfod_servers(options or DebuginfoOptions()), notes=notes)
+            return look
+        if want is None:
+            look = DebugLookup(None, source, notes=notes, servers=debuginfod_servers(options or DebuginfoOptions()))
+            look.install = package_hint(rel, os_release)
+            return look
+    else:
+        want, source = running, "from /sys/kernel/notes: the running kernel"
+        if running is None:
+            notes.append(f"{notes_path} cannot be read: the running kernel's build id is unknown")
+    look = search_vmlinux(want, source=source, release=rel, options=options, warn=warn)
+    look.notes[:0] = notes
+    if look.path is not None and want is not None:
+        have = file_build_id(look.path)
+        w = mismatch_warning(want, f"the build id {source}", look.path, have)
+        if w:
+            look.warnings.append(w)
+    if look.path is None:
+        look.install = package_hint(rel, os_release)
+    return look
