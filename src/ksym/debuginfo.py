@@ -420,7 +420,10 @@ class DebuginfodClient:
         breaks: list[str] = []
         try:
             for _try in range(_TRIES):
-                headers = {"Range": f"bytes={got}-"} if got else {}
+                # identity: byte counts and ranges are then those of the file itself
+                headers = {"Accept-Encoding": "identity", "User-Agent": "ksym"}
+                if got:
+                    headers["Range"] = f"bytes={got}-"
                 try:
                     r = requests.get(url, stream=True, timeout=(self.timeout, self.timeout), headers=headers,
                                      allow_redirects=True)
