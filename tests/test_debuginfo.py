@@ -223,6 +223,18 @@ def test_slow_server_through_the_command(tmp_path: Path, debuginfod: Debuginfod)
     assert "cd" * 20 in got.stderr and "within 0.5 s" in got.stderr
 
 
+def test_refused_connection_is_one_short_line(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    opts = DebuginfoOptions(servers=(f"http://127.0.0.1:{port}",), cache_dir=str(tmp_path), use_env=False,
+                            system_root=False)
+    with pytest.raises(DebuginfodError) as exc:
+        DebuginfodClient(opts).fetch("ab" * 20)
+    text = str(exc.value)
+    assert "Connection refused" in text and "HTTPConnectionPool" not in text and len(text) < 300
+
+
 @pytest.mark.parametrize("ranges", [True, False], ids=["resumed", "restarted"])
 def test_truncated_download_is_resumed_or_restarted(tmp_path: Path, debuginfod: Debuginfod, ranges: bool) -> None:
     mod = need(BIG_MODULE)

@@ -515,12 +515,14 @@ def _int(value: str | None) -> int | None:
 
 
 def _short(exc: BaseException) -> str:
-    # requests wraps urllib3 wraps http.client: keep the innermost reason, one line
+    # requests wraps urllib3 wraps http.client and socket: keep the innermost reason, one short line
     text = str(exc)
-    m = re.search(r"\((?:'[^']*', )?(\w+Error|IncompleteRead)\(([^)]*)\)", text)
-    if m:
-        text = f"{m.group(1)}({m.group(2)})"
-    return " ".join(text.split())[:200]
+    for pat in (r"\[Errno -?\d+\] [^'\")]+", r"IncompleteRead\([^)]*\)", r"Connection broken: [^'\")]+",
+                r"Read timed out", r"Connection aborted"):
+        m = re.search(pat, text)
+        if m:
+            return m.group(0).strip().rstrip(",")
+    return " ".join(text.split())[:160]
 
 
 def _unlink(path: Path) -> None:
