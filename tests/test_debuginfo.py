@@ -232,7 +232,7 @@ def test_refused_connection_is_one_short_line(tmp_path: Path) -> None:
     with pytest.raises(DebuginfodError) as exc:
         DebuginfodClient(opts).fetch("ab" * 20)
     text = str(exc.value)
-    assert "Connection refused" in text and "HTTPConnectionPool" not in text and len(text) < 300
+    assert text.count("Connection refused") == 1 and "HTTPConnectionPool" not in text and "\n" not in text
 
 
 @pytest.mark.parametrize("ranges", [True, False], ids=["resumed", "restarted"])

@@ -582,7 +582,7 @@ class _Progress:
 
 def _miss_error(build_id: str, attempts: Sequence[Attempt], failures: Sequence[str], what: str,
                 hint: str = "") -> KsymError:
-    looked = [a.where for a in attempts if a.outcome != "skipped"]
+    looked = [a.where for a in attempts if a.outcome != "skipped" and a.kind != "debuginfod"]
     shown = ", ".join(looked[:3]) + (", ..." if len(looked) > 3 else "")
     if failures:
         return DebuginfodError(f"no {what} with build id {build_id}: " + "; ".join(failures)
