@@ -535,3 +535,15 @@ def test_mismatch_warning_for_annotate_names_both_ids(tmp_path: Path, fixture_el
     assert len(warn) == 1 and have in warn[0] and want in warn[0] and "the dump's" in warn[0]
     same = ksym(tmp_path, "annotate", "--vmlinux", str(elf), stdin=dump.replace(want, have))
     assert "mismatch" not in same.stderr
+
+
+def test_build_ids_agree_with_readelf(tmp_path: Path, fixture_elf: tuple[Path, str]) -> None:
+    """The build ids ksym reads (and compares everywhere above) are binutils' own."""
+    vmlinux = Path("/var/tmp/ksym-testdata/vmlinux-6.1.0-53-cloud-amd64")
+    files = [fixture_elf[0], *(p for p in (vmlinux, SMALL_MODULE, BIG_MODULE) if p.is_file())]
+    for f in files:
+        out = subprocess.run(["readelf", "-n", str(f)], capture_output=True, text=True, check=True).stdout
+        ids = [ln.split("Build ID:")[1].strip() for ln in out.splitlines() if "Build ID:" in ln]
+        assert ids and file_build_id(f) == ids[0], f
+    got = ksym(tmp_path, "debuginfo", "--vmlinux", str(files[-1]), "--json")
+    assert got.returncode == 0 and json.loads(got.stdout)["build_id"] == file_build_id(files[-1])
