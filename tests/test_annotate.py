@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 import os
 import random
 import re
@@ -458,7 +459,9 @@ def test_raw_addresses_with_kallsyms(vmlinux: Path, vsym: Symbolizer, call_sites
     result = annotate(body + "        0xffffffffc0a1b3e8\n", vsym, kallsyms=ks)
     assert result.kaslr_offset == SLIDE and result.kaslr_source == "kallsyms"
     module = result.frames[-1]
-    assert module.reason == "module nf_tables (nft_do_chain+0x3e8): module debug info not supported yet"
+    # kallsyms names the module address; without module debug files it stays unresolved, saying so
+    assert module.reason == "module nf_tables: no module debug files given (--modules DIR)"
+    assert module.notes[0] == "0xffffffffc0a1b3e8 is nft_do_chain+0x3e8 [nf_tables] by the kallsyms given"
     _check(AnnotatedText(result.lines, result.frames[:-1], SLIDE, "kallsyms", False), vmlinux, vsym,
            call_sites, top)
     # kallsyms of another build (every symbol but _text elsewhere): refused, never guessed
@@ -617,6 +620,40 @@ def test_module_frames_resolve_with_module_debug_files(vmlinux: Path, tmp_path: 
         (c.function, strip_prefix(c.file, prefix), c.line) for c in want]
     assert module["chain"][0]["url"].startswith("https://elixir.bootlin.com/linux/v6.1.187/source/net/netfilter/")
     assert [c["function"] for c in module["chain"]] == ["expr_call_ops_eval", "nft_do_chain"]
+
+
+def test_raw_module_addresses_resolve_through_kallsyms(vmlinux: Path, tmp_path: Path) -> None:
+    """A bare runtime address inside a module: the saved kallsyms names it ``sym+off [mod]`` and the
+    module's debug file resolves it to what the symbolic frame gives (call site for return addresses)."""
+    modules = vmlinux.parent / "modules"
+    nft = modules / "kernel" / "net" / "netfilter" / "nf_tables.ko"
+    if not nft.is_file():
+        if os.environ.get("CI"):
+            pytest.fail("module debug files missing: tools/fetch-testdata.sh")
+        pytest.skip("module debug files missing: run tools/fetch-testdata.sh")
+    base = 0xFFFFFFFFC0A1B000
+    ks = tmp_path / "kallsyms"
+    ks.write_text(f"{0xFFFFFFFF81000000 + SLIDE:016x} T _text\n{base:016x} t nft_do_chain\t[nf_tables]\n"
+                  f"{base + 0x5d0:016x} t nft_other\t[nf_tables]\n")
+    raw = tmp_path / "raw.txt"
+    raw.write_text(f"kstack:\n        0x{base + 0x10:x}\n        0x{base + 0x3e8:x}\n")
+    named = tmp_path / "named.txt"
+    named.write_text("kstack:\n        nft_do_chain+16 [nf_tables]\n        nft_do_chain+1000 [nf_tables]\n")
+
+    def run(path: Path) -> list[dict[str, Any]]:
+        got = subprocess.run([sys.executable, "-m", "ksym", "annotate", "--json", "--vmlinux", str(vmlinux),
+                              "--modules", str(modules), "--kallsyms", str(ks), "--cache-dir",
+                              str(tmp_path / "c"), str(path)], capture_output=True, text=True, check=False)
+        assert got.returncode == 0, got.stderr
+        return [json.loads(line) for line in got.stdout.splitlines()]
+
+    from_raw, from_named = run(raw), run(named)
+    assert [f["status"] for f in from_raw] == ["resolved", "resolved"]
+    for a, b in zip(from_raw, from_named):
+        assert (a["chain"], a["lookup"], a["resolved_offset"]) == (b["chain"], b["lookup"], b["resolved_offset"])
+    # the second frame is a return address: its call site, as for the symbolic frame
+    assert [c["function"] for c in from_raw[1]["chain"]] == ["expr_call_ops_eval", "nft_do_chain"]
+    assert from_raw[0]["chain"] != from_raw[1]["chain"]
 
 
 def test_links_flag_appends_elixir_links(tmp_path: Path) -> None:

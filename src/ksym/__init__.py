@@ -6,14 +6,17 @@ address (:mod:`ksym.symbols`, :mod:`ksym.locate`, :mod:`ksym.image`); resolve ad
 The entry point is :class:`Symbolizer`.
 """
 
+from .debuginfo import DebuginfoOptions
 from .errors import (
     EXIT_BAD_FILE,
     EXIT_INTERNAL,
+    EXIT_NETWORK,
     EXIT_NO_FILE,
     EXIT_OK,
     EXIT_UNRESOLVED,
     EXIT_USAGE,
     BadFileError,
+    DebuginfodError,
     FileNotFoundKsymError,
     KsymError,
     MissingDebugInfoError,
@@ -29,12 +32,15 @@ __version__ = "0.1.0"
 __all__ = [
     "EXIT_BAD_FILE",
     "EXIT_INTERNAL",
+    "EXIT_NETWORK",
     "EXIT_NO_FILE",
     "EXIT_OK",
     "EXIT_UNRESOLVED",
     "EXIT_USAGE",
     "AddressSpec",
     "BadFileError",
+    "DebuginfoOptions",
+    "DebuginfodError",
     "FileNotFoundKsymError",
     "FuncSpec",
     "KsymError",

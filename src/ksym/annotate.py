@@ -395,6 +395,9 @@ class _Annotator:
         elif f.address is not None:
             link, why = self._link_of_runtime(f.address)
             if link is None:
+                named = self._module_symbol(f.address)
+                if named is not None:
+                    return self._named_module_frame(f, top, exact, named)
                 return bad(why or RUNTIME_ADDRESS_REASON)
             if why:
                 notes.append(why)
@@ -425,7 +428,11 @@ class _Annotator:
         if self.modules is None:
             return bad(f"module {f.module}: no module debug files given (--modules DIR)")
         if f.symbol is None:
-            return bad(f"module {f.module}: a bare runtime address needs the module's load address")
+            named = self._module_symbol(f.address) if f.address is not None else None
+            if named is not None:
+                return self._named_module_frame(f, top, exact, named)
+            return bad(f"module {f.module}: a bare runtime address needs the module's load address "
+                       "(give the saved /proc/kallsyms of that boot with --kallsyms)")
         spec = f.spec if f.offset is not None else f"{f.symbol}+0"
         assert f.module is not None
         try:
@@ -447,6 +454,27 @@ class _Annotator:
                                           self._module_chain(mod.section_chain(sec, r.address - 1))))
         notes = [] if f.offset is not None else ["the frame gives no offset: the function's entry is shown"]
         return self._done(f, top, tuple(matches), notes)
+
+    def _module_symbol(self, address: int) -> tuple[str, str, int] | None:
+        """(module, symbol, offset) of a runtime address inside a module, by the saved kallsyms."""
+        if self.kallsyms is None:
+            return None
+        hit = self.kallsyms.symbolize(address)
+        if hit is None or hit[0].module is None or not hit[0].is_text:
+            return None
+        return hit[0].module, hit[0].name, hit[1]
+
+    def _named_module_frame(self, f: StackFrame, top: bool, exact: bool,
+                            named: tuple[str, str, int]) -> AnnotatedFrame:
+        """A bare runtime address in a module: kallsyms names it ``sym+off [mod]``, and the module's
+        debug file resolves that."""
+        module, symbol, offset = named
+        as_named = replace(f, symbol=symbol, offset=offset, offset_text=f"{offset:#x}", size=None,
+                           size_text=None, module=module, module_build_id=None)
+        done = self._module_frame(as_named, top, exact)
+        note = f"{f.address:#x} is {symbol}+{offset:#x} [{module}] by the kallsyms given"
+        return AnnotatedFrame(f.lineno, f.text, f, top, done.status, done.reason, done.matches,
+                              (note, *done.notes))
 
     def _module_chain(self, chain: tuple[SourceLocation, ...]) -> tuple[SourceLocation, ...]:
         """An in-tree module is built in the vmlinux's build directory: print its paths source-relative
@@ -637,6 +665,9 @@ def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-index", action="store_true", help="neither read nor write the on-disk index")
     parser.add_argument("--cache-dir", metavar="DIR",
                         help="index directory (default: $KSYM_CACHE_DIR or ~/.cache/ksym)")
+    from .debuginfo import add_debuginfo_arguments
+
+    add_debuginfo_arguments(parser)
     from .report import add_report_arguments
 
     add_report_arguments(parser)  # --format text|json|html|markdown, --output, --title, source/link options
@@ -669,18 +700,38 @@ def annotate_command(args: argparse.Namespace) -> int:
     except OSError as exc:
         err(f"ksym annotate: error: {name}: {exc.strerror or exc}")
         return EXIT_USAGE
+    from .debuginfo import kernel_build_id_in_text, mismatch_warning, normalize_build_id, options_from_args
+    from .locate import running_build_id
+
+    options = options_from_args(args)
+    expected, where = None, ""
+    if getattr(args, "build_id", None):
+        try:
+            expected, where = normalize_build_id(args.build_id), "--build-id"
+        except ValueError as exc:
+            err(f"ksym annotate: error: {exc}")
+            return EXIT_USAGE
+    elif getattr(args, "running", False):
+        expected, where = running_build_id(), "the running kernel's"
+    else:
+        expected, where = kernel_build_id_in_text(text), "the dump's"
     try:
         ks = load_kallsyms(args.kallsyms) if getattr(args, "kallsyms", None) else None
         sym = Symbolizer(getattr(args, "vmlinux", None), use_index=not getattr(args, "no_index", False),
                          cache_dir=getattr(args, "cache_dir", None), warn=err,
                          kernel_tag=getattr(args, "kernel_tag", None), elixir_url=getattr(args, "elixir_url", None),
                          # plain text without --links shows no links: skip building them
-                         links=fmt != "text" or bool(getattr(args, "links", False)))
+                         links=fmt != "text" or bool(getattr(args, "links", False)),
+                         build_id=expected if where != "the running kernel's" else None,
+                         debuginfo=options)
+        warning = mismatch_warning(expected, where, sym.path, sym.build_id)
+        if warning and not any(expected and expected in w for w in sym.warnings):
+            err(warning)
         release = getattr(args, "release", None)
         if release is None and sym.banner:
             m = re.match(r"Linux version (\S+)", sym.banner)
             release = m.group(1) if m else None
-        modules = ModuleSet(release, getattr(args, "modules", None) or [])
+        modules = ModuleSet(release, getattr(args, "modules", None) or [], debuginfo=options)
         result = annotate(text, sym, kaslr_offset=getattr(args, "kaslr_offset", None), kallsyms=ks,
                           exact=bool(getattr(args, "exact", False)), modules=modules)
         sym.flush()  # the index learns this dump's frames (the report below may read more)

@@ -33,9 +33,12 @@ examples:
   dmesg | ksym annotate                                          (file:line under every frame)
   ksym annotate --kallsyms kallsyms.txt --json dump.txt
   ksym annotate --format html -o oops.html --modules /usr/lib/debug/lib/modules/$(uname -r) oops.txt
+  ksym resolve --build-id 5f3c... --debuginfod-url https://debuginfod.debian.net __ip_local_out+219
+  ksym debuginfo --running                                       (which debug file, and why)
 
 exit codes: 0 all resolved, 1 some frame did not resolve, 2 usage or malformed frame,
-            3 file missing or unreadable, 4 not a usable ELF/DWARF file, 70 internal error
+            3 file missing or unreadable (or no debug file found), 4 not a usable ELF/DWARF file,
+            5 debuginfod failed and no debug file was found, 70 internal error
 """
 
 
@@ -63,6 +66,21 @@ def build_parser(annotate_arguments: bool = True) -> argparse.ArgumentParser:
     f.add_argument("vmlinux_pos", metavar="VMLINUX")
     f.add_argument("frames", nargs="+", metavar="FRAME")
     _common(f, with_vmlinux=False)
+    d = sub.add_parser("debuginfo", help="show which debug file ksym would use and why (build ids, paths, "
+                       "debuginfod)", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    which = d.add_mutually_exclusive_group()
+    which.add_argument("--build-id", metavar="HEX", help="the debug file of this build id")
+    which.add_argument("--vmlinux", "-e", metavar="PATH", help="this vmlinux (itself if it has DWARF, else the "
+                       "debug file of its build id)")
+    which.add_argument("--running", action="store_true", help="the running kernel's (the default)")
+    d.add_argument("--release", metavar="RELEASE", help="uname -r for distribution paths and the package to "
+                   "install (default: the running kernel's)")
+    d.add_argument("--json", action="store_true", help="one JSON object")
+    d.add_argument("--offline", action="store_true", help="no network: the debuginfod cache only")
+    d.add_argument("--cache-dir", metavar="DIR", help="ksym cache (default: $KSYM_CACHE_DIR or ~/.cache/ksym)")
+    from .debuginfo import add_debuginfo_arguments
+
+    add_debuginfo_arguments(d, build_id=False)
     a = sub.add_parser("annotate", help="put file:line under every stack frame of pasted text (a filter)",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     if annotate_arguments:
@@ -88,7 +106,11 @@ def _common(p: argparse.ArgumentParser, with_vmlinux: bool = True) -> None:
     src.add_argument("--source-dir", metavar="DIR", help="kernel source tree for --list (default: an installed "
                      "linux-source tree of the same version, else fetched)")
     src.add_argument("--source-url", metavar="TEMPLATE", help="raw-source URL template with {tag} and {path}")
-    src.add_argument("--offline", action="store_true", help="never fetch source over the network")
+    src.add_argument("--offline", action="store_true", help="no network: never fetch source, never ask "
+                     "debuginfod")
+    from .debuginfo import add_debuginfo_arguments
+
+    add_debuginfo_arguments(p, build_id=with_vmlinux)
     p.add_argument("--no-index", action="store_true", help="neither read nor write the on-disk index")
     p.add_argument("--cache-dir", metavar="DIR", help="index directory (default: $KSYM_CACHE_DIR or "
                    "~/.cache/ksym)")
@@ -96,19 +118,43 @@ def _common(p: argparse.ArgumentParser, with_vmlinux: bool = True) -> None:
 
 def _resolve_command(args: argparse.Namespace, out: Callable[[str], None],
                      err: Callable[[str], None]) -> int:
+    from .debuginfo import mismatch_warning, normalize_build_id, options_from_args
+    from .locate import find_vmlinux, running_build_id
     from .modules import ModuleSymbolizer, is_module_file
     from .symbolizer import Symbolizer
 
     vmlinux = getattr(args, "vmlinux_pos", None) or getattr(args, "vmlinux", None)
+    options = options_from_args(args)
+    expected, where = None, ""
+    if getattr(args, "build_id", None):
+        try:
+            expected, where = normalize_build_id(args.build_id), "--build-id"
+        except ValueError as exc:
+            err(f"ksym: error: {exc}")
+            return EXIT_USAGE
+        if vmlinux is None and not os.environ.get("KSYM_VMLINUX"):
+            # the debug file of that build id: a vmlinux, or a module's (ET_REL) when that is what it names
+            vmlinux = str(find_vmlinux(build_id=expected, build_id_source="--build-id", options=options,
+                                       warn=err).path)
+    elif getattr(args, "running", False):
+        expected, where = running_build_id(), "the running kernel's"
     if vmlinux is not None and is_module_file(vmlinux):
         # a module debug file (ET_REL): faddr2line's --section semantics (docs/modules.md)
         if args.list:
             err("--list is not supported for module debug files yet")
             return EXIT_USAGE
-        return _print_resolutions(ModuleSymbolizer(vmlinux), args, out, err, None)
+        msym = ModuleSymbolizer(vmlinux)
+        warning = mismatch_warning(expected, where, vmlinux, msym.build_id)
+        if warning:
+            err(warning)
+        return _print_resolutions(msym, args, out, err, None)
     sym = Symbolizer(vmlinux, use_index=not args.no_index, cache_dir=args.cache_dir, warn=err,
                      kernel_tag=args.kernel_tag, elixir_url=args.elixir_url,
-                     links=args.json or args.links)  # plain text shows no links: skip building them
+                     links=args.json or args.links,  # plain text shows no links: skip building them
+                     debuginfo=options)
+    warning = mismatch_warning(expected, where, sym.path, sym.build_id)
+    if warning and not any(expected and expected in w for w in sym.warnings):
+        err(warning)
     lister = _Lister(sym, args, err) if args.list else None
     return _print_resolutions(sym, args, out, err, lister)
 
@@ -162,6 +208,57 @@ def _print_resolutions(sym: Any, args: argparse.Namespace, out: Callable[[str], 
                 out(str(m))
     if lister is not None:
         lister.report()
+    return status
+
+
+def _debuginfo_command(args: argparse.Namespace, out: Callable[[str], None],
+                       err: Callable[[str], None]) -> int:
+    """``ksym debuginfo``: 0 when a debug file is found, 3 when not, 5 when debuginfod failed too."""
+    import json
+
+    from .debuginfo import normalize_build_id, options_from_args
+    from .errors import EXIT_NETWORK, EXIT_NO_FILE
+    from .locate import explain_debuginfo
+
+    bid = None
+    if args.build_id:
+        try:
+            bid = normalize_build_id(args.build_id)
+        except ValueError as exc:
+            err(f"ksym: error: {exc}")
+            return EXIT_USAGE
+    look = explain_debuginfo(build_id=bid, vmlinux=args.vmlinux, release=args.release,
+                             options=options_from_args(args), warn=err)
+    for w in look.warnings:
+        err(w)
+    status = EXIT_OK if look.path else (EXIT_NETWORK if look.failures else EXIT_NO_FILE)
+    if args.json:
+        out(json.dumps({**look.to_dict(), "exit_code": status}))
+        return status
+    out(f"build id: {look.build_id or 'unknown'} ({look.source})")
+    for n in look.notes:
+        out(f"  {n}")
+    out("searched:")
+    width = max((len(a.kind) for a in look.attempts), default=0)
+    for a in look.attempts:
+        line = f"  {a.kind:<{width}}  {a.where}: {a.outcome}"
+        if a.build_id and a.outcome != "match":
+            line += f" (has {a.build_id}, want {look.build_id})"
+        if a.detail:
+            line += f": {a.detail}"
+        out(line)
+    out("debuginfod servers: " + (" ".join(look.servers) if look.servers
+                                  else "none (set $DEBUGINFOD_URLS or pass --debuginfod-url)")
+        + (" [offline: not asked]" if args.offline and look.servers else ""))
+    if look.path:
+        out(f"found: {look.path} ({look.found_by})")
+    else:
+        what = f"with build id {look.build_id}" if look.build_id else "for this kernel"
+        out(f"not found: no debug file {what}")
+        for f in look.failures:
+            out(f"  failed: {f}")
+        if look.install:
+            out(f"install: {look.install}")
     return status
 
 
@@ -219,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .annotate import annotate_command
 
             return int(annotate_command(args))
+        if args.command == "debuginfo":
+            return _debuginfo_command(args, out, err)
         return _resolve_command(args, out, err)
     except KsymError as exc:
         err(f"ksym: error: {exc}")

@@ -10,11 +10,13 @@ from __future__ import annotations
 __all__ = [
     "EXIT_BAD_FILE",
     "EXIT_INTERNAL",
+    "EXIT_NETWORK",
     "EXIT_NO_FILE",
     "EXIT_OK",
     "EXIT_UNRESOLVED",
     "EXIT_USAGE",
     "BadFileError",
+    "DebuginfodError",
     "FileNotFoundKsymError",
     "KsymError",
     "MissingDebugInfoError",
@@ -31,6 +33,9 @@ EXIT_USAGE = 2
 EXIT_NO_FILE = 3
 #: The file is not usable: not ELF, truncated, no symbol table, no DWARF.
 EXIT_BAD_FILE = 4
+#: No debug file was found and a debuginfod server failed (timeout, refused connection, HTTP error,
+#: a download that kept breaking off, or a file whose build id is not the one asked for).
+EXIT_NETWORK = 5
 #: A bug in ksym: reported in one line, never as a traceback (run with KSYM_DEBUG=1 for one).
 EXIT_INTERNAL = 70
 
@@ -76,3 +81,15 @@ class SymbolNotFoundError(KsymError, LookupError):
         super().__init__(message)
         self.name = name
         self.reasons = reasons
+
+
+class DebuginfodError(KsymError, OSError):
+    """No debug file was found locally and debuginfod could not deliver one: a server timed out, refused
+    the connection, answered with an HTTP error, or sent a file with another build id. ``failures`` holds
+    one line per server that failed (a plain 404 is "not found", not a failure)."""
+
+    exit_code = EXIT_NETWORK
+
+    def __init__(self, message: str, failures: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.failures = failures

@@ -1,17 +1,30 @@
-"""Locate the debug vmlinux to use when none is named: ``$KSYM_VMLINUX``, then where distributions
-install the running kernel's, checked against the running kernel's build id (/sys/kernel/notes)."""
+"""Locate the debug vmlinux to use when none is named: ``$KSYM_VMLINUX``, then by build id (the one
+given, found in a dump, or the running kernel's from /sys/kernel/notes): ``.build-id`` trees, where
+distributions install it, then debuginfod (:mod:`ksym.debuginfo`, docs/debuginfo.md)."""
 
 from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import FileNotFoundKsymError, KsymError, MissingDebugInfoError
-from .image import DEBUG_PACKAGE_HINT, read_build_id_from_notes
+from .debuginfo import (
+    Attempt,
+    DebuginfodClient,
+    DebuginfoOptions,
+    DebugLookup,
+    check_file,
+    debuginfod_servers,
+    locate_debuginfo,
+    normalize_build_id,
+    package_hint,
+)
+from .errors import DebuginfodError, FileNotFoundKsymError, MissingDebugInfoError
+from .image import read_build_id_from_notes
 
-__all__ = ["Located", "candidate_paths", "find_vmlinux", "running_build_id"]
+__all__ = ["Located", "candidate_paths", "explain_debuginfo", "find_vmlinux", "running_build_id", "search_vmlinux"]
 
 
 def candidate_paths(release: str | None = None) -> list[Path]:
@@ -45,6 +58,46 @@ class Located:
     path: Path
     reason: str
     warnings: list[str] = field(default_factory=list)
+    lookup: DebugLookup | None = None
+
+
+def search_vmlinux(
+    build_id: str | None = None,
+    *,
+    source: str = "the running kernel's build id",
+    release: str | None = None,
+    candidates: list[Path] | None = None,
+    options: DebuginfoOptions | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> DebugLookup:
+    """Every place a debug vmlinux of ``build_id`` (None: any with DWARF) is looked for, in order:
+    ``.build-id`` trees, the distribution paths of ``release``, the debuginfod cache and servers. Stops at
+    the first match; a file without a build id (so uncheckable) but with DWARF also counts, as a file of
+    another build does not. Never raises for a miss."""
+    opts = options or DebuginfoOptions()
+    tried = candidate_paths(release) if candidates is None else candidates
+    want = normalize_build_id(build_id) if build_id else None
+    if want:
+        look = locate_debuginfo(want, opts, source=source, network=False)
+        if look.path is not None:
+            return look
+    else:
+        look = DebugLookup(None, source, servers=debuginfod_servers(opts))
+    for p in tried:
+        a = check_file(p, want, "distribution path", True)
+        look.attempts.append(a)
+        if a.outcome == "match" or (a.outcome == "no build id" and a.has_dwarf):
+            look.path, look.found_by = p, "distribution path"
+            if a.outcome == "no build id":
+                look.warnings.append(f"ksym: warning: {p} has no build id: cannot check it is the kernel "
+                                     f"with build id {want}")
+            return look
+    if want:
+        got = DebuginfodClient(opts, warn=warn).find(want, look.attempts, look.failures)
+        if got is not None:
+            look.path = got
+            look.found_by = "debuginfod cache" if look.attempts[-1].kind == "debuginfod cache" else "debuginfod"
+    return look
 
 
 def find_vmlinux(
@@ -52,50 +105,131 @@ def find_vmlinux(
     *,
     candidates: list[Path] | None = None,
     notes_path: str = "/sys/kernel/notes",
+    build_id: str | None = None,
+    build_id_source: str = "the dump's build id",
+    options: DebuginfoOptions | None = None,
+    release: str | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Located:
-    """The vmlinux to use: ``explicit``, ``$KSYM_VMLINUX``, or the running kernel's debug vmlinux
-    (the first of ``candidates``, default :func:`candidate_paths`, that exists), checked against the
-    build id in ``notes_path``."""
+    """The vmlinux to use: ``explicit``, ``$KSYM_VMLINUX``, else the debug vmlinux of ``build_id`` (default:
+    the running kernel's, read from ``notes_path``), searched as :func:`search_vmlinux` does among
+    ``candidates`` (default :func:`candidate_paths`) and debuginfod.
+
+    :raises FileNotFoundKsymError: nothing found (the message names the package to install);
+        :raises MissingDebugInfoError: only stripped images found; :raises DebuginfodError: nothing found
+        and a debuginfod server failed.
+    """
     if explicit:
         return Located(Path(explicit), "given on the command line")
     env = os.environ.get("KSYM_VMLINUX")
     if env:
         return Located(Path(env), "from $KSYM_VMLINUX")
-    tried = candidate_paths() if candidates is None else candidates
-    want = running_build_id(notes_path)
-    with_dwarf: list[tuple[Path, str | None]] = []
-    stripped: list[Path] = []
-    for p in tried:
-        if not p.is_file():
-            continue
+    if build_id:
+        want: str | None = build_id
+        source = build_id_source
+    else:
+        want, source = running_build_id(notes_path), "the running kernel's build id"
+    look = search_vmlinux(want, source=source, release=release, candidates=candidates, options=options,
+                          warn=warn)
+    if look.path is not None:
+        why = {"build-id dir": f"build id {look.build_id} in a .build-id directory",
+               "distribution path": "debug vmlinux of the running kernel" if not build_id
+               else f"debug vmlinux with build id {look.build_id}",
+               "debuginfod cache": f"build id {look.build_id} from the debuginfod cache",
+               "debuginfod": f"build id {look.build_id} downloaded from debuginfod"}
+        return Located(look.path, why.get(look.found_by or "", "found"), list(look.warnings), look)
+    rel = release or os.uname().release
+    other = [a for a in look.attempts if a.outcome == "mismatch" and a.has_dwarf]
+    if other and not build_id:
+        a = other[0]
+        return Located(Path(a.where), "debug vmlinux for the running kernel's release", [
+            (f"warning: {a.where} has build id {a.build_id} but the running kernel's is {want}: "
+             "results may be wrong")], look)
+    if look.failures:
+        raise DebuginfodError(f"no debug vmlinux with build id {want}: " + "; ".join(look.failures),
+                              tuple(look.failures))
+    stripped = [a for a in look.attempts if a.has_dwarf is False]
+    if stripped and not build_id:
+        raise MissingDebugInfoError(
+            f"{stripped[0].where} has no DWARF debug info (a stripped vmlinux) and no debug vmlinux was found "
+            f"for kernel {rel}: install the kernel's debug symbols ({package_hint(rel)}) or pass --vmlinux"
+        )
+    shown = ", ".join(_where(a) for a in look.attempts if a.kind != "debuginfod" or a.outcome != "skipped")
+    if build_id:
+        raise FileNotFoundKsymError(f"no debug vmlinux with build id {want} found (looked in {shown})")
+    raise FileNotFoundKsymError(
+        f"no debug vmlinux found for kernel {rel} (looked in {_cut(shown)}): install the kernel's debug "
+        f"symbols ({package_hint(rel)}) or pass --vmlinux"
+    )
+
+
+def _where(a: Attempt) -> str:
+    return a.where
+
+
+def _cut(text: str, n: int = 4) -> str:
+    parts = text.split(", ")
+    return ", ".join(parts[:n]) + (", ..." if len(parts) > n else "")
+
+
+def explain_debuginfo(
+    *,
+    build_id: str | None = None,
+    vmlinux: str | os.PathLike[str] | None = None,
+    release: str | None = None,
+    options: DebuginfoOptions | None = None,
+    notes_path: str = "/sys/kernel/notes",
+    os_release: dict[str, str] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> DebugLookup:
+    """What ``ksym debuginfo`` shows: the debug file ksym would use for ``build_id``, for ``vmlinux`` (itself
+    when it has DWARF, else the debug file of its build id) or, with neither, for the running kernel;
+    every place searched, the build ids compared, and the package to install when nothing is found.
+
+    :raises FileNotFoundKsymError, BadFileError: ``vmlinux`` cannot be read.
+    """
+    from .debuginfo import file_build_id, mismatch_warning
+
+    rel = release or os.uname().release
+    running = running_build_id(notes_path)
+    notes: list[str] = []
+    if build_id:
+        want: str | None = normalize_build_id(build_id)
+        source = "from --build-id"
+    elif vmlinux is not None:
+        path = Path(vmlinux)
         from .image import KernelImage
 
+        img = KernelImage(path)
         try:
-            img = KernelImage(p)
-        except KsymError:
-            continue
-        try:
-            have, dwarf = img.build_id, img.has_dwarf
+            want, dwarf = img.build_id, img.has_dwarf
         finally:
             img.close()
-        if not dwarf:
-            # e.g. the vmlinux of a linux-headers package (kept for BTF): no DWARF, keep looking
-            stripped.append(p)
-            continue
-        if want is None or have is None or have == want:
-            return Located(p, "debug vmlinux of the running kernel")
-        with_dwarf.append((p, have))
-    if with_dwarf:
-        p, have = with_dwarf[0]
-        return Located(p, "debug vmlinux for the running kernel's release", [
-            f"warning: {p} has build id {have} but the running kernel's is {want}: results may be wrong"])
-    if stripped:
-        raise MissingDebugInfoError(
-            f"{stripped[0]} has no DWARF debug info (a stripped vmlinux) and no debug vmlinux was found for "
-            f"kernel {os.uname().release}: " + DEBUG_PACKAGE_HINT
-        )
-    shown = ", ".join(str(p) for p in tried[:4])
-    raise FileNotFoundKsymError(
-        f"no debug vmlinux found for kernel {os.uname().release} (looked in {shown}, ...): "
-        + DEBUG_PACKAGE_HINT
-    )
+        source = f"from {path}'s own note"
+        notes.append(f"{path}: build id {want or 'none'}, " + ("has DWARF" if dwarf else "no DWARF (stripped)"))
+        if running:
+            w = mismatch_warning(running, "the running kernel's", path, want)
+            notes.append(w.removeprefix("ksym: warning: ") if w else "matches the running kernel's build id")
+        if dwarf:
+            look = DebugLookup(want, source, path, "given", [Attempt("given", str(path), "match", want,
+                                                                      "has DWARF", True)],
+                               servers=debuginfod_servers(options or DebuginfoOptions()), notes=notes)
+            return look
+        if want is None:
+            look = DebugLookup(None, source, notes=notes, servers=debuginfod_servers(options or DebuginfoOptions()))
+            look.install = package_hint(rel, os_release)
+            return look
+    else:
+        want, source = running, "from /sys/kernel/notes: the running kernel"
+        if running is None:
+            notes.append(f"{notes_path} cannot be read: the running kernel's build id is unknown")
+    look = search_vmlinux(want, source=source, release=rel, options=options, warn=warn)
+    look.notes[:0] = notes
+    if look.path is not None and want is not None:
+        have = file_build_id(look.path)
+        w = mismatch_warning(want, f"the build id {source}", look.path, have)
+        if w:
+            look.warnings.append(w)
+    if look.path is None:
+        look.install = package_hint(rel, os_release)
+    return look

@@ -38,8 +38,10 @@ from typing import Any
 
 from . import dwarf as D
 from .compress import ZSTD_MAGIC, decompress_gnu_zdebug, decompress_section, zstd_decompress
+from .debuginfo import DebuginfodClient, DebuginfoOptions, build_id_paths
 from .errors import (
     BadFileError,
+    DebuginfodError,
     FileNotFoundKsymError,
     MissingDebugInfoError,
     SpecError,
@@ -63,7 +65,6 @@ __all__ = [
 
 #: Where distributions install module debug files: ``<root>/<release>/kernel/...``.
 MODULE_DEBUG_ROOT = Path("/usr/lib/debug/lib/modules")
-_BUILD_ID_ROOT = Path("/usr/lib/debug/.build-id")
 
 SHT_SYMTAB = 2
 SHT_RELA = 4
@@ -585,12 +586,16 @@ class ModuleSet:
         with a vmlinux at hand, the word after ``Linux version`` in its banner.
     :param search_dirs: extra directories (searched recursively) or files, tried before
         ``/usr/lib/debug/lib/modules/<release>/``.
+    :param debuginfo: for frames with a build id: the ``.build-id`` trees to search and the debuginfod
+        servers to ask when no local file has it (docs/debuginfo.md); None: only ``/usr/lib/debug``.
     """
 
     def __init__(self, release: str | None = None,
-                 search_dirs: Sequence[str | os.PathLike[str]] = ()) -> None:
+                 search_dirs: Sequence[str | os.PathLike[str]] = (),
+                 debuginfo: DebuginfoOptions | None = None) -> None:
         self.release = release
         self.search_dirs = list(search_dirs)
+        self.debuginfo = debuginfo
         self._open: dict[tuple[str, str | None], ModuleSymbolizer] = {}
 
     def get(self, module_name: str, build_id: str | None = None) -> ModuleSymbolizer:
@@ -601,14 +606,21 @@ class ModuleSet:
         key = (normalize_module_name(module_name), build_id.lower() if build_id else None)
         got = self._open.get(key)
         if got is None:
-            path = find_module_debug_file(module_name, self.release, self.search_dirs, build_id)
+            path = find_module_debug_file(module_name, self.release, self.search_dirs, build_id,
+                                          debuginfo=self.debuginfo)
+            failures: list[str] = []
+            if path is None and build_id and self.debuginfo is not None:
+                path = DebuginfodClient(self.debuginfo).find(build_id, failures=failures)
             if path is None:
                 rel = self.release if self.release is not None else os.uname().release
                 where = ", ".join([*(str(d) for d in self.search_dirs), str(MODULE_DEBUG_ROOT / rel)])
                 bid = f" with build id {build_id}" if build_id else ""
+                if failures:
+                    raise DebuginfodError(f"no debug file for module {module_name}{bid} in {where}; debuginfod: "
+                                          + "; ".join(failures), tuple(failures))
                 raise FileNotFoundKsymError(
                     f"no debug file for module {module_name}{bid} in {where} (install the kernel's debug "
-                    "package or pass --modules DIR)"
+                    "package, pass --modules DIR, or set DEBUGINFOD_URLS)"
                 )
             got = ModuleSymbolizer(path)
             self._open[key] = got
@@ -684,6 +696,8 @@ def find_module_debug_file(
     release: str | None = None,
     search_dirs: Iterable[str | os.PathLike[str]] = (),
     build_id: str | None = None,
+    *,
+    debuginfo: DebuginfoOptions | None = None,
 ) -> Path | None:
     """The debug file of a module, or None.
 
@@ -691,7 +705,8 @@ def find_module_debug_file(
     ``/usr/lib/debug/lib/modules/<release>/`` (``release`` defaults to the running kernel's), for
     ``<name>.ko``, ``.ko.debug``, ``.ko.xz``, ``.ko.zst``, ``.ko.gz``, with ``-`` and ``_`` equivalent.
     With ``build_id`` (full or a prefix, as oopses print ``[nf_tables df1a2bb2...]``), only a file of
-    that build id qualifies, and ``/usr/lib/debug/.build-id/xx/yyyy.debug`` is tried as well.
+    that build id qualifies, and ``<dir>/.build-id/xx/yyyy.debug`` is tried as well for each debug dir of
+    ``debuginfo`` (``--debug-dir``, ``$KSYM_DEBUG_DIRS``, ``/usr/lib/debug``).
     """
     want = normalize_module_name(module_name)
     roots: list[str] = [os.fspath(d) for d in search_dirs]
@@ -709,7 +724,7 @@ def find_module_debug_file(
     if build_id:
         bid = build_id.lower()
         if len(bid) > 2:
-            for p in (_BUILD_ID_ROOT / bid[:2] / (bid[2:] + ".debug"),):
+            for p in build_id_paths(bid, debuginfo or DebuginfoOptions()):
                 if p.is_file():
                     candidates.append(str(p))
         for c in candidates:

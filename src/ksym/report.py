@@ -675,7 +675,8 @@ def add_report_arguments(parser: argparse.ArgumentParser | Any) -> None:
                         "context (default: an installed linux-source tree of the same version, else fetched)")
     parser.add_argument("--source-url", metavar="TEMPLATE",
                         help="raw-source URL template with {tag} and {path}")
-    parser.add_argument("--offline", action="store_true", help="never fetch source over the network")
+    parser.add_argument("--offline", action="store_true", help="no network: never fetch source, never ask "
+                        "debuginfod")
 
 
 def provider_for(

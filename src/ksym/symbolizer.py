@@ -30,6 +30,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from . import dwarf as D
+from .debuginfo import DebuginfoOptions
 from .errors import BadFileError, KsymError, SpecError
 from .index import IndexStore
 from .locate import find_vmlinux
@@ -82,6 +83,9 @@ class Symbolizer:
     :param use_index: read and write the on-disk index (``$KSYM_CACHE_DIR``, default ~/.cache/ksym).
     :param cache_dir: where the index lives, overriding the default.
     :param warn: called with warning lines (build id mismatch); default: ignore them (see ``warnings``).
+    :param build_id: with no ``vmlinux``, use the debug vmlinux of this build id (``.build-id`` trees,
+        distribution paths, debuginfod: docs/debuginfo.md) instead of the running kernel's.
+    :param debuginfo: where to look for it (debug dirs, debuginfod servers, offline).
     :raises FileNotFoundKsymError: no such file / nothing found.
     :raises BadFileError: not ELF, truncated, no symbol table; :class:`MissingDebugInfoError`: no DWARF.
     """
@@ -97,8 +101,13 @@ class Symbolizer:
         kernel_tag: str | None = None,
         elixir_url: str | None = None,
         links: bool = True,
+        build_id: str | None = None,
+        debuginfo: DebuginfoOptions | None = None,
     ) -> None:
-        located = find_vmlinux(vmlinux)
+        if debuginfo is None and cache_dir is not None:
+            debuginfo = DebuginfoOptions(cache_dir=str(cache_dir))
+        located = find_vmlinux(vmlinux, build_id=build_id, options=debuginfo, warn=warn)
+        self.located = located
         self.path = located.path
         self.warnings: list[str] = list(located.warnings)
         for w in self.warnings:

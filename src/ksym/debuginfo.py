@@ -1,0 +1,698 @@
+"""Find debug files by GNU build id: local ``.build-id`` trees, distribution paths, then debuginfod.
+
+A kernel (or module) build is named by its GNU build id: the running kernel's is in
+``/sys/kernel/notes``, oopses print module ones (``[nf_tables 5f3c...]``), dropcapture writes
+``# build-id: ...``, and every vmlinux carries its own in ``.note.gnu.build-id``. Given one,
+:func:`locate_debuginfo` looks, in this order (docs/debuginfo.md):
+
+1. ``<dir>/.build-id/xx/yyyy.debug`` for each ``--debug-dir``, each ``$KSYM_DEBUG_DIRS`` entry and
+   ``/usr/lib/debug``;
+2. the distribution paths of the kernel release (:func:`ksym.locate.candidate_paths`), for a vmlinux;
+3. the debuginfod cache (``$DEBUGINFOD_CACHE_PATH``, else ``<ksym cache>/debuginfod``; the elfutils
+   client's ``~/.cache/debuginfod_client`` is read too);
+4. each debuginfod server (``$DEBUGINFOD_URLS`` or ``--debuginfod-url``), ``GET /buildid/<hex>/debuginfo``,
+   unless offline.
+
+Every file found is opened and its build id compared with the one asked for; each step is recorded as
+an :class:`Attempt`, so ``ksym debuginfo`` can show why a file was taken or passed over.
+
+Example::
+
+    from ksym.debuginfo import DebuginfoOptions, locate_debuginfo
+    found = locate_debuginfo("a0cbedb00f5d2f58c58a64ab870493b01512572d", DebuginfoOptions(offline=True))
+    print(found.path, [str(a) for a in found.attempts])
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import BadFileError, DebuginfodError, FileNotFoundKsymError, KsymError
+
+__all__ = [
+    "DEFAULT_DEBUG_ROOT",
+    "Attempt",
+    "DebugLookup",
+    "DebuginfoOptions",
+    "DebuginfodClient",
+    "add_debuginfo_arguments",
+    "build_id_paths",
+    "check_file",
+    "debug_roots",
+    "debuginfod_cache_dirs",
+    "debuginfod_servers",
+    "file_build_id",
+    "kernel_build_id_in_text",
+    "locate_debuginfo",
+    "mismatch_warning",
+    "normalize_build_id",
+    "options_from_args",
+    "package_hint",
+    "read_os_release",
+]
+
+DEFAULT_DEBUG_ROOT = Path("/usr/lib/debug")
+_HEX = re.compile(r"^[0-9a-f]{8,128}$")
+#: below this size no progress bar is drawn unless --progress asks for one
+_PROGRESS_MIN = 1 << 20
+_CHUNK = 1 << 16
+_TRIES = 4
+
+
+def normalize_build_id(text: str) -> str:
+    """Lower-case hex without separators; :class:`ValueError` for anything else."""
+    bid = text.strip().lower().replace(":", "").replace("-", "")
+    bid = bid.removeprefix("0x")
+    if not _HEX.match(bid) or len(bid) % 2:
+        raise ValueError(f"not a build id (an even number of hex digits, at least 8): {text!r}")
+    return bid
+
+
+def file_build_id(path: str | os.PathLike[str]) -> str | None:
+    """The GNU build id of an ELF file (vmlinux, module, any debug file), or None when it has none.
+
+    :raises FileNotFoundKsymError: cannot open it; :raises BadFileError: not a (complete) ELF file.
+    """
+    from .image import KernelImage
+
+    img = KernelImage(path)
+    try:
+        return img.build_id
+    finally:
+        img.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Where to look
+
+
+@dataclass(frozen=True)
+class DebuginfoOptions:
+    """How to look for debug files.
+
+    :param debug_dirs: roots searched before ``$KSYM_DEBUG_DIRS`` and ``/usr/lib/debug`` (each holding a
+        ``.build-id`` tree, or being one).
+    :param servers: debuginfod base URLs; None: ``$DEBUGINFOD_URLS`` (space-separated).
+    :param offline: no network at all (the cache is still read).
+    :param cache_dir: the ksym cache (default ``$KSYM_CACHE_DIR``, ``~/.cache/ksym``); debuginfod files go
+        under its ``debuginfod/`` unless ``$DEBUGINFOD_CACHE_PATH`` is set.
+    :param progress: draw a progress bar on stderr; None: only when stderr is a terminal.
+    :param timeout: connect and read (no data) timeout in seconds; None: ``$DEBUGINFOD_TIMEOUT``, else 30.
+    :param use_env: read ``$KSYM_DEBUG_DIRS``/``$DEBUGINFOD_*`` (tests turn it off).
+    """
+
+    debug_dirs: tuple[str, ...] = ()
+    servers: tuple[str, ...] | None = None
+    offline: bool = False
+    cache_dir: str | None = None
+    progress: bool | None = None
+    timeout: float | None = None
+    use_env: bool = True
+    system_root: bool = True
+
+
+def debug_roots(options: DebuginfoOptions) -> list[Path]:
+    """``--debug-dir`` entries, then ``$KSYM_DEBUG_DIRS`` (``:``-separated), then ``/usr/lib/debug``."""
+    roots = [Path(d) for d in options.debug_dirs]
+    if options.use_env:
+        roots += [Path(d) for d in os.environ.get("KSYM_DEBUG_DIRS", "").split(":") if d]
+    if options.system_root:
+        roots.append(DEFAULT_DEBUG_ROOT)
+    out: list[Path] = []
+    for r in roots:
+        if r not in out:
+            out.append(r)
+    return out
+
+
+def build_id_paths(build_id: str, options: DebuginfoOptions) -> list[Path]:
+    """``<root>/.build-id/xx/yyyy.debug`` for every root (and ``<root>/xx/yyyy.debug`` when the root is
+    itself a ``.build-id`` directory)."""
+    bid = build_id.lower()
+    out: list[Path] = []
+    for root in debug_roots(options):
+        base = root if root.name == ".build-id" else root / ".build-id"
+        out.append(base / bid[:2] / (bid[2:] + ".debug"))
+    return out
+
+
+def debuginfod_servers(options: DebuginfoOptions) -> list[str]:
+    if options.servers is not None:
+        urls: Iterable[str] = options.servers
+    elif options.use_env:
+        urls = os.environ.get("DEBUGINFOD_URLS", "").split()
+    else:
+        urls = ()
+    return [u.rstrip("/") for u in urls if u.strip()]
+
+
+def debuginfod_cache_dirs(options: DebuginfoOptions) -> tuple[Path, list[Path]]:
+    """(the cache ksym writes to, the caches it reads: that one first, then the elfutils client's)."""
+    env = os.environ.get("DEBUGINFOD_CACHE_PATH") if options.use_env else None
+    if env:
+        write = Path(env)
+    else:
+        from .index import default_cache_dir
+
+        write = (Path(options.cache_dir) if options.cache_dir else default_cache_dir()) / "debuginfod"
+    reads = [write]
+    if options.use_env:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        elfutils = (Path(xdg) if xdg else Path.home() / ".cache") / "debuginfod_client"
+        if elfutils not in reads:
+            reads.append(elfutils)
+    return write, reads
+
+
+# --------------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass
+class Attempt:
+    """One place looked at: ``kind`` (build-id dir, distribution path, cache, debuginfod), where, and the
+    outcome (``missing``, ``match``, ``mismatch``, ``no build id``, ``unusable``, ``not found``,
+    ``failed``, ``skipped``), with the build id the file has and a detail."""
+
+    kind: str
+    where: str
+    outcome: str
+    build_id: str | None = None
+    detail: str = ""
+    has_dwarf: bool | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.kind}: {self.where}: {self.outcome}"
+        if self.build_id:
+            text += f" (build id {self.build_id})"
+        if self.detail:
+            text += f": {self.detail}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "where": self.where, "outcome": self.outcome, "build_id": self.build_id,
+                "detail": self.detail or None}
+
+
+@dataclass
+class DebugLookup:
+    """What :func:`locate_debuginfo` found: ``path`` (None when nothing), and every attempt."""
+
+    build_id: str | None
+    source: str
+    path: Path | None = None
+    found_by: str | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    servers: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    #: facts shown by ``ksym debuginfo`` (the running kernel's build id, a given vmlinux's, ...)
+    notes: list[str] = field(default_factory=list)
+    #: what to install when nothing was found
+    install: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"build_id": self.build_id, "build_id_source": self.source, "found": self.path is not None,
+                "path": str(self.path) if self.path else None, "found_by": self.found_by,
+                "attempts": [a.to_dict() for a in self.attempts], "servers": self.servers,
+                "failures": self.failures, "warnings": self.warnings, "notes": self.notes,
+                "install": self.install}
+
+
+def check_file(path: Path, want: str | None, kind: str, need_dwarf: bool) -> Attempt:
+    from .image import KernelImage
+
+    if not path.is_file():
+        return Attempt(kind, str(path), "missing")
+    try:
+        img = KernelImage(path)
+    except KsymError as exc:
+        return Attempt(kind, str(path), "unusable", None, str(exc).removeprefix(f"{path}: "))
+    try:
+        have, dwarf = img.build_id, img.has_dwarf
+    finally:
+        img.close()
+    if need_dwarf and not dwarf:
+        return Attempt(kind, str(path), "unusable", have, "no DWARF (a stripped image)", False)
+    if want is None:
+        return Attempt(kind, str(path), "match", have, "no build id to compare with", dwarf)
+    if have is None:
+        return Attempt(kind, str(path), "no build id", None, "", dwarf)
+    if not _same_build_id(want, have):
+        return Attempt(kind, str(path), "mismatch", have, "", dwarf)
+    return Attempt(kind, str(path), "match", have, "", dwarf)
+
+
+def _same_build_id(want: str, have: str) -> bool:
+    w, h = want.lower(), have.lower()
+    return h == w or (len(w) < len(h) and h.startswith(w))
+
+
+def locate_debuginfo(
+    build_id: str,
+    options: DebuginfoOptions | None = None,
+    *,
+    source: str = "given",
+    candidates: Sequence[Path] = (),
+    need_dwarf: bool = True,
+    warn: Callable[[str], None] | None = None,
+    network: bool = True,
+) -> DebugLookup:
+    """Find the debug file of ``build_id`` (see the module docstring for the order).
+
+    :param candidates: distribution paths to check after the ``.build-id`` trees (vmlinux only).
+    :param network: False: stop before debuginfod (callers that try other local places first).
+    Never raises for a miss: ``path`` is None and ``attempts``/``failures`` say why.
+    """
+    opts = options or DebuginfoOptions()
+    want = normalize_build_id(build_id)
+    found = DebugLookup(want, source, servers=debuginfod_servers(opts))
+    for p in build_id_paths(want, opts):
+        a = check_file(p, want, "build-id dir", need_dwarf)
+        found.attempts.append(a)
+        if a.outcome == "match":
+            found.path, found.found_by = p, "build-id dir"
+            return found
+    for p in candidates:
+        a = check_file(p, want, "distribution path", need_dwarf)
+        found.attempts.append(a)
+        if a.outcome == "match":
+            found.path, found.found_by = p, "distribution path"
+            return found
+    if not network:
+        return found
+    client = DebuginfodClient(opts, warn=warn)
+    path = client.find(want, found.attempts, found.failures)
+    if path is not None:
+        found.path = path
+        found.found_by = "debuginfod cache" if found.attempts[-1].kind == "debuginfod cache" else "debuginfod"
+    return found
+
+
+# --------------------------------------------------------------------------------------------------
+# debuginfod
+
+
+class DebuginfodClient:
+    """Fetch ``/buildid/<hex>/debuginfo`` from debuginfod servers into an on-disk cache.
+
+    Downloads go to a temporary file next to the cache entry, resume with a ``Range`` request when the
+    connection breaks off (or start over when the server ignores ranges), are checked to be an ELF file
+    with the build id asked for, and are renamed into ``<cache>/<build id>/debuginfo`` (the elfutils
+    client's layout). Nothing touches the network when ``options.offline``.
+    """
+
+    def __init__(self, options: DebuginfoOptions | None = None, *,
+                 warn: Callable[[str], None] | None = None, stream: IO[str] | None = None) -> None:
+        self.options = options or DebuginfoOptions()
+        self.servers = debuginfod_servers(self.options)
+        self.cache_dir, self.cache_reads = debuginfod_cache_dirs(self.options)
+        t = self.options.timeout
+        if t is None and self.options.use_env:
+            try:
+                t = float(os.environ.get("DEBUGINFOD_TIMEOUT", "") or 30)
+            except ValueError:
+                t = 30.0
+        self.timeout = t if t and t > 0 else 30.0
+        self.warn = warn
+        self.stream = stream if stream is not None else sys.stderr
+        p = self.options.progress
+        self.progress = p if p is not None else _isatty(self.stream)
+        self.forced_progress = bool(p)
+
+    def cached(self, build_id: str) -> Path | None:
+        for root in self.cache_reads:
+            p = root / build_id / "debuginfo"
+            if p.is_file():
+                return p
+        return None
+
+    def find(self, build_id: str, attempts: list[Attempt] | None = None,
+             failures: list[str] | None = None) -> Path | None:
+        """The cached or downloaded debug file of ``build_id``, or None; every step is appended to
+        ``attempts`` and every server failure to ``failures``."""
+        attempts = attempts if attempts is not None else []
+        failures = failures if failures is not None else []
+        bid = normalize_build_id(build_id)
+        for root in self.cache_reads:
+            p = root / bid / "debuginfo"
+            a = check_file(p, bid, "debuginfod cache", False)
+            attempts.append(a)
+            if a.outcome == "match":
+                return p
+            if a.outcome in ("mismatch", "unusable", "no build id"):
+                _unlink(p)  # a damaged cache entry: fetch it again
+        if not self.servers:
+            attempts.append(Attempt("debuginfod", "(no servers)", "skipped",
+                                    detail="set $DEBUGINFOD_URLS or pass --debuginfod-url"))
+            return None
+        for server in self.servers:
+            url = f"{server}/buildid/{bid}/debuginfo"
+            if self.options.offline:
+                attempts.append(Attempt("debuginfod", url, "skipped", detail="offline"))
+                continue
+            try:
+                path = self._download(url, bid)
+            except _NotFound as exc:
+                attempts.append(Attempt("debuginfod", url, "not found", detail=str(exc)))
+                continue
+            except _Failed as exc:
+                attempts.append(Attempt("debuginfod", url, "failed", exc.build_id, str(exc)))
+                failures.append(f"{url}: {exc}")
+                continue
+            attempts.append(Attempt("debuginfod", url, "match", bid, f"saved as {path}"))
+            return path
+        return None
+
+    def fetch(self, build_id: str) -> Path:
+        """Like :meth:`find`, raising when nothing comes back.
+
+        :raises DebuginfodError: a server failed; :raises FileNotFoundKsymError: every server said 404.
+        """
+        attempts: list[Attempt] = []
+        failures: list[str] = []
+        path = self.find(build_id, attempts, failures)
+        if path is not None:
+            return path
+        raise _miss_error(normalize_build_id(build_id), attempts, failures, "debug file")
+
+    # -- one download --
+
+    def _download(self, url: str, build_id: str) -> Path:
+        import requests
+
+        dest_dir = self.cache_dir / build_id
+        try:
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=".tmp-debuginfo-")
+        except OSError as exc:
+            raise _Failed(f"cannot write the cache {self.cache_dir}: {exc.strerror or exc}") from None
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "r+b") as out:
+                self._transfer(requests, url, out)
+            have = self._verify(tmp, build_id)
+            if have != build_id:
+                raise _Failed(f"the server sent a file with build id {have or 'none'}, not {build_id}: "
+                              "discarded", have)
+            dest = dest_dir / "debuginfo"
+            os.replace(tmp, dest)
+            return dest
+        finally:
+            _unlink(tmp)
+            try:
+                dest_dir.rmdir()  # only if left empty (a failed first download)
+            except OSError:
+                pass
+
+    def _transfer(self, requests: Any, url: str, out: IO[bytes]) -> None:
+        got = 0
+        total: int | None = None
+        bar: _Progress | None = None
+        breaks: list[str] = []
+        try:
+            for _try in range(_TRIES):
+                # identity: byte counts and ranges are then those of the file itself
+                headers = {"Accept-Encoding": "identity", "User-Agent": "ksym"}
+                if got:
+                    headers["Range"] = f"bytes={got}-"
+                try:
+                    r = requests.get(url, stream=True, timeout=(self.timeout, self.timeout), headers=headers,
+                                     allow_redirects=True)
+                except requests.exceptions.ConnectTimeout:
+                    raise _Failed(f"no connection within {self.timeout:g} s") from None
+                except requests.exceptions.ReadTimeout:
+                    raise _Failed(f"no answer within {self.timeout:g} s") from None
+                except requests.exceptions.ConnectionError as exc:
+                    if got:
+                        breaks.append(_short(exc))
+                        continue
+                    raise _Failed(f"cannot connect: {_short(exc)}") from None
+                except requests.exceptions.RequestException as exc:
+                    raise _Failed(_short(exc)) from None
+                with r:
+                    if r.status_code == 404:
+                        raise _NotFound("HTTP 404")
+                    if got and r.status_code == 206 and _range_start(r.headers.get("Content-Range")) == got:
+                        pass  # resumed where it broke off
+                    elif r.status_code == 200:
+                        if got:  # the server ignored the range: start over
+                            out.seek(0)
+                            out.truncate()
+                            got = 0
+                        total = _int(r.headers.get("Content-Length"))
+                    else:
+                        raise _Failed(f"HTTP {r.status_code} {r.reason or ''}".rstrip())
+                    if bar is None and self.progress and (self.forced_progress or total is None
+                                                          or total >= _PROGRESS_MIN):
+                        bar = _Progress(self.stream, f"ksym: debuginfod: {build_id_of_url(url)[:16]}", total)
+                    try:
+                        for chunk in r.iter_content(_CHUNK):
+                            out.write(chunk)
+                            got += len(chunk)
+                            if bar is not None:
+                                bar.update(got)
+                    except requests.exceptions.ConnectionError as exc:
+                        # urllib3's read timeout arrives here too, wrapped
+                        if "timed out" in str(exc).lower():
+                            raise _Failed(f"no data for {self.timeout:g} s (after {got} bytes)") from None
+                        breaks.append(_short(exc))
+                        continue
+                    except requests.exceptions.RequestException as exc:  # ChunkedEncodingError: cut short
+                        breaks.append(_short(exc))
+                        continue
+                if total is None or got >= total:
+                    out.flush()
+                    return
+                breaks.append(f"connection closed after {got} of {total} bytes")
+            raise _Failed(f"the download broke off {len(breaks)} times ({breaks[-1] if breaks else '?'})")
+        finally:
+            if bar is not None:
+                bar.done()
+
+    @staticmethod
+    def _verify(path: Path, build_id: str) -> str | None:
+        try:
+            return file_build_id(path)
+        except (BadFileError, FileNotFoundKsymError) as exc:
+            raise _Failed(f"the server sent no usable ELF file ({str(exc).removeprefix(f'{path}: ')}): "
+                          "discarded") from None
+
+
+class _NotFound(Exception):
+    pass
+
+
+class _Failed(Exception):
+    def __init__(self, message: str, build_id: str | None = None) -> None:
+        super().__init__(message)
+        self.build_id = build_id
+
+
+def build_id_of_url(url: str) -> str:
+    m = re.search(r"/buildid/([0-9a-fA-F]+)/", url)
+    return m.group(1) if m else url
+
+
+def _range_start(value: str | None) -> int | None:
+    m = re.match(r"bytes (\d+)-", value or "")
+    return int(m.group(1)) if m else None
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _short(exc: BaseException) -> str:
+    # requests wraps urllib3 wraps http.client and socket: keep the innermost reason, one short line
+    text = str(exc)
+    for pat in (r"\[Errno -?\d+\] [^'\")]+", r"IncompleteRead\([^)]*\)", r"Connection broken: [^'\")]+",
+                r"Read timed out", r"Connection aborted"):
+        m = re.search(pat, text)
+        if m:
+            return m.group(0).strip().rstrip(",")
+    return " ".join(text.split())[:160]
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class _Progress:
+    """One line on stderr, redrawn in place (``\\r``) at most ten times a second."""
+
+    def __init__(self, stream: IO[str], label: str, total: int | None) -> None:
+        self.stream, self.label, self.total = stream, label, total
+        self.last = 0.0
+        self.got = 0
+        self.drawn = False
+
+    def update(self, got: int) -> None:
+        self.got = got
+        now = time.monotonic()
+        if now - self.last >= 0.1:
+            self.last = now
+            self._draw()
+
+    def _draw(self) -> None:
+        mb = self.got / 1e6
+        if self.total:
+            pct = min(100, self.got * 100 // self.total)
+            width = 24
+            fill = width * pct // 100
+            text = f"{self.label} [{'#' * fill}{'.' * (width - fill)}] {pct:3d}% {mb:.1f}/{self.total / 1e6:.1f} MB"
+        else:
+            text = f"{self.label} {mb:.1f} MB"
+        try:
+            self.stream.write("\r" + text + "\x1b[K")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+        self.drawn = True
+
+    def done(self) -> None:
+        self._draw()
+        try:
+            self.stream.write("\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _miss_error(build_id: str, attempts: Sequence[Attempt], failures: Sequence[str], what: str,
+                hint: str = "") -> KsymError:
+    looked = [a.where for a in attempts if a.outcome != "skipped" and a.kind != "debuginfod"]
+    shown = ", ".join(looked[:3]) + (", ..." if len(looked) > 3 else "")
+    if failures:
+        return DebuginfodError(f"no {what} with build id {build_id}: " + "; ".join(failures)
+                               + (f" (also looked in {shown})" if shown else ""), tuple(failures))
+    return FileNotFoundKsymError(f"no {what} with build id {build_id} (looked in {shown})"
+                                 + (f": {hint}" if hint else ""))
+
+
+# --------------------------------------------------------------------------------------------------
+# Build ids from text, mismatches, and what to install
+
+
+_TEXT_BUILD_ID = re.compile(
+    r"(?:^|[\s#])(?:build[-_ ]?id|buildid)(?:\[\w+\])?\s*[:=]\s*\"?(?:0x)?(?P<bid>[0-9a-fA-F]{16,128})\b",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def kernel_build_id_in_text(text: str) -> str | None:
+    """The kernel's build id named in a dump: a ``Build ID: <hex>``, ``# build-id: <hex>`` (dropcapture),
+    ``BuildID[sha1]=<hex>`` (file(1)) or ``"build_id": "<hex>"`` line. Module build ids (``[mod <hex>]`` on
+    frames) are not this: they belong to each module."""
+    m = _TEXT_BUILD_ID.search(text)
+    if m is None:
+        m = re.search(r"\"build_id\"\s*:\s*\"(?P<bid>[0-9a-fA-F]{16,128})\"", text)
+    return m.group("bid").lower() if m else None
+
+
+def mismatch_warning(expected: str | None, where: str, path: str | os.PathLike[str],
+                     have: str | None) -> str | None:
+    """The one-line warning when ``path``'s build id is not the ``expected`` one (from ``where``)."""
+    if not expected:
+        return None
+    if have is None:
+        return (f"ksym: warning: {path} has no build id; {where} is {expected}: cannot check that they "
+                "match")
+    if _same_build_id(expected, have):
+        return None
+    return (f"ksym: warning: build id mismatch: {path} has {have} but {where} is {expected}: "
+            "results may be wrong")
+
+
+def read_os_release(path: str | os.PathLike[str] = "/etc/os-release") -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        k, sep, v = line.partition("=")
+        if sep and k.strip() and not k.startswith("#"):
+            out[k.strip()] = v.strip().strip("\"'")
+    return out
+
+
+def package_hint(release: str | None = None, os_release: dict[str, str] | None = None) -> str:
+    """The command that installs the debug vmlinux of ``release`` on this distribution."""
+    rel = release or os.uname().release
+    osr = read_os_release() if os_release is None else os_release
+    ids = [osr.get("ID", "").lower(), *osr.get("ID_LIKE", "").lower().split()]
+    name = osr.get("PRETTY_NAME") or osr.get("NAME") or (ids[0] or "this system")
+    if "ubuntu" in ids:
+        return (f"{name}: apt install linux-image-{rel}-dbgsym (or linux-image-unsigned-{rel}-dbgsym) from "
+                "ddebs.ubuntu.com, or DEBUGINFOD_URLS=https://debuginfod.ubuntu.com")
+    if "debian" in ids:
+        return (f"{name}: apt install linux-image-{rel}-dbg, "
+                "or DEBUGINFOD_URLS=https://debuginfod.debian.net")
+    if any(i in ids for i in ("fedora", "rhel", "centos", "rocky", "almalinux", "ol")):
+        return (f"{name}: dnf debuginfo-install kernel-{rel} (package kernel-debuginfo-{rel}), "
+                "or DEBUGINFOD_URLS=https://debuginfod.fedoraproject.org")
+    if any(i.startswith(("suse", "opensuse", "sles", "sle")) for i in ids):
+        flavor = rel.rsplit("-", 1)[-1] if "-" in rel else "default"
+        return (f"{name}: zypper install kernel-{flavor}-debuginfo (version {rel.rsplit('-', 1)[0]}; "
+                "enable the debug repository), or DEBUGINFOD_URLS=https://debuginfod.opensuse.org")
+    if "arch" in ids:
+        return (f"{name}: no debug package for the kernel; use DEBUGINFOD_URLS=https://debuginfod.archlinux.org "
+                "or build with CONFIG_DEBUG_INFO and pass --vmlinux")
+    from .image import DEBUG_PACKAGE_HINT
+
+    return DEBUG_PACKAGE_HINT
+
+
+# --------------------------------------------------------------------------------------------------
+# Command-line options shared by resolve, annotate and debuginfo
+
+
+def add_debuginfo_arguments(parser: Any, *, build_id: bool = True) -> None:
+    """``--debug-dir``, ``--debuginfod-url``, ``--progress`` (and ``--build-id``, ``--running``); ``--offline``
+    is added with the source options and means "no network" for both."""
+    g = parser.add_argument_group("debug files by build id (see docs/debuginfo.md)")
+    if build_id:
+        g.add_argument("--build-id", metavar="HEX", help="use the debug vmlinux of this build id (found in "
+                       ".build-id trees, distribution paths or debuginfod); with --vmlinux, warn if it differs")
+        g.add_argument("--running", action="store_true",
+                       help="the frames come from the running kernel: warn if the vmlinux's build id differs")
+    g.add_argument("--debug-dir", metavar="DIR", action="append", default=[],
+                   help="a root with a .build-id tree, searched before $KSYM_DEBUG_DIRS and /usr/lib/debug "
+                   "(repeatable)")
+    g.add_argument("--debuginfod-url", metavar="URL", action="append", default=[],
+                   help="debuginfod server (repeatable; default: $DEBUGINFOD_URLS)")
+    g.add_argument("--progress", action="store_true",
+                   help="show a download progress bar even when stderr is not a terminal")
+
+
+def options_from_args(args: Any) -> DebuginfoOptions:
+    urls = list(getattr(args, "debuginfod_url", None) or [])
+    return DebuginfoOptions(
+        debug_dirs=tuple(getattr(args, "debug_dir", None) or ()),
+        servers=tuple(urls) if urls else None,
+        offline=bool(getattr(args, "offline", False)),
+        cache_dir=getattr(args, "cache_dir", None),
+        progress=True if getattr(args, "progress", False) else None,
+    )
