@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 import os
 import random
 import re
@@ -18,6 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from anchors import REPO_ROOT, addr2line_batch, find_test_vmlinux, fixture, func_symbols, strip_prefix
@@ -375,6 +375,32 @@ def _top_link(vsym: Symbolizer) -> int:
     a = vsym.address_of(TUTORIAL_TOP[0])
     assert a is not None
     return a + TUTORIAL_TOP[1]
+
+
+def test_sweep_from_line_row_agrees_with_sweep_from_function_start(vsym: Symbolizer,
+                                                                   call_sites: list[CallSite]) -> None:
+    """The call-site disassembly starts at the line row covering ret - 1 (an instruction start): the
+    same call as objdump's and as the sweep from the function start; a hint inside an instruction
+    falls back to that sweep."""
+    hinted = 0
+    for site in call_sites:
+        start = site.ret - site.offset
+        hint = vsym.line_row_start(site.ret - 1)
+        assert hint is not None and start <= hint <= site.call, site
+        hinted += hint > start
+        plain = instruction_before(site.ret, vsym.code_bytes, vsym.machine, function_start=start)
+        fast = instruction_before(site.ret, vsym.code_bytes, vsym.machine, function_start=start,
+                                  boundary_hint=hint)
+        bad = instruction_before(site.ret, vsym.code_bytes, vsym.machine, function_start=start,
+                                 boundary_hint=site.call + 1)
+        assert plain == fast == bad, site
+        assert fast.instruction is not None and fast.instruction.address == site.call
+    assert hinted > len(call_sites) // 2, "most call sites start their sweep past the function start"
+    # not a return address: inside an instruction either way
+    site = call_sites[0]
+    inside = instruction_before(site.ret - 1, vsym.code_bytes, vsym.machine, function_start=site.ret - site.offset,
+                                boundary_hint=vsym.line_row_start(site.ret - 2))
+    assert inside.boundary is False
 
 
 def test_bpftrace_decimal(vmlinux: Path, vsym: Symbolizer, call_sites: list[CallSite]) -> None:

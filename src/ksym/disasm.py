@@ -250,7 +250,7 @@ def instruction_before(
     :param boundary_hint: a known instruction start between ``function_start`` and the address (the
         line-table row covering ``return_address - 1``: compilers start rows at instructions). The
         sweep starts there, so it covers a few instructions instead of the whole function; when it
-        does not land on the address, the sweep from ``function_start`` decides.
+        does not end in a call at the address, the sweep from ``function_start`` decides.
     """
     if machine not in _ARCHES:
         return PrecedingInstruction(None, None)
@@ -268,7 +268,8 @@ def instruction_before(
         code = read(boundary_hint, return_address - boundary_hint + arch.max_insn)
         if len(code) >= return_address - boundary_hint:
             insn, _reached = _sweep(machine, code, boundary_hint, return_address)
-            if insn is not None:
+            # a call is what a return address follows; anything else is settled by the full sweep
+            if insn is not None and _is_call(insn):
                 return PrecedingInstruction(_make(insn, name_of, arch), True)
     if function_start is not None and 0 < return_address - function_start <= _MAX_SWEEP:
         # a few bytes more: the instruction that straddles the address must decode whole

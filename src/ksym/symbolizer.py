@@ -20,6 +20,7 @@ import contextlib
 import mmap
 import os
 import re
+import threading
 import weakref
 from array import array
 from collections.abc import Callable, Iterable
@@ -388,8 +389,9 @@ class Symbolizer:
     def prefetch(self, addresses: Iterable[int], *, processes: int | None = None) -> int:
         """Answer ``addresses`` ahead of :meth:`chain` (a dump's frames, before they are printed).
 
-        When many compilation units must be read from the DWARF for them, they are read by up to
-        ``processes`` forked worker processes (default: the CPUs this process may use, at most 8),
+        When many compilation units must be read from the DWARF for them and this process runs a
+        single thread, they are read by up to ``processes`` forked worker processes (default: the CPUs
+        this process may use, at most 8),
         each writing the units it read to the index; the answers come back to this process. Returns
         how many addresses were answered. Errors are left for :meth:`chain` to raise in order.
         """
@@ -404,7 +406,8 @@ class Symbolizer:
                 and not self._store.has_cu(self.key, off)]
         n = processes if processes is not None else _usable_cpus()
         n = min(n, 8, max(1, len(cold) // _UNITS_PER_PROCESS))
-        if n < 2 or not hasattr(os, "fork"):
+        # fork only a single-threaded process (a forked copy of a thread holding a lock can hang)
+        if n < 2 or not hasattr(os, "fork") or threading.active_count() > 1:
             for a in todo:
                 with contextlib.suppress(KsymError):
                     self._answer(a)
