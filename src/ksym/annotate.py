@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .disasm import CallInstruction, instruction_before, supported_machine
+from .disasm import CallInstruction, supported_machine
 from .errors import (
     EXIT_NO_FILE,
     EXIT_OK,
@@ -247,6 +247,8 @@ class AnnotatedText:
     def render_text(self, links: bool = False) -> str:
         """:attr:`text`; with ``links`` each location line ends with its elixir.bootlin.com link."""
         out: list[str] = []
+        # frames repeat: the same answer under the same indentation renders to the same lines
+        done: dict[tuple[object, ...], str] = {}
         for line in self.lines:
             out.append(line.text)
             af = self._by_line.get(line.lineno)
@@ -255,7 +257,12 @@ class AnnotatedText:
             ending = line.ending or "\n"
             if not line.ending:
                 out.append("\n")
-            out.extend(a + ending for a in render_frame(af, links))
+            ind = _indent(af)
+            key = (id(af.matches), af.status, af.reason, af.notes, af.frame.symbol is None, ind, ending)
+            block = done.get(key)
+            if block is None:
+                block = done[key] = "".join(a + ending for a in render_frame(af, links, ind))
+            out.append(block)
         return "".join(out)
 
     def json_lines(self) -> list[str]:
@@ -278,14 +285,14 @@ def _indent(af: AnnotatedFrame) -> str:
     return "".join(c if c == "\t" else " " for c in text[:start]) + "  "
 
 
-def render_frame(af: AnnotatedFrame, links: bool = False) -> list[str]:
+def render_frame(af: AnnotatedFrame, links: bool = False, indent: str | None = None) -> list[str]:
     """The annotation lines (no line endings) written after a frame line.
 
     ``-> innermost location``, then ``(inlined by) ...`` lines in faddr2line's order, then for a frame
     without a symbol ``in symbol+off/size``, then for a return address ``call site: <instruction>``;
     an unresolved frame gets ``-> unresolved: <reason>``.
     """
-    ind = _indent(af)
+    ind = _indent(af) if indent is None else indent
     cont = ind + "   "
     if not af.resolved:
         return [f"{ind}-> unresolved: {af.reason}"]
@@ -542,9 +549,7 @@ class _Annotator:
         caller = self.sym.symbols.containing(look)
         call: CallInstruction | None = None
         if self.can_disasm and self.sym.code_bytes(look, 1):
-            before = instruction_before(link, self.sym.code_bytes, self.sym.machine,
-                                        function_start=caller[0].address if caller else None,
-                                        name_of=self.name_of, boundary_hint=self.sym.line_row_start(look))
+            before = self.sym.instruction_before(link, caller[0].address if caller else None, self.name_of)
             insn = before.instruction
             why: str | None = None
             if before.boundary is False:

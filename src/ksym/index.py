@@ -6,7 +6,8 @@ Layout under ``$KSYM_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ksym``, i.e. ``~/.ca
     index/<key>/image.v1                → sections, symbol table arrays, aranges, faddr2line prefix, banner
     index/<key>/cu-<offset>.v1          → one compilation unit, read once (function tree + line table)
     index/<key>/answers.v1              → address → (inline chain, line-row start) of every address
-                                          looked up before: a dump seen again needs no CU at all
+                                          looked up before, and the instruction before each return
+                                          address disassembled: a dump seen again needs no CU at all
 
 ``key`` is the GNU build id (or, for a file without one, a hash of path, size and mtime). Files are
 written with ``marshal`` (plain data only: loading never runs code) to a temporary name and renamed into
@@ -108,17 +109,17 @@ class IndexStore:
         if self.enabled:
             self._save(self._dir(key) / f"cu-{offset}.v{FORMAT_VERSION}", record)
 
-    def load_answers(self, key: str, view: str) -> dict[int, Any]:
+    def load_answers(self, key: str, view: str) -> dict[Any, Any]:
         """Addresses answered before for this image, as shown with the display settings ``view``."""
         if not self.enabled:
             return {}
         data = self._load(self._dir(key) / f"answers.v{FORMAT_VERSION}")
         if not isinstance(data, dict) or data.get("view") != view or not isinstance(data.get("answers"), dict):
             return {}
-        answers: dict[int, Any] = data["answers"]
+        answers: dict[Any, Any] = data["answers"]
         return answers
 
-    def save_answers(self, key: str, view: str, new: dict[int, Any]) -> None:
+    def save_answers(self, key: str, view: str, new: dict[Any, Any]) -> None:
         """Add ``new`` to the stored answers (re-read first: another process may have added some)."""
         if not self.enabled or not new:
             return

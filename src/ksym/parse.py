@@ -195,17 +195,19 @@ _LOG_PREFIXES = [
 ]
 
 
+#: All the prefixes in one pattern: alternatives are tried in list order, and none matches empty text.
+_LOG_PREFIX_ANY = re.compile("|".join(f"(?:{rx.pattern})" for rx in _LOG_PREFIXES))
+
+
 def strip_log_prefix(line: str) -> int:
     """Index in ``line`` where the kernel message starts, after dmesg / syslog / journal prefixes."""
     pos = 0
+    match = _LOG_PREFIX_ANY.match
     for _ in range(6):
-        for rx in _LOG_PREFIXES:
-            m = rx.match(line, pos)
-            if m and m.end() > pos:
-                pos = m.end()
-                break
-        else:
+        m = match(line, pos)
+        if m is None or m.end() <= pos:
             break
+        pos = m.end()
     return pos
 
 

@@ -128,8 +128,8 @@ class Symbolizer:
         self._chains: LRUCache[int, tuple[SourceLocation, ...]] = LRUCache(maxsize=16384)
         # address → (chain as plain tuples, line-row start or -1): loaded from the index on first use;
         # new answers and CUs read or expanded are written by flush() (close(), or at exit)
-        self._answers: dict[int, Any] | None = None
-        self._new_answers: dict[int, Any] = {}
+        self._answers: dict[Any, Any] | None = None
+        self._new_answers: dict[Any, Any] = {}
         self._dirty_cus: dict[int, D.CompiledUnit] = {}
         self._load_index()
         _LIVE.add(self)
@@ -380,6 +380,30 @@ class Symbolizer:
             self._chains[address] = got
         return got
 
+    def instruction_before(self, return_address: int, function_start: int | None = None,
+                           name_of: Callable[[int], str | None] | None = None) -> Any:
+        """:func:`ksym.disasm.instruction_before` for this image's code, starting its sweep at the line
+        row before the address; the result is kept with the stored answers (a dump seen again
+        disassembles nothing). ``name_of`` must name addresses by this image's symbols."""
+        from .disasm import Instruction, PrecedingInstruction, instruction_before
+
+        answers = self._load_answers()
+        key = ("insn", return_address, function_start)
+        rec = answers.get(key)
+        if rec is not None:
+            try:
+                insn = Instruction(*rec[1]) if rec[1] is not None else None
+                return PrecedingInstruction(insn, rec[0])
+            except (TypeError, ValueError, IndexError):
+                pass
+        got = instruction_before(return_address, self.code_bytes, self.machine, function_start=function_start,
+                                 name_of=name_of, boundary_hint=self.line_row_start(return_address - 1))
+        i = got.instruction
+        fields = None if i is None else (i.address, i.size, i.mnemonic, i.op_str, i.target, i.target_name,
+                                         i.indirect, i.raw, i.is_call)
+        answers[key] = self._new_answers[key] = (got.boundary, fields)
+        return got
+
     def line_row_start(self, address: int) -> int | None:
         """Start of the line-table row covering ``address``: an instruction boundary at or before it
         (what the call-site disassembly starts from), or None without line information."""
@@ -431,7 +455,7 @@ class Symbolizer:
                 got += 1
         return got
 
-    def _load_answers(self) -> dict[int, Any]:
+    def _load_answers(self) -> dict[Any, Any]:
         if self._answers is None:
             self._answers = self._store.load_answers(self.key, self._view())
         return self._answers
@@ -580,7 +604,7 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _prefetch_worker(groups: list[list[int]]) -> dict[int, Any]:
+def _prefetch_worker(groups: list[list[int]]) -> dict[Any, Any]:
     """In a forked process: answer each group of addresses (one unit each), write the units read to
     the index, and send the answers back."""
     sym = _FORKED
