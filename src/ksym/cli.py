@@ -165,6 +165,8 @@ def _print_resolutions(sym: Any, args: argparse.Namespace, out: Callable[[str], 
 
     status = EXIT_OK
     first = True
+    if len(args.frames) > 1 and hasattr(sym, "prefetch_frames"):
+        sym.prefetch_frames(args.frames)  # a long list: the units it needs are read at once
     for frame in args.frames:
         try:
             matches = sym.resolve(frame)

@@ -608,11 +608,11 @@ class _CUReader:
         for code, (tag, ch, attrs) in self.abbrevs.items():
             if ch and tag in enter:
                 continue
-            if tag in _INTERESTING_TAGS:
-                # a function DIE whose abbreviation has no address attribute never has code
-                # (declarations, abstract instances): the walk skips it and its children anyway
-                if tag not in FUNCTION_TAGS or any(at in (AT_LOW_PC, AT_RANGES) for at, _f, _c in attrs):
-                    continue
+            # a function DIE whose abbreviation has no address attribute never has code
+            # (declarations, abstract instances): the walk skips it and its children anyway
+            if tag in _INTERESTING_TAGS and (
+                    tag not in FUNCTION_TAGS or any(at in (AT_LOW_PC, AT_RANGES) for at, _f, _c in attrs)):
+                continue
             at_off = 0
             sib = -1
             for at, form, _const in attrs:

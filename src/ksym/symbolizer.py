@@ -455,6 +455,21 @@ class Symbolizer:
                 got += 1
         return got
 
+    def prefetch_frames(self, frames: Iterable[str], *, processes: int | None = None) -> int:
+        """:meth:`prefetch` for the addresses ``func+off[/size]`` frames and raw addresses name
+        (malformed or unknown ones are left for :meth:`resolve` to report)."""
+        want: set[int] = set()
+        for text in frames:
+            try:
+                spec = parse_spec(text)
+            except SpecError:
+                continue
+            if isinstance(spec, AddressSpec):
+                want.add(spec.address)
+            else:
+                want.update(m.symbol.address + spec.offset for m in self.symbols.faddr2line_matches(spec.name))
+        return self.prefetch(want, processes=processes)
+
     def _load_answers(self) -> dict[Any, Any]:
         if self._answers is None:
             self._answers = self._store.load_answers(self.key, self._view())
