@@ -21,6 +21,7 @@ from .errors import (
     SymbolNotFoundError,
 )
 from .model import Resolution, SourceLocation
+from .pathmap import PathMap, PathMapError
 from .spec import AddressSpec, FuncSpec, parse_spec
 from .symbolizer import Symbolizer
 
@@ -39,6 +40,8 @@ __all__ = [
     "FuncSpec",
     "KsymError",
     "MissingDebugInfoError",
+    "PathMap",
+    "PathMapError",
     "Resolution",
     "SourceLocation",
     "SpecError",

@@ -602,6 +602,9 @@ def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-index", action="store_true", help="neither read nor write the on-disk index")
     parser.add_argument("--cache-dir", metavar="DIR",
                         help="index directory (default: $KSYM_CACHE_DIR or ~/.cache/ksym)")
+    from .cli import add_path_map_argument
+
+    add_path_map_argument(parser)
     from .report import add_report_arguments
 
     add_report_arguments(parser)  # --format text|json|html|markdown, --output, --title, source/link options
@@ -638,12 +641,13 @@ def annotate_command(args: argparse.Namespace) -> int:
         ks = load_kallsyms(args.kallsyms) if getattr(args, "kallsyms", None) else None
         sym = Symbolizer(getattr(args, "vmlinux", None), use_index=not getattr(args, "no_index", False),
                          cache_dir=getattr(args, "cache_dir", None), warn=err,
-                         kernel_tag=getattr(args, "kernel_tag", None), elixir_url=getattr(args, "elixir_url", None))
+                         kernel_tag=getattr(args, "kernel_tag", None), elixir_url=getattr(args, "elixir_url", None),
+                         path_map=getattr(args, "path_map", None))
         release = getattr(args, "release", None)
         if release is None and sym.banner:
             m = re.match(r"Linux version (\S+)", sym.banner)
             release = m.group(1) if m else None
-        modules = ModuleSet(release, getattr(args, "modules", None) or [])
+        modules = ModuleSet(release, getattr(args, "modules", None) or [], path_map=sym.path_map)
         result = annotate(text, sym, kaslr_offset=getattr(args, "kaslr_offset", None), kallsyms=ks,
                           exact=bool(getattr(args, "exact", False)), modules=modules)
     except KsymError as exc:

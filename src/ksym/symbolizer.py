@@ -31,6 +31,7 @@ from .errors import BadFileError, KsymError, SpecError
 from .index import IndexStore
 from .locate import find_vmlinux
 from .model import Resolution, SourceLocation
+from .pathmap import PathMap
 from .spec import AddressSpec, FuncSpec, parse_spec
 from .symbols import Section, SymbolTable, faddr2line_select, inline_chain
 
@@ -79,8 +80,12 @@ class Symbolizer:
     :param use_index: read and write the on-disk index (``$KSYM_CACHE_DIR``, default ~/.cache/ksym).
     :param cache_dir: where the index lives, overriding the default.
     :param warn: called with warning lines (build id mismatch); default: ignore them (see ``warnings``).
+    :param path_map: ``"OLD=NEW"`` rules (or ``(OLD, NEW)`` pairs) rewriting the start of each location's
+        raw DWARF path; a rewritten path is shown as rewritten, without faddr2line's prefix strip
+        (:mod:`ksym.pathmap`). ``raw_file`` keeps the DWARF path.
     :raises FileNotFoundKsymError: no such file / nothing found.
     :raises BadFileError: not ELF, truncated, no symbol table; :class:`MissingDebugInfoError`: no DWARF.
+    :raises PathMapError: a malformed ``path_map`` rule (a ``ValueError``).
     """
 
     def __init__(
@@ -94,7 +99,9 @@ class Symbolizer:
         kernel_tag: str | None = None,
         elixir_url: str | None = None,
         links: bool = True,
+        path_map: Iterable[str | tuple[str, str]] | PathMap | None = None,
     ) -> None:
+        self.path_map = PathMap.parse(path_map)
         located = find_vmlinux(vmlinux)
         self.path = located.path
         self.warnings: list[str] = list(located.warnings)
@@ -353,6 +360,10 @@ class Symbolizer:
     def _display(self, raw: str) -> str:
         if raw in ("", "??"):
             return "??"
+        if self.path_map:
+            mapped = self.path_map.apply(raw)
+            if mapped is not None:
+                return mapped
         if self._prefix_re is not None:
             m = self._prefix_re.match(" " + raw)
             if m:
