@@ -124,8 +124,8 @@ def _resolve_command(args: argparse.Namespace, out: Callable[[str], None],
             return EXIT_USAGE
         return _print_resolutions(ModuleSymbolizer(vmlinux, path_map=args.path_map), args, out, err, None)
     sym = Symbolizer(vmlinux, use_index=not args.no_index, cache_dir=args.cache_dir, warn=err,
-                     kernel_tag=args.kernel_tag, elixir_url=args.elixir_url,
-                     links=args.json or args.links, path_map=args.path_map)  # plain text shows no links: skip building them
+                     kernel_tag=args.kernel_tag, elixir_url=args.elixir_url, path_map=args.path_map,
+                     links=args.json or args.links)  # plain text shows no links: skip building them
     lister = _Lister(sym, args, err) if args.list else None
     return _print_resolutions(sym, args, out, err, lister)
 
