@@ -1,6 +1,7 @@
 """Run the reference tools ksym must agree with, and parse their output into comparable records.
 
-The anchors are GNU ``addr2line`` (binutils) and the kernel's ``scripts/faddr2line``, which is a shell
+The anchors are GNU ``addr2line`` (binutils), ``llvm-symbolizer`` (for the clang fixtures) and the
+kernel's ``scripts/faddr2line``, which is a shell
 script around ``readelf`` and ``addr2line --functions --pretty-print --inlines``. They are run, never
 reimplemented: the test-suite compares ksym's answers with what these programs print.
 
@@ -26,9 +27,11 @@ __all__ = [
     "faddr2line",
     "find_addr2line",
     "find_faddr2line",
+    "find_llvm_symbolizer",
     "find_test_vmlinux",
     "fixture",
     "func_symbols",
+    "llvm_symbolizer_batch",
     "parse_addr2line_output",
     "strip_prefix",
 ]
@@ -152,6 +155,44 @@ def addr2line_batch(elf: Path, addresses: list[int]) -> list[list[Frame]]:
     records = parse_addr2line_output(proc.stdout)
     if len(records) != len(addresses):
         raise ValueError(f"addr2line answered {len(records)} records for {len(addresses)} addresses")
+    return records
+
+
+def find_llvm_symbolizer() -> str | None:
+    """``llvm-symbolizer`` on PATH (or a versioned ``llvm-symbolizer-NN``), or None."""
+    found = shutil.which("llvm-symbolizer")
+    if found:
+        return found
+    for v in range(20, 10, -1):
+        found = shutil.which(f"llvm-symbolizer-{v}")
+        if found:
+            return found
+    return None
+
+
+def llvm_symbolizer_batch(elf: Path, addresses: list[int], functions: str = "short") -> list[list[Frame]]:
+    """Resolve every address with ONE ``llvm-symbolizer --output-style=GNU -a --inlining
+    --functions=FUNCTIONS`` process fed on stdin; records in :func:`addr2line_batch`'s shape.
+
+    GNU style prints what addr2line prints (``file:line (discriminator N)``), except that an unknown
+    line is ``:0`` (addr2line: ``:?``; both parse to line 0) and addresses have no leading zeros.
+    """
+    if not addresses:
+        return []
+    tool = find_llvm_symbolizer()
+    if tool is None:
+        raise FileNotFoundError("llvm-symbolizer is not installed")
+    proc = subprocess.run(
+        [tool, "--output-style=GNU", "-a", "--inlining", f"--functions={functions}", "-e", str(elf)],
+        input="".join(f"{a:#x}\n" for a in addresses),
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "LC_ALL": "C"},
+    )
+    records = parse_addr2line_output(proc.stdout)
+    if len(records) != len(addresses):
+        raise ValueError(f"llvm-symbolizer answered {len(records)} records for {len(addresses)} addresses")
     return records
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for a fresh Debian/Ubuntu machine (run as root, or with sudo available):
 #   bash tools/setup.sh demo   install ksym into .venv and resolve frames of the shipped fixture
-#   bash tools/setup.sh test   install everything the suite needs (binutils, bcc, kernel headers for
+#   bash tools/setup.sh test   install everything the suite needs (binutils, llvm-symbolizer, bcc, kernel headers for
 #                              bcc, the real Debian 6.1 debug vmlinux + linux-source), then ruff, mypy
 #                              and the whole pytest suite
 # .ci/run calls "test". Environment: KSYM_TESTDATA (default /var/tmp/ksym-testdata).
@@ -43,7 +43,7 @@ case "$mode" in
     ;;
   test)
     # zstd: the CLI tests/test_compressed.py makes .ko.zst files with (the zstandard package is in [test])
-    apt_install python3 python3-venv python3-pip binutils elfutils gawk xz-utils zstd ca-certificates gcc time
+    apt_install python3 python3-venv python3-pip binutils elfutils gawk xz-utils zstd ca-certificates gcc time llvm
     if [ "$(id -u)" = 0 ] && [ -d /sys/kernel/btf ]; then
       sh tools/dropcapture-setup.sh
     else

@@ -24,6 +24,7 @@ from .errors import (
     SymbolNotFoundError,
 )
 from .model import Resolution, SourceLocation
+from .pathmap import PathMap, PathMapError
 from .spec import AddressSpec, FuncSpec, parse_spec
 from .symbolizer import Symbolizer
 
@@ -45,6 +46,8 @@ __all__ = [
     "FuncSpec",
     "KsymError",
     "MissingDebugInfoError",
+    "PathMap",
+    "PathMapError",
     "Resolution",
     "SourceLocation",
     "SpecError",

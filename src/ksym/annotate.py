@@ -673,6 +673,9 @@ def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
     from .debuginfo import add_debuginfo_arguments
 
     add_debuginfo_arguments(parser)
+    from .cli import add_path_map_argument
+
+    add_path_map_argument(parser)
     from .report import add_report_arguments
 
     add_report_arguments(parser)  # --format text|json|html|markdown, --output, --title, source/link options
@@ -728,7 +731,7 @@ def annotate_command(args: argparse.Namespace) -> int:
                          # plain text without --links shows no links: skip building them
                          links=fmt != "text" or bool(getattr(args, "links", False)),
                          build_id=expected if where != "the running kernel's" else None,
-                         debuginfo=options)
+                         debuginfo=options, path_map=getattr(args, "path_map", None))
         warning = mismatch_warning(expected, where, sym.path, sym.build_id)
         if warning and not any(expected and expected in w for w in sym.warnings):
             err(warning)
@@ -736,7 +739,8 @@ def annotate_command(args: argparse.Namespace) -> int:
         if release is None and sym.banner:
             m = re.match(r"Linux version (\S+)", sym.banner)
             release = m.group(1) if m else None
-        modules = ModuleSet(release, getattr(args, "modules", None) or [], debuginfo=options)
+        modules = ModuleSet(release, getattr(args, "modules", None) or [], debuginfo=options,
+                            path_map=sym.path_map)
         result = annotate(text, sym, kaslr_offset=getattr(args, "kaslr_offset", None), kallsyms=ks,
                           exact=bool(getattr(args, "exact", False)), modules=modules)
         sym.flush()  # the index learns this dump's frames (the report below may read more)

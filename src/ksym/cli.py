@@ -22,7 +22,7 @@ from .errors import (
     SymbolNotFoundError,
 )
 
-__all__ = ["build_parser", "main"]
+__all__ = ["add_path_map_argument", "build_parser", "main"]
 
 EPILOG = """\
 examples:
@@ -111,9 +111,26 @@ def _common(p: argparse.ArgumentParser, with_vmlinux: bool = True) -> None:
     from .debuginfo import add_debuginfo_arguments
 
     add_debuginfo_arguments(p, build_id=with_vmlinux)
+    add_path_map_argument(src)
     p.add_argument("--no-index", action="store_true", help="neither read nor write the on-disk index")
     p.add_argument("--cache-dir", metavar="DIR", help="index directory (default: $KSYM_CACHE_DIR or "
                    "~/.cache/ksym)")
+
+
+def _path_map_rule(text: str) -> tuple[str, str]:
+    from .pathmap import PathMapError, parse_path_map_rule
+
+    try:
+        return parse_path_map_rule(text)
+    except PathMapError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_path_map_argument(p: Any) -> None:
+    """``--path-map OLD=NEW`` (repeatable), shared by resolve, faddr2line and annotate."""
+    p.add_argument("--path-map", metavar="OLD=NEW", action="append", type=_path_map_rule, default=[],
+                   help="show (and read, for --list) source paths starting with OLD under NEW instead; "
+                   "repeatable, the first matching rule wins (see docs/usage.md)")
 
 
 def _resolve_command(args: argparse.Namespace, out: Callable[[str], None],
@@ -143,7 +160,7 @@ def _resolve_command(args: argparse.Namespace, out: Callable[[str], None],
         if args.list:
             err("--list is not supported for module debug files yet")
             return EXIT_USAGE
-        msym = ModuleSymbolizer(vmlinux)
+        msym = ModuleSymbolizer(vmlinux, path_map=args.path_map)
         warning = mismatch_warning(expected, where, vmlinux, msym.build_id)
         if warning:
             err(warning)
@@ -151,7 +168,7 @@ def _resolve_command(args: argparse.Namespace, out: Callable[[str], None],
     sym = Symbolizer(vmlinux, use_index=not args.no_index, cache_dir=args.cache_dir, warn=err,
                      kernel_tag=args.kernel_tag, elixir_url=args.elixir_url,
                      links=args.json or args.links,  # plain text shows no links: skip building them
-                     debuginfo=options)
+                     debuginfo=options, path_map=args.path_map)
     warning = mismatch_warning(expected, where, sym.path, sym.build_id)
     if warning and not any(expected and expected in w for w in sym.warnings):
         err(warning)

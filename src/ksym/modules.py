@@ -48,6 +48,7 @@ from .errors import (
 )
 from .image import read_build_id_from_notes
 from .model import Resolution, SourceLocation
+from .pathmap import PathMap
 from .spec import AddressSpec, FuncSpec, parse_spec
 from .symbols import FaddrMatch, Section, SymbolTable, faddr2line_select, inline_chain
 
@@ -414,7 +415,9 @@ class ModuleSymbolizer:
         :class:`MissingDebugInfoError`: no DWARF.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *,
+                 path_map: Iterable[str | tuple[str, str]] | PathMap | None = None) -> None:
+        self.path_map = PathMap.parse(path_map)
         self.image = ModuleImage(path)
         self.path = self.image.path
         self.image.require_dwarf()
@@ -485,14 +488,18 @@ class ModuleSymbolizer:
     def _chain(self, address: int) -> tuple[SourceLocation, ...]:
         cu_off = self._cu_offset_for(address)
         if cu_off is None:
-            return inline_chain(None, address, self.symbols, _raw_path)
+            return inline_chain(None, address, self.symbols, self._display)
         cu = self._unit(cu_off)
         if cu.needs_expansion(address):
             try:
                 D.expand_for(self.dwarf(), cu, address)
             except (D.DwarfError, IndexError, ValueError, struct.error) as exc:
                 raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {cu_off:#x}: {exc}") from None
-        return inline_chain(cu, address, self.symbols, _raw_path)
+        return inline_chain(cu, address, self.symbols, self._display)
+
+    def _display(self, raw: str) -> str:
+        mapped = self.path_map.apply(raw) if self.path_map and raw not in ("", "??") else None
+        return mapped if mapped is not None else _raw_path(raw)
 
     # -- public lookups --
 
@@ -588,11 +595,14 @@ class ModuleSet:
         ``/usr/lib/debug/lib/modules/<release>/``.
     :param debuginfo: for frames with a build id: the ``.build-id`` trees to search and the debuginfod
         servers to ask when no local file has it (docs/debuginfo.md); None: only ``/usr/lib/debug``.
+    :param path_map: source path rules for every module (see :class:`ksym.pathmap.PathMap`).
     """
 
     def __init__(self, release: str | None = None,
                  search_dirs: Sequence[str | os.PathLike[str]] = (),
-                 debuginfo: DebuginfoOptions | None = None) -> None:
+                 debuginfo: DebuginfoOptions | None = None, *,
+                 path_map: Iterable[str | tuple[str, str]] | PathMap | None = None) -> None:
+        self.path_map = PathMap.parse(path_map)
         self.release = release
         self.search_dirs = list(search_dirs)
         self.debuginfo = debuginfo
@@ -622,7 +632,7 @@ class ModuleSet:
                     f"no debug file for module {module_name}{bid} in {where} (install the kernel's debug "
                     "package, pass --modules DIR, or set DEBUGINFOD_URLS)"
                 )
-            got = ModuleSymbolizer(path)
+            got = ModuleSymbolizer(path, path_map=self.path_map)
             self._open[key] = got
         return got
 

@@ -36,6 +36,7 @@ from .errors import BadFileError, KsymError, SpecError
 from .index import IndexStore
 from .locate import find_vmlinux
 from .model import Resolution, SourceLocation
+from .pathmap import PathMap
 from .spec import AddressSpec, FuncSpec, parse_spec
 from .symbols import Section, SymbolTable, faddr2line_select, inline_chain
 
@@ -87,8 +88,12 @@ class Symbolizer:
     :param build_id: with no ``vmlinux``, use the debug vmlinux of this build id (``.build-id`` trees,
         distribution paths, debuginfod: docs/debuginfo.md) instead of the running kernel's.
     :param debuginfo: where to look for it (debug dirs, debuginfod servers, offline).
+    :param path_map: ``"OLD=NEW"`` rules (or ``(OLD, NEW)`` pairs) rewriting the start of each location's
+        raw DWARF path; a rewritten path is shown as rewritten, without faddr2line's prefix strip
+        (:mod:`ksym.pathmap`). ``raw_file`` keeps the DWARF path.
     :raises FileNotFoundKsymError: no such file / nothing found.
     :raises BadFileError: not ELF, truncated, no symbol table; :class:`MissingDebugInfoError`: no DWARF.
+    :raises PathMapError: a malformed ``path_map`` rule (a ``ValueError``).
     """
 
     def __init__(
@@ -104,7 +109,9 @@ class Symbolizer:
         links: bool = True,
         build_id: str | None = None,
         debuginfo: DebuginfoOptions | None = None,
+        path_map: Iterable[str | tuple[str, str]] | PathMap | None = None,
     ) -> None:
+        self.path_map = PathMap.parse(path_map)
         if debuginfo is None and cache_dir is not None:
             debuginfo = DebuginfoOptions(cache_dir=str(cache_dir))
         located = find_vmlinux(vmlinux, build_id=build_id, options=debuginfo, warn=warn)
@@ -477,7 +484,7 @@ class Symbolizer:
 
     def _view(self) -> str:
         """What the stored answers depend on besides the image: how paths are displayed."""
-        return f"prefix={self.dir_prefix!r}"
+        return f"prefix={self.dir_prefix!r} map={self.path_map.rules!r}"
 
     def _answer(self, address: int) -> tuple[tuple[SourceLocation, ...], int]:
         answers = self._load_answers()
@@ -505,6 +512,10 @@ class Symbolizer:
     def _display(self, raw: str) -> str:
         if raw in ("", "??"):
             return "??"
+        if self.path_map:
+            mapped = self.path_map.apply(raw)
+            if mapped is not None:
+                return mapped
         if self._prefix_re is not None:
             m = self._prefix_re.match(" " + raw)
             if m:

@@ -128,6 +128,17 @@ class NameTable:
         out.sort()
         return out
 
+    def with_prefix(self, prefix: str) -> list[int]:
+        """Indices of every symbol whose name starts with ``prefix``, in symbol-table order."""
+        r = prefix.encode("utf-8", "surrogateescape")
+        lo = bisect.bisect_left(self.order, r, key=self.raw)
+        out = []
+        while lo < len(self.order) and self.raw(self.order[lo]).startswith(r):
+            out.append(self.order[lo])
+            lo += 1
+        out.sort()
+        return out
+
 
 class SymbolTable:
     """Parallel arrays over the ELF symbol table (``.dynsym`` entries first, as readelf lists them)."""
@@ -282,14 +293,35 @@ class SymbolTable:
                 f"{self._VIS.get(self.others[i] & 3, ''):8} {self.shndx[i]:4} {self.names[i]}").encode()
 
     def faddr2line_matches(self, name: str) -> list[FaddrMatch]:
-        """FUNC symbols called ``name`` with faddr2line's size for each, in symbol-table order."""
+        """FUNC symbols called ``name`` with faddr2line's size for each, in symbol-table order.
+
+        Like faddr2line, the name must be the whole symbol name: ``f.llvm.123`` (a static that clang's
+        ThinLTO promoted) matches as given. One extension: when no FUNC symbol has the name, the
+        promoted ones ``name.llvm.<digits>`` match instead, since kernels 6.2 to 6.10 built with
+        CONFIG_LTO_CLANG print stack traces without that suffix (where faddr2line finds nothing).
+        """
         got = self._matches.get(name)
         if got is None:
             got = self._faddr2line_matches(name)
+            if not got and ".llvm." not in name:
+                got = self._llvm_promoted_matches(name)
             if len(self._matches) > 8192:
                 self._matches.clear()
             self._matches[name] = got
         return got
+
+    def _llvm_promoted_matches(self, name: str) -> list[FaddrMatch]:
+        # in symbol-table order, as faddr2line would list them had it been given each full name
+        prefix = name + ".llvm."
+        full = sorted({(i, self.names[i]) for i in self.names.with_prefix(prefix)
+                       if self.names[i][len(prefix):].isdigit() and self.infos[i] & 0xF == STT_FUNC})
+        out: list[FaddrMatch] = []
+        seen: set[str] = set()
+        for _i, n in full:
+            if n not in seen:
+                seen.add(n)
+                out.extend(self._faddr2line_matches(n))
+        return out
 
     def _faddr2line_matches(self, name: str) -> list[FaddrMatch]:
         out = []
