@@ -22,7 +22,7 @@ from typing import Any
 
 __all__ = ["FORMAT_VERSION", "IndexStore", "default_cache_dir"]
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 
 def default_cache_dir() -> Path:
