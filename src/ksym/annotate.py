@@ -326,6 +326,8 @@ class _Annotator:
         self.kallsyms = kallsyms
         self.exact = exact
         self.can_disasm = supported_machine(sym.machine)
+        #: line numbers of frames that repeat the register line (:func:`_pc_repeats`): looked up exactly
+        self.pc_repeats: set[int] = set()
 
     def name_of(self, address: int) -> str | None:
         hit = self.sym.symbols.containing(address)
@@ -340,7 +342,7 @@ class _Annotator:
 
         if f.module is not None:
             return self._module_frame(f, top)
-        exact = self.exact or is_exact_frame(f, top)
+        exact = self.exact or f.lineno in self.pc_repeats or is_exact_frame(f, top)
         notes: list[str] = []
         links: list[tuple[int, Resolution | None]] = []
         if f.symbol is not None and f.offset is not None:
@@ -400,7 +402,7 @@ class _Annotator:
             found = mod.resolve(spec)
         except KsymError as exc:
             return bad(f"module {f.module}: {exc}")
-        exact = self.exact or is_exact_frame(f, top)
+        exact = self.exact or f.lineno in self.pc_repeats or is_exact_frame(f, top)
         matches = []
         for r in found:
             sec = mod.section_of(r)
@@ -503,6 +505,27 @@ class _Annotator:
         return FrameMatch(link, look, LOOKUP_CALL_SITE, symbol, offset, size, chain, call)
 
 
+def _pc_repeats(lines: Sequence[ParsedLine]) -> set[int]:
+    """Lines of the first unwinder frame of a stack that repeats the register line before it (arm64's
+    ``Call trace:`` starts with the ``pc :`` function): where the code was, not a return address."""
+    out: set[int] = set()
+    last_pc: tuple[str | None, int | None, str | None] | None = None
+    seen: set[int] = set()
+    for line in lines:
+        f = line.frame
+        if f is None:
+            continue
+        first = f.stack_index not in seen
+        seen.add(f.stack_index)
+        if _EXACT_CONTEXT.search(f.text, 0, f.extent[0]):
+            last_pc = (f.symbol, f.offset, f.module)
+        elif first and f.kind in _UNWINDER_KINDS:
+            if f.offset is not None and last_pc == (f.symbol, f.offset, f.module):
+                out.add(f.lineno)
+            last_pc = None
+    return out
+
+
 def _top_flags(lines: Sequence[ParsedLine]) -> dict[int, bool]:
     seen: set[int] = set()
     out: dict[int, bool] = {}
@@ -550,6 +573,7 @@ def annotate(
     if slide is not None:
         notes.append(f"KASLR slide {slide:#x} (from {source})")
     worker = _Annotator(symbolizer, slide, kallsyms, exact, modules)
+    worker.pc_repeats = _pc_repeats(lines)
     top = _top_flags(lines)
     out = tuple(worker.frame(f, top[f.lineno]) for f in frames)
     misfits = sum(1 for af in out if (af.reason and "another kernel build" in af.reason)
