@@ -2,7 +2,8 @@
 # One command for a fresh Debian/Ubuntu machine (run as root, or with sudo available):
 #   bash tools/setup.sh demo   install ksym into .venv and resolve frames of the shipped fixture
 #   bash tools/setup.sh test   install everything the suite needs (binutils, bcc, kernel headers for
-#                              bcc, the real Debian 6.1 debug vmlinux + linux-source), then ruff, mypy
+#                              bcc, the real Debian 6.1 debug vmlinux + linux-source, the arm64 debug
+#                              vmlinux and aarch64 binutils), then ruff, mypy
 #                              and the whole pytest suite
 # .ci/run calls "test". Environment: KSYM_TESTDATA (default /var/tmp/ksym-testdata).
 set -euo pipefail
@@ -42,7 +43,8 @@ case "$mode" in
     exec .venv/bin/ksym resolve --vmlinux fixtures/bin/kshapes-dwarf5.elf __ip_local_out+0x10 raw_ioctl+0x5
     ;;
   test)
-    apt_install python3 python3-venv python3-pip binutils elfutils gawk xz-utils ca-certificates gcc time
+    apt_install python3 python3-venv python3-pip binutils binutils-aarch64-linux-gnu elfutils gawk xz-utils \
+      ca-certificates gcc time
     if [ "$(id -u)" = 0 ] && [ -d /sys/kernel/btf ]; then
       sh tools/dropcapture-setup.sh
     else
