@@ -10,7 +10,7 @@ Three lookups:
   size the kernel's scripts/faddr2line computes (distance to the next symbol of the same section that
   lies at or beyond the symbol's ELF size: kallsyms counts the padding);
 * :meth:`SymbolTable.containing` — the text symbol an address falls in, for raw addresses;
-* :meth:`SymbolTable.bfd_function_name` — the symbol binutils' ``elf_find_function`` names for an address
+* :meth:`SymbolTable.bfd_function` — the symbol binutils' ``elf_find_function`` names for an address
   that no DWARF function covers (assembly), so ksym prints what addr2line prints there.
 """
 
