@@ -11,11 +11,14 @@ No tests live here; see tests/test_anchors.py for the tests of this module itsel
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "FIXTURES_BIN",
@@ -25,6 +28,7 @@ __all__ = [
     "addr2line_batch",
     "dir_prefix",
     "faddr2line",
+    "faddr2line_parallel",
     "find_addr2line",
     "find_faddr2line",
     "find_llvm_symbolizer",
@@ -33,6 +37,7 @@ __all__ = [
     "func_symbols",
     "llvm_symbolizer_batch",
     "parse_addr2line_output",
+    "sample_specs",
     "strip_prefix",
 ]
 
@@ -72,9 +77,9 @@ def fixture(name: str) -> Path:
     return FIXTURES_BIN / name
 
 
-def find_addr2line() -> str | None:
-    """The ``addr2line`` on PATH, or None."""
-    return shutil.which("addr2line")
+def find_addr2line(cross_compile: str = "") -> str | None:
+    """The ``addr2line`` on PATH (``aarch64-linux-gnu-addr2line`` with that ``cross_compile`` prefix), or None."""
+    return shutil.which(f"{cross_compile}addr2line")
 
 
 def _first_file(env: str, candidates: tuple[Path, ...]) -> Path | None:
@@ -132,7 +137,7 @@ def parse_addr2line_output(text: str) -> list[list[Frame]]:
     return records
 
 
-def addr2line_batch(elf: Path, addresses: list[int]) -> list[list[Frame]]:
+def addr2line_batch(elf: Path, addresses: list[int], cross_compile: str = "") -> list[list[Frame]]:
     """Resolve every address with ONE ``addr2line -a -f -i -e ELF`` process fed on stdin.
 
     Returns one chain per address, in input order, innermost first; an address without line
@@ -140,9 +145,9 @@ def addr2line_batch(elf: Path, addresses: list[int]) -> list[list[Frame]]:
     """
     if not addresses:
         return []
-    tool = find_addr2line()
+    tool = find_addr2line(cross_compile)
     if tool is None:
-        raise FileNotFoundError("addr2line is not installed")
+        raise FileNotFoundError(f"{cross_compile}addr2line is not installed")
     stdin = "".join(f"{a:#x}\n" for a in addresses)
     proc = subprocess.run(
         [tool, "-a", "-f", "-i", "-e", str(elf)],
@@ -196,14 +201,20 @@ def llvm_symbolizer_batch(elf: Path, addresses: list[int], functions: str = "sho
     return records
 
 
-def faddr2line(elf: Path, specs: list[str], script: Path) -> FAddr2lineResult:
-    """Run the kernel's scripts/faddr2line once with all ``specs`` (run with bash, never reimplemented)."""
+def faddr2line(elf: Path, specs: list[str], script: Path, cross_compile: str = "") -> FAddr2lineResult:
+    """Run the kernel's scripts/faddr2line once with all ``specs`` (run with bash, never reimplemented);
+    ``cross_compile`` is its ``CROSS_COMPILE`` (``aarch64-linux-gnu-``: that target's readelf and addr2line)."""
+    env = {**os.environ, "LC_ALL": "C"}
+    if cross_compile:
+        env["CROSS_COMPILE"] = cross_compile
+    else:
+        env.pop("CROSS_COMPILE", None)
     proc = subprocess.run(
         ["bash", str(script), str(elf), *specs],
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "LC_ALL": "C"},
+        env=env,
     )
     return FAddr2lineResult(proc.stdout, proc.stderr, proc.returncode)
 
@@ -225,7 +236,7 @@ def func_symbols(elf: Path) -> list[tuple[str, int, int]]:
     return out
 
 
-def dir_prefix(elf: Path) -> str | None:
+def dir_prefix(elf: Path, cross_compile: str = "") -> str | None:
     """The build-directory prefix scripts/faddr2line strips, found the way it finds it.
 
     It resolves ``start_kernel`` with addr2line and keeps what precedes ``init/main.c``; None when
@@ -234,7 +245,7 @@ def dir_prefix(elf: Path) -> str | None:
     starts = [addr for name, addr, _ in func_symbols(elf) if name == "start_kernel"]
     if not starts:
         return None
-    chain = addr2line_batch(elf, [starts[0]])[0]
+    chain = addr2line_batch(elf, [starts[0]], cross_compile)[0]
     file = chain[0][1]
     idx = file.find("init/main.c")
     if idx <= 0:
@@ -249,3 +260,68 @@ def strip_prefix(path: str, prefix: str | None) -> str:
         while path.startswith("./"):
             path = path[2:]
     return path
+
+
+def faddr2line_parallel(
+    vmlinux: Path, script: Path, specs: list[str], parts: int = 2, cross_compile: str = ""
+) -> tuple[str, str]:
+    """Run the kernel script on chunks of ``specs`` in parallel (it takes seconds per spec); returns the
+    stdout and stderr a single run over all specs would print (the script's blank-line separators
+    between chunks are restored)."""
+    size = (len(specs) + parts - 1) // parts
+    chunks = [specs[i : i + size] for i in range(0, len(specs), size)]
+    with ThreadPoolExecutor(len(chunks)) as pool:
+        results = list(pool.map(lambda c: faddr2line(vmlinux, c, script, cross_compile), chunks))
+    out = ""
+    printed_block = False
+    for r in results:
+        lines = r.stdout.splitlines(keepends=True)
+        # a chunk run alone has not printed a block yet when it reaches its first header, so it puts no
+        # blank line before it; one run over all specs would, once anything printed a block before
+        first_header = next((i for i, ln in enumerate(lines) if not ln.startswith("skipping")), None)
+        if printed_block and first_header is not None:
+            lines.insert(first_header, "\n")
+        printed_block = printed_block or first_header is not None
+        out += "".join(lines)
+    return out, "".join(r.stderr for r in results)
+
+
+def sample_specs(sym: Any, n: int, seed: int) -> list[str]:
+    """``n`` faddr2line inputs over a vmlinux's FUNC symbols (a :class:`ksym.Symbolizer`'s table): duplicate
+    names, .cold/.isra/.constprop/.part ones, and every spelling (decimal, hex, with the right or a wrong
+    size, past the end)."""
+    st = sym.symbols
+    rng = random.Random(seed)
+    funcs = [i for i in range(len(st)) if st.infos[i] & 0xF == 2 and st.sizes[i] > 0]
+    names = [st.names[i] for i in funcs]
+    by_count: dict[str, int] = {}
+    for nm in names:
+        by_count[nm] = by_count.get(nm, 0) + 1
+    dups = sorted(nm for nm, c in by_count.items() if c > 1)
+    shaped = sorted({nm for nm in names if any(t in nm for t in (".cold", ".isra", ".constprop", ".part"))})
+    specs: list[str] = []
+
+    def spec_for(name: str) -> str:
+        m = sym.symbols.faddr2line_matches(name)[0]
+        size = m.size or m.symbol.elf_size or 1
+        kind = rng.randrange(6)
+        off = rng.randrange(size + 1)
+        if kind == 0:
+            return f"{name}+{off}"
+        if kind == 1:
+            return f"{name}+{off:#x}"
+        if kind == 2:
+            return f"{name}+{off:#x}/{size:#x}"
+        if kind == 3:
+            return f"{name}+{off}/{size}"
+        if kind == 4:
+            return f"{name}+{size:#x}" if rng.randrange(2) else f"{name}+{size + 1 + rng.randrange(64):#x}"
+        return f"{name}+{off:#x}/{size + 16:#x}"  # wrong size: skipped
+
+    for nm in rng.sample(dups, min(len(dups), n // 8)):
+        specs.append(f"{nm}+{rng.randrange(1, 8)}")
+    for nm in rng.sample(shaped, min(len(shaped), n // 8)):
+        specs.append(spec_for(nm))
+    for nm in rng.sample(names, n - len(specs)):
+        specs.append(spec_for(nm))
+    return specs

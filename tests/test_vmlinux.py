@@ -12,11 +12,19 @@ import os
 import random
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from anchors import addr2line_batch, dir_prefix, faddr2line, find_faddr2line, find_test_vmlinux, strip_prefix
+from anchors import (
+    addr2line_batch,
+    dir_prefix,
+    faddr2line,
+    faddr2line_parallel,
+    find_faddr2line,
+    find_test_vmlinux,
+    sample_specs,
+    strip_prefix,
+)
 
 from ksym import Symbolizer
 
@@ -67,28 +75,6 @@ def _ksym_cli(vmlinux: Path, cache_dir: Path, specs: list[str], *extra: str) -> 
     )
 
 
-def _faddr2line_parallel(vmlinux: Path, script: Path, specs: list[str], parts: int = 2) -> tuple[str, str]:
-    """Run the kernel script on chunks of ``specs`` in parallel (it takes seconds per spec); returns the
-    stdout and stderr a single run over all specs would print (the script's blank-line separators
-    between chunks are restored)."""
-    size = (len(specs) + parts - 1) // parts
-    chunks = [specs[i : i + size] for i in range(0, len(specs), size)]
-    with ThreadPoolExecutor(len(chunks)) as pool:
-        results = list(pool.map(lambda c: faddr2line(vmlinux, c, script), chunks))
-    out = ""
-    printed_block = False
-    for r in results:
-        lines = r.stdout.splitlines(keepends=True)
-        # a chunk run alone has not printed a block yet when it reaches its first header, so it puts no
-        # blank line before it; one run over all specs would, once anything printed a block before
-        first_header = next((i for i, ln in enumerate(lines) if not ln.startswith("skipping")), None)
-        if printed_block and first_header is not None:
-            lines.insert(first_header, "\n")
-        printed_block = printed_block or first_header is not None
-        out += "".join(lines)
-    return out, "".join(r.stderr for r in results)
-
-
 TUTORIAL = [
     "__ip_local_out+219",
     "__ip_local_out+222",
@@ -118,47 +104,9 @@ def test_tutorial_frames_match_faddr2line(vmlinux: Path, script: Path, cache_dir
     assert "nf_hook at include/linux/netfilter.h:257\n(inlined by) __ip_local_out at net/ipv4/ip_output.c:115" in got.stdout
 
 
-def _sample_specs(sym: Symbolizer, n: int, seed: int) -> list[str]:
-    st = sym.symbols
-    rng = random.Random(seed)
-    funcs = [i for i in range(len(st)) if st.infos[i] & 0xF == 2 and st.sizes[i] > 0]
-    names = [st.names[i] for i in funcs]
-    by_count: dict[str, int] = {}
-    for nm in names:
-        by_count[nm] = by_count.get(nm, 0) + 1
-    dups = sorted(nm for nm, c in by_count.items() if c > 1)
-    shaped = sorted({nm for nm in names if any(t in nm for t in (".cold", ".isra", ".constprop", ".part"))})
-    specs: list[str] = []
-
-    def spec_for(name: str) -> str:
-        m = sym.symbols.faddr2line_matches(name)[0]
-        size = m.size or m.symbol.elf_size or 1
-        kind = rng.randrange(6)
-        off = rng.randrange(size + 1)
-        if kind == 0:
-            return f"{name}+{off}"
-        if kind == 1:
-            return f"{name}+{off:#x}"
-        if kind == 2:
-            return f"{name}+{off:#x}/{size:#x}"
-        if kind == 3:
-            return f"{name}+{off}/{size}"
-        if kind == 4:
-            return f"{name}+{size:#x}" if rng.randrange(2) else f"{name}+{size + 1 + rng.randrange(64):#x}"
-        return f"{name}+{off:#x}/{size + 16:#x}"  # wrong size: skipped
-
-    for nm in rng.sample(dups, min(len(dups), n // 8)):
-        specs.append(f"{nm}+{rng.randrange(1, 8)}")
-    for nm in rng.sample(shaped, min(len(shaped), n // 8)):
-        specs.append(spec_for(nm))
-    for nm in rng.sample(names, n - len(specs)):
-        specs.append(spec_for(nm))
-    return specs
-
-
 def test_sampled_frames_match_faddr2line(vmlinux: Path, script: Path, sym: Symbolizer, cache_dir: Path) -> None:
-    specs = _sample_specs(sym, int(os.environ.get("KSYM_FADDR2LINE_SAMPLES", "200")), seed=61187)
-    ref_out, ref_err = _faddr2line_parallel(vmlinux, script, specs)
+    specs = sample_specs(sym, int(os.environ.get("KSYM_FADDR2LINE_SAMPLES", "200")), seed=61187)
+    ref_out, ref_err = faddr2line_parallel(vmlinux, script, specs)
     got = _ksym_cli(vmlinux, cache_dir, specs)
     ref_blocks = ref_out.split("\n\n")
     got_blocks = got.stdout.split("\n\n")

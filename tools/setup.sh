@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command for a fresh Debian/Ubuntu machine (run as root, or with sudo available):
 #   bash tools/setup.sh demo   install ksym into .venv and resolve frames of the shipped fixture
-#   bash tools/setup.sh test   install everything the suite needs (binutils, llvm-symbolizer, bcc, kernel headers for
-#                              bcc, the real Debian 6.1 debug vmlinux + linux-source), then ruff, mypy
+#   bash tools/setup.sh test   install everything the suite needs (binutils, llvm-symbolizer, bcc, kernel headers
+#                              for bcc, the real Debian 6.1 debug vmlinux + linux-source, the arm64 debug
+#                              vmlinux and aarch64 binutils), then ruff, mypy
 #                              and the whole pytest suite
 # .ci/run calls "test". Environment: KSYM_TESTDATA (default /var/tmp/ksym-testdata).
 set -euo pipefail
@@ -43,7 +44,8 @@ case "$mode" in
     ;;
   test)
     # zstd: the CLI tests/test_compressed.py makes .ko.zst files with (the zstandard package is in [test])
-    apt_install python3 python3-venv python3-pip binutils elfutils gawk xz-utils zstd ca-certificates gcc time llvm
+    apt_install python3 python3-venv python3-pip binutils binutils-aarch64-linux-gnu elfutils gawk xz-utils \
+      zstd ca-certificates gcc time llvm
     if [ "$(id -u)" = 0 ] && [ -d /sys/kernel/btf ]; then
       sh tools/dropcapture-setup.sh
     else

@@ -333,6 +333,8 @@ class _Annotator:
         self.kallsyms = kallsyms
         self.exact = exact
         self.can_disasm = supported_machine(sym.machine)
+        #: line numbers of frames that repeat the register line (:func:`_pc_repeats`): looked up exactly
+        self.pc_repeats: set[int] = set()
         # a dump repeats its frames (10,000 lines may hold 1,000 distinct ones): the answer for a frame
         # depends only on what the frame says and whether it is looked up exactly, not on its line
         self._done_frames: dict[tuple[object, ...], AnnotatedFrame] = {}
@@ -366,7 +368,7 @@ class _Annotator:
 
     def frame(self, f: StackFrame, top: bool) -> AnnotatedFrame:
         """The annotation of one frame; frames saying the same thing share the work."""
-        exact = self.exact or is_exact_frame(f, top)
+        exact = self.exact or f.lineno in self.pc_repeats or is_exact_frame(f, top)
         key = (f.symbol, f.offset, f.size, f.address, f.module, f.module_build_id, exact, f.offset_text)
         got = self._done_frames.get(key)
         if got is None:
@@ -568,6 +570,27 @@ class _Annotator:
         return FrameMatch(link, look, LOOKUP_CALL_SITE, symbol, offset, size, chain, call)
 
 
+def _pc_repeats(lines: Sequence[ParsedLine]) -> set[int]:
+    """Lines of the first unwinder frame of a stack that repeats the register line before it (arm64's
+    ``Call trace:`` starts with the ``pc :`` function): where the code was, not a return address."""
+    out: set[int] = set()
+    last_pc: tuple[str | None, int | None, str | None] | None = None
+    seen: set[int] = set()
+    for line in lines:
+        f = line.frame
+        if f is None:
+            continue
+        first = f.stack_index not in seen
+        seen.add(f.stack_index)
+        if _EXACT_CONTEXT.search(f.text, 0, f.extent[0]):
+            last_pc = (f.symbol, f.offset, f.module)
+        elif first and f.kind in _UNWINDER_KINDS:
+            if f.offset is not None and last_pc == (f.symbol, f.offset, f.module):
+                out.add(f.lineno)
+            last_pc = None
+    return out
+
+
 def _top_flags(lines: Sequence[ParsedLine]) -> dict[int, bool]:
     seen: set[int] = set()
     out: dict[int, bool] = {}
@@ -615,6 +638,7 @@ def annotate(
     if slide is not None:
         notes.append(f"KASLR slide {slide:#x} (from {source})")
     worker = _Annotator(symbolizer, slide, kallsyms, exact, modules)
+    worker.pc_repeats = _pc_repeats(lines)
     worker.prefetch(frames)
     top = _top_flags(lines)
     out = tuple(worker.frame(f, top[f.lineno]) for f in frames)

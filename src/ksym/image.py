@@ -193,8 +193,10 @@ class KernelImage:
             raise BadFileError(f"{self.path}: no symbol table (.symtab): the file was stripped; "
                                + DEBUG_PACKAGE_HINT)
         tables.sort(key=lambda t: 0 if t[0] == SHT_DYNSYM else 1)
-        return SymbolTable.from_raw(((d, s) for _t, d, s in tables), self.sections,
-                                    self.little_endian, self.elfclass)
+        table = SymbolTable.from_raw(((d, s) for _t, d, s in tables), self.sections,
+                                     self.little_endian, self.elfclass)
+        table.machine = self.machine
+        return table
 
     def read_cstring_at_address(self, address: int, limit: int = 512) -> str | None:
         """A NUL-terminated string at a link-time address (e.g. ``linux_banner``)."""

@@ -219,6 +219,7 @@ class Symbolizer:
         self.banner: str | None = rec.get("banner")
         self.sections = [Section(*s) for s in rec["sections"]]
         self.symbols = SymbolTable.from_record(rec["syms"], self.sections)
+        self.symbols.machine = self.machine
         s, e, c = (array("Q"), array("Q"), array("Q"))
         s.frombytes(rec["aranges"][0])
         e.frombytes(rec["aranges"][1])

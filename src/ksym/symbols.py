@@ -10,7 +10,7 @@ Three lookups:
   size the kernel's scripts/faddr2line computes (distance to the next symbol of the same section that
   lies at or beyond the symbol's ELF size: kallsyms counts the padding);
 * :meth:`SymbolTable.containing` — the text symbol an address falls in, for raw addresses;
-* :meth:`SymbolTable.bfd_function_name` — the symbol binutils' ``elf_find_function`` names for an address
+* :meth:`SymbolTable.bfd_function` — the symbol binutils' ``elf_find_function`` names for an address
   that no DWARF function covers (assembly), so ksym prints what addr2line prints there.
 """
 
@@ -45,6 +45,9 @@ SHN_UNDEF = 0
 SHN_LORESERVE = 0xFF00
 SHF_EXECINSTR = 0x4
 SHF_ALLOC = 0x2
+
+
+_KALLSYMS_IGNORED = (b"$", b".L", b"__efistub_", b"__kvm_nvhe_$", b"__kvm_nvhe_.L", b"__AArch64ADRPThunk_")
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,9 @@ class SymbolTable:
         self.sections = sections
         self._faddr_order: tuple[array, array] | None = None  # type: ignore[type-arg]
         self._text: tuple[array, array] | None = None  # type: ignore[type-arg]
+        self._bfd: tuple[array, array] | None = None  # type: ignore[type-arg]
+        #: ELF ``e_machine`` (``EM_AARCH64``): selects binutils' per-architecture symbol rules.
+        self.machine: str | None = None
         self._first_file_after_symbol: int | None = None
         self._matches: dict[str, list[FaddrMatch]] = {}
 
@@ -380,7 +386,9 @@ class SymbolTable:
             shndx = self.shndx
             raw = self.names.raw
             idx = [i for i in range(len(infos)) if (infos[i] & 0xF) in wanted and shndx[i] in exec_secs]
-            idx = [i for i in idx if (r := raw(i)) and r[:1] != b"$" and r[:2] != b".L"]
+            # names kallsyms leaves out (scripts/kallsyms.c is_ignored_symbol): mapping symbols ($x, $d)
+            # and local labels, also under arm64's __kvm_nvhe_ prefix, and the EFI stub's namespace
+            idx = [i for i in idx if (r := raw(i)) and not r.startswith(_KALLSYMS_IGNORED)]
             # functions before untyped aliases at one address, then symbol-table order
             vals = self.values
             idx.sort(key=lambda i: (vals[i], 0 if infos[i] & 0xF == STT_FUNC else 1, i))
@@ -416,56 +424,61 @@ class SymbolTable:
                 return s
         return None
 
+    def _bfd_index(self) -> tuple[array, array]:  # type: ignore[type-arg]
+        """The symbols bfd's ``maybe_function_sym`` accepts, sorted by (address, symbol-table order)."""
+        if self._bfd is None:
+            infos, others, sizes, shndx, raw = self.infos, self.others, self.sizes, self.shndx, self.names.raw
+            aarch64 = self.machine == "EM_AARCH64"
+            # elfNN_aarch64_maybe_function_sym: FUNC and NOTYPE only, local mapping symbols out;
+            # _bfd_elf_maybe_function_sym: anything but OBJECT, TLS, SECTION, FILE
+            types = (STT_FUNC, STT_NOTYPE) if aarch64 else (STT_FUNC, STT_NOTYPE, STT_GNU_IFUNC)
+            idx = []
+            for i in range(len(infos)):
+                t = infos[i] & 0xF
+                if t not in types or shndx[i] == SHN_UNDEF or shndx[i] >= SHN_LORESERVE:
+                    continue
+                local = (infos[i] >> 4) == STB_LOCAL
+                if (t == STT_NOTYPE and sizes[i] == 0 and local and (others[i] & 3) == STV_HIDDEN):
+                    continue  # annobin's marker symbols
+                r = raw(i)
+                if aarch64:
+                    if local and _aarch64_mapping_symbol(r):
+                        continue
+                elif not r or r[:1] == b"$" or r[:2] == b".L":
+                    continue
+                idx.append(i)
+            vals = self.values
+            idx.sort(key=lambda i: (vals[i], i))
+            self._bfd = (array("I", idx), array("Q", [vals[i] for i in idx]))
+        return self._bfd
+
     def bfd_function(self, address: int) -> tuple[str, str | None] | None:
         """(name, file) binutils' elf_find_function gives ``address``, used when DWARF has no function.
 
+        binutils 2.40's rule: of the symbols of the address's section that start at or below it, those
+        at the highest start; among them the first with the largest size (size 0 counts as 1).
         ``file`` is the STT_FILE symbol before the chosen one, which bfd reports when the symbol is
         local (or no file symbol followed other symbols yet), else None."""
         sec = self.section_containing(address)
         if sec is None:
             return None
-        idx, addrs = self._text_index()
+        idx, addrs = self._bfd_index()
         k = bisect.bisect_right(addrs, address) - 1
+        shndx = self.shndx
+        while k >= 0 and shndx[idx[k]] != sec.index:
+            k -= 1
         if k < 0:
             return None
         best_val = addrs[k]
-        # candidates: every symbol at the closest address at or below, in symbol-table order
         lo = bisect.bisect_left(addrs, best_val)
-        hi = bisect.bisect_right(addrs, best_val)
-        cands = sorted(idx[lo:hi])
         best: int | None = None
         best_size = 0
-        for i in cands:
-            if self.shndx[i] != sec.index:
+        for j in range(lo, k + 1):
+            i = idx[j]
+            if shndx[i] != sec.index:
                 continue
-            t = self.infos[i] & 0xF
-            size = int(self.sizes[i])
-            if size == 0 and (self.infos[i] >> 4) == STB_LOCAL and t == STT_NOTYPE and (self.others[i] & 3) == STV_HIDDEN:
-                continue
-            size = size or 1
-            if best is None:
-                best, best_size = i, size
-                continue
-            if best_val + best_size <= address:
-                if size > best_size:
-                    best, best_size = i, size
-                continue
-            if best_val + size <= address:
-                continue
-            bt = self.infos[best] & 0xF
-            bfun = bt in (STT_FUNC, STT_GNU_IFUNC)
-            nfun = t in (STT_FUNC, STT_GNU_IFUNC)
-            if bfun and not nfun:
-                continue
-            if nfun and not bfun:
-                best, best_size = i, size
-                continue
-            if bt == STT_NOTYPE and t != STT_NOTYPE:
-                best, best_size = i, size
-                continue
-            if bt != STT_NOTYPE and t == STT_NOTYPE:
-                continue
-            if size < best_size:
+            size = int(self.sizes[i]) or 1
+            if size > best_size:
                 best, best_size = i, size
         if best is None:
             return None
@@ -490,6 +503,12 @@ class SymbolTable:
             if infos[j] & 0xF == STT_FILE:
                 return self.names[j]
         return None
+
+
+def _aarch64_mapping_symbol(name: bytes) -> bool:
+    """bfd_is_aarch64_special_symbol_name: ``$x``, ``$d`` (mapping), ``$m``, ``$f``, ``$p`` (tags),
+    alone or followed by ``.anything``."""
+    return len(name) >= 2 and name[:1] == b"$" and name[1:2] in b"xdmfp" and (len(name) == 2 or name[2:3] == b".")
 
 
 def faddr2line_select(
