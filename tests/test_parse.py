@@ -1128,3 +1128,24 @@ def test_fuzz_parse_text(parts: list[Gen | str], endings: list[str], final_newli
             assert a is not None and b is not None
             if b.kind != "dropwatch":
                 assert a.stack_index == b.stack_index
+
+
+def test_repeated_messages_parse_like_single_lines() -> None:
+    """parse_text reuses the parse of a message seen before (dumps repeat frames under new timestamps):
+    every frame must equal what parse_line gives for its own line, spans included."""
+    bodies = [" nft_do_chain+0x3e8/0x5d0 [nf_tables]", "  __ip_local_out+219", " ? tcp_v4_rcv+0x91/0xe00",
+              " [<ffffffff81845796>] __ip_local_out+0xd6/0x160", "\tffffffff81845796 __ip_local_out+0xd6",
+              "at net/core/dev.c:1 func_x+0x1a/0x30 [mod]", "func_y+12", "plain text"]
+    prefixes = ["", "[  100.000011]", "[  12.5]", "<4>", "<4>[ 3.1] ", "kernel: ", "Nov 25 10:00:00 host kernel: ",
+                "> [  1.0]"]
+    lines = [p + b + end for b in bodies for p in prefixes for end in ("\n", "  \n")]
+    text = "".join(lines)
+    for parsed, line in zip(parse_text(text), lines):
+        alone = parse_line(line, parsed.lineno)
+        got = parsed.frame
+        if alone is None:
+            assert got is None, line
+            continue
+        assert got is not None, line
+        assert (got.token, got.span, got.extent, got.symbol, got.offset, got.module, got.kind, got.text) == (
+            alone.token, alone.span, alone.extent, alone.symbol, alone.offset, alone.module, alone.kind, alone.text)

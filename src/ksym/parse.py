@@ -659,9 +659,20 @@ def parse_text(text: str) -> list[ParsedLine]:
     out: list[ParsedLine] = []
     stack = -1
     in_stack = False
+    # Dumps repeat frame lines under different timestamps: a line's frame depends only on its message
+    # (the text between the log prefix and the trailing blanks), whether a prefix was cut, the one
+    # character before the message (the in-text pattern's lookbehind) and the trailing blanks.
+    seen: dict[tuple[str, bool, str, str], StackFrame | None] = {}
     for i, line in enumerate(iter_lines(text), 1):
         bounds = _body_bounds(line)
-        frame = _parse_body(line, i, *bounds)
+        start, end = bounds[0], bounds[1]
+        key = (line[start:end], bounds[2], line[start - 1 : start], line[end:])
+        if key in seen:
+            known = seen[key]
+            frame = None if known is None else _moved(known, line, i, start)
+        else:
+            frame = _parse_body(line, i, *bounds)
+            seen[key] = None if frame is None else _moved(frame, "", 0, -start)
         if frame is None:
             in_stack = False
             out.append(ParsedLine(i, line, None, line_context(line)))
@@ -677,6 +688,17 @@ def parse_text(text: str) -> list[ParsedLine]:
         object.__setattr__(frame, "stack_index", stack)
         out.append(ParsedLine(i, line, frame))
     return out
+
+
+def _moved(frame: StackFrame, line: str, lineno: int, shift: int) -> StackFrame:
+    """``frame`` on another line whose message starts ``shift`` characters further."""
+    (s0, s1), (e0, e1) = frame.span, frame.extent
+    # a copy of the frozen record with four fields changed, without dataclasses.replace's __init__
+    fields = dict(frame.__dict__)
+    fields.update(lineno=lineno, text=line, span=(s0 + shift, s1 + shift), extent=(e0 + shift, e1 + shift))
+    moved = object.__new__(StackFrame)
+    object.__setattr__(moved, "__dict__", fields)
+    return moved
 
 
 def split_stacks(lines: Iterable[ParsedLine]) -> list[tuple[StackFrame, ...]]:
