@@ -732,21 +732,14 @@ def annotate_command(args: argparse.Namespace) -> int:
     except OSError as exc:
         err(f"ksym annotate: error: {name}: {exc.strerror or exc}")
         return EXIT_USAGE
-    from .debuginfo import kernel_build_id_in_text, mismatch_warning, normalize_build_id, options_from_args
-    from .locate import running_build_id
+    from .debuginfo import expected_build_id, mismatch_warning, options_from_args
 
     options = options_from_args(args)
-    expected, where = None, ""
-    if getattr(args, "build_id", None):
-        try:
-            expected, where = normalize_build_id(args.build_id), "--build-id"
-        except ValueError as exc:
-            err(f"ksym annotate: error: {exc}")
-            return EXIT_USAGE
-    elif getattr(args, "running", False):
-        expected, where = running_build_id(), "the running kernel's"
-    else:
-        expected, where = kernel_build_id_in_text(text), "the dump's"
+    try:
+        expected, where = expected_build_id(args, text)
+    except ValueError as exc:
+        err(f"ksym annotate: error: {exc}")
+        return EXIT_USAGE
     try:
         ks = load_kallsyms(args.kallsyms) if getattr(args, "kallsyms", None) else None
         sym = Symbolizer(getattr(args, "vmlinux", None), use_index=not getattr(args, "no_index", False),

@@ -135,26 +135,22 @@ def add_path_map_argument(p: Any) -> None:
 
 def _resolve_command(args: argparse.Namespace, out: Callable[[str], None],
                      err: Callable[[str], None]) -> int:
-    from .debuginfo import mismatch_warning, normalize_build_id, options_from_args
-    from .locate import find_vmlinux, running_build_id
+    from .debuginfo import expected_build_id, mismatch_warning, options_from_args
+    from .locate import find_vmlinux
     from .modules import ModuleSymbolizer, is_module_file
     from .symbolizer import Symbolizer
 
     vmlinux = getattr(args, "vmlinux_pos", None) or getattr(args, "vmlinux", None)
     options = options_from_args(args)
-    expected, where = None, ""
-    if getattr(args, "build_id", None):
-        try:
-            expected, where = normalize_build_id(args.build_id), "--build-id"
-        except ValueError as exc:
-            err(f"ksym: error: {exc}")
-            return EXIT_USAGE
-        if vmlinux is None and not os.environ.get("KSYM_VMLINUX"):
-            # the debug file of that build id: a vmlinux, or a module's (ET_REL) when that is what it names
-            vmlinux = str(find_vmlinux(build_id=expected, build_id_source="--build-id", options=options,
-                                       warn=err).path)
-    elif getattr(args, "running", False):
-        expected, where = running_build_id(), "the running kernel's"
+    try:
+        expected, where = expected_build_id(args)
+    except ValueError as exc:
+        err(f"ksym: error: {exc}")
+        return EXIT_USAGE
+    if where == "--build-id" and vmlinux is None and not os.environ.get("KSYM_VMLINUX"):
+        # the debug file of that build id: a vmlinux, or a module's (ET_REL) when that is what it names
+        vmlinux = str(find_vmlinux(build_id=expected, build_id_source="--build-id", options=options,
+                                   warn=err).path)
     if vmlinux is not None and is_module_file(vmlinux):
         # a module debug file (ET_REL): faddr2line's --section semantics (docs/modules.md)
         if args.list:

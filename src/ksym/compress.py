@@ -37,6 +37,7 @@ __all__ = [
     "ZSTD_MAGIC",
     "decompress_gnu_zdebug",
     "decompress_section",
+    "section_contents",
     "zstd_available",
     "zstd_decompress",
 ]
@@ -176,3 +177,12 @@ def decompress_gnu_zdebug(raw: bytes | memoryview, where: str) -> bytes | memory
         raise BadFileError(f"{where}: corrupt compressed section: {len(out)} bytes decompressed, "
                            f"the header says {size}")
     return out
+
+
+def section_contents(raw: bytes | memoryview, name: str, compressed: bool, little_endian: bool, elfclass: int,
+                     where: str) -> bytes:
+    """The contents of a compressed section: ``SHF_COMPRESSED`` (``compressed``) or a legacy ``.zdebug_*``
+    (``name``) one; ``where`` starts the error messages."""
+    if compressed:
+        return decompress_section(raw, little_endian, elfclass, where)
+    return bytes(decompress_gnu_zdebug(raw, where)) if name.startswith(".zdebug_") else bytes(raw)

@@ -49,6 +49,7 @@ __all__ = [
     "debug_roots",
     "debuginfod_cache_dirs",
     "debuginfod_servers",
+    "expected_build_id",
     "file_build_id",
     "kernel_build_id_in_text",
     "locate_debuginfo",
@@ -696,3 +697,20 @@ def options_from_args(args: Any) -> DebuginfoOptions:
         cache_dir=getattr(args, "cache_dir", None),
         progress=True if getattr(args, "progress", False) else None,
     )
+
+
+def expected_build_id(args: Any, text: str | None = None) -> tuple[str | None, str]:
+    """The build id the command's debug file should have, and where it comes from: ``--build-id``,
+    ``--running`` (the running kernel's), else the dump's own (``text``) when one is given.
+
+    :raises ValueError: a malformed ``--build-id``.
+    """
+    if getattr(args, "build_id", None):
+        return normalize_build_id(args.build_id), "--build-id"
+    if getattr(args, "running", False):
+        from .locate import running_build_id
+
+        return running_build_id(), "the running kernel's"
+    if text is not None:
+        return kernel_build_id_in_text(text), "the dump's"
+    return None, ""

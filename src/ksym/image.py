@@ -14,7 +14,7 @@ import os
 import struct
 from pathlib import Path
 
-from .compress import decompress_gnu_zdebug, decompress_section
+from .compress import section_contents
 from .errors import BadFileError, FileNotFoundKsymError, MissingDebugInfoError
 from .symbols import Section, SymbolTable
 
@@ -148,12 +148,8 @@ class KernelImage:
             return self.view[s.offset : s.offset + s.size]
         got = self._inflated.get(s.index)
         if got is None:
-            raw = self.view[s.offset : s.offset + s.size]
-            where = f"{self.path}: cannot decompress {s.name}"
-            if s.flags & SHF_COMPRESSED:
-                got = decompress_section(raw, self.little_endian, self.elfclass, where)
-            else:
-                got = decompress_gnu_zdebug(raw, where)
+            got = section_contents(self.view[s.offset : s.offset + s.size], s.name, bool(s.flags & SHF_COMPRESSED),
+                                   self.little_endian, self.elfclass, f"{self.path}: cannot decompress {s.name}")
             self._inflated[s.index] = got
         return got
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from . import dwarf as D
-from .compress import ZSTD_MAGIC, decompress_gnu_zdebug, decompress_section, zstd_decompress
+from .compress import ZSTD_MAGIC, section_contents, zstd_decompress
 from .debuginfo import DebuginfodClient, DebuginfoOptions, build_id_paths
 from .errors import (
     BadFileError,
@@ -246,12 +246,8 @@ class ModuleImage:
             return self.data[s.offset : s.offset + s.size]
         got = self._inflated.get(s.index)
         if got is None:
-            raw = self.data[s.offset : s.offset + s.size]
-            where = f"{self.path}: cannot decompress {s.name}"
-            if s.flags & SHF_COMPRESSED:
-                got = decompress_section(raw, self.little_endian, self.elfclass, where)
-            else:
-                got = bytes(decompress_gnu_zdebug(raw, where))
+            got = section_contents(self.data[s.offset : s.offset + s.size], s.name, bool(s.flags & SHF_COMPRESSED),
+                                   self.little_endian, self.elfclass, f"{self.path}: cannot decompress {s.name}")
             self._inflated[s.index] = got
         return got
 
