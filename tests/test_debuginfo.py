@@ -547,3 +547,32 @@ def test_build_ids_agree_with_readelf(tmp_path: Path, fixture_elf: tuple[Path, s
         assert ids and file_build_id(f) == ids[0], f
     got = ksym(tmp_path, "debuginfo", "--vmlinux", str(files[-1]), "--json")
     assert got.returncode == 0 and json.loads(got.stdout)["build_id"] == file_build_id(files[-1])
+
+
+def test_unsearchable_directories_are_reported_not_raised(tmp_path: Path) -> None:
+    """Another user's cache or debug dir that this user cannot search (a root-only $HOME seen by user
+    nobody): the lookup says "permission denied" for it and goes on; no traceback, exit 3."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        msg = "needs root and setpriv (util-linux) to run a lookup as user nobody"
+        print(msg)
+        pytest.skip(msg)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    probe = subprocess.run([*nobody, sys.executable, "-c", "import ksym.cli"], capture_output=True, text=True,
+                           check=False)
+    if probe.returncode != 0:
+        msg = f"user nobody cannot import ksym from this checkout: {probe.stderr.strip()[-200:]}"
+        print(msg)
+        pytest.skip(msg)
+    private = tmp_path / "private"
+    (private / ".build-id" / "ab").mkdir(parents=True)
+    private.chmod(0o700)
+    cache = tmp_path / "cache"
+    (cache / "debuginfod" / ("ab" * 20)).mkdir(parents=True)
+    cache.chmod(0o700)
+    tmp_path.chmod(0o755)
+    got = subprocess.run([*nobody, sys.executable, "-m", "ksym", "debuginfo", "--build-id", "ab" * 20,
+                          "--debug-dir", str(private), "--offline"], capture_output=True, text=True, check=False,
+                         env=cli_env(tmp_path, DEBUGINFOD_CACHE_PATH=str(cache / "debuginfod")), timeout=120)
+    assert got.returncode == EXIT_NO_FILE, got.stderr
+    assert "Traceback" not in got.stderr and "internal error" not in got.stderr
+    assert "permission denied" in got.stdout + got.stderr

@@ -228,10 +228,22 @@ class DebugLookup:
                 "install": self.install}
 
 
+def _is_file(path: Path) -> bool | None:
+    """Whether ``path`` is a file; None when it cannot be known (a directory on the way is not
+    searchable, e.g. another user's cache under a shared $HOME)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return None
+
+
 def check_file(path: Path, want: str | None, kind: str, need_dwarf: bool) -> Attempt:
     from .image import KernelImage
 
-    if not path.is_file():
+    present = _is_file(path)
+    if present is None:
+        return Attempt(kind, str(path), "unusable", None, "permission denied")
+    if not present:
         return Attempt(kind, str(path), "missing")
     try:
         img = KernelImage(path)
@@ -332,7 +344,7 @@ class DebuginfodClient:
     def cached(self, build_id: str) -> Path | None:
         for root in self.cache_reads:
             p = root / build_id / "debuginfo"
-            if p.is_file():
+            if _is_file(p):
                 return p
         return None
 
