@@ -26,18 +26,20 @@ from __future__ import annotations
 import importlib
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .errors import BadFileError
 
 __all__ = [
     "ELFCOMPRESS_ZLIB",
     "ELFCOMPRESS_ZSTD",
+    "SHF_COMPRESSED",
     "ZSTD_INSTALL_HINT",
     "ZSTD_MAGIC",
+    "SectionContents",
     "decompress_gnu_zdebug",
     "decompress_section",
-    "section_contents",
     "zstd_available",
     "zstd_decompress",
 ]
@@ -179,10 +181,50 @@ def decompress_gnu_zdebug(raw: bytes | memoryview, where: str) -> bytes | memory
     return out
 
 
-def section_contents(raw: bytes | memoryview, name: str, compressed: bool, little_endian: bool, elfclass: int,
-                     where: str) -> bytes:
-    """The contents of a compressed section: ``SHF_COMPRESSED`` (``compressed``) or a legacy ``.zdebug_*``
-    (``name``) one; ``where`` starts the error messages."""
-    if compressed:
-        return decompress_section(raw, little_endian, elfclass, where)
-    return bytes(decompress_gnu_zdebug(raw, where)) if name.startswith(".zdebug_") else bytes(raw)
+#: ELF section flag: the section starts with a compression header (Elf32_Chdr/Elf64_Chdr).
+SHF_COMPRESSED = 0x800
+
+
+class SectionContents:
+    """The contents of one image's sections, each compressed one (``SHF_COMPRESSED`` zlib/zstd, or a
+    legacy ``.zdebug_*``) decompressed once and kept; a plain one is a slice of ``data`` (no copy).
+
+    ``sections`` are records with ``index``, ``name``, ``flags``, ``offset`` and ``size``;
+    ``path`` names the file in error messages."""
+
+    def __init__(self, data: bytes | memoryview, sections: Iterable[Any], little_endian: bool, elfclass: int,
+                 path: object) -> None:
+        self.data = data
+        self.by_name = {s.name: s for s in sections}
+        self.little_endian = little_endian
+        self.elfclass = elfclass
+        self.path = path
+        self._inflated: dict[int, bytes] = {}
+
+    def find(self, name: str) -> Any:
+        """The section called ``name``; for ``.debug_X`` a legacy ``.zdebug_X`` answers too."""
+        s = self.by_name.get(name)
+        if s is None and name.startswith(".debug_"):
+            s = self.by_name.get(".z" + name[1:])
+        return s
+
+    def of(self, s: Any) -> bytes | memoryview:
+        """The contents of section ``s``, decompressed if needed.
+
+        :raises BadFileError: corrupt compressed data, or zstd without a decompressor."""
+        raw = self.data[s.offset : s.offset + s.size]
+        zdebug = s.name.startswith(".zdebug_")
+        if not s.flags & SHF_COMPRESSED and not zdebug:
+            return raw
+        got = self._inflated.get(s.index)
+        if got is None:
+            where = f"{self.path}: cannot decompress {s.name}"
+            if s.flags & SHF_COMPRESSED:
+                got = decompress_section(raw, self.little_endian, self.elfclass, where)
+            else:
+                got = bytes(decompress_gnu_zdebug(raw, where))
+            self._inflated[s.index] = got
+        return got
+
+    def clear(self) -> None:
+        self._inflated.clear()

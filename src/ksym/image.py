@@ -14,7 +14,7 @@ import os
 import struct
 from pathlib import Path
 
-from .compress import section_contents
+from .compress import SectionContents
 from .errors import BadFileError, FileNotFoundKsymError, MissingDebugInfoError
 from .symbols import Section, SymbolTable
 
@@ -24,7 +24,6 @@ SHT_SYMTAB = 2
 SHT_NOTE = 7
 SHT_NOBITS = 8
 SHT_DYNSYM = 11
-SHF_COMPRESSED = 0x800
 NT_GNU_BUILD_ID = 3
 
 DEBUG_PACKAGE_HINT = (
@@ -108,8 +107,8 @@ class KernelImage:
             raise BadFileError(f"{self.path}: corrupt ELF file: {exc}") from None
         self.sections = sections
         self._by_name = {s.name: s for s in sections}
-        # section index → decompressed contents, so each compressed section is inflated once per image
-        self._inflated: dict[int, bytes | memoryview] = {}
+        # each compressed section is inflated once per image
+        self._contents = SectionContents(self.view, sections, self.little_endian, self.elfclass, self.path)
         for s in sections:
             if s.type != SHT_NOBITS and s.offset + s.size > self.size:
                 raise BadFileError(
@@ -118,7 +117,7 @@ class KernelImage:
                 )
 
     def close(self) -> None:
-        self._inflated.clear()
+        self._contents.clear()
         try:
             self.view.release()
             self.mm.close()
@@ -139,19 +138,10 @@ class KernelImage:
 
         :raises BadFileError: corrupt compressed data, or zstd without a decompressor.
         """
-        s = self._by_name.get(name)
-        if s is None and name.startswith(".debug_"):
-            s = self._by_name.get(".z" + name[1:])
+        s = self._contents.find(name)
         if s is None or s.type == SHT_NOBITS:
             return None
-        if not s.flags & SHF_COMPRESSED and not s.name.startswith(".zdebug_"):
-            return self.view[s.offset : s.offset + s.size]
-        got = self._inflated.get(s.index)
-        if got is None:
-            got = section_contents(self.view[s.offset : s.offset + s.size], s.name, bool(s.flags & SHF_COMPRESSED),
-                                   self.little_endian, self.elfclass, f"{self.path}: cannot decompress {s.name}")
-            self._inflated[s.index] = got
-        return got
+        return self._contents.of(s)
 
     @property
     def build_id(self) -> str | None:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from . import dwarf as D
-from .compress import ZSTD_MAGIC, section_contents, zstd_decompress
+from .compress import ZSTD_MAGIC, SectionContents, zstd_decompress
 from .debuginfo import DebuginfodClient, DebuginfoOptions, build_id_paths
 from .errors import (
     BadFileError,
@@ -73,7 +73,6 @@ SHT_NOTE = 7
 SHT_NOBITS = 8
 SHT_REL = 9
 SHF_ALLOC = 0x2
-SHF_COMPRESSED = 0x800
 ET_REL = 1
 
 _DWARF_SECTIONS = {
@@ -200,8 +199,8 @@ class ModuleImage:
                 raise BadFileError(f"{self.path}: truncated ELF file: section {s.name} ends past the end of the file")
         self.sections = secs
         self._by_name = {s.name: s for s in secs}
-        # section index → decompressed contents (each compressed section is inflated once per image)
-        self._inflated: dict[int, bytes] = {}
+        # each compressed section is inflated once per image
+        self._contents = SectionContents(self.data, secs, self.little_endian, self.elfclass, self.path)
         self.bases = self._place_sections()
         # sections at their synthetic addresses (for address → section and bfd's function fallback)
         self.placed_sections = [
@@ -230,10 +229,8 @@ class ModuleImage:
         return self._by_name.get(name)
 
     def _lookup(self, name: str) -> Section | None:
-        s = self._by_name.get(name)
-        if s is None and name.startswith(".debug_"):
-            s = self._by_name.get(".z" + name[1:])  # legacy GNU .zdebug_X answers for .debug_X
-        return s
+        found: Section | None = self._contents.find(name)  # a legacy .zdebug_X answers for .debug_X
+        return found
 
     def section_bytes(self, name: str) -> bytes | None:
         """Contents of a section, decompressed if needed (SHF_COMPRESSED zlib/zstd, ``.zdebug_*``: once per
@@ -242,14 +239,7 @@ class ModuleImage:
         s = self._lookup(name)
         if s is None or s.type == SHT_NOBITS:
             return None
-        if not s.flags & SHF_COMPRESSED and not s.name.startswith(".zdebug_"):
-            return self.data[s.offset : s.offset + s.size]
-        got = self._inflated.get(s.index)
-        if got is None:
-            got = section_contents(self.data[s.offset : s.offset + s.size], s.name, bool(s.flags & SHF_COMPRESSED),
-                                   self.little_endian, self.elfclass, f"{self.path}: cannot decompress {s.name}")
-            self._inflated[s.index] = got
-        return got
+        return bytes(self._contents.of(s))  # the file is in memory as bytes: no copy
 
     @property
     def build_id(self) -> str | None:
