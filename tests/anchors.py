@@ -325,3 +325,25 @@ def sample_specs(sym: Any, n: int, seed: int) -> list[str]:
     for nm in rng.sample(names, n - len(specs)):
         specs.append(spec_for(nm))
     return specs
+
+
+def call_return_addresses(sym: Any, elf: Path, rng: random.Random, nfuncs: int, cs_arch: int, cs_mode: int,
+                          mnemonic: str) -> list[int]:
+    """Addresses right after the ``mnemonic`` call instructions (``call`` on x86-64, ``bl`` on arm64) of
+    ``nfuncs`` FUNC symbols of ``.text`` sampled with ``rng``, found with capstone: what a stack holds."""
+    import capstone
+
+    md = capstone.Cs(cs_arch, cs_mode)
+    st = sym.symbols
+    text = next(s for s in sym.sections if s.name == ".text")
+    funcs = [i for i in range(len(st)) if st.infos[i] & 0xF == 2 and st.shndx[i] == text.index
+             and 16 < st.sizes[i] < 4096]
+    out: list[int] = []
+    with open(elf, "rb") as f:
+        for i in rng.sample(funcs, nfuncs):
+            start, size = int(st.values[i]), int(st.sizes[i])
+            f.seek(text.offset + start - text.addr)
+            for insn in md.disasm(f.read(size), start):
+                if insn.mnemonic == mnemonic:
+                    out.append(insn.address + insn.size)
+    return out

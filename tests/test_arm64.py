@@ -25,6 +25,7 @@ import pytest
 from anchors import (
     Frame,
     addr2line_batch,
+    call_return_addresses,
     dir_prefix,
     faddr2line_parallel,
     find_faddr2line,
@@ -104,20 +105,7 @@ def _bl_return_addresses(sym: Symbolizer, vmlinux: Path, rng: random.Random, nfu
     """Addresses right after ``bl`` instructions (what an arm64 stack holds), found with capstone."""
     import capstone
 
-    md = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
-    st = sym.symbols
-    text = next(s for s in sym.sections if s.name == ".text")
-    funcs = [i for i in range(len(st)) if st.infos[i] & 0xF == 2 and st.shndx[i] == text.index
-             and 16 < st.sizes[i] < 4096]
-    out: list[int] = []
-    with open(vmlinux, "rb") as f:
-        for i in rng.sample(funcs, nfuncs):
-            start, size = int(st.values[i]), int(st.sizes[i])
-            f.seek(text.offset + start - text.addr)
-            for insn in md.disasm(f.read(size), start):
-                if insn.mnemonic == "bl":
-                    out.append(insn.address + 4)
-    return out
+    return call_return_addresses(sym, vmlinux, rng, nfuncs, capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM, "bl")
 
 
 def test_image_facts(sym: Symbolizer, vmlinux: Path) -> None:

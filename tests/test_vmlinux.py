@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from anchors import (
     addr2line_batch,
+    call_return_addresses,
     dir_prefix,
     faddr2line,
     faddr2line_parallel,
@@ -123,21 +124,7 @@ def _return_addresses(sym: Symbolizer, vmlinux: Path, rng: random.Random, nfuncs
     """Addresses right after call instructions (what a stack holds), found with capstone."""
     import capstone
 
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    st = sym.symbols
-    text = next(s for s in sym.sections if s.name == ".text")
-    funcs = [i for i in range(len(st)) if st.infos[i] & 0xF == 2 and st.shndx[i] == text.index
-             and 16 < st.sizes[i] < 4096]
-    out: list[int] = []
-    with open(vmlinux, "rb") as f:
-        for i in rng.sample(funcs, nfuncs):
-            start, size = int(st.values[i]), int(st.sizes[i])
-            f.seek(text.offset + start - text.addr)
-            code = f.read(size)
-            for insn in md.disasm(code, start):
-                if insn.mnemonic == "call":
-                    out.append(insn.address + insn.size)
-    return out
+    return call_return_addresses(sym, vmlinux, rng, nfuncs, capstone.CS_ARCH_X86, capstone.CS_MODE_64, "call")
 
 
 def test_addresses_match_addr2line(vmlinux: Path, sym: Symbolizer, cache_dir: Path) -> None:

@@ -423,9 +423,9 @@ class Symbolizer:
 
         When many compilation units must be read from the DWARF for them and this process runs a
         single thread, they are read by up to ``processes`` forked worker processes (default: the CPUs
-        this process may use, at most 8),
-        each writing the units it read to the index; the answers come back to this process. Returns
-        how many addresses were answered. Errors are left for :meth:`chain` to raise in order.
+        this process may use, at most 8), each writing the units it read to the index; the answers
+        come back to this process. Returns how many addresses were answered. Errors are left for
+        :meth:`chain` to raise in order.
         """
         answers = self._load_answers()
         todo = sorted({a for a in addresses if a not in answers})
