@@ -85,6 +85,9 @@ LOOKUP_ENTRY = "function_entry"
 STATUS_RESOLVED = "resolved"
 STATUS_UNRESOLVED = "unresolved"
 
+#: Title of ``--format html|markdown`` reports without ``--title``.
+DEFAULT_TITLE = "ksym stack report"
+
 RUNTIME_ADDRESS_REASON = "runtime address: give --kallsyms or --kaslr-offset"
 
 # what precedes an exact-address frame on its line: register dumps and the WARN location line
@@ -279,10 +282,13 @@ def _indent(af: AnnotatedFrame) -> str:
     """Blanks up to the frame (tabs kept), at most up to the message's own indentation after a log
     prefix: a frame inside a sentence (``WARNING: ... at``) is annotated under the message start."""
     text, end = af.text, af.frame.extent[0]
-    start = strip_log_prefix(text[:end])
+    start = strip_log_prefix(text, 0, end)
     while start < end and text[start] in " \t":
         start += 1
-    return "".join(c if c == "\t" else " " for c in text[:start]) + "  "
+    lead = text[:start]
+    if "\t" not in lead:
+        return " " * (start + 2)
+    return "".join(c if c == "\t" else " " for c in lead) + "  "
 
 
 def render_frame(af: AnnotatedFrame, links: bool = False, indent: str | None = None) -> list[str]:
@@ -375,7 +381,12 @@ class _Annotator:
             got = self._frame(f, top, exact)
             self._done_frames[key] = got
             return got
-        return AnnotatedFrame(f.lineno, f.text, f, top, got.status, got.reason, got.matches, got.notes)
+        # the frozen dataclass's __init__ sets each field with object.__setattr__: copy the dict instead
+        fields = dict(got.__dict__)
+        fields.update(lineno=f.lineno, text=f.text, frame=f, top=top)
+        same = object.__new__(AnnotatedFrame)
+        object.__setattr__(same, "__dict__", fields)
+        return same
 
     def _frame(self, f: StackFrame, top: bool, exact: bool) -> AnnotatedFrame:
         def bad(reason: str, notes: tuple[str, ...] = ()) -> AnnotatedFrame:
@@ -700,9 +711,28 @@ def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
     from .cli import add_path_map_argument
 
     add_path_map_argument(parser)
-    from .report import add_report_arguments
-
     add_report_arguments(parser)  # --format text|json|html|markdown, --output, --title, source/link options
+
+
+def add_report_arguments(parser: argparse.ArgumentParser | Any) -> None:
+    """Add the report options to ``ksym annotate``'s parser (or an argument group): ``--format
+    text|json|html|markdown``, ``--output FILE``, ``--title``, and the source/link options of ``ksym
+    resolve`` (``--source-dir``, ``--source-url``, ``--offline``, ``--kernel-tag``, ``--elixir-url``)."""
+    parser.add_argument("--format", "-f", choices=("text", "json", "html", "markdown"), default=None,
+                        help="output form: the annotated text (default), JSON lines (as --json), or a "
+                        "report with links and source context (html: one self-contained page; markdown)")
+    parser.add_argument("--output", "-o", metavar="FILE",
+                        help="write the output to FILE instead of standard output")
+    parser.add_argument("--title", metavar="TEXT", help=f"report title (default: {DEFAULT_TITLE!r})")
+    parser.add_argument("--kernel-tag", metavar="TAG", help="upstream tag for links and source, e.g. "
+                        "v6.1.187 (default: from the vmlinux's linux_banner)")
+    parser.add_argument("--elixir-url", metavar="URL", help="base URL of a (self-hosted) Elixir instance")
+    parser.add_argument("--source-dir", metavar="DIR", help="kernel source tree for the report's source "
+                        "context (default: an installed linux-source tree of the same version, else fetched)")
+    parser.add_argument("--source-url", metavar="TEMPLATE",
+                        help="raw-source URL template with {tag} and {path}")
+    parser.add_argument("--offline", action="store_true", help="no network: never fetch source, never ask "
+                        "debuginfod")
 
 
 def _read_input(name: str) -> str:

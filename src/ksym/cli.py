@@ -7,6 +7,7 @@ traceback, unless KSYM_DEBUG=1 asks for one.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -321,6 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(line + "\n")
 
     words = list(sys.argv[1:] if argv is None else argv)
+    # a one-shot command allocates ~10^5 acyclic objects (index records, one record per frame line):
+    # the default collector would rescan them all every few hundred allocations (mypy does the same)
+    gc.set_threshold(200_000, 30, 30)
     parser = build_parser(annotate_arguments=words[:1] == ["annotate"])
     args = parser.parse_args(words)
     if not args.command:

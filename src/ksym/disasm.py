@@ -23,8 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import capstone
-
 __all__ = ["CallInstruction", "Instruction", "PrecedingInstruction", "call_before", "instruction_before",
            "supported_machine"]
 
@@ -104,17 +102,33 @@ class PrecedingInstruction:
 @dataclass(frozen=True)
 class _Arch:
     name: str
-    cs_arch: int
-    cs_mode: int
+    #: capstone's constants, by name: capstone is imported on the first disassembly, not with this
+    #: module (an annotation answered from the index disassembles nothing)
+    cs_arch_name: str
+    cs_mode_name: str
     max_insn: int
     #: Instruction sizes are fixed (arm64: 4): only ``return_address - max_insn`` is tried.
     fixed: bool
 
+    @property
+    def cs_arch(self) -> int:
+        return int(getattr(_capstone(), self.cs_arch_name))
+
+    @property
+    def cs_mode(self) -> int:
+        return int(getattr(_capstone(), self.cs_mode_name))
+
 
 _ARCHES: dict[str, _Arch] = {
-    "EM_X86_64": _Arch("x86-64", capstone.CS_ARCH_X86, capstone.CS_MODE_64, _X86_MAX_INSN, False),
-    "EM_AARCH64": _Arch("arm64", capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM, 4, True),
+    "EM_X86_64": _Arch("x86-64", "CS_ARCH_X86", "CS_MODE_64", _X86_MAX_INSN, False),
+    "EM_AARCH64": _Arch("arm64", "CS_ARCH_ARM64", "CS_MODE_ARM", 4, True),
 }
+
+
+def _capstone() -> Any:
+    import capstone
+
+    return capstone
 
 _DISASSEMBLERS: dict[str, Any] = {}
 _SWEEPERS: dict[str, Any] = {}
@@ -129,6 +143,7 @@ def _cs(machine: str) -> Any:
     md = _DISASSEMBLERS.get(machine)
     if md is None:
         arch = _ARCHES[machine]
+        capstone = _capstone()
         md = capstone.Cs(arch.cs_arch, arch.cs_mode)
         if arch.cs_arch == capstone.CS_ARCH_X86:
             md.syntax = capstone.CS_OPT_SYNTAX_ATT
@@ -142,13 +157,13 @@ def _sweeper(machine: str) -> Any:
     md = _SWEEPERS.get(machine)
     if md is None:
         arch = _ARCHES[machine]
-        md = capstone.Cs(arch.cs_arch, arch.cs_mode)
+        md = _capstone().Cs(arch.cs_arch, arch.cs_mode)
         _SWEEPERS[machine] = md
     return md
 
 
 def _is_call(insn: Any) -> bool:
-    return capstone.CS_GRP_CALL in insn.groups
+    return _capstone().CS_GRP_CALL in insn.groups
 
 
 def _make(insn: Any, name_of: NameOf | None, arch: _Arch) -> Instruction:
@@ -164,6 +179,7 @@ def _make(insn: Any, name_of: NameOf | None, arch: _Arch) -> Instruction:
     mem_address: int | None = None
     indirect = True
     ops = list(insn.operands)
+    capstone = _capstone()
     if arch.cs_arch == capstone.CS_ARCH_ARM64:  # bl #target / blr xN
         if len(ops) == 1 and ops[0].type == capstone.arm64.ARM64_OP_IMM:
             target = ops[0].imm & ((1 << 64) - 1)

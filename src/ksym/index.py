@@ -142,7 +142,8 @@ class IndexStore:
     def _load(path: Path) -> Any:
         try:
             with open(path, "rb") as f:
-                return marshal.load(f)
+                # one read, then decode: marshal.load(f) reads the file in many small pieces
+                return marshal.loads(f.read())
         except FileNotFoundError:
             return None
         except (OSError, EOFError, ValueError, TypeError):

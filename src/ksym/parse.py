@@ -199,12 +199,14 @@ _LOG_PREFIXES = [
 _LOG_PREFIX_ANY = re.compile("|".join(f"(?:{rx.pattern})" for rx in _LOG_PREFIXES))
 
 
-def strip_log_prefix(line: str) -> int:
-    """Index in ``line`` where the kernel message starts, after dmesg / syslog / journal prefixes."""
-    pos = 0
+def strip_log_prefix(line: str, pos: int = 0, end: int | None = None) -> int:
+    """Index in ``line`` where the kernel message starts, after dmesg / syslog / journal prefixes
+    (of ``line[pos:end]`` when given, as an index into ``line``)."""
+    if end is None:
+        end = len(line)
     match = _LOG_PREFIX_ANY.match
     for _ in range(6):
-        m = match(line, pos)
+        m = match(line, pos, end)
         if m is None or m.end() <= pos:
             break
         pos = m.end()
@@ -563,12 +565,12 @@ _QUOTE = re.compile(r"(?:>[ \t]?)+")  # e-mail quoting: "> [  12.3]  func+0x1/0x
 
 
 def _body_bounds(line: str) -> tuple[int, int, bool]:
-    end = len(line)
-    while end and line[end - 1] in " \t\r\n\f\v":
-        end -= 1
-    quote = _QUOTE.match(line, 0, end)
-    qend = quote.end() if quote else 0
-    start = strip_log_prefix(line[qend:end]) + qend
+    end = len(line.rstrip(" \t\r\n\f\v"))
+    qend = 0
+    if line.startswith(">"):
+        quote = _QUOTE.match(line, 0, end)
+        qend = quote.end() if quote else 0
+    start = strip_log_prefix(line, qend, end)
     return start, end, start > qend
 
 
@@ -675,7 +677,7 @@ def parse_text(text: str) -> list[ParsedLine]:
             seen[key] = None if frame is None else _moved(frame, "", 0, -start)
         if frame is None:
             in_stack = False
-            out.append(ParsedLine(i, line, None, line_context(line)))
+            out.append(_parsed_line(i, line, None, line_context(line)))
             continue
         if (
             not in_stack
@@ -686,8 +688,16 @@ def parse_text(text: str) -> list[ParsedLine]:
             in_stack = True
         # the frame was made here and is not shared yet: set its stack without copying it
         object.__setattr__(frame, "stack_index", stack)
-        out.append(ParsedLine(i, line, frame))
+        out.append(_parsed_line(i, line, frame, None))
     return out
+
+
+def _parsed_line(lineno: int, text: str, frame: StackFrame | None, context: str | None) -> ParsedLine:
+    """``ParsedLine(lineno, text, frame, context)`` without the frozen dataclass's ``__init__`` (one
+    ``object.__setattr__`` per field), which is most of the cost of a line in a long dump."""
+    new = object.__new__(ParsedLine)
+    object.__setattr__(new, "__dict__", {"lineno": lineno, "text": text, "frame": frame, "context": context})
+    return new
 
 
 def _moved(frame: StackFrame, line: str, lineno: int, shift: int) -> StackFrame:

@@ -19,7 +19,6 @@ longer than any backtick run inside them, and escapes the rest.
 
 from __future__ import annotations
 
-import argparse
 import html
 import os
 import re
@@ -29,7 +28,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .annotate import LOOKUP_CALL_SITE, LOOKUP_ENTRY, AnnotatedFrame, AnnotatedText, FrameMatch
+from .annotate import (
+    DEFAULT_TITLE,
+    LOOKUP_CALL_SITE,
+    LOOKUP_ENTRY,
+    AnnotatedFrame,
+    AnnotatedText,
+    FrameMatch,
+    add_report_arguments,
+)
 from .links import ElixirLinks
 from .model import SourceLocation
 from .source import SourceFetchError, SourceProvider, find_source_dir, render_context
@@ -48,7 +55,6 @@ __all__ = [
     "write_output",
 ]
 
-DEFAULT_TITLE = "ksym stack report"
 #: The report formats :func:`render_report` knows.
 FORMATS = ("html", "markdown")
 #: Lines of source shown on each side of a location.
@@ -656,27 +662,6 @@ def _collapse_blank(lines: Sequence[str]) -> list[str]:
 
 # --------------------------------------------------------------------------------------------------
 # What ``ksym annotate --format html|markdown [--output FILE]`` calls
-
-
-def add_report_arguments(parser: argparse.ArgumentParser | Any) -> None:
-    """Add the report options to ``ksym annotate``'s parser (or an argument group): ``--format
-    text|json|html|markdown``, ``--output FILE``, ``--title``, and the source/link options of ``ksym
-    resolve`` (``--source-dir``, ``--source-url``, ``--offline``, ``--kernel-tag``, ``--elixir-url``)."""
-    parser.add_argument("--format", "-f", choices=("text", "json", "html", "markdown"), default=None,
-                        help="output form: the annotated text (default), JSON lines (as --json), or a "
-                        "report with links and source context (html: one self-contained page; markdown)")
-    parser.add_argument("--output", "-o", metavar="FILE",
-                        help="write the output to FILE instead of standard output")
-    parser.add_argument("--title", metavar="TEXT", help=f"report title (default: {DEFAULT_TITLE!r})")
-    parser.add_argument("--kernel-tag", metavar="TAG", help="upstream tag for links and source, e.g. "
-                        "v6.1.187 (default: from the vmlinux's linux_banner)")
-    parser.add_argument("--elixir-url", metavar="URL", help="base URL of a (self-hosted) Elixir instance")
-    parser.add_argument("--source-dir", metavar="DIR", help="kernel source tree for the report's source "
-                        "context (default: an installed linux-source tree of the same version, else fetched)")
-    parser.add_argument("--source-url", metavar="TEMPLATE",
-                        help="raw-source URL template with {tag} and {path}")
-    parser.add_argument("--offline", action="store_true", help="no network: never fetch source, never ask "
-                        "debuginfod")
 
 
 def provider_for(
