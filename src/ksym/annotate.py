@@ -349,6 +349,7 @@ class _Annotator:
         """Have the symbolizer answer every address the frames will ask about (each frame's address
         and the call site before it) at once, so the units they need are read in parallel."""
         want: set[int] = set()
+        links: set[int] = set()
         done: set[tuple[str | None, int | None, int | None]] = set()
         for f in frames:
             key = (f.symbol, f.offset, f.address)
@@ -358,19 +359,20 @@ class _Annotator:
             if f.symbol is not None and f.offset is not None:
                 for m in self.sym.symbols.faddr2line_matches(f.symbol):
                     if m.size is None or f.offset < m.size:
-                        want.update((m.symbol.address + f.offset, m.symbol.address + f.offset - 1))
+                        links.add(m.symbol.address + f.offset)
             elif f.address is not None and f.symbol is None:
                 link, _why = self._link_of_runtime(f.address)
                 if link is not None:
-                    want.update((link, link - 1))
-        self.sym.prefetch(want)
-
-    def name_of(self, address: int) -> str | None:
-        hit = self.sym.symbols.containing(address)
-        if hit is None:
-            return None
-        s, _ = hit
-        return s.name if address == s.address else f"{s.name}+{address - s.address:#x}"
+                    links.add(link)
+        calls: list[tuple[int, int | None]] = []
+        for link in links:
+            want.update((link, link - 1))
+            # the call instruction before a return address (frames looked up exactly ask for none,
+            # but which those are is known per line only: a few sweeps too many)
+            if not self.exact and self.can_disasm:
+                caller = self.sym.symbols.containing(link - 1)
+                calls.append((link, caller[0].address if caller else None))
+        self.sym.prefetch(want, call_sites=calls)
 
     def frame(self, f: StackFrame, top: bool) -> AnnotatedFrame:
         """The annotation of one frame; frames saying the same thing share the work."""
@@ -562,7 +564,7 @@ class _Annotator:
         caller = self.sym.symbols.containing(look)
         call: CallInstruction | None = None
         if self.can_disasm and self.sym.code_bytes(look, 1):
-            before = self.sym.instruction_before(link, caller[0].address if caller else None, self.name_of)
+            before = self.sym.instruction_before(link, caller[0].address if caller else None, self.sym.name_of)
             insn = before.instruction
             why: str | None = None
             if before.boundary is False:

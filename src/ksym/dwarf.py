@@ -157,6 +157,9 @@ _EMPTY: dict[int, tuple[int, Any]] = {}
 _CONST_FORMS = frozenset(
     {FORM_DATA1, FORM_DATA2, FORM_DATA4, FORM_DATA8, FORM_UDATA, FORM_SDATA, FORM_IMPLICIT_CONST}
 )
+#: (byte order, size) → the struct decoding an unsigned integer of that size.
+_STRUCTS = {(e, n): struct.Struct(e + c) for e in "<>" for n, c in ((1, "B"), (2, "H"), (4, "I"), (8, "Q"))}
+
 _REF_LOCAL_FORMS = frozenset({FORM_REF1, FORM_REF2, FORM_REF4, FORM_REF8, FORM_REF_UDATA})
 
 
@@ -231,8 +234,17 @@ class DwarfSections:
     aranges: bytes | memoryview | None = None
     little_endian: bool = True
     default_address_size: int = 8
+    # (id of a string section, offset) → string: units share their include files' and types' names
+    _strings: dict[tuple[int, int], str] = field(default_factory=dict, repr=False, compare=False)
 
     def string_at(self, section: bytes | memoryview | None, offset: int) -> str:
+        key = (id(section), offset)
+        got = self._strings.get(key)
+        if got is None:
+            got = self._strings[key] = self._string_at(section, offset)
+        return got
+
+    def _string_at(self, section: bytes | memoryview | None, offset: int) -> str:
         if section is None:
             raise DwarfError("string form refers to a missing section")
         if isinstance(section, memoryview):
@@ -375,8 +387,17 @@ def parse_abbrevs(sec: DwarfSections, offset: int) -> dict[int, Abbrev]:
         pos += 1
         attrs = []
         while True:
-            at, pos = _uleb(data, pos)
-            form, pos = _uleb(data, pos)
+            # one-byte LEB128 (attributes below 0x80, every standard form) is the common case
+            at = data[pos]
+            if at < 0x80:
+                pos += 1
+            else:
+                at, pos = _uleb(data, pos)
+            form = data[pos]
+            if form < 0x80:
+                pos += 1
+            else:
+                form, pos = _uleb(data, pos)
             const = 0
             if form == FORM_IMPLICIT_CONST:
                 const, pos = _sleb(data, pos)
@@ -541,6 +562,11 @@ class CompiledUnit:
 # --- reading one CU ------------------------------------------------------------------------------------
 
 
+#: How to read a DIE of one abbreviation: (tag, has_children, steps, fixed size or -1). Steps are
+#: ``(0, n)`` skip n bytes, ``(1, attr, form, const[, struct, size])`` decode, ``(2, form, const)`` skip.
+_Plan = tuple[int, bool, tuple[tuple[Any, ...], ...], int]
+
+
 class _CUReader:
     """Decodes DIEs of one CU, skipping what it does not need."""
 
@@ -556,7 +582,8 @@ class _CUReader:
         self.low_pc = 0
         #: DW_AT_language of the unit (None: not said)
         self.language: int | None = None
-        self._fast_skips: dict[int, tuple[int, int]] | None = None
+        #: abbreviation code → :meth:`fast_skip`
+        self.skips: dict[int, tuple[int, int]] = {}
         # per-abbrev plans: fixed skip size when nothing wanted and all forms fixed-size
         self._fixed: dict[int, int] = {}
         asz = hdr.address_size
@@ -574,61 +601,67 @@ class _CUReader:
         # A plan per abbreviation: which attributes to decode (only what the function tree needs:
         # for other DIEs just DW_AT_sibling) and how far to jump over the rest. Steps are
         # (0, n): skip n bytes; (1, attr, form, const): decode; (2, form, const): skip a variable form.
-        self._plans: dict[int, tuple[int, bool, tuple[tuple[int, ...], ...], int]] = {}
-        for code, (tag, ch, attrs) in self.abbrevs.items():
-            wanted = _WANTED if tag in _INTERESTING_TAGS else _SIBLING_ONLY
-            steps: list[tuple[int, ...]] = []
-            fixed_total = 0
-            all_fixed = True
-            for at, form, const in attrs:
-                sz = self._form_size.get(form)
-                if at in wanted:
-                    steps.append((1, at, form, const))
-                    all_fixed = False
-                elif sz is not None:
-                    if steps and steps[-1][0] == 0:
-                        steps[-1] = (0, steps[-1][1] + sz)
-                    else:
-                        steps.append((0, sz))
-                    fixed_total += sz
-                else:
-                    steps.append((2, form, const))
-                    all_fixed = False
-            self._plans[code] = (tag, ch, tuple(steps), fixed_total if all_fixed else -1)
+        # (made on the first DIE of each abbreviation: most of a unit's are stepped over unread)
+        self._plans: dict[int, _Plan] = {}
 
-    def fast_skips(self) -> dict[int, tuple[int, int]]:
-        """For the function walk: abbreviation code → how to step over a DIE of it without decoding
-        it: ``(0, n)`` a childless DIE of ``n`` fixed bytes; ``(1, k)`` a DIE whose children are not
-        entered and whose DW_AT_sibling (ref4) is ``k`` bytes after the code."""
-        skips = self._fast_skips
-        if skips is not None:
-            return skips
-        skips = {}
-        enter = _SCOPE_TAGS if self.language in _C_LANGUAGES else _SCOPE_TAGS | _TYPE_SCOPE_TAGS
-        for code, (tag, ch, attrs) in self.abbrevs.items():
-            if ch and tag in enter:
-                continue
+    def _plan(self, code: int) -> _Plan | None:
+        abbrev = self.abbrevs.get(code)
+        if abbrev is None:
+            return None
+        tag, ch, attrs = abbrev
+        wanted = _WANTED if tag in _INTERESTING_TAGS else _SIBLING_ONLY
+        steps: list[tuple[Any, ...]] = []
+        fixed_total = 0
+        all_fixed = True
+        for at, form, const in attrs:
+            sz = self._form_size.get(form)
+            if at in wanted:
+                # fixed-size integer forms (1, 2, 4, 8 bytes) are decoded here with a precompiled struct
+                st = _STRUCTS.get((self.e, sz)) if sz else None
+                steps.append((1, at, form, const, st, sz or 0) if st is not None else (1, at, form, const))
+                all_fixed = False
+            elif sz is not None:
+                if steps and steps[-1][0] == 0:
+                    steps[-1] = (0, steps[-1][1] + sz)
+                else:
+                    steps.append((0, sz))
+                fixed_total += sz
+            else:
+                steps.append((2, form, const))
+                all_fixed = False
+        plan = self._plans[code] = (tag, ch, tuple(steps), fixed_total if all_fixed else -1)
+        return plan
+
+    def fast_skip(self, code: int) -> tuple[int, int]:
+        """For the function walk: how to step over a DIE of abbreviation ``code`` without decoding it:
+        ``(0, n)`` a childless DIE of ``n`` fixed bytes; ``(1, k)`` a DIE whose children are not
+        entered and whose DW_AT_sibling (ref4) is ``k`` bytes after the code; ``(2, 0)``: read it.
+        Worked out on the first DIE of each abbreviation and kept in :attr:`skips`."""
+        skip = (2, 0)
+        abbrev = self.abbrevs.get(code)
+        if abbrev is not None:
+            tag, ch, attrs = abbrev
+            enter = _SCOPE_TAGS if self.language in _C_LANGUAGES else _SCOPE_TAGS | _TYPE_SCOPE_TAGS
             # a function DIE whose abbreviation has no address attribute never has code
             # (declarations, abstract instances): the walk skips it and its children anyway
-            if tag in _INTERESTING_TAGS and (
-                    tag not in FUNCTION_TAGS or any(at in (AT_LOW_PC, AT_RANGES) for at, _f, _c in attrs)):
-                continue
-            at_off = 0
-            sib = -1
-            for at, form, _const in attrs:
-                if at == AT_SIBLING and form == FORM_REF4 and sib < 0:
-                    sib = at_off
-                sz = self._form_size.get(form)
-                if sz is None:
-                    at_off = -1
-                    break
-                at_off += sz
-            if ch and sib >= 0:
-                skips[code] = (1, sib)
-            elif not ch and at_off >= 0:
-                skips[code] = (0, at_off)
-        self._fast_skips = skips
-        return skips
+            if not (ch and tag in enter) and not (tag in _INTERESTING_TAGS and (
+                    tag not in FUNCTION_TAGS or any(at in (AT_LOW_PC, AT_RANGES) for at, _f, _c in attrs))):
+                at_off = 0
+                sib = -1
+                for at, form, _const in attrs:
+                    if at == AT_SIBLING and form == FORM_REF4 and sib < 0:
+                        sib = at_off
+                    sz = self._form_size.get(form)
+                    if sz is None:
+                        at_off = -1
+                        break
+                    at_off += sz
+                if ch and sib >= 0:
+                    skip = (1, sib)
+                elif not ch and at_off >= 0:
+                    skip = (0, at_off)
+        self.skips[code] = skip
+        return skip
 
     def _read_form(self, form: int, pos: int, const: int) -> tuple[Any, int]:
         data = self.data
@@ -688,7 +721,7 @@ class _CUReader:
             code, pos = _uleb(data, pos)
         if code == 0:
             return 0, 0, False, _EMPTY, pos
-        plan = self._plans.get(code)
+        plan = self._plans.get(code) or self._plan(code)
         if plan is None:
             raise DwarfError(f"unknown abbreviation {code} at {pos:#x} in CU {self.hdr.offset:#x}")
         tag, children, steps, fixed = plan
@@ -701,6 +734,10 @@ class _CUReader:
             if op == 0:
                 pos += step[1]
             elif op == 1:
+                if len(step) == 6:
+                    vals[step[1]] = (step[2], step[4].unpack_from(data, pos)[0])
+                    pos += step[5]
+                    continue
                 val, pos = read_form(step[2], pos, step[3])
                 vals[step[1]] = (step[2], val)
             else:
@@ -953,7 +990,8 @@ def _walk_children(
     # of functions are not entered but remembered (FunctionNode.child_pos) for expand_for()
     read_die = reader.read_die
     data = reader.data
-    skips = reader.fast_skips()
+    skips = reader.skips
+    fast_skip = reader.fast_skip
     unit = reader.hdr.offset
     sib_fmt = reader.e + "I"
     enter_types = reader.language not in _C_LANGUAGES
@@ -962,11 +1000,11 @@ def _walk_children(
         # most DIEs (types, members, declarations) are stepped over without decoding them
         code = data[pos]
         if 0 < code < 0x80:
-            sk = skips.get(code)
-            if sk is not None:
-                if sk[0] == 0:
-                    pos += 1 + sk[1]
-                    continue
+            sk = skips.get(code) or fast_skip(code)
+            if sk[0] == 0:
+                pos += 1 + sk[1]
+                continue
+            if sk[0] == 1:
                 target = unit + struct.unpack_from(sib_fmt, data, pos + 1 + sk[1])[0]
                 if target > pos:
                     pos = target
@@ -1123,7 +1161,6 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
     table.files = files
     order = _byteorder(e)
 
-    pos = prog_start
     address = 0
     # binutils starts every sequence of a DWARF 5 table at file 0 (the spec says 1); rows before the
     # first DW_LNS_set_file differ when entries 0 and 1 name different files. Match addr2line.
@@ -1133,8 +1170,10 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
     column = 0
     disc = 0
     seq_first = len(rows)
-    d = data
-    n_end = end
+    # the program as bytes (indexing a memoryview over the mapped file is slower), positions shifted
+    d = bytes(data[prog_start:end])
+    n_end = end - prog_start
+    pos = 0
     lr = line_range
     ob = opcode_base
 
@@ -1144,10 +1183,22 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
     # the address and line advance of each special opcode, computed once
     addr_adv = [((op - ob) // lr) * min_inst if op >= ob else 0 for op in range(256)]
     line_adv = [line_base + (op - ob) % lr if op >= ob else 0 for op in range(256)]
+    # branches in the order of how often GCC's kernel line programs use the opcodes: copy, special,
+    # set_column, negate_stmt, advance_line, set_file, extended
+    # opcode 1 is DW_LNS_copy unless the header makes every opcode special (opcode_base 1)
+    copy_op = 1 if ob > 1 else -1
     while pos < n_end:
         op = d[pos]
         pos += 1
-        if op >= ob:
+        if op == copy_op:  # copy
+            if address == last_addr:
+                rows[-1] = (file, line, column, disc, False)
+            else:
+                addrs.append(address)
+                rows.append((file, line, column, disc, False))
+                last_addr = address
+            disc = 0
+        elif op >= ob:
             address += addr_adv[op]
             line += line_adv[op]
             if address == last_addr:
@@ -1157,8 +1208,46 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
                 rows.append((file, line, column, disc, False))
                 last_addr = address
             disc = 0
+        elif op == 5:  # set_column (one-byte LEB128 is the common case for these operands)
+            column = d[pos]
+            if column < 0x80:
+                pos += 1
+            else:
+                column, pos = _uleb(d, pos)
+        elif op == 6:  # negate_stmt: bfd's lookup does not use is_stmt
+            pass
+        elif op == 3:  # advance_line: one- and two-byte SLEB128 inline
+            v = d[pos]
+            if v < 0x40:
+                pos += 1
+            elif v < 0x80:
+                v -= 0x80
+                pos += 1
+            else:
+                w = d[pos + 1]
+                if w < 0x80:
+                    v = (v & 0x7F) | (w << 7)
+                    if w & 0x40:
+                        v -= 0x4000
+                    pos += 2
+                else:
+                    v, pos = _sleb(d, pos)
+            line += v
+        elif op == 4:  # set_file: one- and two-byte ULEB128 inline
+            file = d[pos]
+            if file < 0x80:
+                pos += 1
+            elif d[pos + 1] < 0x80:
+                file = (file & 0x7F) | (d[pos + 1] << 7)
+                pos += 2
+            else:
+                file, pos = _uleb(d, pos)
         elif op == 0:
-            ln, pos = _uleb(d, pos)
+            ln = d[pos]
+            if ln < 0x80:
+                pos += 1
+            else:
+                ln, pos = _uleb(d, pos)
             if ln == 0:
                 continue
             sub = d[pos]
@@ -1177,32 +1266,10 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
             elif sub == 2:  # set_address
                 address = int.from_bytes(d[pos + 1 : pos + 1 + min(address_size, ln - 1)], order)
             elif sub == 4:  # set_discriminator
-                disc, _ = _uleb(d, pos + 1)
+                disc = d[pos + 1]
+                if disc >= 0x80:
+                    disc, _ = _uleb(d, pos + 1)
             pos = nxt
-        elif op == 1:  # copy
-            if address == last_addr:
-                rows[-1] = (file, line, column, disc, False)
-            else:
-                addrs.append(address)
-                rows.append((file, line, column, disc, False))
-                last_addr = address
-            disc = 0
-        elif op == 5:  # set_column (one-byte LEB128 is the common case for these operands)
-            column = d[pos]
-            if column < 0x80:
-                pos += 1
-            else:
-                column, pos = _uleb(d, pos)
-        elif op == 3:  # advance_line
-            v = d[pos]
-            if v < 0x40:
-                pos += 1
-            elif v < 0x80:
-                v -= 0x80
-                pos += 1
-            else:
-                v, pos = _sleb(d, pos)
-            line += v
         elif op == 2:  # advance_pc
             v = d[pos]
             if v < 0x80:
@@ -1210,18 +1277,12 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
             else:
                 v, pos = _uleb(d, pos)
             address += v * min_inst
-        elif op == 4:  # set_file
-            file = d[pos]
-            if file < 0x80:
-                pos += 1
-            else:
-                file, pos = _uleb(d, pos)
         elif op == 8:  # const_add_pc
             address += ((255 - ob) // lr) * min_inst
         elif op == 9:  # fixed_advance_pc
             address += struct.unpack_from(e + "H", d, pos)[0]
             pos += 2
-        elif op in (6, 7, 10, 11):
+        elif op in (7, 10, 11):
             pass
         else:  # set_isa (12) and unknown standard opcodes: skip their uleb operands
             for _ in range(std_lengths[op - 1] if op - 1 < len(std_lengths) else 0):
@@ -1285,16 +1346,18 @@ def unit_to_record(cu: CompiledUnit) -> tuple[Any, ...]:
     if cu.lines is not None:
         lt = cu.lines
         rows = lt.rows
-        cols = [array("I"), array("I"), array("I"), array("I")]
-        ends = bytearray()
-        for j in range(len(rows)):
-            f, ln, c, d, e = rows[j]
-            cols[0].append(f)
-            cols[1].append(ln)
-            cols[2].append(c)
-            cols[3].append(d)
-            ends.append(1 if e else 0)
-        lines = (lt.files, array("Q", lt.addrs).tobytes(), [a.tobytes() for a in cols], bytes(ends), lt.seqs,
+        if isinstance(rows, _Rows):
+            cols = [rows.files, rows.lines, rows.cols, rows.discs]
+            ends = bytes(rows.ends)
+        elif rows:
+            # rows are (file, line, column, discriminator, end_sequence) tuples: transpose them in C
+            f, ln, c, d, e = zip(*rows)
+            cols = [array("I", f), array("I", ln), array("I", c), array("I", d)]
+            ends = bytes(map(bool, e))
+        else:
+            cols = [array("I") for _ in range(4)]
+            ends = b""
+        lines = (lt.files, array("Q", lt.addrs).tobytes(), [a.tobytes() for a in cols], ends, lt.seqs,
                  lt.file_base)
     return (cu.offset, cu.name, cu.comp_dir, fns, lines)
 

@@ -418,8 +418,19 @@ class Symbolizer:
         row = self._answer(address)[1]
         return row if row >= 0 else None
 
-    def prefetch(self, addresses: Iterable[int], *, processes: int | None = None) -> int:
-        """Answer ``addresses`` ahead of :meth:`chain` (a dump's frames, before they are printed).
+    def name_of(self, address: int) -> str | None:
+        """``symbol`` or ``symbol+0x1a`` for a link-time address (how call targets are named), or None."""
+        hit = self.symbols.containing(address)
+        if hit is None:
+            return None
+        s, _ = hit
+        return s.name if address == s.address else f"{s.name}+{address - s.address:#x}"
+
+    def prefetch(self, addresses: Iterable[int], *, processes: int | None = None,
+                 call_sites: Iterable[tuple[int, int | None]] = ()) -> int:
+        """Answer ``addresses`` ahead of :meth:`chain` (a dump's frames, before they are printed), and
+        for each ``(return_address, function_start)`` of ``call_sites`` the instruction before it
+        (:meth:`instruction_before`, targets named by :meth:`name_of`).
 
         When many compilation units must be read from the DWARF for them and this process runs a
         single thread, they are read by up to ``processes`` forked worker processes (default: the CPUs
@@ -429,6 +440,7 @@ class Symbolizer:
         """
         answers = self._load_answers()
         todo = sorted({a for a in addresses if a not in answers})
+        calls = sorted({c for c in call_sites if ("insn", c[0], c[1]) not in answers})
         if not todo:
             return 0
         by_unit: dict[int | None, list[int]] = {}
@@ -446,21 +458,29 @@ class Symbolizer:
             return len(todo)
         import multiprocessing
 
-        # biggest groups first, dealt round-robin: the workers finish at about the same time
-        groups = sorted(by_unit.values(), key=len, reverse=True)
-        chunks = [groups[i::n] for i in range(n)]
+        # a call site is disassembled by the worker that reads the unit of the call (its line row
+        # is where the sweep starts)
+        calls_by_unit: dict[int | None, list[tuple[int, int | None]]] = {}
+        for c in calls:
+            calls_by_unit.setdefault(self._cu_offset_for(c[0] - 1), []).append(c)
+        work = [(group, calls_by_unit.pop(off, [])) for off, group in by_unit.items()]
+        work += [([], group) for group in calls_by_unit.values()]
+        # units differ tenfold in cost: hand them out a few at a time, biggest groups first, so the
+        # workers finish together
+        work.sort(key=lambda w: len(w[0]) + len(w[1]), reverse=True)
+        size = max(1, min(_UNITS_PER_TASK, len(work) // (4 * n)))
+        tasks = [work[i : i + size] for i in range(0, len(work), size)]
         global _FORKED
         _FORKED = self
+        got = 0
         try:
             with multiprocessing.get_context("fork").Pool(n) as pool:
-                results = pool.map(_prefetch_worker, chunks)
+                for part in pool.imap_unordered(_prefetch_worker, tasks):
+                    for a, rec in part.items():
+                        answers[a] = self._new_answers[a] = rec
+                        got += not isinstance(a, tuple)
         finally:
             _FORKED = None
-        got = 0
-        for part in results:
-            for a, rec in part.items():
-                answers[a] = self._new_answers[a] = rec
-                got += 1
         return got
 
     def prefetch_frames(self, frames: Iterable[str], *, processes: int | None = None) -> int:
@@ -620,6 +640,9 @@ _MAX_DIRTY_CUS = 64
 #: Fewer units than this per process are read in this process (a fork costs more than they do).
 _UNITS_PER_PROCESS = 24
 
+#: At most this many units make one task of a prefetch worker.
+_UNITS_PER_TASK = 8
+
 #: The symbolizer a forked prefetch worker works for (set in the parent just before the fork).
 _FORKED: Symbolizer | None = None
 
@@ -631,16 +654,19 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _prefetch_worker(groups: list[list[int]]) -> dict[Any, Any]:
-    """In a forked process: answer each group of addresses (one unit each), write the units read to
-    the index, and send the answers back."""
+def _prefetch_worker(task: list[tuple[list[int], list[tuple[int, int | None]]]]) -> dict[Any, Any]:
+    """In a forked process: answer each group of addresses and call sites (one unit each), write the
+    units read to the index, and send the answers back."""
     sym = _FORKED
     assert sym is not None
     sym._new_answers = {}
-    for group in groups:
+    for group, calls in task:
         for a in group:
             with contextlib.suppress(KsymError):
                 sym._answer(a)
+        for ret, start in calls:
+            with contextlib.suppress(KsymError):
+                sym.instruction_before(ret, start, sym.name_of)
     with contextlib.suppress(OSError):
         sym._write_cus()
     return sym._new_answers
