@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import re
 import struct
 from array import array
 from collections.abc import Callable, Iterable, Iterator
@@ -427,29 +428,30 @@ class SymbolTable:
     def _bfd_index(self) -> tuple[array, array]:  # type: ignore[type-arg]
         """The symbols bfd's ``maybe_function_sym`` accepts, sorted by (address, symbol-table order)."""
         if self._bfd is None:
-            infos, others, sizes, shndx, raw = self.infos, self.others, self.sizes, self.shndx, self.names.raw
+            infos, others, sizes, shndx = self.infos, self.others, self.sizes, self.shndx
             aarch64 = self.machine == "EM_AARCH64"
             # elfNN_aarch64_maybe_function_sym: FUNC and NOTYPE only, local mapping symbols out;
             # _bfd_elf_maybe_function_sym: anything but OBJECT, TLS, SECTION, FILE
             types = (STT_FUNC, STT_NOTYPE) if aarch64 else (STT_FUNC, STT_NOTYPE, STT_GNU_IFUNC)
-            idx = []
-            for i in range(len(infos)):
-                t = infos[i] & 0xF
-                if t not in types or shndx[i] == SHN_UNDEF or shndx[i] >= SHN_LORESERVE:
+            type_ok = infos.translate(bytes(1 if (v & 0xF) in types else 0 for v in range(256)))
+            # names bfd never takes, found in the name blob rather than symbol by symbol
+            names = self.names
+            starts = {int(o): i for i, o in enumerate(names.offsets[:-1])}
+            odd: set[int] = set()
+            lead = rb"\0(?=\$)" if aarch64 else rb"\0(?=[$\0]|\.L)"
+            for m in re.finditer(lead, b"\0" + names.blob):
+                i = starts.get(m.start())
+                if i is None:
                     continue
-                local = (infos[i] >> 4) == STB_LOCAL
-                if (t == STT_NOTYPE and sizes[i] == 0 and local and (others[i] & 3) == STV_HIDDEN):
-                    continue  # annobin's marker symbols
-                r = raw(i)
-                if aarch64:
-                    if local and _aarch64_mapping_symbol(r):
-                        continue
-                elif not r or r[:1] == b"$" or r[:2] == b".L":
-                    continue
-                idx.append(i)
+                if not aarch64 or ((infos[i] >> 4) == STB_LOCAL and _aarch64_mapping_symbol(names.raw(i))):
+                    odd.add(i)
+            # annobin's marker symbols: local hidden NOTYPE of size 0
+            odd.update(i for i in range(len(infos)) if infos[i] == STT_NOTYPE | (STB_LOCAL << 4)
+                       and not sizes[i] and (others[i] & 3) == STV_HIDDEN)
+            order, _addrs = self._address_order()  # by (address, symbol-table order)
+            idx = array("I", [i for i in order if type_ok[i] and 0 < shndx[i] < SHN_LORESERVE and i not in odd])
             vals = self.values
-            idx.sort(key=lambda i: (vals[i], i))
-            self._bfd = (array("I", idx), array("Q", [vals[i] for i in idx]))
+            self._bfd = (idx, array("Q", [vals[i] for i in idx]))
         return self._bfd
 
     def bfd_function(self, address: int) -> tuple[str, str | None] | None:
