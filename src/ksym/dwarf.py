@@ -441,8 +441,28 @@ class LineTable:
     seqs: list[tuple[int, int, int, int]] = field(default_factory=list)
     #: What a file number of this table (call_file, rows) is offset by: 1 before DWARF 5, else 0.
     file_base: int = 0
+    #: The decoder's state where it stopped (``read_line_table(until=...)``), None once it is complete:
+    #: rows from ``pending[8]`` on belong to the sequence being decoded, which is not in ``seqs`` yet.
+    pending: list[Any] | None = None
     # the sequences' low addresses, for bisect (derived from ``seqs`` on first lookup)
     _lows: list[int] | None = field(default=None, repr=False, compare=False)
+
+    def covers(self, address: int) -> bool:
+        """Whether the rows decoded so far answer ``address`` as the whole table would."""
+        if self.pending is None:
+            return True
+        first = self.pending[8]
+        addrs = self.addrs
+        if first < len(addrs) and addrs[first] <= address:
+            return bool(address < addrs[-1])
+        return self._completed_index(address) != -2
+
+    def extend(self, sec: DwarfSections, address: int) -> bool:
+        """Decode on until ``address`` is covered (or the program ends); True when rows were added."""
+        if self.covers(address) or sec.line is None:
+            return False
+        _decode_lines(self, sec.line, address)
+        return True
 
     def file_name(self, number: int) -> str:
         i = number - self.file_base
@@ -462,6 +482,18 @@ class LineTable:
         return int(self.addrs[j]) if j >= 0 else None
 
     def _row_index(self, address: int) -> int:
+        if self.pending is not None:
+            # the sequence being decoded: its rows below the last one are final
+            first = self.pending[8]
+            addrs = self.addrs
+            if first < len(addrs) and addrs[first] <= address < addrs[-1]:
+                return bisect.bisect_right(addrs, address, first, len(addrs)) - 1
+        j = self._completed_index(address)
+        return j if j >= 0 else -1
+
+    def _completed_index(self, address: int) -> int:
+        """The row of the completed sequences covering ``address``; -1: a sequence holds the address
+        but no row answers it; -2: no sequence holds it."""
         seqs = self.seqs
         lows = self._lows
         if lows is None or len(lows) != len(seqs):
@@ -478,7 +510,7 @@ class LineTable:
                         return j
                 return -1
             i -= 1
-        return -1
+        return -2
 
 
 class _Rows:
@@ -935,9 +967,10 @@ def _reader_getter(sec: DwarfSections, reader: _CUReader) -> Callable[[int], _CU
     return get
 
 
-def compile_unit(sec: DwarfSections, cu_offset: int) -> CompiledUnit:
+def compile_unit(sec: DwarfSections, cu_offset: int, until: int | None = None) -> CompiledUnit:
     """Read one CU: its top-level functions (their subtrees are read on demand by
-    :func:`expand_for`) and its line table."""
+    :func:`expand_for`) and its line table (with ``until``, only as far as that address needs:
+    :meth:`LineTable.extend` reads on)."""
     reader, vals, children, pos = _open_unit(sec, cu_offset)
     name = reader.string(*vals[AT_NAME]) if AT_NAME in vals else ""
     comp_dir = reader.string(*vals[AT_COMP_DIR]) if AT_COMP_DIR in vals else ""
@@ -947,7 +980,7 @@ def compile_unit(sec: DwarfSections, cu_offset: int) -> CompiledUnit:
         _walk_children(reader, pos, functions, _reader_getter(sec, reader), [-1], top_only=True)
     lines = None
     if stmt_list >= 0 and sec.line is not None:
-        lines = read_line_table(sec, stmt_list, comp_dir, reader.hdr.address_size)
+        lines = read_line_table(sec, stmt_list, comp_dir, reader.hdr.address_size, until)
     cu = CompiledUnit(cu_offset, name, comp_dir, functions, lines)
     cu.reader = reader
     return cu.finish()
@@ -1104,7 +1137,10 @@ def concat_filename(comp_dir: str, dirs: Sequence[str], name: str, dir_index: in
     return f"{dir_name}/{name}"
 
 
-def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_size: int) -> LineTable:
+def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_size: int,
+                    until: int | None = None) -> LineTable:
+    """The line table of the program at ``offset`` of .debug_line; with ``until``, decoded only as far
+    as needed for that address (:meth:`LineTable.covers`, :meth:`LineTable.extend`)."""
     data = sec.line
     assert data is not None
     e = "<" if sec.little_endian else ">"
@@ -1151,35 +1187,50 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
             raw_files.append((s, di))
         pos += 1
     files = [concat_filename(comp_dir, dirs, n, d, version) for n, d in raw_files]
-    del default_is_stmt
+    del default_is_stmt, pos
 
     # DWARF < 5 numbers files from 1; rows keep the file number as written
-    table = LineTable(files=[], file_base=0 if version >= 5 else 1)
-    addrs = table.addrs
-    rows = table.rows
-    seqs = table.seqs
-    table.files = files
-    order = _byteorder(e)
-
-    address = 0
+    table = LineTable(files=files, file_base=0 if version >= 5 else 1)
     # binutils starts every sequence of a DWARF 5 table at file 0 (the spec says 1); rows before the
     # first DW_LNS_set_file differ when entries 0 and 1 name different files. Match addr2line.
     first_file = 0 if version >= 5 else 1
-    file = first_file
-    line = 1
-    column = 0
-    disc = 0
-    seq_first = len(rows)
+    # the decoder's state: where it is, the registers, and the header's constants
+    table.pending = [prog_start, end, 0, first_file, 1, 0, 0, -1, 0, min_inst, line_base, line_range,
+                     opcode_base, address_size, first_file, 0 if e == "<" else 1, tuple(std_lengths)]
+    _decode_lines(table, data, until)
+    return table
+
+
+def _decode_lines(table: LineTable, data: bytes | memoryview, until: int | None) -> None:
+    """Run ``table``'s line program on from where it stopped (``table.pending``): to its end, or with
+    ``until`` only until the row covering that address is known for certain (a row past it was
+    decoded in a sequence that starts at or below it), leaving the rest for a later call."""
+    state = table.pending
+    assert state is not None
+    (start, end, address, file, line, column, disc, last_addr, seq_first, min_inst, line_base, line_range,
+     ob, address_size, first_file, big, std_lengths) = state
+    e = ">" if big else "<"
+    order = _byteorder(e)
+    if isinstance(table.rows, _Rows):  # loaded from the index: decode on into plain lists
+        r = table.rows
+        table.rows = list(zip(r.files, r.lines, r.cols, r.discs, map(bool, r.ends)))
+        table.addrs = list(table.addrs)
+    addrs = table.addrs
+    rows = table.rows
+    seqs = table.seqs
     # the program as bytes (indexing a memoryview over the mapped file is slower), positions shifted
-    d = bytes(data[prog_start:end])
-    n_end = end - prog_start
+    d = bytes(data[start:end])
+    n_end = end - start
     pos = 0
     lr = line_range
-    ob = opcode_base
-
+    # stop once a row above ``stop`` is decoded (never without ``until``; not in a sequence that
+    # starts above it)
+    never = 1 << 64
+    stop = never if until is None else until
+    if until is not None and len(rows) > seq_first and addrs[seq_first] > until:
+        stop = never  # resuming inside a sequence that starts above ``until``
     # bfd keeps only the last row for one address within a sequence (PR ld/4986): a row at the
-    # address of the previous one replaces it
-    last_addr = -1
+    # address of the previous one replaces it (``last_addr``)
     # the address and line advance of each special opcode, computed once
     addr_adv = [((op - ob) // lr) * min_inst if op >= ob else 0 for op in range(256)]
     line_adv = [line_base + (op - ob) % lr if op >= ob else 0 for op in range(256)]
@@ -1190,23 +1241,23 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
     while pos < n_end:
         op = d[pos]
         pos += 1
-        if op == copy_op:  # copy
+        if op == copy_op or op >= ob:  # copy, special
+            if op != copy_op:
+                address += addr_adv[op]
+                line += line_adv[op]
             if address == last_addr:
                 rows[-1] = (file, line, column, disc, False)
             else:
                 addrs.append(address)
                 rows.append((file, line, column, disc, False))
                 last_addr = address
-            disc = 0
-        elif op >= ob:
-            address += addr_adv[op]
-            line += line_adv[op]
-            if address == last_addr:
-                rows[-1] = (file, line, column, disc, False)
-            else:
-                addrs.append(address)
-                rows.append((file, line, column, disc, False))
-                last_addr = address
+                if address > stop:
+                    if addrs[seq_first] <= stop:
+                        # every row below this one is final (a later row at this row's address would
+                        # replace only this one): ``until`` is answered
+                        disc = 0
+                        break
+                    stop = never  # a sequence that starts above ``until``: decode it through
             disc = 0
         elif op == 5:  # set_column (one-byte LEB128 is the common case for these operands)
             column = d[pos]
@@ -1263,6 +1314,7 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
                 line = 1
                 column = 0
                 disc = 0
+                stop = never if until is None else until
             elif sub == 2:  # set_address
                 address = int.from_bytes(d[pos + 1 : pos + 1 + min(address_size, ln - 1)], order)
             elif sub == 4:  # set_discriminator
@@ -1288,7 +1340,11 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
             for _ in range(std_lengths[op - 1] if op - 1 < len(std_lengths) else 0):
                 _v, pos = _uleb(d, pos)
     seqs.sort()
-    return table
+    if pos >= n_end:
+        table.pending = None
+    else:
+        table.pending = [start + pos, end, address, file, line, column, disc, last_addr, seq_first, min_inst,
+                         line_base, line_range, ob, address_size, first_file, big, std_lengths]
 
 
 def _v5_entries(
@@ -1358,7 +1414,7 @@ def unit_to_record(cu: CompiledUnit) -> tuple[Any, ...]:
             cols = [array("I") for _ in range(4)]
             ends = b""
         lines = (lt.files, array("Q", lt.addrs).tobytes(), [a.tobytes() for a in cols], ends, lt.seqs,
-                 lt.file_base)
+                 lt.file_base, lt.pending)
     return (cu.offset, cu.name, cu.comp_dir, fns, lines)
 
 
@@ -1369,7 +1425,7 @@ def unit_from_record(rec: tuple[Any, ...]) -> CompiledUnit:
                  for a, b, c, d, e, f, g, h, k in fns]
     table = None
     if lines is not None:
-        files, addrs, cols, ends, seqs, file_base = lines
+        files, addrs, cols, ends, seqs, file_base, pending = lines
 
         def arr(code: str, data: bytes) -> array:  # type: ignore[type-arg]
             a = array(code)
@@ -1377,7 +1433,8 @@ def unit_from_record(rec: tuple[Any, ...]) -> CompiledUnit:
             return a
 
         rows = _Rows(arr("I", cols[0]), arr("I", cols[1]), arr("I", cols[2]), arr("I", cols[3]), bytes(ends))
-        table = LineTable(list(files), arr("Q", addrs), rows, [tuple(q) for q in seqs], int(file_base))
+        table = LineTable(list(files), arr("Q", addrs), rows, [tuple(q) for q in seqs], int(file_base),
+                          None if pending is None else list(pending))
     return CompiledUnit(int(offset), str(name), str(comp_dir), functions, table).finish()
 
 

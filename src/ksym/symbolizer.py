@@ -239,6 +239,8 @@ class Symbolizer:
                 return None
             # addr2line without -i: the innermost line; the line table alone answers that
             cu = self._cus.get(cu_off)
+            if cu is not None:
+                self._lines_for(cu, addr)
             table = cu.lines if cu is not None else D.unit_line_table(self._dwarf(), cu_off)
             loc = table.lookup(addr) if table is not None else None
             if loc is None:
@@ -322,7 +324,10 @@ class Symbolizer:
                 return off
         return None
 
-    def compiled_unit(self, offset: int) -> D.CompiledUnit:
+    def compiled_unit(self, offset: int, address: int | None = None) -> D.CompiledUnit:
+        """The unit at ``offset`` of .debug_info (from memory, the index or the DWARF); given an
+        ``address``, a unit read from the DWARF decodes its line program only as far as that
+        address needs (:meth:`_lines_for` reads on)."""
         cu = self._cus.get(offset)
         if cu is not None:
             return cu
@@ -334,7 +339,7 @@ class Symbolizer:
                 cu = None
         if cu is None:
             try:
-                cu = D.compile_unit(self._dwarf(), offset)
+                cu = D.compile_unit(self._dwarf(), offset, until=address)
             except (D.DwarfError, IndexError, ValueError) as exc:
                 raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {offset:#x}: {exc}") from None
             except __import__("struct").error as exc:
@@ -342,6 +347,16 @@ class Symbolizer:
             self._mark_dirty(cu)
         self._cus[offset] = cu
         return cu
+
+    def _lines_for(self, cu: D.CompiledUnit, address: int) -> None:
+        """Have ``cu``'s line table decoded as far as ``address`` needs."""
+        lines = cu.lines
+        if lines is not None and not lines.covers(address):
+            try:
+                lines.extend(self._dwarf(), address)
+            except (D.DwarfError, IndexError, ValueError) as exc:
+                raise BadFileError(f"{self.path}: corrupt line table in the unit at {cu.offset:#x}: {exc}") from None
+            self._mark_dirty(cu)
 
     def _mark_dirty(self, cu: D.CompiledUnit) -> None:
         self._dirty_cus[cu.offset] = cu
@@ -549,7 +564,8 @@ class Symbolizer:
         cu_off = self._cu_offset_for(address)
         if cu_off is None:
             return inline_chain(None, address, self.symbols, self._display), -1
-        cu = self.compiled_unit(cu_off)
+        cu = self.compiled_unit(cu_off, address)
+        self._lines_for(cu, address)
         if cu.needs_expansion(address):
             try:
                 changed = D.expand_for(self._dwarf(), cu, address)
