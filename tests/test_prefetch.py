@@ -14,6 +14,7 @@ import pytest
 from anchors import find_test_vmlinux
 
 from ksym import Symbolizer
+from ksym.index import IndexStore
 
 pytestmark = pytest.mark.vmlinux
 
@@ -53,12 +54,15 @@ def test_parallel_prefetch_equals_one_process(vmlinux: Path, tmp_path: Path) -> 
     par = Symbolizer(vmlinux, cache_dir=tmp_path / "par")
     assert par.prefetch(addrs, processes=2) == len(set(addrs))
     assert par._sections_cache is None, "the parent read no DWARF: the workers did"
-    stored = list((tmp_path / "par").glob("index/*/cu-*"))
-    assert len(stored) >= len(units) * 0.9, "the workers stored the units they read"
+    packs = list((tmp_path / "par").glob("index/*/units-*"))
+    assert 2 <= len(packs) < len(units) / 4, "the workers stored the units they read, in packs"
     assert {a: par.chain(a) for a in addrs} == want
     assert {a: par.line_row_start(a) for a in addrs} == {a: base.line_row_start(a) for a in addrs}
     par.close()
     assert list((tmp_path / "par").glob("index/*/answers.v*"))
+    stored = IndexStore(tmp_path / "par").load_unit_map(par.key)
+    assert len(units & set(stored)) >= len(units) * 0.9, "the map names the pack of each unit read"
+    assert {p.name for p in packs} >= set(stored.values())
 
     # a new process-like start answers from the stored answers alone
     again = Symbolizer(vmlinux, cache_dir=tmp_path / "par")

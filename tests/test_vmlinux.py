@@ -184,7 +184,7 @@ def test_index_warm_equals_cold_and_survives_corruption(vmlinux: Path, tmp_path:
     want = [str(r) for s in specs for r in cold.resolve(s)]
     cold.flush()
     images = list(tmp_path.glob("index/*/image.v*"))
-    cus = list(tmp_path.glob("index/*/cu-*"))
+    cus = list(tmp_path.glob("index/*/units*"))
     assert len(images) == 1 and cus, "the index and the CUs read were stored"
     assert images[0].parent.name == cold.build_id
     warm = Symbolizer(vmlinux, cache_dir=tmp_path)

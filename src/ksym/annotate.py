@@ -339,8 +339,6 @@ class _Annotator:
         self.kallsyms = kallsyms
         self.exact = exact
         self.can_disasm = supported_machine(sym.machine)
-        #: line numbers of frames that repeat the register line (:func:`_pc_repeats`): looked up exactly
-        self.pc_repeats: set[int] = set()
         # a dump repeats its frames (10,000 lines may hold 1,000 distinct ones): the answer for a frame
         # depends only on what the frame says and whether it is looked up exactly, not on its line
         self._done_frames: dict[tuple[object, ...], AnnotatedFrame] = {}
@@ -374,9 +372,10 @@ class _Annotator:
                 calls.append((link, caller[0].address if caller else None))
         self.sym.prefetch(want, call_sites=calls)
 
-    def frame(self, f: StackFrame, top: bool) -> AnnotatedFrame:
-        """The annotation of one frame; frames saying the same thing share the work."""
-        exact = self.exact or f.lineno in self.pc_repeats or is_exact_frame(f, top)
+    def frame(self, f: StackFrame, top: bool, at_address: bool) -> AnnotatedFrame:
+        """The annotation of one frame (``at_address``: looked up exactly, see :func:`_exact_lines`);
+        frames saying the same thing share the work."""
+        exact = self.exact or at_address
         key = (f.symbol, f.offset, f.size, f.address, f.module, f.module_build_id, exact, f.offset_text)
         got = self._done_frames.get(key)
         if got is None:
@@ -583,24 +582,29 @@ class _Annotator:
         return FrameMatch(link, look, LOOKUP_CALL_SITE, symbol, offset, size, chain, call)
 
 
-def _pc_repeats(lines: Sequence[ParsedLine]) -> set[int]:
-    """Lines of the first unwinder frame of a stack that repeats the register line before it (arm64's
-    ``Call trace:`` starts with the ``pc :`` function): where the code was, not a return address."""
-    out: set[int] = set()
+def _exact_lines(lines: Sequence[ParsedLine]) -> dict[int, bool]:
+    """Per frame line, whether its address is where the code was (:func:`is_exact_frame`), or it is
+    the first unwinder frame of a stack that repeats the register line before it (arm64's ``Call
+    trace:`` starts with the ``pc :`` function): looked up exactly, not as a return address."""
+    out: dict[int, bool] = {}
     last_pc: tuple[str | None, int | None, str | None] | None = None
     seen: set[int] = set()
+    search = _EXACT_CONTEXT.search
     for line in lines:
         f = line.frame
         if f is None:
             continue
         first = f.stack_index not in seen
         seen.add(f.stack_index)
-        if _EXACT_CONTEXT.search(f.text, 0, f.extent[0]):
+        if search(f.text, 0, f.extent[0]):
             last_pc = (f.symbol, f.offset, f.module)
-        elif first and f.kind in _UNWINDER_KINDS:
-            if f.offset is not None and last_pc == (f.symbol, f.offset, f.module):
-                out.add(f.lineno)
-            last_pc = None
+            out[f.lineno] = True
+        elif f.kind in _UNWINDER_KINDS:
+            out[f.lineno] = first and f.offset is not None and last_pc == (f.symbol, f.offset, f.module)
+            if first:
+                last_pc = None
+        else:
+            out[f.lineno] = first
     return out
 
 
@@ -651,10 +655,10 @@ def annotate(
     if slide is not None:
         notes.append(f"KASLR slide {slide:#x} (from {source})")
     worker = _Annotator(symbolizer, slide, kallsyms, exact, modules)
-    worker.pc_repeats = _pc_repeats(lines)
     worker.prefetch(frames)
     top = _top_flags(lines)
-    out = tuple(worker.frame(f, top[f.lineno]) for f in frames)
+    at_address = _exact_lines(lines)
+    out = tuple(worker.frame(f, top[f.lineno], at_address[f.lineno]) for f in frames)
     # a frame with several same-named symbols fits when one of them does
     misfits = sum(1 for af in out if (af.reason and "another kernel build" in af.reason)
                   or (af.matches and all(any("inside an instruction" in n for n in m.notes)

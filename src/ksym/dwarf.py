@@ -537,6 +537,9 @@ class CompiledUnit:
     comp_dir: str
     functions: list[FunctionNode]
     lines: LineTable | None
+    #: Where the walk of the top-level DIEs stopped (``compile_unit(until=...)``): (.debug_info offset,
+    #: stack); None once every top-level function is in ``functions``.
+    walk: tuple[int, list[int]] | None = None
     # (low, high, function index) for every range of every function, sorted by low
     _starts: list[int] = field(default_factory=list, repr=False)
     _spans: list[tuple[int, int, int]] = field(default_factory=list, repr=False)
@@ -976,14 +979,34 @@ def compile_unit(sec: DwarfSections, cu_offset: int, until: int | None = None) -
     comp_dir = reader.string(*vals[AT_COMP_DIR]) if AT_COMP_DIR in vals else ""
     stmt_list = int(vals[AT_STMT_LIST][1]) if AT_STMT_LIST in vals else -1
     functions: list[FunctionNode] = []
+    walk: tuple[int, list[int]] | None = None
     if children:
-        _walk_children(reader, pos, functions, _reader_getter(sec, reader), [-1], top_only=True)
+        stack = [-1]
+        stop = _walk_children(reader, pos, functions, _reader_getter(sec, reader), stack, top_only=True,
+                              until=until)
+        walk = None if stop is None else (stop, stack)
     lines = None
     if stmt_list >= 0 and sec.line is not None:
         lines = read_line_table(sec, stmt_list, comp_dir, reader.hdr.address_size, until)
-    cu = CompiledUnit(cu_offset, name, comp_dir, functions, lines)
+    cu = CompiledUnit(cu_offset, name, comp_dir, functions, lines, walk)
     cu.reader = reader
     return cu.finish()
+
+
+def walk_on(sec: DwarfSections, cu: CompiledUnit, address: int) -> bool:
+    """Read on through a unit's top-level DIEs (compiled with ``until``) until a function holding
+    ``address`` is found or the unit ends. Returns True when the unit changed."""
+    if cu.walk is None or cu.containing(address):
+        return False
+    reader = cu.reader if cu.reader is not None and cu.reader.sec is sec else _open_unit(sec, cu.offset)[0]
+    cu.reader = reader
+    pos, stack = cu.walk
+    stack = list(stack)
+    stop = _walk_children(reader, pos, cu.functions, _reader_getter(sec, reader), stack, top_only=True,
+                          until=address)
+    cu.walk = None if stop is None else (stop, stack)
+    cu.finish()
+    return True
 
 
 def expand_for(sec: DwarfSections, cu: CompiledUnit, address: int) -> bool:
@@ -1012,11 +1035,15 @@ def _walk_children(
     getter: Callable[[int], _CUReader],
     stack: list[int],
     top_only: bool,
-) -> None:
+    until: int | None = None,
+) -> int | None:
     """Walk the CU's DIE tree iteratively, recording function DIEs that have code.
 
     A subtree is skipped (via DW_AT_sibling when present) unless its root is a function or lexical
     block with code, or a DIE that may hold such (a DW_TAG without ranges that has children).
+    With ``top_only`` and ``until``, the walk stops after the first function holding that address
+    (functions of one unit do not overlap) and returns where to go on from (``stack`` is left as it
+    is there); else it returns None at the end.
     """
     data_end = reader.hdr.end
     # stack entries: index of the enclosing function node (or -1); with ``top_only`` the subtrees
@@ -1077,6 +1104,8 @@ def _walk_children(
                         pos = _skip_subtree(reader, pos, vals)
                     else:
                         stack.append(len(functions) - 1)
+                if until is not None and top_only and any(lo <= until < hi for lo, hi in rngs):
+                    return pos
                 continue
             if tag in FUNCTION_TAGS:
                 # an abstract instance or declaration: no code, nothing inside can have code
@@ -1096,6 +1125,7 @@ def _walk_children(
                 stack.append(enclosing)
             else:
                 pos = _skip_subtree(reader, pos, vals)
+    return None
 
 
 def _skip_subtree(reader: _CUReader, pos: int, vals: dict[int, tuple[int, Any]]) -> int:
@@ -1121,6 +1151,19 @@ def _skip_subtree(reader: _CUReader, pos: int, vals: dict[int, tuple[int, Any]])
 
 def concat_filename(comp_dir: str, dirs: Sequence[str], name: str, dir_index: int, version: int) -> str:
     """Join a line-table file name as binutils' concat_filename does."""
+    d = dir_index if version >= 5 else dir_index - 1
+    key = (comp_dir, dirs[d] if 0 <= d < len(dirs) else None, name)
+    got = _JOINED.get(key)
+    if got is None:
+        got = _JOINED[key] = _concat_filename(comp_dir, dirs, name, dir_index, version)
+    return got
+
+
+#: (comp_dir, directory, name) → concat_filename: units share their include files
+_JOINED: dict[tuple[str, str | None, str], str] = {}
+
+
+def _concat_filename(comp_dir: str, dirs: Sequence[str], name: str, dir_index: int, version: int) -> str:
     if name.startswith("/"):
         return name
     d = dir_index if version >= 5 else dir_index - 1
@@ -1347,6 +1390,10 @@ def _decode_lines(table: LineTable, data: bytes | memoryview, until: int | None)
                          line_base, line_range, ob, address_size, first_file, big, std_lengths]
 
 
+_GCC_DIRS = [(1, FORM_LINE_STRP)]  # DW_LNCT_path
+_GCC_FILES = [(1, FORM_LINE_STRP), (2, FORM_UDATA)]  # DW_LNCT_path, DW_LNCT_directory_index
+
+
 def _v5_entries(
     sec: DwarfSections, data: bytes | memoryview, pos: int, off_size: int, e: str
 ) -> tuple[list[dict[int, Any]], int]:
@@ -1360,6 +1407,23 @@ def _v5_entries(
     count, pos = _uleb(data, pos)
     out: list[dict[int, Any]] = []
     ofmt = e + ("I" if off_size == 4 else "Q")
+    if off_size == 4 and sec.line_str is not None and fmts in (_GCC_DIRS, _GCC_FILES):
+        # what GCC writes: a path in .debug_line_str (and a one-byte directory index, usually)
+        string_at, line_str, files = sec.string_at, sec.line_str, fmts == _GCC_FILES
+        u32 = _STRUCTS[(e, 4)].unpack_from
+        for _ in range(count):
+            path = string_at(line_str, u32(data, pos)[0])
+            pos += 4
+            if not files:
+                out.append({1: path})
+                continue
+            di = data[pos]
+            if di < 0x80:
+                pos += 1
+            else:
+                di, pos = _uleb(data, pos)
+            out.append({1: path, 2: di})
+        return out, pos
     for _ in range(count):
         ent: dict[int, Any] = {}
         for ct, form in fmts:
@@ -1415,11 +1479,11 @@ def unit_to_record(cu: CompiledUnit) -> tuple[Any, ...]:
             ends = b""
         lines = (lt.files, array("Q", lt.addrs).tobytes(), [a.tobytes() for a in cols], ends, lt.seqs,
                  lt.file_base, lt.pending)
-    return (cu.offset, cu.name, cu.comp_dir, fns, lines)
+    return (cu.offset, cu.name, cu.comp_dir, fns, lines, cu.walk)
 
 
 def unit_from_record(rec: tuple[Any, ...]) -> CompiledUnit:
-    offset, name, comp_dir, fns, lines = rec
+    offset, name, comp_dir, fns, lines, walk = rec
     functions = [FunctionNode(int(a), int(b), [(int(r[0]), int(r[1])) for r in c], str(d), int(e), int(f), int(g), int(h),
                               int(k))
                  for a, b, c, d, e, f, g, h, k in fns]
@@ -1435,7 +1499,8 @@ def unit_from_record(rec: tuple[Any, ...]) -> CompiledUnit:
         rows = _Rows(arr("I", cols[0]), arr("I", cols[1]), arr("I", cols[2]), arr("I", cols[3]), bytes(ends))
         table = LineTable(list(files), arr("Q", addrs), rows, [tuple(q) for q in seqs], int(file_base),
                           None if pending is None else list(pending))
-    return CompiledUnit(int(offset), str(name), str(comp_dir), functions, table).finish()
+    resume = None if walk is None else (int(walk[0]), [int(x) for x in walk[1]])
+    return CompiledUnit(int(offset), str(name), str(comp_dir), functions, table, resume).finish()
 
 
 def unit_ranges(sec: DwarfSections, cu_offset: int) -> list[tuple[int, int]]:

@@ -3,9 +3,12 @@
 Layout under ``$KSYM_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ksym``, i.e. ``~/.cache/ksym``)::
 
     paths/<sha256 of the real path>     → (path, size, mtime_ns, inode, key)   which key a file has
-    index/<key>/image.v1                → sections, symbol table arrays, aranges, faddr2line prefix, banner
-    index/<key>/cu-<offset>.v1          → one compilation unit, read once (function tree + line table)
-    index/<key>/answers.v1              → address → (inline chain, line-row start) of every address
+    index/<key>/image.v6                → sections, symbol table arrays, aranges, faddr2line prefix, banner
+    index/<key>/units-<...>.v6          → a pack of compilation units as read (function tree + line
+                                          table, each possibly partial: read on when an address needs it)
+    index/<key>/units.v6                → unit offset → the pack holding its newest record
+    index/<key>/cu--1.v6                → ranges of the units .debug_aranges misses
+    index/<key>/answers.v6              → address → (inline chain, line-row start) of every address
                                           looked up before, and the instruction before each return
                                           address disassembled: a dump seen again needs no CU at all
 
@@ -102,12 +105,50 @@ class IndexStore:
             return None
         return self._load(self._dir(key) / f"cu-{offset}.v{FORMAT_VERSION}")
 
-    def has_cu(self, key: str, offset: int) -> bool:
-        return self.enabled and (self._dir(key) / f"cu-{offset}.v{FORMAT_VERSION}").is_file()
-
     def save_cu(self, key: str, offset: int, record: Any) -> None:
         if self.enabled:
             self._save(self._dir(key) / f"cu-{offset}.v{FORMAT_VERSION}", record)
+
+    # -- compilation units, written in packs (one file per batch: creating files is what costs) --
+
+    def load_unit_map(self, key: str) -> dict[int, str]:
+        """Unit offset → name of the pack file holding it."""
+        if not self.enabled:
+            return {}
+        data = self._load(self._dir(key) / f"units.v{FORMAT_VERSION}")
+        return data if isinstance(data, dict) else {}
+
+    def save_units(self, key: str, records: dict[int, Any]) -> str | None:
+        """Write ``records`` (offset → unit record) as one new pack; its name, or None if not written."""
+        if not self.enabled or not records:
+            return None
+        name = f"units-{min(records)}-{os.getpid()}-{os.urandom(4).hex()}.v{FORMAT_VERSION}"
+        return name if self._save(self._dir(key) / name, records) else None
+
+    def save_unit_map(self, key: str, new: dict[int, str]) -> None:
+        """Add ``new`` to the unit map (re-read first: another process may have added units), and
+        delete packs no unit refers to any more (after a minute: a pack just written by another
+        process may not be in the map yet)."""
+        if not self.enabled or not new:
+            return
+        units = self.load_unit_map(key)
+        units.update(new)
+        d = self._dir(key)
+        if not self._save(d / f"units.v{FORMAT_VERSION}", units):
+            return
+        live = set(units.values())
+        try:
+            old = [e for e in os.scandir(d) if e.name.startswith("units-") and e.name not in live]
+            now = __import__("time").time()
+            for e in old:
+                if now - e.stat().st_mtime > 60:
+                    os.unlink(e.path)
+        except OSError:
+            pass
+
+    def load_pack(self, key: str, name: str) -> dict[int, Any]:
+        data = self._load(self._dir(key) / name) if self.enabled and name.startswith("units-") else None
+        return data if isinstance(data, dict) else {}
 
     def load_answers(self, key: str, view: str) -> dict[Any, Any]:
         """Addresses answered before for this image, as shown with the display settings ``view``."""
@@ -155,7 +196,7 @@ class IndexStore:
             return None
 
     @staticmethod
-    def _save(path: Path, obj: Any) -> None:
+    def _save(path: Path, obj: Any) -> bool:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -171,4 +212,5 @@ class IndexStore:
                 raise
         except (OSError, ValueError):
             # a cache that cannot be written is only slower, never wrong
-            pass
+            return False
+        return True

@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import bisect
 import contextlib
+import gc
 import mmap
 import os
 import re
@@ -138,6 +139,10 @@ class Symbolizer:
         self._answers: dict[Any, Any] | None = None
         self._new_answers: dict[Any, Any] = {}
         self._dirty_cus: dict[int, D.CompiledUnit] = {}
+        # unit offset → pack file in the index (loaded on first use); entries this session added
+        self._unit_map: dict[int, str] | None = None
+        self._new_units: dict[int, str] = {}
+        self._pack: tuple[str, dict[int, Any]] = ("", {})
         self._load_index()
         _LIVE.add(self)
 
@@ -331,7 +336,12 @@ class Symbolizer:
         cu = self._cus.get(offset)
         if cu is not None:
             return cu
-        rec = self._store.load_cu(self.key, offset)
+        rec = None
+        pack = self._units().get(offset)
+        if pack is not None:
+            if self._pack[0] != pack:  # units of one pack are usually asked for together
+                self._pack = (pack, self._store.load_pack(self.key, pack))
+            rec = self._pack[1].get(offset)
         if rec is not None:
             try:
                 cu = D.unit_from_record(rec)
@@ -363,15 +373,32 @@ class Symbolizer:
         if len(self._dirty_cus) >= _MAX_DIRTY_CUS:
             self._write_cus()
 
+    def _units(self) -> dict[int, str]:
+        if self._unit_map is None:
+            self._unit_map = self._store.load_unit_map(self.key)
+        return self._unit_map
+
     def _write_cus(self) -> None:
-        for off, cu in sorted(self._dirty_cus.items()):
-            self._store.save_cu(self.key, off, D.unit_to_record(cu))
+        """Write the units read or grown since the last call as one pack (mapped at :meth:`flush`)."""
+        if not self._dirty_cus:
+            return
+        recs = {off: D.unit_to_record(cu) for off, cu in self._dirty_cus.items()}
         self._dirty_cus.clear()
+        name = self._store.save_units(self.key, recs)
+        if name is not None:
+            self._add_units(dict.fromkeys(recs, name))
+
+    def _add_units(self, units: dict[int, str]) -> None:
+        self._units().update(units)
+        self._new_units.update(units)
 
     def flush(self) -> None:
         """Write what this session learnt to the on-disk index: the units read or expanded and the
         answers given (called by :meth:`close` and at interpreter exit)."""
         self._write_cus()
+        if self._new_units:
+            self._store.save_unit_map(self.key, self._new_units)
+            self._new_units = {}
         if self._new_answers:
             self._store.save_answers(self.key, self._view(), self._new_answers)
             self._new_answers = {}
@@ -461,8 +488,8 @@ class Symbolizer:
         by_unit: dict[int | None, list[int]] = {}
         for a in todo:
             by_unit.setdefault(self._cu_offset_for(a), []).append(a)
-        cold = [off for off in by_unit if off is not None and off not in self._cus
-                and not self._store.has_cu(self.key, off)]
+        units = self._units()
+        cold = [off for off in by_unit if off is not None and off not in self._cus and off not in units]
         n = processes if processes is not None else _usable_cpus()
         n = min(n, 8, max(1, len(cold) // _UNITS_PER_PROCESS))
         # fork only a single-threaded process (a forked copy of a thread holding a lock can hang)
@@ -488,14 +515,18 @@ class Symbolizer:
         global _FORKED
         _FORKED = self
         got = 0
+        # the workers share this process's objects copy-on-write: keep the collector off them
+        gc.freeze()
         try:
             with multiprocessing.get_context("fork").Pool(n) as pool:
-                for part in pool.imap_unordered(_prefetch_worker, tasks):
+                for part, stored in pool.imap_unordered(_prefetch_worker, tasks):
                     for a, rec in part.items():
                         answers[a] = self._new_answers[a] = rec
                         got += not isinstance(a, tuple)
+                    self._add_units(stored)
         finally:
             _FORKED = None
+            gc.unfreeze()
         return got
 
     def prefetch_frames(self, frames: Iterable[str], *, processes: int | None = None) -> int:
@@ -566,6 +597,12 @@ class Symbolizer:
             return inline_chain(None, address, self.symbols, self._display), -1
         cu = self.compiled_unit(cu_off, address)
         self._lines_for(cu, address)
+        if cu.walk is not None and not cu.containing(address):
+            try:
+                D.walk_on(self._dwarf(), cu, address)
+            except (D.DwarfError, IndexError, ValueError) as exc:
+                raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {cu_off:#x}: {exc}") from None
+            self._mark_dirty(cu)
         if cu.needs_expansion(address):
             try:
                 changed = D.expand_for(self._dwarf(), cu, address)
@@ -670,12 +707,15 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _prefetch_worker(task: list[tuple[list[int], list[tuple[int, int | None]]]]) -> dict[Any, Any]:
+def _prefetch_worker(
+    task: list[tuple[list[int], list[tuple[int, int | None]]]],
+) -> tuple[dict[Any, Any], dict[int, str]]:
     """In a forked process: answer each group of addresses and call sites (one unit each), write the
-    units read to the index, and send the answers back."""
+    units read to the index as one pack, and send back the answers and where the units are."""
     sym = _FORKED
     assert sym is not None
     sym._new_answers = {}
+    sym._new_units = {}
     for group, calls in task:
         for a in group:
             with contextlib.suppress(KsymError):
@@ -685,7 +725,7 @@ def _prefetch_worker(task: list[tuple[list[int], list[tuple[int, int | None]]]])
                 sym.instruction_before(ret, start, sym.name_of)
     with contextlib.suppress(OSError):
         sym._write_cus()
-    return sym._new_answers
+    return sym._new_answers, sym._new_units
 
 
 #: Symbolizers not closed yet: their pending index data is written at interpreter exit.

@@ -20,8 +20,9 @@ import bisect
 import itertools
 import re
 import struct
+import sys
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -190,8 +191,27 @@ class SymbolTable:
         others = bytearray()
         shndx = array("I")
         e = "<" if little_endian else ">"
+        noff: Sequence[int]
+        info: Sequence[int]
+        other: Sequence[int]
+        sh: Sequence[int]
+        value: Sequence[int]
+        size: Sequence[int]
         for data, strtab in tables:
-            if elfclass == 64:
+            if elfclass == 64 and little_endian and sys.byteorder == "little":
+                # columns straight from the table (Elf64_Sym: name u32, info u8, other u8, shndx u16,
+                # value u64, size u64), sliced in C
+                body = memoryview(data)[24 : len(data) - len(data) % 24]
+                if not body:
+                    continue
+                noff = body.cast("I")[0::6].tolist()
+                info, other = bytes(body[4::24]), bytes(body[5::24])
+                sh = body.cast("H")[3::12].tolist()
+                q = body.cast("Q")
+                value, size = array("Q"), array("Q")
+                value.frombytes(q[1::3].tobytes())
+                size.frombytes(q[2::3].tobytes())
+            elif elfclass == 64:
                 ent = 24
                 cols = list(zip(*struct.iter_unpack(e + "IBBHQQ", data[ent: len(data) - len(data) % ent])))
                 if not cols:

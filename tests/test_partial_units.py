@@ -1,0 +1,107 @@
+"""Units read only as far as the addresses asked need (ksym.dwarf: compile_unit(until=...),
+LineTable.covers/extend, walk_on) answer every address exactly like the unit read whole, also after a
+round trip through the index record, on real units of the Debian 6.1 vmlinux.
+
+Needs tools/fetch-testdata.sh; skipped with a printed reason elsewhere, a failure under CI=true."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+from anchors import find_test_vmlinux
+
+from ksym import Symbolizer
+from ksym import dwarf as D
+from ksym.symbols import inline_chain
+
+pytestmark = pytest.mark.vmlinux
+
+
+@pytest.fixture(scope="module")
+def sym() -> Symbolizer:
+    path = find_test_vmlinux()
+    if path is None:
+        msg = "the Debian 6.1 debug vmlinux is missing: run tools/fetch-testdata.sh"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        print(msg)
+        pytest.skip(msg)
+    return Symbolizer(path, use_index=False)
+
+
+def _units(sym: Symbolizer, n: int) -> list[tuple[int, list[int]]]:
+    """``n`` units holding FUNC symbols spread over .text, each with a few addresses of them."""
+    st = sym.symbols
+    funcs = [i for i in range(len(st.values)) if st.infos[i] & 0xF == 2 and st.sizes[i] >= 16]
+    rng = random.Random(1126)
+    out: dict[int, list[int]] = {}
+    for i in rng.sample(funcs, 400):
+        start, size = int(st.values[i]), int(st.sizes[i])
+        off = sym._cu_offset_for(start)
+        if off is not None:
+            out.setdefault(off, []).extend([start, start + size // 2, start + size - 1])
+        if len(out) == n:
+            break
+    return list(out.items())
+
+
+def test_partial_unit_answers_like_the_whole_unit(sym: Symbolizer) -> None:
+    sec = sym._dwarf()
+    rng = random.Random(26)
+    partial_seen = 0
+    for off, addrs in _units(sym, 24):
+        whole = D.compile_unit(sec, off)
+        assert whole.walk is None and whole.lines is not None and whole.lines.pending is None
+        lt = whole.lines
+        lo, hi = min(q[0] for q in lt.seqs), max(q[1] for q in lt.seqs)
+        # the functions' own addresses, row starts, sequence edges and addresses around the unit
+        probes = addrs + list(lt.addrs[:: max(1, len(lt.addrs) // 10)]) + [q[0] for q in lt.seqs]
+        probes += [q[1] for q in lt.seqs] + [rng.randrange(lo - 64, hi + 64) for _ in range(20)]
+        rng.shuffle(probes)
+        part = D.compile_unit(sec, off, until=min(addrs))
+        partial_seen += part.lines is not None and part.lines.pending is not None
+        for k, a in enumerate(probes):
+            if k == len(probes) // 2:  # stored and loaded again half way
+                part = D.unit_from_record(D.unit_to_record(part))
+            assert part.lines is not None
+            part.lines.extend(sec, a)
+            D.walk_on(sec, part, a)
+            for cu in (part, whole):
+                if cu.needs_expansion(a):
+                    D.expand_for(sec, cu, a)
+            assert part.lines.lookup(a) == lt.lookup(a), hex(a)
+            assert part.lines.row_address(a) == lt.row_address(a), hex(a)
+            got = inline_chain(part, a, sym.symbols, sym._display)
+            assert got == inline_chain(whole, a, sym.symbols, sym._display), hex(a)
+        # read to the end, the partial unit is the whole one
+        part.lines.extend(sec, 1 << 64)
+        assert part.lines.pending is None
+        assert list(part.lines.addrs) == list(lt.addrs) and sorted(part.lines.seqs) == sorted(lt.seqs)
+    assert partial_seen >= 12, "most units stop their line program early"
+
+
+def test_symbolizer_reads_on_from_a_stored_partial_unit(tmp_path: Path, sym: Symbolizer) -> None:
+    (off, addrs), = _units(sym, 1)
+    first = Symbolizer(sym.path, cache_dir=tmp_path)
+    lowest = min(addrs)
+    want_low = sym.chain(lowest)
+    assert first.chain(lowest) == want_low
+    first.close()
+    again = Symbolizer(sym.path, cache_dir=tmp_path)
+    cu = again.compiled_unit(off)
+    assert cu.lines is not None
+    stored_partial = cu.lines.pending is not None or cu.walk is not None
+    highest = max(addrs)
+    assert again.chain(highest) == sym.chain(highest)
+    assert again.chain(lowest) == want_low
+    again.close()
+    if stored_partial:
+        # the grown unit was written back: a third start answers a new address next to the higher
+        # one from it, without the DWARF
+        third = Symbolizer(sym.path, cache_dir=tmp_path)
+        assert third.chain(highest - 1) == sym.chain(highest - 1)
+        assert third._sections_cache is None
+        third.close()
