@@ -89,6 +89,22 @@ def _machine() -> str:
     return f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
+#: A fixed pure-Python loop, timed in a fresh interpreter before and after the runs: how fast this shared
+#: machine was at the time (its speed drifts by tens of percent from minute to minute).
+REFERENCE_LOOP = ("import time\nt = time.perf_counter()\ns = 0\nd = {}\nfor i in range(1_500_000):\n"
+                  "    s += i & 0xff\n    if i % 7 == 0:\n        d[i & 0xfff] = s\n"
+                  "print(time.perf_counter() - t)\n")
+
+
+def reference_seconds() -> float:
+    """Best of three runs of :data:`REFERENCE_LOOP`."""
+    best = float("inf")
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", REFERENCE_LOOP], capture_output=True, text=True, check=True)
+        best = min(best, float(out.stdout))
+    return best
+
+
 def distinct_frames(lines: list[str]) -> int:
     return len({ln.split("]", 1)[1].strip() for ln in lines if "+0x" in ln})
 
@@ -106,6 +122,11 @@ def write_markdown(result: dict[str, object], path: Path) -> None:
         "",
         (f"* machine: {result.get('machine', '?')}; load average at start {result.get('load_before', '?')}, "
         f"at end {result.get('load_after', '?')}"),
+        (f"* machine speed: a fixed pure-Python loop (bench/dump.py REFERENCE_LOOP, best of 3) took "
+        f"{result.get('reference_before', '?')} s before the ksym runs and {result.get('reference_after', '?')} s "
+        "after them (on this shared machine it has been seen anywhere from 0.12 to 0.21 s)"),
+        ("* ksym's sources byte-compiled first (`compileall`, as pip does on install); every run's output was "
+        "byte-identical to the first run's"),
         (f"* dump: {result['frames']} oops-style frames (`[ t] func+0xoff/0xsize`, return addresses in FUNC "
         f"symbols) drawn from {result['distinct']} distinct ones, in call traces of 20; the real Debian 6.1 "
         "debug vmlinux; the OS page cache warm for every tool"),
@@ -113,13 +134,14 @@ def write_markdown(result: dict[str, object], path: Path) -> None:
         ("* `ksym annotate` looks return addresses up at the call site and disassembles the call; "
         "scripts/decode_stacktrace.sh (same kernel version) runs `nm` and `addr2line` per distinct frame"),
         "",
-        "| tool | wall s (median) | runs | peak RSS MB | wall ÷ warm ksym | note |",
-        "|---|---:|---:|---:|---:|---|",
+        "| tool | wall s (median) | runs | every run, s | peak RSS MB | wall ÷ warm ksym | note |",
+        "|---|---:|---:|---|---:|---:|---|",
     ]
     for name, r in rows.items():
         s_ = float(r["seconds"])  # type: ignore[arg-type]
-        out.append(f"| {name} | {s_:.3f} | {r['runs']} | {float(r['rss_mb'] or 0):.0f} | {s_ / warm:.1f}× | "
-                   f"{r['note']} |")
+        every = " ".join(f"{float(x):.2f}" for x in r.get("samples") or [])  # type: ignore[union-attr]
+        out.append(f"| {name} | {s_:.3f} | {r['runs']} | {every} | {float(r['rss_mb'] or 0):.0f} | "
+                   f"{s_ / warm:.1f}× | {r['note']} |")
     dec = rows.get("scripts/decode_stacktrace.sh")
     out += ["", (f"Targets: cold ≤ {TARGET_COLD_S} s: {'met' if cold <= TARGET_COLD_S else 'not met'} "
             f"({cold:.2f} s); warm ≤ {TARGET_WARM_S} s: {'met' if warm <= TARGET_WARM_S else 'not met'} "
@@ -132,7 +154,7 @@ def write_markdown(result: dict[str, object], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--decode-lines", type=int, default=0, help="run decode_stacktrace.sh on this many lines "
                     "of the dump and scale (0 = the whole dump)")
     ap.add_argument("--no-decode", action="store_true", help="skip decode_stacktrace.sh")
@@ -165,9 +187,19 @@ def main(argv: list[str] | None = None) -> int:
             return [sys.executable, "-m", "ksym", "annotate", str(dump), "--vmlinux", str(vmlinux),
                     "--cache-dir", str(cache)]
 
-        def ok(status: int, _out: str) -> None:
+        first: list[str] = []
+
+        def ok(status: int, out: str) -> None:
             if status != 0:
                 raise RuntimeError(f"exit status {status}")
+            if not first:
+                first.append(out)
+            elif out != first[0]:
+                raise RuntimeError("the output differs from the first run's")
+
+        # as installed: byte-compiled (PYTHONDONTWRITEBYTECODE may be set in this environment)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "src")], check=True)
+        reference_before = reference_seconds()
 
         cold = median_of(args.runs, lambda i: (ann(work / f"cold-{i}"), None), ok)
         warm_dir = work / "warm"
@@ -194,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"scaled to {whole} distinct frames")
                 m.note = note
                 results["scripts/decode_stacktrace.sh"] = vars(m)
+        reference_after = reference_seconds()
         base = warm.seconds or 1.0
         print(f"{nframes} frames, {distinct_frames(lines)} distinct")
         print(f"{'tool':45} {'wall s':>9} {'RSS MB':>7} {'÷ warm ksym':>11}  note")
@@ -208,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                   "args": " ".join(argv if argv is not None else sys.argv[1:]),
                   "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                   "commit": _git("rev-parse", "--short", "HEAD"), "machine": _machine(),
-                  "load_before": load_before, "load_after": _load()}
+                  "load_before": load_before, "load_after": _load(),
+                  "reference_before": f"{reference_before:.3f}", "reference_after": f"{reference_after:.3f}"}
         out.write_text(json.dumps(result, indent=1, default=str) + "\n")
         write_markdown(result, Path(args.markdown))
         return 0

@@ -103,6 +103,20 @@ def find_test_vmlinux() -> Path | None:
     return _first_file("KSYM_TEST_VMLINUX", _VMLINUX_CANDIDATES)
 
 
+def require_test_vmlinux() -> Path:
+    """:func:`find_test_vmlinux`, or skip the test with a printed reason (a failure under CI=true)."""
+    import pytest
+
+    path = find_test_vmlinux()
+    if path is None:
+        msg = "the Debian 6.1 debug vmlinux is missing: run tools/fetch-testdata.sh"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        print(msg)
+        pytest.skip(msg)
+    return path
+
+
 def _parse_location(text: str) -> tuple[str, int, int]:
     m = _LOCATION_LINE.match(text)
     if m is None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from anchors import REPO_ROOT, find_faddr2line, find_test_vmlinux, fixture
+from anchors import REPO_ROOT, find_faddr2line, find_test_vmlinux, fixture, require_test_vmlinux
 
 FIXTURE_SRC = REPO_ROOT / "fixtures" / "src"
 SPECS = ["__ip_local_out+0x10", "ip_local_out_like+0x40/0x90", "raw_ioctl+0x5"]
@@ -101,11 +101,7 @@ def test_links_and_json_carry_elixir_urls(tmp_path: Path) -> None:
 
 
 def test_real_vmlinux_links_use_the_debian_upstream_tag(tmp_path: Path) -> None:
-    vmlinux = find_test_vmlinux()
-    if vmlinux is None:
-        if os.environ.get("CI"):
-            pytest.fail("the Debian 6.1 debug vmlinux is missing: tools/fetch-testdata.sh")
-        pytest.skip("the Debian 6.1 debug vmlinux is missing: run tools/fetch-testdata.sh")
+    vmlinux = require_test_vmlinux()
     got = _ksym("--json", "--vmlinux", str(vmlinux), "__ip_local_out+222", cache=tmp_path)
     chain = json.loads(got.stdout)["chain"]
     assert chain[0]["url"] == "https://elixir.bootlin.com/linux/v6.1.187/source/include/linux/netfilter.h#L257"

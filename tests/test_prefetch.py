@@ -6,12 +6,11 @@ Needs tools/fetch-testdata.sh; skipped with a printed reason elsewhere, a failur
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import pytest
-from anchors import find_test_vmlinux
+from anchors import require_test_vmlinux
 
 from ksym import Symbolizer
 from ksym.index import IndexStore
@@ -21,13 +20,7 @@ pytestmark = pytest.mark.vmlinux
 
 @pytest.fixture(scope="module")
 def vmlinux() -> Path:
-    path = find_test_vmlinux()
-    if path is None:
-        msg = "the Debian 6.1 debug vmlinux is missing: run tools/fetch-testdata.sh"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        print(msg)
-        pytest.skip(msg)
+    path = require_test_vmlinux()
     return path
 
 

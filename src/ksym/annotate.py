@@ -257,8 +257,11 @@ class AnnotatedText:
             af = self._by_line.get(line.lineno)
             if af is None:
                 continue
-            ending = line.ending or "\n"
-            if not line.ending:
+            text = line.text
+            if text.endswith("\n"):
+                ending = "\r\n" if text.endswith("\r\n") else "\n"
+            else:
+                ending = "\n"
                 out.append("\n")
             ind = _indent(af)
             key = (id(af.matches), af.status, af.reason, af.notes, af.frame.symbol is None, ind, ending)

@@ -94,6 +94,9 @@ _WANTED = frozenset(
 #: DW_LANG_C89, C, C99, C11, C17 and assembler (gas): languages whose types cannot hold code, so a
 #: walk for functions need not enter structures and unions (C++ member functions can live there).
 _C_LANGUAGES = frozenset({0x01, 0x02, 0x0C, 0x1D, 0x2C, 0x8001})
+#: Languages whose units have at most one top-level function DIE with code at an address (C: an alias is a
+#: symbol, not a DIE); assembly is not one (GNU as writes a DIE per SYM_FUNC_ALIAS name, at one address).
+_ONE_FUNCTION_PER_ADDRESS = frozenset({0x01, 0x02, 0x0C, 0x1D, 0x2C})
 #: Tags whose children may hold functions with code: namespace, module, and (not in C) class,
 #: structure and union types with member functions defined inline.
 _SCOPE_TAGS = frozenset({0x39, 0x1E})
@@ -983,7 +986,7 @@ def compile_unit(sec: DwarfSections, cu_offset: int, until: int | None = None) -
     if children:
         stack = [-1]
         stop = _walk_children(reader, pos, functions, _reader_getter(sec, reader), stack, top_only=True,
-                              until=until)
+                              until=until if reader.language in _ONE_FUNCTION_PER_ADDRESS else None)
         walk = None if stop is None else (stop, stack)
     lines = None
     if stmt_list >= 0 and sec.line is not None:
@@ -1042,8 +1045,8 @@ def _walk_children(
     A subtree is skipped (via DW_AT_sibling when present) unless its root is a function or lexical
     block with code, or a DIE that may hold such (a DW_TAG without ranges that has children).
     With ``top_only`` and ``until``, the walk stops after the first function holding that address
-    (functions of one unit do not overlap) and returns where to go on from (``stack`` is left as it
-    is there); else it returns None at the end.
+    (only for units of :data:`_ONE_FUNCTION_PER_ADDRESS` languages) and returns where to go on from
+    (``stack`` is left as it is there); else it returns None at the end.
     """
     data_end = reader.hdr.end
     # stack entries: index of the enclosing function node (or -1); with ``top_only`` the subtrees
