@@ -142,7 +142,7 @@ class Symbolizer:
         # unit offset → pack file in the index (loaded on first use); entries this session added
         self._unit_map: dict[int, str] | None = None
         self._new_units: dict[int, str] = {}
-        self._pack: tuple[str, dict[int, Any]] = ("", {})
+        self._packs: LRUCache[str, dict[int, Any]] = LRUCache(maxsize=4)
         self._load_index()
         _LIVE.add(self)
 
@@ -339,9 +339,10 @@ class Symbolizer:
         rec = None
         pack = self._units().get(offset)
         if pack is not None:
-            if self._pack[0] != pack:  # units of one pack are usually asked for together
-                self._pack = (pack, self._store.load_pack(self.key, pack))
-            rec = self._pack[1].get(offset)
+            units = self._packs.get(pack)
+            if units is None:  # units of one pack are usually asked for together (prefetch sorts so)
+                units = self._packs[pack] = self._store.load_pack(self.key, pack)
+            rec = units.get(offset)
         if rec is not None:
             try:
                 cu = D.unit_from_record(rec)
@@ -494,9 +495,11 @@ class Symbolizer:
         n = min(n, 8, max(1, len(cold) // _UNITS_PER_PROCESS))
         # fork only a single-threaded process (a forked copy of a thread holding a lock can hang)
         if n < 2 or not hasattr(os, "fork") or threading.active_count() > 1:
-            for a in todo:
-                with contextlib.suppress(KsymError):
-                    self._answer(a)
+            # unit by unit, the stored ones pack by pack
+            for off in sorted(by_unit, key=lambda o: (units.get(o, "") if o is not None else "", o or 0)):
+                for a in by_unit[off]:
+                    with contextlib.suppress(KsymError):
+                        self._answer(a)
             return len(todo)
         import multiprocessing
 
