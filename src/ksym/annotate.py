@@ -30,7 +30,6 @@ marked unresolved, never guessed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -273,6 +272,8 @@ class AnnotatedText:
 
     def json_lines(self) -> list[str]:
         """One JSON object per frame (see docs/annotate.md for the fields)."""
+        import json
+
         return [json.dumps(f.to_dict()) for f in self.frames]
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -405,6 +404,8 @@ class DebuginfodClient:
         dest_dir = self.cache_dir / build_id
         try:
             dest_dir.mkdir(parents=True, exist_ok=True)
+            import tempfile  # only here: it imports shutil and random
+
             fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=".tmp-debuginfo-")
         except OSError as exc:
             raise _Failed(f"cannot write the cache {self.cache_dir}: {exc.strerror or exc}") from None

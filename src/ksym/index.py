@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import marshal
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +198,8 @@ class IndexStore:
     def _save(path: Path, obj: Any) -> bool:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            import tempfile  # only when writing: it imports shutil and random
+
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as f:
