@@ -556,12 +556,13 @@ class _Annotator:
                 "vmlinux text: a module, BPF program or another kernel?")
 
     def _match(self, link: int, res: Resolution | None, exact: bool) -> FrameMatch:
-        here = self.sym.symbols.containing(link)
-        symbol, offset, size = (here[0].name, link - here[0].address, here[1]) if here else (None, None, None)
         if res is not None:
             symbol, offset, size = res.symbol, res.offset, res.size
+        else:
+            here = self.sym.symbols.containing(link)
+            symbol, offset, size = (here[0].name, link - here[0].address, here[1]) if here else (None, None, None)
         if exact:
-            chain = res.chain if res is not None else self.sym.symbolize(link).chain
+            chain = res.chain if res is not None else self.sym.chain(link)
             return FrameMatch(link, link, LOOKUP_EXACT, symbol, offset, size, chain)
         look = link - 1
         caller = self.sym.symbols.containing(look)
@@ -579,10 +580,10 @@ class _Annotator:
             elif insn is None:
                 why = f"no call instruction ends at {link:#x}: looked up exactly"
             if why is not None:
-                chain = res.chain if res is not None else self.sym.symbolize(link).chain
+                chain = res.chain if res is not None else self.sym.chain(link)
                 return FrameMatch(link, link, LOOKUP_EXACT, symbol, offset, size, chain, None, (why,))
             call = insn
-        chain = self.sym.symbolize(look).chain
+        chain = self.sym.chain(look)
         return FrameMatch(link, look, LOOKUP_CALL_SITE, symbol, offset, size, chain, call)
 
 

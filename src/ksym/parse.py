@@ -656,6 +656,16 @@ def iter_lines(text: str) -> Iterator[str]:
         start = nl + 1
 
 
+def _split_lines(text: str) -> list[str]:
+    """:func:`iter_lines` as a list, split in C."""
+    parts = text.split("\n")
+    last = parts.pop()
+    out = [p + "\n" for p in parts]
+    if last:
+        out.append(last)
+    return out
+
+
 def parse_text(text: str) -> list[ParsedLine]:
     """Every line of ``text`` (verbatim), each with its frame or ``None``, frames numbered by stack."""
     out: list[ParsedLine] = []
@@ -664,17 +674,20 @@ def parse_text(text: str) -> list[ParsedLine]:
     # Dumps repeat frame lines under different timestamps: a line's frame depends only on its message
     # (the text between the log prefix and the trailing blanks), whether a prefix was cut, the one
     # character before the message (the in-text pattern's lookbehind) and the trailing blanks.
-    seen: dict[tuple[str, bool, str, str], StackFrame | None] = {}
-    for i, line in enumerate(iter_lines(text), 1):
+    # (the value also says whether the message starts with a stack-switch marker: " <EOI>  [<...>] f+0x1")
+    seen: dict[tuple[str, bool, str, str], tuple[StackFrame | None, bool]] = {}
+    for i, line in enumerate(_split_lines(text), 1):
         bounds = _body_bounds(line)
         start, end = bounds[0], bounds[1]
         key = (line[start:end], bounds[2], line[start - 1 : start], line[end:])
-        if key in seen:
-            known = seen[key]
-            frame = None if known is None else _moved(known, line, i, start)
+        known = seen.get(key)
+        if known is not None:
+            frame = None if known[0] is None else _moved(known[0], line, i, start)
+            marker = known[1]
         else:
             frame = _parse_body(line, i, *bounds)
-            seen[key] = None if frame is None else _moved(frame, "", 0, -start)
+            marker = frame is not None and _INLINE_MARKER_RX.match(line, start) is not None
+            seen[key] = (None if frame is None else _moved(frame, "", 0, -start), marker)
         if frame is None:
             in_stack = False
             out.append(_parsed_line(i, line, None, line_context(line)))
@@ -682,7 +695,7 @@ def parse_text(text: str) -> list[ParsedLine]:
         if (
             not in_stack
             or frame.kind is FrameKind.DROPWATCH  # every dropwatch line is a separate drop event
-            or _INLINE_MARKER_RX.match(line, bounds[0])  # " <EOI>  [<...>] func+0x1/0x2"
+            or marker
         ):
             stack += 1
             in_stack = True
