@@ -124,7 +124,8 @@ def write_markdown(result: dict[str, object], path: Path) -> None:
         f"at end {result.get('load_after', '?')}"),
         (f"* machine speed: a fixed pure-Python loop (bench/dump.py REFERENCE_LOOP, best of 3) took "
         f"{result.get('reference_before', '?')} s before the ksym runs and {result.get('reference_after', '?')} s "
-        "after them (on this shared machine it has been seen anywhere from 0.12 to 0.21 s)"),
+        "after them (lower is faster; this shared machine's speed drifts from minute to minute, so compare runs "
+        "by it)"),
         ("* ksym's sources byte-compiled first (`compileall`, as pip does on install); every run's output was "
         "byte-identical to the first run's"),
         (f"* dump: {result['frames']} oops-style frames (`[ t] func+0xoff/0xsize`, return addresses in FUNC "

@@ -355,3 +355,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         err(f"ksym: internal error: {type(exc).__name__}: {exc} (set KSYM_DEBUG=1 for a traceback)")
         return EXIT_INTERNAL
+
+
+def run() -> None:
+    """The ``ksym`` command: :func:`main`, then exit without tearing the interpreter down.
+
+    A run over a large dump leaves ~10^5 objects that the interpreter would free one by one at exit
+    (~20 ms, 5% of a warm annotate): output is flushed and exit handlers (the index flush) run first,
+    then the process ends."""
+    import atexit
+
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        pass  # a reader that went away (main() has handled a broken pipe on the way)
+    atexit._run_exitfuncs()
+    os._exit(code)
