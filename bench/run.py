@@ -471,8 +471,9 @@ def write_markdown(path: Path, *, args: argparse.Namespace, vmlinux: Path, scrip
         if png:
             L += [f"![benchmarks]({png})", ""]
     L += ["## Missing", "",
-          ("* issue 3's ratio to the kernel's scripts/decode_stacktrace.sh on the same dump is not measured "
-           "yet."),
+          ("* issue 3's 10,000-frame dump against the kernel's scripts/decode_stacktrace.sh (cold and warm, "
+           "whole dump, same run) is measured by bench/dump.py: [benchmarks-dump.md](benchmarks-dump.md), every "
+           "run listed in [annotate.md](annotate.md#speed)."),
           ("* scripts/faddr2line's batch rows are extrapolated from a measured 20-spec batch (it costs "
           "seconds per spec)."),
           "* Cold means ksym's index is empty; the OS page cache was warm for every tool.", ""]
