@@ -54,7 +54,7 @@ from .kallsyms import (
     kaslr_offset_from_kallsyms,
     load_kallsyms,
 )
-from .model import Resolution, SourceLocation
+from .model import Resolution, SourceLocation, frozen_record
 from .modules import ModuleSet
 from .parse import FrameKind, ParsedLine, StackFrame, find_kaslr_offset, parse_text, strip_log_prefix
 from .symbolizer import Symbolizer
@@ -327,7 +327,17 @@ def render_frame(af: AnnotatedFrame, links: bool = False, indent: str | None = N
 
 def is_exact_frame(frame: StackFrame, top: bool) -> bool:
     """Whether a frame's address is where the code was (not a return address), by format and place."""
-    if _EXACT_CONTEXT.search(frame.text, 0, frame.extent[0]):
+    return _exact_by_place(frame, top, _in_exact_context(frame))
+
+
+def _in_exact_context(frame: StackFrame) -> bool:
+    """The frame follows a register name or the WARN location words on its line."""
+    return _EXACT_CONTEXT.search(frame.text, 0, frame.extent[0]) is not None
+
+
+def _exact_by_place(frame: StackFrame, top: bool, in_context: bool) -> bool:
+    """:func:`is_exact_frame` with :func:`_in_exact_context` already known."""
+    if in_context:
         return True
     if frame.kind in _UNWINDER_KINDS:
         return False
@@ -372,9 +382,14 @@ class _Annotator:
             # the call instruction before a return address (frames looked up exactly ask for none,
             # but which those are is known per line only: a few sweeps too many)
             if not self.exact and self.can_disasm:
-                caller = self.sym.symbols.containing(link - 1)
-                calls.append((link, caller[0].address if caller else None))
+                calls.append((link, self._caller_start(link)))
         self.sym.prefetch(want, call_sites=calls)
+
+    def _caller_start(self, link: int) -> int | None:
+        """Start of the function holding the call before return address ``link`` (where the call-site
+        sweep may begin; with ``link`` the key of the stored instruction)."""
+        caller = self.sym.symbols.containing(link - 1)
+        return caller[0].address if caller else None
 
     def frame(self, f: StackFrame, top: bool, at_address: bool) -> AnnotatedFrame:
         """The annotation of one frame (``at_address``: looked up exactly, see :func:`_exact_lines`);
@@ -386,12 +401,9 @@ class _Annotator:
             got = self._frame(f, top, exact)
             self._done_frames[key] = got
             return got
-        # the frozen dataclass's __init__ sets each field with object.__setattr__: copy the dict instead
         fields = dict(got.__dict__)
         fields.update(lineno=f.lineno, text=f.text, frame=f, top=top)
-        same = object.__new__(AnnotatedFrame)
-        object.__setattr__(same, "__dict__", fields)
-        return same
+        return frozen_record(AnnotatedFrame, fields)
 
     def _frame(self, f: StackFrame, top: bool, exact: bool) -> AnnotatedFrame:
         def bad(reason: str, notes: tuple[str, ...] = ()) -> AnnotatedFrame:
@@ -565,10 +577,9 @@ class _Annotator:
             chain = res.chain if res is not None else self.sym.chain(link)
             return FrameMatch(link, link, LOOKUP_EXACT, symbol, offset, size, chain)
         look = link - 1
-        caller = self.sym.symbols.containing(look)
         call: CallInstruction | None = None
         if self.can_disasm and self.sym.code_bytes(look, 1):
-            before = self.sym.instruction_before(link, caller[0].address if caller else None, self.sym.name_of)
+            before = self.sym.instruction_before(link, self._caller_start(link), self.sym.name_of)
             insn = before.instruction
             why: str | None = None
             if before.boundary is False:
@@ -594,22 +605,20 @@ def _exact_lines(lines: Sequence[ParsedLine]) -> dict[int, bool]:
     out: dict[int, bool] = {}
     last_pc: tuple[str | None, int | None, str | None] | None = None
     seen: set[int] = set()
-    search = _EXACT_CONTEXT.search
     for line in lines:
         f = line.frame
         if f is None:
             continue
         first = f.stack_index not in seen
         seen.add(f.stack_index)
-        if search(f.text, 0, f.extent[0]):
+        in_context = _in_exact_context(f)
+        exact = _exact_by_place(f, first, in_context)
+        if in_context:
             last_pc = (f.symbol, f.offset, f.module)
-            out[f.lineno] = True
-        elif f.kind in _UNWINDER_KINDS:
-            out[f.lineno] = first and f.offset is not None and last_pc == (f.symbol, f.offset, f.module)
-            if first:
-                last_pc = None
-        else:
-            out[f.lineno] = first
+        elif first and f.kind in _UNWINDER_KINDS:
+            exact = f.offset is not None and last_pc == (f.symbol, f.offset, f.module)
+            last_pc = None
+        out[f.lineno] = exact
     return out
 
 

@@ -444,8 +444,9 @@ class LineTable:
     seqs: list[tuple[int, int, int, int]] = field(default_factory=list)
     #: What a file number of this table (call_file, rows) is offset by: 1 before DWARF 5, else 0.
     file_base: int = 0
-    #: The decoder's state where it stopped (``read_line_table(until=...)``), None once it is complete:
-    #: rows from ``pending[8]`` on belong to the sequence being decoded, which is not in ``seqs`` yet.
+    #: The decoder's state where it stopped (``read_line_table(until=...)``), None once it is complete
+    #: (see :func:`_decode_lines`): rows from ``pending[_SEQ_FIRST]`` on belong to the sequence being
+    #: decoded, which is not in ``seqs`` yet.
     pending: list[Any] | None = None
     # the sequences' low addresses, for bisect (derived from ``seqs`` on first lookup)
     _lows: list[int] | None = field(default=None, repr=False, compare=False)
@@ -454,7 +455,7 @@ class LineTable:
         """Whether the rows decoded so far answer ``address`` as the whole table would."""
         if self.pending is None:
             return True
-        first = self.pending[8]
+        first = self.pending[_SEQ_FIRST]
         addrs = self.addrs
         if first < len(addrs) and addrs[first] <= address:
             return bool(address < addrs[-1])
@@ -487,7 +488,7 @@ class LineTable:
     def _row_index(self, address: int) -> int:
         if self.pending is not None:
             # the sequence being decoded: its rows below the last one are final
-            first = self.pending[8]
+            first = self.pending[_SEQ_FIRST]
             addrs = self.addrs
             if first < len(addrs) and addrs[first] <= address < addrs[-1]:
                 return bisect.bisect_right(addrs, address, first, len(addrs)) - 1
@@ -580,6 +581,10 @@ class CompiledUnit:
                 out.append((idx, hi - lo))
             i -= 1
         return out
+
+    def needs_walk(self, address: int) -> bool:
+        """Whether the top-level walk stopped early and no function read so far holds ``address``."""
+        return self.walk is not None and not self.containing(address)
 
     def needs_expansion(self, address: int) -> bool:
         """Whether a function holding ``address`` still has an unread subtree."""
@@ -999,10 +1004,10 @@ def compile_unit(sec: DwarfSections, cu_offset: int, until: int | None = None) -
 def walk_on(sec: DwarfSections, cu: CompiledUnit, address: int) -> bool:
     """Read on through a unit's top-level DIEs (compiled with ``until``) until a function holding
     ``address`` is found or the unit ends. Returns True when the unit changed."""
-    if cu.walk is None or cu.containing(address):
+    if not cu.needs_walk(address):
         return False
-    reader = cu.reader if cu.reader is not None and cu.reader.sec is sec else _open_unit(sec, cu.offset)[0]
-    cu.reader = reader
+    assert cu.walk is not None
+    reader = _unit_reader(sec, cu)
     pos, stack = cu.walk
     stack = list(stack)
     stop = _walk_children(reader, pos, cu.functions, _reader_getter(sec, reader), stack, top_only=True,
@@ -1012,6 +1017,13 @@ def walk_on(sec: DwarfSections, cu: CompiledUnit, address: int) -> bool:
     return True
 
 
+def _unit_reader(sec: DwarfSections, cu: CompiledUnit) -> _CUReader:
+    """The reader that built ``cu`` (or a new one, for a unit loaded from the index), kept with it."""
+    if cu.reader is None or cu.reader.sec is not sec:
+        cu.reader = _open_unit(sec, cu.offset)[0]
+    return cu.reader
+
+
 def expand_for(sec: DwarfSections, cu: CompiledUnit, address: int) -> bool:
     """Read the subtrees of the functions containing ``address`` that are not read yet.
 
@@ -1019,8 +1031,7 @@ def expand_for(sec: DwarfSections, cu: CompiledUnit, address: int) -> bool:
     todo = [i for i, _ln in cu.containing(address) if cu.functions[i].child_pos >= 0]
     if not todo:
         return False
-    reader = cu.reader if cu.reader is not None and cu.reader.sec is sec else _open_unit(sec, cu.offset)[0]
-    cu.reader = reader
+    reader = _unit_reader(sec, cu)
     getter = _reader_getter(sec, reader)
     while todo:
         i = todo.pop()
@@ -1245,6 +1256,10 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
                      opcode_base, address_size, first_file, 0 if e == "<" else 1, tuple(std_lengths)]
     _decode_lines(table, data, until)
     return table
+
+
+#: Where the decoder state (``LineTable.pending``) keeps the first row of the sequence being decoded.
+_SEQ_FIRST = 8
 
 
 def _decode_lines(table: LineTable, data: bytes | memoryview, until: int | None) -> None:

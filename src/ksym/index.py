@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import marshal
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,7 @@ class IndexStore:
         live = set(units.values())
         try:
             old = [e for e in os.scandir(d) if e.name.startswith("units-") and e.name not in live]
-            now = __import__("time").time()
+            now = time.time()
             for e in old:
                 if now - e.stat().st_mtime > 60:
                     os.unlink(e.path)

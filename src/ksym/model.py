@@ -9,9 +9,20 @@ at the call site, and the last entry is the real (out-of-line) function.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["Resolution", "SourceLocation"]
+__all__ = ["Resolution", "SourceLocation", "frozen_record"]
+
+_T = TypeVar("_T")
+
+
+def frozen_record(cls: type[_T], fields: dict[str, Any]) -> _T:
+    """An instance of the frozen dataclass ``cls`` with ``fields`` (every field, by name), made without
+    its ``__init__``, which sets each field through ``object.__setattr__``: the per-line records of a
+    long dump (parsed lines, frames, annotated frames) are made this way."""
+    new = object.__new__(cls)
+    object.__setattr__(new, "__dict__", fields)
+    return new
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 
+from .model import frozen_record
+
 __all__ = [
     "FrameKind",
     "ParsedLine",
@@ -645,19 +647,11 @@ def line_context(line: str) -> str | None:
 
 def iter_lines(text: str) -> Iterator[str]:
     """Split ``text`` into lines on ``\\n`` only, keeping each ending; ``"".join`` gives ``text``."""
-    start = 0
-    n = len(text)
-    while start < n:
-        nl = text.find("\n", start)
-        if nl < 0:
-            yield text[start:]
-            return
-        yield text[start : nl + 1]
-        start = nl + 1
+    return iter(_split_lines(text))
 
 
 def _split_lines(text: str) -> list[str]:
-    """:func:`iter_lines` as a list, split in C."""
+    """:func:`iter_lines` as a list (split in C)."""
     parts = text.split("\n")
     last = parts.pop()
     out = [p + "\n" for p in parts]
@@ -706,22 +700,17 @@ def parse_text(text: str) -> list[ParsedLine]:
 
 
 def _parsed_line(lineno: int, text: str, frame: StackFrame | None, context: str | None) -> ParsedLine:
-    """``ParsedLine(lineno, text, frame, context)`` without the frozen dataclass's ``__init__`` (one
-    ``object.__setattr__`` per field), which is most of the cost of a line in a long dump."""
-    new = object.__new__(ParsedLine)
-    object.__setattr__(new, "__dict__", {"lineno": lineno, "text": text, "frame": frame, "context": context})
-    return new
+    """``ParsedLine(lineno, text, frame, context)``, made as cheaply as a line of a long dump needs."""
+    return frozen_record(ParsedLine, {"lineno": lineno, "text": text, "frame": frame, "context": context})
 
 
 def _moved(frame: StackFrame, line: str, lineno: int, shift: int) -> StackFrame:
     """``frame`` on another line whose message starts ``shift`` characters further."""
     (s0, s1), (e0, e1) = frame.span, frame.extent
-    # a copy of the frozen record with four fields changed, without dataclasses.replace's __init__
+    # dataclasses.replace, without its __init__
     fields = dict(frame.__dict__)
     fields.update(lineno=lineno, text=line, span=(s0 + shift, s1 + shift), extent=(e0 + shift, e1 + shift))
-    moved = object.__new__(StackFrame)
-    object.__setattr__(moved, "__dict__", fields)
-    return moved
+    return frozen_record(StackFrame, fields)
 
 
 def split_stacks(lines: Iterable[ParsedLine]) -> list[tuple[StackFrame, ...]]:

@@ -21,6 +21,7 @@ import gc
 import mmap
 import os
 import re
+import struct
 import threading
 import weakref
 from array import array
@@ -32,6 +33,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from . import dwarf as D
+from .compress import SHF_COMPRESSED
 from .debuginfo import DebuginfoOptions
 from .errors import BadFileError, KsymError, SpecError
 from .index import IndexStore
@@ -245,7 +247,7 @@ class Symbolizer:
             # addr2line without -i: the innermost line; the line table alone answers that
             cu = self._cus.get(cu_off)
             if cu is not None:
-                self._lines_for(cu, addr)
+                self._read_on(cu, addr, functions=False)
             table = cu.lines if cu is not None else D.unit_line_table(self._dwarf(), cu_off)
             loc = table.lookup(addr) if table is not None else None
             if loc is None:
@@ -275,7 +277,7 @@ class Symbolizer:
         by_name = {s.name: s for s in self.sections}
         # compressed sections (SHF_COMPRESSED, legacy .zdebug_*) are read through KernelImage, which
         # decompresses each once; the plain ones are views over a mapping of the file
-        if any(by_name[n].flags & 0x800 for n in _DWARF_SECTIONS.values() if n in by_name) or any(
+        if any(by_name[n].flags & SHF_COMPRESSED for n in _DWARF_SECTIONS.values() if n in by_name) or any(
             s.name.startswith(".zdebug_") for s in self.sections
         ) or not all(n in by_name for n in (".debug_info", ".debug_abbrev")):
             return self._dwarf_sections_from_image(self._open_image())
@@ -351,22 +353,29 @@ class Symbolizer:
         if cu is None:
             try:
                 cu = D.compile_unit(self._dwarf(), offset, until=address)
-            except (D.DwarfError, IndexError, ValueError) as exc:
-                raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {offset:#x}: {exc}") from None
-            except __import__("struct").error as exc:
+            except (D.DwarfError, IndexError, ValueError, struct.error) as exc:
                 raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {offset:#x}: {exc}") from None
             self._mark_dirty(cu)
         self._cus[offset] = cu
         return cu
 
-    def _lines_for(self, cu: D.CompiledUnit, address: int) -> None:
-        """Have ``cu``'s line table decoded as far as ``address`` needs."""
-        lines = cu.lines
-        if lines is not None and not lines.covers(address):
-            try:
-                lines.extend(self._dwarf(), address)
-            except (D.DwarfError, IndexError, ValueError) as exc:
-                raise BadFileError(f"{self.path}: corrupt line table in the unit at {cu.offset:#x}: {exc}") from None
+    def _read_on(self, cu: D.CompiledUnit, address: int, functions: bool = True) -> None:
+        """Read as much more of ``cu`` as ``address`` needs: its line program, and with ``functions``
+        its top-level functions and the subtree of the one holding it; a unit that grew is written
+        back to the index. The DWARF is opened only when something is missing."""
+        changed = False
+        try:
+            lines = cu.lines
+            if lines is not None and not lines.covers(address):
+                changed = lines.extend(self._dwarf(), address)
+            if functions:
+                if cu.needs_walk(address):
+                    changed = D.walk_on(self._dwarf(), cu, address) or changed
+                if cu.needs_expansion(address):
+                    changed = D.expand_for(self._dwarf(), cu, address) or changed
+        except (D.DwarfError, IndexError, ValueError, struct.error) as exc:
+            raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {cu.offset:#x}: {exc}") from None
+        if changed:
             self._mark_dirty(cu)
 
     def _mark_dirty(self, cu: D.CompiledUnit) -> None:
@@ -483,7 +492,6 @@ class Symbolizer:
         """
         answers = self._load_answers()
         todo = sorted({a for a in addresses if a not in answers})
-        calls = sorted({c for c in call_sites if ("insn", c[0], c[1]) not in answers})
         if not todo:
             return 0
         by_unit: dict[int | None, list[int]] = {}
@@ -506,7 +514,7 @@ class Symbolizer:
         # a call site is disassembled by the worker that reads the unit of the call (its line row
         # is where the sweep starts)
         calls_by_unit: dict[int | None, list[tuple[int, int | None]]] = {}
-        for c in calls:
+        for c in sorted({c for c in call_sites if ("insn", c[0], c[1]) not in answers}):
             calls_by_unit.setdefault(self._cu_offset_for(c[0] - 1), []).append(c)
         work = [(group, calls_by_unit.pop(off, [])) for off, group in by_unit.items()]
         work += [([], group) for group in calls_by_unit.values()]
@@ -599,20 +607,7 @@ class Symbolizer:
         if cu_off is None:
             return inline_chain(None, address, self.symbols, self._display), -1
         cu = self.compiled_unit(cu_off, address)
-        self._lines_for(cu, address)
-        if cu.walk is not None and not cu.containing(address):
-            try:
-                D.walk_on(self._dwarf(), cu, address)
-            except (D.DwarfError, IndexError, ValueError) as exc:
-                raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {cu_off:#x}: {exc}") from None
-            self._mark_dirty(cu)
-        if cu.needs_expansion(address):
-            try:
-                changed = D.expand_for(self._dwarf(), cu, address)
-            except (D.DwarfError, IndexError, ValueError) as exc:
-                raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {cu_off:#x}: {exc}") from None
-            if changed:
-                self._mark_dirty(cu)
+        self._read_on(cu, address)
         row = cu.lines.row_address(address) if cu.lines is not None else None
         return inline_chain(cu, address, self.symbols, self._display), -1 if row is None else row
 
