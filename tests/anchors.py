@@ -18,7 +18,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = [
     "FIXTURES_BIN",
@@ -103,17 +103,22 @@ def find_test_vmlinux() -> Path | None:
     return _first_file("KSYM_TEST_VMLINUX", _VMLINUX_CANDIDATES)
 
 
-def require_test_vmlinux() -> Path:
-    """:func:`find_test_vmlinux`, or skip the test with a printed reason (a failure under CI=true)."""
+def missing(msg: str) -> NoReturn:
+    """A test's real input or tool is missing: skip it with ``msg`` printed, or fail under CI (where
+    tools/setup.sh test provides everything)."""
     import pytest
 
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    print(msg)
+    pytest.skip(msg)
+
+
+def require_test_vmlinux() -> Path:
+    """:func:`find_test_vmlinux`, or :func:`missing`."""
     path = find_test_vmlinux()
     if path is None:
-        msg = "the Debian 6.1 debug vmlinux is missing: run tools/fetch-testdata.sh"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        print(msg)
-        pytest.skip(msg)
+        missing("the Debian 6.1 debug vmlinux is missing: run tools/fetch-testdata.sh")
     return path
 
 

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from anchors import REPO_ROOT, addr2line_batch, find_test_vmlinux, fixture, func_symbols, strip_prefix
+from anchors import (
+    REPO_ROOT,
+    addr2line_batch,
+    find_test_vmlinux,
+    fixture,
+    func_symbols,
+    missing,
+    strip_prefix,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -50,10 +58,7 @@ SLIDE = 0x1A600000  # a 2 MiB aligned KASLR slide for the synthetic dumps
 def _need_vmlinux() -> Path:
     if VMLINUX is None:
         msg = "the Debian 6.1 debug vmlinux not found: run tools/fetch-testdata.sh"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        print(msg)
-        pytest.skip(msg)
+        missing(msg)
     return VMLINUX
 
 

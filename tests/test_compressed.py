@@ -27,6 +27,7 @@ from anchors import (
     find_addr2line,
     find_faddr2line,
     fixture,
+    missing,
     parse_addr2line_output,
     strip_prefix,
 )
@@ -75,10 +76,7 @@ def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def _need_module(path: Path) -> Path:
     if not path.is_file():
         msg = f"{path} not found: run tools/fetch-testdata.sh (Debian 6.1 module debug files)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        print(msg)
-        pytest.skip(msg)
+        missing(msg)
     return path
 
 
@@ -86,10 +84,7 @@ def _need(tool: str) -> str:
     found = shutil.which(tool)
     if found is None:
         msg = f"{tool} is not installed"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        print(msg)
-        pytest.skip(msg)
+        missing(msg)
     assert found is not None
     return found
 

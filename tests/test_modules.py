@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from anchors import FAddr2lineResult, Frame, faddr2line, find_faddr2line, parse_addr2line_output
+from anchors import FAddr2lineResult, Frame, faddr2line, find_faddr2line, missing, parse_addr2line_output
 
 import ksym.modules as km
 from ksym.errors import (
@@ -50,10 +50,7 @@ MODULES = [NF_TABLES, NF_CONNTRACK]
 def _need(path: Path | None, what: str) -> Path:
     if path is None or not path.is_file():
         msg = f"{what} not found ({path}): run tools/fetch-testdata.sh (Debian 6.1 module debug files)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        print(msg)
-        pytest.skip(msg)
+        missing(msg)
     assert path is not None
     return path
 
@@ -62,10 +59,7 @@ def _need_tool(name: str) -> str:
     tool = shutil.which(name)
     if tool is None:
         msg = f"{name} is not installed (binutils)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        print(msg)
-        pytest.skip(msg)
+        missing(msg)
     assert tool is not None
     return tool
 

@@ -26,7 +26,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from anchors import REPO_ROOT, find_test_vmlinux, fixture
+from anchors import REPO_ROOT, find_test_vmlinux, fixture, missing
 
 from ksym import Symbolizer
 from ksym.annotate import AnnotatedFrame, AnnotatedText, add_annotate_arguments, annotate
@@ -54,13 +54,6 @@ DATA = REPO_ROOT / "tests" / "data" / "report"
 VMLINUX = find_test_vmlinux()
 _SRC_CANDIDATES = ("/var/tmp/ksym-testdata/linux-source-6.1", "/work/cache/src/linux-source-6.1")
 TAG = "v6.1.187"
-
-
-def _missing(msg: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(msg)
-    print(msg)
-    pytest.skip(msg)
 
 
 def _read(path: Path) -> str:
@@ -182,7 +175,7 @@ def fixture_md(fixture_result: AnnotatedText, fsym: Symbolizer, fprovider: Sourc
 @pytest.fixture(scope="module")
 def vmlinux() -> Path:
     if VMLINUX is None:
-        _missing("the Debian 6.1 debug vmlinux not found: run tools/fetch-testdata.sh")
+        missing("the Debian 6.1 debug vmlinux not found: run tools/fetch-testdata.sh")
     assert VMLINUX is not None
     return VMLINUX
 
@@ -193,8 +186,7 @@ def srcdir() -> Path:
     for cand in ([env] if env else list(_SRC_CANDIDATES)):
         if (Path(cand) / "include" / "linux" / "netfilter.h").is_file():
             return Path(cand)
-    _missing("the linux-source 6.1.187 tree not found: run tools/fetch-testdata.sh")
-    raise AssertionError("unreachable")
+    missing("the linux-source 6.1.187 tree not found: run tools/fetch-testdata.sh")
 
 
 @pytest.fixture(scope="module")
@@ -604,9 +596,9 @@ def chromium() -> str:
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
         found = _find_chromium()
         if found is None:
-            _missing(f"chromium could not be installed: {done.stderr.strip()[-300:]}")
+            missing(f"chromium could not be installed: {done.stderr.strip()[-300:]}")
     if found is None:
-        _missing("chromium not found (apt-get install chromium as root) and not root to install it")
+        missing("chromium not found (apt-get install chromium as root) and not root to install it")
     assert found is not None
     return found
 
