@@ -26,6 +26,7 @@ __all__ = [
     "FAddr2lineResult",
     "Frame",
     "addr2line_batch",
+    "assert_same_as_faddr2line",
     "dir_prefix",
     "faddr2line",
     "faddr2line_parallel",
@@ -303,6 +304,28 @@ def faddr2line_parallel(
         printed_block = printed_block or first_header is not None
         out += "".join(lines)
     return out, "".join(r.stderr for r in results)
+
+
+def assert_same_as_faddr2line(ref_out: str, ref_err: str, out: str, err: str, nspecs: int,
+                              no_match_in_order: bool = True) -> int:
+    """ksym's ``resolve`` output (``out``, ``err``) for ``nspecs`` specs is scripts/faddr2line's byte for
+    byte (the first differing blocks are shown), with the same ``no match`` lines (in the same order
+    unless ``no_match_in_order`` is false: a parallel reference run interleaves its stderr), and most
+    specs resolved. Returns the number of blocks."""
+    ref_blocks = ref_out.split("\n\n")
+    got_blocks = out.split("\n\n")
+    mismatches = [(a, b) for a, b in zip(ref_blocks, got_blocks) if a != b]
+    assert not mismatches, "first mismatches:\n" + "\n---\n".join(f"faddr2line:\n{a}\nksym:\n{b}"
+                                                                     for a, b in mismatches[:5])
+    assert out == ref_out
+    got_nm = [ln for ln in err.splitlines() if ln.startswith("no match")]
+    ref_nm = [ln for ln in ref_err.splitlines() if ln.startswith("no match")]
+    if no_match_in_order:
+        assert got_nm == ref_nm
+    else:
+        assert sorted(got_nm) == sorted(ref_nm)
+    assert len(ref_blocks) > nspecs // 2  # most samples really resolved
+    return len(ref_blocks)
 
 
 def sample_specs(sym: Any, n: int, seed: int) -> list[str]:

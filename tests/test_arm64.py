@@ -25,6 +25,7 @@ import pytest
 from anchors import (
     Frame,
     addr2line_batch,
+    assert_same_as_faddr2line,
     call_return_addresses,
     dir_prefix,
     faddr2line_parallel,
@@ -141,16 +142,8 @@ def test_sampled_frames_match_faddr2line(vmlinux: Path, script: Path, sym: Symbo
         [sys.executable, "-m", "ksym", "resolve", "--vmlinux", str(vmlinux), "--cache-dir", str(tmp_path), *specs],
         check=False, capture_output=True, text=True, timeout=600,
     )
-    ref_blocks = ref_out.split("\n\n")
-    got_blocks = got.stdout.split("\n\n")
-    mismatches = [(a, b) for a, b in zip(ref_blocks, got_blocks) if a != b]
-    assert not mismatches, "first mismatches:\n" + "\n---\n".join(f"faddr2line:\n{a}\nksym:\n{b}"
-                                                                     for a, b in mismatches[:5])
-    assert got.stdout == ref_out
-    assert [ln for ln in got.stderr.splitlines() if ln.startswith("no match")] == [
-        ln for ln in ref_err.splitlines() if ln.startswith("no match")]
-    assert len(ref_blocks) > len(specs) // 2  # most samples really resolved
-    print(f"{len(specs)} specs, {len(ref_blocks)} blocks: identical")
+    blocks = assert_same_as_faddr2line(ref_out, ref_err, got.stdout, got.stderr, len(specs))
+    print(f"{len(specs)} specs, {blocks} blocks: identical")
 
 
 def test_addresses_match_addr2line(vmlinux: Path, sym: Symbolizer) -> None:
