@@ -38,7 +38,9 @@ from ksym.annotate import (
     LOOKUP_ENTRY,
     LOOKUP_EXACT,
     RUNTIME_ADDRESS_REASON,
+    AnnotatedFrame,
     AnnotatedText,
+    _Annotator,
     add_annotate_arguments,
     annotate,
     is_exact_frame,
@@ -46,7 +48,7 @@ from ksym.annotate import (
 )
 from ksym.disasm import call_before, instruction_before, supported_machine
 from ksym.kallsyms import KaslrError, load_kallsyms
-from ksym.parse import parse_line
+from ksym.parse import StackFrame, parse_line
 
 SAMPLES = sorted([*Path("/work/shared/samples").glob("*.txt"), *(REPO_ROOT / "tests/data/stacks").glob("*.txt")])
 DATA = REPO_ROOT / "tests" / "data" / "annotate"
@@ -479,6 +481,44 @@ def _kallsyms_text(vmlinux: Path, slide: int) -> str:
     lines += [f"{a + slide:016x} T {n}" for a, n in sorted(chosen)]
     lines += ["ffffffffc0a1b000 t nft_do_chain\t[nf_tables]", "ffffffffc0a1c000 t nft_other\t[nf_tables]"]
     return "\n".join(lines) + "\n"
+
+
+def test_stored_frame_answers_equal_worked_out_ones(vmlinux: Path, call_sites: list[CallSite], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame whose answer depends on the vmlinux alone is answered from the index the second time:
+    the same records and text as worked out (call instructions, notes, misfits, unknown symbols),
+    nothing worked out again but frames whose answer depends on the slide."""
+    lines = ["Call Trace:", *(f" {s.symbol}+{s.offset:#x}/{s.size:#x}" for s in call_sites),
+             # a misfit (offset beyond the size), an unknown symbol, a bare name, an .isra/.cold shape
+             f" {call_sites[0].symbol}+{call_sites[0].size + 0x10:#x}/{call_sites[0].size:#x}",
+             " no_such_function_here+0x10/0x20", " schedule", "kstack:",
+             *(f"        {s.symbol}+{s.offset}" for s in call_sites[:5]),
+             # a runtime address beside its symbol: compared with the slide, so never stored
+             "", f"\tffffffffc0000000 {call_sites[1].symbol}+{call_sites[1].offset:#x} ([kernel.kallsyms])"]
+    text = "\n".join(lines) + "\n"
+    first = Symbolizer(vmlinux, cache_dir=tmp_path)
+    worked = annotate(text, first, kaslr_offset=SLIDE)
+    first.close()
+    assert sum(1 for af in worked.frames if af.lookup == LOOKUP_CALL_SITE and af.call is not None) >= 20
+    calls: list[StackFrame] = []
+    real = _Annotator._frame
+
+    def counted(self: _Annotator, f: StackFrame, top: bool, exact: bool) -> AnnotatedFrame:
+        calls.append(f)
+        return real(self, f, top, exact)
+
+    monkeypatch.setattr(_Annotator, "_frame", counted)
+    again = Symbolizer(vmlinux, cache_dir=tmp_path)
+    stored = annotate(text, again, kaslr_offset=SLIDE)
+    assert [c.symbol for c in calls] == [call_sites[1].symbol]  # only the frame with a runtime address
+    assert stored.frames == worked.frames
+    assert stored.text == worked.text and stored.notes == worked.notes
+    assert stored.render_text(links=True) == worked.render_text(links=True)
+    # the stored answers do not hold the links: a symbolizer without links gets none
+    plain = annotate(text, Symbolizer(vmlinux, cache_dir=tmp_path, links=False), kaslr_offset=SLIDE)
+    assert plain.text == worked.text
+    assert all(loc.url is None for af in plain.frames for loc in af.chain)
+    assert any(loc.url for af in stored.frames for loc in af.chain)
 
 
 def test_raw_addresses_with_kallsyms(vmlinux: Path, vsym: Symbolizer, call_sites: list[CallSite],

@@ -12,9 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ksym.parse import (
+    _LOG_PREFIXES,
     FrameKind,
     ParsedLine,
     StackFrame,
+    _parse_text,
     find_kaslr_offset,
     iter_lines,
     line_context,
@@ -1130,6 +1132,34 @@ def test_fuzz_parse_text(parts: list[Gen | str], endings: list[str], final_newli
                 assert a.stack_index == b.stack_index
 
 
+_ONE_PREFIX = [re.compile(p) for p in _LOG_PREFIXES]
+
+
+def _strip_one_at_a_time(line: str) -> int:
+    """strip_log_prefix as a loop: up to six rounds, each the first prefix pattern matching there."""
+    pos = 0
+    for _ in range(6):
+        m = next((m for rx in _ONE_PREFIX if (m := rx.match(line, pos)) is not None), None)
+        if m is None or m.end() <= pos:
+            break
+        pos = m.end()
+    return pos
+
+
+_PREFIX_PIECES = ["<4>", "<12>", "[  100.000011]", "[  100.000011] ", "[ 3.1]", "[  T812]", "[    C1] ",
+                  "kern  :warn  : ", "user:info: ", "[Wed Nov 25 19:02:11 2026] ", "Nov 25 19:02:11 host kernel: ",
+                  "2026-11-25T19:02:11.123456+00:00 h kernel: ", "Wed 2026-11-25 19:02:11 UTC h kernel: ",
+                  "my-host kernel: ", "kernel: ", " ", "  ", "\t", "[", "]", "<", "kernel:", "x", "12.5]"]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(_PREFIX_PIECES), max_size=9), st.sampled_from(["", " f+0x1/0x2", "\n", " x"]))
+def test_log_prefix_run_is_one_prefix_at_a_time(pieces: list[str], rest: str) -> None:
+    """The one-pattern prefix run strips what matching the prefixes one at a time strips."""
+    line = "".join(pieces) + rest
+    assert strip_log_prefix(line) == _strip_one_at_a_time(line), line
+
+
 def test_repeated_messages_parse_like_single_lines() -> None:
     """parse_text reuses the parse of a message seen before (dumps repeat frames under new timestamps):
     every frame must equal what parse_line gives for its own line, spans included."""
@@ -1149,3 +1179,12 @@ def test_repeated_messages_parse_like_single_lines() -> None:
         assert got is not None, line
         assert (got.token, got.span, got.extent, got.symbol, got.offset, got.module, got.kind, got.text) == (
             alone.token, alone.span, alone.extent, alone.symbol, alone.offset, alone.module, alone.kind, alone.text)
+    # lines of one shape differ only in where they are: line, text, spans, stack
+    parsed, shapes = _parse_text(text)
+    found = [p.frame for p in parsed if p.frame is not None]
+    assert len(shapes) == len(found) and len(set(shapes)) < len(shapes)
+    where = ("lineno", "text", "span", "extent", "stack_index")
+    seen: dict[int, tuple[dict[str, object], str]] = {}
+    for f, shape in zip(found, shapes):
+        what = ({k: v for k, v in f.__dict__.items() if k not in where}, f.text[f.extent[0] : f.extent[1]])
+        assert seen.setdefault(shape, what) == what, f.text

@@ -56,7 +56,15 @@ from .kallsyms import (
 )
 from .model import Resolution, SourceLocation, frozen_record
 from .modules import ModuleSet
-from .parse import FrameKind, ParsedLine, StackFrame, find_kaslr_offset, parse_text, strip_log_prefix
+from .parse import (
+    FrameKind,
+    ParsedLine,
+    StackFrame,
+    _body_bounds,
+    _parse_text,
+    find_kaslr_offset,
+    strip_log_prefix,
+)
 from .symbolizer import Symbolizer
 
 __all__ = [
@@ -232,11 +240,11 @@ class AnnotatedText:
 
     @property
     def all_resolved(self) -> bool:
-        return all(f.resolved for f in self.frames)
+        return all(f.status == STATUS_RESOLVED for f in self.frames)
 
     @property
     def unresolved(self) -> tuple[AnnotatedFrame, ...]:
-        return tuple(f for f in self.frames if not f.resolved)
+        return tuple(f for f in self.frames if f.status != STATUS_RESOLVED)
 
     def frame_at(self, lineno: int) -> AnnotatedFrame | None:
         return self._by_line.get(lineno)
@@ -331,8 +339,15 @@ def is_exact_frame(frame: StackFrame, top: bool) -> bool:
 
 
 def _in_exact_context(frame: StackFrame) -> bool:
-    """The frame follows a register name or the WARN location words on its line."""
-    return _EXACT_CONTEXT.search(frame.text, 0, frame.extent[0]) is not None
+    """The frame follows a register name or the WARN location words in its message (a log prefix,
+    a timestamp or ``host kernel:``, never ends in them)."""
+    return _EXACT_CONTEXT.search(frame.text, _body_bounds(frame.text)[0], frame.extent[0]) is not None
+
+
+def _misfit(af: AnnotatedFrame) -> bool:
+    """The frame does not fit the vmlinux (a frame with several same-named symbols fits when one does)."""
+    return bool((af.reason and "another kernel build" in af.reason)
+                or (af.matches and all(any("inside an instruction" in n for n in m.notes) for m in af.matches)))
 
 
 def _exact_by_place(frame: StackFrame, top: bool, in_context: bool) -> bool:
@@ -355,6 +370,7 @@ class _Annotator:
         self.can_disasm = supported_machine(sym.machine)
         # a dump repeats its frames (10,000 lines may hold 1,000 distinct ones): the answer for a frame
         # depends only on what the frame says and whether it is looked up exactly, not on its line
+        # (the key: symbol, offset, size, address, module, build id, offset spelling, exact)
         self._done_frames: dict[tuple[object, ...], AnnotatedFrame] = {}
 
     def prefetch(self, frames: Sequence[StackFrame]) -> None:
@@ -391,19 +407,104 @@ class _Annotator:
         caller = self.sym.symbols.containing(link - 1)
         return caller[0].address if caller else None
 
-    def frame(self, f: StackFrame, top: bool, at_address: bool) -> AnnotatedFrame:
-        """The annotation of one frame (``at_address``: looked up exactly, see :func:`_exact_lines`);
-        frames saying the same thing share the work."""
-        exact = self.exact or at_address
-        key = (f.symbol, f.offset, f.size, f.address, f.module, f.module_build_id, exact, f.offset_text)
-        got = self._done_frames.get(key)
-        if got is None:
-            got = self._frame(f, top, exact)
-            self._done_frames[key] = got
-            return got
-        fields = dict(got.__dict__)
-        fields.update(lineno=f.lineno, text=f.text, frame=f, top=top)
-        return frozen_record(AnnotatedFrame, fields)
+    def frames(self, frames: Sequence[StackFrame], shapes: Sequence[int]) -> tuple[tuple[AnnotatedFrame, ...], int]:
+        """The annotation of every frame of one parsed text, and how many do not fit the vmlinux.
+
+        ``shapes``: per frame, the number of its message's shape (:func:`ksym.parse._parse_text`).
+        Frames of one shape say the same thing, so whether the words before the frame make it exact
+        (:func:`_in_exact_context`) is worked out once per shape, and frames saying the same thing
+        looked up the same way share one answer: kept with the index's answers when it depends on
+        the vmlinux alone (:meth:`_stored_key`), else worked out, the missing addresses first read
+        together (:meth:`prefetch`).
+        """
+        # which frames are looked up exactly, and the distinct questions (answer key -> a frame asking it)
+        context: dict[int, bool] = {}
+        plan: list[tuple[bool, tuple[object, ...]]] = []
+        keys: dict[tuple[int, bool], tuple[object, ...]] = {}
+        asks: dict[tuple[object, ...], tuple[StackFrame, bool, bool]] = {}
+        step = _ExactSteps()
+        last_stack = -1
+        for f, shape in zip(frames, shapes):
+            # parse numbers stacks in line order: a frame starts one when its number changes
+            first = f.stack_index != last_stack
+            last_stack = f.stack_index
+            in_context = context.get(shape)
+            if in_context is None:
+                in_context = context[shape] = _in_exact_context(f)
+            exact = self.exact or step(f, first, in_context)
+            key = keys.get((shape, exact))
+            if key is None:
+                key = keys[shape, exact] = (f.symbol, f.offset, f.size, f.address, f.module, f.module_build_id,
+                                            f.offset_text, exact)
+                if key not in asks:
+                    asks[key] = (f, first, exact)
+            plan.append((first, key))
+        done = self._done_frames
+        todo: list[tuple[tuple[object, ...], StackFrame, bool, bool]] = []
+        for key, (f, first, exact) in asks.items():
+            if key in done:
+                continue
+            stored = self._stored(f, first, exact)
+            if stored is not None:
+                done[key] = stored
+            else:
+                todo.append((key, f, first, exact))
+        self.prefetch([f for _, f, _, _ in todo])
+        for key, f, first, exact in todo:
+            af = done[key] = self._frame(f, first, exact)
+            self._store(af, exact)
+        out: list[AnnotatedFrame] = []
+        misfits = 0
+        misfit: dict[tuple[object, ...], bool] = {}
+        for f, (first, key) in zip(frames, plan):
+            af = done[key]
+            bad = misfit.get(key)
+            if bad is None:
+                bad = misfit[key] = _misfit(af)
+            misfits += bad
+            if af.frame is not f or af.top is not first:
+                fields = af.__dict__.copy()
+                fields.update(lineno=f.lineno, text=f.text, frame=f, top=first)
+                af = frozen_record(AnnotatedFrame, fields)
+            out.append(af)
+        return tuple(out), misfits
+
+    def _stored_key(self, f: StackFrame, exact: bool) -> tuple[object, ...] | None:
+        """The key of ``f``'s answer among the index's stored answers, when the answer depends on the
+        vmlinux alone (and how paths are shown, which the stored answers are kept per): a vmlinux
+        ``func+off`` frame whose runtime address, if any, is not compared with a KASLR slide, or a
+        bare function name."""
+        if f.module is not None or f.symbol is None:
+            return None
+        if f.address is not None and (self.slide is not None or f.offset is None):
+            return None
+        return ("frame", f.symbol, f.offset, f.offset_text, f.size, f.size_text, exact, self.can_disasm)
+
+    def _stored(self, f: StackFrame, top: bool, exact: bool) -> AnnotatedFrame | None:
+        """``f``'s answer from the stored answers (see :meth:`_store`), or None."""
+        key = self._stored_key(f, exact)
+        rec = self.sym.remembered(key) if key is not None else None
+        if rec is None:
+            return None
+        try:
+            status, reason, notes, stored = rec
+            matches = tuple(
+                FrameMatch(link, look, lookup, symbol, offset, size, self.sym.chain(look),
+                           CallInstruction(*call) if call is not None else None, tuple(mnotes))
+                for link, look, lookup, symbol, offset, size, call, mnotes in stored)
+            return AnnotatedFrame(f.lineno, f.text, f, top, status, reason, matches, tuple(notes))
+        except (TypeError, ValueError):
+            return None  # damaged: work it out again
+
+    def _store(self, af: AnnotatedFrame, exact: bool) -> None:
+        """Keep ``af``'s answer with the index's answers when :meth:`_stored_key` allows, each match's
+        chain by its lookup address (the chain is stored under that address already)."""
+        key = self._stored_key(af.frame, exact)
+        if key is None or any(m.chain != self.sym.chain(m.lookup_address) for m in af.matches):
+            return
+        stored = tuple((m.link_address, m.lookup_address, m.lookup, m.symbol, m.offset, m.size,
+                        m.call.fields() if m.call is not None else None, m.notes) for m in af.matches)
+        self.sym.remember(key, (af.status, af.reason, af.notes, stored))
 
     def _frame(self, f: StackFrame, top: bool, exact: bool) -> AnnotatedFrame:
         def bad(reason: str, notes: tuple[str, ...] = ()) -> AnnotatedFrame:
@@ -598,38 +699,22 @@ class _Annotator:
         return FrameMatch(link, look, LOOKUP_CALL_SITE, symbol, offset, size, chain, call)
 
 
-def _exact_lines(lines: Sequence[ParsedLine]) -> dict[int, bool]:
-    """Per frame line, whether its address is where the code was (:func:`is_exact_frame`), or it is
-    the first unwinder frame of a stack that repeats the register line before it (arm64's ``Call
-    trace:`` starts with the ``pc :`` function): looked up exactly, not as a return address."""
-    out: dict[int, bool] = {}
-    last_pc: tuple[str | None, int | None, str | None] | None = None
-    seen: set[int] = set()
-    for line in lines:
-        f = line.frame
-        if f is None:
-            continue
-        first = f.stack_index not in seen
-        seen.add(f.stack_index)
-        in_context = _in_exact_context(f)
+class _ExactSteps:
+    """Whether each frame of a text, given in line order, is looked up exactly: its address is where
+    the code was (:func:`is_exact_frame`), or it is the first unwinder frame of a stack that repeats
+    the register line before it (arm64's ``Call trace:`` starts with the ``pc :`` function)."""
+
+    def __init__(self) -> None:
+        self.last_pc: tuple[str | None, int | None, str | None] | None = None
+
+    def __call__(self, f: StackFrame, first: bool, in_context: bool) -> bool:
         exact = _exact_by_place(f, first, in_context)
         if in_context:
-            last_pc = (f.symbol, f.offset, f.module)
+            self.last_pc = (f.symbol, f.offset, f.module)
         elif first and f.kind in _UNWINDER_KINDS:
-            exact = f.offset is not None and last_pc == (f.symbol, f.offset, f.module)
-            last_pc = None
-        out[f.lineno] = exact
-    return out
-
-
-def _top_flags(lines: Sequence[ParsedLine]) -> dict[int, bool]:
-    seen: set[int] = set()
-    out: dict[int, bool] = {}
-    for line in lines:
-        if line.frame is not None:
-            out[line.lineno] = line.frame.stack_index not in seen
-            seen.add(line.frame.stack_index)
-    return out
+            exact = f.offset is not None and self.last_pc == (f.symbol, f.offset, f.module)
+            self.last_pc = None
+        return exact
 
 
 def annotate(
@@ -649,7 +734,8 @@ def annotate(
     :param exact: look every frame up at its address (faddr2line), never at the call site.
     :raises KaslrError: ``kallsyms`` does not match the vmlinux.
     """
-    lines = tuple(parse_text(text))
+    parsed, shapes = _parse_text(text)
+    lines = tuple(parsed)
     frames = [line.frame for line in lines if line.frame is not None]
     notes: list[str] = []
     slide, source = kaslr_offset, "kaslr_offset" if kaslr_offset is not None else None
@@ -669,14 +755,7 @@ def annotate(
     if slide is not None:
         notes.append(f"KASLR slide {slide:#x} (from {source})")
     worker = _Annotator(symbolizer, slide, kallsyms, exact, modules)
-    worker.prefetch(frames)
-    top = _top_flags(lines)
-    at_address = _exact_lines(lines)
-    out = tuple(worker.frame(f, top[f.lineno], at_address[f.lineno]) for f in frames)
-    # a frame with several same-named symbols fits when one of them does
-    misfits = sum(1 for af in out if (af.reason and "another kernel build" in af.reason)
-                  or (af.matches and all(any("inside an instruction" in n for n in m.notes)
-                                         for m in af.matches)))
+    out, misfits = worker.frames(frames, shapes)
     if misfits:
         notes.append(f"{misfits} frame(s) do not fit this vmlinux: is the dump from another kernel build? "
                      f"(vmlinux: {(symbolizer.banner or str(symbolizer.path)).strip()})")

@@ -71,6 +71,11 @@ class Instruction:
             return f"{self.mnemonic} {self.op_str}  # <{self.target_name}>"
         return f"{self.mnemonic} {self.op_str}".rstrip()
 
+    def fields(self) -> tuple[int, int, str, str, int | None, str | None, bool, bytes, bool]:
+        """The fields in order: ``Instruction(*i.fields())`` is ``i`` (how the index stores it)."""
+        return (self.address, self.size, self.mnemonic, self.op_str, self.target, self.target_name, self.indirect,
+                self.raw, self.is_call)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "address": f"{self.address:#x}",

@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from .model import frozen_record
 
@@ -174,45 +175,35 @@ _INLINE_MARKER_RX = re.compile(r"\s*" + _INLINE_MARKER)
 #: Module names that mean "the kernel image itself".
 _VMLINUX_NAMES = frozenset({"kernel", "kernel.kallsyms", "vmlinux", "unknown", "k"})
 
-_LOG_PREFIXES = [
-    re.compile(p)
-    for p in (
-        r"<\d{1,3}>",  # /dev/kmsg, dmesg -r
-        (
-            r"(?:kern|user|mail|daemon|auth|syslog|lpr|news|uucp|cron|authpriv|ftp|local[0-7])\s*:"
-            r"(?:emerg|alert|crit|err|warn|notice|info|debug)\s*: "
-        ),  # dmesg -x
-        r"\[\s*\d+\.\d+\]\s?",  # dmesg
-        r"\[\s*[TC]\d+\]\s?",  # CONFIG_PRINTK_CALLER
-        r"\[(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4}\]\s?",  # dmesg -T
-        (
-            r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)?"  # syslog, journalctl (-o short-precise)
-            r"|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?"  # -o short-iso, rsyslog
-            r"|[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? [A-Z]{1,5})"  # -o short-full
-            r" \S+ kernel: "
-        ),
-        r"[A-Za-z0-9_.\-]+ kernel: ",  # journalctl -o short-monotonic after its [timestamp]
-        r"kernel: ",
-    )
-]
+_LOG_PREFIXES = (
+    r"<\d{1,3}>",  # /dev/kmsg, dmesg -r
+    (
+        r"(?:kern|user|mail|daemon|auth|syslog|lpr|news|uucp|cron|authpriv|ftp|local[0-7])\s*:"
+        r"(?:emerg|alert|crit|err|warn|notice|info|debug)\s*: "
+    ),  # dmesg -x
+    r"\[\s*\d+\.\d+\]\s?",  # dmesg
+    r"\[\s*[TC]\d+\]\s?",  # CONFIG_PRINTK_CALLER
+    r"\[(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4}\]\s?",  # dmesg -T
+    (
+        r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)?"  # syslog, journalctl (-o short-precise)
+        r"|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?"  # -o short-iso, rsyslog
+        r"|[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? [A-Z]{1,5})"  # -o short-full
+        r" \S+ kernel: "
+    ),
+    r"[A-Za-z0-9_.\-]+ kernel: ",  # journalctl -o short-monotonic after its [timestamp]
+    r"kernel: ",
+)
 
-
-#: All the prefixes in one pattern: alternatives are tried in list order, and none matches empty text.
-_LOG_PREFIX_ANY = re.compile("|".join(f"(?:{rx.pattern})" for rx in _LOG_PREFIXES))
+#: Up to six prefixes in a row (``<4>[  12.3] ...``), the alternatives tried in list order (none
+#: matches empty text). Nothing follows the repetition, so the regex engine never backtracks into it:
+#: each round takes the first alternative that matches there, as a loop of single matches would.
+_LOG_PREFIX_RUN = re.compile("(?:" + "|".join(f"(?:{p})" for p in _LOG_PREFIXES) + "){0,6}")
 
 
 def strip_log_prefix(line: str, pos: int = 0, end: int | None = None) -> int:
     """Index in ``line`` where the kernel message starts, after dmesg / syslog / journal prefixes
     (of ``line[pos:end]`` when given, as an index into ``line``)."""
-    if end is None:
-        end = len(line)
-    match = _LOG_PREFIX_ANY.match
-    for _ in range(6):
-        m = match(line, pos, end)
-        if m is None or m.end() <= pos:
-            break
-        pos = m.end()
-    return pos
+    return _LOG_PREFIX_RUN.match(line, pos, len(line) if end is None else end).end()  # type: ignore[union-attr]
 
 
 def parse_offset(text: str, base: str = "bash") -> int | None:
@@ -662,55 +653,64 @@ def _split_lines(text: str) -> list[str]:
 
 def parse_text(text: str) -> list[ParsedLine]:
     """Every line of ``text`` (verbatim), each with its frame or ``None``, frames numbered by stack."""
+    return _parse_text(text)[0]
+
+
+def _parse_text(text: str) -> tuple[list[ParsedLine], list[int]]:
+    """:func:`parse_text`, and for each frame line in order the number of its message's shape.
+
+    Dumps repeat frame lines under different timestamps: a line's frame depends only on its message
+    (the text between the log prefix and the trailing blanks), whether a prefix was cut, the one
+    character before the message (the in-text pattern's lookbehind) and the trailing blanks. Lines
+    alike in those are parsed once; they share a shape number, and their frames differ only in the
+    line (number, text), the message's place on it and the stack.
+    """
     out: list[ParsedLine] = []
+    shapes: list[int] = []
     stack = -1
     in_stack = False
-    # Dumps repeat frame lines under different timestamps: a line's frame depends only on its message
-    # (the text between the log prefix and the trailing blanks), whether a prefix was cut, the one
-    # character before the message (the in-text pattern's lookbehind) and the trailing blanks.
-    # (the value also says whether the message starts with a stack-switch marker: " <EOI>  [<...>] f+0x1")
-    seen: dict[tuple[str, bool, str, str], tuple[StackFrame | None, bool]] = {}
+    # shape -> (frame at message start 0 with its span and extent, whether the message starts with a
+    # stack-switch marker " <EOI>  [<...>] f+0x1", the context of a non-frame line, shape number)
+    seen: dict[tuple[str, bool, str, str], tuple[dict[str, Any] | None, int, int, int, int, bool, str | None,
+                                               int]] = {}
+    run = _LOG_PREFIX_RUN.match
     for i, line in enumerate(_split_lines(text), 1):
-        bounds = _body_bounds(line)
-        start, end = bounds[0], bounds[1]
-        key = (line[start:end], bounds[2], line[start - 1 : start], line[end:])
-        known = seen.get(key)
-        if known is not None:
-            frame = None if known[0] is None else _moved(known[0], line, i, start)
-            marker = known[1]
+        end = len(line.rstrip(" \t\r\n\f\v"))
+        if line.startswith(">"):
+            start, end, prefixed = _body_bounds(line)
         else:
-            frame = _parse_body(line, i, *bounds)
-            marker = frame is not None and _INLINE_MARKER_RX.match(line, start) is not None
-            seen[key] = (None if frame is None else _moved(frame, "", 0, -start), marker)
-        if frame is None:
+            start = run(line, 0, end).end()  # type: ignore[union-attr]
+            prefixed = start > 0
+        key = (line[start:end], prefixed, line[start - 1 : start], line[end:])
+        known = seen.get(key)
+        if known is None:
+            frame = _parse_body(line, i, start, end, prefixed)
+            if frame is None:
+                known = (None, 0, 0, 0, 0, False, line_context(line), -1)
+            else:
+                (s0, s1), (e0, e1) = frame.span, frame.extent
+                marker = _INLINE_MARKER_RX.match(line, start) is not None
+                known = (frame.__dict__, s0 - start, s1 - start, e0 - start, e1 - start, marker, None, len(seen))
+            seen[key] = known
+        shape = known[0]
+        if shape is None:
             in_stack = False
-            out.append(_parsed_line(i, line, None, line_context(line)))
+            out.append(frozen_record(ParsedLine, {"lineno": i, "text": line, "frame": None, "context": known[6]}))
             continue
         if (
             not in_stack
-            or frame.kind is FrameKind.DROPWATCH  # every dropwatch line is a separate drop event
-            or marker
+            or shape["kind"] is FrameKind.DROPWATCH  # every dropwatch line is a separate drop event
+            or known[5]
         ):
             stack += 1
             in_stack = True
-        # the frame was made here and is not shared yet: set its stack without copying it
-        object.__setattr__(frame, "stack_index", stack)
-        out.append(_parsed_line(i, line, frame, None))
-    return out
-
-
-def _parsed_line(lineno: int, text: str, frame: StackFrame | None, context: str | None) -> ParsedLine:
-    """``ParsedLine(lineno, text, frame, context)``, made as cheaply as a line of a long dump needs."""
-    return frozen_record(ParsedLine, {"lineno": lineno, "text": text, "frame": frame, "context": context})
-
-
-def _moved(frame: StackFrame, line: str, lineno: int, shift: int) -> StackFrame:
-    """``frame`` on another line whose message starts ``shift`` characters further."""
-    (s0, s1), (e0, e1) = frame.span, frame.extent
-    # dataclasses.replace, without its __init__
-    fields = dict(frame.__dict__)
-    fields.update(lineno=lineno, text=line, span=(s0 + shift, s1 + shift), extent=(e0 + shift, e1 + shift))
-    return frozen_record(StackFrame, fields)
+        fields = shape.copy()
+        fields.update(lineno=i, text=line, span=(known[1] + start, known[2] + start),
+                      extent=(known[3] + start, known[4] + start), stack_index=stack)
+        frame = frozen_record(StackFrame, fields)
+        out.append(frozen_record(ParsedLine, {"lineno": i, "text": line, "frame": frame, "context": None}))
+        shapes.append(known[7])
+    return out, shapes
 
 
 def split_stacks(lines: Iterable[ParsedLine]) -> list[tuple[StackFrame, ...]]:

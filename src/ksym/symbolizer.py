@@ -458,11 +458,20 @@ class Symbolizer:
                 pass
         got = instruction_before(return_address, self.code_bytes, self.machine, function_start=function_start,
                                  name_of=name_of, boundary_hint=self.line_row_start(return_address - 1))
-        i = got.instruction
-        fields = None if i is None else (i.address, i.size, i.mnemonic, i.op_str, i.target, i.target_name,
-                                         i.indirect, i.raw, i.is_call)
+        fields = None if got.instruction is None else got.instruction.fields()
         answers[key] = self._new_answers[key] = (got.boundary, fields)
         return got
+
+    def remembered(self, key: tuple[Any, ...]) -> Any:
+        """What :meth:`remember` kept under ``key`` (in this session or an earlier one), or None."""
+        return self._load_answers().get(key)
+
+    def remember(self, key: tuple[Any, ...], value: Any) -> None:
+        """Keep a caller's answer that depends on this image alone (and on how paths are shown) with
+        the index's stored answers, written by :meth:`flush`. ``key``: a tuple starting with the
+        caller's tag (``"frame"``: :mod:`ksym.annotate`); ``value``: tuples, str, int, bytes, None."""
+        answers = self._load_answers()
+        answers[key] = self._new_answers[key] = value
 
     def line_row_start(self, address: int) -> int | None:
         """Start of the line-table row covering ``address``: an instruction boundary at or before it
