@@ -94,8 +94,13 @@ def _ref(elf: Path, addresses: list[int], prefix: str | None) -> list[list[tuple
 
 
 def _strip_annotations(result: AnnotatedText) -> str:
-    """The rendered text with each frame's annotation lines removed: must be the input again."""
+    """The rendered text with each frame's annotation lines removed: must be the input again. The
+    text annotate renders from its answers alone is the text rendered from the per-line records."""
     out = result.text
+    linked = result.render_text(links=True)
+    records = AnnotatedText(result.lines, result.frames, result.kaslr_offset, result.kaslr_source, result.exact,
+                            result.notes)
+    assert records.text == out and records.render_text(links=True) == linked
     pos = 0
     kept: list[str] = []
     for line in result.lines:
@@ -633,6 +638,7 @@ _PIECES = [
     "[<0>] ip_local_out_like+0x79/0x90", "\tffffffff81845796 __ip_local_out+0x6 ([kernel.kallsyms])",
     "        0xffffffff9091b941", " nft_do_chain+0x3e8/0x5f0 [nf_tables]", "RIP: 0010:main+0x5/0x20",
     "Kernel Offset: disabled", "Call Trace:", " <TASK>", "", "garbage + more garbage", "x+1",
+    "> [  1.0]  ip_local_out_like+0x79/0x90", ">\t[  1.0]\t? raw_ioctl+0x5/0x20",
 ]
 
 

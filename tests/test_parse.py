@@ -16,7 +16,7 @@ from ksym.parse import (
     FrameKind,
     ParsedLine,
     StackFrame,
-    _parse_text,
+    _parse,
     find_kaslr_offset,
     iter_lines,
     line_context,
@@ -1180,8 +1180,9 @@ def test_repeated_messages_parse_like_single_lines() -> None:
         assert (got.token, got.span, got.extent, got.symbol, got.offset, got.module, got.kind, got.text) == (
             alone.token, alone.span, alone.extent, alone.symbol, alone.offset, alone.module, alone.kind, alone.text)
     # lines of one shape differ only in where they are: line, text, spans, stack
-    parsed, shapes = _parse_text(text)
-    found = [p.frame for p in parsed if p.frame is not None]
+    parsed = _parse(text)
+    found = [p.frame for p in parsed.lines() if p.frame is not None]
+    shapes = [shape for shape, _, stack in parsed.rows if stack >= 0]
     assert len(shapes) == len(found) and len(set(shapes)) < len(shapes)
     where = ("lineno", "text", "span", "extent", "stack_index")
     seen: dict[int, tuple[dict[str, object], str]] = {}

@@ -34,7 +34,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .disasm import CallInstruction, supported_machine
@@ -61,7 +61,8 @@ from .parse import (
     ParsedLine,
     StackFrame,
     _body_bounds,
-    _parse_text,
+    _parse,
+    _Parsed,
     find_kaslr_offset,
     strip_log_prefix,
 )
@@ -219,34 +220,77 @@ class AnnotatedFrame:
         }
 
 
-@dataclass(frozen=True)
 class AnnotatedText:
-    """The result of :func:`annotate`: every input line, the frames, and how addresses were read."""
+    """The result of :func:`annotate`: every input line, the frames, and how addresses were read.
 
-    lines: tuple[ParsedLine, ...]
-    frames: tuple[AnnotatedFrame, ...]
-    #: The KASLR slide used for runtime addresses (``None``: none known).
-    kaslr_offset: int | None
-    #: Where the slide came from: ``kaslr_offset``, ``kallsyms``, ``Kernel Offset line N``, ``frames``.
-    kaslr_source: str | None
-    #: ``exact=True`` was asked: every frame looked up at its address.
-    exact: bool
-    #: Remarks for the user (slide source, failed slide evidence).
-    notes: tuple[str, ...] = ()
-    _by_line: dict[int, AnnotatedFrame] = field(default_factory=dict, repr=False, compare=False)
+    :func:`annotate` makes the per-line records (:attr:`lines`, :attr:`frames`) on first use: the text
+    of a long dump renders from one answer per distinct frame without them.
+    """
 
-    def __post_init__(self) -> None:
-        self._by_line.update({f.lineno: f for f in self.frames})
+    def __init__(self, lines: Sequence[ParsedLine], frames: Sequence[AnnotatedFrame], kaslr_offset: int | None,
+                 kaslr_source: str | None, exact: bool, notes: Sequence[str] = ()) -> None:
+        self._lines: tuple[ParsedLine, ...] | None = tuple(lines)
+        self._frames: tuple[AnnotatedFrame, ...] | None = tuple(frames)
+        #: The KASLR slide used for runtime addresses (``None``: none known).
+        self.kaslr_offset = kaslr_offset
+        #: Where the slide came from: ``kaslr_offset``, ``kallsyms``, ``Kernel Offset line N``, ``frames``.
+        self.kaslr_source = kaslr_source
+        #: ``exact=True`` was asked: every frame looked up at its address.
+        self.exact = exact
+        #: Remarks for the user (slide source, failed slide evidence).
+        self.notes = tuple(notes)
+        self._by_line: dict[int, AnnotatedFrame] | None = None
+        self._lazy: _Answered | None = None
+
+    @classmethod
+    def _answered(cls, answered: _Answered, kaslr_offset: int | None, kaslr_source: str | None, exact: bool,
+                  notes: Sequence[str]) -> AnnotatedText:
+        new = cls((), (), kaslr_offset, kaslr_source, exact, notes)
+        new._lines = new._frames = None
+        new._lazy = answered
+        return new
+
+    @property
+    def lines(self) -> tuple[ParsedLine, ...]:
+        """Every input line, verbatim, with its frame (see :func:`ksym.parse.parse_text`)."""
+        if self._lines is None:
+            assert self._lazy is not None
+            self._lines = tuple(self._lazy.parsed.lines())
+        return self._lines
+
+    @property
+    def frames(self) -> tuple[AnnotatedFrame, ...]:
+        """One record per frame line, in line order."""
+        if self._frames is None:
+            assert self._lazy is not None
+            found = [line.frame for line in self.lines if line.frame is not None]
+            out = []
+            for f, (first, key) in zip(found, self._lazy.plan):
+                fields = self._lazy.answers[key].__dict__.copy()
+                fields.update(lineno=f.lineno, text=f.text, frame=f, top=first)
+                out.append(frozen_record(AnnotatedFrame, fields))
+            self._frames = tuple(out)
+        return self._frames
+
+    def __repr__(self) -> str:
+        return (f"AnnotatedText({len(self.lines)} lines, {len(self.frames)} frames, "
+                f"kaslr_offset={self.kaslr_offset!r}, kaslr_source={self.kaslr_source!r}, exact={self.exact!r}, "
+                f"notes={self.notes!r})")
 
     @property
     def all_resolved(self) -> bool:
-        return all(f.status == STATUS_RESOLVED for f in self.frames)
+        return not self.unresolved
 
     @property
     def unresolved(self) -> tuple[AnnotatedFrame, ...]:
+        if self._frames is None and self._lazy is not None and all(
+                af.status == STATUS_RESOLVED for af in self._lazy.answers.values()):
+            return ()
         return tuple(f for f in self.frames if f.status != STATUS_RESOLVED)
 
     def frame_at(self, lineno: int) -> AnnotatedFrame | None:
+        if self._by_line is None:
+            self._by_line = {f.lineno: f for f in self.frames}
         return self._by_line.get(lineno)
 
     @property
@@ -256,20 +300,17 @@ class AnnotatedText:
 
     def render_text(self, links: bool = False) -> str:
         """:attr:`text`; with ``links`` each location line ends with its elixir.bootlin.com link."""
+        if self._frames is None and self._lazy is not None:
+            return self._lazy.render(links)
         out: list[str] = []
         # frames repeat: the same answer under the same indentation renders to the same lines
         done: dict[tuple[object, ...], str] = {}
         for line in self.lines:
             out.append(line.text)
-            af = self._by_line.get(line.lineno)
+            af = self.frame_at(line.lineno)
             if af is None:
                 continue
-            text = line.text
-            if text.endswith("\n"):
-                ending = "\r\n" if text.endswith("\r\n") else "\n"
-            else:
-                ending = "\n"
-                out.append("\n")
+            ending = _ending(line.text, out)
             ind = _indent(af)
             key = (id(af.matches), af.status, af.reason, af.notes, af.frame.symbol is None, ind, ending)
             block = done.get(key)
@@ -285,6 +326,49 @@ class AnnotatedText:
         return [json.dumps(f.to_dict()) for f in self.frames]
 
 
+class _Answered:
+    """A parsed text with one answer per distinct frame: what :class:`AnnotatedText` is made from."""
+
+    def __init__(self, parsed: _Parsed, plan: list[tuple[bool, tuple[object, ...]]],
+                 answers: dict[tuple[object, ...], AnnotatedFrame]) -> None:
+        self.parsed = parsed
+        #: Per frame line in order: whether it is the top of its stack, the key of its answer.
+        self.plan = plan
+        #: The answer of every key in :attr:`plan`.
+        self.answers = answers
+
+    def render(self, links: bool) -> str:
+        """:meth:`AnnotatedText.render_text` from the rows and answers (no per-line records)."""
+        out: list[str] = []
+        done: dict[tuple[object, ...], str] = {}
+        plan = iter(self.plan)
+        shapes = self.parsed.shapes
+        for text, (shape, start, stack) in zip(self.parsed.texts, self.parsed.rows):
+            out.append(text)
+            if stack < 0:
+                continue
+            key = next(plan)[1]
+            ending = _ending(text, out)
+            # the message starts where parse found it (an e-mail quote aside: see _indent)
+            extent = shapes[shape][3] + start
+            ind = _indent_text(text, extent, None if text.startswith(">") else start)
+            block_key = (key, ind, ending)
+            block = done.get(block_key)
+            if block is None:
+                block = done[block_key] = "".join(a + ending for a in render_frame(self.answers[key], links, ind))
+            out.append(block)
+        return "".join(out)
+
+
+def _ending(text: str, out: list[str]) -> str:
+    """The line ending annotation lines take after ``text``; a last line without one gets ``\\n``,
+    appended to ``out`` first."""
+    if text.endswith("\n"):
+        return "\r\n" if text.endswith("\r\n") else "\n"
+    out.append("\n")
+    return "\n"
+
+
 def _printable(text: str) -> str:
     """``text`` with undecodable input bytes (surrogate escapes) shown as U+FFFD, for JSON."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
@@ -293,8 +377,14 @@ def _printable(text: str) -> str:
 def _indent(af: AnnotatedFrame) -> str:
     """Blanks up to the frame (tabs kept), at most up to the message's own indentation after a log
     prefix: a frame inside a sentence (``WARNING: ... at``) is annotated under the message start."""
-    text, end = af.text, af.frame.extent[0]
-    start = strip_log_prefix(text, 0, end)
+    return _indent_text(af.text, af.frame.extent[0])
+
+
+def _indent_text(text: str, end: int, start: int | None = None) -> str:
+    """:func:`_indent` of a frame starting at ``end`` on line ``text`` whose log prefix ends at
+    ``start`` (found again when not given)."""
+    if start is None:
+        start = strip_log_prefix(text, 0, end)
     while start < end and text[start] in " \t":
         start += 1
     lead = text[:start]
@@ -407,27 +497,33 @@ class _Annotator:
         caller = self.sym.symbols.containing(link - 1)
         return caller[0].address if caller else None
 
-    def frames(self, frames: Sequence[StackFrame], shapes: Sequence[int]) -> tuple[tuple[AnnotatedFrame, ...], int]:
-        """The annotation of every frame of one parsed text, and how many do not fit the vmlinux.
+    def answer(self, parsed: _Parsed) -> tuple[_Answered, int]:
+        """One answer per distinct frame of a parsed text, and how many frame lines do not fit the vmlinux.
 
-        ``shapes``: per frame, the number of its message's shape (:func:`ksym.parse._parse_text`).
-        Frames of one shape say the same thing, so whether the words before the frame make it exact
-        (:func:`_in_exact_context`) is worked out once per shape, and frames saying the same thing
-        looked up the same way share one answer: kept with the index's answers when it depends on
-        the vmlinux alone (:meth:`_stored_key`), else worked out, the missing addresses first read
-        together (:meth:`prefetch`).
+        Lines of one shape (:class:`ksym.parse._Parsed`) say the same thing, so whether the words
+        before the frame make it exact (:func:`_in_exact_context`) is worked out once per shape with
+        the frame the shape was first seen with, and frames saying the same thing looked up the same
+        way share one answer: kept with the index's answers when it depends on the vmlinux alone
+        (:meth:`_stored_key`), else worked out, the missing addresses first read together
+        (:meth:`prefetch`). The answers carry the line of the frame they were worked out with.
         """
         # which frames are looked up exactly, and the distinct questions (answer key -> a frame asking it)
+        shapes = parsed.shapes
         context: dict[int, bool] = {}
         plan: list[tuple[bool, tuple[object, ...]]] = []
         keys: dict[tuple[int, bool], tuple[object, ...]] = {}
         asks: dict[tuple[object, ...], tuple[StackFrame, bool, bool]] = {}
+        counts: dict[tuple[object, ...], int] = {}
         step = _ExactSteps()
         last_stack = -1
-        for f, shape in zip(frames, shapes):
+        for shape, _, stack in parsed.rows:
+            if stack < 0:
+                continue
+            f = shapes[shape][0]
+            assert f is not None
             # parse numbers stacks in line order: a frame starts one when its number changes
-            first = f.stack_index != last_stack
-            last_stack = f.stack_index
+            first = stack != last_stack
+            last_stack = stack
             in_context = context.get(shape)
             if in_context is None:
                 in_context = context[shape] = _in_exact_context(f)
@@ -439,6 +535,7 @@ class _Annotator:
                 if key not in asks:
                     asks[key] = (f, first, exact)
             plan.append((first, key))
+            counts[key] = counts.get(key, 0) + 1
         done = self._done_frames
         todo: list[tuple[tuple[object, ...], StackFrame, bool, bool]] = []
         for key, (f, first, exact) in asks.items():
@@ -453,21 +550,8 @@ class _Annotator:
         for key, f, first, exact in todo:
             af = done[key] = self._frame(f, first, exact)
             self._store(af, exact)
-        out: list[AnnotatedFrame] = []
-        misfits = 0
-        misfit: dict[tuple[object, ...], bool] = {}
-        for f, (first, key) in zip(frames, plan):
-            af = done[key]
-            bad = misfit.get(key)
-            if bad is None:
-                bad = misfit[key] = _misfit(af)
-            misfits += bad
-            if af.frame is not f or af.top is not first:
-                fields = af.__dict__.copy()
-                fields.update(lineno=f.lineno, text=f.text, frame=f, top=first)
-                af = frozen_record(AnnotatedFrame, fields)
-            out.append(af)
-        return tuple(out), misfits
+        misfits = sum(n for key, n in counts.items() if _misfit(done[key]))
+        return _Answered(parsed, plan, {key: done[key] for key in counts}), misfits
 
     def _stored_key(self, f: StackFrame, exact: bool) -> tuple[object, ...] | None:
         """The key of ``f``'s answer among the index's stored answers, when the answer depends on the
@@ -734,9 +818,9 @@ def annotate(
     :param exact: look every frame up at its address (faddr2line), never at the call site.
     :raises KaslrError: ``kallsyms`` does not match the vmlinux.
     """
-    parsed, shapes = _parse_text(text)
-    lines = tuple(parsed)
-    frames = [line.frame for line in lines if line.frame is not None]
+    parsed = _parse(text)
+    # one frame per shape: what the frame lines say (KASLR evidence is looked for in all of them)
+    said = [shape[0] for shape in parsed.shapes if shape[0] is not None]
     notes: list[str] = []
     slide, source = kaslr_offset, "kaslr_offset" if kaslr_offset is not None else None
     if slide is None and kallsyms is not None:
@@ -744,22 +828,23 @@ def annotate(
     if slide is None:
         found = find_kaslr_offset(text)
         if found is not None:
-            where = next((ln.lineno for ln in lines if ln.context == "kaslr"), None)
+            where = parsed.first_line("kaslr")
             slide, source = found, f"Kernel Offset line {where}" if where else "Kernel Offset line"
-    if slide is None and any(f.address is not None and f.offset is not None and f.module is None for f in frames):
+    if slide is None and any(f.address is not None and f.offset is not None and f.module is None for f in said):
+        frames = [f for i in range(len(parsed.rows)) if (f := parsed.frame(i)) is not None]
         try:
             slide, source = kaslr_offset_from_frames(frames, symbolizer.address_of), "frames"
         except KaslrError as exc:
-            if any(f.address is not None and f.symbol is None and f.module is None for f in frames):
+            if any(f.address is not None and f.symbol is None and f.module is None for f in said):
                 notes.append(f"no KASLR slide from the frames: {exc}")
     if slide is not None:
         notes.append(f"KASLR slide {slide:#x} (from {source})")
     worker = _Annotator(symbolizer, slide, kallsyms, exact, modules)
-    out, misfits = worker.frames(frames, shapes)
+    answered, misfits = worker.answer(parsed)
     if misfits:
         notes.append(f"{misfits} frame(s) do not fit this vmlinux: is the dump from another kernel build? "
                      f"(vmlinux: {(symbolizer.banner or str(symbolizer.path)).strip()})")
-    return AnnotatedText(lines, out, slide, source, exact, tuple(notes))
+    return AnnotatedText._answered(answered, slide, source, exact, notes)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,10 +19,10 @@ place, so readers never see half a file; a file that fails to load is deleted an
 
 from __future__ import annotations
 
-import hashlib
 import marshal
 import os
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +57,10 @@ class IndexStore:
         return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
 
     def _memo_file(self, path: Path) -> Path:
-        h = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
-        return self.root / "paths" / h
+        # named by two checksums of the path (zlib is loaded anyway, hashlib's OpenSSL costs 4 ms of
+        # a warm run); the memo holds the path itself, so a clash only costs a re-check
+        b = str(path.resolve()).encode("utf-8", "surrogateescape")
+        return self.root / "paths" / f"{zlib.crc32(b):08x}{zlib.adler32(b):08x}"
 
     def key_for_path(self, path: Path) -> str | None:
         """The key remembered for this exact file (same size, mtime and inode), or None."""
@@ -80,6 +82,8 @@ class IndexStore:
 
     @staticmethod
     def fallback_key(path: Path) -> str:
+        import hashlib
+
         st = path.stat()
         h = hashlib.sha256(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
         return "nobuildid-" + h[:32]

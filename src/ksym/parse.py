@@ -26,7 +26,6 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 from .model import frozen_record
 
@@ -653,28 +652,69 @@ def _split_lines(text: str) -> list[str]:
 
 def parse_text(text: str) -> list[ParsedLine]:
     """Every line of ``text`` (verbatim), each with its frame or ``None``, frames numbered by stack."""
-    return _parse_text(text)[0]
+    return _parse(text).lines()
 
 
-def _parse_text(text: str) -> tuple[list[ParsedLine], list[int]]:
-    """:func:`parse_text`, and for each frame line in order the number of its message's shape.
+#: A message shape: the frame of the line it was first seen on (``None``: not a frame), that frame's
+#: span and extent relative to the message start, whether the message starts with a stack-switch
+#: marker (``" <EOI>  [<...>] f+0x1"``), and a non-frame line's :func:`line_context`.
+_Shape = tuple[StackFrame | None, int, int, int, int, bool, str | None]
+
+
+class _Parsed:
+    """:func:`parse_text`'s findings before its per-line records are made (``ksym annotate`` renders a
+    long dump from these alone).
 
     Dumps repeat frame lines under different timestamps: a line's frame depends only on its message
     (the text between the log prefix and the trailing blanks), whether a prefix was cut, the one
     character before the message (the in-text pattern's lookbehind) and the trailing blanks. Lines
-    alike in those are parsed once; they share a shape number, and their frames differ only in the
-    line (number, text), the message's place on it and the stack.
+    alike in those share a shape, parsed once; their frames differ only in the line (number, text),
+    the message's place on it and the stack.
     """
-    out: list[ParsedLine] = []
-    shapes: list[int] = []
+
+    __slots__ = ("rows", "shapes", "texts")
+
+    def __init__(self, texts: list[str], rows: list[tuple[int, int, int]], shapes: list[_Shape]) -> None:
+        #: Every line, line ending included.
+        self.texts = texts
+        #: Per line: its shape, where its message starts, its stack (-1: the line holds no frame).
+        self.rows = rows
+        self.shapes = shapes
+
+    def frame(self, i: int) -> StackFrame | None:
+        """The frame of line ``i`` (0-based), made now."""
+        shape, start, stack = self.rows[i]
+        first, s0, s1, e0, e1, _, _ = self.shapes[shape]
+        if first is None:
+            return None
+        fields = first.__dict__.copy()
+        fields.update(lineno=i + 1, text=self.texts[i], span=(s0 + start, s1 + start),
+                      extent=(e0 + start, e1 + start), stack_index=stack)
+        return frozen_record(StackFrame, fields)
+
+    def lines(self) -> list[ParsedLine]:
+        """The records :func:`parse_text` returns."""
+        shapes = self.shapes
+        return [frozen_record(ParsedLine, {"lineno": i + 1, "text": text, "frame": self.frame(i),
+                                           "context": shapes[row[0]][6]})
+                for i, (text, row) in enumerate(zip(self.texts, self.rows))]
+
+    def first_line(self, context: str) -> int | None:
+        """Number of the first line whose :attr:`ParsedLine.context` is ``context``."""
+        ids = {n for n, shape in enumerate(self.shapes) if shape[6] == context}
+        return next((i + 1 for i, row in enumerate(self.rows) if row[0] in ids), None) if ids else None
+
+
+def _parse(text: str) -> _Parsed:
+    """:func:`parse_text` up to the records (see :class:`_Parsed`)."""
+    texts = _split_lines(text)
+    rows: list[tuple[int, int, int]] = []
+    shapes: list[_Shape] = []
+    seen: dict[tuple[str, bool, str, str], int] = {}
     stack = -1
     in_stack = False
-    # shape -> (frame at message start 0 with its span and extent, whether the message starts with a
-    # stack-switch marker " <EOI>  [<...>] f+0x1", the context of a non-frame line, shape number)
-    seen: dict[tuple[str, bool, str, str], tuple[dict[str, Any] | None, int, int, int, int, bool, str | None,
-                                               int]] = {}
     run = _LOG_PREFIX_RUN.match
-    for i, line in enumerate(_split_lines(text), 1):
+    for i, line in enumerate(texts, 1):
         end = len(line.rstrip(" \t\r\n\f\v"))
         if line.startswith(">"):
             start, end, prefixed = _body_bounds(line)
@@ -682,35 +722,30 @@ def _parse_text(text: str) -> tuple[list[ParsedLine], list[int]]:
             start = run(line, 0, end).end()  # type: ignore[union-attr]
             prefixed = start > 0
         key = (line[start:end], prefixed, line[start - 1 : start], line[end:])
-        known = seen.get(key)
-        if known is None:
+        n = seen.get(key)
+        if n is None:
+            n = seen[key] = len(shapes)
             frame = _parse_body(line, i, start, end, prefixed)
             if frame is None:
-                known = (None, 0, 0, 0, 0, False, line_context(line), -1)
+                shapes.append((None, 0, 0, 0, 0, False, line_context(line)))
             else:
                 (s0, s1), (e0, e1) = frame.span, frame.extent
                 marker = _INLINE_MARKER_RX.match(line, start) is not None
-                known = (frame.__dict__, s0 - start, s1 - start, e0 - start, e1 - start, marker, None, len(seen))
-            seen[key] = known
-        shape = known[0]
-        if shape is None:
+                shapes.append((frame, s0 - start, s1 - start, e0 - start, e1 - start, marker, None))
+        shape = shapes[n]
+        if shape[0] is None:
             in_stack = False
-            out.append(frozen_record(ParsedLine, {"lineno": i, "text": line, "frame": None, "context": known[6]}))
+            rows.append((n, start, -1))
             continue
         if (
             not in_stack
-            or shape["kind"] is FrameKind.DROPWATCH  # every dropwatch line is a separate drop event
-            or known[5]
+            or shape[0].kind is FrameKind.DROPWATCH  # every dropwatch line is a separate drop event
+            or shape[5]
         ):
             stack += 1
             in_stack = True
-        fields = shape.copy()
-        fields.update(lineno=i, text=line, span=(known[1] + start, known[2] + start),
-                      extent=(known[3] + start, known[4] + start), stack_index=stack)
-        frame = frozen_record(StackFrame, fields)
-        out.append(frozen_record(ParsedLine, {"lineno": i, "text": line, "frame": frame, "context": None}))
-        shapes.append(known[7])
-    return out, shapes
+        rows.append((n, start, stack))
+    return _Parsed(texts, rows, shapes)
 
 
 def split_stacks(lines: Iterable[ParsedLine]) -> list[tuple[StackFrame, ...]]:
