@@ -462,40 +462,48 @@ class _Annotator:
         # depends only on what the frame says and whether it is looked up exactly, not on its line
         # (the key: symbol, offset, size, address, module, build id, offset spelling, exact)
         self._done_frames: dict[tuple[object, ...], AnnotatedFrame] = {}
+        self._callers: dict[int, int | None] = {}
 
-    def prefetch(self, frames: Sequence[StackFrame]) -> None:
-        """Have the symbolizer answer every address the frames will ask about (each frame's address
-        and the call site before it) at once, so the units they need are read in parallel."""
+    def prefetch(self, asks: Sequence[tuple[StackFrame, bool]]) -> None:
+        """Have the symbolizer answer every address the frames will ask about at once, so the units
+        they need are read in parallel: per ``(frame, exact)``, the frame's address when it is looked
+        up exactly (or names a function without an offset), else the call site before it and the
+        call instruction there (a return address whose call check fails is looked up later)."""
         want: set[int] = set()
-        links: set[int] = set()
-        done: set[tuple[str | None, int | None, int | None]] = set()
-        for f in frames:
-            key = (f.symbol, f.offset, f.address)
+        calls: set[tuple[int, int | None]] = set()
+        done: set[tuple[str | None, int | None, int | None, bool]] = set()
+        for f, exact in asks:
+            key = (f.symbol, f.offset, f.address, exact)
             if f.module is not None or key in done:
                 continue
             done.add(key)
+            links: list[int] = []
             if f.symbol is not None and f.offset is not None:
-                for m in self.sym.symbols.faddr2line_matches(f.symbol):
-                    if m.size is None or f.offset < m.size:
-                        links.add(m.symbol.address + f.offset)
+                links = [m.symbol.address + f.offset for m in self.sym.symbols.faddr2line_matches(f.symbol)
+                         if m.size is None or f.offset < m.size]
             elif f.address is not None and f.symbol is None:
                 link, _why = self._link_of_runtime(f.address)
-                if link is not None:
-                    links.add(link)
-        calls: list[tuple[int, int | None]] = []
-        for link in links:
-            want.update((link, link - 1))
-            # the call instruction before a return address (frames looked up exactly ask for none,
-            # but which those are is known per line only: a few sweeps too many)
-            if not self.exact and self.can_disasm:
-                calls.append((link, self._caller_start(link)))
+                links = [] if link is None else [link]
+            elif f.symbol is not None and f.address is None:
+                want.update(m.symbol.address for m in self.sym.symbols.faddr2line_matches(f.symbol))
+                continue
+            for link in links:
+                if exact:
+                    want.add(link)
+                else:
+                    want.add(link - 1)
+                    if self.can_disasm:
+                        calls.add((link, self._caller_start(link)))
         self.sym.prefetch(want, call_sites=calls)
 
     def _caller_start(self, link: int) -> int | None:
         """Start of the function holding the call before return address ``link`` (where the call-site
         sweep may begin; with ``link`` the key of the stored instruction)."""
-        caller = self.sym.symbols.containing(link - 1)
-        return caller[0].address if caller else None
+        start = self._callers.get(link, -1)
+        if start == -1:
+            caller = self.sym.symbols.containing(link - 1)
+            start = self._callers[link] = caller[0].address if caller else None
+        return start
 
     def answer(self, parsed: _Parsed) -> tuple[_Answered, int]:
         """One answer per distinct frame of a parsed text, and how many frame lines do not fit the vmlinux.
@@ -546,7 +554,7 @@ class _Annotator:
                 done[key] = stored
             else:
                 todo.append((key, f, first, exact))
-        self.prefetch([f for _, f, _, _ in todo])
+        self.prefetch([(f, exact) for _, f, _, exact in todo])
         for key, f, first, exact in todo:
             af = done[key] = self._frame(f, first, exact)
             self._store(af, exact)
@@ -600,7 +608,8 @@ class _Annotator:
         links: list[tuple[int, Resolution | None]] = []
         if f.symbol is not None and f.offset is not None:
             try:
-                found = self.sym.resolve(f.spec)
+                # the chains are looked up by _match: at the call site of a return address
+                found = self.sym.resolve(f.spec, chains=False)
             except SpecError as exc:
                 return bad(f"malformed frame: {exc}")
             except SymbolNotFoundError as exc:
@@ -759,7 +768,7 @@ class _Annotator:
             here = self.sym.symbols.containing(link)
             symbol, offset, size = (here[0].name, link - here[0].address, here[1]) if here else (None, None, None)
         if exact:
-            chain = res.chain if res is not None else self.sym.chain(link)
+            chain = self.sym.chain(link)
             return FrameMatch(link, link, LOOKUP_EXACT, symbol, offset, size, chain)
         look = link - 1
         call: CallInstruction | None = None
@@ -776,7 +785,7 @@ class _Annotator:
             elif insn is None:
                 why = f"no call instruction ends at {link:#x}: looked up exactly"
             if why is not None:
-                chain = res.chain if res is not None else self.sym.chain(link)
+                chain = self.sym.chain(link)
                 return FrameMatch(link, link, LOOKUP_EXACT, symbol, offset, size, chain, None, (why,))
             call = insn
         chain = self.sym.chain(look)

@@ -633,19 +633,22 @@ class Symbolizer:
     def symbolize_many(self, addresses: Iterable[int]) -> list[Resolution]:
         return [self.symbolize(a) for a in addresses]
 
-    def resolve(self, frame: str) -> list[Resolution]:
+    def resolve(self, frame: str, *, chains: bool = True) -> list[Resolution]:
         """Resolve ``func+off[/size]`` (every matching symbol, as faddr2line) or a raw address.
 
+        :param chains: look the inline chains up; without, each ``Resolution.chain`` of a ``func+off``
+            frame is empty (for a caller that looks up another address, such as the call site).
         :raises SpecError: malformed text.
         :raises SymbolNotFoundError: no symbol matched; ``.reasons`` holds faddr2line's skip messages.
         """
         spec = parse_spec(frame)
         if isinstance(spec, AddressSpec):
             return [self.symbolize(spec.address, frame)]
-        return self._resolve_func(spec)
+        return self._resolve_func(spec, chains)
 
-    def _resolve_func(self, spec: FuncSpec) -> list[Resolution]:
-        return faddr2line_select(spec, self.symbols.faddr2line_matches(spec.name), lambda _m, a: self.chain(a))
+    def _resolve_func(self, spec: FuncSpec, chains: bool = True) -> list[Resolution]:
+        return faddr2line_select(spec, self.symbols.faddr2line_matches(spec.name),
+                                 (lambda _m, a: self.chain(a)) if chains else (lambda _m, _a: ()))
 
     def code_bytes(self, address: int, size: int) -> bytes:
         """Up to ``size`` bytes of the image at a link-time address (empty when no section holds it)."""
