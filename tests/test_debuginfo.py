@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import struct
@@ -24,8 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ksym.debuginfo import (
+    _TEXT_BUILD_ID,
     DebuginfodClient,
     DebuginfoOptions,
     file_build_id,
@@ -504,6 +508,20 @@ def test_build_id_in_a_dump() -> None:
     assert kernel_build_id_in_text(f'{{"release": "6.1", "build_id": "{bid}"}}') == bid
     assert kernel_build_id_in_text(f" nft_do_chain+0x3e8/0x5f0 [nf_tables {bid}]\n") is None
     assert kernel_build_id_in_text(f'{{"module_build_id": "{bid}"}}') is None
+
+
+_WORDS = ["Build ID: ", "build-id: ", "# build-id:", "buildid=", "BuildID[sha1]=", "build id ", "BUILD_ID:",
+          '"build_id": "', "__build_skb+0x1a/0x30", "rebuild id=", "#", " ", "\n", "\t", "x", ":", "=", '"',
+          "0123456789abcdef0123456789abcdef01234567", "0x", "0123456789ABCDEF"]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(_WORDS), max_size=12))
+def test_build_id_words_found_as_one_search_finds_them(words: list[str]) -> None:
+    """Matching the pattern just before each "build id" word finds what one search of it finds."""
+    text = "".join(words)
+    m = _TEXT_BUILD_ID.search(text) or re.search(r"\"build_id\"\s*:\s*\"(?P<bid>[0-9a-fA-F]{16,128})\"", text)
+    assert kernel_build_id_in_text(text) == (m.group("bid").lower() if m else None), text
 
 
 def test_mismatch_warning_for_resolve_names_both_ids(tmp_path: Path, fixture_elf: tuple[Path, str]) -> None:

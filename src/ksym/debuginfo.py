@@ -613,16 +613,23 @@ _TEXT_BUILD_ID = re.compile(
     r"(?:^|[\s#])(?:build[-_ ]?id|buildid)(?:\[\w+\])?\s*[:=]\s*\"?(?:0x)?(?P<bid>[0-9a-fA-F]{16,128})\b",
     re.IGNORECASE | re.MULTILINE,
 )
-_BUILD_WORD = re.compile("build", re.IGNORECASE)
+_BUILD_WORD = re.compile(r"build[-_ ]?id", re.IGNORECASE)
 
 
 def kernel_build_id_in_text(text: str) -> str | None:
     """The kernel's build id named in a dump: a ``Build ID: <hex>``, ``# build-id: <hex>`` (dropcapture),
     ``BuildID[sha1]=<hex>`` (file(1)) or ``"build_id": "<hex>"`` line. Module build ids (``[mod <hex>]`` on
     frames) are not this: they belong to each module."""
-    if _BUILD_WORD.search(text) is None:  # a literal search: 1,000 times faster on a dump without one
-        return None
-    m = _TEXT_BUILD_ID.search(text)
+    m = None
+    # the pattern's leading ``(?:^|[\s#])`` makes a search try it at every character (10 ms on a
+    # 500 kB dump): find its words by their letters, then match the pattern just before each
+    for word in _BUILD_WORD.finditer(text):
+        p = word.start()
+        m = _TEXT_BUILD_ID.match(text, p - 1) if p else None
+        if m is None and (p == 0 or text[p - 1] == "\n"):
+            m = _TEXT_BUILD_ID.match(text, p)
+        if m is not None:
+            break
     if m is None:
         m = re.search(r"\"build_id\"\s*:\s*\"(?P<bid>[0-9a-fA-F]{16,128})\"", text)
     return m.group("bid").lower() if m else None

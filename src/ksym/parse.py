@@ -23,6 +23,7 @@ non-frame line (``kstack:``, a blank line, ``Call Trace:``, ``<IRQ>``/``</IRQ>``
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -167,6 +168,32 @@ _MOD = r"\[(?P<mod>[A-Za-z0-9_.\-]+)(?:[ \t]+(?P<bid>[0-9a-fA-F]{8,64}))?\]"
 # the kernel's %pS / %pB shape: func+0x1a/0x30
 _KTOK = rf"(?P<tok>(?P<sym>{_SYM})\+(?P<off>0x{_HEX})/(?P<size>0x{_HEX}))"
 
+class _Lazy:
+    """A pattern compiled on first use: a dump in one format needs few of the format patterns, and
+    compiling them all costs as much as parsing a thousand lines."""
+
+    __slots__ = ("_rx", "pattern")
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self._rx: re.Pattern[str] | None = None
+
+    @property
+    def rx(self) -> re.Pattern[str]:
+        if self._rx is None:
+            self._rx = re.compile(self.pattern)
+        return self._rx
+
+    def match(self, text: str, pos: int = 0, endpos: int = sys.maxsize) -> re.Match[str] | None:
+        return self.rx.match(text, pos, endpos)
+
+    def fullmatch(self, text: str, pos: int = 0, endpos: int = sys.maxsize) -> re.Match[str] | None:
+        return self.rx.fullmatch(text, pos, endpos)
+
+    def finditer(self, text: str, pos: int = 0, endpos: int = sys.maxsize) -> Iterator[re.Match[str]]:
+        return self.rx.finditer(text, pos, endpos)
+
+
 # 3.x kernels print the stack switch on the frame's line: " <IRQ>  [<ffffffff81595f6e>] dump_stack+0x19/0x1b"
 _INLINE_MARKER = r"(?:</?(?:IRQ|EOI|NMI|SOFTIRQ|EOE|#[A-Z]{2})>\s+)"
 _INLINE_MARKER_RX = re.compile(r"\s*" + _INLINE_MARKER)
@@ -276,7 +303,7 @@ class _Format:
         check: Callable[[re.Match[str]], bool] | None = None,
     ) -> None:
         self.name = name
-        self.rx = re.compile(pattern)
+        self.rx = _Lazy(pattern)
         self.kind = kind
         self.base = base
         self.check = check
@@ -462,19 +489,19 @@ _FORMATS: list[_Format] = [
 
 # A frame inside a sentence ("WARNING: CPU: 0 PID: 1 at net/core/dev.c:1 func+0x1a/0x30 [mod]",
 # "hardirqs last enabled at (12): [<ffffffff81234567>] _raw_spin_unlock_irq+0x1f/0x40").
-_IN_TEXT = re.compile(
+_IN_TEXT = _Lazy(
     r"(?<![^\s('\"`<\[])"
     rf"(?P<ext>(?:\[<(?P<addr>{_HEX})>\]\s+)?"
     rf"(?P<tok>(?P<sym>{_SYM})\+(?P<off>0x{_HEX}|\d+)(?:/(?P<size>0x{_HEX}))?)(?:\s+{_MOD})?)"
     r"(?=$|[\s)\]'\"`,:]|\.(?:\s|$))"
 )
 # Lines that look like frames but are not kernel frames: perf script user-space / unknown dsos.
-_NOT_KERNEL = re.compile(
+_NOT_KERNEL = _Lazy(
     rf"\s*{_HEX}\s+(?:{_SYM}(?:\+0x{_HEX})?|\[unknown\])\s+\((?!\[)[^()]*\)|.*\(\[unknown\]\)"
 )
 # "<address> func+off" with an address outside the kernel half: a user-space frame (or not an address)
-_ADDR_LEAD = re.compile(rf"\s*(?:0x)?(?P<addr>[0-9a-fA-F]{{6,16}})\s+{_SYM}\+")
-_PROMPT = re.compile(r"\s*(?:[$%#]|\S+@\S+[$#%])\s")
+_ADDR_LEAD = _Lazy(rf"\s*(?:0x)?(?P<addr>[0-9a-fA-F]{{6,16}})\s+{_SYM}\+")
+_PROMPT = _Lazy(r"\s*(?:[$%#]|\S+@\S+[$#%])\s")
 
 
 def _in_text_ok(m: re.Match[str], body: str, start: int, end: int) -> bool:
@@ -606,10 +633,10 @@ _MARKER = re.compile(r"\s*</?(?:[A-Z]{2,8}|#[A-Z]{2})>\s*")  # <IRQ> </IRQ> <TAS
 _KSTACK = re.compile(r"(?:.*\W)?[ku]stack(?:\([^)]*\))?:")
 _CALL_TRACE = frozenset({"call trace", "backtrace", "stack backtrace"})
 _HEADERS = [
-    re.compile(r"\s*\S.*\(\d+\):\s+\S+:\S*.*"),  # bpftrace "sshd(219966): tracepoint:net:net_dev_queue"
-    re.compile(r"\s*\S.*\s\d+(?:/\d+)?\s+(?:\[\d+\]\s+)?\d+\.\d+:\s.*"),  # perf script sample header
-    re.compile(r".*<stack trace>\s*"),  # ftrace
-    re.compile(r"\s*@\S*\[.*"),  # bpftrace map key "@[", "@stacks["
+    _Lazy(r"\s*\S.*\(\d+\):\s+\S+:\S*.*"),  # bpftrace "sshd(219966): tracepoint:net:net_dev_queue"
+    _Lazy(r"\s*\S.*\s\d+(?:/\d+)?\s+(?:\[\d+\]\s+)?\d+\.\d+:\s.*"),  # perf script sample header
+    _Lazy(r".*<stack trace>\s*"),  # ftrace
+    _Lazy(r"\s*@\S*\[.*"),  # bpftrace map key "@[", "@stacks["
 ]
 
 
