@@ -239,6 +239,8 @@ class DwarfSections:
     default_address_size: int = 8
     # (id of a string section, offset) → string: units share their include files' and types' names
     _strings: dict[tuple[int, int], str] = field(default_factory=dict, repr=False, compare=False)
+    # comp_dir → {(directory's .debug_line_str offset, name's offset): joined file name} (GCC's tables)
+    _joined: dict[str, dict[tuple[int, int], str]] = field(default_factory=dict, repr=False, compare=False)
 
     def string_at(self, section: bytes | memoryview | None, offset: int) -> str:
         key = (id(section), offset)
@@ -1226,11 +1228,16 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
     pos += opcode_base - 1
     dirs: list[str] = []
     raw_files: list[tuple[str, int]] = []
+    files: list[str] | None = None
     if version >= 5:
-        dirs_e, pos = _v5_entries(sec, data, pos, off_size, e)
-        dirs = [str(d.get(1, "")) for d in dirs_e]
-        files_e, pos = _v5_entries(sec, data, pos, off_size, e)
-        raw_files = [(str(f.get(1, "")), int(f.get(2, 0))) for f in files_e]
+        gcc = _gcc_v5_files(sec, data, pos, off_size, e, comp_dir) if off_size == 4 else None
+        if gcc is not None:
+            dirs, files = gcc
+        else:
+            dirs_e, pos = _v5_entries(sec, data, pos, off_size, e)
+            dirs = [str(d.get(1, "")) for d in dirs_e]
+            files_e, pos = _v5_entries(sec, data, pos, off_size, e)
+            raw_files = [(str(f.get(1, "")), int(f.get(2, 0))) for f in files_e]
     else:
         while data[pos] != 0:
             s, pos = _cstr(data, pos)
@@ -1243,7 +1250,8 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
             _l, pos = _uleb(data, pos)
             raw_files.append((s, di))
         pos += 1
-    files = [concat_filename(comp_dir, dirs, n, d, version) for n, d in raw_files]
+    if files is None:
+        files = [concat_filename(comp_dir, dirs, n, d, version) for n, d in raw_files]
     del default_is_stmt, pos
 
     # DWARF < 5 numbers files from 1; rows keep the file number as written
@@ -1410,6 +1418,42 @@ def _decode_lines(table: LineTable, data: bytes | memoryview, until: int | None)
 
 _GCC_DIRS = [(1, FORM_LINE_STRP)]  # DW_LNCT_path
 _GCC_FILES = [(1, FORM_LINE_STRP), (2, FORM_UDATA)]  # DW_LNCT_path, DW_LNCT_directory_index
+
+
+def _gcc_v5_files(sec: DwarfSections, data: bytes | memoryview, pos: int, off_size: int, e: str,
+                  comp_dir: str) -> tuple[list[str], list[str]] | None:
+    """The directories and joined file names of a DWARF 5 line table header at ``pos`` (its directory
+    entry formats) when they are in GCC's form (each path a 32-bit .debug_line_str offset, each file's
+    directory an index), else None. A kernel unit names a few hundred headers that other units name
+    too: names are joined once per (directory, name) offset pair."""
+    line_str = sec.line_str
+    if line_str is None or data[pos] != 1 or data[pos + 1] != 1 or data[pos + 2] != FORM_LINE_STRP:
+        return None
+    u32 = _STRUCTS[(e, 4)].unpack_from
+    count, pos = _uleb(data, pos + 3)
+    dir_offs = [u32(data, pos + 4 * i)[0] for i in range(count)]
+    pos += 4 * count
+    ndirs = count
+    if bytes(data[pos : pos + 5]) != bytes((2, 1, FORM_LINE_STRP, 2, FORM_UDATA)):
+        return None
+    string_at = sec.string_at
+    dirs = [string_at(line_str, o) for o in dir_offs]
+    count, pos = _uleb(data, pos + 5)
+    joined = sec._joined.setdefault(comp_dir, {})
+    files: list[str] = []
+    for _ in range(count):
+        name_off = u32(data, pos)[0]
+        di = data[pos + 4]
+        if di < 0x80:
+            pos += 5
+        else:
+            di, pos = _uleb(data, pos + 4)
+        key = (dir_offs[di] if di < ndirs else -1, name_off)
+        got = joined.get(key)
+        if got is None:
+            got = joined[key] = concat_filename(comp_dir, dirs, string_at(line_str, name_off), di, 5)
+        files.append(got)
+    return dirs, files
 
 
 def _v5_entries(
