@@ -155,6 +155,9 @@ _INTERESTING_TAGS = frozenset(
      TAG_PARTIAL_UNIT, TAG_SKELETON_UNIT}
 )
 _SIBLING_ONLY = frozenset({AT_SIBLING})
+#: Forms whose value is one LEB128 number.
+_LEB128_FORMS = frozenset({FORM_UDATA, FORM_SDATA, FORM_REF_UDATA, FORM_STRX, FORM_ADDRX, FORM_LOCLISTX,
+                           FORM_RNGLISTX, FORM_GNU_ADDR_INDEX, FORM_GNU_STR_INDEX})
 _EMPTY: dict[int, tuple[int, Any]] = {}
 
 _CONST_FORMS = frozenset(
@@ -241,6 +244,17 @@ class DwarfSections:
     _strings: dict[tuple[int, int], str] = field(default_factory=dict, repr=False, compare=False)
     # comp_dir → {(directory's .debug_line_str offset, name's offset): joined file name} (GCC's tables)
     _joined: dict[str, dict[tuple[int, int], str]] = field(default_factory=dict, repr=False, compare=False)
+    _abbrevs: dict[int, dict[int, Abbrev]] = field(default_factory=dict, repr=False, compare=False)
+
+    def abbrev_table(self, offset: int) -> dict[int, Abbrev]:
+        """The abbreviations at ``offset`` (:func:`parse_abbrevs`), kept for a unit opened again to
+        be read on."""
+        got = self._abbrevs.get(offset)
+        if got is None:
+            if len(self._abbrevs) >= 64:  # a unit is read on soon after it was opened, if at all
+                self._abbrevs.clear()
+            got = self._abbrevs[offset] = parse_abbrevs(self, offset)
+        return got
 
     def string_at(self, section: bytes | memoryview | None, offset: int) -> str:
         key = (id(section), offset)
@@ -619,7 +633,7 @@ class _CUReader:
         self.sec = sec
         self.hdr = hdr
         self.data = sec.info
-        self.abbrevs = parse_abbrevs(sec, hdr.abbrev_offset)
+        self.abbrevs = sec.abbrev_table(hdr.abbrev_offset)
         self.e = "<" if sec.little_endian else ">"
         self.str_offsets_base = 8 if hdr.offset_size == 4 else 16
         self.addr_base = 8
@@ -786,8 +800,26 @@ class _CUReader:
                 val, pos = read_form(step[2], pos, step[3])
                 vals[step[1]] = (step[2], val)
             else:
-                _v, pos = read_form(step[1], pos, step[2])
+                pos = self._skip_form(step[1], pos, step[2])
         return code, tag, children, vals, pos
+
+    def _skip_form(self, form: int, pos: int, const: int) -> int:
+        """Where an attribute value of variable size (``form``) at ``pos`` ends, without decoding it."""
+        data = self.data
+        if form == FORM_STRING:
+            end = bytes(data[pos : pos + 64]).find(b"\0")
+            if end >= 0:
+                return pos + end + 1
+        elif form in _LEB128_FORMS:
+            while data[pos] & 0x80:
+                pos += 1
+            return pos + 1
+        elif form == FORM_EXPRLOC or form == FORM_BLOCK:
+            n, pos = _uleb(data, pos)
+            return pos + n
+        elif form == FORM_BLOCK1:
+            return pos + 1 + data[pos]
+        return self._read_form(form, pos, const)[1]
 
     # -- attribute helpers --
 
