@@ -1301,6 +1301,10 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
 #: Where the decoder state (``LineTable.pending``) keeps the first row of the sequence being decoded.
 _SEQ_FIRST = 8
 
+#: (opcode_base, line_range, min_inst_length, line_base) → the address and line advance of each special
+#: opcode (every unit of a compiler's output has the same header constants)
+_ADVANCES: dict[tuple[int, int, int, int], tuple[list[int], list[int]]] = {}
+
 
 def _decode_lines(table: LineTable, data: bytes | memoryview, until: int | None) -> None:
     """Run ``table``'s line program on from where it stopped (``table.pending``): to its end, or with
@@ -1333,8 +1337,12 @@ def _decode_lines(table: LineTable, data: bytes | memoryview, until: int | None)
     # bfd keeps only the last row for one address within a sequence (PR ld/4986): a row at the
     # address of the previous one replaces it (``last_addr``)
     # the address and line advance of each special opcode, computed once
-    addr_adv = [((op - ob) // lr) * min_inst if op >= ob else 0 for op in range(256)]
-    line_adv = [line_base + (op - ob) % lr if op >= ob else 0 for op in range(256)]
+    advances = _ADVANCES.get((ob, lr, min_inst, line_base))
+    if advances is None:
+        advances = _ADVANCES[ob, lr, min_inst, line_base] = (
+            [((op - ob) // lr) * min_inst if op >= ob else 0 for op in range(256)],
+            [line_base + (op - ob) % lr if op >= ob else 0 for op in range(256)])
+    addr_adv, line_adv = advances
     # branches in the order of how often GCC's kernel line programs use the opcodes: copy, special,
     # set_column, negate_stmt, advance_line, set_file, extended
     # opcode 1 is DW_LNS_copy unless the header makes every opcode special (opcode_base 1)
