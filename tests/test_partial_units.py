@@ -111,7 +111,7 @@ def test_gcc_file_tables_join_like_the_generic_reader(sym: Symbolizer) -> None:
         comp_dir = reader.string(*vals[D.AT_COMP_DIR]) if D.AT_COMP_DIR in vals else ""
         data = sec.line
         e = "<" if sec.little_endian else ">"
-        length, pos, off_size = D._initial_length(data, int(vals[D.AT_STMT_LIST][1]), e)
+        _length, pos, off_size = D._initial_length(data, int(vals[D.AT_STMT_LIST][1]), e)
         assert int.from_bytes(data[pos : pos + 2], "little") == 5
         pos += 2 + 2 + off_size + 1 + 1 + 4  # version, address and selector sizes, header length, ...
         pos += data[pos - 1] - 1  # standard_opcode_lengths (opcode_base - 1 bytes)
