@@ -589,7 +589,7 @@ def _body_bounds(line: str) -> tuple[int, int, bool]:
     if line.startswith(">"):
         quote = _QUOTE.match(line, 0, end)
         qend = quote.end() if quote else 0
-    start = strip_log_prefix(line, qend, end)
+    start = _LOG_PREFIX_RUN.match(line, qend, end).end()  # type: ignore[union-attr]
     return start, end, start > qend
 
 
@@ -740,14 +740,8 @@ def _parse(text: str) -> _Parsed:
     seen: dict[tuple[str, bool, str, str], int] = {}
     stack = -1
     in_stack = False
-    run = _LOG_PREFIX_RUN.match
     for i, line in enumerate(texts, 1):
-        end = len(line.rstrip(" \t\r\n\f\v"))
-        if line.startswith(">"):
-            start, end, prefixed = _body_bounds(line)
-        else:
-            start = run(line, 0, end).end()  # type: ignore[union-attr]
-            prefixed = start > 0
+        start, end, prefixed = _body_bounds(line)
         key = (line[start:end], prefixed, line[start - 1 : start], line[end:])
         n = seen.get(key)
         if n is None:
