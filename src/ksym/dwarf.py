@@ -1456,9 +1456,6 @@ def _decode_lines(table: LineTable, data: bytes | memoryview, until: int | None)
                          line_base, line_range, ob, address_size, first_file, big, std_lengths]
 
 
-_GCC_DIRS = [(1, FORM_LINE_STRP)]  # DW_LNCT_path
-_GCC_FILES = [(1, FORM_LINE_STRP), (2, FORM_UDATA)]  # DW_LNCT_path, DW_LNCT_directory_index
-
 
 def _gcc_v5_files(sec: DwarfSections, data: bytes | memoryview, pos: int, off_size: int, e: str,
                   comp_dir: str) -> tuple[list[str], list[str]] | None:
@@ -1509,23 +1506,6 @@ def _v5_entries(
     count, pos = _uleb(data, pos)
     out: list[dict[int, Any]] = []
     ofmt = e + ("I" if off_size == 4 else "Q")
-    if off_size == 4 and sec.line_str is not None and fmts in (_GCC_DIRS, _GCC_FILES):
-        # what GCC writes: a path in .debug_line_str (and a one-byte directory index, usually)
-        string_at, line_str, files = sec.string_at, sec.line_str, fmts == _GCC_FILES
-        u32 = _STRUCTS[(e, 4)].unpack_from
-        for _ in range(count):
-            path = string_at(line_str, u32(data, pos)[0])
-            pos += 4
-            if not files:
-                out.append({1: path})
-                continue
-            di = data[pos]
-            if di < 0x80:
-                pos += 1
-            else:
-                di, pos = _uleb(data, pos)
-            out.append({1: path, 2: di})
-        return out, pos
     for _ in range(count):
         ent: dict[int, Any] = {}
         for ct, form in fmts:
