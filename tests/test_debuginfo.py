@@ -28,6 +28,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import ksym as ksym_package
 from ksym.debuginfo import (
     _TEXT_BUILD_ID,
     DebuginfodClient,
@@ -167,9 +168,10 @@ def options(tmp_path: Path, server: Debuginfod | None = None, **kw: object) -> D
 
 
 def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    # the command runs the ksym under test (this checkout's), not whichever one is installed
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
            "KSYM_CACHE_DIR": str(tmp_path / "cache"), "XDG_CACHE_HOME": str(tmp_path / "xdg"),
-           "PYTHONDONTWRITEBYTECODE": "1"}
+           "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(Path(ksym_package.__file__).resolve().parents[1])}
     env.update(extra)
     return env
 
@@ -306,15 +308,120 @@ def test_offline_uses_the_cache_and_never_the_network(tmp_path: Path, debuginfod
     assert len(debuginfod.log) == n
 
 
-def test_debuginfod_cache_path_is_honoured(tmp_path: Path, debuginfod: Debuginfod,
-                                           fixture_elf: tuple[Path, str]) -> None:
+def test_debuginfod_cache_path_is_read_not_written(tmp_path: Path, debuginfod: Debuginfod,
+                                                   fixture_elf: tuple[Path, str]) -> None:
+    """$DEBUGINFOD_CACHE_PATH (elfutils' cache) is read; ksym's downloads go to its own cache."""
     elf, bid = fixture_elf
-    debuginfod.files[bid] = elf.read_bytes()
     shared = tmp_path / "shared-cache"
-    got = ksym(tmp_path, "debuginfo", "--build-id", bid, "--debuginfod-url", debuginfod.url,
+    (shared / bid).mkdir(parents=True)
+    shutil.copy(elf, shared / bid / "debuginfo")
+    got = ksym(tmp_path, "debuginfo", "--offline", "--build-id", bid, DEBUGINFOD_CACHE_PATH=str(shared))
+    assert got.returncode == 0, got.stdout
+    assert got.stdout.splitlines()[-1] == f"found: {shared / bid / 'debuginfo'} (debuginfod cache)"
+    other = tmp_path / "other.elf"
+    other_bid = with_build_id(FIXTURES / "kshapes-dwarf5.elf", other)
+    debuginfod.files[other_bid] = other.read_bytes()
+    got = ksym(tmp_path, "debuginfo", "--build-id", other_bid, "--debuginfod-url", debuginfod.url,
                DEBUGINFOD_CACHE_PATH=str(shared))
     assert got.returncode == 0, got.stdout
-    assert (shared / bid / "debuginfo").read_bytes() == elf.read_bytes()
+    assert (tmp_path / "cache" / "debuginfod" / other_bid / "debuginfo").read_bytes() == other.read_bytes()
+    assert sorted(p.name for p in shared.iterdir()) == [bid]
+
+
+def _tree(root: Path) -> dict[str, tuple[str, str | bytes]]:
+    """Every entry under ``root``: a symlink's target, a file's bytes, a directory's presence."""
+    out: dict[str, tuple[str, str | bytes]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p))
+            elif p.is_dir():
+                out[rel] = ("dir", "")
+            else:
+                out[rel] = ("file", p.read_bytes())
+    return out
+
+
+def test_elfutils_caches_are_never_touched(tmp_path: Path, debuginfod: Debuginfod,
+                                           fixture_elf: tuple[Path, str]) -> None:
+    """A damaged file, a symlink to a file of another build and a good symlink in the elfutils client's
+    caches ($XDG_CACHE_HOME/debuginfod_client and $DEBUGINFOD_CACHE_PATH): offline and online lookups
+    read them, report the bad ones and leave every file and symlink as it was (docs/debuginfo.md)."""
+    elf, bid = fixture_elf
+    good = tmp_path / "good.elf"
+    good_bid = with_build_id(FIXTURES / "kshapes-dwarf5.elf", good)
+    wrong_bid = os.urandom(20).hex()
+    elfutils = tmp_path / "xdg" / "debuginfod_client"
+    shared = tmp_path / "shared"
+    for root in (elfutils, shared):
+        (root / bid).mkdir(parents=True)
+        (root / bid / "debuginfo").write_bytes(elf.read_bytes()[:3000])  # cut short
+        (root / wrong_bid).mkdir()
+        (root / wrong_bid / "debuginfo").symlink_to(elf)  # the file of another build id
+    (elfutils / good_bid).mkdir()
+    (elfutils / good_bid / "debuginfo").symlink_to(good)
+    before = (_tree(elfutils), _tree(shared), elf.read_bytes(), good.read_bytes())
+    env = {"DEBUGINFOD_CACHE_PATH": str(shared)}
+
+    got = ksym(tmp_path, "debuginfo", "--offline", "--build-id", bid, **env)
+    assert got.returncode == EXIT_NO_FILE, got.stdout + got.stderr
+    for root in (elfutils, shared):
+        line = next(ln for ln in got.stdout.splitlines() if str(root / bid / "debuginfo") in ln)
+        assert ": unusable: " in line and "truncated" in line and "not ksym's cache: left as it is" in line
+    got = ksym(tmp_path, "debuginfo", "--offline", "--build-id", wrong_bid, **env)
+    assert got.returncode == EXIT_NO_FILE, got.stdout + got.stderr
+    line = next(ln for ln in got.stdout.splitlines() if str(elfutils / wrong_bid / "debuginfo") in ln)
+    assert f"mismatch (has {bid}, want {wrong_bid})" in line and "left as it is" in line
+    frames = ("ip_local_out_like+29",)
+    assert ksym(tmp_path, "resolve", "--offline", "--build-id", bid, *frames, **env).returncode == EXIT_NO_FILE
+    plain = ksym(tmp_path, "resolve", "--vmlinux", str(good), *frames)
+    via_link = ksym(tmp_path, "resolve", "--offline", "--build-id", good_bid, *frames, **env)
+    assert via_link.returncode == 0 and via_link.stdout == plain.stdout, via_link.stderr
+    # online: the download goes to ksym's own cache
+    debuginfod.files[bid] = elf.read_bytes()
+    online = ksym(tmp_path, "resolve", "--build-id", bid, "--debuginfod-url", debuginfod.url, *frames, **env)
+    assert online.returncode == 0, online.stderr
+    assert (tmp_path / "cache" / "debuginfod" / bid / "debuginfo").read_bytes() == elf.read_bytes()
+    assert (_tree(elfutils), _tree(shared), elf.read_bytes(), good.read_bytes()) == before
+
+
+def _past_the_end(elf: Path, dest: Path) -> Path:
+    """``elf`` with its section-name table placed at 2**62, far past the end of the file: reading it makes
+    pyelftools seek where no file can (EINVAL)."""
+    data = bytearray(elf.read_bytes())
+    assert data[:6] == b"\x7fELF\x02\x01"  # 64-bit little-endian
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    shentsize, _shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    struct.pack_into("<Q", data, shoff + shstrndx * shentsize + 0x18, 1 << 62)
+    dest.write_bytes(data)
+    return dest
+
+
+def test_offset_past_the_end_is_a_bad_file_everywhere(tmp_path: Path, debuginfod: Debuginfod,
+                                                      fixture_elf: tuple[Path, str]) -> None:
+    """A debug file whose section offsets lie past its end is unusable, in every place it can come from,
+    and a downloaded one fails verification: exit 3 or 5, never an internal error (exit 70)."""
+    elf, bid = fixture_elf
+    bad = _past_the_end(elf, tmp_path / "bad.elf")
+    tree = tmp_path / "debug"
+    (tree / ".build-id" / bid[:2]).mkdir(parents=True)
+    shutil.copy(bad, tree / ".build-id" / bid[:2] / f"{bid[2:]}.debug")
+    (tmp_path / "cache" / "debuginfod" / bid).mkdir(parents=True)
+    shutil.copy(bad, tmp_path / "cache" / "debuginfod" / bid / "debuginfo")
+    got = ksym(tmp_path, "debuginfo", "--offline", "--build-id", bid, "--debug-dir", str(tree))
+    assert got.returncode == EXIT_NO_FILE, got.stdout + got.stderr
+    unusable = [ln for ln in got.stdout.splitlines() if ": unusable: corrupt ELF file" in ln]
+    assert len(unusable) == 2, got.stdout
+    got = ksym(tmp_path, "debuginfo", "--vmlinux", str(bad))
+    assert got.returncode == 4 and got.stderr.count("\n") == 1 and "corrupt ELF file" in got.stderr, got.stderr
+    debuginfod.files[bid] = bad.read_bytes()
+    shutil.rmtree(tmp_path / "cache")
+    got = ksym(tmp_path, "resolve", "--build-id", bid, "--debuginfod-url", debuginfod.url, "x+1")
+    assert got.returncode == EXIT_NETWORK and got.stderr.count("\n") == 1, got.stderr
+    assert "no usable ELF file" in got.stderr and "discarded" in got.stderr
+    assert not (tmp_path / "cache" / "debuginfod" / bid).exists()
 
 
 def test_progress_bar_is_one_line(tmp_path: Path, debuginfod: Debuginfod) -> None:

@@ -8,8 +8,8 @@ A kernel (or module) build is named by its GNU build id: the running kernel's is
 1. ``<dir>/.build-id/xx/yyyy.debug`` for each ``--debug-dir``, each ``$KSYM_DEBUG_DIRS`` entry and
    ``/usr/lib/debug``;
 2. the distribution paths of the kernel release (:func:`ksym.locate.candidate_paths`), for a vmlinux;
-3. the debuginfod cache (``$DEBUGINFOD_CACHE_PATH``, else ``<ksym cache>/debuginfod``; the elfutils
-   client's ``~/.cache/debuginfod_client`` is read too);
+3. the debuginfod caches: ksym's own ``<ksym cache>/debuginfod``, then the elfutils client's
+   (``$DEBUGINFOD_CACHE_PATH``, ``~/.cache/debuginfod_client``), which are read and never written;
 4. each debuginfod server (``$DEBUGINFOD_URLS`` or ``--debuginfod-url``), ``GET /buildid/<hex>/debuginfo``,
    unless offline.
 
@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from .errors import BadFileError, DebuginfodError, FileNotFoundKsymError, KsymError
 
@@ -41,13 +42,16 @@ __all__ = [
     "Attempt",
     "DebugLookup",
     "DebuginfoOptions",
+    "DebuginfodCaches",
     "DebuginfodClient",
+    "ElfFacts",
     "add_debuginfo_arguments",
     "build_id_paths",
     "check_file",
     "debug_roots",
     "debuginfod_cache_dirs",
     "debuginfod_servers",
+    "elf_facts",
     "expected_build_id",
     "file_build_id",
     "kernel_build_id_in_text",
@@ -81,13 +85,37 @@ def file_build_id(path: str | os.PathLike[str]) -> str | None:
 
     :raises FileNotFoundKsymError: cannot open it; :raises BadFileError: not a (complete) ELF file.
     """
+    return elf_facts(path).build_id
+
+
+class ElfFacts(NamedTuple):
+    """What a lookup needs of a candidate debug file: its GNU build id (None: no note) and whether it has
+    DWARF."""
+
+    build_id: str | None
+    has_dwarf: bool
+
+
+def elf_facts(path: str | os.PathLike[str]) -> ElfFacts:
+    """The build id and DWARF presence of an ELF file, read without trusting it: any failure to read a
+    damaged file (an offset past its end, an impossible size) is a :class:`BadFileError`.
+
+    :raises FileNotFoundKsymError: cannot open it; :raises BadFileError: not a (complete, sound) ELF file.
+    """
     from .image import KernelImage
 
-    img = KernelImage(path)
     try:
-        return img.build_id
-    finally:
-        img.close()
+        img = KernelImage(path)
+        try:
+            return ElfFacts(img.build_id, img.has_dwarf)
+        finally:
+            img.close()
+    except KsymError:
+        raise
+    except OSError as exc:  # pyelftools seeking to an offset the file cannot have (EINVAL)
+        raise BadFileError(f"{path}: corrupt ELF file: reading it failed: {exc.strerror or exc}") from None
+    except (OverflowError, ValueError, LookupError, struct.error) as exc:
+        raise BadFileError(f"{path}: corrupt ELF file: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,7 +131,7 @@ class DebuginfoOptions:
     :param servers: debuginfod base URLs; None: ``$DEBUGINFOD_URLS`` (space-separated).
     :param offline: no network at all (the cache is still read).
     :param cache_dir: the ksym cache (default ``$KSYM_CACHE_DIR``, ``~/.cache/ksym``); debuginfod files go
-        under its ``debuginfod/`` unless ``$DEBUGINFOD_CACHE_PATH`` is set.
+        under its ``debuginfod/``, the only place ksym writes them.
     :param progress: draw a progress bar on stderr; None: only when stderr is a terminal.
     :param timeout: connect and read (no data) timeout in seconds; None: ``$DEBUGINFOD_TIMEOUT``, else 30.
     :param use_env: read ``$KSYM_DEBUG_DIRS``/``$DEBUGINFOD_*`` (tests turn it off).
@@ -154,22 +182,29 @@ def debuginfod_servers(options: DebuginfoOptions) -> list[str]:
     return [u.rstrip("/") for u in urls if u.strip()]
 
 
-def debuginfod_cache_dirs(options: DebuginfoOptions) -> tuple[Path, list[Path]]:
-    """(the cache ksym writes to, the caches it reads: that one first, then the elfutils client's)."""
-    env = os.environ.get("DEBUGINFOD_CACHE_PATH") if options.use_env else None
-    if env:
-        write = Path(env)
-    else:
-        from .index import default_cache_dir
+class DebuginfodCaches(NamedTuple):
+    """The debuginfod caches: ``own`` (``<ksym cache>/debuginfod``), the only one ksym writes, renames or
+    deletes in, and ``reads``: that one first, then the elfutils client's (``$DEBUGINFOD_CACHE_PATH``, and
+    ``$XDG_CACHE_HOME/debuginfod_client``), which are only ever read."""
 
-        write = (Path(options.cache_dir) if options.cache_dir else default_cache_dir()) / "debuginfod"
-    reads = [write]
+    own: Path
+    reads: list[Path]
+
+
+def debuginfod_cache_dirs(options: DebuginfoOptions) -> DebuginfodCaches:
+    """ksym's own debuginfod cache, and every cache read (see :class:`DebuginfodCaches`)."""
+    from .index import default_cache_dir
+
+    own = (Path(options.cache_dir) if options.cache_dir else default_cache_dir()) / "debuginfod"
+    reads = [own]
     if options.use_env:
+        env = os.environ.get("DEBUGINFOD_CACHE_PATH")
         xdg = os.environ.get("XDG_CACHE_HOME")
-        elfutils = (Path(xdg) if xdg else Path.home() / ".cache") / "debuginfod_client"
-        if elfutils not in reads:
-            reads.append(elfutils)
-    return write, reads
+        for foreign in ([Path(env)] if env else []) + [(Path(xdg) if xdg else Path.home() / ".cache")
+                                                       / "debuginfod_client"]:
+            if foreign not in reads:
+                reads.append(foreign)
+    return DebuginfodCaches(own, reads)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -237,21 +272,15 @@ def _is_file(path: Path) -> bool | None:
 
 
 def check_file(path: Path, want: str | None, kind: str, need_dwarf: bool) -> Attempt:
-    from .image import KernelImage
-
     present = _is_file(path)
     if present is None:
         return Attempt(kind, str(path), "unusable", None, "permission denied")
     if not present:
         return Attempt(kind, str(path), "missing")
     try:
-        img = KernelImage(path)
+        have, dwarf = elf_facts(path)
     except KsymError as exc:
         return Attempt(kind, str(path), "unusable", None, str(exc).removeprefix(f"{path}: "))
-    try:
-        have, dwarf = img.build_id, img.has_dwarf
-    finally:
-        img.close()
     if need_dwarf and not dwarf:
         return Attempt(kind, str(path), "unusable", have, "no DWARF (a stripped image)", False)
     if want is None:
@@ -326,7 +355,7 @@ class DebuginfodClient:
                  warn: Callable[[str], None] | None = None, stream: IO[str] | None = None) -> None:
         self.options = options or DebuginfoOptions()
         self.servers = debuginfod_servers(self.options)
-        self.cache_dir, self.cache_reads = debuginfod_cache_dirs(self.options)
+        self.cache_dir, self.cache_reads = debuginfod_cache_dirs(self.options)  # own (written), all read
         t = self.options.timeout
         if t is None and self.options.use_env:
             try:
@@ -357,11 +386,14 @@ class DebuginfodClient:
         for root in self.cache_reads:
             p = root / bid / "debuginfo"
             a = check_file(p, bid, "debuginfod cache", False)
-            attempts.append(a)
             if a.outcome == "match":
+                attempts.append(a)
                 return p
-            if a.outcome in ("mismatch", "unusable", "no build id"):
-                _unlink(p)  # a damaged cache entry: fetch it again
+            if a.outcome != "missing" and root != self.cache_dir:
+                # another program's cache (elfutils'): passed over, never repaired, moved or deleted
+                a.detail = "; ".join(d for d in (a.detail, "not ksym's cache: left as it is") if d)
+            # a damaged entry of ksym's own cache stays until a download replaces it (one rename)
+            attempts.append(a)
         if not self.servers:
             attempts.append(Attempt("debuginfod", "(no servers)", "skipped",
                                     detail="set $DEBUGINFOD_URLS or pass --debuginfod-url"))

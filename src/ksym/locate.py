@@ -188,7 +188,7 @@ def explain_debuginfo(
 
     :raises FileNotFoundKsymError, BadFileError: ``vmlinux`` cannot be read.
     """
-    from .debuginfo import file_build_id, mismatch_warning
+    from .debuginfo import elf_facts, file_build_id, mismatch_warning
 
     rel = release or os.uname().release
     running = running_build_id(notes_path)
@@ -198,13 +198,7 @@ def explain_debuginfo(
         source = "from --build-id"
     elif vmlinux is not None:
         path = Path(vmlinux)
-        from .image import KernelImage
-
-        img = KernelImage(path)
-        try:
-            want, dwarf = img.build_id, img.has_dwarf
-        finally:
-            img.close()
+        want, dwarf = elf_facts(path)
         source = f"from {path}'s own note"
         notes.append(f"{path}: build id {want or 'none'}, " + ("has DWARF" if dwarf else "no DWARF (stripped)"))
         if running:
