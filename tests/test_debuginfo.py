@@ -9,11 +9,13 @@ a file of the wrong build id. The ELF files are the project's fixtures given a G
 
 from __future__ import annotations
 
+import fcntl
 import http.server
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -31,6 +33,7 @@ from hypothesis import strategies as st
 import ksym as ksym_package
 from ksym.debuginfo import (
     _TEXT_BUILD_ID,
+    DEFAULT_MAX_SIZE,
     DebuginfodClient,
     DebuginfoOptions,
     file_build_id,
@@ -83,10 +86,23 @@ class Debuginfod:
     #: build id → number of GETs still to cut off halfway
     cut: dict[str, int] = field(default_factory=dict)
     ranges: bool = True
+    #: seconds between the body's bytes (a trickle: each read brings data, the whole never arrives)
+    trickle: float = 0.0
+    #: build id → number of GETs still to stall: half the body, then nothing until the server stops
+    stall: dict[str, int] = field(default_factory=dict)
+    #: answer every build id with a claimed 20 GB of zeros (at most ``zeros_limit`` bytes really sent)
+    zeros: bool = False
+    zeros_limit: int = 64 << 20
+    #: no Content-Length: the body ends when the connection closes
+    no_length: bool = False
+    #: bytes written per request (in the order of ``log``)
+    sent: list[int] = field(default_factory=list)
+    stopped: threading.Event = field(default_factory=threading.Event)
     log: list[tuple[str, str | None]] = field(default_factory=list)
     server: http.server.ThreadingHTTPServer | None = None
 
     def stop(self) -> None:
+        self.stopped.set()  # releases stalled and trickling answers
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
@@ -106,12 +122,18 @@ def _handler(state: Debuginfod) -> type[http.server.BaseHTTPRequestHandler]:
             if state.slow:
                 time.sleep(state.slow)
             parts = self.path.strip("/").split("/")
+            if state.zeros:
+                self._zeros()
+                return
             if len(parts) != 3 or parts[0] != "buildid" or parts[2] != "debuginfo" or parts[1] not in state.files:
                 body = b"not found\n"
-                self.send_response(404)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(404)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (the slow-server tests)
                 return
             data = state.files[parts[1]]
             start = 0
@@ -122,9 +144,16 @@ def _handler(state: Debuginfod) -> type[http.server.BaseHTTPRequestHandler]:
             else:
                 self.send_response(200)
             body = data[start:]
-            self.send_header("Content-Length", str(len(body)))
+            if state.no_length:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(len(body)))
             self.send_header("Content-Type", "application/octet-stream")
             self.end_headers()
+            if state.trickle or state.stall.get(parts[1], 0) > 0:
+                self._paced(parts[1], body)
+                return
             if state.cut.get(parts[1], 0) > 0:
                 state.cut[parts[1]] -= 1
                 self.wfile.write(body[: len(body) // 2])
@@ -136,6 +165,47 @@ def _handler(state: Debuginfod) -> type[http.server.BaseHTTPRequestHandler]:
                 self.wfile.write(body)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (the slow-server test)
+
+        def _paced(self, bid: str, body: bytes) -> None:
+            sent = 0
+            try:
+                if state.stall.get(bid, 0) > 0:
+                    state.stall[bid] -= 1
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    sent = len(body) // 2
+                    state.stopped.wait(60)
+                    return
+                for i in range(len(body)):
+                    if state.stopped.wait(state.trickle):
+                        return
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                    sent += 1
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            finally:
+                state.sent.append(sent)
+                self.close_connection = True
+
+        def _zeros(self) -> None:
+            self.send_response(200)
+            if state.no_length:
+                self.send_header("Connection", "close")
+            else:
+                self.send_header("Content-Length", str(20 * 10**9))
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            block, sent = bytes(1 << 16), 0
+            try:
+                while sent < state.zeros_limit and not state.stopped.is_set():
+                    self.wfile.write(block)
+                    sent += len(block)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            finally:
+                state.sent.append(sent)
+                self.close_connection = True
 
     return Handler
 
@@ -269,6 +339,188 @@ def test_download_that_keeps_breaking_off_fails_cleanly(tmp_path: Path, debuginf
     with pytest.raises(DebuginfodError, match="broke off"):
         DebuginfodClient(options(tmp_path, debuginfod)).fetch(bid)
     assert not (tmp_path / "cache" / "debuginfod" / bid).exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# every transfer has a deadline and a size cap; temporaries never outlive their download
+
+
+def _leftovers(cache: Path) -> list[Path]:
+    """Download temporaries left anywhere under ``cache``."""
+    return sorted(cache.rglob(".tmp-debuginfo-*")) if cache.exists() else []
+
+
+def _download_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("ksym-debuginfod-")]
+
+
+def test_trickling_server_fails_at_the_deadline(tmp_path: Path, debuginfod: Debuginfod,
+                                                fixture_elf: tuple[Path, str]) -> None:
+    """One byte every 0.5 s: each read brings data, so no read timeout fires; the overall deadline does."""
+    elf, bid = fixture_elf
+    debuginfod.files[bid] = elf.read_bytes()
+    debuginfod.trickle = 0.5
+    client = DebuginfodClient(options(tmp_path, debuginfod, deadline=1.5))
+    t0 = time.monotonic()
+    with pytest.raises(DebuginfodError) as exc:
+        client.fetch(bid)
+    assert time.monotonic() - t0 < 1.5 + 1.0
+    text = str(exc.value)
+    assert "no complete file within 1.5 s" in text and "\n" not in text and exc.value.exit_code == EXIT_NETWORK
+    assert _leftovers(tmp_path / "cache") == [] and not (tmp_path / "cache" / "debuginfod" / bid).exists()
+    # the worker stops at its next byte, closing its (already removed) file
+    for _ in range(40):
+        if not _download_threads():
+            break
+        time.sleep(0.05)
+    assert _download_threads() == []
+
+
+def test_trickling_server_through_the_command(tmp_path: Path, debuginfod: Debuginfod,
+                                              fixture_elf: tuple[Path, str]) -> None:
+    elf, bid = fixture_elf
+    debuginfod.files[bid] = elf.read_bytes()
+    debuginfod.trickle = 0.5
+    t0 = time.monotonic()
+    baseline = ksym(tmp_path, "resolve", "--build-id", "ab" * 20, "--debuginfod-url", debuginfod.url, "x+1")
+    startup = time.monotonic() - t0  # the same command without a download: interpreter, imports
+    assert baseline.returncode == EXIT_NO_FILE, baseline.stderr
+    t0 = time.monotonic()
+    got = subprocess.run([sys.executable, "-m", "ksym", "resolve", "--build-id", bid, "--debuginfod-url",
+                          debuginfod.url, "x+1"], capture_output=True, text=True, check=False, timeout=30,
+                         env=cli_env(tmp_path, DEBUGINFOD_MAXTIME="2"))
+    assert time.monotonic() - t0 < startup + 2 + 2
+    assert got.returncode == EXIT_NETWORK, got.stderr
+    assert got.stderr.count("\n") == 1 and "no complete file within 2 s" in got.stderr and bid in got.stderr
+    assert _leftovers(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["20GB-announced", "until-close"])
+def test_a_stream_of_zeros_is_refused_at_its_first_bytes(tmp_path: Path, debuginfod: Debuginfod,
+                                                         length: bool) -> None:
+    """A server answering 20 GB of zeros: refused for its announced size, or (no size announced) by the
+    ELF magic before more than its first bytes is written; the connection is dropped at once."""
+    debuginfod.zeros = True
+    debuginfod.no_length = not length
+    bid = "ab" * 20
+    t0 = time.monotonic()
+    with pytest.raises(DebuginfodError) as exc:
+        DebuginfodClient(options(tmp_path, debuginfod)).fetch(bid)
+    assert time.monotonic() - t0 < 5
+    if length:
+        assert f"the file is {20 * 10**9} bytes, over the limit of {DEFAULT_MAX_SIZE}" in str(exc.value)
+    else:
+        assert "no usable ELF file (it starts with b'\\x00\\x00\\x00\\x00'" in str(exc.value)
+    assert len(debuginfod.log) == 1  # not asked again
+    for _ in range(100):  # the server notices the dropped connection
+        if debuginfod.sent:
+            break
+        time.sleep(0.05)
+    assert debuginfod.sent and debuginfod.sent[0] < debuginfod.zeros_limit
+    assert _leftovers(tmp_path / "cache") == [] and not (tmp_path / "cache" / "debuginfod" / bid).exists()
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "until-close"])
+def test_a_file_over_the_size_cap_is_refused(tmp_path: Path, debuginfod: Debuginfod,
+                                             fixture_elf: tuple[Path, str], length: bool) -> None:
+    elf, bid = fixture_elf
+    data = elf.read_bytes()
+    debuginfod.files[bid] = data
+    debuginfod.no_length = not length
+    cap = len(data) // 2
+    with pytest.raises(DebuginfodError) as exc:
+        DebuginfodClient(options(tmp_path, debuginfod, max_size=cap)).fetch(bid)
+    text = str(exc.value)
+    if length:  # the size the server announces is enough: nothing is downloaded
+        assert f"the file is {len(data)} bytes, over the limit of {cap}" in text
+    else:
+        assert f"over the limit of {cap} bytes" in text
+    assert len(debuginfod.log) == 1 and "$DEBUGINFOD_MAXSIZE" in text
+    assert _leftovers(tmp_path / "cache") == [] and not (tmp_path / "cache" / "debuginfod" / bid).exists()
+    # the same file within the cap, and the cap from the environment for the command
+    assert DebuginfodClient(options(tmp_path, debuginfod, max_size=len(data))).fetch(bid).read_bytes() == data
+    shutil.rmtree(tmp_path / "cache")
+    got = ksym(tmp_path, "resolve", "--build-id", bid, "--debuginfod-url", debuginfod.url, "x+1",
+               DEBUGINFOD_MAXSIZE=str(cap))
+    assert got.returncode == EXIT_NETWORK and got.stderr.count("\n") == 1 and str(cap) in got.stderr
+
+
+def _start_stalled_download(tmp_path: Path, debuginfod: Debuginfod, bid: str) -> tuple[subprocess.Popen[str], Path]:
+    """``ksym resolve`` downloading ``bid`` from a server that sends half the file and then waits; returns
+    the process once its temporary holds that half."""
+    half = len(debuginfod.files[bid]) // 2
+    debuginfod.stall[bid] = 1
+    proc = subprocess.Popen([sys.executable, "-m", "ksym", "resolve", "--build-id", bid, "--debuginfod-url",
+                             debuginfod.url, "x+1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env(tmp_path))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        parts = _leftovers(tmp_path / "cache")
+        if parts and parts[0].stat().st_size == half:
+            return proc, parts[0]
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate()
+    raise AssertionError("the download never reached half the file")
+
+
+def test_sigterm_mid_download_leaves_nothing(tmp_path: Path, debuginfod: Debuginfod) -> None:
+    mod = need(SMALL_MODULE)
+    bid = file_build_id(mod)
+    assert bid
+    debuginfod.files[bid] = mod.read_bytes()
+    proc, _part = _start_stalled_download(tmp_path, debuginfod, bid)
+    os.kill(proc.pid, signal.SIGTERM)
+    _out, err = proc.communicate(timeout=30)  # reaps it
+    assert proc.returncode == -signal.SIGTERM, err
+    assert "Traceback" not in err and "internal error" not in err
+    assert _leftovers(tmp_path / "cache") == [] and not (tmp_path / "cache" / "debuginfod" / bid).exists()
+
+
+@pytest.mark.parametrize("ranges", [True, False], ids=["resumed", "restarted"])
+def test_sigkill_mid_download_is_resumed_by_the_next_run(tmp_path: Path, debuginfod: Debuginfod,
+                                                         ranges: bool) -> None:
+    """SIGKILL cannot be caught: the partial file stays, and the next download of that build id takes it
+    over (``Range`` from its size; a server without ranges sends it all again); nothing is left after."""
+    mod = need(SMALL_MODULE)
+    bid = file_build_id(mod)
+    assert bid
+    data = mod.read_bytes()
+    debuginfod.files[bid] = data
+    debuginfod.ranges = ranges
+    proc, part = _start_stalled_download(tmp_path, debuginfod, bid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)  # reaps it
+    assert proc.returncode == -signal.SIGKILL
+    assert _leftovers(tmp_path / "cache") == [part] and part.stat().st_size == len(data) // 2
+    got = ksym(tmp_path, "debuginfo", "--build-id", bid, "--debuginfod-url", debuginfod.url)
+    assert got.returncode == 0, got.stdout + got.stderr
+    assert debuginfod.log[-1] == (f"/buildid/{bid}/debuginfo", f"bytes={len(data) // 2}-")
+    assert (tmp_path / "cache" / "debuginfod" / bid / "debuginfo").read_bytes() == data
+    assert _leftovers(tmp_path / "cache") == []
+
+
+def test_stale_temporaries_are_removed_by_age(tmp_path: Path) -> None:
+    """Temporaries in ksym's cache that nothing wrote to for an hour and no ksym holds are removed by a
+    later lookup; a young one, one a running download holds (locked) and the elfutils cache's are kept."""
+    own = tmp_path / "cache" / "debuginfod"
+    old_time = time.time() - 2 * 3600
+    stale = own / ("ab" * 20) / ".tmp-debuginfo-stale"
+    young = own / ("cd" * 20) / ".tmp-debuginfo-young"
+    held = own / ("ef" * 20) / ".tmp-debuginfo-held"
+    foreign = tmp_path / "xdg" / "debuginfod_client" / ("ab" * 20) / ".tmp-debuginfo-theirs"
+    for p in (stale, young, held, foreign):
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"\x7fELF" + bytes(1000))
+    for p in (stale, held, foreign):
+        os.utime(p, (old_time, old_time))
+    with open(held, "rb") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # as a running download holds its file
+        got = ksym(tmp_path, "debuginfo", "--offline", "--build-id", "12" * 20)
+    assert got.returncode == EXIT_NO_FILE, got.stdout + got.stderr
+    assert not stale.exists() and not stale.parent.exists()
+    assert young.exists() and held.exists() and foreign.exists()
 
 
 def test_wrong_build_id_is_rejected(tmp_path: Path, debuginfod: Debuginfod,

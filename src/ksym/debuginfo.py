@@ -25,12 +25,17 @@ Example::
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import signal
+import stat
 import struct
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -38,7 +43,10 @@ from typing import IO, Any, NamedTuple
 from .errors import BadFileError, DebuginfodError, FileNotFoundKsymError, KsymError
 
 __all__ = [
+    "DEFAULT_DEADLINE",
     "DEFAULT_DEBUG_ROOT",
+    "DEFAULT_MAX_SIZE",
+    "STALE_TEMPORARY_AGE",
     "Attempt",
     "DebugLookup",
     "DebuginfoOptions",
@@ -61,6 +69,7 @@ __all__ = [
     "options_from_args",
     "package_hint",
     "read_os_release",
+    "remove_stale_temporaries",
 ]
 
 DEFAULT_DEBUG_ROOT = Path("/usr/lib/debug")
@@ -69,6 +78,14 @@ _HEX = re.compile(r"^[0-9a-f]{8,128}$")
 _PROGRESS_MIN = 1 << 20
 _CHUNK = 1 << 16
 _TRIES = 4
+_ELF_MAGIC = b"\x7fELF"
+#: the names of download temporaries in ksym's cache (``<build id>/.tmp-debuginfo-XXXXXXXX``)
+_TEMP_PREFIX = ".tmp-debuginfo-"
+#: a download's overall deadline (seconds) and size cap (bytes) when neither option nor environment sets one
+DEFAULT_DEADLINE = 1800.0
+DEFAULT_MAX_SIZE = 4 << 30
+#: a temporary nothing wrote to for this long (seconds) and no ksym holds is removed
+STALE_TEMPORARY_AGE = 3600.0
 
 
 def normalize_build_id(text: str) -> str:
@@ -134,6 +151,10 @@ class DebuginfoOptions:
         under its ``debuginfod/``, the only place ksym writes them.
     :param progress: draw a progress bar on stderr; None: only when stderr is a terminal.
     :param timeout: connect and read (no data) timeout in seconds; None: ``$DEBUGINFOD_TIMEOUT``, else 30.
+    :param deadline: overall seconds one download may take, all of it (connecting, every retry); None:
+        ``$DEBUGINFOD_MAXTIME``, else :data:`DEFAULT_DEADLINE`.
+    :param max_size: the largest file downloaded, in bytes; None: ``$DEBUGINFOD_MAXSIZE``, else
+        :data:`DEFAULT_MAX_SIZE`.
     :param use_env: read ``$KSYM_DEBUG_DIRS``/``$DEBUGINFOD_*`` (tests turn it off).
     """
 
@@ -143,6 +164,8 @@ class DebuginfoOptions:
     cache_dir: str | None = None
     progress: bool | None = None
     timeout: float | None = None
+    deadline: float | None = None
+    max_size: int | None = None
     use_env: bool = True
     system_root: bool = True
 
@@ -345,10 +368,12 @@ def locate_debuginfo(
 class DebuginfodClient:
     """Fetch ``/buildid/<hex>/debuginfo`` from debuginfod servers into an on-disk cache.
 
-    Downloads go to a temporary file next to the cache entry, resume with a ``Range`` request when the
-    connection breaks off (or start over when the server ignores ranges), are checked to be an ELF file
-    with the build id asked for, and are renamed into ``<cache>/<build id>/debuginfo`` (the elfutils
-    client's layout). Nothing touches the network when ``options.offline``.
+    Downloads go to a locked temporary file next to the entry in ksym's own cache (never the elfutils
+    client's), resume with a ``Range`` request when the connection breaks off or a killed ksym left a
+    partial file (or start over when the server ignores ranges), end within an overall deadline and a size
+    cap, must start as an ELF file and have the build id asked for, and are renamed into
+    ``<cache>/<build id>/debuginfo`` (the elfutils client's layout). Nothing touches the network when
+    ``options.offline``.
     """
 
     def __init__(self, options: DebuginfoOptions | None = None, *,
@@ -363,6 +388,12 @@ class DebuginfodClient:
             except ValueError:
                 t = 30.0
         self.timeout = t if t and t > 0 else 30.0
+        #: a bound always holds: 0, a negative or a malformed value (elfutils' 0 is "no limit") is the default
+        self.deadline = _positive(self.options.deadline, "DEBUGINFOD_MAXTIME" if self.options.use_env else None,
+                                  DEFAULT_DEADLINE)
+        self.max_size = int(_positive(self.options.max_size, "DEBUGINFOD_MAXSIZE" if self.options.use_env
+                                      else None, DEFAULT_MAX_SIZE))
+        self._swept = False
         self.warn = warn
         self.stream = stream if stream is not None else sys.stderr
         p = self.options.progress
@@ -394,6 +425,9 @@ class DebuginfodClient:
                 a.detail = "; ".join(d for d in (a.detail, "not ksym's cache: left as it is") if d)
             # a damaged entry of ksym's own cache stays until a download replaces it (one rename)
             attempts.append(a)
+        if not self._swept:  # not cached: before any download, what killed downloads left behind
+            self._swept = True
+            remove_stale_temporaries(self.cache_dir)
         if not self.servers:
             attempts.append(Attempt("debuginfod", "(no servers)", "skipped",
                                     detail="set $DEBUGINFOD_URLS or pass --debuginfod-url"))
@@ -431,98 +465,151 @@ class DebuginfodClient:
     # -- one download --
 
     def _download(self, url: str, build_id: str) -> Path:
+        """Fetch ``url`` into ksym's own cache as ``<build id>/debuginfo``: within the deadline, at most
+        ``max_size`` bytes, an ELF file from its first bytes, and of ``build_id`` once complete.
+
+        The transfer runs in a worker thread so that the deadline holds in every phase (name lookup,
+        connecting, headers, body) however the server paces its bytes; this thread waits for it, draws
+        the progress bar, and on the deadline leaves the worker to stop at its next read (its file is
+        already unlinked then)."""
         import requests
 
         dest_dir = self.cache_dir / build_id
         try:
             dest_dir.mkdir(parents=True, exist_ok=True)
-            import tempfile  # only here: it imports shutil and random
-
-            fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=".tmp-debuginfo-")
+            part = _claim_temporary(dest_dir)
         except OSError as exc:
             raise _Failed(f"cannot write the cache {self.cache_dir}: {exc.strerror or exc}") from None
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "r+b") as out:
-                self._transfer(requests, url, out)
-            have = self._verify(tmp, build_id)
-            if have != build_id:
-                raise _Failed(f"the server sent a file with build id {have or 'none'}, not {build_id}: "
-                              "discarded", have)
-            dest = dest_dir / "debuginfo"
-            os.replace(tmp, dest)
-            return dest
-        finally:
-            _unlink(tmp)
-            try:
-                dest_dir.rmdir()  # only if left empty (a failed first download)
-            except OSError:
-                pass
-
-    def _transfer(self, requests: Any, url: str, out: IO[bytes]) -> None:
-        got = 0
-        total: int | None = None
+        state = _Transfer(got=part.size, head=part.head)
+        worker = threading.Thread(target=self._transfer_worker, args=(requests, url, part.file, state),
+                                  name=f"ksym-debuginfod-{build_id[:16]}", daemon=True)
         bar: _Progress | None = None
-        breaks: list[str] = []
-        try:
-            for _try in range(_TRIES):
-                # identity: byte counts and ranges are then those of the file itself
-                headers = {"Accept-Encoding": "identity", "User-Agent": "ksym"}
-                if got:
-                    headers["Range"] = f"bytes={got}-"
+        renamed = False
+        start = time.monotonic()
+        with _sigterm_cleans_up():  # outside the try: its finally runs before SIGTERM ends the process
+            try:
+                worker.start()
+                while True:
+                    left = self.deadline - (time.monotonic() - start)
+                    worker.join(max(0.0, min(0.1, left)))
+                    if bar is None and self.progress and state.answered and (
+                            self.forced_progress or state.total is None or state.total >= _PROGRESS_MIN):
+                        bar = _Progress(self.stream, f"ksym: debuginfod: {build_id[:16]}", state.total)
+                    if bar is not None:
+                        bar.update(state.got)
+                    if not worker.is_alive():
+                        break
+                    if left <= 0:
+                        raise _Failed(f"no complete file within {self.deadline:g} s ($DEBUGINFOD_MAXTIME; "
+                                      f"{state.got} bytes arrived)")
+                if state.error is not None:
+                    raise state.error
+                have = self._verify(part.path, build_id)
+                if have != build_id:
+                    raise _Failed(f"the server sent a file with build id {have or 'none'}, not {build_id}: "
+                                  "discarded", have)
+                dest = dest_dir / "debuginfo"
+                os.replace(part.path, dest)  # still locked: no other ksym takes it for a partial file
+                renamed = True
+                return dest
+            except OSError as exc:
+                raise _Failed(f"cannot write the cache {self.cache_dir}: {exc.strerror or exc}") from None
+            finally:
+                if not renamed:
+                    _unlink(part.path)
+                state.hand_over(part.file)
+                if bar is not None:
+                    bar.done()
                 try:
-                    r = requests.get(url, stream=True, timeout=(self.timeout, self.timeout), headers=headers,
-                                     allow_redirects=True)
-                except requests.exceptions.ConnectTimeout:
-                    raise _Failed(f"no connection within {self.timeout:g} s") from None
-                except requests.exceptions.ReadTimeout:
-                    raise _Failed(f"no answer within {self.timeout:g} s") from None
-                except requests.exceptions.ConnectionError as exc:
-                    if got:
-                        breaks.append(_short(exc))
-                        continue
-                    raise _Failed(f"cannot connect: {_short(exc)}") from None
-                except requests.exceptions.RequestException as exc:
-                    raise _Failed(_short(exc)) from None
-                with r:
-                    if r.status_code == 404:
-                        raise _NotFound("HTTP 404")
-                    if got and r.status_code == 206 and _range_start(r.headers.get("Content-Range")) == got:
-                        pass  # resumed where it broke off
-                    elif r.status_code == 200:
-                        if got:  # the server ignored the range: start over
-                            out.seek(0)
-                            out.truncate()
-                            got = 0
-                        total = _int(r.headers.get("Content-Length"))
-                    else:
-                        raise _Failed(f"HTTP {r.status_code} {r.reason or ''}".rstrip())
-                    if bar is None and self.progress and (self.forced_progress or total is None
-                                                          or total >= _PROGRESS_MIN):
-                        bar = _Progress(self.stream, f"ksym: debuginfod: {build_id_of_url(url)[:16]}", total)
-                    try:
-                        for chunk in r.iter_content(_CHUNK):
-                            out.write(chunk)
-                            got += len(chunk)
-                            if bar is not None:
-                                bar.update(got)
-                    except requests.exceptions.ConnectionError as exc:
-                        # urllib3's read timeout arrives here too, wrapped
-                        if "timed out" in str(exc).lower():
-                            raise _Failed(f"no data for {self.timeout:g} s (after {got} bytes)") from None
-                        breaks.append(_short(exc))
-                        continue
-                    except requests.exceptions.RequestException as exc:  # ChunkedEncodingError: cut short
-                        breaks.append(_short(exc))
-                        continue
-                if total is None or got >= total:
-                    out.flush()
-                    return
-                breaks.append(f"connection closed after {got} of {total} bytes")
-            raise _Failed(f"the download broke off {len(breaks)} times ({breaks[-1] if breaks else '?'})")
+                    dest_dir.rmdir()  # only if left empty (a failed first download)
+                except OSError:
+                    pass
+
+    def _transfer_worker(self, requests: Any, url: str, out: IO[bytes], state: _Transfer) -> None:
+        try:
+            self._transfer(requests, url, out, state)
+        except BaseException as exc:  # noqa: BLE001 - raised again by the waiting thread, never printed here
+            state.error = exc
         finally:
-            if bar is not None:
-                bar.done()
+            state.finish(out)
+
+    def _transfer(self, requests: Any, url: str, out: IO[bytes], state: _Transfer) -> None:
+        from urllib3.exceptions import HTTPError as Urllib3Error
+        from urllib3.exceptions import ReadTimeoutError
+
+        cap = self.max_size
+        breaks: list[str] = []
+        for _try in range(_TRIES):
+            if state.cancel.is_set():
+                return
+            # identity: byte counts and ranges are then those of the file itself
+            headers = {"Accept-Encoding": "identity", "User-Agent": "ksym"}
+            if state.got:
+                headers["Range"] = f"bytes={state.got}-"
+            try:
+                r = requests.get(url, stream=True, timeout=(self.timeout, self.timeout), headers=headers,
+                                 allow_redirects=True)
+            except requests.exceptions.ConnectTimeout:
+                raise _Failed(f"no connection within {self.timeout:g} s") from None
+            except requests.exceptions.ReadTimeout:
+                raise _Failed(f"no answer within {self.timeout:g} s") from None
+            except requests.exceptions.ConnectionError as exc:
+                if state.got:
+                    breaks.append(_short(exc))
+                    continue
+                raise _Failed(f"cannot connect: {_short(exc)}") from None
+            except requests.exceptions.RequestException as exc:
+                raise _Failed(_short(exc)) from None
+            with r:
+                if r.status_code == 404:
+                    raise _NotFound("HTTP 404")
+                if state.got and r.status_code == 206 and _range_start(r.headers.get("Content-Range")) == state.got:
+                    state.total = _range_total(r.headers.get("Content-Range"))  # resumed where it broke off
+                elif r.status_code == 200 or (state.got and r.status_code == 416):
+                    if state.got:  # the server ignored the range (or refused it): start over
+                        out.seek(0)
+                        out.truncate()
+                        state.got, state.head = 0, b""
+                    if r.status_code == 416:
+                        breaks.append("HTTP 416: the range asked for was refused")
+                        continue
+                    state.total = _int(r.headers.get("Content-Length"))
+                else:
+                    raise _Failed(f"HTTP {r.status_code} {r.reason or ''}".rstrip())
+                if state.total is not None and state.total > cap:
+                    raise _Failed(f"the file is {state.total} bytes, over the limit of {cap} "
+                                  "($DEBUGINFOD_MAXSIZE): not downloaded")
+                state.answered = True
+                # read1: whatever one read brings (a trickle is seen byte by byte), urllib3 2.3 and later
+                read = getattr(r.raw, "read1", None) or r.raw.read
+                try:
+                    while not state.cancel.is_set():
+                        chunk = read(_CHUNK, decode_content=True)
+                        if not chunk:
+                            break
+                        if len(state.head) < len(_ELF_MAGIC):
+                            head = (state.head + chunk)[: len(_ELF_MAGIC)]
+                            if head != _ELF_MAGIC[: len(head)]:
+                                raise _Failed(f"the server sent no usable ELF file (it starts with {head!r}, "
+                                              "not b'\\x7fELF'): discarded")
+                            state.head = head
+                        if state.got + len(chunk) > cap:
+                            raise _Failed(f"the file is over the limit of {cap} bytes ($DEBUGINFOD_MAXSIZE): "
+                                          "discarded")
+                        out.write(chunk)
+                        state.got += len(chunk)
+                except ReadTimeoutError:
+                    raise _Failed(f"no data for {self.timeout:g} s (after {state.got} bytes)") from None
+                except (Urllib3Error, requests.exceptions.RequestException, ConnectionError) as exc:
+                    breaks.append(_short(exc))  # cut short (IncompleteRead, a reset): ask for the rest
+                    continue
+            if state.cancel.is_set():
+                return
+            if state.total is None or state.got >= state.total:
+                out.flush()
+                return
+            breaks.append(f"connection closed after {state.got} of {state.total} bytes")
+        raise _Failed(f"the download broke off {len(breaks)} times ({breaks[-1] if breaks else '?'})")
 
     @staticmethod
     def _verify(path: Path, build_id: str) -> str | None:
@@ -531,6 +618,166 @@ class DebuginfodClient:
         except (BadFileError, FileNotFoundKsymError) as exc:
             raise _Failed(f"the server sent no usable ELF file ({str(exc).removeprefix(f'{path}: ')}): "
                           "discarded") from None
+
+
+@dataclass(slots=True)
+class _Transfer:
+    """One download, shared by the worker thread that runs it and the thread that waits for it: bytes
+    written so far (``got``, counting a resumed partial file), the file's size when the server said it,
+    the first bytes (checked against the ELF magic), and who closes the file: the worker when the waiting
+    thread gave up on it, else the waiting thread (after the rename, so its lock is held until then)."""
+
+    got: int = 0
+    head: bytes = b""
+    total: int | None = None
+    answered: bool = False
+    error: BaseException | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    finished: bool = False
+    abandoned: bool = False
+
+    def finish(self, out: IO[bytes]) -> None:
+        """The worker is done with ``out``: it closes it if the waiting thread has already left."""
+        with self.lock:
+            self.finished = True
+            close = self.abandoned
+        if close:
+            out.close()
+
+    def hand_over(self, out: IO[bytes]) -> None:
+        """The waiting thread is done: it closes ``out`` if the worker has finished, else tells the worker
+        to stop and close it (never both: a closed descriptor's number may be reused at once)."""
+        self.cancel.set()
+        with self.lock:
+            self.abandoned = True
+            close = self.finished
+        if close:
+            out.close()
+
+
+class _Temporary(NamedTuple):
+    """A download's file in ksym's cache, locked (``flock``) for as long as a ksym writes it: a new one, or
+    a partial one a killed ksym left, taken over to resume from ``size``."""
+
+    path: Path
+    file: IO[bytes]
+    size: int
+    head: bytes
+
+
+def _lock_temporary(path: Path) -> tuple[int, os.stat_result] | None:
+    """Open and lock ``path`` (a regular file, not a symlink, still under that name), or None when it is
+    gone, not a plain file or locked by a running download."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and os.stat(path, follow_symlinks=False).st_ino == st.st_ino:
+            return fd, st
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _claim_temporary(dest_dir: Path) -> _Temporary:
+    """The file a download of ``dest_dir``'s build id writes: a partial one left by a ksym that was killed
+    (unlocked, starting as an ELF file does) to resume, else a new one; other abandoned ones are removed.
+
+    :raises OSError: the cache cannot be written."""
+    taken: _Temporary | None = None
+    for p in sorted(dest_dir.glob(_TEMP_PREFIX + "*")):
+        locked = _lock_temporary(p)
+        if locked is None:
+            continue  # another download's, running now
+        fd, st = locked
+        head = os.pread(fd, len(_ELF_MAGIC), 0)
+        if taken is None and st.st_size > 0 and head == _ELF_MAGIC[: len(head)]:
+            taken = _Temporary(p, os.fdopen(fd, "r+b"), st.st_size, head)
+            taken.file.seek(0, os.SEEK_END)
+            continue
+        _unlink(p)
+        os.close(fd)
+    if taken is not None:
+        return taken
+    import tempfile  # only here: it imports shutil and random
+
+    for _try in range(3):
+        fd, name = tempfile.mkstemp(dir=dest_dir, prefix=_TEMP_PREFIX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(name).st_ino == os.fstat(fd).st_ino:
+                return _Temporary(Path(name), os.fdopen(fd, "r+b"), 0, b"")
+        except OSError:
+            pass  # another ksym took it in the instant between creating and locking it: a new one
+        os.close(fd)
+    raise OSError(f"cannot lock a temporary file in {dest_dir}")
+
+
+def remove_stale_temporaries(cache: Path, age: float = STALE_TEMPORARY_AGE) -> list[Path]:
+    """Remove the download temporaries (``<build id>/.tmp-debuginfo-*``) in ksym's own debuginfod cache
+    ``cache`` that no running ksym holds and that nothing wrote to for ``age`` seconds (left by a ksym
+    killed with SIGKILL, or by a power cut); returns what was removed. Never raises."""
+    removed: list[Path] = []
+    now = time.time()
+    try:
+        dirs = [d for d in os.scandir(cache) if d.is_dir(follow_symlinks=False)]
+    except OSError:
+        return removed
+    for d in dirs:
+        try:
+            names = [e for e in os.scandir(d.path) if e.name.startswith(_TEMP_PREFIX)]
+        except OSError:
+            continue
+        for e in names:
+            try:
+                if now - e.stat(follow_symlinks=False).st_mtime < age:
+                    continue
+            except OSError:
+                continue
+            locked = _lock_temporary(Path(e.path))
+            if locked is None:
+                continue
+            _unlink(Path(e.path))
+            os.close(locked[0])
+            removed.append(Path(e.path))
+        if names:
+            try:
+                os.rmdir(d.path)  # only if that left it empty
+            except OSError:
+                pass
+    return removed
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived during a download: unwinds it (removing its temporary) before the process ends."""
+
+
+@contextmanager
+def _sigterm_cleans_up() -> Iterator[None]:
+    """While a download runs, SIGTERM (when nothing else handles it) unwinds the download first, so its
+    temporary file is removed, then ends the process by SIGTERM as it would have."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield  # someone else handles SIGTERM (or cannot here): the cleanup on a later run covers it
+        return
+
+    def raise_terminated(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)  # the download's finally blocks have run: end as asked
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class _NotFound(Exception):
@@ -551,6 +798,24 @@ def build_id_of_url(url: str) -> str:
 def _range_start(value: str | None) -> int | None:
     m = re.match(r"bytes (\d+)-", value or "")
     return int(m.group(1)) if m else None
+
+
+def _range_total(value: str | None) -> int | None:
+    """The whole file's size in a ``Content-Range: bytes a-b/N`` (None for ``*`` or none)."""
+    m = re.match(r"bytes \d+-\d+/(\d+)$", (value or "").strip())
+    return int(m.group(1)) if m else None
+
+
+def _positive(given: float | None, env: str | None, default: float) -> float:
+    """``given``, else the environment variable ``env``, else ``default``; a value that is not a positive
+    number is the default."""
+    value: float | None = given
+    if value is None and env:
+        try:
+            value = float(os.environ.get(env, "") or 0)
+        except ValueError:
+            value = None
+    return value if value is not None and value > 0 else default
 
 
 def _int(value: str | None) -> int | None:
