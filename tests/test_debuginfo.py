@@ -501,6 +501,19 @@ def test_sigkill_mid_download_is_resumed_by_the_next_run(tmp_path: Path, debugin
     assert _leftovers(tmp_path / "cache") == []
 
 
+def test_a_partial_file_that_is_no_elf_is_not_resumed(tmp_path: Path, debuginfod: Debuginfod,
+                                                      fixture_elf: tuple[Path, str]) -> None:
+    """A temporary left in the entry's directory that does not start as an ELF file is removed, and the
+    download starts from byte 0."""
+    elf, bid = fixture_elf
+    debuginfod.files[bid] = elf.read_bytes()
+    junk = tmp_path / "cache" / "debuginfod" / bid / ".tmp-debuginfo-junk"
+    junk.parent.mkdir(parents=True)
+    junk.write_bytes(b"<html>" + bytes(100))
+    got = DebuginfodClient(options(tmp_path, debuginfod)).fetch(bid)
+    assert got.read_bytes() == elf.read_bytes() and debuginfod.log == [(f"/buildid/{bid}/debuginfo", None)]
+    assert _leftovers(tmp_path / "cache") == []
+
 def test_stale_temporaries_are_removed_by_age(tmp_path: Path) -> None:
     """Temporaries in ksym's cache that nothing wrote to for an hour and no ksym holds are removed by a
     later lookup; a young one, one a running download holds (locked) and the elfutils cache's are kept."""
@@ -618,6 +631,7 @@ def test_elfutils_caches_are_never_touched(tmp_path: Path, debuginfod: Debuginfo
     env = {"DEBUGINFOD_CACHE_PATH": str(shared)}
 
     got = ksym(tmp_path, "debuginfo", "--offline", "--build-id", bid, **env)
+    assert (_tree(elfutils), _tree(shared), elf.read_bytes(), good.read_bytes()) == before
     assert got.returncode == EXIT_NO_FILE, got.stdout + got.stderr
     for root in (elfutils, shared):
         line = next(ln for ln in got.stdout.splitlines() if str(root / bid / "debuginfo") in ln)
