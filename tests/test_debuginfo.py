@@ -120,7 +120,7 @@ def _handler(state: Debuginfod) -> type[http.server.BaseHTTPRequestHandler]:
             rng = self.headers.get("Range")
             state.log.append((self.path, rng))
             if state.slow:
-                time.sleep(state.slow)
+                state.stopped.wait(state.slow)
             parts = self.path.strip("/").split("/")
             if state.zeros:
                 self._zeros()
@@ -375,6 +375,22 @@ def test_trickling_server_fails_at_the_deadline(tmp_path: Path, debuginfod: Debu
         time.sleep(0.05)
     assert _download_threads() == []
 
+
+def test_the_deadline_holds_before_the_headers_too(tmp_path: Path, debuginfod: Debuginfod) -> None:
+    """A server that takes longer than the deadline to answer at all, with a read timeout longer still."""
+    debuginfod.slow = 4.0
+    client = DebuginfodClient(options(tmp_path, debuginfod, timeout=30, deadline=1.0))
+    t0 = time.monotonic()
+    with pytest.raises(DebuginfodError, match="no complete file within 1 s"):
+        client.fetch("cd" * 20)
+    assert time.monotonic() - t0 < 2.0
+    assert _leftovers(tmp_path / "cache") == []
+    debuginfod.stop()  # the server answers now: the worker, still waiting for it, ends
+    for _ in range(100):
+        if not _download_threads():
+            break
+        time.sleep(0.05)
+    assert _download_threads() == []
 
 def test_trickling_server_through_the_command(tmp_path: Path, debuginfod: Debuginfod,
                                               fixture_elf: tuple[Path, str]) -> None:
