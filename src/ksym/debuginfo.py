@@ -580,7 +580,7 @@ class DebuginfodClient:
                     raise _Failed(f"the file is {state.total} bytes, over the limit of {cap} "
                                   "($DEBUGINFOD_MAXSIZE): not downloaded")
                 state.answered = True
-                # read1: whatever one read brings (a trickle is seen byte by byte), urllib3 2.3 and later
+                # read1 (where urllib3 has it): what one read brings, so a trickle is seen as it comes
                 read = getattr(r.raw, "read1", None) or r.raw.read
                 try:
                     while not state.cancel.is_set():
