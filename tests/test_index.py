@@ -333,3 +333,18 @@ def test_relative_xdg_cache_home_is_ignored(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "abs"))
     assert default_cache_dir() == tmp_path / "abs" / "ksym"
     assert source.default_cache_dir() == tmp_path / "abs" / "ksym" / "source"
+
+
+def test_a_file_that_cannot_be_used_is_not_left_open(tmp_path: Path) -> None:
+    """The Symbolizer releases the file when it refuses it, not when the collector gets to it: the
+    exception (whose traceback holds the half-made object) is still alive here."""
+    from ksym import MissingDebugInfoError
+
+    elf = fixture("kshapes-nodebug.elf").resolve()
+    with pytest.raises(MissingDebugInfoError) as refused:
+        Symbolizer(elf, cache_dir=tmp_path)
+    assert refused.traceback
+    fds = {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+           if os.path.exists(f"/proc/self/fd/{fd}")}
+    assert str(elf) not in fds
+    assert str(elf) not in Path("/proc/self/maps").read_text()

@@ -181,7 +181,11 @@ class Symbolizer:
         self._units_loaded = 0
         self._answers_stored = 0
         self._answers_looked_up = 0
-        self._load_index()
+        try:
+            self._load_index()
+        except BaseException:
+            self._release()  # a file that cannot be used is not kept open until the collector runs
+            raise
 
     # -- index ---------------------------------------------------------------------------------------
 
