@@ -1,7 +1,8 @@
 """The on-disk index (ksym.index) can neither be poisoned nor serve a file it was not built from, every
 command leaves what it read in it, and it cleans up after itself.
 
-- A damaged copy of a debug file that carries the genuine build id gets its own index: run first, its
+- A damaged copy of a debug file that carries the genuine build id (a fixture, and the real vmlinux with one
+  byte changed deep in .debug_info) gets its own index: run first, its
   answers and units are never served for the genuine file, and the genuine file's are never served for
   it (the index is keyed by build id and a fingerprint of the file's contents).
 - An index in an older layout (keyed by the build id alone) is ignored, not read.
@@ -118,6 +119,47 @@ def test_damaged_copy_run_first_neither_poisons_nor_is_served(tmp_path: Path) ->
     assert _answers(genuine, cache) == want_genuine
     keys = sorted(p.name for p in (cache / "index").iterdir())
     assert len(keys) == 2 and all(k.startswith(BUILD_ID + "-") for k in keys), keys
+
+
+@pytest.mark.vmlinux
+def test_damaged_vmlinux_copy_run_first_neither_poisons_nor_is_served(tmp_path: Path) -> None:
+    """The same on the real vmlinux, damaged where a sampled hash would not look: one byte in the middle
+    of its 163 MB .debug_info (the DW_AT_call_line of the nf_hook call inlined into __ip_local_out, found
+    with pyelftools), so the copy silently answers another line."""
+    vmlinux = require_test_vmlinux()
+    frame = "__ip_local_out+222"
+    want = _ksym("resolve", "--no-index", "--vmlinux", str(vmlinux), frame)
+    assert "(inlined by) __ip_local_out at net/ipv4/ip_output.c:115" in want.stdout
+    with open(vmlinux, "rb") as f:
+        elf = ELFFile(f)
+        dwarf = elf.get_dwarf_info(relocate_dwarf_sections=False)
+        info_off = elf.get_section_by_name(".debug_info")["sh_offset"]
+        with Symbolizer(vmlinux, use_index=False, links=False) as sym:
+            address = sym.resolve(frame)[0].address
+        cu = dwarf.get_CU_at(dwarf.get_aranges().cu_offset_at_addr(address))
+        lines = [a for a in (d.attributes.get("DW_AT_call_line") for d in cu.iter_DIEs()
+                             if d.tag == "DW_TAG_inlined_subroutine") if a is not None and a.value == 115]
+    assert [a.form for a in lines] == ["DW_FORM_data1"]
+    assert info_off + lines[0].offset > info_off + 0x1000000  # deep inside the section
+    damaged = tmp_path / "vmlinux.damaged"
+    try:
+        shutil.copyfile(vmlinux, damaged)
+        with open(damaged, "r+b") as f:
+            f.seek(info_off + lines[0].offset)
+            f.write(bytes([116]))
+        want_damaged = _ksym("resolve", "--no-index", "--vmlinux", str(damaged), frame)
+        assert want_damaged.stdout == want.stdout.replace("ip_output.c:115", "ip_output.c:116")
+        cache = tmp_path / "cache"
+        with Symbolizer(damaged, cache_dir=cache, links=False) as first:  # closing writes its index
+            assert "".join(f"{r}\n" for r in first.resolve(frame)) == want_damaged.stdout
+        assert list(cache.glob("index/*/answers.v*")), "the damaged copy's answers were stored"
+        got = _ksym("resolve", "--vmlinux", str(vmlinux), "--cache-dir", str(cache), frame)
+        assert got.stdout == want.stdout, "the damaged copy's answers were served for the genuine file"
+        again = _ksym("resolve", "--vmlinux", str(damaged), "--cache-dir", str(cache), frame)
+        assert again.stdout == want_damaged.stdout, "the genuine file's answers were served for the copy"
+        assert len(list((cache / "index").iterdir())) == 2
+    finally:
+        damaged.unlink(missing_ok=True)
 
 
 def test_damage_anywhere_in_the_file_gets_its_own_index(tmp_path: Path) -> None:
