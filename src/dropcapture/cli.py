@@ -12,6 +12,7 @@ file:line. Needs root; see docs/dropcapture.md (exit codes, save format).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import os
@@ -161,8 +162,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.vmlinux and not os.path.isfile(args.vmlinux):
         raise ValueError(f"--vmlinux {args.vmlinux}: no such file")
     annotate = None
+    # closes ksym's Symbolizer at the end of the capture: what it learnt goes to its index then
+    closing = contextlib.ExitStack()
     if not args.ebpf and not args.no_stack:
-        annotate, status = ksym_annotator(args.vmlinux, _running_build_id())
+        annotate, status = ksym_annotator(args.vmlinux, _running_build_id(), closing)
         if args.vmlinux or annotate is not None:
             print(f"dropcapture: {status}", file=sys.stderr)
 
@@ -217,6 +220,7 @@ def _run(args: argparse.Namespace) -> int:
             out.flush()
     finally:
         cap.close()
+        closing.close()
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
         if save:

@@ -7,6 +7,7 @@ settles. ksym is imported lazily; without a debug vmlinux frames stay ``func+0xo
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from collections.abc import Callable
@@ -57,7 +58,8 @@ def format_chain(chain: Any) -> str:
 
 
 def ksym_annotator(
-    vmlinux: str | None = None, running_build_id: str | None = None
+    vmlinux: str | None = None, running_build_id: str | None = None,
+    closing: contextlib.ExitStack | None = None,
 ) -> tuple[Callable[[Symbol], tuple[str, ...]] | None, str]:
     """A ``Symbol -> ("file:line (inlined ...)", ...)`` function backed by ksym, and a status text.
 
@@ -66,6 +68,8 @@ def ksym_annotator(
     available; a lookup error of one frame (``ksym.KsymError``) leaves only that frame unannotated.
     With ``running_build_id``, a vmlinux whose GNU build id differs is refused: some functions of
     another build have the same size, so ``func+off/size`` would resolve to wrong lines.
+    ``closing`` closes ksym's Symbolizer when it closes (that writes what it learnt to ksym's index);
+    without it the Symbolizer is never closed and its index gets nothing from this run.
     """
     try:
         # imported by name so type checkers of dropcapture do not descend into ksym
@@ -81,6 +85,8 @@ def ksym_annotator(
         return None, f"no file:line ({exc}); frames shown as func+0xoff"
     path = getattr(sym, "path", vmlinux)
     have = getattr(sym, "build_id", None)
+    if closing is not None and hasattr(sym, "close"):
+        closing.callback(sym.close)
     if running_build_id and have and have != running_build_id:
         return None, (
             f"{path} has build id {have} but the running kernel's is {running_build_id}: not used for "

@@ -30,6 +30,7 @@ marked unresolved, never guessed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -939,8 +940,13 @@ def _read_input(name: str) -> str:
 
 def annotate_command(args: argparse.Namespace) -> int:
     """Run ``ksym annotate`` with parsed ``args``; returns the exit code (0: every frame resolved,
-    1: some did not, 2: usage, 3/4: vmlinux or kallsyms missing / unusable)."""
+    1: some did not, 2: usage, 3/4: vmlinux or kallsyms missing / unusable). The Symbolizer and the
+    module files are closed before it returns (the index is written then), on every path."""
+    with contextlib.ExitStack() as closing:
+        return _annotate_command(args, closing)
 
+
+def _annotate_command(args: argparse.Namespace, closing: contextlib.ExitStack) -> int:
     def err(line: str) -> None:
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
@@ -965,13 +971,17 @@ def annotate_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         ks = load_kallsyms(args.kallsyms) if getattr(args, "kallsyms", None) else None
-        sym = Symbolizer(getattr(args, "vmlinux", None), use_index=not getattr(args, "no_index", False),
+        sym = closing.enter_context(Symbolizer(
+                         getattr(args, "vmlinux", None), use_index=not getattr(args, "no_index", False),
                          cache_dir=getattr(args, "cache_dir", None), warn=err,
                          kernel_tag=getattr(args, "kernel_tag", None), elixir_url=getattr(args, "elixir_url", None),
                          # plain text without --links shows no links: skip building them
                          links=fmt != "text" or bool(getattr(args, "links", False)),
                          build_id=expected if where != "the running kernel's" else None,
-                         debuginfo=options, path_map=getattr(args, "path_map", None))
+                         debuginfo=options, path_map=getattr(args, "path_map", None)))
+        from .cli import report_stats
+
+        closing.callback(report_stats, sym, err)
         warning = mismatch_warning(expected, where, sym.path, sym.build_id)
         if warning and not any(expected and expected in w for w in sym.warnings):
             err(warning)
@@ -981,6 +991,7 @@ def annotate_command(args: argparse.Namespace) -> int:
             release = m.group(1) if m else None
         modules = ModuleSet(release, getattr(args, "modules", None) or [], debuginfo=options,
                             path_map=sym.path_map)
+        closing.callback(modules.close)
         result = annotate(text, sym, kaslr_offset=getattr(args, "kaslr_offset", None), kallsyms=ks,
                           exact=bool(getattr(args, "exact", False)), modules=modules)
         sym.flush()  # the index learns this dump's frames (the report below may read more)

@@ -23,7 +23,7 @@ from .errors import (
     SymbolNotFoundError,
 )
 
-__all__ = ["add_path_map_argument", "build_parser", "main"]
+__all__ = ["add_path_map_argument", "build_parser", "main", "report_stats"]
 
 EPILOG = """\
 examples:
@@ -157,20 +157,30 @@ def _resolve_command(args: argparse.Namespace, out: Callable[[str], None],
         if args.list:
             err("--list is not supported for module debug files yet")
             return EXIT_USAGE
-        msym = ModuleSymbolizer(vmlinux, path_map=args.path_map)
-        warning = mismatch_warning(expected, where, vmlinux, msym.build_id)
-        if warning:
+        with ModuleSymbolizer(vmlinux, path_map=args.path_map) as msym:
+            warning = mismatch_warning(expected, where, vmlinux, msym.build_id)
+            if warning:
+                err(warning)
+            return _print_resolutions(msym, args, out, err, None)
+    # closed at the end of the block, also on an error: what was read goes to the index then
+    with Symbolizer(vmlinux, use_index=not args.no_index, cache_dir=args.cache_dir, warn=err,
+                    kernel_tag=args.kernel_tag, elixir_url=args.elixir_url,
+                    links=args.json or args.links,  # plain text shows no links: skip building them
+                    debuginfo=options, path_map=args.path_map) as sym:
+        warning = mismatch_warning(expected, where, sym.path, sym.build_id)
+        if warning and not any(expected and expected in w for w in sym.warnings):
             err(warning)
-        return _print_resolutions(msym, args, out, err, None)
-    sym = Symbolizer(vmlinux, use_index=not args.no_index, cache_dir=args.cache_dir, warn=err,
-                     kernel_tag=args.kernel_tag, elixir_url=args.elixir_url,
-                     links=args.json or args.links,  # plain text shows no links: skip building them
-                     debuginfo=options, path_map=args.path_map)
-    warning = mismatch_warning(expected, where, sym.path, sym.build_id)
-    if warning and not any(expected and expected in w for w in sym.warnings):
-        err(warning)
-    lister = _Lister(sym, args, err) if args.list else None
-    return _print_resolutions(sym, args, out, err, lister)
+        lister = _Lister(sym, args, err) if args.list else None
+        status = _print_resolutions(sym, args, out, err, lister)
+    report_stats(sym, err)
+    return status
+
+
+def report_stats(sym: Any, err: Callable[[str], None]) -> None:
+    """With ``KSYM_STATS=1``: one line on stderr of what the run read (``Symbolizer.stats``: units from
+    the DWARF and from the index, answers stored and looked up, the index directory)."""
+    if os.environ.get("KSYM_STATS", "") not in ("", "0"):
+        err(f"ksym: stats: {sym.stats}")
 
 
 def _print_resolutions(sym: Any, args: argparse.Namespace, out: Callable[[str], None],
@@ -361,8 +371,8 @@ def run() -> None:
     """The ``ksym`` command: :func:`main`, then exit without tearing the interpreter down.
 
     A run over a large dump leaves ~10^5 objects that the interpreter would free one by one at exit
-    (~20 ms, 5% of a warm annotate): output is flushed and exit handlers (the index flush) run first,
-    then the process ends."""
+    (~20 ms, 5% of a warm annotate): output is flushed and exit handlers run first, then the process
+    ends. The commands have closed their Symbolizer (and written the index) before :func:`main` returns."""
     import atexit
 
     code = main()

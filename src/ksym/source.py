@@ -82,9 +82,9 @@ class SourceFetchError(KsymError, LookupError):
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/ksym/source``, ``~/.cache/ksym/source`` when XDG_CACHE_HOME is unset or relative."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "ksym" / "source"
+    from .index import xdg_cache_home
+
+    return xdg_cache_home() / "ksym" / "source"
 
 
 def _clean_path(path: str) -> str | None:

@@ -1,20 +1,21 @@
 """The one entry point: :class:`Symbolizer` turns frames and addresses into :class:`Resolution` records.
 
     >>> from ksym import Symbolizer
-    >>> s = Symbolizer("/usr/lib/debug/boot/vmlinux-6.1.0-53-cloud-amd64")
-    >>> print(s.resolve("__ip_local_out+222")[0])
+    >>> with Symbolizer("/usr/lib/debug/boot/vmlinux-6.1.0-53-cloud-amd64") as s:
+    ...     print(s.resolve("__ip_local_out+222")[0])
     __ip_local_out+222/0x160:
     nf_hook at include/linux/netfilter.h:257
     (inlined by) __ip_local_out at net/ipv4/ip_output.c:115
 
 It owns every cache: the on-disk index (symbols, aranges, each CU once read; see :mod:`ksym.index`) and
 an in-memory LRU of compiled units for batch work. The ELF file itself is opened only when the index
-cannot answer.
+cannot answer. What a session learns (units read, answers given) is written to the index by
+:meth:`Symbolizer.close` (or leaving a ``with`` block), or :meth:`Symbolizer.flush`; never at exit or
+by the garbage collector.
 """
 
 from __future__ import annotations
 
-import atexit
 import bisect
 import contextlib
 import gc
@@ -23,10 +24,9 @@ import os
 import re
 import struct
 import threading
-import weakref
 from array import array
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +36,24 @@ from . import dwarf as D
 from .compress import SHF_COMPRESSED
 from .debuginfo import DebuginfoOptions
 from .errors import BadFileError, KsymError, SpecError
-from .index import IndexStore
+from .index import FileIdentity, IndexStore, fingerprint, image_key
 from .locate import find_vmlinux
 from .model import Resolution, SourceLocation
 from .pathmap import PathMap
 from .spec import AddressSpec, FuncSpec, parse_spec
 from .symbols import Section, SymbolTable, faddr2line_select, inline_chain
 
-__all__ = ["Symbolizer", "source_relative"]
+__all__ = ["IndexStats", "Symbolizer", "source_relative"]
 
 _KERNEL_TOP_DIRS = (
     "arch", "block", "certs", "crypto", "drivers", "fs", "include", "init", "io_uring", "ipc", "kernel",
     "lib", "mm", "net", "rust", "samples", "scripts", "security", "sound", "tools", "usr", "virt",
 )
 _TOP_RE = re.compile("/(?:" + "|".join(_KERNEL_TOP_DIRS) + ")/")
+
+#: SHT_RELA, SHT_REL: sections the Symbolizer never reads (it does not relocate DWARF), left out of
+#: the fingerprint of a file (they are half of a debug vmlinux).
+_RELOCATION_SECTION_TYPES = (4, 9)
 
 _DWARF_SECTIONS = {
     "info": ".debug_info", "abbrev": ".debug_abbrev", "line": ".debug_line", "debug_str": ".debug_str",
@@ -80,6 +84,29 @@ def source_relative(path: str, prefix: str | None = None) -> str:
     return path
 
 
+@dataclass(frozen=True, slots=True)
+class IndexStats:
+    """What a :class:`Symbolizer` read so far (``Symbolizer.stats``; ``KSYM_STATS=1`` prints it)."""
+
+    #: compilation units read from the DWARF (or read further than the index held)
+    units_read: int
+    #: units loaded from the index
+    units_loaded: int
+    #: addresses answered from the index's stored answers
+    answers_stored: int
+    #: addresses looked up in a unit
+    answers_looked_up: int
+    #: whether the file's contents were hashed for its index key (its first use, or it changed)
+    fingerprinted: bool
+    #: the index directory of the image (None: ``use_index=False``)
+    index: str | None
+
+    def __str__(self) -> str:
+        return (f"units_read={self.units_read} units_loaded={self.units_loaded} answers_stored={self.answers_stored} "
+                f"answers_looked_up={self.answers_looked_up} fingerprinted={int(self.fingerprinted)} "
+                f"index={self.index or '-'}")
+
+
 class Symbolizer:
     """Resolve kernel frames (``func+off[/size]``) and link-time addresses against one debug image.
 
@@ -97,6 +124,10 @@ class Symbolizer:
     :raises FileNotFoundKsymError: no such file / nothing found.
     :raises BadFileError: not ELF, truncated, no symbol table; :class:`MissingDebugInfoError`: no DWARF.
     :raises PathMapError: a malformed ``path_map`` rule (a ``ValueError``).
+
+    It holds a memory map of the file and what it learnt for the index: use it in a ``with`` block or
+    call :meth:`close`, which writes the index (:meth:`flush`) and releases the file. A Symbolizer
+    that is not closed writes nothing more to the index.
     """
 
     def __init__(
@@ -137,7 +168,7 @@ class Symbolizer:
         # address → inline chain with links, for frames seen again (stack dumps repeat them)
         self._chains: LRUCache[int, tuple[SourceLocation, ...]] = LRUCache(maxsize=16384)
         # address → (chain as plain tuples, line-row start or -1): loaded from the index on first use;
-        # new answers and CUs read or expanded are written by flush() (close(), or at exit)
+        # new answers and CUs read or expanded are written by flush() (close(), the end of a with block)
         self._answers: dict[Any, Any] | None = None
         self._new_answers: dict[Any, Any] = {}
         self._dirty_cus: dict[int, D.CompiledUnit] = {}
@@ -145,8 +176,16 @@ class Symbolizer:
         self._unit_map: dict[int, str] | None = None
         self._new_units: dict[int, str] = {}
         self._packs: LRUCache[str, dict[int, Any]] = LRUCache(maxsize=4)
-        self._load_index()
-        _LIVE.add(self)
+        self._units_read: set[int] = set()
+        self._fingerprinted = False
+        self._units_loaded = 0
+        self._answers_stored = 0
+        self._answers_looked_up = 0
+        try:
+            self._load_index()
+        except BaseException:
+            self._release()  # a file that cannot be used is not kept open until the collector runs
+            raise
 
     # -- index ---------------------------------------------------------------------------------------
 
@@ -155,7 +194,12 @@ class Symbolizer:
             from .errors import FileNotFoundKsymError
 
             raise FileNotFoundKsymError(f"{self.path}: no such file")
-        key = self._store.key_for_path(self.path)
+        identity = None
+        if self._store.enabled:
+            # taken before the contents are read: a file changed meanwhile has another identity later
+            with contextlib.suppress(OSError):
+                identity = FileIdentity.of(self.path)
+        key = self._store.key_for(identity) if identity is not None else None
         rec = self._store.load_image(key) if key else None
         if rec is not None and key:
             try:
@@ -167,19 +211,28 @@ class Symbolizer:
         img = self._open_image()
         img.require_dwarf()
         self.build_id: str | None = img.build_id
-        self.key = self.build_id or self._store.fallback_key(self.path)
+        if identity is None:
+            # no index to read or write: the key names nothing on disk
+            self.key = image_key(self.build_id, "unindexed")
+            self._apply_record(self._build_record(img))
+            return
+        # the index binds the contents, not only the build id: a damaged copy carrying the genuine
+        # build id must neither be answered from the genuine file's index nor write into it
+        self.key = image_key(self.build_id, fingerprint(
+            img.mm, [(s.offset, s.size) for s in img.sections if s.type in _RELOCATION_SECTION_TYPES]))
+        self._fingerprinted = True
         rec = self._store.load_image(self.key)
         if rec is not None:
             try:
                 self._apply_record(rec)
-                self._store.remember_path(self.path, self.key)
+                self._store.remember(identity, self.key)
                 return
             except (KeyError, TypeError, ValueError):
                 pass
         rec = self._build_record(img)
         self._apply_record(rec)
         self._store.save_image(self.key, rec)
-        self._store.remember_path(self.path, self.key)
+        self._store.remember(identity, self.key)
 
     def _open_image(self) -> Any:
         if self._image is None:
@@ -348,6 +401,7 @@ class Symbolizer:
         if rec is not None:
             try:
                 cu = D.unit_from_record(rec)
+                self._units_loaded += 1
             except (TypeError, ValueError, IndexError):
                 cu = None
         if cu is None:
@@ -374,14 +428,22 @@ class Symbolizer:
                 if cu.needs_expansion(address):
                     changed = D.expand_for(self._dwarf(), cu, address) or changed
         except (D.DwarfError, IndexError, ValueError, struct.error) as exc:
+            self._forget_unit(cu.offset)
             raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {cu.offset:#x}: {exc}") from None
         if changed:
             self._mark_dirty(cu)
 
     def _mark_dirty(self, cu: D.CompiledUnit) -> None:
+        self._units_read.add(cu.offset)
         self._dirty_cus[cu.offset] = cu
         if len(self._dirty_cus) >= _MAX_DIRTY_CUS:
             self._write_cus()
+
+    def _forget_unit(self, offset: int) -> None:
+        """A unit whose reading failed part way: never stored (its record may be half grown), and read
+        again from the start if asked again."""
+        self._dirty_cus.pop(offset, None)
+        self._cus.pop(offset, None)
 
     def _units(self) -> dict[int, str]:
         if self._unit_map is None:
@@ -404,7 +466,8 @@ class Symbolizer:
 
     def flush(self) -> None:
         """Write what this session learnt to the on-disk index: the units read or expanded and the
-        answers given (called by :meth:`close` and at interpreter exit)."""
+        answers given. :meth:`close` (and leaving a ``with`` block) calls it; nothing else writes them,
+        so a Symbolizer that is never closed leaves only its image record in the index."""
         self._write_cus()
         if self._new_units:
             self._store.save_unit_map(self.key, self._new_units)
@@ -414,6 +477,12 @@ class Symbolizer:
             self._new_answers = {}
 
     # -- lookups ---------------------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> IndexStats:
+        """What this Symbolizer read so far: units from the DWARF and from the index, answers."""
+        return IndexStats(len(self._units_read), self._units_loaded, self._answers_stored, self._answers_looked_up,
+                          self._fingerprinted, str(self._store.directory(self.key)) if self._store.enabled else None)
 
     @property
     def tag_guess(self) -> Any:
@@ -543,6 +612,8 @@ class Symbolizer:
                     for a, rec in part.items():
                         answers[a] = self._new_answers[a] = rec
                         got += not isinstance(a, tuple)
+                    self._answers_looked_up += sum(not isinstance(a, tuple) for a in part)
+                    self._units_read.update(stored)
                     self._add_units(stored)
         finally:
             _FORKED = None
@@ -578,9 +649,13 @@ class Symbolizer:
         rec = answers.get(address)
         if rec is not None:
             try:
-                return tuple(SourceLocation(*loc) for loc in rec[0]), int(rec[1])
+                got = tuple(SourceLocation(*loc) for loc in rec[0]), int(rec[1])
+                if address not in self._new_answers:
+                    self._answers_stored += 1
+                return got
             except (TypeError, ValueError, IndexError):
                 pass  # damaged: answer again
+        self._answers_looked_up += 1
         chain, row = self._chain(address)
         rec = (tuple((c.function, c.file, c.line, c.column, c.discriminator, c.raw_file, c.inlined)
                      for c in chain), row)
@@ -675,7 +750,6 @@ class Symbolizer:
             self.flush()
         finally:
             self._release()
-        _LIVE.discard(self)
 
     def _release(self) -> None:
         if self._image is not None:
@@ -739,17 +813,6 @@ def _prefetch_worker(
     with contextlib.suppress(OSError):
         sym._write_cus()
     return sym._new_answers, sym._new_units
-
-
-#: Symbolizers not closed yet: their pending index data is written at interpreter exit.
-_LIVE: weakref.WeakSet[Symbolizer] = weakref.WeakSet()
-
-
-@atexit.register
-def _flush_at_exit() -> None:
-    for sym in list(_LIVE):
-        with contextlib.suppress(Exception):  # a cache that cannot be written is only slower
-            sym.flush()
 
 
 # keep the public errors reachable from here for users of this module alone

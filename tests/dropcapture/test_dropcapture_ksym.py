@@ -6,7 +6,9 @@ There is no debug vmlinux for the running 6.18 kernel, so the glue is checked wi
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from pathlib import Path
 
 import pytest
 from dc_helpers import ROOT
@@ -53,6 +55,19 @@ def test_annotator_inline_chain(vmlinux: str) -> None:
     assert annotate(Symbol("__ip_local_out", 222, 0x1D0)) == ()
     assert annotate(Symbol("no_such_function_xyz", 1, 0x10)) == ()
     assert annotate(Symbol("nft_do_chain", 1, 0x10, module="nf_tables")) == ()
+
+
+@pytest.mark.vmlinux
+def test_annotator_writes_ksym_index_when_closed(vmlinux: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """ksym writes what a Symbolizer learnt when it is closed, never at exit: the capture closes it."""
+    monkeypatch.setenv("KSYM_CACHE_DIR", str(tmp_path))
+    with contextlib.ExitStack() as closing:
+        annotate, status = ksym_annotator(vmlinux, closing=closing)
+        assert annotate is not None, status
+        assert annotate(Symbol("__ip_local_out", 222, 0x160))
+        assert not list(tmp_path.glob("index/*/answers.v*"))
+    assert list(tmp_path.glob("index/*/answers.v*")), "the answers were not written when the capture ended"
 
 
 def test_annotator_without_vmlinux(tmp_path: object) -> None:
