@@ -13,6 +13,7 @@ The anchors are run, never copied: readelf (the labels' types), nm (their kallsy
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import re
@@ -85,20 +86,28 @@ def _run(*cmd: str, cwd: Path | None = None, stdin: str | None = None) -> str:
 
 
 @pytest.fixture(scope="module")
-def sites(vmlinux: Path) -> list[LabelSite]:
-    """Each label: NOTYPE in readelf, its kallsyms size from nm (the next higher t/T/w/W address), and
-    the return addresses of the calls objdump finds in it."""
-    types = {}
-    for line in _run("readelf", "-sW", str(vmlinux)).splitlines():
-        f = line.split()
-        if len(f) == 8 and f[7] in LABELS:
-            types[f[7]] = f[3]
-    assert types == dict.fromkeys(LABELS, "NOTYPE"), types
-    text = []
+def readelf(vmlinux: Path) -> list[list[str]]:
+    """``readelf -sW`` rows: num, value, size, type, bind, vis, ndx, name."""
+    return [f for line in _run("readelf", "-sW", str(vmlinux)).splitlines() if len(f := line.split()) == 8]
+
+
+@pytest.fixture(scope="module")
+def text(vmlinux: Path) -> list[tuple[int, str]]:
+    """The code symbols kallsyms prints, by address, as ``nm -n`` lists them (types t/T/w/W)."""
+    out = []
     for line in _run("nm", "-n", str(vmlinux)).splitlines():
         f = line.split()
         if len(f) == 3 and f[1] in "tTwW" and not f[2].startswith((".L", "$")):
-            text.append((int(f[0], 16), f[2]))
+            out.append((int(f[0], 16), f[2]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def sites(vmlinux: Path, readelf: list[list[str]], text: list[tuple[int, str]]) -> list[LabelSite]:
+    """Each label: NOTYPE in readelf, its kallsyms size from nm (the next higher t/T/w/W address), and
+    the return addresses of the calls objdump finds in it."""
+    types = {f[7]: f[3] for f in readelf if f[7] in LABELS}
+    assert types == dict.fromkeys(LABELS, "NOTYPE"), types
     out = []
     for label in LABELS:
         start = next(a for a, n in text if n == label)
@@ -222,6 +231,35 @@ def test_another_build_only_on_evidence(vsym: Symbolizer, sites: list[LabelSite]
     assert next(n for n in misfit.notes if "another kernel build" in n).startswith("2 frame(s) do not fit")
     rows = [json.loads(line) for line in misfit.json_lines()]
     assert [r["misfit"] for r in rows[-3:]] == [None, MISFIT_SIZE, MISFIT_SIZE]
+
+
+def test_functions_holding_a_label_take_the_kernels_size(vmlinux: Path, vsym: Symbolizer, readelf: list[list[str]],
+                                                          text: list[tuple[int, str]]) -> None:
+    """A function that holds another symbol kallsyms prints (``__put_user_1`` and
+    ``__put_user_nocheck_1``) is printed by the kernel with the size up to that symbol; faddr2line sizes
+    it past its ELF size. annotate takes the kernel's size, resolve keeps faddr2line's."""
+    starts = [a for a, _ in text]
+    counts: dict[str, int] = {}
+    for _, n in text:
+        counts[n] = counts.get(n, 0) + 1
+    held = []
+    for f in readelf:
+        if f[3] != "FUNC" or not f[2].isdigit() or counts.get(f[7]) != 1:
+            continue
+        start, size = int(f[1], 16), int(f[2])
+        k = bisect.bisect_right(starts, start)
+        if k < len(starts) and starts[k] < start + size:
+            held.append((f[7], start, starts[k] - start))
+    assert len(held) >= 5 and any(n == "__put_user_1" for n, _, _ in held), held
+    frames = [f"{n}+0x1/{size:#x}" for n, _, size in held]
+    result = annotate("".join(f"{f}\n" for f in frames), vsym, exact=True)
+    assert result.all_resolved, [af.reason for af in result.unresolved]
+    ref = _ref(vmlinux, vsym, [a + 1 for _, a, _ in held])
+    assert [_chain(af.chain) for af in result.frames] == ref
+    assert [af.matches[0].size for af in result.frames] == [size for _, _, size in held]
+    for f in frames:
+        with pytest.raises(SymbolNotFoundError):
+            vsym.resolve(f)
 
 
 def test_resolve_keeps_faddr2line_rule(vmlinux: Path, vsym: Symbolizer) -> None:

@@ -85,9 +85,11 @@ class SymbolView(str, Enum):
 
     ``FADDR2LINE``: FUNC symbols only, sized as scripts/faddr2line sizes them (``ksym resolve`` and
     ``ksym faddr2line``, byte-identical to the script). ``KALLSYMS``: every name kallsyms prints for
-    code (``nm`` types ``t``/``T``, what scripts/decode_stacktrace.sh looks names up in): the FUNC
-    symbols as faddr2line sees them, and for a name no FUNC symbol has, the untyped (NOTYPE) labels of
-    assembly code that kallsyms keeps, sized as kallsyms sizes them (``ksym annotate``).
+    code (``nm`` types ``t``/``T``, what scripts/decode_stacktrace.sh looks names up in), functions and
+    the untyped (NOTYPE) labels of assembly code alike, each sized as the kernel sizes it in a stack
+    trace, up to the next symbol kallsyms prints (``ksym annotate``). The two sizes differ where a
+    function holds a label kallsyms prints (``__put_user_1`` / ``__put_user_nocheck_1``) or where
+    faddr2line counts symbols kallsyms leaves out (arm64's mapping symbols).
     """
 
     FADDR2LINE = "faddr2line"
@@ -360,33 +362,43 @@ class SymbolTable:
         return got
 
     def matches(self, name: str, view: SymbolView) -> list[FaddrMatch]:
-        """The symbols ``name`` names in ``view`` (see :class:`SymbolView`), in symbol-table order."""
-        if view is SymbolView.KALLSYMS:
-            return self.faddr2line_matches(name) or self._kallsyms_label_matches(name)
-        return self.faddr2line_matches(name)
+        """The symbols ``name`` names in ``view`` (see :class:`SymbolView`), in symbol-table order; in
+        either view a bare name matches the ``name.llvm.<digits>`` symbols when none has the name itself
+        (see :meth:`faddr2line_matches`)."""
+        if view is not SymbolView.KALLSYMS:
+            return self.faddr2line_matches(name)
+        got = self._kallsyms_matches(name)
+        if not got and ".llvm." not in name:
+            prefix = name + ".llvm."
+            full = sorted((i, self.names[i]) for i in self.names.with_prefix(prefix)
+                          if self.names[i][len(prefix):].isdigit())
+            for n in dict.fromkeys(n for _i, n in full):
+                got.extend(self._kallsyms_matches(n))
+        return got
 
-    def _kallsyms_label_matches(self, name: str) -> list[FaddrMatch]:
-        """The untyped code labels called ``name`` that kallsyms prints (the symbols :meth:`containing`
-        names addresses with), each sized as kallsyms sizes it: the distance to the next higher
+    def _kallsyms_matches(self, name: str) -> list[FaddrMatch]:
+        """The code symbols called ``name`` that kallsyms prints (those :meth:`containing` names addresses
+        with: functions and untyped labels of executable sections, less the names scripts/kallsyms.c
+        ignores), each sized as the kernel sizes it in a stack trace: the distance to the next higher
         address of a symbol kallsyms prints (the end of its section for the last one)."""
         idx, addrs = self._text_index()
         out = []
         for i in self.indices_named(name):
-            if self.infos[i] & 0xF == STT_FUNC:
-                continue
             value = self.values[i]
             lo = bisect.bisect_left(addrs, value)
             hi = bisect.bisect_right(addrs, value)
             if i not in idx[lo:hi]:
                 continue  # not code, or a name kallsyms leaves out
             sym = self.symbol(i)
+            nxt: int | None = None
+            size: int | None = None
             if hi < len(addrs):
-                nxt: int | None = addrs[hi]
-                size: int | None = addrs[hi] - value
+                nxt = addrs[hi]
+                size = nxt - value
             else:
                 sec = self.section_of_index(sym.shndx)
-                nxt = None
-                size = sec.addr + sec.size - value if sec is not None and sec.addr + sec.size > value else None
+                if sec is not None and sec.addr + sec.size > value:
+                    size = sec.addr + sec.size - value
             out.append(FaddrMatch(sym, size, nxt))
         return out
 
