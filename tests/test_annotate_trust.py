@@ -233,6 +233,21 @@ def test_another_build_only_on_evidence(vsym: Symbolizer, sites: list[LabelSite]
     assert [r["misfit"] for r in rows[-3:]] == [None, MISFIT_SIZE, MISFIT_SIZE]
 
 
+def test_addresses_beside_names_that_elect_no_slide(vsym: Symbolizer, sites: list[LabelSite]) -> None:
+    """perf script frames of one boot share one KASLR slide: frames of this build do (here nokaslr, slide
+    0: no claim), the 6.18 capture's frames elect none with the 6.1 vmlinux (evidence, said once)."""
+    lines = [f"\t{s.ret:016x} {s.label}+{s.offset:#x} ([kernel.kallsyms])" for s in sites]
+    same = annotate("swapper     0 [000]   583.443298: skb:kfree_skb: x\n" + "\n".join(lines) + "\n", vsym)
+    assert same.kaslr_offset == 0 and same.all_resolved
+    assert not any("another kernel build" in n for n in same.notes)
+    if not PERF_618.is_file():
+        missing(f"{PERF_618} is missing")
+    other = annotate(PERF_618.read_text(), vsym)
+    assert other.kaslr_offset is None
+    said = [n for n in other.notes if "agree on no KASLR slide" in n]
+    assert len(said) == 1 and "another kernel build" in said[0]
+
+
 def test_functions_holding_a_label_take_the_kernels_size(vmlinux: Path, vsym: Symbolizer, readelf: list[list[str]],
                                                           text: list[tuple[int, str]]) -> None:
     """A function that holds another symbol kallsyms prints (``__put_user_1`` and

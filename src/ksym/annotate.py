@@ -20,6 +20,17 @@ or probing stack (perf, bpftrace, bcc, plain lists, raw addresses), register lin
 return addresses from their first frame on. ``exact=True`` (``--exact``) looks every frame up at its
 address, which is what ``scripts/faddr2line`` does.
 
+Names. A frame's name is looked up among every code name kallsyms prints (functions and untyped
+assembly labels such as ``entry_SYSCALL_64_after_hwframe``, sized as the kernel sizes them:
+:attr:`ksym.symbols.SymbolView.KALLSYMS`), as scripts/decode_stacktrace.sh does with ``nm``; ``ksym
+resolve`` keeps scripts/faddr2line's FUNC symbols. A frame that also prints its runtime address is
+resolved by that address once the slide is known.
+
+Another build. Only evidence says a dump may come from another kernel build: a frame's ``misfit``
+(``MISFIT_SIZE``, ``MISFIT_INSIDE_INSTRUCTION``, ``MISFIT_ADDRESS``), frames whose addresses elect no
+slide, and in :func:`annotate_command` a build id the dump names that the vmlinux does not have (refused
+unless ``--force``, which marks every frame ``unverified``). A name the vmlinux lacks is not evidence.
+
 KASLR. Frames that only give a runtime address need the slide: ``kaslr_offset``, else a saved
 ``/proc/kallsyms`` (``kallsyms``), else a ``Kernel Offset:`` line in the text, else the frames that
 print both an address and ``func+off`` (:func:`ksym.kallsyms.kaslr_offset_from_frames`). Without any,
@@ -911,6 +922,9 @@ def annotate(
     # one frame per shape: what the frame lines say (KASLR evidence is looked for in all of them)
     said = [shape[0] for shape in parsed.shapes if shape[0] is not None]
     notes: list[str] = []
+    # frames printing an address beside a name this vmlinux has that agree on no KASLR slide
+    unslid = 0
+    unslid_why = ""
     slide, source = kaslr_offset, "kaslr_offset" if kaslr_offset is not None else None
     if slide is None and kallsyms is not None:
         slide, source = kaslr_offset_from_kallsyms(kallsyms, symbolizer.address_of), "kallsyms"
@@ -926,6 +940,11 @@ def annotate(
         except KaslrError as exc:
             if any(f.address is not None and f.symbol is None and f.module is None for f in said):
                 notes.append(f"no KASLR slide from the frames: {exc}")
+            # one boot has one slide: frames that vote (see kaslr_offset_from_frames) and elect none (no
+            # majority, or a slide off the KASLR grid) do not fit this vmlinux
+            unslid = sum(1 for f in frames if f.address is not None and f.symbol is not None and f.offset is not None
+                         and f.module is None and symbolizer.address_of(f.symbol) is not None)
+            unslid_why = str(exc)
     if slide is not None:
         notes.append(f"KASLR slide {slide:#x} (from {source})")
     worker = _Annotator(symbolizer, slide, kallsyms, exact, modules)
@@ -936,6 +955,9 @@ def annotate(
         notes.append(f"{misfits} frame(s) do not fit this vmlinux (offsets beyond their symbols, addresses "
                      "inside instructions or away from their names): is the dump from another kernel build? "
                      f"(vmlinux: {(symbolizer.banner or str(symbolizer.path)).strip()})")
+    if unslid:
+        notes.append(f"the {unslid} frame(s) printing an address beside a name of this vmlinux agree on no KASLR "
+                     f"slide ({unslid_why}): is the dump from another kernel build, or from several boots?")
     return AnnotatedText._answered(answered, slide, source, exact, notes)
 
 
