@@ -320,6 +320,10 @@ def test_dump_of_another_build_is_refused_unless_forced(vmlinux: Path, vsym: Sym
     rows = [json.loads(ln) for ln in _cli("--vmlinux", str(vmlinux), "--force", "--json", *cache,
                                            stdin=dump).stdout.splitlines()]
     assert len(rows) == 3 and all(r["verified"] is False and r["unverified"] for r in rows)
+    md = _cli("--vmlinux", str(vmlinux), "--force", "--format", "markdown", "--offline", *cache, stdin=dump)
+    assert md.returncode == EXIT_OK and len(re.findall(r"^### #\d.*unverified: ", md.stdout, re.MULTILINE)) == 3
+    page = _cli("--vmlinux", str(vmlinux), "--force", "--format", "html", "--offline", *cache, stdin=dump)
+    assert page.returncode == EXIT_OK and page.stdout.count(">unverified</span>") == 3
     # the vmlinux's own build id: annotated, verified
     own = _cli("--vmlinux", str(vmlinux), "--json", *cache, stdin=f"Build ID: {vsym.build_id}\n" + frames)
     assert own.returncode == EXIT_OK, own.stderr
