@@ -1045,6 +1045,30 @@ def _read_input(name: str) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
+#: What every frame of a dump annotated with ``--force`` past a build id mismatch carries.
+FORCED_UNVERIFIED = "the dump's build id is not this vmlinux's (--force)"
+
+
+def _dump_build_check(text: str, dumped: str | None, sym: Symbolizer,
+                      force: bool) -> tuple[str | None, str | None]:
+    """The dump's own build id (``dumped`` when already found, else looked for in ``text``) against the
+    vmlinux's: ``(None, None)`` when they match or either is unknown; on a mismatch the line to print and,
+    with ``force``, the reason every frame is marked unverified (without it, ``None``: refuse, since
+    another build's source lines would look right)."""
+    from .debuginfo import _same_build_id, kernel_build_id_in_text
+
+    if dumped is None:
+        dumped = kernel_build_id_in_text(text)
+    if not dumped or not sym.build_id or _same_build_id(dumped, sym.build_id):
+        return None, None
+    if not force:
+        return None, (f"ksym annotate: error: build id mismatch: the dump names build id {dumped} but {sym.path} "
+                      f"has {sym.build_id}: give the dump's vmlinux (--vmlinux, or found by its build id through "
+                      "DEBUGINFOD_URLS), or --force to annotate anyway")
+    return FORCED_UNVERIFIED, (f"ksym annotate: warning: build id mismatch: the dump names build id {dumped} but "
+                               f"{sym.path} has {sym.build_id}: every frame is marked unverified (--force)")
+
+
 def annotate_command(args: argparse.Namespace) -> int:
     """Run ``ksym annotate`` with parsed ``args``; returns the exit code (0: every frame resolved,
     1: some did not, 2: usage, 3/4: vmlinux or kallsyms missing / unusable)."""
@@ -1063,13 +1087,7 @@ def annotate_command(args: argparse.Namespace) -> int:
     except OSError as exc:
         err(f"ksym annotate: error: {name}: {exc.strerror or exc}")
         return EXIT_USAGE
-    from .debuginfo import (
-        _same_build_id,
-        expected_build_id,
-        kernel_build_id_in_text,
-        mismatch_warning,
-        options_from_args,
-    )
+    from .debuginfo import expected_build_id, mismatch_warning, options_from_args
 
     options = options_from_args(args)
     try:
@@ -1086,22 +1104,15 @@ def annotate_command(args: argparse.Namespace) -> int:
                          links=fmt != "text" or bool(getattr(args, "links", False)),
                          build_id=expected if where != "the running kernel's" else None,
                          debuginfo=options, path_map=getattr(args, "path_map", None))
-        # the dump's own build id against the vmlinux's: another build's source lines are refused
-        dumped = expected if where == "the dump's" else kernel_build_id_in_text(text)
-        unverified: str | None = None
-        if dumped and sym.build_id and not _same_build_id(dumped, sym.build_id):
-            if not getattr(args, "force", False):
-                err(f"ksym annotate: error: build id mismatch: the dump names build id {dumped} but {sym.path} "
-                    f"has {sym.build_id}: give the dump's vmlinux (--vmlinux, or found by its build id "
-                    "through DEBUGINFOD_URLS), or --force to annotate anyway")
+        warning = mismatch_warning(expected, where, sym.path, sym.build_id)
+        unverified, said = _dump_build_check(text, expected if where == "the dump's" else None, sym,
+                                             bool(getattr(args, "force", False)))
+        if said is not None:
+            err(said)
+            if unverified is None:
                 return EXIT_NO_FILE
-            unverified = "the dump's build id is not this vmlinux's (--force)"
-            err(f"ksym annotate: warning: build id mismatch: the dump names build id {dumped} but {sym.path} has "
-                f"{sym.build_id}: every frame is marked unverified (--force)")
-        else:
-            warning = mismatch_warning(expected, where, sym.path, sym.build_id)
-            if warning and not any(expected and expected in w for w in sym.warnings):
-                err(warning)
+        elif warning and not any(expected and expected in w for w in sym.warnings):
+            err(warning)
         release = getattr(args, "release", None)
         if release is None and sym.banner:
             m = re.match(r"Linux version (\S+)", sym.banner)
