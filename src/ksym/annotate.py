@@ -20,6 +20,17 @@ or probing stack (perf, bpftrace, bcc, plain lists, raw addresses), register lin
 return addresses from their first frame on. ``exact=True`` (``--exact``) looks every frame up at its
 address, which is what ``scripts/faddr2line`` does.
 
+Names. A frame's name is looked up among every code name kallsyms prints (functions and untyped
+assembly labels such as ``entry_SYSCALL_64_after_hwframe``, sized as the kernel sizes them:
+:attr:`ksym.symbols.SymbolView.KALLSYMS`), as scripts/decode_stacktrace.sh does with ``nm``; ``ksym
+resolve`` keeps scripts/faddr2line's FUNC symbols. A frame that also prints its runtime address is
+resolved by that address once the slide is known.
+
+Another build. Only evidence says a dump may come from another kernel build: a frame's ``misfit``
+(``MISFIT_SIZE``, ``MISFIT_INSIDE_INSTRUCTION``, ``MISFIT_ADDRESS``), frames whose addresses elect no
+slide, and in :func:`annotate_command` a build id the dump names that the vmlinux does not have (refused
+unless ``--force``, which marks every frame ``unverified``). A name the vmlinux lacks is not evidence.
+
 KASLR. Frames that only give a runtime address need the slide: ``kaslr_offset``, else a saved
 ``/proc/kallsyms`` (``kallsyms``), else a ``Kernel Offset:`` line in the text, else the frames that
 print both an address and ``func+off`` (:func:`ksym.kallsyms.kaslr_offset_from_frames`). Without any,
@@ -67,12 +78,17 @@ from .parse import (
     find_kaslr_offset,
     strip_log_prefix,
 )
+from .spec import FuncSpec, parse_spec
 from .symbolizer import Symbolizer
+from .symbols import FaddrMatch, SymbolView, faddr2line_select
 
 __all__ = [
     "LOOKUP_CALL_SITE",
     "LOOKUP_ENTRY",
     "LOOKUP_EXACT",
+    "MISFIT_ADDRESS",
+    "MISFIT_INSIDE_INSTRUCTION",
+    "MISFIT_SIZE",
     "STATUS_RESOLVED",
     "STATUS_UNRESOLVED",
     "AnnotatedFrame",
@@ -93,6 +109,19 @@ LOOKUP_ENTRY = "function_entry"
 
 STATUS_RESOLVED = "resolved"
 STATUS_UNRESOLVED = "unresolved"
+
+# Evidence that a frame does not fit the vmlinux (``misfit`` of FrameMatch and AnnotatedFrame), the only
+# grounds on which ksym says a dump may come from another kernel build (a name it does not know is not):
+#: The offset is beyond every symbol of that name, or the printed ``/size`` is not the symbol's size.
+MISFIT_SIZE = "size"
+#: A return address that falls inside an instruction of this vmlinux.
+MISFIT_INSIDE_INSTRUCTION = "inside_instruction"
+#: The frame's runtime address minus the KASLR slide is not where its ``func+off`` is in this vmlinux.
+MISFIT_ADDRESS = "address"
+
+#: The symbols a frame's name may name: every code name kallsyms prints, untyped assembly labels
+#: (``entry_SYSCALL_64_after_hwframe``) included, as scripts/decode_stacktrace.sh finds them with ``nm``.
+_VIEW = SymbolView.KALLSYMS
 
 #: Title of ``--format html|markdown`` reports without ``--title``.
 DEFAULT_TITLE = "ksym stack report"
@@ -128,6 +157,8 @@ class FrameMatch:
     call: CallInstruction | None = None
     #: Remarks about this match (why a return address was looked up exactly ...).
     notes: tuple[str, ...] = ()
+    #: Why this match does not fit the vmlinux (``MISFIT_*``), or None.
+    misfit: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -140,6 +171,7 @@ class FrameMatch:
             "chain": [loc.to_dict() for loc in self.chain],
             "call": self.call.to_dict() if self.call is not None else None,
             "notes": list(self.notes),
+            "misfit": self.misfit,
         }
 
 
@@ -162,6 +194,11 @@ class AnnotatedFrame:
     matches: tuple[FrameMatch, ...] = ()
     #: Remarks that are not failures (slide cross-check, bare function names).
     notes: tuple[str, ...] = ()
+    #: Evidence that the frame does not fit the vmlinux (``MISFIT_*``), or None.
+    misfit: str | None = None
+    #: Why the annotation is not verified to come from the dump's own build (``--force`` past a build
+    #: id mismatch), or None.
+    unverified: str | None = None
 
     @property
     def resolved(self) -> bool:
@@ -217,6 +254,10 @@ class AnnotatedFrame:
             "chain": [loc.to_dict() for loc in first.chain] if first else [],
             "call": first.call.to_dict() if first and first.call else None,
             "notes": [*self.notes, *(first.notes if first else ())],
+            "misfit": self.misfit if self.misfit is not None or not self.matches
+            else next((m.misfit for m in self.matches if m.misfit is not None), None),
+            "verified": self.unverified is None,
+            "unverified": self.unverified,
             "matches": [m.to_dict() for m in self.matches],
         }
 
@@ -313,7 +354,8 @@ class AnnotatedText:
                 continue
             ending = _ending(line.text, out)
             ind = _indent(af)
-            key = (id(af.matches), af.status, af.reason, af.notes, af.frame.symbol is None, ind, ending)
+            key = (id(af.matches), af.status, af.reason, af.notes, af.unverified, af.frame.symbol is None, ind,
+                   ending)
             block = done.get(key)
             if block is None:
                 block = done[key] = "".join(a + ending for a in render_frame(af, links, ind))
@@ -404,8 +446,11 @@ def render_frame(af: AnnotatedFrame, links: bool = False, indent: str | None = N
     ind = _indent(af) if indent is None else indent
     cont = ind + "   "
     if not af.resolved:
-        return [f"{ind}-> unresolved: {af.reason}"]
-    out: list[str] = []
+        out = [f"{ind}-> unresolved: {af.reason}"]
+        if af.unverified is not None:
+            out.append(f"{cont}unverified: {af.unverified}")
+        return out
+    out = []
     n = len(af.matches)
     for i, m in enumerate(af.matches):
         head = f"({i + 1}/{n} at {m.link_address:#x}) " if n > 1 else ""
@@ -421,6 +466,8 @@ def render_frame(af: AnnotatedFrame, links: bool = False, indent: str | None = N
             out.append(f"{cont}call site: {what}")
         out.extend(f"{cont}note: {note}" for note in m.notes)
     out.extend(f"{cont}note: {note}" for note in af.notes)
+    if af.unverified is not None:
+        out.append(f"{cont}unverified: {af.unverified}")
     return out
 
 
@@ -437,8 +484,15 @@ def _in_exact_context(frame: StackFrame) -> bool:
 
 def _misfit(af: AnnotatedFrame) -> bool:
     """The frame does not fit the vmlinux (a frame with several same-named symbols fits when one does)."""
-    return bool((af.reason and "another kernel build" in af.reason)
-                or (af.matches and all(any("inside an instruction" in n for n in m.notes) for m in af.matches)))
+    return af.misfit is not None or (bool(af.matches) and all(m.misfit is not None for m in af.matches))
+
+
+def _beyond_every(spec: FuncSpec, candidates: Sequence[FaddrMatch]) -> bool:
+    """Every symbol of the name has a size, and ``spec`` does not fit any: a ``/size`` that is not the
+    symbol's, or an offset beyond it (what faddr2line skips as a size mismatch)."""
+    return bool(candidates) and all(
+        m.size is not None and ((spec.size is not None and spec.size != m.size) or spec.offset > m.size)
+        for m in candidates)
 
 
 def _exact_by_place(frame: StackFrame, top: bool, in_context: bool) -> bool:
@@ -480,13 +534,13 @@ class _Annotator:
             done.add(key)
             links: list[int] = []
             if f.symbol is not None and f.offset is not None:
-                links = [m.symbol.address + f.offset for m in self.sym.symbols.faddr2line_matches(f.symbol)
+                links = [m.symbol.address + f.offset for m in self.sym.symbols.matches(f.symbol, _VIEW)
                          if m.size is None or f.offset < m.size]
             elif f.address is not None and f.symbol is None:
                 link, _why = self._link_of_runtime(f.address)
                 links = [] if link is None else [link]
             elif f.symbol is not None and f.address is None:
-                want.update(m.symbol.address for m in self.sym.symbols.faddr2line_matches(f.symbol))
+                want.update(m.symbol.address for m in self.sym.symbols.matches(f.symbol, _VIEW))
                 continue
             for link in links:
                 if exact:
@@ -580,12 +634,12 @@ class _Annotator:
         if rec is None:
             return None
         try:
-            status, reason, notes, stored = rec
+            status, reason, notes, misfit, stored = rec
             matches = tuple(
                 FrameMatch(link, look, lookup, symbol, offset, size, self.sym.chain(look),
-                           CallInstruction(*call) if call is not None else None, tuple(mnotes))
-                for link, look, lookup, symbol, offset, size, call, mnotes in stored)
-            return AnnotatedFrame(f.lineno, f.text, f, top, status, reason, matches, tuple(notes))
+                           CallInstruction(*call) if call is not None else None, tuple(mnotes), mmisfit)
+                for link, look, lookup, symbol, offset, size, call, mnotes, mmisfit in stored)
+            return AnnotatedFrame(f.lineno, f.text, f, top, status, reason, matches, tuple(notes), misfit)
         except (TypeError, ValueError):
             return None  # damaged: work it out again
 
@@ -596,34 +650,54 @@ class _Annotator:
         if key is None or any(m.chain != self.sym.chain(m.lookup_address) for m in af.matches):
             return
         stored = tuple((m.link_address, m.lookup_address, m.lookup, m.symbol, m.offset, m.size,
-                        m.call.fields() if m.call is not None else None, m.notes) for m in af.matches)
-        self.sym.remember(key, (af.status, af.reason, af.notes, stored))
+                        m.call.fields() if m.call is not None else None, m.notes, m.misfit) for m in af.matches)
+        self.sym.remember(key, (af.status, af.reason, af.notes, af.misfit, stored))
 
     def _frame(self, f: StackFrame, top: bool, exact: bool) -> AnnotatedFrame:
-        def bad(reason: str, notes: tuple[str, ...] = ()) -> AnnotatedFrame:
-            return AnnotatedFrame(f.lineno, f.text, f, top, STATUS_UNRESOLVED, reason, (), notes)
+        def bad(reason: str, notes: tuple[str, ...] = (), misfit: str | None = None) -> AnnotatedFrame:
+            return AnnotatedFrame(f.lineno, f.text, f, top, STATUS_UNRESOLVED, reason, (), notes, misfit)
 
         if f.module is not None:
             return self._module_frame(f, top, exact)
         notes: list[str] = []
         links: list[tuple[int, Resolution | None]] = []
+        misfit: str | None = None
         if f.symbol is not None and f.offset is not None:
             try:
-                # the chains are looked up by _match: at the call site of a return address
-                found = self.sym.resolve(f.spec, chains=False)
+                spec = parse_spec(f.spec)
             except SpecError as exc:
                 return bad(f"malformed frame: {exc}")
-            except SymbolNotFoundError as exc:
-                return bad(self._not_found(f, exc))
+            if not isinstance(spec, FuncSpec):
+                return bad(f"malformed frame: {f.spec!r} is not func+off")
+            # the chains are looked up by _match: at the call site of a return address
+            found, why, misfit = self._by_name(spec)
             if f.address is not None and self.slide is not None:
-                want = f.address - self.slide
+                # the frame printed where the code was too (perf script, bpftrace kstack(perf), ftrace
+                # sym-addr): that address is what the CPU ran, its name a lookup made at capture time
+                want = (f.address - self.slide) & ((1 << 64) - 1)
                 same = [r for r in found if r.address == want]
+                in_text = self._in_text(want)
                 if same:
                     found = same
-                else:
-                    notes.append(f"runtime address {f.address:#x} - slide {self.slide:#x} = {want:#x}, "
-                                 f"not {f.symbol}+{f.offset:#x}: resolved by the symbol")
-            links = [(r.address, r) for r in found]
+                elif found:
+                    misfit = MISFIT_ADDRESS
+                    at = ", ".join(f"{r.address:#x}" for r in found)
+                    said = (f"runtime address {f.address:#x} - slide {self.slide:#x} = {want:#x}, but "
+                            f"{f.symbol}+{f.offset:#x} is at {at} in this vmlinux (another kernel build, or "
+                            "a wrong slide?)")
+                    if in_text:
+                        notes.append(f"{said}: resolved by the address")
+                        found = []
+                    else:
+                        notes.append(f"{said}: resolved by the symbol")
+                elif in_text:
+                    notes.append(f"{why}: resolved by the runtime address {f.address:#x} (link-time {want:#x})")
+                if not found and in_text:
+                    links = [(want, None)]
+            if not links:
+                if not found:
+                    return bad(why or f"no match for {f.spec}", misfit=misfit)
+                links = [(r.address, r) for r in found]
         elif f.address is not None:
             link, why = self._link_of_runtime(f.address)
             if link is None:
@@ -636,20 +710,40 @@ class _Annotator:
             links = [(link, None)]
         elif f.symbol is not None:
             try:
-                found = self.sym.resolve(f"{f.symbol}+0")
-            except SymbolNotFoundError as exc:
-                return bad(self._not_found(f, exc))
+                entry = parse_spec(f"{f.symbol}+0")
             except SpecError as exc:
                 return bad(f"malformed frame: {exc}")
+            if not isinstance(entry, FuncSpec):
+                return bad(f"malformed frame: {f.symbol!r} is not a function name")
+            found, why, _ = self._by_name(entry)
+            if not found:
+                return bad(why or f"unknown symbol {f.symbol}")
             matches = tuple(
-                FrameMatch(r.address, r.address, LOOKUP_ENTRY, r.symbol, 0, r.size, r.chain) for r in found
+                FrameMatch(r.address, r.address, LOOKUP_ENTRY, r.symbol, 0, r.size, self.sym.chain(r.address))
+                for r in found
             )
             notes.append("the frame gives no offset: the function's entry is shown")
             return self._done(f, top, matches, notes)
         else:
             return bad("no symbol and no address on the line")
         matches = tuple(self._match(link, res, exact) for link, res in links)
-        return self._done(f, top, matches, notes)
+        return self._done(f, top, matches, notes, misfit)
+
+    def _by_name(self, spec: FuncSpec) -> tuple[list[Resolution], str | None, str | None]:
+        """Where ``spec`` is among the code names kallsyms prints (:data:`_VIEW`), by faddr2line's checks:
+        the resolutions (no chains), else why none, and whether that is evidence of another build
+        (``MISFIT_SIZE``: the name is known, but the offset is beyond it or its size is another)."""
+        candidates = self.sym.symbols.matches(spec.name, _VIEW)
+        try:
+            return faddr2line_select(spec, candidates, lambda _m, _a: ()), None, None
+        except SymbolNotFoundError as exc:
+            if not candidates:
+                return [], (f"unknown symbol {spec.name} (no code symbol of that name in this vmlinux: a "
+                            "module frame without its [module] tag, or a name this build does not have)"), None
+            if _beyond_every(spec, candidates):
+                return [], (f"{spec.text} does not fit {spec.name} of this vmlinux (another kernel build?): "
+                            + "; ".join(exc.reasons)), MISFIT_SIZE
+            return [], f"{spec.text}: " + "; ".join(exc.reasons), None
 
     def _module_frame(self, f: StackFrame, top: bool, exact: bool) -> AnnotatedFrame:
         """A frame in a module: its debug file's answer (docs/modules.md); return addresses at ``- 1``."""
@@ -723,19 +817,12 @@ class _Annotator:
             out.append(replace(loc, file=file, url=url, ident_url=ident))
         return tuple(out)
 
-    def _done(self, f: StackFrame, top: bool, matches: tuple[FrameMatch, ...], notes: list[str]) -> AnnotatedFrame:
+    def _done(self, f: StackFrame, top: bool, matches: tuple[FrameMatch, ...], notes: list[str],
+              misfit: str | None = None) -> AnnotatedFrame:
         if all(not m.chain for m in matches):
             return AnnotatedFrame(f.lineno, f.text, f, top, STATUS_UNRESOLVED,
-                                  "no line information for this address", matches, tuple(notes))
-        return AnnotatedFrame(f.lineno, f.text, f, top, STATUS_RESOLVED, None, matches, tuple(notes))
-
-    def _not_found(self, f: StackFrame, exc: SymbolNotFoundError) -> str:
-        if any("size mismatch" in r for r in exc.reasons):
-            return f"{f.spec} does not fit {f.symbol} of this vmlinux (another kernel build?): " + "; ".join(
-                exc.reasons)
-        if not exc.reasons:
-            return f"unknown symbol {f.symbol} (not in this vmlinux: another kernel build or a module?)"
-        return f"{f.spec}: " + "; ".join(exc.reasons)
+                                  "no line information for this address", matches, tuple(notes), misfit)
+        return AnnotatedFrame(f.lineno, f.text, f, top, STATUS_RESOLVED, None, matches, tuple(notes), misfit)
 
     def _link_of_runtime(self, address: int) -> tuple[int | None, str | None]:
         """Link-time address of a runtime address, or (None, reason); the second item may be a note."""
@@ -787,7 +874,8 @@ class _Annotator:
                 why = f"no call instruction ends at {link:#x}: looked up exactly"
             if why is not None:
                 chain = self.sym.chain(link)
-                return FrameMatch(link, link, LOOKUP_EXACT, symbol, offset, size, chain, None, (why,))
+                return FrameMatch(link, link, LOOKUP_EXACT, symbol, offset, size, chain, None, (why,),
+                                  MISFIT_INSIDE_INSTRUCTION if before.boundary is False else None)
             call = insn
         chain = self.sym.chain(look)
         return FrameMatch(link, look, LOOKUP_CALL_SITE, symbol, offset, size, chain, call)
@@ -819,6 +907,7 @@ def annotate(
     kallsyms: Kallsyms | None = None,
     exact: bool = False,
     modules: ModuleSet | None = None,
+    unverified: str | None = None,
 ) -> AnnotatedText:
     """Resolve every frame of ``text`` against ``symbolizer``'s vmlinux (see the module docstring).
 
@@ -826,12 +915,17 @@ def annotate(
     :param kallsyms: a saved ``/proc/kallsyms`` of the boot the text comes from: gives the slide and
         names module addresses.
     :param exact: look every frame up at its address (faddr2line), never at the call site.
+    :param unverified: why the vmlinux is not known to be the dump's build (``--force`` past a build id
+        mismatch): every frame carries it (:attr:`AnnotatedFrame.unverified`).
     :raises KaslrError: ``kallsyms`` does not match the vmlinux.
     """
     parsed = _parse(text)
     # one frame per shape: what the frame lines say (KASLR evidence is looked for in all of them)
     said = [shape[0] for shape in parsed.shapes if shape[0] is not None]
     notes: list[str] = []
+    # frames printing an address beside a name this vmlinux has that agree on no KASLR slide
+    unslid = 0
+    unslid_why = ""
     slide, source = kaslr_offset, "kaslr_offset" if kaslr_offset is not None else None
     if slide is None and kallsyms is not None:
         slide, source = kaslr_offset_from_kallsyms(kallsyms, symbolizer.address_of), "kallsyms"
@@ -847,13 +941,24 @@ def annotate(
         except KaslrError as exc:
             if any(f.address is not None and f.symbol is None and f.module is None for f in said):
                 notes.append(f"no KASLR slide from the frames: {exc}")
+            # one boot has one slide: frames that vote (see kaslr_offset_from_frames) and elect none (no
+            # majority, or a slide off the KASLR grid) do not fit this vmlinux
+            unslid = sum(1 for f in frames if f.address is not None and f.symbol is not None and f.offset is not None
+                         and f.module is None and symbolizer.address_of(f.symbol) is not None)
+            unslid_why = str(exc)
     if slide is not None:
         notes.append(f"KASLR slide {slide:#x} (from {source})")
     worker = _Annotator(symbolizer, slide, kallsyms, exact, modules)
     answered, misfits = worker.answer(parsed)
+    if unverified is not None:
+        answered.answers = {k: replace(af, unverified=unverified) for k, af in answered.answers.items()}
     if misfits:
-        notes.append(f"{misfits} frame(s) do not fit this vmlinux: is the dump from another kernel build? "
+        notes.append(f"{misfits} frame(s) do not fit this vmlinux (offsets beyond their symbols, addresses "
+                     "inside instructions or away from their names): is the dump from another kernel build? "
                      f"(vmlinux: {(symbolizer.banner or str(symbolizer.path)).strip()})")
+    if unslid:
+        notes.append(f"the {unslid} frame(s) printing an address beside a name of this vmlinux agree on no KASLR "
+                     f"slide ({unslid_why}): is the dump from another kernel build, or from several boots?")
     return AnnotatedText._answered(answered, slide, source, exact, notes)
 
 
@@ -891,6 +996,9 @@ def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exact", action="store_true",
                         help="look every frame up at its address (faddr2line), not return addresses at "
                         "the call site")
+    parser.add_argument("--force", action="store_true",
+                        help="annotate even when the dump names a build id the vmlinux does not have; every "
+                        "frame is then marked unverified")
     parser.add_argument("--modules", metavar="DIR", action="append", default=[],
                         help="directory (searched recursively) or file with module debug files (.ko, "
                         ".ko.xz, .ko.debug); /usr/lib/debug/lib/modules/RELEASE is always searched")
@@ -938,6 +1046,30 @@ def _read_input(name: str) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
+#: What every frame of a dump annotated with ``--force`` past a build id mismatch carries.
+FORCED_UNVERIFIED = "the dump's build id is not this vmlinux's (--force)"
+
+
+def _dump_build_check(text: str, dumped: str | None, sym: Symbolizer,
+                      force: bool) -> tuple[str | None, str | None]:
+    """The dump's own build id (``dumped`` when already found, else looked for in ``text``) against the
+    vmlinux's: ``(None, None)`` when they match or either is unknown; on a mismatch the line to print and,
+    with ``force``, the reason every frame is marked unverified (without it, ``None``: refuse, since
+    another build's source lines would look right)."""
+    from .debuginfo import _same_build_id, kernel_build_id_in_text
+
+    if dumped is None:
+        dumped = kernel_build_id_in_text(text)
+    if not dumped or not sym.build_id or _same_build_id(dumped, sym.build_id):
+        return None, None
+    if not force:
+        return None, (f"ksym annotate: error: build id mismatch: the dump names build id {dumped} but {sym.path} "
+                      f"has {sym.build_id}: give the dump's vmlinux (--vmlinux, or found by its build id through "
+                      "DEBUGINFOD_URLS), or --force to annotate anyway")
+    return FORCED_UNVERIFIED, (f"ksym annotate: warning: build id mismatch: the dump names build id {dumped} but "
+                               f"{sym.path} has {sym.build_id}: every frame is marked unverified (--force)")
+
+
 def annotate_command(args: argparse.Namespace) -> int:
     """Run ``ksym annotate`` with parsed ``args``; returns the exit code (0: every frame resolved,
     1: some did not, 2: usage, 3/4: vmlinux or kallsyms missing / unusable). The Symbolizer and the
@@ -983,7 +1115,13 @@ def _annotate_command(args: argparse.Namespace, closing: contextlib.ExitStack) -
 
         closing.callback(report_stats, sym, err)
         warning = mismatch_warning(expected, where, sym.path, sym.build_id)
-        if warning and not any(expected and expected in w for w in sym.warnings):
+        unverified, said = _dump_build_check(text, expected if where == "the dump's" else None, sym,
+                                             bool(getattr(args, "force", False)))
+        if said is not None:
+            err(said)
+            if unverified is None:
+                return EXIT_NO_FILE
+        elif warning and not any(expected and expected in w for w in sym.warnings):
             err(warning)
         release = getattr(args, "release", None)
         if release is None and sym.banner:
@@ -993,7 +1131,7 @@ def _annotate_command(args: argparse.Namespace, closing: contextlib.ExitStack) -
                             path_map=sym.path_map)
         closing.callback(modules.close)
         result = annotate(text, sym, kaslr_offset=getattr(args, "kaslr_offset", None), kallsyms=ks,
-                          exact=bool(getattr(args, "exact", False)), modules=modules)
+                          exact=bool(getattr(args, "exact", False)), modules=modules, unverified=unverified)
         sym.flush()  # the index learns this dump's frames (the report below may read more)
     except KsymError as exc:
         err(f"ksym annotate: error: {exc}")

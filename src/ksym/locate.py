@@ -156,11 +156,21 @@ def find_vmlinux(
         )
     shown = ", ".join(_where(a) for a in look.attempts if a.kind != "debuginfod" or a.outcome != "skipped")
     if build_id:
-        raise FileNotFoundKsymError(f"no debug vmlinux with build id {want} found (looked in {shown})")
+        raise FileNotFoundKsymError(f"no debug vmlinux with build id {want} found (looked in {shown}): "
+                                    + _how_to_give(options))
     raise FileNotFoundKsymError(
         f"no debug vmlinux found for kernel {rel} (looked in {_cut(shown)}): install the kernel's debug "
         f"symbols ({package_hint(rel)}) or pass --vmlinux"
     )
+
+
+def _how_to_give(options: DebuginfoOptions | None) -> str:
+    """How to give ksym the debug file it did not find."""
+    if options is not None and options.offline:
+        return ("pass it with --vmlinux PATH, or run without --offline with DEBUGINFOD_URLS (or --debuginfod-url) "
+                "naming a debuginfod server that has it")
+    return ("pass it with --vmlinux PATH, or set DEBUGINFOD_URLS (or --debuginfod-url) to a debuginfod server "
+            "that has it")
 
 
 def _where(a: Attempt) -> str:

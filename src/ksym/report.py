@@ -414,6 +414,8 @@ def _html_frame(af: AnnotatedFrame, number: int, sources: _Sources, links: Elixi
         badges.append('<span class="badge">unreliable (?)</span>')
     if f.module:
         badges.append(f'<span class="badge">module {_e(f.module)}</span>')
+    if af.unverified is not None:
+        badges.append(f'<span class="badge" title="{_e(af.unverified)}">unverified</span>')
     out.append(f'<div class="head"><span class="num">#{number}</span><code class="orig">{_e(af.text)}</code>'
                + "".join(badges) + "</div>")
     if not af.resolved:
@@ -621,6 +623,8 @@ def render_markdown(
                 tags.append("unreliable (?)")
             if not af.resolved:
                 tags.append("unresolved")
+            if af.unverified is not None:
+                tags.append(f"unverified: {af.unverified}")
             out.append(f"### #{number} {_code(f.token or af.text.strip())} ({_m(', '.join(tags))})")
             out.append("")
             out.extend(_fence([af.text], "text"))

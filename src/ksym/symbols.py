@@ -4,11 +4,14 @@ The table is read straight from the raw ``.symtab`` bytes (119,000 symbols in a 
 pyelftools' per-symbol objects would take seconds) into parallel arrays that the on-disk index stores
 as they are.
 
-Three lookups:
+Lookups:
 
 * :meth:`SymbolTable.faddr2line_matches` — every FUNC symbol of a name, in symbol-table order, with the
   size the kernel's scripts/faddr2line computes (distance to the next symbol of the same section that
   lies at or beyond the symbol's ELF size: kallsyms counts the padding);
+* :meth:`SymbolTable.matches` — a name looked up in one :class:`SymbolView`: faddr2line's (FUNC symbols,
+  what ``ksym resolve`` answers) or kallsyms' (every text name a stack trace can print, untyped assembly
+  labels such as ``entry_SYSCALL_64_after_hwframe`` included, what ``ksym annotate`` answers);
 * :meth:`SymbolTable.containing` — the text symbol an address falls in, for raw addresses;
 * :meth:`SymbolTable.bfd_function` — the symbol binutils' ``elf_find_function`` names for an address
   that no DWARF function covers (assembly), so ksym prints what addr2line prints there.
@@ -24,6 +27,7 @@ import sys
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, ClassVar
 
 from . import dwarf as D
@@ -31,7 +35,7 @@ from .errors import SymbolNotFoundError
 from .model import Resolution, SourceLocation
 from .spec import FuncSpec
 
-__all__ = ["FaddrMatch", "Section", "Symbol", "SymbolTable"]
+__all__ = ["FaddrMatch", "Section", "Symbol", "SymbolTable", "SymbolView"]
 
 STT_NOTYPE = 0
 STT_OBJECT = 1
@@ -76,9 +80,29 @@ class Symbol:
     shndx: int
 
 
+class SymbolView(str, Enum):
+    """Which symbols a frame's name may name, and how their sizes are counted.
+
+    ``FADDR2LINE``: FUNC symbols only, sized as scripts/faddr2line sizes them (``ksym resolve`` and
+    ``ksym faddr2line``, byte-identical to the script). ``KALLSYMS``: every name kallsyms prints for
+    code (``nm`` types ``t``/``T``, what scripts/decode_stacktrace.sh looks names up in), functions and
+    the untyped (NOTYPE) labels of assembly code alike, each sized as the kernel sizes it in a stack
+    trace, up to the next symbol kallsyms prints (``ksym annotate``). The two sizes differ where a
+    function holds a label kallsyms prints (``__put_user_1`` / ``__put_user_nocheck_1``) or where
+    faddr2line counts symbols kallsyms leaves out (arm64's mapping symbols).
+    """
+
+    FADDR2LINE = "faddr2line"
+    KALLSYMS = "kallsyms"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class FaddrMatch:
-    """A FUNC symbol matching a faddr2line name, with the size faddr2line computes for it."""
+    """A symbol matching a frame's name in a :class:`SymbolView`, with the size that view gives it (a FUNC
+    symbol: faddr2line's size)."""
 
     symbol: Symbol
     #: kallsyms-style size, or None when faddr2line would fail ("bad symbol size").
@@ -336,6 +360,47 @@ class SymbolTable:
                 self._matches.clear()
             self._matches[name] = got
         return got
+
+    def matches(self, name: str, view: SymbolView) -> list[FaddrMatch]:
+        """The symbols ``name`` names in ``view`` (see :class:`SymbolView`), in symbol-table order; in
+        either view a bare name matches the ``name.llvm.<digits>`` symbols when none has the name itself
+        (see :meth:`faddr2line_matches`)."""
+        if view is not SymbolView.KALLSYMS:
+            return self.faddr2line_matches(name)
+        got = self._kallsyms_matches(name)
+        if not got and ".llvm." not in name:
+            prefix = name + ".llvm."
+            full = sorted((i, self.names[i]) for i in self.names.with_prefix(prefix)
+                          if self.names[i][len(prefix):].isdigit())
+            for n in dict.fromkeys(n for _i, n in full):
+                got.extend(self._kallsyms_matches(n))
+        return got
+
+    def _kallsyms_matches(self, name: str) -> list[FaddrMatch]:
+        """The code symbols called ``name`` that kallsyms prints (those :meth:`containing` names addresses
+        with: functions and untyped labels of executable sections, less the names scripts/kallsyms.c
+        ignores), each sized as the kernel sizes it in a stack trace: the distance to the next higher
+        address of a symbol kallsyms prints (the end of its section for the last one)."""
+        idx, addrs = self._text_index()
+        out = []
+        for i in self.indices_named(name):
+            value = self.values[i]
+            lo = bisect.bisect_left(addrs, value)
+            hi = bisect.bisect_right(addrs, value)
+            if i not in idx[lo:hi]:
+                continue  # not code, or a name kallsyms leaves out
+            sym = self.symbol(i)
+            nxt: int | None = None
+            size: int | None = None
+            if hi < len(addrs):
+                nxt = addrs[hi]
+                size = nxt - value
+            else:
+                sec = self.section_of_index(sym.shndx)
+                if sec is not None and sec.addr + sec.size > value:
+                    size = sec.addr + sec.size - value
+            out.append(FaddrMatch(sym, size, nxt))
+        return out
 
     def _llvm_promoted_matches(self, name: str) -> list[FaddrMatch]:
         # in symbol-table order, as faddr2line would list them had it been given each full name
