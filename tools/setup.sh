@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One command for a fresh Debian/Ubuntu machine (run as root, or with sudo available):
 #   bash tools/setup.sh demo   install ksym into .venv and resolve frames of the shipped fixture
-#   bash tools/setup.sh test   install everything the suite needs (binutils, llvm-symbolizer, bcc, kernel headers
-#                              for bcc, the real Debian 6.1 debug vmlinux + linux-source, the arm64 debug
-#                              vmlinux and aarch64 binutils), then ruff, mypy
+#   bash tools/setup.sh test   install everything the suite runs (binutils, gcc, clang and lld, llvm-symbolizer,
+#                              bcc, kernel headers for bcc, chromium, the real Debian 6.1 debug vmlinux +
+#                              linux-source, the arm64 debug vmlinux and aarch64 binutils), then ruff, mypy
 #                              and the whole pytest suite
 # .ci/run calls "test". Environment: KSYM_TESTDATA (default /var/tmp/ksym-testdata).
 set -euo pipefail
@@ -43,9 +43,14 @@ case "$mode" in
     exec .venv/bin/ksym resolve --vmlinux fixtures/bin/kshapes-dwarf5.elf __ip_local_out+0x10 raw_ioctl+0x5
     ;;
   test)
-    # zstd: the CLI tests/test_compressed.py makes .ko.zst files with (the zstandard package is in [test])
+    # Every command the suite runs (tests/, fixtures/build.sh):
+    #   binutils (addr2line, readelf, objcopy, objdump), binutils-aarch64-linux-gnu (the arm64 anchors),
+    #   gawk (scripts/faddr2line --list), llvm (llvm-symbolizer), gcc, clang and lld (fixtures/build.sh,
+    #   rebuilt byte for byte by tests/test_anchors.py), xz-utils and zstd (.ko.xz/.ko.zst files),
+    #   util-linux (setpriv), iproute2, nftables, curl and bpftool (dropcapture's kernel tests),
+    #   chromium (the HTML report in a real browser); elfutils (eu-addr2line) and time for bench/
     apt_install python3 python3-venv python3-pip binutils binutils-aarch64-linux-gnu elfutils gawk xz-utils \
-      zstd ca-certificates gcc time llvm
+      zstd ca-certificates gcc clang lld llvm time util-linux iproute2 nftables curl bpftool chromium
     if [ "$(id -u)" = 0 ] && [ -d /sys/kernel/btf ]; then
       sh tools/dropcapture-setup.sh
     else
