@@ -10,15 +10,17 @@ No tests live here; see tests/test_anchors.py for the tests of this module itsel
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 __all__ = [
     "FIXTURES_BIN",
@@ -113,6 +115,26 @@ def missing(msg: str) -> NoReturn:
         pytest.fail(msg)
     print(msg)
     pytest.skip(msg)
+
+
+_Test = TypeVar("_Test", bound=Callable[..., Any])
+
+
+def requires(present: bool, msg: str) -> Callable[[_Test], _Test]:
+    """A decorator for a test that needs a tool or input (``present``): when it is absent the test is
+    :func:`missing` (skipped with ``msg``, a failure under CI), never silently skipped."""
+
+    def decorate(test: _Test) -> _Test:
+        if present:
+            return test
+
+        @functools.wraps(test)
+        def absent(*args: Any, **kwargs: Any) -> None:
+            missing(msg)
+
+        return absent  # type: ignore[return-value]
+
+    return decorate
 
 
 def require_test_vmlinux() -> Path:

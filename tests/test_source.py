@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
+from anchors import missing
 
 from ksym.errors import KsymError
 from ksym.source import (
@@ -477,10 +478,10 @@ def real_list() -> tuple[Path, str]:
         pytest.skip(f"{script} missing")
     for tool in ("bash", "readelf", "addr2line", "awk"):
         if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed (needed to run scripts/faddr2line)")
+            missing(f"{tool} not installed (needed to run scripts/faddr2line)")
     awk_version = subprocess.run(["awk", "--version"], check=False, capture_output=True, text=True).stdout
     if "GNU Awk" not in awk_version:
-        pytest.skip("awk is not gawk (scripts/faddr2line --list needs strtonum)")
+        missing("awk is not gawk (scripts/faddr2line --list needs strtonum): apt-get install gawk")
     proc = subprocess.run(["bash", str(script), "--list", str(vmlinux), *FRAMES], cwd=tree, check=False,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
