@@ -4,6 +4,7 @@ the demo of tools/setup.sh runs on what the repository ships."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,15 @@ def test_a_found_stripped_vmlinux_says_pass_vmlinux(monkeypatch: pytest.MonkeyPa
     assert "no DWARF debug info" in msg and msg.endswith("or pass --vmlinux")
     hint = package_hint("6.1.0-53-cloud-amd64", {"ID": "plan9"})
     assert hint == DEBUG_PACKAGES and "install" not in hint and "--vmlinux" not in hint
+
+
+def test_zstandard_is_a_default_dependency() -> None:
+    """Ubuntu and Arch ship .ko.zst modules and zstd-compressed debug data is common: a plain ``pip install
+    ksym`` must read them (Python 3.14+ has compression.zstd built in)."""
+    text = (REPO_ROOT / "pyproject.toml").read_text()
+    block = re.search(r"^\[project\]$.*?^dependencies = \[$(.*?)^\]$", text, re.MULTILINE | re.DOTALL)
+    assert block is not None
+    deps = re.findall(r'^\s*"([^"]+)",', block[1], re.MULTILINE)
+    assert "pyelftools>=0.30" in deps  # the list was found
+    zstd = [d for d in deps if d.startswith("zstandard")]
+    assert zstd == ["zstandard>=0.20; python_version < '3.14'"]
