@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,26 @@ def test_zstandard_is_a_default_dependency() -> None:
     assert "pyelftools>=0.30" in deps  # the list was found
     zstd = [d for d in deps if d.startswith("zstandard")]
     assert zstd == ["zstandard>=0.20; python_version < '3.14'"]
+
+
+def _demo_commands() -> list[list[str]]:
+    """The ``demo_run`` lines of ``tools/setup.sh demo``, with its ``$fx``."""
+    text = (REPO_ROOT / "tools" / "setup.sh").read_text()
+    fx = re.search(r"^\s*fx=(\S+)$", text, re.MULTILINE)
+    assert fx is not None
+    return [shlex.split(m[1].replace('"$fx"', fx[1])) for m in re.finditer(r"^\s*demo_run (.+)$", text, re.MULTILINE)]
+
+
+def test_the_demo_resolves_and_annotates_the_fixture(tmp_path: Path) -> None:
+    """What ``bash tools/setup.sh demo`` shows works on a checkout: every frame of the shipped dump resolves."""
+    commands = _demo_commands()
+    assert [c[0] for c in commands] == ["resolve", "annotate"]
+    for cmd in commands:
+        got = ksym(tmp_path, *cmd, cwd=REPO_ROOT)
+        assert got.returncode == 0, (cmd, got.stderr)
+        assert got.stderr == ""
+    annotated = got.stdout
+    assert commands[1][-1] == "fixtures/demo-dump.txt"
+    assert annotated.count("-> ") == 8  # the WARNING and RIP lines, 3 Call Trace frames, 3 kstack frames
+    assert "unresolved" not in annotated and "note:" not in annotated
+    assert "(inlined by) ip_local_out_like at net/ipv4/ip_output.c:46\n      call site: call nf_hook_slow" in annotated

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for a fresh Debian/Ubuntu machine (run as root, or with sudo available):
-#   bash tools/setup.sh demo   install ksym into .venv and resolve frames of the shipped fixture
+#   bash tools/setup.sh demo   install ksym into .venv, resolve frames of the shipped fixture, annotate a dump of
+#                              it (fixtures/demo-dump.txt) and print the next step
 #   bash tools/setup.sh test   install everything the suite runs (binutils, gcc, clang and lld, llvm-symbolizer,
 #                              bcc, kernel headers for bcc, chromium, the real Debian 6.1 debug vmlinux +
 #                              linux-source, the arm64 debug vmlinux and aarch64 binutils), then ruff, mypy
@@ -33,14 +34,32 @@ make_venv() {
   .venv/bin/python -m pip install -q -e ".$1"
 }
 
+demo_run() {
+  echo "\$ ksym $*"
+  .venv/bin/ksym "$@"
+  echo
+}
+
 case "$mode" in
   demo)
     if ! /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null; then
       apt_install python3 python3-venv python3-pip
     fi
     make_venv ""
-    echo "\$ ksym resolve --vmlinux fixtures/bin/kshapes-dwarf5.elf __ip_local_out+0x10 raw_ioctl+0x5"
-    exec .venv/bin/ksym resolve --vmlinux fixtures/bin/kshapes-dwarf5.elf __ip_local_out+0x10 raw_ioctl+0x5
+    # the shipped fixture, a small ELF built like a kernel (fixtures/README.md); tests/test_first_use.py runs
+    # these same demo_run lines
+    fx=fixtures/bin/kshapes-dwarf5.elf
+    demo_run resolve --vmlinux "$fx" __ip_local_out+0x10 raw_ioctl+0x5
+    demo_run annotate --vmlinux "$fx" fixtures/demo-dump.txt
+    cat <<'EOF'
+Next, this machine's kernel: ksym needs its debug vmlinux (it finds it by build id); this says which package
+to install, or which file it found:
+  .venv/bin/ksym debuginfo --running
+then resolve frames, or put file:line under every frame of a dump (dmesg, an oops, perf, bpftrace, ftrace):
+  .venv/bin/ksym resolve __ip_local_out+219
+  dmesg | .venv/bin/ksym annotate
+More: README.md ("Use it on a real kernel"), docs/usage.md.
+EOF
     ;;
   test)
     # Every command the suite runs (tests/, fixtures/build.sh):
