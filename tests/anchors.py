@@ -25,6 +25,7 @@ from typing import Any, NoReturn, TypeVar
 __all__ = [
     "FIXTURES_BIN",
     "REPO_ROOT",
+    "TESTDATA",
     "FAddr2lineResult",
     "Frame",
     "addr2line_batch",
@@ -51,12 +52,15 @@ FIXTURES_BIN = REPO_ROOT / "fixtures" / "bin"
 #: Unknown parts are ``"??"`` and line 0 (addr2line prints ``??:0`` or ``file:?``).
 Frame = tuple[str, str, int, int]
 
+#: Where tools/fetch-testdata.sh puts the real test data: ``$KSYM_TESTDATA``, default /var/tmp/ksym-testdata.
+TESTDATA = Path(os.environ.get("KSYM_TESTDATA") or "/var/tmp/ksym-testdata")
+
 _FADDR2LINE_CANDIDATES = (
-    Path("/var/tmp/ksym-testdata/linux-source-6.1/scripts/faddr2line"),
+    TESTDATA / "linux-source-6.1" / "scripts" / "faddr2line",
     Path("/work/cache/src/linux-source-6.1/scripts/faddr2line"),
 )
 _VMLINUX_CANDIDATES = (
-    Path("/var/tmp/ksym-testdata/vmlinux-6.1.0-53-cloud-amd64"),
+    TESTDATA / "vmlinux-6.1.0-53-cloud-amd64",
     Path("/work/cache/dbg/usr/lib/debug/boot/vmlinux-6.1.0-53-cloud-amd64"),
 )
 

@@ -42,7 +42,8 @@ from ksym.modules import ModuleSet
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures" / "bin"
-MODULES = Path("/var/tmp/ksym-testdata/modules/kernel/net/netfilter")
+TESTDATA = Path(os.environ.get("KSYM_TESTDATA") or "/var/tmp/ksym-testdata")
+MODULES = TESTDATA / "modules" / "kernel" / "net" / "netfilter"
 SMALL_MODULE = MODULES / "xt_hl.ko"
 BIG_MODULE = MODULES / "nf_tables.ko"
 
@@ -557,7 +558,7 @@ def test_mismatch_warning_for_annotate_names_both_ids(tmp_path: Path, fixture_el
 
 def test_build_ids_agree_with_readelf(tmp_path: Path, fixture_elf: tuple[Path, str]) -> None:
     """The build ids ksym reads (and compares everywhere above) are binutils' own."""
-    vmlinux = Path("/var/tmp/ksym-testdata/vmlinux-6.1.0-53-cloud-amd64")
+    vmlinux = TESTDATA / "vmlinux-6.1.0-53-cloud-amd64"
     files = [fixture_elf[0], *(p for p in (vmlinux, SMALL_MODULE, BIG_MODULE) if p.is_file())]
     for f in files:
         out = subprocess.run(["readelf", "-n", str(f)], capture_output=True, text=True, check=True).stdout

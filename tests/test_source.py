@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
-from anchors import missing
+from anchors import TESTDATA, missing
 
 from ksym.errors import KsymError
 from ksym.source import (
@@ -468,10 +468,10 @@ def _first_existing(env: str, *paths: str, kind: str) -> Path:
 
 @pytest.fixture(scope="module")
 def real_list() -> tuple[Path, str]:
-    vmlinux = _first_existing("KSYM_TEST_VMLINUX", "/var/tmp/ksym-testdata/vmlinux-6.1.0-53-cloud-amd64",
+    vmlinux = _first_existing("KSYM_TEST_VMLINUX", str(TESTDATA / "vmlinux-6.1.0-53-cloud-amd64"),
                               "/work/cache/dbg/usr/lib/debug/boot/vmlinux-6.1.0-53-cloud-amd64",
                               kind="Debian 6.1 debug vmlinux")
-    tree = _first_existing("KSYM_TEST_SRCDIR", "/var/tmp/ksym-testdata/linux-source-6.1",
+    tree = _first_existing("KSYM_TEST_SRCDIR", str(TESTDATA / "linux-source-6.1"),
                            "/work/cache/src/linux-source-6.1", kind="linux-source 6.1.187 tree")
     script = tree / "scripts" / "faddr2line"
     if not script.is_file():
@@ -503,7 +503,7 @@ def test_format_list_matches_faddr2line(real_list: tuple[Path, str], tmp_path: P
     # The real tree is what find_source_dir picks for the real banner.
     from ksym.version import read_banner
 
-    vmlinux = _first_existing("KSYM_TEST_VMLINUX", "/var/tmp/ksym-testdata/vmlinux-6.1.0-53-cloud-amd64",
+    vmlinux = _first_existing("KSYM_TEST_VMLINUX", str(TESTDATA / "vmlinux-6.1.0-53-cloud-amd64"),
                               "/work/cache/dbg/usr/lib/debug/boot/vmlinux-6.1.0-53-cloud-amd64",
                               kind="Debian 6.1 debug vmlinux")
     banner = read_banner(vmlinux)

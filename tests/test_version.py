@@ -24,7 +24,7 @@ DEBIAN_BANNER = (
 def _vmlinux() -> Path:
     candidates = [
         os.environ.get("KSYM_TEST_VMLINUX", ""),
-        "/var/tmp/ksym-testdata/vmlinux-6.1.0-53-cloud-amd64",
+        os.path.join(os.environ.get("KSYM_TESTDATA") or "/var/tmp/ksym-testdata", "vmlinux-6.1.0-53-cloud-amd64"),
         "/work/cache/dbg/usr/lib/debug/boot/vmlinux-6.1.0-53-cloud-amd64",
     ]
     for cand in candidates:
