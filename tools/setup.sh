@@ -16,6 +16,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 apt_install() {
   if command -v apt-get >/dev/null; then
+    echo "setup: apt-get install $*"
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
   else
