@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from anchors import missing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -66,8 +67,7 @@ def with_build_id(src: Path, dest: Path) -> str:
 
 def need(path: Path) -> Path:
     if not path.is_file():
-        print(f"SKIP reason: {path} is absent (tools/fetch-testdata.sh)")
-        pytest.skip(f"{path} is absent (tools/fetch-testdata.sh)")
+        missing(f"{path} is absent (tools/fetch-testdata.sh)")
     return path
 
 

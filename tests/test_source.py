@@ -463,7 +463,7 @@ def _first_existing(env: str, *paths: str, kind: str) -> Path:
     for cand in candidates:
         if cand and os.path.exists(cand):
             return Path(cand)
-    pytest.skip(f"{kind} not found (set {env}; tried {', '.join(c for c in candidates if c)})")
+    missing(f"{kind} not found (set {env}; tried {', '.join(c for c in candidates if c)})")
 
 
 @pytest.fixture(scope="module")
@@ -475,7 +475,7 @@ def real_list() -> tuple[Path, str]:
                            "/work/cache/src/linux-source-6.1", kind="linux-source 6.1.187 tree")
     script = tree / "scripts" / "faddr2line"
     if not script.is_file():
-        pytest.skip(f"{script} missing")
+        missing(f"{script} missing (tools/fetch-testdata.sh)")
     for tool in ("bash", "readelf", "addr2line", "awk"):
         if shutil.which(tool) is None:
             missing(f"{tool} not installed (needed to run scripts/faddr2line)")
