@@ -10,19 +10,22 @@ No tests live here; see tests/test_anchors.py for the tests of this module itsel
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 __all__ = [
     "FIXTURES_BIN",
     "REPO_ROOT",
+    "TESTDATA",
     "FAddr2lineResult",
     "Frame",
     "addr2line_batch",
@@ -49,12 +52,15 @@ FIXTURES_BIN = REPO_ROOT / "fixtures" / "bin"
 #: Unknown parts are ``"??"`` and line 0 (addr2line prints ``??:0`` or ``file:?``).
 Frame = tuple[str, str, int, int]
 
+#: Where tools/fetch-testdata.sh puts the real test data: ``$KSYM_TESTDATA``, default /var/tmp/ksym-testdata.
+TESTDATA = Path(os.environ.get("KSYM_TESTDATA") or "/var/tmp/ksym-testdata")
+
 _FADDR2LINE_CANDIDATES = (
-    Path("/var/tmp/ksym-testdata/linux-source-6.1/scripts/faddr2line"),
+    TESTDATA / "linux-source-6.1" / "scripts" / "faddr2line",
     Path("/work/cache/src/linux-source-6.1/scripts/faddr2line"),
 )
 _VMLINUX_CANDIDATES = (
-    Path("/var/tmp/ksym-testdata/vmlinux-6.1.0-53-cloud-amd64"),
+    TESTDATA / "vmlinux-6.1.0-53-cloud-amd64",
     Path("/work/cache/dbg/usr/lib/debug/boot/vmlinux-6.1.0-53-cloud-amd64"),
 )
 
@@ -113,6 +119,26 @@ def missing(msg: str) -> NoReturn:
         pytest.fail(msg)
     print(msg)
     pytest.skip(msg)
+
+
+_Test = TypeVar("_Test", bound=Callable[..., Any])
+
+
+def requires(present: bool, msg: str) -> Callable[[_Test], _Test]:
+    """A decorator for a test that needs a tool or input (``present``): when it is absent the test is
+    :func:`missing` (skipped with ``msg``, a failure under CI), never silently skipped."""
+
+    def decorate(test: _Test) -> _Test:
+        if present:
+            return test
+
+        @functools.wraps(test)
+        def absent(*args: Any, **kwargs: Any) -> None:
+            missing(msg)
+
+        return absent  # type: ignore[return-value]
+
+    return decorate
 
 
 def require_test_vmlinux() -> Path:

@@ -17,14 +17,16 @@ from anchors import (
     find_test_vmlinux,
     fixture,
     func_symbols,
+    missing,
     parse_addr2line_output,
+    requires,
     strip_prefix,
 )
 
 DWARF5 = fixture("kshapes-dwarf5.elf")
 PREFIX = "debian/build/build_amd64_none_cloud-amd64/"
 
-needs_addr2line = pytest.mark.skipif(find_addr2line() is None, reason="addr2line (binutils) is not installed")
+needs_addr2line = requires(find_addr2line() is not None, "addr2line (binutils) is not installed")
 
 
 def _sym(elf: Path, name: str) -> int:
@@ -147,7 +149,7 @@ def test_finders_honour_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_pat
 def test_faddr2line_runner() -> None:
     script = find_faddr2line()
     if script is None:
-        pytest.skip("the kernel's scripts/faddr2line is not available (set KSYM_FADDR2LINE)")
+        missing("the kernel's scripts/faddr2line is not available (set KSYM_FADDR2LINE)")
     res = faddr2line(DWARF5, ["ip_local_out_like+0x1d", "no_such_function+0x1"], script)
     assert isinstance(res, FAddr2lineResult)
     assert res.stdout == (
@@ -158,21 +160,36 @@ def test_faddr2line_runner() -> None:
     assert res.stderr == "no match for no_such_function+0x1\n"
 
 
-def _toolchain_matches() -> bool:
-    """The committed fixtures were built with Debian 12's gcc 12.2.0 and binutils 2.40."""
-    if shutil.which("gcc") is None or shutil.which("objcopy") is None:
-        return False
-    gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True, check=False).stdout
-    ld = subprocess.run(["ld", "--version"], capture_output=True, text=True, check=False).stdout
-    return "12.2.0" in gcc.split("\n", 1)[0] and " 2.40" in ld.split("\n", 1)[0]
+def _first_line(cmd: list[str]) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.split("\n", 1)[0]
 
 
-@pytest.mark.skipif(not _toolchain_matches(), reason="needs gcc 12.2.0 and binutils 2.40 (Debian 12)")
+def _toolchain_problem() -> str | None:
+    """Why fixtures/build.sh cannot reproduce the committed fixtures here: a tool it runs is missing, or
+    not the version they were built with (Debian 12: gcc 12.2.0, binutils 2.40, clang and lld 14.0.6)."""
+    tools = ("gcc", "ld", "objcopy", "clang", "ld.lld", "sha256sum")
+    absent = [t for t in tools if shutil.which(t) is None]
+    if absent:
+        return f"fixtures/build.sh needs {', '.join(absent)}: apt-get install gcc binutils clang lld"
+    versions = {"gcc 12.2.0": "12.2.0" in _first_line(["gcc", "--version"]),
+                "binutils 2.40": " 2.40" in _first_line(["ld", "--version"]),
+                "clang 14.0.6": "version 14.0.6" in _first_line(["clang", "--version"]),
+                "lld 14.0.6": "LLD 14.0.6" in _first_line(["ld.lld", "--version"])}
+    other = [name for name, ok in versions.items() if not ok]
+    if other:
+        return f"the committed fixtures were built with Debian 12's {', '.join(other)}: other versions differ"
+    return None
+
+
 def test_fixtures_rebuild_byte_identical(tmp_path: Path) -> None:
     """fixtures/build.sh run from another directory reproduces the committed files exactly."""
+    problem = _toolchain_problem()
+    if problem is not None:
+        missing(problem)
     src = fixture("kshapes-dwarf5.elf").parent.parent
     copy = tmp_path / "fixtures"
     shutil.copytree(src, copy, ignore=shutil.ignore_patterns("bin"))
-    subprocess.run(["bash", str(copy / "build.sh")], check=True, capture_output=True, text=True)
+    built = subprocess.run(["bash", str(copy / "build.sh")], check=False, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
     for built in sorted((copy / "bin").glob("*.elf")):
         assert built.read_bytes() == fixture(built.name).read_bytes(), built.name

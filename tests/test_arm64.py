@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from anchors import (
+    TESTDATA,
     Frame,
     addr2line_batch,
     assert_same_as_faddr2line,
@@ -41,7 +42,7 @@ from ksym.disasm import call_before, supported_machine
 pytestmark = pytest.mark.vmlinux
 
 CROSS = "aarch64-linux-gnu-"
-_CANDIDATES = (Path("/var/tmp/ksym-testdata/arm64/vmlinux-6.1.0-53-arm64"),)
+_CANDIDATES = (TESTDATA / "arm64" / "vmlinux-6.1.0-53-arm64",)
 
 
 def _find_vmlinux() -> Path | None:

@@ -31,6 +31,7 @@ from anchors import (
     fixture,
     func_symbols,
     llvm_symbolizer_batch,
+    requires,
 )
 from elftools.elf.elffile import ELFFile
 from test_fixtures_resolve import instruction_addresses
@@ -46,9 +47,8 @@ LLVM_SYMBOLIZER = find_llvm_symbolizer()
 if LLVM_SYMBOLIZER is None:
     print("test_clang: llvm-symbolizer is not installed (apt install llvm): the comparisons are skipped",
           file=sys.stderr)
-needs_llvm = pytest.mark.skipif(LLVM_SYMBOLIZER is None,
-                                reason="llvm-symbolizer is not installed (Debian: apt install llvm)")
-needs_addr2line = pytest.mark.skipif(find_addr2line() is None, reason="addr2line (binutils) is not installed")
+needs_llvm = requires(LLVM_SYMBOLIZER is not None, "llvm-symbolizer is not installed (Debian: apt install llvm)")
+needs_addr2line = requires(find_addr2line() is not None, "addr2line (binutils) is not installed")
 FADDR2LINE = find_faddr2line()
 
 
@@ -207,7 +207,7 @@ def test_resolve_full_llvm_names() -> None:
     assert r.stderr == ""
 
 
-@pytest.mark.skipif(FADDR2LINE is None, reason="the kernel's scripts/faddr2line was not found")
+@requires(FADDR2LINE is not None, "the kernel's scripts/faddr2line was not found (tools/fetch-testdata.sh)")
 @needs_addr2line
 def test_llvm_names_like_faddr2line() -> None:
     """The real script on the same file: full names match exactly; the bare name is no match there."""

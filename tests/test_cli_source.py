@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from anchors import REPO_ROOT, find_faddr2line, find_test_vmlinux, fixture, require_test_vmlinux
+from anchors import REPO_ROOT, find_faddr2line, find_test_vmlinux, fixture, missing, require_test_vmlinux
 
 FIXTURE_SRC = REPO_ROOT / "fixtures" / "src"
 SPECS = ["__ip_local_out+0x10", "ip_local_out_like+0x40/0x90", "raw_ioctl+0x5"]
@@ -28,7 +28,7 @@ def _ksym(*args: str, cwd: Path | None = None, cache: Path) -> subprocess.Comple
 def _faddr2line_list(elf: Path, specs: list[str], tree: Path) -> str:
     script = find_faddr2line()
     if script is None:
-        pytest.skip("scripts/faddr2line not found: run tools/fetch-testdata.sh")
+        missing("scripts/faddr2line not found: run tools/fetch-testdata.sh")
     got = subprocess.run(["bash", str(script), "--list", str(elf), *specs], capture_output=True, text=True,
                          check=False, cwd=tree, env={**os.environ, "LC_ALL": "C"})
     return got.stdout

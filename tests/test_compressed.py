@@ -29,6 +29,7 @@ from anchors import (
     fixture,
     missing,
     parse_addr2line_output,
+    requires,
     strip_prefix,
 )
 from elftools.elf.elffile import ELFFile
@@ -41,7 +42,7 @@ from ksym.modules import ModuleSymbolizer
 
 ADDR2LINE = find_addr2line()
 FADDR2LINE = find_faddr2line()
-needs_addr2line = pytest.mark.skipif(ADDR2LINE is None, reason="addr2line (binutils) is not installed")
+needs_addr2line = requires(ADDR2LINE is not None, "addr2line (binutils) is not installed")
 
 #: compressed fixture → (the uncompressed fixture it was made from, what its debug sections hold)
 COMPRESSED = {
@@ -203,7 +204,7 @@ def test_cli_matches_faddr2line(name: str) -> None:
     """faddr2line runs on the file itself, except the .zdebug ones, which it refuses ("CONFIG_DEBUG_INFO
     not enabled": it greps readelf for ``\\.debug_info``): there it runs on the plain file."""
     if FADDR2LINE is None:
-        pytest.skip("the kernel's scripts/faddr2line was not found (tools/fetch-testdata.sh)")
+        missing("the kernel's scripts/faddr2line was not found (tools/fetch-testdata.sh)")
     specs = ["ip_local_out_like+0x1d", "ip_local_out_like+0x40/0x90", "__ip_local_out+0xa", "raw_ioctl+0x5",
              "netif_receive_like.cold+0x10/0x5d", "netif_receive_like.cold+0x54", "dev_report_error+0xa",
              "skb_len_sum.isra.0+0x3/0x10", "no_such_function+0x10", "csum_like+0x4"]
@@ -468,7 +469,7 @@ def test_module_compressed_sections_match_addr2line(kind: str, tmp_path: Path) -
 def test_ko_zst_cli_matches_faddr2line(tmp_path: Path) -> None:
     """faddr2line cannot read a .ko.zst; it runs on the plain module and ksym on the .ko.zst."""
     if FADDR2LINE is None:
-        pytest.skip("the kernel's scripts/faddr2line was not found (tools/fetch-testdata.sh)")
+        missing("the kernel's scripts/faddr2line was not found (tools/fetch-testdata.sh)")
     plain = _need_module(NFT_CT)
     zst = tmp_path / "nft_ct.ko.zst"
     subprocess.run([_need("zstd"), "-q", str(plain), "-o", str(zst)], check=True)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from anchors import missing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -46,7 +47,8 @@ from ksym.modules import ModuleSet
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures" / "bin"
-MODULES = Path("/var/tmp/ksym-testdata/modules/kernel/net/netfilter")
+TESTDATA = Path(os.environ.get("KSYM_TESTDATA") or "/var/tmp/ksym-testdata")
+MODULES = TESTDATA / "modules" / "kernel" / "net" / "netfilter"
 SMALL_MODULE = MODULES / "xt_hl.ko"
 BIG_MODULE = MODULES / "nf_tables.ko"
 
@@ -69,8 +71,7 @@ def with_build_id(src: Path, dest: Path) -> str:
 
 def need(path: Path) -> Path:
     if not path.is_file():
-        print(f"SKIP reason: {path} is absent (tools/fetch-testdata.sh)")
-        pytest.skip(f"{path} is absent (tools/fetch-testdata.sh)")
+        missing(f"{path} is absent (tools/fetch-testdata.sh)")
     return path
 
 
@@ -946,7 +947,7 @@ def test_mismatch_warning_for_annotate_names_both_ids(tmp_path: Path, fixture_el
 
 def test_build_ids_agree_with_readelf(tmp_path: Path, fixture_elf: tuple[Path, str]) -> None:
     """The build ids ksym reads (and compares everywhere above) are binutils' own."""
-    vmlinux = Path("/var/tmp/ksym-testdata/vmlinux-6.1.0-53-cloud-amd64")
+    vmlinux = TESTDATA / "vmlinux-6.1.0-53-cloud-amd64"
     files = [fixture_elf[0], *(p for p in (vmlinux, SMALL_MODULE, BIG_MODULE) if p.is_file())]
     for f in files:
         out = subprocess.run(["readelf", "-n", str(f)], capture_output=True, text=True, check=True).stdout

@@ -28,6 +28,7 @@ from anchors import (
     find_addr2line,
     find_faddr2line,
     fixture,
+    requires,
     strip_prefix,
 )
 from elftools.elf.elffile import ELFFile
@@ -48,10 +49,10 @@ DEBUG_ELVES = ["kshapes-dwarf5.elf", "kshapes-dwarf4.elf"]
 ADDR2LINE = find_addr2line()
 FADDR2LINE = find_faddr2line()
 
-needs_addr2line = pytest.mark.skipif(ADDR2LINE is None, reason="addr2line (binutils) is not installed")
-needs_faddr2line = pytest.mark.skipif(
-    FADDR2LINE is None,
-    reason="the kernel's scripts/faddr2line was not found (set KSYM_FADDR2LINE or run tools/fetch-testdata.sh)",
+needs_addr2line = requires(ADDR2LINE is not None, "addr2line (binutils) is not installed")
+needs_faddr2line = requires(
+    FADDR2LINE is not None,
+    "the kernel's scripts/faddr2line was not found (set KSYM_FADDR2LINE or run tools/fetch-testdata.sh)",
 )
 
 #: Frames covering every fixture shape; both DWARF builds have the same code layout (see README).

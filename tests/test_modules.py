@@ -257,7 +257,7 @@ def test_xz_module_resolves_the_same(tmp_path: Path) -> None:
 def test_xz_tool_output(tmp_path: Path) -> None:
     xz_tool = shutil.which("xz")
     if xz_tool is None:
-        pytest.skip("xz not installed (the lzma test above covers .ko.xz)")
+        missing("xz is not installed (xz-utils)")
     plain = _need(SMALL, SMALL.name)
     copy = tmp_path / plain.name
     shutil.copy(plain, copy)

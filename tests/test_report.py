@@ -26,7 +26,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from anchors import REPO_ROOT, find_test_vmlinux, fixture, missing
+from anchors import REPO_ROOT, TESTDATA, find_test_vmlinux, fixture, missing
 
 from ksym import Symbolizer
 from ksym.annotate import AnnotatedFrame, AnnotatedText, add_annotate_arguments, annotate
@@ -52,7 +52,7 @@ FIXTURE_SRC = REPO_ROOT / "fixtures" / "src"
 ANNOTATE_DATA = REPO_ROOT / "tests" / "data" / "annotate"
 DATA = REPO_ROOT / "tests" / "data" / "report"
 VMLINUX = find_test_vmlinux()
-_SRC_CANDIDATES = ("/var/tmp/ksym-testdata/linux-source-6.1", "/work/cache/src/linux-source-6.1")
+_SRC_CANDIDATES = (str(TESTDATA / "linux-source-6.1"), "/work/cache/src/linux-source-6.1")
 TAG = "v6.1.187"
 
 

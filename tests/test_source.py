@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
+from anchors import TESTDATA, missing
 
 from ksym.errors import KsymError
 from ksym.source import (
@@ -462,25 +463,25 @@ def _first_existing(env: str, *paths: str, kind: str) -> Path:
     for cand in candidates:
         if cand and os.path.exists(cand):
             return Path(cand)
-    pytest.skip(f"{kind} not found (set {env}; tried {', '.join(c for c in candidates if c)})")
+    missing(f"{kind} not found (set {env}; tried {', '.join(c for c in candidates if c)})")
 
 
 @pytest.fixture(scope="module")
 def real_list() -> tuple[Path, str]:
-    vmlinux = _first_existing("KSYM_TEST_VMLINUX", "/var/tmp/ksym-testdata/vmlinux-6.1.0-53-cloud-amd64",
+    vmlinux = _first_existing("KSYM_TEST_VMLINUX", str(TESTDATA / "vmlinux-6.1.0-53-cloud-amd64"),
                               "/work/cache/dbg/usr/lib/debug/boot/vmlinux-6.1.0-53-cloud-amd64",
                               kind="Debian 6.1 debug vmlinux")
-    tree = _first_existing("KSYM_TEST_SRCDIR", "/var/tmp/ksym-testdata/linux-source-6.1",
+    tree = _first_existing("KSYM_TEST_SRCDIR", str(TESTDATA / "linux-source-6.1"),
                            "/work/cache/src/linux-source-6.1", kind="linux-source 6.1.187 tree")
     script = tree / "scripts" / "faddr2line"
     if not script.is_file():
-        pytest.skip(f"{script} missing")
+        missing(f"{script} missing (tools/fetch-testdata.sh)")
     for tool in ("bash", "readelf", "addr2line", "awk"):
         if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed (needed to run scripts/faddr2line)")
+            missing(f"{tool} not installed (needed to run scripts/faddr2line)")
     awk_version = subprocess.run(["awk", "--version"], check=False, capture_output=True, text=True).stdout
     if "GNU Awk" not in awk_version:
-        pytest.skip("awk is not gawk (scripts/faddr2line --list needs strtonum)")
+        missing("awk is not gawk (scripts/faddr2line --list needs strtonum): apt-get install gawk")
     proc = subprocess.run(["bash", str(script), "--list", str(vmlinux), *FRAMES], cwd=tree, check=False,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -502,7 +503,7 @@ def test_format_list_matches_faddr2line(real_list: tuple[Path, str], tmp_path: P
     # The real tree is what find_source_dir picks for the real banner.
     from ksym.version import read_banner
 
-    vmlinux = _first_existing("KSYM_TEST_VMLINUX", "/var/tmp/ksym-testdata/vmlinux-6.1.0-53-cloud-amd64",
+    vmlinux = _first_existing("KSYM_TEST_VMLINUX", str(TESTDATA / "vmlinux-6.1.0-53-cloud-amd64"),
                               "/work/cache/dbg/usr/lib/debug/boot/vmlinux-6.1.0-53-cloud-amd64",
                               kind="Debian 6.1 debug vmlinux")
     banner = read_banner(vmlinux)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from anchors import missing
 
 from ksym.version import KernelVersion, TagGuess, choose_tag, kernel_tag, normalize_tag, read_banner
 
@@ -24,14 +25,14 @@ DEBIAN_BANNER = (
 def _vmlinux() -> Path:
     candidates = [
         os.environ.get("KSYM_TEST_VMLINUX", ""),
-        "/var/tmp/ksym-testdata/vmlinux-6.1.0-53-cloud-amd64",
+        os.path.join(os.environ.get("KSYM_TESTDATA") or "/var/tmp/ksym-testdata", "vmlinux-6.1.0-53-cloud-amd64"),
         "/work/cache/dbg/usr/lib/debug/boot/vmlinux-6.1.0-53-cloud-amd64",
     ]
     for cand in candidates:
         if cand and os.path.isfile(cand):
             return Path(cand)
-    pytest.skip("Debian 6.1 debug vmlinux not found (set KSYM_TEST_VMLINUX; tried "
-                + ", ".join(c for c in candidates if c) + ")")
+    missing("Debian 6.1 debug vmlinux not found (set KSYM_TEST_VMLINUX; tried "
+            + ", ".join(c for c in candidates if c) + ")")
 
 
 @pytest.mark.parametrize("entry", BANNERS, ids=[b["name"] for b in BANNERS])

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One command for a fresh Debian/Ubuntu machine (run as root, or with sudo available):
-#   bash tools/setup.sh demo   install ksym into .venv and resolve frames of the shipped fixture
-#   bash tools/setup.sh test   install everything the suite needs (binutils, llvm-symbolizer, bcc, kernel headers
-#                              for bcc, the real Debian 6.1 debug vmlinux + linux-source, the arm64 debug
-#                              vmlinux and aarch64 binutils), then ruff, mypy
+#   bash tools/setup.sh demo   install ksym into .venv, resolve frames of the shipped fixture, annotate a dump of
+#                              it (fixtures/demo-dump.txt) and print the next step
+#   bash tools/setup.sh test   install everything the suite runs (binutils, gcc, clang and lld, llvm-symbolizer,
+#                              bcc, kernel headers for bcc, chromium, the real Debian 6.1 debug vmlinux +
+#                              linux-source, the arm64 debug vmlinux and aarch64 binutils), then ruff, mypy
 #                              and the whole pytest suite
 # .ci/run calls "test". Environment: KSYM_TESTDATA (default /var/tmp/ksym-testdata).
 set -euo pipefail
@@ -15,6 +16,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 apt_install() {
   if command -v apt-get >/dev/null; then
+    echo "setup: apt-get install $*"
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
   else
@@ -33,19 +35,42 @@ make_venv() {
   .venv/bin/python -m pip install -q -e ".$1"
 }
 
+demo_run() {
+  echo "\$ ksym $*"
+  .venv/bin/ksym "$@"
+  echo
+}
+
 case "$mode" in
   demo)
     if ! /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null; then
       apt_install python3 python3-venv python3-pip
     fi
     make_venv ""
-    echo "\$ ksym resolve --vmlinux fixtures/bin/kshapes-dwarf5.elf __ip_local_out+0x10 raw_ioctl+0x5"
-    exec .venv/bin/ksym resolve --vmlinux fixtures/bin/kshapes-dwarf5.elf __ip_local_out+0x10 raw_ioctl+0x5
+    # the shipped fixture, a small ELF built like a kernel (fixtures/README.md); tests/test_first_use.py runs
+    # these same demo_run lines
+    fx=fixtures/bin/kshapes-dwarf5.elf
+    demo_run resolve --vmlinux "$fx" __ip_local_out+0x10 raw_ioctl+0x5
+    demo_run annotate --vmlinux "$fx" fixtures/demo-dump.txt
+    cat <<'EOF'
+Next, this machine's kernel: ksym needs its debug vmlinux (it finds it by build id); this says which package
+to install, or which file it found:
+  .venv/bin/ksym debuginfo --running
+then resolve frames, or put file:line under every frame of a dump (dmesg, an oops, perf, bpftrace, ftrace):
+  .venv/bin/ksym resolve __ip_local_out+219
+  dmesg | .venv/bin/ksym annotate
+More: README.md ("Use it on a real kernel"), docs/usage.md.
+EOF
     ;;
   test)
-    # zstd: the CLI tests/test_compressed.py makes .ko.zst files with (the zstandard package is in [test])
+    # Every command the suite runs (tests/, fixtures/build.sh):
+    #   binutils (addr2line, readelf, objcopy, objdump), binutils-aarch64-linux-gnu (the arm64 anchors),
+    #   gawk (scripts/faddr2line --list), llvm (llvm-symbolizer), gcc, clang and lld (fixtures/build.sh,
+    #   rebuilt byte for byte by tests/test_anchors.py), xz-utils and zstd (.ko.xz/.ko.zst files),
+    #   util-linux (setpriv), iproute2, nftables, curl and bpftool (dropcapture's kernel tests),
+    #   chromium (the HTML report in a real browser); elfutils (eu-addr2line) and time for bench/
     apt_install python3 python3-venv python3-pip binutils binutils-aarch64-linux-gnu elfutils gawk xz-utils \
-      zstd ca-certificates gcc time llvm
+      zstd ca-certificates gcc clang lld llvm time util-linux iproute2 nftables curl bpftool chromium
     if [ "$(id -u)" = 0 ] && [ -d /sys/kernel/btf ]; then
       sh tools/dropcapture-setup.sh
     else

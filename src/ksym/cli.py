@@ -142,6 +142,11 @@ def _resolve_command(args: argparse.Namespace, out: Callable[[str], None],
     from .symbolizer import Symbolizer
 
     vmlinux = getattr(args, "vmlinux_pos", None) or getattr(args, "vmlinux", None)
+    if vmlinux is None and args.frames:
+        mistake = _file_as_first_frame(args.frames[0])
+        if mistake is not None:
+            err(f"ksym: error: {mistake}")
+            return EXIT_USAGE
     options = options_from_args(args)
     try:
         expected, where = expected_build_id(args)
@@ -181,6 +186,23 @@ def report_stats(sym: Any, err: Callable[[str], None]) -> None:
     the DWARF and from the index, answers stored and looked up, the index directory)."""
     if os.environ.get("KSYM_STATS", "") not in ("", "0"):
         err(f"ksym: stats: {sym.stats}")
+
+
+def _file_as_first_frame(first: str) -> str | None:
+    """``ksym resolve VMLINUX FRAME`` (a forgotten ``--vmlinux``, or faddr2line's argument order): what to
+    say when the first frame names an existing file, None when it does not."""
+    import shlex
+
+    if not os.path.isfile(first):
+        return None
+    try:
+        with open(first, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        magic = b""
+    if magic == b"\x7fELF":
+        return f"{first} is a file: did you mean --vmlinux {shlex.quote(first)}?"
+    return f"{first} is a file, not a frame: did you mean ksym annotate {shlex.quote(first)}?"
 
 
 def _print_resolutions(sym: Any, args: argparse.Namespace, out: Callable[[str], None],

@@ -13,7 +13,7 @@ Three kinds of compression reach ksym:
 - **whole files**: ``.ko.zst`` modules (and ``.ko.xz``/``.ko.gz``, which the standard library handles).
 
 zlib is in the standard library. Zstandard is ``compression.zstd`` from Python 3.14 on; before that, the
-optional ``zstandard`` package (``pip install 'ksym[zstd]'``). Without either, a Zstandard section or file is a
+``zstandard`` package (a dependency of ksym; ``pip install 'ksym[zstd]'`` where it was left out). Without either, a Zstandard section or file is a
 one-line :class:`~ksym.errors.BadFileError` naming what to install. Corrupt or truncated data, a wrong
 ``ch_size`` and unknown ``ch_type`` values are one-line :class:`BadFileError` too.
 

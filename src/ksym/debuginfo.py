@@ -981,9 +981,9 @@ def package_hint(release: str | None = None, os_release: dict[str, str] | None =
     if "arch" in ids:
         return (f"{name}: no debug package for the kernel; use DEBUGINFOD_URLS=https://debuginfod.archlinux.org "
                 "or build with CONFIG_DEBUG_INFO and pass --vmlinux")
-    from .image import DEBUG_PACKAGE_HINT
+    from .image import DEBUG_PACKAGES
 
-    return DEBUG_PACKAGE_HINT
+    return DEBUG_PACKAGES
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from .compress import SectionContents
 from .errors import BadFileError, FileNotFoundKsymError, MissingDebugInfoError
 from .symbols import Section, SymbolTable
 
-__all__ = ["DEBUG_PACKAGE_HINT", "KernelImage", "read_build_id_from_notes"]
+__all__ = ["DEBUG_PACKAGES", "DEBUG_PACKAGE_HINT", "KernelImage", "read_build_id_from_notes"]
 
 SHT_SYMTAB = 2
 SHT_NOTE = 7
@@ -26,10 +26,11 @@ SHT_NOBITS = 8
 SHT_DYNSYM = 11
 NT_GNU_BUILD_ID = 3
 
-DEBUG_PACKAGE_HINT = (
-    "install the kernel's debug symbols (Debian: linux-image-$(uname -r)-dbg; Ubuntu: "
-    "linux-image-$(uname -r)-dbgsym; Fedora/RHEL: kernel-debuginfo) or pass --vmlinux"
-)
+#: The packages that hold a kernel's debug vmlinux, per distribution.
+DEBUG_PACKAGES = ("Debian: linux-image-$(uname -r)-dbg; Ubuntu: linux-image-$(uname -r)-dbgsym; "
+                  "Fedora/RHEL: kernel-debuginfo")
+#: The advice for a file that was named and has no DWARF or symbols (no "--vmlinux": it may be the one given).
+DEBUG_PACKAGE_HINT = f"use the kernel's debug vmlinux instead (install its debug symbols: {DEBUG_PACKAGES})"
 
 
 def read_build_id_from_notes(data: bytes, little_endian: bool = True) -> str | None:
