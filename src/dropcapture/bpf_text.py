@@ -188,7 +188,8 @@ _FILTERED = "{ dc_count(STAT_FILTERED); return 0; }"
 
 
 def _any_of(expr: str, values: frozenset[int]) -> str:
-    return " || ".join(f"{expr} == {v}" for v in sorted(values))
+    # Filters holds validated ints only; int() keeps anything else out of the C text
+    return " || ".join(f"{expr} == {int(v)}" for v in sorted(values))
 
 
 def build_text(
@@ -232,7 +233,9 @@ def build_text(
         checks = [f"ev.comm[{i}] != {b}" for i, b in enumerate(want)]
         checks.append(f"ev.comm[{len(want)}] != 0")
         comm = f"if ({' || '.join(checks)}) {_FILTERED}"
-    reason = f"if (!({_any_of('ev.reason', f.reasons)})) {_FILTERED}" if f.reasons else ""
+    if f.reasons != f.reason_numbers:
+        raise ValueError("reason names must be resolved to this kernel's numbers first (Filters.resolve_reasons)")
+    reason = f"if (!({_any_of('ev.reason', f.reason_numbers)})) {_FILTERED}" if f.reasons else ""
     proto = f"if (!({_any_of('ev.l4proto', f.protos)})) {_FILTERED}" if f.protos else ""
     port = (
         f"if (!ev.has_l4 || !({_any_of('ev.sport', f.ports)} || {_any_of('ev.dport', f.ports)})) {_FILTERED}"
