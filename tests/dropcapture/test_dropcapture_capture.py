@@ -349,7 +349,7 @@ def test_accounting_exact_against_kernel_count(netns: str, start_cli: Callable[.
     before = udp_noports(netns)
     subprocess.run(_flood_cmd(netns, 20000, port), check=True, timeout=120)
     truth = udp_noports(netns) - before
-    assert truth == 20000
+    assert 0 < truth <= 20000  # (a datagram the loopback backlog dropped is no NO_SOCKET drop)
     cli.proc.send_signal(signal.SIGINT)
     if signals == 2:
         cli.wait_stderr("Ctrl-C again")
@@ -416,3 +416,22 @@ def test_sigint_under_flood_is_prompt(netns: str, start_cli: Callable[..., Cli],
     assert k["delivered"] > 0 and k["lost"] > 0
     if signals == 2:
         assert k["lost_at_exit"] > 0
+
+
+@pytest.mark.parametrize("ringbuf", [True, False])
+def test_poll_is_bounded_and_close_counts_the_rest(need_kernel: None, ringbuf: bool) -> None:
+    from dropcapture import Capture, Filters
+
+    port = free_port(socket.SOCK_DGRAM)
+    with Capture(Filters(protos={"udp"}, ports={port}), ringbuf=ringbuf, batch=4) as cap:  # type: ignore[arg-type]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _ in range(10):
+                s.sendto(b"x", ("127.0.0.1", port))
+        first = cap.poll(1.0)
+        second = cap.poll(1.0)
+        assert len(first) == len(second) == 4  # one batch per poll, though ten are waiting
+        assert cap.stats().lost == 0
+    st = cap.stats()
+    # closed without reading the last two: counted as lost at exit, never forgotten
+    assert (st.emitted, st.delivered, st.lost_at_exit, st.lost) == (10, 8, 2, 2)
+    assert st.hits == st.filtered + st.emitted
