@@ -244,9 +244,10 @@ class Capture:
         """
         if self._prog is not None:
             return self
-        # a fresh session (a closed Capture may be opened again)
+        # a fresh session (a closed Capture may be opened again); stop()/abandon() flags are left
+        # alone: a signal handler may have set them while the program compiles
         self._raw.clear()
-        self._more = self._stopping = self._abandoned = self._detached = False
+        self._more = self._detached = False
         self._received = self._rejected = self._delivered = 0
         self._kernel = self._final_stats = None
         self.started = self.stopped = None
@@ -291,6 +292,7 @@ class Capture:
                 self._prog.close()
                 self._prog = None
                 self._raw.clear()
+                self._stopping = self._abandoned = False
 
     def stop(self) -> None:
         """Ask :meth:`events` to end: it detaches, delivers what is left in the buffer, then returns.

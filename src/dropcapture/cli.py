@@ -24,7 +24,7 @@ from types import FrameType
 from typing import IO
 
 from .capture import Capture
-from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, CaptureError
+from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CaptureError
 from .events import l4_number
 from .filters import PID_MAX, Filters, IPAddress
 from .output import SaveWriter, Summary, TextFormatter
@@ -46,7 +46,8 @@ Ctrl-C: stop tracing, print what is left in the buffer, then the summary; Ctrl-C
 once (what is left counts as lost). The summary's counters always add up: emitted = delivered + lost.
 
 exit codes: 0 ok, 1 capture failed, 2 usage, 3 bcc missing, 4 not privileged,
-            5 kernel lacks tracefs/tracepoint/BPF/BTF, 6 bcc cannot compile (kernel headers)
+            5 kernel lacks tracefs/tracepoint/BPF/BTF, 6 bcc cannot compile (kernel headers),
+            130 interrupted before the capture started
 """
 
 
@@ -158,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except BrokenPipeError:
         return EXIT_OK
+    except KeyboardInterrupt:  # Ctrl-C before the capture's own handler is installed
+        _err("interrupted before the capture started")
+        return EXIT_INTERRUPTED
     except Exception as exc:
         if os.environ.get("DROPCAPTURE_DEBUG"):
             raise

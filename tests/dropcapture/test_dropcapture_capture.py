@@ -435,3 +435,28 @@ def test_poll_is_bounded_and_close_counts_the_rest(need_kernel: None, ringbuf: b
     # closed without reading the last two: counted as lost at exit, never forgotten
     assert (st.emitted, st.delivered, st.lost_at_exit, st.lost) == (10, 8, 2, 2)
     assert st.hits == st.filtered + st.emitted
+
+
+def test_sigint_while_compiling(need_kernel: None) -> None:
+    # Ctrl-C before the program is attached still stops the capture once it is (exit 0, a summary)
+    proc = subprocess.Popen(dropcapture_cmd("--json", "--port", "9"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cli_env(), cwd="/")
+    try:
+        # the CLI's handler is in place (it catches SIGTERM too) once the checks are done, right
+        # before the seconds of compiling: send SIGINT then
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            caught = int(next(ln for ln in status.splitlines() if ln.startswith("SigCgt:")).split()[1], 16)
+            if caught & (1 << (signal.SIGTERM - 1)):
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert json.loads(out.splitlines()[-1])["summary"]["drops"] == 0

@@ -125,3 +125,16 @@ def test_tracefs_missing_message(monkeypatch: pytest.MonkeyPatch) -> None:
         tpformat.read_format()
     assert "mount -t tracefs nodev /sys/kernel/tracing" in str(info.value)
     assert info.value.exit_code == EXIT_UNSUPPORTED
+
+
+def test_ctrl_c_while_starting_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # Ctrl-C before the capture's handler exists (here: while ksym's annotator loads) is exit 130, one line
+    from dropcapture import symbolize
+    from dropcapture.errors import EXIT_INTERRUPTED
+
+    def interrupted(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(symbolize, "ksym_annotator", interrupted)
+    assert main(["--count", "1"]) == EXIT_INTERRUPTED
+    assert "interrupted" in _one_line_error(capsys.readouterr().err)
