@@ -39,19 +39,11 @@ class Cli:
         self.proc = subprocess.Popen(dropcapture_cmd("--json", *args), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=cli_env(), cwd="/")
         self.stderr = ""
-        deadline = time.monotonic() + 60
-        assert self.proc.stderr is not None
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stderr], [], [], 1)
-            if ready:
-                line = self.proc.stderr.readline()
-                self.stderr += line
-                if "tracing skb:kfree_skb" in line:
-                    return
-                if not line and self.proc.poll() is not None:
-                    break
-        self.reap()
-        raise AssertionError(f"dropcapture did not start: {self.stderr}")
+        try:
+            self.wait_stderr("tracing skb:kfree_skb", timeout=60)
+        except BaseException:
+            self.reap()  # not started: the fixture never sees this one
+            raise
 
     def wait_stderr(self, text: str, timeout: float = 10) -> None:
         """Read stderr until a line contains ``text``."""
@@ -66,6 +58,8 @@ class Cli:
                     return
                 if not line:
                     break
+            elif self.proc.poll() is not None:
+                break
         raise AssertionError(f"no {text!r} on stderr: {self.stderr}")
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 30,
@@ -166,7 +160,7 @@ def test_udp6_closed_port_loopback(need_kernel: None, start_cli: Callable[..., C
 
 
 def _nft(ns: str, *args: str) -> None:
-    subprocess.run(["ip", "netns", "exec", ns, "nft", *args], check=True)
+    subprocess.run(["ip", "netns", "exec", ns, "nft", *args], check=True, timeout=30)
 
 
 def test_firewall_drop_in_netns(netns: str, tmp_path: Path, start_cli: Callable[..., Cli]) -> None:
