@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -53,21 +54,24 @@ def _int(name: str, item: object, lo: int, hi: int) -> int:
 class Filters:
     """Drop filters; an empty set or None means "any".
 
+    Any collection is accepted for the sets (set, frozenset, list, tuple); after construction each
+    is a ``frozenset`` of validated values: protocol names became numbers, host strings addresses.
+
     :raises TypeError: a value of the wrong type (e.g. ``protos="tcp"`` instead of ``{"tcp"}``).
     :raises ValueError: a value out of range or an unknown protocol name.
     """
 
     comm: str | None = None
     #: Process or thread ids, 0 (the idle task) .. :data:`PID_MAX`.
-    pids: frozenset[int] = field(default_factory=frozenset)
-    #: IP protocol numbers 0..255 (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6); names are accepted and converted.
-    protos: frozenset[int] = field(default_factory=frozenset)
+    pids: AbstractSet[int] = field(default_factory=frozenset)
+    #: IP protocol numbers 0..255 (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6); names (``"tcp"``) are converted.
+    protos: AbstractSet[int | str] = field(default_factory=frozenset)
     #: Addresses matched against source or destination; strings are accepted and converted.
-    hosts: frozenset[IPAddress] = field(default_factory=frozenset)
+    hosts: AbstractSet[IPAddress | str] = field(default_factory=frozenset)
     #: Ports 1..65535 matched against source or destination (TCP, UDP, SCTP, UDP-Lite).
-    ports: frozenset[int] = field(default_factory=frozenset)
+    ports: AbstractSet[int] = field(default_factory=frozenset)
     #: Drop reason numbers of the running kernel, or names (``"NO_SOCKET"``) resolved when a capture starts.
-    reasons: frozenset[int | str] = field(default_factory=frozenset)
+    reasons: AbstractSet[int | str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         if self.comm is not None:
@@ -108,6 +112,16 @@ class Filters:
     @property
     def empty(self) -> bool:
         return not (self.comm or self.pids or self.protos or self.hosts or self.ports or self.reasons)
+
+    @property
+    def proto_numbers(self) -> frozenset[int]:
+        """The protocols as numbers (every one after construction)."""
+        return frozenset(p for p in self.protos if isinstance(p, int))
+
+    @property
+    def host_addresses(self) -> frozenset[IPAddress]:
+        """The hosts as address objects (every one after construction)."""
+        return frozenset(h for h in self.hosts if not isinstance(h, str))
 
     @property
     def reason_numbers(self) -> frozenset[int]:

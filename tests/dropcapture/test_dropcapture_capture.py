@@ -417,7 +417,7 @@ def test_poll_is_bounded_and_close_counts_the_rest(need_kernel: None, ringbuf: b
     from dropcapture import Capture, Filters
 
     port = free_port(socket.SOCK_DGRAM)
-    with Capture(Filters(protos={"udp"}, ports={port}), ringbuf=ringbuf, batch=4) as cap:  # type: ignore[arg-type]
+    with Capture(Filters(protos={"udp"}, ports={port}), ringbuf=ringbuf, batch=4) as cap:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             for _ in range(10):
                 s.sendto(b"x", ("127.0.0.1", port))

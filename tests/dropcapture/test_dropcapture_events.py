@@ -123,10 +123,10 @@ def test_filters() -> None:
 def test_filters_validate_and_convert() -> None:
     ev = decode(raw_v4())
     # names and strings are accepted and converted to what the kernel compares
-    f = Filters(protos=frozenset({"tcp"}), hosts={"10.0.0.2"}, reasons={"netfilter_drop"}, ports=[80])  # type: ignore[arg-type]
+    f = Filters(protos=frozenset({"tcp"}), hosts={"10.0.0.2"}, reasons={"netfilter_drop"}, ports={80})
     assert f.protos == {6} and f.hosts == {ipaddress.ip_address("10.0.0.2")} and f.ports == {80}
     assert f.reasons == {"NETFILTER_DROP"} and f.matches(ev)  # an unresolved name matches by name
-    assert Filters(reasons={"SKB_DROP_REASON_NO_SOCKET"}).reasons == {"NO_SOCKET"}  # type: ignore[arg-type]
+    assert Filters(reasons={"SKB_DROP_REASON_NO_SOCKET"}).reasons == {"NO_SOCKET"}
     # the wrong type: TypeError naming the field; out of range: ValueError
     bad_type: list[dict[str, object]] = [
         {"protos": "tcp"}, {"protos": 6}, {"protos": {6.0}}, {"pids": {True}}, {"pids": {"42"}},
@@ -150,10 +150,10 @@ def test_filters_resolve_reason_names(need_tracefs: None) -> None:
     from dropcapture.tpformat import read_format
 
     table = ReasonTable.from_kernel(read_format(), None)
-    f = Filters(reasons={"no_socket", 12}).resolve_reasons(table)  # type: ignore[arg-type]
+    f = Filters(reasons={"no_socket", 12}).resolve_reasons(table)
     assert f.reasons == {table.value("NO_SOCKET"), 12} == f.reason_numbers
     with pytest.raises(ValueError, match="NO_SUCH_REASON"):
-        Filters(reasons={"NO_SUCH_REASON"}).resolve_reasons(table)  # type: ignore[arg-type]
+        Filters(reasons={"NO_SUCH_REASON"}).resolve_reasons(table)
 
 
 def _stack() -> tuple[StackFrame, ...]:
