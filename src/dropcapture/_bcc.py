@@ -52,7 +52,7 @@ class BccProgram:
     def __init__(self, text: str, *, ringbuf: bool) -> None:
         bcc = import_bcc()
         self.ringbuf = ringbuf
-        self._lost_perf = 0
+        self._attached = False
         try:
             self._b: Any = bcc.BPF(text=text.encode(), cflags=["-w"])
         except Exception as exc:  # bcc raises bare Exception
@@ -66,35 +66,57 @@ class BccProgram:
             raise _classify(exc, "cannot load the BPF program") from exc
         try:
             self._b.attach_tracepoint(tp=b"skb:kfree_skb", fn_name=b"dc_kfree_skb")
+            self._attached = True
         except Exception as exc:
             self.close()
             raise _classify(exc, "cannot attach to the skb:kfree_skb tracepoint") from exc
 
-    def open_output(self, callback: Callable[[RawPointer], None], perf_pages: int) -> None:
-        """Route events to ``callback(pointer_to_record)``."""
+    def open_output(self, callback: Callable[[RawPointer], int], pages: int) -> None:
+        """Route records to ``callback(pointer_to_record)``.
 
-        def _cb(_ctx: Any, data: Any, _size: Any) -> None:
-            callback(data)
+        In ring buffer mode a negative return value ends the current :meth:`poll`/:meth:`consume`
+        after that record (libbpf stops consuming), which bounds the work of one call; perf buffers
+        ignore it (bcc's perf reader empties each CPU's buffer).
+        """
+
+        def _cb(_ctx: Any, data: Any, _size: Any) -> int:
+            return callback(data)
 
         def _cb_perf(_cpu: Any, data: Any, _size: Any) -> None:
             callback(data)
 
-        def _lost(count: Any) -> None:
-            self._lost_perf += int(count)
+        def _lost(_count: Any) -> None:
+            # Not counted here: the program counts every failed perf_submit itself (the one source
+            # of "lost"), and perf's lost records report the same samples again, late or never.
+            # The callback only keeps bcc from printing "Possibly lost N samples".
+            return None
 
         table = self._b[b"dc_events"]
         if self.ringbuf:
             table.open_ring_buffer(_cb)
         else:
-            table.open_perf_buffer(_cb_perf, page_cnt=perf_pages, lost_cb=_lost)
+            table.open_perf_buffer(_cb_perf, page_cnt=pages, lost_cb=_lost)
 
     def poll(self, timeout_ms: int) -> None:
-        """Wait up to ``timeout_ms`` for events and deliver all pending ones."""
+        """Wait up to ``timeout_ms`` for a wake-up, then read what is there."""
         if self.ringbuf:
             self._b.ring_buffer_poll(timeout_ms)
-            self._b.ring_buffer_consume()
         else:
             self._b.perf_buffer_poll(timeout_ms)
+
+    def consume(self) -> None:
+        """Read what is in the buffers now, without waiting (records whose wake-up was batched)."""
+        if self.ringbuf:
+            self._b.ring_buffer_consume()
+        else:
+            self._b.perf_buffer_consume()
+
+    def detach(self) -> None:
+        """Detach the tracepoint: no new records; the maps and buffers stay readable until :meth:`close`."""
+        if self._attached:
+            self._attached = False
+            with contextlib.suppress(Exception):  # bcc raises bare Exception when already detached
+                self._b.detach_tracepoint(tp=b"skb:kfree_skb")
 
     def stack(self, stack_id: int) -> list[int]:
         """Return addresses of one kernel stack from the stack map."""
@@ -112,19 +134,13 @@ class BccProgram:
             out.append(sum(int(v) for v in vals))
         return out
 
-    @property
-    def lost_perf(self) -> int:
-        """Records the perf buffer reported lost (perf mode only)."""
-        return self._lost_perf
-
     def close(self) -> None:
         """Detach the tracepoint and free the program and maps."""
         b = getattr(self, "_b", None)
         if b is None:
             return
+        self.detach()
         self._b = None
-        with contextlib.suppress(Exception):  # bcc raises bare Exception when already detached
-            b.detach_tracepoint(tp=b"skb:kfree_skb")
         b.cleanup()
 
 

@@ -11,6 +11,7 @@ needs headers to compile (its helper definitions include them), see tools/dropca
 from __future__ import annotations
 
 import sys
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from .btf import Btf
@@ -187,8 +188,9 @@ int dc_kfree_skb(void *ctx)
 _FILTERED = "{ dc_count(STAT_FILTERED); return 0; }"
 
 
-def _any_of(expr: str, values: frozenset[int]) -> str:
-    return " || ".join(f"{expr} == {v}" for v in sorted(values))
+def _any_of(expr: str, values: AbstractSet[int]) -> str:
+    # Filters holds validated ints only; int() keeps anything else out of the C text
+    return " || ".join(f"{expr} == {int(v)}" for v in sorted(values))
 
 
 def build_text(
@@ -232,8 +234,10 @@ def build_text(
         checks = [f"ev.comm[{i}] != {b}" for i, b in enumerate(want)]
         checks.append(f"ev.comm[{len(want)}] != 0")
         comm = f"if ({' || '.join(checks)}) {_FILTERED}"
-    reason = f"if (!({_any_of('ev.reason', f.reasons)})) {_FILTERED}" if f.reasons else ""
-    proto = f"if (!({_any_of('ev.l4proto', f.protos)})) {_FILTERED}" if f.protos else ""
+    if f.reasons != f.reason_numbers:
+        raise ValueError("reason names must be resolved to this kernel's numbers first (Filters.resolve_reasons)")
+    reason = f"if (!({_any_of('ev.reason', f.reason_numbers)})) {_FILTERED}" if f.reasons else ""
+    proto = f"if (!({_any_of('ev.l4proto', f.proto_numbers)})) {_FILTERED}" if f.protos else ""
     port = (
         f"if (!ev.has_l4 || !({_any_of('ev.sport', f.ports)} || {_any_of('ev.dport', f.ports)})) {_FILTERED}"
         if f.ports
@@ -242,7 +246,7 @@ def build_text(
     host = ""
     if f.hosts:
         conds = []
-        for addr in sorted(f.hosts, key=lambda a: (a.version, a.packed)):
+        for addr in sorted(f.host_addresses, key=lambda a: (a.version, a.packed)):
             if addr.version == 4:
                 v = int.from_bytes(addr.packed, sys.byteorder)  # the 4 bytes read back as a native u32
                 conds.append(f"(ev.family == 4 && (*(u32 *)ev.saddr == {v:#x}U || *(u32 *)ev.daddr == {v:#x}U))")

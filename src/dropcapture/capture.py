@@ -4,7 +4,7 @@ Python API::
 
     from dropcapture import Capture, Filters
 
-    with Capture(Filters(protos=frozenset({6}))) as cap:
+    with Capture(Filters(protos={"tcp"})) as cap:
         for ev in cap.events(count=10, duration=30):
             print(ev.reason_name, ev.saddr, ev.sport, ev.daddr, ev.dport, ev.stack[0])
     print(cap.stats())
@@ -18,6 +18,7 @@ import ctypes
 import os
 import struct
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,18 +115,32 @@ def kernel_info(ksyms: Kallsyms | None = None) -> KernelInfo:
 
 @dataclass(frozen=True)
 class CaptureStats:
-    """Counters kept by the BPF program (all CPUs) and by user space."""
+    """Counters of one capture: the program's own (all CPUs) and user space's.
+
+    Every drop the program sees is filtered or emitted, and every emitted one is delivered or lost::
+
+        hits == filtered + emitted        emitted == delivered + lost        lost == lost_full + lost_at_exit
+
+    The second equation holds exactly once the capture is closed; while it runs, the difference
+    ``emitted - delivered - lost`` is the drops still on their way (in the buffer, or read and not yet
+    handed over).
+    """
 
     #: Every ``skb:kfree_skb`` hit, before filters.
     hits: int
-    #: Hits rejected by the in-kernel filters.
+    #: Hits rejected by the filters (in the kernel, and the rare one only user space rejects).
     filtered: int
-    #: Records written to the ring/perf buffer.
+    #: Hits that passed the filters: each one is owed to the caller.
     emitted: int
-    #: Records the kernel could not write (buffer full) plus those perf reported lost.
+    #: Emitted but never delivered: ``lost_full + lost_at_exit``.
     lost: int
-    #: Events handed to the caller (after the user-space filters).
+    #: Events handed to the caller.
     delivered: int
+    #: The kernel could not write the record: the ring/perf buffer was full.
+    lost_full: int = 0
+    #: Written to the buffer but not delivered when the capture closed (a second Ctrl-C, ``--count``
+    #: reached, or the drain at exit ran out of time).
+    lost_at_exit: int = 0
 
 
 class Capture:
@@ -133,6 +148,10 @@ class Capture:
 
     :param filters: which drops to keep (checked in the kernel where possible).
     :param ringbuf: use a BPF ring buffer (default on kernels that have one) instead of perf buffers.
+    :param ringbuf_pages: ring buffer size in pages (a power of two).
+    :param perf_pages: perf buffer size per CPU in pages (a power of two).
+    :param batch: at most this many records are read and decoded per :meth:`poll`, so a flood cannot
+        keep one call busy and :meth:`stop`/:meth:`abandon` take effect between batches.
     :param annotate: optional ``Symbol -> tuple[str, ...]`` adding file:line text to stack frames
         (see :func:`dropcapture.symbolize.ksym_annotator`).
     """
@@ -147,7 +166,13 @@ class Capture:
         stack_entries: int = 16384,
         wakeup_every: int = 32,
         annotate: Callable[[Symbol], tuple[str, ...]] | None = None,
+        batch: int = 1024,
     ) -> None:
+        if filters is not None and not isinstance(filters, Filters):
+            raise TypeError(f"filters must be a dropcapture.Filters, not {type(filters).__name__}")
+        for name, pages in (("ringbuf_pages", ringbuf_pages), ("perf_pages", perf_pages)):
+            if isinstance(pages, bool) or not isinstance(pages, int) or pages <= 0 or pages & (pages - 1):
+                raise ValueError(f"{name} must be a power of two, not {pages!r}")
         self.filters = filters or Filters()
         self._ringbuf = ringbuf
         self._ringbuf_pages = ringbuf_pages
@@ -156,7 +181,19 @@ class Capture:
         self._wakeup_every = max(1, wakeup_every)
         self._annotate = annotate
         self._prog: BccProgram | None = None
-        self._pending: list[DropEvent] = []
+        self._batch = max(1, int(batch))
+        # records copied out of the buffer, not yet decoded (bytes of one RawEvent each)
+        self._raw: deque[bytes] = deque()
+        self._round = 0
+        self._more = False
+        self._received = 0
+        self._rejected = 0
+        self._stopping = False
+        self._abandoned = False
+        self._detached = False
+        self._kernel: tuple[int, int, int, int] | None = None
+        self.started: float | None = None
+        self.stopped: float | None = None
         self._stack_cache: dict[int, tuple[StackFrame, ...]] = {}
         self._sym_cache: dict[int, Symbol | None] = {}
         self._reason_cache: dict[int, str] = {}
@@ -186,6 +223,7 @@ class Capture:
             )
         self.btf = Btf.load()
         self.reasons = ReasonTable.from_kernel(self.format, self.btf)
+        self.filters = self.filters.resolve_reasons(self.reasons)
         layout = Layout.from_kernel(self.format, self.btf)
         if self._ringbuf is None:
             self._ringbuf = _has_ringbuf(self.btf)
@@ -206,6 +244,13 @@ class Capture:
         """
         if self._prog is not None:
             return self
+        # a fresh session (a closed Capture may be opened again); stop()/abandon() flags are left
+        # alone: a signal handler may have set them while the program compiles
+        self._raw.clear()
+        self._more = self._detached = False
+        self._received = self._rejected = self._delivered = 0
+        self._kernel = self._final_stats = None
+        self.started = self.stopped = None
         import_bcc()
         check_privileges()
         self.prepare()
@@ -218,7 +263,13 @@ class Capture:
             raise UnsupportedKernelError("this kernel has no BPF support (CONFIG_BPF_SYSCALL)")
         self._clock_offset = time.time() - time.monotonic()
         self._prog = BccProgram(self.text, ringbuf=bool(self._ringbuf))
-        self._prog.open_output(self._on_record, self._perf_pages)
+        try:
+            self._prog.open_output(self._on_record, self._ringbuf_pages if self._ringbuf else self._perf_pages)
+        except Exception:
+            self._prog.close()
+            self._prog = None
+            raise
+        self.started = time.monotonic()
         return self
 
     def __enter__(self) -> Capture:  # noqa: PYI034 - typing.Self needs 3.11
@@ -228,13 +279,58 @@ class Capture:
         self.close()
 
     def close(self) -> None:
-        """Detach and free everything (safe to call twice); :meth:`stats` still answers."""
+        """Detach and free everything (safe to call twice); :meth:`stats` still answers.
+
+        Records still in the buffer are not read: they count as ``lost_at_exit``. Iterate
+        :meth:`events` to its end after :meth:`stop` to receive them first.
+        """
         if self._prog is not None:
             try:
+                self.detach()
                 self._final_stats = self.stats()
             finally:
                 self._prog.close()
                 self._prog = None
+                self._raw.clear()
+                self._stopping = self._abandoned = False
+
+    def stop(self) -> None:
+        """Ask :meth:`events` to end: it detaches, delivers what is left in the buffer, then returns.
+
+        Only sets a flag, so a signal handler may call it.
+        """
+        self._stopping = True
+
+    def abandon(self) -> None:
+        """Ask :meth:`events` to end at once: what is left unread counts as lost (``lost_at_exit``).
+
+        Only sets a flag, so a signal handler may call it (the second Ctrl-C of the command line).
+        """
+        self._stopping = True
+        self._abandoned = True
+
+    def detach(self) -> None:
+        """Stop tracing: no new drops are recorded; the buffer can still be read. Idempotent."""
+        if self._prog is None or self._detached:
+            return
+        self._detached = True
+        self._prog.detach()
+        self.stopped = time.monotonic()
+        # A program already running on another CPU finishes after the detach; wait until the
+        # counters add up (hits == filtered + written + failed), so the final numbers are exact.
+        for _ in range(200):
+            hits, written, failed, filtered = self._prog.stats()
+            self._kernel = (hits, written, failed, filtered)
+            if hits == written + failed + filtered:
+                break
+            time.sleep(0.001)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds traced: from attaching to detaching (or now); 0 before :meth:`open`."""
+        if self.started is None:
+            return 0.0
+        return (self.stopped if self.stopped is not None else time.monotonic()) - self.started
 
     @property
     def ringbuf(self) -> bool:
@@ -270,25 +366,62 @@ class Capture:
             self._stack_cache[stack_id] = got
         return got
 
-    def _on_record(self, data: Any) -> None:
-        buf = ctypes.string_at(data, _RAW_SIZE)
+    def _on_record(self, data: Any) -> int:
+        if self._abandoned:
+            return -1  # stop reading; the record counts as lost at exit
+        self._raw.append(ctypes.string_at(data, _RAW_SIZE))
+        self._received += 1
+        self._round += 1
+        return -1 if self._round >= self._batch else 0
+
+    def _decode(self, buf: bytes) -> DropEvent:
         location, reason, stack_id = _PEEK.unpack_from(buf, _PEEK_OFF)
-        ev = decode_event(
+        return decode_event(
             buf,
             reason_name=self._reason_name(reason),
             clock_offset=self._clock_offset,
             location_symbol=self._symbol(location),
             stack=self._stack(stack_id),
         )
-        if self.filters.matches(ev):
-            self._pending.append(ev)
 
-    def poll(self, timeout: float = 0.1) -> list[DropEvent]:
-        """Wait up to ``timeout`` seconds and return the drops that arrived."""
+    def _read(self, timeout: float) -> None:
+        """Copy up to one batch of records out of the buffer (waiting up to ``timeout`` for the first)."""
+        if self._prog is None or self._abandoned:
+            return
+        self._round = 0
+        if self._more or timeout <= 0:
+            self._prog.consume()
+        else:
+            self._prog.poll(max(0, int(timeout * 1000)))
+            if self._prog.ringbuf and self._round < self._batch:
+                self._prog.consume()  # records whose wake-up was batched
+        self._more = self._round >= self._batch
+
+    def _next_batch(self, timeout: float) -> list[DropEvent]:
+        """Decode up to one batch, reading the buffer first when nothing is waiting."""
         if self._prog is None:
             raise CaptureError("the capture is not open")
-        self._prog.poll(max(0, int(timeout * 1000)))
-        out, self._pending = self._pending, []
+        if not self._raw:
+            self._read(timeout)
+        out = []
+        for _ in range(min(self._batch, len(self._raw))):
+            if self._abandoned:
+                break
+            ev = self._decode(self._raw.popleft())
+            if self.filters.matches(ev):
+                out.append(ev)
+            else:
+                self._rejected += 1
+        return out
+
+    @property
+    def _drained(self) -> bool:
+        # after detach: every record the kernel wrote has been read
+        return self._detached and not self._raw and (self._kernel is None or self._received >= self._kernel[1])
+
+    def poll(self, timeout: float = 0.1) -> list[DropEvent]:
+        """Wait up to ``timeout`` seconds and return the drops that arrived (at most one batch)."""
+        out = self._next_batch(timeout)
         self._delivered += len(out)
         return out
 
@@ -299,21 +432,51 @@ class Capture:
         duration: float | None = None,
         poll_timeout: float = 0.1,
         stop: Callable[[], bool] | None = None,
+        drain: float = 1.0,
     ) -> Iterator[DropEvent]:
-        """Yield drops until ``count`` events, ``duration`` seconds, or ``stop()`` returns True."""
+        """Yield drops until ``count`` events, ``duration`` seconds, :meth:`stop` or ``stop()`` returns True.
+
+        On a stop or at the end of ``duration`` the tracepoint is detached and what is still in the
+        buffer is delivered for up to ``drain`` seconds; after :meth:`abandon` or at ``count`` the
+        iterator ends at once. Whatever is not delivered counts as lost at :meth:`close`.
+        """
         self.open()
         deadline = time.monotonic() + duration if duration is not None else None
+        drain_until = 0.0
+
+        def _over() -> bool:
+            """Detach on a stop or at the deadline; True when the iterator must end."""
+            nonlocal drain_until
+            if self._abandoned:
+                return True
+            if not self._detached:
+                if not self._stopping and stop is not None and stop():
+                    self._stopping = True
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._stopping = True
+                if not self._stopping:
+                    return False
+                self.detach()
+                drain_until = time.monotonic() + drain
+            return time.monotonic() >= drain_until
+
         seen = 0
-        while True:
-            if stop is not None and stop():
-                return
+        while not _over():
             timeout = poll_timeout
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
+            if self._detached:
+                if self._drained:
                     return
-                timeout = min(timeout, left)
-            for ev in self.poll(timeout):
+                timeout = 0
+            elif deadline is not None:
+                timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+            received = self._received
+            batch = self._next_batch(timeout)
+            if self._detached and not batch and not self._raw and self._received == received:
+                return  # the buffer is empty
+            for ev in batch:
+                if _over():
+                    return
+                self._delivered += 1
                 yield ev
                 seen += 1
                 if count is not None and seen >= count:
@@ -323,13 +486,26 @@ class Capture:
         return self.events()
 
     def stats(self) -> CaptureStats:
-        """Counters so far (after :meth:`close`: the final ones)."""
+        """Counters so far (after :meth:`close`: the final ones, where ``emitted == delivered + lost``)."""
         if self._prog is None:
             if self._final_stats is not None:
                 return self._final_stats
             return CaptureStats(0, 0, 0, 0, self._delivered)
-        hits, emitted, lost, filtered = self._prog.stats()
-        return CaptureStats(hits, filtered, emitted, lost + self._prog.lost_perf, self._delivered)
+        if self._detached and self._kernel is not None:
+            hits, written, failed, filtered = self._kernel
+        else:
+            hits, written, failed, filtered = self._prog.stats()
+        # after detach nothing more arrives: what was written and not delivered is lost at exit
+        at_exit = written - self._rejected - self._delivered if self._detached else 0
+        return CaptureStats(
+            hits=hits,
+            filtered=filtered + self._rejected,
+            emitted=written + failed - self._rejected,
+            lost=failed + at_exit,
+            delivered=self._delivered,
+            lost_full=failed,
+            lost_at_exit=at_exit,
+        )
 
 
 _RAW_SIZE = ctypes.sizeof(RawEvent)

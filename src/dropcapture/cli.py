@@ -18,16 +18,17 @@ import json
 import os
 import signal
 import sys
-import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import IO
 
 from .capture import Capture
-from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, CaptureError
+from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CaptureError
 from .events import l4_number
-from .filters import Filters, IPAddress
+from .filters import PID_MAX, Filters, IPAddress
 from .output import SaveWriter, Summary, TextFormatter
+from .reasons import ReasonTable
 
 __all__ = ["build_parser", "main"]
 
@@ -41,8 +42,12 @@ examples:
   dropcapture --save drops.txt         # stacks for 'ksym annotate' on another machine
   dropcapture --vmlinux /usr/lib/debug/boot/vmlinux-$(uname -r)   # file:line via ksym
 
+Ctrl-C: stop tracing, print what is left in the buffer, then the summary; Ctrl-C again: stop at
+once (what is left counts as lost). The summary's counters always add up: emitted = delivered + lost.
+
 exit codes: 0 ok, 1 capture failed, 2 usage, 3 bcc missing, 4 not privileged,
-            5 kernel lacks tracefs/tracepoint/BPF/BTF, 6 bcc cannot compile (kernel headers)
+            5 kernel lacks tracefs/tracepoint/BPF/BTF, 6 bcc cannot compile (kernel headers),
+            130 interrupted before the capture started
 """
 
 
@@ -55,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f = p.add_argument_group("filters (repeat an option for alternatives)")
     f.add_argument("--comm", help="only drops in tasks with this command name")
-    f.add_argument("--pid", type=int, action="append", default=[], help="only this process (or thread) id")
+    f.add_argument("--pid", type=int, action="append", default=[],
+                   help="only this process (or thread) id; 0 is the idle task (softirq on an idle CPU)")
     f.add_argument("--proto", action="append", default=[], help="tcp, udp, icmp, icmpv6, sctp or a number")
     f.add_argument("--host", action="append", default=[], help="source or destination address (v4 or v6)")
     f.add_argument("--port", type=int, action="append", default=[], help="source or destination port")
@@ -72,12 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--vmlinux", help="debug vmlinux of the running kernel, for file:line through ksym")
     b = p.add_argument_group("buffers")
     b.add_argument("--perf-buffer", action="store_true", help="per-CPU perf buffers instead of a ring buffer")
-    b.add_argument("--buffer-pages", type=int, default=1024, help="ring buffer pages (power of two)")
+    b.add_argument("--buffer-pages", type=int,
+                   help="buffer size in pages, a power of two (ring buffer: 1024; perf buffer: 256 per CPU)")
     p.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
-def _filters(args: argparse.Namespace, reasons_lookup: object) -> Filters:
+def _filters(args: argparse.Namespace, reasons_lookup: ReasonTable) -> Filters:
+    """The command line's filters, every value checked (ValueError: a usage error)."""
     protos = set()
     for spec in args.proto:
         for item in spec.split(","):
@@ -87,12 +95,17 @@ def _filters(args: argparse.Namespace, reasons_lookup: object) -> Filters:
         hosts.add(ipaddress.ip_address(h))
     for port in args.port:
         if not 0 < port < 65536:
-            raise ValueError(f"bad port {port}")
-    reasons = set()
+            raise ValueError(f"bad port {port} (1..65535)")
+    for pid in args.pid:
+        if not 0 <= pid <= PID_MAX:
+            raise ValueError(f"bad pid {pid} (0..{PID_MAX})")
+    if args.comm is not None and not args.comm:
+        raise ValueError("--comm needs a command name")
+    reasons: set[int | str] = set()
     for spec in args.reason:
         for item in spec.split(","):
             try:
-                reasons.add(reasons_lookup.value(item))  # type: ignore[attr-defined]
+                reasons.add(reasons_lookup.value(item))
             except KeyError:
                 raise ValueError(f"this kernel has no drop reason {item!r}") from None
     return Filters(
@@ -103,6 +116,21 @@ def _filters(args: argparse.Namespace, reasons_lookup: object) -> Filters:
         ports=frozenset(args.port),
         reasons=frozenset(reasons),
     )
+
+
+def _check_output(path: str) -> None:
+    """:raises ValueError: ``--save path`` cannot be written (checked before any BPF is loaded)."""
+    target = Path(path)
+    parent = target.parent
+    if target.is_dir():
+        raise ValueError(f"--save {path}: is a directory")
+    if not parent.is_dir():
+        raise ValueError(f"--save {path}: directory {str(parent)!r} does not exist")
+    if target.exists():
+        if not os.access(target, os.W_OK):
+            raise ValueError(f"--save {path}: not writable")
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--save {path}: directory {str(parent)!r} is not writable")
 
 
 def _running_build_id() -> str | None:
@@ -131,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except BrokenPipeError:
         return EXIT_OK
+    except KeyboardInterrupt:  # Ctrl-C before the capture's own handler is installed
+        _err("interrupted before the capture started")
+        return EXIT_INTERRUPTED
     except Exception as exc:
         if os.environ.get("DROPCAPTURE_DEBUG"):
             raise
@@ -143,10 +174,20 @@ def _run(args: argparse.Namespace) -> int:
     from .reasons import ReasonTable
     from .tpformat import read_format
 
+    # every usage check comes before the program is built and loaded
     if args.count is not None and args.count <= 0:
         raise ValueError("--count must be positive")
     if args.duration is not None and args.duration <= 0:
         raise ValueError("--duration must be positive")
+    pages = args.buffer_pages
+    if pages is not None and (pages <= 0 or pages & (pages - 1)):
+        raise ValueError(f"--buffer-pages {pages}: must be a power of two")
+    if args.no_stack and args.vmlinux:
+        raise ValueError("--vmlinux annotates stack frames and --no-stack prints none: use one of them")
+    if args.vmlinux and not os.path.isfile(args.vmlinux):
+        raise ValueError(f"--vmlinux {args.vmlinux}: no such file")
+    if args.save:
+        _check_output(args.save)
     # reason names need the running kernel's table before the program is built
     table = ReasonTable()
     if args.reason:
@@ -159,8 +200,6 @@ def _run(args: argparse.Namespace) -> int:
 
     from .symbolize import ksym_annotator
 
-    if args.vmlinux and not os.path.isfile(args.vmlinux):
-        raise ValueError(f"--vmlinux {args.vmlinux}: no such file")
     annotate = None
     # closes ksym's Symbolizer at the end of the capture: what it learnt goes to its index then
     closing = contextlib.ExitStack()
@@ -169,20 +208,28 @@ def _run(args: argparse.Namespace) -> int:
         if args.vmlinux or annotate is not None:
             print(f"dropcapture: {status}", file=sys.stderr)
 
-    cap = Capture(
-        filters,
-        ringbuf=False if args.perf_buffer else None,
-        ringbuf_pages=args.buffer_pages,
-        annotate=annotate,
-    )
+    sizes = {} if pages is None else {"ringbuf_pages": pages, "perf_pages": pages}
+    cap = Capture(filters, ringbuf=False if args.perf_buffer else None, annotate=annotate, **sizes)
     if args.ebpf:
         print(cap.prepare())
         return EXIT_OK
 
-    stop = {"flag": False}
+    signals = {"count": 0}
 
     def _on_signal(_sig: int, _frame: FrameType | None) -> None:
-        stop["flag"] = True
+        # first SIGINT/SIGTERM: stop tracing, deliver what is in the buffer, summary;
+        # second: stop at once (the rest counts as lost), summary; a third one kills
+        signals["count"] += 1
+        if signals["count"] == 1:
+            cap.stop()
+            msg = b"dropcapture: stopping: reading what is left in the buffer (Ctrl-C again to stop at once)\n"
+        else:
+            cap.abandon()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            msg = b"dropcapture: stopping at once: records left in the buffer count as lost\n"
+        with contextlib.suppress(OSError):
+            os.write(2, msg)  # not print(): the handler may interrupt a write to sys.stderr
 
     old_int = signal.signal(signal.SIGINT, _on_signal)
     old_term = signal.signal(signal.SIGTERM, _on_signal)
@@ -190,11 +237,13 @@ def _run(args: argparse.Namespace) -> int:
     save: IO[str] | None = None
     fmt = TextFormatter(stacks=not args.no_stack)
     summary = Summary()
-    start = time.monotonic()
     try:
         cap.open()
         if args.save:
-            save = open(args.save, "w", encoding="utf-8")  # noqa: SIM115
+            try:
+                save = open(args.save, "w", encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                raise ValueError(f"--save {args.save}: {exc.strerror or exc}") from None
         saver = SaveWriter(save, cap.kernel, cap.reasons.source) if save else None
         print(
             f"dropcapture: tracing skb:kfree_skb ({'ring buffer' if cap.ringbuf else 'perf buffer'}, "
@@ -205,7 +254,7 @@ def _run(args: argparse.Namespace) -> int:
         if not args.json and not args.quiet:
             print(fmt.header(), file=out)
         annotated = False
-        for ev in cap.events(count=args.count, duration=args.duration, stop=lambda: stop["flag"]):
+        for ev in cap.events(count=args.count, duration=args.duration):
             summary.add(ev)
             if annotate is not None and not annotated:
                 annotated = any(fr.source for fr in ev.stack)
@@ -221,12 +270,13 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         cap.close()
         closing.close()
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
+        if signals["count"] < 2:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
         if save:
             save.close()
-    elapsed = time.monotonic() - start
     stats = cap.stats()
+    elapsed = cap.elapsed
     if annotate is not None and summary.total and not annotated:
         print(
             "dropcapture: note: no frame got a file:line: the debug vmlinux does not match this kernel "

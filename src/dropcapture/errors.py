@@ -12,6 +12,7 @@ Exit codes (also in docs/dropcapture.md):
 5     the kernel lacks something needed: tracefs, the skb:kfree_skb tracepoint, BPF or BTF
 6     bcc could not compile the BPF program: kernel headers missing or unusable
 70    a bug in dropcapture (DROPCAPTURE_DEBUG=1 shows the traceback)
+130   interrupted (Ctrl-C) before the capture started
 ====  =====================================================================================
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 __all__ = [
     "EXIT_HEADERS",
     "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
     "EXIT_NO_BCC",
     "EXIT_OK",
     "EXIT_PRIVILEGE",
@@ -43,6 +45,7 @@ EXIT_PRIVILEGE = 4
 EXIT_UNSUPPORTED = 5
 EXIT_HEADERS = 6
 EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
 
 
 class CaptureError(Exception):

@@ -123,12 +123,14 @@ def l4_name(proto: int) -> str:
 
 
 def l4_number(name: str) -> int:
-    """IP protocol number for ``tcp``/``udp``/``icmp``/``icmpv6``/... or a decimal number.
+    """IP protocol number for ``tcp``/``udp``/``icmp``/``icmpv6``/... or a decimal number 0..255.
 
-    :raises ValueError: unknown name.
+    :raises ValueError: unknown name, or a number out of range.
     """
     key = name.strip().upper()
     if key.isdigit():
+        if int(key) > 255:
+            raise ValueError(f"protocol number {name.strip()} is out of range 0..255")
         return int(key)
     if key in ("ICMP6", "IPV6-ICMP"):
         key = "ICMPV6"

@@ -167,11 +167,13 @@ class Summary:
         return out
 
     def render(self, stats: CaptureStats | None, elapsed: float) -> str:
+        """The summary text; ``elapsed`` is the time traced. Top stacks are printed whole, one frame a line."""
         lines = [f"--- dropcapture summary: {self.total} drops in {elapsed:.1f}s ---"]
         if stats is not None:
             lines.append(
-                f"kernel: {stats.hits} kfree_skb hits, {stats.filtered} filtered in kernel, "
-                f"{stats.emitted} sent, {stats.lost} lost"
+                f"kernel: {stats.hits} kfree_skb hits, {stats.filtered} filtered, {stats.emitted} emitted = "
+                f"{stats.delivered} delivered + {stats.lost} lost ({stats.lost_full} buffer full, "
+                f"{stats.lost_at_exit} unread at exit)"
             )
         if self.by_reason:
             lines.append("drops by reason:")
@@ -181,7 +183,8 @@ class Summary:
         if by_stack:
             lines.append(f"top stacks (of {len(by_stack)}):")
             for stack, n in by_stack.most_common(self.top):
-                lines.append(f"  {n:>8}  " + " <- ".join(stack[:6]) + (" ..." if len(stack) > 6 else ""))
+                lines.append(f"  {n:>8}  {stack[0]}")
+                lines.extend(f"  {'':>8}  {frame}" for frame in stack[1:])
         return "\n".join(lines)
 
     def to_dict(self, stats: CaptureStats | None, elapsed: float) -> dict[str, object]:
@@ -193,6 +196,14 @@ class Summary:
                 "top_stacks": [{"count": n, "stack": list(s)} for s, n in self.by_stack.most_common(self.top)],
                 "kernel": None
                 if stats is None
-                else {"hits": stats.hits, "filtered": stats.filtered, "emitted": stats.emitted, "lost": stats.lost},
+                else {
+                    "hits": stats.hits,
+                    "filtered": stats.filtered,
+                    "emitted": stats.emitted,
+                    "delivered": stats.delivered,
+                    "lost": stats.lost,
+                    "lost_full": stats.lost_full,
+                    "lost_at_exit": stats.lost_at_exit,
+                },
             }
         }

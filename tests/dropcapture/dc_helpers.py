@@ -67,3 +67,55 @@ def cli_env() -> dict[str, str]:
     env["PYTHONPATH"] = str(SRC) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+# -- BPF programs a child process holds, and whether the kernel still has them -----------------
+
+_NR_BPF = {"x86_64": 321, "aarch64": 280}
+_BPF_PROG_GET_FD_BY_ID = 13
+
+
+def bpf_prog_ids(pid: int) -> set[int]:
+    """Ids of the BPF programs process ``pid`` holds open (its ``bpf-prog`` fds, from fdinfo)."""
+    ids = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        try:
+            if os.readlink(fd) != "anon_inode:bpf-prog":
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+        except OSError:  # closed meanwhile
+            continue
+        for line in info.splitlines():
+            if line.startswith("prog_id:"):
+                ids.add(int(line.split()[1]))
+    return ids
+
+
+def bpf_prog_exists(prog_id: int) -> bool | None:
+    """Whether the kernel still has program ``prog_id`` (the bpf(2) syscall), None if unknown here."""
+    import ctypes
+
+    nr = _NR_BPF.get(os.uname().machine)
+    if nr is None:
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = (ctypes.c_uint32 * 4)(prog_id, 0, 0, 0)
+    fd = libc.syscall(nr, _BPF_PROG_GET_FD_BY_ID, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd >= 0:
+        os.close(fd)
+        return True
+    err = ctypes.get_errno()
+    if err == 2:  # ENOENT
+        return False
+    raise OSError(err, f"bpf(BPF_PROG_GET_FD_BY_ID, {prog_id}): {os.strerror(err)}")
+
+
+def udp_noports(netns: str) -> int:
+    """``Udp: NoPorts`` of network namespace ``netns`` (the kernel's count of datagrams to closed ports)."""
+    import subprocess
+
+    text = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"], check=True,
+                          capture_output=True, text=True, timeout=30).stdout
+    head, values = [ln.split() for ln in text.splitlines() if ln.startswith("Udp:")][:2]
+    return int(values[head.index("NoPorts")])

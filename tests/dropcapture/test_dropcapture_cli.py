@@ -34,9 +34,27 @@ def test_help() -> None:
 
 
 @pytest.mark.parametrize("args", [["--proto", "bogus"], ["--host", "not-an-ip"], ["--port", "0"],
-                                  ["--count", "0"], ["--duration", "-1"]])
-def test_usage_errors(args: list[str]) -> None:
+                                  ["--count", "0"], ["--duration", "-1"], ["--proto", "999"], ["--proto", "tcp,256"],
+                                  ["--pid", "-5"], ["--pid", str(1 << 23)], ["--comm", ""], ["--buffer-pages", "3"],
+                                  ["--no-stack", "--vmlinux", "/proc/self/exe"],
+                                  ["--save", "/nonexistent-dropcapture-dir/drops.txt"], ["--save", "/"]])
+def test_usage_errors(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(args) == EXIT_USAGE
+    _one_line_error(capsys.readouterr().err)
+
+
+def test_usage_error_comes_before_bpf() -> None:
+    # --save into a missing directory: exit 2 at once, bcc never imported, so no program compiled or loaded
+    code = (
+        "import sys, time\nfrom dropcapture.cli import main\nt = time.monotonic()\n"
+        "rc = main(['--save', '/nonexistent-dropcapture-dir/drops.txt', '--proto', 'udp'])\n"
+        "print(rc, 'bcc' in sys.modules, round(time.monotonic() - t, 3))\n"
+    )
+    r = _run([sys.executable, "-c", code])
+    rc, bcc_loaded, took = r.stdout.split()
+    assert (int(rc), bcc_loaded) == (EXIT_USAGE, "False"), r.stderr
+    assert float(took) < 1.0
+    assert "nonexistent-dropcapture-dir" in _one_line_error(r.stderr)
 
 
 def test_unknown_reason(need_tracefs: None) -> None:
@@ -107,3 +125,16 @@ def test_tracefs_missing_message(monkeypatch: pytest.MonkeyPatch) -> None:
         tpformat.read_format()
     assert "mount -t tracefs nodev /sys/kernel/tracing" in str(info.value)
     assert info.value.exit_code == EXIT_UNSUPPORTED
+
+
+def test_ctrl_c_while_starting_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # Ctrl-C before the capture's handler exists (here: while ksym's annotator loads) is exit 130, one line
+    from dropcapture import symbolize
+    from dropcapture.errors import EXIT_INTERRUPTED
+
+    def interrupted(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(symbolize, "ksym_annotator", interrupted)
+    assert main(["--count", "1"]) == EXIT_INTERRUPTED
+    assert "interrupted" in _one_line_error(capsys.readouterr().err)

@@ -116,6 +116,44 @@ def test_filters() -> None:
     assert l4_number("tcp") == 6 and l4_number("ICMPv6") == 58 and l4_number("132") == 132
     with pytest.raises(ValueError):
         l4_number("bogus")
+    with pytest.raises(ValueError, match="0..255"):
+        l4_number("999")
+
+
+def test_filters_validate_and_convert() -> None:
+    ev = decode(raw_v4())
+    # names and strings are accepted and converted to what the kernel compares
+    f = Filters(protos=frozenset({"tcp"}), hosts={"10.0.0.2"}, reasons={"netfilter_drop"}, ports={80})
+    assert f.protos == {6} and f.hosts == {ipaddress.ip_address("10.0.0.2")} and f.ports == {80}
+    assert f.reasons == {"NETFILTER_DROP"} and f.matches(ev)  # an unresolved name matches by name
+    assert Filters(reasons={"SKB_DROP_REASON_NO_SOCKET"}).reasons == {"NO_SOCKET"}
+    # the wrong type: TypeError naming the field; out of range: ValueError
+    bad_type: list[dict[str, object]] = [
+        {"protos": "tcp"}, {"protos": 6}, {"protos": {6.0}}, {"pids": {True}}, {"pids": {"42"}},
+        {"hosts": {5}}, {"ports": {"80"}}, {"reasons": {1.5}}, {"comm": 5}, {"comm": b"curl"},
+    ]
+    for kw in bad_type:
+        with pytest.raises(TypeError, match=f"Filters.{next(iter(kw))}"):
+            Filters(**kw)  # type: ignore[arg-type]
+    bad_value: list[dict[str, object]] = [
+        {"protos": {999}}, {"protos": {-1}}, {"protos": {"bogus"}}, {"pids": {-5}}, {"pids": {1 << 40}},
+        {"ports": {0}}, {"ports": {65536}}, {"hosts": {"not-an-ip"}}, {"reasons": {"no such"}},
+        {"reasons": {-1}}, {"comm": ""},
+    ]
+    for kw in bad_value:
+        with pytest.raises(ValueError):
+            Filters(**kw)  # type: ignore[arg-type]
+
+
+def test_filters_resolve_reason_names(need_tracefs: None) -> None:
+    from dropcapture.reasons import ReasonTable
+    from dropcapture.tpformat import read_format
+
+    table = ReasonTable.from_kernel(read_format(), None)
+    f = Filters(reasons={"no_socket", 12}).resolve_reasons(table)
+    assert f.reasons == {table.value("NO_SOCKET"), 12} == f.reason_numbers
+    with pytest.raises(ValueError, match="NO_SUCH_REASON"):
+        Filters(reasons={"NO_SUCH_REASON"}).resolve_reasons(table)
 
 
 def _stack() -> tuple[StackFrame, ...]:
@@ -180,11 +218,33 @@ def test_summary() -> None:
     for _ in range(3):
         s.add(decode(raw_v4(), _stack()))
     s.add(decode(raw_v4(stack_id=-17)))
-    text = s.render(CaptureStats(10, 2, 8, 1, 4), 2.0)
-    assert "4 drops" in text and "1 lost" in text and "NETFILTER_DROP" in text
-    assert "       3  sk_skb_reason_drop+0x90 <- __ip_local_out+0x15c" in text
-    d = s.to_dict(CaptureStats(10, 2, 8, 1, 4), 2.0)["summary"]
-    assert d["by_reason"] == {"NETFILTER_DROP": 4} and d["kernel"]["lost"] == 1  # type: ignore[index]
+    stats = CaptureStats(10, 2, 8, 4, 4, lost_full=1, lost_at_exit=3)
+    text = s.render(stats, 2.0)
+    assert "4 drops" in text and "NETFILTER_DROP" in text
+    assert "8 emitted = 4 delivered + 4 lost (1 buffer full, 3 unread at exit)" in text
+    lines = text.splitlines()
+    i = lines.index("         3  sk_skb_reason_drop+0x90")
+    assert lines[i + 1 : i + 4] == ["            __ip_local_out+0x15c", "            ip_local_out+0x1c", "            0x12"]
+    d = s.to_dict(stats, 2.0)["summary"]
+    assert d["by_reason"] == {"NETFILTER_DROP": 4}
+    assert d["kernel"] == {"hits": 10, "filtered": 2, "emitted": 8, "delivered": 4, "lost": 4,  # type: ignore[index]
+                           "lost_full": 1, "lost_at_exit": 3}
+
+
+def test_summary_prints_whole_stacks() -> None:
+    # two stacks that differ only below the sixth frame must print as different stacks, whole
+    ks = Kallsyms(KALLSYMS)
+    base = [0xFFFFFFFF81E94FB0, 0xFFFFFFFF8205C53C, 0xFFFFFFFF8205C5CC] * 3
+    s = Summary()
+    for sid, tail in ((1, 0x11), (2, 0x22)):
+        frames = tuple(StackFrame(a, ks.lookup(a)) for a in [*base, tail])
+        s.add(decode(raw_v4(stack_id=sid), frames))
+    text = s.render(None, 1.0)
+    blocks = text.split("top stacks (of 2):\n")[1].split("\n         1  ")
+    assert len(blocks) == 2
+    assert [len(b.splitlines()) for b in blocks] == [10, 10]
+    assert blocks[0].splitlines()[-1].strip() != blocks[1].splitlines()[-1].strip()
+    assert {blocks[0].splitlines()[-1].strip(), blocks[1].splitlines()[-1].strip()} == {"0x11", "0x22"}
 
 
 def test_build_id_note() -> None:

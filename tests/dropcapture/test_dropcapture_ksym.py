@@ -42,8 +42,10 @@ def test_annotator_inline_chain(vmlinux: str) -> None:
     assert annotate is not None, status
     # faddr2line: nf_hook at include/linux/netfilter.h:257 (inlined by) __ip_local_out at net/ipv4/ip_output.c:115
     assert annotate(Symbol("__ip_local_out", 222, 0x160)) == (
-        "net/ipv4/ip_output.c:115 (inlined nf_hook include/linux/netfilter.h:257)"
-        "  https://elixir.bootlin.com/linux/v6.1.187/source/include/linux/netfilter.h#L257",
+        (
+            "net/ipv4/ip_output.c:115 (inlined nf_hook include/linux/netfilter.h:257)"
+            "  https://elixir.bootlin.com/linux/v6.1.187/source/include/linux/netfilter.h#L257"
+        ),
     )
     chain = (
         "net/ipv4/ip_output.c:126 (inlined dst_output include/net/dst.h:453)"

@@ -103,5 +103,10 @@ def test_bpf_text_constants_come_from_kernel(need_tracefs: None, need_btf: None)
     assert "#include <net/" not in text and "struct sk_buff *" not in text and "->head" not in text
     assert "BPF_RINGBUF_OUTPUT" in text
     assert "BPF_PERF_OUTPUT" in build_text(layout, ringbuf=False)
+    # names reach the C text as validated numbers; unresolved reason names never reach it
+    named = build_text(layout, Filters(protos=frozenset({"tcp", "udp"})))
+    assert "ev.l4proto == 6 || ev.l4proto == 17" in named and "'tcp'" not in named
+    with pytest.raises(ValueError, match="resolve"):
+        build_text(layout, Filters(reasons=frozenset({"NO_SOCKET"})))
     with pytest.raises(ValueError):
         build_text(layout, ringbuf_pages=1000)
