@@ -933,16 +933,22 @@ def test_mismatch_warning_for_resolve_names_both_ids(tmp_path: Path, fixture_elf
         assert run.stderr.count("\n") == 1 and rb in run.stderr and have in run.stderr
 
 
-def test_mismatch_warning_for_annotate_names_both_ids(tmp_path: Path, fixture_elf: tuple[Path, str]) -> None:
+def test_mismatch_for_annotate_names_both_ids(tmp_path: Path, fixture_elf: tuple[Path, str]) -> None:
+    """A dump naming another build id is refused (exit 3, one line naming both ids); --force annotates it
+    with the mismatch said once; the same id says nothing."""
     elf, have = fixture_elf
     want = os.urandom(20).hex()
     dump = f"# build-id: {want}\n ip_local_out_like+0x79/0x90\n"
     got = ksym(tmp_path, "annotate", "--vmlinux", str(elf), stdin=dump)
-    assert got.returncode == 0, got.stderr
-    warn = [ln for ln in got.stderr.splitlines() if "mismatch" in ln]
-    assert len(warn) == 1 and have in warn[0] and want in warn[0] and "the dump's" in warn[0]
+    assert got.returncode == 3, got.stderr
+    lines = got.stderr.splitlines()
+    assert len(lines) == 1 and have in lines[0] and want in lines[0] and "mismatch" in lines[0]
+    forced = ksym(tmp_path, "annotate", "--force", "--vmlinux", str(elf), stdin=dump)
+    assert forced.returncode == 0, forced.stderr
+    warn = [ln for ln in forced.stderr.splitlines() if "mismatch" in ln]
+    assert len(warn) == 1 and have in warn[0] and want in warn[0]
     same = ksym(tmp_path, "annotate", "--vmlinux", str(elf), stdin=dump.replace(want, have))
-    assert "mismatch" not in same.stderr
+    assert same.returncode == 0 and "mismatch" not in same.stderr
 
 
 def test_build_ids_agree_with_readelf(tmp_path: Path, fixture_elf: tuple[Path, str]) -> None:
