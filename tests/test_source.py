@@ -302,10 +302,23 @@ def test_latest_is_not_cached_on_disk(server: TreeServer, tmp_path: Path) -> Non
 
 
 def test_absolute_paths(server: TreeServer, tmp_path: Path) -> None:
-    local = tmp_path / "abs.c"
+    root = tmp_path / "tree"
+    root.mkdir()
+    local = root / "abs.c"
     local.write_text("one\ntwo\n")
-    p = provider(server, tmp_path / "cache")
+    outside = tmp_path / "outside.c"
+    outside.write_text("secret\n")
+    p = provider(server, tmp_path / "cache", roots=[root])
+    # An absolute path is read in a source root (a --path-map target), never outside one.
     assert p.get_lines(TAG, str(local)) == ["one", "two"]
+    with pytest.raises(SourceFetchError) as info:
+        p.get_lines(TAG, str(outside))
+    assert info.value.kind == "bad-path"
+    (root / "link.c").symlink_to(outside)
+    with pytest.raises(SourceFetchError):
+        p.get_lines(TAG, str(root / "link.c"))
+    with pytest.raises(SourceFetchError):
+        provider(server, tmp_path / "cache").get_lines(TAG, str(local))  # no root: no local file
     # A build-directory path that does not exist here: its kernel-relative tail is fetched.
     assert p.get_lines(TAG, "/build/linux-XyZ/include/linux/netfilter.h")[2] == "/* netfilter.h 3 */"
     assert server.hits("include/linux/netfilter.h") == 1

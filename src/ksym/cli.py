@@ -282,16 +282,16 @@ class _Lister:
     """faddr2line --list: the source around each location, from a local tree, the cache or the web."""
 
     def __init__(self, sym: Any, args: argparse.Namespace, err: Callable[[str], None]) -> None:
-        from .source import SourceFetchError, SourceProvider, find_source_dir
+        from .source import SourceFetchError, SourceProvider, choose_source_dir
 
         self.tag = sym.tag_guess
-        source_dir = args.source_dir
-        if source_dir is None and os.path.isdir("include/linux"):
-            # faddr2line --list reads the files relative to the current directory: a kernel tree
-            source_dir = os.getcwd()
-        if source_dir is None and self.tag.version is not None:
-            source_dir = find_source_dir(self.tag.version)
-        kw: dict[str, Any] = {"source_dir": source_dir, "offline": args.offline}
+        # a local tree first (--source-dir, the current directory, $KSYM_SOURCE_DIR, beside the vmlinux,
+        # installed): only without one does --list ask the network
+        choice = choose_source_dir(self.tag.version, source_dir=args.source_dir, vmlinux=str(sym.path))
+        if choice.note:
+            err(f"ksym: note: {choice.note}")
+        kw: dict[str, Any] = {"source_dir": choice.path, "offline": args.offline,
+                              "roots": sym.path_map.roots()}
         if args.source_url:
             kw["url_template"] = args.source_url
         self.provider = SourceProvider(**kw)
