@@ -51,7 +51,11 @@ FILES = {
     "big/a.c": "a" * 999 + "\n",
     "big/b.c": "b" * 999 + "\n",
     "big/c.c": "c" * 999 + "\n",
+    "trickle.c": "t" * 99 + "\n",
+    "huge.c": "h" * 1999 + "\n",
+    "huge-nolength.c": "n" * 4999 + "\n",
 }
+TRICKLE_SECONDS = 0.5
 SLOW_SECONDS = 1.5
 
 
@@ -109,6 +113,19 @@ class TreeHandler(BaseHTTPRequestHandler):
                 self._send(429, b"slow down\n", {"Retry-After": "0"})
             elif path == "limited-long.c":
                 self._send(429, b"slow down\n", {"Retry-After": "3600"})
+            elif path == "trickle.c":  # one byte at a time: every read gets data, none times out
+                body = FILES[path].encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                for byte in body:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(TRICKLE_SECONDS)
+            elif path == "huge-nolength.c":  # HTTP/1.0, no Content-Length: the body ends when the server closes
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(FILES[path].encode())
             elif path == "page.c":
                 self._send(200, FILES[path].encode(), {"Content-Type": "text/html; charset=utf-8"})
             else:
@@ -191,6 +208,40 @@ def test_slow_response_times_out(server: TreeServer, tmp_path: Path) -> None:
     assert info.value.kind == "timeout"
     assert "skipped" in str(info.value) and "timed out after 0.3 s" in str(info.value)
     assert server.hits("net/ipv4/ip_output.c") == 0
+
+
+def test_trickling_server_hits_the_deadline(server: TreeServer, tmp_path: Path) -> None:
+    """One byte every 0.5 s never trips the per-read timeout: the overall deadline ends the fetch."""
+    p = provider(server, tmp_path / "cache", timeout=1.0, retries=3, deadline=2.0)
+    start = time.monotonic()
+    with pytest.raises(SourceFetchError) as info:
+        p.get_lines(TAG, "trickle.c")
+    elapsed = time.monotonic() - start
+    assert 2.0 <= elapsed < 2.0 + 1.0, elapsed
+    assert info.value.kind == "timeout"
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("cannot fetch trickle.c (v6.1.187) from 127.0.0.1:")
+    assert "gave up after 2 s" in message
+    assert server.hits("trickle.c") == 1, "no retry past the deadline"
+
+
+def test_retries_stop_at_the_deadline(server: TreeServer, tmp_path: Path) -> None:
+    p = provider(server, tmp_path / "cache", timeout=0.4, retries=10, backoff=0.2, deadline=1.5)
+    start = time.monotonic()
+    with pytest.raises(SourceFetchError) as info:
+        p.get_lines(TAG, "slow.c")
+    assert time.monotonic() - start < 1.5 + 0.5
+    assert info.value.kind == "timeout" and server.hits("slow.c") < 10
+
+
+def test_bodies_over_the_cap_are_refused(server: TreeServer, tmp_path: Path) -> None:
+    p = provider(server, tmp_path / "cache", max_file_bytes=1000)
+    for path in ("huge.c", "huge-nolength.c"):
+        with pytest.raises(SourceFetchError) as info:
+            p.get_lines(TAG, path)
+        assert info.value.kind == "too-large", path
+        assert str(info.value).endswith(": larger than 1000 bytes")
+    assert p.get_lines(TAG, "big/a.c") == ["a" * 999], "a body under the cap is read"
 
 
 def test_500_then_success(server: TreeServer, tmp_path: Path) -> None:

@@ -68,6 +68,8 @@ DEFAULT_MAX_CACHE_BYTES = 256 * 1024 * 1024
 #: A single source file larger than this is refused, fetched or local (the largest kernel sources are a few
 #: MiB).
 MAX_FILE_BYTES = 64 * 1024 * 1024
+#: Seconds one file's fetch may take in all, retries and waits included.
+DEFAULT_DEADLINE = 30.0
 #: Pseudo file systems no source is ever read from, whatever the source roots are.
 NEVER_READ = ("/proc", "/sys", "/dev")
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -124,12 +126,14 @@ class SourceProvider:
         session: requests.Session | None = None,
         roots: Iterable[str | Path] = (),
         max_file_bytes: int = MAX_FILE_BYTES,
+        deadline: float = DEFAULT_DEADLINE,
     ) -> None:
         """``url_template=None`` disables fetching (like ``offline``); ``cache_dir`` defaults to
         :func:`default_cache_dir`; ``max_cache_bytes=0`` disables the disk cache; ``retries`` is the
         number of extra attempts after a transient failure (timeouts, connection errors, HTTP 408, 429,
         5xx), waiting ``backoff * 2**n`` seconds (or the server's ``Retry-After``, up to
-        ``max_backoff``).
+        ``max_backoff``). ``deadline`` bounds one file's whole fetch, every attempt and wait included
+        (``timeout`` bounds each connect and read); bodies over ``max_file_bytes`` are refused.
 
         Local files are read only from the *source roots*: ``source_dir`` and ``roots`` (``--path-map``
         targets). A file is read when, symlinks resolved, it lies under a root and not under /proc, /sys
@@ -147,6 +151,7 @@ class SourceProvider:
         self.max_backoff = max_backoff
         self.offline = offline
         self.max_file_bytes = max_file_bytes
+        self.deadline = deadline
         root_list = ([self.source_dir] if self.source_dir is not None else []) + [Path(r) for r in roots]
         #: The source roots, symlinks resolved (see :func:`read_source_file`).
         self.roots: tuple[str, ...] = tuple(dict.fromkeys(os.path.realpath(r) for r in root_list))
@@ -337,17 +342,22 @@ class SourceProvider:
                 self._session = requests.Session()
                 self._session.headers["User-Agent"] = _USER_AGENT
             session = self._session
+        give_up = time.monotonic() + self.deadline
         attempt = 0
         while True:
             wait = min(self.backoff * (2 ** attempt), self.max_backoff)
+            left = give_up - time.monotonic()
+            timeout = max(0.001, min(self.timeout, left))
+            final = False  # a failure no retry can mend (no such host, no route)
             try:
-                resp = session.get(url, timeout=self.timeout, stream=True, allow_redirects=True)
+                resp = session.get(url, timeout=timeout, stream=True, allow_redirects=True)
             except requests.Timeout:
-                error = SourceFetchError(f"cannot fetch {what}: timed out after {self.timeout:g} s",
+                error = SourceFetchError(f"cannot fetch {what}: timed out after {timeout:g} s",
                                          tag=tag, path=path, kind="timeout")
             except requests.RequestException as exc:
-                error = SourceFetchError(f"cannot fetch {what}: {_short_reason(exc)}",
-                                         tag=tag, path=path, kind="connection")
+                reason = _short_reason(exc)
+                final = reason in ("host name not found", "network is unreachable")
+                error = SourceFetchError(f"cannot fetch {what}: {reason}", tag=tag, path=path, kind="connection")
             else:
                 with resp:
                     status = resp.status_code
@@ -357,7 +367,7 @@ class SourceProvider:
                             f"cannot fetch {what}: the server sent an HTML page, not plain text "
                             "(check --source-url)", tag=tag, path=path, kind="http")
                     if status == 200:
-                        return self._read_body(resp, what, tag, path)
+                        return self._read_body(resp, what, tag, path, give_up)
                     reason = f"HTTP {status}{' ' + resp.reason if resp.reason else ''}"
                     if status == 404 or status == 410:
                         raise SourceFetchError(f"cannot fetch {what}: {reason} (no such file at this tag?)",
@@ -375,7 +385,9 @@ class SourceProvider:
                                 tag=tag, path=path, kind=kind)
                         wait = retry_after
                     error = SourceFetchError(f"cannot fetch {what}: {reason}", tag=tag, path=path, kind=kind)
-            if attempt >= self.retries:
+            # no time for another attempt after the wait: this failure is the answer
+            final = final or time.monotonic() + wait >= give_up
+            if attempt >= self.retries or final:
                 if attempt:
                     error = SourceFetchError(f"{error} (after {attempt + 1} attempts)",
                                              tag=tag, path=path, kind=error.kind)
@@ -388,22 +400,22 @@ class SourceProvider:
             attempt += 1
             time.sleep(wait)
 
-    def _read_body(self, resp: requests.Response, what: str, tag: str, path: str) -> bytes:
+    def _read_body(self, resp: requests.Response, what: str, tag: str, path: str, give_up: float) -> bytes:
         import requests
 
-        chunks: list[bytes] = []
-        size = 0
+        from .transfer import TransferLimit, read_body
+
         try:
-            for chunk in resp.iter_content(chunk_size=65536):
-                size += len(chunk)
-                if size > MAX_FILE_BYTES:
-                    raise SourceFetchError(f"cannot fetch {what}: larger than {MAX_FILE_BYTES >> 20} MiB",
-                                           tag=tag, path=path, kind="too-large")
-                chunks.append(chunk)
+            return read_body(resp, deadline=give_up, max_bytes=self.max_file_bytes)
+        except TransferLimit as exc:
+            if exc.kind == "too-large":
+                raise SourceFetchError(f"cannot fetch {what}: larger than {_size_text(self.max_file_bytes)}",
+                                       tag=tag, path=path, kind="too-large") from None
+            raise SourceFetchError(f"cannot fetch {what}: gave up after {self.deadline:g} s ({exc})",
+                                   tag=tag, path=path, kind="timeout") from None
         except requests.RequestException as exc:
             raise SourceFetchError(f"cannot fetch {what}: {_short_reason(exc)} while reading",
                                    tag=tag, path=path, kind="connection") from None
-        return b"".join(chunks)
 
 
 class LocalRead(NamedTuple):

@@ -1,0 +1,89 @@
+"""Bounded HTTP bodies: an overall deadline and a size cap for a streamed ``requests`` response.
+
+requests' ``timeout`` applies to each read: a server that sends one byte every few seconds never trips
+it, and a body can be as large as the server likes. :func:`read_body` reads a ``stream=True`` response
+with both limits (docs/source.md, "Errors, retries and rate limits"):
+
+- the body is read with ``read1`` (whatever one socket read returns) so the deadline is checked after
+  every arrival, and a timer shuts the connection down at the deadline, so a read that is waiting
+  returns then;
+- a ``Content-Length`` over the cap is refused before reading, and reading stops one chunk past it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["TransferLimit", "read_body"]
+
+
+class TransferLimit(Exception):
+    """The body was not read whole within a limit. ``kind``: ``deadline`` or ``too-large``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def read_body(resp: Any, *, deadline: float, max_bytes: int, chunk_size: int = 65536) -> bytes:
+    """The whole body of ``resp`` (a ``requests.Response`` made with ``stream=True``), read by
+    ``deadline`` (a :func:`time.monotonic` value) and at most ``max_bytes`` long.
+
+    :raises TransferLimit: the deadline passed (``kind="deadline"``) or the body is larger than
+        ``max_bytes`` (``kind="too-large"``).
+    :raises requests.RequestException: the connection failed while reading (as ``iter_content`` does).
+    """
+    length = str(resp.headers.get("Content-Length", "")).strip()
+    if length.isdigit() and int(length) > max_bytes:
+        raise TransferLimit("too-large", f"{int(length)} bytes, over the {_size(max_bytes)} cap")
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TransferLimit("deadline", "no time left")
+    raw = resp.raw
+    fired = threading.Event()
+
+    def stop() -> None:
+        fired.set()
+        shutdown = getattr(raw, "shutdown", None)  # urllib3 >= 2.3: wakes a read waiting in another thread
+        if shutdown is not None:
+            with contextlib.suppress(Exception):  # best effort: the deadline is checked after each read too
+                shutdown()
+
+    timer = threading.Timer(remaining, stop)
+    timer.daemon = True
+    timer.start()
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        read1 = getattr(raw, "read1", None)
+        pieces: Iterator[bytes] = iter(()) if read1 is not None else resp.iter_content(chunk_size=1024)
+        while True:
+            if fired.is_set() or time.monotonic() >= deadline:
+                raise TransferLimit("deadline", f"not complete after {_size(size)}")
+            try:
+                chunk = read1(chunk_size, decode_content=True) if read1 is not None else next(pieces, b"")
+            except Exception:
+                if fired.is_set():
+                    raise TransferLimit("deadline", f"not complete after {_size(size)}") from None
+                raise
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > max_bytes:
+                raise TransferLimit("too-large", f"over the {_size(max_bytes)} cap")
+            chunks.append(chunk)
+        if fired.is_set():  # the shutdown can look like the end of the body
+            raise TransferLimit("deadline", f"not complete after {_size(size)}")
+    finally:
+        timer.cancel()
+    return b"".join(chunks)
+
+
+def _size(n: int) -> str:
+    if n >= 1 << 20 and n % (1 << 20) == 0:
+        return f"{n >> 20} MiB"
+    return f"{n} bytes" if n != 1 else "1 byte"
