@@ -123,3 +123,22 @@ def test_real_vmlinux_list_matches_faddr2line_in_the_linux_source_tree(tmp_path:
     again = _ksym("--list", "--offline", "--source-dir", str(tree), "--vmlinux", str(vmlinux), *specs,
                   cwd=tmp_path, cache=tmp_path)
     assert again.stdout == want
+
+
+def test_list_with_links_prints_both(tmp_path: Path) -> None:
+    """--list --links (the README's example): the listing of --list, each location line ending with its link."""
+    elf = fixture("kshapes-dwarf5.elf")
+    listed = _ksym("--list", "--offline", "--vmlinux", str(elf), *SPECS, cwd=FIXTURE_SRC, cache=tmp_path)
+    linked = _ksym("--links", "--kernel-tag", "v6.1.187", "--vmlinux", str(elf), *SPECS, cache=tmp_path)
+    both = _ksym("--list", "--links", "--offline", "--kernel-tag", "v6.1.187", "--vmlinux", str(elf), *SPECS,
+                 cwd=FIXTURE_SRC, cache=tmp_path)
+    assert both.returncode == 0, both.stderr
+    urls = {line.split("  ")[0].replace("(inlined by) ", ""): line.split("  ")[1]
+            for line in linked.stdout.splitlines() if "  https://" in line}
+    assert urls and ">22<" in listed.stdout
+    # the same lines as --list, with each location line followed by the link --links prints for it
+    want = []
+    for line in listed.stdout.splitlines():
+        key = line.replace("(inlined by) ", "")
+        want.append(f"{line}  {urls[key]}" if key in urls else line)
+    assert both.stdout.splitlines() == want

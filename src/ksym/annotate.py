@@ -400,10 +400,13 @@ def render_frame(af: AnnotatedFrame, links: bool = False, indent: str | None = N
     without a symbol ``in symbol+off/size``, then for a return address ``call site: <instruction>``;
     an unresolved frame gets ``-> unresolved: <reason>``.
     """
+    from .format import location_text
+    from .format import terminal_text as tt  # names, paths and reasons come from debug files and input
+
     ind = _indent(af) if indent is None else indent
     cont = ind + "   "
     if not af.resolved:
-        return [f"{ind}-> unresolved: {af.reason}"]
+        return [f"{ind}-> unresolved: {tt(str(af.reason))}"]
     out: list[str] = []
     n = len(af.matches)
     for i, m in enumerate(af.matches):
@@ -411,15 +414,15 @@ def render_frame(af: AnnotatedFrame, links: bool = False, indent: str | None = N
         if not m.chain:
             out.append(f"{ind}-> {head}?? ??:0 (no line information)")
         for j, loc in enumerate(m.chain):
-            text = f"{loc}  {loc.url}" if links and loc.url else str(loc)
+            text = f"{location_text(loc)}  {tt(loc.url)}" if links and loc.url else location_text(loc)
             out.append(f"{ind}-> {head}{text}" if j == 0 else f"{cont}(inlined by) {text}")
         if af.frame.symbol is None and m.symbol is not None:
-            out.append(f"{cont}in {m.symbol}+{(m.offset or 0):#x}/{(m.size or 0):#x}")
+            out.append(f"{cont}in {tt(m.symbol)}+{(m.offset or 0):#x}/{(m.size or 0):#x}")
         if m.lookup == LOOKUP_CALL_SITE:
             what = m.call.text if m.call is not None else f"at {m.lookup_address:#x} (return address - 1)"
-            out.append(f"{cont}call site: {what}")
-        out.extend(f"{cont}note: {note}" for note in m.notes)
-    out.extend(f"{cont}note: {note}" for note in af.notes)
+            out.append(f"{cont}call site: {tt(what)}")
+        out.extend(f"{cont}note: {tt(note)}" for note in m.notes)
+    out.extend(f"{cont}note: {tt(note)}" for note in af.notes)
     return out
 
 
@@ -942,7 +945,9 @@ def annotate_command(args: argparse.Namespace) -> int:
     1: some did not, 2: usage, 3/4: vmlinux or kallsyms missing / unusable)."""
 
     def err(line: str) -> None:
-        sys.stderr.write(line + "\n")
+        from .format import terminal_text
+
+        sys.stderr.write(terminal_text(line, "\t") + "\n")  # names from debug files: no raw escapes
         sys.stderr.flush()
 
     name = getattr(args, "file", None) or "-"

@@ -764,6 +764,7 @@ def format_list(
     radius: int = 5,
     errors: list[SourceFetchError] | None = None,
     sanitize: bool = True,
+    urls: Sequence[str | None] | None = None,
 ) -> str:
     """The ``--list`` block faddr2line prints after one ``func+off/size:`` header.
 
@@ -776,14 +777,16 @@ def format_list(
     A file that cannot be read gets no context lines (as with the script, whose awk then only complains
     on stderr); its :class:`SourceFetchError` is appended to ``errors`` when given. Each (tag, path)
     failure is reported once per call. ``sanitize`` (default on) replaces control characters other than
-    tab in the source text with U+FFFD; the script prints them raw.
+    tab in the source text with U+FFFD; the script prints them raw. ``urls`` (``--list --links``) gives
+    a link per location line, printed after it (two spaces apart).
     """
     out: list[str] = []
     failed: set[str] = set()
-    for raw in chain_lines:
+    for i, raw in enumerate(chain_lines):
         line = " ".join(shell_words(raw))
+        url = urls[i] if urls is not None and i < len(urls) else None
         out.append("")
-        out.append(line)
+        out.append(f"{line}  {url}" if url else line)
         loc = parse_location(line)
         if loc is None:
             continue
