@@ -596,3 +596,39 @@ def test_real_tree_through_http(real_list: tuple[Path, str], server: TreeServer,
     local = format_list(CHAINS["__ip_local_out+222/0x160:"], tree_only, TAG)
     assert out == local.replace(".h:257", ".h.real:257").replace(".c:115", ".c.real:115")
     assert local in real
+
+
+def test_choose_source_dir_order(tmp_path: Path) -> None:
+    from ksym.source import choose_source_dir
+
+    debian = KernelVersion.parse(
+        "Linux version 6.1.0-53-cloud-amd64 (x@y) (gcc) #1 SMP Debian 6.1.187-1 (2026)")
+    src, mods, nowhere = tmp_path / "usr-src", tmp_path / "modules", tmp_path / "cwd"
+    src.mkdir()
+    nowhere.mkdir()
+    kw: dict[str, object] = {"cwd": nowhere, "src_roots": [src], "modules_dir": mods}
+    assert choose_source_dir(debian, environ={}, **kw) == (None, "none", None)  # type: ignore[arg-type]
+    (src / "linux-source-6.1.tar.xz").write_bytes(b"")
+    note = choose_source_dir(debian, environ={}, **kw).note  # type: ignore[arg-type]
+    assert note is not None and "linux-source-6.1.tar.xz is not extracted" in note and "KSYM_SOURCE_DIR" in note
+    installed = _fake_tree(src / "linux-source-6.1", (6, 1, 187))
+    assert choose_source_dir(debian, environ={}, **kw) == (installed, "installed", None)  # type: ignore[arg-type]
+    # beside the vmlinux wins over installed trees
+    data = tmp_path / "data"
+    beside = _fake_tree(data / "linux-source-6.1", (6, 1, 187))
+    got = choose_source_dir(debian, environ={}, vmlinux=data / "vmlinux", **kw)  # type: ignore[arg-type]
+    assert got.path == beside and got.origin == "beside the vmlinux"
+    # $KSYM_SOURCE_DIR: trees or directories of trees, the vmlinux's version only
+    named = _fake_tree(tmp_path / "named" / "linux-6.1.187", (6, 1, 187))
+    other = _fake_tree(tmp_path / "other", (5, 10, 1))
+    env = {"KSYM_SOURCE_DIR": f"{other}:{tmp_path / 'named'}"}
+    got = choose_source_dir(debian, environ=env, vmlinux=data / "vmlinux", **kw)  # type: ignore[arg-type]
+    assert got.path == named and got.origin == "KSYM_SOURCE_DIR"
+    got = choose_source_dir(debian, environ={"KSYM_SOURCE_DIR": str(other)}, vmlinux=data / "vmlinux",
+                            **kw)  # type: ignore[arg-type]
+    assert got.path == beside and got.note is not None and "KSYM_SOURCE_DIR names no 6.1 source tree" in got.note
+    assert choose_source_dir(None, environ={"KSYM_SOURCE_DIR": str(other)}, **kw).path == other  # type: ignore[arg-type]
+    # the current directory (a kernel tree, as faddr2line reads it) and --source-dir come first
+    (nowhere / "include" / "linux").mkdir(parents=True)
+    assert choose_source_dir(debian, environ=env, **kw).origin == "the current directory"  # type: ignore[arg-type]
+    assert choose_source_dir(debian, source_dir=other, environ=env, **kw) == (other, "--source-dir", None)  # type: ignore[arg-type]
