@@ -2,12 +2,16 @@
 
 :class:`SourceProvider` returns the lines of ``<path>`` at kernel tag ``<tag>`` from, in order:
 
-1. ``source_dir`` (``--source-dir``, or an installed tree found by :func:`find_source_dir`);
+1. ``source_dir`` (``--source-dir``, or a local tree :func:`choose_source_dir` finds: the current
+   directory, ``$KSYM_SOURCE_DIR``, beside the vmlinux, installed), and the other source roots
+   (``--path-map`` targets): only regular files under a root, never /proc, /sys or /dev, at most
+   ``max_file_bytes`` (:func:`read_source_file`);
 2. an in-memory cache (cachetools LRU, bounded by characters);
 3. the on-disk cache (``$XDG_CACHE_HOME/ksym/source``, one file per (tag, path), atomic writes, least
    recently used files evicted beyond ``max_cache_bytes``);
 4. HTTP with requests from ``url_template`` (``--source-url``; default: the stable tree's plain view on
-   git.kernel.org), with retries and backoff for transient errors, unless ``offline`` (``--offline``).
+   git.kernel.org), with retries and backoff for transient errors, an overall ``deadline`` and the same
+   size cap, unless ``offline`` (``--offline``).
 
 Every failure is one :class:`SourceFetchError` with a one-line message; :func:`format_list` collects them
 and carries on, so the rest of the output still prints. Fetched text is only ever displayed.
