@@ -315,7 +315,7 @@ class AnnotatedText:
             key = (id(af.matches), af.status, af.reason, af.notes, af.frame.symbol is None, ind, ending)
             block = done.get(key)
             if block is None:
-                block = done[key] = "".join(a + ending for a in render_frame(af, links, ind))
+                block = done[key] = "".join(a + ending for a in _shown(render_frame(af, links, ind)))
             out.append(block)
         return "".join(out)
 
@@ -355,9 +355,18 @@ class _Answered:
             block_key = (key, ind, ending)
             block = done.get(block_key)
             if block is None:
-                block = done[block_key] = "".join(a + ending for a in render_frame(self.answers[key], links, ind))
+                block = done[block_key] = "".join(a + ending
+                                                  for a in _shown(render_frame(self.answers[key], links, ind)))
             out.append(block)
         return "".join(out)
+
+
+def _shown(lines: list[str]) -> list[str]:
+    """Annotation lines for a terminal: names, paths and reasons come from debug files and the input, so
+    their control characters show as visible escapes (:func:`ksym.format.terminal_text`; tabs stay)."""
+    from .format import terminal_text
+
+    return [terminal_text(line, "\t") for line in lines]
 
 
 def _ending(text: str, out: list[str]) -> str:
@@ -400,13 +409,10 @@ def render_frame(af: AnnotatedFrame, links: bool = False, indent: str | None = N
     without a symbol ``in symbol+off/size``, then for a return address ``call site: <instruction>``;
     an unresolved frame gets ``-> unresolved: <reason>``.
     """
-    from .format import location_text
-    from .format import terminal_text as tt  # names, paths and reasons come from debug files and input
-
     ind = _indent(af) if indent is None else indent
     cont = ind + "   "
     if not af.resolved:
-        return [f"{ind}-> unresolved: {tt(str(af.reason))}"]
+        return [f"{ind}-> unresolved: {af.reason}"]
     out: list[str] = []
     n = len(af.matches)
     for i, m in enumerate(af.matches):
@@ -414,15 +420,15 @@ def render_frame(af: AnnotatedFrame, links: bool = False, indent: str | None = N
         if not m.chain:
             out.append(f"{ind}-> {head}?? ??:0 (no line information)")
         for j, loc in enumerate(m.chain):
-            text = f"{location_text(loc)}  {tt(loc.url)}" if links and loc.url else location_text(loc)
+            text = f"{loc}  {loc.url}" if links and loc.url else str(loc)
             out.append(f"{ind}-> {head}{text}" if j == 0 else f"{cont}(inlined by) {text}")
         if af.frame.symbol is None and m.symbol is not None:
-            out.append(f"{cont}in {tt(m.symbol)}+{(m.offset or 0):#x}/{(m.size or 0):#x}")
+            out.append(f"{cont}in {m.symbol}+{(m.offset or 0):#x}/{(m.size or 0):#x}")
         if m.lookup == LOOKUP_CALL_SITE:
             what = m.call.text if m.call is not None else f"at {m.lookup_address:#x} (return address - 1)"
-            out.append(f"{cont}call site: {tt(what)}")
-        out.extend(f"{cont}note: {tt(note)}" for note in m.notes)
-    out.extend(f"{cont}note: {tt(note)}" for note in af.notes)
+            out.append(f"{cont}call site: {what}")
+        out.extend(f"{cont}note: {note}" for note in m.notes)
+    out.extend(f"{cont}note: {note}" for note in af.notes)
     return out
 
 
