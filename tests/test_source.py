@@ -52,6 +52,7 @@ FILES = {
     "big/b.c": "b" * 999 + "\n",
     "big/c.c": "c" * 999 + "\n",
     "trickle.c": "t" * 99 + "\n",
+    "trickle-headers.c": "never complete\n",
     "huge.c": "h" * 1999 + "\n",
     "huge-nolength.c": "n" * 4999 + "\n",
 }
@@ -119,6 +120,12 @@ class TreeHandler(BaseHTTPRequestHandler):
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 for byte in body:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(TRICKLE_SECONDS)
+            elif path == "trickle-headers.c":  # the status line and headers, one byte at a time
+                head = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nX-Padding: " + b"p" * 200 + b"\r\n\r\n"
+                for byte in head:
                     self.wfile.write(bytes([byte]))
                     self.wfile.flush()
                     time.sleep(TRICKLE_SECONDS)
@@ -223,6 +230,18 @@ def test_trickling_server_hits_the_deadline(server: TreeServer, tmp_path: Path) 
     assert "\n" not in message and message.startswith("cannot fetch trickle.c (v6.1.187) from 127.0.0.1:")
     assert "gave up after 2 s" in message
     assert server.hits("trickle.c") == 1, "no retry past the deadline"
+
+
+def test_trickling_headers_hit_the_deadline(server: TreeServer, tmp_path: Path) -> None:
+    """The deadline covers the status line and the headers too, not only the body."""
+    p = provider(server, tmp_path / "cache", timeout=1.0, retries=3, deadline=2.0)
+    start = time.monotonic()
+    with pytest.raises(SourceFetchError) as info:
+        p.get_lines(TAG, "trickle-headers.c")
+    elapsed = time.monotonic() - start
+    assert 2.0 <= elapsed < 2.0 + 1.0, elapsed
+    assert info.value.kind == "timeout" and "gave up after 2 s" in str(info.value)
+    assert server.hits("trickle-headers.c") == 1
 
 
 def test_retries_stop_at_the_deadline(server: TreeServer, tmp_path: Path) -> None:

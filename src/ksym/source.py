@@ -44,6 +44,8 @@ from ksym.version import KernelVersion
 if TYPE_CHECKING:  # requests costs ~90 ms to import: only the HTTP path pays it
     import requests
 
+    from ksym.transfer import Watch
+
 __all__ = [
     "DEFAULT_MAX_CACHE_BYTES",
     "DEFAULT_URL_TEMPLATE",
@@ -334,6 +336,8 @@ class SourceProvider:
     def _fetch(self, tag: str, path: str) -> bytes:
         import requests
 
+        from .transfer import deadline_session, session_deadline
+
         url = self.url_for(tag, path)
         host = urlsplit(url).netloc or url
         what = f"{path} ({tag}) from {host}"
@@ -343,8 +347,7 @@ class SourceProvider:
                 raise SourceFetchError(f"cannot fetch {what}: skipped, {host} failed before ({down})",
                                        tag=tag, path=path, kind=down.kind)
             if self._session is None:
-                self._session = requests.Session()
-                self._session.headers["User-Agent"] = _USER_AGENT
+                self._session = deadline_session(_USER_AGENT)
             session = self._session
         give_up = time.monotonic() + self.deadline
         attempt = 0
@@ -353,42 +356,46 @@ class SourceProvider:
             left = give_up - time.monotonic()
             timeout = max(0.001, min(self.timeout, left))
             final = False  # a failure no retry can mend (no such host, no route)
-            try:
-                resp = session.get(url, timeout=timeout, stream=True, allow_redirects=True)
-            except requests.Timeout:
-                error = SourceFetchError(f"cannot fetch {what}: timed out after {timeout:g} s",
-                                         tag=tag, path=path, kind="timeout")
-            except requests.RequestException as exc:
-                reason = _short_reason(exc)
-                final = reason in ("host name not found", "network is unreachable")
-                error = SourceFetchError(f"cannot fetch {what}: {reason}", tag=tag, path=path, kind="connection")
-            else:
-                with resp:
-                    status = resp.status_code
-                    ctype = resp.headers.get("Content-Type", "")
-                    if status == 200 and ctype.lower().startswith(("text/html", "application/xhtml")):
-                        raise SourceFetchError(
-                            f"cannot fetch {what}: the server sent an HTML page, not plain text "
-                            "(check --source-url)", tag=tag, path=path, kind="http")
-                    if status == 200:
-                        return self._read_body(resp, what, tag, path, give_up)
-                    reason = f"HTTP {status}{' ' + resp.reason if resp.reason else ''}"
-                    if status == 404 or status == 410:
-                        raise SourceFetchError(f"cannot fetch {what}: {reason} (no such file at this tag?)",
-                                               tag=tag, path=path, kind="not-found")
-                    if status not in _TRANSIENT_STATUS:
-                        raise SourceFetchError(f"cannot fetch {what}: {reason}",
-                                               tag=tag, path=path, kind="http")
-                    retry_after = _retry_after(resp.headers.get("Retry-After"))
-                    kind = "rate-limited" if status == 429 else "http"
-                    if retry_after is not None:
-                        if retry_after > self.max_backoff:
+            # the whole attempt, status line and headers included, ends at the deadline
+            with session_deadline(session, url, left) as watch:
+                try:
+                    resp = session.get(url, timeout=timeout, stream=True, allow_redirects=True)
+                except requests.Timeout:
+                    error = SourceFetchError(f"cannot fetch {what}: timed out after {timeout:g} s",
+                                             tag=tag, path=path, kind="timeout")
+                except requests.RequestException as exc:
+                    if watch.fired.is_set():
+                        raise self._late(what, tag, path, "no complete answer") from None
+                    reason = _short_reason(exc)
+                    final = reason in ("host name not found", "network is unreachable")
+                    error = SourceFetchError(f"cannot fetch {what}: {reason}", tag=tag, path=path, kind="connection")
+                else:
+                    with resp:
+                        status = resp.status_code
+                        ctype = resp.headers.get("Content-Type", "")
+                        if status == 200 and ctype.lower().startswith(("text/html", "application/xhtml")):
                             raise SourceFetchError(
-                                f"cannot fetch {what}: {reason}, "
-                                f"server asks to retry after {retry_after:.0f} s",
-                                tag=tag, path=path, kind=kind)
-                        wait = retry_after
-                    error = SourceFetchError(f"cannot fetch {what}: {reason}", tag=tag, path=path, kind=kind)
+                                f"cannot fetch {what}: the server sent an HTML page, not plain text "
+                                "(check --source-url)", tag=tag, path=path, kind="http")
+                        if status == 200:
+                            return self._read_body(resp, what, tag, path, give_up, watch)
+                        reason = f"HTTP {status}{' ' + resp.reason if resp.reason else ''}"
+                        if status == 404 or status == 410:
+                            raise SourceFetchError(f"cannot fetch {what}: {reason} (no such file at this tag?)",
+                                                   tag=tag, path=path, kind="not-found")
+                        if status not in _TRANSIENT_STATUS:
+                            raise SourceFetchError(f"cannot fetch {what}: {reason}",
+                                                   tag=tag, path=path, kind="http")
+                        retry_after = _retry_after(resp.headers.get("Retry-After"))
+                        kind = "rate-limited" if status == 429 else "http"
+                        if retry_after is not None:
+                            if retry_after > self.max_backoff:
+                                raise SourceFetchError(
+                                    f"cannot fetch {what}: {reason}, "
+                                    f"server asks to retry after {retry_after:.0f} s",
+                                    tag=tag, path=path, kind=kind)
+                            wait = retry_after
+                        error = SourceFetchError(f"cannot fetch {what}: {reason}", tag=tag, path=path, kind=kind)
             # no time for another attempt after the wait: this failure is the answer
             final = final or time.monotonic() + wait >= give_up
             if attempt >= self.retries or final:
@@ -404,7 +411,8 @@ class SourceProvider:
             attempt += 1
             time.sleep(wait)
 
-    def _read_body(self, resp: requests.Response, what: str, tag: str, path: str, give_up: float) -> bytes:
+    def _read_body(self, resp: requests.Response, what: str, tag: str, path: str, give_up: float,
+                   watch: Watch) -> bytes:
         import requests
 
         from .transfer import TransferLimit, read_body
@@ -415,11 +423,16 @@ class SourceProvider:
             if exc.kind == "too-large":
                 raise SourceFetchError(f"cannot fetch {what}: larger than {_size_text(self.max_file_bytes)}",
                                        tag=tag, path=path, kind="too-large") from None
-            raise SourceFetchError(f"cannot fetch {what}: gave up after {self.deadline:g} s ({exc})",
-                                   tag=tag, path=path, kind="timeout") from None
+            raise self._late(what, tag, path, str(exc)) from None
         except requests.RequestException as exc:
+            if watch.fired.is_set():
+                raise self._late(what, tag, path, "not complete") from None
             raise SourceFetchError(f"cannot fetch {what}: {_short_reason(exc)} while reading",
                                    tag=tag, path=path, kind="connection") from None
+
+    def _late(self, what: str, tag: str, path: str, detail: str) -> SourceFetchError:
+        return SourceFetchError(f"cannot fetch {what}: gave up after {self.deadline:g} s ({detail})",
+                                tag=tag, path=path, kind="timeout")
 
 
 class LocalRead(NamedTuple):

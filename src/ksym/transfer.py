@@ -13,12 +13,13 @@ with both limits (docs/source.md, "Errors, retries and rate limits"):
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["TransferLimit", "read_body"]
+__all__ = ["TransferLimit", "Watch", "deadline_session", "read_body", "session_deadline"]
 
 
 class TransferLimit(Exception):
@@ -87,3 +88,87 @@ def _size(n: int) -> str:
     if n >= 1 << 20 and n % (1 << 20) == 0:
         return f"{n >> 20} MiB"
     return f"{n} bytes" if n != 1 else "1 byte"
+
+
+class Watch:
+    """One request's deadline: the connection it uses, and whether the deadline fired."""
+
+    __slots__ = ("conn", "fired")
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+        self.fired = threading.Event()
+
+    def stop(self) -> None:
+        """Shut the request's socket down: a read waiting on it (status line, headers, body) returns."""
+        self.fired.set()
+        sock = getattr(self.conn, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def deadline_session(user_agent: str) -> Any:
+    """A ``requests.Session`` whose adapter can bound a whole request, headers included:
+    ``with session_deadline(session, seconds) as watch: session.get(...)``."""
+    import requests
+
+    session = requests.Session()
+    session.headers["User-Agent"] = user_agent
+    adapter = _deadline_adapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+@contextlib.contextmanager
+def session_deadline(session: Any, url: str, seconds: float) -> Iterator[Watch]:
+    """Within the block, the request the current thread makes to ``url`` through ``session`` (made by
+    :func:`deadline_session`) has its socket shut down after ``seconds``; ``watch.fired`` tells."""
+    watch = Watch()
+    adapter = session.get_adapter(url)
+    local = getattr(adapter, "local", None)
+    if local is not None:
+        local.watch = watch
+    timer = threading.Timer(max(0.0, seconds), watch.stop)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield watch
+    finally:
+        timer.cancel()
+        if local is not None:
+            local.watch = None
+
+
+def _deadline_adapter() -> Any:
+    """The adapter class is made on first use: requests is imported lazily."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    class Adapter(HTTPAdapter):
+        """Tells the current thread's :class:`Watch` which connection its request got."""
+
+        def __init__(self) -> None:
+            self.local = threading.local()
+            super().__init__()
+
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            local = self.local
+
+            def watched(base: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:
+                class Pool(base):  # type: ignore[valid-type,misc]
+                    def _get_conn(self, timeout: float | None = None) -> Any:
+                        conn = super()._get_conn(timeout)
+                        watch = getattr(local, "watch", None)
+                        if watch is not None:
+                            watch.conn = conn
+                        return conn
+
+                return Pool
+
+            self.poolmanager.pool_classes_by_scheme = {"http": watched(HTTPConnectionPool),
+                                                       "https": watched(HTTPSConnectionPool)}
+
+    return Adapter()
