@@ -1,13 +1,16 @@
-"""Bounded HTTP bodies: an overall deadline and a size cap for a streamed ``requests`` response.
+"""Bounded HTTP transfers: an overall deadline and a size cap for ``requests``.
 
 requests' ``timeout`` applies to each read: a server that sends one byte every few seconds never trips
-it, and a body can be as large as the server likes. :func:`read_body` reads a ``stream=True`` response
-with both limits (docs/source.md, "Errors, retries and rate limits"):
+it, and a body can be as large as the server likes (docs/source.md, "Errors, retries and rate limits").
 
-- the body is read with ``read1`` (whatever one socket read returns) so the deadline is checked after
-  every arrival, and a timer shuts the connection down at the deadline, so a read that is waiting
-  returns then;
-- a ``Content-Length`` over the cap is refused before reading, and reading stops one chunk past it.
+- :func:`deadline_session` and :func:`session_deadline` bound a whole request, status line and headers
+  included: the request's socket is shut down at the deadline.
+- :func:`read_body` reads a ``stream=True`` response with both limits:
+
+  - the body is read with ``read1`` (whatever one socket read returns) so the deadline is checked after
+    every arrival, and a timer shuts the connection down at the deadline, so a read that is waiting
+    returns then;
+  - a ``Content-Length`` over the cap is refused before reading, and reading stops one chunk past it.
 """
 
 from __future__ import annotations
