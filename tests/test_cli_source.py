@@ -123,3 +123,52 @@ def test_real_vmlinux_list_matches_faddr2line_in_the_linux_source_tree(tmp_path:
     again = _ksym("--list", "--offline", "--source-dir", str(tree), "--vmlinux", str(vmlinux), *specs,
                   cwd=tmp_path, cache=tmp_path)
     assert again.stdout == want
+
+
+def test_list_with_links_prints_both(tmp_path: Path) -> None:
+    """--list --links (the README's example): the listing of --list, each location line ending with its link."""
+    elf = fixture("kshapes-dwarf5.elf")
+    listed = _ksym("--list", "--offline", "--vmlinux", str(elf), *SPECS, cwd=FIXTURE_SRC, cache=tmp_path)
+    linked = _ksym("--links", "--kernel-tag", "v6.1.187", "--vmlinux", str(elf), *SPECS, cache=tmp_path)
+    both = _ksym("--list", "--links", "--offline", "--kernel-tag", "v6.1.187", "--vmlinux", str(elf), *SPECS,
+                 cwd=FIXTURE_SRC, cache=tmp_path)
+    assert both.returncode == 0, both.stderr
+    urls = {line.split("  ")[0].replace("(inlined by) ", ""): line.split("  ")[1]
+            for line in linked.stdout.splitlines() if "  https://" in line}
+    assert urls and ">22<" in listed.stdout
+    # the same lines as --list, with each location line followed by the link --links prints for it
+    want = []
+    for line in listed.stdout.splitlines():
+        key = line.replace("(inlined by) ", "")
+        want.append(f"{line}  {urls[key]}" if key in urls else line)
+    assert both.stdout.splitlines() == want
+
+
+def test_real_vmlinux_list_uses_a_local_tree_before_the_network(tmp_path: Path) -> None:
+    """$KSYM_SOURCE_DIR names the tree once; a tree beside the vmlinux is found too; neither asks the network
+    (the source URL here refuses every connection)."""
+    vmlinux, script = find_test_vmlinux(), find_faddr2line()
+    if vmlinux is None or script is None:
+        if os.environ.get("CI"):
+            pytest.fail("test data missing: tools/fetch-testdata.sh")
+        pytest.skip("test data missing: run tools/fetch-testdata.sh")
+    tree = script.parent.parent
+    dead = "http://127.0.0.1:9/{path}?h={tag}"
+    want = ">257<\t\t\tret = nf_hook_slow(skb, &state, hook_head, 0);"
+    env = {**os.environ, "KSYM_CACHE_DIR": str(tmp_path / "c"), "XDG_CACHE_HOME": str(tmp_path / "c"),
+           "KSYM_SOURCE_DIR": str(tree)}
+    named = subprocess.run([sys.executable, "-m", "ksym", "resolve", "--list", "--source-url", dead, "--vmlinux",
+                            str(vmlinux), "__ip_local_out+222"], capture_output=True, text=True, check=False,
+                           cwd=tmp_path, env=env, timeout=600)
+    assert want in named.stdout, named.stderr
+    assert "warning" not in named.stderr and "127.0.0.1" not in named.stderr
+    # the same tree beside the vmlinux (as tools/fetch-testdata.sh lays them out), without the variable
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / vmlinux.name).symlink_to(vmlinux)
+    (tmp_path / "data" / "linux-source-6.1").symlink_to(tree)
+    del env["KSYM_SOURCE_DIR"]
+    beside = subprocess.run([sys.executable, "-m", "ksym", "resolve", "--list", "--source-url", dead, "--vmlinux",
+                             str(tmp_path / "data" / vmlinux.name), "__ip_local_out+222"], capture_output=True,
+                            text=True, check=False, cwd=tmp_path, env=env, timeout=600)
+    assert want in beside.stdout, beside.stderr
+    assert "warning" not in beside.stderr

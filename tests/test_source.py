@@ -52,7 +52,12 @@ FILES = {
     "big/a.c": "a" * 999 + "\n",
     "big/b.c": "b" * 999 + "\n",
     "big/c.c": "c" * 999 + "\n",
+    "trickle.c": "t" * 99 + "\n",
+    "trickle-headers.c": "never complete\n",
+    "huge.c": "h" * 1999 + "\n",
+    "huge-nolength.c": "n" * 4999 + "\n",
 }
+TRICKLE_SECONDS = 0.5
 SLOW_SECONDS = 1.5
 
 
@@ -110,6 +115,25 @@ class TreeHandler(BaseHTTPRequestHandler):
                 self._send(429, b"slow down\n", {"Retry-After": "0"})
             elif path == "limited-long.c":
                 self._send(429, b"slow down\n", {"Retry-After": "3600"})
+            elif path == "trickle.c":  # one byte at a time: every read gets data, none times out
+                body = FILES[path].encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                for byte in body:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(TRICKLE_SECONDS)
+            elif path == "trickle-headers.c":  # the status line and headers, one byte at a time
+                head = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nX-Padding: " + b"p" * 200 + b"\r\n\r\n"
+                for byte in head:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(TRICKLE_SECONDS)
+            elif path == "huge-nolength.c":  # HTTP/1.0, no Content-Length: the body ends when the server closes
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(FILES[path].encode())
             elif path == "page.c":
                 self._send(200, FILES[path].encode(), {"Content-Type": "text/html; charset=utf-8"})
             else:
@@ -192,6 +216,52 @@ def test_slow_response_times_out(server: TreeServer, tmp_path: Path) -> None:
     assert info.value.kind == "timeout"
     assert "skipped" in str(info.value) and "timed out after 0.3 s" in str(info.value)
     assert server.hits("net/ipv4/ip_output.c") == 0
+
+
+def test_trickling_server_hits_the_deadline(server: TreeServer, tmp_path: Path) -> None:
+    """One byte every 0.5 s never trips the per-read timeout: the overall deadline ends the fetch."""
+    p = provider(server, tmp_path / "cache", timeout=1.0, retries=3, deadline=2.0)
+    start = time.monotonic()
+    with pytest.raises(SourceFetchError) as info:
+        p.get_lines(TAG, "trickle.c")
+    elapsed = time.monotonic() - start
+    assert 2.0 <= elapsed < 2.0 + 1.0, elapsed
+    assert info.value.kind == "timeout"
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("cannot fetch trickle.c (v6.1.187) from 127.0.0.1:")
+    assert "gave up after 2 s" in message
+    assert server.hits("trickle.c") == 1, "no retry past the deadline"
+
+
+def test_trickling_headers_hit_the_deadline(server: TreeServer, tmp_path: Path) -> None:
+    """The deadline covers the status line and the headers too, not only the body."""
+    p = provider(server, tmp_path / "cache", timeout=1.0, retries=3, deadline=2.0)
+    start = time.monotonic()
+    with pytest.raises(SourceFetchError) as info:
+        p.get_lines(TAG, "trickle-headers.c")
+    elapsed = time.monotonic() - start
+    assert 2.0 <= elapsed < 2.0 + 1.0, elapsed
+    assert info.value.kind == "timeout" and "gave up after 2 s" in str(info.value)
+    assert server.hits("trickle-headers.c") == 1
+
+
+def test_retries_stop_at_the_deadline(server: TreeServer, tmp_path: Path) -> None:
+    p = provider(server, tmp_path / "cache", timeout=0.4, retries=10, backoff=0.2, deadline=1.5)
+    start = time.monotonic()
+    with pytest.raises(SourceFetchError) as info:
+        p.get_lines(TAG, "slow.c")
+    assert time.monotonic() - start < 1.5 + 0.5
+    assert info.value.kind == "timeout" and server.hits("slow.c") < 10
+
+
+def test_bodies_over_the_cap_are_refused(server: TreeServer, tmp_path: Path) -> None:
+    p = provider(server, tmp_path / "cache", max_file_bytes=1000)
+    for path in ("huge.c", "huge-nolength.c"):
+        with pytest.raises(SourceFetchError) as info:
+            p.get_lines(TAG, path)
+        assert info.value.kind == "too-large", path
+        assert str(info.value).endswith(": larger than 1000 bytes")
+    assert p.get_lines(TAG, "big/a.c") == ["a" * 999], "a body under the cap is read"
 
 
 def test_500_then_success(server: TreeServer, tmp_path: Path) -> None:
@@ -303,10 +373,23 @@ def test_latest_is_not_cached_on_disk(server: TreeServer, tmp_path: Path) -> Non
 
 
 def test_absolute_paths(server: TreeServer, tmp_path: Path) -> None:
-    local = tmp_path / "abs.c"
+    root = tmp_path / "tree"
+    root.mkdir()
+    local = root / "abs.c"
     local.write_text("one\ntwo\n")
-    p = provider(server, tmp_path / "cache")
+    outside = tmp_path / "outside.c"
+    outside.write_text("secret\n")
+    p = provider(server, tmp_path / "cache", roots=[root])
+    # An absolute path is read in a source root (a --path-map target), never outside one.
     assert p.get_lines(TAG, str(local)) == ["one", "two"]
+    with pytest.raises(SourceFetchError) as info:
+        p.get_lines(TAG, str(outside))
+    assert info.value.kind == "bad-path"
+    (root / "link.c").symlink_to(outside)
+    with pytest.raises(SourceFetchError):
+        p.get_lines(TAG, str(root / "link.c"))
+    with pytest.raises(SourceFetchError):
+        provider(server, tmp_path / "cache").get_lines(TAG, str(local))  # no root: no local file
     # A build-directory path that does not exist here: its kernel-relative tail is fetched.
     assert p.get_lines(TAG, "/build/linux-XyZ/include/linux/netfilter.h")[2] == "/* netfilter.h 3 */"
     assert server.hits("include/linux/netfilter.h") == 1
@@ -533,3 +616,39 @@ def test_real_tree_through_http(real_list: tuple[Path, str], server: TreeServer,
     local = format_list(CHAINS["__ip_local_out+222/0x160:"], tree_only, TAG)
     assert out == local.replace(".h:257", ".h.real:257").replace(".c:115", ".c.real:115")
     assert local in real
+
+
+def test_choose_source_dir_order(tmp_path: Path) -> None:
+    from ksym.source import choose_source_dir
+
+    debian = KernelVersion.parse(
+        "Linux version 6.1.0-53-cloud-amd64 (x@y) (gcc) #1 SMP Debian 6.1.187-1 (2026)")
+    src, mods, nowhere = tmp_path / "usr-src", tmp_path / "modules", tmp_path / "cwd"
+    src.mkdir()
+    nowhere.mkdir()
+    kw: dict[str, object] = {"cwd": nowhere, "src_roots": [src], "modules_dir": mods}
+    assert choose_source_dir(debian, environ={}, **kw) == (None, "none", None)  # type: ignore[arg-type]
+    (src / "linux-source-6.1.tar.xz").write_bytes(b"")
+    note = choose_source_dir(debian, environ={}, **kw).note  # type: ignore[arg-type]
+    assert note is not None and "linux-source-6.1.tar.xz is not extracted" in note and "KSYM_SOURCE_DIR" in note
+    installed = _fake_tree(src / "linux-source-6.1", (6, 1, 187))
+    assert choose_source_dir(debian, environ={}, **kw) == (installed, "installed", None)  # type: ignore[arg-type]
+    # beside the vmlinux wins over installed trees
+    data = tmp_path / "data"
+    beside = _fake_tree(data / "linux-source-6.1", (6, 1, 187))
+    got = choose_source_dir(debian, environ={}, vmlinux=data / "vmlinux", **kw)  # type: ignore[arg-type]
+    assert got.path == beside and got.origin == "beside the vmlinux"
+    # $KSYM_SOURCE_DIR: trees or directories of trees, the vmlinux's version only
+    named = _fake_tree(tmp_path / "named" / "linux-6.1.187", (6, 1, 187))
+    other = _fake_tree(tmp_path / "other", (5, 10, 1))
+    env = {"KSYM_SOURCE_DIR": f"{other}:{tmp_path / 'named'}"}
+    got = choose_source_dir(debian, environ=env, vmlinux=data / "vmlinux", **kw)  # type: ignore[arg-type]
+    assert got.path == named and got.origin == "KSYM_SOURCE_DIR"
+    got = choose_source_dir(debian, environ={"KSYM_SOURCE_DIR": str(other)}, vmlinux=data / "vmlinux",
+                            **kw)  # type: ignore[arg-type]
+    assert got.path == beside and got.note is not None and "KSYM_SOURCE_DIR names no 6.1 source tree" in got.note
+    assert choose_source_dir(None, environ={"KSYM_SOURCE_DIR": str(other)}, **kw).path == other  # type: ignore[arg-type]
+    # the current directory (a kernel tree, as faddr2line reads it) and --source-dir come first
+    (nowhere / "include" / "linux").mkdir(parents=True)
+    assert choose_source_dir(debian, environ=env, **kw).origin == "the current directory"  # type: ignore[arg-type]
+    assert choose_source_dir(debian, source_dir=other, environ=env, **kw) == (other, "--source-dir", None)  # type: ignore[arg-type]

@@ -358,7 +358,7 @@ class AnnotatedText:
                    ending)
             block = done.get(key)
             if block is None:
-                block = done[key] = "".join(a + ending for a in render_frame(af, links, ind))
+                block = done[key] = "".join(a + ending for a in _shown(render_frame(af, links, ind)))
             out.append(block)
         return "".join(out)
 
@@ -398,9 +398,18 @@ class _Answered:
             block_key = (key, ind, ending)
             block = done.get(block_key)
             if block is None:
-                block = done[block_key] = "".join(a + ending for a in render_frame(self.answers[key], links, ind))
+                block = done[block_key] = "".join(a + ending
+                                                  for a in _shown(render_frame(self.answers[key], links, ind)))
             out.append(block)
         return "".join(out)
+
+
+def _shown(lines: list[str]) -> list[str]:
+    """Annotation lines for a terminal: names, paths and reasons come from debug files and the input, so
+    their control characters show as visible escapes (:func:`ksym.format.terminal_text`; tabs stay)."""
+    from .format import terminal_text
+
+    return [terminal_text(line, "\t") for line in lines]
 
 
 def _ending(text: str, out: list[str]) -> str:
@@ -1080,7 +1089,9 @@ def annotate_command(args: argparse.Namespace) -> int:
 
 def _annotate_command(args: argparse.Namespace, closing: contextlib.ExitStack) -> int:
     def err(line: str) -> None:
-        sys.stderr.write(line + "\n")
+        from .format import terminal_text
+
+        sys.stderr.write(terminal_text(line, "\t") + "\n")  # names from debug files: no raw escapes
         sys.stderr.flush()
 
     name = getattr(args, "file", None) or "-"

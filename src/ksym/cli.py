@@ -207,7 +207,7 @@ def _file_as_first_frame(first: str) -> str | None:
 
 def _print_resolutions(sym: Any, args: argparse.Namespace, out: Callable[[str], None],
                        err: Callable[[str], None], lister: _Lister | None) -> int:
-    from .format import frame_json
+    from .format import faddr2line_lines, frame_json, terminal_text
 
     status = EXIT_OK
     first = True
@@ -243,17 +243,10 @@ def _print_resolutions(sym: Any, args: argparse.Namespace, out: Callable[[str], 
                 out("")
             first = False
             if lister is not None:
-                out(m.header)
-                out(lister.block(m).rstrip("\n"))
-            elif args.links:
-                out(m.header)
-                for i, loc in enumerate(m.chain):
-                    text = ("(inlined by) " if i else "") + str(loc)
-                    out(f"{text}  {loc.url}" if loc.url else text)
-                if not m.chain:
-                    out("?? ??:0")
+                out(terminal_text(m.header))
+                out(lister.block(m, links=args.links).rstrip("\n"))
             else:
-                out(str(m))
+                out("\n".join(faddr2line_lines(m, links=args.links)))
     if lister is not None:
         lister.report()
     return status
@@ -314,16 +307,16 @@ class _Lister:
     """faddr2line --list: the source around each location, from a local tree, the cache or the web."""
 
     def __init__(self, sym: Any, args: argparse.Namespace, err: Callable[[str], None]) -> None:
-        from .source import SourceFetchError, SourceProvider, find_source_dir
+        from .source import SourceFetchError, SourceProvider, choose_source_dir
 
         self.tag = sym.tag_guess
-        source_dir = args.source_dir
-        if source_dir is None and os.path.isdir("include/linux"):
-            # faddr2line --list reads the files relative to the current directory: a kernel tree
-            source_dir = os.getcwd()
-        if source_dir is None and self.tag.version is not None:
-            source_dir = find_source_dir(self.tag.version)
-        kw: dict[str, Any] = {"source_dir": source_dir, "offline": args.offline}
+        # a local tree first (--source-dir, the current directory, $KSYM_SOURCE_DIR, beside the vmlinux,
+        # installed): only without one does --list ask the network
+        choice = choose_source_dir(self.tag.version, source_dir=args.source_dir, vmlinux=str(sym.path))
+        if choice.note:
+            err(f"ksym: note: {choice.note}")
+        kw: dict[str, Any] = {"source_dir": choice.path, "offline": args.offline,
+                              "roots": sym.path_map.roots()}
         if args.source_url:
             kw["url_template"] = args.source_url
         self.provider = SourceProvider(**kw)
@@ -332,11 +325,13 @@ class _Lister:
         if self.tag.note:
             err(f"ksym: note: kernel tag {self.tag.tag}: {self.tag.note}")
 
-    def block(self, res: Any) -> str:
+    def block(self, res: Any, links: bool = False) -> str:
+        from .format import location_text, terminal_text
         from .source import format_list
 
-        lines = [("(inlined by) " if i else "") + str(loc) for i, loc in enumerate(res.chain)]
-        return str(format_list(lines, self.provider, self.tag.tag, errors=self.errors))
+        lines = [("(inlined by) " if i else "") + location_text(loc) for i, loc in enumerate(res.chain)]
+        urls = [terminal_text(loc.url) if links and loc.url else None for loc in res.chain]
+        return str(format_list(lines, self.provider, self.tag.tag, errors=self.errors, urls=urls))
 
     def report(self) -> None:
         seen = set()
@@ -347,11 +342,15 @@ class _Lister:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .format import terminal_text
+
+    # names and paths come from debug files: no control character reaches the terminal raw (tab, the
+    # form feed of source text and the newlines between lines stay; names are escaped whole before)
     def out(line: str) -> None:
-        sys.stdout.write(line + "\n")
+        sys.stdout.write(terminal_text(line, "\t\f\n") + "\n")
 
     def err(line: str) -> None:
-        sys.stderr.write(line + "\n")
+        sys.stderr.write(terminal_text(line, "\t") + "\n")
 
     words = list(sys.argv[1:] if argv is None else argv)
     # a one-shot command allocates ~10^5 acyclic objects (index records, one record per frame line):

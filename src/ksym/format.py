@@ -1,22 +1,64 @@
-"""Present: resolutions as faddr2line's text or as JSON."""
+"""Present: resolutions as faddr2line's text or as JSON.
+
+Names and paths come from debug files, which are untrusted: text output shows them through
+:func:`terminal_text`, which turns control characters into visible escapes (``\\x1b``), so a crafted
+name cannot move the cursor, set the window title or forge output lines. Ordinary names pass unchanged,
+so the text stays byte-identical to faddr2line's.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
-from .model import Resolution
+from .model import Resolution, SourceLocation
 
-__all__ = ["faddr2line_lines", "frame_json", "resolution_json"]
+__all__ = ["faddr2line_lines", "frame_json", "location_text", "resolution_json", "terminal_text"]
+
+#: C0 controls (tab and newline included), DEL, C1 controls, and the Unicode line separators and
+#: bidirectional overrides that reorder or break what a terminal shows.
+_UNSAFE_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
-def faddr2line_lines(res: Resolution) -> list[str]:
-    """The lines faddr2line prints for one match: header, innermost location, ``(inlined by)`` lines.
+def _escape(mo: re.Match[str]) -> str:
+    n = ord(mo.group())
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}"
+
+
+def terminal_text(text: str, keep: str = "") -> str:
+    """``text`` safe to print on a terminal: control characters (C0 including tab and newline, DEL, C1,
+    Unicode line separators and bidi overrides) as visible escapes, ``\\x1b``, ``\\x07``, ``\\u202e``;
+    the characters in ``keep`` (e.g. ``"\\t"``) stay. Text without them is returned as it is."""
+    if _UNSAFE_RE.search(text) is None:
+        return text
+    if keep:
+        return _UNSAFE_RE.sub(lambda mo: mo.group() if mo.group() in keep else _escape(mo), text)
+    return _UNSAFE_RE.sub(_escape, text)
+
+
+def location_text(loc: SourceLocation) -> str:
+    """``str(loc)`` (``func at file:line``) with the function and file shown through :func:`terminal_text`."""
+    text = f"{terminal_text(loc.function)} at {terminal_text(loc.file)}:{loc.line if loc.line else '?'}"
+    if loc.discriminator:
+        text += f" (discriminator {loc.discriminator})"
+    return text
+
+
+def faddr2line_lines(res: Resolution, links: bool = False) -> list[str]:
+    """The lines faddr2line prints for one match: header, innermost location, ``(inlined by)`` lines,
+    names shown through :func:`terminal_text`; with ``links`` each location line ends with its URL.
 
     An address with no debug information prints as addr2line does: ``?? ??:0``.
     """
-    return str(res).split("\n")
+    out = [terminal_text(res.header)]
+    for i, loc in enumerate(res.chain):
+        text = ("(inlined by) " if i else "") + location_text(loc)
+        out.append(f"{text}  {terminal_text(loc.url)}" if links and loc.url else text)
+    if not res.chain:
+        out.append("?? ??:0")
+    return out
 
 
 def resolution_json(res: Resolution) -> dict[str, Any]:

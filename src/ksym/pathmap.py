@@ -77,6 +77,11 @@ class PathMap:
     def __bool__(self) -> bool:
         return bool(self.rules)
 
+    def roots(self) -> tuple[str, ...]:
+        """The absolute NEW directories: the source roots ``--list`` and the reports may read files from
+        (docs/source.md); a relative NEW is read under ``--source-dir`` like any relative path."""
+        return tuple(dict.fromkeys(new for _old, new in self.rules if new.startswith("/")))
+
     def apply(self, path: str) -> str | None:
         """``path`` with the first matching rule's OLD replaced by NEW, or None when none matches."""
         for old, new in self.rules:

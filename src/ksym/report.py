@@ -39,7 +39,7 @@ from .annotate import (
 )
 from .links import ElixirLinks
 from .model import SourceLocation
-from .source import SourceFetchError, SourceProvider, find_source_dir, render_context
+from .source import SourceFetchError, SourceProvider, choose_source_dir, render_context
 
 __all__ = [
     "DEFAULT_TITLE",
@@ -675,17 +675,22 @@ def provider_for(
     offline: bool = False,
     source_url: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> SourceProvider:
-    """The :class:`SourceProvider` ``ksym resolve --list`` would use: ``source_dir``, else the current
-    directory when it is a kernel tree, else an installed tree of the vmlinux's version
-    (:func:`ksym.source.find_source_dir`); fetching unless ``offline``."""
-    tree: str | os.PathLike[str] | None = source_dir
-    if tree is None and os.path.isdir("include/linux") and os.path.isdir("kernel"):
-        tree = os.getcwd()
-    version = symbolizer.tag_guess.version
-    if tree is None and version is not None:
-        tree = find_source_dir(version)
-    kw: dict[str, Any] = {"source_dir": tree, "offline": offline}
+    """The :class:`SourceProvider` ``ksym resolve --list`` would use: ``source_dir``, else a local tree
+    (:func:`ksym.source.choose_source_dir`: the current directory when it is a kernel tree,
+    ``$KSYM_SOURCE_DIR``, beside the vmlinux, installed); fetching unless ``offline``. Files are read
+    only under that tree and the absolute ``--path-map`` targets. A note about the choice (a tarball to
+    extract) goes to ``warn``."""
+    path = getattr(symbolizer, "path", None)
+    choice = choose_source_dir(symbolizer.tag_guess.version, source_dir=source_dir,
+                               vmlinux=str(path) if path is not None else None)
+    if choice.note and warn is not None:
+        warn(f"ksym annotate: note: {choice.note}")
+    tree = choice.path
+    path_map = getattr(symbolizer, "path_map", None)
+    kw: dict[str, Any] = {"source_dir": tree, "offline": offline,
+                          "roots": path_map.roots() if path_map is not None else ()}
     if source_url:
         kw["url_template"] = source_url
     if cache_dir is not None:
@@ -714,7 +719,8 @@ def report_for_command(
     if warn is not None and info.tag_note:
         warn(f"ksym annotate: note: kernel tag {tag}: {info.tag_note}")
     if provider is None:
-        provider = provider_for(symbolizer, source_dir=source_dir, offline=offline, source_url=source_url)
+        provider = provider_for(symbolizer, source_dir=source_dir, offline=offline, source_url=source_url,
+                                warn=warn)
     errors: list[SourceFetchError] = []
     text = render_report(annotated, fmt, provider=provider, tag=tag, title=title or DEFAULT_TITLE, info=info,
                          errors=errors)

@@ -2,12 +2,16 @@
 
 :class:`SourceProvider` returns the lines of ``<path>`` at kernel tag ``<tag>`` from, in order:
 
-1. ``source_dir`` (``--source-dir``, or an installed tree found by :func:`find_source_dir`);
+1. ``source_dir`` (``--source-dir``, or a local tree :func:`choose_source_dir` finds: the current
+   directory, ``$KSYM_SOURCE_DIR``, beside the vmlinux, installed), and the other source roots
+   (``--path-map`` targets): only regular files under a root, never /proc, /sys or /dev, at most
+   ``max_file_bytes`` (:func:`read_source_file`);
 2. an in-memory cache (cachetools LRU, bounded by characters);
 3. the on-disk cache (``$XDG_CACHE_HOME/ksym/source``, one file per (tag, path), atomic writes, least
    recently used files evicted beyond ``max_cache_bytes``);
 4. HTTP with requests from ``url_template`` (``--source-url``; default: the stable tree's plain view on
-   git.kernel.org), with retries and backoff for transient errors, unless ``offline`` (``--offline``).
+   git.kernel.org), with retries and backoff for transient errors, an overall ``deadline`` and the same
+   size cap, unless ``offline`` (``--offline``).
 
 Every failure is one :class:`SourceFetchError` with a one-line message; :func:`format_list` collects them
 and carries on, so the rest of the output still prints. Fetched text is only ever displayed.
@@ -21,13 +25,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote, urlsplit
 
 from cachetools import LRUCache
@@ -39,15 +44,23 @@ from ksym.version import KernelVersion
 if TYPE_CHECKING:  # requests costs ~90 ms to import: only the HTTP path pays it
     import requests
 
+    from ksym.transfer import Watch
+
 __all__ = [
     "DEFAULT_MAX_CACHE_BYTES",
     "DEFAULT_URL_TEMPLATE",
+    "MAX_FILE_BYTES",
+    "SOURCE_DIR_ENV",
+    "LocalRead",
+    "SourceDirChoice",
     "SourceFetchError",
     "SourceProvider",
+    "choose_source_dir",
     "default_cache_dir",
     "find_source_dir",
     "format_list",
     "parse_location",
+    "read_source_file",
     "render_context",
     "shell_words",
     "split_lines",
@@ -58,8 +71,13 @@ __all__ = [
 #: and ``vX.Y-rcN`` tag.
 DEFAULT_URL_TEMPLATE = "https://git.kernel.org/pub/scm/linux/kernel/git/stable/linux.git/plain/{path}?h={tag}"
 DEFAULT_MAX_CACHE_BYTES = 256 * 1024 * 1024
-#: A single fetched file larger than this is refused (the largest kernel sources are a few MiB).
+#: A single source file larger than this is refused, fetched or local (the largest kernel sources are a few
+#: MiB).
 MAX_FILE_BYTES = 64 * 1024 * 1024
+#: Seconds one file's fetch may take in all, retries and waits included.
+DEFAULT_DEADLINE = 30.0
+#: Pseudo file systems no source is ever read from, whatever the source roots are.
+NEVER_READ = ("/proc", "/sys", "/dev")
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _USER_AGENT = "ksym (kernel stack frame resolver; source context fetcher)"
 
@@ -112,12 +130,21 @@ class SourceProvider:
         offline: bool = False,
         memory_cache_chars: int = 32 * 1024 * 1024,
         session: requests.Session | None = None,
+        roots: Iterable[str | Path] = (),
+        max_file_bytes: int = MAX_FILE_BYTES,
+        deadline: float = DEFAULT_DEADLINE,
     ) -> None:
         """``url_template=None`` disables fetching (like ``offline``); ``cache_dir`` defaults to
         :func:`default_cache_dir`; ``max_cache_bytes=0`` disables the disk cache; ``retries`` is the
         number of extra attempts after a transient failure (timeouts, connection errors, HTTP 408, 429,
         5xx), waiting ``backoff * 2**n`` seconds (or the server's ``Retry-After``, up to
-        ``max_backoff``)."""
+        ``max_backoff``). ``deadline`` bounds one file's whole fetch, every attempt and wait included
+        (``timeout`` bounds each connect and read); bodies over ``max_file_bytes`` are refused.
+
+        Local files are read only from the *source roots*: ``source_dir`` and ``roots`` (``--path-map``
+        targets). A file is read when, symlinks resolved, it lies under a root and not under /proc, /sys
+        or /dev, is a regular file, and is at most ``max_file_bytes`` long (the cap fetched files have
+        too). Without a root no local file is read."""
         if url_template is not None and "{path}" not in url_template:
             raise ValueError(f"source URL template has no {{path}}: {url_template!r}")
         self.source_dir = Path(source_dir) if source_dir is not None else None
@@ -129,6 +156,11 @@ class SourceProvider:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.offline = offline
+        self.max_file_bytes = max_file_bytes
+        self.deadline = deadline
+        root_list = ([self.source_dir] if self.source_dir is not None else []) + [Path(r) for r in roots]
+        #: The source roots, symlinks resolved (see :func:`read_source_file`).
+        self.roots: tuple[str, ...] = tuple(dict.fromkeys(os.path.realpath(r) for r in root_list))
         self._memory: LRUCache[tuple[str, str], str] = LRUCache(maxsize=memory_cache_chars, getsizeof=len)
         self._missing: dict[tuple[str, str], SourceFetchError] = {}
         self._host_down: dict[str, SourceFetchError] = {}
@@ -147,24 +179,27 @@ class SourceProvider:
     def get_text(self, tag: str, path: str) -> str:
         """The whole file, decoded as UTF-8 (invalid bytes replaced). Raises :class:`SourceFetchError`.
 
-        An absolute path (a build directory prefix that was not stripped) is read as it is when it
-        exists, as faddr2line's awk would; otherwise its kernel-relative tail is looked up.
+        An absolute path (a ``--path-map`` target, or a build directory prefix that was not stripped) is
+        read as it is when it lies in a source root (see :func:`read_source_file`); otherwise its
+        kernel-relative tail is looked up. A relative path is read from ``source_dir``, then the caches
+        and HTTP.
         """
         if path.startswith("/"):
-            if os.path.isfile(path):
-                return self._read_local(Path(path), tag, path)
+            local = self._read_local(path, tag, path)
+            if local is not None:
+                return local
             tail = kernel_relative_path(path)
             if tail is None:
-                raise SourceFetchError(f"{path}: no such file, and not a path inside a kernel tree",
+                raise SourceFetchError(f"{path}: not in a source tree, and not a path inside a kernel tree",
                                        tag=tag, path=path, kind="bad-path")
             path = tail
         rel = _clean_path(path)
         if rel is None:
             raise SourceFetchError(f"{path}: not a source-relative path", tag=tag, path=path, kind="bad-path")
         if self.source_dir is not None:
-            local = self.source_dir / rel
-            if local.is_file():
-                return self._read_local(local, tag, rel)
+            local = self._read_local(str(self.source_dir / rel), tag, rel)
+            if local is not None:
+                return local
         key = (tag, rel)
         with self._lock:
             text = self._memory.get(key)
@@ -220,17 +255,16 @@ class SourceProvider:
 
     # --- local files ----------------------------------------------------------------------------------
 
-    def _read_local(self, file: Path, tag: str, path: str) -> str:
-        try:
-            data = file.read_bytes()
-        except FileNotFoundError:
-            raise SourceFetchError(f"{path}: no such file in {self.source_dir or file.parent}",
-                                   tag=tag, path=path, kind="local") from None
-        except OSError as exc:
-            raise SourceFetchError(f"{path}: cannot read {file}: {exc.strerror or exc}",
-                                   tag=tag, path=path, kind="local") from None
+    def _read_local(self, file: str, tag: str, path: str) -> str | None:
+        """The text of ``file`` when it is in a source root, None when it is not there."""
+        got = read_source_file(file, self.roots, self.max_file_bytes)
+        if got.data is None:
+            if got.kind in ("outside", "missing"):
+                return None
+            raise SourceFetchError(f"{path}: {got.reason}", tag=tag, path=path,
+                                   kind="too-large" if got.kind == "too-large" else "local")
         self.last_origin = "local"
-        return data.decode("utf-8", errors="replace")
+        return got.data.decode("utf-8", errors="replace")
 
     # --- disk cache -----------------------------------------------------------------------------------
 
@@ -238,9 +272,8 @@ class SourceProvider:
         if self.max_cache_bytes <= 0:
             return None
         file = self.cache_path(tag, path)
-        try:
-            data = file.read_bytes()
-        except OSError:
+        data = _read_regular(str(file), self.max_file_bytes).data  # damaged or planted: a miss
+        if data is None:
             return None
         try:
             os.utime(file)  # recently used: evicted last
@@ -303,6 +336,8 @@ class SourceProvider:
     def _fetch(self, tag: str, path: str) -> bytes:
         import requests
 
+        from .transfer import deadline_session, session_deadline
+
         url = self.url_for(tag, path)
         host = urlsplit(url).netloc or url
         what = f"{path} ({tag}) from {host}"
@@ -312,48 +347,58 @@ class SourceProvider:
                 raise SourceFetchError(f"cannot fetch {what}: skipped, {host} failed before ({down})",
                                        tag=tag, path=path, kind=down.kind)
             if self._session is None:
-                self._session = requests.Session()
-                self._session.headers["User-Agent"] = _USER_AGENT
+                self._session = deadline_session(_USER_AGENT)
             session = self._session
+        give_up = time.monotonic() + self.deadline
         attempt = 0
         while True:
             wait = min(self.backoff * (2 ** attempt), self.max_backoff)
-            try:
-                resp = session.get(url, timeout=self.timeout, stream=True, allow_redirects=True)
-            except requests.Timeout:
-                error = SourceFetchError(f"cannot fetch {what}: timed out after {self.timeout:g} s",
-                                         tag=tag, path=path, kind="timeout")
-            except requests.RequestException as exc:
-                error = SourceFetchError(f"cannot fetch {what}: {_short_reason(exc)}",
-                                         tag=tag, path=path, kind="connection")
-            else:
-                with resp:
-                    status = resp.status_code
-                    ctype = resp.headers.get("Content-Type", "")
-                    if status == 200 and ctype.lower().startswith(("text/html", "application/xhtml")):
-                        raise SourceFetchError(
-                            f"cannot fetch {what}: the server sent an HTML page, not plain text "
-                            "(check --source-url)", tag=tag, path=path, kind="http")
-                    if status == 200:
-                        return self._read_body(resp, what, tag, path)
-                    reason = f"HTTP {status}{' ' + resp.reason if resp.reason else ''}"
-                    if status == 404 or status == 410:
-                        raise SourceFetchError(f"cannot fetch {what}: {reason} (no such file at this tag?)",
-                                               tag=tag, path=path, kind="not-found")
-                    if status not in _TRANSIENT_STATUS:
-                        raise SourceFetchError(f"cannot fetch {what}: {reason}",
-                                               tag=tag, path=path, kind="http")
-                    retry_after = _retry_after(resp.headers.get("Retry-After"))
-                    kind = "rate-limited" if status == 429 else "http"
-                    if retry_after is not None:
-                        if retry_after > self.max_backoff:
+            left = give_up - time.monotonic()
+            timeout = max(0.001, min(self.timeout, left))
+            final = False  # a failure no retry can mend (no such host, no route)
+            # the whole attempt, status line and headers included, ends at the deadline
+            with session_deadline(session, url, left) as watch:
+                try:
+                    resp = session.get(url, timeout=timeout, stream=True, allow_redirects=True)
+                except requests.Timeout:
+                    error = SourceFetchError(f"cannot fetch {what}: timed out after {timeout:g} s",
+                                             tag=tag, path=path, kind="timeout")
+                except requests.RequestException as exc:
+                    if watch.fired.is_set():
+                        raise self._late(what, tag, path, "no complete answer") from None
+                    reason = _short_reason(exc)
+                    final = reason in ("host name not found", "network is unreachable")
+                    error = SourceFetchError(f"cannot fetch {what}: {reason}", tag=tag, path=path, kind="connection")
+                else:
+                    with resp:
+                        status = resp.status_code
+                        ctype = resp.headers.get("Content-Type", "")
+                        if status == 200 and ctype.lower().startswith(("text/html", "application/xhtml")):
                             raise SourceFetchError(
-                                f"cannot fetch {what}: {reason}, "
-                                f"server asks to retry after {retry_after:.0f} s",
-                                tag=tag, path=path, kind=kind)
-                        wait = retry_after
-                    error = SourceFetchError(f"cannot fetch {what}: {reason}", tag=tag, path=path, kind=kind)
-            if attempt >= self.retries:
+                                f"cannot fetch {what}: the server sent an HTML page, not plain text "
+                                "(check --source-url)", tag=tag, path=path, kind="http")
+                        if status == 200:
+                            return self._read_body(resp, what, tag, path, give_up, watch)
+                        reason = f"HTTP {status}{' ' + resp.reason if resp.reason else ''}"
+                        if status == 404 or status == 410:
+                            raise SourceFetchError(f"cannot fetch {what}: {reason} (no such file at this tag?)",
+                                                   tag=tag, path=path, kind="not-found")
+                        if status not in _TRANSIENT_STATUS:
+                            raise SourceFetchError(f"cannot fetch {what}: {reason}",
+                                                   tag=tag, path=path, kind="http")
+                        retry_after = _retry_after(resp.headers.get("Retry-After"))
+                        kind = "rate-limited" if status == 429 else "http"
+                        if retry_after is not None:
+                            if retry_after > self.max_backoff:
+                                raise SourceFetchError(
+                                    f"cannot fetch {what}: {reason}, "
+                                    f"server asks to retry after {retry_after:.0f} s",
+                                    tag=tag, path=path, kind=kind)
+                            wait = retry_after
+                        error = SourceFetchError(f"cannot fetch {what}: {reason}", tag=tag, path=path, kind=kind)
+            # no time for another attempt after the wait: this failure is the answer
+            final = final or time.monotonic() + wait >= give_up
+            if attempt >= self.retries or final:
                 if attempt:
                     error = SourceFetchError(f"{error} (after {attempt + 1} attempts)",
                                              tag=tag, path=path, kind=error.kind)
@@ -366,22 +411,109 @@ class SourceProvider:
             attempt += 1
             time.sleep(wait)
 
-    def _read_body(self, resp: requests.Response, what: str, tag: str, path: str) -> bytes:
+    def _read_body(self, resp: requests.Response, what: str, tag: str, path: str, give_up: float,
+                   watch: Watch) -> bytes:
         import requests
 
-        chunks: list[bytes] = []
-        size = 0
+        from .transfer import TransferLimit, read_body
+
         try:
-            for chunk in resp.iter_content(chunk_size=65536):
-                size += len(chunk)
-                if size > MAX_FILE_BYTES:
-                    raise SourceFetchError(f"cannot fetch {what}: larger than {MAX_FILE_BYTES >> 20} MiB",
-                                           tag=tag, path=path, kind="too-large")
-                chunks.append(chunk)
+            return read_body(resp, deadline=give_up, max_bytes=self.max_file_bytes)
+        except TransferLimit as exc:
+            if exc.kind == "too-large":
+                raise SourceFetchError(f"cannot fetch {what}: larger than {_size_text(self.max_file_bytes)}",
+                                       tag=tag, path=path, kind="too-large") from None
+            raise self._late(what, tag, path, str(exc)) from None
         except requests.RequestException as exc:
+            if watch.fired.is_set():
+                raise self._late(what, tag, path, "not complete") from None
             raise SourceFetchError(f"cannot fetch {what}: {_short_reason(exc)} while reading",
                                    tag=tag, path=path, kind="connection") from None
-        return b"".join(chunks)
+
+    def _late(self, what: str, tag: str, path: str, detail: str) -> SourceFetchError:
+        return SourceFetchError(f"cannot fetch {what}: gave up after {self.deadline:g} s ({detail})",
+                                tag=tag, path=path, kind="timeout")
+
+
+class LocalRead(NamedTuple):
+    """What :func:`read_source_file` found: the bytes, or why not (``kind`` and a one-line ``reason``).
+
+    ``kind``: ``ok``, ``outside`` (not under a source root), ``missing``, ``refused`` (under /proc,
+    /sys or /dev, or not a regular file), ``too-large``, ``error`` (the file system said no).
+    """
+
+    data: bytes | None
+    kind: str
+    reason: str = ""
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root if root.endswith("/") else root + "/")
+
+
+def read_source_file(path: str | os.PathLike[str], roots: Iterable[str], max_bytes: int = MAX_FILE_BYTES,
+                     ) -> LocalRead:
+    """The bytes of a source file, read only when it is safe to: ``path`` with its symlinks resolved
+    lies under one of ``roots`` (themselves resolved), not under /proc, /sys or /dev, and is a regular
+    file of at most ``max_bytes`` (checked on the opened file, and at most ``max_bytes + 1`` bytes read).
+
+    Debug files name their source paths and come from debuginfod servers and other people: a path is a
+    wish, never a permission. The file is opened with ``O_NOFOLLOW`` and, where /proc is mounted, the
+    opened file's own path is checked again, so a path swapped for a symlink meanwhile is refused.
+    """
+    real = os.path.realpath(path)
+    real_roots = [os.path.realpath(r) for r in roots]
+    if not any(_under(real, r) for r in real_roots):
+        return LocalRead(None, "outside", "outside the source trees, not read")
+    for pseudo in NEVER_READ:
+        if _under(real, pseudo):
+            return LocalRead(None, "refused", f"under {pseudo}, not read")
+    return _read_regular(real, max_bytes, real_roots)
+
+
+def _read_regular(path: str, max_bytes: int, roots: Sequence[str] | None = None) -> LocalRead:
+    """At most ``max_bytes`` of the regular file ``path`` (no symlink, FIFO, device); with ``roots``, the
+    opened file must still be under one of them."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NOCTTY", 0) \
+        | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        return LocalRead(None, "missing", "no such file")
+    except OSError as exc:
+        return LocalRead(None, "error", f"cannot read it: {exc.strerror or exc}")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return LocalRead(None, "refused", "not a regular file, not read")
+        if roots is not None:
+            try:
+                opened = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                opened = path  # no /proc: O_NOFOLLOW on the resolved path is the check
+            if not any(_under(opened, r) for r in roots) or any(_under(opened, d) for d in NEVER_READ):
+                return LocalRead(None, "refused", "moved outside the source trees, not read")
+        if st.st_size > max_bytes:
+            return LocalRead(None, "too-large", f"larger than {_size_text(max_bytes)}, not read")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= max_bytes:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > max_bytes:
+            return LocalRead(None, "too-large", f"larger than {_size_text(max_bytes)}, not read")
+        return LocalRead(b"".join(chunks), "ok")
+    except OSError as exc:
+        return LocalRead(None, "error", f"cannot read it: {exc.strerror or exc}")
+    finally:
+        os.close(fd)
+
+
+def _size_text(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n} bytes"
 
 
 def _short_reason(exc: BaseException) -> str:
@@ -444,20 +576,24 @@ def find_source_dir(
     version: KernelVersion,
     *,
     src_roots: Sequence[str | Path] = ("/usr/src",),
-    modules_dir: str | Path = "/lib/modules",
+    modules_dir: str | Path | None = "/lib/modules",
+    trees: Sequence[str | Path] = (),
 ) -> Path | None:
     """An installed kernel source tree for ``version``, or None.
 
-    Looks at ``/lib/modules/<release>/source``, ``/usr/src/linux-source-X.Y`` (the extracted Debian/Ubuntu
-    ``linux-source-X.Y`` package; the package itself only installs a tarball), ``/usr/src/linux-<release>``
-    and other ``/usr/src/linux-*`` trees. Only full trees count (headers-only ``build`` directories do not),
-    and only trees whose Makefile says the same ``X.Y``; among them one whose ``X.Y.Z`` equals the
+    Looks at ``trees`` (candidate trees themselves), ``/lib/modules/<release>/source``,
+    ``/usr/src/linux-source-X.Y`` (the extracted Debian/Ubuntu ``linux-source-X.Y`` package; the package
+    itself only installs a tarball), ``/usr/src/linux-<release>`` and other ``/usr/src/linux-*`` trees
+    (for every directory of ``src_roots``). Only full trees count (headers-only ``build`` directories do
+    not), and only trees whose Makefile says the same ``X.Y``; among them one whose ``X.Y.Z`` equals the
     upstream version the banner names is preferred.
     """
     want: tuple[int, ...] = version.upstream[:3] if version.upstream else (version.major, version.minor,
                                                                            version.patch)
     series = (version.major, version.minor)
-    candidates: list[Path] = [Path(modules_dir) / version.release / "source"]
+    candidates: list[Path] = [Path(t) for t in trees]
+    if modules_dir is not None:
+        candidates.append(Path(modules_dir) / version.release / "source")
     for root in map(Path, src_roots):
         candidates += [
             root / f"linux-source-{version.major}.{version.minor}",
@@ -492,6 +628,83 @@ def find_source_dir(
         if fallback is None:
             fallback = cand
     return fallback
+
+
+#: Names the kernel trees (or directories holding ``linux-*`` trees) to use, ``:``-separated.
+SOURCE_DIR_ENV = "KSYM_SOURCE_DIR"
+
+
+class SourceDirChoice(NamedTuple):
+    """The local tree ``--list`` and the reports read: ``path`` (None: none), where it was found
+    (``origin``), and a one-line ``note`` for the user (a tarball to extract, a KSYM_SOURCE_DIR that has
+    no tree of this version)."""
+
+    path: Path | None
+    origin: str
+    note: str | None = None
+
+
+def choose_source_dir(
+    version: KernelVersion | None,
+    *,
+    source_dir: str | os.PathLike[str] | None = None,
+    vmlinux: str | os.PathLike[str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    environ: dict[str, str] | os._Environ[str] | None = None,
+    src_roots: Sequence[str | Path] = ("/usr/src",),
+    modules_dir: str | Path | None = "/lib/modules",
+) -> SourceDirChoice:
+    """The local kernel tree to read source from, looked for before any network request, first found wins:
+
+    1. ``source_dir`` (``--source-dir``), as it is;
+    2. the current directory when it is a kernel tree (has ``include/linux``), as faddr2line reads it;
+    3. ``$KSYM_SOURCE_DIR``: ``:``-separated kernel trees or directories holding ``linux-*`` trees; the
+       tree of the vmlinux's version (any tree, when the version is unknown);
+    4. beside the vmlinux: ``linux-source-X.Y``, ``linux-X.Y.Z``, ``linux`` ... in its directory;
+    5. installed trees (:func:`find_source_dir`: ``/lib/modules/<release>/source``, ``/usr/src``).
+
+    Trees of 3-5 must be full trees whose Makefile says the vmlinux's ``X.Y``.
+    """
+    if source_dir is not None:
+        return SourceDirChoice(Path(source_dir), "--source-dir")
+    here = Path(cwd) if cwd is not None else Path.cwd()
+    if (here / "include" / "linux").is_dir():
+        return SourceDirChoice(here, "the current directory")
+    env = (os.environ if environ is None else environ).get(SOURCE_DIR_ENV, "")
+    entries = [e for e in env.split(os.pathsep) if e]
+    note: str | None = None
+    if entries:
+        if version is None:
+            for entry in entries:
+                if _is_source_tree(Path(entry)):
+                    return SourceDirChoice(Path(entry), SOURCE_DIR_ENV)
+        else:
+            found = find_source_dir(version, src_roots=entries, modules_dir=None, trees=entries)
+            if found is not None:
+                return SourceDirChoice(found, SOURCE_DIR_ENV)
+        want = f"{version.major}.{version.minor}" if version is not None else "kernel"
+        note = f"{SOURCE_DIR_ENV} names no {want} source tree ({env})"
+    if version is None:
+        return SourceDirChoice(None, "none", note)
+    if vmlinux is not None:
+        beside = os.path.dirname(os.path.abspath(vmlinux))
+        found = find_source_dir(version, src_roots=[beside], modules_dir=None)
+        if found is not None:
+            return SourceDirChoice(found, "beside the vmlinux", note)
+    found = find_source_dir(version, src_roots=src_roots, modules_dir=modules_dir)
+    if found is not None:
+        return SourceDirChoice(found, "installed", note)
+    if note is None:
+        for root in map(Path, src_roots):
+            try:
+                tarballs = sorted(root.glob(f"linux-source-{version.major}.{version.minor}.tar*"))
+            except OSError:
+                tarballs = []
+            if tarballs:
+                note = (f"{tarballs[0]} is not extracted: run tar -C {root} -xf {tarballs[0]}, or name a "
+                        f"tree with --source-dir or {SOURCE_DIR_ENV}, to list source without the network")
+                break
+    return SourceDirChoice(None, "none", note)
 
 
 # --- faddr2line --list ---------------------------------------------------------------------------------
@@ -568,6 +781,7 @@ def format_list(
     radius: int = 5,
     errors: list[SourceFetchError] | None = None,
     sanitize: bool = True,
+    urls: Sequence[str | None] | None = None,
 ) -> str:
     """The ``--list`` block faddr2line prints after one ``func+off/size:`` header.
 
@@ -580,14 +794,16 @@ def format_list(
     A file that cannot be read gets no context lines (as with the script, whose awk then only complains
     on stderr); its :class:`SourceFetchError` is appended to ``errors`` when given. Each (tag, path)
     failure is reported once per call. ``sanitize`` (default on) replaces control characters other than
-    tab in the source text with U+FFFD; the script prints them raw.
+    tab in the source text with U+FFFD; the script prints them raw. ``urls`` (``--list --links``) gives
+    a link per location line, printed after it (two spaces apart).
     """
     out: list[str] = []
     failed: set[str] = set()
-    for raw in chain_lines:
+    for i, raw in enumerate(chain_lines):
         line = " ".join(shell_words(raw))
+        url = urls[i] if urls is not None and i < len(urls) else None
         out.append("")
-        out.append(line)
+        out.append(f"{line}  {url}" if url else line)
         loc = parse_location(line)
         if loc is None:
             continue
