@@ -78,7 +78,7 @@ EOF
     fi
     bash tools/fetch-testdata.sh
     make_venv "[test]"
-    .venv/bin/ruff check src
+    .venv/bin/ruff check src tests bench tools
     .venv/bin/mypy src
     set +e
     .venv/bin/python -m pytest -rs "${@:2}"
