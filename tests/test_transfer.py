@@ -94,6 +94,12 @@ def test_the_deadline_holds_through_a_proxy(trickling_proxy: SlowServer, tmp_pat
     assert info.value.kind == "timeout" and "gave up after 1.5 s" in str(info.value)
     assert trickling_proxy.requests == [b"GET http://127.0.0.1:9/plain/x.c?h=v6.1 HTTP/1.1\r\n"], \
         "the request went through the proxy, once"
+    # no answer within the deadline: the host counts as down for the other files of the run
+    start = time.monotonic()
+    with pytest.raises(SourceFetchError) as info:
+        p.get_lines("v6.1", "y.c")
+    assert time.monotonic() - start < 0.5 and len(trickling_proxy.requests) == 1
+    assert info.value.kind == "timeout" and "skipped" in str(info.value)
 
 
 def test_the_worker_stops_at_the_deadline(trickling_body: SlowServer) -> None:

@@ -548,8 +548,10 @@ class DebuginfodClient:
             with r:
                 if r.status_code == 404:
                     raise _NotFound("HTTP 404")
-                if not (transfer.got and r.status_code == 206
-                        and _range_start(r.headers.get("Content-Range")) == transfer.got):
+                whole: int | None = None
+                if transfer.got and r.status_code == 206 and _range_start(r.headers.get("Content-Range")) == transfer.got:
+                    whole = _range_total(r.headers.get("Content-Range"))  # resumed where it broke off
+                else:
                     if r.status_code != 200 and not (transfer.got and r.status_code == 416):
                         raise _Failed(f"HTTP {r.status_code} {r.reason or ''}".rstrip())
                     if transfer.got:  # the server ignored the range (or refused it): start over
@@ -558,7 +560,7 @@ class DebuginfodClient:
                         breaks.append("HTTP 416: the range asked for was refused")
                         continue
                 try:
-                    transfer.read(r, out)
+                    transfer.read(r, out, total=whole)
                 except TransferError as exc:
                     if exc.kind == "size":
                         raise _Failed(f"the file is {transfer.total} bytes, over the limit of {cap} "
@@ -729,6 +731,12 @@ def build_id_of_url(url: str) -> str:
 
 def _range_start(value: str | None) -> int | None:
     m = re.match(r"bytes (\d+)-", value or "")
+    return int(m.group(1)) if m else None
+
+
+def _range_total(value: str | None) -> int | None:
+    """The whole file's size in a ``Content-Range: bytes a-b/N`` (None for ``*`` or none)."""
+    m = re.match(r"bytes \d+-\d+/(\d+)$", (value or "").strip())
     return int(m.group(1)) if m else None
 
 

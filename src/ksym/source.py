@@ -359,12 +359,17 @@ class SourceProvider:
                 raise SourceFetchError(f"cannot fetch {what}: larger than {_size_text(self.max_file_bytes)}",
                                        tag=tag, path=path, kind="too-large") from None
             if exc.kind == "deadline":
+                if not transfer.answered:  # no answer in all that time: the other files skip the host
+                    with self._lock:
+                        self._host_down[host] = SourceFetchError(
+                            f"gave up after {self.deadline:g} s (no complete answer)", kind="timeout")
                 detail = f"not complete after {_size_text(transfer.got)}" if transfer.answered \
                     else "no complete answer"
                 raise SourceFetchError(f"cannot fetch {what}: gave up after {self.deadline:g} s ({detail})",
                                        tag=tag, path=path, kind="timeout") from None
             raise SourceFetchError(f"cannot fetch {what}: {_short_reason(exc.cause or exc)} while reading",
-                                   tag=tag, path=path, kind="connection") from None
+                                   tag=tag, path=path,
+                                   kind="timeout" if exc.kind == "timeout" else "connection") from None
 
     def _attempts(self, transfer: Transfer[bytes], url: str, host: str, what: str, tag: str,
                   path: str) -> bytes:

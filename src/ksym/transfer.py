@@ -229,9 +229,11 @@ class Transfer(Generic[T]):
         response.close()
         raise self.late("answer")
 
-    def read(self, response: Any, out: IO[bytes] | None = None) -> bytes:
+    def read(self, response: Any, out: IO[bytes] | None = None, *, total: int | None = None) -> bytes:
         """The body of ``response`` (from :meth:`get`), written to ``out`` (returning ``b""``) or returned;
         ``got`` counts on from a resumed part, and the cap and the first bytes hold for the whole file.
+        ``total``: the whole file's size when the caller knows it (a ``Content-Range``); else ``got`` plus
+        the ``Content-Length``, when there is one.
 
         :raises TransferError: ``size``, ``content``, ``deadline``; ``timeout`` (a read waited
             ``Limits.timeout``); ``network`` (the connection broke off).
@@ -240,7 +242,7 @@ class Transfer(Generic[T]):
         from urllib3.exceptions import ReadTimeoutError
 
         length = str(response.headers.get("Content-Length", "")).strip()
-        self.total = self.got + int(length) if length.isdigit() else None
+        self.total = total if total is not None else self.got + int(length) if length.isdigit() else None
         if self.total is not None and self.total > self.limits.max_bytes:
             raise TransferError("size", f"{self.total} bytes, over the cap of {self.limits.max_bytes}",
                                 phase="answer")
