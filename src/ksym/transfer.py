@@ -5,8 +5,9 @@ worker thread and waits for it at most ``Limits.seconds``: the deadline then hol
 lookup, connecting, a proxy, the status line and headers, the body, every retry) however a server paces its
 bytes, because the waiting thread never blocks on the network. At the deadline the waiting thread raises
 :class:`TransferError` (kind ``deadline``), tells the worker to stop and shuts the current response's socket
-down (urllib3 >= 2.3), so the worker ends at once in the body and at its next read otherwise; every request's
-timeout is cut to the time left, so no read of the worker waits past the deadline.
+down (urllib3 >= 2.3), so the worker ends at once in the body. Every request's timeouts are cut to the time
+left, so a worker left waiting on a silent server ends within one of them; one whose server sends the status
+line and headers a byte at a time ends when they do (requests gives no handle on the socket before them).
 
 Inside ``work``, :meth:`Transfer.get` makes a request and :meth:`Transfer.read` reads its body, into a file
 object or into bytes, with ``read1`` (what one socket read brings), checking after each arrival:
