@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from .errors import BadFileError, DebuginfodError, FileNotFoundKsymError, KsymError
+from .transfer import Limits, Transfer, TransferError
 
 __all__ = [
     "DEFAULT_DEADLINE",
@@ -76,7 +77,6 @@ DEFAULT_DEBUG_ROOT = Path("/usr/lib/debug")
 _HEX = re.compile(r"^[0-9a-f]{8,128}$")
 #: below this size no progress bar is drawn unless --progress asks for one
 _PROGRESS_MIN = 1 << 20
-_CHUNK = 1 << 16
 _TRIES = 4
 _ELF_MAGIC = b"\x7fELF"
 #: the names of download temporaries in ksym's cache (``<build id>/.tmp-debuginfo-XXXXXXXX``)
@@ -465,150 +465,120 @@ class DebuginfodClient:
     # -- one download --
 
     def _download(self, url: str, build_id: str) -> Path:
-        """Fetch ``url`` into ksym's own cache as ``<build id>/debuginfo``: within the deadline, at most
-        ``max_size`` bytes, an ELF file from its first bytes, and of ``build_id`` once complete.
-
-        The transfer runs in a worker thread so that the deadline holds in every phase (name lookup,
-        connecting, headers, body) however the server paces its bytes; this thread waits for it, draws
-        the progress bar, and on the deadline leaves the worker to stop at its next read (its file is
-        already unlinked then)."""
-        import requests
-
+        """Fetch ``url`` into ksym's own cache as ``<build id>/debuginfo``: a bounded transfer
+        (:mod:`ksym.transfer`: within the deadline, at most ``max_size`` bytes, an ELF file from its first
+        bytes) resuming a partial file a killed ksym left, and of ``build_id`` once complete. This thread
+        draws the progress bar, verifies and renames; the temporary stays locked until it is renamed or
+        removed, and is closed by whichever of this thread and the transfer's worker ends last."""
         dest_dir = self.cache_dir / build_id
         try:
             dest_dir.mkdir(parents=True, exist_ok=True)
             part = _claim_temporary(dest_dir)
         except OSError as exc:
             raise _Failed(f"cannot write the cache {self.cache_dir}: {exc.strerror or exc}") from None
-        state = _Transfer(got=part.size, head=part.head)
-        worker = threading.Thread(target=self._transfer_worker, args=(requests, url, part.file, state),
-                                  name=f"ksym-debuginfod-{build_id[:16]}", daemon=True)
-        bar: _Progress | None = None
-        renamed = False
-        start = time.monotonic()
+        transfer: Transfer[None] = Transfer(Limits(self.deadline, self.max_size, self.timeout, _ELF_MAGIC),
+                                            got=part.size, head=part.head, release=part.file.close)
+        bars: list[_Progress] = []
+
+        def tick(t: Transfer[None]) -> None:
+            if not bars and self.progress and t.answered and (
+                    self.forced_progress or t.total is None or t.total >= _PROGRESS_MIN):
+                bars.append(_Progress(self.stream, f"ksym: debuginfod: {build_id[:16]}", t.total))
+            if bars:
+                bars[0].update(t.got)
+
         with _sigterm_cleans_up():  # outside the try: its finally runs before SIGTERM ends the process
             try:
-                worker.start()
-                while True:
-                    left = self.deadline - (time.monotonic() - start)
-                    worker.join(max(0.0, min(0.1, left)))
-                    if bar is None and self.progress and state.answered and (
-                            self.forced_progress or state.total is None or state.total >= _PROGRESS_MIN):
-                        bar = _Progress(self.stream, f"ksym: debuginfod: {build_id[:16]}", state.total)
-                    if bar is not None:
-                        bar.update(state.got)
-                    if not worker.is_alive():
-                        break
-                    if left <= 0:
-                        raise _Failed(f"no complete file within {self.deadline:g} s ($DEBUGINFOD_MAXTIME; "
-                                      f"{state.got} bytes arrived)")
-                if state.error is not None:
-                    raise state.error
-                have = self._verify(part.path, build_id)
-                if have != build_id:
-                    raise _Failed(f"the server sent a file with build id {have or 'none'}, not {build_id}: "
-                                  "discarded", have)
-                dest = dest_dir / "debuginfo"
-                os.replace(part.path, dest)  # still locked: no other ksym takes it for a partial file
-                renamed = True
-                return dest
+                with transfer:
+                    renamed = False
+                    try:
+                        transfer.run(lambda t: self._transfer(url, part.file, t),
+                                     name=f"ksym-debuginfod-{build_id[:16]}", tick=tick)
+                        have = self._verify(part.path, build_id)
+                        if have != build_id:
+                            raise _Failed(f"the server sent a file with build id {have or 'none'}, not "
+                                          f"{build_id}: discarded", have)
+                        dest = dest_dir / "debuginfo"
+                        os.replace(part.path, dest)  # still locked: no other ksym takes it for a partial file
+                        renamed = True
+                        return dest
+                    finally:
+                        if not renamed:
+                            _unlink(part.path)  # before its lock goes with the file
+            except TransferError as exc:  # the deadline: the worker words its other misses itself
+                if exc.kind != "deadline":
+                    raise _Failed(str(exc)) from None
+                raise _Failed(f"no complete file within {self.deadline:g} s ($DEBUGINFOD_MAXTIME; "
+                              f"{transfer.got} bytes arrived)") from None
             except OSError as exc:
                 raise _Failed(f"cannot write the cache {self.cache_dir}: {exc.strerror or exc}") from None
             finally:
-                if not renamed:
-                    _unlink(part.path)
-                state.hand_over(part.file)
-                if bar is not None:
-                    bar.done()
+                if bars:
+                    bars[0].done()
                 try:
                     dest_dir.rmdir()  # only if left empty (a failed first download)
                 except OSError:
                     pass
 
-    def _transfer_worker(self, requests: Any, url: str, out: IO[bytes], state: _Transfer) -> None:
-        try:
-            self._transfer(requests, url, out, state)
-        except BaseException as exc:  # noqa: BLE001 - raised again by the waiting thread, never printed here
-            state.error = exc
-        finally:
-            state.finish(out)
-
-    def _transfer(self, requests: Any, url: str, out: IO[bytes], state: _Transfer) -> None:
-        from urllib3.exceptions import HTTPError as Urllib3Error
-        from urllib3.exceptions import ReadTimeoutError
+    def _transfer(self, url: str, out: IO[bytes], transfer: Transfer[None]) -> None:
+        """The download with its resumes, run by ``transfer``'s worker thread."""
+        import requests
 
         cap = self.max_size
         breaks: list[str] = []
         for _try in range(_TRIES):
-            if state.cancel.is_set():
-                return
             # identity: byte counts and ranges are then those of the file itself
             headers = {"Accept-Encoding": "identity", "User-Agent": "ksym"}
-            if state.got:
-                headers["Range"] = f"bytes={state.got}-"
+            if transfer.got:
+                headers["Range"] = f"bytes={transfer.got}-"
             try:
-                r = requests.get(url, stream=True, timeout=(self.timeout, self.timeout), headers=headers,
-                                 allow_redirects=True)
-            except requests.exceptions.ConnectTimeout:
-                raise _Failed(f"no connection within {self.timeout:g} s") from None
-            except requests.exceptions.ReadTimeout:
-                raise _Failed(f"no answer within {self.timeout:g} s") from None
-            except requests.exceptions.ConnectionError as exc:
-                if state.got:
-                    breaks.append(_short(exc))
+                r = transfer.get(url, headers)
+            except TransferError as exc:
+                if exc.kind == "timeout":
+                    raise _Failed(f"no connection within {self.timeout:g} s" if exc.phase == "connect"
+                                  else f"no answer within {self.timeout:g} s") from None
+                if exc.kind != "network":
+                    raise
+                if not isinstance(exc.cause, requests.ConnectionError):
+                    raise _Failed(_short(exc.cause or exc)) from None
+                if transfer.got:
+                    breaks.append(_short(exc.cause))
                     continue
-                raise _Failed(f"cannot connect: {_short(exc)}") from None
-            except requests.exceptions.RequestException as exc:
-                raise _Failed(_short(exc)) from None
+                raise _Failed(f"cannot connect: {_short(exc.cause)}") from None
             with r:
                 if r.status_code == 404:
                     raise _NotFound("HTTP 404")
-                if state.got and r.status_code == 206 and _range_start(r.headers.get("Content-Range")) == state.got:
-                    state.total = _range_total(r.headers.get("Content-Range"))  # resumed where it broke off
-                elif r.status_code == 200 or (state.got and r.status_code == 416):
-                    if state.got:  # the server ignored the range (or refused it): start over
-                        out.seek(0)
-                        out.truncate()
-                        state.got, state.head = 0, b""
+                whole: int | None = None
+                if transfer.got and r.status_code == 206 and _range_start(r.headers.get("Content-Range")) == transfer.got:
+                    whole = _range_total(r.headers.get("Content-Range"))  # resumed where it broke off
+                else:
+                    if r.status_code != 200 and not (transfer.got and r.status_code == 416):
+                        raise _Failed(f"HTTP {r.status_code} {r.reason or ''}".rstrip())
+                    if transfer.got:  # the server ignored the range (or refused it): start over
+                        transfer.restart(out)
                     if r.status_code == 416:
                         breaks.append("HTTP 416: the range asked for was refused")
                         continue
-                    state.total = _int(r.headers.get("Content-Length"))
-                else:
-                    raise _Failed(f"HTTP {r.status_code} {r.reason or ''}".rstrip())
-                if state.total is not None and state.total > cap:
-                    raise _Failed(f"the file is {state.total} bytes, over the limit of {cap} "
-                                  "($DEBUGINFOD_MAXSIZE): not downloaded")
-                state.answered = True
-                # read1 (where urllib3 has it): what one read brings, so a trickle is seen as it comes
-                read = getattr(r.raw, "read1", None) or r.raw.read
                 try:
-                    while not state.cancel.is_set():
-                        chunk = read(_CHUNK, decode_content=True)
-                        if not chunk:
-                            break
-                        if len(state.head) < len(_ELF_MAGIC):
-                            head = (state.head + chunk)[: len(_ELF_MAGIC)]
-                            if head != _ELF_MAGIC[: len(head)]:
-                                raise _Failed(f"the server sent no usable ELF file (it starts with {head!r}, "
-                                              "not b'\\x7fELF'): discarded")
-                            state.head = head
-                        if state.got + len(chunk) > cap:
-                            raise _Failed(f"the file is over the limit of {cap} bytes ($DEBUGINFOD_MAXSIZE): "
-                                          "discarded")
-                        out.write(chunk)
-                        state.got += len(chunk)
-                except ReadTimeoutError:
-                    raise _Failed(f"no data for {self.timeout:g} s (after {state.got} bytes)") from None
-                except (Urllib3Error, requests.exceptions.RequestException, ConnectionError) as exc:
-                    breaks.append(_short(exc))  # cut short (IncompleteRead, a reset): ask for the rest
+                    transfer.read(r, out, total=whole)
+                except TransferError as exc:
+                    if exc.kind == "size":
+                        raise _Failed(f"the file is {transfer.total} bytes, over the limit of {cap} "
+                                      "($DEBUGINFOD_MAXSIZE): not downloaded" if exc.phase == "answer" else
+                                      f"the file is over the limit of {cap} bytes ($DEBUGINFOD_MAXSIZE): "
+                                      "discarded") from None
+                    if exc.kind == "content":
+                        raise _Failed(f"the server sent no usable ELF file (it {exc}): discarded") from None
+                    if exc.kind == "timeout":
+                        raise _Failed(f"no data for {self.timeout:g} s (after {transfer.got} bytes)") from None
+                    if exc.kind != "network":
+                        raise
+                    breaks.append(_short(exc.cause or exc))  # cut short (IncompleteRead, a reset): ask for the rest
                     continue
-            if state.cancel.is_set():
-                return
-            if state.total is None or state.got >= state.total:
+            if transfer.total is None or transfer.got >= transfer.total:
                 out.flush()
                 return
-            breaks.append(f"connection closed after {state.got} of {state.total} bytes")
+            breaks.append(f"connection closed after {transfer.got} of {transfer.total} bytes")
         raise _Failed(f"the download broke off {len(breaks)} times ({breaks[-1] if breaks else '?'})")
 
     @staticmethod
@@ -618,42 +588,6 @@ class DebuginfodClient:
         except (BadFileError, FileNotFoundKsymError) as exc:
             raise _Failed(f"the server sent no usable ELF file ({str(exc).removeprefix(f'{path}: ')}): "
                           "discarded") from None
-
-
-@dataclass(slots=True)
-class _Transfer:
-    """One download, shared by the worker thread that runs it and the thread that waits for it: bytes
-    written so far (``got``, counting a resumed partial file), the file's size when the server said it,
-    the first bytes (checked against the ELF magic), and who closes the file: the worker when the waiting
-    thread gave up on it, else the waiting thread (after the rename, so its lock is held until then)."""
-
-    got: int = 0
-    head: bytes = b""
-    total: int | None = None
-    answered: bool = False
-    error: BaseException | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    finished: bool = False
-    abandoned: bool = False
-
-    def finish(self, out: IO[bytes]) -> None:
-        """The worker is done with ``out``: it closes it if the waiting thread has already left."""
-        with self.lock:
-            self.finished = True
-            close = self.abandoned
-        if close:
-            out.close()
-
-    def hand_over(self, out: IO[bytes]) -> None:
-        """The waiting thread is done: it closes ``out`` if the worker has finished, else tells the worker
-        to stop and close it (never both: a closed descriptor's number may be reused at once)."""
-        self.cancel.set()
-        with self.lock:
-            self.abandoned = True
-            close = self.finished
-        if close:
-            out.close()
 
 
 class _Temporary(NamedTuple):

@@ -44,7 +44,7 @@ from ksym.version import KernelVersion
 if TYPE_CHECKING:  # requests costs ~90 ms to import: only the HTTP path pays it
     import requests
 
-    from ksym.transfer import Watch
+    from ksym.transfer import Transfer
 
 __all__ = [
     "DEFAULT_MAX_CACHE_BYTES",
@@ -334,9 +334,7 @@ class SourceProvider:
     # --- HTTP -----------------------------------------------------------------------------------------
 
     def _fetch(self, tag: str, path: str) -> bytes:
-        import requests
-
-        from .transfer import deadline_session, session_deadline
+        from .transfer import Limits, Transfer, TransferError, new_session
 
         url = self.url_for(tag, path)
         host = urlsplit(url).netloc or url
@@ -347,57 +345,82 @@ class SourceProvider:
                 raise SourceFetchError(f"cannot fetch {what}: skipped, {host} failed before ({down})",
                                        tag=tag, path=path, kind=down.kind)
             if self._session is None:
-                self._session = deadline_session(_USER_AGENT)
+                self._session = new_session(_USER_AGENT)
             session = self._session
-        give_up = time.monotonic() + self.deadline
+        # every attempt, backoff wait and body read ends at the deadline (ksym.transfer)
+        transfer: Transfer[bytes] = Transfer(Limits(self.deadline, self.max_file_bytes, self.timeout),
+                                             session=session)
+        try:
+            with transfer:
+                return transfer.run(lambda t: self._attempts(t, url, host, what, tag, path),
+                                    name="ksym-source-fetch")
+        except TransferError as exc:
+            if exc.kind == "size":
+                raise SourceFetchError(f"cannot fetch {what}: larger than {_size_text(self.max_file_bytes)}",
+                                       tag=tag, path=path, kind="too-large") from None
+            if exc.kind == "deadline":
+                if not transfer.answered:  # no answer in all that time: the other files skip the host
+                    with self._lock:
+                        self._host_down[host] = SourceFetchError(
+                            f"gave up after {self.deadline:g} s (no complete answer)", kind="timeout")
+                detail = f"not complete after {_size_text(transfer.got)}" if transfer.answered \
+                    else "no complete answer"
+                raise SourceFetchError(f"cannot fetch {what}: gave up after {self.deadline:g} s ({detail})",
+                                       tag=tag, path=path, kind="timeout") from None
+            raise SourceFetchError(f"cannot fetch {what}: {_short_reason(exc.cause or exc)} while reading",
+                                   tag=tag, path=path,
+                                   kind="timeout" if exc.kind == "timeout" else "connection") from None
+
+    def _attempts(self, transfer: Transfer[bytes], url: str, host: str, what: str, tag: str,
+                  path: str) -> bytes:
+        """The fetch with its retries, run by ``transfer``'s worker thread."""
+        from .transfer import TransferError
+
         attempt = 0
         while True:
             wait = min(self.backoff * (2 ** attempt), self.max_backoff)
-            left = give_up - time.monotonic()
-            timeout = max(0.001, min(self.timeout, left))
             final = False  # a failure no retry can mend (no such host, no route)
-            # the whole attempt, status line and headers included, ends at the deadline
-            with session_deadline(session, url, left) as watch:
-                try:
-                    resp = session.get(url, timeout=timeout, stream=True, allow_redirects=True)
-                except requests.Timeout:
-                    error = SourceFetchError(f"cannot fetch {what}: timed out after {timeout:g} s",
-                                             tag=tag, path=path, kind="timeout")
-                except requests.RequestException as exc:
-                    if watch.fired.is_set():
-                        raise self._late(what, tag, path, "no complete answer") from None
-                    reason = _short_reason(exc)
+            try:
+                resp = transfer.get(url)
+            except TransferError as exc:
+                if exc.kind == "timeout":
+                    error = SourceFetchError(f"cannot fetch {what}: {exc}", tag=tag, path=path, kind="timeout")
+                elif exc.kind == "network":
+                    reason = _short_reason(exc.cause or exc)
                     final = reason in ("host name not found", "network is unreachable")
-                    error = SourceFetchError(f"cannot fetch {what}: {reason}", tag=tag, path=path, kind="connection")
+                    error = SourceFetchError(f"cannot fetch {what}: {reason}", tag=tag, path=path,
+                                             kind="connection")
                 else:
-                    with resp:
-                        status = resp.status_code
-                        ctype = resp.headers.get("Content-Type", "")
-                        if status == 200 and ctype.lower().startswith(("text/html", "application/xhtml")):
+                    raise
+            else:
+                with resp:
+                    status = resp.status_code
+                    ctype = resp.headers.get("Content-Type", "")
+                    if status == 200 and ctype.lower().startswith(("text/html", "application/xhtml")):
+                        raise SourceFetchError(
+                            f"cannot fetch {what}: the server sent an HTML page, not plain text "
+                            "(check --source-url)", tag=tag, path=path, kind="http")
+                    if status == 200:
+                        return transfer.read(resp)
+                    reason = f"HTTP {status}{' ' + resp.reason if resp.reason else ''}"
+                    if status == 404 or status == 410:
+                        raise SourceFetchError(f"cannot fetch {what}: {reason} (no such file at this tag?)",
+                                               tag=tag, path=path, kind="not-found")
+                    if status not in _TRANSIENT_STATUS:
+                        raise SourceFetchError(f"cannot fetch {what}: {reason}",
+                                               tag=tag, path=path, kind="http")
+                    retry_after = _retry_after(resp.headers.get("Retry-After"))
+                    kind = "rate-limited" if status == 429 else "http"
+                    if retry_after is not None:
+                        if retry_after > self.max_backoff:
                             raise SourceFetchError(
-                                f"cannot fetch {what}: the server sent an HTML page, not plain text "
-                                "(check --source-url)", tag=tag, path=path, kind="http")
-                        if status == 200:
-                            return self._read_body(resp, what, tag, path, give_up, watch)
-                        reason = f"HTTP {status}{' ' + resp.reason if resp.reason else ''}"
-                        if status == 404 or status == 410:
-                            raise SourceFetchError(f"cannot fetch {what}: {reason} (no such file at this tag?)",
-                                                   tag=tag, path=path, kind="not-found")
-                        if status not in _TRANSIENT_STATUS:
-                            raise SourceFetchError(f"cannot fetch {what}: {reason}",
-                                                   tag=tag, path=path, kind="http")
-                        retry_after = _retry_after(resp.headers.get("Retry-After"))
-                        kind = "rate-limited" if status == 429 else "http"
-                        if retry_after is not None:
-                            if retry_after > self.max_backoff:
-                                raise SourceFetchError(
-                                    f"cannot fetch {what}: {reason}, "
-                                    f"server asks to retry after {retry_after:.0f} s",
-                                    tag=tag, path=path, kind=kind)
-                            wait = retry_after
-                        error = SourceFetchError(f"cannot fetch {what}: {reason}", tag=tag, path=path, kind=kind)
+                                f"cannot fetch {what}: {reason}, "
+                                f"server asks to retry after {retry_after:.0f} s",
+                                tag=tag, path=path, kind=kind)
+                        wait = retry_after
+                    error = SourceFetchError(f"cannot fetch {what}: {reason}", tag=tag, path=path, kind=kind)
             # no time for another attempt after the wait: this failure is the answer
-            final = final or time.monotonic() + wait >= give_up
+            final = final or wait >= transfer.left()
             if attempt >= self.retries or final:
                 if attempt:
                     error = SourceFetchError(f"{error} (after {attempt + 1} attempts)",
@@ -409,30 +432,7 @@ class SourceProvider:
                         self._host_down[host] = SourceFetchError(reason, kind=error.kind)
                 raise error
             attempt += 1
-            time.sleep(wait)
-
-    def _read_body(self, resp: requests.Response, what: str, tag: str, path: str, give_up: float,
-                   watch: Watch) -> bytes:
-        import requests
-
-        from .transfer import TransferLimit, read_body
-
-        try:
-            return read_body(resp, deadline=give_up, max_bytes=self.max_file_bytes)
-        except TransferLimit as exc:
-            if exc.kind == "too-large":
-                raise SourceFetchError(f"cannot fetch {what}: larger than {_size_text(self.max_file_bytes)}",
-                                       tag=tag, path=path, kind="too-large") from None
-            raise self._late(what, tag, path, str(exc)) from None
-        except requests.RequestException as exc:
-            if watch.fired.is_set():
-                raise self._late(what, tag, path, "not complete") from None
-            raise SourceFetchError(f"cannot fetch {what}: {_short_reason(exc)} while reading",
-                                   tag=tag, path=path, kind="connection") from None
-
-    def _late(self, what: str, tag: str, path: str, detail: str) -> SourceFetchError:
-        return SourceFetchError(f"cannot fetch {what}: gave up after {self.deadline:g} s ({detail})",
-                                tag=tag, path=path, kind="timeout")
+            transfer.wait(wait)
 
 
 class LocalRead(NamedTuple):

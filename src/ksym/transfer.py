@@ -1,177 +1,297 @@
-"""Bounded HTTP transfers: an overall deadline and a size cap for ``requests``.
+"""Bounded HTTP transfers: how ksym bounds every download (source files, debuginfod files).
 
-requests' ``timeout`` applies to each read: a server that sends one byte every few seconds never trips
-it, and a body can be as large as the server likes (docs/source.md, "Errors, retries and rate limits").
+A :class:`Transfer` runs the caller's ``work`` (its requests, its retries and backoff waits, its reads) in a
+worker thread and waits for it at most ``Limits.seconds``: the deadline then holds in every phase (name
+lookup, connecting, a proxy, the status line and headers, the body, every retry) however a server paces its
+bytes, because the waiting thread never blocks on the network. At the deadline the waiting thread raises
+:class:`TransferError` (kind ``deadline``), tells the worker to stop and shuts the current response's socket
+down (urllib3 >= 2.3), so the worker ends at once in the body. Every request's timeouts are cut to the time
+left, so a worker left waiting on a silent server ends within one of them; one whose server sends the status
+line and headers a byte at a time ends when they do (requests gives no handle on the socket before them).
 
-- :func:`deadline_session` and :func:`session_deadline` bound a whole request, status line and headers
-  included: the request's socket is shut down at the deadline.
-- :func:`read_body` reads a ``stream=True`` response with both limits:
+Inside ``work``, :meth:`Transfer.get` makes a request and :meth:`Transfer.read` reads its body, into a file
+object or into bytes, with ``read1`` (what one socket read brings), checking after each arrival:
 
-  - the body is read with ``read1`` (whatever one socket read returns) so the deadline is checked after
-    every arrival, and a timer shuts the connection down at the deadline, so a read that is waiting
-    returns then;
-  - a ``Content-Length`` over the cap is refused before reading, and reading stops one chunk past it.
+- the size cap: a ``Content-Length`` over ``Limits.max_bytes`` is refused before the body is read, and the
+  body is cut as soon as it passes the cap (kind ``size``);
+- the first bytes, when ``Limits.magic`` is set (the ELF magic for debuginfod; kind ``content``);
+- the deadline.
+
+Every failure is one :class:`TransferError` whose ``kind`` says what happened; callers word their messages
+from it and from the transfer's counters (``got``, ``total``, ``head``), never from message text.
 """
 
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import IO, Any, Generic, TypeVar
 
-__all__ = ["TransferLimit", "Watch", "deadline_session", "read_body", "session_deadline"]
+__all__ = ["KINDS", "Limits", "Transfer", "TransferError", "new_session"]
+
+T = TypeVar("T")
+
+#: what a :class:`TransferError` can say: the overall deadline passed; over the size cap; the first bytes
+#: are not the expected ones; an HTTP status the caller refuses; a connect or read timeout (each one, not
+#: the overall deadline); the connection failed or broke off
+KINDS = ("deadline", "size", "content", "http", "timeout", "network")
+_CHUNK = 1 << 16
+#: how often the waiting thread wakes to check the deadline and call ``tick``
+_POLL = 0.1
 
 
-class TransferLimit(Exception):
-    """The body was not read whole within a limit. ``kind``: ``deadline`` or ``too-large``."""
+class TransferError(Exception):
+    """A transfer that did not complete. ``kind``: one of :data:`KINDS`; ``phase``: ``connect``, ``answer``
+    (status line and headers) or ``body``; ``status``: the HTTP status (kind ``http``); ``cause``: the
+    exception of requests or urllib3 behind a ``timeout`` or ``network`` error."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, *, phase: str = "", status: int | None = None,
+                 cause: BaseException | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.phase = phase
+        self.status = status
+        self.cause = cause
 
 
-def read_body(resp: Any, *, deadline: float, max_bytes: int, chunk_size: int = 65536) -> bytes:
-    """The whole body of ``resp`` (a ``requests.Response`` made with ``stream=True``), read by
-    ``deadline`` (a :func:`time.monotonic` value) and at most ``max_bytes`` long.
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The bounds of one transfer: ``seconds`` overall (every request, read and wait), at most
+    ``max_bytes`` of body, ``timeout`` seconds for each connect and each read, and the first bytes the body
+    must start with (``magic``; empty: any)."""
 
-    :raises TransferLimit: the deadline passed (``kind="deadline"``) or the body is larger than
-        ``max_bytes`` (``kind="too-large"``).
-    :raises requests.RequestException: the connection failed while reading (as ``iter_content`` does).
-    """
-    length = str(resp.headers.get("Content-Length", "")).strip()
-    if length.isdigit() and int(length) > max_bytes:
-        raise TransferLimit("too-large", f"{int(length)} bytes, over the {_size(max_bytes)} cap")
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TransferLimit("deadline", "no time left")
-    raw = resp.raw
-    fired = threading.Event()
-
-    def stop() -> None:
-        fired.set()
-        shutdown = getattr(raw, "shutdown", None)  # urllib3 >= 2.3: wakes a read waiting in another thread
-        if shutdown is not None:
-            with contextlib.suppress(Exception):  # best effort: the deadline is checked after each read too
-                shutdown()
-
-    timer = threading.Timer(remaining, stop)
-    timer.daemon = True
-    timer.start()
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        read1 = getattr(raw, "read1", None)
-        pieces: Iterator[bytes] = iter(()) if read1 is not None else resp.iter_content(chunk_size=1024)
-        while True:
-            if fired.is_set() or time.monotonic() >= deadline:
-                raise TransferLimit("deadline", f"not complete after {_size(size)}")
-            try:
-                chunk = read1(chunk_size, decode_content=True) if read1 is not None else next(pieces, b"")
-            except Exception:
-                if fired.is_set():
-                    raise TransferLimit("deadline", f"not complete after {_size(size)}") from None
-                raise
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > max_bytes:
-                raise TransferLimit("too-large", f"over the {_size(max_bytes)} cap")
-            chunks.append(chunk)
-        if fired.is_set():  # the shutdown can look like the end of the body
-            raise TransferLimit("deadline", f"not complete after {_size(size)}")
-    finally:
-        timer.cancel()
-    return b"".join(chunks)
+    seconds: float
+    max_bytes: int
+    timeout: float
+    magic: bytes = b""
 
 
-def _size(n: int) -> str:
-    if n >= 1 << 20 and n % (1 << 20) == 0:
-        return f"{n >> 20} MiB"
-    return f"{n} bytes" if n != 1 else "1 byte"
-
-
-class Watch:
-    """One request's deadline: the connection it uses, and whether the deadline fired."""
-
-    __slots__ = ("conn", "fired")
-
-    def __init__(self) -> None:
-        self.conn: Any = None
-        self.fired = threading.Event()
-
-    def stop(self) -> None:
-        """Shut the request's socket down: a read waiting on it (status line, headers, body) returns."""
-        self.fired.set()
-        sock = getattr(self.conn, "sock", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
-def deadline_session(user_agent: str) -> Any:
-    """A ``requests.Session`` whose adapter can bound a whole request, headers included:
-    ``with session_deadline(session, seconds) as watch: session.get(...)``."""
+def new_session(user_agent: str) -> Any:
+    """A ``requests.Session`` sending ``user_agent`` (requests is imported only here)."""
     import requests
 
     session = requests.Session()
     session.headers["User-Agent"] = user_agent
-    adapter = _deadline_adapter()
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
     return session
 
 
-@contextlib.contextmanager
-def session_deadline(session: Any, url: str, seconds: float) -> Iterator[Watch]:
-    """Within the block, the request the current thread makes to ``url`` through ``session`` (made by
-    :func:`deadline_session`) has its socket shut down after ``seconds``; ``watch.fired`` tells."""
-    watch = Watch()
-    adapter = session.get_adapter(url)
-    local = getattr(adapter, "local", None)
-    if local is not None:
-        local.watch = watch
-    timer = threading.Timer(max(0.0, seconds), watch.stop)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield watch
-    finally:
-        timer.cancel()
-        if local is not None:
-            local.watch = None
+class Transfer(Generic[T]):
+    """One bounded transfer (see the module docstring).
 
+    ``got`` and ``head`` start from a partial file being resumed; ``release`` (e.g. closing the file the
+    body goes to) runs once, when both the worker has ended and the caller has left the ``with`` block,
+    by whichever comes last, so a file is never closed while the other thread may still use it.
 
-def _deadline_adapter() -> Any:
-    """The adapter class is made on first use: requests is imported lazily."""
-    from requests.adapters import HTTPAdapter
-    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+    Example::
 
-    class Adapter(HTTPAdapter):
-        """Tells the current thread's :class:`Watch` which connection its request got."""
+        with Transfer(Limits(30, 1 << 20, 10), session=new_session("ksym")) as t:
+            body = t.run(lambda t: t.read(t.get(url)), name="ksym-fetch")
+    """
 
-        def __init__(self) -> None:
-            self.local = threading.local()
-            super().__init__()
+    def __init__(self, limits: Limits, *, session: Any = None, got: int = 0, head: bytes = b"",
+                 release: Callable[[], None] | None = None) -> None:
+        self.limits = limits
+        self.session = session
+        self.start = time.monotonic()
+        #: body bytes written so far (counting a resumed partial file), the whole size when the server
+        #: said it, the first bytes seen, and whether a body is being read (read by the waiting thread)
+        self.got = got
+        self.total: int | None = None
+        self.head = head
+        self.answered = False
+        self.cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._response: Any = None
+        self._release = release
+        self._running = False
+        self._left = False
+        self._error: BaseException | None = None
+        self._result: T | None = None
 
-        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-            super().init_poolmanager(*args, **kwargs)
-            local = self.local
+    # -- the waiting thread --
 
-            def watched(base: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:
-                class Pool(base):  # type: ignore[valid-type,misc]
-                    def _get_conn(self, timeout: float | None = None) -> Any:
-                        conn = super()._get_conn(timeout)
-                        watch = getattr(local, "watch", None)
-                        if watch is not None:
-                            watch.conn = conn
-                        return conn
+    def run(self, work: Callable[[Transfer[T]], T], *, name: str,
+            tick: Callable[[Transfer[T]], None] | None = None) -> T:
+        """``work(self)`` in a worker thread called ``name``, its result or its exception, by the deadline;
+        ``tick(self)`` is called by this thread every few tenths of a second (a progress bar).
 
-                return Pool
+        :raises TransferError: kind ``deadline`` when the worker is not done in time.
+        """
+        worker = threading.Thread(target=self._work, args=(work,), name=name, daemon=True)
+        with self._lock:
+            self._running = True
+        try:
+            worker.start()
+        except BaseException:
+            self._finished()
+            raise
+        try:
+            while True:
+                left = self.left()
+                worker.join(max(0.0, min(_POLL, left)))
+                if tick is not None:
+                    tick(self)
+                if not worker.is_alive():
+                    break
+                if left <= 0:
+                    raise self.late()
+        except BaseException:
+            self.stop()
+            raise
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]  # set by a worker that raised nothing
 
-            self.poolmanager.pool_classes_by_scheme = {"http": watched(HTTPConnectionPool),
-                                                       "https": watched(HTTPSConnectionPool)}
+    def stop(self) -> None:
+        """Tell the worker to stop, and shut its current response's socket down so a read waiting on it
+        returns (urllib3 >= 2.3; before, the read ends at its timeout, which is cut to the deadline)."""
+        self.cancel.set()
+        with self._lock:
+            response = self._response
+        shutdown = getattr(getattr(response, "raw", None), "shutdown", None)
+        if shutdown is not None:
+            with contextlib.suppress(Exception):  # released to the pool, closed: nothing waits on it
+                shutdown()
 
-    return Adapter()
+    def __enter__(self) -> Transfer[T]:
+        return self
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+        with self._lock:
+            self._left = True
+            release = not self._running
+        if release:
+            self._do_release()
+
+    def _work(self, work: Callable[[Transfer[T]], T]) -> None:
+        try:
+            self._result = work(self)
+        except BaseException as exc:  # noqa: BLE001 - raised again by the waiting thread, never printed here
+            self._error = exc
+        finally:
+            self._finished()
+
+    def _finished(self) -> None:
+        with self._lock:
+            self._running = False
+            release = self._left
+        if release:
+            self._do_release()
+
+    def _do_release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    # -- the worker: requests, bodies, waits --
+
+    def left(self) -> float:
+        """Seconds left before the deadline."""
+        return self.limits.seconds - (time.monotonic() - self.start)
+
+    def late(self, phase: str = "") -> TransferError:
+        return TransferError("deadline", f"not complete within {self.limits.seconds:g} s", phase=phase)
+
+    def get(self, url: str, headers: dict[str, str] | None = None) -> Any:
+        """``GET url`` (``stream=True``, redirects followed), its timeouts cut to the deadline.
+
+        :raises TransferError: ``deadline``; ``timeout`` (phase ``connect`` or ``answer``); ``network``.
+        """
+        import requests
+
+        left = self.left()
+        if self.cancel.is_set() or left <= 0:
+            raise self.late("connect")
+        timeout = max(0.001, min(self.limits.timeout, left))
+        cut = timeout < self.limits.timeout
+        session = self.session if self.session is not None else requests
+        try:
+            response = session.get(url, stream=True, timeout=(timeout, timeout), headers=headers,
+                                   allow_redirects=True)
+        except requests.Timeout as exc:
+            if cut or self.cancel.is_set():
+                raise self.late("answer") from None
+            phase = "connect" if isinstance(exc, requests.ConnectTimeout) else "answer"
+            raise TransferError("timeout", f"timed out after {timeout:g} s", phase=phase, cause=exc) from None
+        except requests.RequestException as exc:
+            if self.cancel.is_set():
+                raise self.late("answer") from None
+            raise TransferError("network", str(exc), phase="connect", cause=exc) from None
+        with self._lock:
+            if not self.cancel.is_set():
+                self._response = response
+                return response
+        response.close()
+        raise self.late("answer")
+
+    def read(self, response: Any, out: IO[bytes] | None = None, *, total: int | None = None) -> bytes:
+        """The body of ``response`` (from :meth:`get`), written to ``out`` (returning ``b""``) or returned;
+        ``got`` counts on from a resumed part, and the cap and the first bytes hold for the whole file.
+        ``total``: the whole file's size when the caller knows it (a ``Content-Range``); else ``got`` plus
+        the ``Content-Length``, when there is one.
+
+        :raises TransferError: ``size``, ``content``, ``deadline``; ``timeout`` (a read waited
+            ``Limits.timeout``); ``network`` (the connection broke off).
+        """
+        from urllib3.exceptions import HTTPError as Urllib3Error
+        from urllib3.exceptions import ReadTimeoutError
+
+        length = str(response.headers.get("Content-Length", "")).strip()
+        self.total = total if total is not None else self.got + int(length) if length.isdigit() else None
+        if self.total is not None and self.total > self.limits.max_bytes:
+            raise TransferError("size", f"{self.total} bytes, over the cap of {self.limits.max_bytes}",
+                                phase="answer")
+        self.answered = True
+        magic = self.limits.magic
+        chunks: list[bytes] = []
+        read1 = response.raw.read1
+        try:
+            while True:
+                if self.cancel.is_set():
+                    raise self.late("body")
+                chunk = read1(_CHUNK, decode_content=True)
+                if not chunk:
+                    break
+                if len(self.head) < len(magic):
+                    head = (self.head + chunk)[: len(magic)]
+                    if head != magic[: len(head)]:
+                        raise TransferError("content", f"starts with {head!r}, not {magic!r}", phase="body")
+                    self.head = head
+                if self.got + len(chunk) > self.limits.max_bytes:
+                    raise TransferError("size", f"over the cap of {self.limits.max_bytes} bytes", phase="body")
+                if out is not None:
+                    out.write(chunk)
+                else:
+                    chunks.append(chunk)
+                self.got += len(chunk)
+        except ReadTimeoutError as exc:
+            if self.cancel.is_set() or self.left() <= 0:
+                raise self.late("body") from None
+            raise TransferError("timeout", f"no data for {self.limits.timeout:g} s", phase="body",
+                                cause=exc) from None
+        except (Urllib3Error, OSError) as exc:  # cut short (IncompleteRead, a reset), or shut down
+            if self.cancel.is_set():
+                raise self.late("body") from None
+            raise TransferError("network", str(exc), phase="body", cause=exc) from None
+        if self.cancel.is_set():  # a shutdown can look like the end of the body
+            raise self.late("body")
+        return b"".join(chunks)
+
+    def restart(self, out: IO[bytes]) -> None:
+        """Start the file over (the server ignored or refused a range): ``out`` emptied, nothing got."""
+        out.seek(0)
+        out.truncate()
+        self.got, self.head, self.total = 0, b"", None
+
+    def wait(self, seconds: float) -> None:
+        """Sleep ``seconds`` (a backoff), or until the transfer is stopped.
+
+        :raises TransferError: ``deadline`` when it was stopped or the wait would end past the deadline."""
+        if seconds >= self.left() or self.cancel.wait(seconds):
+            raise self.late()
