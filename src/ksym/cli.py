@@ -222,6 +222,9 @@ def _print_resolutions(sym: Any, args: argparse.Namespace, out: Callable[[str], 
                     out("?? ??:0")
             else:
                 out(str(m))
+    if not first and not getattr(sym, "has_dwarf", True):
+        err(f"ksym: warning: {sym.path}: no DWARF debug info (.debug_info): functions named from the symbol "
+            "table, without file:line, as addr2line does")
     if lister is not None:
         lister.report()
     return status

@@ -28,7 +28,7 @@ from typing import Any
 
 __all__ = ["FORMAT_VERSION", "IndexStore", "default_cache_dir"]
 
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 #: The answers file is dropped and started again when it grows past this many addresses.
 MAX_ANSWERS = 250_000
 
