@@ -525,3 +525,35 @@ def test_built_object_frames_match_faddr2line(built: dict[str, Path], name: str)
     assert proc.stdout == ref.stdout
     assert proc.stderr.splitlines() == [ln for ln in ref.stderr.splitlines() if not ln.startswith("ksym")]
     assert "bad address" in ref.stderr
+
+
+@pytest.mark.parametrize("name", ["gcc-shape.o", "gcc-shape-fs.o"])
+def test_annotate_module_frame_at_section_offset_0(built: dict[str, Path], name: str, tmp_path: Path) -> None:
+    """``ksym annotate`` of a module frame ``first+0x0/0x10 [shape]`` where ``first`` starts its section:
+    addr2line -fi -j answers that offset, so annotate does (faddr2line's ``bad address`` for address 0 is
+    the script's own check, kept by ``ksym resolve`` alone)."""
+    import json
+
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    shutil.copy(built[name], mods / "shape.ko")
+    _rel, funcs = _functions(built[name])
+    at_zero = [f for f in funcs if f.value == 0]
+    assert at_zero
+    dump = tmp_path / "dump.txt"
+    from ksym.modules import ModuleSymbolizer
+
+    kallsyms_size = {f.name: ModuleSymbolizer(built[name]).raw_symbols.faddr2line_matches(f.name)[0].size
+                     for f in at_zero}
+    dump.write_text("".join(f" {f.name}+0x0/{kallsyms_size[f.name]:#x} [shape]\n" for f in at_zero))
+    vmlinux = Path(__file__).resolve().parent.parent / "fixtures" / "bin" / "kshapes-dwarf5.elf"
+    proc = subprocess.run([sys.executable, "-m", "ksym", "annotate", "--json", "--no-index", "--vmlinux",
+                           str(vmlinux), "--modules", str(mods), str(dump)], capture_output=True, text=True,
+                          check=False, env={**os.environ, "LC_ALL": "C"}, timeout=300)
+    assert proc.returncode == 0, proc
+    frames = [json.loads(ln) for ln in proc.stdout.splitlines() if '"symbol"' in ln]
+    assert len(frames) == len(at_zero)
+    for f, got in zip(at_zero, frames):
+        want = addr2line_texts(built[name], [0], f.section)[0]
+        text = "\n".join(f"{c['function']}\n{c['file']}:{c['line'] or '?'}" for c in got["chain"])
+        assert (got["status"], text) == ("resolved", want), got

@@ -523,10 +523,12 @@ class ModuleSymbolizer:
         sym, size = hit
         return Resolution(q, offset, sym.name, placed - int(sym.address), size, None, chain)
 
-    def resolve(self, frame: str) -> list[Resolution]:
+    def resolve(self, frame: str, *, refuse_zero: bool = True) -> list[Resolution]:
         """Resolve ``func+off[/size]`` (every matching FUNC symbol, as faddr2line), e.g.
         ``nft_do_chain+0x3e8/0x5d0``; a trailing `` [module]`` or `` [module buildid]`` is ignored.
         A raw address (``0x17ce7``) is what ``addr2line -e MODULE`` makes of it: :meth:`symbolize_address`.
+        ``refuse_zero=False``: a function at section offset 0 with offset 0 is answered (addr2line -j
+        answers it) instead of faddr2line's ``bad address``.
 
         :raises SpecError: malformed text, or an address past every allocated section (a runtime address:
             a module has no link-time addresses).
@@ -536,7 +538,7 @@ class ModuleSymbolizer:
         spec = parse_spec(text)
         if isinstance(spec, AddressSpec):
             return [self.symbolize_address(spec.address, frame.strip())]
-        return self._resolve_func(spec)
+        return self._resolve_func(spec, refuse_zero)
 
     def symbolize_address(self, address: int, query: str | None = None) -> Resolution:
         """A raw address as ``addr2line -e MODULE ADDRESS`` (no ``-j``) takes it: every allocated section
@@ -568,7 +570,7 @@ class ModuleSymbolizer:
         sym, size = hit
         return Resolution(q, address, sym.name, placed - int(sym.address), size, None, chain)
 
-    def _resolve_func(self, spec: FuncSpec) -> list[Resolution]:
+    def _resolve_func(self, spec: FuncSpec, refuse_zero: bool = True) -> list[Resolution]:
         if not self.has_dwarf:
             self.image.require_dwarf()  # scripts/faddr2line refuses a file without DWARF
 
@@ -579,7 +581,7 @@ class ModuleSymbolizer:
                 return self.section_chain(sec.name, addr)
             return ()
 
-        return faddr2line_select(spec, self.raw_symbols.faddr2line_matches(spec.name), chain_for)
+        return faddr2line_select(spec, self.raw_symbols.faddr2line_matches(spec.name), chain_for, refuse_zero)
 
     def code_bytes(self, section_name: str, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of a section from ``offset`` (not relocated: call targets read 0), for

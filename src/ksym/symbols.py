@@ -547,10 +547,13 @@ def _aarch64_mapping_symbol(name: bytes) -> bool:
 
 
 def faddr2line_select(
-    spec: FuncSpec, matches: list[FaddrMatch], chain_for: Callable[[FaddrMatch, int], tuple[SourceLocation, ...]]
+    spec: FuncSpec, matches: list[FaddrMatch], chain_for: Callable[[FaddrMatch, int], tuple[SourceLocation, ...]],
+    refuse_zero: bool = True,
 ) -> list[Resolution]:
     """faddr2line's walk over the symbols named in ``spec``: the checks, in its order, and one
     :class:`Resolution` per symbol that passes (``chain_for(match, address)`` gives its chain).
+    ``refuse_zero=False`` leaves out the script's ``bad address`` check of address 0 (in a module: a
+    function at section offset 0, offset 0), which addr2line answers.
 
     :raises SymbolNotFoundError: none passed; ``reasons`` holds the script's messages (``skipping ...`` it
         prints on stdout, ``bad ...`` ones on stderr, after which it stops looking).
@@ -564,7 +567,7 @@ def faddr2line_select(
             reasons.append(f"bad symbol size: sym_addr: 0x{sym.address:016x} cur_sym_addr: {nxt}")
             break
         addr = (sym.address + spec.offset) & ((1 << 64) - 1)
-        if addr == 0:
+        if addr == 0 and refuse_zero:
             reasons.append(f"bad address: 0x{sym.address:016x} + {spec.offset_text}")
             break
         if spec.size is not None and spec.size != m.size:
