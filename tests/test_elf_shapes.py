@@ -397,15 +397,13 @@ def test_pyelftools_cxx_raw_addresses_match_addr2line(pyelftools_dir: Path, memb
     check_raw_addresses(pyelftools_dir / member, cxx=True)
 
 
-_OBJECTS = [m for m in PYELFTOOLS_ELVES + CXX_ELVES if m.endswith((".o", ".o.elf"))]
+# (testfiles_for_location_info/test-dwarf*.o are linked programs despite their names)
+_OBJECTS = [m for m in PYELFTOOLS_ELVES + CXX_ELVES if m.endswith((".o", ".o.elf")) and "location_info" not in m]
 
 
 @pytest.mark.parametrize("member", _OBJECTS, ids=lambda m: Path(m).name)
 def test_pyelftools_object_frames_match_addr2line(pyelftools_dir: Path, member: str) -> None:
-    elf = pyelftools_dir / member
-    if not _functions(elf)[0]:
-        pytest.skip("not ET_REL")
-    check_module_frames(elf, cxx=member in CXX_ELVES)
+    check_module_frames(pyelftools_dir / member, cxx=member in CXX_ELVES)
 
 
 @pytest.mark.parametrize("name", BUILT_NAMES)
