@@ -301,8 +301,9 @@ def test_not_a_module_and_stripped(tmp_path: Path) -> None:
     objcopy = _need_tool("objcopy")
     stripped = tmp_path / "stripped.ko"
     subprocess.run([objcopy, "--strip-debug", str(plain), str(stripped)], check=True)
+    # as scripts/faddr2line: func+off needs DWARF; a raw offset is answered from the symbols, as addr2line
     with pytest.raises(MissingDebugInfoError):
-        ModuleSymbolizer(stripped)
+        ModuleSymbolizer(stripped).resolve("nft_ct_get_eval+0x10")
     exe = Path("/bin/true").resolve()
     with pytest.raises(BadFileError, match="not a kernel module"):
         ModuleSymbolizer(exe)

@@ -154,3 +154,21 @@ fetch_arm64() {
 
 fetch_amd64
 [ -n "${KSYM_NO_ARM64:-}" ] || fetch_arm64
+
+# pyelftools' sdist: the ELF files its test suite ships (tests/test_elf_shapes.py compares ksym with
+# binutils addr2line on them); fetched from PyPI with pip, never committed.
+fetch_pyelftools() {
+  local dir="$DEST/pyelftools" ver=0.33 py
+  if [ -s "$dir/pyelftools-$ver.tar.gz" ]; then
+    echo "pyelftools $ver sdist present in $dir"
+    return 0
+  fi
+  mkdir -p "$dir"
+  py=$(command -v python3 || true)
+  [ -n "$py" ] || { echo "fetch-testdata: needs python3 with pip for the pyelftools sdist" >&2; exit 1; }
+  "$py" -m pip download -q --no-deps --no-binary :all: "pyelftools==$ver" -d "$dir"
+  [ -s "$dir/pyelftools-$ver.tar.gz" ] ||
+    { echo "fetch-testdata: pip did not download pyelftools-$ver.tar.gz" >&2; exit 1; }
+  echo "pyelftools $ver sdist ready in $dir"
+}
+fetch_pyelftools

@@ -84,6 +84,8 @@ def ksym_annotator(
     except error as exc:
         return None, f"no file:line ({exc}); frames shown as func+0xoff"
     path = getattr(sym, "path", vmlinux)
+    if not getattr(sym, "has_dwarf", True):
+        return None, f"no file:line ({path} has no DWARF debug info); frames shown as func+0xoff"
     have = getattr(sym, "build_id", None)
     if closing is not None and hasattr(sym, "close"):
         closing.callback(sym.close)

@@ -772,7 +772,8 @@ class _Annotator:
         assert f.module is not None
         try:
             mod = self.modules.get(f.module, f.module_build_id)
-            found = mod.resolve(spec)
+            # faddr2line's "bad address" for a function at section offset 0 is the script's, not addr2line's
+            found = mod.resolve(spec, refuse_zero=False)
         except KsymError as exc:
             return bad(f"module {f.module}: {exc}")
         matches = []

@@ -247,6 +247,9 @@ def _print_resolutions(sym: Any, args: argparse.Namespace, out: Callable[[str], 
                 out(lister.block(m, links=args.links).rstrip("\n"))
             else:
                 out("\n".join(faddr2line_lines(m, links=args.links)))
+    if not first and not getattr(sym, "has_dwarf", True):
+        err(f"ksym: warning: {terminal_text(str(sym.path))}: no DWARF debug info (.debug_info): functions named "
+            "from the symbol table, without file:line, as addr2line does")
     if lister is not None:
         lister.report()
     return status

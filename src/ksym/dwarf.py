@@ -838,6 +838,11 @@ class _CUReader:
             off = struct.unpack_from(self.e + ("I" if sz == 4 else "Q"), so,
                                      self.str_offsets_base + int(val) * sz)[0]
             return self.sec.string_at(self.sec.debug_str, off)
+        if form in (FORM_STRP_SUP, FORM_GNU_STRP_ALT):
+            # a string of the supplementary debug file (.debug_sup, .gnu_debugaltlink), which ksym does
+            # not read: the unit cannot be answered from (binutils stops at it too)
+            raise DwarfError(f"a string in a supplementary debug file (form {form:#x}), which ksym does not "
+                             "read")
         return "??"
 
     def address(self, form: int, val: Any) -> int:
@@ -1586,8 +1591,17 @@ def unit_from_record(rec: tuple[Any, ...]) -> CompiledUnit:
 
 
 def unit_ranges(sec: DwarfSections, cu_offset: int) -> list[tuple[int, int]]:
-    """Address ranges of a unit from its top DIE (DW_AT_ranges or low/high pc)."""
+    """Address ranges of a unit from its top DIE (DW_AT_ranges or low/high pc). A unit DIE with neither
+    DW_AT_ranges nor DW_AT_high_pc (old clang writes DW_AT_low_pc alone) covers its line program's
+    sequences: bfd tries such a unit for every address and adds each sequence to its ranges once it
+    has decoded the line program."""
     reader, vals, _children, _pos = _open_unit(sec, cu_offset)
+    if AT_RANGES not in vals and AT_HIGH_PC not in vals:
+        if AT_STMT_LIST not in vals or sec.line is None:
+            return []
+        comp_dir = reader.string(*vals[AT_COMP_DIR]) if AT_COMP_DIR in vals else ""
+        table = read_line_table(sec, int(vals[AT_STMT_LIST][1]), comp_dir, reader.hdr.address_size)
+        return [(seq[0], seq[1]) for seq in table.seqs if seq[1] > seq[0]]
     return [r for r in reader.ranges_of(vals) if r[1] > r[0]]
 
 

@@ -183,6 +183,8 @@ class KernelImage:
         table = SymbolTable.from_raw(((d, s) for _t, d, s in tables), self.sections,
                                      self.little_endian, self.elfclass)
         table.machine = self.machine
+        ent = 24 if self.elfclass == 64 else 16  # from_raw leaves out each table's null entry
+        table.dynamic_count = sum(max(len(d) // ent - 1, 0) for t, d, _s in tables if t == SHT_DYNSYM)
         return table
 
     def read_cstring_at_address(self, address: int, limit: int = 512) -> str | None:

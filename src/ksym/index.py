@@ -2,14 +2,14 @@
 
 Layout under ``$KSYM_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ksym``, i.e. ``~/.cache/ksym``)::
 
-    paths/<checksums of the real path>.v7 → PathRecord: the file's identity (size, mtime, ctime, inode,
+    paths/<checksums of the real path>.v8 → PathRecord: the file's identity (size, mtime, ctime, inode,
                                           device) and its key, so a warm run neither opens nor hashes it
-    index/<key>/image.v7                → sections, symbol table arrays, aranges, faddr2line prefix, banner
-    index/<key>/units-<...>.v7          → a pack of compilation units as read (function tree + line
+    index/<key>/image.v8                → sections, symbol table arrays, aranges, faddr2line prefix, banner
+    index/<key>/units-<...>.v8          → a pack of compilation units as read (function tree + line
                                           table, each possibly partial: read on when an address needs it)
-    index/<key>/units.v7                → unit offset → the pack holding its newest record
-    index/<key>/cu--1.v7                → ranges of the units .debug_aranges misses
-    index/<key>/answers.v7              → address → (inline chain, line-row start) of every address
+    index/<key>/units.v8                → unit offset → the pack holding its newest record
+    index/<key>/cu--1.v8                → ranges of the units .debug_aranges misses
+    index/<key>/answers.v8              → address → (inline chain, line-row start) of every address
                                           looked up before, and the instruction before each return
                                           address disassembled: a dump seen again needs no CU at all
 
@@ -50,8 +50,9 @@ __all__ = [
 ]
 
 #: Version of the layout and of every record; files of other versions are never read. 7: keys bind the
-#: file's contents (build id + fingerprint), the path memo records device and ctime too.
-FORMAT_VERSION = 7
+#: file's contents (build id + fingerprint), the path memo records device and ctime too. 8: answers from the
+#: symbol table follow bfd's rules (.symtab only, unnamed STT_FILE, local labels).
+FORMAT_VERSION = 8
 #: The answers file is dropped and started again when it grows past this many addresses.
 MAX_ANSWERS = 250_000
 #: A temporary of an index write older than this is left over from an interrupted run: deleted.

@@ -397,8 +397,8 @@ class ModuleSymbolizer:
 
     :param path: the module's debug file (``.ko``, ``.ko.xz``, ``.ko.zst``, ``.ko.gz``, ``.ko.debug``).
     :raises FileNotFoundKsymError: no such file.
-    :raises BadFileError: not ELF, not ET_REL, no symbol table, unsupported relocation or compression;
-        :class:`MissingDebugInfoError`: no DWARF.
+    :raises BadFileError: not ELF, not ET_REL, no symbol table, unsupported relocation or compression.
+        A module without DWARF answers addresses from its symbol table (see ``has_dwarf``).
     """
 
     def __init__(self, path: str | os.PathLike[str], *,
@@ -406,7 +406,10 @@ class ModuleSymbolizer:
         self.path_map = PathMap.parse(path_map)
         self.image = ModuleImage(path)
         self.path = self.image.path
-        self.image.require_dwarf()
+        #: False for a module stripped of its DWARF: addresses are answered from the symbol table alone
+        #: (function names, no file:line), as addr2line does; ``func+off`` frames raise
+        #: MissingDebugInfoError, as scripts/faddr2line refuses such a file.
+        self.has_dwarf = self.image._lookup(".debug_info") is not None
         self.build_id: str | None = self.image.build_id
         self.module_name: str = self.image.module_name
         self.raw_symbols, self.symbols = self.image.symbol_tables()
@@ -424,6 +427,8 @@ class ModuleSymbolizer:
         return self._dwarf
 
     def _cu_offset_for(self, address: int) -> int | None:
+        if not self.has_dwarf:
+            return None
         sec = self.dwarf()
         if self._ar is None:
             try:
@@ -518,21 +523,57 @@ class ModuleSymbolizer:
         sym, size = hit
         return Resolution(q, offset, sym.name, placed - int(sym.address), size, None, chain)
 
-    def resolve(self, frame: str) -> list[Resolution]:
+    def resolve(self, frame: str, *, refuse_zero: bool = True) -> list[Resolution]:
         """Resolve ``func+off[/size]`` (every matching FUNC symbol, as faddr2line), e.g.
         ``nft_do_chain+0x3e8/0x5d0``; a trailing `` [module]`` or `` [module buildid]`` is ignored.
+        A raw address (``0x17ce7``) is what ``addr2line -e MODULE`` makes of it: :meth:`symbolize_address`.
+        ``refuse_zero=False``: a function at section offset 0 with offset 0 is answered (addr2line -j
+        answers it) instead of faddr2line's ``bad address``.
 
-        :raises SpecError: malformed text, or a bare address (a module has no link-time addresses).
+        :raises SpecError: malformed text, or an address past every allocated section (a runtime address:
+            a module has no link-time addresses).
         :raises SymbolNotFoundError: no symbol matched; ``.reasons`` holds faddr2line's skip messages.
         """
         text = re.sub(r"\s*\[[^\]]*\]\s*$", "", frame)
         spec = parse_spec(text)
         if isinstance(spec, AddressSpec):
-            raise SpecError(f"{frame.strip()}: a module frame needs func+offset (or use symbolize_section_offset)",
-                            frame)
-        return self._resolve_func(spec)
+            return [self.symbolize_address(spec.address, frame.strip())]
+        return self._resolve_func(spec, refuse_zero)
 
-    def _resolve_func(self, spec: FuncSpec) -> list[Resolution]:
+    def symbolize_address(self, address: int, query: str | None = None) -> Resolution:
+        """A raw address as ``addr2line -e MODULE ADDRESS`` (no ``-j``) takes it: every allocated section
+        of a relocatable object starts at 0, so it is an offset into the first one, in section-header
+        order, that holds it and has an answer for it (bfd tries them in turn); ``Resolution.address``
+        is ``address``, the symbol is the one the offset falls in.
+
+        :raises SpecError: no allocated section is that long (a runtime address needs the module's load
+            address; see docs/modules.md).
+        """
+        q = query if query is not None else f"{address:#x}"
+        holding = [s for s in self.image.sections
+                   if s.index in self.image.bases and s.addr <= address < s.addr + s.size]
+        if not holding:
+            raise SpecError(f"{q}: past the end of every allocated section of {self.path.name}: an address "
+                            "in a module is an offset into its sections (a runtime address needs the "
+                            "module's load address)", q)
+        chain: tuple[SourceLocation, ...] = ()
+        sec = holding[0]
+        for s in holding:
+            chain = self.section_chain(s.name, address - s.addr)
+            if chain:
+                sec = s
+                break
+        placed = self.image.bases[sec.index] + address - sec.addr
+        hit = self.symbols.containing(placed)
+        if hit is None:
+            return Resolution(q, address, None, None, None, None, chain)
+        sym, size = hit
+        return Resolution(q, address, sym.name, placed - int(sym.address), size, None, chain)
+
+    def _resolve_func(self, spec: FuncSpec, refuse_zero: bool = True) -> list[Resolution]:
+        if not self.has_dwarf:
+            self.image.require_dwarf()  # scripts/faddr2line refuses a file without DWARF
+
         def chain_for(m: FaddrMatch, addr: int) -> tuple[SourceLocation, ...]:
             shndx = m.symbol.shndx
             sec = self.image.sections[shndx] if 0 < shndx < len(self.image.sections) else None
@@ -540,7 +581,7 @@ class ModuleSymbolizer:
                 return self.section_chain(sec.name, addr)
             return ()
 
-        return faddr2line_select(spec, self.raw_symbols.faddr2line_matches(spec.name), chain_for)
+        return faddr2line_select(spec, self.raw_symbols.faddr2line_matches(spec.name), chain_for, refuse_zero)
 
     def code_bytes(self, section_name: str, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of a section from ``offset`` (not relocated: call targets read 0), for

@@ -15,7 +15,9 @@ from .errors import SpecError
 
 __all__ = ["AddressSpec", "FuncSpec", "parse_number", "parse_spec"]
 
-_ADDR_RE = re.compile(r"^(?:0[xX])?[0-9a-fA-F]{8,16}$")
+#: a raw address: ``0x`` and any number of hex digits (``0x5e0``: a small program's or an object's), or
+#: 16 bare hex digits (``ffffffff8184586e``: never a symbol name there)
+_ADDR_RE = re.compile(r"^(?:0[xX][0-9a-fA-F]+|[0-9a-fA-F]{16})$")
 _NAME_RE = re.compile(r"^[A-Za-z_.$][\w.$@-]*$")
 
 
@@ -63,8 +65,11 @@ def parse_spec(text: str) -> Spec:
     """Parse one input; raises :class:`SpecError` with faddr2line's message when malformed."""
     t = text.strip()
     if "+" not in t:
-        if _ADDR_RE.match(t) and (t.lower().startswith("0x") or len(t) == 16):
-            return AddressSpec(text, int(t, 16))
+        if _ADDR_RE.match(t):
+            address = int(t, 16)
+            if address >> 64:
+                raise SpecError(f"bad func+offset {text}: address beyond 64 bits", text)
+            return AddressSpec(text, address)
         raise SpecError(f"bad func+offset {text}", text)
     name = t[: t.rfind("+")]
     rest = t[t.find("+") + 1 :]

@@ -122,7 +122,10 @@ class Symbolizer:
         raw DWARF path; a rewritten path is shown as rewritten, without faddr2line's prefix strip
         (:mod:`ksym.pathmap`). ``raw_file`` keeps the DWARF path.
     :raises FileNotFoundKsymError: no such file / nothing found.
-    :raises BadFileError: not ELF, truncated, no symbol table; :class:`MissingDebugInfoError`: no DWARF.
+    :raises BadFileError: not ELF, truncated, no symbol table. In a file with a symbol table and no DWARF
+        (``has_dwarf`` False) addresses are answered from the symbols alone (function names, no
+        file:line), as addr2line does, and ``func+off`` frames raise :class:`MissingDebugInfoError`, as
+        scripts/faddr2line refuses such a file (also raised when only stripped images were found).
     :raises PathMapError: a malformed ``path_map`` rule (a ``ValueError``).
 
     It holds a memory map of the file and what it learnt for the index: use it in a ``with`` block or
@@ -209,7 +212,6 @@ class Symbolizer:
             except (KeyError, TypeError, ValueError):
                 pass  # a stale or damaged index: rebuild it
         img = self._open_image()
-        img.require_dwarf()
         self.build_id: str | None = img.build_id
         if identity is None:
             # no index to read or write: the key names nothing on disk
@@ -243,8 +245,8 @@ class Symbolizer:
 
     def _build_record(self, img: Any) -> dict[str, Any]:
         syms = img.load_symbols()
-        sec = self._dwarf_sections_from_image(img)
-        ar = D.read_aranges(sec)
+        # a file with a symbol table and no DWARF is answered from the symbols alone, as addr2line does
+        ar = D.read_aranges(self._dwarf_sections_from_image(img)) if img.has_dwarf else []
         ar.sort()
         banner = None
         self.symbols = syms
@@ -264,6 +266,8 @@ class Symbolizer:
             "aranges": (array("Q", [a[0] for a in ar]).tobytes(), array("Q", [a[1] for a in ar]).tobytes(),
                         array("Q", [a[2] for a in ar]).tobytes()),
             "banner": banner,
+            "has_dwarf": bool(img.has_dwarf),
+            "dynamic_symbols": syms.dynamic_count,
         }
         # faddr2line's path prefix: addr2line's file for start_kernel, cut before init/main.c
         self._apply_record({**rec, "dir_prefix": None})
@@ -280,6 +284,7 @@ class Symbolizer:
         self.sections = [Section(*s) for s in rec["sections"]]
         self.symbols = SymbolTable.from_record(rec["syms"], self.sections)
         self.symbols.machine = self.machine
+        self.symbols.dynamic_count = int(rec["dynamic_symbols"])
         s, e, c = (array("Q"), array("Q"), array("Q"))
         s.frombytes(rec["aranges"][0])
         e.frombytes(rec["aranges"][1])
@@ -289,6 +294,7 @@ class Symbolizer:
         self._ar_cus = c.tolist()
         self._ar_maxlen = max((b - a for a, b in zip(self._ar_starts, self._ar_ends)), default=0)
         self.dir_prefix: str | None = rec.get("dir_prefix")
+        self.has_dwarf = bool(rec["has_dwarf"])
         self._prefix_re = _prefix_regex(self.dir_prefix)
 
     def _find_dir_prefix(self) -> str | None:
@@ -351,6 +357,8 @@ class Symbolizer:
         return self._sections_cache
 
     def _cu_offset_for(self, address: int) -> int | None:
+        if not self.has_dwarf:
+            return None
         i = bisect.bisect_right(self._ar_starts, address) - 1
         while i >= 0 and self._ar_starts[i] >= address - self._ar_maxlen:
             if address < self._ar_ends[i]:
@@ -722,6 +730,8 @@ class Symbolizer:
         return self._resolve_func(spec, chains)
 
     def _resolve_func(self, spec: FuncSpec, chains: bool = True) -> list[Resolution]:
+        if not self.has_dwarf:
+            self._open_image().require_dwarf()  # scripts/faddr2line refuses a file without DWARF
         return faddr2line_select(spec, self.symbols.faddr2line_matches(spec.name),
                                  (lambda _m, a: self.chain(a)) if chains else (lambda _m, _a: ()))
 
@@ -731,7 +741,7 @@ class Symbolizer:
             if s.flags & 0x2 and s.type != 8 and s.addr <= address < s.addr + s.size:
                 n = min(size, s.addr + s.size - address)
                 off = s.offset + (address - s.addr)
-                if self._mm is None:
+                if self._mm is None and self.has_dwarf:
                     self._dwarf()
                 if self._mm is not None:
                     return bytes(self._mm[off : off + n])

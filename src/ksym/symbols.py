@@ -194,6 +194,9 @@ class SymbolTable:
         self._bfd: tuple[array, array] | None = None  # type: ignore[type-arg]
         #: ELF ``e_machine`` (``EM_AARCH64``): selects binutils' per-architecture symbol rules.
         self.machine: str | None = None
+        #: How many entries at the start come from ``.dynsym``: bfd (addr2line's symbol fallback) reads
+        #: ``.symtab`` alone.
+        self.dynamic_count = 0
         self._first_file_after_symbol: int | None = None
         self._matches: dict[str, list[FaddrMatch]] = {}
 
@@ -519,11 +522,12 @@ class SymbolTable:
             # _bfd_elf_maybe_function_sym: anything but OBJECT, TLS, SECTION, FILE
             types = (STT_FUNC, STT_NOTYPE) if aarch64 else (STT_FUNC, STT_NOTYPE, STT_GNU_IFUNC)
             type_ok = infos.translate(bytes(1 if (v & 0xF) in types else 0 for v in range(256)))
-            # names bfd never takes, found in the name blob rather than symbol by symbol
+            # names bfd never takes, found in the name blob rather than symbol by symbol: empty ones, and
+            # arm64's mapping symbols (local labels, ``.L*`` and ``$*``, are functions to bfd on x86-64)
             names = self.names
             starts = {int(o): i for i, o in enumerate(names.offsets[:-1])}
             odd: set[int] = set()
-            lead = rb"\0(?=\$)" if aarch64 else rb"\0(?=[$\0]|\.L)"
+            lead = rb"\0(?=\$)" if aarch64 else rb"\0(?=\0)"
             for m in re.finditer(lead, b"\0" + names.blob):
                 i = starts.get(m.start())
                 if i is None:
@@ -534,7 +538,9 @@ class SymbolTable:
             odd.update(i for i in range(len(infos)) if infos[i] == STT_NOTYPE | (STB_LOCAL << 4)
                        and not sizes[i] and (others[i] & 3) == STV_HIDDEN)
             order, _addrs = self._address_order()  # by (address, symbol-table order)
-            idx = array("I", [i for i in order if type_ok[i] and 0 < shndx[i] < SHN_LORESERVE and i not in odd])
+            first = self.dynamic_count
+            idx = array("I", [i for i in order if i >= first and type_ok[i] and 0 < shndx[i] < SHN_LORESERVE
+                              and i not in odd])
             vals = self.values
             self._bfd = (idx, array("Q", [vals[i] for i in idx]))
         return self._bfd
@@ -546,9 +552,16 @@ class SymbolTable:
         at the highest start; among them the first with the largest size (size 0 counts as 1).
         ``file`` is the STT_FILE symbol before the chosen one, which bfd reports when the symbol is
         local (or no file symbol followed other symbols yet), else None."""
-        sec = self.section_containing(address)
-        if sec is None:
-            return None
+        for sec in self.sections:
+            # addr2line tries each allocated section holding the address in turn (SHT_NOBITS ones too: a
+            # debug-only file's code sections), until one has a symbol
+            if sec.flags & SHF_ALLOC and sec.addr <= address < sec.addr + sec.size:
+                found = self._bfd_function_in(sec, address)
+                if found is not None:
+                    return found
+        return None
+
+    def _bfd_function_in(self, sec: Section, address: int) -> tuple[str, str | None] | None:
         idx, addrs = self._bfd_index()
         k = bisect.bisect_right(addrs, address) - 1
         shndx = self.shndx
@@ -576,7 +589,7 @@ class SymbolTable:
         if self._first_file_after_symbol is None:
             seen_symbol = False
             first = len(infos)
-            for j in range(len(infos)):
+            for j in range(self.dynamic_count, len(infos)):
                 if infos[j] & 0xF == STT_FILE:
                     if seen_symbol:
                         first = j
@@ -586,7 +599,7 @@ class SymbolTable:
             self._first_file_after_symbol = first
         if (infos[i] >> 4) != STB_LOCAL and i > self._first_file_after_symbol:
             return None
-        for j in range(i - 1, -1, -1):
+        for j in range(i - 1, self.dynamic_count - 1, -1):
             if infos[j] & 0xF == STT_FILE:
                 return self.names[j]
         return None
@@ -599,10 +612,13 @@ def _aarch64_mapping_symbol(name: bytes) -> bool:
 
 
 def faddr2line_select(
-    spec: FuncSpec, matches: list[FaddrMatch], chain_for: Callable[[FaddrMatch, int], tuple[SourceLocation, ...]]
+    spec: FuncSpec, matches: list[FaddrMatch], chain_for: Callable[[FaddrMatch, int], tuple[SourceLocation, ...]],
+    refuse_zero: bool = True,
 ) -> list[Resolution]:
     """faddr2line's walk over the symbols named in ``spec``: the checks, in its order, and one
     :class:`Resolution` per symbol that passes (``chain_for(match, address)`` gives its chain).
+    ``refuse_zero=False`` leaves out the script's ``bad address`` check of address 0 (in a module: a
+    function at section offset 0, offset 0), which addr2line answers.
 
     :raises SymbolNotFoundError: none passed; ``reasons`` holds the script's messages (``skipping ...`` it
         prints on stdout, ``bad ...`` ones on stderr, after which it stops looking).
@@ -616,7 +632,7 @@ def faddr2line_select(
             reasons.append(f"bad symbol size: sym_addr: 0x{sym.address:016x} cur_sym_addr: {nxt}")
             break
         addr = (sym.address + spec.offset) & ((1 << 64) - 1)
-        if addr == 0:
+        if addr == 0 and refuse_zero:
             reasons.append(f"bad address: 0x{sym.address:016x} + {spec.offset_text}")
             break
         if spec.size is not None and spec.size != m.size:
@@ -635,6 +651,16 @@ def faddr2line_select(
     return out
 
 
+def _raw_symbol_file(name: str | None) -> str:
+    """The file of bfd's symbol-table answer: its STT_FILE symbol's name ("" for an unnamed one, which
+    addr2line prints as an empty file), ``??`` with none."""
+    return "??" if name is None else name
+
+
+def _shown_symbol_file(name: str | None, display: Callable[[str], str]) -> str:
+    return "" if name == "" else display(_raw_symbol_file(name))
+
+
 def inline_chain(
     cu: D.CompiledUnit | None, address: int, symbols: SymbolTable, display: Callable[[str], str]
 ) -> tuple[SourceLocation, ...]:
@@ -646,7 +672,7 @@ def inline_chain(
         if found is None:
             return ()
         fname, ffile = found
-        return (SourceLocation(fname, display(ffile or "??"), 0, raw_file=ffile or "??"),)
+        return (SourceLocation(fname, _shown_symbol_file(ffile, display), 0, raw_file=_raw_symbol_file(ffile)),)
     loc = cu.lines.lookup(address) if cu.lines is not None else None
     fi = cu.best_function(address)
     sfile: str | None = None
@@ -658,8 +684,12 @@ def inline_chain(
     if loc is None and fi < 0 and name == "??":
         return ()
     # with no line row, bfd takes the file from the symbol table's STT_FILE entry (local symbols)
-    raw, line, col, disc = loc if loc is not None else (sfile or "??", 0, 0, 0)
-    out = [SourceLocation(name, display(raw), line, col, disc, raw, False)]
+    if loc is None:
+        out = [SourceLocation(name, _shown_symbol_file(sfile, display), 0, 0, 0, _raw_symbol_file(sfile), False)]
+        disc = 0
+    else:
+        raw, line, col, disc = loc
+        out = [SourceLocation(name, display(raw), line, col, disc, raw, False)]
     if fi >= 0 and cu.functions[fi].tag == D.TAG_INLINED_SUBROUTINE and cu.lines is not None:
         fn = cu.functions[fi]
         while fn.parent >= 0:
