@@ -33,7 +33,7 @@ from anchors import (
     strip_prefix,
 )
 
-from ksym import EXIT_NO_FILE, EXIT_OK, SourceLocation, Symbolizer, SymbolNotFoundError
+from ksym import EXIT_NO_FILE, EXIT_OK, SourceLocation, Symbolizer, SymbolNotFoundError, SymbolView
 from ksym.annotate import (
     LOOKUP_CALL_SITE,
     LOOKUP_EXACT,
@@ -292,6 +292,19 @@ def test_resolve_keeps_faddr2line_rule(vmlinux: Path, vsym: Symbolizer) -> None:
     assert got.stdout == ref.stdout and "no match for entry_SYSCALL_64_after_hwframe" in ref.stderr
     assert [ln for ln in got.stderr.splitlines() if ln.startswith("no match")] == \
         [ln for ln in ref.stderr.splitlines() if ln.startswith("no match")]
+
+
+def test_resolve_in_the_kallsyms_view(vmlinux: Path, vsym: Symbolizer, sites: list[LabelSite]) -> None:
+    """``resolve(frame, view=SymbolView.KALLSYMS)`` (the public API dropcapture uses for BPF stacks): a
+    label resolves at its address, as addr2line -fi gives it there, with nm's size; the default is unchanged."""
+    for s in [s for s in sites if s.label == "entry_SYSCALL_64_after_hwframe"][:2]:
+        got = vsym.resolve(s.frame, view=SymbolView.KALLSYMS)
+        assert [(r.symbol, r.offset, r.size, r.address) for r in got] == [(s.label, s.offset, s.size, s.ret)]
+        assert [_chain(r.chain) for r in got] == _ref(vmlinux, vsym, [s.ret])
+    got = vsym.resolve(ISSUE_FRAME, view=SymbolView.KALLSYMS)
+    assert [_chain(r.chain) for r in got] == _ref(vmlinux, vsym, [_issue_address(vsym)])
+    with pytest.raises(SymbolNotFoundError):
+        vsym.resolve(ISSUE_FRAME, view=SymbolView.FADDR2LINE)
 
 
 # --------------------------------------------------------------------------------------------------
