@@ -33,7 +33,7 @@ from anchors import (
     strip_prefix,
 )
 
-from ksym import EXIT_NO_FILE, EXIT_OK, SourceLocation, Symbolizer, SymbolNotFoundError
+from ksym import EXIT_NO_FILE, EXIT_OK, SourceLocation, Symbolizer, SymbolNotFoundError, SymbolView
 from ksym.annotate import (
     LOOKUP_CALL_SITE,
     LOOKUP_EXACT,
@@ -277,6 +277,35 @@ def test_functions_holding_a_label_take_the_kernels_size(vmlinux: Path, vsym: Sy
             vsym.resolve(f)
 
 
+def test_raw_addresses_take_the_kernels_size(vmlinux: Path, vsym: Symbolizer, readelf: list[list[str]],
+                                             text: list[tuple[int, str]]) -> None:
+    """A raw address is named ``sym+off/size`` with the size the kernel prints (kallsyms: up to the next
+    symbol it prints, nm's next t/T/w/W address), not a larger ELF size: ``entry_SYSCALL_64`` (ELF size
+    0x1ab in the Debian 6.1 vmlinux) is printed ``entry_SYSCALL_64+0x10/0x29`` by that kernel."""
+    starts = [a for a, _ in text]
+    at: dict[int, int] = {}
+    for a in starts:
+        at[a] = at.get(a, 0) + 1
+    names = {n for _, n in text}
+    wider = []
+    for f in readelf:
+        if f[3] not in ("FUNC", "NOTYPE") or not f[2].isdigit() or f[7] not in names:
+            continue
+        start, size = int(f[1], 16), int(f[2])
+        k = bisect.bisect_right(starts, start)
+        if at.get(start) == 1 and k < len(starts) and start + 1 < starts[k] < start + size:
+            wider.append((f[7], start, starts[k] - start))
+    assert any(n == "entry_SYSCALL_64" for n, _, _ in wider) and len(wider) >= 5, wider
+    got = [vsym.resolve(f"{a + 1:#x}")[0] for _, a, _ in wider]
+    assert [(r.symbol, r.offset, r.size) for r in got] == [(n, 1, size) for n, _, size in wider]
+    result = annotate("".join(f"{a + 1:#x}\n" for _, a, _ in wider), vsym, exact=True)
+    assert [f"in {n}+0x1/{size:#x}" for n, _, size in wider if f"in {n}+0x1/{size:#x}\n" not in result.text] == []
+    name, start, size = next(w for w in wider if w[0] == "entry_SYSCALL_64")
+    cli = subprocess.run([sys.executable, "-m", "ksym", "resolve", "--vmlinux", str(vmlinux), f"{start + 0x10:#x}"],
+                         capture_output=True, text=True, check=False, timeout=600)
+    assert cli.stdout.splitlines()[0] == f"{start + 0x10:#x} ({name}+0x10/{size:#x}):", cli
+
+
 def test_resolve_keeps_faddr2line_rule(vmlinux: Path, vsym: Symbolizer) -> None:
     """``ksym resolve`` / ``ksym faddr2line`` answer a label as scripts/faddr2line does (FUNC symbols
     only: no match), byte for byte."""
@@ -292,6 +321,19 @@ def test_resolve_keeps_faddr2line_rule(vmlinux: Path, vsym: Symbolizer) -> None:
     assert got.stdout == ref.stdout and "no match for entry_SYSCALL_64_after_hwframe" in ref.stderr
     assert [ln for ln in got.stderr.splitlines() if ln.startswith("no match")] == \
         [ln for ln in ref.stderr.splitlines() if ln.startswith("no match")]
+
+
+def test_resolve_in_the_kallsyms_view(vmlinux: Path, vsym: Symbolizer, sites: list[LabelSite]) -> None:
+    """``resolve(frame, view=SymbolView.KALLSYMS)`` (the public API dropcapture uses for BPF stacks): a
+    label resolves at its address, as addr2line -fi gives it there, with nm's size; the default is unchanged."""
+    for s in [s for s in sites if s.label == "entry_SYSCALL_64_after_hwframe"][:2]:
+        got = vsym.resolve(s.frame, view=SymbolView.KALLSYMS)
+        assert [(r.symbol, r.offset, r.size, r.address) for r in got] == [(s.label, s.offset, s.size, s.ret)]
+        assert [_chain(r.chain) for r in got] == _ref(vmlinux, vsym, [s.ret])
+    got = vsym.resolve(ISSUE_FRAME, view=SymbolView.KALLSYMS)
+    assert [_chain(r.chain) for r in got] == _ref(vmlinux, vsym, [_issue_address(vsym)])
+    with pytest.raises(SymbolNotFoundError):
+        vsym.resolve(ISSUE_FRAME, view=SymbolView.FADDR2LINE)
 
 
 # --------------------------------------------------------------------------------------------------

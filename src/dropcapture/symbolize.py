@@ -95,12 +95,16 @@ def ksym_annotator(
             "file:line (it would give wrong lines); frames shown as func+0xoff"
         )
     warnings = "; ".join(str(w) for w in getattr(sym, "warnings", ()))
+    # BPF stacks name what kallsyms prints: untyped assembly labels (entry_SYSCALL_64_after_hwframe)
+    # too, sized as kallsyms sizes them; a ksym without views answers faddr2line's FUNC symbols only
+    kallsyms_view = getattr(getattr(ksym, "SymbolView", None), "KALLSYMS", None)
+    view: dict[str, Any] = {"view": kallsyms_view} if kallsyms_view is not None else {}
 
     def annotate(s: Symbol) -> tuple[str, ...]:
         if s.module:
             return ()  # module frames need the module's debug file
         try:
-            results = sym.resolve(f"{s.name}+{s.offset:#x}/{s.size:#x}")
+            results = sym.resolve(f"{s.name}+{s.offset:#x}/{s.size:#x}", **view)
         except error:
             return ()
         out = []

@@ -27,6 +27,7 @@ from .model import Resolution, SourceLocation
 from .pathmap import PathMap, PathMapError
 from .spec import AddressSpec, FuncSpec, parse_spec
 from .symbolizer import Symbolizer
+from .symbols import SymbolView
 
 __version__ = "0.1.0"
 
@@ -52,6 +53,7 @@ __all__ = [
     "SourceLocation",
     "SpecError",
     "SymbolNotFoundError",
+    "SymbolView",
     "Symbolizer",
     "parse_spec",
 ]

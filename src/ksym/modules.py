@@ -100,8 +100,9 @@ def read_module_file(path: str | os.PathLike[str]) -> bytes:
     """The ELF bytes of a module file, decompressing ``.xz`` (stdlib lzma), ``.gz`` (zlib) and ``.zst``.
 
     ``.zst`` needs a Zstandard decompressor (:mod:`ksym.compress`): ``compression.zstd`` (Python 3.14+) or
-    the optional ``zstandard`` package (``ksym[zstd]``); without one, :class:`BadFileError` says so in one
-    line. The file type is told by its magic bytes, not its name.
+    the ``zstandard`` package (a default dependency of ksym before Python 3.14; ``ksym[zstd]`` where it was
+    left out); without one, :class:`BadFileError` says so in one line. The file type is told by its magic
+    bytes, not its name.
     """
     p = Path(path)
     try:

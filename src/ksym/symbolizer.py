@@ -41,7 +41,7 @@ from .locate import find_vmlinux
 from .model import Resolution, SourceLocation
 from .pathmap import PathMap
 from .spec import AddressSpec, FuncSpec, parse_spec
-from .symbols import Section, SymbolTable, faddr2line_select, inline_chain
+from .symbols import Section, SymbolTable, SymbolView, faddr2line_select, inline_chain
 
 __all__ = ["IndexStats", "Symbolizer", "source_relative"]
 
@@ -716,23 +716,30 @@ class Symbolizer:
     def symbolize_many(self, addresses: Iterable[int]) -> list[Resolution]:
         return [self.symbolize(a) for a in addresses]
 
-    def resolve(self, frame: str, *, chains: bool = True) -> list[Resolution]:
+    def resolve(self, frame: str, *, chains: bool = True,
+                view: SymbolView = SymbolView.FADDR2LINE) -> list[Resolution]:
         """Resolve ``func+off[/size]`` (every matching symbol, as faddr2line) or a raw address.
 
         :param chains: look the inline chains up; without, each ``Resolution.chain`` of a ``func+off``
             frame is empty (for a caller that looks up another address, such as the call site).
+        :param view: which symbols ``func`` may name and how they are sized (:class:`SymbolView`): by
+            default scripts/faddr2line's (FUNC symbols only); ``SymbolView.KALLSYMS`` for names the
+            kernel printed (stack traces, BPF stacks): untyped assembly labels such as
+            ``entry_SYSCALL_64_after_hwframe`` too, each with the size kallsyms gives it. The line is
+            the one at ``func``'s address plus ``off`` either way (no return-address adjustment).
         :raises SpecError: malformed text.
         :raises SymbolNotFoundError: no symbol matched; ``.reasons`` holds faddr2line's skip messages.
         """
         spec = parse_spec(frame)
         if isinstance(spec, AddressSpec):
             return [self.symbolize(spec.address, frame)]
-        return self._resolve_func(spec, chains)
+        return self._resolve_func(spec, chains, SymbolView(view))
 
-    def _resolve_func(self, spec: FuncSpec, chains: bool = True) -> list[Resolution]:
+    def _resolve_func(self, spec: FuncSpec, chains: bool = True,
+                      view: SymbolView = SymbolView.FADDR2LINE) -> list[Resolution]:
         if not self.has_dwarf:
             self._open_image().require_dwarf()  # scripts/faddr2line refuses a file without DWARF
-        return faddr2line_select(spec, self.symbols.faddr2line_matches(spec.name),
+        return faddr2line_select(spec, self.symbols.matches(spec.name, view),
                                  (lambda _m, a: self.chain(a)) if chains else (lambda _m, _a: ()))
 
     def code_bytes(self, address: int, size: int) -> bytes:

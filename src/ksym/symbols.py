@@ -485,7 +485,10 @@ class SymbolTable:
         return self._text
 
     def containing(self, address: int) -> tuple[Symbol, int] | None:
-        """(symbol, kallsyms-style size) of the text symbol ``address`` falls in, or None."""
+        """(symbol, size) of the text symbol ``address`` falls in, or None: the symbol kallsyms names it
+        with, sized as the kernel prints it (``%pS``): up to the next symbol kallsyms prints (the end of
+        its section for the last one), even where the ELF size is larger (``entry_SYSCALL_64``: 0x29,
+        not its ELF size 0x1ab; a function holding a label kallsyms prints)."""
         idx, addrs = self._text_index()
         k = bisect.bisect_right(addrs, address) - 1
         if k < 0:
@@ -502,8 +505,7 @@ class SymbolTable:
         else:
             sec = self.section_of_index(sym.shndx)
             size = (sec.addr + sec.size - start) if sec else max(sym.elf_size, 1)
-        size = max(size, sym.elf_size)
-        if address >= start + max(size, sym.elf_size, 1):
+        if address >= start + max(size, 1):
             return None
         return sym, size
 

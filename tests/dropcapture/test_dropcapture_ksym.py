@@ -7,8 +7,11 @@ There is no debug vmlinux for the running 6.18 kernel, so the glue is checked wi
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from dc_helpers import ROOT
@@ -16,11 +19,11 @@ from dc_helpers import ROOT
 from dropcapture.cli import main
 from dropcapture.errors import EXIT_USAGE
 from dropcapture.kallsyms import Symbol
-from dropcapture.symbolize import ksym_annotator
+from dropcapture.symbolize import format_chain, ksym_annotator
 
 sys.path.insert(0, str(ROOT / "tests"))
 try:
-    from anchors import find_test_vmlinux  # ksym's test-data locator
+    from anchors import addr2line_batch, dir_prefix, find_test_vmlinux, strip_prefix  # ksym's test helpers
 
     VMLINUX = find_test_vmlinux()
 except ImportError:  # pragma: no cover - ksym tests not present
@@ -87,3 +90,44 @@ def test_annotator_refuses_other_build(vmlinux: str) -> None:
     assert annotate is None and "build id" in status
     annotate, _ = ksym_annotator(vmlinux, running_build_id=None)
     assert annotate is not None
+
+
+def _kallsyms_text(vmlinux: str) -> list[tuple[int, str]]:
+    """The code symbols kallsyms prints, by address, as ``nm -n`` lists them (types t/T/w/W)."""
+    out = subprocess.run(["nm", "-n", vmlinux], capture_output=True, text=True, check=True, timeout=600,
+                         env={**os.environ, "LC_ALL": "C"}).stdout
+    return [(int(f[0], 16), f[2]) for line in out.splitlines()
+            if len(f := line.split()) == 3 and f[1] in "tTwW" and not f[2].startswith((".L", "$"))]
+
+
+def _addr2line_text(vmlinux: str, address: int, prefix: str | None) -> str:
+    """binutils ``addr2line -fi`` at ``address`` in format_chain's shape (without the elixir link)."""
+    chain = addr2line_batch(Path(vmlinux), [address])[0]
+    locs = [SimpleNamespace(function=f, file=strip_prefix(p, prefix), line=ln) for f, p, ln, _d in chain]
+    return format_chain(locs)
+
+
+@pytest.mark.vmlinux
+def test_annotator_kallsyms_labels(vmlinux: str) -> None:
+    """Kernel stacks from BPF name what kallsyms prints: the untyped entry label of every syscall stack
+    resolves (scripts/faddr2line's FUNC-only rule says "no match"), to binutils addr2line -fi's line at
+    the address, with the kernel's size for it (nm: up to the next code symbol); a function frame is
+    unchanged."""
+    annotate, status = ksym_annotator(vmlinux)
+    assert annotate is not None, status
+    text = _kallsyms_text(vmlinux)
+    prefix = dir_prefix(Path(vmlinux))
+    label = "entry_SYSCALL_64_after_hwframe"
+    start = next(a for a, n in text if n == label)
+    size = next(a for a, _ in text if a > start) - start
+    frame = Symbol(label, 0x64, size)
+    assert str(frame) == "entry_SYSCALL_64_after_hwframe+0x64/0xd8"  # what Debian 6.1 printed
+    got = annotate(frame)
+    assert len(got) == 1, got
+    assert got[0].split("  ")[0] == _addr2line_text(vmlinux, start + 0x64, prefix)
+    # another size is another build: no line rather than a wrong one
+    assert annotate(Symbol(label, 0x64, size + 0x10)) == ()
+    # a function: the same line as addr2line at its address
+    func = next(a for a, n in text if n == "__ip_local_out")
+    got = annotate(Symbol("__ip_local_out", 0xDE, next(a for a, _ in text if a > func) - func))
+    assert len(got) == 1 and got[0].split("  ")[0] == _addr2line_text(vmlinux, func + 0xDE, prefix)
