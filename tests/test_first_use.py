@@ -59,7 +59,7 @@ def test_frames_that_are_not_files_are_frames(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("name", "what"), [("kshapes-nodebug.elf", "no DWARF debug info"),
-                                            ("kshapes-nosymtab.elf", "no DWARF debug info"),
+                                            ("kshapes-nosymtab.elf", "no symbol table"),
                                             ("kshapes-nosymtab-dwarf.elf", "no symbol table")])
 def test_a_named_stripped_file_does_not_say_pass_vmlinux(tmp_path: Path, name: str, what: str) -> None:
     """The file was given with --vmlinux: the message says to use the debug vmlinux instead, never "or pass
