@@ -481,3 +481,66 @@ def test_fuzz_module(tmp_path: Path) -> None:
     cases, refused, violations = fuzz_file(MODULE, 7, MODULE_CASES, frames, True, [], tmp_path)
     assert cases == MODULE_CASES and refused > cases // 5, (cases, refused)
     assert not violations
+
+
+# --- targeted cases of item 4 -------------------------------------------------------------------------
+
+
+def test_aranges_range_past_the_largest_address_is_a_bad_file(tmp_path: Path) -> None:
+    """A .debug_aranges tuple whose start + length passes 2**64 (what made ``_build_record`` fail with
+    OverflowError on damaged copies of the vmlinux): exit 4, naming .debug_aranges and the tuple."""
+    path = FIXTURES_BIN / "kshapes-dwarf5.elf"
+    lay = layout(path)
+    data = bytearray(path.read_bytes())
+    ar = lay.named(".debug_aranges")
+    assert ar is not None
+    first_tuple = ar.offset + 16  # 12-byte header (32-bit DWARF), padded to twice the address size
+    struct.pack_into("<Q", data, first_tuple + 8, 0xFFFF_FFFF_FFFF_FFF0)  # the first range's length
+    bad = tmp_path / "aranges.elf"
+    bad.write_bytes(data)
+    got = run_ksym(bad, ["start_kernel+0x10"])
+    assert got.code == 4, got
+    assert got.stderr.splitlines() == [got.stderr.strip()] and ONE_LINE_ERROR.match(got.stderr.strip()), got
+    assert f".debug_aranges at offset {first_tuple - ar.offset:#x}: " in got.stderr, got
+
+
+def test_line_range_zero_is_a_bad_file(tmp_path: Path) -> None:
+    """``line_range`` 0 in the line program headers (a ZeroDivisionError before): exit 4 rather than an
+    answer without lines."""
+    path = FIXTURES_BIN / "kshapes-dwarf5.elf"
+    lay = layout(path)
+    data = bytearray(path.read_bytes())
+    line = lay.named(".debug_line")
+    assert line is not None
+    for unit in unit_starts(bytes(data), line, lay.little):
+        data[unit + 16] = 0  # DWARF 5: length 4, version 2, sizes 2, header_length 4, 4 bytes, line_range
+    bad = tmp_path / "line-range.elf"
+    bad.write_bytes(data)
+    # addr2line (2.40) gives up on these line tables (``??:?``) without a message
+    _errored, theirs = run_addr2line(bad, function_addresses(path, 3))
+    assert theirs is not None and all(c[-1][1:3] == ("??", 0) for c in theirs), theirs
+    got = run_ksym(bad, address_frames(function_addresses(path, 3)))
+    assert got.code == 4 and ONE_LINE_ERROR.match(got.stderr.strip()), got
+    assert re.search(r"\.debug_line at offset 0x[0-9a-f]+: line_range is 0$", got.stderr.strip()), got
+
+
+def test_section_offset_past_the_file_is_a_bad_file_also_for_debuginfod(tmp_path: Path) -> None:
+    """A section name table whose sh_offset lies far past the end of the file (an OSError, EINVAL, from
+    pyelftools' seek before): ksym's open and the build-id check debuginfod downloads go through both
+    say "bad file" in one line."""
+    from ksym.debuginfo import check_file, file_build_id
+
+    path = FIXTURES_BIN / "kshapes-dwarf5.elf"
+    lay = layout(path)
+    data = bytearray(path.read_bytes())
+    shstrtab = lay.named(".shstrtab")
+    assert shstrtab is not None
+    struct.pack_into("<Q", data, shstrtab.header + 24, 0x7FFF_FFFF_FFFF_FFF0)  # sh_offset
+    bad = tmp_path / "shoff.elf"
+    bad.write_bytes(data)
+    got = run_ksym(bad, ["start_kernel+0x10"])
+    assert got.code == 4 and len(got.stderr.splitlines()) == 1 and "section table" in got.stderr, got
+    with pytest.raises(ksym.BadFileError):
+        file_build_id(bad)
+    attempt = check_file(bad, "00" * 20, "debuginfod", need_dwarf=True)
+    assert attempt.outcome == "unusable", attempt

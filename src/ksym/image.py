@@ -220,6 +220,8 @@ class SectionTableCheck:
         if self.count and not 0 <= strndx < self.count:
             raise SectionTableError(f"e_shstrndx {strndx} past the {self.count} sections")
         self.names = elf._get_section_header(strndx) if self.count else None
+        if self.names is not None and self.names["sh_offset"] + self.names["sh_size"] > file_size:
+            raise SectionTableError(f"the section name table (section {strndx}) ends past the end of the file")
 
     def entry(self, index: int, h: Any) -> None:
         where = f"section header {index}"
