@@ -223,13 +223,13 @@ def test_unknown_form_is_a_bad_file_like_addr2line(tiny: Path, tmp_path: Path) -
 
 
 def damage_found_reading_everything(path: Path, module: bool = False) -> str | None:
-    """The DwarfError ksym meets reading every unit of the file whole (each function's subtree, each
-    line program to its end) and .debug_aranges, or None.
+    """The DwarfError ksym meets reading every unit of the file whole (:func:`ksym.dwarf.check_unit`,
+    each function's subtree, each line program to its end) and .debug_aranges, or None.
 
-    A lookup reads only the unit holding the address, and only as much of it as the address needs;
-    binutils reads every unit's first DIE up to the one holding the address, and that unit whole. So
-    damage that addr2line reports may lie where ksym's lookup did not read: this tells whether ksym
-    reports it where it does read it."""
+    A lookup reads only the unit holding the address, and only as much of it as the address needs
+    (most DIEs are stepped over by their DW_AT_sibling); binutils reads every unit's first DIE up to the
+    one holding the address, and that unit whole. So damage that addr2line reports may lie where ksym's
+    lookup did not read: this tells whether ksym finds it reading what binutils reads."""
     from ksym.modules import ModuleSymbolizer
 
     try:
@@ -240,6 +240,7 @@ def damage_found_reading_everything(path: Path, module: bool = False) -> str | N
         sec = sym.dwarf() if isinstance(sym, ModuleSymbolizer) else sym._dwarf()
         D.read_aranges(sec)
         for off, _end in D.scan_cu_headers(sec):
+            D.check_unit(sec, off)
             cu = D.compile_unit(sec, off)
             for fn in list(cu.functions):
                 if fn.child_pos >= 0 and fn.ranges:

@@ -36,6 +36,7 @@ __all__ = [
     "DwarfSections",
     "FunctionNode",
     "LineTable",
+    "check_unit",
     "compile_unit",
     "concat_filename",
     "damage_is_bad_file",
@@ -1201,11 +1202,29 @@ def _check_plan(reader: _CUReader, code: int, die_pos: int) -> tuple[tuple[int, 
     return plan
 
 
+def check_unit(sec: DwarfSections, cu_offset: int) -> None:
+    """Check every DIE of the unit at ``cu_offset`` and its whole line program, as binutils reads them.
+
+    A lookup (:func:`compile_unit`, :func:`expand_for`) checks what it reads, and steps over most
+    DIEs by their DW_AT_sibling without reading them; this reads them all (at several times the cost
+    of a lookup's read): an unknown abbreviation code, a string offset past the end of its section, a
+    DW_AT_decl_file or DW_AT_call_file past the line table's files, a DW_AT_sibling that is not where
+    the DIE's children end, a function origin that is no DIE, or a DIE running past the end of its unit.
+
+    :raises DwarfError: the damage found first."""
+    try:
+        reader, vals, _children, _pos = _open_unit(sec, cu_offset)
+        lines = None
+        if AT_STMT_LIST in vals and sec.line is not None:
+            comp_dir = reader.string(*vals[AT_COMP_DIR]) if AT_COMP_DIR in vals else ""
+            lines = read_line_table(sec, int(vals[AT_STMT_LIST][1]), comp_dir, reader.hdr.address_size)
+        _check_dies(reader, reader.hdr.die_offset, lines)
+    except _CUT_SHORT as exc:
+        raise _damage(exc, ".debug_info", cu_offset) from None
+
+
 def _check_dies(reader: _CUReader, pos: int, lines: LineTable | None) -> None:
-    """Step through every DIE of the unit from ``pos`` on, as binutils reads them all: an unknown
-    abbreviation code or form, a string offset past the end of its section, a file number past the
-    line table's files (``lines``), or a DIE running past the end of the unit, is damage even where
-    the function walk would step over it by a DW_AT_sibling."""
+    """:func:`check_unit`'s pass over the DIEs from ``pos`` on (``lines``: the unit's line table)."""
     data = reader.data
     end = reader.hdr.end
     checks = reader._checks
@@ -1328,8 +1347,6 @@ def _compile_unit(sec: DwarfSections, cu_offset: int, until: int | None, expect:
     lines = None
     if stmt_list >= 0 and sec.line is not None:
         lines = read_line_table(sec, stmt_list, comp_dir, reader.hdr.address_size, until)
-    # every DIE once, as binutils reads them: damage in one the walk steps over is found too
-    _check_dies(reader, reader.hdr.die_offset, lines)
     cu = CompiledUnit(cu_offset, name, comp_dir, functions, lines, walk)
     cu.reader = reader
     return cu.finish()
