@@ -232,7 +232,7 @@ class SectionTableCheck:
             raise SectionTableError(f"{where}: sh_link {h['sh_link']} past the {self.count} sections")
         if stype != "SHT_NOBITS" and h["sh_offset"] + h["sh_size"] > self.file_size:
             raise SectionTableError(f"{where}: contents at {h['sh_offset']:#x}+{h['sh_size']:#x} end past the "
-                                    f"end of the file ({self.file_size:#x})")
+                                    f"end of the file ({self.file_size:#x} bytes): a truncated or damaged file")
         if stype in ("SHT_SYMTAB", "SHT_DYNSYM"):
             if h["sh_entsize"] != self.sym_size or h["sh_size"] % self.sym_size:
                 raise SectionTableError(f"{where}: a symbol table of entry size {h['sh_entsize']} and size "
