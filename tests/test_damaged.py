@@ -545,3 +545,36 @@ def test_section_offset_past_the_file_is_a_bad_file_also_for_debuginfod(tmp_path
         file_build_id(bad)
     attempt = check_file(bad, "00" * 20, "debuginfod", need_dwarf=True)
     assert attempt.outcome == "unusable", attempt
+
+
+def test_a_unit_that_failed_to_read_is_not_kept_nor_stored(tiny: Path, tmp_path: Path) -> None:
+    """Damage met while reading a function's subtree (an inlined call's DW_AT_abstract_origin pointing
+    past its unit) after the unit itself was read: the first run exits 4, and so does the second, which
+    would find the unit in the index had the half-read unit been written there."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(tiny, "rb") as f:
+        elf = ELFFile(f)
+        info = elf.get_section_by_name(".debug_info")
+        at = None
+        for cu in elf.get_dwarf_info().iter_CUs():
+            for die in cu.iter_DIEs():
+                if die.tag == "DW_TAG_inlined_subroutine" and "DW_AT_abstract_origin" in die.attributes:
+                    attr = die.attributes["DW_AT_abstract_origin"]
+                    assert attr.form == "DW_FORM_ref4"
+                    at = info["sh_offset"] + attr.offset
+                    break
+            if at is not None:
+                break
+    assert at is not None
+    data = bytearray(tiny.read_bytes())
+    struct.pack_into("<I", data, at, 0x7FFF_0000)
+    bad = tmp_path / "t.bad"
+    bad.write_bytes(data)
+    frames = address_frames(function_addresses(tiny, 1, ("entry",)))
+    for _ in range(2):  # with the index (a private KSYM_CACHE_DIR)
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["resolve", "--json", "--offline", "-e", str(bad), *frames])
+        assert code == 4 and out.getvalue() == "", (code, out.getvalue(), err.getvalue())
+        assert ONE_LINE_ERROR.match(err.getvalue().strip()) and "past the end of the unit" in err.getvalue(), err
