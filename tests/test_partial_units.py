@@ -121,6 +121,6 @@ def test_gcc_file_tables_join_like_the_generic_reader(sym: Symbolizer) -> None:
         dirs = [str(d.get(1, "")) for d in dirs_e]
         files_e, pos = D._v5_entries(sec, data, pos, off_size, e)
         files = [D.concat_filename(comp_dir, dirs, str(f.get(1, "")), int(f.get(2, 0)), 5) for f in files_e]
-        assert fast == (dirs, files), f"unit {off:#x}"
+        assert fast == (dirs, files, pos), f"unit {off:#x}"
         checked += len(files)
     assert checked > 3000

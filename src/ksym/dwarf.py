@@ -23,9 +23,12 @@ from __future__ import annotations
 import bisect
 import struct
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from .errors import BadFileError
 
 __all__ = [
     "CompiledUnit",
@@ -33,8 +36,10 @@ __all__ = [
     "DwarfSections",
     "FunctionNode",
     "LineTable",
+    "check_unit",
     "compile_unit",
     "concat_filename",
+    "damage_is_bad_file",
     "expand_for",
     "read_aranges",
     "scan_cu_headers",
@@ -46,7 +51,45 @@ __all__ = [
 
 
 class DwarfError(Exception):
-    """Malformed or unsupported DWARF."""
+    """Malformed or unsupported DWARF: ``what`` is wrong in ``section`` at ``offset`` (of that section).
+
+    Every reader of this module raises it (never IndexError, struct.error and the like) for damaged
+    input; :meth:`for_file` turns it into the one-line :class:`~ksym.errors.BadFileError` (exit 4)."""
+
+    def __init__(self, section: str, offset: int, what: str) -> None:
+        super().__init__(f"{section} at offset {offset:#x}: {what}")
+        self.section = section
+        self.offset = offset
+        self.what = what
+
+    def for_file(self, path: object) -> BadFileError:
+        """The error the command line reports for this damage in the file at ``path``."""
+        return BadFileError(f"{path}: damaged DWARF: {self}")
+
+
+@contextmanager
+def damage_is_bad_file(path: object) -> Iterator[None]:
+    """Turn a :class:`DwarfError` raised inside into the :class:`~ksym.errors.BadFileError` (exit 4)
+    for the file at ``path``: the one place where damaged DWARF becomes the bad-file error."""
+    try:
+        yield
+    except DwarfError as exc:
+        raise exc.for_file(path) from None
+
+
+#: What a reader of damaged data runs into besides its own checks: an index or struct read past the end
+#: of a section, a value that does not fit (an address past 2**64), a division by a zero header field.
+_CUT_SHORT = (IndexError, struct.error, ValueError, OverflowError, ZeroDivisionError)
+
+
+def _damage(exc: BaseException, section: str, offset: int) -> DwarfError:
+    """``exc`` (a DwarfError, or one of :data:`_CUT_SHORT`) as a DwarfError at ``offset`` of ``section``:
+    the start of the unit (or line program, or aranges set) whose reading failed."""
+    if isinstance(exc, DwarfError):
+        return exc
+    if isinstance(exc, (IndexError, struct.error)):
+        return DwarfError(section, offset, "the unit's data runs past its end")
+    return DwarfError(section, offset, f"malformed unit ({type(exc).__name__}: {exc})")
 
 
 # --- tags, attributes, forms -------------------------------------------------------------------------
@@ -58,6 +101,7 @@ TAG_INLINED_SUBROUTINE = 0x1D
 TAG_SUBPROGRAM = 0x2E
 TAG_PARTIAL_UNIT = 0x3C
 TAG_SKELETON_UNIT = 0x4A
+TAG_TYPE_UNIT = 0x41
 FUNCTION_TAGS = frozenset({TAG_SUBPROGRAM, TAG_INLINED_SUBROUTINE, TAG_ENTRY_POINT})
 
 AT_SIBLING = 0x01
@@ -168,6 +212,27 @@ _STRUCTS = {(e, n): struct.Struct(e + c) for e in "<>" for n, c in ((1, "B"), (2
 
 _REF_LOCAL_FORMS = frozenset({FORM_REF1, FORM_REF2, FORM_REF4, FORM_REF8, FORM_REF_UDATA})
 
+_REF_FORMS = _REF_LOCAL_FORMS | {FORM_REF_ADDR, FORM_REF_SIG8, FORM_REF_SUP4, FORM_REF_SUP8, FORM_GNU_REF_ALT}
+_STRING_FORMS = frozenset({FORM_STRING, FORM_STRP, FORM_LINE_STRP, FORM_STRP_SUP, FORM_GNU_STRP_ALT, FORM_STRX,
+                           FORM_STRX1, FORM_STRX2, FORM_STRX3, FORM_STRX4, FORM_GNU_STR_INDEX})
+_ADDR_FORMS = frozenset({FORM_ADDR, FORM_ADDRX, FORM_ADDRX1, FORM_ADDRX2, FORM_ADDRX3, FORM_ADDRX4,
+                         FORM_GNU_ADDR_INDEX})
+_OFFSET_FORMS = frozenset({FORM_SEC_OFFSET, FORM_DATA4, FORM_DATA8})
+#: The forms each attribute this module decodes may have: another is damage (not guessed at).
+_FORMS_OF = {
+    AT_SIBLING: _REF_FORMS, AT_ABSTRACT_ORIGIN: _REF_FORMS, AT_SPECIFICATION: _REF_FORMS,
+    AT_NAME: _STRING_FORMS, AT_COMP_DIR: _STRING_FORMS, AT_LINKAGE_NAME: _STRING_FORMS,
+    AT_MIPS_LINKAGE_NAME: _STRING_FORMS,
+    AT_LOW_PC: _ADDR_FORMS, AT_HIGH_PC: _ADDR_FORMS | _CONST_FORMS, AT_RANGES: _OFFSET_FORMS | {FORM_RNGLISTX},
+    AT_CALL_FILE: _CONST_FORMS, AT_CALL_LINE: _CONST_FORMS, AT_CALL_COLUMN: _CONST_FORMS, AT_LANGUAGE: _CONST_FORMS,
+    AT_STMT_LIST: _OFFSET_FORMS, AT_STR_OFFSETS_BASE: _OFFSET_FORMS, AT_ADDR_BASE: _OFFSET_FORMS,
+    AT_RNGLISTS_BASE: _OFFSET_FORMS, AT_GNU_RANGES_BASE: _OFFSET_FORMS, AT_GNU_ADDR_BASE: _OFFSET_FORMS,
+}
+
+#: Every form :meth:`_CUReader._read_form` knows; an abbreviation with another is damage (binutils:
+#: "invalid or unhandled FORM value").
+_KNOWN_FORMS = frozenset(v for k, v in globals().items() if k.startswith("FORM_"))
+
 
 def _byteorder(e: str) -> Literal["little", "big"]:
     return "little" if e == "<" else "big"
@@ -216,11 +281,13 @@ def _cstr(buf: bytes | memoryview, pos: int) -> tuple[str, int]:
     end = bytes(buf[pos : pos + 4096]).find(b"\0") if isinstance(buf, memoryview) else buf.find(b"\0", pos)
     if isinstance(buf, memoryview):
         if end < 0:
-            end = len(bytes(buf[pos:]).split(b"\0", 1)[0])
+            end = bytes(buf[pos:]).find(b"\0")
+            if end < 0:
+                raise IndexError("a string runs past the end of the section")
         raw = bytes(buf[pos : pos + end])
         return raw.decode("utf-8", "replace"), pos + end + 1
     if end < 0:
-        raise DwarfError(f"unterminated string at {pos:#x}")
+        raise IndexError("a string runs past the end of the section")
     return buf[pos:end].decode("utf-8", "replace"), end + 1
 
 
@@ -253,19 +320,29 @@ class DwarfSections:
         if got is None:
             if len(self._abbrevs) >= 64:  # a unit is read on soon after it was opened, if at all
                 self._abbrevs.clear()
-            got = self._abbrevs[offset] = parse_abbrevs(self, offset)
+            try:
+                got = parse_abbrevs(self, offset)
+            except _CUT_SHORT as exc:
+                raise DwarfError(".debug_abbrev", offset, "the abbreviation table runs past the end of "
+                                 "the section") from exc
+            self._abbrevs[offset] = got
         return got
 
     def string_at(self, section: bytes | memoryview | None, offset: int) -> str:
+        """The string at ``offset`` of .debug_str or .debug_line_str (``section``).
+
+        :raises DwarfError: the section is missing or the offset lies past its end."""
         key = (id(section), offset)
         got = self._strings.get(key)
         if got is None:
+            if section is None or not 0 <= offset < len(section):
+                name = ".debug_line_str" if section is self.line_str and section is not None else ".debug_str"
+                what = "missing" if section is None else f"{len(section):#x} bytes long"
+                raise DwarfError(name, offset, f"a string offset past the end of the section ({what})")
             got = self._strings[key] = self._string_at(section, offset)
         return got
 
-    def _string_at(self, section: bytes | memoryview | None, offset: int) -> str:
-        if section is None:
-            raise DwarfError("string form refers to a missing section")
+    def _string_at(self, section: bytes | memoryview, offset: int) -> str:
         if isinstance(section, memoryview):
             chunk = bytes(section[offset : offset + 512])
             end = chunk.find(b"\0")
@@ -287,43 +364,68 @@ class DwarfSections:
 
 
 def read_aranges(sec: DwarfSections) -> list[tuple[int, int, int]]:
-    """All (start, end, cu_offset) address ranges of .debug_aranges, unsorted."""
-    data = sec.aranges
+    """All (start, end, cu_offset) address ranges of .debug_aranges, unsorted.
+
+    :raises DwarfError: a set's length runs past the end of the section, its header is cut short or
+        names a unit offset past the end of .debug_info, its address size is not 2, 4 or 8 (or not
+        the ELF class's when that is known), it has segment selectors, or a range ends past the
+        largest address."""
+    if sec.aranges is None:
+        return []
+    try:
+        return _read_aranges(sec, bytes(sec.aranges))
+    except _CUT_SHORT as exc:
+        raise _damage(exc, ".debug_aranges", 0) from None
+
+
+def _read_aranges(sec: DwarfSections, data: bytes) -> list[tuple[int, int, int]]:
     out: list[tuple[int, int, int]] = []
-    if data is None:
-        return out
-    data = bytes(data)
     e = "<" if sec.little_endian else ">"
     pos = 0
     n = len(data)
-    while pos + 4 <= n:
+    info_size = len(sec.info)
+    while pos < n:
         unit_start = pos
+        if pos + 4 > n or (pos + 12 > n and data[pos : pos + 4] == b"\xff\xff\xff\xff"):
+            raise DwarfError(".debug_aranges", pos, "a set length cut off by the end of the section")
         length, pos, off_size = _initial_length(data, pos, e)
         end = pos + length
-        if length == 0 or end > n:
-            break
+        if end > n:
+            raise DwarfError(".debug_aranges", unit_start, f"the set's length {length:#x} runs past the end "
+                             "of the section")
+        if pos + 2 + off_size + 2 > end:
+            raise DwarfError(".debug_aranges", unit_start, "the set ends inside its header")
         (version,) = struct.unpack_from(e + "H", data, pos)
         cu_off = struct.unpack_from(e + ("I" if off_size == 4 else "Q"), data, pos + 2)[0]
         p = pos + 2 + off_size
         addr_size = data[p]
         seg_size = data[p + 1]
         p += 2
-        tuple_size = 2 * addr_size + seg_size
+        if version != 2:
+            raise DwarfError(".debug_aranges", unit_start, f"unsupported version {version}")
+        if cu_off >= info_size:
+            raise DwarfError(".debug_aranges", unit_start, f"unit offset {cu_off:#x} past the end of .debug_info")
+        if addr_size not in (2, 4, 8) or addr_size != sec.default_address_size:
+            raise DwarfError(".debug_aranges", unit_start, f"unsupported address size {addr_size}")
+        if seg_size:
+            raise DwarfError(".debug_aranges", unit_start, f"unsupported segment selector size {seg_size}")
+        tuple_size = 2 * addr_size
         # tuples are aligned to twice the address size from the unit start
         rel = p - unit_start
         if rel % tuple_size:
             p += tuple_size - rel % tuple_size
-        fmt = e + {4: "I", 8: "Q", 2: "H"}.get(addr_size, "Q") * 2
+        fmt = e + {4: "I", 8: "Q", 2: "H"}[addr_size] * 2
+        top = 1 << (8 * addr_size)
         while p + tuple_size <= end:
-            if seg_size:
-                p += seg_size
             start, length_ = struct.unpack_from(fmt, data, p)
-            p += 2 * addr_size
             if start == 0 and length_ == 0:
                 break
+            if start + length_ >= top:
+                raise DwarfError(".debug_aranges", p, f"the range {start:#x}+{length_:#x} ends past the "
+                                 "largest address")
+            p += tuple_size
             if length_:
                 out.append((start, start + length_, cu_off))
-        del version
         pos = end
     return out
 
@@ -344,12 +446,18 @@ class CUHeader:
 
 
 def parse_cu_header(sec: DwarfSections, offset: int) -> CUHeader:
+    """The header of the unit at ``offset`` of .debug_info.
+
+    :raises DwarfError: the offset, the unit's length or its abbreviation offset lie past the end of
+        their section, or the version is not 2 to 5."""
     data = sec.info
     e = "<" if sec.little_endian else ">"
+    if not 0 <= offset <= len(data) - 11:
+        raise DwarfError(".debug_info", offset, "no unit header fits there: past the end of the section")
     length, pos, off_size = _initial_length(data, offset, e)
     end = pos + length
     if end > len(data):
-        raise DwarfError(f"CU at {offset:#x} runs past .debug_info")
+        raise DwarfError(".debug_info", offset, f"the unit's length {length:#x} runs past the end of the section")
     (version,) = struct.unpack_from(e + "H", data, pos)
     pos += 2
     ofmt = e + ("I" if off_size == 4 else "Q")
@@ -363,27 +471,42 @@ def parse_cu_header(sec: DwarfSections, offset: int) -> CUHeader:
             pos += 8
         elif unit_type in (2, 6):  # type, split_type: signature + type offset
             pos += 8 + off_size
-    elif version >= 2:
+    else:
         (abbrev_off,) = struct.unpack_from(ofmt, data, pos)
         address_size = data[pos + off_size]
         pos += off_size + 1
-    else:
-        raise DwarfError(f"unsupported DWARF version {version} in CU at {offset:#x}")
+    if not 2 <= version <= 5:
+        raise DwarfError(".debug_info", offset, f"unsupported DWARF version {version}")
+    if unit_type not in (1, 2, 3, 4, 5, 6):
+        raise DwarfError(".debug_info", offset, f"unknown unit type {unit_type:#x}")
+    if address_size not in (2, 4, 8):
+        raise DwarfError(".debug_info", offset, f"unsupported address size {address_size}")
+    if abbrev_off >= len(sec.abbrev):
+        raise DwarfError(".debug_info", offset, f"abbreviation offset {abbrev_off:#x} past the end of "
+                         ".debug_abbrev")
+    if pos >= end:
+        raise DwarfError(".debug_info", offset, "the unit ends inside its header")
     return CUHeader(offset, version, unit_type, address_size, off_size, abbrev_off, pos, end)
 
 
 def scan_cu_headers(sec: DwarfSections) -> list[tuple[int, int]]:
-    """(offset, end) of every unit in .debug_info, reading only the unit lengths."""
+    """(offset, end) of every unit in .debug_info, reading only the unit lengths.
+
+    :raises DwarfError: a unit length runs past the end of the section."""
     data = sec.info
     e = "<" if sec.little_endian else ">"
     out = []
     pos = 0
     n = len(data)
-    while pos + 4 <= n:
+    while pos < n:
+        if pos + 4 > n or (pos + 12 > n and data[pos : pos + 4] == b"\xff\xff\xff\xff"):
+            raise DwarfError(".debug_info", pos, "a unit length cut off by the end of the section")
         length, body, _off_size = _initial_length(data, pos, e)
         end = body + length
-        if length == 0 or end > n:
-            break
+        if end > n:
+            raise DwarfError(".debug_info", pos, f"the unit's length {length:#x} runs past the end of the section")
+        if length == 0:
+            raise DwarfError(".debug_info", pos, "a unit of length 0")
         out.append((pos, end))
         pos = end
     return out
@@ -412,6 +535,7 @@ def parse_abbrevs(sec: DwarfSections, offset: int) -> dict[int, Abbrev]:
                 pos += 1
             else:
                 at, pos = _uleb(data, pos)
+            form_pos = pos
             form = data[pos]
             if form < 0x80:
                 pos += 1
@@ -422,6 +546,8 @@ def parse_abbrevs(sec: DwarfSections, offset: int) -> dict[int, Abbrev]:
                 const, pos = _sleb(data, pos)
             if at == 0 and form == 0:
                 break
+            if form not in _KNOWN_FORMS:
+                raise DwarfError(".debug_abbrev", form_pos, f"abbreviation {code}: unknown form {form:#x}")
             attrs.append((at, form, const))
         table[code] = (tag, children, tuple(attrs))
     return table
@@ -464,6 +590,8 @@ class LineTable:
     #: (see :func:`_decode_lines`): rows from ``pending[_SEQ_FIRST]`` on belong to the sequence being
     #: decoded, which is not in ``seqs`` yet.
     pending: list[Any] | None = None
+    #: Where the program starts in .debug_line (-1: not known, a table stored by an older ksym).
+    offset: int = -1
     # the sequences' low addresses, for bisect (derived from ``seqs`` on first lookup)
     _lows: list[int] | None = field(default=None, repr=False, compare=False)
 
@@ -478,15 +606,23 @@ class LineTable:
         return self._completed_index(address) != -2
 
     def extend(self, sec: DwarfSections, address: int) -> bool:
-        """Decode on until ``address`` is covered (or the program ends); True when rows were added."""
+        """Decode on until ``address`` is covered (or the program ends); True when rows were added.
+
+        :raises DwarfError: the program is damaged (the table is left as it was)."""
         if self.covers(address) or sec.line is None:
             return False
-        _decode_lines(self, sec.line, address)
+        _decode_guarded(self, sec.line, address)
         return True
 
     def file_name(self, number: int) -> str:
+        """The joined name of file ``number`` of this table.
+
+        :raises DwarfError: no such file (binutils: "mangled line number section (bad file number)")."""
         i = number - self.file_base
-        return self.files[i] if 0 <= i < len(self.files) else "<unknown>"
+        if not 0 <= i < len(self.files):
+            raise DwarfError(".debug_line", max(self.offset, 0), f"file number {number} past the line "
+                             f"program's {len(self.files)} files")
+        return self.files[i]
 
     def lookup(self, address: int) -> tuple[str, int, int, int] | None:
         """(file, line, column, discriminator) of the row covering ``address``, or None."""
@@ -494,7 +630,8 @@ class LineTable:
         if j < 0:
             return None
         fnum, line, col, disc, _end = self.rows[j]
-        return self.file_name(fnum), line, col, disc
+        # binutils keeps these in unsigned ints: a line program that steps below line 0 wraps around
+        return self.file_name(fnum), line & 0xFFFFFFFF, col & 0xFFFFFFFF, disc & 0xFFFFFFFF
 
     def row_address(self, address: int) -> int | None:
         """Start address of the row covering ``address`` (compilers start rows at instructions)."""
@@ -643,6 +780,8 @@ class _CUReader:
         self.language: int | None = None
         #: abbreviation code → :meth:`fast_skip`
         self.skips: dict[int, tuple[int, int]] = {}
+        #: abbreviation code → :func:`_check_plan`
+        self._checks: dict[int, tuple[tuple[int, int, int], ...]] = {}
         # per-abbrev plans: fixed skip size when nothing wanted and all forms fixed-size
         self._fixed: dict[int, int] = {}
         asz = hdr.address_size
@@ -663,7 +802,7 @@ class _CUReader:
         # (made on the first DIE of each abbreviation: most of a unit's are stepped over unread)
         self._plans: dict[int, _Plan] = {}
 
-    def _plan(self, code: int) -> _Plan | None:
+    def _plan(self, code: int, die_pos: int) -> _Plan | None:
         abbrev = self.abbrevs.get(code)
         if abbrev is None:
             return None
@@ -675,6 +814,9 @@ class _CUReader:
         for at, form, const in attrs:
             sz = self._form_size.get(form)
             if at in wanted:
+                if form not in _FORMS_OF[at]:
+                    raise DwarfError(".debug_info", die_pos, f"attribute {at:#x} of abbreviation {code} has "
+                                     f"form {form:#x}, which it cannot have")
                 # fixed-size integer forms (1, 2, 4, 8 bytes) are decoded here with a precompiled struct
                 st = _STRUCTS.get((self.e, sz)) if sz else None
                 steps.append((1, at, form, const, st, sz or 0) if st is not None else (1, at, form, const))
@@ -768,11 +910,12 @@ class _CUReader:
         if form == FORM_INDIRECT:
             real, pos = _uleb(data, pos)
             return self._read_form(real, pos, const)
-        raise DwarfError(f"unknown DWARF form {form:#x} at {pos:#x}")
+        raise DwarfError(".debug_info", pos, f"unknown form {form:#x}")
 
     def read_die(self, pos: int) -> tuple[int, int, bool, dict[int, tuple[int, Any]], int]:
         """(code, tag, has_children, {attr: (form, value)} of wanted attrs, next position)."""
         data = self.data
+        die_pos = pos
         code = data[pos]
         if code < 0x80:
             pos += 1
@@ -780,9 +923,10 @@ class _CUReader:
             code, pos = _uleb(data, pos)
         if code == 0:
             return 0, 0, False, _EMPTY, pos
-        plan = self._plans.get(code) or self._plan(code)
+        plan = self._plans.get(code) or self._plan(code, die_pos)
         if plan is None:
-            raise DwarfError(f"unknown abbreviation {code} at {pos:#x} in CU {self.hdr.offset:#x}")
+            raise DwarfError(".debug_info", die_pos, f"unknown abbreviation code {code} (unit at "
+                             f"{self.hdr.offset:#x})")
         tag, children, steps, fixed = plan
         if fixed >= 0:
             return code, tag, children, _EMPTY, pos + fixed
@@ -832,17 +976,19 @@ class _CUReader:
             return self.sec.string_at(self.sec.line_str, int(val))
         if form in (FORM_STRX, FORM_STRX1, FORM_STRX2, FORM_STRX3, FORM_STRX4, FORM_GNU_STR_INDEX):
             so = self.sec.str_offsets
-            if so is None:
-                raise DwarfError("strx form without .debug_str_offsets")
             sz = self.hdr.offset_size
-            off = struct.unpack_from(self.e + ("I" if sz == 4 else "Q"), so,
-                                     self.str_offsets_base + int(val) * sz)[0]
+            p = self.str_offsets_base + int(val) * sz
+            if so is None or p + sz > len(so):
+                raise DwarfError(".debug_str_offsets", p, f"string index {int(val)} (unit at {self.hdr.offset:#x})"
+                                 " past the end of the section")
+            off = struct.unpack_from(self.e + ("I" if sz == 4 else "Q"), so, p)[0]
             return self.sec.string_at(self.sec.debug_str, off)
         if form in (FORM_STRP_SUP, FORM_GNU_STRP_ALT):
             # a string of the supplementary debug file (.debug_sup, .gnu_debugaltlink), which ksym does
             # not read: the unit cannot be answered from (binutils stops at it too)
-            raise DwarfError(f"a string in a supplementary debug file (form {form:#x}), which ksym does not "
-                             "read")
+            raise DwarfError(".debug_info", self.hdr.offset,
+                             f"a string in a supplementary debug file (form {form:#x}, unit at "
+                             f"{self.hdr.offset:#x}), which ksym does not read")
         return "??"
 
     def address(self, form: int, val: Any) -> int:
@@ -852,10 +998,11 @@ class _CUReader:
 
     def indexed_address(self, index: int) -> int:
         a = self.sec.addr
-        if a is None:
-            raise DwarfError("addrx form without .debug_addr")
         asz = self.hdr.address_size
         p = self.addr_base + index * asz
+        if a is None or p + asz > len(a):
+            raise DwarfError(".debug_addr", p, f"address index {index} (unit at {self.hdr.offset:#x}) past "
+                             "the end of the section")
         return int.from_bytes(a[p : p + asz], "little" if self.e == "<" else "big")
 
     def ranges_of(self, vals: dict[int, tuple[int, Any]]) -> list[tuple[int, int]]:
@@ -882,11 +1029,14 @@ class _CUReader:
         base = self.low_pc
         if self.hdr.version < 5 and form != FORM_RNGLISTX:
             data = self.sec.ranges
-            if data is None:
-                return out
+            if data is None or value >= len(data):
+                raise DwarfError(".debug_ranges", value, f"a range list offset (unit at {self.hdr.offset:#x}) "
+                                 "past the end of the section")
             pos = value
             maxaddr = (1 << (8 * asz)) - 1
-            while pos + 2 * asz <= len(data):
+            while True:
+                if pos + 2 * asz > len(data):
+                    raise DwarfError(".debug_ranges", value, "the range list runs past the end of the section")
                 a = int.from_bytes(data[pos : pos + asz], order)
                 b = int.from_bytes(data[pos + asz : pos + 2 * asz], order)
                 pos += 2 * asz
@@ -898,15 +1048,23 @@ class _CUReader:
                 out.append((base + a, base + b))
             return out
         data = self.sec.rnglists
-        if data is None:
-            return out
         if form == FORM_RNGLISTX:
             sz = self.hdr.offset_size
-            rel = struct.unpack_from(e + ("I" if sz == 4 else "Q"), data, self.rnglists_base + value * sz)[0]
+            p = self.rnglists_base + value * sz
+            if data is None or p + sz > len(data):
+                raise DwarfError(".debug_rnglists", p, f"range list index {value} (unit at "
+                                 f"{self.hdr.offset:#x}) past the end of the section")
+            rel = struct.unpack_from(e + ("I" if sz == 4 else "Q"), data, p)[0]
             pos = self.rnglists_base + rel
         else:
             pos = value
-        while pos < len(data):
+        if data is None or not 0 <= pos < len(data):
+            raise DwarfError(".debug_rnglists", pos, f"a range list offset (unit at {self.hdr.offset:#x}) "
+                             "past the end of the section")
+        start = pos
+        while True:
+            if pos >= len(data):
+                raise DwarfError(".debug_rnglists", start, "the range list runs past the end of the section")
             kind = data[pos]
             pos += 1
             if kind == 0:  # end_of_list
@@ -941,15 +1099,24 @@ class _CUReader:
                 ln, pos = _uleb(data, pos)
                 out.append((a, a + ln))
             else:
-                raise DwarfError(f"bad range list entry {kind} at {pos - 1:#x}")
+                raise DwarfError(".debug_rnglists", pos - 1, f"unknown range list entry kind {kind}")
         return out
 
 
 def _ref_target(reader: _CUReader, form: int, val: Any) -> int:
-    """Absolute .debug_info offset of a reference attribute."""
+    """Absolute .debug_info offset of a reference attribute (-1: not a reference into .debug_info).
+
+    :raises DwarfError: a unit-local reference past the end of its unit, or a DW_FORM_ref_addr past
+        the end of .debug_info."""
     if form in _REF_LOCAL_FORMS:
-        return reader.hdr.offset + int(val)
+        target = reader.hdr.offset + int(val)
+        if target >= reader.hdr.end:
+            raise DwarfError(".debug_info", reader.hdr.offset, f"a reference {int(val):#x} past the end of the unit")
+        return target
     if form == FORM_REF_ADDR:
+        if int(val) >= len(reader.data):
+            raise DwarfError(".debug_info", reader.hdr.offset, f"a reference {int(val):#x} past the end of the "
+                             "section")
         return int(val)
     return -1
 
@@ -961,6 +1128,8 @@ def _name_of(reader: _CUReader, offset: int, readers: Callable[[int], _CUReader]
     if not reader.hdr.offset <= offset < reader.hdr.end:
         reader = readers(offset)
     _c, _t, _ch, vals, _p = reader.read_die(offset)
+    if _c == 0:
+        raise DwarfError(".debug_info", offset, "a reference to a null entry")
     # bfd prefers the linkage name for languages that mangle; for C (the kernel) both are the same
     # plain name and DW_AT_name is what it prints
     if AT_NAME in vals:
@@ -979,8 +1148,9 @@ def _open_unit(sec: DwarfSections, cu_offset: int) -> tuple[_CUReader, dict[int,
     hdr = parse_cu_header(sec, cu_offset)
     reader = _CUReader(sec, hdr)
     _code, tag, children, vals, pos = reader.read_die(hdr.die_offset)
-    if tag not in (TAG_COMPILE_UNIT, TAG_PARTIAL_UNIT, TAG_SKELETON_UNIT):
-        raise DwarfError(f"unit at {cu_offset:#x} does not start with a compile unit DIE")
+    if tag not in (TAG_COMPILE_UNIT, TAG_PARTIAL_UNIT, TAG_SKELETON_UNIT) and not (
+            tag == TAG_TYPE_UNIT and hdr.unit_type in (2, 6)):
+        raise DwarfError(".debug_info", cu_offset, f"the unit does not start with a compile unit DIE (tag {tag:#x})")
     # bases first: other attributes of the CU DIE may depend on them
     if AT_STR_OFFSETS_BASE in vals:
         reader.str_offsets_base = int(vals[AT_STR_OFFSETS_BASE][1])
@@ -997,6 +1167,139 @@ def _open_unit(sec: DwarfSections, cu_offset: int) -> tuple[_CUReader, dict[int,
     return reader, vals, children, pos
 
 
+#: DW_AT_decl_file: binutils names a function's or variable's file from it, so a number past the line
+#: table's files is an error there too.
+AT_DECL_FILE = 0x3A
+TAG_VARIABLE = 0x34
+_DECL_FILE_TAGS = FUNCTION_TAGS | {TAG_VARIABLE}
+
+
+def _check_plan(reader: _CUReader, code: int, die_pos: int) -> tuple[tuple[int, int, int], ...]:
+    """How :func:`_check_dies` steps over a DIE of abbreviation ``code``: ``(0, n, 0)`` skip n bytes,
+    ``(1, form, 0)`` a .debug_str/.debug_line_str offset to check, ``(2, form, const)`` a file number
+    to check, ``(3, form, const)`` a variable-size value to skip, ``(4, form, 0)`` a reference that must
+    land on a DIE (a function's origin or specification, whose name binutils reads), ``(5, form, 0)``
+    a DW_AT_sibling, which must land just after the DIE's children. The first entry is
+    ``(has_children, 0, 0)``."""
+    abbrev = reader.abbrevs.get(code)
+    if abbrev is None:
+        raise DwarfError(".debug_info", die_pos, f"unknown abbreviation code {code} (unit at "
+                         f"{reader.hdr.offset:#x})")
+    tag, ch, attrs = abbrev
+    steps: list[tuple[int, int, int]] = [(int(ch), 0, 0)]
+    for at, form, const in attrs:
+        sz = reader._form_size.get(form)
+        if at == AT_SIBLING and form in _REF_LOCAL_FORMS:
+            steps.append((5, form, 0))
+        elif at in (AT_ABSTRACT_ORIGIN, AT_SPECIFICATION) and tag in FUNCTION_TAGS and form in _REF_LOCAL_FORMS:
+            steps.append((4, form, 0))
+        elif form in (FORM_STRP, FORM_LINE_STRP):
+            steps.append((1, form, 0))
+        elif (at == AT_CALL_FILE or (at == AT_DECL_FILE and tag in _DECL_FILE_TAGS)) and form in _CONST_FORMS:
+            steps.append((2, form, const))
+        elif sz is not None:
+            if len(steps) > 1 and steps[-1][0] == 0:
+                steps[-1] = (0, steps[-1][1] + sz, 0)
+            else:
+                steps.append((0, sz, 0))
+        else:
+            steps.append((3, form, const))
+    plan = reader._checks[code] = tuple(steps)
+    return plan
+
+
+def check_unit(sec: DwarfSections, cu_offset: int) -> None:
+    """Check every DIE of the unit at ``cu_offset`` and its whole line program, as binutils reads them.
+
+    A lookup (:func:`compile_unit`, :func:`expand_for`) checks what it reads, and steps over most
+    DIEs by their DW_AT_sibling without reading them; this reads them all (at several times the cost
+    of a lookup's read): an unknown abbreviation code, a string offset past the end of its section, a
+    DW_AT_decl_file or DW_AT_call_file past the line table's files, a DW_AT_sibling that is not where
+    the DIE's children end, a function origin that is no DIE, or a DIE running past the end of its unit.
+
+    :raises DwarfError: the damage found first."""
+    try:
+        reader, vals, _children, _pos = _open_unit(sec, cu_offset)
+        lines = None
+        if AT_STMT_LIST in vals and sec.line is not None:
+            comp_dir = reader.string(*vals[AT_COMP_DIR]) if AT_COMP_DIR in vals else ""
+            lines = read_line_table(sec, int(vals[AT_STMT_LIST][1]), comp_dir, reader.hdr.address_size)
+        _check_dies(reader, reader.hdr.die_offset, lines)
+    except _CUT_SHORT as exc:
+        raise _damage(exc, ".debug_info", cu_offset) from None
+
+
+def _check_dies(reader: _CUReader, pos: int, lines: LineTable | None) -> None:
+    """:func:`check_unit`'s pass over the DIEs from ``pos`` on (``lines``: the unit's line table)."""
+    data = reader.data
+    end = reader.hdr.end
+    checks = reader._checks
+    skip_form = reader._skip_form
+    read_form = reader._read_form
+    sec = reader.sec
+    limits = {FORM_STRP: len(sec.debug_str) if sec.debug_str is not None else 0,
+              FORM_LINE_STRP: len(sec.line_str) if sec.line_str is not None else 0}
+    off_struct = _STRUCTS[(reader.e, reader.hdr.offset_size)]
+    osz = reader.hdr.offset_size
+    n_files = len(lines.files) if lines is not None else -1
+    v5 = lines is not None and lines.file_base == 0
+    unit = reader.hdr.offset
+    starts: list[int] = []  # every DIE's offset
+    targets: list[int] = []  # where functions' origins and specifications point
+    siblings: list[int] = []  # for each open DIE with children: where its DW_AT_sibling points (-1: none)
+    while pos < end:
+        die_pos = pos
+        code = data[pos]
+        if code < 0x80:
+            pos += 1
+        else:
+            code, pos = _uleb(data, pos)
+        if code == 0:
+            if siblings:
+                sib = siblings.pop()
+                if sib >= 0 and sib != pos:
+                    raise DwarfError(".debug_info", die_pos, f"a DW_AT_sibling {sib:#x} that is not where the "
+                                     f"DIE's children end ({pos:#x})")
+            continue
+        starts.append(die_pos)
+        plan = checks.get(code) or _check_plan(reader, code, die_pos)
+        sib = -1
+        for kind, form, const in plan[1:]:
+            if kind == 0:
+                pos += form
+            elif kind == 1:
+                off = off_struct.unpack_from(data, pos)[0]
+                if off >= limits[form]:
+                    name = ".debug_str" if form == FORM_STRP else ".debug_line_str"
+                    raise DwarfError(".debug_info", pos, f"string offset {off:#x} past the end of {name}")
+                pos += osz
+            elif kind == 2:
+                number, pos = read_form(form, pos, const)
+                if n_files >= 0 and not (0 <= number < n_files if v5 else 0 <= number <= n_files):
+                    raise DwarfError(".debug_info", die_pos, f"file number {number} past the line program's "
+                                     f"{n_files} files")
+            elif kind == 3:
+                pos = skip_form(form, pos, const)
+            else:
+                ref, pos = read_form(form, pos, 0)
+                if kind == 4:
+                    targets.append(unit + ref)
+                else:
+                    sib = unit + ref
+        if plan[0][0]:
+            siblings.append(sib)
+        elif sib >= 0 and sib != pos:
+            raise DwarfError(".debug_info", die_pos, f"a DW_AT_sibling {sib:#x} that is not where the DIE ends")
+    if targets:
+        known = set(starts)
+        for t in targets:
+            if t not in known:
+                raise DwarfError(".debug_info", t, "a function's DW_AT_abstract_origin or DW_AT_specification "
+                                 "does not point at a DIE")
+    if pos > end:
+        raise DwarfError(".debug_info", reader.hdr.offset, f"the last DIE runs past the end of the unit at {end:#x}")
+
+
 def _reader_getter(sec: DwarfSections, reader: _CUReader) -> Callable[[int], _CUReader]:
     """A function giving the reader of the unit holding a .debug_info offset (for DW_FORM_ref_addr)."""
     cache: dict[int, _CUReader] = {reader.hdr.offset: reader}
@@ -1007,8 +1310,8 @@ def _reader_getter(sec: DwarfSections, reader: _CUReader) -> Callable[[int], _CU
             cu_list.extend(scan_cu_headers(sec))
         starts = [c[0] for c in cu_list]
         i = bisect.bisect_right(starts, offset) - 1
-        if i < 0:
-            raise DwarfError(f"reference {offset:#x} outside .debug_info")
+        if i < 0 or offset >= cu_list[i][1]:
+            raise DwarfError(".debug_info", offset, "a reference outside every unit")
         start = cu_list[i][0]
         if start not in cache:
             cache[start] = _open_unit(sec, start)[0]
@@ -1017,11 +1320,26 @@ def _reader_getter(sec: DwarfSections, reader: _CUReader) -> Callable[[int], _CU
     return get
 
 
-def compile_unit(sec: DwarfSections, cu_offset: int, until: int | None = None) -> CompiledUnit:
+def compile_unit(sec: DwarfSections, cu_offset: int, until: int | None = None,
+                 expect: int | None = None) -> CompiledUnit:
     """Read one CU: its top-level functions (their subtrees are read on demand by
     :func:`expand_for`) and its line table (with ``until``, only as far as that address needs:
-    :meth:`LineTable.extend` reads on)."""
+    :meth:`LineTable.extend` reads on).
+
+    :param expect: an address .debug_aranges gives this unit: the unit's own ranges must hold it.
+    :raises DwarfError: the unit, its abbreviations, line program or range lists are damaged."""
+    try:
+        return _compile_unit(sec, cu_offset, until, expect)
+    except _CUT_SHORT as exc:
+        raise _damage(exc, ".debug_info", cu_offset) from None
+
+
+def _compile_unit(sec: DwarfSections, cu_offset: int, until: int | None, expect: int | None) -> CompiledUnit:
     reader, vals, children, pos = _open_unit(sec, cu_offset)
+    if expect is not None and (AT_RANGES in vals or AT_HIGH_PC in vals) and not any(
+            lo <= expect < hi for lo, hi in reader.ranges_of(vals)):
+        raise DwarfError(".debug_info", cu_offset, f"the unit does not hold {expect:#x}, which .debug_aranges "
+                         "gives it")
     name = reader.string(*vals[AT_NAME]) if AT_NAME in vals else ""
     comp_dir = reader.string(*vals[AT_COMP_DIR]) if AT_COMP_DIR in vals else ""
     stmt_list = int(vals[AT_STMT_LIST][1]) if AT_STMT_LIST in vals else -1
@@ -1046,11 +1364,16 @@ def walk_on(sec: DwarfSections, cu: CompiledUnit, address: int) -> bool:
     if not cu.needs_walk(address):
         return False
     assert cu.walk is not None
-    reader = _unit_reader(sec, cu)
-    pos, stack = cu.walk
-    stack = list(stack)
-    stop = _walk_children(reader, pos, cu.functions, _reader_getter(sec, reader), stack, top_only=True,
-                          until=address)
+    n = len(cu.functions)
+    try:
+        reader = _unit_reader(sec, cu)
+        pos, stack = cu.walk
+        stack = list(stack)
+        stop = _walk_children(reader, pos, cu.functions, _reader_getter(sec, reader), stack, top_only=True,
+                              until=address)
+    except (DwarfError, *_CUT_SHORT) as exc:
+        del cu.functions[n:]  # the unit stays as it was: a lookup again meets the same damage
+        raise _damage(exc, ".debug_info", cu.offset) from None
     cu.walk = None if stop is None else (stop, stack)
     cu.finish()
     return True
@@ -1070,13 +1393,23 @@ def expand_for(sec: DwarfSections, cu: CompiledUnit, address: int) -> bool:
     todo = [i for i, _ln in cu.containing(address) if cu.functions[i].child_pos >= 0]
     if not todo:
         return False
-    reader = _unit_reader(sec, cu)
-    getter = _reader_getter(sec, reader)
-    while todo:
-        i = todo.pop()
-        fn = cu.functions[i]
-        pos, fn.child_pos = fn.child_pos, -1
-        _walk_children(reader, pos, cu.functions, getter, [i], top_only=False)
+    n = len(cu.functions)
+    saved = [(i, cu.functions[i].child_pos) for i in todo]
+    try:
+        reader = _unit_reader(sec, cu)
+        getter = _reader_getter(sec, reader)
+        while todo:
+            i = todo.pop()
+            fn = cu.functions[i]
+            pos, fn.child_pos = fn.child_pos, -1
+            _walk_children(reader, pos, cu.functions, getter, [i], top_only=False)
+    except (DwarfError, *_CUT_SHORT) as exc:
+        # leave the unit as it was (not half-expanded: a lookup again meets the same damage rather
+        # than answering from the functions read before it)
+        del cu.functions[n:]
+        for i, child_pos in saved:
+            cu.functions[i].child_pos = child_pos
+        raise _damage(exc, ".debug_info", cu.offset) from None
     cu.finish()
     return True
 
@@ -1178,6 +1511,9 @@ def _walk_children(
                 stack.append(enclosing)
             else:
                 pos = _skip_subtree(reader, pos, vals)
+    if pos > data_end:
+        raise DwarfError(".debug_info", unit, f"a DIE or sibling reference runs past the end of the unit at "
+                         f"{data_end:#x}")
     return None
 
 
@@ -1190,7 +1526,10 @@ def _skip_subtree(reader: _CUReader, pos: int, vals: dict[int, tuple[int, Any]])
             return target
     depth = 1
     read_die = reader.read_die
+    end = reader.hdr.end
     while depth:
+        if pos >= end:
+            raise DwarfError(".debug_info", reader.hdr.offset, "the DIE tree runs past the end of the unit")
         code, _tag, children, _vals, pos = read_die(pos)
         if code == 0:
             depth -= 1
@@ -1239,14 +1578,35 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
     as needed for that address (:meth:`LineTable.covers`, :meth:`LineTable.extend`)."""
     data = sec.line
     assert data is not None
+    try:
+        return _read_line_table(sec, data, offset, comp_dir, cu_address_size, until)
+    except _CUT_SHORT as exc:
+        if isinstance(exc, IndexError | struct.error):
+            raise DwarfError(".debug_line", offset, "the line program's data runs past its end") from None
+        raise DwarfError(".debug_line", offset, f"malformed line program ({type(exc).__name__}: {exc})") from None
+
+
+def _read_line_table(sec: DwarfSections, data: bytes | memoryview, offset: int, comp_dir: str,
+                     cu_address_size: int, until: int | None) -> LineTable:
     e = "<" if sec.little_endian else ">"
+    if not 0 <= offset <= len(data) - 4:
+        raise DwarfError(".debug_line", offset, "a line program offset past the end of the section")
     length, pos, off_size = _initial_length(data, offset, e)
     end = pos + length
+    if end > len(data):
+        raise DwarfError(".debug_line", offset, f"the line program's length {length:#x} runs past the end "
+                         "of the section")
     (version,) = struct.unpack_from(e + "H", data, pos)
+    if not 2 <= version <= 5:
+        raise DwarfError(".debug_line", offset, f"unsupported line program version {version}")
     pos += 2
     address_size = cu_address_size
     if version >= 5:
         address_size = data[pos]
+        if address_size not in (2, 4, 8):
+            raise DwarfError(".debug_line", offset, f"unsupported address size {address_size}")
+        if data[pos + 1]:
+            raise DwarfError(".debug_line", offset, f"unsupported segment selector size {data[pos + 1]}")
         pos += 2
     ofmt = e + ("I" if off_size == 4 else "Q")
     (header_length,) = struct.unpack_from(ofmt, data, pos)
@@ -1260,6 +1620,13 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
     line_base = struct.unpack_from("b", data, pos + 1)[0]
     line_range = data[pos + 2]
     opcode_base = data[pos + 3]
+    if prog_start > end:
+        raise DwarfError(".debug_line", offset, f"the header length {header_length:#x} runs past the end "
+                         "of the line program")
+    if line_range == 0:
+        raise DwarfError(".debug_line", offset, "line_range is 0")
+    if opcode_base == 0:
+        raise DwarfError(".debug_line", offset, "opcode_base is 0")
     pos += 4
     std_lengths = list(data[pos : pos + opcode_base - 1])
     pos += opcode_base - 1
@@ -1269,12 +1636,18 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
     if version >= 5:
         gcc = _gcc_v5_files(sec, data, pos, off_size, e, comp_dir) if off_size == 4 else None
         if gcc is not None:
-            dirs, files = gcc
+            dirs, files, pos = gcc
+            if pos > prog_start:
+                raise DwarfError(".debug_line", offset, "the file table runs past the header")
         else:
             dirs_e, pos = _v5_entries(sec, data, pos, off_size, e)
             dirs = [str(d.get(1, "")) for d in dirs_e]
             files_e, pos = _v5_entries(sec, data, pos, off_size, e)
             raw_files = [(str(f.get(1, "")), int(f.get(2, 0))) for f in files_e]
+            if any(not 0 <= d < len(dirs) for _n, d in raw_files):
+                raise DwarfError(".debug_line", offset, "a file's directory index past the directories")
+            if pos > prog_start:
+                raise DwarfError(".debug_line", offset, "the file table runs past the header")
     else:
         while data[pos] != 0:
             s, pos = _cstr(data, pos)
@@ -1287,20 +1660,51 @@ def read_line_table(sec: DwarfSections, offset: int, comp_dir: str, cu_address_s
             _l, pos = _uleb(data, pos)
             raw_files.append((s, di))
         pos += 1
+        if pos > prog_start:
+            raise DwarfError(".debug_line", offset, "the file table runs past the header")
     if files is None:
         files = [concat_filename(comp_dir, dirs, n, d, version) for n, d in raw_files]
     del default_is_stmt, pos
 
     # DWARF < 5 numbers files from 1; rows keep the file number as written
-    table = LineTable(files=files, file_base=0 if version >= 5 else 1)
+    table = LineTable(files=files, file_base=0 if version >= 5 else 1, offset=offset)
     # binutils starts every sequence of a DWARF 5 table at file 0 (the spec says 1); rows before the
     # first DW_LNS_set_file differ when entries 0 and 1 name different files. Match addr2line.
     first_file = 0 if version >= 5 else 1
     # the decoder's state: where it is, the registers, and the header's constants
     table.pending = [prog_start, end, 0, first_file, 1, 0, 0, -1, 0, min_inst, line_base, line_range,
                      opcode_base, address_size, first_file, 0 if e == "<" else 1, tuple(std_lengths)]
-    _decode_lines(table, data, until)
+    _decode_guarded(table, data, until)
     return table
+
+
+def _decode_guarded(table: LineTable, data: bytes | memoryview, until: int | None) -> None:
+    """:func:`_decode_lines`, leaving ``table`` as it was when the program turns out to be damaged.
+
+    :raises DwarfError: the program is damaged."""
+    addrs, rows, seqs = table.addrs, table.rows, table.seqs
+    n_rows, n_seqs = len(addrs), len(seqs)
+    last = rows[-1] if n_rows and not isinstance(rows, _Rows) else None
+    try:
+        _decode_lines(table, data, until)
+        if len(table.addrs) > n_rows and max(table.addrs[n_rows:]) >= 1 << 64:
+            raise DwarfError(".debug_line", max(table.offset, 0), "a row address past the largest address")
+    except (DwarfError, *_CUT_SHORT) as exc:
+        # the decoder appends rows (and may replace the last one) before it knows the program is bad
+        if table.rows is rows:
+            del rows[n_rows:]
+            del addrs[n_rows:]
+            if last is not None:
+                rows[-1] = last
+        else:  # it turned stored columns into lists: go back to them
+            table.rows, table.addrs = rows, addrs
+        del seqs[n_seqs:]
+        if isinstance(exc, DwarfError):
+            raise
+        at = max(table.offset, 0)
+        if isinstance(exc, IndexError | struct.error):
+            raise DwarfError(".debug_line", at, "the line program's data runs past its end") from None
+        raise DwarfError(".debug_line", at, f"malformed line program ({type(exc).__name__}: {exc})") from None
 
 
 #: Where the decoder state (``LineTable.pending``) keeps the first row of the sequence being decoded.
@@ -1328,6 +1732,8 @@ def _decode_lines(table: LineTable, data: bytes | memoryview, until: int | None)
     addrs = table.addrs
     rows = table.rows
     seqs = table.seqs
+    file_base = table.file_base
+    n_files = len(table.files)
     # the program as bytes (indexing a memoryview over the mapped file is slower), positions shifted
     d = bytes(data[start:end])
     n_end = end - start
@@ -1407,6 +1813,9 @@ def _decode_lines(table: LineTable, data: bytes | memoryview, until: int | None)
                 pos += 2
             else:
                 file, pos = _uleb(d, pos)
+            if not 0 <= file - file_base < n_files:
+                raise DwarfError(".debug_line", start + pos, f"DW_LNS_set_file {file} past the line "
+                                 f"program's {n_files} files")
         elif op == 0:
             ln = d[pos]
             if ln < 0x80:
@@ -1414,7 +1823,7 @@ def _decode_lines(table: LineTable, data: bytes | memoryview, until: int | None)
             else:
                 ln, pos = _uleb(d, pos)
             if ln == 0:
-                continue
+                raise DwarfError(".debug_line", start + pos, "an extended opcode of length 0")
             sub = d[pos]
             nxt = pos + ln
             if sub == 1:  # end_sequence
@@ -1435,6 +1844,10 @@ def _decode_lines(table: LineTable, data: bytes | memoryview, until: int | None)
                 disc = d[pos + 1]
                 if disc >= 0x80:
                     disc, _ = _uleb(d, pos + 1)
+            elif sub != 3 and sub != 0x80:  # define_file, HP_source_file_correlation: skipped as bfd does
+                raise DwarfError(".debug_line", start + pos, f"unknown extended opcode {sub:#x}")
+            if nxt > n_end:
+                raise DwarfError(".debug_line", start + pos, "an extended opcode runs past the end of the program")
             pos = nxt
         elif op == 2:  # advance_pc
             v = d[pos]
@@ -1463,7 +1876,7 @@ def _decode_lines(table: LineTable, data: bytes | memoryview, until: int | None)
 
 
 def _gcc_v5_files(sec: DwarfSections, data: bytes | memoryview, pos: int, off_size: int, e: str,
-                  comp_dir: str) -> tuple[list[str], list[str]] | None:
+                  comp_dir: str) -> tuple[list[str], list[str], int] | None:
     """The directories and joined file names of a DWARF 5 line table header at ``pos`` (its directory
     entry formats) when they are in GCC's form (each path a 32-bit .debug_line_str offset, each file's
     directory an index), else None. A kernel unit names a few hundred headers that other units name
@@ -1490,12 +1903,14 @@ def _gcc_v5_files(sec: DwarfSections, data: bytes | memoryview, pos: int, off_si
             pos += 5
         else:
             di, pos = _uleb(data, pos + 4)
-        key = (dir_offs[di] if di < ndirs else -1, name_off)
+        if di >= ndirs:
+            raise DwarfError(".debug_line", pos, f"directory index {di} past the {ndirs} directories")
+        key = (dir_offs[di], name_off)
         got = joined.get(key)
         if got is None:
             got = joined[key] = concat_filename(comp_dir, dirs, string_at(line_str, name_off), di, 5)
         files.append(got)
-    return dirs, files
+    return dirs, files, pos
 
 
 def _v5_entries(
@@ -1506,6 +1921,8 @@ def _v5_entries(
     fmts = []
     for _ in range(fmt_count):
         ct, pos = _uleb(data, pos)
+        if not (1 <= ct <= 5 or 0x2000 <= ct <= 0x3FFF):
+            raise DwarfError(".debug_line", pos - 1, f"unknown entry format content type {ct:#x}")
         form, pos = _uleb(data, pos)
         fmts.append((ct, form))
     count, pos = _uleb(data, pos)
@@ -1537,7 +1954,7 @@ def _v5_entries(
                 n, pos = _uleb(data, pos)
                 val, pos = None, pos + n
             else:
-                raise DwarfError(f"unsupported form {form:#x} in a DWARF 5 line table header")
+                raise DwarfError(".debug_line", pos, f"unsupported form {form:#x} in a line program header")
             ent[ct] = val
         out.append(ent)
     return out, pos
@@ -1559,14 +1976,22 @@ def unit_to_record(cu: CompiledUnit) -> tuple[Any, ...]:
         elif rows:
             # rows are (file, line, column, discriminator, end_sequence) tuples: transpose them in C
             f, ln, c, d, e = zip(*rows)
-            cols = [array("I", f), array("I", ln), array("I", c), array("I", d)]
+            cols = [_u32s(f), _u32s(ln), _u32s(c), _u32s(d)]
             ends = bytes(map(bool, e))
         else:
             cols = [array("I") for _ in range(4)]
             ends = b""
         lines = (lt.files, array("Q", lt.addrs).tobytes(), [a.tobytes() for a in cols], ends, lt.seqs,
-                 lt.file_base, lt.pending)
+                 lt.file_base, lt.pending, lt.offset)
     return (cu.offset, cu.name, cu.comp_dir, fns, lines, cu.walk)
+
+
+def _u32s(values: Sequence[int]) -> array:  # type: ignore[type-arg]
+    """``values`` as unsigned 32-bit ints, wrapped as binutils keeps line numbers (see LineTable.lookup)."""
+    try:
+        return array("I", values)
+    except OverflowError:
+        return array("I", [v & 0xFFFFFFFF for v in values])
 
 
 def unit_from_record(rec: tuple[Any, ...]) -> CompiledUnit:
@@ -1576,7 +2001,7 @@ def unit_from_record(rec: tuple[Any, ...]) -> CompiledUnit:
                  for a, b, c, d, e, f, g, h, k in fns]
     table = None
     if lines is not None:
-        files, addrs, cols, ends, seqs, file_base, pending = lines
+        files, addrs, cols, ends, seqs, file_base, pending, *more = lines
 
         def arr(code: str, data: bytes) -> array:  # type: ignore[type-arg]
             a = array(code)
@@ -1585,7 +2010,7 @@ def unit_from_record(rec: tuple[Any, ...]) -> CompiledUnit:
 
         rows = _Rows(arr("I", cols[0]), arr("I", cols[1]), arr("I", cols[2]), arr("I", cols[3]), bytes(ends))
         table = LineTable(list(files), arr("Q", addrs), rows, [tuple(q) for q in seqs], int(file_base),
-                          None if pending is None else list(pending))
+                          None if pending is None else list(pending), int(more[0]) if more else -1)
     resume = None if walk is None else (int(walk[0]), [int(x) for x in walk[1]])
     return CompiledUnit(int(offset), str(name), str(comp_dir), functions, table, resume).finish()
 
@@ -1594,21 +2019,31 @@ def unit_ranges(sec: DwarfSections, cu_offset: int) -> list[tuple[int, int]]:
     """Address ranges of a unit from its top DIE (DW_AT_ranges or low/high pc). A unit DIE with neither
     DW_AT_ranges nor DW_AT_high_pc (old clang writes DW_AT_low_pc alone) covers its line program's
     sequences: bfd tries such a unit for every address and adds each sequence to its ranges once it
-    has decoded the line program."""
-    reader, vals, _children, _pos = _open_unit(sec, cu_offset)
-    if AT_RANGES not in vals and AT_HIGH_PC not in vals:
-        if AT_STMT_LIST not in vals or sec.line is None:
-            return []
-        comp_dir = reader.string(*vals[AT_COMP_DIR]) if AT_COMP_DIR in vals else ""
-        table = read_line_table(sec, int(vals[AT_STMT_LIST][1]), comp_dir, reader.hdr.address_size)
-        return [(seq[0], seq[1]) for seq in table.seqs if seq[1] > seq[0]]
-    return [r for r in reader.ranges_of(vals) if r[1] > r[0]]
+    has decoded the line program.
+
+    :raises DwarfError: the unit, its range list or its line program is damaged."""
+    try:
+        reader, vals, _children, _pos = _open_unit(sec, cu_offset)
+        if AT_RANGES not in vals and AT_HIGH_PC not in vals:
+            if AT_STMT_LIST not in vals or sec.line is None:
+                return []
+            comp_dir = reader.string(*vals[AT_COMP_DIR]) if AT_COMP_DIR in vals else ""
+            table = read_line_table(sec, int(vals[AT_STMT_LIST][1]), comp_dir, reader.hdr.address_size)
+            return [(seq[0], seq[1]) for seq in table.seqs if seq[1] > seq[0]]
+        return [r for r in reader.ranges_of(vals) if r[1] > r[0]]
+    except _CUT_SHORT as exc:
+        raise _damage(exc, ".debug_info", cu_offset) from None
 
 
 def unit_line_table(sec: DwarfSections, cu_offset: int) -> LineTable | None:
-    """Only the line table of a unit (no DIE walk): enough for a file:line without inline chain."""
-    reader, vals, _children, _pos = _open_unit(sec, cu_offset)
-    if AT_STMT_LIST not in vals or sec.line is None:
-        return None
-    comp_dir = reader.string(*vals[AT_COMP_DIR]) if AT_COMP_DIR in vals else ""
-    return read_line_table(sec, int(vals[AT_STMT_LIST][1]), comp_dir, reader.hdr.address_size)
+    """Only the line table of a unit (no DIE walk): enough for a file:line without inline chain.
+
+    :raises DwarfError: the unit or its line program is damaged."""
+    try:
+        reader, vals, _children, _pos = _open_unit(sec, cu_offset)
+        if AT_STMT_LIST not in vals or sec.line is None:
+            return None
+        comp_dir = reader.string(*vals[AT_COMP_DIR]) if AT_COMP_DIR in vals else ""
+        return read_line_table(sec, int(vals[AT_STMT_LIST][1]), comp_dir, reader.hdr.address_size)
+    except _CUT_SHORT as exc:
+        raise _damage(exc, ".debug_info", cu_offset) from None

@@ -13,12 +13,14 @@ import mmap
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 from .compress import SectionContents
 from .errors import BadFileError, FileNotFoundKsymError, MissingDebugInfoError
 from .symbols import Section, SymbolTable
 
-__all__ = ["DEBUG_PACKAGES", "DEBUG_PACKAGE_HINT", "KernelImage", "read_build_id_from_notes"]
+__all__ = ["DEBUG_PACKAGES", "DEBUG_PACKAGE_HINT", "KernelImage", "SectionTableCheck", "SectionTableError",
+           "read_build_id_from_notes"]
 
 SHT_SYMTAB = 2
 SHT_NOTE = 7
@@ -96,13 +98,18 @@ class KernelImage:
             self.elfclass = self.elf.elfclass
             self.machine = str(self.elf.header["e_machine"])
             sections = []
+            check = SectionTableCheck(self.elf, self.size)
             for i, sec in enumerate(self.elf.iter_sections()):
                 h = sec.header
+                check.entry(i, h)
                 sections.append(Section(i, sec.name, int(h["sh_type"]) if isinstance(h["sh_type"], int)
                                         else _sh_type_num(str(h["sh_type"])),
                                         int(h["sh_flags"]), int(h["sh_addr"]), int(h["sh_offset"]),
                                         int(h["sh_size"])))
-        except (ELFError, struct.error, ValueError) as exc:
+        except SectionTableError as exc:
+            raise BadFileError(f"{self.path}: damaged ELF section table: {exc}") from None
+        except (ELFError, struct.error, ValueError, OSError, OverflowError) as exc:
+            # OSError, OverflowError: pyelftools seeking to a section offset past the end of the file
             if isinstance(exc, BadFileError):
                 raise
             raise BadFileError(f"{self.path}: corrupt ELF file: {exc}") from None
@@ -195,6 +202,47 @@ class KernelImage:
                 raw = bytes(self.view[off : off + limit])
                 return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
         return None
+
+
+class SectionTableError(ValueError):
+    """A section header entry that cannot be right (see :class:`SectionTableCheck`)."""
+
+
+class SectionTableCheck:
+    """Checks of each section header entry, before anything is read through it: its name lies in the
+    section name table, its contents (unless SHT_NOBITS) end inside the file, and a symbol table has
+    the entry size of its ELF class, a whole number of entries and a link to a string table; no link
+    names a section that does not exist (binutils refuses such a file: "file format not recognized")."""
+
+    def __init__(self, elf: Any, file_size: int) -> None:
+        self.file_size = file_size
+        self.count = elf.num_sections()
+        self.sym_size = 24 if elf.elfclass == 64 else 16
+        strndx = elf.header["e_shstrndx"]
+        if strndx == 0xFFFF and self.count:  # SHN_XINDEX: the index is in section 0's sh_link
+            strndx = elf._get_section_header(0)["sh_link"]
+        if self.count and not 0 <= strndx < self.count:
+            raise SectionTableError(f"e_shstrndx {strndx} past the {self.count} sections")
+        self.names = elf._get_section_header(strndx) if self.count else None
+        if self.names is not None and self.names["sh_offset"] + self.names["sh_size"] > file_size:
+            raise SectionTableError(f"the section name table (section {strndx}) ends past the end of the file")
+
+    def entry(self, index: int, h: Any) -> None:
+        where = f"section header {index}"
+        if self.names is not None and index and h["sh_name"] >= self.names["sh_size"]:
+            raise SectionTableError(f"{where}: name offset {h['sh_name']:#x} past the section name table")
+        stype = h["sh_type"]
+        if h["sh_link"] >= self.count:
+            raise SectionTableError(f"{where}: sh_link {h['sh_link']} past the {self.count} sections")
+        if stype != "SHT_NOBITS" and h["sh_offset"] + h["sh_size"] > self.file_size:
+            raise SectionTableError(f"{where}: contents at {h['sh_offset']:#x}+{h['sh_size']:#x} end past the "
+                                    f"end of the file ({self.file_size:#x} bytes): a truncated or damaged file")
+        if stype in ("SHT_SYMTAB", "SHT_DYNSYM"):
+            if h["sh_entsize"] != self.sym_size or h["sh_size"] % self.sym_size:
+                raise SectionTableError(f"{where}: a symbol table of entry size {h['sh_entsize']} and size "
+                                        f"{h['sh_size']:#x} (entries are {self.sym_size} bytes)")
+            if not 0 < h["sh_link"] < self.count:
+                raise SectionTableError(f"{where}: the symbol table's string table {h['sh_link']} is no section")
 
 
 def _sh_type_num(name: str) -> int:

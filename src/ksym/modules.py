@@ -46,7 +46,7 @@ from .errors import (
     MissingDebugInfoError,
     SpecError,
 )
-from .image import read_build_id_from_notes
+from .image import SectionTableCheck, SectionTableError, read_build_id_from_notes
 from .model import Resolution, SourceLocation
 from .pathmap import PathMap
 from .spec import AddressSpec, FuncSpec, parse_spec
@@ -182,8 +182,10 @@ class ModuleImage:
             self._align: dict[int, int] = {}
             self._link: dict[int, int] = {}
             self._info: dict[int, int] = {}
+            check = SectionTableCheck(self.elf, len(self.data))
             for i, sec in enumerate(self.elf.iter_sections()):
                 h = sec.header
+                check.entry(i, h)
                 st = h["sh_type"]
                 stype = st if isinstance(st, int) else _sh_type_num(str(st))
                 secs.append(Section(i, sec.name, stype, int(h["sh_flags"]), int(h["sh_addr"]),
@@ -191,7 +193,9 @@ class ModuleImage:
                 self._align[i] = int(h["sh_addralign"])
                 self._link[i] = int(h["sh_link"])
                 self._info[i] = int(h["sh_info"])
-        except (ELFError, struct.error, ValueError, KeyError) as exc:
+        except SectionTableError as exc:
+            raise BadFileError(f"{self.path}: damaged ELF section table: {exc}") from None
+        except (ELFError, struct.error, ValueError, KeyError, OSError, OverflowError) as exc:
             raise BadFileError(f"{self.path}: corrupt ELF file: {exc}") from None
         if self.elf_type != "ET_REL":
             raise BadFileError(f"{self.path}: not a kernel module (ELF type {self.elf_type}, expected ET_REL)")
@@ -432,10 +436,8 @@ class ModuleSymbolizer:
             return None
         sec = self.dwarf()
         if self._ar is None:
-            try:
+            with D.damage_is_bad_file(self.path):
                 ar = sorted(D.read_aranges(sec))
-            except (D.DwarfError, IndexError, ValueError, struct.error):
-                ar = []
             self._ar = ([a[0] for a in ar], [a[1] for a in ar], [a[2] for a in ar])
         starts, ends, cus = self._ar
         i = bisect.bisect_right(starts, address) - 1
@@ -446,26 +448,21 @@ class ModuleSymbolizer:
         if self._cu_list is None:
             covered = set(cus)
             out: list[tuple[int, int, int]] = []
-            for off, _end in D.scan_cu_headers(sec):
-                if off in covered:
-                    continue
-                try:
-                    out.extend((lo, hi, off) for lo, hi in D.unit_ranges(sec, off))
-                except (D.DwarfError, IndexError, ValueError, struct.error):
-                    continue
+            with D.damage_is_bad_file(self.path):
+                for off, _end in D.scan_cu_headers(sec):
+                    if off not in covered:
+                        out.extend((lo, hi, off) for lo, hi in D.unit_ranges(sec, off))
             self._cu_list = sorted(out)
         for lo, hi, off in self._cu_list:
             if lo <= address < hi:
                 return off
         return None
 
-    def _unit(self, offset: int) -> D.CompiledUnit:
+    def _unit(self, offset: int, address: int | None = None) -> D.CompiledUnit:
         cu = self._cus.get(offset)
         if cu is None:
-            try:
-                cu = D.compile_unit(self.dwarf(), offset)
-            except (D.DwarfError, IndexError, ValueError, struct.error) as exc:
-                raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {offset:#x}: {exc}") from None
+            with D.damage_is_bad_file(self.path):
+                cu = D.compile_unit(self.dwarf(), offset, expect=address)
             self._cus[offset] = cu
         return cu
 
@@ -481,13 +478,12 @@ class ModuleSymbolizer:
         cu_off = self._cu_offset_for(address)
         if cu_off is None:
             return inline_chain(None, address, self.symbols, self._display)
-        cu = self._unit(cu_off)
-        if cu.needs_expansion(address):
-            try:
+        cu = self._unit(cu_off, address)
+        # expand_for leaves ``cu`` as it was when it meets damage: a lookup again meets it again
+        with D.damage_is_bad_file(self.path):
+            if cu.needs_expansion(address):
                 D.expand_for(self.dwarf(), cu, address)
-            except (D.DwarfError, IndexError, ValueError, struct.error) as exc:
-                raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {cu_off:#x}: {exc}") from None
-        return inline_chain(cu, address, self.symbols, self._display)
+            return inline_chain(cu, address, self.symbols, self._display)
 
     def _display(self, raw: str) -> str:
         mapped = self.path_map.apply(raw) if self.path_map and raw not in ("", "??") else None

@@ -22,7 +22,6 @@ import gc
 import mmap
 import os
 import re
-import struct
 import threading
 from array import array
 from collections.abc import Callable, Iterable
@@ -246,7 +245,10 @@ class Symbolizer:
     def _build_record(self, img: Any) -> dict[str, Any]:
         syms = img.load_symbols()
         # a file with a symbol table and no DWARF is answered from the symbols alone, as addr2line does
-        ar = D.read_aranges(self._dwarf_sections_from_image(img)) if img.has_dwarf else []
+        ar: list[Any] = []
+        if img.has_dwarf:
+            with D.damage_is_bad_file(self.path):
+                ar = D.read_aranges(self._dwarf_sections_from_image(img))
         ar.sort()
         banner = None
         self.symbols = syms
@@ -307,8 +309,9 @@ class Symbolizer:
             cu = self._cus.get(cu_off)
             if cu is not None:
                 self._read_on(cu, addr, functions=False)
-            table = cu.lines if cu is not None else D.unit_line_table(self._dwarf(), cu_off)
-            loc = table.lookup(addr) if table is not None else None
+            with D.damage_is_bad_file(self.path):
+                table = cu.lines if cu is not None else D.unit_line_table(self._dwarf(), cu_off)
+                loc = table.lookup(addr) if table is not None else None
             if loc is None:
                 return None
             file_line = f"{loc[0]}:{loc[1]}"
@@ -376,14 +379,10 @@ class Symbolizer:
                 sec = self._dwarf()
                 covered = set(self._ar_cus)
                 out: list[tuple[int, int, int]] = []
-                for off, _end in D.scan_cu_headers(sec):
-                    if off in covered:
-                        continue
-                    try:
-                        for lo, hi in D.unit_ranges(sec, off):
-                            out.append((lo, hi, off))
-                    except (D.DwarfError, IndexError, ValueError):
-                        continue
+                with D.damage_is_bad_file(self.path):
+                    for off, _end in D.scan_cu_headers(sec):
+                        if off not in covered:
+                            out.extend((lo, hi, off) for lo, hi in D.unit_ranges(sec, off))
                 out.sort()
                 self._cu_list = out
                 self._store.save_cu(self.key, -1, out)
@@ -413,10 +412,8 @@ class Symbolizer:
             except (TypeError, ValueError, IndexError):
                 cu = None
         if cu is None:
-            try:
-                cu = D.compile_unit(self._dwarf(), offset, until=address)
-            except (D.DwarfError, IndexError, ValueError, struct.error) as exc:
-                raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {offset:#x}: {exc}") from None
+            with D.damage_is_bad_file(self.path):
+                cu = D.compile_unit(self._dwarf(), offset, until=address, expect=address)
             self._mark_dirty(cu)
         self._cus[offset] = cu
         return cu
@@ -426,18 +423,21 @@ class Symbolizer:
         its top-level functions and the subtree of the one holding it; a unit that grew is written
         back to the index. The DWARF is opened only when something is missing."""
         changed = False
+        # the readers leave ``cu`` as it was when they meet damage, and a unit that failed to read is
+        # dropped from memory and from the pending writes: nothing half-read is kept or stored
         try:
-            lines = cu.lines
-            if lines is not None and not lines.covers(address):
-                changed = lines.extend(self._dwarf(), address)
-            if functions:
-                if cu.needs_walk(address):
-                    changed = D.walk_on(self._dwarf(), cu, address) or changed
-                if cu.needs_expansion(address):
-                    changed = D.expand_for(self._dwarf(), cu, address) or changed
-        except (D.DwarfError, IndexError, ValueError, struct.error) as exc:
+            with D.damage_is_bad_file(self.path):
+                lines = cu.lines
+                if lines is not None and not lines.covers(address):
+                    changed = lines.extend(self._dwarf(), address)
+                if functions:
+                    if cu.needs_walk(address):
+                        changed = D.walk_on(self._dwarf(), cu, address) or changed
+                    if cu.needs_expansion(address):
+                        changed = D.expand_for(self._dwarf(), cu, address) or changed
+        except BadFileError:
             self._forget_unit(cu.offset)
-            raise BadFileError(f"{self.path}: corrupt DWARF in the unit at {cu.offset:#x}: {exc}") from None
+            raise
         if changed:
             self._mark_dirty(cu)
 
@@ -701,7 +701,9 @@ class Symbolizer:
         cu = self.compiled_unit(cu_off, address)
         self._read_on(cu, address)
         row = cu.lines.row_address(address) if cu.lines is not None else None
-        return inline_chain(cu, address, self.symbols, self._display), -1 if row is None else row
+        with D.damage_is_bad_file(self.path):  # a file number past the line table's files
+            chain = inline_chain(cu, address, self.symbols, self._display)
+        return chain, -1 if row is None else row
 
     def symbolize(self, address: int, query: str | None = None) -> Resolution:
         """Resolve one link-time address (no KASLR adjustment)."""
