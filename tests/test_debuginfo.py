@@ -695,10 +695,10 @@ def test_offset_past_the_end_is_a_bad_file_everywhere(tmp_path: Path, debuginfod
     shutil.copy(bad, tmp_path / "cache" / "debuginfod" / bid / "debuginfo")
     got = ksym(tmp_path, "debuginfo", "--offline", "--build-id", bid, "--debug-dir", str(tree))
     assert got.returncode == EXIT_NO_FILE, got.stdout + got.stderr
-    unusable = [ln for ln in got.stdout.splitlines() if ": unusable: corrupt ELF file" in ln]
+    unusable = [ln for ln in got.stdout.splitlines() if ": unusable: damaged ELF section table" in ln]
     assert len(unusable) == 2, got.stdout
     got = ksym(tmp_path, "debuginfo", "--vmlinux", str(bad))
-    assert got.returncode == 4 and got.stderr.count("\n") == 1 and "corrupt ELF file" in got.stderr, got.stderr
+    assert got.returncode == 4 and got.stderr.count("\n") == 1 and "damaged ELF section table" in got.stderr, got.stderr
     debuginfod.files[bid] = bad.read_bytes()
     shutil.rmtree(tmp_path / "cache")
     got = ksym(tmp_path, "resolve", "--build-id", bid, "--debuginfod-url", debuginfod.url, "x+1")
