@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from .errors import BadFileError, DebuginfodError, FileNotFoundKsymError, KsymError
+from .index import STALE_TEMP_SECONDS
 from .transfer import Limits, Transfer, TransferError
 
 __all__ = [
@@ -84,8 +85,9 @@ _TEMP_PREFIX = ".tmp-debuginfo-"
 #: a download's overall deadline (seconds) and size cap (bytes) when neither option nor environment sets one
 DEFAULT_DEADLINE = 1800.0
 DEFAULT_MAX_SIZE = 4 << 30
-#: a temporary nothing wrote to for this long (seconds) and no ksym holds is removed
-STALE_TEMPORARY_AGE = 3600.0
+#: a temporary nothing wrote to for this long (seconds) and no ksym holds is removed: the same age as
+#: the index's temporaries (one policy for every temporary in ksym's cache)
+STALE_TEMPORARY_AGE = float(STALE_TEMP_SECONDS)
 
 
 def normalize_build_id(text: str) -> str:
