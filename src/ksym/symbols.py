@@ -372,10 +372,7 @@ class SymbolTable:
             return self.faddr2line_matches(name)
         got = self._kallsyms_matches(name)
         if not got and ".llvm." not in name:
-            prefix = name + ".llvm."
-            full = sorted((i, self.names[i]) for i in self.names.with_prefix(prefix)
-                          if self.names[i][len(prefix):].isdigit())
-            for n in dict.fromkeys(n for _i, n in full):
+            for n in self._promoted_names(name, functions_only=False):
                 got.extend(self._kallsyms_matches(n))
         return got
 
@@ -407,16 +404,18 @@ class SymbolTable:
 
     def _llvm_promoted_matches(self, name: str) -> list[FaddrMatch]:
         # in symbol-table order, as faddr2line would list them had it been given each full name
-        prefix = name + ".llvm."
-        full = sorted({(i, self.names[i]) for i in self.names.with_prefix(prefix)
-                       if self.names[i][len(prefix):].isdigit() and self.infos[i] & 0xF == STT_FUNC})
         out: list[FaddrMatch] = []
-        seen: set[str] = set()
-        for _i, n in full:
-            if n not in seen:
-                seen.add(n)
-                out.extend(self._faddr2line_matches(n))
+        for n in self._promoted_names(name, functions_only=True):
+            out.extend(self._faddr2line_matches(n))
         return out
+
+    def _promoted_names(self, name: str, functions_only: bool) -> list[str]:
+        """The distinct ``name.llvm.<digits>`` names (statics clang's ThinLTO promoted), in symbol-table
+        order of their first symbol; with ``functions_only``, of FUNC symbols only."""
+        prefix = name + ".llvm."
+        hits = sorted({i for i in self.names.with_prefix(prefix) if self.names[i][len(prefix):].isdigit()
+                       and (not functions_only or self.infos[i] & 0xF == STT_FUNC)})
+        return list(dict.fromkeys(self.names[i] for i in hits))
 
     def _faddr2line_matches(self, name: str) -> list[FaddrMatch]:
         out = []
