@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,13 +51,7 @@ needs_addr2line = requires(find_addr2line() is not None, "addr2line (binutils) i
 FADDR2LINE = find_faddr2line()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with pytest.MonkeyPatch.context() as mp:
-        cache = tmp_path_factory.mktemp("ksym-cache")
-        mp.setenv("KSYM_CACHE_DIR", str(cache))
-        mp.delenv("KSYM_DEBUG", raising=False)
-        yield cache
+pytestmark = pytest.mark.usefixtures("private_cache")  # tests/conftest.py
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -142,13 +141,7 @@ _start:
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with pytest.MonkeyPatch.context() as mp:
-        cache = tmp_path_factory.mktemp("ksym-cache")
-        mp.setenv("KSYM_CACHE_DIR", str(cache))
-        mp.delenv("KSYM_DEBUG", raising=False)
-        yield cache
+pytestmark = pytest.mark.usefixtures("private_cache")  # tests/conftest.py
 
 
 def _need_addr2line() -> str:

@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import capstone
@@ -100,14 +99,7 @@ SPECS: list[str] = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Keep ksym's on-disk index out of $HOME, for the API and the CLI subprocesses alike."""
-    with pytest.MonkeyPatch.context() as mp:
-        cache = tmp_path_factory.mktemp("ksym-cache")
-        mp.setenv("KSYM_CACHE_DIR", str(cache))
-        mp.delenv("KSYM_DEBUG", raising=False)
-        yield cache
+pytestmark = pytest.mark.usefixtures("private_cache")  # tests/conftest.py
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

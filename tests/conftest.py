@@ -1,0 +1,19 @@
+"""Fixtures shared by the test modules (pytest finds them here)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A module's own ksym index, out of $HOME, for the API and the CLI subprocesses alike (a module
+    takes it with ``pytestmark = pytest.mark.usefixtures("private_cache")``)."""
+    with pytest.MonkeyPatch.context() as mp:
+        cache = tmp_path_factory.mktemp("ksym-cache")
+        mp.setenv("KSYM_CACHE_DIR", str(cache))
+        mp.delenv("KSYM_DEBUG", raising=False)
+        yield cache
