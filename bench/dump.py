@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/dump.py: no Debian 6.1 debug vmlinux (run tools/fetch-testdata.sh)", file=sys.stderr)
         return 2
     load_before = load_average()
+    commit, source = ksym_commit(), ksym_source()  # before the run: the working tree's HEAD may move
     work = Path(tempfile.mkdtemp(prefix="ksym-dump-bench-"))
     try:
         lines = make_dump(vmlinux, work)
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {"frames": nframes, "distinct": distinct_frames(lines), "rows": results,
                   "args": " ".join(argv if argv is not None else sys.argv[1:]),
                   "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                  "commit": ksym_commit(), "source": ksym_source(), "machine": machine_line(machine_info()),
+                  "commit": commit, "source": source, "machine": machine_line(machine_info()),
                   "versions": f"Python {platform.python_version()}, "
                               f"{first_line(['addr2line', '--version'])}, {first_line(['nm', '--version'])}",
                   "load_before": load_before, "load_after": load_average(),

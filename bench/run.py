@@ -348,11 +348,9 @@ def targets_table(sp: SpeedResults) -> list[str]:
             f"{ok(inp <= TARGETS['inproc_us'])} |"), ""]
 
 
-def run_command(args: argparse.Namespace) -> str:
+def run_command(argv: list[str]) -> str:
     """The command line this run was started with (as a user would type it)."""
-    return ".venv/bin/python bench/run.py" + (" --quick" if args.quick else "") + (
-        f" --ksym-commit {args.ksym_commit}" if args.ksym_commit else "") + "".join(
-        f" --reuse {part}" for part in args.reuse)
+    return " ".join([".venv/bin/python bench/run.py", *argv])
 
 
 #: The heads of docs/benchmarks.md's summary tables (one row per run: :func:`summary_rows`).
@@ -409,17 +407,17 @@ def summary_rows(day: str, commit: str, addr: AddressReport | None, single: list
     return out
 
 
-def run_log(*, args: argparse.Namespace, vmlinux: Path, script: Path, info: dict[str, str],
+def run_log(*, args: argparse.Namespace, argv: list[str], commit: str, vmlinux: Path, script: Path, info: dict[str, str],
             vers: dict[str, str], addr: AddressReport | None, single: list[tuple[int, bool]],
             spec: SpecReport | None, speed: SpeedResults | None, started: str, build_id: str,
             load_start: str, load_end: str, png: str | None, stored: dict[str, str] | None = None,
             ) -> list[str]:
     """The full log of one run, as markdown lines under the run's heading in bench/results."""
-    L: list[str] = [f"Command: `{run_command(args)}`, started {started}.", "",
+    L: list[str] = [f"Command: `{run_command(argv)}`, started {started}.", "",
                     *[f"The {part} section was measured by an earlier `bench/run.py` invocation on this "
                       f"machine at {when} and reused (`--reuse {part}`)." for part, when in (stored or {}).items()],
                     "", "### Summary for docs/benchmarks.md", "",
-                    *summary_rows(started[:10], ksym_commit(), addr, single, spec, speed),
+                    *summary_rows(started[:10], commit, addr, single, spec, speed),
                     "### Setup", "",
                     f"* machine: {machine_line(info)}",
                     (f"* load average (1/5/15 min) at start {load_start}, at end {load_end}. Absolute times "
@@ -618,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     args.runs = args.runs or 3
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     day = started[:10]
+    commit = ksym_commit()  # before the run: the working tree's HEAD may move while it runs
     load_start = load_average()
     vmlinux, script = ensure_testdata()
     for tool in ("addr2line", "llvm-symbolizer", "eu-addr2line", "readelf"):
@@ -660,15 +659,15 @@ def main(argv: list[str] | None = None) -> int:
             how = write_png(png, speed, bench_python)
             png_name = png.name
             log(f"wrote {png} ({how})")
-        body = run_log(args=args, vmlinux=vmlinux, script=script, info=info, vers=vers, addr=addr,
+        body = run_log(args=args, argv=sys.argv[1:] if argv is None else argv, commit=commit, vmlinux=vmlinux, script=script, info=info, vers=vers, addr=addr,
                        single=single, spec=spec, speed=speed, started=started, build_id=sym.build_id or "?",
                        load_start=load_start, load_end=load_average(), png=png_name, stored=stored)
-        out = append_log("run", "bench/run.py", f"{started}, ksym {ksym_commit()}", body, day=day,
+        out = append_log("run", "bench/run.py", f"{started}, ksym {commit}", body, day=day,
                          results=args.results)
         log(f"wrote {out}")
         if speed is not None:
             print("\n".join(targets_table(speed) + speed_tables(speed)))
-        print("\n".join(summary_rows(day, ksym_commit(), addr, single, spec, speed)))
+        print("\n".join(summary_rows(day, commit, addr, single, spec, speed)))
         sym.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
