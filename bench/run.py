@@ -359,7 +359,8 @@ ACCURACY_HEADER = (("| date | ksym | addresses = addr2line (one batch) | = one-a
 SPEED_HEADER = (("| date | ksym | measurement | ksym s | ksym peak RSS MB | llvm-symbolizer s | addr2line -fi s | "
                 "scripts/faddr2line s | ksym ÷ llvm-symbolizer | ksym ÷ addr2line |"),
                 "|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
-INPROCESS_HEADER = ("| date | ksym | first pass µs/frame | warm µs/frame | drgn warm µs/frame |",
+INPROCESS_HEADER = (("| date | ksym | first pass µs/frame (warm index on disk) | warm µs/frame (all in memory) | "
+                    "drgn warm µs/frame |"),
                     "|---|---|---:|---:|---:|")
 
 
