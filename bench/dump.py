@@ -102,6 +102,12 @@ def reference_seconds() -> float:
     return best
 
 
+def _num(x: object) -> float:
+    """A number of a result read back from JSON."""
+    assert isinstance(x, (int, float, str)), x
+    return float(x)
+
+
 def distinct_frames(lines: list[str]) -> int:
     return len({ln.split("]", 1)[1].strip() for ln in lines if "+0x" in ln})
 
@@ -114,13 +120,13 @@ SUMMARY_HEADER = ("| date | ksym | cold s | warm s | decode_stacktrace.sh s | it
 def summary_row(result: dict[str, object]) -> str:
     """The row docs/benchmarks-dump.md keeps for this run."""
     rows: dict[str, dict[str, object]] = result["rows"]  # type: ignore[assignment]
-    warm = float(rows["ksym annotate (warm index)"]["seconds"])  # type: ignore[arg-type]
-    cold = float(rows["ksym annotate (cold: empty index)"]["seconds"])  # type: ignore[arg-type]
+    warm = _num(rows["ksym annotate (warm index)"]["seconds"])
+    cold = _num(rows["ksym annotate (cold: empty index)"]["seconds"])
     dec = rows.get("scripts/decode_stacktrace.sh")
     if dec is None:
         decode = "– | – | –"
     else:
-        d = float(dec["seconds"])  # type: ignore[arg-type]
+        d = _num(dec["seconds"])
         decode = (f"{d:.0f}{' (extrapolated)' if str(dec['note']).startswith('EXTRAPOLATED') else ''} | "
                   f"{d / cold:.0f}× | {d / warm:.0f}×")
     return (f"| {str(result.get('when', '?'))[:10]} | {result.get('commit', '?')} | {cold:.2f} | {warm:.2f} | "
@@ -130,8 +136,8 @@ def summary_row(result: dict[str, object]) -> str:
 def run_log(result: dict[str, object]) -> list[str]:
     """The full log of one run (a ``--out`` JSON result), as markdown lines for bench/results."""
     rows: dict[str, dict[str, object]] = result["rows"]  # type: ignore[assignment]
-    warm = float(rows["ksym annotate (warm index)"]["seconds"])  # type: ignore[arg-type]
-    cold = float(rows["ksym annotate (cold: empty index)"]["seconds"])  # type: ignore[arg-type]
+    warm = _num(rows["ksym annotate (warm index)"]["seconds"])
+    cold = _num(rows["ksym annotate (cold: empty index)"]["seconds"])
     out = [
         (f"Command: `.venv/bin/python bench/dump.py {result.get('args', '')}`, started {result.get('when', '?')}, "
          f"ksym {result.get('source', result.get('commit', '?'))}."),
@@ -160,16 +166,18 @@ def run_log(result: dict[str, object]) -> list[str]:
         "|---|---:|---:|---|---:|---:|---|",
     ]
     for name, r in rows.items():
-        s_ = float(r["seconds"])  # type: ignore[arg-type]
-        every = " ".join(f"{float(x):.2f}" for x in r.get("samples") or [])  # type: ignore[union-attr]
-        out.append(f"| {name} | {s_:.3f} | {r['runs']} | {every} | {float(r['rss_mb'] or 0):.0f} | "
+        s_ = _num(r["seconds"])
+        samples = r.get("samples") or []
+        assert isinstance(samples, list)
+        every = " ".join(f"{_num(x):.2f}" for x in samples)
+        out.append(f"| {name} | {s_:.3f} | {r['runs']} | {every} | {_num(r['rss_mb'] or 0):.0f} | "
                    f"{s_ / warm:.1f}× | {r['note']} |")
     dec = rows.get("scripts/decode_stacktrace.sh")
     out += ["", (f"Targets: cold ≤ {TARGET_COLD_S} s: {'met' if cold <= TARGET_COLD_S else 'not met'} "
             f"({cold:.2f} s); warm ≤ {TARGET_WARM_S} s: {'met' if warm <= TARGET_WARM_S else 'not met'} "
             f"({warm:.2f} s).")]
     if dec is not None:
-        d = float(dec["seconds"])  # type: ignore[arg-type]
+        d = _num(dec["seconds"])
         out.append(f"scripts/decode_stacktrace.sh ÷ ksym: {d / cold:.0f}× the cold run, {d / warm:.0f}× the warm run.")
     return out
 
@@ -262,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{nframes} frames, {distinct_frames(lines)} distinct")
         print(f"{'tool':45} {'wall s':>9} {'RSS MB':>7} {'÷ warm ksym':>11}  note")
         for name, r in results.items():
-            s = float(r["seconds"])  # type: ignore[arg-type]
-            print(f"{name:45} {s:9.3f} {float(r['rss_mb'] or 0):7.0f} {s / base:10.1f}×  {r['note']}")
+            s = _num(r["seconds"])
+            print(f"{name:45} {s:9.3f} {_num(r['rss_mb'] or 0):7.0f} {s / base:10.1f}×  {r['note']}")
         print(f"targets: cold ≤ {TARGET_COLD_S} s: {'met' if (cold.seconds or 99) <= TARGET_COLD_S else 'NOT met'};"
               f" warm ≤ {TARGET_WARM_S} s: {'met' if (warm.seconds or 99) <= TARGET_WARM_S else 'NOT met'}")
         out = Path(args.out)
