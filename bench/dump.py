@@ -3,9 +3,14 @@
 real Debian 6.1 vmlinux, annotated by ``ksym annotate`` with an empty index (cold) and a warm one, and
 by the kernel's scripts/decode_stacktrace.sh on the same dump in the same run.
 
-    .venv/bin/python bench/dump.py                    # writes bench/.cache/dump-result.json, prints a table
+    .venv/bin/python bench/dump.py                    # the whole benchmark (decode_stacktrace.sh: ~10 min)
+    .venv/bin/python bench/dump.py --no-decode        # ksym only
     .venv/bin/python bench/dump.py --decode-lines 300 # decode_stacktrace.sh on the first 300 lines only
     .venv/bin/python bench/dump.py --make-dump FILE   # only write the dump
+
+Each run appends its full log (machine, load, versions, commit, every run's time) to
+bench/results/dump-<YYYY-MM-DD>.md, keeps the raw result in bench/.cache/dump-result.json and prints the
+summary row that docs/benchmarks-dump.md keeps.
 
 The dump is an oops-style call trace (``[  12.345678]  func+0x1c/0x80``), deterministic (seeded), made of
 return addresses (the instruction after a ``call``) in FUNC symbols, as real stacks hold.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import random
 import shutil
 import subprocess
@@ -35,6 +41,16 @@ for p in (REPO, REPO / "tests"):
 from anchors import find_faddr2line, find_test_vmlinux
 
 from bench.accuracy import sample_addresses
+from bench.results import (
+    RESULTS,
+    append_log,
+    first_line,
+    ksym_commit,
+    ksym_source,
+    load_average,
+    machine_info,
+    machine_line,
+)
 from bench.speed import Measure, median_of, run_timed
 from ksym import Symbolizer
 
@@ -70,25 +86,6 @@ def make_dump(vmlinux: Path, work: Path) -> list[str]:
     return lines
 
 
-def _git(*a: str) -> str:
-    p = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=False)
-    return p.stdout.strip() or "?"
-
-
-def _load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
-def _machine() -> str:
-    import os
-    import platform
-
-    return f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
-
-
 #: A fixed pure-Python loop, timed in a fresh interpreter before and after the runs: how fast this shared
 #: machine was at the time (its speed drifts by tens of percent from minute to minute).
 REFERENCE_LOOP = ("import time\nt = time.perf_counter()\ns = 0\nd = {}\nfor i in range(1_500_000):\n"
@@ -105,52 +102,91 @@ def reference_seconds() -> float:
     return best
 
 
+def _num(x: object) -> float:
+    """A number of a result read back from JSON."""
+    assert isinstance(x, (int, float, str)), x
+    return float(x)
+
+
 def distinct_frames(lines: list[str]) -> int:
     return len({ln.split("]", 1)[1].strip() for ln in lines if "+0x" in ln})
 
 
-def write_markdown(result: dict[str, object], path: Path) -> None:
-    """docs/benchmarks-dump.md from a result (``--out`` JSON)."""
+#: The head of docs/benchmarks-dump.md's summary table (one row per run: :func:`summary_row`).
+SUMMARY_HEADER = ("| date | ksym | cold s | warm s | decode_stacktrace.sh s | it ÷ cold ksym | it ÷ warm ksym |",
+                  "|---|---|---:|---:|---:|---:|---:|")
+
+
+def summary_row(result: dict[str, object]) -> str:
+    """The row docs/benchmarks-dump.md keeps for this run."""
     rows: dict[str, dict[str, object]] = result["rows"]  # type: ignore[assignment]
-    warm = float(rows["ksym annotate (warm index)"]["seconds"])  # type: ignore[arg-type]
-    cold = float(rows["ksym annotate (cold: empty index)"]["seconds"])  # type: ignore[arg-type]
+    warm = _num(rows["ksym annotate (warm index)"]["seconds"])
+    cold = _num(rows["ksym annotate (cold: empty index)"]["seconds"])
+    dec = rows.get("scripts/decode_stacktrace.sh")
+    if dec is None:
+        decode = "– | – | –"
+    else:
+        d = _num(dec["seconds"])
+        decode = (f"{d:.0f}{' (extrapolated)' if str(dec['note']).startswith('EXTRAPOLATED') else ''} | "
+                  f"{d / cold:.0f}× | {d / warm:.0f}×")
+    return (f"| {str(result.get('when', '?'))[:10]} | {result.get('commit', '?')} | {cold:.2f} | {warm:.2f} | "
+            f"{decode} |")
+
+
+def run_log(result: dict[str, object]) -> list[str]:
+    """The full log of one run (a ``--out`` JSON result), as markdown lines for bench/results."""
+    rows: dict[str, dict[str, object]] = result["rows"]  # type: ignore[assignment]
+    warm = _num(rows["ksym annotate (warm index)"]["seconds"])
+    cold = _num(rows["ksym annotate (cold: empty index)"]["seconds"])
     out = [
-        "# Benchmark: annotating a 10,000-frame dump (issue 3)",
+        (f"Command: `.venv/bin/python bench/dump.py {result.get('args', '')}`, started {result.get('when', '?')}, "
+         f"ksym {result.get('source', result.get('commit', '?'))}."),
         "",
-        (f"Written by `.venv/bin/python bench/dump.py {result.get('args', '')}` on {result.get('when', '?')} "
-        f"with ksym {result.get('commit', '?')}."),
+        "Summary row for docs/benchmarks-dump.md:",
         "",
-        (f"* machine: {result.get('machine', '?')}; load average at start {result.get('load_before', '?')}, "
-        f"at end {result.get('load_after', '?')}"),
+        *SUMMARY_HEADER,
+        summary_row(result),
+        "",
+        (f"* machine: {result.get('machine', '?')}; load average (1/5/15 min) at start "
+         f"{result.get('load_before', '?')}, at end {result.get('load_after', '?')}"),
+        *([f"* versions: {result['versions']}"] if result.get("versions") else []),
         (f"* machine speed: a fixed pure-Python loop (bench/dump.py REFERENCE_LOOP, best of 3) took "
-        f"{result.get('reference_before', '?')} s before the ksym runs and {result.get('reference_after', '?')} s "
-        "after them (lower is faster; this shared machine's speed drifts from minute to minute, so compare runs "
-        "by it)"),
+         f"{result.get('reference_before', '?')} s before the ksym runs and {result.get('reference_after', '?')} s "
+         "after them (lower is faster; compare runs on a shared machine by it)"),
         ("* ksym's sources byte-compiled first (`compileall`, as pip does on install); every run's output was "
-        "byte-identical to the first run's"),
+         "byte-identical to the first run's"),
         (f"* dump: {result['frames']} oops-style frames (`[ t] func+0xoff/0xsize`, return addresses in FUNC "
-        f"symbols) drawn from {result['distinct']} distinct ones, in call traces of 20; the real Debian 6.1 "
-        "debug vmlinux; the OS page cache warm for every tool"),
+         f"symbols) drawn from {result['distinct']} distinct ones, in call traces of 20; the real Debian 6.1 "
+         "debug vmlinux; the OS page cache warm for every tool"),
         "* cold: a new empty `--cache-dir` per run; warm: the index left by an earlier run over the same dump",
         ("* `ksym annotate` looks return addresses up at the call site and disassembles the call; "
-        "scripts/decode_stacktrace.sh (same kernel version) runs `nm` and `addr2line` per distinct frame"),
+         "scripts/decode_stacktrace.sh (same kernel version) runs `nm` and `addr2line` per distinct frame"),
         "",
         "| tool | wall s (median) | runs | every run, s | peak RSS MB | wall ÷ warm ksym | note |",
         "|---|---:|---:|---|---:|---:|---|",
     ]
     for name, r in rows.items():
-        s_ = float(r["seconds"])  # type: ignore[arg-type]
-        every = " ".join(f"{float(x):.2f}" for x in r.get("samples") or [])  # type: ignore[union-attr]
-        out.append(f"| {name} | {s_:.3f} | {r['runs']} | {every} | {float(r['rss_mb'] or 0):.0f} | "
+        s_ = _num(r["seconds"])
+        samples = r.get("samples") or []
+        assert isinstance(samples, list)
+        every = " ".join(f"{_num(x):.2f}" for x in samples)
+        out.append(f"| {name} | {s_:.3f} | {r['runs']} | {every} | {_num(r['rss_mb'] or 0):.0f} | "
                    f"{s_ / warm:.1f}× | {r['note']} |")
     dec = rows.get("scripts/decode_stacktrace.sh")
     out += ["", (f"Targets: cold ≤ {TARGET_COLD_S} s: {'met' if cold <= TARGET_COLD_S else 'not met'} "
             f"({cold:.2f} s); warm ≤ {TARGET_WARM_S} s: {'met' if warm <= TARGET_WARM_S else 'not met'} "
             f"({warm:.2f} s).")]
     if dec is not None:
-        d = float(dec["seconds"])  # type: ignore[arg-type]
+        d = _num(dec["seconds"])
         out.append(f"scripts/decode_stacktrace.sh ÷ ksym: {d / cold:.0f}× the cold run, {d / warm:.0f}× the warm run.")
-    path.write_text("\n".join(out) + "\n")
+    return out
+
+
+def write_log(result: dict[str, object], results: Path) -> Path:
+    """Append the run's log to ``results``/dump-<day of the run>.md."""
+    when = str(result.get("when", "?"))
+    return append_log("dump", "bench/dump.py", f"{when}, ksym {result.get('commit', '?')}", run_log(result),
+                      day=when[:10], results=results)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,18 +197,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-decode", action="store_true", help="skip decode_stacktrace.sh")
     ap.add_argument("--make-dump", metavar="FILE", help="write the dump to FILE and exit")
     ap.add_argument("--out", default=str(HERE / ".cache" / "dump-result.json"))
-    ap.add_argument("--markdown", default=str(REPO / "docs" / "benchmarks-dump.md"),
-                    help="where to write the report (default docs/benchmarks-dump.md)")
-    ap.add_argument("--markdown-only", action="store_true", help="only rewrite the report from --out")
+    ap.add_argument("--results", type=Path, default=RESULTS,
+                    help="directory of the run logs (default bench/results): the log goes to dump-<date>.md")
+    ap.add_argument("--log-only", action="store_true",
+                    help="measure nothing: append the log of the result in --out to the run logs")
     args = ap.parse_args(argv)
-    if args.markdown_only:
-        write_markdown(json.loads(Path(args.out).read_text()), Path(args.markdown))
+    if args.log_only:
+        print(f"wrote {write_log(json.loads(Path(args.out).read_text()), args.results)}")
         return 0
     vmlinux = find_test_vmlinux()
     if vmlinux is None:
         print("bench/dump.py: no Debian 6.1 debug vmlinux (run tools/fetch-testdata.sh)", file=sys.stderr)
         return 2
-    load_before = _load()
+    load_before = load_average()
+    commit, source = ksym_commit(), ksym_source()  # before the run: the working tree's HEAD may move
     work = Path(tempfile.mkdtemp(prefix="ksym-dump-bench-"))
     try:
         lines = make_dump(vmlinux, work)
@@ -232,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{nframes} frames, {distinct_frames(lines)} distinct")
         print(f"{'tool':45} {'wall s':>9} {'RSS MB':>7} {'÷ warm ksym':>11}  note")
         for name, r in results.items():
-            s = float(r["seconds"])  # type: ignore[arg-type]
-            print(f"{name:45} {s:9.3f} {float(r['rss_mb'] or 0):7.0f} {s / base:10.1f}×  {r['note']}")
+            s = _num(r["seconds"])
+            print(f"{name:45} {s:9.3f} {_num(r['rss_mb'] or 0):7.0f} {s / base:10.1f}×  {r['note']}")
         print(f"targets: cold ≤ {TARGET_COLD_S} s: {'met' if (cold.seconds or 99) <= TARGET_COLD_S else 'NOT met'};"
               f" warm ≤ {TARGET_WARM_S} s: {'met' if (warm.seconds or 99) <= TARGET_WARM_S else 'NOT met'}")
         out = Path(args.out)
@@ -241,11 +279,14 @@ def main(argv: list[str] | None = None) -> int:
         result = {"frames": nframes, "distinct": distinct_frames(lines), "rows": results,
                   "args": " ".join(argv if argv is not None else sys.argv[1:]),
                   "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                  "commit": _git("rev-parse", "--short", "HEAD"), "machine": _machine(),
-                  "load_before": load_before, "load_after": _load(),
+                  "commit": commit, "source": source, "machine": machine_line(machine_info()),
+                  "versions": f"Python {platform.python_version()}, "
+                              f"{first_line(['addr2line', '--version'])}, {first_line(['nm', '--version'])}",
+                  "load_before": load_before, "load_after": load_average(),
                   "reference_before": f"{reference_before:.3f}", "reference_after": f"{reference_after:.3f}"}
         out.write_text(json.dumps(result, indent=1, default=str) + "\n")
-        write_markdown(result, Path(args.markdown))
+        print(f"wrote {write_log(result, args.results)}")
+        print(summary_row(result))
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

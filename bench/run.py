@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """ksym benchmark: accuracy against addr2line and scripts/faddr2line, speed and memory against them
-and llvm-symbolizer, eu-addr2line and drgn. Writes docs/benchmarks.md and docs/benchmarks.png.
+and llvm-symbolizer, eu-addr2line and drgn. Appends the run's full log (machine, load, versions, commit,
+every table) to bench/results/run-<YYYY-MM-DD>.md with a chart beside it (run-<YYYY-MM-DD>-<HHMM>.png),
+and prints the summary rows that docs/benchmarks.md keeps.
 
-    .venv/bin/python bench/run.py            # full run (~2,400 addresses, ~520 specs, 3 runs per row)
-    .venv/bin/python bench/run.py --quick    # smaller samples, for trying it out
+    .venv/bin/python bench/run.py --ksym-commit HEAD   # full run (~2,400 addresses, ~520 specs, 3 runs per row)
+    .venv/bin/python bench/run.py --quick              # smaller samples, for trying it out
 
 Needs the Debian 6.1 debug vmlinux and the same version's scripts/faddr2line (tools/fetch-testdata.sh
 is run when they are missing), binutils, llvm (llvm-symbolizer), elfutils (eu-addr2line). drgn and
@@ -47,6 +49,7 @@ from bench.speed import (
     DRGN_INPROCESS, DRGN_SCRIPT, Measure, in_process_us, ksym_cmd, load_average, median_of, run_timed,
     tool_cmds,
 )
+from bench.results import RESULTS, append_log, first_line, ksym_commit, ksym_source, machine_info, machine_line
 from anchors import addr2line_batch, find_faddr2line, find_test_vmlinux
 from ksym import Symbolizer
 
@@ -94,47 +97,9 @@ def has_module(python: str | None, module: str) -> bool:
     return subprocess.run([python, "-c", f"import {module}"], capture_output=True, check=False).returncode == 0
 
 
-def first_line(cmd: list[str]) -> str:
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    except OSError:
-        return "not installed"
-    text = (p.stdout or p.stderr).strip().splitlines()
-    return text[0].strip() if text else "?"
-
-
-def machine_info() -> dict[str, str]:
-    cpu = "?"
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = "?"
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f"{kb / 1024 / 1024:.1f} GiB"
-    except (OSError, ValueError):
-        pass
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "memory": mem, "kernel": platform.release(),
-            "os": first_line(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"])}
-
-
 def versions(bench_python: str | None) -> dict[str, str]:
-    def git(*a: str) -> str:
-        return first_line(["git", "-C", str(REPO), *a])
-
     where = first_line([sys.executable, "-c", "import ksym; print(ksym.__file__)"])
-    if os.environ.get("KSYM_BENCH_COMMIT"):
-        src = f"commit {os.environ['KSYM_BENCH_COMMIT']} (git archive, imported from {Path(where).parent})"
-    else:
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"],
-                               capture_output=True, text=True, check=False).stdout.split("\n")
-        dirty = [ln[3:] for ln in dirty if ln.strip()]
-        src = (f"working tree at {git('rev-parse', '--short', 'HEAD')}"
-               + (f" with uncommitted changes to {', '.join(dirty)}" if dirty else ", clean"))
+    src = f"{ksym_source()}, imported from {Path(where).parent}"
     v = {
         "ksym": f"{first_line([sys.executable, '-c', 'import ksym; print(ksym.__version__)'])}, {src}",
         "python": platform.python_version(),
@@ -341,14 +306,14 @@ def speed_tables(sp: SpeedResults) -> list[str]:
     out: list[str] = []
     for label, row in sp.rows.items():
         k = row.get("ksym")
-        out += [f"#### {label}", "", "| tool | wall s (median) | runs | peak RSS MB | wall ÷ ksym | note |",
+        out += [f"##### {label}", "", "| tool | wall s (median) | runs | peak RSS MB | wall ÷ ksym | note |",
                 "|---|---:|---:|---:|---:|---|"]
         for name, m in row.items():
             ratio = (f"{m.seconds / k.seconds:.1f}×" if k and k.seconds and m.seconds is not None else "–")
             rss = f"{m.rss_mb:.0f}" if m.rss_mb is not None else "–"
             out.append(f"| {name} | {fmt_s(m.seconds)} | {m.runs} | {rss} | {ratio} | {m.note} |")
         out.append("")
-    out += ["#### in-process resolve per frame (1,000 distinct return-address frames)", "",
+    out += ["##### in-process resolve per frame (1,000 distinct return-address frames)", "",
             "| tool | first pass µs/frame | warm µs/frame (median) | warm ÷ ksym |", "|---|---:|---:|---:|"]
     kw = sp.inproc["ksym"][1]
     for name, (first, warm) in sp.inproc.items():
@@ -358,7 +323,7 @@ def speed_tables(sp: SpeedResults) -> list[str]:
             "on the same addresses, after loading the vmlinux (first pass includes drgn's lazy DWARF indexing)."),
             ""]
     if not any("ksym annotate" in row for row in sp.rows.values()):
-        out += ["#### `ksym annotate` over 10,000 frames", "",
+        out += ["##### `ksym annotate` over 10,000 frames", "",
                 ("TODO: `ksym annotate` is not available in the measured ksym. The 10,000-frame row above "
                 "measures `ksym resolve` with the 10,000 frames as arguments instead."), ""]
     return out
@@ -383,28 +348,82 @@ def targets_table(sp: SpeedResults) -> list[str]:
             f"{ok(inp <= TARGETS['inproc_us'])} |"), ""]
 
 
-def write_markdown(path: Path, *, args: argparse.Namespace, vmlinux: Path, script: Path, info: dict[str, str],
-                   vers: dict[str, str], addr: AddressReport | None, single: list[tuple[int, bool]],
-                   spec: SpecReport | None, speed: SpeedResults | None, started: str, build_id: str,
-                   load_start: str, load_end: str, png: str | None, stored: dict[str, str] | None = None,
-                   ) -> None:
-    cmd = ".venv/bin/python bench/run.py" + (" --quick" if args.quick else "") + (
-        f" --ksym-commit {args.ksym_commit}" if args.ksym_commit else "") + "".join(
-        f" --reuse {part}" for part in args.reuse)
-    L: list[str] = ["# Benchmarks", "",
-                    f"Written with docs/benchmarks.png by `{cmd}` on {started}.", "",
-                    ("From scratch (scripts/faddr2line over the accuracy specs took ~50 min on this loaded "
-                     "2-core machine, the speed rows ~20 min): `.venv/bin/python bench/run.py --ksym-commit HEAD`"
-                     "; `--quick` for a smaller run."), "",
+def run_command(argv: list[str]) -> str:
+    """The command line this run was started with (as a user would type it)."""
+    return " ".join([".venv/bin/python bench/run.py", *argv])
+
+
+#: The heads of docs/benchmarks.md's summary tables (one row per run: :func:`summary_rows`).
+ACCURACY_HEADER = (("| date | ksym | addresses = addr2line (one batch) | = one-address addr2line | "
+                   "specs = scripts/faddr2line | stdout byte-identical |"), "|---|---|---:|---:|---:|---|")
+SPEED_HEADER = (("| date | ksym | measurement | ksym s | ksym peak RSS MB | llvm-symbolizer s | addr2line -fi s | "
+                "scripts/faddr2line s | ksym ÷ llvm-symbolizer | ksym ÷ addr2line |"),
+                "|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+INPROCESS_HEADER = (("| date | ksym | first pass µs/frame (warm index on disk) | warm µs/frame (all in memory) | "
+                    "drgn warm µs/frame |"),
+                    "|---|---|---:|---:|---:|")
+
+
+def summary_rows(day: str, commit: str, addr: AddressReport | None, single: list[tuple[int, bool]],
+                 spec: SpecReport | None, speed: SpeedResults | None) -> list[str]:
+    """The rows docs/benchmarks.md keeps for this run: accuracy, then speed against the anchors of the
+    same run (ksym's wall time divided by llvm-symbolizer's and addr2line's)."""
+    out: list[str] = []
+    if addr is not None and spec is not None:
+        adjusted = addr.agree + sum(1 for _, ok in single if ok)
+        out += ["Accuracy row:", "", *ACCURACY_HEADER,
+                (f"| {day} | {commit} | {addr.agree}/{addr.total} ({addr.percent:.2f}%) | {adjusted}/{addr.total} | "
+                 f"{spec.agree}/{spec.total} ({spec.percent:.2f}%) | "
+                 f"{'yes' if spec.text_identical and spec.no_match_identical else 'no'} |"), ""]
+    if speed is not None:
+        labels = {"first-ever single frame": "one frame, first-ever (empty index)",
+                  "warm single frame": "one frame, warm index",
+                  "batch of 1,000 addresses": "1,000 addresses, warm index",
+                  "10,000-frame list (1,000 unique)": "10,000 frames, warm index"}
+        out += ["Speed rows:", "", *SPEED_HEADER]
+        for label, row in speed.rows.items():
+            k, llvm, a2l, fa = (row.get(n) for n in ("ksym", "llvm-symbolizer", "addr2line -fi",
+                                                      "scripts/faddr2line"))
+            if k is None or not k.seconds:
+                continue
+
+            def ratio(m: Measure | None, k: Measure = k) -> str:
+                return f"{k.seconds / m.seconds:.2f}" if m is not None and m.seconds and k.seconds else "–"
+
+            extra = " (extrapolated)" if fa is not None and fa.note.startswith("EXTRAPOLATED") else ""
+            out.append(f"| {day} | {commit} | {labels.get(label, label)} | {fmt_s(k.seconds)} | "
+                       f"{k.rss_mb or 0:.0f} | {fmt_s(llvm.seconds if llvm else None)} | "
+                       f"{fmt_s(a2l.seconds if a2l else None)} | {fmt_s(fa.seconds if fa else None)}{extra} | "
+                       f"{ratio(llvm)} | {ratio(a2l)} |")
+            ann = row.get("ksym annotate")
+            if ann is not None and ann.seconds:
+                out.append(f"| {day} | {commit} | `ksym annotate`, the same 10,000 frames, warm index | "
+                           f"{fmt_s(ann.seconds)} | {ann.rss_mb or 0:.0f} | {fmt_s(llvm.seconds if llvm else None)} | "
+                           f"{fmt_s(a2l.seconds if a2l else None)} | {fmt_s(fa.seconds if fa else None)}{extra} | "
+                           f"{ratio(llvm, ann)} | {ratio(a2l, ann)} |")
+        first, warm = speed.inproc["ksym"]
+        out += ["", "In-process row:", "", *INPROCESS_HEADER,
+                f"| {day} | {commit} | {first:.0f} | {warm:.1f} | "
+                + (f"{speed.inproc['drgn'][1]:.1f} |" if "drgn" in speed.inproc else "– |"), ""]
+    return out
+
+
+def run_log(*, args: argparse.Namespace, argv: list[str], commit: str, vmlinux: Path, script: Path, info: dict[str, str],
+            vers: dict[str, str], addr: AddressReport | None, single: list[tuple[int, bool]],
+            spec: SpecReport | None, speed: SpeedResults | None, started: str, build_id: str,
+            load_start: str, load_end: str, png: str | None, stored: dict[str, str] | None = None,
+            ) -> list[str]:
+    """The full log of one run, as markdown lines under the run's heading in bench/results."""
+    L: list[str] = [f"Command: `{run_command(argv)}`, started {started}.", "",
                     *[f"The {part} section was measured by an earlier `bench/run.py` invocation on this "
                       f"machine at {when} and reused (`--reuse {part}`)." for part, when in (stored or {}).items()],
-                    "", "## Setup", "",
-                    (f"* machine: {info['cpu']}, {info['cores']} cores, {info['memory']} RAM, "
-                    f"{info['os']}, kernel {info['kernel']}"),
-                    (f"* load average (1/5/15 min) at start {load_start}, at end {load_end}. The machine was "
-                    "shared with other engineers' test runs (including their own scripts/faddr2line runs): "
-                    "absolute times are noisy, medians of several runs are reported, and the ratios come from "
-                    "the same run."),
+                    "", "### Summary for docs/benchmarks.md", "",
+                    *summary_rows(started[:10], commit, addr, single, spec, speed),
+                    "### Setup", "",
+                    f"* machine: {machine_line(info)}",
+                    (f"* load average (1/5/15 min) at start {load_start}, at end {load_end}. Absolute times "
+                     "depend on the machine and its load; medians of several runs are reported, and the ratios "
+                     "come from the same run."),
                     (f"* vmlinux: `{vmlinux}` ({vmlinux.stat().st_size / 1e6:.0f} MB, build id {build_id}); "
                     f"anchor script: `{script}`"),
                     ("* the OS page cache holds the vmlinux for every tool (no caches were dropped); \"first-ever\""
@@ -423,7 +442,7 @@ def write_markdown(path: Path, *, args: argparse.Namespace, vmlinux: Path, scrip
           "```", ""]
     if addr is not None and spec is not None:
         adjusted = addr.agree + sum(1 for _, ok in single if ok)
-        L += ["## Accuracy", "",
+        L += ["### Accuracy", "",
               (f"Addresses: {addr.total} sampled across kernel text (every executable section's FUNC symbols), "
               f"each compared level by level (function, raw file, line, discriminator, depth) with one "
               f"`addr2line -a -f -i` batch; {addr.seconds:.0f} s."), "",
@@ -462,22 +481,21 @@ def write_markdown(path: Path, *, args: argparse.Namespace, vmlinux: Path, scrip
               "offsets; size-right / size-wrong = `/size` equal to or different from the symbol's size; "
               "offset==size and offset>size (faddr2line resolves the first and skips the second)."), ""]
     if speed is not None:
-        L += ["## Speed and memory", "",
+        L += ["### Speed and memory", "",
               (f"Median of {args.runs} runs per row unless the row says otherwise; wall clock from fork to "
               "exit, peak RSS = `ru_maxrss` from `wait4` (for scripts/faddr2line: its largest child). "
               f"Speed section took {speed.seconds:.0f} s; load average before {speed.load_before}, "
-              f"after {speed.load_after}."), "", "### Issue targets", "", *targets_table(speed),
-              "### Tables", "", *speed_tables(speed)]
+              f"after {speed.load_after}."), "", "#### Issue targets", "", *targets_table(speed),
+              "#### Tables", "", *speed_tables(speed)]
         if png:
             L += [f"![benchmarks]({png})", ""]
-    L += ["## Missing", "",
-          ("* issue 3's 10,000-frame dump against the kernel's scripts/decode_stacktrace.sh (cold and warm, "
-           "whole dump, same run) is measured by bench/dump.py: [benchmarks-dump.md](benchmarks-dump.md), every "
-           "run listed in [annotate.md](annotate.md#speed)."),
+    L += ["### Notes", "",
+          ("* the 10,000-frame dump against the kernel's scripts/decode_stacktrace.sh (cold and warm, whole "
+           "dump, same run) is measured by bench/dump.py (bench/results/dump-*.md)."),
           ("* scripts/faddr2line's batch rows are extrapolated from a measured 20-spec batch (it costs "
           "seconds per spec)."),
           "* Cold means ksym's index is empty; the OS page cache was warm for every tool.", ""]
-    path.write_text("\n".join(L))
+    return L
 
 
 def write_png(path: Path, speed: SpeedResults, bench_python: str | None) -> str:
@@ -576,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", action="append", default=[], choices=("accuracy", "speed"),
                     help="take this section from the previous invocation's stored results (bench/.cache)")
     ap.add_argument("--no-accuracy", action="store_true")
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    ap.add_argument("--results", type=Path, default=RESULTS,
+                    help="directory of the run logs (default bench/results): the log goes to run-<date>.md")
     ap.add_argument("--ksym-commit", metavar="REV",
                     help="measure ksym as committed at REV (git archive into a temporary directory, put first "
                          "on PYTHONPATH) instead of the working tree other people may be editing")
@@ -597,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
                                    *(argv if argv is not None else sys.argv[1:])], env)
     args.runs = args.runs or 3
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    day = started[:10]
+    commit = ksym_commit()  # before the run: the working tree's HEAD may move while it runs
     load_start = load_average()
     vmlinux, script = ensure_testdata()
     for tool in ("addr2line", "llvm-symbolizer", "eu-addr2line", "readelf"):
@@ -634,16 +655,20 @@ def main(argv: list[str] | None = None) -> int:
             save_result("speed", args.quick, speed)
         png_name = None
         if speed is not None:
-            png = args.out.with_suffix(".png")
+            png = args.results / f"run-{day}-{started[11:16].replace(':', '')}.png"
+            png.parent.mkdir(parents=True, exist_ok=True)
             how = write_png(png, speed, bench_python)
             png_name = png.name
             log(f"wrote {png} ({how})")
-        write_markdown(args.out, args=args, vmlinux=vmlinux, script=script, info=info, vers=vers, addr=addr,
+        body = run_log(args=args, argv=sys.argv[1:] if argv is None else argv, commit=commit, vmlinux=vmlinux, script=script, info=info, vers=vers, addr=addr,
                        single=single, spec=spec, speed=speed, started=started, build_id=sym.build_id or "?",
                        load_start=load_start, load_end=load_average(), png=png_name, stored=stored)
-        log(f"wrote {args.out}")
+        out = append_log("run", "bench/run.py", f"{started}, ksym {commit}", body, day=day,
+                         results=args.results)
+        log(f"wrote {out}")
         if speed is not None:
             print("\n".join(targets_table(speed) + speed_tables(speed)))
+        print("\n".join(summary_rows(day, commit, addr, single, spec, speed)))
         sym.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -11,6 +11,9 @@ NO_SOCKET drop at the skb:kfree_skb tracepoint (loopback only, nothing leaves th
 
 Run as root on a machine prepared by tools/dropcapture-setup.sh:
     .venv/bin/python tools/dropcapture_bench.py [--seconds 5] [--senders 2] [--rates 10000,20000,40000]
+
+The tables are printed and the run's full log (machine, load, versions, commit, every table) is appended
+to bench/results/dropcapture-<YYYY-MM-DD>.md (bench/results.py); docs/dropcapture.md keeps a summary.
 """
 
 from __future__ import annotations
@@ -27,6 +30,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.results import (
+    RESULTS,
+    append_log,
+    first_line,
+    ksym_commit,
+    ksym_source,
+    load_average,
+    machine_info,
+    machine_line,
+    now,
+)
 
 
 def _sender(port: int, seconds: float, rate: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
@@ -104,6 +121,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def bcc_version() -> str:
+    code = "try:\n    import bcc\n    print(bcc.__version__)\nexcept ImportError:\n    print('not installed')"
+    return first_line([sys.executable, "-c", code])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5)
@@ -111,15 +133,25 @@ def main() -> int:
     ap.add_argument("--rates", default="10000,20000,40000,80000")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--perf-buffer", action="store_true", help="benchmark the perf buffer path")
+    ap.add_argument("--results", type=Path, default=RESULTS,
+                    help="directory of the run logs (default bench/results): the log goes to dropcapture-<date>.md")
     args = ap.parse_args()
     extra = ["--perf-buffer"] if args.perf_buffer else []
-    print(f"# {os.uname().release}, {os.cpu_count()} CPUs, {args.senders} senders, {args.seconds}s per run,"
-          f" {'perf' if args.perf_buffer else 'ring'} buffer")
+    started, load_start = now(), load_average()
+    commit, source = ksym_commit(), ksym_source()  # before the run: the working tree's HEAD may move
+    lines: list[str] = []
 
-    print("\n## overhead (senders unpaced; rounds alternate without/with)")
-    print("| round | without /s | probe only (filter rejects in kernel) /s | change | full capture /s | change"
+    def emit(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    emit(f"* {os.uname().release}, {os.cpu_count()} CPUs, {args.senders} senders, {args.seconds}s per run,"
+         f" {'perf' if args.perf_buffer else 'ring'} buffer")
+
+    emit("\n### overhead (senders unpaced; rounds alternate without/with)\n")
+    emit("| round | without /s | probe only (filter rejects in kernel) /s | change | full capture /s | change"
           " | kernel matched | received | lost |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    emit("|---|---|---|---|---|---|---|---|---|")
     bases, probes, withs = [], [], []
     for rnd in range(args.rounds):
         port = free_port()
@@ -136,15 +168,15 @@ def main() -> int:
         bases.append(base)
         probes.append(probe)
         withs.append(with_cap)
-        print(f"| {rnd + 1} | {base:,.0f} | {probe:,.0f} | {(probe / base - 1) * 100:+.1f}% | {with_cap:,.0f} |"
+        emit(f"| {rnd + 1} | {base:,.0f} | {probe:,.0f} | {(probe / base - 1) * 100:+.1f}% | {with_cap:,.0f} |"
               f" {(with_cap / base - 1) * 100:+.1f}% | {k['emitted']:,} | {s['drops']:,} | {k['lost']:,} |")
     mb, mp_, mw = statistics.median(bases), statistics.median(probes), statistics.median(withs)
-    print(f"| median | {mb:,.0f} | {mp_:,.0f} | {(mp_ / mb - 1) * 100:+.1f}% | {mw:,.0f} | {(mw / mb - 1) * 100:+.1f}%"
+    emit(f"| median | {mb:,.0f} | {mp_:,.0f} | {(mp_ / mb - 1) * 100:+.1f}% | {mw:,.0f} | {(mw / mb - 1) * 100:+.1f}%"
           " | | | |")
 
-    print("\n## capacity (senders paced)")
-    print("| offered drops/s | achieved/s | kernel matched | received | lost | loss |")
-    print("|---|---|---|---|---|---|")
+    emit("\n### capacity (senders paced)\n")
+    emit("| offered drops/s | achieved/s | kernel matched | received | lost | loss |")
+    emit("|---|---|---|---|---|---|")
     for rate in [float(r) for r in args.rates.split(",") if r]:
         port = free_port()
         proc = start_cli(port, extra)
@@ -156,7 +188,15 @@ def main() -> int:
         drops = s["drops"]
         assert isinstance(drops, int)
         loss = (matched - drops) / matched * 100 if matched else 0.0
-        print(f"| {rate:,.0f} | {got:,.0f} | {matched:,} | {drops:,} | {k['lost']:,} | {loss:.2f}% |")
+        emit(f"| {rate:,.0f} | {got:,.0f} | {matched:,} | {drops:,} | {k['lost']:,} | {loss:.2f}% |")
+    cmd = " ".join([".venv/bin/python tools/dropcapture_bench.py", *sys.argv[1:]])
+    head = [f"Command: `{cmd}` (as root), started {started}, ksym {source}.", "",
+            f"* machine: {machine_line(machine_info())}",
+            f"* load average (1/5/15 min) at start {load_start}, at end {load_average()}",
+            f"* python {first_line([sys.executable, '--version'])}; bcc {bcc_version()}"]
+    path = append_log("dropcapture", "tools/dropcapture_bench.py", f"{started}, ksym {commit}",
+                      [*head, *lines], day=started[:10], results=args.results)
+    print(f"wrote {path}")
     return 0
 
 

@@ -41,7 +41,7 @@ from ksym.errors import EXIT_NO_FILE, KsymError
 from ksym.links import kernel_relative_path
 from ksym.version import KernelVersion
 
-if TYPE_CHECKING:  # requests costs ~90 ms to import: only the HTTP path pays it
+if TYPE_CHECKING:  # requests is heavy to import: only the HTTP path imports it
     import requests
 
     from ksym.transfer import Transfer

@@ -335,8 +335,8 @@ def read_banner(elf_path: str | Path) -> str | None:
     """The ``linux_banner`` string of a vmlinux (without the trailing newline), or ``None`` when the file
     has no such symbol or its section holds no data (a stripped debug-only file).
 
-    Finds the symbol through ``.symtab``/``.strtab`` (a direct scan of the raw tables, which is much
-    faster on a 100k-symbol vmlinux than building pyelftools' name index), then reads the bytes at
+    Finds the symbol through ``.symtab``/``.strtab`` (a direct scan of the raw tables, without building
+    pyelftools' name index of every symbol), then reads the bytes at
     the symbol's address through the section that contains it. Raises ``OSError`` when the file cannot
     be read and ``elftools.common.exceptions.ELFError`` when it is not ELF.
     """
