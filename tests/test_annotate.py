@@ -552,7 +552,7 @@ def test_raw_addresses_with_kallsyms(vmlinux: Path, vsym: Symbolizer, call_sites
 
 def _cli(*args: str, stdin: bytes = b"", cache_dir: Path | None = None) -> subprocess.CompletedProcess[bytes]:
     extra = ["--cache-dir", str(cache_dir)] if cache_dir else []
-    return subprocess.run([sys.executable, "-m", "ksym.annotate", *extra, *args], input=stdin,
+    return subprocess.run([sys.executable, "-m", "ksym", "annotate", *extra, *args], input=stdin,
                           capture_output=True, check=False, timeout=600)
 
 
