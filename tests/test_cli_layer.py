@@ -13,7 +13,7 @@ from anchors import REPO_ROOT, fixture
 
 from ksym.cli import build_parser
 from ksym.cli.annotate_command import run_annotate
-from ksym.cli.common import BuildIdFrom, ExpectedBuildId, expected_build_id
+from ksym.cli.common import BuildIdFrom, ExpectedBuildId, expected_build_id, said_by_locate
 from ksym.cli.options import (
     AnnotateOptions,
     DebuginfoCommandOptions,
@@ -22,6 +22,7 @@ from ksym.cli.options import (
     SourceOptions,
 )
 from ksym.debuginfo import DebuginfoOptions
+from ksym.locate import find_vmlinux
 
 SRC = REPO_ROOT / "src"
 FIXTURE = fixture("kshapes-dwarf5.elf")
@@ -116,6 +117,20 @@ def test_expected_build_id_says_where_it_comes_from() -> None:
     assert expected_build_id(None, True).source is BuildIdFrom.RUNNING
     with pytest.raises(ValueError):
         expected_build_id("xyz", False)
+
+
+def test_a_warning_the_search_gave_is_not_repeated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search for a build id took a file without one and warned (``has no build id: cannot check``):
+    the command's own mismatch warning for that build id would say it again, for another it would not.
+    Told from the search's record, not from the warning's text."""
+    monkeypatch.delenv("KSYM_VMLINUX", raising=False)
+    offline = DebuginfoOptions(offline=True, use_env=False, system_root=False)
+    found = find_vmlinux(candidates=[FIXTURE], build_id=BID, options=offline)  # the fixtures have no build id
+    assert found.path == FIXTURE and len(found.warnings) == 1
+    assert said_by_locate(found, BID) and said_by_locate(found, BID[:16])
+    assert not said_by_locate(found, "11" * 20) and not said_by_locate(found, None)
+    given = find_vmlinux(FIXTURE)
+    assert not said_by_locate(given, BID)
 
 
 def test_the_annotate_command_runs_from_its_record(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:

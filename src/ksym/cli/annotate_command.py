@@ -96,7 +96,7 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
             err(said)
             if unverified is None:
                 return EXIT_NO_FILE
-        elif warning and not said_by_locate(sym, expected):
+        elif warning and not said_by_locate(sym.located, expected):
             err(warning)
         release = opts.release
         if release is None and sym.banner:

@@ -7,6 +7,8 @@ import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from ..locate import Located
+
 __all__ = ["BuildIdFrom", "ExpectedBuildId", "expected_build_id", "report_stats", "said_by_locate"]
 
 
@@ -51,14 +53,14 @@ def expected_build_id(build_id: str | None, running: bool, text: str | None = No
     return ExpectedBuildId(None, BuildIdFrom.NOWHERE)
 
 
-def said_by_locate(sym: Any, expected: str | None) -> bool:
-    """The search that found ``sym``'s file was for the ``expected`` build id and has already warned
-    about the file (:class:`ksym.locate.Located`: a file without a build id, or one of another build),
-    so the command's own mismatch warning would say it twice."""
+def said_by_locate(located: Located, expected: str | None) -> bool:
+    """The search that found the file (``located``) was for the ``expected`` build id and has already
+    warned about the file (one without a build id, or one of another build), so the command's own
+    mismatch warning would say it twice."""
     from ..debuginfo import _same_build_id
 
-    look = sym.located.lookup
-    return (bool(expected) and bool(sym.warnings) and look is not None and look.build_id is not None
+    look = located.lookup
+    return (bool(expected) and bool(located.warnings) and look is not None and look.build_id is not None
             and _same_build_id(str(expected), look.build_id))
 
 

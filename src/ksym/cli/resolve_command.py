@@ -54,7 +54,7 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
                     links=opts.json or opts.links,  # plain text shows no links: skip building them
                     debuginfo=image.debuginfo, path_map=image.path_map) as sym:
         warning = mismatch_warning(expected, where.value, sym.path, sym.build_id)
-        if warning and not said_by_locate(sym, expected):
+        if warning and not said_by_locate(sym.located, expected):
             err(warning)
         lister = _Lister(sym, opts.source, err) if opts.list_source else None
         status = _print_resolutions(sym, opts, out, err, lister)
