@@ -310,7 +310,7 @@ def debuginfo_options(args: argparse.Namespace) -> DebuginfoOptions:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceOptions:
     """The kernel version and source: links (``kernel_tag``, ``elixir_url``) and where source text comes
     from for ``--list`` and the reports (``source_dir``, ``source_url``, ``offline``)."""
@@ -326,7 +326,7 @@ class SourceOptions:
         return cls(args.kernel_tag, args.elixir_url, args.source_dir, args.source_url, bool(args.offline))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ImageOptions:
     """The image frames are resolved against and how it is read.
 
@@ -362,7 +362,7 @@ class ImageOptions:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ResolveOptions:
     """``ksym resolve`` and ``ksym faddr2line``: the frames, the image, and how answers are shown."""
 
@@ -384,7 +384,7 @@ class ResolveOptions:
                    bool(args.list))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AnnotateOptions:
     """``ksym annotate``: the input, the image, the KASLR slide, and the output.
 
@@ -433,7 +433,7 @@ class AnnotateOptions:
         return self.format or ("json" if self.json else "text")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DebuginfoCommandOptions:
     """``ksym debuginfo``: whose debug file (``build_id``, ``vmlinux``, else the running kernel's), for
     which ``release``, and how it is shown."""
