@@ -8,7 +8,6 @@ under CI=true they fail instead. The fixture ELF tests always run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -41,7 +40,6 @@ from ksym.annotate import (
     AnnotatedFrame,
     AnnotatedText,
     _Annotator,
-    add_annotate_arguments,
     annotate,
     is_exact_frame,
     render_frame,
@@ -554,7 +552,7 @@ def test_raw_addresses_with_kallsyms(vmlinux: Path, vsym: Symbolizer, call_sites
 
 def _cli(*args: str, stdin: bytes = b"", cache_dir: Path | None = None) -> subprocess.CompletedProcess[bytes]:
     extra = ["--cache-dir", str(cache_dir)] if cache_dir else []
-    return subprocess.run([sys.executable, "-m", "ksym.annotate", *extra, *args], input=stdin,
+    return subprocess.run([sys.executable, "-m", "ksym", "annotate", *extra, *args], input=stdin,
                           capture_output=True, check=False, timeout=600)
 
 
@@ -595,14 +593,6 @@ def test_cli_undecodable_bytes_and_json(cache_dir: Path, tmp_path: Path) -> None
     assert o["call"]["text"] == "call nf_hook_slow" and o["chain"][0]["function"]
     assert set(o) >= {"text", "kind", "stack", "top", "symbol", "offset", "module", "runtime_address",
                       "reason", "matches", "notes"}
-
-
-def test_add_annotate_arguments() -> None:
-    p = argparse.ArgumentParser()
-    add_annotate_arguments(p)
-    a = p.parse_args(["f.txt", "--kaslr-offset", "1a600000", "--exact", "--json"])
-    assert (a.file, a.kaslr_offset, a.exact, a.json, a.kallsyms) == ("f.txt", SLIDE, True, True, None)
-    assert p.parse_args([]).file == "-"
 
 
 

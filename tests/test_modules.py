@@ -25,6 +25,8 @@ from ksym.errors import (
     BadFileError,
     FileNotFoundKsymError,
     MissingDebugInfoError,
+    SkipKind,
+    SkipReason,
     SpecError,
     SymbolNotFoundError,
 )
@@ -88,9 +90,9 @@ def _render(m: ModuleSymbolizer, specs: list[str]) -> tuple[str, list[str]]:
         except SymbolNotFoundError as exc:
             # "bad address"/"bad symbol size" end the spec in the script's first pass (DONE=1): no
             # second pass, no skip lines, no "no match"
-            if any(r.startswith(("bad address", "bad symbol size")) for r in exc.reasons):
+            if any(r.stops for r in exc.reasons):
                 continue
-            out.extend(r for r in exc.reasons if r.startswith("skipping"))
+            out.extend(r.text for r in exc.reasons if not r.stops)
             nomatch.append(f"no match for {spec}")
             continue
         for r in found:
@@ -316,10 +318,11 @@ def test_resolve_errors() -> None:
     assert "no symbol named" in str(ei.value)
     with pytest.raises(SymbolNotFoundError) as ei:
         m.resolve("nft_do_chain+0x3e8/0x10")
-    assert ei.value.reasons and "size mismatch" in ei.value.reasons[0]
+    assert [r.kind for r in ei.value.reasons] == [SkipKind.SIZE_MISMATCH]
+    assert "size mismatch" in ei.value.reasons[0].text
     with pytest.raises(SymbolNotFoundError) as ei:
         m.resolve("__nft_trace_packet+0")
-    assert ei.value.reasons == ("bad address: 0x0000000000000000 + 0",)
+    assert ei.value.reasons == (SkipReason(SkipKind.BAD_ADDRESS, "bad address: 0x0000000000000000 + 0"),)
     with pytest.raises(SpecError):
         m.resolve("0xffffffffc0a01234")
     with pytest.raises(SpecError):

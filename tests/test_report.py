@@ -14,7 +14,6 @@ the browser tests when chromium cannot be installed.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -29,13 +28,14 @@ import pytest
 from anchors import REPO_ROOT, TESTDATA, find_test_vmlinux, fixture, missing
 
 from ksym import Symbolizer
-from ksym.annotate import AnnotatedFrame, AnnotatedText, add_annotate_arguments, annotate
+from ksym.annotate import AnnotatedFrame, AnnotatedText, annotate
+from ksym.cli import build_parser
+from ksym.cli.options import AnnotateOptions
 from ksym.links import ElixirLinks
 from ksym.model import SourceLocation
 from ksym.report import (
     DEFAULT_TITLE,
     ReportInfo,
-    add_report_arguments,
     clean,
     provider_for,
     render_html,
@@ -492,16 +492,16 @@ def test_empty_input() -> None:
 
 
 def test_cli_helpers(fsym: Symbolizer, fixture_result: AnnotatedText, tmp_path: Path) -> None:
-    parser = argparse.ArgumentParser()
-    add_report_arguments(parser)
-    args = parser.parse_args(["--format", "html", "-o", str(tmp_path / "r.html"), "--source-dir",
-                              str(FIXTURE_SRC), "--offline"])
-    assert (args.format, args.offline, args.source_dir) == ("html", True, str(FIXTURE_SRC))
-    provider = provider_for(fsym, source_dir=args.source_dir, offline=args.offline)
+    args = AnnotateOptions.from_args(build_parser().parse_args(
+        ["annotate", "--format", "html", "-o", str(tmp_path / "r.html"), "--source-dir", str(FIXTURE_SRC),
+         "--offline"]))
+    assert (args.output_format, args.source.offline, args.source.source_dir) == ("html", True, str(FIXTURE_SRC))
+    assert args.output is not None and args.title is None
+    provider = provider_for(fsym, source_dir=args.source.source_dir, offline=args.source.offline)
     assert provider.source_dir == FIXTURE_SRC and provider.offline
     warnings: list[str] = []
-    page = report_for_command(fixture_result, fsym, args.format, source_dir=args.source_dir, offline=True,
-                              input_name="dump.txt", warn=warnings.append)
+    page = report_for_command(fixture_result, fsym, args.output_format, source_dir=args.source.source_dir,
+                              offline=True, input_name="dump.txt", warn=warnings.append)
     assert warnings == [("ksym annotate: note: kernel tag latest: kernel version unknown (no linux_banner); "
                         "links point to the latest release")]
     write_output(args.output, page)
@@ -656,16 +656,10 @@ def test_browser_dom_tutorial_debian(chromium: str, tutorial_html: str, tutorial
 
 
 # --------------------------------------------------------------------------------------------------
-# The command, once ``ksym annotate`` has the report options
+# The command
 
 
 def test_annotate_command_writes_reports(tmp_path: Path) -> None:
-    probe = argparse.ArgumentParser()
-    add_annotate_arguments(probe)
-    if "--format" not in probe._option_string_actions:
-        msg = "ksym annotate has no --format option yet (wiring: see docs/report.md)"
-        print(msg)
-        pytest.skip(msg)
     for fmt, name in (("html", "r.html"), ("markdown", "r.md")):
         out = tmp_path / name
         run = subprocess.run(

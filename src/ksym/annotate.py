@@ -28,8 +28,9 @@ resolved by that address once the slide is known.
 
 Another build. Only evidence says a dump may come from another kernel build: a frame's ``misfit``
 (``MISFIT_SIZE``, ``MISFIT_INSIDE_INSTRUCTION``, ``MISFIT_ADDRESS``), frames whose addresses elect no
-slide, and in :func:`annotate_command` a build id the dump names that the vmlinux does not have (refused
-unless ``--force``, which marks every frame ``unverified``). A name the vmlinux lacks is not evidence.
+slide, and in the ``ksym annotate`` command (:mod:`ksym.cli.annotate_command`) a build id the dump names
+that the vmlinux does not have (refused unless ``--force``, which marks every frame ``unverified``). A
+name the vmlinux lacks is not evidence.
 
 KASLR. Frames that only give a runtime address need the slide: ``kaslr_offset``, else a saved
 ``/proc/kallsyms`` (``kallsyms``), else a ``Kernel Offset:`` line in the text, else the frames that
@@ -40,21 +41,13 @@ marked unresolved, never guessed.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import os
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from .disasm import CallInstruction, supported_machine
 from .errors import (
-    EXIT_NO_FILE,
-    EXIT_OK,
-    EXIT_UNRESOLVED,
-    EXIT_USAGE,
     KsymError,
     SpecError,
     SymbolNotFoundError,
@@ -64,7 +57,6 @@ from .kallsyms import (
     KaslrError,
     kaslr_offset_from_frames,
     kaslr_offset_from_kallsyms,
-    load_kallsyms,
 )
 from .model import Resolution, SourceLocation, frozen_record
 from .modules import ModuleSet
@@ -94,9 +86,7 @@ __all__ = [
     "AnnotatedFrame",
     "AnnotatedText",
     "FrameMatch",
-    "add_annotate_arguments",
     "annotate",
-    "annotate_command",
     "is_exact_frame",
 ]
 
@@ -122,9 +112,6 @@ MISFIT_ADDRESS = "address"
 #: The symbols a frame's name may name: every code name kallsyms prints, untyped assembly labels
 #: (``entry_SYSCALL_64_after_hwframe``) included, as scripts/decode_stacktrace.sh finds them with ``nm``.
 _VIEW = SymbolView.KALLSYMS
-
-#: Title of ``--format html|markdown`` reports without ``--title``.
-DEFAULT_TITLE = "ksym stack report"
 
 RUNTIME_ADDRESS_REASON = "runtime address: give --kallsyms or --kaslr-offset"
 
@@ -751,8 +738,8 @@ class _Annotator:
                             "module frame without its [module] tag, or a name this build does not have)"), None
             if _beyond_every(spec, candidates):
                 return [], (f"{spec.text} does not fit {spec.name} of this vmlinux (another kernel build?): "
-                            + "; ".join(exc.reasons)), MISFIT_SIZE
-            return [], f"{spec.text}: " + "; ".join(exc.reasons), None
+                            + "; ".join(r.text for r in exc.reasons)), MISFIT_SIZE
+            return [], f"{spec.text}: " + "; ".join(r.text for r in exc.reasons), None
 
     def _module_frame(self, f: StackFrame, top: bool, exact: bool) -> AnnotatedFrame:
         """A frame in a module: its debug file's answer (docs/modules.md); return addresses at ``- 1``."""
@@ -970,238 +957,3 @@ def annotate(
         notes.append(f"the {unslid} frame(s) printing an address beside a name of this vmlinux agree on no KASLR "
                      f"slide ({unslid_why}): is the dump from another kernel build, or from several boots?")
     return AnnotatedText._answered(answered, slide, source, exact, notes)
-
-
-# --------------------------------------------------------------------------------------------------
-# Command line
-
-
-def _hex(text: str) -> int:
-    t = text.strip().lower()
-    neg = t.startswith("-")
-    t = t.lstrip("+-")
-    try:
-        value = int(t.removeprefix("0x"), 16)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a hexadecimal number: {text!r}") from None
-    return -value if neg else value
-
-
-def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``ksym annotate``'s arguments: ``[FILE|-] [--vmlinux PATH] [--kallsyms FILE | --kaslr-offset
-    HEX] [--json] [--exact] [--no-index] [--cache-dir DIR]``."""
-    parser.add_argument("file", nargs="?", default="-", metavar="FILE",
-                        help="text with stack frames (default, or '-': standard input)")
-    parser.add_argument("--vmlinux", "-e", metavar="PATH",
-                        help="debug vmlinux (default: $KSYM_VMLINUX, then the running kernel's)")
-    slide = parser.add_mutually_exclusive_group()
-    slide.add_argument("--kallsyms", metavar="FILE",
-                       help="saved /proc/kallsyms of the boot the text comes from (gives the KASLR slide)")
-    slide.add_argument("--kaslr-offset", metavar="HEX", type=_hex,
-                       help="KASLR slide, runtime - link-time address (e.g. 0xf000000)")
-    parser.add_argument("--json", action="store_true", help="one JSON object per frame instead of the text")
-    parser.add_argument("--links", action="store_true",
-                        help="end each location line with its elixir.bootlin.com link (JSON and reports always "
-                        "have them)")
-    parser.add_argument("--exact", action="store_true",
-                        help="look every frame up at its address (faddr2line), not return addresses at "
-                        "the call site")
-    parser.add_argument("--force", action="store_true",
-                        help="annotate even when the dump names a build id the vmlinux does not have; every "
-                        "frame is then marked unverified")
-    parser.add_argument("--modules", metavar="DIR", action="append", default=[],
-                        help="directory (searched recursively) or file with module debug files (.ko, "
-                        ".ko.xz, .ko.debug); /usr/lib/debug/lib/modules/RELEASE is always searched")
-    parser.add_argument("--release", metavar="RELEASE",
-                        help="uname -r of the kernel the text comes from (default: from the vmlinux banner)")
-    parser.add_argument("--no-index", action="store_true", help="neither read nor write the on-disk index")
-    parser.add_argument("--cache-dir", metavar="DIR",
-                        help="index directory (default: $KSYM_CACHE_DIR or ~/.cache/ksym)")
-    from .debuginfo import add_debuginfo_arguments
-
-    add_debuginfo_arguments(parser)
-    from .cli import add_path_map_argument
-
-    add_path_map_argument(parser)
-    add_report_arguments(parser)  # --format text|json|html|markdown, --output, --title, source/link options
-
-
-def add_report_arguments(parser: argparse.ArgumentParser | Any) -> None:
-    """Add the report options to ``ksym annotate``'s parser (or an argument group): ``--format
-    text|json|html|markdown``, ``--output FILE``, ``--title``, and the source/link options of ``ksym
-    resolve`` (``--source-dir``, ``--source-url``, ``--offline``, ``--kernel-tag``, ``--elixir-url``)."""
-    parser.add_argument("--format", "-f", choices=("text", "json", "html", "markdown"), default=None,
-                        help="output form: the annotated text (default), JSON lines (as --json), or a "
-                        "report with links and source context (html: one self-contained page; markdown)")
-    parser.add_argument("--output", "-o", metavar="FILE",
-                        help="write the output to FILE instead of standard output")
-    parser.add_argument("--title", metavar="TEXT", help=f"report title (default: {DEFAULT_TITLE!r})")
-    parser.add_argument("--kernel-tag", metavar="TAG", help="upstream tag for links and source, e.g. "
-                        "v6.1.187 (default: from the vmlinux's linux_banner)")
-    parser.add_argument("--elixir-url", metavar="URL", help="base URL of a (self-hosted) Elixir instance")
-    parser.add_argument("--source-dir", metavar="DIR", help="kernel source tree for the report's source "
-                        "context (default: an installed linux-source tree of the same version, else fetched)")
-    parser.add_argument("--source-url", metavar="TEMPLATE",
-                        help="raw-source URL template with {tag} and {path}")
-    parser.add_argument("--offline", action="store_true", help="no network: never fetch source, never ask "
-                        "debuginfod")
-
-
-def _read_input(name: str) -> str:
-    if name == "-":
-        data = sys.stdin.buffer.read()
-    else:
-        with open(name, "rb") as fh:
-            data = fh.read()
-    return data.decode("utf-8", "surrogateescape")
-
-
-#: What every frame of a dump annotated with ``--force`` past a build id mismatch carries.
-FORCED_UNVERIFIED = "the dump's build id is not this vmlinux's (--force)"
-
-
-def _dump_build_check(text: str, dumped: str | None, sym: Symbolizer,
-                      force: bool) -> tuple[str | None, str | None]:
-    """The dump's own build id (``dumped`` when already found, else looked for in ``text``) against the
-    vmlinux's: ``(None, None)`` when they match or either is unknown; on a mismatch the line to print and,
-    with ``force``, the reason every frame is marked unverified (without it, ``None``: refuse, since
-    another build's source lines would look right)."""
-    from .debuginfo import _same_build_id, kernel_build_id_in_text
-
-    if dumped is None:
-        dumped = kernel_build_id_in_text(text)
-    if not dumped or not sym.build_id or _same_build_id(dumped, sym.build_id):
-        return None, None
-    if not force:
-        return None, (f"ksym annotate: error: build id mismatch: the dump names build id {dumped} but {sym.path} "
-                      f"has {sym.build_id}: give the dump's vmlinux (--vmlinux, or found by its build id through "
-                      "DEBUGINFOD_URLS), or --force to annotate anyway")
-    return FORCED_UNVERIFIED, (f"ksym annotate: warning: build id mismatch: the dump names build id {dumped} but "
-                               f"{sym.path} has {sym.build_id}: every frame is marked unverified (--force)")
-
-
-def annotate_command(args: argparse.Namespace) -> int:
-    """Run ``ksym annotate`` with parsed ``args``; returns the exit code (0: every frame resolved,
-    1: some did not, 2: usage, 3/4: vmlinux or kallsyms missing / unusable). The Symbolizer and the
-    module files are closed before it returns (the index is written then), on every path."""
-    with contextlib.ExitStack() as closing:
-        return _annotate_command(args, closing)
-
-
-def _annotate_command(args: argparse.Namespace, closing: contextlib.ExitStack) -> int:
-    def err(line: str) -> None:
-        from .format import terminal_text
-
-        sys.stderr.write(terminal_text(line, "\t") + "\n")  # names from debug files: no raw escapes
-        sys.stderr.flush()
-
-    name = getattr(args, "file", None) or "-"
-    fmt = getattr(args, "format", None) or ("json" if getattr(args, "json", False) else "text")
-    if getattr(args, "json", False) and fmt != "json":
-        err(f"ksym annotate: error: --json and --format {fmt} do not go together")
-        return EXIT_USAGE
-    try:
-        text = _read_input(name)
-    except OSError as exc:
-        err(f"ksym annotate: error: {name}: {exc.strerror or exc}")
-        return EXIT_USAGE
-    from .debuginfo import expected_build_id, mismatch_warning, options_from_args
-
-    options = options_from_args(args)
-    try:
-        expected, where = expected_build_id(args, text)
-    except ValueError as exc:
-        err(f"ksym annotate: error: {exc}")
-        return EXIT_USAGE
-    try:
-        ks = load_kallsyms(args.kallsyms) if getattr(args, "kallsyms", None) else None
-        sym = closing.enter_context(Symbolizer(
-                         getattr(args, "vmlinux", None), use_index=not getattr(args, "no_index", False),
-                         cache_dir=getattr(args, "cache_dir", None), warn=err,
-                         kernel_tag=getattr(args, "kernel_tag", None), elixir_url=getattr(args, "elixir_url", None),
-                         # plain text without --links shows no links: skip building them
-                         links=fmt != "text" or bool(getattr(args, "links", False)),
-                         build_id=expected if where != "the running kernel's" else None,
-                         debuginfo=options, path_map=getattr(args, "path_map", None)))
-        from .cli import report_stats
-
-        closing.callback(report_stats, sym, err)
-        warning = mismatch_warning(expected, where, sym.path, sym.build_id)
-        unverified, said = _dump_build_check(text, expected if where == "the dump's" else None, sym,
-                                             bool(getattr(args, "force", False)))
-        if said is not None:
-            err(said)
-            if unverified is None:
-                return EXIT_NO_FILE
-        elif warning and not any(expected and expected in w for w in sym.warnings):
-            err(warning)
-        release = getattr(args, "release", None)
-        if release is None and sym.banner:
-            m = re.match(r"Linux version (\S+)", sym.banner)
-            release = m.group(1) if m else None
-        modules = ModuleSet(release, getattr(args, "modules", None) or [], debuginfo=options,
-                            path_map=sym.path_map)
-        closing.callback(modules.close)
-        result = annotate(text, sym, kaslr_offset=getattr(args, "kaslr_offset", None), kallsyms=ks,
-                          exact=bool(getattr(args, "exact", False)), modules=modules, unverified=unverified)
-        sym.flush()  # the index learns this dump's frames (the report below may read more)
-    except KsymError as exc:
-        err(f"ksym annotate: error: {exc}")
-        return exc.exit_code
-    if fmt == "json":
-        payload = "".join(line + "\n" for line in result.json_lines())
-    elif fmt in ("html", "markdown"):
-        from .report import report_for_command
-
-        try:
-            payload = report_for_command(
-                result, sym, fmt, source_dir=getattr(args, "source_dir", None),
-                offline=bool(getattr(args, "offline", False)), source_url=getattr(args, "source_url", None),
-                title=getattr(args, "title", None), input_name=None if name == "-" else name, warn=err)
-        except ValueError as exc:  # a --source-url without {path}
-            err(f"ksym annotate: error: {exc}")
-            return EXIT_USAGE
-    else:
-        payload = result.render_text(links=bool(getattr(args, "links", False)))
-    output = getattr(args, "output", None)
-    if output:
-        from .report import write_output
-
-        try:
-            write_output(output, payload)
-        except OSError as exc:
-            err(f"ksym annotate: error: {output}: {exc.strerror or exc}")
-            return EXIT_NO_FILE
-    else:
-        sys.stdout.buffer.write(payload.encode("utf-8", "surrogateescape"))
-        sys.stdout.buffer.flush()
-    for note in result.notes:
-        err(f"ksym annotate: {note}")
-    bad = len(result.unresolved)
-    if bad:
-        err(f"ksym annotate: {bad} of {len(result.frames)} frames unresolved")
-        return EXIT_UNRESOLVED
-    return EXIT_OK
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ksym.annotate``: the command on its own, until ``ksym annotate`` is wired."""
-    parser = argparse.ArgumentParser(prog="ksym annotate",
-                                     description="Annotate kernel stack frames in text with file:line.")
-    add_annotate_arguments(parser)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return EXIT_USAGE if exc.code else EXIT_OK
-    try:
-        return annotate_command(args)
-    except BrokenPipeError:  # `... | head`: stop quietly, as the ksym command does
-        try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces a dead stdout
-        except OSError:
-            pass
-        return EXIT_OK
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

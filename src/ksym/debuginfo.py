@@ -55,20 +55,17 @@ __all__ = [
     "DebuginfodCaches",
     "DebuginfodClient",
     "ElfFacts",
-    "add_debuginfo_arguments",
     "build_id_paths",
     "check_file",
     "debug_roots",
     "debuginfod_cache_dirs",
     "debuginfod_servers",
     "elf_facts",
-    "expected_build_id",
     "file_build_id",
     "kernel_build_id_in_text",
     "locate_debuginfo",
     "mismatch_warning",
     "normalize_build_id",
-    "options_from_args",
     "package_hint",
     "read_os_release",
     "remove_stale_temporaries",
@@ -920,53 +917,3 @@ def package_hint(release: str | None = None, os_release: dict[str, str] | None =
     from .image import DEBUG_PACKAGES
 
     return DEBUG_PACKAGES
-
-
-# --------------------------------------------------------------------------------------------------
-# Command-line options shared by resolve, annotate and debuginfo
-
-
-def add_debuginfo_arguments(parser: Any, *, build_id: bool = True) -> None:
-    """``--debug-dir``, ``--debuginfod-url``, ``--progress`` (and ``--build-id``, ``--running``); ``--offline``
-    is added with the source options and means "no network" for both."""
-    g = parser.add_argument_group("debug files by build id (see docs/debuginfo.md)")
-    if build_id:
-        g.add_argument("--build-id", metavar="HEX", help="use the debug vmlinux of this build id (found in "
-                       ".build-id trees, distribution paths or debuginfod); with --vmlinux, warn if it differs")
-        g.add_argument("--running", action="store_true",
-                       help="the frames come from the running kernel: warn if the vmlinux's build id differs")
-    g.add_argument("--debug-dir", metavar="DIR", action="append", default=[],
-                   help="a root with a .build-id tree, searched before $KSYM_DEBUG_DIRS and /usr/lib/debug "
-                   "(repeatable)")
-    g.add_argument("--debuginfod-url", metavar="URL", action="append", default=[],
-                   help="debuginfod server (repeatable; default: $DEBUGINFOD_URLS)")
-    g.add_argument("--progress", action="store_true",
-                   help="show a download progress bar even when stderr is not a terminal")
-
-
-def options_from_args(args: Any) -> DebuginfoOptions:
-    urls = list(getattr(args, "debuginfod_url", None) or [])
-    return DebuginfoOptions(
-        debug_dirs=tuple(getattr(args, "debug_dir", None) or ()),
-        servers=tuple(urls) if urls else None,
-        offline=bool(getattr(args, "offline", False)),
-        cache_dir=getattr(args, "cache_dir", None),
-        progress=True if getattr(args, "progress", False) else None,
-    )
-
-
-def expected_build_id(args: Any, text: str | None = None) -> tuple[str | None, str]:
-    """The build id the command's debug file should have, and where it comes from: ``--build-id``,
-    ``--running`` (the running kernel's), else the dump's own (``text``) when one is given.
-
-    :raises ValueError: a malformed ``--build-id``.
-    """
-    if getattr(args, "build_id", None):
-        return normalize_build_id(args.build_id), "--build-id"
-    if getattr(args, "running", False):
-        from .locate import running_build_id
-
-        return running_build_id(), "the running kernel's"
-    if text is not None:
-        return kernel_build_id_in_text(text), "the dump's"
-    return None, ""

@@ -7,6 +7,9 @@ line uses for it (see docs/usage.md, "Exit codes").
 
 from __future__ import annotations
 
+import enum
+from typing import NamedTuple
+
 __all__ = [
     "EXIT_BAD_FILE",
     "EXIT_INTERNAL",
@@ -20,6 +23,8 @@ __all__ = [
     "FileNotFoundKsymError",
     "KsymError",
     "MissingDebugInfoError",
+    "SkipKind",
+    "SkipReason",
     "SpecError",
     "SymbolNotFoundError",
 ]
@@ -72,12 +77,46 @@ class SpecError(KsymError, ValueError):
         self.text = text
 
 
+class SkipKind(enum.Enum):
+    """Why scripts/faddr2line passed over a symbol of the frame's name (:class:`SkipReason`)."""
+
+    #: The frame's ``/size`` is not the symbol's size: ``skipping ... (SIZE != 0xN)`` on stdout; the
+    #: next symbol of that name is tried.
+    SIZE_MISMATCH = "size_mismatch"
+    #: The offset is beyond the symbol's size: ``skipping ... (OFF > 0xN)`` on stdout; the next symbol
+    #: of that name is tried.
+    OFFSET_BEYOND_SIZE = "offset_beyond_size"
+    #: The symbol's size cannot be told (nothing follows it): ``bad symbol size: ...`` on stderr, and the
+    #: script stops looking.
+    BAD_SYMBOL_SIZE = "bad_symbol_size"
+    #: Symbol plus offset is address 0: ``bad address: ...`` on stderr, and the script stops looking.
+    BAD_ADDRESS = "bad_address"
+
+
+class SkipReason(NamedTuple):
+    """One symbol scripts/faddr2line passed over: the ``kind`` of reason and the line the script prints
+    for it (``text``, byte for byte)."""
+
+    kind: SkipKind
+    text: str
+
+    @property
+    def stops(self) -> bool:
+        """The script stops looking at this symbol (a ``bad ...`` line, on stderr) instead of trying the
+        next one of that name (a ``skipping ...`` line, on stdout)."""
+        return self.kind in (SkipKind.BAD_SYMBOL_SIZE, SkipKind.BAD_ADDRESS)
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class SymbolNotFoundError(KsymError, LookupError):
-    """No symbol matches the frame; ``reasons`` lists why each candidate was skipped."""
+    """No symbol matches the frame; ``reasons`` holds a :class:`SkipReason` for each candidate symbol
+    passed over (empty when no symbol has the frame's name)."""
 
     exit_code = EXIT_UNRESOLVED
 
-    def __init__(self, message: str, name: str = "", reasons: tuple[str, ...] = ()) -> None:
+    def __init__(self, message: str, name: str = "", reasons: tuple[SkipReason, ...] = ()) -> None:
         super().__init__(message)
         self.name = name
         self.reasons = reasons

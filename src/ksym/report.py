@@ -29,13 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from .annotate import (
-    DEFAULT_TITLE,
     LOOKUP_CALL_SITE,
     LOOKUP_ENTRY,
     AnnotatedFrame,
     AnnotatedText,
     FrameMatch,
-    add_report_arguments,
 )
 from .links import ElixirLinks
 from .model import SourceLocation
@@ -45,7 +43,6 @@ __all__ = [
     "DEFAULT_TITLE",
     "FORMATS",
     "ReportInfo",
-    "add_report_arguments",
     "provider_for",
     "render_html",
     "render_markdown",
@@ -55,6 +52,8 @@ __all__ = [
     "write_output",
 ]
 
+#: Title of a report without one (``ksym annotate --format html|markdown`` without ``--title``).
+DEFAULT_TITLE = "ksym stack report"
 #: The report formats :func:`render_report` knows.
 FORMATS = ("html", "markdown")
 #: Lines of source shown on each side of a location.

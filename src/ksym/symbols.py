@@ -31,7 +31,7 @@ from enum import Enum
 from typing import Any, ClassVar
 
 from . import dwarf as D
-from .errors import SymbolNotFoundError
+from .errors import SkipKind, SkipReason, SymbolNotFoundError
 from .model import Resolution, SourceLocation
 from .spec import FuncSpec
 
@@ -621,33 +621,39 @@ def faddr2line_select(
     ``refuse_zero=False`` leaves out the script's ``bad address`` check of address 0 (in a module: a
     function at section offset 0, offset 0), which addr2line answers.
 
-    :raises SymbolNotFoundError: none passed; ``reasons`` holds the script's messages (``skipping ...`` it
-        prints on stdout, ``bad ...`` ones on stderr, after which it stops looking).
+    :raises SymbolNotFoundError: none passed; ``reasons`` holds a :class:`SkipReason` per symbol passed
+        over, with the script's line (``skipping ...`` it prints on stdout, ``bad ...`` ones on stderr,
+        after which it stops looking: :attr:`SkipReason.stops`).
     """
     out: list[Resolution] = []
-    reasons: list[str] = []
+    reasons: list[SkipReason] = []
     for m in matches:
         sym = m.symbol
         if m.size is None:
             nxt = f"0x{m.next_address:016x}" if m.next_address is not None else ""
-            reasons.append(f"bad symbol size: sym_addr: 0x{sym.address:016x} cur_sym_addr: {nxt}")
+            reasons.append(SkipReason(SkipKind.BAD_SYMBOL_SIZE,
+                                      f"bad symbol size: sym_addr: 0x{sym.address:016x} cur_sym_addr: {nxt}"))
             break
         addr = (sym.address + spec.offset) & ((1 << 64) - 1)
         if addr == 0 and refuse_zero:
-            reasons.append(f"bad address: 0x{sym.address:016x} + {spec.offset_text}")
+            reasons.append(SkipReason(SkipKind.BAD_ADDRESS,
+                                      f"bad address: 0x{sym.address:016x} + {spec.offset_text}"))
             break
         if spec.size is not None and spec.size != m.size:
-            reasons.append(f"skipping {spec.name} address at 0x{addr:x} due to size mismatch "
-                           f"({spec.size_text} != 0x{m.size:x})")
+            reasons.append(SkipReason(SkipKind.SIZE_MISMATCH,
+                                      f"skipping {spec.name} address at 0x{addr:x} due to size mismatch "
+                                      f"({spec.size_text} != 0x{m.size:x})"))
             continue
         if spec.offset > m.size:
-            reasons.append(f"skipping {spec.name} address at 0x{addr:x} due to size mismatch "
-                           f"({spec.offset_text} > 0x{m.size:x})")
+            reasons.append(SkipReason(SkipKind.OFFSET_BEYOND_SIZE,
+                                      f"skipping {spec.name} address at 0x{addr:x} due to size mismatch "
+                                      f"({spec.offset_text} > 0x{m.size:x})"))
             continue
         out.append(Resolution(spec.text.strip(), addr, spec.name, spec.offset, m.size, spec.offset_text,
                               chain_for(m, addr)))
     if not out:
-        why = f"no symbol named {spec.name}" if not matches else ("; ".join(reasons) or "no usable symbol")
+        why = (f"no symbol named {spec.name}" if not matches
+               else "; ".join(r.text for r in reasons) or "no usable symbol")
         raise SymbolNotFoundError(f"no match for {spec.text.strip()} ({why})", spec.name, tuple(reasons))
     return out
 

@@ -1,0 +1,145 @@
+"""``ksym annotate``: read a dump, check its build id against the vmlinux's, annotate every frame
+(:func:`ksym.annotate.annotate`) and write the annotated text, JSON lines or a report."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import EXIT_NO_FILE, EXIT_OK, EXIT_UNRESOLVED, EXIT_USAGE, KsymError
+from .common import BuildIdFrom, expected_build_id, report_stats, said_by_locate
+from .options import AnnotateOptions
+
+__all__ = ["FORCED_UNVERIFIED", "run_annotate"]
+
+#: What every frame of a dump annotated with ``--force`` past a build id mismatch carries.
+FORCED_UNVERIFIED = "the dump's build id is not this vmlinux's (--force)"
+
+
+def run_annotate(opts: AnnotateOptions, err: Callable[[str], None]) -> int:
+    """Run ``ksym annotate``; returns the exit code (0: every frame resolved, 1: some did not, 2: usage,
+    3/4: vmlinux or kallsyms missing / unusable). The output goes to standard output or ``opts.output``,
+    every message to ``err``. The Symbolizer and the module files are closed before it returns (the index
+    is written then), on every path."""
+    with contextlib.ExitStack() as closing:
+        return _run(opts, err, closing)
+
+
+def _read_input(name: str) -> str:
+    if name == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        with open(name, "rb") as fh:
+            data = fh.read()
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _dump_build_check(text: str, dumped: str | None, sym: Any, force: bool) -> tuple[str | None, str | None]:
+    """The dump's own build id (``dumped`` when already found, else looked for in ``text``) against the
+    vmlinux's: ``(None, None)`` when they match or either is unknown; on a mismatch the line to print and,
+    with ``force``, the reason every frame is marked unverified (without it, ``None``: refuse, since
+    another build's source lines would look right)."""
+    from ..debuginfo import _same_build_id, kernel_build_id_in_text
+
+    if dumped is None:
+        dumped = kernel_build_id_in_text(text)
+    if not dumped or not sym.build_id or _same_build_id(dumped, sym.build_id):
+        return None, None
+    if not force:
+        return None, (f"ksym annotate: error: build id mismatch: the dump names build id {dumped} but {sym.path} "
+                      f"has {sym.build_id}: give the dump's vmlinux (--vmlinux, or found by its build id through "
+                      "DEBUGINFOD_URLS), or --force to annotate anyway")
+    return FORCED_UNVERIFIED, (f"ksym annotate: warning: build id mismatch: the dump names build id {dumped} but "
+                               f"{sym.path} has {sym.build_id}: every frame is marked unverified (--force)")
+
+
+def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.ExitStack) -> int:
+    from ..annotate import annotate
+    from ..debuginfo import mismatch_warning
+    from ..kallsyms import load_kallsyms
+    from ..modules import ModuleSet
+    from ..symbolizer import Symbolizer
+
+    name = opts.file
+    fmt = opts.output_format
+    if opts.json and fmt != "json":
+        err(f"ksym annotate: error: --json and --format {fmt} do not go together")
+        return EXIT_USAGE
+    try:
+        text = _read_input(name)
+    except OSError as exc:
+        err(f"ksym annotate: error: {name}: {exc.strerror or exc}")
+        return EXIT_USAGE
+    image = opts.image
+    try:
+        expected, where = expected_build_id(image.build_id, image.running, text)
+    except ValueError as exc:
+        err(f"ksym annotate: error: {exc}")
+        return EXIT_USAGE
+    try:
+        ks = load_kallsyms(opts.kallsyms) if opts.kallsyms else None
+        sym = closing.enter_context(Symbolizer(
+            image.vmlinux, use_index=image.use_index, cache_dir=image.cache_dir, warn=err,
+            kernel_tag=opts.source.kernel_tag, elixir_url=opts.source.elixir_url,
+            # plain text without --links shows no links: skip building them
+            links=fmt != "text" or opts.links,
+            build_id=expected if where is not BuildIdFrom.RUNNING else None,
+            debuginfo=image.debuginfo, path_map=image.path_map))
+        closing.callback(report_stats, sym, err)
+        warning = mismatch_warning(expected, where.value, sym.path, sym.build_id)
+        unverified, said = _dump_build_check(text, expected if where is BuildIdFrom.DUMP else None, sym,
+                                             opts.force)
+        if said is not None:
+            err(said)
+            if unverified is None:
+                return EXIT_NO_FILE
+        elif warning and not said_by_locate(sym.located, expected):
+            err(warning)
+        release = opts.release
+        if release is None and sym.banner:
+            m = re.match(r"Linux version (\S+)", sym.banner)
+            release = m.group(1) if m else None
+        modules = ModuleSet(release, list(opts.modules), debuginfo=image.debuginfo, path_map=sym.path_map)
+        closing.callback(modules.close)
+        result = annotate(text, sym, kaslr_offset=opts.kaslr_offset, kallsyms=ks, exact=opts.exact,
+                          modules=modules, unverified=unverified)
+        sym.flush()  # the index learns this dump's frames (the report below may read more)
+    except KsymError as exc:
+        err(f"ksym annotate: error: {exc}")
+        return exc.exit_code
+    if fmt == "json":
+        payload = "".join(line + "\n" for line in result.json_lines())
+    elif fmt in ("html", "markdown"):
+        from ..report import report_for_command
+
+        try:
+            payload = report_for_command(
+                result, sym, fmt, source_dir=opts.source.source_dir, offline=opts.source.offline,
+                source_url=opts.source.source_url, title=opts.title,
+                input_name=None if name == "-" else name, warn=err)
+        except ValueError as exc:  # a --source-url without {path}
+            err(f"ksym annotate: error: {exc}")
+            return EXIT_USAGE
+    else:
+        payload = result.render_text(links=opts.links)
+    if opts.output:
+        from ..report import write_output
+
+        try:
+            write_output(opts.output, payload)
+        except OSError as exc:
+            err(f"ksym annotate: error: {opts.output}: {exc.strerror or exc}")
+            return EXIT_NO_FILE
+    else:
+        sys.stdout.buffer.write(payload.encode("utf-8", "surrogateescape"))
+        sys.stdout.buffer.flush()
+    for note in result.notes:
+        err(f"ksym annotate: {note}")
+    bad = len(result.unresolved)
+    if bad:
+        err(f"ksym annotate: {bad} of {len(result.frames)} frames unresolved")
+        return EXIT_UNRESOLVED
+    return EXIT_OK

@@ -1,0 +1,71 @@
+"""What the ``ksym`` commands share: the build id a debug file should have, and the ``KSYM_STATS`` line."""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from ..locate import Located
+
+__all__ = ["BuildIdFrom", "ExpectedBuildId", "expected_build_id", "report_stats", "said_by_locate"]
+
+
+class BuildIdFrom(enum.Enum):
+    """Where the build id a command's debug file should have comes from; the value is how a warning
+    names it."""
+
+    NOWHERE = ""
+    #: ``--build-id HEX``
+    OPTION = "--build-id"
+    #: ``--running``: the running kernel's (``/sys/kernel/notes``)
+    RUNNING = "the running kernel's"
+    #: the dump's own ``Build ID:`` line (``ksym annotate``)
+    DUMP = "the dump's"
+
+
+class ExpectedBuildId(NamedTuple):
+    """The build id a command's debug file should have (None: unknown) and where it comes from."""
+
+    build_id: str | None
+    source: BuildIdFrom
+
+
+def expected_build_id(build_id: str | None, running: bool, text: str | None = None) -> ExpectedBuildId:
+    """The build id the command's debug file should have: ``--build-id`` (``build_id``), ``--running``
+    (the running kernel's), else the dump's own (``text``) when one is given.
+
+    :raises ValueError: a malformed ``--build-id``.
+    """
+    if build_id:
+        from ..debuginfo import normalize_build_id
+
+        return ExpectedBuildId(normalize_build_id(build_id), BuildIdFrom.OPTION)
+    if running:
+        from ..locate import running_build_id
+
+        return ExpectedBuildId(running_build_id(), BuildIdFrom.RUNNING)
+    if text is not None:
+        from ..debuginfo import kernel_build_id_in_text
+
+        return ExpectedBuildId(kernel_build_id_in_text(text), BuildIdFrom.DUMP)
+    return ExpectedBuildId(None, BuildIdFrom.NOWHERE)
+
+
+def said_by_locate(located: Located, expected: str | None) -> bool:
+    """The search that found the file (``located``) was for the ``expected`` build id and has already
+    warned about the file (one without a build id, or one of another build), so the command's own
+    mismatch warning would say it twice."""
+    from ..debuginfo import _same_build_id
+
+    look = located.lookup
+    return (bool(expected) and bool(located.warnings) and look is not None and look.build_id is not None
+            and _same_build_id(str(expected), look.build_id))
+
+
+def report_stats(sym: Any, err: Callable[[str], None]) -> None:
+    """With ``KSYM_STATS=1``: one line on stderr of what the run read (``Symbolizer.stats``: units from
+    the DWARF and from the index, answers stored and looked up, the index directory)."""
+    if os.environ.get("KSYM_STATS", "") not in ("", "0"):
+        err(f"ksym: stats: {sym.stats}")
