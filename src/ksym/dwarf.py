@@ -26,7 +26,7 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from .errors import BadFileError
 
@@ -571,35 +571,183 @@ class FunctionNode:
     #: .debug_info offset of the first child while the subtree is not read yet, else -1.
     child_pos: int = -1
 
+    def to_record(self) -> tuple[Any, ...]:
+        """The node as plain data for the index (see :meth:`from_records`)."""
+        return (self.die_offset, self.tag, self.ranges, self.name, self.parent, self.call_file, self.call_line,
+                self.call_column, self.child_pos)
+
+    @classmethod
+    def from_records(cls, recs: Sequence[Sequence[Any]]) -> list[FunctionNode]:
+        """The nodes :meth:`to_record` wrote (a unit's at once: loading a unit makes thousands).
+
+        :raises ValueError, TypeError: a record is not such a record."""
+        return [cls(int(die_offset), int(tag), [(int(r[0]), int(r[1])) for r in ranges], str(name), int(parent),
+                    int(call_file), int(call_line), int(call_column), int(child_pos))
+                for die_offset, tag, ranges, name, parent, call_file, call_line, call_column, child_pos in recs]
+
+
+class LineSequence(NamedTuple):
+    """One sequence of a line table: it covers addresses ``low`` to ``high`` (exclusive) with the rows
+    ``first_row`` to ``end_row`` (exclusive) of :attr:`LineTable.rows`."""
+
+    low: int
+    high: int
+    first_row: int
+    end_row: int
+
+
+class LineRow(NamedTuple):
+    """One row of a line table (its address is the same index of :attr:`LineTable.addrs`).
+
+    The decoder keeps rows as plain tuples in this order (:data:`_RowTuple`); :meth:`LineTable.row`
+    reads one by name."""
+
+    file: int
+    line: int
+    column: int
+    discriminator: int
+    end_sequence: bool
+
+
+#: A row as the decoder appends it: the fields of :class:`LineRow`, in its order.
+_RowTuple = tuple[int, int, int, int, bool]
+
+
+class LineLocation(NamedTuple):
+    """What a line table says of an address (:meth:`LineTable.lookup`): the joined file name, line,
+    column and discriminator (each as binutils keeps it, an unsigned 32-bit number)."""
+
+    file: str
+    line: int
+    column: int
+    discriminator: int
+
+
+class LineProgramHeader(NamedTuple):
+    """The constants of a line program's header that decoding it needs."""
+
+    #: .debug_line offset one past the program
+    end: int
+    min_inst_length: int
+    line_base: int
+    line_range: int
+    opcode_base: int
+    #: size of a DW_LNE_set_address operand
+    address_size: int
+    #: the file register at the start of every sequence (binutils: 0 for DWARF 5, else 1)
+    first_file: int
+    big_endian: bool
+    standard_opcode_lengths: tuple[int, ...]
+
+
+class LineDecoderState(NamedTuple):
+    """Where the decoding of a line program stopped (``read_line_table(until=...)``): the state
+    machine's registers and the program's header, enough to decode on (:meth:`LineTable.extend`).
+    Stored in the index with its unit (:meth:`to_record`, :meth:`from_record`)."""
+
+    #: .debug_line offset of the next opcode
+    position: int
+    address: int
+    file: int
+    line: int
+    column: int
+    discriminator: int
+    #: address of the last row of the sequence being decoded (-1: it has none yet); a row at the same
+    #: address replaces that row, as in bfd
+    last_address: int
+    #: index in :attr:`LineTable.rows` of the first row of the sequence being decoded (rows from there
+    #: on are not in :attr:`LineTable.seqs` yet)
+    sequence_start: int
+    header: LineProgramHeader
+
+    def to_record(self) -> list[Any]:
+        """The state as plain data for the index (a flat list: see :meth:`from_record`)."""
+        h = self.header
+        return [self.position, h.end, self.address, self.file, self.line, self.column, self.discriminator,
+                self.last_address, self.sequence_start, h.min_inst_length, h.line_base, h.line_range,
+                h.opcode_base, h.address_size, h.first_file, int(h.big_endian), tuple(h.standard_opcode_lengths)]
+
+    @classmethod
+    def from_record(cls, rec: Sequence[Any]) -> LineDecoderState:
+        """The state :meth:`to_record` wrote.
+
+        :raises ValueError: ``rec`` is not such a record."""
+        if len(rec) != 17:
+            raise ValueError(f"a line decoder state record of {len(rec)} fields, not 17")
+        (position, end, address, file, line, column, disc, last_address, sequence_start, min_inst, line_base,
+         line_range, opcode_base, address_size, first_file, big, std_lengths) = rec
+        header = LineProgramHeader(int(end), int(min_inst), int(line_base), int(line_range), int(opcode_base),
+                                   int(address_size), int(first_file), bool(big),
+                                   tuple(int(n) for n in std_lengths))
+        return cls(int(position), int(address), int(file), int(line), int(column), int(disc), int(last_address),
+                   int(sequence_start), header)
+
 
 @dataclass
 class LineTable:
     """Rows of one CU's line program, sequence by sequence, in bfd's form.
 
-    ``addrs``/``rows`` are parallel; rows are (file_index, line, column, discriminator, end_sequence).
-    ``seqs`` are (low, high, first_row, last_row_exclusive), sorted by low.
+    ``addrs``/``rows`` are parallel (a row's fields: :class:`LineRow`; read one with :meth:`row`);
+    ``seqs`` are the :class:`LineSequence` s, sorted by low address.
     """
 
     files: list[str]
     addrs: Any = field(default_factory=list)  # list[int] while decoding, array('Q') when loaded
-    rows: Any = field(default_factory=list)  # list of tuples while decoding, _Rows when loaded
-    seqs: list[tuple[int, int, int, int]] = field(default_factory=list)
+    rows: Any = field(default_factory=list)  # list of _RowTuple while decoding, _Rows when loaded
+    seqs: list[LineSequence] = field(default_factory=list)
     #: What a file number of this table (call_file, rows) is offset by: 1 before DWARF 5, else 0.
     file_base: int = 0
     #: The decoder's state where it stopped (``read_line_table(until=...)``), None once it is complete
-    #: (see :func:`_decode_lines`): rows from ``pending[_SEQ_FIRST]`` on belong to the sequence being
+    #: (see :func:`_decode_lines`): rows from ``pending.sequence_start`` on belong to the sequence being
     #: decoded, which is not in ``seqs`` yet.
-    pending: list[Any] | None = None
+    pending: LineDecoderState | None = None
     #: Where the program starts in .debug_line (-1: not known, a table stored by an older ksym).
     offset: int = -1
     # the sequences' low addresses, for bisect (derived from ``seqs`` on first lookup)
     _lows: list[int] | None = field(default=None, repr=False, compare=False)
 
+    def to_record(self) -> tuple[Any, ...]:
+        """The table as plain data for the index: the rows as columns of packed numbers (loading them
+        is a memcpy) (see :meth:`from_record`)."""
+        rows = self.rows
+        if isinstance(rows, _Rows):
+            cols = [rows.files, rows.lines, rows.cols, rows.discs]
+            ends = bytes(rows.ends)
+        elif rows:
+            # rows are _RowTuple: transpose them in C
+            f, ln, c, d, e = zip(*rows)
+            cols = [_u32s(f), _u32s(ln), _u32s(c), _u32s(d)]
+            ends = bytes(map(bool, e))
+        else:
+            cols = [array("I") for _ in range(4)]
+            ends = b""
+        return (self.files, array("Q", self.addrs).tobytes(), [a.tobytes() for a in cols], ends,
+                [tuple(q) for q in self.seqs], self.file_base,
+                None if self.pending is None else self.pending.to_record(), self.offset)
+
+    @classmethod
+    def from_record(cls, rec: Sequence[Any]) -> LineTable:
+        """The table :meth:`to_record` wrote (a record without the program's offset, as older ksym
+        wrote, gives offset -1).
+
+        :raises ValueError, TypeError: ``rec`` is not such a record."""
+        files, addrs, cols, ends, seqs, file_base, pending, *more = rec
+
+        def arr(code: str, data: bytes) -> array:  # type: ignore[type-arg]
+            a = array(code)
+            a.frombytes(data)
+            return a
+
+        rows = _Rows(arr("I", cols[0]), arr("I", cols[1]), arr("I", cols[2]), arr("I", cols[3]), bytes(ends))
+        return cls(list(files), arr("Q", addrs), rows, [LineSequence._make(q) for q in seqs],
+                   int(file_base), None if pending is None else LineDecoderState.from_record(pending),
+                   int(more[0]) if more else -1)
+
     def covers(self, address: int) -> bool:
         """Whether the rows decoded so far answer ``address`` as the whole table would."""
         if self.pending is None:
             return True
-        first = self.pending[_SEQ_FIRST]
+        first = self.pending.sequence_start
         addrs = self.addrs
         if first < len(addrs) and addrs[first] <= address:
             return bool(address < addrs[-1])
@@ -624,14 +772,19 @@ class LineTable:
                              f"program's {len(self.files)} files")
         return self.files[i]
 
-    def lookup(self, address: int) -> tuple[str, int, int, int] | None:
-        """(file, line, column, discriminator) of the row covering ``address``, or None."""
+    def lookup(self, address: int) -> LineLocation | None:
+        """Where the row covering ``address`` points, or None."""
         j = self._row_index(address)
         if j < 0:
             return None
-        fnum, line, col, disc, _end = self.rows[j]
+        row = self.row(j)
         # binutils keeps these in unsigned ints: a line program that steps below line 0 wraps around
-        return self.file_name(fnum), line & 0xFFFFFFFF, col & 0xFFFFFFFF, disc & 0xFFFFFFFF
+        return LineLocation(self.file_name(row.file), row.line & 0xFFFFFFFF, row.column & 0xFFFFFFFF,
+                            row.discriminator & 0xFFFFFFFF)
+
+    def row(self, j: int) -> LineRow:
+        """Row ``j`` of :attr:`rows`."""
+        return LineRow._make(self.rows[j])
 
     def row_address(self, address: int) -> int | None:
         """Start address of the row covering ``address`` (compilers start rows at instructions)."""
@@ -641,7 +794,7 @@ class LineTable:
     def _row_index(self, address: int) -> int:
         if self.pending is not None:
             # the sequence being decoded: its rows below the last one are final
-            first = self.pending[_SEQ_FIRST]
+            first = self.pending.sequence_start
             addrs = self.addrs
             if first < len(addrs) and addrs[first] <= address < addrs[-1]:
                 return bisect.bisect_right(addrs, address, first, len(addrs)) - 1
@@ -654,17 +807,16 @@ class LineTable:
         seqs = self.seqs
         lows = self._lows
         if lows is None or len(lows) != len(seqs):
-            lows = self._lows = [q[0] for q in seqs]
+            lows = self._lows = [q.low for q in seqs]
         i = bisect.bisect_right(lows, address) - 1
         # sequences may overlap (discarded code at address 0); look back for one that contains it
         while i >= 0:
-            low, high, first, last = seqs[i]
-            if low <= address < high:
+            q = seqs[i]
+            if q.low <= address < q.high:
+                first, last = q.first_row, q.end_row
                 j = bisect.bisect_right(self.addrs, address, first, last) - 1
-                if j >= first:
-                    end_seq = self.rows[j][4]
-                    if not end_seq and j + 1 < last and address < self.addrs[j + 1]:
-                        return j
+                if j >= first and not self.row(j).end_sequence and j + 1 < last and address < self.addrs[j + 1]:
+                    return j
                 return -1
             i -= 1
         return -2
@@ -681,8 +833,25 @@ class _Rows:
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, j: int) -> tuple[int, int, int, int, bool]:
-        return self.files[j], self.lines[j], self.cols[j], self.discs[j], bool(self.ends[j])
+    def __getitem__(self, j: int) -> LineRow:
+        return LineRow(self.files[j], self.lines[j], self.cols[j], self.discs[j], bool(self.ends[j]))
+
+
+class WalkState(NamedTuple):
+    """Where the walk of a unit's top-level DIEs stopped (:attr:`CompiledUnit.walk`)."""
+
+    #: .debug_info offset of the next DIE
+    position: int
+    #: the enclosing function node of each open DIE level (-1: none), innermost last
+    stack: list[int]
+
+    def to_record(self) -> tuple[int, list[int]]:
+        return (self.position, list(self.stack))
+
+    @classmethod
+    def from_record(cls, rec: Sequence[Any]) -> WalkState:
+        position, stack = rec
+        return cls(int(position), [int(x) for x in stack])
 
 
 @dataclass
@@ -694,15 +863,32 @@ class CompiledUnit:
     comp_dir: str
     functions: list[FunctionNode]
     lines: LineTable | None
-    #: Where the walk of the top-level DIEs stopped (``compile_unit(until=...)``): (.debug_info offset,
-    #: stack); None once every top-level function is in ``functions``.
-    walk: tuple[int, list[int]] | None = None
+    #: Where the walk of the top-level DIEs stopped (``compile_unit(until=...)``); None once every
+    #: top-level function is in ``functions``.
+    walk: WalkState | None = None
     # (low, high, function index) for every range of every function, sorted by low
     _starts: list[int] = field(default_factory=list, repr=False)
     _spans: list[tuple[int, int, int]] = field(default_factory=list, repr=False)
     _reach: list[int] = field(default_factory=list, repr=False)
     # the reader that built this unit, reused by expand_for (not stored on disk)
     reader: _CUReader | None = field(default=None, repr=False, compare=False)
+
+    def to_record(self) -> tuple[Any, ...]:
+        """The unit as plain data for the on-disk index (which writes it with ``marshal``): the
+        record :func:`unit_to_record` gives and :meth:`from_record` reads."""
+        return (self.offset, self.name, self.comp_dir, [f.to_record() for f in self.functions],
+                None if self.lines is None else self.lines.to_record(),
+                None if self.walk is None else self.walk.to_record())
+
+    @classmethod
+    def from_record(cls, rec: Sequence[Any]) -> CompiledUnit:
+        """The unit :meth:`to_record` wrote.
+
+        :raises ValueError, TypeError, IndexError: ``rec`` is not such a record."""
+        offset, name, comp_dir, fns, lines, walk = rec
+        return cls(int(offset), str(name), str(comp_dir), FunctionNode.from_records(fns),
+                   None if lines is None else LineTable.from_record(lines),
+                   None if walk is None else WalkState.from_record(walk)).finish()
 
     def finish(self) -> CompiledUnit:
         spans = []
@@ -1344,12 +1530,12 @@ def _compile_unit(sec: DwarfSections, cu_offset: int, until: int | None, expect:
     comp_dir = reader.string(*vals[AT_COMP_DIR]) if AT_COMP_DIR in vals else ""
     stmt_list = int(vals[AT_STMT_LIST][1]) if AT_STMT_LIST in vals else -1
     functions: list[FunctionNode] = []
-    walk: tuple[int, list[int]] | None = None
+    walk: WalkState | None = None
     if children:
         stack = [-1]
         stop = _walk_children(reader, pos, functions, _reader_getter(sec, reader), stack, top_only=True,
                               until=until if reader.language in _ONE_FUNCTION_PER_ADDRESS else None)
-        walk = None if stop is None else (stop, stack)
+        walk = None if stop is None else WalkState(stop, stack)
     lines = None
     if stmt_list >= 0 and sec.line is not None:
         lines = read_line_table(sec, stmt_list, comp_dir, reader.hdr.address_size, until)
@@ -1374,7 +1560,7 @@ def walk_on(sec: DwarfSections, cu: CompiledUnit, address: int) -> bool:
     except (DwarfError, *_CUT_SHORT) as exc:
         del cu.functions[n:]  # the unit stays as it was: a lookup again meets the same damage
         raise _damage(exc, ".debug_info", cu.offset) from None
-    cu.walk = None if stop is None else (stop, stack)
+    cu.walk = None if stop is None else WalkState(stop, stack)
     cu.finish()
     return True
 
@@ -1671,9 +1857,10 @@ def _read_line_table(sec: DwarfSections, data: bytes | memoryview, offset: int, 
     # binutils starts every sequence of a DWARF 5 table at file 0 (the spec says 1); rows before the
     # first DW_LNS_set_file differ when entries 0 and 1 name different files. Match addr2line.
     first_file = 0 if version >= 5 else 1
-    # the decoder's state: where it is, the registers, and the header's constants
-    table.pending = [prog_start, end, 0, first_file, 1, 0, 0, -1, 0, min_inst, line_base, line_range,
-                     opcode_base, address_size, first_file, 0 if e == "<" else 1, tuple(std_lengths)]
+    # the decoder's state at the start of the program
+    header = LineProgramHeader(end, min_inst, line_base, line_range, opcode_base, address_size, first_file,
+                               e == ">", tuple(std_lengths))
+    table.pending = LineDecoderState(prog_start, 0, first_file, 1, 0, 0, -1, 0, header)
     _decode_guarded(table, data, until)
     return table
 
@@ -1707,9 +1894,6 @@ def _decode_guarded(table: LineTable, data: bytes | memoryview, until: int | Non
         raise DwarfError(".debug_line", at, f"malformed line program ({type(exc).__name__}: {exc})") from None
 
 
-#: Where the decoder state (``LineTable.pending``) keeps the first row of the sequence being decoded.
-_SEQ_FIRST = 8
-
 #: (opcode_base, line_range, min_inst_length, line_base) → the address and line advance of each special
 #: opcode (every unit of a compiler's output has the same header constants)
 _ADVANCES: dict[tuple[int, int, int, int], tuple[list[int], list[int]]] = {}
@@ -1721,8 +1905,9 @@ def _decode_lines(table: LineTable, data: bytes | memoryview, until: int | None)
     decoded in a sequence that starts at or below it), leaving the rest for a later call."""
     state = table.pending
     assert state is not None
-    (start, end, address, file, line, column, disc, last_addr, seq_first, min_inst, line_base, line_range,
-     ob, address_size, first_file, big, std_lengths) = state
+    # the registers and constants as locals for the loop
+    start, address, file, line, column, disc, last_addr, seq_first, header = state
+    end, min_inst, line_base, line_range, ob, address_size, first_file, big, std_lengths = header
     e = ">" if big else "<"
     order = _byteorder(e)
     if isinstance(table.rows, _Rows):  # loaded from the index: decode on into plain lists
@@ -1829,7 +2014,7 @@ def _decode_lines(table: LineTable, data: bytes | memoryview, until: int | None)
             if sub == 1:  # end_sequence
                 addrs.append(address)
                 rows.append((file, line, column, disc, True))
-                seqs.append((min(addrs[seq_first:]), address, seq_first, len(rows)))
+                seqs.append(LineSequence(min(addrs[seq_first:]), address, seq_first, len(rows)))
                 seq_first = len(rows)
                 last_addr = -1
                 address = 0
@@ -1870,8 +2055,8 @@ def _decode_lines(table: LineTable, data: bytes | memoryview, until: int | None)
     if pos >= n_end:
         table.pending = None
     else:
-        table.pending = [start + pos, end, address, file, line, column, disc, last_addr, seq_first, min_inst,
-                         line_base, line_range, ob, address_size, first_file, big, std_lengths]
+        table.pending = LineDecoderState(start + pos, address, file, line, column, disc, last_addr, seq_first,
+                                         header)
 
 
 
@@ -1964,26 +2149,8 @@ def _v5_entries(
 
 
 def unit_to_record(cu: CompiledUnit) -> tuple[Any, ...]:
-    fns = [(f.die_offset, f.tag, f.ranges, f.name, f.parent, f.call_file, f.call_line, f.call_column,
-            f.child_pos) for f in cu.functions]
-    lines = None
-    if cu.lines is not None:
-        lt = cu.lines
-        rows = lt.rows
-        if isinstance(rows, _Rows):
-            cols = [rows.files, rows.lines, rows.cols, rows.discs]
-            ends = bytes(rows.ends)
-        elif rows:
-            # rows are (file, line, column, discriminator, end_sequence) tuples: transpose them in C
-            f, ln, c, d, e = zip(*rows)
-            cols = [_u32s(f), _u32s(ln), _u32s(c), _u32s(d)]
-            ends = bytes(map(bool, e))
-        else:
-            cols = [array("I") for _ in range(4)]
-            ends = b""
-        lines = (lt.files, array("Q", lt.addrs).tobytes(), [a.tobytes() for a in cols], ends, lt.seqs,
-                 lt.file_base, lt.pending, lt.offset)
-    return (cu.offset, cu.name, cu.comp_dir, fns, lines, cu.walk)
+    """``cu`` as plain data for the on-disk index (:meth:`CompiledUnit.to_record`)."""
+    return cu.to_record()
 
 
 def _u32s(values: Sequence[int]) -> array:  # type: ignore[type-arg]
@@ -1994,25 +2161,11 @@ def _u32s(values: Sequence[int]) -> array:  # type: ignore[type-arg]
         return array("I", [v & 0xFFFFFFFF for v in values])
 
 
-def unit_from_record(rec: tuple[Any, ...]) -> CompiledUnit:
-    offset, name, comp_dir, fns, lines, walk = rec
-    functions = [FunctionNode(int(a), int(b), [(int(r[0]), int(r[1])) for r in c], str(d), int(e), int(f), int(g), int(h),
-                              int(k))
-                 for a, b, c, d, e, f, g, h, k in fns]
-    table = None
-    if lines is not None:
-        files, addrs, cols, ends, seqs, file_base, pending, *more = lines
+def unit_from_record(rec: Sequence[Any]) -> CompiledUnit:
+    """The unit :func:`unit_to_record` wrote (:meth:`CompiledUnit.from_record`).
 
-        def arr(code: str, data: bytes) -> array:  # type: ignore[type-arg]
-            a = array(code)
-            a.frombytes(data)
-            return a
-
-        rows = _Rows(arr("I", cols[0]), arr("I", cols[1]), arr("I", cols[2]), arr("I", cols[3]), bytes(ends))
-        table = LineTable(list(files), arr("Q", addrs), rows, [tuple(q) for q in seqs], int(file_base),
-                          None if pending is None else list(pending), int(more[0]) if more else -1)
-    resume = None if walk is None else (int(walk[0]), [int(x) for x in walk[1]])
-    return CompiledUnit(int(offset), str(name), str(comp_dir), functions, table, resume).finish()
+    :raises ValueError, TypeError, IndexError: ``rec`` is not such a record."""
+    return CompiledUnit.from_record(rec)
 
 
 def unit_ranges(sec: DwarfSections, cu_offset: int) -> list[tuple[int, int]]:
