@@ -31,11 +31,19 @@ from typing import Any, Literal, NamedTuple
 from .errors import BadFileError
 
 __all__ = [
+    "ArangeEntry",
     "CompiledUnit",
     "DwarfError",
     "DwarfSections",
     "FunctionNode",
+    "LineDecoderState",
+    "LineLocation",
+    "LineProgramHeader",
+    "LineRow",
+    "LineSequence",
     "LineTable",
+    "UnitSpan",
+    "WalkState",
     "check_unit",
     "compile_unit",
     "concat_filename",
@@ -363,8 +371,17 @@ class DwarfSections:
 # --- .debug_aranges ---------------------------------------------------------------------------------
 
 
-def read_aranges(sec: DwarfSections) -> list[tuple[int, int, int]]:
-    """All (start, end, cu_offset) address ranges of .debug_aranges, unsorted.
+class ArangeEntry(NamedTuple):
+    """An address range of .debug_aranges: addresses ``start`` to ``end`` (exclusive) are in the unit
+    at ``unit_offset`` of .debug_info."""
+
+    start: int
+    end: int
+    unit_offset: int
+
+
+def read_aranges(sec: DwarfSections) -> list[ArangeEntry]:
+    """All address ranges of .debug_aranges, unsorted.
 
     :raises DwarfError: a set's length runs past the end of the section, its header is cut short or
         names a unit offset past the end of .debug_info, its address size is not 2, 4 or 8 (or not
@@ -378,8 +395,8 @@ def read_aranges(sec: DwarfSections) -> list[tuple[int, int, int]]:
         raise _damage(exc, ".debug_aranges", 0) from None
 
 
-def _read_aranges(sec: DwarfSections, data: bytes) -> list[tuple[int, int, int]]:
-    out: list[tuple[int, int, int]] = []
+def _read_aranges(sec: DwarfSections, data: bytes) -> list[ArangeEntry]:
+    out: list[ArangeEntry] = []
     e = "<" if sec.little_endian else ">"
     pos = 0
     n = len(data)
@@ -425,7 +442,7 @@ def _read_aranges(sec: DwarfSections, data: bytes) -> list[tuple[int, int, int]]
                                  "largest address")
             p += tuple_size
             if length_:
-                out.append((start, start + length_, cu_off))
+                out.append(ArangeEntry(start, start + length_, cu_off))
         pos = end
     return out
 
@@ -489,8 +506,16 @@ def parse_cu_header(sec: DwarfSections, offset: int) -> CUHeader:
     return CUHeader(offset, version, unit_type, address_size, off_size, abbrev_off, pos, end)
 
 
-def scan_cu_headers(sec: DwarfSections) -> list[tuple[int, int]]:
-    """(offset, end) of every unit in .debug_info, reading only the unit lengths.
+class UnitSpan(NamedTuple):
+    """Where a unit lies in .debug_info (:func:`scan_cu_headers`)."""
+
+    offset: int
+    #: one past the unit
+    end: int
+
+
+def scan_cu_headers(sec: DwarfSections) -> list[UnitSpan]:
+    """Where every unit of .debug_info lies, reading only the unit lengths.
 
     :raises DwarfError: a unit length runs past the end of the section."""
     data = sec.info
@@ -507,7 +532,7 @@ def scan_cu_headers(sec: DwarfSections) -> list[tuple[int, int]]:
             raise DwarfError(".debug_info", pos, f"the unit's length {length:#x} runs past the end of the section")
         if length == 0:
             raise DwarfError(".debug_info", pos, "a unit of length 0")
-        out.append((pos, end))
+        out.append(UnitSpan(pos, end))
         pos = end
     return out
 
@@ -581,7 +606,7 @@ class FunctionNode:
         """The nodes :meth:`to_record` wrote (a unit's at once: loading a unit makes thousands).
 
         :raises ValueError, TypeError: a record is not such a record."""
-        return [cls(int(die_offset), int(tag), [(int(r[0]), int(r[1])) for r in ranges], str(name), int(parent),
+        return [cls(int(die_offset), int(tag), [(int(lo), int(hi)) for lo, hi in ranges], str(name), int(parent),
                     int(call_file), int(call_line), int(call_column), int(child_pos))
                 for die_offset, tag, ranges, name, parent, call_file, call_line, call_column, child_pos in recs]
 
@@ -944,9 +969,68 @@ class CompiledUnit:
 # --- reading one CU ------------------------------------------------------------------------------------
 
 
-#: How to read a DIE of one abbreviation: (tag, has_children, steps, fixed size or -1). Steps are
-#: ``(0, n)`` skip n bytes, ``(1, attr, form, const[, struct, size])`` decode, ``(2, form, const)`` skip.
-_Plan = tuple[int, bool, tuple[tuple[Any, ...], ...], int]
+@dataclass(slots=True)
+class _SkipBytes:
+    """A read plan's step: step over ``size`` bytes of attribute values of fixed-size forms."""
+
+    size: int
+
+
+@dataclass(slots=True)
+class _DecodeFixed:
+    """A read plan's step: decode attribute ``attr``, of a 1-, 2-, 4- or 8-byte integer form, with a
+    precompiled struct's ``unpack_from``."""
+
+    attr: int
+    form: int
+    unpack: Callable[[bytes | memoryview, int], tuple[int, ...]]
+    size: int
+
+
+@dataclass(slots=True)
+class _Decode:
+    """A read plan's step: decode attribute ``attr`` (:meth:`_CUReader._read_form`)."""
+
+    attr: int
+    form: int
+    #: the abbreviation's DW_FORM_implicit_const value
+    const: int
+
+
+@dataclass(slots=True)
+class _SkipForm:
+    """A read plan's step: step over an attribute value of a variable-size form."""
+
+    form: int
+    const: int
+
+
+_PlanStep = _SkipBytes | _DecodeFixed | _Decode | _SkipForm
+
+
+@dataclass(slots=True)
+class _DiePlan:
+    """How to read a DIE of one abbreviation (:meth:`_CUReader._plan`)."""
+
+    tag: int
+    has_children: bool
+    steps: tuple[_PlanStep, ...]
+    #: the size of the DIE's attributes when every step is a :class:`_SkipBytes` (nothing decoded), else -1
+    fixed_size: int
+
+
+@dataclass(slots=True)
+class _DieSkip:
+    """How the function walk steps over a DIE of one abbreviation without decoding it
+    (:meth:`_CUReader.fast_skip`): at most one of the two is >= 0; both -1: read the DIE."""
+
+    #: a childless DIE whose attributes take this many bytes after the code
+    fixed_size: int
+    #: a DIE whose children are not entered, with a DW_AT_sibling (ref4) this many bytes after the code
+    sibling_at: int
+
+
+_READ_IT = _DieSkip(-1, -1)
 
 
 class _CUReader:
@@ -965,9 +1049,9 @@ class _CUReader:
         #: DW_AT_language of the unit (None: not said)
         self.language: int | None = None
         #: abbreviation code → :meth:`fast_skip`
-        self.skips: dict[int, tuple[int, int]] = {}
+        self.skips: dict[int, _DieSkip] = {}
         #: abbreviation code → :func:`_check_plan`
-        self._checks: dict[int, tuple[tuple[int, int, int], ...]] = {}
+        self._checks: dict[int, _CheckPlan] = {}
         # per-abbrev plans: fixed skip size when nothing wanted and all forms fixed-size
         self._fixed: dict[int, int] = {}
         asz = hdr.address_size
@@ -983,18 +1067,17 @@ class _CUReader:
             FORM_FLAG_PRESENT: 0, FORM_IMPLICIT_CONST: 0,
         }
         # A plan per abbreviation: which attributes to decode (only what the function tree needs:
-        # for other DIEs just DW_AT_sibling) and how far to jump over the rest. Steps are
-        # (0, n): skip n bytes; (1, attr, form, const): decode; (2, form, const): skip a variable form.
+        # for other DIEs just DW_AT_sibling) and how far to jump over the rest
         # (made on the first DIE of each abbreviation: most of a unit's are stepped over unread)
-        self._plans: dict[int, _Plan] = {}
+        self._plans: dict[int, _DiePlan] = {}
 
-    def _plan(self, code: int, die_pos: int) -> _Plan | None:
+    def _plan(self, code: int, die_pos: int) -> _DiePlan | None:
         abbrev = self.abbrevs.get(code)
         if abbrev is None:
             return None
         tag, ch, attrs = abbrev
         wanted = _WANTED if tag in _INTERESTING_TAGS else _SIBLING_ONLY
-        steps: list[tuple[Any, ...]] = []
+        steps: list[_PlanStep] = []
         fixed_total = 0
         all_fixed = True
         for at, form, const in attrs:
@@ -1005,26 +1088,26 @@ class _CUReader:
                                      f"form {form:#x}, which it cannot have")
                 # fixed-size integer forms (1, 2, 4, 8 bytes) are decoded here with a precompiled struct
                 st = _STRUCTS.get((self.e, sz)) if sz else None
-                steps.append((1, at, form, const, st, sz or 0) if st is not None else (1, at, form, const))
+                steps.append(_DecodeFixed(at, form, st.unpack_from, sz) if st is not None and sz
+                             else _Decode(at, form, const))
                 all_fixed = False
             elif sz is not None:
-                if steps and steps[-1][0] == 0:
-                    steps[-1] = (0, steps[-1][1] + sz)
+                last = steps[-1] if steps else None
+                if isinstance(last, _SkipBytes):
+                    last.size += sz
                 else:
-                    steps.append((0, sz))
+                    steps.append(_SkipBytes(sz))
                 fixed_total += sz
             else:
-                steps.append((2, form, const))
+                steps.append(_SkipForm(form, const))
                 all_fixed = False
-        plan = self._plans[code] = (tag, ch, tuple(steps), fixed_total if all_fixed else -1)
+        plan = self._plans[code] = _DiePlan(tag, ch, tuple(steps), fixed_total if all_fixed else -1)
         return plan
 
-    def fast_skip(self, code: int) -> tuple[int, int]:
-        """For the function walk: how to step over a DIE of abbreviation ``code`` without decoding it:
-        ``(0, n)`` a childless DIE of ``n`` fixed bytes; ``(1, k)`` a DIE whose children are not
-        entered and whose DW_AT_sibling (ref4) is ``k`` bytes after the code; ``(2, 0)``: read it.
+    def fast_skip(self, code: int) -> _DieSkip:
+        """For the function walk: how to step over a DIE of abbreviation ``code`` without decoding it.
         Worked out on the first DIE of each abbreviation and kept in :attr:`skips`."""
-        skip = (2, 0)
+        skip = _READ_IT
         abbrev = self.abbrevs.get(code)
         if abbrev is not None:
             tag, ch, attrs = abbrev
@@ -1044,9 +1127,9 @@ class _CUReader:
                         break
                     at_off += sz
                 if ch and sib >= 0:
-                    skip = (1, sib)
+                    skip = _DieSkip(-1, sib)
                 elif not ch and at_off >= 0:
-                    skip = (0, at_off)
+                    skip = _DieSkip(at_off, -1)
         self.skips[code] = skip
         return skip
 
@@ -1113,25 +1196,26 @@ class _CUReader:
         if plan is None:
             raise DwarfError(".debug_info", die_pos, f"unknown abbreviation code {code} (unit at "
                              f"{self.hdr.offset:#x})")
-        tag, children, steps, fixed = plan
+        fixed = plan.fixed_size
         if fixed >= 0:
-            return code, tag, children, _EMPTY, pos + fixed
+            return code, plan.tag, plan.has_children, _EMPTY, pos + fixed
         vals: dict[int, tuple[int, Any]] = {}
-        read_form = self._read_form
-        for step in steps:
-            op = step[0]
-            if op == 0:
-                pos += step[1]
-            elif op == 1:
-                if len(step) == 6:
-                    vals[step[1]] = (step[2], step[4].unpack_from(data, pos)[0])
-                    pos += step[5]
-                    continue
-                val, pos = read_form(step[2], pos, step[3])
-                vals[step[1]] = (step[2], val)
+        # dispatch on the step's exact type (cheaper than isinstance; mypy does not narrow through
+        # ``kind``, hence ``Any``)
+        step: Any
+        for step in plan.steps:
+            kind = type(step)
+            if kind is _SkipBytes:
+                pos += step.size
+            elif kind is _DecodeFixed:
+                vals[step.attr] = (step.form, step.unpack(data, pos)[0])
+                pos += step.size
+            elif kind is _Decode:
+                val, pos = self._read_form(step.form, pos, step.const)
+                vals[step.attr] = (step.form, val)
             else:
-                pos = self._skip_form(step[1], pos, step[2])
-        return code, tag, children, vals, pos
+                pos = self._skip_form(step.form, pos, step.const)
+        return code, plan.tag, plan.has_children, vals, pos
 
     def _skip_form(self, form: int, pos: int, const: int) -> int:
         """Where an attribute value of variable size (``form``) at ``pos`` ends, without decoding it."""
@@ -1329,8 +1413,19 @@ def _name_of(reader: _CUReader, offset: int, readers: Callable[[int], _CUReader]
     return "??"
 
 
-def _open_unit(sec: DwarfSections, cu_offset: int) -> tuple[_CUReader, dict[int, tuple[int, Any]], bool, int]:
-    """Read a unit's top DIE and set the reader's bases: (reader, attributes, has_children, next pos)."""
+class _OpenedUnit(NamedTuple):
+    """A unit opened by :func:`_open_unit`."""
+
+    reader: _CUReader
+    #: the wanted attributes of the unit's top DIE ({attr: (form, value)})
+    attrs: dict[int, tuple[int, Any]]
+    has_children: bool
+    #: .debug_info offset of the DIE after the top one
+    next_pos: int
+
+
+def _open_unit(sec: DwarfSections, cu_offset: int) -> _OpenedUnit:
+    """Read a unit's top DIE and set the reader's bases."""
     hdr = parse_cu_header(sec, cu_offset)
     reader = _CUReader(sec, hdr)
     _code, tag, children, vals, pos = reader.read_die(hdr.die_offset)
@@ -1350,7 +1445,7 @@ def _open_unit(sec: DwarfSections, cu_offset: int) -> tuple[_CUReader, dict[int,
         reader.low_pc = reader.address(*vals[AT_LOW_PC])
     if AT_LANGUAGE in vals:
         reader.language = int(vals[AT_LANGUAGE][1])
-    return reader, vals, children, pos
+    return _OpenedUnit(reader, vals, children, pos)
 
 
 #: DW_AT_decl_file: binutils names a function's or variable's file from it, so a number past the line
@@ -1360,37 +1455,58 @@ TAG_VARIABLE = 0x34
 _DECL_FILE_TAGS = FUNCTION_TAGS | {TAG_VARIABLE}
 
 
-def _check_plan(reader: _CUReader, code: int, die_pos: int) -> tuple[tuple[int, int, int], ...]:
-    """How :func:`_check_dies` steps over a DIE of abbreviation ``code``: ``(0, n, 0)`` skip n bytes,
-    ``(1, form, 0)`` a .debug_str/.debug_line_str offset to check, ``(2, form, const)`` a file number
-    to check, ``(3, form, const)`` a variable-size value to skip, ``(4, form, 0)`` a reference that must
-    land on a DIE (a function's origin or specification, whose name binutils reads), ``(5, form, 0)``
-    a DW_AT_sibling, which must land just after the DIE's children. The first entry is
-    ``(has_children, 0, 0)``."""
+#: The kinds of :class:`_CheckStep`.
+_CHECK_SKIP = 0  # step over ``size`` bytes
+_CHECK_STRING = 1  # a .debug_str / .debug_line_str offset (``form``) that must lie inside its section
+_CHECK_FILE = 2  # a file number (DW_AT_call_file, DW_AT_decl_file) that must name a line table file
+_CHECK_SKIP_FORM = 3  # step over a value of a variable-size ``form``
+_CHECK_ORIGIN = 4  # a function's origin or specification, which must land on a DIE (binutils reads its name)
+_CHECK_SIBLING = 5  # a DW_AT_sibling, which must land just after the DIE's children
+
+
+class _CheckStep(NamedTuple):
+    """A step of :func:`_check_dies` over a DIE's attributes (``kind``: one of ``_CHECK_*``)."""
+
+    kind: int
+    form: int
+    #: the DW_FORM_implicit_const value (:data:`_CHECK_FILE`, :data:`_CHECK_SKIP_FORM`), or the size
+    #: (:data:`_CHECK_SKIP`)
+    value: int
+
+
+class _CheckPlan(NamedTuple):
+    """How :func:`_check_dies` reads a DIE of one abbreviation (:func:`_check_plan`)."""
+
+    has_children: bool
+    steps: tuple[_CheckStep, ...]
+
+
+def _check_plan(reader: _CUReader, code: int, die_pos: int) -> _CheckPlan:
+    """How :func:`_check_dies` steps over a DIE of abbreviation ``code``."""
     abbrev = reader.abbrevs.get(code)
     if abbrev is None:
         raise DwarfError(".debug_info", die_pos, f"unknown abbreviation code {code} (unit at "
                          f"{reader.hdr.offset:#x})")
     tag, ch, attrs = abbrev
-    steps: list[tuple[int, int, int]] = [(int(ch), 0, 0)]
+    steps: list[_CheckStep] = []
     for at, form, const in attrs:
         sz = reader._form_size.get(form)
         if at == AT_SIBLING and form in _REF_LOCAL_FORMS:
-            steps.append((5, form, 0))
+            steps.append(_CheckStep(_CHECK_SIBLING, form, 0))
         elif at in (AT_ABSTRACT_ORIGIN, AT_SPECIFICATION) and tag in FUNCTION_TAGS and form in _REF_LOCAL_FORMS:
-            steps.append((4, form, 0))
+            steps.append(_CheckStep(_CHECK_ORIGIN, form, 0))
         elif form in (FORM_STRP, FORM_LINE_STRP):
-            steps.append((1, form, 0))
+            steps.append(_CheckStep(_CHECK_STRING, form, 0))
         elif (at == AT_CALL_FILE or (at == AT_DECL_FILE and tag in _DECL_FILE_TAGS)) and form in _CONST_FORMS:
-            steps.append((2, form, const))
+            steps.append(_CheckStep(_CHECK_FILE, form, const))
         elif sz is not None:
-            if len(steps) > 1 and steps[-1][0] == 0:
-                steps[-1] = (0, steps[-1][1] + sz, 0)
+            if steps and steps[-1].kind == _CHECK_SKIP:
+                steps[-1] = _CheckStep(_CHECK_SKIP, 0, steps[-1].value + sz)
             else:
-                steps.append((0, sz, 0))
+                steps.append(_CheckStep(_CHECK_SKIP, 0, sz))
         else:
-            steps.append((3, form, const))
-    plan = reader._checks[code] = tuple(steps)
+            steps.append(_CheckStep(_CHECK_SKIP_FORM, form, const))
+    plan = reader._checks[code] = _CheckPlan(ch, tuple(steps))
     return plan
 
 
@@ -1450,29 +1566,29 @@ def _check_dies(reader: _CUReader, pos: int, lines: LineTable | None) -> None:
         starts.append(die_pos)
         plan = checks.get(code) or _check_plan(reader, code, die_pos)
         sib = -1
-        for kind, form, const in plan[1:]:
-            if kind == 0:
-                pos += form
-            elif kind == 1:
+        for kind, form, value in plan.steps:
+            if kind == _CHECK_SKIP:
+                pos += value
+            elif kind == _CHECK_STRING:
                 off = off_struct.unpack_from(data, pos)[0]
                 if off >= limits[form]:
                     name = ".debug_str" if form == FORM_STRP else ".debug_line_str"
                     raise DwarfError(".debug_info", pos, f"string offset {off:#x} past the end of {name}")
                 pos += osz
-            elif kind == 2:
-                number, pos = read_form(form, pos, const)
+            elif kind == _CHECK_FILE:
+                number, pos = read_form(form, pos, value)
                 if n_files >= 0 and not (0 <= number < n_files if v5 else 0 <= number <= n_files):
                     raise DwarfError(".debug_info", die_pos, f"file number {number} past the line program's "
                                      f"{n_files} files")
-            elif kind == 3:
-                pos = skip_form(form, pos, const)
+            elif kind == _CHECK_SKIP_FORM:
+                pos = skip_form(form, pos, value)
             else:
                 ref, pos = read_form(form, pos, 0)
-                if kind == 4:
+                if kind == _CHECK_ORIGIN:
                     targets.append(unit + ref)
-                else:
+                else:  # _CHECK_SIBLING
                     sib = unit + ref
-        if plan[0][0]:
+        if plan.has_children:
             siblings.append(sib)
         elif sib >= 0 and sib != pos:
             raise DwarfError(".debug_info", die_pos, f"a DW_AT_sibling {sib:#x} that is not where the DIE ends")
@@ -1489,18 +1605,18 @@ def _check_dies(reader: _CUReader, pos: int, lines: LineTable | None) -> None:
 def _reader_getter(sec: DwarfSections, reader: _CUReader) -> Callable[[int], _CUReader]:
     """A function giving the reader of the unit holding a .debug_info offset (for DW_FORM_ref_addr)."""
     cache: dict[int, _CUReader] = {reader.hdr.offset: reader}
-    cu_list: list[tuple[int, int]] = []
+    cu_list: list[UnitSpan] = []
 
     def get(offset: int) -> _CUReader:
         if not cu_list:
             cu_list.extend(scan_cu_headers(sec))
-        starts = [c[0] for c in cu_list]
+        starts = [c.offset for c in cu_list]
         i = bisect.bisect_right(starts, offset) - 1
-        if i < 0 or offset >= cu_list[i][1]:
+        if i < 0 or offset >= cu_list[i].end:
             raise DwarfError(".debug_info", offset, "a reference outside every unit")
-        start = cu_list[i][0]
+        start = cu_list[i].offset
         if start not in cache:
-            cache[start] = _open_unit(sec, start)[0]
+            cache[start] = _open_unit(sec, start).reader
         return cache[start]
 
     return get
@@ -1568,7 +1684,7 @@ def walk_on(sec: DwarfSections, cu: CompiledUnit, address: int) -> bool:
 def _unit_reader(sec: DwarfSections, cu: CompiledUnit) -> _CUReader:
     """The reader that built ``cu`` (or a new one, for a unit loaded from the index), kept with it."""
     if cu.reader is None or cu.reader.sec is not sec:
-        cu.reader = _open_unit(sec, cu.offset)[0]
+        cu.reader = _open_unit(sec, cu.offset).reader
     return cu.reader
 
 
@@ -1633,11 +1749,11 @@ def _walk_children(
         code = data[pos]
         if 0 < code < 0x80:
             sk = skips.get(code) or fast_skip(code)
-            if sk[0] == 0:
-                pos += 1 + sk[1]
+            if sk.fixed_size >= 0:
+                pos += 1 + sk.fixed_size
                 continue
-            if sk[0] == 1:
-                target = unit + struct.unpack_from(sib_fmt, data, pos + 1 + sk[1])[0]
+            if sk.sibling_at >= 0:
+                target = unit + struct.unpack_from(sib_fmt, data, pos + 1 + sk.sibling_at)[0]
                 if target > pos:
                     pos = target
                     continue
@@ -2182,7 +2298,7 @@ def unit_ranges(sec: DwarfSections, cu_offset: int) -> list[tuple[int, int]]:
                 return []
             comp_dir = reader.string(*vals[AT_COMP_DIR]) if AT_COMP_DIR in vals else ""
             table = read_line_table(sec, int(vals[AT_STMT_LIST][1]), comp_dir, reader.hdr.address_size)
-            return [(seq[0], seq[1]) for seq in table.seqs if seq[1] > seq[0]]
+            return [(seq.low, seq.high) for seq in table.seqs if seq.high > seq.low]
         return [r for r in reader.ranges_of(vals) if r[1] > r[0]]
     except _CUT_SHORT as exc:
         raise _damage(exc, ".debug_info", cu_offset) from None
