@@ -636,6 +636,7 @@ class LineRow(NamedTuple):
 
 #: A row as the decoder appends it: the fields of :class:`LineRow`, in its order.
 _RowTuple = tuple[int, int, int, int, bool]
+_ROW_END_SEQUENCE = LineRow._fields.index("end_sequence")
 
 
 class LineLocation(NamedTuple):
@@ -809,7 +810,17 @@ class LineTable:
 
     def row(self, j: int) -> LineRow:
         """Row ``j`` of :attr:`rows`."""
-        return LineRow._make(self.rows[j])
+        rows = self.rows
+        if isinstance(rows, _Rows):
+            return LineRow(rows.files[j], rows.lines[j], rows.cols[j], rows.discs[j], bool(rows.ends[j]))
+        return LineRow._make(rows[j])
+
+    def _ends_sequence(self, j: int) -> bool:
+        """Whether row ``j`` ends its sequence (read without making the row: every lookup asks)."""
+        rows = self.rows
+        if isinstance(rows, _Rows):
+            return bool(rows.ends[j])
+        return bool(rows[j][_ROW_END_SEQUENCE])
 
     def row_address(self, address: int) -> int | None:
         """Start address of the row covering ``address`` (compilers start rows at instructions)."""
@@ -840,7 +851,7 @@ class LineTable:
             if q.low <= address < q.high:
                 first, last = q.first_row, q.end_row
                 j = bisect.bisect_right(self.addrs, address, first, last) - 1
-                if j >= first and not self.row(j).end_sequence and j + 1 < last and address < self.addrs[j + 1]:
+                if j >= first and not self._ends_sequence(j) and j + 1 < last and address < self.addrs[j + 1]:
                     return j
                 return -1
             i -= 1
