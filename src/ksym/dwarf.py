@@ -1041,9 +1041,6 @@ class _DieSkip:
     sibling_at: int
 
 
-_READ_IT = _DieSkip(-1, -1)
-
-
 class _CUReader:
     """Decodes DIEs of one CU, skipping what it does not need."""
 
@@ -1118,7 +1115,7 @@ class _CUReader:
     def fast_skip(self, code: int) -> _DieSkip:
         """For the function walk: how to step over a DIE of abbreviation ``code`` without decoding it.
         Worked out on the first DIE of each abbreviation and kept in :attr:`skips`."""
-        skip = _READ_IT
+        skip = _DieSkip(-1, -1)  # read it
         abbrev = self.abbrevs.get(code)
         if abbrev is not None:
             tag, ch, attrs = abbrev
