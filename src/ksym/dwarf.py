@@ -26,16 +26,24 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from .errors import BadFileError
 
 __all__ = [
+    "ArangeEntry",
     "CompiledUnit",
     "DwarfError",
     "DwarfSections",
     "FunctionNode",
+    "LineDecoderState",
+    "LineLocation",
+    "LineProgramHeader",
+    "LineRow",
+    "LineSequence",
     "LineTable",
+    "UnitSpan",
+    "WalkState",
     "check_unit",
     "compile_unit",
     "concat_filename",
@@ -363,8 +371,17 @@ class DwarfSections:
 # --- .debug_aranges ---------------------------------------------------------------------------------
 
 
-def read_aranges(sec: DwarfSections) -> list[tuple[int, int, int]]:
-    """All (start, end, cu_offset) address ranges of .debug_aranges, unsorted.
+class ArangeEntry(NamedTuple):
+    """An address range of .debug_aranges: addresses ``start`` to ``end`` (exclusive) are in the unit
+    at ``unit_offset`` of .debug_info."""
+
+    start: int
+    end: int
+    unit_offset: int
+
+
+def read_aranges(sec: DwarfSections) -> list[ArangeEntry]:
+    """All address ranges of .debug_aranges, unsorted.
 
     :raises DwarfError: a set's length runs past the end of the section, its header is cut short or
         names a unit offset past the end of .debug_info, its address size is not 2, 4 or 8 (or not
@@ -378,8 +395,8 @@ def read_aranges(sec: DwarfSections) -> list[tuple[int, int, int]]:
         raise _damage(exc, ".debug_aranges", 0) from None
 
 
-def _read_aranges(sec: DwarfSections, data: bytes) -> list[tuple[int, int, int]]:
-    out: list[tuple[int, int, int]] = []
+def _read_aranges(sec: DwarfSections, data: bytes) -> list[ArangeEntry]:
+    out: list[ArangeEntry] = []
     e = "<" if sec.little_endian else ">"
     pos = 0
     n = len(data)
@@ -425,7 +442,7 @@ def _read_aranges(sec: DwarfSections, data: bytes) -> list[tuple[int, int, int]]
                                  "largest address")
             p += tuple_size
             if length_:
-                out.append((start, start + length_, cu_off))
+                out.append(ArangeEntry(start, start + length_, cu_off))
         pos = end
     return out
 
@@ -489,8 +506,16 @@ def parse_cu_header(sec: DwarfSections, offset: int) -> CUHeader:
     return CUHeader(offset, version, unit_type, address_size, off_size, abbrev_off, pos, end)
 
 
-def scan_cu_headers(sec: DwarfSections) -> list[tuple[int, int]]:
-    """(offset, end) of every unit in .debug_info, reading only the unit lengths.
+class UnitSpan(NamedTuple):
+    """Where a unit lies in .debug_info (:func:`scan_cu_headers`)."""
+
+    offset: int
+    #: one past the unit
+    end: int
+
+
+def scan_cu_headers(sec: DwarfSections) -> list[UnitSpan]:
+    """Where every unit of .debug_info lies, reading only the unit lengths.
 
     :raises DwarfError: a unit length runs past the end of the section."""
     data = sec.info
@@ -507,7 +532,7 @@ def scan_cu_headers(sec: DwarfSections) -> list[tuple[int, int]]:
             raise DwarfError(".debug_info", pos, f"the unit's length {length:#x} runs past the end of the section")
         if length == 0:
             raise DwarfError(".debug_info", pos, "a unit of length 0")
-        out.append((pos, end))
+        out.append(UnitSpan(pos, end))
         pos = end
     return out
 
@@ -571,35 +596,184 @@ class FunctionNode:
     #: .debug_info offset of the first child while the subtree is not read yet, else -1.
     child_pos: int = -1
 
+    def to_record(self) -> tuple[Any, ...]:
+        """The node as plain data for the index (see :meth:`from_records`)."""
+        return (self.die_offset, self.tag, self.ranges, self.name, self.parent, self.call_file, self.call_line,
+                self.call_column, self.child_pos)
+
+    @classmethod
+    def from_records(cls, recs: Sequence[Sequence[Any]]) -> list[FunctionNode]:
+        """The nodes :meth:`to_record` wrote (a unit's at once: loading a unit makes thousands).
+
+        :raises ValueError, TypeError: a record is not such a record."""
+        return [cls(int(die_offset), int(tag), [(int(lo), int(hi)) for lo, hi in ranges], str(name), int(parent),
+                    int(call_file), int(call_line), int(call_column), int(child_pos))
+                for die_offset, tag, ranges, name, parent, call_file, call_line, call_column, child_pos in recs]
+
+
+class LineSequence(NamedTuple):
+    """One sequence of a line table: it covers addresses ``low`` to ``high`` (exclusive) with the rows
+    ``first_row`` to ``end_row`` (exclusive) of :attr:`LineTable.rows`."""
+
+    low: int
+    high: int
+    first_row: int
+    end_row: int
+
+
+class LineRow(NamedTuple):
+    """One row of a line table (its address is the same index of :attr:`LineTable.addrs`).
+
+    The decoder keeps rows as plain tuples in this order (:data:`_RowTuple`); :meth:`LineTable.row`
+    reads one by name."""
+
+    file: int
+    line: int
+    column: int
+    discriminator: int
+    end_sequence: bool
+
+
+#: A row as the decoder appends it: the fields of :class:`LineRow`, in its order.
+_RowTuple = tuple[int, int, int, int, bool]
+_ROW_END_SEQUENCE = LineRow._fields.index("end_sequence")
+
+
+class LineLocation(NamedTuple):
+    """What a line table says of an address (:meth:`LineTable.lookup`): the joined file name, line,
+    column and discriminator (each as binutils keeps it, an unsigned 32-bit number)."""
+
+    file: str
+    line: int
+    column: int
+    discriminator: int
+
+
+class LineProgramHeader(NamedTuple):
+    """The constants of a line program's header that decoding it needs."""
+
+    #: .debug_line offset one past the program
+    end: int
+    min_inst_length: int
+    line_base: int
+    line_range: int
+    opcode_base: int
+    #: size of a DW_LNE_set_address operand
+    address_size: int
+    #: the file register at the start of every sequence (binutils: 0 for DWARF 5, else 1)
+    first_file: int
+    big_endian: bool
+    standard_opcode_lengths: tuple[int, ...]
+
+
+class LineDecoderState(NamedTuple):
+    """Where the decoding of a line program stopped (``read_line_table(until=...)``): the state
+    machine's registers and the program's header, enough to decode on (:meth:`LineTable.extend`).
+    Stored in the index with its unit (:meth:`to_record`, :meth:`from_record`)."""
+
+    #: .debug_line offset of the next opcode
+    position: int
+    address: int
+    file: int
+    line: int
+    column: int
+    discriminator: int
+    #: address of the last row of the sequence being decoded (-1: it has none yet); a row at the same
+    #: address replaces that row, as in bfd
+    last_address: int
+    #: index in :attr:`LineTable.rows` of the first row of the sequence being decoded (rows from there
+    #: on are not in :attr:`LineTable.seqs` yet)
+    sequence_start: int
+    header: LineProgramHeader
+
+    def to_record(self) -> list[Any]:
+        """The state as plain data for the index (a flat list: see :meth:`from_record`)."""
+        h = self.header
+        return [self.position, h.end, self.address, self.file, self.line, self.column, self.discriminator,
+                self.last_address, self.sequence_start, h.min_inst_length, h.line_base, h.line_range,
+                h.opcode_base, h.address_size, h.first_file, int(h.big_endian), tuple(h.standard_opcode_lengths)]
+
+    @classmethod
+    def from_record(cls, rec: Sequence[Any]) -> LineDecoderState:
+        """The state :meth:`to_record` wrote.
+
+        :raises ValueError: ``rec`` is not such a record."""
+        if len(rec) != 17:
+            raise ValueError(f"a line decoder state record of {len(rec)} fields, not 17")
+        (position, end, address, file, line, column, disc, last_address, sequence_start, min_inst, line_base,
+         line_range, opcode_base, address_size, first_file, big, std_lengths) = rec
+        header = LineProgramHeader(int(end), int(min_inst), int(line_base), int(line_range), int(opcode_base),
+                                   int(address_size), int(first_file), bool(big),
+                                   tuple(int(n) for n in std_lengths))
+        return cls(int(position), int(address), int(file), int(line), int(column), int(disc), int(last_address),
+                   int(sequence_start), header)
+
 
 @dataclass
 class LineTable:
     """Rows of one CU's line program, sequence by sequence, in bfd's form.
 
-    ``addrs``/``rows`` are parallel; rows are (file_index, line, column, discriminator, end_sequence).
-    ``seqs`` are (low, high, first_row, last_row_exclusive), sorted by low.
+    ``addrs``/``rows`` are parallel (a row's fields: :class:`LineRow`; read one with :meth:`row`);
+    ``seqs`` are the :class:`LineSequence` s, sorted by low address.
     """
 
     files: list[str]
     addrs: Any = field(default_factory=list)  # list[int] while decoding, array('Q') when loaded
-    rows: Any = field(default_factory=list)  # list of tuples while decoding, _Rows when loaded
-    seqs: list[tuple[int, int, int, int]] = field(default_factory=list)
+    rows: Any = field(default_factory=list)  # list of _RowTuple while decoding, _Rows when loaded
+    seqs: list[LineSequence] = field(default_factory=list)
     #: What a file number of this table (call_file, rows) is offset by: 1 before DWARF 5, else 0.
     file_base: int = 0
     #: The decoder's state where it stopped (``read_line_table(until=...)``), None once it is complete
-    #: (see :func:`_decode_lines`): rows from ``pending[_SEQ_FIRST]`` on belong to the sequence being
+    #: (see :func:`_decode_lines`): rows from ``pending.sequence_start`` on belong to the sequence being
     #: decoded, which is not in ``seqs`` yet.
-    pending: list[Any] | None = None
+    pending: LineDecoderState | None = None
     #: Where the program starts in .debug_line (-1: not known, a table stored by an older ksym).
     offset: int = -1
     # the sequences' low addresses, for bisect (derived from ``seqs`` on first lookup)
     _lows: list[int] | None = field(default=None, repr=False, compare=False)
 
+    def to_record(self) -> tuple[Any, ...]:
+        """The table as plain data for the index: the rows as columns of packed numbers (loading them
+        is a memcpy) (see :meth:`from_record`)."""
+        rows = self.rows
+        if isinstance(rows, _Rows):
+            cols = [rows.files, rows.lines, rows.cols, rows.discs]
+            ends = bytes(rows.ends)
+        elif rows:
+            # rows are _RowTuple: transpose them in C
+            f, ln, c, d, e = zip(*rows)
+            cols = [_u32s(f), _u32s(ln), _u32s(c), _u32s(d)]
+            ends = bytes(map(bool, e))
+        else:
+            cols = [array("I") for _ in range(4)]
+            ends = b""
+        return (self.files, array("Q", self.addrs).tobytes(), [a.tobytes() for a in cols], ends,
+                [tuple(q) for q in self.seqs], self.file_base,
+                None if self.pending is None else self.pending.to_record(), self.offset)
+
+    @classmethod
+    def from_record(cls, rec: Sequence[Any]) -> LineTable:
+        """The table :meth:`to_record` wrote (a record without the program's offset, as older ksym
+        wrote, gives offset -1).
+
+        :raises ValueError, TypeError: ``rec`` is not such a record."""
+        files, addrs, cols, ends, seqs, file_base, pending, *more = rec
+
+        def arr(code: str, data: bytes) -> array:  # type: ignore[type-arg]
+            a = array(code)
+            a.frombytes(data)
+            return a
+
+        rows = _Rows(arr("I", cols[0]), arr("I", cols[1]), arr("I", cols[2]), arr("I", cols[3]), bytes(ends))
+        return cls(list(files), arr("Q", addrs), rows, [LineSequence._make(q) for q in seqs],
+                   int(file_base), None if pending is None else LineDecoderState.from_record(pending),
+                   int(more[0]) if more else -1)
+
     def covers(self, address: int) -> bool:
         """Whether the rows decoded so far answer ``address`` as the whole table would."""
         if self.pending is None:
             return True
-        first = self.pending[_SEQ_FIRST]
+        first = self.pending.sequence_start
         addrs = self.addrs
         if first < len(addrs) and addrs[first] <= address:
             return bool(address < addrs[-1])
@@ -624,14 +798,29 @@ class LineTable:
                              f"program's {len(self.files)} files")
         return self.files[i]
 
-    def lookup(self, address: int) -> tuple[str, int, int, int] | None:
-        """(file, line, column, discriminator) of the row covering ``address``, or None."""
+    def lookup(self, address: int) -> LineLocation | None:
+        """Where the row covering ``address`` points, or None."""
         j = self._row_index(address)
         if j < 0:
             return None
-        fnum, line, col, disc, _end = self.rows[j]
+        row = self.row(j)
         # binutils keeps these in unsigned ints: a line program that steps below line 0 wraps around
-        return self.file_name(fnum), line & 0xFFFFFFFF, col & 0xFFFFFFFF, disc & 0xFFFFFFFF
+        return LineLocation(self.file_name(row.file), row.line & 0xFFFFFFFF, row.column & 0xFFFFFFFF,
+                            row.discriminator & 0xFFFFFFFF)
+
+    def row(self, j: int) -> LineRow:
+        """Row ``j`` of :attr:`rows`."""
+        rows = self.rows
+        if isinstance(rows, _Rows):
+            return LineRow(rows.files[j], rows.lines[j], rows.cols[j], rows.discs[j], bool(rows.ends[j]))
+        return LineRow._make(rows[j])
+
+    def _ends_sequence(self, j: int) -> bool:
+        """Whether row ``j`` ends its sequence (read without making the row: every lookup asks)."""
+        rows = self.rows
+        if isinstance(rows, _Rows):
+            return bool(rows.ends[j])
+        return bool(rows[j][_ROW_END_SEQUENCE])
 
     def row_address(self, address: int) -> int | None:
         """Start address of the row covering ``address`` (compilers start rows at instructions)."""
@@ -641,7 +830,7 @@ class LineTable:
     def _row_index(self, address: int) -> int:
         if self.pending is not None:
             # the sequence being decoded: its rows below the last one are final
-            first = self.pending[_SEQ_FIRST]
+            first = self.pending.sequence_start
             addrs = self.addrs
             if first < len(addrs) and addrs[first] <= address < addrs[-1]:
                 return bisect.bisect_right(addrs, address, first, len(addrs)) - 1
@@ -654,17 +843,16 @@ class LineTable:
         seqs = self.seqs
         lows = self._lows
         if lows is None or len(lows) != len(seqs):
-            lows = self._lows = [q[0] for q in seqs]
+            lows = self._lows = [q.low for q in seqs]
         i = bisect.bisect_right(lows, address) - 1
         # sequences may overlap (discarded code at address 0); look back for one that contains it
         while i >= 0:
-            low, high, first, last = seqs[i]
-            if low <= address < high:
+            q = seqs[i]
+            if q.low <= address < q.high:
+                first, last = q.first_row, q.end_row
                 j = bisect.bisect_right(self.addrs, address, first, last) - 1
-                if j >= first:
-                    end_seq = self.rows[j][4]
-                    if not end_seq and j + 1 < last and address < self.addrs[j + 1]:
-                        return j
+                if j >= first and not self._ends_sequence(j) and j + 1 < last and address < self.addrs[j + 1]:
+                    return j
                 return -1
             i -= 1
         return -2
@@ -681,8 +869,25 @@ class _Rows:
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, j: int) -> tuple[int, int, int, int, bool]:
-        return self.files[j], self.lines[j], self.cols[j], self.discs[j], bool(self.ends[j])
+    def __getitem__(self, j: int) -> LineRow:
+        return LineRow(self.files[j], self.lines[j], self.cols[j], self.discs[j], bool(self.ends[j]))
+
+
+class WalkState(NamedTuple):
+    """Where the walk of a unit's top-level DIEs stopped (:attr:`CompiledUnit.walk`)."""
+
+    #: .debug_info offset of the next DIE
+    position: int
+    #: the enclosing function node of each open DIE level (-1: none), innermost last
+    stack: list[int]
+
+    def to_record(self) -> tuple[int, list[int]]:
+        return (self.position, list(self.stack))
+
+    @classmethod
+    def from_record(cls, rec: Sequence[Any]) -> WalkState:
+        position, stack = rec
+        return cls(int(position), [int(x) for x in stack])
 
 
 @dataclass
@@ -694,15 +899,32 @@ class CompiledUnit:
     comp_dir: str
     functions: list[FunctionNode]
     lines: LineTable | None
-    #: Where the walk of the top-level DIEs stopped (``compile_unit(until=...)``): (.debug_info offset,
-    #: stack); None once every top-level function is in ``functions``.
-    walk: tuple[int, list[int]] | None = None
+    #: Where the walk of the top-level DIEs stopped (``compile_unit(until=...)``); None once every
+    #: top-level function is in ``functions``.
+    walk: WalkState | None = None
     # (low, high, function index) for every range of every function, sorted by low
     _starts: list[int] = field(default_factory=list, repr=False)
     _spans: list[tuple[int, int, int]] = field(default_factory=list, repr=False)
     _reach: list[int] = field(default_factory=list, repr=False)
     # the reader that built this unit, reused by expand_for (not stored on disk)
     reader: _CUReader | None = field(default=None, repr=False, compare=False)
+
+    def to_record(self) -> tuple[Any, ...]:
+        """The unit as plain data for the on-disk index (which writes it with ``marshal``): the
+        record :func:`unit_to_record` gives and :meth:`from_record` reads."""
+        return (self.offset, self.name, self.comp_dir, [f.to_record() for f in self.functions],
+                None if self.lines is None else self.lines.to_record(),
+                None if self.walk is None else self.walk.to_record())
+
+    @classmethod
+    def from_record(cls, rec: Sequence[Any]) -> CompiledUnit:
+        """The unit :meth:`to_record` wrote.
+
+        :raises ValueError, TypeError, IndexError: ``rec`` is not such a record."""
+        offset, name, comp_dir, fns, lines, walk = rec
+        return cls(int(offset), str(name), str(comp_dir), FunctionNode.from_records(fns),
+                   None if lines is None else LineTable.from_record(lines),
+                   None if walk is None else WalkState.from_record(walk)).finish()
 
     def finish(self) -> CompiledUnit:
         spans = []
@@ -758,9 +980,65 @@ class CompiledUnit:
 # --- reading one CU ------------------------------------------------------------------------------------
 
 
-#: How to read a DIE of one abbreviation: (tag, has_children, steps, fixed size or -1). Steps are
-#: ``(0, n)`` skip n bytes, ``(1, attr, form, const[, struct, size])`` decode, ``(2, form, const)`` skip.
-_Plan = tuple[int, bool, tuple[tuple[Any, ...], ...], int]
+@dataclass(slots=True)
+class _SkipBytes:
+    """A read plan's step: step over ``size`` bytes of attribute values of fixed-size forms."""
+
+    size: int
+
+
+@dataclass(slots=True)
+class _DecodeFixed:
+    """A read plan's step: decode attribute ``attr``, of a 1-, 2-, 4- or 8-byte integer form, with a
+    precompiled struct's ``unpack_from``."""
+
+    attr: int
+    form: int
+    unpack: Callable[[bytes | memoryview, int], tuple[int, ...]]
+    size: int
+
+
+@dataclass(slots=True)
+class _Decode:
+    """A read plan's step: decode attribute ``attr`` (:meth:`_CUReader._read_form`)."""
+
+    attr: int
+    form: int
+    #: the abbreviation's DW_FORM_implicit_const value
+    const: int
+
+
+@dataclass(slots=True)
+class _SkipForm:
+    """A read plan's step: step over an attribute value of a variable-size form."""
+
+    form: int
+    const: int
+
+
+_PlanStep = _SkipBytes | _DecodeFixed | _Decode | _SkipForm
+
+
+@dataclass(slots=True)
+class _DiePlan:
+    """How to read a DIE of one abbreviation (:meth:`_CUReader._plan`)."""
+
+    tag: int
+    has_children: bool
+    steps: tuple[_PlanStep, ...]
+    #: the size of the DIE's attributes when every step is a :class:`_SkipBytes` (nothing decoded), else -1
+    fixed_size: int
+
+
+@dataclass(slots=True)
+class _DieSkip:
+    """How the function walk steps over a DIE of one abbreviation without decoding it
+    (:meth:`_CUReader.fast_skip`): at most one of the two is >= 0; both -1: read the DIE."""
+
+    #: a childless DIE whose attributes take this many bytes after the code
+    fixed_size: int
+    #: a DIE whose children are not entered, with a DW_AT_sibling (ref4) this many bytes after the code
+    sibling_at: int
 
 
 class _CUReader:
@@ -779,9 +1057,9 @@ class _CUReader:
         #: DW_AT_language of the unit (None: not said)
         self.language: int | None = None
         #: abbreviation code → :meth:`fast_skip`
-        self.skips: dict[int, tuple[int, int]] = {}
+        self.skips: dict[int, _DieSkip] = {}
         #: abbreviation code → :func:`_check_plan`
-        self._checks: dict[int, tuple[tuple[int, int, int], ...]] = {}
+        self._checks: dict[int, _CheckPlan] = {}
         # per-abbrev plans: fixed skip size when nothing wanted and all forms fixed-size
         self._fixed: dict[int, int] = {}
         asz = hdr.address_size
@@ -797,18 +1075,17 @@ class _CUReader:
             FORM_FLAG_PRESENT: 0, FORM_IMPLICIT_CONST: 0,
         }
         # A plan per abbreviation: which attributes to decode (only what the function tree needs:
-        # for other DIEs just DW_AT_sibling) and how far to jump over the rest. Steps are
-        # (0, n): skip n bytes; (1, attr, form, const): decode; (2, form, const): skip a variable form.
+        # for other DIEs just DW_AT_sibling) and how far to jump over the rest
         # (made on the first DIE of each abbreviation: most of a unit's are stepped over unread)
-        self._plans: dict[int, _Plan] = {}
+        self._plans: dict[int, _DiePlan] = {}
 
-    def _plan(self, code: int, die_pos: int) -> _Plan | None:
+    def _plan(self, code: int, die_pos: int) -> _DiePlan | None:
         abbrev = self.abbrevs.get(code)
         if abbrev is None:
             return None
         tag, ch, attrs = abbrev
         wanted = _WANTED if tag in _INTERESTING_TAGS else _SIBLING_ONLY
-        steps: list[tuple[Any, ...]] = []
+        steps: list[_PlanStep] = []
         fixed_total = 0
         all_fixed = True
         for at, form, const in attrs:
@@ -819,26 +1096,26 @@ class _CUReader:
                                      f"form {form:#x}, which it cannot have")
                 # fixed-size integer forms (1, 2, 4, 8 bytes) are decoded here with a precompiled struct
                 st = _STRUCTS.get((self.e, sz)) if sz else None
-                steps.append((1, at, form, const, st, sz or 0) if st is not None else (1, at, form, const))
+                steps.append(_DecodeFixed(at, form, st.unpack_from, sz) if st is not None and sz
+                             else _Decode(at, form, const))
                 all_fixed = False
             elif sz is not None:
-                if steps and steps[-1][0] == 0:
-                    steps[-1] = (0, steps[-1][1] + sz)
+                last = steps[-1] if steps else None
+                if isinstance(last, _SkipBytes):
+                    last.size += sz
                 else:
-                    steps.append((0, sz))
+                    steps.append(_SkipBytes(sz))
                 fixed_total += sz
             else:
-                steps.append((2, form, const))
+                steps.append(_SkipForm(form, const))
                 all_fixed = False
-        plan = self._plans[code] = (tag, ch, tuple(steps), fixed_total if all_fixed else -1)
+        plan = self._plans[code] = _DiePlan(tag, ch, tuple(steps), fixed_total if all_fixed else -1)
         return plan
 
-    def fast_skip(self, code: int) -> tuple[int, int]:
-        """For the function walk: how to step over a DIE of abbreviation ``code`` without decoding it:
-        ``(0, n)`` a childless DIE of ``n`` fixed bytes; ``(1, k)`` a DIE whose children are not
-        entered and whose DW_AT_sibling (ref4) is ``k`` bytes after the code; ``(2, 0)``: read it.
+    def fast_skip(self, code: int) -> _DieSkip:
+        """For the function walk: how to step over a DIE of abbreviation ``code`` without decoding it.
         Worked out on the first DIE of each abbreviation and kept in :attr:`skips`."""
-        skip = (2, 0)
+        skip = _DieSkip(-1, -1)  # read it
         abbrev = self.abbrevs.get(code)
         if abbrev is not None:
             tag, ch, attrs = abbrev
@@ -858,9 +1135,9 @@ class _CUReader:
                         break
                     at_off += sz
                 if ch and sib >= 0:
-                    skip = (1, sib)
+                    skip = _DieSkip(-1, sib)
                 elif not ch and at_off >= 0:
-                    skip = (0, at_off)
+                    skip = _DieSkip(at_off, -1)
         self.skips[code] = skip
         return skip
 
@@ -927,25 +1204,26 @@ class _CUReader:
         if plan is None:
             raise DwarfError(".debug_info", die_pos, f"unknown abbreviation code {code} (unit at "
                              f"{self.hdr.offset:#x})")
-        tag, children, steps, fixed = plan
+        fixed = plan.fixed_size
         if fixed >= 0:
-            return code, tag, children, _EMPTY, pos + fixed
+            return code, plan.tag, plan.has_children, _EMPTY, pos + fixed
         vals: dict[int, tuple[int, Any]] = {}
-        read_form = self._read_form
-        for step in steps:
-            op = step[0]
-            if op == 0:
-                pos += step[1]
-            elif op == 1:
-                if len(step) == 6:
-                    vals[step[1]] = (step[2], step[4].unpack_from(data, pos)[0])
-                    pos += step[5]
-                    continue
-                val, pos = read_form(step[2], pos, step[3])
-                vals[step[1]] = (step[2], val)
+        # dispatch on the step's exact type (cheaper than isinstance; mypy does not narrow through
+        # ``kind``, hence ``Any``)
+        step: Any
+        for step in plan.steps:
+            kind = type(step)
+            if kind is _SkipBytes:
+                pos += step.size
+            elif kind is _DecodeFixed:
+                vals[step.attr] = (step.form, step.unpack(data, pos)[0])
+                pos += step.size
+            elif kind is _Decode:
+                val, pos = self._read_form(step.form, pos, step.const)
+                vals[step.attr] = (step.form, val)
             else:
-                pos = self._skip_form(step[1], pos, step[2])
-        return code, tag, children, vals, pos
+                pos = self._skip_form(step.form, pos, step.const)
+        return code, plan.tag, plan.has_children, vals, pos
 
     def _skip_form(self, form: int, pos: int, const: int) -> int:
         """Where an attribute value of variable size (``form``) at ``pos`` ends, without decoding it."""
@@ -1143,8 +1421,19 @@ def _name_of(reader: _CUReader, offset: int, readers: Callable[[int], _CUReader]
     return "??"
 
 
-def _open_unit(sec: DwarfSections, cu_offset: int) -> tuple[_CUReader, dict[int, tuple[int, Any]], bool, int]:
-    """Read a unit's top DIE and set the reader's bases: (reader, attributes, has_children, next pos)."""
+class _OpenedUnit(NamedTuple):
+    """A unit opened by :func:`_open_unit`."""
+
+    reader: _CUReader
+    #: the wanted attributes of the unit's top DIE ({attr: (form, value)})
+    attrs: dict[int, tuple[int, Any]]
+    has_children: bool
+    #: .debug_info offset of the DIE after the top one
+    next_pos: int
+
+
+def _open_unit(sec: DwarfSections, cu_offset: int) -> _OpenedUnit:
+    """Read a unit's top DIE and set the reader's bases."""
     hdr = parse_cu_header(sec, cu_offset)
     reader = _CUReader(sec, hdr)
     _code, tag, children, vals, pos = reader.read_die(hdr.die_offset)
@@ -1164,7 +1453,7 @@ def _open_unit(sec: DwarfSections, cu_offset: int) -> tuple[_CUReader, dict[int,
         reader.low_pc = reader.address(*vals[AT_LOW_PC])
     if AT_LANGUAGE in vals:
         reader.language = int(vals[AT_LANGUAGE][1])
-    return reader, vals, children, pos
+    return _OpenedUnit(reader, vals, children, pos)
 
 
 #: DW_AT_decl_file: binutils names a function's or variable's file from it, so a number past the line
@@ -1174,37 +1463,58 @@ TAG_VARIABLE = 0x34
 _DECL_FILE_TAGS = FUNCTION_TAGS | {TAG_VARIABLE}
 
 
-def _check_plan(reader: _CUReader, code: int, die_pos: int) -> tuple[tuple[int, int, int], ...]:
-    """How :func:`_check_dies` steps over a DIE of abbreviation ``code``: ``(0, n, 0)`` skip n bytes,
-    ``(1, form, 0)`` a .debug_str/.debug_line_str offset to check, ``(2, form, const)`` a file number
-    to check, ``(3, form, const)`` a variable-size value to skip, ``(4, form, 0)`` a reference that must
-    land on a DIE (a function's origin or specification, whose name binutils reads), ``(5, form, 0)``
-    a DW_AT_sibling, which must land just after the DIE's children. The first entry is
-    ``(has_children, 0, 0)``."""
+#: The kinds of :class:`_CheckStep`.
+_CHECK_SKIP = 0  # step over ``size`` bytes
+_CHECK_STRING = 1  # a .debug_str / .debug_line_str offset (``form``) that must lie inside its section
+_CHECK_FILE = 2  # a file number (DW_AT_call_file, DW_AT_decl_file) that must name a line table file
+_CHECK_SKIP_FORM = 3  # step over a value of a variable-size ``form``
+_CHECK_ORIGIN = 4  # a function's origin or specification, which must land on a DIE (binutils reads its name)
+_CHECK_SIBLING = 5  # a DW_AT_sibling, which must land just after the DIE's children
+
+
+class _CheckStep(NamedTuple):
+    """A step of :func:`_check_dies` over a DIE's attributes (``kind``: one of ``_CHECK_*``)."""
+
+    kind: int
+    form: int
+    #: the DW_FORM_implicit_const value (:data:`_CHECK_FILE`, :data:`_CHECK_SKIP_FORM`), or the size
+    #: (:data:`_CHECK_SKIP`)
+    value: int
+
+
+class _CheckPlan(NamedTuple):
+    """How :func:`_check_dies` reads a DIE of one abbreviation (:func:`_check_plan`)."""
+
+    has_children: bool
+    steps: tuple[_CheckStep, ...]
+
+
+def _check_plan(reader: _CUReader, code: int, die_pos: int) -> _CheckPlan:
+    """How :func:`_check_dies` steps over a DIE of abbreviation ``code``."""
     abbrev = reader.abbrevs.get(code)
     if abbrev is None:
         raise DwarfError(".debug_info", die_pos, f"unknown abbreviation code {code} (unit at "
                          f"{reader.hdr.offset:#x})")
     tag, ch, attrs = abbrev
-    steps: list[tuple[int, int, int]] = [(int(ch), 0, 0)]
+    steps: list[_CheckStep] = []
     for at, form, const in attrs:
         sz = reader._form_size.get(form)
         if at == AT_SIBLING and form in _REF_LOCAL_FORMS:
-            steps.append((5, form, 0))
+            steps.append(_CheckStep(_CHECK_SIBLING, form, 0))
         elif at in (AT_ABSTRACT_ORIGIN, AT_SPECIFICATION) and tag in FUNCTION_TAGS and form in _REF_LOCAL_FORMS:
-            steps.append((4, form, 0))
+            steps.append(_CheckStep(_CHECK_ORIGIN, form, 0))
         elif form in (FORM_STRP, FORM_LINE_STRP):
-            steps.append((1, form, 0))
+            steps.append(_CheckStep(_CHECK_STRING, form, 0))
         elif (at == AT_CALL_FILE or (at == AT_DECL_FILE and tag in _DECL_FILE_TAGS)) and form in _CONST_FORMS:
-            steps.append((2, form, const))
+            steps.append(_CheckStep(_CHECK_FILE, form, const))
         elif sz is not None:
-            if len(steps) > 1 and steps[-1][0] == 0:
-                steps[-1] = (0, steps[-1][1] + sz, 0)
+            if steps and steps[-1].kind == _CHECK_SKIP:
+                steps[-1] = _CheckStep(_CHECK_SKIP, 0, steps[-1].value + sz)
             else:
-                steps.append((0, sz, 0))
+                steps.append(_CheckStep(_CHECK_SKIP, 0, sz))
         else:
-            steps.append((3, form, const))
-    plan = reader._checks[code] = tuple(steps)
+            steps.append(_CheckStep(_CHECK_SKIP_FORM, form, const))
+    plan = reader._checks[code] = _CheckPlan(ch, tuple(steps))
     return plan
 
 
@@ -1264,29 +1574,29 @@ def _check_dies(reader: _CUReader, pos: int, lines: LineTable | None) -> None:
         starts.append(die_pos)
         plan = checks.get(code) or _check_plan(reader, code, die_pos)
         sib = -1
-        for kind, form, const in plan[1:]:
-            if kind == 0:
-                pos += form
-            elif kind == 1:
+        for kind, form, value in plan.steps:
+            if kind == _CHECK_SKIP:
+                pos += value
+            elif kind == _CHECK_STRING:
                 off = off_struct.unpack_from(data, pos)[0]
                 if off >= limits[form]:
                     name = ".debug_str" if form == FORM_STRP else ".debug_line_str"
                     raise DwarfError(".debug_info", pos, f"string offset {off:#x} past the end of {name}")
                 pos += osz
-            elif kind == 2:
-                number, pos = read_form(form, pos, const)
+            elif kind == _CHECK_FILE:
+                number, pos = read_form(form, pos, value)
                 if n_files >= 0 and not (0 <= number < n_files if v5 else 0 <= number <= n_files):
                     raise DwarfError(".debug_info", die_pos, f"file number {number} past the line program's "
                                      f"{n_files} files")
-            elif kind == 3:
-                pos = skip_form(form, pos, const)
+            elif kind == _CHECK_SKIP_FORM:
+                pos = skip_form(form, pos, value)
             else:
                 ref, pos = read_form(form, pos, 0)
-                if kind == 4:
+                if kind == _CHECK_ORIGIN:
                     targets.append(unit + ref)
-                else:
+                else:  # _CHECK_SIBLING
                     sib = unit + ref
-        if plan[0][0]:
+        if plan.has_children:
             siblings.append(sib)
         elif sib >= 0 and sib != pos:
             raise DwarfError(".debug_info", die_pos, f"a DW_AT_sibling {sib:#x} that is not where the DIE ends")
@@ -1303,18 +1613,18 @@ def _check_dies(reader: _CUReader, pos: int, lines: LineTable | None) -> None:
 def _reader_getter(sec: DwarfSections, reader: _CUReader) -> Callable[[int], _CUReader]:
     """A function giving the reader of the unit holding a .debug_info offset (for DW_FORM_ref_addr)."""
     cache: dict[int, _CUReader] = {reader.hdr.offset: reader}
-    cu_list: list[tuple[int, int]] = []
+    cu_list: list[UnitSpan] = []
 
     def get(offset: int) -> _CUReader:
         if not cu_list:
             cu_list.extend(scan_cu_headers(sec))
-        starts = [c[0] for c in cu_list]
+        starts = [c.offset for c in cu_list]
         i = bisect.bisect_right(starts, offset) - 1
-        if i < 0 or offset >= cu_list[i][1]:
+        if i < 0 or offset >= cu_list[i].end:
             raise DwarfError(".debug_info", offset, "a reference outside every unit")
-        start = cu_list[i][0]
+        start = cu_list[i].offset
         if start not in cache:
-            cache[start] = _open_unit(sec, start)[0]
+            cache[start] = _open_unit(sec, start).reader
         return cache[start]
 
     return get
@@ -1344,12 +1654,12 @@ def _compile_unit(sec: DwarfSections, cu_offset: int, until: int | None, expect:
     comp_dir = reader.string(*vals[AT_COMP_DIR]) if AT_COMP_DIR in vals else ""
     stmt_list = int(vals[AT_STMT_LIST][1]) if AT_STMT_LIST in vals else -1
     functions: list[FunctionNode] = []
-    walk: tuple[int, list[int]] | None = None
+    walk: WalkState | None = None
     if children:
         stack = [-1]
         stop = _walk_children(reader, pos, functions, _reader_getter(sec, reader), stack, top_only=True,
                               until=until if reader.language in _ONE_FUNCTION_PER_ADDRESS else None)
-        walk = None if stop is None else (stop, stack)
+        walk = None if stop is None else WalkState(stop, stack)
     lines = None
     if stmt_list >= 0 and sec.line is not None:
         lines = read_line_table(sec, stmt_list, comp_dir, reader.hdr.address_size, until)
@@ -1374,7 +1684,7 @@ def walk_on(sec: DwarfSections, cu: CompiledUnit, address: int) -> bool:
     except (DwarfError, *_CUT_SHORT) as exc:
         del cu.functions[n:]  # the unit stays as it was: a lookup again meets the same damage
         raise _damage(exc, ".debug_info", cu.offset) from None
-    cu.walk = None if stop is None else (stop, stack)
+    cu.walk = None if stop is None else WalkState(stop, stack)
     cu.finish()
     return True
 
@@ -1382,7 +1692,7 @@ def walk_on(sec: DwarfSections, cu: CompiledUnit, address: int) -> bool:
 def _unit_reader(sec: DwarfSections, cu: CompiledUnit) -> _CUReader:
     """The reader that built ``cu`` (or a new one, for a unit loaded from the index), kept with it."""
     if cu.reader is None or cu.reader.sec is not sec:
-        cu.reader = _open_unit(sec, cu.offset)[0]
+        cu.reader = _open_unit(sec, cu.offset).reader
     return cu.reader
 
 
@@ -1447,11 +1757,11 @@ def _walk_children(
         code = data[pos]
         if 0 < code < 0x80:
             sk = skips.get(code) or fast_skip(code)
-            if sk[0] == 0:
-                pos += 1 + sk[1]
+            if sk.fixed_size >= 0:
+                pos += 1 + sk.fixed_size
                 continue
-            if sk[0] == 1:
-                target = unit + struct.unpack_from(sib_fmt, data, pos + 1 + sk[1])[0]
+            if sk.sibling_at >= 0:
+                target = unit + struct.unpack_from(sib_fmt, data, pos + 1 + sk.sibling_at)[0]
                 if target > pos:
                     pos = target
                     continue
@@ -1671,9 +1981,10 @@ def _read_line_table(sec: DwarfSections, data: bytes | memoryview, offset: int, 
     # binutils starts every sequence of a DWARF 5 table at file 0 (the spec says 1); rows before the
     # first DW_LNS_set_file differ when entries 0 and 1 name different files. Match addr2line.
     first_file = 0 if version >= 5 else 1
-    # the decoder's state: where it is, the registers, and the header's constants
-    table.pending = [prog_start, end, 0, first_file, 1, 0, 0, -1, 0, min_inst, line_base, line_range,
-                     opcode_base, address_size, first_file, 0 if e == "<" else 1, tuple(std_lengths)]
+    # the decoder's state at the start of the program
+    header = LineProgramHeader(end, min_inst, line_base, line_range, opcode_base, address_size, first_file,
+                               e == ">", tuple(std_lengths))
+    table.pending = LineDecoderState(prog_start, 0, first_file, 1, 0, 0, -1, 0, header)
     _decode_guarded(table, data, until)
     return table
 
@@ -1707,9 +2018,6 @@ def _decode_guarded(table: LineTable, data: bytes | memoryview, until: int | Non
         raise DwarfError(".debug_line", at, f"malformed line program ({type(exc).__name__}: {exc})") from None
 
 
-#: Where the decoder state (``LineTable.pending``) keeps the first row of the sequence being decoded.
-_SEQ_FIRST = 8
-
 #: (opcode_base, line_range, min_inst_length, line_base) → the address and line advance of each special
 #: opcode (every unit of a compiler's output has the same header constants)
 _ADVANCES: dict[tuple[int, int, int, int], tuple[list[int], list[int]]] = {}
@@ -1721,8 +2029,9 @@ def _decode_lines(table: LineTable, data: bytes | memoryview, until: int | None)
     decoded in a sequence that starts at or below it), leaving the rest for a later call."""
     state = table.pending
     assert state is not None
-    (start, end, address, file, line, column, disc, last_addr, seq_first, min_inst, line_base, line_range,
-     ob, address_size, first_file, big, std_lengths) = state
+    # the registers and constants as locals for the loop
+    start, address, file, line, column, disc, last_addr, seq_first, header = state
+    end, min_inst, line_base, line_range, ob, address_size, first_file, big, std_lengths = header
     e = ">" if big else "<"
     order = _byteorder(e)
     if isinstance(table.rows, _Rows):  # loaded from the index: decode on into plain lists
@@ -1829,7 +2138,7 @@ def _decode_lines(table: LineTable, data: bytes | memoryview, until: int | None)
             if sub == 1:  # end_sequence
                 addrs.append(address)
                 rows.append((file, line, column, disc, True))
-                seqs.append((min(addrs[seq_first:]), address, seq_first, len(rows)))
+                seqs.append(LineSequence(min(addrs[seq_first:]), address, seq_first, len(rows)))
                 seq_first = len(rows)
                 last_addr = -1
                 address = 0
@@ -1870,8 +2179,8 @@ def _decode_lines(table: LineTable, data: bytes | memoryview, until: int | None)
     if pos >= n_end:
         table.pending = None
     else:
-        table.pending = [start + pos, end, address, file, line, column, disc, last_addr, seq_first, min_inst,
-                         line_base, line_range, ob, address_size, first_file, big, std_lengths]
+        table.pending = LineDecoderState(start + pos, address, file, line, column, disc, last_addr, seq_first,
+                                         header)
 
 
 
@@ -1964,26 +2273,8 @@ def _v5_entries(
 
 
 def unit_to_record(cu: CompiledUnit) -> tuple[Any, ...]:
-    fns = [(f.die_offset, f.tag, f.ranges, f.name, f.parent, f.call_file, f.call_line, f.call_column,
-            f.child_pos) for f in cu.functions]
-    lines = None
-    if cu.lines is not None:
-        lt = cu.lines
-        rows = lt.rows
-        if isinstance(rows, _Rows):
-            cols = [rows.files, rows.lines, rows.cols, rows.discs]
-            ends = bytes(rows.ends)
-        elif rows:
-            # rows are (file, line, column, discriminator, end_sequence) tuples: transpose them in C
-            f, ln, c, d, e = zip(*rows)
-            cols = [_u32s(f), _u32s(ln), _u32s(c), _u32s(d)]
-            ends = bytes(map(bool, e))
-        else:
-            cols = [array("I") for _ in range(4)]
-            ends = b""
-        lines = (lt.files, array("Q", lt.addrs).tobytes(), [a.tobytes() for a in cols], ends, lt.seqs,
-                 lt.file_base, lt.pending, lt.offset)
-    return (cu.offset, cu.name, cu.comp_dir, fns, lines, cu.walk)
+    """``cu`` as plain data for the on-disk index (:meth:`CompiledUnit.to_record`)."""
+    return cu.to_record()
 
 
 def _u32s(values: Sequence[int]) -> array:  # type: ignore[type-arg]
@@ -1994,25 +2285,11 @@ def _u32s(values: Sequence[int]) -> array:  # type: ignore[type-arg]
         return array("I", [v & 0xFFFFFFFF for v in values])
 
 
-def unit_from_record(rec: tuple[Any, ...]) -> CompiledUnit:
-    offset, name, comp_dir, fns, lines, walk = rec
-    functions = [FunctionNode(int(a), int(b), [(int(r[0]), int(r[1])) for r in c], str(d), int(e), int(f), int(g), int(h),
-                              int(k))
-                 for a, b, c, d, e, f, g, h, k in fns]
-    table = None
-    if lines is not None:
-        files, addrs, cols, ends, seqs, file_base, pending, *more = lines
+def unit_from_record(rec: Sequence[Any]) -> CompiledUnit:
+    """The unit :func:`unit_to_record` wrote (:meth:`CompiledUnit.from_record`).
 
-        def arr(code: str, data: bytes) -> array:  # type: ignore[type-arg]
-            a = array(code)
-            a.frombytes(data)
-            return a
-
-        rows = _Rows(arr("I", cols[0]), arr("I", cols[1]), arr("I", cols[2]), arr("I", cols[3]), bytes(ends))
-        table = LineTable(list(files), arr("Q", addrs), rows, [tuple(q) for q in seqs], int(file_base),
-                          None if pending is None else list(pending), int(more[0]) if more else -1)
-    resume = None if walk is None else (int(walk[0]), [int(x) for x in walk[1]])
-    return CompiledUnit(int(offset), str(name), str(comp_dir), functions, table, resume).finish()
+    :raises ValueError, TypeError, IndexError: ``rec`` is not such a record."""
+    return CompiledUnit.from_record(rec)
 
 
 def unit_ranges(sec: DwarfSections, cu_offset: int) -> list[tuple[int, int]]:
@@ -2029,7 +2306,7 @@ def unit_ranges(sec: DwarfSections, cu_offset: int) -> list[tuple[int, int]]:
                 return []
             comp_dir = reader.string(*vals[AT_COMP_DIR]) if AT_COMP_DIR in vals else ""
             table = read_line_table(sec, int(vals[AT_STMT_LIST][1]), comp_dir, reader.hdr.address_size)
-            return [(seq[0], seq[1]) for seq in table.seqs if seq[1] > seq[0]]
+            return [(seq.low, seq.high) for seq in table.seqs if seq.high > seq.low]
         return [r for r in reader.ranges_of(vals) if r[1] > r[0]]
     except _CUT_SHORT as exc:
         raise _damage(exc, ".debug_info", cu_offset) from None
