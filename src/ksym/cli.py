@@ -260,7 +260,8 @@ def _debuginfo_command(args: argparse.Namespace, out: Callable[[str], None],
     """``ksym debuginfo``: 0 when a debug file is found, 3 when not, 5 when debuginfod failed too."""
     import json
 
-    from .debuginfo import normalize_build_id, options_from_args
+    from .buildid import normalize_build_id
+    from .debuginfo import options_from_args
     from .errors import EXIT_NETWORK, EXIT_NO_FILE
     from .locate import explain_debuginfo
 
