@@ -2,12 +2,13 @@
 
 The build ids expected here are never written down: each comes from ``readelf -n`` (and file(1)) on the
 same file, from the Debian 6.1 debug vmlinux (x86-64 and arm64), a Debian 6.1 module and this machine's
-/sys/kernel/notes.
+/sys/kernel/notes. dropcapture takes the running kernel's build id from this module too.
 """
 
 from __future__ import annotations
 
 import ast
+import io
 import os
 import re
 import shutil
@@ -21,7 +22,10 @@ from elftools.elf.elffile import ELFFile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import dropcapture.capture
+import dropcapture.cli
 import ksym.buildid
+from dropcapture.output import SaveWriter
 from ksym.buildid import (
     KERNEL_NOTES_PATH,
     NT_GNU_BUILD_ID,
@@ -139,6 +143,31 @@ def test_running_build_id_is_binutils(tmp_path: Path) -> None:
     want = _readelf_running_build_id(tmp_path)
     assert running_build_id() == want
     assert running_build_id(str(tmp_path / "missing")) is None
+
+
+def test_dropcapture_takes_the_running_build_id_from_ksym(tmp_path: Path) -> None:
+    """dropcapture has no note parser of its own: its capture header and its --vmlinux check read the
+    running kernel's build id through ksym.buildid.running_build_id, and what dropcapture writes ksym reads
+    back."""
+    want = _readelf_running_build_id(tmp_path)
+    info = dropcapture.capture.kernel_info()
+    assert info.build_id == running_build_id() == want
+    assert dropcapture.cli._running_build_id() == want
+    out = io.StringIO()
+    SaveWriter(out, info, "tracefs")
+    assert f"# build-id: {want}" in out.getvalue().splitlines()
+    assert kernel_build_id_in_text(out.getvalue()) == want
+    # the same code: both take ksym's function; nothing in dropcapture opens the notes or parses a note
+    users = set()
+    for source in (ROOT / "src" / "dropcapture").glob("*.py"):
+        tree = ast.parse(source.read_text())
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and n.module == "ksym.buildid":
+                users.update(source.stem for a in n.names if a.name == "running_build_id")
+            assert not (isinstance(n, ast.Constant) and n.value == KERNEL_NOTES_PATH), source
+            assert not (isinstance(n, ast.FunctionDef) and "build_id" in n.name and n.name != "_running_build_id"), (
+                source, n.name)
+    assert users == {"capture", "cli"}
 
 
 def test_note_blocks() -> None:
