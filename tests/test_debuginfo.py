@@ -13,7 +13,6 @@ import fcntl
 import http.server
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -28,17 +27,14 @@ from pathlib import Path
 
 import pytest
 from anchors import missing
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import ksym as ksym_package
+from ksym.buildid import running_build_id
 from ksym.debuginfo import (
-    _TEXT_BUILD_ID,
     DEFAULT_MAX_SIZE,
     DebuginfodClient,
     DebuginfoOptions,
     file_build_id,
-    kernel_build_id_in_text,
     mismatch_warning,
     package_hint,
 )
@@ -864,8 +860,6 @@ def test_debuginfo_for_a_vmlinux_and_the_running_kernel(tmp_path: Path, fixture_
     assert got.returncode == 0 and rep["found_by"] == "build-id dir" and rep["build_id"] == bid
     running = Path("/sys/kernel/notes")
     if running.exists():
-        from ksym.locate import running_build_id
-
         rb = running_build_id()
         got = ksym(tmp_path, "debuginfo", "--running", "--offline", "--json")
         rep = json.loads(got.stdout)
@@ -890,30 +884,6 @@ def test_package_hints_per_distribution() -> None:
 # mismatch warning
 
 
-def test_build_id_in_a_dump() -> None:
-    bid = os.urandom(20).hex()
-    assert kernel_build_id_in_text(f"foo\nBuild ID: {bid}\n") == bid
-    assert kernel_build_id_in_text(f"# build-id: {bid.upper()}\n") == bid
-    assert kernel_build_id_in_text(f"vmlinux: ELF 64-bit, BuildID[sha1]={bid}, not stripped") == bid
-    assert kernel_build_id_in_text(f'{{"release": "6.1", "build_id": "{bid}"}}') == bid
-    assert kernel_build_id_in_text(f" nft_do_chain+0x3e8/0x5f0 [nf_tables {bid}]\n") is None
-    assert kernel_build_id_in_text(f'{{"module_build_id": "{bid}"}}') is None
-
-
-_WORDS = ["Build ID: ", "build-id: ", "# build-id:", "buildid=", "BuildID[sha1]=", "build id ", "BUILD_ID:",
-          '"build_id": "', "__build_skb+0x1a/0x30", "rebuild id=", "#", " ", "\n", "\t", "x", ":", "=", '"',
-          "0123456789abcdef0123456789abcdef01234567", "0x", "0123456789ABCDEF"]
-
-
-@settings(max_examples=2000, deadline=None)
-@given(st.lists(st.sampled_from(_WORDS), max_size=12))
-def test_build_id_words_found_as_one_search_finds_them(words: list[str]) -> None:
-    """Matching the pattern just before each "build id" word finds what one search of it finds."""
-    text = "".join(words)
-    m = _TEXT_BUILD_ID.search(text) or re.search(r"\"build_id\"\s*:\s*\"(?P<bid>[0-9a-fA-F]{16,128})\"", text)
-    assert kernel_build_id_in_text(text) == (m.group("bid").lower() if m else None), text
-
-
 def test_mismatch_warning_for_resolve_names_both_ids(tmp_path: Path, fixture_elf: tuple[Path, str]) -> None:
     elf, have = fixture_elf
     want = os.urandom(20).hex()
@@ -925,8 +895,6 @@ def test_mismatch_warning_for_resolve_names_both_ids(tmp_path: Path, fixture_elf
     assert same.stderr == "" and same.stdout == got.stdout
     assert mismatch_warning(have, "x", elf, have) is None
     if Path("/sys/kernel/notes").exists():
-        from ksym.locate import running_build_id
-
         rb = running_build_id()
         assert rb
         run = ksym(tmp_path, "resolve", "--vmlinux", str(elf), "--running", "ip_local_out_like+29")

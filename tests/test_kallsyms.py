@@ -12,9 +12,12 @@ import pytest
 
 from ksym.errors import BadFileError, FileNotFoundKsymError
 from ksym.kallsyms import (
+    KALLSYMS_PATH,
     KASLR_ALIGN_X86_64,
     Kallsyms,
     KallsymsError,
+    KallsymsHiddenError,
+    KallsymsSymbol,
     KaslrError,
     kaslr_offset_from_frames,
     kaslr_offset_from_kallsyms,
@@ -95,7 +98,7 @@ def test_symbolize() -> None:
 
 def test_zeroed_addresses_are_refused() -> None:
     hidden = "".join("0000000000000000" + line[16:] + "\n" for line in SAMPLE.splitlines())
-    with pytest.raises(KallsymsError, match="kptr_restrict"):
+    with pytest.raises(KallsymsHiddenError, match="kptr_restrict"):
         parse_kallsyms(hidden)
     with pytest.raises(BadFileError):  # KallsymsError is a BadFileError (exit code 4)
         load_kallsyms(hidden)
@@ -135,6 +138,57 @@ def test_real_proc_kallsyms() -> None:
             continue
         hit = k.symbolize(a + 1)
         assert hit is not None and hit[1] == 1 and hit[0].address == a
+
+
+def test_locate_sizes_as_kallsyms_does() -> None:
+    """locate() names and sizes an address the way the kernel's stack dumps do: every symbol but absolute
+    and undefined ones bounds the one before it (data too), the first of those sharing an address names
+    it, a module's symbol carries its module."""
+    k = parse_kallsyms(SAMPLE + "0000000000000000 A fixed_percpu_data\nffffffff82100000 A abs_symbol\n")
+    hit = k.locate(0xFFFFFFFF818457DB)
+    assert hit == KallsymsSymbol("__ip_local_out", 0xDB, 0xE0)
+    assert str(hit) == "__ip_local_out+0xdb/0xe0" and hit.short == "__ip_local_out+0xdb"
+    assert str(k.locate(0xFFFFFFFF81000004)) == "_stext+0x4/0x10"  # first in the file of the two at _text
+    # _etext's size runs to the data symbol (the absolute one between them does not count)
+    assert str(k.locate(0xFFFFFFFF82100000)) == "_etext+0x100000/0x400000"
+    assert str(k.locate(0xFFFFFFFFC0A1B3E8)) == "nft_do_chain+0x3e8/0x600 [nf_tables]"
+    assert str(k.locate(0xFFFFFFFFC0B00010)) == "nf_conntrack_in+0x10/0x0 [nf_conntrack]"  # the last symbol
+    assert k.locate(0x1000) is None
+
+
+_KERNEL_FRAME = re.compile(r"\[<[0-9a-f]+>\] (?P<text>(?P<name>\S+)\+0x(?P<off>[0-9a-f]+)/0x(?P<size>[0-9a-f]+)"
+                           r"(?: \[(?P<module>\S+)\])?)$")
+
+
+def test_locate_agrees_with_the_kernels_own_stack() -> None:
+    """The running kernel prints this process's stack as ``name+off/size`` (/proc/self/stack, root only): an
+    address rebuilt from kallsyms and that offset locates to the very same text."""
+    k = real_kallsyms()
+    try:
+        stack = Path("/proc/self/stack").read_text()
+    except OSError as exc:
+        pytest.skip(f"/proc/self/stack unreadable here: {exc}")
+    checked = 0
+    for line in stack.splitlines():
+        m = _KERNEL_FRAME.match(line.strip())
+        if m is None:
+            continue
+        start = k.address_of(m["name"], m["module"])
+        off = int(m["off"], 16)
+        if start is None or off == int(m["size"], 16):  # an ambiguous name; a return address past the end
+            continue
+        assert str(k.locate(start + off)) == m["text"], line
+        checked += 1
+    assert checked >= 3, stack
+
+
+def test_locate_reads_the_running_table() -> None:
+    assert KALLSYMS_PATH == "/proc/kallsyms"
+    k = real_kallsyms()
+    for name in ("do_syscall_64", "ip_local_out", "schedule"):
+        a = k.address_of(name)
+        hit = k.locate(a + 1) if a is not None else None
+        assert a is None or (hit is not None and hit.name == name and hit.offset == 1 and hit.size > 1)
 
 
 def test_kaslr_from_real_kallsyms_and_synthetic_link_map() -> None:

@@ -11,8 +11,8 @@ import pytest
 from anchors import addr2line_batch, fixture, func_symbols
 
 from ksym import FileNotFoundKsymError, MissingDebugInfoError, Symbolizer
-from ksym.image import KernelImage, read_build_id_from_notes
-from ksym.locate import candidate_paths, find_vmlinux, running_build_id
+from ksym.image import KernelImage
+from ksym.locate import candidate_paths, find_vmlinux
 
 
 def _notes(build_id: bytes) -> bytes:
@@ -61,14 +61,6 @@ def test_found_vmlinux_is_checked_against_the_running_build_id(tmp_path: Path,
     assert len(bad.warnings) == 1 and own in bad.warnings[0] and "11" * 20 in bad.warnings[0]
     with pytest.raises(FileNotFoundKsymError, match="no debug vmlinux found"):
         find_vmlinux(candidates=[tmp_path / "missing"])
-
-
-def test_running_kernel_build_id_is_read_from_sys_kernel_notes() -> None:
-    if not Path("/sys/kernel/notes").exists():
-        pytest.skip("no /sys/kernel/notes on this machine")
-    bid = running_build_id()
-    assert bid is not None and len(bid) == 40
-    assert read_build_id_from_notes(Path("/sys/kernel/notes").read_bytes()) == bid
 
 
 def test_stripped_candidates_are_passed_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._bcc import BccProgram, import_bcc
 from .bpf_text import Layout, build_text
@@ -30,9 +30,11 @@ from .btf import BTF_PATH, Btf
 from .errors import BtfError, CaptureError, HeadersError, PrivilegeError, UnsupportedKernelError
 from .events import DropEvent, RawEvent, StackFrame, decode_event
 from .filters import Filters
-from .kallsyms import Kallsyms, Symbol
 from .reasons import ReasonTable
 from .tpformat import TracepointFormat, read_format
+
+if TYPE_CHECKING:
+    from ksym.kallsyms import Kallsyms, KallsymsSymbol
 
 __all__ = ["Capture", "CaptureStats", "KernelInfo", "check_headers", "check_privileges", "kernel_info"]
 
@@ -87,30 +89,13 @@ class KernelInfo:
 _DEFAULT_TEXT = 0xFFFFFFFF81000000
 
 
-def read_build_id(notes: bytes) -> str | None:
-    """The GNU build id from the raw ELF note section (as in /sys/kernel/notes)."""
-    pos = 0
-    while pos + 12 <= len(notes):
-        namesz, descsz, ntype = (int.from_bytes(notes[pos + i : pos + i + 4], "little") for i in (0, 4, 8))
-        name_start = pos + 12
-        desc_start = name_start + ((namesz + 3) & ~3)
-        name = notes[name_start : name_start + namesz].rstrip(b"\0")
-        if ntype == 3 and name == b"GNU":
-            return notes[desc_start : desc_start + descsz].hex()
-        pos = desc_start + ((descsz + 3) & ~3)
-        if namesz == 0 and descsz == 0:
-            break
-    return None
-
-
 def kernel_info(ksyms: Kallsyms | None = None) -> KernelInfo:
-    """Release, build id (from /sys/kernel/notes) and the KASLR slide of the running kernel."""
-    try:
-        build_id = read_build_id(Path("/sys/kernel/notes").read_bytes())
-    except OSError:
-        build_id = None
-    text = ksyms.address("_text") if ksyms is not None else None
-    return KernelInfo(os.uname().release, build_id, text, (text - _DEFAULT_TEXT) if text else None)
+    """Release, build id (from /sys/kernel/notes, by :func:`ksym.buildid.running_build_id`) and the KASLR
+    slide of the running kernel."""
+    from ksym.buildid import running_build_id
+
+    text = ksyms.address_of("_text") if ksyms is not None else None
+    return KernelInfo(os.uname().release, running_build_id(), text, (text - _DEFAULT_TEXT) if text else None)
 
 
 @dataclass(frozen=True)
@@ -152,7 +137,7 @@ class Capture:
     :param perf_pages: perf buffer size per CPU in pages (a power of two).
     :param batch: at most this many records are read and decoded per :meth:`poll`, so a flood cannot
         keep one call busy and :meth:`stop`/:meth:`abandon` take effect between batches.
-    :param annotate: optional ``Symbol -> tuple[str, ...]`` adding file:line text to stack frames
+    :param annotate: optional ``KallsymsSymbol -> tuple[str, ...]`` adding file:line text to stack frames
         (see :func:`dropcapture.symbolize.ksym_annotator`).
     """
 
@@ -165,7 +150,7 @@ class Capture:
         perf_pages: int = 256,
         stack_entries: int = 16384,
         wakeup_every: int = 32,
-        annotate: Callable[[Symbol], tuple[str, ...]] | None = None,
+        annotate: Callable[[KallsymsSymbol], tuple[str, ...]] | None = None,
         batch: int = 1024,
     ) -> None:
         if filters is not None and not isinstance(filters, Filters):
@@ -195,7 +180,7 @@ class Capture:
         self.started: float | None = None
         self.stopped: float | None = None
         self._stack_cache: dict[int, tuple[StackFrame, ...]] = {}
-        self._sym_cache: dict[int, Symbol | None] = {}
+        self._sym_cache: dict[int, KallsymsSymbol | None] = {}
         self._reason_cache: dict[int, str] = {}
         self._delivered = 0
         self._final_stats: CaptureStats | None = None
@@ -255,9 +240,16 @@ class Capture:
         check_privileges()
         self.prepare()
         check_headers()
-        self.ksyms = Kallsyms.load()
-        if not self.ksyms.usable:
-            raise PrivilegeError("/proc/kallsyms shows no addresses (kptr_restrict): run as root")
+        # ksym is imported where it is used: a usage error or a missing bcc is told before it loads
+        from ksym.errors import KsymError
+        from ksym.kallsyms import KALLSYMS_PATH, KallsymsHiddenError, load_kallsyms
+
+        try:
+            self.ksyms = load_kallsyms(KALLSYMS_PATH)
+        except KallsymsHiddenError:
+            raise PrivilegeError("/proc/kallsyms shows no addresses (kptr_restrict): run as root") from None
+        except KsymError as exc:
+            raise CaptureError(f"cannot read the kernel's symbols: {exc}") from None
         self.kernel = kernel_info(self.ksyms)
         if not os.path.exists("/proc/sys/kernel/bpf_stats_enabled") and not os.path.exists("/sys/fs/bpf"):
             raise UnsupportedKernelError("this kernel has no BPF support (CONFIG_BPF_SYSCALL)")
@@ -344,9 +336,9 @@ class Capture:
             name = self._reason_cache[value] = self.reasons.name(value)
         return name
 
-    def _symbol(self, addr: int) -> Symbol | None:
+    def _symbol(self, addr: int) -> KallsymsSymbol | None:
         if addr not in self._sym_cache:
-            self._sym_cache[addr] = self.ksyms.lookup(addr) if self.ksyms else None
+            self._sym_cache[addr] = self.ksyms.locate(addr) if self.ksyms else None
         return self._sym_cache[addr]
 
     def _stack(self, stack_id: int) -> tuple[StackFrame, ...]:

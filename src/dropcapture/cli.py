@@ -134,13 +134,13 @@ def _check_output(path: str) -> None:
 
 
 def _running_build_id() -> str | None:
-    from .capture import read_build_id
-
+    """The running kernel's build id, read by :func:`ksym.buildid.running_build_id`; None when ksym cannot
+    be imported (then :func:`~dropcapture.symbolize.ksym_annotator` says so)."""
     try:
-        with open("/sys/kernel/notes", "rb") as f:
-            return read_build_id(f.read())
-    except OSError:
+        from ksym.buildid import running_build_id
+    except ImportError:
         return None
+    return running_build_id()
 
 
 def _err(msg: str) -> None:

@@ -11,9 +11,10 @@ import ctypes
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .kallsyms import Symbol
+if TYPE_CHECKING:
+    from ksym.kallsyms import KallsymsSymbol
 
 __all__ = [
     "EVENT_FIELDS",
@@ -149,7 +150,7 @@ class StackFrame:
     """One kernel stack frame: the raw address and its kallsyms symbol."""
 
     address: int
-    symbol: Symbol | None = None
+    symbol: KallsymsSymbol | None = None
     #: file:line with inline chain from ksym, when a debug vmlinux was given (already formatted).
     source: tuple[str, ...] = ()
 
@@ -186,7 +187,7 @@ class DropEvent(NamedTuple):
     reason: int
     reason_name: str
     location: int
-    location_symbol: Symbol | None
+    location_symbol: KallsymsSymbol | None
     skbaddr: int
     length: int
     stack_id: int
@@ -294,7 +295,7 @@ def decode_event(
     *,
     reason_name: str,
     clock_offset: float,
-    location_symbol: Symbol | None,
+    location_symbol: KallsymsSymbol | None,
     stack: tuple[StackFrame, ...],
 ) -> DropEvent:
     """Turn one raw record (ctypes mirror or its bytes) into a :class:`DropEvent`.

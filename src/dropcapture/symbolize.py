@@ -1,19 +1,19 @@
 """file:line with the inline chain for stack frames, through ksym and a debug vmlinux.
 
-The glue to ksym's API lives in :func:`ksym_annotator` alone, so it can follow that API as it
-settles. ksym is imported lazily; without a debug vmlinux frames stay ``func+0xoff``.
+The glue to ksym's Symbolizer lives in :func:`ksym_annotator` alone; ksym is imported when it is
+called. Without ksym's dependencies or a debug vmlinux frames stay ``func+0xoff``.
 :func:`default_vmlinux` is kept for API users; the CLI lets ksym's own locator search.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .kallsyms import Symbol
+if TYPE_CHECKING:
+    from ksym.kallsyms import KallsymsSymbol
 
 __all__ = ["default_vmlinux", "format_chain", "ksym_annotator"]
 
@@ -60,56 +60,55 @@ def format_chain(chain: Any) -> str:
 def ksym_annotator(
     vmlinux: str | None = None, running_build_id: str | None = None,
     closing: contextlib.ExitStack | None = None,
-) -> tuple[Callable[[Symbol], tuple[str, ...]] | None, str]:
-    """A ``Symbol -> ("file:line (inlined ...)", ...)`` function backed by ksym, and a status text.
+) -> tuple[Callable[[KallsymsSymbol], tuple[str, ...]] | None, str]:
+    """A ``KallsymsSymbol -> ("file:line (inlined ...)", ...)`` function backed by ksym, and a status text.
 
     ``vmlinux`` None lets ksym find the running kernel's debug vmlinux (``$KSYM_VMLINUX``, then where
-    distributions install it). Returns ``(None, why)`` when ksym or a usable debug vmlinux is not
-    available; a lookup error of one frame (``ksym.KsymError``) leaves only that frame unannotated.
-    With ``running_build_id``, a vmlinux whose GNU build id differs is refused: some functions of
-    another build have the same size, so ``func+off/size`` would resolve to wrong lines.
+    distributions install it). Returns ``(None, why)`` when ksym cannot be imported or no usable debug
+    vmlinux is available; a lookup error of one frame (:class:`ksym.KsymError`) leaves only that frame unannotated.
+    With ``running_build_id`` (:func:`ksym.buildid.running_build_id`), a vmlinux whose GNU build id
+    differs is refused: some functions of another build have the same size, so ``func+off/size`` would
+    resolve to wrong lines.
     ``closing`` closes ksym's Symbolizer when it closes (that writes what it learnt to ksym's index);
     without it the Symbolizer is never closed and its index gets nothing from this run.
     """
     try:
-        # imported by name so type checkers of dropcapture do not descend into ksym
-        ksym: Any = importlib.import_module("ksym")
+        # imported here: the DWARF engine is needed only when frames get file:line
+        from ksym.buildid import same_build_id
+        from ksym.errors import KsymError
+        from ksym.symbolizer import Symbolizer
+        from ksym.symbols import SymbolView
     except ImportError as exc:
         return None, f"ksym is not importable ({exc}): frames shown as func+0xoff"
-    error: type[BaseException] = getattr(ksym, "KsymError", Exception)
-    if not hasattr(ksym, "Symbolizer"):
-        return None, "this ksym has no Symbolizer: frames shown as func+0xoff"
     try:
-        sym = ksym.Symbolizer(vmlinux) if vmlinux else ksym.Symbolizer()
-    except error as exc:
+        sym = Symbolizer(vmlinux) if vmlinux else Symbolizer()
+    except KsymError as exc:
         return None, f"no file:line ({exc}); frames shown as func+0xoff"
-    path = getattr(sym, "path", vmlinux)
-    if not getattr(sym, "has_dwarf", True):
+    path = sym.path
+    if not sym.has_dwarf:
         return None, f"no file:line ({path} has no DWARF debug info); frames shown as func+0xoff"
-    have = getattr(sym, "build_id", None)
-    if closing is not None and hasattr(sym, "close"):
+    have = sym.build_id
+    if closing is not None:
         closing.callback(sym.close)
-    if running_build_id and have and have != running_build_id:
+    if running_build_id and have and not same_build_id(running_build_id, have):
         return None, (
             f"{path} has build id {have} but the running kernel's is {running_build_id}: not used for "
             "file:line (it would give wrong lines); frames shown as func+0xoff"
         )
-    warnings = "; ".join(str(w) for w in getattr(sym, "warnings", ()))
-    # BPF stacks name what kallsyms prints: untyped assembly labels (entry_SYSCALL_64_after_hwframe)
-    # too, sized as kallsyms sizes them; a ksym without views answers faddr2line's FUNC symbols only
-    kallsyms_view = getattr(getattr(ksym, "SymbolView", None), "KALLSYMS", None)
-    view: dict[str, Any] = {"view": kallsyms_view} if kallsyms_view is not None else {}
+    warnings = "; ".join(str(w) for w in sym.warnings)
 
-    def annotate(s: Symbol) -> tuple[str, ...]:
+    def annotate(s: KallsymsSymbol) -> tuple[str, ...]:
         if s.module:
             return ()  # module frames need the module's debug file
         try:
-            results = sym.resolve(f"{s.name}+{s.offset:#x}/{s.size:#x}", **view)
-        except error:
+            # BPF stacks name what kallsyms prints: untyped assembly labels (entry_SYSCALL_64_after_hwframe)
+            # too, sized as kallsyms sizes them
+            results = sym.resolve(f"{s.name}+{s.offset:#x}/{s.size:#x}", view=SymbolView.KALLSYMS)
+        except KsymError:
             return ()
         out = []
-        for res in results if isinstance(results, (list, tuple)) else [results]:
-            text = format_chain(getattr(res, "chain", ()))
+        for res in results:
+            text = format_chain(res.chain)
             if text:
                 out.append(text)
         return tuple(out)

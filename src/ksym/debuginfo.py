@@ -2,7 +2,8 @@
 
 A kernel (or module) build is named by its GNU build id: the running kernel's is in
 ``/sys/kernel/notes``, oopses print module ones (``[nf_tables 5f3c...]``), dropcapture writes
-``# build-id: ...``, and every vmlinux carries its own in ``.note.gnu.build-id``. Given one,
+``# build-id: ...``, and every vmlinux carries its own in ``.note.gnu.build-id`` (all read, normalised
+and compared by :mod:`ksym.buildid`). Given one,
 :func:`locate_debuginfo` looks, in this order (docs/debuginfo.md):
 
 1. ``<dir>/.build-id/xx/yyyy.debug`` for each ``--debug-dir``, each ``$KSYM_DEBUG_DIRS`` entry and
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+from .buildid import normalize_build_id, same_build_id
 from .errors import BadFileError, DebuginfodError, FileNotFoundKsymError, KsymError
 from .index import STALE_TEMP_SECONDS
 from .transfer import Limits, Transfer, TransferError
@@ -62,17 +64,14 @@ __all__ = [
     "debuginfod_servers",
     "elf_facts",
     "file_build_id",
-    "kernel_build_id_in_text",
     "locate_debuginfo",
     "mismatch_warning",
-    "normalize_build_id",
     "package_hint",
     "read_os_release",
     "remove_stale_temporaries",
 ]
 
 DEFAULT_DEBUG_ROOT = Path("/usr/lib/debug")
-_HEX = re.compile(r"^[0-9a-f]{8,128}$")
 #: below this size no progress bar is drawn unless --progress asks for one
 _PROGRESS_MIN = 1 << 20
 _TRIES = 4
@@ -85,15 +84,6 @@ DEFAULT_MAX_SIZE = 4 << 30
 #: a temporary nothing wrote to for this long (seconds) and no ksym holds is removed: the same age as
 #: the index's temporaries (one policy for every temporary in ksym's cache)
 STALE_TEMPORARY_AGE = float(STALE_TEMP_SECONDS)
-
-
-def normalize_build_id(text: str) -> str:
-    """Lower-case hex without separators; :class:`ValueError` for anything else."""
-    bid = text.strip().lower().replace(":", "").replace("-", "")
-    bid = bid.removeprefix("0x")
-    if not _HEX.match(bid) or len(bid) % 2:
-        raise ValueError(f"not a build id (an even number of hex digits, at least 8): {text!r}")
-    return bid
 
 
 def file_build_id(path: str | os.PathLike[str]) -> str | None:
@@ -309,14 +299,9 @@ def check_file(path: Path, want: str | None, kind: str, need_dwarf: bool) -> Att
         return Attempt(kind, str(path), "match", have, "no build id to compare with", dwarf)
     if have is None:
         return Attempt(kind, str(path), "no build id", None, "", dwarf)
-    if not _same_build_id(want, have):
+    if not same_build_id(want, have):
         return Attempt(kind, str(path), "mismatch", have, "", dwarf)
     return Attempt(kind, str(path), "match", have, "", dwarf)
-
-
-def _same_build_id(want: str, have: str) -> bool:
-    w, h = want.lower(), have.lower()
-    return h == w or (len(w) < len(h) and h.startswith(w))
 
 
 def locate_debuginfo(
@@ -836,33 +821,7 @@ def _miss_error(build_id: str, attempts: Sequence[Attempt], failures: Sequence[s
 
 
 # --------------------------------------------------------------------------------------------------
-# Build ids from text, mismatches, and what to install
-
-
-_TEXT_BUILD_ID = re.compile(
-    r"(?:^|[\s#])(?:build[-_ ]?id|buildid)(?:\[\w+\])?\s*[:=]\s*\"?(?:0x)?(?P<bid>[0-9a-fA-F]{16,128})\b",
-    re.IGNORECASE | re.MULTILINE,
-)
-_BUILD_WORD = re.compile(r"build[-_ ]?id", re.IGNORECASE)
-
-
-def kernel_build_id_in_text(text: str) -> str | None:
-    """The kernel's build id named in a dump: a ``Build ID: <hex>``, ``# build-id: <hex>`` (dropcapture),
-    ``BuildID[sha1]=<hex>`` (file(1)) or ``"build_id": "<hex>"`` line. Module build ids (``[mod <hex>]`` on
-    frames) are not this: they belong to each module."""
-    m = None
-    # the pattern's leading ``(?:^|[\s#])`` makes a search try it at every character (10 ms on a
-    # 500 kB dump): find its words by their letters, then match the pattern just before each
-    for word in _BUILD_WORD.finditer(text):
-        p = word.start()
-        m = _TEXT_BUILD_ID.match(text, p - 1) if p else None
-        if m is None and (p == 0 or text[p - 1] == "\n"):
-            m = _TEXT_BUILD_ID.match(text, p)
-        if m is not None:
-            break
-    if m is None:
-        m = re.search(r"\"build_id\"\s*:\s*\"(?P<bid>[0-9a-fA-F]{16,128})\"", text)
-    return m.group("bid").lower() if m else None
+# Build-id mismatches, and what to install
 
 
 def mismatch_warning(expected: str | None, where: str, path: str | os.PathLike[str],
@@ -873,7 +832,7 @@ def mismatch_warning(expected: str | None, where: str, path: str | os.PathLike[s
     if have is None:
         return (f"ksym: warning: {path} has no build id; {where} is {expected}: cannot check that they "
                 "match")
-    if _same_build_id(expected, have):
+    if same_build_id(expected, have):
         return None
     return (f"ksym: warning: build id mismatch: {path} has {have} but {where} is {expected}: "
             "results may be wrong")

@@ -15,40 +15,23 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from .buildid import read_build_id_from_notes
 from .compress import SectionContents
 from .errors import BadFileError, FileNotFoundKsymError, MissingDebugInfoError
 from .symbols import Section, SymbolTable
 
-__all__ = ["DEBUG_PACKAGES", "DEBUG_PACKAGE_HINT", "KernelImage", "SectionTableCheck", "SectionTableError",
-           "read_build_id_from_notes"]
+__all__ = ["DEBUG_PACKAGES", "DEBUG_PACKAGE_HINT", "KernelImage", "SectionTableCheck", "SectionTableError"]
 
 SHT_SYMTAB = 2
 SHT_NOTE = 7
 SHT_NOBITS = 8
 SHT_DYNSYM = 11
-NT_GNU_BUILD_ID = 3
 
 #: The packages that hold a kernel's debug vmlinux, per distribution.
 DEBUG_PACKAGES = ("Debian: linux-image-$(uname -r)-dbg; Ubuntu: linux-image-$(uname -r)-dbgsym; "
                   "Fedora/RHEL: kernel-debuginfo")
 #: The advice for a file that was named and has no DWARF or symbols (no "--vmlinux": it may be the one given).
 DEBUG_PACKAGE_HINT = f"use the kernel's debug vmlinux instead (install its debug symbols: {DEBUG_PACKAGES})"
-
-
-def read_build_id_from_notes(data: bytes, little_endian: bool = True) -> str | None:
-    """The GNU build id in a block of ELF notes (a note section, or /sys/kernel/notes)."""
-    e = "<" if little_endian else ">"
-    pos = 0
-    while pos + 12 <= len(data):
-        namesz, descsz, ntype = struct.unpack_from(e + "III", data, pos)
-        pos += 12
-        name = data[pos : pos + namesz]
-        pos += (namesz + 3) & ~3
-        desc = data[pos : pos + descsz]
-        pos += (descsz + 3) & ~3
-        if ntype == NT_GNU_BUILD_ID and name.rstrip(b"\0") == b"GNU":
-            return desc.hex()
-    return None
 
 
 class KernelImage:

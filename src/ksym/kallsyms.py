@@ -16,32 +16,44 @@ The KASLR slide is ``runtime address - link-time address`` of vmlinux symbols:
 
 ``link_address_of`` is any callable giving a vmlinux symbol's link-time address (``None`` when
 unknown), e.g. a lookup in the debug vmlinux's ``.symtab``.
+
+The other way round, :meth:`Kallsyms.locate` turns a runtime address into ``name+offset/size [module]``
+the way the kernel's own stack dumps print it (dropcapture symbolizes BPF stack traces with it, reading
+the running kernel's table with ``load_kallsyms(KALLSYMS_PATH)``).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import EXIT_UNRESOLVED, BadFileError, FileNotFoundKsymError, KsymError
 from .parse import StackFrame
 
 __all__ = [
+    "KALLSYMS_PATH",
     "KASLR_ALIGN_X86_64",
     "Kallsyms",
     "KallsymsEntry",
     "KallsymsError",
+    "KallsymsHiddenError",
+    "KallsymsSymbol",
     "KaslrError",
     "kaslr_offset_from_frames",
     "kaslr_offset_from_kallsyms",
     "load_kallsyms",
     "parse_kallsyms",
 ]
+
+#: The running kernel's symbol table.
+KALLSYMS_PATH = "/proc/kallsyms"
 
 #: x86-64 KASLR moves the kernel in CONFIG_PHYSICAL_ALIGN steps: 2 MiB.
 KASLR_ALIGN_X86_64 = 0x200000
@@ -52,6 +64,10 @@ _CHECK_SYMBOLS = ("_stext", "_etext", "_sinittext", "start_kernel", "do_syscall_
 
 class KallsymsError(BadFileError):
     """The kallsyms text is unusable: empty, malformed, or addresses hidden by kptr_restrict."""
+
+
+class KallsymsHiddenError(KallsymsError):
+    """Every address is zero: the table was read without privilege (``kernel.kptr_restrict``)."""
 
 
 class KaslrError(KsymError, ValueError):
@@ -74,6 +90,34 @@ class KallsymsEntry:
     @property
     def is_text(self) -> bool:
         return self.type in "TtWw"
+
+
+@dataclass(frozen=True)
+class KallsymsSymbol:
+    """Where a runtime address falls, as the kernel prints it: ``name+offset/size`` (`` [module]`` for a
+    module's symbol). ``size`` runs to the next kallsyms address (0 for the last symbol)."""
+
+    name: str
+    offset: int
+    size: int
+    #: Module name for ``[module]`` symbols, ``None`` for vmlinux.
+    module: str | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.name}+{self.offset:#x}/{self.size:#x}"
+        return f"{text} [{self.module}]" if self.module else text
+
+    @property
+    def short(self) -> str:
+        """``name+0xoff`` without the size, as bcc and perf print frames."""
+        return f"{self.name}+{self.offset:#x}"
+
+
+class _AddressTable(NamedTuple):
+    """The located symbols of a table by address (file order among equal addresses)."""
+
+    starts: tuple[int, ...]
+    entries: tuple[KallsymsEntry, ...]
 
 
 @dataclass(frozen=True)
@@ -128,6 +172,32 @@ class Kallsyms:
         best = next((e for e in same if e.type in "TW"), same[0])
         return best, address - start
 
+    def locate(self, address: int) -> KallsymsSymbol | None:
+        """The symbol a runtime ``address`` falls in, sized and named as the kernel's stack dumps do.
+
+        Unlike :meth:`symbolize` every symbol counts, data too, but absolute (``a``/``A``) and undefined
+        (``U``) ones and those at address zero: a symbol's size is the distance to the next higher address
+        of the table, and among symbols sharing an address the first in the file names it. None below
+        every symbol and past a symbol's end.
+        """
+        starts, entries = self._address_table
+        i = bisect_right(starts, address) - 1
+        if i < 0:
+            return None
+        start = starts[i]
+        j = bisect_right(starts, start)
+        size = starts[j] - start if j < len(starts) else 0
+        if size and address - start >= size:
+            return None
+        e = entries[bisect_left(starts, start)]
+        return KallsymsSymbol(e.name, address - start, size, e.module)
+
+    @cached_property
+    def _address_table(self) -> _AddressTable:
+        # built on the first locate(): the KASLR users of this table never need it
+        located = sorted((e for e in self.entries if e.address and e.type not in "aAuU"), key=lambda e: e.address)
+        return _AddressTable(tuple(e.address for e in located), tuple(located))
+
     @property
     def text_address(self) -> int | None:
         """Runtime address of ``_text`` (``_stext`` when ``_text`` is missing)."""
@@ -158,7 +228,7 @@ def parse_kallsyms(text: str, source: str = "kallsyms") -> Kallsyms:
     if not entries:
         raise KallsymsError(f"{source}: no symbols (empty or not a kallsyms file)")
     if all(e.address == 0 for e in entries):
-        raise KallsymsError(
+        raise KallsymsHiddenError(
             f"{source}: every address is zero: /proc/kallsyms was read without privilege "
             "(kernel.kptr_restrict hides addresses from non-root readers); save it as root, "
             "e.g. `sudo cat /proc/kallsyms > kallsyms.txt`"

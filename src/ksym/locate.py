@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .buildid import KERNEL_NOTES_PATH, normalize_build_id, running_build_id
 from .debuginfo import (
     Attempt,
     DebuginfodClient,
@@ -17,14 +18,15 @@ from .debuginfo import (
     DebugLookup,
     check_file,
     debuginfod_servers,
+    elf_facts,
+    file_build_id,
     locate_debuginfo,
-    normalize_build_id,
+    mismatch_warning,
     package_hint,
 )
 from .errors import DebuginfodError, FileNotFoundKsymError, MissingDebugInfoError
-from .image import read_build_id_from_notes
 
-__all__ = ["Located", "candidate_paths", "explain_debuginfo", "find_vmlinux", "running_build_id", "search_vmlinux"]
+__all__ = ["Located", "candidate_paths", "explain_debuginfo", "find_vmlinux", "search_vmlinux"]
 
 
 def candidate_paths(release: str | None = None) -> list[Path]:
@@ -43,14 +45,6 @@ def candidate_paths(release: str | None = None) -> list[Path]:
     out = [Path(p) for p in pats]
     out += [Path(p) for p in sorted(glob.glob("/boot/vmlinux-*")) if Path(p) not in out]
     return out
-
-
-def running_build_id(notes_path: str = "/sys/kernel/notes") -> str | None:
-    try:
-        data = Path(notes_path).read_bytes()
-    except OSError:
-        return None
-    return read_build_id_from_notes(data)
 
 
 @dataclass
@@ -104,7 +98,7 @@ def find_vmlinux(
     explicit: str | os.PathLike[str] | None = None,
     *,
     candidates: list[Path] | None = None,
-    notes_path: str = "/sys/kernel/notes",
+    notes_path: str = KERNEL_NOTES_PATH,
     build_id: str | None = None,
     build_id_source: str = "the dump's build id",
     options: DebuginfoOptions | None = None,
@@ -188,7 +182,7 @@ def explain_debuginfo(
     vmlinux: str | os.PathLike[str] | None = None,
     release: str | None = None,
     options: DebuginfoOptions | None = None,
-    notes_path: str = "/sys/kernel/notes",
+    notes_path: str = KERNEL_NOTES_PATH,
     os_release: dict[str, str] | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> DebugLookup:
@@ -198,8 +192,6 @@ def explain_debuginfo(
 
     :raises FileNotFoundKsymError, BadFileError: ``vmlinux`` cannot be read.
     """
-    from .debuginfo import elf_facts, file_build_id, mismatch_warning
-
     rel = release or os.uname().release
     running = running_build_id(notes_path)
     notes: list[str] = []

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from . import dwarf as D
+from .buildid import read_build_id_from_notes
 from .compress import ZSTD_MAGIC, SectionContents, zstd_decompress
 from .debuginfo import DebuginfodClient, DebuginfoOptions, build_id_paths
 from .errors import (
@@ -46,7 +47,7 @@ from .errors import (
     MissingDebugInfoError,
     SpecError,
 )
-from .image import SectionTableCheck, SectionTableError, read_build_id_from_notes
+from .image import SectionTableCheck, SectionTableError
 from .model import Resolution, SourceLocation
 from .pathmap import PathMap
 from .spec import AddressSpec, FuncSpec, parse_spec

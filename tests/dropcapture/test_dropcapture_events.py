@@ -10,12 +10,12 @@ import socket
 
 import pytest
 
-from dropcapture.capture import CaptureStats, KernelInfo, read_build_id
+from dropcapture.capture import CaptureStats, KernelInfo
 from dropcapture.events import EVENT_FIELDS, RawEvent, StackFrame, c_struct, decode_event, l4_number
 from dropcapture.filters import Filters
-from dropcapture.kallsyms import Kallsyms, Symbol
 from dropcapture.output import SAVE_MAGIC, SaveWriter, Summary, TextFormatter
 from dropcapture.symbolize import format_chain
+from ksym.kallsyms import KallsymsHiddenError, KallsymsSymbol, parse_kallsyms
 
 KALLSYMS = """\
 ffffffff81000000 T _text
@@ -49,9 +49,9 @@ def raw_v4(**kw: object) -> RawEvent:
 
 
 def decode(r: RawEvent, stack: tuple[StackFrame, ...] = ()) -> object:
-    ks = Kallsyms(KALLSYMS)
+    ks = parse_kallsyms(KALLSYMS)
     return decode_event(r, reason_name="NETFILTER_DROP", clock_offset=1000.0,
-                        location_symbol=ks.lookup(r.location), stack=stack)
+                        location_symbol=ks.locate(r.location), stack=stack)
 
 
 def test_layout_is_one_definition() -> None:
@@ -62,14 +62,15 @@ def test_layout_is_one_definition() -> None:
 
 
 def test_kallsyms_lookup() -> None:
-    ks = Kallsyms(KALLSYMS)
-    s = ks.lookup(0xFFFFFFFF8205C53C)
-    assert s == Symbol("__ip_local_out", 0x15C, 0x1D0)
+    ks = parse_kallsyms(KALLSYMS)
+    s = ks.locate(0xFFFFFFFF8205C53C)
+    assert s == KallsymsSymbol("__ip_local_out", 0x15C, 0x1D0)
     assert str(s) == "__ip_local_out+0x15c/0x1d0" and s.short == "__ip_local_out+0x15c"
-    assert str(ks.lookup(0xFFFFFFFFC0001010)) == "nft_thing+0x10/0x100 [nf_tables]"
-    assert ks.lookup(0x1000) is None
-    assert ks.address("ip_output") == 0xFFFFFFFF8205C630
-    assert not Kallsyms("0000000000000000 T _text\n").usable
+    assert str(ks.locate(0xFFFFFFFFC0001010)) == "nft_thing+0x10/0x100 [nf_tables]"
+    assert ks.locate(0x1000) is None
+    assert ks.address_of("ip_output") == 0xFFFFFFFF8205C630
+    with pytest.raises(KallsymsHiddenError):
+        parse_kallsyms("0000000000000000 T _text\n")
 
 
 def test_decode_ipv4_tcp() -> None:
@@ -157,9 +158,9 @@ def test_filters_resolve_reason_names(need_tracefs: None) -> None:
 
 
 def _stack() -> tuple[StackFrame, ...]:
-    ks = Kallsyms(KALLSYMS)
+    ks = parse_kallsyms(KALLSYMS)
     addrs = [0xFFFFFFFF81E94FB0, 0xFFFFFFFF8205C53C, 0xFFFFFFFF8205C5CC, 0x12]
-    return tuple(StackFrame(a, ks.lookup(a)) for a in addrs)
+    return tuple(StackFrame(a, ks.locate(a)) for a in addrs)
 
 
 def test_text_and_json() -> None:
@@ -187,8 +188,8 @@ def test_source_annotation_text() -> None:
     chain = [Loc("nf_hook", "include/linux/netfilter.h", 257), Loc("__ip_local_out", "net/ipv4/ip_output.c", 115)]
     text = format_chain(chain)
     assert text == "net/ipv4/ip_output.c:115 (inlined nf_hook include/linux/netfilter.h:257)"
-    ks = Kallsyms(KALLSYMS)
-    fr = StackFrame(0xFFFFFFFF8205C53C, ks.lookup(0xFFFFFFFF8205C53C), (text,))
+    ks = parse_kallsyms(KALLSYMS)
+    fr = StackFrame(0xFFFFFFFF8205C53C, ks.locate(0xFFFFFFFF8205C53C), (text,))
     ev = decode(raw_v4(), (fr,))
     assert "__ip_local_out+0x15c" in TextFormatter().format(ev) and text in TextFormatter().format(ev)
 
@@ -233,11 +234,11 @@ def test_summary() -> None:
 
 def test_summary_prints_whole_stacks() -> None:
     # two stacks that differ only below the sixth frame must print as different stacks, whole
-    ks = Kallsyms(KALLSYMS)
+    ks = parse_kallsyms(KALLSYMS)
     base = [0xFFFFFFFF81E94FB0, 0xFFFFFFFF8205C53C, 0xFFFFFFFF8205C5CC] * 3
     s = Summary()
     for sid, tail in ((1, 0x11), (2, 0x22)):
-        frames = tuple(StackFrame(a, ks.lookup(a)) for a in [*base, tail])
+        frames = tuple(StackFrame(a, ks.locate(a)) for a in [*base, tail])
         s.add(decode(raw_v4(stack_id=sid), frames))
     text = s.render(None, 1.0)
     blocks = text.split("top stacks (of 2):\n")[1].split("\n         1  ")
@@ -245,14 +246,6 @@ def test_summary_prints_whole_stacks() -> None:
     assert [len(b.splitlines()) for b in blocks] == [10, 10]
     assert blocks[0].splitlines()[-1].strip() != blocks[1].splitlines()[-1].strip()
     assert {blocks[0].splitlines()[-1].strip(), blocks[1].splitlines()[-1].strip()} == {"0x11", "0x22"}
-
-
-def test_build_id_note() -> None:
-    desc = bytes(range(20))
-    note = (4).to_bytes(4, "little") + (20).to_bytes(4, "little") + (3).to_bytes(4, "little") + b"GNU\0" + desc
-    other = (6).to_bytes(4, "little") + (4).to_bytes(4, "little") + (1).to_bytes(4, "little") + b"Linux\0\0\0" + b"abcd"
-    assert read_build_id(other + note) == desc.hex()
-    assert read_build_id(other) is None
 
 
 def test_save_format_is_read_by_ksym_parser() -> None:
@@ -277,7 +270,7 @@ def test_public_exports() -> None:
 
     for name in dropcapture.__all__:
         assert hasattr(dropcapture, name), name
-    for mod in ("btf", "tpformat", "reasons", "events", "filters", "kallsyms", "bpf_text", "capture",
+    for mod in ("btf", "tpformat", "reasons", "events", "filters", "bpf_text", "capture",
                 "output", "symbolize", "cli", "errors"):
         m = importlib.import_module(f"dropcapture.{mod}")
         for name in m.__all__:

@@ -18,8 +18,8 @@ from dc_helpers import ROOT
 
 from dropcapture.cli import main
 from dropcapture.errors import EXIT_USAGE
-from dropcapture.kallsyms import Symbol
 from dropcapture.symbolize import format_chain, ksym_annotator
+from ksym.kallsyms import KallsymsSymbol
 
 sys.path.insert(0, str(ROOT / "tests"))
 try:
@@ -44,7 +44,7 @@ def test_annotator_inline_chain(vmlinux: str) -> None:
     annotate, status = ksym_annotator(vmlinux)
     assert annotate is not None, status
     # faddr2line: nf_hook at include/linux/netfilter.h:257 (inlined by) __ip_local_out at net/ipv4/ip_output.c:115
-    assert annotate(Symbol("__ip_local_out", 222, 0x160)) == (
+    assert annotate(KallsymsSymbol("__ip_local_out", 222, 0x160)) == (
         (
             "net/ipv4/ip_output.c:115 (inlined nf_hook include/linux/netfilter.h:257)"
             "  https://elixir.bootlin.com/linux/v6.1.187/source/include/linux/netfilter.h#L257"
@@ -55,11 +55,11 @@ def test_annotator_inline_chain(vmlinux: str) -> None:
         " (inlined skb_dst include/linux/skbuff.h:1119)"
         "  https://elixir.bootlin.com/linux/v6.1.187/source/include/linux/skbuff.h#L1119"
     )
-    assert annotate(Symbol("ip_local_out", 29, 0x70)) == (chain,)
+    assert annotate(KallsymsSymbol("ip_local_out", 29, 0x70)) == (chain,)
     # a size from another kernel build: faddr2line skips it, so no annotation (never a wrong line)
-    assert annotate(Symbol("__ip_local_out", 222, 0x1D0)) == ()
-    assert annotate(Symbol("no_such_function_xyz", 1, 0x10)) == ()
-    assert annotate(Symbol("nft_do_chain", 1, 0x10, module="nf_tables")) == ()
+    assert annotate(KallsymsSymbol("__ip_local_out", 222, 0x1D0)) == ()
+    assert annotate(KallsymsSymbol("no_such_function_xyz", 1, 0x10)) == ()
+    assert annotate(KallsymsSymbol("nft_do_chain", 1, 0x10, module="nf_tables")) == ()
 
 
 @pytest.mark.vmlinux
@@ -70,7 +70,7 @@ def test_annotator_writes_ksym_index_when_closed(vmlinux: str, tmp_path: Path,
     with contextlib.ExitStack() as closing:
         annotate, status = ksym_annotator(vmlinux, closing=closing)
         assert annotate is not None, status
-        assert annotate(Symbol("__ip_local_out", 222, 0x160))
+        assert annotate(KallsymsSymbol("__ip_local_out", 222, 0x160))
         assert not list(tmp_path.glob("index/*/answers.v*"))
     assert list(tmp_path.glob("index/*/answers.v*")), "the answers were not written when the capture ended"
 
@@ -120,14 +120,14 @@ def test_annotator_kallsyms_labels(vmlinux: str) -> None:
     label = "entry_SYSCALL_64_after_hwframe"
     start = next(a for a, n in text if n == label)
     size = next(a for a, _ in text if a > start) - start
-    frame = Symbol(label, 0x64, size)
+    frame = KallsymsSymbol(label, 0x64, size)
     assert str(frame) == "entry_SYSCALL_64_after_hwframe+0x64/0xd8"  # what Debian 6.1 printed
     got = annotate(frame)
     assert len(got) == 1, got
     assert got[0].split("  ")[0] == _addr2line_text(vmlinux, start + 0x64, prefix)
     # another size is another build: no line rather than a wrong one
-    assert annotate(Symbol(label, 0x64, size + 0x10)) == ()
+    assert annotate(KallsymsSymbol(label, 0x64, size + 0x10)) == ()
     # a function: the same line as addr2line at its address
     func = next(a for a, n in text if n == "__ip_local_out")
-    got = annotate(Symbol("__ip_local_out", 0xDE, next(a for a, _ in text if a > func) - func))
+    got = annotate(KallsymsSymbol("__ip_local_out", 0xDE, next(a for a, _ in text if a > func) - func))
     assert len(got) == 1 and got[0].split("  ")[0] == _addr2line_text(vmlinux, func + 0xDE, prefix)

@@ -42,11 +42,11 @@ def _dump_build_check(text: str, dumped: str | None, sym: Any, force: bool) -> t
     vmlinux's: ``(None, None)`` when they match or either is unknown; on a mismatch the line to print and,
     with ``force``, the reason every frame is marked unverified (without it, ``None``: refuse, since
     another build's source lines would look right)."""
-    from ..debuginfo import _same_build_id, kernel_build_id_in_text
+    from ..buildid import kernel_build_id_in_text, same_build_id
 
     if dumped is None:
         dumped = kernel_build_id_in_text(text)
-    if not dumped or not sym.build_id or _same_build_id(dumped, sym.build_id):
+    if not dumped or not sym.build_id or same_build_id(dumped, sym.build_id):
         return None, None
     if not force:
         return None, (f"ksym annotate: error: build id mismatch: the dump names build id {dumped} but {sym.path} "

@@ -39,15 +39,15 @@ def expected_build_id(build_id: str | None, running: bool, text: str | None = No
     :raises ValueError: a malformed ``--build-id``.
     """
     if build_id:
-        from ..debuginfo import normalize_build_id
+        from ..buildid import normalize_build_id
 
         return ExpectedBuildId(normalize_build_id(build_id), BuildIdFrom.OPTION)
     if running:
-        from ..locate import running_build_id
+        from ..buildid import running_build_id
 
         return ExpectedBuildId(running_build_id(), BuildIdFrom.RUNNING)
     if text is not None:
-        from ..debuginfo import kernel_build_id_in_text
+        from ..buildid import kernel_build_id_in_text
 
         return ExpectedBuildId(kernel_build_id_in_text(text), BuildIdFrom.DUMP)
     return ExpectedBuildId(None, BuildIdFrom.NOWHERE)
@@ -57,11 +57,11 @@ def said_by_locate(located: Located, expected: str | None) -> bool:
     """The search that found the file (``located``) was for the ``expected`` build id and has already
     warned about the file (one without a build id, or one of another build), so the command's own
     mismatch warning would say it twice."""
-    from ..debuginfo import _same_build_id
+    from ..buildid import same_build_id
 
     look = located.lookup
     return (bool(expected) and bool(located.warnings) and look is not None and look.build_id is not None
-            and _same_build_id(str(expected), look.build_id))
+            and same_build_id(str(expected), look.build_id))
 
 
 def report_stats(sym: Any, err: Callable[[str], None]) -> None:

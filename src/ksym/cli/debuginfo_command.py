@@ -13,7 +13,7 @@ __all__ = ["run_debuginfo"]
 
 def run_debuginfo(opts: DebuginfoCommandOptions, out: Callable[[str], None], err: Callable[[str], None]) -> int:
     """0 when a debug file is found, 3 when not, 5 when debuginfod failed too."""
-    from ..debuginfo import normalize_build_id
+    from ..buildid import normalize_build_id
     from ..locate import explain_debuginfo
 
     bid = None
