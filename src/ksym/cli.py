@@ -11,7 +11,7 @@ import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import (
     EXIT_INTERNAL,
@@ -22,6 +22,9 @@ from .errors import (
     SpecError,
     SymbolNotFoundError,
 )
+
+if TYPE_CHECKING:
+    from .model import ImageResolver
 
 __all__ = ["add_path_map_argument", "build_parser", "main", "report_stats"]
 
@@ -205,13 +208,13 @@ def _file_as_first_frame(first: str) -> str | None:
     return f"{first} is a file, not a frame: did you mean ksym annotate {shlex.quote(first)}?"
 
 
-def _print_resolutions(sym: Any, args: argparse.Namespace, out: Callable[[str], None],
+def _print_resolutions(sym: ImageResolver, args: argparse.Namespace, out: Callable[[str], None],
                        err: Callable[[str], None], lister: _Lister | None) -> int:
     from .format import faddr2line_lines, frame_json, terminal_text
 
     status = EXIT_OK
     first = True
-    if len(args.frames) > 1 and hasattr(sym, "prefetch_frames"):
+    if len(args.frames) > 1:
         sym.prefetch_frames(args.frames)  # a long list: the units it needs are read at once
     for frame in args.frames:
         try:
@@ -247,7 +250,7 @@ def _print_resolutions(sym: Any, args: argparse.Namespace, out: Callable[[str], 
                 out(lister.block(m, links=args.links).rstrip("\n"))
             else:
                 out("\n".join(faddr2line_lines(m, links=args.links)))
-    if not first and not getattr(sym, "has_dwarf", True):
+    if not first and not sym.has_dwarf:
         err(f"ksym: warning: {terminal_text(str(sym.path))}: no DWARF debug info (.debug_info): functions named "
             "from the symbol table, without file:line, as addr2line does")
     if lister is not None:

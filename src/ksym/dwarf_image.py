@@ -98,6 +98,13 @@ class ArangeTable:
             i -= 1
         return None
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ArangeTable):
+            return NotImplemented
+        return (self.starts, self.ends, self.units) == (other.starts, other.ends, other.units)
+
+    __hash__ = None  # type: ignore[assignment]
+
     def to_record(self) -> tuple[bytes, bytes, bytes]:
         return (array("Q", self.starts).tobytes(), array("Q", self.ends).tobytes(),
                 array("Q", self.units).tobytes())
