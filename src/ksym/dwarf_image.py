@@ -41,6 +41,7 @@ __all__ = [
     "SectionSource",
     "UnitRange",
     "UnitStore",
+    "dwarf_sections",
 ]
 
 #: :class:`ksym.dwarf.DwarfSections` field → ELF section name.
@@ -51,6 +52,21 @@ DWARF_SECTIONS = {
 }
 
 _SHT_NOBITS = 8
+
+
+def dwarf_sections(path: object, contents: Callable[[str], bytes | memoryview | None], little_endian: bool,
+                   elfclass: int, require_dwarf: Callable[[], None]) -> D.DwarfSections:
+    """The DWARF sections of an image from ``contents`` (section name → its bytes, or None): what a
+    :class:`SectionSource` made of decompressed or relocated bytes opens.
+
+    :raises MissingDebugInfoError: (from ``require_dwarf``) no .debug_info.
+    :raises BadFileError: .debug_info without .debug_abbrev.
+    """
+    kw: dict[str, Any] = {k: contents(name) for k, name in DWARF_SECTIONS.items()}
+    if kw["info"] is None or kw["abbrev"] is None:
+        require_dwarf()
+        raise BadFileError(f"{path}: DWARF without .debug_abbrev")
+    return D.DwarfSections(little_endian=little_endian, default_address_size=elfclass // 8, **kw)
 
 
 class UnitRange(NamedTuple):

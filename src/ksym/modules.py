@@ -34,12 +34,11 @@ import re
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 from . import dwarf as D
 from .compress import ZSTD_MAGIC, SectionContents, zstd_decompress
 from .debuginfo import DebuginfodClient, DebuginfoOptions, build_id_paths
-from .dwarf_image import DWARF_SECTIONS, DwarfImage, ReadySections
+from .dwarf_image import DwarfImage, ReadySections, dwarf_sections
 from .errors import (
     BadFileError,
     DebuginfodError,
@@ -372,11 +371,10 @@ class ModuleImage:
         return bytes(buf)
 
     def dwarf_sections(self) -> D.DwarfSections:
+        """The DWARF sections, relocated against the layout."""
         self.require_dwarf()
-        kw: dict[str, Any] = {k: self.relocated_section(v) for k, v in DWARF_SECTIONS.items()}
-        if kw["info"] is None or kw["abbrev"] is None:
-            raise BadFileError(f"{self.path}: DWARF without .debug_abbrev")
-        return D.DwarfSections(little_endian=self.little_endian, default_address_size=self.elfclass // 8, **kw)
+        return dwarf_sections(self.path, self.relocated_section, self.little_endian, self.elfclass,
+                              self.require_dwarf)
 
 
 def _machine_number(data: bytes, little_endian: bool) -> int:
@@ -400,6 +398,10 @@ class ModuleSymbolizer:
     :raises FileNotFoundKsymError: no such file.
     :raises BadFileError: not ELF, not ET_REL, no symbol table, unsupported relocation or compression.
         A module without DWARF answers addresses from its symbol table (see ``has_dwarf``).
+
+    It is a :class:`ksym.model.ImageResolver`, as the vmlinux :class:`ksym.Symbolizer` is, and does its
+    DWARF through the same :class:`ksym.dwarf_image.DwarfImage` (over the relocated sections, with no
+    index: a module is read whole when opened). Use it in a ``with`` block or call :meth:`close`.
     """
 
     def __init__(self, path: str | os.PathLike[str], *,

@@ -29,7 +29,7 @@ from cachetools import LRUCache
 
 from . import dwarf as D
 from .debuginfo import DebuginfoOptions
-from .dwarf_image import DWARF_SECTIONS, ArangeTable, DwarfImage, FileSections
+from .dwarf_image import ArangeTable, DwarfImage, FileSections, dwarf_sections
 from .errors import BadFileError, KsymError, SpecError
 from .index import (
     CallerKey,
@@ -300,11 +300,7 @@ class Symbolizer:
     def _dwarf_sections_from_image(self, img: Any) -> D.DwarfSections:
         """The DWARF sections as :class:`ksym.image.KernelImage` reads them (each compressed section
         inflated once)."""
-        kw = {k: img.section_bytes(v) for k, v in DWARF_SECTIONS.items()}
-        if kw["info"] is None or kw["abbrev"] is None:
-            img.require_dwarf()
-            raise BadFileError(f"{self.path}: DWARF without .debug_abbrev")
-        return D.DwarfSections(little_endian=img.little_endian, default_address_size=img.elfclass // 8, **kw)
+        return dwarf_sections(self.path, img.section_bytes, img.little_endian, img.elfclass, img.require_dwarf)
 
     def compiled_unit(self, offset: int, address: int | None = None) -> D.CompiledUnit:
         """The unit at ``offset`` of .debug_info (from memory, the index or the DWARF); given an
