@@ -22,7 +22,7 @@ import contextlib
 import gc
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import KsymError
@@ -140,26 +140,27 @@ class Prefetcher:
         size = max(1, min(UNITS_PER_TASK, len(work) // (4 * n)))
         tasks = [PrefetchTask(tuple(work[i : i + size])) for i in range(0, len(work), size)]
         got = 0
-        for result in self._in_workers(tasks, n):
-            answers.merge(result.answers)
-            got += len(result.answers.chains)
-            if dwarf is not None:
-                dwarf.units_read.update(result.units)
-            index.add_units(result.units)
+        with contextlib.closing(self._in_workers(tasks, n)) as results:
+            for result in results:
+                answers.merge(result.answers)
+                got += len(result.answers.chains)
+                if dwarf is not None:
+                    dwarf.units_read.update(result.units)
+                index.add_units(result.units)
         self.looked_up += got
         return got
 
     # -- the workers --
 
-    def _in_workers(self, tasks: list[PrefetchTask], n: int) -> list[PrefetchResult]:
-        """Run ``tasks`` in ``n`` forked workers; their results, in the order they came."""
+    def _in_workers(self, tasks: list[PrefetchTask], n: int) -> Generator[PrefetchResult, None, None]:
+        """Run ``tasks`` in ``n`` forked workers; their results as they come. Closing the generator
+        (or its end) ends and reaps the workers."""
         import multiprocessing
         from multiprocessing.connection import wait
 
         ctx = multiprocessing.get_context("fork")
         # the next task to take, shared by the workers
         counter = ctx.Value("l", 0)
-        results: list[PrefetchResult] = []
         readers: list[Connection] = []
         finished = False
         # the workers share this process's objects copy-on-write: keep the collector off them
@@ -184,14 +185,13 @@ class Prefetcher:
                         continue
                     if isinstance(got, BaseException):
                         raise got
-                    results.append(got)
+                    yield got
             finished = True
         finally:
             for r in readers:
                 r.close()
             self._reap(stop=not finished)
             gc.unfreeze()
-        return results
 
     def _serve(self, tasks: list[PrefetchTask], counter: Any, conn: Connection) -> None:
         """A worker process: take tasks until none are left, send each one's result."""
