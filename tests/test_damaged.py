@@ -237,7 +237,9 @@ def damage_found_reading_everything(path: Path, module: bool = False) -> str | N
     except ksym.KsymError as exc:
         return str(exc)
     try:
-        sec = sym.dwarf() if isinstance(sym, ModuleSymbolizer) else sym._dwarf()
+        if sym.dwarf_image is None:
+            raise ksym.MissingDebugInfoError(f"{path}: no DWARF debug info")
+        sec = sym.dwarf_image.sections
         D.read_aranges(sec)
         for off, _end in D.scan_cu_headers(sec):
             D.check_unit(sec, off)

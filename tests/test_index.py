@@ -235,6 +235,32 @@ def test_an_older_index_keyed_by_build_id_alone_is_ignored(tmp_path: Path) -> No
     assert "evil" not in _ksym("resolve", "--vmlinux", str(genuine), "--cache-dir", str(cache), SPECS[0]).stdout
 
 
+def test_an_index_of_format_8_is_ignored_not_misread(tmp_path: Path) -> None:
+    """Format 8 kept every stored answer in one dict (``{"view", "answers"}``) whose keys were addresses
+    or tuples, and the same file names with ``.v8``: such files, here holding wrong answers under the
+    genuine file's own key, are never read, and one of that shape under this format's name is not
+    misread as this format's answers (it is replaced by the answers of this run)."""
+    assert FORMAT_VERSION > 8
+    genuine = _with_build_id(tmp_path / "vmlinux")
+    want = _answers(genuine, None)
+    with Symbolizer(genuine, cache_dir=tmp_path / "probe", links=False) as probe:
+        key, view = probe.key, probe._view()
+        addrs = [m.address for s in SPECS[:3] for m in probe.resolve(s)]
+    poison = ((("evil", "evil.c", 1, 0, 0, "evil.c", False),), -1)
+    old_shape = {"view": view, "answers": {**dict.fromkeys(addrs, poison), ("insn", addrs[0], None): (True, None)}}
+    cache = tmp_path / "cache"
+    d = cache / "index" / key
+    d.mkdir(parents=True)
+    for name in ("answers.v8", f"answers.v{FORMAT_VERSION}"):
+        (d / name).write_bytes(marshal.dumps(old_shape))
+    assert _answers(genuine, cache) == want
+    assert _answers(genuine, cache) == want
+    stored = IndexStore(cache).load_answers(key, view)
+    assert stored.chains and all(isinstance(a, int) for a in stored.chains), "this run's answers replaced the old file"
+    assert all("evil" not in repr(rec) for rec in stored.chains.values())
+    assert marshal.loads((d / "answers.v8").read_bytes()) == old_shape, "the older file is left as it was"
+
+
 def test_a_unit_that_failed_to_read_is_never_stored(tmp_path: Path) -> None:
     """A unit read far enough for one address, then damaged further on (an inlined subroutine's DIE
     with an abbreviation code the unit does not define): the address past the damage fails, and the

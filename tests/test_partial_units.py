@@ -33,7 +33,8 @@ def _units(sym: Symbolizer, n: int) -> list[tuple[int, list[int]]]:
     out: dict[int, list[int]] = {}
     for i in rng.sample(funcs, 400):
         start, size = int(st.values[i]), int(st.sizes[i])
-        off = sym._cu_offset_for(start)
+        assert sym.dwarf_image is not None
+        off = sym.dwarf_image.unit_offset(start)
         if off is not None:
             out.setdefault(off, []).extend([start, start + size // 2, start + size - 1])
         if len(out) == n:
@@ -42,7 +43,8 @@ def _units(sym: Symbolizer, n: int) -> list[tuple[int, list[int]]]:
 
 
 def test_partial_unit_answers_like_the_whole_unit(sym: Symbolizer) -> None:
-    sec = sym._dwarf()
+    assert sym.dwarf_image is not None
+    sec = sym.dwarf_image.sections
     rng = random.Random(26)
     partial_seen = 0
     for off, addrs in _units(sym, 24):
@@ -96,14 +98,15 @@ def test_symbolizer_reads_on_from_a_stored_partial_unit(tmp_path: Path, sym: Sym
         # one from it, without the DWARF
         third = Symbolizer(sym.path, cache_dir=tmp_path)
         assert third.chain(highest - 1) == sym.chain(highest - 1)
-        assert third._sections_cache is None
+        assert third.dwarf_image is not None and not third.dwarf_image.opened
         third.close()
 
 
 def test_gcc_file_tables_join_like_the_generic_reader(sym: Symbolizer) -> None:
     """GCC's DWARF 5 file tables (read by offset pairs, joined once per pair) give the same directories
     and file names as the generic entry reader and concat_filename, in 60 kernel units."""
-    sec = sym._dwarf()
+    assert sym.dwarf_image is not None
+    sec = sym.dwarf_image.sections
     assert sec.line is not None
     checked = 0
     for off, _ in _units(sym, 60):

@@ -39,14 +39,15 @@ def _addresses(sym: Symbolizer, n: int) -> list[int]:
 def test_parallel_prefetch_equals_one_process(vmlinux: Path, tmp_path: Path) -> None:
     base = Symbolizer(vmlinux, cache_dir=tmp_path / "base")
     addrs = _addresses(base, 160)
-    units = {base._cu_offset_for(a) for a in addrs} - {None}
+    assert base.dwarf_image is not None
+    units = {base.dwarf_image.unit_offset(a) for a in addrs} - {None}
     assert len(units) >= 100, "the sample spans many units"
     want = {a: base.chain(a) for a in addrs}
 
     Symbolizer(vmlinux, cache_dir=tmp_path / "par").close()  # the image record only
     par = Symbolizer(vmlinux, cache_dir=tmp_path / "par")
     assert par.prefetch(addrs, processes=2) == len(set(addrs))
-    assert par._sections_cache is None, "the parent read no DWARF: the workers did"
+    assert par.dwarf_image is not None and not par.dwarf_image.opened, "the parent read no DWARF: the workers did"
     packs = list((tmp_path / "par").glob("index/*/units-*"))
     assert 2 <= len(packs) < len(units) / 4, "the workers stored the units they read, in packs"
     assert {a: par.chain(a) for a in addrs} == want
@@ -60,7 +61,7 @@ def test_parallel_prefetch_equals_one_process(vmlinux: Path, tmp_path: Path) -> 
     # a new process-like start answers from the stored answers alone
     again = Symbolizer(vmlinux, cache_dir=tmp_path / "par")
     assert {a: again.chain(a) for a in addrs} == want
-    assert again._sections_cache is None and again._mm is None
+    assert again.dwarf_image is not None and not again.dwarf_image.opened
     assert again.prefetch(addrs, processes=2) == 0
     # a unit of the index answers an address nobody asked before, identically
     fresh = addrs[0] + 1

@@ -137,7 +137,7 @@ def test_addresses_match_addr2line(vmlinux: Path, sym: Symbolizer, cache_dir: Pa
     assert len(addrs) > 700
     # a second process-like start reads every unit back from the on-disk index: same answers
     again = Symbolizer(vmlinux, cache_dir=cache_dir)
-    assert not again._cus
+    assert again.dwarf_image is not None and again.dwarf_image.units_in_memory == 0
     stored = [[(c.function, c.raw_file, c.line, c.discriminator) for c in again.symbolize(a).chain] or
               [("??", "??", 0, 0)] for a in addrs]
     assert stored == ref

@@ -2,16 +2,22 @@
 
 Layout under ``$KSYM_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ksym``, i.e. ``~/.cache/ksym``)::
 
-    paths/<checksums of the real path>.v8 → PathRecord: the file's identity (size, mtime, ctime, inode,
+    paths/<checksums of the real path>.v9 → PathRecord: the file's identity (size, mtime, ctime, inode,
                                           device) and its key, so a warm run neither opens nor hashes it
-    index/<key>/image.v8                → sections, symbol table arrays, aranges, faddr2line prefix, banner
-    index/<key>/units-<...>.v8          → a pack of compilation units as read (function tree + line
+    index/<key>/image.v9                → ImageRecord: sections, symbol table arrays, aranges,
+                                          faddr2line prefix, banner
+    index/<key>/units-<...>.v9          → a pack of compilation units as read (function tree + line
                                           table, each possibly partial: read on when an address needs it)
-    index/<key>/units.v8                → unit offset → the pack holding its newest record
-    index/<key>/cu--1.v8                → ranges of the units .debug_aranges misses
-    index/<key>/answers.v8              → address → (inline chain, line-row start) of every address
-                                          looked up before, and the instruction before each return
-                                          address disassembled: a dump seen again needs no CU at all
+    index/<key>/units.v9                → unit offset → the pack holding its newest record
+    index/<key>/cu--1.v9                → UnitRange records: ranges of the units .debug_aranges misses
+    index/<key>/answers.v9              → AnswerRecords: address → StoredChain (inline chain, line-row
+                                          start) of every address looked up before; (return address,
+                                          function start) → StoredInstruction (the instruction before
+                                          it); callers' own answers (annotate's frames): a dump seen
+                                          again needs no CU at all
+
+One image's index is used through an :class:`ImageIndex` session (units read, answers given, written by
+its :meth:`ImageIndex.flush`); :class:`IndexStore` only reads and writes the files.
 
 ``key`` is ``<GNU build id>-<fingerprint>`` (``nobuildid-<fingerprint>`` for a file without a build id):
 the fingerprint is a SHA-256 of every byte of the file ksym may read (all of it but the contents of
@@ -32,17 +38,31 @@ import re
 import struct
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from cachetools import LRUCache
+
+from . import dwarf as D
+from .dwarf_image import ArangeTable, UnitRange
+from .model import SourceLocation
+from .symbols import Section
 
 __all__ = [
     "FORMAT_VERSION",
     "RECENT_CHANGE_SECONDS",
     "STALE_TEMP_SECONDS",
+    "AnswerRecords",
     "FileIdentity",
+    "ImageIndex",
+    "ImageRecord",
     "IndexStore",
     "PathRecord",
+    "StoredAnswers",
+    "StoredChain",
+    "StoredInstruction",
     "default_cache_dir",
     "fingerprint",
     "image_key",
@@ -51,8 +71,11 @@ __all__ = [
 
 #: Version of the layout and of every record; files of other versions are never read. 7: keys bind the
 #: file's contents (build id + fingerprint), the path memo records device and ctime too. 8: answers from the
-#: symbol table follow bfd's rules (.symtab only, unnamed STT_FILE, local labels).
-FORMAT_VERSION = 8
+#: symbol table follow bfd's rules (.symtab only, unnamed STT_FILE, local labels). 9: named records
+#: (ImageRecord; stored answers split into chains, instructions and callers' answers).
+FORMAT_VERSION = 9
+#: Units read or expanded are written in batches of this many (a unit often grows several times).
+MAX_DIRTY_UNITS = 64
 #: The answers file is dropped and started again when it grows past this many addresses.
 MAX_ANSWERS = 250_000
 #: A temporary of an index write older than this is left over from an interrupted run: deleted.
@@ -187,26 +210,38 @@ class IndexStore:
         safe = "".join(c for c in key if c.isalnum() or c in "-_")
         return self.root / "index" / safe
 
-    def load_image(self, key: str) -> dict[str, Any] | None:
+    def load_image(self, key: str) -> ImageRecord | None:
+        """The image record of ``key``, or None (none, another version's, damaged)."""
         if not self.enabled:
             return None
         data = self._load(self.directory(key) / f"image.v{FORMAT_VERSION}")
         if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION or data.get("key") != key:
             return None  # another version's, or a directory not made for this key
-        return data
+        try:
+            return ImageRecord.from_record(data)
+        except (KeyError, TypeError, ValueError, IndexError):
+            return None  # damaged: rebuilt
 
-    def save_image(self, key: str, record: dict[str, Any]) -> None:
+    def save_image(self, key: str, record: ImageRecord) -> None:
         if self.enabled:
-            self._save(self.directory(key) / f"image.v{FORMAT_VERSION}", {**record, "format": FORMAT_VERSION, "key": key})
+            self._save(self.directory(key) / f"image.v{FORMAT_VERSION}",
+                       {**record.to_record(), "format": FORMAT_VERSION, "key": key})
 
-    def load_cu(self, key: str, offset: int) -> Any:
+    def load_unit_ranges(self, key: str) -> list[UnitRange] | None:
+        """The ranges of the units .debug_aranges misses, as stored, or None."""
         if not self.enabled:
             return None
-        return self._load(self.directory(key) / f"cu-{offset}.v{FORMAT_VERSION}")
+        data = self._load(self.directory(key) / f"cu--1.v{FORMAT_VERSION}")
+        if not isinstance(data, list):
+            return None
+        try:
+            return [UnitRange.from_record(r) for r in data]
+        except (TypeError, ValueError, IndexError):
+            return None
 
-    def save_cu(self, key: str, offset: int, record: Any) -> None:
+    def save_unit_ranges(self, key: str, ranges: Iterable[UnitRange]) -> None:
         if self.enabled:
-            self._save(self.directory(key) / f"cu-{offset}.v{FORMAT_VERSION}", record)
+            self._save(self.directory(key) / f"cu--1.v{FORMAT_VERSION}", [r.to_record() for r in ranges])
 
     # -- compilation units, written in packs (one file per batch: creating files is what costs) --
 
@@ -249,25 +284,24 @@ class IndexStore:
         data = self._load(self.directory(key) / name) if self.enabled and name.startswith("units-") else None
         return data if isinstance(data, dict) else {}
 
-    def load_answers(self, key: str, view: str) -> dict[Any, Any]:
-        """Addresses answered before for this image, as shown with the display settings ``view``."""
+    def load_answers(self, key: str, view: str) -> AnswerRecords:
+        """What was answered before for this image, as shown with the display settings ``view``."""
         if not self.enabled:
-            return {}
+            return AnswerRecords.empty()
         data = self._load(self.directory(key) / f"answers.v{FORMAT_VERSION}")
-        if not isinstance(data, dict) or data.get("view") != view or not isinstance(data.get("answers"), dict):
-            return {}
-        answers: dict[Any, Any] = data["answers"]
-        return answers
+        if not isinstance(data, dict) or data.get("view") != view:
+            return AnswerRecords.empty()
+        return AnswerRecords.from_record(data)
 
-    def save_answers(self, key: str, view: str, new: dict[Any, Any]) -> None:
+    def save_answers(self, key: str, view: str, new: AnswerRecords) -> None:
         """Add ``new`` to the stored answers (re-read first: another process may have added some)."""
-        if not self.enabled or not new:
+        if not self.enabled or not len(new):
             return
         answers = self.load_answers(key, view)
         if len(answers) + len(new) > MAX_ANSWERS:
-            answers = {}
+            answers = AnswerRecords.empty()
         answers.update(new)
-        self._save(self.directory(key) / f"answers.v{FORMAT_VERSION}", {"view": view, "answers": answers})
+        self._save(self.directory(key) / f"answers.v{FORMAT_VERSION}", {"view": view, **answers.to_record()})
 
     def evict(self, key: str | None = None) -> None:
         """Delete the index of one key, or everything."""
@@ -336,3 +370,327 @@ class IndexStore:
                         os.unlink(e.path)
         except OSError:
             pass
+
+
+# -- records -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """What the index keeps of an image file: everything a warm run needs without opening it."""
+
+    path: str
+    build_id: str | None
+    elf_type: str
+    little_endian: bool
+    elfclass: int
+    machine: str | None
+    sections: tuple[Section, ...]
+    #: :meth:`ksym.symbols.SymbolTable.to_record`
+    symbols: tuple[Any, ...]
+    aranges: ArangeTable
+    #: ``linux_banner`` (None: no such symbol)
+    banner: str | None
+    has_dwarf: bool
+    #: how many symbols came from .dynsym
+    dynamic_symbols: int
+    #: faddr2line's path prefix (addr2line's file for start_kernel, cut before init/main.c)
+    dir_prefix: str | None
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "path": self.path, "build_id": self.build_id, "elf_type": self.elf_type,
+            "little_endian": self.little_endian, "elfclass": self.elfclass, "machine": self.machine,
+            "sections": [(s.index, s.name, s.type, s.flags, s.addr, s.offset, s.size) for s in self.sections],
+            "syms": self.symbols, "aranges": self.aranges.to_record(), "banner": self.banner,
+            "has_dwarf": self.has_dwarf, "dynamic_symbols": self.dynamic_symbols, "dir_prefix": self.dir_prefix,
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> ImageRecord:
+        """:raises KeyError, TypeError, ValueError, IndexError: not a record of this shape."""
+        build_id, machine, banner, prefix = rec["build_id"], rec["machine"], rec["banner"], rec["dir_prefix"]
+        for v in (build_id, machine, banner, prefix):
+            if v is not None and not isinstance(v, str):
+                raise TypeError("not a string")
+        if not isinstance(rec["syms"], tuple):
+            raise TypeError("symbol table record")
+        return cls(
+            path=str(rec["path"]), build_id=build_id, elf_type=str(rec["elf_type"]),
+            little_endian=bool(rec["little_endian"]), elfclass=int(rec["elfclass"]), machine=machine,
+            sections=tuple(Section(*s) for s in rec["sections"]), symbols=rec["syms"],
+            aranges=ArangeTable.from_record(rec["aranges"]), banner=banner, has_dwarf=bool(rec["has_dwarf"]),
+            dynamic_symbols=int(rec["dynamic_symbols"]), dir_prefix=prefix,
+        )
+
+
+class StoredChain(NamedTuple):
+    """The answer for one address: its inline chain (without links) and the start of its line row."""
+
+    chain: tuple[SourceLocation, ...]
+    #: start of the line-table row covering the address, -1: none
+    row_start: int
+
+    def to_record(self) -> tuple[Any, ...]:
+        return (tuple((c.function, c.file, c.line, c.column, c.discriminator, c.raw_file, c.inlined)
+                      for c in self.chain), self.row_start)
+
+    @classmethod
+    def from_record(cls, rec: Sequence[Any]) -> StoredChain:
+        """:raises TypeError, ValueError, IndexError: not a record of this shape."""
+        return cls(tuple(SourceLocation(*loc) for loc in rec[0]), int(rec[1]))
+
+
+class StoredInstruction(NamedTuple):
+    """The instruction before a return address (:func:`ksym.disasm.instruction_before`)."""
+
+    #: whether the return address is an instruction boundary (None: unknown)
+    boundary: bool | None
+    #: :meth:`ksym.disasm.Instruction.fields` (None: no instruction found)
+    fields: tuple[Any, ...] | None
+
+    def to_record(self) -> tuple[Any, ...]:
+        return (self.boundary, self.fields)
+
+    @classmethod
+    def from_record(cls, rec: Sequence[Any]) -> StoredInstruction:
+        """:raises TypeError, ValueError, IndexError: not a record of this shape."""
+        boundary, fields = rec[0], rec[1]
+        if boundary is not None and not isinstance(boundary, bool):
+            raise TypeError("boundary")
+        if fields is not None and not isinstance(fields, tuple):
+            raise TypeError("fields")
+        return cls(boundary, fields)
+
+
+#: The key of a caller's stored answer: a tuple starting with the caller's tag (``"frame"``: annotate).
+CallerKey = tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class AnswerRecords:
+    """Stored answers as records (plain tuples, as marshal writes them), by kind."""
+
+    #: address → :meth:`StoredChain.to_record`
+    chains: dict[int, tuple[Any, ...]]
+    #: (return address, function start) → :meth:`StoredInstruction.to_record`
+    instructions: dict[tuple[int, int | None], tuple[Any, ...]]
+    #: a caller's key → its value (tuples, str, int, bytes, None: :meth:`ksym.Symbolizer.remember`)
+    callers: dict[CallerKey, Any]
+
+    @classmethod
+    def empty(cls) -> AnswerRecords:
+        return cls({}, {}, {})
+
+    def __len__(self) -> int:
+        return len(self.chains) + len(self.instructions) + len(self.callers)
+
+    def update(self, other: AnswerRecords) -> None:
+        self.chains.update(other.chains)
+        self.instructions.update(other.instructions)
+        self.callers.update(other.callers)
+
+    def to_record(self) -> dict[str, Any]:
+        return {"chains": self.chains, "instructions": self.instructions, "callers": self.callers}
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> AnswerRecords:
+        """Each kind that is not a dict is taken as empty (its entries are checked when used)."""
+        chains, insns, callers = rec.get("chains"), rec.get("instructions"), rec.get("callers")
+        return cls(chains if isinstance(chains, dict) else {}, insns if isinstance(insns, dict) else {},
+                   callers if isinstance(callers, dict) else {})
+
+
+class StoredAnswers:
+    """One image's stored answers, as shown with one ``view`` (how paths are displayed): read from the
+    index on first use; what this session adds is written by :meth:`flush`. A damaged entry reads as
+    missing (answered again)."""
+
+    def __init__(self, store: IndexStore, key: str, view: str) -> None:
+        self._store = store
+        self._key = key
+        self.view = view
+        self._all: AnswerRecords | None = None
+        self._new = AnswerRecords.empty()
+        #: chains answered from what an earlier session stored
+        self.stored_hits = 0
+
+    def _records(self) -> AnswerRecords:
+        if self._all is None:
+            self._all = self._store.load_answers(self._key, self.view)
+        return self._all
+
+    # -- chains --
+
+    def has_chain(self, address: int) -> bool:
+        return address in self._records().chains
+
+    def chain(self, address: int) -> StoredChain | None:
+        rec = self._records().chains.get(address)
+        if rec is None:
+            return None
+        try:
+            got = StoredChain.from_record(rec)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if address not in self._new.chains:
+            self.stored_hits += 1
+        return got
+
+    def add_chain(self, address: int, answer: StoredChain) -> None:
+        self._records().chains[address] = self._new.chains[address] = answer.to_record()
+
+    # -- instructions --
+
+    def has_instruction(self, return_address: int, function_start: int | None) -> bool:
+        return (return_address, function_start) in self._records().instructions
+
+    def instruction(self, return_address: int, function_start: int | None) -> StoredInstruction | None:
+        rec = self._records().instructions.get((return_address, function_start))
+        if rec is None:
+            return None
+        try:
+            return StoredInstruction.from_record(rec)
+        except (TypeError, ValueError, IndexError):
+            return None
+
+    def add_instruction(self, return_address: int, function_start: int | None, answer: StoredInstruction) -> None:
+        key = (return_address, function_start)
+        self._records().instructions[key] = self._new.instructions[key] = answer.to_record()
+
+    # -- callers' answers --
+
+    def caller(self, key: CallerKey) -> Any:
+        return self._records().callers.get(key)
+
+    def add_caller(self, key: CallerKey, value: Any) -> None:
+        self._records().callers[key] = self._new.callers[key] = value
+
+    # -- pending --
+
+    def take_new(self) -> AnswerRecords:
+        """What this session added since the last call (a prefetch worker sends it to its parent)."""
+        new, self._new = self._new, AnswerRecords.empty()
+        return new
+
+    def merge(self, new: AnswerRecords) -> None:
+        """Add answers worked out elsewhere (a prefetch worker's), to be written by :meth:`flush`."""
+        self._records().update(new)
+        self._new.update(new)
+
+    def flush(self) -> None:
+        if len(self._new):
+            self._store.save_answers(self._key, self.view, self._new)
+            self._new = AnswerRecords.empty()
+
+
+class ImageIndex:
+    """A session on one image's index: the units it stored (unit map, packs loaded), the units read or
+    grown since (written as packs of :data:`MAX_DIRTY_UNITS`, and at :meth:`flush`), and the stored
+    answers (:meth:`answers_for`). It is the :class:`ksym.dwarf_image.UnitStore` of the image's
+    :class:`ksym.dwarf_image.DwarfImage`. :meth:`close` (or leaving a ``with`` block) flushes; nothing
+    is written at exit or by the garbage collector."""
+
+    def __init__(self, store: IndexStore, key: str) -> None:
+        self.store = store
+        self.key = key
+        self._unit_map: dict[int, str] | None = None
+        self._new_units: dict[int, str] = {}
+        self._packs: LRUCache[str, dict[int, Any]] = LRUCache(maxsize=4)
+        self._dirty: dict[int, D.CompiledUnit] = {}
+        self._answers: StoredAnswers | None = None
+
+    @property
+    def directory(self) -> Path | None:
+        """Where the index of this image lives (None: the store is disabled)."""
+        return self.store.directory(self.key) if self.store.enabled else None
+
+    # -- units (the UnitStore of the image's DwarfImage) --
+
+    def pack_of(self, offset: int) -> str | None:
+        """The pack holding the stored unit at ``offset``, or None."""
+        if self._unit_map is None:
+            self._unit_map = self.store.load_unit_map(self.key)
+        return self._unit_map.get(offset)
+
+    def load_unit(self, offset: int) -> D.CompiledUnit | None:
+        pack = self.pack_of(offset)
+        if pack is None:
+            return None
+        units = self._packs.get(pack)
+        if units is None:  # units of one pack are usually asked for together (prefetch sorts so)
+            units = self._packs[pack] = self.store.load_pack(self.key, pack)
+        rec = units.get(offset)
+        if rec is None:
+            return None
+        try:
+            return D.unit_from_record(rec)
+        except (TypeError, ValueError, IndexError):
+            return None
+
+    def unit_changed(self, unit: D.CompiledUnit) -> None:
+        self._dirty[unit.offset] = unit
+        if len(self._dirty) >= MAX_DIRTY_UNITS:
+            self.write_units()
+
+    def forget_unit(self, offset: int) -> None:
+        self._dirty.pop(offset, None)
+
+    def load_unit_ranges(self) -> list[UnitRange] | None:
+        return self.store.load_unit_ranges(self.key)
+
+    def save_unit_ranges(self, ranges: list[UnitRange]) -> None:
+        self.store.save_unit_ranges(self.key, ranges)
+
+    def write_units(self) -> None:
+        """Write the units read or grown since the last call as one pack (mapped at :meth:`flush`)."""
+        if not self._dirty:
+            return
+        recs = {off: D.unit_to_record(cu) for off, cu in self._dirty.items()}
+        self._dirty.clear()
+        name = self.store.save_units(self.key, recs)
+        if name is not None:
+            self.add_units(dict.fromkeys(recs, name))
+
+    def add_units(self, units: dict[int, str]) -> None:
+        """Units now stored in packs (by this session, or a prefetch worker for it)."""
+        if self._unit_map is None:
+            self._unit_map = self.store.load_unit_map(self.key)
+        self._unit_map.update(units)
+        self._new_units.update(units)
+
+    def take_new_units(self) -> dict[int, str]:
+        """The units stored since the last call (a prefetch worker sends them to its parent)."""
+        new, self._new_units = self._new_units, {}
+        return new
+
+    # -- answers --
+
+    def answers_for(self, view: str) -> StoredAnswers:
+        """The stored answers of this image as shown with ``view`` (one view per session)."""
+        if self._answers is None or self._answers.view != view:
+            self._answers = StoredAnswers(self.store, self.key, view)
+        return self._answers
+
+    # -- lifecycle --
+
+    def flush(self) -> None:
+        """Write what this session learnt: units read or grown, where they are, answers given."""
+        self.write_units()
+        if self._new_units:
+            self.store.save_unit_map(self.key, self._new_units)
+            self._new_units = {}
+        if self._answers is not None:
+            self._answers.flush()
+
+    def close(self) -> None:
+        """:meth:`flush`, then drop what is held in memory."""
+        self.flush()
+        self._packs.clear()
+        self._unit_map = None
+
+    def __enter__(self) -> ImageIndex:  # noqa: PYI034 - typing.Self needs Python 3.11
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

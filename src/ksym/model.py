@@ -9,9 +9,13 @@ at the call site, and the last entry is the real (out-of-line) function.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-__all__ = ["Resolution", "SourceLocation", "frozen_record"]
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from pathlib import Path
+
+__all__ = ["ImageResolver", "Resolution", "SourceLocation", "frozen_record"]
 
 _T = TypeVar("_T")
 
@@ -104,3 +108,44 @@ class Resolution:
             "address": f"{self.address:#x}",
             "chain": [loc.to_dict() for loc in self.chain],
         }
+
+
+@runtime_checkable
+class ImageResolver(Protocol):
+    """What callers ask of one debug image, a vmlinux (:class:`ksym.Symbolizer`) or a module
+    (:class:`ksym.modules.ModuleSymbolizer`). Addresses are the image's own: link-time addresses of a
+    vmlinux; for a module, what ``addr2line -e MODULE`` takes (:meth:`symbolize`) and its placed
+    addresses (:meth:`chain`)."""
+
+    @property
+    def path(self) -> Path:
+        """The debug file."""
+        ...
+
+    @property
+    def build_id(self) -> str | None: ...
+
+    @property
+    def has_dwarf(self) -> bool:
+        """False: addresses are answered from the symbol table alone, ``func+off`` frames refused."""
+        ...
+
+    def resolve(self, frame: str) -> list[Resolution]:
+        """``func+off[/size]`` (every matching symbol, as faddr2line) or a raw address."""
+        ...
+
+    def symbolize(self, address: int, query: str | None = None) -> Resolution:
+        """One address: the symbol it falls in and the inline chain."""
+        ...
+
+    def chain(self, address: int) -> tuple[SourceLocation, ...]:
+        """The inline chain at an address, innermost first."""
+        ...
+
+    def prefetch_frames(self, frames: Iterable[str], *, processes: int | None = None) -> int:
+        """Answer these frames ahead of :meth:`resolve` (errors are left for it); how many addresses."""
+        ...
+
+    def close(self) -> None:
+        """Release the file (and write what the session learnt, where there is an index)."""
+        ...

@@ -25,7 +25,7 @@ i386 ``R_386_32`` (REL); ``*_NONE`` is skipped. Any other type in a debug sectio
 
 from __future__ import annotations
 
-import bisect
+import contextlib
 import functools
 import io
 import lzma
@@ -34,16 +34,17 @@ import re
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 from . import dwarf as D
 from .buildid import read_build_id_from_notes
 from .compress import ZSTD_MAGIC, SectionContents, zstd_decompress
 from .debuginfo import DebuginfodClient, DebuginfoOptions, build_id_paths
+from .dwarf_image import DwarfImage, ReadySections, dwarf_sections
 from .errors import (
     BadFileError,
     DebuginfodError,
     FileNotFoundKsymError,
+    KsymError,
     MissingDebugInfoError,
     SpecError,
 )
@@ -75,12 +76,6 @@ SHT_NOBITS = 8
 SHT_REL = 9
 SHF_ALLOC = 0x2
 ET_REL = 1
-
-_DWARF_SECTIONS = {
-    "info": ".debug_info", "abbrev": ".debug_abbrev", "line": ".debug_line", "debug_str": ".debug_str",
-    "line_str": ".debug_line_str", "ranges": ".debug_ranges", "rnglists": ".debug_rnglists",
-    "addr": ".debug_addr", "str_offsets": ".debug_str_offsets", "aranges": ".debug_aranges",
-}
 
 # machine → {type: (width in bytes, pc-relative, name)}; width 0: no-op
 _RELOCS: dict[int, dict[int, tuple[int, bool, str]]] = {
@@ -377,11 +372,10 @@ class ModuleImage:
         return bytes(buf)
 
     def dwarf_sections(self) -> D.DwarfSections:
+        """The DWARF sections, relocated against the layout."""
         self.require_dwarf()
-        kw: dict[str, Any] = {k: self.relocated_section(v) for k, v in _DWARF_SECTIONS.items()}
-        if kw["info"] is None or kw["abbrev"] is None:
-            raise BadFileError(f"{self.path}: DWARF without .debug_abbrev")
-        return D.DwarfSections(little_endian=self.little_endian, default_address_size=self.elfclass // 8, **kw)
+        return dwarf_sections(self.path, self.relocated_section, self.little_endian, self.elfclass,
+                              self.require_dwarf)
 
 
 def _machine_number(data: bytes, little_endian: bool) -> int:
@@ -405,6 +399,10 @@ class ModuleSymbolizer:
     :raises FileNotFoundKsymError: no such file.
     :raises BadFileError: not ELF, not ET_REL, no symbol table, unsupported relocation or compression.
         A module without DWARF answers addresses from its symbol table (see ``has_dwarf``).
+
+    It is a :class:`ksym.model.ImageResolver`, as the vmlinux :class:`ksym.Symbolizer` is, and does its
+    DWARF through the same :class:`ksym.dwarf_image.DwarfImage` (over the relocated sections, with no
+    index: a module is read whole when opened). Use it in a ``with`` block or call :meth:`close`.
     """
 
     def __init__(self, path: str | os.PathLike[str], *,
@@ -419,72 +417,31 @@ class ModuleSymbolizer:
         self.build_id: str | None = self.image.build_id
         self.module_name: str = self.image.module_name
         self.raw_symbols, self.symbols = self.image.symbol_tables()
-        self._dwarf: D.DwarfSections | None = None
-        self._cus: dict[int, D.CompiledUnit] = {}
-        self._ar: tuple[list[int], list[int], list[int]] | None = None
-        self._cu_list: list[tuple[int, int, int]] | None = None
+        #: the module's DWARF (None: it has none): its relocated sections, read on first use
+        self.dwarf_image: DwarfImage | None = (
+            DwarfImage(self.path, ReadySections(self.image.dwarf_sections)) if self.has_dwarf else None)
         self._chains: dict[int, tuple[SourceLocation, ...]] = {}
-
-    # -- DWARF --
-
-    def dwarf(self) -> D.DwarfSections:
-        if self._dwarf is None:
-            self._dwarf = self.image.dwarf_sections()
-        return self._dwarf
-
-    def _cu_offset_for(self, address: int) -> int | None:
-        if not self.has_dwarf:
-            return None
-        sec = self.dwarf()
-        if self._ar is None:
-            with D.damage_is_bad_file(self.path):
-                ar = sorted(D.read_aranges(sec))
-            self._ar = ([a[0] for a in ar], [a[1] for a in ar], [a[2] for a in ar])
-        starts, ends, cus = self._ar
-        i = bisect.bisect_right(starts, address) - 1
-        while i >= 0:
-            if starts[i] <= address < ends[i]:
-                return cus[i]
-            i -= 1
-        if self._cu_list is None:
-            covered = set(cus)
-            out: list[tuple[int, int, int]] = []
-            with D.damage_is_bad_file(self.path):
-                for off, _end in D.scan_cu_headers(sec):
-                    if off not in covered:
-                        out.extend((lo, hi, off) for lo, hi in D.unit_ranges(sec, off))
-            self._cu_list = sorted(out)
-        for lo, hi, off in self._cu_list:
-            if lo <= address < hi:
-                return off
-        return None
-
-    def _unit(self, offset: int, address: int | None = None) -> D.CompiledUnit:
-        cu = self._cus.get(offset)
-        if cu is None:
-            with D.damage_is_bad_file(self.path):
-                cu = D.compile_unit(self.dwarf(), offset, expect=address)
-            self._cus[offset] = cu
-        return cu
 
     def chain(self, address: int) -> tuple[SourceLocation, ...]:
         """The inline chain at a *placed* (synthetic) address, innermost first, as ``addr2line -i``."""
         got = self._chains.get(address)
         if got is None:
-            got = self._chain(address)
+            if self.dwarf_image is None:
+                got = inline_chain(None, address, self.symbols, self._display)
+            else:
+                got = self.dwarf_image.chain(address, self.symbols, self._display)[0]
             self._chains[address] = got
         return got
 
-    def _chain(self, address: int) -> tuple[SourceLocation, ...]:
-        cu_off = self._cu_offset_for(address)
-        if cu_off is None:
-            return inline_chain(None, address, self.symbols, self._display)
-        cu = self._unit(cu_off, address)
-        # expand_for leaves ``cu`` as it was when it meets damage: a lookup again meets it again
-        with D.damage_is_bad_file(self.path):
-            if cu.needs_expansion(address):
-                D.expand_for(self.dwarf(), cu, address)
-            return inline_chain(cu, address, self.symbols, self._display)
+    def prefetch_frames(self, frames: Iterable[str], *, processes: int | None = None) -> int:
+        """Answer the frames ahead of :meth:`resolve` (what :class:`ksym.model.ImageResolver` asks; a
+        module's units are few and small: read in this process, ``processes`` is not used). Returns
+        how many addresses were answered; errors are left for :meth:`resolve` to report."""
+        got = 0
+        for frame in frames:
+            with contextlib.suppress(KsymError):
+                got += len(self.resolve(frame))
+        return got
 
     def _display(self, raw: str) -> str:
         mapped = self.path_map.apply(raw) if self.path_map and raw not in ("", "??") else None
@@ -537,6 +494,10 @@ class ModuleSymbolizer:
         if isinstance(spec, AddressSpec):
             return [self.symbolize_address(spec.address, frame.strip())]
         return self._resolve_func(spec, refuse_zero)
+
+    def symbolize(self, address: int, query: str | None = None) -> Resolution:
+        """:meth:`symbolize_address` (the name :class:`ksym.model.ImageResolver` gives it)."""
+        return self.symbolize_address(address, query)
 
     def symbolize_address(self, address: int, query: str | None = None) -> Resolution:
         """A raw address as ``addr2line -e MODULE ADDRESS`` (no ``-j``) takes it: every allocated section
@@ -600,8 +561,10 @@ class ModuleSymbolizer:
         return None
 
     def close(self) -> None:
-        self._dwarf = None
-        self._cus.clear()
+        """Drop the units and answers in memory and release the sections (the file is read whole when
+        opened: nothing else is held)."""
+        if self.dwarf_image is not None:
+            self.dwarf_image.close()
         self._chains.clear()
 
     def __enter__(self) -> ModuleSymbolizer:  # noqa: PYI034 - typing.Self needs Python 3.11

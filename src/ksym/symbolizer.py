@@ -7,23 +7,19 @@
     nf_hook at include/linux/netfilter.h:257
     (inlined by) __ip_local_out at net/ipv4/ip_output.c:115
 
-It owns every cache: the on-disk index (symbols, aranges, each CU once read; see :mod:`ksym.index`) and
-an in-memory LRU of compiled units for batch work. The ELF file itself is opened only when the index
-cannot answer. What a session learns (units read, answers given) is written to the index by
+It composes the image's parts: the on-disk index (:mod:`ksym.index`: the image record, each unit once
+read, the answers given), the image's DWARF (:mod:`ksym.dwarf_image`: sections, address to unit, an
+in-memory LRU of compiled units) and the parallel prefetch for batch work (:mod:`ksym.prefetch`). The
+ELF file itself is opened only when the index cannot answer. What a session learns (units read, answers given) is written to the index by
 :meth:`Symbolizer.close` (or leaving a ``with`` block), or :meth:`Symbolizer.flush`; never at exit or
 by the garbage collector.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import gc
-import mmap
 import os
 import re
-import threading
-from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,15 +28,26 @@ from typing import Any
 from cachetools import LRUCache
 
 from . import dwarf as D
-from .compress import SHF_COMPRESSED
 from .debuginfo import DebuginfoOptions
+from .dwarf_image import ArangeTable, DwarfImage, FileSections, dwarf_sections
 from .errors import BadFileError, KsymError, SpecError
-from .index import FileIdentity, IndexStore, fingerprint, image_key
+from .index import (
+    CallerKey,
+    FileIdentity,
+    ImageIndex,
+    ImageRecord,
+    IndexStore,
+    StoredChain,
+    StoredInstruction,
+    fingerprint,
+    image_key,
+)
 from .locate import find_vmlinux
 from .model import Resolution, SourceLocation
 from .pathmap import PathMap
+from .prefetch import Prefetcher
 from .spec import AddressSpec, FuncSpec, parse_spec
-from .symbols import Section, SymbolTable, SymbolView, faddr2line_select, inline_chain
+from .symbols import SymbolTable, SymbolView, faddr2line_select, inline_chain
 
 __all__ = ["IndexStats", "Symbolizer", "source_relative"]
 
@@ -53,13 +60,6 @@ _TOP_RE = re.compile("/(?:" + "|".join(_KERNEL_TOP_DIRS) + ")/")
 #: SHT_RELA, SHT_REL: sections the Symbolizer never reads (it does not relocate DWARF), left out of
 #: the fingerprint of a file (they are half of a debug vmlinux).
 _RELOCATION_SECTION_TYPES = (4, 9)
-
-_DWARF_SECTIONS = {
-    "info": ".debug_info", "abbrev": ".debug_abbrev", "line": ".debug_line", "debug_str": ".debug_str",
-    "line_str": ".debug_line_str", "ranges": ".debug_ranges", "rnglists": ".debug_rnglists",
-    "addr": ".debug_addr", "str_offsets": ".debug_str_offsets", "aranges": ".debug_aranges",
-}
-
 
 def _prefix_regex(prefix: str | None) -> re.Pattern[str] | None:
     """faddr2line strips ``sed "s; $prefix\\(\\./\\)*; ;"``: a basic regex where '.' is any character."""
@@ -127,9 +127,12 @@ class Symbolizer:
         scripts/faddr2line refuses such a file (also raised when only stripped images were found).
     :raises PathMapError: a malformed ``path_map`` rule (a ``ValueError``).
 
-    It holds a memory map of the file and what it learnt for the index: use it in a ``with`` block or
-    call :meth:`close`, which writes the index (:meth:`flush`) and releases the file. A Symbolizer
-    that is not closed writes nothing more to the index.
+    It is made of: the image's :class:`ksym.index.ImageRecord` (from the index, or built from the file
+    once), its :class:`ksym.dwarf_image.DwarfImage` (``dwarf_image``: sections, units, chains; None
+    without DWARF), its :class:`ksym.index.ImageIndex` session (units and answers stored) and, for a
+    batch, a :class:`ksym.prefetch.Prefetcher`. It holds a memory map of the file and what it learnt for
+    the index: use it in a ``with`` block or call :meth:`close`, which writes the index (:meth:`flush`)
+    and releases the file. A Symbolizer that is not closed writes nothing more to the index.
     """
 
     def __init__(
@@ -159,35 +162,24 @@ class Symbolizer:
                 warn(w)
         self._store = IndexStore(Path(cache_dir) if cache_dir else None, enabled=use_index)
         self._image: Any = None
-        self._mm: mmap.mmap | None = None
-        self._sections_cache: D.DwarfSections | None = None
-        self._cus: LRUCache[int, D.CompiledUnit] = LRUCache(maxsize=cu_cache_size)
-        self._cu_list: list[tuple[int, int, int]] | None = None
+        self._cu_cache_size = cu_cache_size
+        #: the image's DWARF (None: the file has none, or it is not read yet)
+        self.dwarf_image: DwarfImage | None = None
+        self._sections: FileSections | None = None
         self._tag_override = kernel_tag
         self._elixir_url = elixir_url
         self._want_links = links
         self._links: Any = None
         # address → inline chain with links, for frames seen again (stack dumps repeat them)
         self._chains: LRUCache[int, tuple[SourceLocation, ...]] = LRUCache(maxsize=16384)
-        # address → (chain as plain tuples, line-row start or -1): loaded from the index on first use;
-        # new answers and CUs read or expanded are written by flush() (close(), the end of a with block)
-        self._answers: dict[Any, Any] | None = None
-        self._new_answers: dict[Any, Any] = {}
-        self._dirty_cus: dict[int, D.CompiledUnit] = {}
-        # unit offset → pack file in the index (loaded on first use); entries this session added
-        self._unit_map: dict[int, str] | None = None
-        self._new_units: dict[int, str] = {}
-        self._packs: LRUCache[str, dict[int, Any]] = LRUCache(maxsize=4)
-        self._units_read: set[int] = set()
         self._fingerprinted = False
-        self._units_loaded = 0
-        self._answers_stored = 0
         self._answers_looked_up = 0
         try:
             self._load_index()
         except BaseException:
             self._release()  # a file that cannot be used is not kept open until the collector runs
             raise
+        self._answers = self._index.answers_for(self._view())
 
     # -- index ---------------------------------------------------------------------------------------
 
@@ -203,37 +195,43 @@ class Symbolizer:
                 identity = FileIdentity.of(self.path)
         key = self._store.key_for(identity) if identity is not None else None
         rec = self._store.load_image(key) if key else None
-        if rec is not None and key:
-            try:
-                self._apply_record(rec)
-                self.key: str = key
-                return
-            except (KeyError, TypeError, ValueError):
-                pass  # a stale or damaged index: rebuild it
+        if rec is not None and key and self._use_record(key, rec):
+            return
         img = self._open_image()
         self.build_id: str | None = img.build_id
         if identity is None:
             # no index to read or write: the key names nothing on disk
-            self.key = image_key(self.build_id, "unindexed")
+            self._open_session(image_key(self.build_id, "unindexed"))
             self._apply_record(self._build_record(img))
             return
         # the index binds the contents, not only the build id: a damaged copy carrying the genuine
         # build id must neither be answered from the genuine file's index nor write into it
-        self.key = image_key(self.build_id, fingerprint(
+        key = image_key(self.build_id, fingerprint(
             img.mm, [(s.offset, s.size) for s in img.sections if s.type in _RELOCATION_SECTION_TYPES]))
         self._fingerprinted = True
-        rec = self._store.load_image(self.key)
-        if rec is not None:
-            try:
-                self._apply_record(rec)
-                self._store.remember(identity, self.key)
-                return
-            except (KeyError, TypeError, ValueError):
-                pass
+        rec = self._store.load_image(key)
+        if rec is not None and self._use_record(key, rec):
+            self._store.remember(identity, key)
+            return
+        self._open_session(key)
         rec = self._build_record(img)
         self._apply_record(rec)
-        self._store.save_image(self.key, rec)
-        self._store.remember(identity, self.key)
+        self._store.save_image(key, rec)
+        self._store.remember(identity, key)
+
+    def _open_session(self, key: str) -> None:
+        self.key: str = key
+        self._index = ImageIndex(self._store, key)
+
+    def _use_record(self, key: str, rec: ImageRecord) -> bool:
+        """Take the image from a stored record; False when it does not make a symbol table (rebuilt)."""
+        self._open_session(key)
+        try:
+            self._apply_record(rec)
+        except (KeyError, TypeError, ValueError, IndexError):
+            self.dwarf_image = self._sections = None
+            return False  # a stale or damaged index: rebuild it
+        return True
 
     def _open_image(self) -> Any:
         if self._image is None:
@@ -242,76 +240,54 @@ class Symbolizer:
             self._image = KernelImage(self.path)
         return self._image
 
-    def _build_record(self, img: Any) -> dict[str, Any]:
+    def _build_record(self, img: Any) -> ImageRecord:
         syms = img.load_symbols()
         # a file with a symbol table and no DWARF is answered from the symbols alone, as addr2line does
-        ar: list[Any] = []
+        aranges = ArangeTable.of(())
+        opened = None
         if img.has_dwarf:
+            opened = self._dwarf_sections_from_image(img)
             with D.damage_is_bad_file(self.path):
-                ar = D.read_aranges(self._dwarf_sections_from_image(img))
-        ar.sort()
+                aranges = ArangeTable.of(D.read_aranges(opened))
         banner = None
-        self.symbols = syms
-        self.sections = list(img.sections)
         banner_addr = syms.address_of("linux_banner")
         if banner_addr is not None:
             banner = img.read_cstring_at_address(banner_addr)
-        rec: dict[str, Any] = {
-            "path": str(self.path),
-            "build_id": img.build_id,
-            "elf_type": img.elf_type,
-            "little_endian": img.little_endian,
-            "elfclass": img.elfclass,
-            "machine": img.machine,
-            "sections": [(s.index, s.name, s.type, s.flags, s.addr, s.offset, s.size) for s in img.sections],
-            "syms": syms.to_record(),
-            "aranges": (array("Q", [a[0] for a in ar]).tobytes(), array("Q", [a[1] for a in ar]).tobytes(),
-                        array("Q", [a[2] for a in ar]).tobytes()),
-            "banner": banner,
-            "has_dwarf": bool(img.has_dwarf),
-            "dynamic_symbols": syms.dynamic_count,
-        }
+        rec = ImageRecord(
+            path=str(self.path), build_id=img.build_id, elf_type=img.elf_type, little_endian=img.little_endian,
+            elfclass=img.elfclass, machine=img.machine, sections=tuple(img.sections), symbols=syms.to_record(),
+            aranges=aranges, banner=banner, has_dwarf=bool(img.has_dwarf), dynamic_symbols=syms.dynamic_count,
+            dir_prefix=None,
+        )
+        self._apply_record(rec, opened)
         # faddr2line's path prefix: addr2line's file for start_kernel, cut before init/main.c
-        self._apply_record({**rec, "dir_prefix": None})
-        rec["dir_prefix"] = self._find_dir_prefix()
-        return rec
+        return replace(rec, dir_prefix=self._find_dir_prefix())
 
-    def _apply_record(self, rec: dict[str, Any]) -> None:
-        self.build_id = rec["build_id"]
-        self.elf_type = rec["elf_type"]
-        self.little_endian = bool(rec["little_endian"])
-        self.elfclass = int(rec["elfclass"])
-        self.machine = rec.get("machine")
-        self.banner: str | None = rec.get("banner")
-        self.sections = [Section(*s) for s in rec["sections"]]
-        self.symbols = SymbolTable.from_record(rec["syms"], self.sections)
+    def _apply_record(self, rec: ImageRecord, opened: D.DwarfSections | None = None) -> None:
+        self.build_id = rec.build_id
+        self.elf_type = rec.elf_type
+        self.little_endian = rec.little_endian
+        self.elfclass = rec.elfclass
+        self.machine = rec.machine
+        self.banner: str | None = rec.banner
+        self.sections = list(rec.sections)
+        self.symbols = SymbolTable.from_record(rec.symbols, self.sections)
         self.symbols.machine = self.machine
-        self.symbols.dynamic_count = int(rec["dynamic_symbols"])
-        s, e, c = (array("Q"), array("Q"), array("Q"))
-        s.frombytes(rec["aranges"][0])
-        e.frombytes(rec["aranges"][1])
-        c.frombytes(rec["aranges"][2])
-        self._ar_starts = s.tolist()
-        self._ar_ends = e.tolist()
-        self._ar_cus = c.tolist()
-        self._ar_maxlen = max((b - a for a, b in zip(self._ar_starts, self._ar_ends)), default=0)
-        self.dir_prefix: str | None = rec.get("dir_prefix")
-        self.has_dwarf = bool(rec["has_dwarf"])
+        self.symbols.dynamic_count = rec.dynamic_symbols
+        self.dir_prefix: str | None = rec.dir_prefix
+        self.has_dwarf = rec.has_dwarf
         self._prefix_re = _prefix_regex(self.dir_prefix)
+        if self.has_dwarf and self.dwarf_image is None:
+            self._sections = FileSections(self.path, self.sections, self.little_endian, self.elfclass,
+                                          lambda: self._dwarf_sections_from_image(self._open_image()), opened)
+            self.dwarf_image = DwarfImage(self.path, self._sections, rec.aranges, units=self._index,
+                                          cache_size=self._cu_cache_size)
 
     def _find_dir_prefix(self) -> str | None:
         for i in self.symbols.indices_named("start_kernel"):
-            addr = int(self.symbols.values[i])
-            cu_off = self._cu_offset_for(addr)
-            if cu_off is None:
+            if self.dwarf_image is None:
                 return None
-            # addr2line without -i: the innermost line; the line table alone answers that
-            cu = self._cus.get(cu_off)
-            if cu is not None:
-                self._read_on(cu, addr, functions=False)
-            with D.damage_is_bad_file(self.path):
-                table = cu.lines if cu is not None else D.unit_line_table(self._dwarf(), cu_off)
-                loc = table.lookup(addr) if table is not None else None
+            loc = self.dwarf_image.line_at(int(self.symbols.values[i]))
             if loc is None:
                 return None
             file_line = f"{loc[0]}:{loc[1]}"
@@ -321,176 +297,35 @@ class Symbolizer:
             return file_line[:cut]
         return None
 
-    # -- DWARF access ------------------------------------------------------------------------------------
-
     def _dwarf_sections_from_image(self, img: Any) -> D.DwarfSections:
-        kw = {k: img.section_bytes(v) for k, v in _DWARF_SECTIONS.items()}
-        if kw["info"] is None or kw["abbrev"] is None:
-            img.require_dwarf()
-            raise BadFileError(f"{self.path}: DWARF without .debug_abbrev")
-        sec = D.DwarfSections(little_endian=img.little_endian,
-                              default_address_size=img.elfclass // 8, **kw)
-        self._sections_cache = sec
-        return sec
-
-    def _dwarf(self) -> D.DwarfSections:
-        if self._sections_cache is not None:
-            return self._sections_cache
-        by_name = {s.name: s for s in self.sections}
-        # compressed sections (SHF_COMPRESSED, legacy .zdebug_*) are read through KernelImage, which
-        # decompresses each once; the plain ones are views over a mapping of the file
-        if any(by_name[n].flags & SHF_COMPRESSED for n in _DWARF_SECTIONS.values() if n in by_name) or any(
-            s.name.startswith(".zdebug_") for s in self.sections
-        ) or not all(n in by_name for n in (".debug_info", ".debug_abbrev")):
-            return self._dwarf_sections_from_image(self._open_image())
-        try:
-            with open(self.path, "rb") as f:
-                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except OSError as exc:
-            from .errors import FileNotFoundKsymError
-
-            raise FileNotFoundKsymError(f"{self.path}: cannot open: {exc.strerror}") from None
-        view = memoryview(self._mm)
-        kw: dict[str, Any] = {}
-        for k, name in _DWARF_SECTIONS.items():
-            s = by_name.get(name)
-            kw[k] = view[s.offset : s.offset + s.size] if s is not None and s.type != 8 else None
-        self._sections_cache = D.DwarfSections(little_endian=self.little_endian,
-                                               default_address_size=self.elfclass // 8, **kw)
-        return self._sections_cache
-
-    def _cu_offset_for(self, address: int) -> int | None:
-        if not self.has_dwarf:
-            return None
-        i = bisect.bisect_right(self._ar_starts, address) - 1
-        while i >= 0 and self._ar_starts[i] >= address - self._ar_maxlen:
-            if address < self._ar_ends[i]:
-                return int(self._ar_cus[i])
-            i -= 1
-        return self._cu_offset_fallback(address)
-
-    def _cu_offset_fallback(self, address: int) -> int | None:
-        """For CUs missing from .debug_aranges: the ranges of every CU DIE (read once, then indexed)."""
-        if self._cu_list is None:
-            cached = self._store.load_cu(self.key, -1)
-            if isinstance(cached, list):
-                self._cu_list = [(int(x[0]), int(x[1]), int(x[2])) for x in cached]
-            else:
-                sec = self._dwarf()
-                covered = set(self._ar_cus)
-                out: list[tuple[int, int, int]] = []
-                with D.damage_is_bad_file(self.path):
-                    for off, _end in D.scan_cu_headers(sec):
-                        if off not in covered:
-                            out.extend((lo, hi, off) for lo, hi in D.unit_ranges(sec, off))
-                out.sort()
-                self._cu_list = out
-                self._store.save_cu(self.key, -1, out)
-        for lo, hi, off in self._cu_list:
-            if lo <= address < hi:
-                return off
-        return None
+        """The DWARF sections as :class:`ksym.image.KernelImage` reads them (each compressed section
+        inflated once)."""
+        return dwarf_sections(self.path, img.section_bytes, img.little_endian, img.elfclass, img.require_dwarf)
 
     def compiled_unit(self, offset: int, address: int | None = None) -> D.CompiledUnit:
         """The unit at ``offset`` of .debug_info (from memory, the index or the DWARF); given an
         ``address``, a unit read from the DWARF decodes its line program only as far as that
-        address needs (:meth:`_lines_for` reads on)."""
-        cu = self._cus.get(offset)
-        if cu is not None:
-            return cu
-        rec = None
-        pack = self._units().get(offset)
-        if pack is not None:
-            units = self._packs.get(pack)
-            if units is None:  # units of one pack are usually asked for together (prefetch sorts so)
-                units = self._packs[pack] = self._store.load_pack(self.key, pack)
-            rec = units.get(offset)
-        if rec is not None:
-            try:
-                cu = D.unit_from_record(rec)
-                self._units_loaded += 1
-            except (TypeError, ValueError, IndexError):
-                cu = None
-        if cu is None:
-            with D.damage_is_bad_file(self.path):
-                cu = D.compile_unit(self._dwarf(), offset, until=address, expect=address)
-            self._mark_dirty(cu)
-        self._cus[offset] = cu
-        return cu
-
-    def _read_on(self, cu: D.CompiledUnit, address: int, functions: bool = True) -> None:
-        """Read as much more of ``cu`` as ``address`` needs: its line program, and with ``functions``
-        its top-level functions and the subtree of the one holding it; a unit that grew is written
-        back to the index. The DWARF is opened only when something is missing."""
-        changed = False
-        # the readers leave ``cu`` as it was when they meet damage, and a unit that failed to read is
-        # dropped from memory and from the pending writes: nothing half-read is kept or stored
-        try:
-            with D.damage_is_bad_file(self.path):
-                lines = cu.lines
-                if lines is not None and not lines.covers(address):
-                    changed = lines.extend(self._dwarf(), address)
-                if functions:
-                    if cu.needs_walk(address):
-                        changed = D.walk_on(self._dwarf(), cu, address) or changed
-                    if cu.needs_expansion(address):
-                        changed = D.expand_for(self._dwarf(), cu, address) or changed
-        except BadFileError:
-            self._forget_unit(cu.offset)
-            raise
-        if changed:
-            self._mark_dirty(cu)
-
-    def _mark_dirty(self, cu: D.CompiledUnit) -> None:
-        self._units_read.add(cu.offset)
-        self._dirty_cus[cu.offset] = cu
-        if len(self._dirty_cus) >= _MAX_DIRTY_CUS:
-            self._write_cus()
-
-    def _forget_unit(self, offset: int) -> None:
-        """A unit whose reading failed part way: never stored (its record may be half grown), and read
-        again from the start if asked again."""
-        self._dirty_cus.pop(offset, None)
-        self._cus.pop(offset, None)
-
-    def _units(self) -> dict[int, str]:
-        if self._unit_map is None:
-            self._unit_map = self._store.load_unit_map(self.key)
-        return self._unit_map
-
-    def _write_cus(self) -> None:
-        """Write the units read or grown since the last call as one pack (mapped at :meth:`flush`)."""
-        if not self._dirty_cus:
-            return
-        recs = {off: D.unit_to_record(cu) for off, cu in self._dirty_cus.items()}
-        self._dirty_cus.clear()
-        name = self._store.save_units(self.key, recs)
-        if name is not None:
-            self._add_units(dict.fromkeys(recs, name))
-
-    def _add_units(self, units: dict[int, str]) -> None:
-        self._units().update(units)
-        self._new_units.update(units)
+        address needs (:meth:`ksym.dwarf_image.DwarfImage.read_on` reads on)."""
+        if self.dwarf_image is None:
+            self._open_image().require_dwarf()
+            raise BadFileError(f"{self.path}: no DWARF")
+        return self.dwarf_image.compiled_unit(offset, address)
 
     def flush(self) -> None:
         """Write what this session learnt to the on-disk index: the units read or expanded and the
         answers given. :meth:`close` (and leaving a ``with`` block) calls it; nothing else writes them,
         so a Symbolizer that is never closed leaves only its image record in the index."""
-        self._write_cus()
-        if self._new_units:
-            self._store.save_unit_map(self.key, self._new_units)
-            self._new_units = {}
-        if self._new_answers:
-            self._store.save_answers(self.key, self._view(), self._new_answers)
-            self._new_answers = {}
+        self._index.flush()
 
     # -- lookups ---------------------------------------------------------------------------------------
 
     @property
     def stats(self) -> IndexStats:
         """What this Symbolizer read so far: units from the DWARF and from the index, answers."""
-        return IndexStats(len(self._units_read), self._units_loaded, self._answers_stored, self._answers_looked_up,
-                          self._fingerprinted, str(self._store.directory(self.key)) if self._store.enabled else None)
+        dwarf = self.dwarf_image
+        return IndexStats(len(dwarf.units_read) if dwarf else 0, dwarf.units_loaded if dwarf else 0,
+                          self._answers.stored_hits, self._answers_looked_up, self._fingerprinted,
+                          str(self._index.directory) if self._index.directory is not None else None)
 
     @property
     def tag_guess(self) -> Any:
@@ -513,7 +348,7 @@ class Symbolizer:
         """The inline chain at a link-time address, innermost first (with links when enabled)."""
         got = self._chains.get(address)
         if got is None:
-            got = self._with_links(self._answer(address)[0])
+            got = self._with_links(self._answer(address).chain)
             self._chains[address] = got
         return got
 
@@ -524,36 +359,33 @@ class Symbolizer:
         disassembles nothing). ``name_of`` must name addresses by this image's symbols."""
         from .disasm import Instruction, PrecedingInstruction, instruction_before
 
-        answers = self._load_answers()
-        key = ("insn", return_address, function_start)
-        rec = answers.get(key)
-        if rec is not None:
+        stored = self._answers.instruction(return_address, function_start)
+        if stored is not None:
             try:
-                insn = Instruction(*rec[1]) if rec[1] is not None else None
-                return PrecedingInstruction(insn, rec[0])
+                insn = Instruction(*stored.fields) if stored.fields is not None else None
+                return PrecedingInstruction(insn, stored.boundary)
             except (TypeError, ValueError, IndexError):
-                pass
+                pass  # damaged: disassemble again
         got = instruction_before(return_address, self.code_bytes, self.machine, function_start=function_start,
                                  name_of=name_of, boundary_hint=self.line_row_start(return_address - 1))
         fields = None if got.instruction is None else got.instruction.fields()
-        answers[key] = self._new_answers[key] = (got.boundary, fields)
+        self._answers.add_instruction(return_address, function_start, StoredInstruction(got.boundary, fields))
         return got
 
-    def remembered(self, key: tuple[Any, ...]) -> Any:
+    def remembered(self, key: CallerKey) -> Any:
         """What :meth:`remember` kept under ``key`` (in this session or an earlier one), or None."""
-        return self._load_answers().get(key)
+        return self._answers.caller(key)
 
-    def remember(self, key: tuple[Any, ...], value: Any) -> None:
+    def remember(self, key: CallerKey, value: Any) -> None:
         """Keep a caller's answer that depends on this image alone (and on how paths are shown) with
         the index's stored answers, written by :meth:`flush`. ``key``: a tuple starting with the
         caller's tag (``"frame"``: :mod:`ksym.annotate`); ``value``: tuples, str, int, bytes, None."""
-        answers = self._load_answers()
-        answers[key] = self._new_answers[key] = value
+        self._answers.add_caller(key, value)
 
     def line_row_start(self, address: int) -> int | None:
         """Start of the line-table row covering ``address``: an instruction boundary at or before it
         (what the call-site disassembly starts from), or None without line information."""
-        row = self._answer(address)[1]
+        row = self._answer(address).row_start
         return row if row >= 0 else None
 
     def name_of(self, address: int) -> str | None:
@@ -573,60 +405,17 @@ class Symbolizer:
         When many compilation units must be read from the DWARF for them and this process runs a
         single thread, they are read by up to ``processes`` forked worker processes (default: the CPUs
         this process may use, at most 8), each writing the units it read to the index; the answers
-        come back to this process. Returns how many addresses were answered. Errors are left for
-        :meth:`chain` to raise in order.
+        come back to this process (:class:`ksym.prefetch.Prefetcher`). Returns how many addresses were
+        answered. Errors are left for :meth:`chain` to raise in order.
         """
-        answers = self._load_answers()
-        todo = sorted({a for a in addresses if a not in answers})
-        if not todo:
-            return 0
-        by_unit: dict[int | None, list[int]] = {}
-        for a in todo:
-            by_unit.setdefault(self._cu_offset_for(a), []).append(a)
-        units = self._units()
-        cold = [off for off in by_unit if off is not None and off not in self._cus and off not in units]
-        n = processes if processes is not None else _usable_cpus()
-        n = min(n, 8, max(1, len(cold) // _UNITS_PER_PROCESS))
-        # fork only a single-threaded process (a forked copy of a thread holding a lock can hang)
-        if n < 2 or not hasattr(os, "fork") or threading.active_count() > 1:
-            # unit by unit, the stored ones pack by pack
-            for off in sorted(by_unit, key=lambda o: (units.get(o, "") if o is not None else "", o or 0)):
-                for a in by_unit[off]:
-                    with contextlib.suppress(KsymError):
-                        self._answer(a)
-            return len(todo)
-        import multiprocessing
-
-        # a call site is disassembled by the worker that reads the unit of the call (its line row
-        # is where the sweep starts)
-        calls_by_unit: dict[int | None, list[tuple[int, int | None]]] = {}
-        for c in sorted({c for c in call_sites if ("insn", c[0], c[1]) not in answers}):
-            calls_by_unit.setdefault(self._cu_offset_for(c[0] - 1), []).append(c)
-        work = [(group, calls_by_unit.pop(off, [])) for off, group in by_unit.items()]
-        work += [([], group) for group in calls_by_unit.values()]
-        # units differ tenfold in cost: hand them out a few at a time, biggest groups first, so the
-        # workers finish together
-        work.sort(key=lambda w: len(w[0]) + len(w[1]), reverse=True)
-        size = max(1, min(_UNITS_PER_TASK, len(work) // (4 * n)))
-        tasks = [work[i : i + size] for i in range(0, len(work), size)]
-        global _FORKED
-        _FORKED = self
-        got = 0
-        # the workers share this process's objects copy-on-write: keep the collector off them
-        gc.freeze()
-        try:
-            with multiprocessing.get_context("fork").Pool(n) as pool:
-                for part, stored in pool.imap_unordered(_prefetch_worker, tasks):
-                    for a, rec in part.items():
-                        answers[a] = self._new_answers[a] = rec
-                        got += not isinstance(a, tuple)
-                    self._answers_looked_up += sum(not isinstance(a, tuple) for a in part)
-                    self._units_read.update(stored)
-                    self._add_units(stored)
-        finally:
-            _FORKED = None
-            gc.unfreeze()
+        with Prefetcher(self.dwarf_image, self._index, self._answers, self._answer, self._answer_call,
+                        processes=processes) as prefetcher:
+            got = prefetcher.run(addresses, call_sites)
+            self._answers_looked_up += prefetcher.looked_up
         return got
+
+    def _answer_call(self, return_address: int, function_start: int | None) -> None:
+        self.instruction_before(return_address, function_start, self.name_of)
 
     def prefetch_frames(self, frames: Iterable[str], *, processes: int | None = None) -> int:
         """:meth:`prefetch` for the addresses ``func+off[/size]`` frames and raw addresses name
@@ -643,32 +432,21 @@ class Symbolizer:
                 want.update(m.symbol.address + spec.offset for m in self.symbols.faddr2line_matches(spec.name))
         return self.prefetch(want, processes=processes)
 
-    def _load_answers(self) -> dict[Any, Any]:
-        if self._answers is None:
-            self._answers = self._store.load_answers(self.key, self._view())
-        return self._answers
-
     def _view(self) -> str:
         """What the stored answers depend on besides the image: how paths are displayed."""
         return f"prefix={self.dir_prefix!r} map={self.path_map.rules!r}"
 
-    def _answer(self, address: int) -> tuple[tuple[SourceLocation, ...], int]:
-        answers = self._load_answers()
-        rec = answers.get(address)
-        if rec is not None:
-            try:
-                got = tuple(SourceLocation(*loc) for loc in rec[0]), int(rec[1])
-                if address not in self._new_answers:
-                    self._answers_stored += 1
-                return got
-            except (TypeError, ValueError, IndexError):
-                pass  # damaged: answer again
+    def _answer(self, address: int) -> StoredChain:
+        got = self._answers.chain(address)
+        if got is not None:
+            return got
         self._answers_looked_up += 1
-        chain, row = self._chain(address)
-        rec = (tuple((c.function, c.file, c.line, c.column, c.discriminator, c.raw_file, c.inlined)
-                     for c in chain), row)
-        answers[address] = self._new_answers[address] = rec
-        return chain, row
+        if self.dwarf_image is None:
+            got = StoredChain(inline_chain(None, address, self.symbols, self._display), -1)
+        else:
+            got = StoredChain(*self.dwarf_image.chain(address, self.symbols, self._display))
+        self._answers.add_chain(address, got)
+        return got
 
     def _with_links(self, chain: tuple[SourceLocation, ...]) -> tuple[SourceLocation, ...]:
         links = self.links
@@ -691,19 +469,6 @@ class Symbolizer:
             if m:
                 return raw[m.end() - 1:]
         return raw
-
-    def _chain(self, address: int) -> tuple[tuple[SourceLocation, ...], int]:
-        """The inline chain at ``address``, innermost first, as addr2line -i reports it, and the start
-        of the line row covering it (-1: none)."""
-        cu_off = self._cu_offset_for(address)
-        if cu_off is None:
-            return inline_chain(None, address, self.symbols, self._display), -1
-        cu = self.compiled_unit(cu_off, address)
-        self._read_on(cu, address)
-        row = cu.lines.row_address(address) if cu.lines is not None else None
-        with D.damage_is_bad_file(self.path):  # a file number past the line table's files
-            chain = inline_chain(cu, address, self.symbols, self._display)
-        return chain, -1 if row is None else row
 
     def symbolize(self, address: int, query: str | None = None) -> Resolution:
         """Resolve one link-time address (no KASLR adjustment)."""
@@ -750,10 +515,11 @@ class Symbolizer:
             if s.flags & 0x2 and s.type != 8 and s.addr <= address < s.addr + s.size:
                 n = min(size, s.addr + s.size - address)
                 off = s.offset + (address - s.addr)
-                if self._mm is None and self.has_dwarf:
-                    self._dwarf()
-                if self._mm is not None:
-                    return bytes(self._mm[off : off + n])
+                if self.dwarf_image is not None:
+                    _ = self.dwarf_image.sections  # maps the file when its sections are plain
+                mapping = self._sections.mapping if self._sections is not None else None
+                if mapping is not None:
+                    return bytes(mapping[off : off + n])
                 img = self._open_image()
                 return bytes(img.view[off : off + n])
         return b""
@@ -766,7 +532,7 @@ class Symbolizer:
     def close(self) -> None:
         """Write pending index data (:meth:`flush`) and release the file."""
         try:
-            self.flush()
+            self._index.close()
         finally:
             self._release()
 
@@ -774,64 +540,16 @@ class Symbolizer:
         if self._image is not None:
             self._image.close()
             self._image = None
-        self._sections_cache = None
-        self._cus.clear()
-        if self._mm is not None:
-            try:
-                self._mm.close()
-            except BufferError:
-                pass
-            self._mm = None
+        if self.dwarf_image is not None:
+            self.dwarf_image.close()
+        elif self._sections is not None:
+            self._sections.close()
 
     def __enter__(self) -> Symbolizer:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-#: Units read or expanded are written in batches of this many (a unit often grows several times).
-_MAX_DIRTY_CUS = 64
-
-#: Fewer units than this per process are read in this process (a fork costs more than they do).
-_UNITS_PER_PROCESS = 24
-
-#: At most this many units make one task of a prefetch worker.
-_UNITS_PER_TASK = 8
-
-#: The symbolizer a forked prefetch worker works for (set in the parent just before the fork).
-_FORKED: Symbolizer | None = None
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _prefetch_worker(
-    task: list[tuple[list[int], list[tuple[int, int | None]]]],
-) -> tuple[dict[Any, Any], dict[int, str]]:
-    """In a forked process: answer each group of addresses and call sites (one unit each), write the
-    units read to the index as one pack, and send back the answers and where the units are."""
-    sym = _FORKED
-    assert sym is not None
-    # a short-lived process making many small objects and no cycles worth finding: the collector
-    # would cost a tenth of its time
-    gc.disable()
-    sym._new_answers = {}
-    sym._new_units = {}
-    for group, calls in task:
-        for a in group:
-            with contextlib.suppress(KsymError):
-                sym._answer(a)
-        for ret, start in calls:
-            with contextlib.suppress(KsymError):
-                sym.instruction_before(ret, start, sym.name_of)
-    with contextlib.suppress(OSError):
-        sym._write_cus()
-    return sym._new_answers, sym._new_units
 
 
 # keep the public errors reachable from here for users of this module alone

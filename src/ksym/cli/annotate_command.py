@@ -7,11 +7,14 @@ import contextlib
 import re
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import EXIT_NO_FILE, EXIT_OK, EXIT_UNRESOLVED, EXIT_USAGE, KsymError
 from .common import BuildIdFrom, expected_build_id, report_stats, said_by_locate
 from .options import AnnotateOptions
+
+if TYPE_CHECKING:
+    from ..symbolizer import Symbolizer
 
 __all__ = ["FORCED_UNVERIFIED", "run_annotate"]
 
@@ -37,7 +40,7 @@ def _read_input(name: str) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
-def _dump_build_check(text: str, dumped: str | None, sym: Any, force: bool) -> tuple[str | None, str | None]:
+def _dump_build_check(text: str, dumped: str | None, sym: Symbolizer, force: bool) -> tuple[str | None, str | None]:
     """The dump's own build id (``dumped`` when already found, else looked for in ``text``) against the
     vmlinux's: ``(None, None)`` when they match or either is unknown; on a mismatch the line to print and,
     with ``force``, the reason every frame is marked unverified (without it, ``None``: refuse, since

@@ -5,9 +5,12 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..locate import Located
+
+if TYPE_CHECKING:
+    from ..symbolizer import Symbolizer
 
 __all__ = ["BuildIdFrom", "ExpectedBuildId", "expected_build_id", "report_stats", "said_by_locate"]
 
@@ -64,7 +67,7 @@ def said_by_locate(located: Located, expected: str | None) -> bool:
             and same_build_id(str(expected), look.build_id))
 
 
-def report_stats(sym: Any, err: Callable[[str], None]) -> None:
+def report_stats(sym: Symbolizer, err: Callable[[str], None]) -> None:
     """With ``KSYM_STATS=1``: one line on stderr of what the run read (``Symbolizer.stats``: units from
     the DWARF and from the index, answers stored and looked up, the index directory)."""
     if os.environ.get("KSYM_STATS", "") not in ("", "0"):

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import EXIT_OK, EXIT_UNRESOLVED, EXIT_USAGE, SpecError, SymbolNotFoundError
 from .common import BuildIdFrom, expected_build_id, report_stats, said_by_locate
 from .options import ResolveOptions, SourceOptions
+
+if TYPE_CHECKING:
+    from ..model import ImageResolver, Resolution
+    from ..symbolizer import Symbolizer
 
 __all__ = ["run_resolve"]
 
@@ -79,13 +83,13 @@ def _file_as_first_frame(first: str) -> str | None:
     return f"{first} is a file, not a frame: did you mean ksym annotate {shlex.quote(first)}?"
 
 
-def _print_resolutions(sym: Any, opts: ResolveOptions, out: Callable[[str], None],
+def _print_resolutions(sym: ImageResolver, opts: ResolveOptions, out: Callable[[str], None],
                        err: Callable[[str], None], lister: _Lister | None) -> int:
     from ..format import faddr2line_lines, frame_json, terminal_text
 
     status = EXIT_OK
     first = True
-    if len(opts.frames) > 1 and hasattr(sym, "prefetch_frames"):
+    if len(opts.frames) > 1:
         sym.prefetch_frames(opts.frames)  # a long list: the units it needs are read at once
     for frame in opts.frames:
         try:
@@ -119,7 +123,7 @@ def _print_resolutions(sym: Any, opts: ResolveOptions, out: Callable[[str], None
                 out(lister.block(m, links=opts.links).rstrip("\n"))
             else:
                 out("\n".join(faddr2line_lines(m, links=opts.links)))
-    if not first and not getattr(sym, "has_dwarf", True):
+    if not first and not sym.has_dwarf:
         err(f"ksym: warning: {terminal_text(str(sym.path))}: no DWARF debug info (.debug_info): functions named "
             "from the symbol table, without file:line, as addr2line does")
     if lister is not None:
@@ -130,7 +134,7 @@ def _print_resolutions(sym: Any, opts: ResolveOptions, out: Callable[[str], None
 class _Lister:
     """faddr2line --list: the source around each location, from a local tree, the cache or the web."""
 
-    def __init__(self, sym: Any, source: SourceOptions, err: Callable[[str], None]) -> None:
+    def __init__(self, sym: Symbolizer, source: SourceOptions, err: Callable[[str], None]) -> None:
         from ..source import SourceFetchError, SourceProvider, choose_source_dir
 
         self.tag = sym.tag_guess
@@ -149,7 +153,7 @@ class _Lister:
         if self.tag.note:
             err(f"ksym: note: kernel tag {self.tag.tag}: {self.tag.note}")
 
-    def block(self, res: Any, links: bool = False) -> str:
+    def block(self, res: Resolution, links: bool = False) -> str:
         from ..format import location_text, terminal_text
         from ..source import format_list
 
