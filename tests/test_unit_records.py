@@ -100,7 +100,7 @@ def _check_round_trip(sec: D.DwarfSections, offset: int, symbols: SymbolTable, r
 @pytest.mark.parametrize("elf_name", DWARF_ELVES)
 def test_fixture_unit_records_round_trip(elf_name: str) -> None:
     sym = Symbolizer(fixture(elf_name), use_index=False)
-    sec = sym._dwarf()
+    sec = sym.dwarf_image.sections
     rng = random.Random(14)
     units = D.scan_cu_headers(sec)
     assert units
@@ -112,7 +112,7 @@ def test_fixture_unit_records_round_trip(elf_name: str) -> None:
 @pytest.mark.vmlinux
 def test_vmlinux_unit_records_round_trip() -> None:
     sym = Symbolizer(require_test_vmlinux(), use_index=False)
-    sec = sym._dwarf()
+    sec = sym.dwarf_image.sections
     rng = random.Random(1214)
     offsets = sorted({r.unit_offset for r in rng.sample(D.read_aranges(sec), 60)})
     partial = sum(_check_round_trip(sec, off, sym.symbols, rng, 120) for off in offsets[:30])
