@@ -28,12 +28,18 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, ClassVar
 
-from . import dwarf as D
 from .errors import SymbolNotFoundError
 from .model import Resolution, SourceLocation
 from .spec import FuncSpec
+
+# typing.TYPE_CHECKING without importing typing (or the DWARF reader) for a lookup that needs neither:
+# type checkers take any TYPE_CHECKING as true
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
+
+    from . import dwarf as D
 
 __all__ = ["FaddrMatch", "Section", "Symbol", "SymbolTable", "SymbolView"]
 
@@ -691,7 +697,9 @@ def inline_chain(
     else:
         raw, line, col, disc = loc
         out = [SourceLocation(name, display(raw), line, col, disc, raw, False)]
-    if fi >= 0 and cu.functions[fi].tag == D.TAG_INLINED_SUBROUTINE and cu.lines is not None:
+    from .dwarf import TAG_INLINED_SUBROUTINE  # a unit was read: the reader is loaded already
+
+    if fi >= 0 and cu.functions[fi].tag == TAG_INLINED_SUBROUTINE and cu.lines is not None:
         fn = cu.functions[fi]
         while fn.parent >= 0:
             parent = cu.functions[fn.parent]
