@@ -11,6 +11,7 @@ import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from .errors import (
     EXIT_INTERNAL,
@@ -21,10 +22,6 @@ from .errors import (
     SpecError,
     SymbolNotFoundError,
 )
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any, NoReturn
 
 __all__ = ["add_path_map_argument", "build_parser", "main", "report_stats"]
 
@@ -52,7 +49,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def build_parser(annotate_arguments: bool = True, only: str | None = None) -> argparse.ArgumentParser:
+def build_parser(annotate_arguments: bool = True) -> argparse.ArgumentParser:
     p = _Parser(
         prog="ksym",
         description="Turn Linux kernel stack frames (func+off, raw addresses) into file:line with the "
@@ -63,30 +60,15 @@ def build_parser(annotate_arguments: bool = True, only: str | None = None) -> ar
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     r = sub.add_parser("resolve", help="resolve func+off[/size] frames or addresses (faddr2line output)",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    if only in (None, "resolve"):
-        r.add_argument("frames", nargs="+", metavar="FRAME", help="func+off, func+off/size, or 0xADDRESS")
-        _common(r)
+    r.add_argument("frames", nargs="+", metavar="FRAME", help="func+off, func+off/size, or 0xADDRESS")
+    _common(r)
     f = sub.add_parser("faddr2line", help="drop-in for scripts/faddr2line: VMLINUX FRAME...",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    if only in (None, "faddr2line"):
-        f.add_argument("vmlinux_pos", metavar="VMLINUX")
-        f.add_argument("frames", nargs="+", metavar="FRAME")
-        _common(f, with_vmlinux=False)
+    f.add_argument("vmlinux_pos", metavar="VMLINUX")
+    f.add_argument("frames", nargs="+", metavar="FRAME")
+    _common(f, with_vmlinux=False)
     d = sub.add_parser("debuginfo", help="show which debug file ksym would use and why (build ids, paths, "
                        "debuginfod)", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    if only in (None, "debuginfo"):
-        _debuginfo_arguments(d)
-    a = sub.add_parser("annotate", help="put file:line under every stack frame of pasted text (a filter)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    if annotate_arguments and only in (None, "annotate"):
-        # annotate pulls in capstone and the text parser: only when that command is used
-        from .annotate import add_annotate_arguments
-
-        add_annotate_arguments(a)
-    return p
-
-
-def _debuginfo_arguments(d: argparse.ArgumentParser) -> None:
     which = d.add_mutually_exclusive_group()
     which.add_argument("--build-id", metavar="HEX", help="the debug file of this build id")
     which.add_argument("--vmlinux", "-e", metavar="PATH", help="this vmlinux (itself if it has DWARF, else the "
@@ -97,7 +79,17 @@ def _debuginfo_arguments(d: argparse.ArgumentParser) -> None:
     d.add_argument("--json", action="store_true", help="one JSON object")
     d.add_argument("--offline", action="store_true", help="no network: the debuginfod cache only")
     d.add_argument("--cache-dir", metavar="DIR", help="ksym cache (default: $KSYM_CACHE_DIR or ~/.cache/ksym)")
-    _add_debuginfo_arguments(d, build_id=False)
+    from .debuginfo import add_debuginfo_arguments
+
+    add_debuginfo_arguments(d, build_id=False)
+    a = sub.add_parser("annotate", help="put file:line under every stack frame of pasted text (a filter)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    if annotate_arguments:
+        # annotate pulls in capstone and the text parser: only when that command is used
+        from .annotate import add_annotate_arguments
+
+        add_annotate_arguments(a)
+    return p
 
 
 def _common(p: argparse.ArgumentParser, with_vmlinux: bool = True) -> None:
@@ -117,29 +109,13 @@ def _common(p: argparse.ArgumentParser, with_vmlinux: bool = True) -> None:
     src.add_argument("--source-url", metavar="TEMPLATE", help="raw-source URL template with {tag} and {path}")
     src.add_argument("--offline", action="store_true", help="no network: never fetch source, never ask "
                      "debuginfod")
-    _add_debuginfo_arguments(p, build_id=with_vmlinux)
+    from .debuginfo import add_debuginfo_arguments
+
+    add_debuginfo_arguments(p, build_id=with_vmlinux)
     add_path_map_argument(src)
     p.add_argument("--no-index", action="store_true", help="neither read nor write the on-disk index")
     p.add_argument("--cache-dir", metavar="DIR", help="index directory (default: $KSYM_CACHE_DIR or "
                    "~/.cache/ksym)")
-
-
-def _add_debuginfo_arguments(parser: Any, *, build_id: bool = True) -> None:
-    """PROTOTYPE: a copy of debuginfo.add_debuginfo_arguments (the cli helper moves it here), so that
-    building the parser does not load debuginfo."""
-    g = parser.add_argument_group("debug files by build id (see docs/debuginfo.md)")
-    if build_id:
-        g.add_argument("--build-id", metavar="HEX", help="use the debug vmlinux of this build id (found in "
-                       ".build-id trees, distribution paths or debuginfod); with --vmlinux, warn if it differs")
-        g.add_argument("--running", action="store_true",
-                       help="the frames come from the running kernel: warn if the vmlinux's build id differs")
-    g.add_argument("--debug-dir", metavar="DIR", action="append", default=[],
-                   help="a root with a .build-id tree, searched before $KSYM_DEBUG_DIRS and /usr/lib/debug "
-                   "(repeatable)")
-    g.add_argument("--debuginfod-url", metavar="URL", action="append", default=[],
-                   help="debuginfod server (repeatable; default: $DEBUGINFOD_URLS)")
-    g.add_argument("--progress", action="store_true",
-                   help="show a download progress bar even when stderr is not a terminal")
 
 
 def _path_map_rule(text: str) -> tuple[str, str]:
@@ -160,6 +136,9 @@ def add_path_map_argument(p: Any) -> None:
 
 def _resolve_command(args: argparse.Namespace, out: Callable[[str], None],
                      err: Callable[[str], None]) -> int:
+    from .debuginfo import expected_build_id, mismatch_warning, options_from_args
+    from .locate import find_vmlinux
+    from .modules import ModuleSymbolizer, is_module_file
     from .symbolizer import Symbolizer
 
     vmlinux = getattr(args, "vmlinux_pos", None) or getattr(args, "vmlinux", None)
@@ -168,32 +147,17 @@ def _resolve_command(args: argparse.Namespace, out: Callable[[str], None],
         if mistake is not None:
             err(f"ksym: error: {mistake}")
             return EXIT_USAGE
-    # PROTOTYPE: debuginfo is loaded only when a build id is given or a file must be found
-    options = None
-    expected: str | None = None
-    where = ""
-    if getattr(args, "build_id", None) or getattr(args, "running", False):
-        from .debuginfo import expected_build_id
-
-        try:
-            expected, where = expected_build_id(args)
-        except ValueError as exc:
-            err(f"ksym: error: {exc}")
-            return EXIT_USAGE
-    if vmlinux is None or args.debug_dir or args.debuginfod_url:
-        from .debuginfo import options_from_args
-
-        options = options_from_args(args)
+    options = options_from_args(args)
+    try:
+        expected, where = expected_build_id(args)
+    except ValueError as exc:
+        err(f"ksym: error: {exc}")
+        return EXIT_USAGE
     if where == "--build-id" and vmlinux is None and not os.environ.get("KSYM_VMLINUX"):
-        from .locate import find_vmlinux
-
         # the debug file of that build id: a vmlinux, or a module's (ET_REL) when that is what it names
         vmlinux = str(find_vmlinux(build_id=expected, build_id_source="--build-id", options=options,
                                    warn=err).path)
-    if vmlinux is not None and _is_module_file(vmlinux):
-        from .debuginfo import mismatch_warning
-        from .modules import ModuleSymbolizer
-
+    if vmlinux is not None and is_module_file(vmlinux):
         # a module debug file (ET_REL): faddr2line's --section semantics (docs/modules.md)
         if args.list:
             err("--list is not supported for module debug files yet")
@@ -208,32 +172,13 @@ def _resolve_command(args: argparse.Namespace, out: Callable[[str], None],
                     kernel_tag=args.kernel_tag, elixir_url=args.elixir_url,
                     links=args.json or args.links,  # plain text shows no links: skip building them
                     debuginfo=options, path_map=args.path_map) as sym:
-        if expected:
-            from .debuginfo import mismatch_warning
-
-            warning = mismatch_warning(expected, where, sym.path, sym.build_id)
-            if warning and not any(expected and expected in w for w in sym.warnings):
-                err(warning)
+        warning = mismatch_warning(expected, where, sym.path, sym.build_id)
+        if warning and not any(expected and expected in w for w in sym.warnings):
+            err(warning)
         lister = _Lister(sym, args, err) if args.list else None
         status = _print_resolutions(sym, args, out, err, lister)
     report_stats(sym, err)
     return status
-
-
-def _is_module_file(path: str) -> bool:
-    """PROTOTYPE: modules.is_module_file without loading modules (it belongs in a light module)."""
-    if path.endswith((".ko", ".ko.debug", ".ko.xz", ".ko.zst", ".ko.gz")):
-        from .modules import is_module_file
-
-        return is_module_file(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(18)
-    except OSError:
-        return False
-    if len(head) < 18 or head[:4] != b"\x7fELF":
-        return False
-    return int.from_bytes(head[16:18], "little" if head[5] == 1 else "big") == 1
 
 
 def report_stats(sym: Any, err: Callable[[str], None]) -> None:
@@ -414,9 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a one-shot command allocates ~10^5 acyclic objects (index records, one record per frame line):
     # the default collector would rescan them all every few hundred allocations (mypy does the same)
     gc.set_threshold(200_000, 30, 30)
-    # PROTOTYPE: only the command being run gets its arguments (help lists every command either way)
-    command = words[0] if words and words[0] in ("resolve", "faddr2line", "debuginfo", "annotate") else None
-    parser = build_parser(annotate_arguments=words[:1] == ["annotate"], only=command)
+    parser = build_parser(annotate_arguments=words[:1] == ["annotate"])
     args = parser.parse_args(words)
     if not args.command:
         parser.print_help(sys.stderr)

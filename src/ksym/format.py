@@ -8,6 +8,7 @@ so the text stays byte-identical to faddr2line's.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -72,6 +73,4 @@ def frame_json(query: str, matches: Sequence[Resolution], error: str | None = No
         first.pop("query", None)
         obj.update(first)
     obj["matches"] = [m.to_dict() for m in matches]
-    import json
-
     return json.dumps(obj, sort_keys=False)

@@ -199,32 +199,6 @@ class IndexStore:
         if self.enabled:
             self._save(self.directory(key) / f"image.v{FORMAT_VERSION}", {**record, "format": FORMAT_VERSION, "key": key})
 
-    def has_build_id(self, build_id: str | None) -> bool:
-        """PROTOTYPE: whether any index of this build id exists (a copy of the file at another path)."""
-        if not self.enabled:
-            return False
-        prefix = f"{build_id or 'nobuildid'}-"
-        try:
-            with os.scandir(self.root / "index") as entries:
-                return any(e.name.startswith(prefix) for e in entries)
-        except OSError:
-            return False
-
-    def save_bytes(self, key: str, name: str, data: bytes) -> None:
-        """PROTOTYPE: ``data`` as the file ``<name>.v<FORMAT_VERSION>`` of the index of ``key``, as it is."""
-        if self.enabled:
-            self._save(self.directory(key) / f"{name}.v{FORMAT_VERSION}", data, raw=True)
-
-    def map_bytes(self, key: str, name: str) -> mmap.mmap | None:
-        """PROTOTYPE: a read-only mapping of the file :meth:`save_bytes` wrote, or None."""
-        if not self.enabled:
-            return None
-        try:
-            with open(self.directory(key) / f"{name}.v{FORMAT_VERSION}", "rb") as f:
-                return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):
-            return None
-
     def load_cu(self, key: str, offset: int) -> Any:
         if not self.enabled:
             return None
@@ -320,7 +294,7 @@ class IndexStore:
                 pass
             return None
 
-    def _save(self, path: Path, obj: Any, raw: bool = False) -> bool:
+    def _save(self, path: Path, obj: Any) -> bool:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             for d in (path.parent, self.root / "paths"):
@@ -336,10 +310,7 @@ class IndexStore:
                     continue
             try:
                 with os.fdopen(fd, "wb") as f:
-                    if raw:
-                        f.write(obj)
-                    else:
-                        marshal.dump(obj, f)
+                    marshal.dump(obj, f)
                 os.replace(tmp, path)
             except BaseException:
                 try:

@@ -22,52 +22,25 @@ import gc
 import mmap
 import os
 import re
+import threading
 from array import array
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+from cachetools import LRUCache
+
+from . import dwarf as D
+from .compress import SHF_COMPRESSED
+from .debuginfo import DebuginfoOptions
 from .errors import BadFileError, KsymError, SpecError
 from .index import FileIdentity, IndexStore, fingerprint, image_key
+from .locate import find_vmlinux
 from .model import Resolution, SourceLocation
 from .pathmap import PathMap
 from .spec import AddressSpec, FuncSpec, parse_spec
 from .symbols import Section, SymbolTable, SymbolView, faddr2line_select, inline_chain
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
-
-    from . import dwarf as D
-    from .debuginfo import DebuginfoOptions
-
-
-class _LRU(dict):  # type: ignore[type-arg]
-    """PROTOTYPE: cachetools.LRUCache's behaviour without importing cachetools (lookups refresh)."""
-
-    def __init__(self, maxsize: int) -> None:
-        super().__init__()
-        self.maxsize = maxsize
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        try:
-            value = dict.pop(self, key)
-        except KeyError:
-            return default
-        dict.__setitem__(self, key, value)
-        return value
-
-    def __getitem__(self, key: Any) -> Any:
-        value = dict.pop(self, key)
-        dict.__setitem__(self, key, value)
-        return value
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        if key in self:
-            dict.pop(self, key)
-        elif len(self) >= self.maxsize:
-            del self[next(iter(self))]
-        dict.__setitem__(self, key, value)
 
 __all__ = ["IndexStats", "Symbolizer", "source_relative"]
 
@@ -175,23 +148,12 @@ class Symbolizer:
         path_map: Iterable[str | tuple[str, str]] | PathMap | None = None,
     ) -> None:
         self.path_map = PathMap.parse(path_map)
-        if vmlinux:
-            # PROTOTYPE: a given file needs no search (find_vmlinux answers so, after loading locate and
-            # debuginfo)
-            self.located = None
-            self.path = Path(vmlinux)
-            self.warnings: list[str] = []
-        else:
-            from .locate import find_vmlinux
-
-            if debuginfo is None and cache_dir is not None:
-                from .debuginfo import DebuginfoOptions
-
-                debuginfo = DebuginfoOptions(cache_dir=str(cache_dir))
-            located = find_vmlinux(vmlinux, build_id=build_id, options=debuginfo, warn=warn)
-            self.located = located
-            self.path = located.path
-            self.warnings = list(located.warnings)
+        if debuginfo is None and cache_dir is not None:
+            debuginfo = DebuginfoOptions(cache_dir=str(cache_dir))
+        located = find_vmlinux(vmlinux, build_id=build_id, options=debuginfo, warn=warn)
+        self.located = located
+        self.path = located.path
+        self.warnings: list[str] = list(located.warnings)
         for w in self.warnings:
             if warn:
                 warn(w)
@@ -199,14 +161,14 @@ class Symbolizer:
         self._image: Any = None
         self._mm: mmap.mmap | None = None
         self._sections_cache: D.DwarfSections | None = None
-        self._cus: _LRU = _LRU(maxsize=cu_cache_size)
+        self._cus: LRUCache[int, D.CompiledUnit] = LRUCache(maxsize=cu_cache_size)
         self._cu_list: list[tuple[int, int, int]] | None = None
         self._tag_override = kernel_tag
         self._elixir_url = elixir_url
         self._want_links = links
         self._links: Any = None
         # address → inline chain with links, for frames seen again (stack dumps repeat them)
-        self._chains: _LRU = _LRU(maxsize=16384)
+        self._chains: LRUCache[int, tuple[SourceLocation, ...]] = LRUCache(maxsize=16384)
         # address → (chain as plain tuples, line-row start or -1): loaded from the index on first use;
         # new answers and CUs read or expanded are written by flush() (close(), the end of a with block)
         self._answers: dict[Any, Any] | None = None
@@ -215,7 +177,7 @@ class Symbolizer:
         # unit offset → pack file in the index (loaded on first use); entries this session added
         self._unit_map: dict[int, str] | None = None
         self._new_units: dict[int, str] = {}
-        self._packs: _LRU = _LRU(maxsize=4)
+        self._packs: LRUCache[str, dict[int, Any]] = LRUCache(maxsize=4)
         self._units_read: set[int] = set()
         self._fingerprinted = False
         self._units_loaded = 0
@@ -243,8 +205,8 @@ class Symbolizer:
         rec = self._store.load_image(key) if key else None
         if rec is not None and key:
             try:
-                self.key: str = key
                 self._apply_record(rec)
+                self.key: str = key
                 return
             except (KeyError, TypeError, ValueError):
                 pass  # a stale or damaged index: rebuild it
@@ -257,34 +219,8 @@ class Symbolizer:
             return
         # the index binds the contents, not only the build id: a damaged copy carrying the genuine
         # build id must neither be answered from the genuine file's index nor write into it
-        skip = [(s.offset, s.size) for s in img.sections if s.type in _RELOCATION_SECTION_TYPES]
-        if not self._store.has_build_id(self.build_id):
-            # PROTOTYPE: no index of this build id at all, so none to find by the key: hash the file in a
-            # thread (hashlib lets the GIL go) while this one reads the symbols and the DWARF; the key
-            # is needed only to write
-            import threading
-
-            got: list[str] = []
-            hasher = threading.Thread(target=lambda: got.append(fingerprint(img.mm, skip)))
-            hasher.start()
-            enabled = self._store.enabled
-            self.key = image_key(self.build_id, "pending")
-            self._store.enabled = False
-            try:
-                rec = self._build_record(img)
-                self._apply_record(rec)
-            finally:
-                self._store.enabled = enabled
-                hasher.join()
-            if not got:
-                raise BadFileError(f"{self.path}: could not be read whole")
-            self.key = image_key(self.build_id, got[0])
-            self._fingerprinted = True
-            self._store.save_bytes(self.key, "symbols", self.symbols.to_buffer())
-            self._store.save_image(self.key, {**rec, "syms": None})
-            self._store.remember(identity, self.key)
-            return
-        self.key = image_key(self.build_id, fingerprint(img.mm, skip))
+        self.key = image_key(self.build_id, fingerprint(
+            img.mm, [(s.offset, s.size) for s in img.sections if s.type in _RELOCATION_SECTION_TYPES]))
         self._fingerprinted = True
         rec = self._store.load_image(self.key)
         if rec is not None:
@@ -296,9 +232,7 @@ class Symbolizer:
                 pass
         rec = self._build_record(img)
         self._apply_record(rec)
-        # PROTOTYPE: the symbol table goes to a flat file of its own, mapped by later runs
-        self._store.save_bytes(self.key, "symbols", self.symbols.to_buffer())
-        self._store.save_image(self.key, {**rec, "syms": None})
+        self._store.save_image(self.key, rec)
         self._store.remember(identity, self.key)
 
     def _open_image(self) -> Any:
@@ -309,8 +243,6 @@ class Symbolizer:
         return self._image
 
     def _build_record(self, img: Any) -> dict[str, Any]:
-        from . import dwarf as D
-
         syms = img.load_symbols()
         # a file with a symbol table and no DWARF is answered from the symbols alone, as addr2line does
         ar: list[Any] = []
@@ -335,7 +267,6 @@ class Symbolizer:
             "syms": syms.to_record(),
             "aranges": (array("Q", [a[0] for a in ar]).tobytes(), array("Q", [a[1] for a in ar]).tobytes(),
                         array("Q", [a[2] for a in ar]).tobytes()),
-            "aranges_maxlen": max((a[1] - a[0] for a in ar), default=0),
             "banner": banner,
             "has_dwarf": bool(img.has_dwarf),
             "dynamic_symbols": syms.dynamic_count,
@@ -353,34 +284,22 @@ class Symbolizer:
         self.machine = rec.get("machine")
         self.banner: str | None = rec.get("banner")
         self.sections = [Section(*s) for s in rec["sections"]]
-        if rec.get("syms") is not None:
-            self.symbols = SymbolTable.from_record(rec["syms"], self.sections)
-        else:
-            # PROTOTYPE: the table is a flat file of its own, mapped: nothing decoded or copied
-            buf = self._store.map_bytes(self.key, "symbols")
-            if buf is None:
-                raise ValueError("no symbols file")
-            self._symbols_map = buf
-            self.symbols = SymbolTable.from_buffer(buf, self.sections)
+        self.symbols = SymbolTable.from_record(rec["syms"], self.sections)
         self.symbols.machine = self.machine
         self.symbols.dynamic_count = int(rec["dynamic_symbols"])
         s, e, c = (array("Q"), array("Q"), array("Q"))
         s.frombytes(rec["aranges"][0])
         e.frombytes(rec["aranges"][1])
         c.frombytes(rec["aranges"][2])
-        self._ar_starts = s  # PROTOTYPE: bisect works on the arrays (no list of 59,000 ints)
-        self._ar_ends = e
-        self._ar_cus = c
-        maxlen = rec.get("aranges_maxlen")
-        self._ar_maxlen = maxlen if maxlen is not None else max(
-            (b - a for a, b in zip(self._ar_starts, self._ar_ends)), default=0)
+        self._ar_starts = s.tolist()
+        self._ar_ends = e.tolist()
+        self._ar_cus = c.tolist()
+        self._ar_maxlen = max((b - a for a, b in zip(self._ar_starts, self._ar_ends)), default=0)
         self.dir_prefix: str | None = rec.get("dir_prefix")
         self.has_dwarf = bool(rec["has_dwarf"])
         self._prefix_re = _prefix_regex(self.dir_prefix)
 
     def _find_dir_prefix(self) -> str | None:
-        from . import dwarf as D
-
         for i in self.symbols.indices_named("start_kernel"):
             addr = int(self.symbols.values[i])
             cu_off = self._cu_offset_for(addr)
@@ -405,8 +324,6 @@ class Symbolizer:
     # -- DWARF access ------------------------------------------------------------------------------------
 
     def _dwarf_sections_from_image(self, img: Any) -> D.DwarfSections:
-        from . import dwarf as D
-
         kw = {k: img.section_bytes(v) for k, v in _DWARF_SECTIONS.items()}
         if kw["info"] is None or kw["abbrev"] is None:
             img.require_dwarf()
@@ -417,15 +334,11 @@ class Symbolizer:
         return sec
 
     def _dwarf(self) -> D.DwarfSections:
-        from . import dwarf as D
-
         if self._sections_cache is not None:
             return self._sections_cache
         by_name = {s.name: s for s in self.sections}
         # compressed sections (SHF_COMPRESSED, legacy .zdebug_*) are read through KernelImage, which
         # decompresses each once; the plain ones are views over a mapping of the file
-        from .compress import SHF_COMPRESSED
-
         if any(by_name[n].flags & SHF_COMPRESSED for n in _DWARF_SECTIONS.values() if n in by_name) or any(
             s.name.startswith(".zdebug_") for s in self.sections
         ) or not all(n in by_name for n in (".debug_info", ".debug_abbrev")):
@@ -457,8 +370,6 @@ class Symbolizer:
         return self._cu_offset_fallback(address)
 
     def _cu_offset_fallback(self, address: int) -> int | None:
-        from . import dwarf as D
-
         """For CUs missing from .debug_aranges: the ranges of every CU DIE (read once, then indexed)."""
         if self._cu_list is None:
             cached = self._store.load_cu(self.key, -1)
@@ -481,8 +392,6 @@ class Symbolizer:
         return None
 
     def compiled_unit(self, offset: int, address: int | None = None) -> D.CompiledUnit:
-        from . import dwarf as D
-
         """The unit at ``offset`` of .debug_info (from memory, the index or the DWARF); given an
         ``address``, a unit read from the DWARF decodes its line program only as far as that
         address needs (:meth:`_lines_for` reads on)."""
@@ -510,8 +419,6 @@ class Symbolizer:
         return cu
 
     def _read_on(self, cu: D.CompiledUnit, address: int, functions: bool = True) -> None:
-        from . import dwarf as D
-
         """Read as much more of ``cu`` as ``address`` needs: its line program, and with ``functions``
         its top-level functions and the subtree of the one holding it; a unit that grew is written
         back to the index. The DWARF is opened only when something is missing."""
@@ -555,8 +462,6 @@ class Symbolizer:
         """Write the units read or grown since the last call as one pack (mapped at :meth:`flush`)."""
         if not self._dirty_cus:
             return
-        from . import dwarf as D
-
         recs = {off: D.unit_to_record(cu) for off, cu in self._dirty_cus.items()}
         self._dirty_cus.clear()
         name = self._store.save_units(self.key, recs)
@@ -683,7 +588,7 @@ class Symbolizer:
         n = processes if processes is not None else _usable_cpus()
         n = min(n, 8, max(1, len(cold) // _UNITS_PER_PROCESS))
         # fork only a single-threaded process (a forked copy of a thread holding a lock can hang)
-        if n < 2 or not hasattr(os, "fork") or __import__('threading').active_count() > 1:
+        if n < 2 or not hasattr(os, "fork") or threading.active_count() > 1:
             # unit by unit, the stored ones pack by pack
             for off in sorted(by_unit, key=lambda o: (units.get(o, "") if o is not None else "", o or 0)):
                 for a in by_unit[off]:
@@ -769,8 +674,6 @@ class Symbolizer:
         links = self.links
         if links is None or not chain:
             return chain
-        from dataclasses import replace
-
         return tuple(
             replace(loc, url=links.source_url(loc.file, loc.line), ident_url=links.ident_url(loc.function))
             for loc in chain
@@ -790,8 +693,6 @@ class Symbolizer:
         return raw
 
     def _chain(self, address: int) -> tuple[tuple[SourceLocation, ...], int]:
-        from . import dwarf as D
-
         """The inline chain at ``address``, innermost first, as addr2line -i reports it, and the start
         of the line row covering it (-1: none)."""
         cu_off = self._cu_offset_for(address)
