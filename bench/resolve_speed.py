@@ -30,6 +30,7 @@ import datetime
 import os
 import platform
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -299,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("first-ever frame", "ksym-first", "a2l-1", TARGET_FIRST),
     ]
     now = datetime.datetime.now(datetime.timezone.utc)
-    cmdline = " ".join(["python", "bench/resolve_speed.py", *(sys.argv[1:] if argv is None else argv)])
+    cmdline = shlex.join(["python", "bench/resolve_speed.py", *(sys.argv[1:] if argv is None else argv)])
     lines = [
         f"# resolve speed, {now:%Y-%m-%d %H:%M} UTC",
         "",
