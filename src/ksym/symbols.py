@@ -28,12 +28,21 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, ClassVar
 
-from . import dwarf as D
 from .errors import SkipKind, SkipReason, SymbolNotFoundError
 from .model import Resolution, SourceLocation
 from .spec import FuncSpec
+
+# typing.TYPE_CHECKING without importing typing (or the DWARF reader) for a lookup that needs neither:
+# type checkers take any TYPE_CHECKING as true
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
+
+    from . import dwarf as D
+
+    #: a column of the table: an array built here, or a view of a mapped index file (:meth:`SymbolTable.from_buffer`)
+    Column = array[int] | memoryview[int]
 
 __all__ = ["FaddrMatch", "Section", "Symbol", "SymbolTable", "SymbolView"]
 
@@ -120,7 +129,7 @@ class NameTable:
     """Symbol names as one blob plus an index sorted by name, so a loaded index answers lookups by
     name (bisect) without decoding 100,000 strings first."""
 
-    def __init__(self, blob: bytes, offsets: array, order: array) -> None:  # type: ignore[type-arg]
+    def __init__(self, blob: bytes, offsets: Column, order: Column) -> None:
         self.blob = blob
         self.offsets = offsets
         self.order = order
@@ -175,11 +184,11 @@ class SymbolTable:
     def __init__(
         self,
         names: NameTable,
-        values: array,  # type: ignore[type-arg]
-        sizes: array,  # type: ignore[type-arg]
+        values: Column,
+        sizes: Column,
         infos: bytes,
         others: bytes,
-        shndx: array,  # type: ignore[type-arg]
+        shndx: Column,
         sections: list[Section],
     ) -> None:
         self.names = names
@@ -189,9 +198,9 @@ class SymbolTable:
         self.others = others
         self.shndx = shndx
         self.sections = sections
-        self._faddr_order: tuple[array, array] | None = None  # type: ignore[type-arg]
-        self._text: tuple[array, array] | None = None  # type: ignore[type-arg]
-        self._bfd: tuple[array, array] | None = None  # type: ignore[type-arg]
+        self._faddr_order: tuple[Column, Column] | None = None
+        self._text: tuple[Column, Column] | None = None
+        self._bfd: tuple[Column, Column] | None = None
         #: ELF ``e_machine`` (``EM_AARCH64``): selects binutils' per-architecture symbol rules.
         self.machine: str | None = None
         #: How many entries at the start come from ``.dynsym``: bfd (addr2line's symbol fallback) reads
@@ -316,6 +325,67 @@ class SymbolTable:
         t._text = (arr("I", tidx), arr("Q", taddrs))
         return t
 
+    # the flat form: a header, then each column at an 8-byte aligned offset (see to_buffer)
+    _BUFFER_MAGIC = b"KSYMTAB\x01"
+    _BUFFER_COLUMNS = (("offsets", "I"), ("name_order", "I"), ("values", "Q"), ("sizes", "Q"), ("infos", "B"),
+                       ("others", "B"), ("shndx", "I"), ("order", "I"), ("order_addrs", "Q"), ("text", "I"),
+                       ("text_addrs", "Q"), ("blob", "B"))
+
+    def to_buffer(self) -> bytes:
+        """The table as one flat buffer for :meth:`from_buffer`: ``_BUFFER_MAGIC``, the (offset, length in
+        bytes) of each column of ``_BUFFER_COLUMNS`` as little-endian u64 pairs, then the columns in
+        native byte order, each at an 8-byte aligned offset. A mapped file of it loads without copying
+        or decoding the columns."""
+        order, oaddrs = self._address_order()
+        tidx, taddrs = self._text_index()
+        n = self.names
+        cols = [n.offsets.tobytes(), n.order.tobytes(), self.values.tobytes(), self.sizes.tobytes(),
+                bytes(self.infos), bytes(self.others), self.shndx.tobytes(), order.tobytes(), oaddrs.tobytes(),
+                tidx.tobytes(), taddrs.tobytes(), bytes(n.blob)]
+        head = len(self._BUFFER_MAGIC) + 16 * len(cols) + 1  # + the byte order
+        pos = head + (-head % 8)
+        spans = []
+        for c in cols:
+            spans.append((pos, len(c)))
+            pos += len(c) + (-len(c) % 8)
+        out = bytearray(self._BUFFER_MAGIC)
+        out += b"l" if sys.byteorder == "little" else b"b"
+        for off, size in spans:
+            out += struct.pack("<QQ", off, size)
+        for (off, _size), c in zip(spans, cols):
+            out += bytes(off - len(out))
+            out += c
+        return bytes(out)
+
+    @classmethod
+    def from_buffer(cls, buf: Any, sections: list[Section]) -> SymbolTable:
+        """The table of :meth:`to_buffer`'s ``buf`` (bytes, or a mapped file: its numeric columns stay views
+        of it, so the buffer must outlive the table). :raises ValueError: not such a buffer, or written
+        with another byte order."""
+        view = memoryview(buf)
+        magic = cls._BUFFER_MAGIC
+        ncols = len(cls._BUFFER_COLUMNS)
+        head = len(magic) + 1 + 16 * ncols
+        if len(view) < head or bytes(view[: len(magic)]) != magic:
+            raise ValueError("not a symbol table buffer")
+        if bytes(view[len(magic) : len(magic) + 1]) != (b"l" if sys.byteorder == "little" else b"b"):
+            raise ValueError("a symbol table buffer of the other byte order")
+        col: dict[str, Any] = {}
+        for k, (name, code) in enumerate(cls._BUFFER_COLUMNS):
+            off, size = struct.unpack_from("<QQ", view, len(magic) + 1 + 16 * k)
+            if off + size > len(view) or off % 8:
+                raise ValueError("a symbol table buffer cut short")
+            part = view[off : off + size]
+            if code == "B":
+                col[name] = bytes(part)
+            else:
+                col[name] = part.cast("Q") if code == "Q" else part.cast("I")
+        names = NameTable(col["blob"], col["offsets"], col["name_order"])
+        t = cls(names, col["values"], col["sizes"], col["infos"], col["others"], col["shndx"], sections)
+        t._faddr_order = (col["order"], col["order_addrs"])
+        t._text = (col["text"], col["text_addrs"])
+        return t
+
     def address_of(self, name: str) -> int | None:
         """Address of the first symbol of this name (functions first), or None."""
         idx = self.indices_named(name)
@@ -326,7 +396,7 @@ class SymbolTable:
                 return int(self.values[i])
         return int(self.values[idx[0]])
 
-    def _address_order(self) -> tuple[array, array]:  # type: ignore[type-arg]
+    def _address_order(self) -> tuple[Column, Column]:
         """All symbols sorted by address (stable: symbol-table order within one address)."""
         if self._faddr_order is None:
             vals = self.values
@@ -466,7 +536,7 @@ class SymbolTable:
 
     # -- by address --
 
-    def _text_index(self) -> tuple[array, array]:  # type: ignore[type-arg]
+    def _text_index(self) -> tuple[Column, Column]:
         if self._text is None:
             exec_secs = {s.index for s in self.sections if s.flags & SHF_EXECINSTR}
             wanted = (STT_FUNC, STT_NOTYPE, STT_GNU_IFUNC)
@@ -514,7 +584,7 @@ class SymbolTable:
                 return s
         return None
 
-    def _bfd_index(self) -> tuple[array, array]:  # type: ignore[type-arg]
+    def _bfd_index(self) -> tuple[Column, Column]:
         """The symbols bfd's ``maybe_function_sym`` accepts, sorted by (address, symbol-table order)."""
         if self._bfd is None:
             infos, others, sizes, shndx = self.infos, self.others, self.sizes, self.shndx
@@ -697,7 +767,9 @@ def inline_chain(
     else:
         raw, line, col, disc = loc
         out = [SourceLocation(name, display(raw), line, col, disc, raw, False)]
-    if fi >= 0 and cu.functions[fi].tag == D.TAG_INLINED_SUBROUTINE and cu.lines is not None:
+    from .dwarf import TAG_INLINED_SUBROUTINE  # a unit was read: the reader is loaded already
+
+    if fi >= 0 and cu.functions[fi].tag == TAG_INLINED_SUBROUTINE and cu.lines is not None:
         fn = cu.functions[fi]
         while fn.parent >= 0:
             parent = cu.functions[fn.parent]
