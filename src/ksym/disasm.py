@@ -158,7 +158,7 @@ def _cs(machine: str) -> Any:
 
 
 def _sweeper(machine: str) -> Any:
-    """A capstone instance without operand details, for the linear sweep (several times faster)."""
+    """A capstone instance without operand details, for the linear sweep (which needs no operands)."""
     md = _SWEEPERS.get(machine)
     if md is None:
         arch = _ARCHES[machine]
