@@ -82,6 +82,8 @@ from .parse import (
     _Parsed,
     _ParseState,
     find_kaslr_offset,
+    line_context,
+    parse_line,
     strip_log_prefix,
 )
 from .spec import FuncSpec, parse_spec
@@ -1005,7 +1007,9 @@ class _EvidenceScan:
         self.bare_addresses = False
         self._carry = ""
 
-    def feed(self, text: str, parsed: _Parsed) -> None:
+    def feed(self, text: str, parsed: _Parsed | None, first_lineno: int) -> None:
+        """Look at the next piece, ``text``, whose first line is number ``first_lineno``: its frames too
+        when ``parsed`` is given (the slide's votes; without, it gives none)."""
         from .debuginfo import kernel_build_id_in_text
 
         window = self._carry + text
@@ -1018,7 +1022,17 @@ class _EvidenceScan:
         if self.kernel_offset is None:
             self.kernel_offset = find_kaslr_offset(window)
         if self.kernel_offset_line is None:
-            self.kernel_offset_line = parsed.first_line("kaslr")
+            if parsed is not None:
+                self.kernel_offset_line = parsed.first_line("kaslr")
+            else:
+                self.kernel_offset_line = _kernel_offset_line(text, first_lineno)
+        if parsed is not None:
+            self._vote(parsed)
+        parts = window.rsplit("\n", _CARRY_LINES + 1)  # the last lines, and the head before them
+        carry = window if len(parts) < _CARRY_LINES + 2 else window[len(parts[0]) + 1:]
+        self._carry = carry if len(carry) <= _CARRY_CHARS else ""
+
+    def _vote(self, parsed: _Parsed) -> None:
         shapes = parsed.shapes
         counts: dict[int, int] = {}
         for shape, _, stack in parsed.rows:
@@ -1036,20 +1050,25 @@ class _EvidenceScan:
                 votes[key] = votes.get(key, 0) + counts[shape]
             elif f.symbol is None:
                 self.bare_addresses = True
-        tail = window[window.rfind("\n", 0, window.rfind("\n", 0, len(window) - 1)) + 1:] if window else ""
-        lines = tail
-        for _ in range(_CARRY_LINES - 2):
-            cut = window.rfind("\n", 0, len(window) - len(lines) - 1)
-            if cut < 0:
-                lines = window
-                break
-            lines = window[cut + 1:]
-        self._carry = lines if len(lines) <= _CARRY_CHARS else ""
 
     def evidence(self, complete: bool) -> DumpEvidence:
         return DumpEvidence(self.build_id or self._json_id, self.kernel_offset, self.kernel_offset_line,
                             tuple(SlideVote(a, s, o, n) for (a, s, o), n in self.votes.items()),
                             self.addressed_names, self.bare_addresses, complete)
+
+
+def _kernel_offset_line(text: str, first_lineno: int) -> int | None:
+    """Number of the first line of ``text`` that is a ``Kernel Offset:`` line (not a frame), as
+    :meth:`ksym.parse._Parsed.first_line` finds it, without parsing the other lines."""
+    pos = text.find("Kernel Offset:")
+    while pos >= 0:
+        start = text.rfind("\n", 0, pos) + 1
+        end = text.find("\n", pos)
+        line = text[start:] if end < 0 else text[start:end + 1]
+        if parse_line(line) is None and line_context(line) == "kaslr":
+            return first_lineno + text.count("\n", 0, start)
+        pos = text.find("Kernel Offset:", len(line) + start)
+    return None
 
 
 #: Lines of a piece searched again with the next piece, for a build id or ``Kernel Offset:`` line
@@ -1145,7 +1164,7 @@ def annotate(
     """
     parsed = _parse(text)
     scan = _EvidenceScan()
-    scan.feed(text, parsed)
+    scan.feed(text, parsed, 1)
     slide = _slide_of(scan.evidence(True), symbolizer, kaslr_offset, kallsyms)
     worker = _Annotator(symbolizer, slide.slide, kallsyms, exact, modules)
     answered, misfits = _answer_piece(worker, parsed, unverified)
@@ -1158,8 +1177,8 @@ def annotate(
 
 #: A piece of the input is annotated at once (its addresses prefetched together) up to this many lines
 #: or bytes: the memory a long input needs is a piece's.
-CHUNK_LINES = 50_000
-CHUNK_BYTES = 4 << 20
+CHUNK_LINES = 200_000
+CHUNK_BYTES = 8 << 20
 #: A pipe that gives nothing for this long has said what it has for now (``dmesg -w``, ``journalctl -f``):
 #: what came before the pause is annotated and written, and the rest as it arrives.
 PIPE_PAUSE_SECONDS = 0.1
@@ -1180,10 +1199,13 @@ class DumpInput:
     """
 
     def __init__(self, fh: BinaryIO, *, chunk_lines: int = CHUNK_LINES, chunk_bytes: int = CHUNK_BYTES,
-                 pause: float = PIPE_PAUSE_SECONDS) -> None:
+                 pause: float = PIPE_PAUSE_SECONDS, votes: bool = True) -> None:
         if chunk_lines < 1 or chunk_bytes < 1:
             raise ValueError("a piece holds at least one line")
         self._fh = fh
+        #: Whether the frames' votes for the KASLR slide are wanted (no slide given): without, a file's
+        #: first read does not parse it.
+        self.votes = votes
         self.chunk_lines = chunk_lines
         self.chunk_bytes = chunk_bytes
         self.pause = pause
@@ -1205,43 +1227,54 @@ class DumpInput:
         self._scan = _EvidenceScan()
         self._state = _ParseState()
         self._evidence: DumpEvidence | None = None
-        # pieces read and parsed for the evidence and not annotated yet
-        self._held: list[tuple[str, _Parsed]] = []
+        # the piece read for the evidence and not annotated yet (a pipe's first, a file of one piece)
+        self._held: tuple[str, _Parsed] | None = None
         self._reread = False
 
     def evidence(self) -> DumpEvidence:
         """What the dump says about its build and boot: in the whole text of a file, in what a pipe gives
         before its first pause (:attr:`DumpEvidence.complete` says whether that was all of it)."""
         if self._evidence is None:
+            scan = self._scan
             for piece in self._read_pieces(prelude=not self.seekable):
-                parsed = _parse(piece, self._state)
-                self._scan.feed(piece, parsed)
-                if self.seekable and (self._reread or not self._eof or self._buf):
+                whole = not self._reread and self._eof and not self._buf
+                first = self._state.lineno
+                parsed = None
+                if not self.seekable or whole or (self.votes and scan.kernel_offset is None
+                                                  and find_kaslr_offset(piece) is None):
+                    parsed = _parse(piece, self._state)
+                else:  # a file's first read: the frames are only the slide's votes, and none is wanted
+                    self._state.lineno += piece.count("\n") + (not piece.endswith("\n"))
+                scan.feed(piece, parsed, first)
+                if self.seekable and not whole:
                     self._reread = True  # more than one piece: annotated from a second read
                 else:
-                    self._held.append((piece, parsed))
+                    assert parsed is not None
+                    self._held = (piece, parsed)
                 if not self.seekable:
                     break
-            self._evidence = self._scan.evidence(self._eof and not self._buf)
+            self._evidence = scan.evidence(self._eof and not self._buf)
         return self._evidence
 
-    def _pieces(self) -> Iterator[tuple[str, _Parsed, DumpEvidence]]:
+    def _pieces(self) -> Iterator[tuple[_Parsed, DumpEvidence]]:
         """Every piece of the text in order, parsed, with the evidence known when it is annotated."""
         evidence = self.evidence()
         if self._reread:
             self._fh.seek(self._start)
             self._buf, self._lines, self._eof, self._state = b"", 0, False, _ParseState()
             for piece in self._read_pieces(prelude=False):
-                yield piece, _parse(piece, self._state), evidence
+                yield _parse(piece, self._state), evidence
             return
-        while self._held:
-            yield (*self._held.pop(0), evidence)
+        if self._held is not None:
+            yield self._held[1], evidence
+            self._held = None
         if self.seekable:
             return
         for piece in self._read_pieces(prelude=False):
+            first = self._state.lineno
             parsed = _parse(piece, self._state)
-            self._scan.feed(piece, parsed)
-            yield piece, parsed, self._scan.evidence(self._eof and not self._buf)
+            self._scan.feed(piece, parsed, first)
+            yield parsed, self._scan.evidence(self._eof and not self._buf)
 
     def _read_pieces(self, prelude: bool) -> Iterator[str]:
         """The pieces of the rest of the input. A file's are full pieces; a pipe's are the complete lines
@@ -1335,7 +1368,7 @@ def annotate_stream(
     slide = _slide_of(evidence, symbolizer, kaslr_offset, kallsyms)
     worker = _Annotator(symbolizer, slide.slide, kallsyms, exact, modules)
     frames = unresolved = misfits = 0
-    for _, parsed, known in dump._pieces():
+    for parsed, known in dump._pieces():
         if not fixed and slide.slide is None:
             slide = _slide_of(known, symbolizer, None, None)
             if slide.slide is not None:
@@ -1485,7 +1518,8 @@ def _annotate_command(args: argparse.Namespace, closing: contextlib.ExitStack) -
     dump: DumpInput | None = None  # text and JSON stream: written as each piece is annotated
     try:
         if fmt in ("text", "json"):
-            dump = DumpInput(sys.stdin.buffer if name == "-" else closing.enter_context(open(name, "rb")))  # noqa: SIM115
+            dump = DumpInput(sys.stdin.buffer if name == "-" else closing.enter_context(open(name, "rb")),  # noqa: SIM115
+                             votes=getattr(args, "kaslr_offset", None) is None and not getattr(args, "kallsyms", None))
             text, evidence = "", dump.evidence()
         else:
             text, evidence = _read_input(name), None
