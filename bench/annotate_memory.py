@@ -39,6 +39,9 @@ class Run(NamedTuple):
 
     name: str
     wall_s: float
+    #: User + system CPU seconds of the command and its workers (less drift than wall time on a shared
+    #: machine).
+    cpu_s: float
     peak_rss_mb: float
     status: int
     out_bytes: int
@@ -117,7 +120,7 @@ def run(name: str, cmd: list[str], env: dict[str, str], *, file: Path | None = N
         feeder.join()
     if not isinstance(stdin, int):
         stdin.close()
-    return Run(name, wall, usage.ru_maxrss / 1024.0, proc.returncode, int(got[0]), str(got[1]))  # type: ignore[call-overload]
+    return Run(name, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0, proc.returncode, int(got[0]), str(got[1]))  # type: ignore[call-overload]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,9 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs. Peak RSS is the child's `ru_maxrss` (`os.wait4`); target: under "
         f"{TARGET_MB:.0f} MB."),
         "",
-        "| run | wall s | peak RSS MB | output MB | exit |",
-        "|---|---|---|---|---|",
-        *(f"| {r.name} | {r.wall_s:.1f} | {r.peak_rss_mb:.0f} | {r.out_bytes / 1e6:.0f} | {r.status} |" for r in runs),
+        "| run | wall s | CPU s | peak RSS MB | output MB | exit |",
+        "|---|---|---|---|---|---|",
+        *(f"| {r.name} | {r.wall_s:.1f} | {r.cpu_s:.1f} | {r.peak_rss_mb:.0f} | {r.out_bytes / 1e6:.0f} | {r.status} |"
+          for r in runs),
         "",
         f"Every run gave the same output: {'yes' if ok else 'NO'} (sha256 {runs[0].out_sha256[:16]}...).",
         "",

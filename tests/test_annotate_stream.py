@@ -22,6 +22,7 @@ from anchors import REPO_ROOT, find_test_vmlinux, missing
 
 from ksym import EXIT_OK, EXIT_UNRESOLVED, Symbolizer
 from ksym.annotate import RUNTIME_ADDRESS_REASON, DumpInput, annotate, annotate_stream
+from ksym.parse import _may_hold_address, parse_text
 
 VMLINUX = find_test_vmlinux()
 DUMPS = sorted([*Path("/work/shared/samples").glob("*.txt"), *(REPO_ROOT / "tests/data/stacks").glob("*.txt"),
@@ -101,6 +102,20 @@ def test_dump_evidence_spans_pieces(tmp_path: Path) -> None:
     path.write_text('{"build_id": "' + "ab" * 20 + '"}\n' + "filler\n" * 5)
     with open(path, "rb") as fh:
         assert DumpInput(fh, chunk_lines=2).evidence().build_id == "ab" * 20
+
+
+def test_every_frame_with_an_address_passes_the_quick_look() -> None:
+    """A file's first read parses a piece for the slide's votes only when the quick look
+    (:func:`ksym.parse._may_hold_address`) says a frame in it may print an address: it must say so of
+    every frame line that does, in every sample (and not of a plain oops trace)."""
+    seen = 0
+    for path in DUMPS:
+        for line in parse_text(path.read_bytes().decode("utf-8", "surrogateescape")):
+            if line.frame is not None and line.frame.address is not None:
+                seen += 1
+                assert _may_hold_address(line.text), (path.name, line.text)
+    assert seen > 50
+    assert not _may_hold_address("[  101.270346] Call Trace:\n[  101.270357]  mm_access+0x8b/0xe0\n")
 
 
 class _Child:

@@ -78,6 +78,7 @@ from .parse import (
     ParsedLine,
     StackFrame,
     _body_bounds,
+    _may_hold_address,
     _parse,
     _Parsed,
     _ParseState,
@@ -1007,13 +1008,14 @@ class _EvidenceScan:
         self.bare_addresses = False
         self._carry = ""
 
-    def feed(self, text: str, parsed: _Parsed | None, first_lineno: int) -> None:
+    def feed(self, text: str, parsed: _Parsed | None, first_lineno: int, build_id: bool = True) -> None:
         """Look at the next piece, ``text``, whose first line is number ``first_lineno``: its frames too
-        when ``parsed`` is given (the slide's votes; without, it gives none)."""
+        when ``parsed`` is given (the slide's votes; without, it gives none), its build id with
+        ``build_id``."""
         from .debuginfo import kernel_build_id_in_text
 
         window = self._carry + text
-        if self.build_id is None:
+        if build_id and self.build_id is None:
             # a "Build ID: <hex>" line anywhere wins over a JSON "build_id" key before it: look for the
             # former alone first (the JSON key's quote keeps it from being one), then for either
             self.build_id = kernel_build_id_in_text(window.replace('"build_id"', '"build~id"'))
@@ -1221,7 +1223,7 @@ class DumpInput:
         else:
             self.seekable = fh.seekable()
         self._start = fh.tell() if self.seekable else 0
-        self._buf = b""
+        self._buf = bytearray()
         self._lines = 0  # line endings in _buf
         self._eof = False
         self._scan = _EvidenceScan()
@@ -1230,6 +1232,9 @@ class DumpInput:
         # the piece read for the evidence and not annotated yet (a pipe's first, a file of one piece)
         self._held: tuple[str, _Parsed] | None = None
         self._reread = False
+        #: A pipe's later pieces are looked at for the slide (a ``Kernel Offset:`` line, the frames' votes)
+        #: until :func:`annotate_stream` knows it.
+        self.follow = True
 
     def evidence(self) -> DumpEvidence:
         """What the dump says about its build and boot: in the whole text of a file, in what a pipe gives
@@ -1241,9 +1246,10 @@ class DumpInput:
                 first = self._state.lineno
                 parsed = None
                 if not self.seekable or whole or (self.votes and scan.kernel_offset is None
-                                                  and find_kaslr_offset(piece) is None):
+                                                  and find_kaslr_offset(piece) is None
+                                                  and _may_hold_address(piece)):
                     parsed = _parse(piece, self._state)
-                else:  # a file's first read: the frames are only the slide's votes, and none is wanted
+                else:  # a file's first read: its frames are only the slide's votes, and none is wanted here
                     self._state.lineno += piece.count("\n") + (not piece.endswith("\n"))
                 scan.feed(piece, parsed, first)
                 if self.seekable and not whole:
@@ -1261,7 +1267,7 @@ class DumpInput:
         evidence = self.evidence()
         if self._reread:
             self._fh.seek(self._start)
-            self._buf, self._lines, self._eof, self._state = b"", 0, False, _ParseState()
+            self._buf, self._lines, self._eof, self._state = bytearray(), 0, False, _ParseState()
             for piece in self._read_pieces(prelude=False):
                 yield _parse(piece, self._state), evidence
             return
@@ -1273,8 +1279,10 @@ class DumpInput:
         for piece in self._read_pieces(prelude=False):
             first = self._state.lineno
             parsed = _parse(piece, self._state)
-            self._scan.feed(piece, parsed, first)
-            yield parsed, self._scan.evidence(self._eof and not self._buf)
+            if self.follow:
+                self._scan.feed(piece, parsed, first, build_id=False)
+                evidence = self._scan.evidence(False)
+            yield parsed, evidence
 
     def _read_pieces(self, prelude: bool) -> Iterator[str]:
         """The pieces of the rest of the input. A file's are full pieces; a pipe's are the complete lines
@@ -1295,9 +1303,10 @@ class DumpInput:
                 self._lines += data.count(b"\n")
             cut = self._cut()
             if cut:
-                piece, self._buf = self._buf[:cut], self._buf[cut:]
+                piece = self._buf[:cut].decode("utf-8", "surrogateescape")
+                del self._buf[:cut]
                 self._lines = self._buf.count(b"\n")
-                yield piece.decode("utf-8", "surrogateescape")
+                yield piece
             elif self._eof or paused:
                 return
             if paused and prelude:
@@ -1368,11 +1377,13 @@ def annotate_stream(
     slide = _slide_of(evidence, symbolizer, kaslr_offset, kallsyms)
     worker = _Annotator(symbolizer, slide.slide, kallsyms, exact, modules)
     frames = unresolved = misfits = 0
+    dump.follow = not fixed
     for parsed, known in dump._pieces():
-        if not fixed and slide.slide is None:
+        if dump.follow:
             slide = _slide_of(known, symbolizer, None, None)
             if slide.slide is not None:
                 worker.learn_slide(slide.slide)
+                dump.follow = False
         answered, misfit = _answer_piece(worker, parsed, unverified)
         misfits += misfit
         frames += len(answered.plan)

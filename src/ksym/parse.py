@@ -495,6 +495,18 @@ _IN_TEXT = _Lazy(
     rf"(?P<tok>(?P<sym>{_SYM})\+(?P<off>0x{_HEX}|\d+)(?:/(?P<size>0x{_HEX}))?)(?:\s+{_MOD})?)"
     r"(?=$|[\s)\]'\"`,:]|\.(?:\s|$))"
 )
+# Where a frame's address can be (every ``addr`` and ``raw`` group above, keep them in step): ``[<hex>]``,
+# ``[hex]``, ``<hex>``/``(hex)``/``(0xhex)``, 8 or more hex digits (perf, bcc, bpftrace, raw addresses),
+# ftrace's ``=> 0x...`` and dropwatch's ``drops at location ...``.
+_MAY_ADDRESS = _Lazy(r"\[<?[0-9a-fA-F]+>?\]|[<(](?:0x)?[0-9a-fA-F]+[>)]|[0-9a-fA-F]{8}|=>\s+0x|\slocation\s")
+
+
+def _may_hold_address(text: str) -> bool:
+    """False only when no line of ``text`` can be a frame that prints an address (a quick look at a long
+    text, before parsing it only for such frames)."""
+    return _MAY_ADDRESS.rx.search(text) is not None
+
+
 # Lines that look like frames but are not kernel frames: perf script user-space / unknown dsos.
 _NOT_KERNEL = _Lazy(
     rf"\s*{_HEX}\s+(?:{_SYM}(?:\+0x{_HEX})?|\[unknown\])\s+\((?!\[)[^()]*\)|.*\(\[unknown\]\)"
