@@ -1016,11 +1016,14 @@ class _EvidenceScan:
 
         window = self._carry + text
         if build_id and self.build_id is None:
-            # a "Build ID: <hex>" line anywhere wins over a JSON "build_id" key before it: look for the
-            # former alone first (the JSON key's quote keeps it from being one), then for either
-            self.build_id = kernel_build_id_in_text(window.replace('"build_id"', '"build~id"'))
-            if self.build_id is None and self._json_id is None:
-                self._json_id = kernel_build_id_in_text(window)
+            if '"build_id"' not in window:
+                self.build_id = kernel_build_id_in_text(window)
+            else:
+                # a "Build ID: <hex>" line anywhere wins over a JSON "build_id" key before it: look for
+                # the former alone first (the JSON key's quote keeps it from being one), then for either
+                self.build_id = kernel_build_id_in_text(window.replace('"build_id"', '"build~id"'))
+                if self.build_id is None and self._json_id is None:
+                    self._json_id = kernel_build_id_in_text(window)
         if self.kernel_offset is None:
             self.kernel_offset = find_kaslr_offset(window)
         if self.kernel_offset_line is None:
@@ -1387,8 +1390,9 @@ def annotate_stream(
         answered, misfit = _answer_piece(worker, parsed, unverified)
         misfits += misfit
         frames += len(answered.plan)
-        answers = answered.answers
-        unresolved += sum(1 for _, key in answered.plan if answers[key].status != STATUS_RESOLVED)
+        bad = {key for key, af in answered.answers.items() if af.status != STATUS_RESOLVED}
+        if bad:
+            unresolved += sum(1 for _, key in answered.plan if key in bad)
         result = AnnotatedText._answered(answered, slide.slide, slide.source, exact, ())
         if json:
             write("".join(line + "\n" for line in result.json_lines()))

@@ -498,13 +498,20 @@ _IN_TEXT = _Lazy(
 # Where a frame's address can be (every ``addr`` and ``raw`` group above, keep them in step): ``[<hex>]``,
 # ``[hex]``, ``<hex>``/``(hex)``/``(0xhex)``, 8 or more hex digits (perf, bcc, bpftrace, raw addresses),
 # ftrace's ``=> 0x...`` and dropwatch's ``drops at location ...``.
-_MAY_ADDRESS = _Lazy(r"\[<?[0-9a-fA-F]+>?\]|[<(](?:0x)?[0-9a-fA-F]+[>)]|[0-9a-fA-F]{8}|=>\s+0x|\slocation\s")
+_BRACKETED_ADDRESS = _Lazy(r"\[<?[0-9a-fA-F]+>?\]|[<(](?:0x)?[0-9a-fA-F]+[>)]")
+_FTRACE_ADDRESS = _Lazy(r"=>\s+0x")
+_DROPWATCH_LOCATION = _Lazy(r"drops\s+at\s+location\s")
+# every byte to " ", hex digits to "x": a run of 8 hex digits is then found by bytes.find
+_HEX_MARKS = bytes(ord("x") if chr(i) in _HEXDIGITS else ord(" ") for i in range(256))
 
 
 def _may_hold_address(text: str) -> bool:
     """False only when no line of ``text`` can be a frame that prints an address (a quick look at a long
     text, before parsing it only for such frames)."""
-    return _MAY_ADDRESS.rx.search(text) is not None
+    return (_BRACKETED_ADDRESS.rx.search(text) is not None
+            or b"xxxxxxxx" in text.encode("utf-8", "surrogateescape").translate(_HEX_MARKS)
+            or ("=>" in text and _FTRACE_ADDRESS.rx.search(text) is not None)
+            or ("drops" in text and _DROPWATCH_LOCATION.rx.search(text) is not None))
 
 
 # Lines that look like frames but are not kernel frames: perf script user-space / unknown dsos.
