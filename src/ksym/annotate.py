@@ -41,10 +41,17 @@ marked unresolved, never guessed.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import itertools
+import os
 import re
-from collections.abc import Sequence
+import select
+import stat
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, BinaryIO, NamedTuple
 
 from .disasm import CallInstruction, supported_machine
 from .errors import (
@@ -65,9 +72,13 @@ from .parse import (
     ParsedLine,
     StackFrame,
     _body_bounds,
+    _may_hold_address,
     _parse,
     _Parsed,
+    _ParseState,
     find_kaslr_offset,
+    line_context,
+    parse_line,
     strip_log_prefix,
 )
 from .spec import FuncSpec, parse_spec
@@ -85,8 +96,13 @@ __all__ = [
     "STATUS_UNRESOLVED",
     "AnnotatedFrame",
     "AnnotatedText",
+    "DumpEvidence",
+    "DumpInput",
     "FrameMatch",
+    "SlideVote",
+    "StreamSummary",
     "annotate",
+    "annotate_stream",
     "is_exact_frame",
 ]
 
@@ -114,6 +130,10 @@ MISFIT_ADDRESS = "address"
 _VIEW = SymbolView.KALLSYMS
 
 RUNTIME_ADDRESS_REASON = "runtime address: give --kallsyms or --kaslr-offset"
+
+#: How many distinct frames' answers (and call-site function starts) an annotation keeps for the frames
+#: that follow: a stream repeats its frames, but its memory must not grow with its length.
+_KEEP_ANSWERS = 65536
 
 # what precedes an exact-address frame on its line: register dumps and the WARN location line
 _EXACT_CONTEXT = re.compile(
@@ -511,9 +531,19 @@ class _Annotator:
         self.can_disasm = supported_machine(sym.machine)
         # a dump repeats its frames (10,000 lines may hold 1,000 distinct ones): the answer for a frame
         # depends only on what the frame says and whether it is looked up exactly, not on its line
-        # (the key: symbol, offset, size, address, module, build id, offset spelling, exact)
-        self._done_frames: dict[tuple[object, ...], AnnotatedFrame] = {}
+        # (the key: symbol, offset, size, address, module, build id, offset spelling, exact); a long
+        # stream keeps the most recently used ones (:data:`_KEEP_ANSWERS`), each piece's own in its plan
+        self._done_frames: OrderedDict[tuple[object, ...], AnnotatedFrame] = OrderedDict()
         self._callers: dict[int, int | None] = {}
+        # the stack structure of the frames answered so far (a text answered piece by piece runs on)
+        self._step = _ExactSteps()
+        self._last_stack = -1
+
+    def learn_slide(self, slide: int) -> None:
+        """Use ``slide`` for the frames from now on (a stream that gave it late): the answers kept so far
+        were worked out without it."""
+        self.slide = slide
+        self._done_frames.clear()
 
     def prefetch(self, asks: Sequence[tuple[StackFrame, bool]]) -> None:
         """Have the symbolizer answer every address the frames will ask about at once, so the units
@@ -553,6 +583,8 @@ class _Annotator:
         start = self._callers.get(link, -1)
         if start == -1:
             caller = self.sym.symbols.containing(link - 1)
+            if len(self._callers) >= _KEEP_ANSWERS:
+                self._callers.clear()
             start = self._callers[link] = caller[0].address if caller else None
         return start
 
@@ -573,8 +605,8 @@ class _Annotator:
         keys: dict[tuple[int, bool], tuple[object, ...]] = {}
         asks: dict[tuple[object, ...], tuple[StackFrame, bool, bool]] = {}
         counts: dict[tuple[object, ...], int] = {}
-        step = _ExactSteps()
-        last_stack = -1
+        step = self._step
+        last_stack = self._last_stack
         for shape, _, stack in parsed.rows:
             if stack < 0:
                 continue
@@ -595,10 +627,15 @@ class _Annotator:
                     asks[key] = (f, first, exact)
             plan.append((first, key))
             counts[key] = counts.get(key, 0) + 1
-        done = self._done_frames
+        self._last_stack = last_stack
+        kept = self._done_frames
+        done: dict[tuple[object, ...], AnnotatedFrame] = {}
         todo: list[tuple[tuple[object, ...], StackFrame, bool, bool]] = []
         for key, (f, first, exact) in asks.items():
-            if key in done:
+            af = kept.get(key)
+            if af is not None:
+                kept.move_to_end(key)
+                done[key] = af
                 continue
             stored = self._stored(f, first, exact)
             if stored is not None:
@@ -609,6 +646,10 @@ class _Annotator:
         for key, f, first, exact in todo:
             af = done[key] = self._frame(f, first, exact)
             self._store(af, exact)
+        for key, af in done.items():
+            kept[key] = af
+        while len(kept) > _KEEP_ANSWERS:
+            kept.popitem(last=False)
         misfits = sum(n for key, n in counts.items() if _misfit(done[key]))
         return _Answered(parsed, plan, {key: done[key] for key in counts}), misfits
 
@@ -896,6 +937,205 @@ class _ExactSteps:
         return exact
 
 
+class SlideVote(NamedTuple):
+    """Frames of a dump that print a runtime address beside a vmlinux ``func+off``: one per distinct
+    ``(address, symbol, offset)``, with how many frame lines say it (the KASLR slide's votes)."""
+
+    address: int
+    symbol: str
+    offset: int
+    #: How many frame lines say it.
+    lines: int
+
+
+class DumpEvidence(NamedTuple):
+    """What a dump says about the build and the boot it comes from, besides its frames: found in the
+    whole text of a file before any frame is annotated (:meth:`DumpInput.evidence`), or in what a pipe
+    gave so far. Its size does not grow with the text's length (the votes grow with its distinct frames)."""
+
+    #: The kernel build id the text names (:func:`ksym.debuginfo.kernel_build_id_in_text`), or None.
+    build_id: str | None
+    #: The slide of the first ``Kernel Offset:`` line (:func:`ksym.parse.find_kaslr_offset`), or None.
+    kernel_offset: int | None
+    #: Number of the first line that is a ``Kernel Offset:`` line (``None``: none).
+    kernel_offset_line: int | None
+    #: The slide's votes, in the order the text first gives them.
+    votes: tuple[SlideVote, ...]
+    #: A vmlinux frame prints a runtime address beside ``func+off`` (the frames may give the slide).
+    addressed_names: bool
+    #: A vmlinux frame prints a runtime address and no name (it needs the slide).
+    bare_addresses: bool
+    #: The whole input has been read (a file, or a pipe that ended before its first pause).
+    complete: bool
+
+
+class StreamSummary(NamedTuple):
+    """What :func:`annotate_stream` returns once the input has ended: the counts and notes of
+    :class:`AnnotatedText` for the whole text."""
+
+    frames: int
+    unresolved: int
+    #: Remarks for the user (slide source, frames that do not fit): :attr:`AnnotatedText.notes`.
+    notes: tuple[str, ...]
+    kaslr_offset: int | None
+    kaslr_source: str | None
+
+
+class _EvidenceScan:
+    """Builds a :class:`DumpEvidence` from the pieces of a text, in order, each cut at a line boundary.
+
+    The build id and the ``Kernel Offset:`` patterns may span lines (their blanks match newlines), so
+    each piece is searched after the last lines of the one before it (:data:`_CARRY_LINES`)."""
+
+    def __init__(self) -> None:
+        self.build_id: str | None = None
+        self._json_id: str | None = None
+        self.kernel_offset: int | None = None
+        self.kernel_offset_line: int | None = None
+        self.votes: dict[tuple[int, str, int], int] = {}
+        self.addressed_names = False
+        self.bare_addresses = False
+        self._carry = ""
+
+    def feed(self, text: str, parsed: _Parsed | None, first_lineno: int, build_id: bool = True) -> None:
+        """Look at the next piece, ``text``, whose first line is number ``first_lineno``: its frames too
+        when ``parsed`` is given (the slide's votes; without, it gives none), its build id with
+        ``build_id``."""
+        from .buildid import kernel_build_id_in_text
+
+        window = self._carry + text
+        if build_id and self.build_id is None:
+            if '"build_id"' not in window:
+                self.build_id = kernel_build_id_in_text(window)
+            else:
+                # a "Build ID: <hex>" line anywhere wins over a JSON "build_id" key before it: look for
+                # the former alone first (the JSON key's quote keeps it from being one), then for either
+                self.build_id = kernel_build_id_in_text(window.replace('"build_id"', '"build~id"'))
+                if self.build_id is None and self._json_id is None:
+                    self._json_id = kernel_build_id_in_text(window)
+        if self.kernel_offset is None:
+            self.kernel_offset = find_kaslr_offset(window)
+        if self.kernel_offset_line is None:
+            if parsed is not None:
+                self.kernel_offset_line = parsed.first_line("kaslr")
+            else:
+                self.kernel_offset_line = _kernel_offset_line(text, first_lineno)
+        if parsed is not None:
+            self._vote(parsed)
+        parts = window.rsplit("\n", _CARRY_LINES + 1)  # the last lines, and the head before them
+        carry = window if len(parts) < _CARRY_LINES + 2 else window[len(parts[0]) + 1:]
+        self._carry = carry if len(carry) <= _CARRY_CHARS else ""
+
+    def _vote(self, parsed: _Parsed) -> None:
+        shapes = parsed.shapes
+        counts: dict[int, int] = {}
+        for shape, _, stack in parsed.rows:
+            if stack >= 0:
+                counts[shape] = counts.get(shape, 0) + 1
+        votes = self.votes
+        for shape in sorted(counts):  # shapes are numbered in the order the text first shows them
+            f = shapes[shape][0]
+            assert f is not None
+            if f.address is None or f.module is not None:
+                continue
+            if f.offset is not None and f.symbol is not None:
+                self.addressed_names = True
+                key = (f.address, f.symbol, f.offset)
+                votes[key] = votes.get(key, 0) + counts[shape]
+            elif f.symbol is None:
+                self.bare_addresses = True
+
+    def evidence(self, complete: bool) -> DumpEvidence:
+        return DumpEvidence(self.build_id or self._json_id, self.kernel_offset, self.kernel_offset_line,
+                            tuple(SlideVote(a, s, o, n) for (a, s, o), n in self.votes.items()),
+                            self.addressed_names, self.bare_addresses, complete)
+
+
+def _kernel_offset_line(text: str, first_lineno: int) -> int | None:
+    """Number of the first line of ``text`` that is a ``Kernel Offset:`` line (not a frame), as
+    :meth:`ksym.parse._Parsed.first_line` finds it, without parsing the other lines."""
+    pos = text.find("Kernel Offset:")
+    while pos >= 0:
+        start = text.rfind("\n", 0, pos) + 1
+        end = text.find("\n", pos)
+        line = text[start:] if end < 0 else text[start:end + 1]
+        if parse_line(line) is None and line_context(line) == "kaslr":
+            return first_lineno + text.count("\n", 0, start)
+        pos = text.find("Kernel Offset:", len(line) + start)
+    return None
+
+
+#: Lines of a piece searched again with the next piece, for a build id or ``Kernel Offset:`` line
+#: broken across lines (at most :data:`_CARRY_CHARS` characters of them).
+_CARRY_LINES = 4
+_CARRY_CHARS = 16384
+
+
+class _Slide(NamedTuple):
+    """The KASLR slide a text gives (see :func:`_slide_of`) and the notes about it."""
+
+    slide: int | None
+    source: str | None
+    #: Why the frames elected no slide (a note for the user), or None.
+    failed: str | None
+    #: Frames printing an address beside a name of the vmlinux that elect no slide, and why.
+    unslid: int
+    unslid_why: str
+
+
+def _slide_of(evidence: DumpEvidence, symbolizer: Symbolizer, kaslr_offset: int | None,
+              kallsyms: Kallsyms | None) -> _Slide:
+    """The slide: ``kaslr_offset``, else ``kallsyms``'s, else a ``Kernel Offset:`` line's, else the
+    frames' vote (:func:`ksym.kallsyms.kaslr_offset_from_frames`)."""
+    if kaslr_offset is not None:
+        return _Slide(kaslr_offset, "kaslr_offset", None, 0, "")
+    if kallsyms is not None:
+        return _Slide(kaslr_offset_from_kallsyms(kallsyms, symbolizer.address_of), "kallsyms", None, 0, "")
+    if evidence.kernel_offset is not None:
+        where = evidence.kernel_offset_line
+        return _Slide(evidence.kernel_offset, f"Kernel Offset line {where}" if where else "Kernel Offset line",
+                      None, 0, "")
+    if not evidence.addressed_names:
+        return _Slide(None, None, None, 0, "")
+    frames = [StackFrame(0, "", (0, 0), FrameKind.RAW, symbol=v.symbol, offset=v.offset, address=v.address)
+              for v in evidence.votes]
+    counts = [v.lines for v in evidence.votes]
+    try:
+        voters = itertools.chain.from_iterable(itertools.repeat(f, n) for f, n in zip(frames, counts))
+        return _Slide(kaslr_offset_from_frames(voters, symbolizer.address_of), "frames", None, 0, "")
+    except KaslrError as exc:
+        # one boot has one slide: frames that vote (see kaslr_offset_from_frames) and elect none (no
+        # majority, or a slide off the KASLR grid) do not fit this vmlinux
+        unslid = sum(n for f, n in zip(frames, counts) if symbolizer.address_of(f.symbol or "") is not None)
+        failed = f"no KASLR slide from the frames: {exc}" if evidence.bare_addresses else None
+        return _Slide(None, None, failed, unslid, str(exc))
+
+
+def _end_notes(slide: _Slide, misfits: int, symbolizer: Symbolizer) -> list[str]:
+    """:attr:`AnnotatedText.notes`: where the slide came from, and the evidence of another build."""
+    notes: list[str] = []
+    if slide.failed is not None:
+        notes.append(slide.failed)
+    if slide.slide is not None:
+        notes.append(f"KASLR slide {slide.slide:#x} (from {slide.source})")
+    if misfits:
+        notes.append(f"{misfits} frame(s) do not fit this vmlinux (offsets beyond their symbols, addresses "
+                     "inside instructions or away from their names): is the dump from another kernel build? "
+                     f"(vmlinux: {(symbolizer.banner or str(symbolizer.path)).strip()})")
+    if slide.unslid:
+        notes.append(f"the {slide.unslid} frame(s) printing an address beside a name of this vmlinux agree on no "
+                     f"KASLR slide ({slide.unslid_why}): is the dump from another kernel build, or from several "
+                     "boots?")
+    return notes
+
+
+def _answer_piece(worker: _Annotator, parsed: _Parsed, unverified: str | None) -> tuple[_Answered, int]:
+    answered, misfits = worker.answer(parsed)
+    if unverified is not None:
+        answered.answers = {k: replace(af, unverified=unverified) for k, af in answered.answers.items()}
+    return answered, misfits
+
+
 def annotate(
     text: str,
     symbolizer: Symbolizer,
@@ -917,43 +1157,235 @@ def annotate(
     :raises KaslrError: ``kallsyms`` does not match the vmlinux.
     """
     parsed = _parse(text)
-    # one frame per shape: what the frame lines say (KASLR evidence is looked for in all of them)
-    said = [shape[0] for shape in parsed.shapes if shape[0] is not None]
-    notes: list[str] = []
-    # frames printing an address beside a name this vmlinux has that agree on no KASLR slide
-    unslid = 0
-    unslid_why = ""
-    slide, source = kaslr_offset, "kaslr_offset" if kaslr_offset is not None else None
-    if slide is None and kallsyms is not None:
-        slide, source = kaslr_offset_from_kallsyms(kallsyms, symbolizer.address_of), "kallsyms"
-    if slide is None:
-        found = find_kaslr_offset(text)
-        if found is not None:
-            where = parsed.first_line("kaslr")
-            slide, source = found, f"Kernel Offset line {where}" if where else "Kernel Offset line"
-    if slide is None and any(f.address is not None and f.offset is not None and f.module is None for f in said):
-        frames = [f for i in range(len(parsed.rows)) if (f := parsed.frame(i)) is not None]
+    scan = _EvidenceScan()
+    scan.feed(text, parsed, 1)
+    slide = _slide_of(scan.evidence(True), symbolizer, kaslr_offset, kallsyms)
+    worker = _Annotator(symbolizer, slide.slide, kallsyms, exact, modules)
+    answered, misfits = _answer_piece(worker, parsed, unverified)
+    return AnnotatedText._answered(answered, slide.slide, slide.source, exact,
+                                   _end_notes(slide, misfits, symbolizer))
+
+
+# --------------------------------------------------------------------------------------------------
+# Streaming
+
+#: A piece of the input is annotated at once (its addresses prefetched together) up to this many lines
+#: or bytes: the memory a long input needs is a piece's.
+CHUNK_LINES = 200_000
+CHUNK_BYTES = 8 << 20
+#: A pipe that gives nothing for this long has said what it has for now (``dmesg -w``, ``journalctl -f``):
+#: what came before the pause is annotated and written, and the rest as it arrives.
+PIPE_PAUSE_SECONDS = 0.1
+
+
+class DumpInput:
+    """The text of ``ksym annotate``, read piece by piece from a binary file object: each piece ends at
+    a line boundary (the last may lack a line ending), holds at most ``chunk_lines`` lines and about
+    ``chunk_bytes`` bytes (a longer line is one piece), and decodes as UTF-8 with undecodable bytes kept
+    (``surrogateescape``).
+
+    A regular file is read twice: :meth:`evidence` reads it whole for what the dump says about its
+    build and boot (:class:`DumpEvidence`), then :func:`annotate_stream` reads it again from the start
+    (a file of one piece is read once), so the output is the one :func:`annotate` gives for the whole
+    text. A pipe or terminal is read once: its evidence is what it gives up to its first pause
+    (:data:`PIPE_PAUSE_SECONDS`) or its first piece, and each later piece is the lines that have arrived
+    when the one before has been written. The file object stays the caller's to close.
+    """
+
+    def __init__(self, fh: BinaryIO, *, chunk_lines: int = CHUNK_LINES, chunk_bytes: int = CHUNK_BYTES,
+                 pause: float = PIPE_PAUSE_SECONDS, votes: bool = True) -> None:
+        if chunk_lines < 1 or chunk_bytes < 1:
+            raise ValueError("a piece holds at least one line")
+        self._fh = fh
+        #: Whether the frames' votes for the KASLR slide are wanted (no slide given): without, a file's
+        #: first read does not parse it.
+        self.votes = votes
+        self.chunk_lines = chunk_lines
+        self.chunk_bytes = chunk_bytes
+        self.pause = pause
+        self._fd: int | None = None
+        with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            self._fd = fh.fileno()
+        if self._fd is not None:
+            try:
+                #: A regular file (read twice); else a pipe, a terminal or a device (read once, as it comes).
+                self.seekable = stat.S_ISREG(os.fstat(self._fd).st_mode)
+            except OSError:
+                self.seekable = False
+        else:
+            self.seekable = fh.seekable()
+        self._start = fh.tell() if self.seekable else 0
+        self._buf = bytearray()
+        self._lines = 0  # line endings in _buf
+        self._eof = False
+        self._scan = _EvidenceScan()
+        self._state = _ParseState()
+        self._evidence: DumpEvidence | None = None
+        # the piece read for the evidence and not annotated yet (a pipe's first, a file of one piece)
+        self._held: tuple[str, _Parsed] | None = None
+        self._reread = False
+        #: A pipe's later pieces are looked at for the slide (a ``Kernel Offset:`` line, the frames' votes)
+        #: until :func:`annotate_stream` knows it.
+        self.follow = True
+
+    def evidence(self) -> DumpEvidence:
+        """What the dump says about its build and boot: in the whole text of a file, in what a pipe gives
+        before its first pause (:attr:`DumpEvidence.complete` says whether that was all of it)."""
+        if self._evidence is None:
+            scan = self._scan
+            for piece in self._read_pieces(prelude=not self.seekable):
+                whole = not self._reread and self._eof and not self._buf
+                first = self._state.lineno
+                parsed = None
+                if not self.seekable or whole or (self.votes and scan.kernel_offset is None
+                                                  and find_kaslr_offset(piece) is None
+                                                  and _may_hold_address(piece)):
+                    parsed = _parse(piece, self._state)
+                else:  # a file's first read: its frames are only the slide's votes, and none is wanted here
+                    self._state.lineno += piece.count("\n") + (not piece.endswith("\n"))
+                scan.feed(piece, parsed, first)
+                if self.seekable and not whole:
+                    self._reread = True  # more than one piece: annotated from a second read
+                else:
+                    assert parsed is not None
+                    self._held = (piece, parsed)
+                if not self.seekable:
+                    break
+            self._evidence = scan.evidence(self._eof and not self._buf)
+        return self._evidence
+
+    def _pieces(self) -> Iterator[tuple[_Parsed, DumpEvidence]]:
+        """Every piece of the text in order, parsed, with the evidence known when it is annotated."""
+        evidence = self.evidence()
+        if self._reread:
+            self._fh.seek(self._start)
+            self._buf, self._lines, self._eof, self._state = bytearray(), 0, False, _ParseState()
+            for piece in self._read_pieces(prelude=False):
+                yield _parse(piece, self._state), evidence
+            return
+        if self._held is not None:
+            yield self._held[1], evidence
+            self._held = None
+        if self.seekable:
+            return
+        for piece in self._read_pieces(prelude=False):
+            first = self._state.lineno
+            parsed = _parse(piece, self._state)
+            if self.follow:
+                self._scan.feed(piece, parsed, first, build_id=False)
+                evidence = self._scan.evidence(False)
+            yield parsed, evidence
+
+    def _read_pieces(self, prelude: bool) -> Iterator[str]:
+        """The pieces of the rest of the input. A file's are full pieces; a pipe's are the complete lines
+        that have arrived (``prelude``: up to its first pause, then no more)."""
+        while True:
+            paused = False
+            while not self._eof and not self._full():
+                if not self.seekable:
+                    wait = self.pause if prelude else 0.0 if self._lines else None
+                    if wait is not None and not self._ready(wait):
+                        paused = True
+                        break
+                data = self._read()
+                if not data:
+                    self._eof = True
+                    break
+                self._buf += data
+                self._lines += data.count(b"\n")
+            cut = self._cut()
+            if cut:
+                piece = self._buf[:cut].decode("utf-8", "surrogateescape")
+                del self._buf[:cut]
+                self._lines = self._buf.count(b"\n")
+                yield piece
+            elif self._eof or paused:
+                return
+            if paused and prelude:
+                return
+
+    def _full(self) -> bool:
+        return self._lines >= self.chunk_lines or (self._lines > 0 and len(self._buf) >= self.chunk_bytes)
+
+    def _cut(self) -> int:
+        """Where the next piece of :attr:`_buf` ends (0: no complete line yet)."""
+        buf = self._buf
+        if self._eof and self._lines + (not buf.endswith(b"\n")) <= self.chunk_lines \
+                and len(buf) <= self.chunk_bytes:
+            return len(buf)
+        end = buf.rfind(b"\n", 0, self.chunk_bytes)
+        if end < 0:
+            end = buf.find(b"\n")
+            if end < 0:
+                return len(buf) if self._eof else 0
+        if buf.count(b"\n", 0, end + 1) > self.chunk_lines:
+            end = -1
+            for _ in range(self.chunk_lines):
+                end = buf.find(b"\n", end + 1)
+        return end + 1
+
+    def _read(self) -> bytes:
+        if self.seekable:
+            return self._fh.read(1 << 20)
+        if self._fd is not None:
+            return os.read(self._fd, 1 << 20)  # what has arrived, without waiting for more
+        read1 = getattr(self._fh, "read1", None)
+        return read1(1 << 16) if read1 is not None else self._fh.read(1 << 16)
+
+    def _ready(self, timeout: float) -> bool:
+        """Whether reading the pipe would not wait (data, or its end) within ``timeout`` seconds."""
+        if self._fd is None:
+            return True
         try:
-            slide, source = kaslr_offset_from_frames(frames, symbolizer.address_of), "frames"
-        except KaslrError as exc:
-            if any(f.address is not None and f.symbol is None and f.module is None for f in said):
-                notes.append(f"no KASLR slide from the frames: {exc}")
-            # one boot has one slide: frames that vote (see kaslr_offset_from_frames) and elect none (no
-            # majority, or a slide off the KASLR grid) do not fit this vmlinux
-            unslid = sum(1 for f in frames if f.address is not None and f.symbol is not None and f.offset is not None
-                         and f.module is None and symbolizer.address_of(f.symbol) is not None)
-            unslid_why = str(exc)
-    if slide is not None:
-        notes.append(f"KASLR slide {slide:#x} (from {source})")
-    worker = _Annotator(symbolizer, slide, kallsyms, exact, modules)
-    answered, misfits = worker.answer(parsed)
-    if unverified is not None:
-        answered.answers = {k: replace(af, unverified=unverified) for k, af in answered.answers.items()}
-    if misfits:
-        notes.append(f"{misfits} frame(s) do not fit this vmlinux (offsets beyond their symbols, addresses "
-                     "inside instructions or away from their names): is the dump from another kernel build? "
-                     f"(vmlinux: {(symbolizer.banner or str(symbolizer.path)).strip()})")
-    if unslid:
-        notes.append(f"the {unslid} frame(s) printing an address beside a name of this vmlinux agree on no KASLR "
-                     f"slide ({unslid_why}): is the dump from another kernel build, or from several boots?")
-    return AnnotatedText._answered(answered, slide, source, exact, notes)
+            return bool(select.select([self._fd], [], [], timeout)[0])
+        except (OSError, ValueError):
+            return True
+
+
+def annotate_stream(
+    source: DumpInput | BinaryIO,
+    symbolizer: Symbolizer,
+    write: Callable[[str], None],
+    *,
+    kaslr_offset: int | None = None,
+    kallsyms: Kallsyms | None = None,
+    exact: bool = False,
+    modules: ModuleSet | None = None,
+    unverified: str | None = None,
+    json: bool = False,
+    links: bool = False,
+) -> StreamSummary:
+    """:func:`annotate` of a text read piece by piece (:class:`DumpInput`), each piece's output given to
+    ``write`` as soon as it is annotated: the annotated text (``links``: with elixir links), or with
+    ``json`` one JSON object per frame and line. Memory does not grow with the text's length.
+
+    From a regular file the output is :func:`annotate`'s for the whole text, byte for byte. From a pipe
+    each piece is annotated with what the lines read so far say: a KASLR slide from a ``Kernel Offset:``
+    line or the frames is used from the piece that gives it on (and kept), and the notes come at the end.
+    """
+    dump = source if isinstance(source, DumpInput) else DumpInput(source)
+    evidence = dump.evidence()
+    fixed = kaslr_offset is not None or kallsyms is not None or evidence.complete
+    slide = _slide_of(evidence, symbolizer, kaslr_offset, kallsyms)
+    worker = _Annotator(symbolizer, slide.slide, kallsyms, exact, modules)
+    frames = unresolved = misfits = 0
+    dump.follow = not fixed
+    for parsed, known in dump._pieces():
+        if dump.follow:
+            slide = _slide_of(known, symbolizer, None, None)
+            if slide.slide is not None:
+                worker.learn_slide(slide.slide)
+                dump.follow = False
+        answered, misfit = _answer_piece(worker, parsed, unverified)
+        misfits += misfit
+        frames += len(answered.plan)
+        bad = {key for key, af in answered.answers.items() if af.status != STATUS_RESOLVED}
+        if bad:
+            unresolved += sum(1 for _, key in answered.plan if key in bad)
+        result = AnnotatedText._answered(answered, slide.slide, slide.source, exact, ())
+        if json:
+            write("".join(line + "\n" for line in result.json_lines()))
+        else:
+            write(result.render_text(links))
+    return StreamSummary(frames, unresolved, tuple(_end_notes(slide, misfits, symbolizer)), slide.slide,
+                         slide.source)

@@ -8,14 +8,25 @@ so the text stays byte-identical to faddr2line's.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from .model import Resolution, SourceLocation
 
-__all__ = ["faddr2line_lines", "frame_json", "location_text", "resolution_json", "terminal_text"]
+__all__ = [
+    "faddr2line_lines",
+    "frame_json",
+    "location_text",
+    "output_file",
+    "resolution_json",
+    "terminal_text",
+    "write_output",
+]
 
 #: C0 controls (tab and newline included), DEL, C1 controls, and the Unicode line separators and
 #: bidirectional overrides that reorder or break what a terminal shows.
@@ -74,3 +85,25 @@ def frame_json(query: str, matches: Sequence[Resolution], error: str | None = No
         obj.update(first)
     obj["matches"] = [m.to_dict() for m in matches]
     return json.dumps(obj, sort_keys=False)
+
+
+@contextlib.contextmanager
+def output_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary file to write ``path``'s new contents to: a temporary beside it, renamed over it when the
+    ``with`` block ends without an error and deleted otherwise, so a failed run leaves no half output."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            yield fh
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_output(path: str | os.PathLike[str], payload: str) -> None:
+    """Write ``payload`` to ``path`` (UTF-8; undecodable input bytes of the text forms written back as
+    they were) through :func:`output_file`."""
+    with output_file(path) as fh:
+        fh.write(payload.encode("utf-8", "surrogateescape"))

@@ -495,6 +495,25 @@ _IN_TEXT = _Lazy(
     rf"(?P<tok>(?P<sym>{_SYM})\+(?P<off>0x{_HEX}|\d+)(?:/(?P<size>0x{_HEX}))?)(?:\s+{_MOD})?)"
     r"(?=$|[\s)\]'\"`,:]|\.(?:\s|$))"
 )
+# Where a frame's address can be (every ``addr`` and ``raw`` group above, keep them in step): ``[<hex>]``,
+# ``[hex]``, ``<hex>``/``(hex)``/``(0xhex)``, 8 or more hex digits (perf, bcc, bpftrace, raw addresses),
+# ftrace's ``=> 0x...`` and dropwatch's ``drops at location ...``.
+_BRACKETED_ADDRESS = _Lazy(r"\[<?[0-9a-fA-F]+>?\]|[<(](?:0x)?[0-9a-fA-F]+[>)]")
+_FTRACE_ADDRESS = _Lazy(r"=>\s+0x")
+_DROPWATCH_LOCATION = _Lazy(r"drops\s+at\s+location\s")
+# every byte to " ", hex digits to "x": a run of 8 hex digits is then found by bytes.find
+_HEX_MARKS = bytes(ord("x") if chr(i) in _HEXDIGITS else ord(" ") for i in range(256))
+
+
+def _may_hold_address(text: str) -> bool:
+    """False only when no line of ``text`` can be a frame that prints an address (a quick look at a long
+    text, before parsing it only for such frames)."""
+    return (_BRACKETED_ADDRESS.rx.search(text) is not None
+            or b"xxxxxxxx" in text.encode("utf-8", "surrogateescape").translate(_HEX_MARKS)
+            or ("=>" in text and _FTRACE_ADDRESS.rx.search(text) is not None)
+            or ("drops" in text and _DROPWATCH_LOCATION.rx.search(text) is not None))
+
+
 # Lines that look like frames but are not kernel frames: perf script user-space / unknown dsos.
 _NOT_KERNEL = _Lazy(
     rf"\s*{_HEX}\s+(?:{_SYM}(?:\+0x{_HEX})?|\[unknown\])\s+\((?!\[)[^()]*\)|.*\(\[unknown\]\)"
@@ -699,48 +718,69 @@ class _Parsed:
     the message's place on it and the stack.
     """
 
-    __slots__ = ("rows", "shapes", "texts")
+    __slots__ = ("first_lineno", "rows", "shapes", "texts")
 
-    def __init__(self, texts: list[str], rows: list[tuple[int, int, int]], shapes: list[_Shape]) -> None:
+    def __init__(self, texts: list[str], rows: list[tuple[int, int, int]], shapes: list[_Shape],
+                 first_lineno: int = 1) -> None:
         #: Every line, line ending included.
         self.texts = texts
         #: Per line: its shape, where its message starts, its stack (-1: the line holds no frame).
         self.rows = rows
         self.shapes = shapes
+        #: Number of the first line (a later piece of a text parsed piece by piece starts past 1).
+        self.first_lineno = first_lineno
 
     def frame(self, i: int) -> StackFrame | None:
-        """The frame of line ``i`` (0-based), made now."""
+        """The frame of line ``i`` (0-based in this piece), made now."""
         shape, start, stack = self.rows[i]
         first, s0, s1, e0, e1, _, _ = self.shapes[shape]
         if first is None:
             return None
         fields = first.__dict__.copy()
-        fields.update(lineno=i + 1, text=self.texts[i], span=(s0 + start, s1 + start),
+        fields.update(lineno=i + self.first_lineno, text=self.texts[i], span=(s0 + start, s1 + start),
                       extent=(e0 + start, e1 + start), stack_index=stack)
         return frozen_record(StackFrame, fields)
 
     def lines(self) -> list[ParsedLine]:
         """The records :func:`parse_text` returns."""
         shapes = self.shapes
-        return [frozen_record(ParsedLine, {"lineno": i + 1, "text": text, "frame": self.frame(i),
+        base = self.first_lineno
+        return [frozen_record(ParsedLine, {"lineno": i + base, "text": text, "frame": self.frame(i),
                                            "context": shapes[row[0]][6]})
                 for i, (text, row) in enumerate(zip(self.texts, self.rows))]
 
     def first_line(self, context: str) -> int | None:
         """Number of the first line whose :attr:`ParsedLine.context` is ``context``."""
         ids = {n for n, shape in enumerate(self.shapes) if shape[6] == context}
-        return next((i + 1 for i, row in enumerate(self.rows) if row[0] in ids), None) if ids else None
+        return next((i + self.first_lineno for i, row in enumerate(self.rows) if row[0] in ids),
+                    None) if ids else None
 
 
-def _parse(text: str) -> _Parsed:
-    """:func:`parse_text` up to the records (see :class:`_Parsed`)."""
+@dataclass(slots=True)
+class _ParseState:
+    """Where a text parsed piece by piece (:func:`_parse` with ``state``) stands after the pieces so far:
+    the stack structure runs on across piece boundaries, so pieces cut at any line boundary number
+    lines and stacks as the whole text would."""
+
+    #: Number of the next line.
+    lineno: int = 1
+    #: Index of the last stack started (-1: none yet).
+    stack: int = -1
+    #: The last line was a frame (the next frame continues its stack).
+    in_stack: bool = False
+
+
+def _parse(text: str, state: _ParseState | None = None) -> _Parsed:
+    """:func:`parse_text` up to the records (see :class:`_Parsed`); with ``state``, ``text`` is the next
+    piece of a longer text (cut at a line boundary) and ``state`` is advanced past it."""
     texts = _split_lines(text)
     rows: list[tuple[int, int, int]] = []
     shapes: list[_Shape] = []
     seen: dict[tuple[str, bool, str, str], int] = {}
-    stack = -1
-    in_stack = False
-    for i, line in enumerate(texts, 1):
+    first_lineno = state.lineno if state is not None else 1
+    stack = state.stack if state is not None else -1
+    in_stack = state.in_stack if state is not None else False
+    for i, line in enumerate(texts, first_lineno):
         start, end, prefixed = _body_bounds(line)
         key = (line[start:end], prefixed, line[start - 1 : start], line[end:])
         n = seen.get(key)
@@ -766,7 +806,11 @@ def _parse(text: str) -> _Parsed:
             stack += 1
             in_stack = True
         rows.append((n, start, stack))
-    return _Parsed(texts, rows, shapes)
+    if state is not None:
+        state.lineno = first_lineno + len(texts)
+        state.stack = stack
+        state.in_stack = in_stack
+    return _Parsed(texts, rows, shapes, first_lineno)
 
 
 def split_stacks(lines: Iterable[ParsedLine]) -> list[tuple[StackFrame, ...]]:

@@ -25,7 +25,6 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from .annotate import (
@@ -35,6 +34,7 @@ from .annotate import (
     AnnotatedText,
     FrameMatch,
 )
+from .format import write_output
 from .links import ElixirLinks
 from .model import SourceLocation
 from .source import SourceFetchError, SourceProvider, choose_source_dir, render_context
@@ -730,17 +730,3 @@ def report_for_command(
                 seen.add(str(e))
                 warn(f"ksym annotate: warning: {e}")
     return text
-
-
-def write_output(path: str | os.PathLike[str], payload: str) -> None:
-    """Write ``payload`` to ``path`` (UTF-8; undecodable input bytes of the text forms written back as
-    they were), through a temporary file renamed over it, so a failed run leaves no half report."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
-            fh.write(payload)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

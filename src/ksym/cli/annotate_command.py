@@ -1,5 +1,7 @@
-"""``ksym annotate``: read a dump, check its build id against the vmlinux's, annotate every frame
-(:func:`ksym.annotate.annotate`) and write the annotated text, JSON lines or a report."""
+"""``ksym annotate``: read a dump, check its build id against the vmlinux's, annotate every frame and write
+the annotated text or JSON lines as each piece of the input is annotated (:func:`ksym.annotate.annotate_stream`:
+``dmesg -w | ksym annotate`` shows each frame when its line arrives), or a report of the whole dump
+(:func:`ksym.annotate.annotate`)."""
 
 from __future__ import annotations
 
@@ -7,13 +9,16 @@ import contextlib
 import re
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import EXIT_NO_FILE, EXIT_OK, EXIT_UNRESOLVED, EXIT_USAGE, KsymError
 from .common import BuildIdFrom, expected_build_id, report_stats, said_by_locate
 from .options import AnnotateOptions
 
 if TYPE_CHECKING:
+    from ..annotate import DumpInput
+    from ..kallsyms import Kallsyms
+    from ..modules import ModuleSet
     from ..symbolizer import Symbolizer
 
 __all__ = ["FORCED_UNVERIFIED", "run_annotate"]
@@ -60,7 +65,7 @@ def _dump_build_check(text: str, dumped: str | None, sym: Symbolizer, force: boo
 
 
 def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.ExitStack) -> int:
-    from ..annotate import annotate
+    from ..annotate import DumpInput, annotate
     from ..debuginfo import mismatch_warning
     from ..kallsyms import load_kallsyms
     from ..modules import ModuleSet
@@ -71,14 +76,22 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
     if opts.json and fmt != "json":
         err(f"ksym annotate: error: --json and --format {fmt} do not go together")
         return EXIT_USAGE
+    dump: DumpInput | None = None  # text and JSON stream: written as each piece is annotated
     try:
-        text = _read_input(name)
+        if fmt in ("text", "json"):
+            fh = sys.stdin.buffer if name == "-" else closing.enter_context(open(name, "rb"))  # noqa: SIM115
+            dump = DumpInput(fh, votes=opts.kaslr_offset is None and not opts.kallsyms)
+            text, evidence = "", dump.evidence()
+        else:
+            text, evidence = _read_input(name), None
     except OSError as exc:
         err(f"ksym annotate: error: {name}: {exc.strerror or exc}")
         return EXIT_USAGE
     image = opts.image
     try:
-        expected, where = expected_build_id(image.build_id, image.running, text)
+        expected, where = expected_build_id(image.build_id, image.running, text if evidence is None else None)
+        if evidence is not None and where is BuildIdFrom.NOWHERE:
+            expected, where = evidence.build_id, BuildIdFrom.DUMP
     except ValueError as exc:
         err(f"ksym annotate: error: {exc}")
         return EXIT_USAGE
@@ -107,6 +120,8 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
             release = m.group(1) if m else None
         modules = ModuleSet(release, list(opts.modules), debuginfo=image.debuginfo, path_map=sym.path_map)
         closing.callback(modules.close)
+        if dump is not None:
+            return _stream(opts, dump, sym, ks, modules, unverified, err)
         result = annotate(text, sym, kaslr_offset=opts.kaslr_offset, kallsyms=ks, exact=opts.exact,
                           modules=modules, unverified=unverified)
         sym.flush()  # the index learns this dump's frames (the report below may read more)
@@ -129,7 +144,7 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
     else:
         payload = result.render_text(links=opts.links)
     if opts.output:
-        from ..report import write_output
+        from ..format import write_output
 
         try:
             write_output(opts.output, payload)
@@ -144,5 +159,41 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
     bad = len(result.unresolved)
     if bad:
         err(f"ksym annotate: {bad} of {len(result.frames)} frames unresolved")
+        return EXIT_UNRESOLVED
+    return EXIT_OK
+
+
+def _stream(opts: AnnotateOptions, dump: DumpInput, sym: Symbolizer, ks: Kallsyms | None, modules: ModuleSet,
+            unverified: str | None, err: Callable[[str], None]) -> int:
+    """The text and JSON forms: written piece by piece as they are annotated, to standard output or to
+    ``--output`` (:func:`ksym.format.output_file`: renamed over it at the end)."""
+    from ..annotate import annotate_stream
+    from ..format import output_file
+
+    try:
+        with contextlib.ExitStack() as closing:
+            # an error leaves ``--output`` as it was: the temporary is renamed over it only at the end
+            out: BinaryIO = closing.enter_context(output_file(opts.output)) if opts.output else sys.stdout.buffer
+
+            def write(piece: str) -> None:
+                out.write(piece.encode("utf-8", "surrogateescape"))
+                out.flush()
+
+            summary = annotate_stream(dump, sym, write, kaslr_offset=opts.kaslr_offset, kallsyms=ks,
+                                      exact=opts.exact, modules=modules, unverified=unverified,
+                                      json=opts.output_format == "json", links=opts.links)
+            sym.flush()  # the index learns this dump's frames
+    except KsymError as exc:
+        err(f"ksym annotate: error: {exc}")
+        return exc.exit_code
+    except OSError as exc:
+        if not opts.output:
+            raise  # standard output: a closed pipe ends the command as for every other command
+        err(f"ksym annotate: error: {opts.output}: {exc.strerror or exc}")
+        return EXIT_NO_FILE
+    for note in summary.notes:
+        err(f"ksym annotate: {note}")
+    if summary.unresolved:
+        err(f"ksym annotate: {summary.unresolved} of {summary.frames} frames unresolved")
         return EXIT_UNRESOLVED
     return EXIT_OK
