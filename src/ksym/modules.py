@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from . import dwarf as D
-from .buildid import read_build_id_from_notes
+from .buildid import read_build_id_from_notes, same_build_id
 from .compress import ZSTD_MAGIC, SectionContents, zstd_decompress
 from .debuginfo import DebuginfodClient, DebuginfoOptions, build_id_paths
 from .dwarf_image import DwarfImage, ReadySections, dwarf_sections
@@ -682,13 +682,6 @@ def _file_build_id(path: str) -> str | None:
     return img.build_id
 
 
-def _build_id_matches(want: str, have: str | None) -> bool:
-    if have is None:
-        return False
-    w = want.lower()
-    return have.lower().startswith(w) or w.startswith(have.lower())
-
-
 def find_module_debug_file(
     module_name: str,
     release: str | None = None,
@@ -726,7 +719,7 @@ def find_module_debug_file(
                 if p.is_file():
                     candidates.append(str(p))
         for c in candidates:
-            if _build_id_matches(bid, _file_build_id(c)):
+            if (have := _file_build_id(c)) is not None and same_build_id(bid, have):
                 return Path(c)
         return None
     return Path(candidates[0]) if candidates else None
