@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from anchors import require_test_vmlinux
 
 
 @pytest.fixture(scope="module")
@@ -17,3 +18,10 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setenv("KSYM_CACHE_DIR", str(cache))
         mp.delenv("KSYM_DEBUG", raising=False)
         yield cache
+
+
+@pytest.fixture(scope="session")
+def vmlinux() -> Path:
+    """The Debian 6.1 x86-64 debug vmlinux (a module that needs another one, such as test_arm64, defines its
+    own ``vmlinux``)."""
+    return require_test_vmlinux()

@@ -18,24 +18,16 @@ import time
 from pathlib import Path
 
 import pytest
-from anchors import REPO_ROOT, find_test_vmlinux, missing
+from anchors import REPO_ROOT
 
 from ksym import EXIT_OK, EXIT_UNRESOLVED, Symbolizer
 from ksym.annotate import RUNTIME_ADDRESS_REASON, DumpInput, annotate, annotate_stream
 from ksym.parse import _may_hold_address, parse_text
 
-VMLINUX = find_test_vmlinux()
 DUMPS = sorted([*Path("/work/shared/samples").glob("*.txt"), *(REPO_ROOT / "tests/data/stacks").glob("*.txt"),
                 *(REPO_ROOT / "tests/data/annotate").glob("*.txt")])
 SLIDE = 0x1A600000
 
-
-@pytest.fixture(scope="module")
-def vmlinux() -> Path:
-    if VMLINUX is None:
-        missing("the Debian 6.1 debug vmlinux not found: run tools/fetch-testdata.sh")
-    assert VMLINUX is not None
-    return VMLINUX
 
 
 @pytest.fixture(scope="module")

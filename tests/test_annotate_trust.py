@@ -28,7 +28,6 @@ from anchors import (
     addr2line_batch,
     faddr2line,
     find_faddr2line,
-    find_test_vmlinux,
     missing,
     strip_prefix,
 )
@@ -52,13 +51,6 @@ SAMPLE_618 = Path("/work/shared/samples/bpftrace-tracepoint-netfilter-drop-6.18.
 PERF_618 = REPO_ROOT / "tests" / "data" / "stacks" / "perf-script-kfree_skb-6.18.txt"
 OTHER_BUILD_ID = "0123456789abcdef0123456789abcdef01234567"
 
-
-@pytest.fixture(scope="module")
-def vmlinux() -> Path:
-    path = find_test_vmlinux()
-    if path is None:
-        missing("the Debian 6.1 debug vmlinux not found: run tools/fetch-testdata.sh")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from anchors import faddr2line, find_faddr2line, find_test_vmlinux, missing
+from anchors import faddr2line, find_faddr2line, missing
 
 from ksym import Symbolizer, SymbolNotFoundError
 from ksym.annotate import MISFIT_SIZE, annotate
@@ -25,7 +25,6 @@ from ksym.errors import SkipKind, SkipReason
 
 pytestmark = [pytest.mark.vmlinux, pytest.mark.usefixtures("private_cache")]
 
-VMLINUX = find_test_vmlinux()
 FADDR2LINE = find_faddr2line()
 
 #: frame -> the kinds of its skip reasons, in the script's order
@@ -37,13 +36,6 @@ MISSES = {
     "ftrace_ops_list_func+0x0": [SkipKind.BAD_SYMBOL_SIZE],
 }
 
-
-@pytest.fixture(scope="module")
-def vmlinux() -> Path:
-    if VMLINUX is None:
-        missing("the Debian 6.1 debug vmlinux not found: run tools/fetch-testdata.sh")
-    assert VMLINUX is not None
-    return VMLINUX
 
 
 @pytest.fixture(scope="module")

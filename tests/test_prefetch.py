@@ -10,18 +10,12 @@ import random
 from pathlib import Path
 
 import pytest
-from anchors import require_test_vmlinux
 
 from ksym import Symbolizer
 from ksym.index import IndexStore
 
 pytestmark = pytest.mark.vmlinux
 
-
-@pytest.fixture(scope="module")
-def vmlinux() -> Path:
-    path = require_test_vmlinux()
-    return path
 
 
 def _addresses(sym: Symbolizer, n: int) -> list[int]:

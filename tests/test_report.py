@@ -25,7 +25,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from anchors import REPO_ROOT, TESTDATA, find_test_vmlinux, fixture, missing
+from anchors import REPO_ROOT, TESTDATA, fixture, missing
 
 from ksym import Symbolizer
 from ksym.annotate import AnnotatedFrame, AnnotatedText, annotate
@@ -51,7 +51,6 @@ FIXTURE = fixture("kshapes-dwarf5.elf")
 FIXTURE_SRC = REPO_ROOT / "fixtures" / "src"
 ANNOTATE_DATA = REPO_ROOT / "tests" / "data" / "annotate"
 DATA = REPO_ROOT / "tests" / "data" / "report"
-VMLINUX = find_test_vmlinux()
 _SRC_CANDIDATES = (str(TESTDATA / "linux-source-6.1"), "/work/cache/src/linux-source-6.1")
 TAG = "v6.1.187"
 
@@ -171,13 +170,6 @@ def fixture_html(fixture_result: AnnotatedText, fsym: Symbolizer, fprovider: Sou
 def fixture_md(fixture_result: AnnotatedText, fsym: Symbolizer, fprovider: SourceProvider) -> str:
     return render_markdown(fixture_result, provider=fprovider, tag=fsym.tag_guess.tag, info=report_info(fsym))
 
-
-@pytest.fixture(scope="module")
-def vmlinux() -> Path:
-    if VMLINUX is None:
-        missing("the Debian 6.1 debug vmlinux not found: run tools/fetch-testdata.sh")
-    assert VMLINUX is not None
-    return VMLINUX
 
 
 @pytest.fixture(scope="module")
