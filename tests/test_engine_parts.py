@@ -9,9 +9,10 @@
 
 from __future__ import annotations
 
-import multiprocessing
+import json
 import os
-import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,6 @@ from ksym.index import (
 )
 from ksym.model import ImageResolver, SourceLocation
 from ksym.modules import ModuleSymbolizer
-from ksym.prefetch import Prefetcher
 
 _DATA = Path(os.environ.get("KSYM_TESTDATA", "/var/tmp/ksym-testdata"))
 NFT_CT = _DATA / "modules" / "kernel" / "net" / "netfilter" / "nft_ct.ko"
@@ -119,20 +119,44 @@ def test_records_read_back_as_written(tmp_path: Path) -> None:
     assert len(store.load_answers("k", "another view")) == 0
 
 
+#: Run in a fresh interpreter: a prefetch forks only a single-threaded process (a forked copy of a thread
+#: holding a lock can hang), and earlier tests in this process may have left threads running (a download's
+#: worker ends at its own timeout), which would make the prefetch read in-process instead.
+_PREFETCH_CHILD = r"""
+import json, multiprocessing, os, random, sys
+from pathlib import Path
+from ksym import Symbolizer
+from ksym.prefetch import Prefetcher
+
+vmlinux, cache = sys.argv[1], Path(sys.argv[2])
+Symbolizer(vmlinux, cache_dir=cache).close()  # the image record only
+with Symbolizer(vmlinux, cache_dir=cache, links=False) as sym:
+    st = sym.symbols
+    funcs = [i for i in range(len(st.values)) if st.infos[i] & 0xF == 2 and st.sizes[i] >= 16]
+    addrs = [int(st.values[i]) + 4 for i in random.Random(14).sample(funcs, 200)]
+    got = sym.prefetch(addrs, processes=2)
+    try:
+        os.waitpid(-1, os.WNOHANG)
+        no_child = False
+    except ChildProcessError:
+        no_child = True  # no child at all, reaped or not
+    # a Prefetcher closed with nothing run is a no-op, and nothing is left to answer
+    with Prefetcher(sym.dwarf_image, sym._index, sym._answers, sym._answer, sym._answer_call) as again:
+        again_ran = again.run(addrs)
+    print(json.dumps({"asked": len(set(addrs)), "got": got, "opened": sym.dwarf_image.opened,
+                      "children": len(multiprocessing.active_children()), "no_child": no_child,
+                      "looked_up": sym.stats.answers_looked_up, "again": again_ran}))
+"""
+
+
 @pytest.mark.vmlinux
 def test_a_parallel_prefetch_leaves_no_child_process(tmp_path: Path) -> None:
     vmlinux = require_test_vmlinux()
-    Symbolizer(vmlinux, cache_dir=tmp_path).close()  # the image record only
-    with Symbolizer(vmlinux, cache_dir=tmp_path, links=False) as sym:
-        st = sym.symbols
-        funcs = [i for i in range(len(st.values)) if st.infos[i] & 0xF == 2 and st.sizes[i] >= 16]
-        addrs = [int(st.values[i]) + 4 for i in random.Random(14).sample(funcs, 200)]
-        assert sym.prefetch(addrs, processes=2) == len(set(addrs))
-        assert sym.dwarf_image is not None and not sym.dwarf_image.opened, "the workers read the DWARF"
-        assert not multiprocessing.active_children()
-        with pytest.raises(ChildProcessError):
-            os.waitpid(-1, os.WNOHANG)  # no child at all, reaped or not
-        assert sym.stats.answers_looked_up == len(set(addrs))
-        # a Prefetcher closed with nothing run is a no-op, and nothing is left to answer
-        with Prefetcher(sym.dwarf_image, sym._index, sym._answers, sym._answer, sym._answer_call) as again:
-            assert again.run(addrs) == 0
+    run = subprocess.run([sys.executable, "-c", _PREFETCH_CHILD, str(vmlinux), str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout)
+    assert got["got"] == got["asked"] == got["looked_up"]
+    assert not got["opened"], "the workers read the DWARF, not the parent"
+    assert got["children"] == 0 and got["no_child"]
+    assert got["again"] == 0
