@@ -45,10 +45,13 @@ from typing import Any, NamedTuple
 
 from cachetools import LRUCache
 
-from . import dwarf as D
 from .dwarf_image import ArangeTable, UnitRange
 from .model import SourceLocation
 from .symbols import Section
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from . import dwarf as D
 
 __all__ = [
     "FORMAT_VERSION",
@@ -592,6 +595,7 @@ class ImageIndex:
     is written at exit or by the garbage collector."""
 
     def __init__(self, store: IndexStore, key: str) -> None:
+
         self.store = store
         self.key = key
         self._unit_map: dict[int, str] | None = None
@@ -614,6 +618,8 @@ class ImageIndex:
         return self._unit_map.get(offset)
 
     def load_unit(self, offset: int) -> D.CompiledUnit | None:
+        from . import dwarf as D
+
         pack = self.pack_of(offset)
         if pack is None:
             return None
@@ -646,6 +652,8 @@ class ImageIndex:
         """Write the units read or grown since the last call as one pack (mapped at :meth:`flush`)."""
         if not self._dirty:
             return
+        from . import dwarf as D
+
         recs = {off: D.unit_to_record(cu) for off, cu in self._dirty.items()}
         self._dirty.clear()
         name = self.store.save_units(self.key, recs)

@@ -27,8 +27,6 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from . import dwarf as D
-from .debuginfo import DebuginfoOptions
 from .dwarf_image import ArangeTable, DwarfImage, FileSections, dwarf_sections
 from .errors import BadFileError, KsymError, SpecError
 from .index import (
@@ -42,12 +40,17 @@ from .index import (
     fingerprint,
     image_key,
 )
-from .locate import find_vmlinux
 from .model import Resolution, SourceLocation
 from .pathmap import PathMap
 from .prefetch import Prefetcher
+from .searchopts import Located
 from .spec import AddressSpec, FuncSpec, parse_spec
 from .symbols import SymbolTable, SymbolView, faddr2line_select, inline_chain
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from . import dwarf as D
+    from .searchopts import DebuginfoOptions
 
 __all__ = ["IndexStats", "Symbolizer", "source_relative"]
 
@@ -151,9 +154,15 @@ class Symbolizer:
         path_map: Iterable[str | tuple[str, str]] | PathMap | None = None,
     ) -> None:
         self.path_map = PathMap.parse(path_map)
-        if debuginfo is None and cache_dir is not None:
-            debuginfo = DebuginfoOptions(cache_dir=str(cache_dir))
-        located = find_vmlinux(vmlinux, build_id=build_id, options=debuginfo, warn=warn)
+        if vmlinux:
+            located = Located(Path(vmlinux), "given on the command line")  # as find_vmlinux says it
+        else:
+            from .locate import find_vmlinux
+            from .searchopts import DebuginfoOptions
+
+            if debuginfo is None and cache_dir is not None:
+                debuginfo = DebuginfoOptions(cache_dir=str(cache_dir))
+            located = find_vmlinux(vmlinux, build_id=build_id, options=debuginfo, warn=warn)
         self.located = located
         self.path = located.path
         self.warnings: list[str] = list(located.warnings)
@@ -246,6 +255,8 @@ class Symbolizer:
         aranges = ArangeTable.of(())
         opened = None
         if img.has_dwarf:
+            from . import dwarf as D
+
             opened = self._dwarf_sections_from_image(img)
             with D.damage_is_bad_file(self.path):
                 aranges = ArangeTable.of(D.read_aranges(opened))

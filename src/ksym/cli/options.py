@@ -47,8 +47,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from ..debuginfo import DebuginfoOptions
 from ..errors import EXIT_USAGE
+from ..searchopts import DebuginfoOptions
 
 __all__ = [
     "EPILOG",
