@@ -24,10 +24,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from cachetools import LRUCache
-
 from .compress import SHF_COMPRESSED
 from .errors import BadFileError
+from .lru import LRUCache
 from .model import SourceLocation
 from .symbols import Section, SymbolTable, inline_chain
 

@@ -8,7 +8,6 @@ so the text stays byte-identical to faddr2line's.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -67,6 +66,8 @@ def resolution_json(res: Resolution) -> dict[str, Any]:
 
 def frame_json(query: str, matches: Sequence[Resolution], error: str | None = None) -> str:
     """One JSON object for one input: the first match's fields at the top, every match in ``matches``."""
+    import json  # only here: plain text output never needs it
+
     obj: dict[str, Any] = {"query": query, "resolved": bool(matches), "error": error}
     if matches:
         first = matches[0].to_dict()

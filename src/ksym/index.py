@@ -43,9 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cachetools import LRUCache
-
 from .dwarf_image import ArangeTable, UnitRange
+from .lru import LRUCache
 from .model import SourceLocation
 from .symbols import Section
 

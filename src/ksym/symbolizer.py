@@ -25,8 +25,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cachetools import LRUCache
-
 from .dwarf_image import ArangeTable, DwarfImage, FileSections, dwarf_sections
 from .errors import BadFileError, KsymError, SpecError
 from .index import (
@@ -40,6 +38,7 @@ from .index import (
     fingerprint,
     image_key,
 )
+from .lru import LRUCache
 from .model import Resolution, SourceLocation
 from .pathmap import PathMap
 from .prefetch import Prefetcher
