@@ -261,6 +261,34 @@ def test_an_index_of_format_8_is_ignored_not_misread(tmp_path: Path) -> None:
     assert marshal.loads((d / "answers.v8").read_bytes()) == old_shape, "the older file is left as it was"
 
 
+def test_a_damaged_symbols_file_is_ignored_and_rebuilt_not_misread(tmp_path: Path) -> None:
+    """The symbol table is its own file (``symbols.v<N>``, mapped): cut short, emptied, with a damaged
+    header, with columns that do not agree, or of another size than the image record names, it is
+    never read; the answers are those of the file read without an index, and the file is rebuilt."""
+    genuine = _with_build_id(tmp_path / "vmlinux")
+    want = _answers(genuine, None)
+    cache = tmp_path / "cache"
+    assert _answers(genuine, cache) == want
+    (symbols,) = cache.glob(f"index/*/symbols.v{FORMAT_VERSION}")
+    good = symbols.read_bytes()
+    # the column table starts after the 8-byte magic and the byte-order byte: (offset, size) pairs
+    values_size = struct.unpack_from("<Q", good, 9 + 16 * 2 + 8)[0]
+    shrunk = bytearray(good)
+    struct.pack_into("<Q", shrunk, 9 + 16 * 2 + 8, values_size - 8)  # one symbol fewer values than names
+    damages = {
+        "cut short": good[: len(good) // 2],
+        "empty": b"",
+        "magic": b"X" + good[1:],
+        "byte order": good[:8] + (b"b" if good[8:9] == b"l" else b"l") + good[9:],
+        "columns disagree": bytes(shrunk),
+        "longer": good + bytes(8),
+    }
+    for what, data in damages.items():
+        symbols.write_bytes(data)
+        assert _answers(genuine, cache) == want, what
+        assert symbols.read_bytes() == good, f"{what}: rebuilt"
+
+
 def test_a_unit_that_failed_to_read_is_never_stored(tmp_path: Path) -> None:
     """A unit read far enough for one address, then damaged further on (an inlined subroutine's DIE
     with an abbreviation code the unit does not define): the address past the damage fails, and the

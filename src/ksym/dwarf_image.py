@@ -95,18 +95,18 @@ class ArangeTable:
 
     __slots__ = ("ends", "maxlen", "starts", "units")
 
-    def __init__(self, starts: list[int], ends: list[int], units: list[int]) -> None:
+    def __init__(self, starts: array[int], ends: array[int], units: array[int], maxlen: int | None = None) -> None:
         self.starts = starts
         self.ends = ends
         self.units = units
         # no range is longer: the backward scan from the bisection point stops this far below
-        self.maxlen = max((b - a for a, b in zip(starts, ends)), default=0)
+        self.maxlen = max((b - a for a, b in zip(starts, ends)), default=0) if maxlen is None else maxlen
 
     @classmethod
     def of(cls, aranges: Iterable[tuple[int, int, int]]) -> ArangeTable:
         """From ``(start, end, unit offset)`` triples in any order."""
         ar = sorted(aranges)
-        return cls([a[0] for a in ar], [a[1] for a in ar], [a[2] for a in ar])
+        return cls(array("Q", [a[0] for a in ar]), array("Q", [a[1] for a in ar]), array("Q", [a[2] for a in ar]))
 
     def unit_of(self, address: int) -> int | None:
         starts = self.starts
@@ -125,21 +125,24 @@ class ArangeTable:
 
     __hash__ = None  # type: ignore[assignment]
 
-    def to_record(self) -> tuple[bytes, bytes, bytes]:
+    def to_record(self) -> tuple[bytes, bytes, bytes, int]:
         return (array("Q", self.starts).tobytes(), array("Q", self.ends).tobytes(),
-                array("Q", self.units).tobytes())
+                array("Q", self.units).tobytes(), self.maxlen)
 
     @classmethod
-    def from_record(cls, rec: Sequence[bytes]) -> ArangeTable:
+    def from_record(cls, rec: Sequence[Any]) -> ArangeTable:
         """:raises TypeError, ValueError, IndexError: not a record of this shape."""
         cols = []
         for i in range(3):
             a = array("Q")
             a.frombytes(rec[i])
-            cols.append(a.tolist())
+            cols.append(a)
         if not len(cols[0]) == len(cols[1]) == len(cols[2]):
             raise ValueError("aranges columns of different lengths")
-        return cls(cols[0], cols[1], cols[2])
+        maxlen = rec[3]
+        if type(maxlen) is not int or maxlen < 0:
+            raise TypeError("aranges: the longest range")
+        return cls(cols[0], cols[1], cols[2], maxlen)
 
 
 class SectionSource(Protocol):

@@ -4,8 +4,10 @@ Layout under ``$KSYM_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ksym``, i.e. ``~/.ca
 
     paths/<checksums of the real path>.v9 → PathRecord: the file's identity (size, mtime, ctime, inode,
                                           device) and its key, so a warm run neither opens nor hashes it
-    index/<key>/image.v9                → ImageRecord: sections, symbol table arrays, aranges,
-                                          faddr2line prefix, banner
+    index/<key>/image.v9                → ImageRecord: sections, aranges, faddr2line prefix, banner
+    index/<key>/symbols.v9              → the symbol table as one flat buffer
+                                          (:meth:`ksym.symbols.SymbolTable.to_buffer`), mapped read-only
+                                          by the session: its columns are views of the map
     index/<key>/units-<...>.v9          → a pack of compilation units as read (function tree + line
                                           table, each possibly partial: read on when an address needs it)
     index/<key>/units.v9                → unit offset → the pack holding its newest record
@@ -25,7 +27,8 @@ relocation sections), so a damaged or altered copy that carries the genuine buil
 its own and can neither be answered from the genuine file's index nor write into it. It is computed
 once per file identity and remembered in the path memo. Files are written with ``marshal`` (plain data
 only: loading never runs code) to a temporary name (``.tmp-<16 hex digits>``) and renamed into place,
-so readers never see half a file; a file that fails to load is deleted and rebuilt; temporaries left
+so readers never see half a file (the symbols file is written before the image record naming its
+size); a file that fails to load is deleted and rebuilt; temporaries left
 by an interrupted write are deleted by a later write to the same directory once they are an hour old.
 """
 
@@ -46,7 +49,7 @@ from typing import Any, NamedTuple
 from .dwarf_image import ArangeTable, UnitRange
 from .lru import LRUCache
 from .model import SourceLocation
-from .symbols import Section
+from .symbols import Section, SymbolTable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -229,6 +232,28 @@ class IndexStore:
             self._save(self.directory(key) / f"image.v{FORMAT_VERSION}",
                        {**record.to_record(), "format": FORMAT_VERSION, "key": key})
 
+    def save_symbols(self, key: str, buffer: bytes) -> None:
+        """Write the symbol table's flat buffer (:meth:`ksym.symbols.SymbolTable.to_buffer`)."""
+        if self.enabled:
+            self._save(self.directory(key) / f"symbols.v{FORMAT_VERSION}", buffer, raw=True)
+
+    def map_symbols(self, key: str, size: int) -> mmap.mmap | None:
+        """The symbols file of ``key`` mapped read-only, or None (none, disabled, or not ``size`` bytes
+        long as the image record says: a short or another write's file, deleted to be rebuilt)."""
+        if not self.enabled:
+            return None
+        path = self.directory(key) / f"symbols.v{FORMAT_VERSION}"
+        try:
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size != size or size == 0:
+                    raise ValueError("not the symbols file the image record names")
+                return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            self.drop(path)
+            return None
+
     def load_unit_ranges(self, key: str) -> list[UnitRange] | None:
         """The ranges of the units .debug_aranges misses, as stored, or None."""
         if not self.enabled:
@@ -324,13 +349,19 @@ class IndexStore:
             return None
         except (OSError, EOFError, ValueError, TypeError):
             # corrupt or unreadable: drop it, it will be rebuilt
-            try:
-                path.unlink()
-            except OSError:
-                pass
+            IndexStore.drop(path)
             return None
 
-    def _save(self, path: Path, obj: Any) -> bool:
+    @staticmethod
+    def drop(path: Path) -> None:
+        """Delete a damaged index file (it is rebuilt)."""
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+    def _save(self, path: Path, obj: Any, raw: bool = False) -> bool:
+        """Write ``obj`` (marshalled; ``raw``: bytes as they are) to a temporary, renamed to ``path``."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             for d in (path.parent, self.root / "paths"):
@@ -346,7 +377,10 @@ class IndexStore:
                     continue
             try:
                 with os.fdopen(fd, "wb") as f:
-                    marshal.dump(obj, f)
+                    if raw:
+                        f.write(obj)
+                    else:
+                        marshal.dump(obj, f)
                 os.replace(tmp, path)
             except BaseException:
                 try:
@@ -388,8 +422,8 @@ class ImageRecord:
     elfclass: int
     machine: str | None
     sections: tuple[Section, ...]
-    #: :meth:`ksym.symbols.SymbolTable.to_record`
-    symbols: tuple[Any, ...]
+    #: the length of the symbols file (``symbols.v<N>``, :meth:`ksym.symbols.SymbolTable.to_buffer`)
+    symbols_size: int
     aranges: ArangeTable
     #: ``linux_banner`` (None: no such symbol)
     banner: str | None
@@ -404,7 +438,7 @@ class ImageRecord:
             "path": self.path, "build_id": self.build_id, "elf_type": self.elf_type,
             "little_endian": self.little_endian, "elfclass": self.elfclass, "machine": self.machine,
             "sections": [(s.index, s.name, s.type, s.flags, s.addr, s.offset, s.size) for s in self.sections],
-            "syms": self.symbols, "aranges": self.aranges.to_record(), "banner": self.banner,
+            "symbols_size": self.symbols_size, "aranges": self.aranges.to_record(), "banner": self.banner,
             "has_dwarf": self.has_dwarf, "dynamic_symbols": self.dynamic_symbols, "dir_prefix": self.dir_prefix,
         }
 
@@ -415,12 +449,12 @@ class ImageRecord:
         for v in (build_id, machine, banner, prefix):
             if v is not None and not isinstance(v, str):
                 raise TypeError("not a string")
-        if not isinstance(rec["syms"], tuple):
-            raise TypeError("symbol table record")
+        if type(rec["symbols_size"]) is not int:
+            raise TypeError("symbols file size")
         return cls(
             path=str(rec["path"]), build_id=build_id, elf_type=str(rec["elf_type"]),
             little_endian=bool(rec["little_endian"]), elfclass=int(rec["elfclass"]), machine=machine,
-            sections=tuple(Section(*s) for s in rec["sections"]), symbols=rec["syms"],
+            sections=tuple(Section(*s) for s in rec["sections"]), symbols_size=rec["symbols_size"],
             aranges=ArangeTable.from_record(rec["aranges"]), banner=banner, has_dwarf=bool(rec["has_dwarf"]),
             dynamic_symbols=int(rec["dynamic_symbols"]), dir_prefix=prefix,
         )
@@ -602,11 +636,47 @@ class ImageIndex:
         self._packs: LRUCache[str, dict[int, Any]] = LRUCache(maxsize=4)
         self._dirty: dict[int, D.CompiledUnit] = {}
         self._answers: StoredAnswers | None = None
+        # the mapped symbols file and the table whose columns are views of it (released by close())
+        self._symbols_map: mmap.mmap | None = None
+        self._symbols: SymbolTable | None = None
 
     @property
     def directory(self) -> Path | None:
         """Where the index of this image lives (None: the store is disabled)."""
         return self.store.directory(self.key) if self.store.enabled else None
+
+    # -- the symbol table --
+
+    def load_symbols(self, size: int, sections: list[Section]) -> SymbolTable | None:
+        """The image's symbol table from its symbols file of ``size`` bytes, mapped for the session's
+        life (its columns are views of the map until :meth:`close`); None when there is none or it is
+        damaged (deleted: it is rebuilt)."""
+        self.release_symbols()
+        mm = self.store.map_symbols(self.key, size)
+        if mm is None:
+            return None
+        try:
+            table = SymbolTable.from_buffer(mm, sections)
+        except ValueError:
+            table = None
+        if table is None:
+            mm.close()
+            self.store.drop(self.store.directory(self.key) / f"symbols.v{FORMAT_VERSION}")
+            return None
+        self._symbols_map, self._symbols = mm, table
+        return table
+
+    def release_symbols(self) -> None:
+        """Release the mapped symbol table: its columns first, then the map."""
+        if self._symbols is not None:
+            self._symbols.release()
+            self._symbols = None
+        if self._symbols_map is not None:
+            mm, self._symbols_map = self._symbols_map, None
+            try:
+                mm.close()
+            except BufferError:
+                pass  # a view of it is still held somewhere: the map goes with its last view
 
     # -- units (the UnitStore of the image's DwarfImage) --
 
@@ -691,10 +761,13 @@ class ImageIndex:
             self._answers.flush()
 
     def close(self) -> None:
-        """:meth:`flush`, then drop what is held in memory."""
-        self.flush()
-        self._packs.clear()
-        self._unit_map = None
+        """:meth:`flush`, then drop what is held in memory and release the mapped symbol table."""
+        try:
+            self.flush()
+        finally:
+            self._packs.clear()
+            self._unit_map = None
+            self.release_symbols()
 
     def __enter__(self) -> ImageIndex:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self

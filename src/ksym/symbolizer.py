@@ -210,7 +210,7 @@ class Symbolizer:
         if identity is None:
             # no index to read or write: the key names nothing on disk
             self._open_session(image_key(self.build_id, "unindexed"))
-            self._apply_record(self._build_record(img))
+            self._apply_record(*self._build_record(img))
             return
         # the index binds the contents, not only the build id: a damaged copy carrying the genuine
         # build id must neither be answered from the genuine file's index nor write into it
@@ -222,9 +222,12 @@ class Symbolizer:
             self._store.remember(identity, key)
             return
         self._open_session(key)
-        rec = self._build_record(img)
-        self._apply_record(rec)
-        self._store.save_image(key, rec)
+        rec, syms = self._build_record(img)
+        self._apply_record(rec, syms)
+        # the symbols file first: an image record names the size of the symbols file written before it
+        buffer = syms.to_buffer()
+        self._store.save_symbols(key, buffer)
+        self._store.save_image(key, replace(rec, symbols_size=len(buffer)))
         self._store.remember(identity, key)
 
     def _open_session(self, key: str) -> None:
@@ -234,10 +237,14 @@ class Symbolizer:
     def _use_record(self, key: str, rec: ImageRecord) -> bool:
         """Take the image from a stored record; False when it does not make a symbol table (rebuilt)."""
         self._open_session(key)
+        syms = self._index.load_symbols(rec.symbols_size, list(rec.sections))
+        if syms is None:
+            return False  # no symbols file, or a damaged one: rebuild it
         try:
-            self._apply_record(rec)
+            self._apply_record(rec, syms)
         except (KeyError, TypeError, ValueError, IndexError):
             self.dwarf_image = self._sections = None
+            self._index.release_symbols()
             return False  # a stale or damaged index: rebuild it
         return True
 
@@ -248,7 +255,9 @@ class Symbolizer:
             self._image = KernelImage(self.path)
         return self._image
 
-    def _build_record(self, img: Any) -> ImageRecord:
+    def _build_record(self, img: Any) -> tuple[ImageRecord, SymbolTable]:
+        """The image record (its ``symbols_size`` is set when the symbols file is written) and the
+        symbol table, read from the file."""
         syms = img.load_symbols()
         # a file with a symbol table and no DWARF is answered from the symbols alone, as addr2line does
         aranges = ArangeTable.of(())
@@ -265,15 +274,15 @@ class Symbolizer:
             banner = img.read_cstring_at_address(banner_addr)
         rec = ImageRecord(
             path=str(self.path), build_id=img.build_id, elf_type=img.elf_type, little_endian=img.little_endian,
-            elfclass=img.elfclass, machine=img.machine, sections=tuple(img.sections), symbols=syms.to_record(),
+            elfclass=img.elfclass, machine=img.machine, sections=tuple(img.sections), symbols_size=0,
             aranges=aranges, banner=banner, has_dwarf=bool(img.has_dwarf), dynamic_symbols=syms.dynamic_count,
             dir_prefix=None,
         )
-        self._apply_record(rec, opened)
+        self._apply_record(rec, syms, opened)
         # faddr2line's path prefix: addr2line's file for start_kernel, cut before init/main.c
-        return replace(rec, dir_prefix=self._find_dir_prefix())
+        return replace(rec, dir_prefix=self._find_dir_prefix()), syms
 
-    def _apply_record(self, rec: ImageRecord, opened: D.DwarfSections | None = None) -> None:
+    def _apply_record(self, rec: ImageRecord, symbols: SymbolTable, opened: D.DwarfSections | None = None) -> None:
         self.build_id = rec.build_id
         self.elf_type = rec.elf_type
         self.little_endian = rec.little_endian
@@ -281,7 +290,7 @@ class Symbolizer:
         self.machine = rec.machine
         self.banner: str | None = rec.banner
         self.sections = list(rec.sections)
-        self.symbols = SymbolTable.from_record(rec.symbols, self.sections)
+        self.symbols = symbols
         self.symbols.machine = self.machine
         self.symbols.dynamic_count = rec.dynamic_symbols
         self.dir_prefix: str | None = rec.dir_prefix
@@ -547,6 +556,9 @@ class Symbolizer:
             self._release()
 
     def _release(self) -> None:
+        index = getattr(self, "_index", None)  # none yet when the file could not be opened
+        if index is not None:
+            index.release_symbols()
         if self._image is not None:
             self._image.close()
             self._image = None
