@@ -289,6 +289,25 @@ def test_a_damaged_symbols_file_is_ignored_and_rebuilt_not_misread(tmp_path: Pat
         assert symbols.read_bytes() == good, f"{what}: rebuilt"
 
 
+def test_first_use_hashes_in_a_thread_that_ends_with_the_open(tmp_path: Path) -> None:
+    """A file's first use computes its fingerprint in a thread while it reads the symbol table: the key
+    is the one :func:`ksym.index.fingerprint` gives, and no thread is left when the Symbolizer is open."""
+    import mmap
+    import threading
+
+    from ksym.index import Fingerprinting, fingerprint, image_key
+
+    genuine = _with_build_id(tmp_path / "vmlinux")
+    before = threading.active_count()
+    with Symbolizer(genuine, cache_dir=tmp_path / "cache", links=False) as sym:
+        assert threading.active_count() == before
+        assert sym.stats.fingerprinted
+        skip = [(s.offset, s.size) for s in sym.sections if s.type in (4, 9)]
+        with open(genuine, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            assert sym.key == image_key(BUILD_ID, fingerprint(mm, skip))
+            assert Fingerprinting(mm, skip).result() == fingerprint(mm, skip)
+
+
 def test_a_unit_that_failed_to_read_is_never_stored(tmp_path: Path) -> None:
     """A unit read far enough for one address, then damaged further on (an inlined subroutine's DIE
     with an abbreviation code the unit does not define): the address past the damage fails, and the

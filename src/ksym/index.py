@@ -61,6 +61,7 @@ __all__ = [
     "STALE_TEMP_SECONDS",
     "AnswerRecords",
     "FileIdentity",
+    "Fingerprinting",
     "ImageIndex",
     "ImageRecord",
     "IndexStore",
@@ -164,6 +165,38 @@ def fingerprint(data: mmap.mmap, skip: Iterable[tuple[int, int]] = ()) -> str:
     finally:
         view.release()
     return h.hexdigest()[:32]
+
+
+class Fingerprinting:
+    """:func:`fingerprint` computed in a thread (hashlib releases the GIL while it hashes) while the
+    caller reads the same mapped file for other things. :meth:`result` joins the thread; a caller that
+    fails on the way calls :meth:`join` before it raises, so the thread never outlives the command."""
+
+    def __init__(self, data: mmap.mmap, skip: Iterable[tuple[int, int]] = ()) -> None:
+        import threading  # only on a file's first use
+
+        self._result: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(data, list(skip)), name="ksym-fingerprint",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, data: mmap.mmap, skip: list[tuple[int, int]]) -> None:
+        try:
+            self._result = fingerprint(data, skip)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> str:
+        """The fingerprint, once the thread is done; what it raised is raised here."""
+        self.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
 
 
 def image_key(build_id: str | None, content: str) -> str:

@@ -23,19 +23,19 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .dwarf_image import ArangeTable, DwarfImage, FileSections, dwarf_sections
 from .errors import BadFileError, KsymError, SpecError
 from .index import (
     CallerKey,
     FileIdentity,
+    Fingerprinting,
     ImageIndex,
     ImageRecord,
     IndexStore,
     StoredChain,
     StoredInstruction,
-    fingerprint,
     image_key,
 )
 from .lru import LRUCache
@@ -106,6 +106,17 @@ class IndexStats:
         return (f"units_read={self.units_read} units_loaded={self.units_loaded} answers_stored={self.answers_stored} "
                 f"answers_looked_up={self.answers_looked_up} fingerprinted={int(self.fingerprinted)} "
                 f"index={self.index or '-'}")
+
+
+class _ImageTables(NamedTuple):
+    """What a first use reads from the file while its fingerprint is computed."""
+
+    symbols: SymbolTable
+    #: :meth:`ksym.symbols.SymbolTable.to_buffer`: the index's symbols file (empty: no index)
+    symbols_buffer: bytes
+    aranges: ArangeTable
+    #: the DWARF sections as opened to read the aranges (None: no DWARF)
+    opened: D.DwarfSections | None
 
 
 class Symbolizer:
@@ -210,22 +221,30 @@ class Symbolizer:
         if identity is None:
             # no index to read or write: the key names nothing on disk
             self._open_session(image_key(self.build_id, "unindexed"))
-            self._apply_record(*self._build_record(img))
+            self._apply_record(*self._build_record(img, self._read_tables(img, for_index=False)))
             return
         # the index binds the contents, not only the build id: a damaged copy carrying the genuine
-        # build id must neither be answered from the genuine file's index nor write into it
-        key = image_key(self.build_id, fingerprint(
-            img.mm, [(s.offset, s.size) for s in img.sections if s.type in _RELOCATION_SECTION_TYPES]))
+        # build id must neither be answered from the genuine file's index nor write into it. The
+        # contents are hashed in a thread while the symbol table and the aranges are read (what an
+        # index of this key made from a copy at another path would make unnecessary: rare)
+        hashing = Fingerprinting(img.mm, [(s.offset, s.size) for s in img.sections
+                                          if s.type in _RELOCATION_SECTION_TYPES])
+        try:
+            tables = self._read_tables(img)
+        except BaseException:
+            hashing.join()
+            raise
+        key = image_key(self.build_id, hashing.result())
         self._fingerprinted = True
         rec = self._store.load_image(key)
         if rec is not None and self._use_record(key, rec):
             self._store.remember(identity, key)
             return
         self._open_session(key)
-        rec, syms = self._build_record(img)
+        rec, syms = self._build_record(img, tables)
         self._apply_record(rec, syms)
         # the symbols file first: an image record names the size of the symbols file written before it
-        buffer = syms.to_buffer()
+        buffer = tables.symbols_buffer
         self._store.save_symbols(key, buffer)
         self._store.save_image(key, replace(rec, symbols_size=len(buffer)))
         self._store.remember(identity, key)
@@ -255,9 +274,9 @@ class Symbolizer:
             self._image = KernelImage(self.path)
         return self._image
 
-    def _build_record(self, img: Any) -> tuple[ImageRecord, SymbolTable]:
-        """The image record (its ``symbols_size`` is set when the symbols file is written) and the
-        symbol table, read from the file."""
+    def _read_tables(self, img: Any, for_index: bool = True) -> _ImageTables:
+        """The symbol table (and, ``for_index``, its flat form for the index) and the aranges, read from
+        the file."""
         syms = img.load_symbols()
         # a file with a symbol table and no DWARF is answered from the symbols alone, as addr2line does
         aranges = ArangeTable.of(())
@@ -268,6 +287,12 @@ class Symbolizer:
             opened = self._dwarf_sections_from_image(img)
             with D.damage_is_bad_file(self.path):
                 aranges = ArangeTable.of(D.read_aranges(opened))
+        return _ImageTables(syms, syms.to_buffer() if for_index else b"", aranges, opened)
+
+    def _build_record(self, img: Any, tables: _ImageTables) -> tuple[ImageRecord, SymbolTable]:
+        """The image record (its ``symbols_size`` is set when the symbols file is written) and the
+        symbol table, from ``tables`` and the file."""
+        syms, aranges, opened = tables.symbols, tables.aranges, tables.opened
         banner = None
         banner_addr = syms.address_of("linux_banner")
         if banner_addr is not None:
