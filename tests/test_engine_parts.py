@@ -99,7 +99,8 @@ def test_records_read_back_as_written(tmp_path: Path) -> None:
         StoredInstruction.from_record(("yes", None))
     table = ArangeTable.of([(0x30, 0x40, 7), (0x10, 0x20, 3)])
     assert (table.unit_of(0x15), table.unit_of(0x3F), table.unit_of(0x20)) == (3, 7, None)
-    assert ArangeTable.from_record(table.to_record()).starts == [0x10, 0x30]
+    back = ArangeTable.from_record(table.to_record())
+    assert back == table and list(back.starts) == [0x10, 0x30] and back.maxlen == table.maxlen == 0x10
     assert UnitRange.from_record(UnitRange(1, 2, 3).to_record()) == UnitRange(1, 2, 3)
     # a session writes what it was given at flush, and only then
     store = IndexStore(tmp_path)

@@ -261,6 +261,53 @@ def test_an_index_of_format_8_is_ignored_not_misread(tmp_path: Path) -> None:
     assert marshal.loads((d / "answers.v8").read_bytes()) == old_shape, "the older file is left as it was"
 
 
+def test_a_damaged_symbols_file_is_ignored_and_rebuilt_not_misread(tmp_path: Path) -> None:
+    """The symbol table is its own file (``symbols.v<N>``, mapped): cut short, emptied, with a damaged
+    header, with columns that do not agree, or of another size than the image record names, it is
+    never read; the answers are those of the file read without an index, and the file is rebuilt."""
+    genuine = _with_build_id(tmp_path / "vmlinux")
+    want = _answers(genuine, None)
+    cache = tmp_path / "cache"
+    assert _answers(genuine, cache) == want
+    (symbols,) = cache.glob(f"index/*/symbols.v{FORMAT_VERSION}")
+    good = symbols.read_bytes()
+    # the column table starts after the 8-byte magic and the byte-order byte: (offset, size) pairs
+    values_size = struct.unpack_from("<Q", good, 9 + 16 * 2 + 8)[0]
+    shrunk = bytearray(good)
+    struct.pack_into("<Q", shrunk, 9 + 16 * 2 + 8, values_size - 8)  # one symbol fewer values than names
+    damages = {
+        "cut short": good[: len(good) // 2],
+        "empty": b"",
+        "magic": b"X" + good[1:],
+        "byte order": good[:8] + (b"b" if good[8:9] == b"l" else b"l") + good[9:],
+        "columns disagree": bytes(shrunk),
+        "longer": good + bytes(8),
+    }
+    for what, data in damages.items():
+        symbols.write_bytes(data)
+        assert _answers(genuine, cache) == want, what
+        assert symbols.read_bytes() == good, f"{what}: rebuilt"
+
+
+def test_first_use_hashes_in_a_thread_that_ends_with_the_open(tmp_path: Path) -> None:
+    """A file's first use computes its fingerprint in a thread while it reads the symbol table: the key
+    is the one :func:`ksym.index.fingerprint` gives, and no thread is left when the Symbolizer is open."""
+    import mmap
+    import threading
+
+    from ksym.index import Fingerprinting, fingerprint, image_key
+
+    genuine = _with_build_id(tmp_path / "vmlinux")
+    before = threading.active_count()
+    with Symbolizer(genuine, cache_dir=tmp_path / "cache", links=False) as sym:
+        assert threading.active_count() == before
+        assert sym.stats.fingerprinted
+        skip = [(s.offset, s.size) for s in sym.sections if s.type in (4, 9)]
+        with open(genuine, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            assert sym.key == image_key(BUILD_ID, fingerprint(mm, skip))
+            assert Fingerprinting(mm, skip).result() == fingerprint(mm, skip)
+
+
 def test_a_unit_that_failed_to_read_is_never_stored(tmp_path: Path) -> None:
     """A unit read far enough for one address, then damaged further on (an inlined subroutine's DIE
     with an abbreviation code the unit does not define): the address past the damage fails, and the

@@ -37,13 +37,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, NamedTuple
 
 from .buildid import normalize_build_id, same_build_id
 from .errors import BadFileError, DebuginfodError, FileNotFoundKsymError, KsymError
 from .index import STALE_TEMP_SECONDS
+from .searchopts import Attempt, DebuginfoOptions, DebugLookup
 from .transfer import Limits, Transfer, TransferError
 
 __all__ = [
@@ -128,37 +128,6 @@ def elf_facts(path: str | os.PathLike[str]) -> ElfFacts:
 # Where to look
 
 
-@dataclass(frozen=True)
-class DebuginfoOptions:
-    """How to look for debug files.
-
-    :param debug_dirs: roots searched before ``$KSYM_DEBUG_DIRS`` and ``/usr/lib/debug`` (each holding a
-        ``.build-id`` tree, or being one).
-    :param servers: debuginfod base URLs; None: ``$DEBUGINFOD_URLS`` (space-separated).
-    :param offline: no network at all (the cache is still read).
-    :param cache_dir: the ksym cache (default ``$KSYM_CACHE_DIR``, ``~/.cache/ksym``); debuginfod files go
-        under its ``debuginfod/``, the only place ksym writes them.
-    :param progress: draw a progress bar on stderr; None: only when stderr is a terminal.
-    :param timeout: connect and read (no data) timeout in seconds; None: ``$DEBUGINFOD_TIMEOUT``, else 30.
-    :param deadline: overall seconds one download may take, all of it (connecting, every retry); None:
-        ``$DEBUGINFOD_MAXTIME``, else :data:`DEFAULT_DEADLINE`.
-    :param max_size: the largest file downloaded, in bytes; None: ``$DEBUGINFOD_MAXSIZE``, else
-        :data:`DEFAULT_MAX_SIZE`.
-    :param use_env: read ``$KSYM_DEBUG_DIRS``/``$DEBUGINFOD_*`` (tests turn it off).
-    """
-
-    debug_dirs: tuple[str, ...] = ()
-    servers: tuple[str, ...] | None = None
-    offline: bool = False
-    cache_dir: str | None = None
-    progress: bool | None = None
-    timeout: float | None = None
-    deadline: float | None = None
-    max_size: int | None = None
-    use_env: bool = True
-    system_root: bool = True
-
-
 def debug_roots(options: DebuginfoOptions) -> list[Path]:
     """``--debug-dir`` entries, then ``$KSYM_DEBUG_DIRS`` (``:``-separated), then ``/usr/lib/debug``."""
     roots = [Path(d) for d in options.debug_dirs]
@@ -221,57 +190,6 @@ def debuginfod_cache_dirs(options: DebuginfoOptions) -> DebuginfodCaches:
 
 # --------------------------------------------------------------------------------------------------
 # Records
-
-
-@dataclass
-class Attempt:
-    """One place looked at: ``kind`` (build-id dir, distribution path, cache, debuginfod), where, and the
-    outcome (``missing``, ``match``, ``mismatch``, ``no build id``, ``unusable``, ``not found``,
-    ``failed``, ``skipped``), with the build id the file has and a detail."""
-
-    kind: str
-    where: str
-    outcome: str
-    build_id: str | None = None
-    detail: str = ""
-    has_dwarf: bool | None = None
-
-    def __str__(self) -> str:
-        text = f"{self.kind}: {self.where}: {self.outcome}"
-        if self.build_id:
-            text += f" (build id {self.build_id})"
-        if self.detail:
-            text += f": {self.detail}"
-        return text
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "where": self.where, "outcome": self.outcome, "build_id": self.build_id,
-                "detail": self.detail or None}
-
-
-@dataclass
-class DebugLookup:
-    """What :func:`locate_debuginfo` found: ``path`` (None when nothing), and every attempt."""
-
-    build_id: str | None
-    source: str
-    path: Path | None = None
-    found_by: str | None = None
-    attempts: list[Attempt] = field(default_factory=list)
-    servers: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    #: facts shown by ``ksym debuginfo`` (the running kernel's build id, a given vmlinux's, ...)
-    notes: list[str] = field(default_factory=list)
-    #: what to install when nothing was found
-    install: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"build_id": self.build_id, "build_id_source": self.source, "found": self.path is not None,
-                "path": str(self.path) if self.path else None, "found_by": self.found_by,
-                "attempts": [a.to_dict() for a in self.attempts], "servers": self.servers,
-                "failures": self.failures, "warnings": self.warnings, "notes": self.notes,
-                "install": self.install}
 
 
 def _is_file(path: Path) -> bool | None:

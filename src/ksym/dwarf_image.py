@@ -24,13 +24,15 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from cachetools import LRUCache
-
-from . import dwarf as D
 from .compress import SHF_COMPRESSED
 from .errors import BadFileError
+from .lru import LRUCache
 from .model import SourceLocation
 from .symbols import Section, SymbolTable, inline_chain
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from . import dwarf as D
 
 __all__ = [
     "DWARF_SECTIONS",
@@ -62,6 +64,8 @@ def dwarf_sections(path: object, contents: Callable[[str], bytes | memoryview | 
     :raises MissingDebugInfoError: (from ``require_dwarf``) no .debug_info.
     :raises BadFileError: .debug_info without .debug_abbrev.
     """
+    from . import dwarf as D
+
     kw: dict[str, Any] = {k: contents(name) for k, name in DWARF_SECTIONS.items()}
     if kw["info"] is None or kw["abbrev"] is None:
         require_dwarf()
@@ -91,18 +95,18 @@ class ArangeTable:
 
     __slots__ = ("ends", "maxlen", "starts", "units")
 
-    def __init__(self, starts: list[int], ends: list[int], units: list[int]) -> None:
+    def __init__(self, starts: array[int], ends: array[int], units: array[int], maxlen: int | None = None) -> None:
         self.starts = starts
         self.ends = ends
         self.units = units
         # no range is longer: the backward scan from the bisection point stops this far below
-        self.maxlen = max((b - a for a, b in zip(starts, ends)), default=0)
+        self.maxlen = max((b - a for a, b in zip(starts, ends)), default=0) if maxlen is None else maxlen
 
     @classmethod
     def of(cls, aranges: Iterable[tuple[int, int, int]]) -> ArangeTable:
         """From ``(start, end, unit offset)`` triples in any order."""
         ar = sorted(aranges)
-        return cls([a[0] for a in ar], [a[1] for a in ar], [a[2] for a in ar])
+        return cls(array("Q", [a[0] for a in ar]), array("Q", [a[1] for a in ar]), array("Q", [a[2] for a in ar]))
 
     def unit_of(self, address: int) -> int | None:
         starts = self.starts
@@ -121,21 +125,24 @@ class ArangeTable:
 
     __hash__ = None  # type: ignore[assignment]
 
-    def to_record(self) -> tuple[bytes, bytes, bytes]:
+    def to_record(self) -> tuple[bytes, bytes, bytes, int]:
         return (array("Q", self.starts).tobytes(), array("Q", self.ends).tobytes(),
-                array("Q", self.units).tobytes())
+                array("Q", self.units).tobytes(), self.maxlen)
 
     @classmethod
-    def from_record(cls, rec: Sequence[bytes]) -> ArangeTable:
+    def from_record(cls, rec: Sequence[Any]) -> ArangeTable:
         """:raises TypeError, ValueError, IndexError: not a record of this shape."""
         cols = []
         for i in range(3):
             a = array("Q")
             a.frombytes(rec[i])
-            cols.append(a.tolist())
+            cols.append(a)
         if not len(cols[0]) == len(cols[1]) == len(cols[2]):
             raise ValueError("aranges columns of different lengths")
-        return cls(cols[0], cols[1], cols[2])
+        maxlen = rec[3]
+        if type(maxlen) is not int or maxlen < 0:
+            raise TypeError("aranges: the longest range")
+        return cls(cols[0], cols[1], cols[2], maxlen)
 
 
 class SectionSource(Protocol):
@@ -196,6 +203,8 @@ class FileSections:
         self.mapping: mmap.mmap | None = None
 
     def open(self) -> D.DwarfSections:
+        from . import dwarf as D
+
         if self._opened is not None:
             opened, self._opened = self._opened, None
             return opened
@@ -243,6 +252,7 @@ class DwarfImage:
 
     def __init__(self, path: Path, source: SectionSource, aranges: ArangeTable | None = None, *,
                  units: UnitStore | None = None, cache_size: int = 256) -> None:
+
         self.path = path
         self._source = source
         self._sections: D.DwarfSections | None = None
@@ -274,6 +284,8 @@ class DwarfImage:
     def unit_offset(self, address: int) -> int | None:
         """The .debug_info offset of the unit covering ``address``, or None."""
         if self._aranges is None:
+            from . import dwarf as D
+
             sec = self.sections
             with D.damage_is_bad_file(self.path):
                 self._aranges = ArangeTable.of(D.read_aranges(sec))
@@ -287,6 +299,8 @@ class DwarfImage:
 
     def _unit_ranges(self) -> list[UnitRange]:
         """For units missing from .debug_aranges: the ranges of every unit DIE (read once, then stored)."""
+        from . import dwarf as D
+
         if self._fallback is None:
             stored = self._store.load_unit_ranges() if self._store is not None else None
             if stored is not None:
@@ -320,6 +334,8 @@ class DwarfImage:
         """The unit at ``offset`` of .debug_info (from memory, the store or the DWARF); given an
         ``address``, a unit read from the DWARF is read only as far as that address needs
         (:meth:`read_on` reads on)."""
+        from . import dwarf as D
+
         cu = self._units.get(offset)
         if cu is not None:
             return cu
@@ -338,6 +354,8 @@ class DwarfImage:
         """Read as much more of ``cu`` as ``address`` needs: its line program, and with ``functions``
         its top-level functions and the subtree of the one holding it; a unit that grew goes to the
         store. The sections are opened only when something is missing."""
+        from . import dwarf as D
+
         changed = False
         # the readers leave ``cu`` as it was when they meet damage, and a unit that failed to read is
         # dropped from memory and from the pending writes: nothing half-read is kept or stored
@@ -375,6 +393,8 @@ class DwarfImage:
               display: Callable[[str], str]) -> tuple[tuple[SourceLocation, ...], int]:
         """The inline chain at ``address``, innermost first, as addr2line -i reports it (paths shown
         by ``display``), and the start of the line row covering it (-1: none)."""
+        from . import dwarf as D
+
         off = self.unit_offset(address)
         if off is None:
             return inline_chain(None, address, symbols, display), -1
@@ -388,6 +408,8 @@ class DwarfImage:
     def line_at(self, address: int) -> tuple[str, int, int, int] | None:
         """The innermost line at ``address`` (addr2line without -i) from the line table alone:
         (file, line, column, discriminator), or None."""
+        from . import dwarf as D
+
         off = self.unit_offset(address)
         if off is None:
             return None

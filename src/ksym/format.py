@@ -9,11 +9,9 @@ so the text stays byte-identical to faddr2line's.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from .model import Resolution, SourceLocation
@@ -78,6 +76,8 @@ def resolution_json(res: Resolution) -> dict[str, Any]:
 
 def frame_json(query: str, matches: Sequence[Resolution], error: str | None = None) -> str:
     """One JSON object for one input: the first match's fields at the top, every match in ``matches``."""
+    import json  # only here: plain text output never needs it
+
     obj: dict[str, Any] = {"query": query, "resolved": bool(matches), "error": error}
     if matches:
         first = matches[0].to_dict()
@@ -91,15 +91,15 @@ def frame_json(query: str, matches: Sequence[Resolution], error: str | None = No
 def output_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """A binary file to write ``path``'s new contents to: a temporary beside it, renamed over it when the
     ``with`` block ends without an error and deleted otherwise, so a failed run leaves no half output."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    head, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(head, f".{name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
             yield fh
-        os.replace(tmp, target)
+        os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
 
 
 def write_output(path: str | os.PathLike[str], payload: str) -> None:

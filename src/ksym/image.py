@@ -20,7 +20,16 @@ from .compress import SectionContents
 from .errors import BadFileError, FileNotFoundKsymError, MissingDebugInfoError
 from .symbols import Section, SymbolTable
 
-__all__ = ["DEBUG_PACKAGES", "DEBUG_PACKAGE_HINT", "KernelImage", "SectionTableCheck", "SectionTableError"]
+__all__ = [
+    "DEBUG_PACKAGES",
+    "DEBUG_PACKAGE_HINT",
+    "MODULE_SUFFIXES",
+    "KernelImage",
+    "SectionTableCheck",
+    "SectionTableError",
+    "is_module_file",
+    "strip_module_suffix",
+]
 
 SHT_SYMTAB = 2
 SHT_NOTE = 7
@@ -233,3 +242,32 @@ def _sh_type_num(name: str) -> int:
              "SHT_HASH": 5, "SHT_DYNAMIC": 6, "SHT_NOTE": 7, "SHT_NOBITS": 8, "SHT_REL": 9,
              "SHT_DYNSYM": 11}
     return table.get(name, 0x70000000)
+
+
+#: The file names of module debug files.
+MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz", ".ko.debug")
+_ET_REL = 1
+
+
+def strip_module_suffix(file_name: str) -> str | None:
+    """``file_name`` without its module suffix (``.ko``, ``.ko.xz``, ...); None: it has none."""
+    for suffix in sorted(MODULE_SUFFIXES, key=len, reverse=True):
+        if file_name.endswith(suffix):
+            return file_name[: -len(suffix)]
+    return None
+
+
+def is_module_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` looks like a module debug file: a ``.ko*`` name, or an ELF relocatable object
+    (e_type ET_REL). Cheap: reads 18 bytes at most; False for unreadable files."""
+    p = Path(path)
+    if strip_module_suffix(p.name) is not None:
+        return True
+    try:
+        with open(p, "rb") as f:
+            head = f.read(18)
+    except OSError:
+        return False
+    if len(head) < 18 or head[:4] != b"\x7fELF":
+        return False
+    return int.from_bytes(head[16:18], "little" if head[5] == 1 else "big") == _ET_REL

@@ -4,8 +4,10 @@ Layout under ``$KSYM_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ksym``, i.e. ``~/.ca
 
     paths/<checksums of the real path>.v9 → PathRecord: the file's identity (size, mtime, ctime, inode,
                                           device) and its key, so a warm run neither opens nor hashes it
-    index/<key>/image.v9                → ImageRecord: sections, symbol table arrays, aranges,
-                                          faddr2line prefix, banner
+    index/<key>/image.v9                → ImageRecord: sections, aranges, faddr2line prefix, banner
+    index/<key>/symbols.v9              → the symbol table as one flat buffer
+                                          (:meth:`ksym.symbols.SymbolTable.to_buffer`), mapped read-only
+                                          by the session: its columns are views of the map
     index/<key>/units-<...>.v9          → a pack of compilation units as read (function tree + line
                                           table, each possibly partial: read on when an address needs it)
     index/<key>/units.v9                → unit offset → the pack holding its newest record
@@ -25,7 +27,8 @@ relocation sections), so a damaged or altered copy that carries the genuine buil
 its own and can neither be answered from the genuine file's index nor write into it. It is computed
 once per file identity and remembered in the path memo. Files are written with ``marshal`` (plain data
 only: loading never runs code) to a temporary name (``.tmp-<16 hex digits>``) and renamed into place,
-so readers never see half a file; a file that fails to load is deleted and rebuilt; temporaries left
+so readers never see half a file (the symbols file is written before the image record naming its
+size); a file that fails to load is deleted and rebuilt; temporaries left
 by an interrupted write are deleted by a later write to the same directory once they are an hour old.
 """
 
@@ -43,12 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cachetools import LRUCache
-
-from . import dwarf as D
 from .dwarf_image import ArangeTable, UnitRange
+from .lru import LRUCache
 from .model import SourceLocation
-from .symbols import Section
+from .symbols import Section, SymbolTable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from . import dwarf as D
 
 __all__ = [
     "FORMAT_VERSION",
@@ -56,6 +61,7 @@ __all__ = [
     "STALE_TEMP_SECONDS",
     "AnswerRecords",
     "FileIdentity",
+    "Fingerprinting",
     "ImageIndex",
     "ImageRecord",
     "IndexStore",
@@ -161,6 +167,38 @@ def fingerprint(data: mmap.mmap, skip: Iterable[tuple[int, int]] = ()) -> str:
     return h.hexdigest()[:32]
 
 
+class Fingerprinting:
+    """:func:`fingerprint` computed in a thread (hashlib releases the GIL while it hashes) while the
+    caller reads the same mapped file for other things. :meth:`result` joins the thread; a caller that
+    fails on the way calls :meth:`join` before it raises, so the thread never outlives the command."""
+
+    def __init__(self, data: mmap.mmap, skip: Iterable[tuple[int, int]] = ()) -> None:
+        import threading  # only on a file's first use
+
+        self._result: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(data, list(skip)), name="ksym-fingerprint",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, data: mmap.mmap, skip: list[tuple[int, int]]) -> None:
+        try:
+            self._result = fingerprint(data, skip)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> str:
+        """The fingerprint, once the thread is done; what it raised is raised here."""
+        self.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
 def image_key(build_id: str | None, content: str) -> str:
     """The index key of a file: its build id (if any) and the :func:`fingerprint` of its contents."""
     return f"{build_id or 'nobuildid'}-{content}"
@@ -226,6 +264,28 @@ class IndexStore:
         if self.enabled:
             self._save(self.directory(key) / f"image.v{FORMAT_VERSION}",
                        {**record.to_record(), "format": FORMAT_VERSION, "key": key})
+
+    def save_symbols(self, key: str, buffer: bytes) -> None:
+        """Write the symbol table's flat buffer (:meth:`ksym.symbols.SymbolTable.to_buffer`)."""
+        if self.enabled:
+            self._save(self.directory(key) / f"symbols.v{FORMAT_VERSION}", buffer, raw=True)
+
+    def map_symbols(self, key: str, size: int) -> mmap.mmap | None:
+        """The symbols file of ``key`` mapped read-only, or None (none, disabled, or not ``size`` bytes
+        long as the image record says: a short or another write's file, deleted to be rebuilt)."""
+        if not self.enabled:
+            return None
+        path = self.directory(key) / f"symbols.v{FORMAT_VERSION}"
+        try:
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size != size or size == 0:
+                    raise ValueError("not the symbols file the image record names")
+                return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            self.drop(path)
+            return None
 
     def load_unit_ranges(self, key: str) -> list[UnitRange] | None:
         """The ranges of the units .debug_aranges misses, as stored, or None."""
@@ -322,13 +382,19 @@ class IndexStore:
             return None
         except (OSError, EOFError, ValueError, TypeError):
             # corrupt or unreadable: drop it, it will be rebuilt
-            try:
-                path.unlink()
-            except OSError:
-                pass
+            IndexStore.drop(path)
             return None
 
-    def _save(self, path: Path, obj: Any) -> bool:
+    @staticmethod
+    def drop(path: Path) -> None:
+        """Delete a damaged index file (it is rebuilt)."""
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+    def _save(self, path: Path, obj: Any, raw: bool = False) -> bool:
+        """Write ``obj`` (marshalled; ``raw``: bytes as they are) to a temporary, renamed to ``path``."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             for d in (path.parent, self.root / "paths"):
@@ -344,7 +410,10 @@ class IndexStore:
                     continue
             try:
                 with os.fdopen(fd, "wb") as f:
-                    marshal.dump(obj, f)
+                    if raw:
+                        f.write(obj)
+                    else:
+                        marshal.dump(obj, f)
                 os.replace(tmp, path)
             except BaseException:
                 try:
@@ -386,8 +455,8 @@ class ImageRecord:
     elfclass: int
     machine: str | None
     sections: tuple[Section, ...]
-    #: :meth:`ksym.symbols.SymbolTable.to_record`
-    symbols: tuple[Any, ...]
+    #: the length of the symbols file (``symbols.v<N>``, :meth:`ksym.symbols.SymbolTable.to_buffer`)
+    symbols_size: int
     aranges: ArangeTable
     #: ``linux_banner`` (None: no such symbol)
     banner: str | None
@@ -402,7 +471,7 @@ class ImageRecord:
             "path": self.path, "build_id": self.build_id, "elf_type": self.elf_type,
             "little_endian": self.little_endian, "elfclass": self.elfclass, "machine": self.machine,
             "sections": [(s.index, s.name, s.type, s.flags, s.addr, s.offset, s.size) for s in self.sections],
-            "syms": self.symbols, "aranges": self.aranges.to_record(), "banner": self.banner,
+            "symbols_size": self.symbols_size, "aranges": self.aranges.to_record(), "banner": self.banner,
             "has_dwarf": self.has_dwarf, "dynamic_symbols": self.dynamic_symbols, "dir_prefix": self.dir_prefix,
         }
 
@@ -413,12 +482,12 @@ class ImageRecord:
         for v in (build_id, machine, banner, prefix):
             if v is not None and not isinstance(v, str):
                 raise TypeError("not a string")
-        if not isinstance(rec["syms"], tuple):
-            raise TypeError("symbol table record")
+        if type(rec["symbols_size"]) is not int:
+            raise TypeError("symbols file size")
         return cls(
             path=str(rec["path"]), build_id=build_id, elf_type=str(rec["elf_type"]),
             little_endian=bool(rec["little_endian"]), elfclass=int(rec["elfclass"]), machine=machine,
-            sections=tuple(Section(*s) for s in rec["sections"]), symbols=rec["syms"],
+            sections=tuple(Section(*s) for s in rec["sections"]), symbols_size=rec["symbols_size"],
             aranges=ArangeTable.from_record(rec["aranges"]), banner=banner, has_dwarf=bool(rec["has_dwarf"]),
             dynamic_symbols=int(rec["dynamic_symbols"]), dir_prefix=prefix,
         )
@@ -592,6 +661,7 @@ class ImageIndex:
     is written at exit or by the garbage collector."""
 
     def __init__(self, store: IndexStore, key: str) -> None:
+
         self.store = store
         self.key = key
         self._unit_map: dict[int, str] | None = None
@@ -599,11 +669,47 @@ class ImageIndex:
         self._packs: LRUCache[str, dict[int, Any]] = LRUCache(maxsize=4)
         self._dirty: dict[int, D.CompiledUnit] = {}
         self._answers: StoredAnswers | None = None
+        # the mapped symbols file and the table whose columns are views of it (released by close())
+        self._symbols_map: mmap.mmap | None = None
+        self._symbols: SymbolTable | None = None
 
     @property
     def directory(self) -> Path | None:
         """Where the index of this image lives (None: the store is disabled)."""
         return self.store.directory(self.key) if self.store.enabled else None
+
+    # -- the symbol table --
+
+    def load_symbols(self, size: int, sections: list[Section]) -> SymbolTable | None:
+        """The image's symbol table from its symbols file of ``size`` bytes, mapped for the session's
+        life (its columns are views of the map until :meth:`close`); None when there is none or it is
+        damaged (deleted: it is rebuilt)."""
+        self.release_symbols()
+        mm = self.store.map_symbols(self.key, size)
+        if mm is None:
+            return None
+        try:
+            table = SymbolTable.from_buffer(mm, sections)
+        except ValueError:
+            table = None
+        if table is None:
+            mm.close()
+            self.store.drop(self.store.directory(self.key) / f"symbols.v{FORMAT_VERSION}")
+            return None
+        self._symbols_map, self._symbols = mm, table
+        return table
+
+    def release_symbols(self) -> None:
+        """Release the mapped symbol table: its columns first, then the map."""
+        if self._symbols is not None:
+            self._symbols.release()
+            self._symbols = None
+        if self._symbols_map is not None:
+            mm, self._symbols_map = self._symbols_map, None
+            try:
+                mm.close()
+            except BufferError:
+                pass  # a view of it is still held somewhere: the map goes with its last view
 
     # -- units (the UnitStore of the image's DwarfImage) --
 
@@ -614,6 +720,8 @@ class ImageIndex:
         return self._unit_map.get(offset)
 
     def load_unit(self, offset: int) -> D.CompiledUnit | None:
+        from . import dwarf as D
+
         pack = self.pack_of(offset)
         if pack is None:
             return None
@@ -646,6 +754,8 @@ class ImageIndex:
         """Write the units read or grown since the last call as one pack (mapped at :meth:`flush`)."""
         if not self._dirty:
             return
+        from . import dwarf as D
+
         recs = {off: D.unit_to_record(cu) for off, cu in self._dirty.items()}
         self._dirty.clear()
         name = self.store.save_units(self.key, recs)
@@ -684,10 +794,13 @@ class ImageIndex:
             self._answers.flush()
 
     def close(self) -> None:
-        """:meth:`flush`, then drop what is held in memory."""
-        self.flush()
-        self._packs.clear()
-        self._unit_map = None
+        """:meth:`flush`, then drop what is held in memory and release the mapped symbol table."""
+        try:
+            self.flush()
+        finally:
+            self._packs.clear()
+            self._unit_map = None
+            self.release_symbols()
 
     def __enter__(self) -> ImageIndex:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self

@@ -7,7 +7,6 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .buildid import KERNEL_NOTES_PATH, normalize_build_id, running_build_id
@@ -25,6 +24,7 @@ from .debuginfo import (
     package_hint,
 )
 from .errors import DebuginfodError, FileNotFoundKsymError, MissingDebugInfoError
+from .searchopts import Located
 
 __all__ = ["Located", "candidate_paths", "explain_debuginfo", "find_vmlinux", "search_vmlinux"]
 
@@ -45,14 +45,6 @@ def candidate_paths(release: str | None = None) -> list[Path]:
     out = [Path(p) for p in pats]
     out += [Path(p) for p in sorted(glob.glob("/boot/vmlinux-*")) if Path(p) not in out]
     return out
-
-
-@dataclass
-class Located:
-    path: Path
-    reason: str
-    warnings: list[str] = field(default_factory=list)
-    lookup: DebugLookup | None = None
 
 
 def search_vmlinux(

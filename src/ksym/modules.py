@@ -48,7 +48,9 @@ from .errors import (
     MissingDebugInfoError,
     SpecError,
 )
-from .image import SectionTableCheck, SectionTableError
+from .image import MODULE_SUFFIXES as _MODULE_SUFFIXES
+from .image import SectionTableCheck, SectionTableError, is_module_file
+from .image import strip_module_suffix as _strip_module_suffix
 from .model import Resolution, SourceLocation
 from .pathmap import PathMap
 from .spec import AddressSpec, FuncSpec, parse_spec
@@ -85,8 +87,6 @@ _RELOCS: dict[int, dict[int, tuple[int, bool, str]]] = {
           257: (8, False, "R_AARCH64_ABS64"), 258: (4, False, "R_AARCH64_ABS32")},
     3: {0: (0, False, "R_386_NONE"), 1: (4, False, "R_386_32"), 2: (4, True, "R_386_PC32")},
 }
-
-_MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz", ".ko.debug")
 
 
 # --- reading the file ---------------------------------------------------------------------------------
@@ -126,22 +126,6 @@ def read_module_file(path: str | os.PathLike[str]) -> bytes:
         except (OSError, EOFError) as exc:
             raise BadFileError(f"{p}: corrupt gzip data: {exc}") from None
     return raw
-
-
-def is_module_file(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` looks like a module debug file: a ``.ko*`` name, or an ELF relocatable object
-    (e_type ET_REL). Cheap: reads 18 bytes at most; False for unreadable files."""
-    p = Path(path)
-    if _strip_module_suffix(p.name) is not None:
-        return True
-    try:
-        with open(p, "rb") as f:
-            head = f.read(18)
-    except OSError:
-        return False
-    if len(head) < 18 or head[:4] != b"\x7fELF":
-        return False
-    return int.from_bytes(head[16:18], "little" if head[5] == 1 else "big") == ET_REL
 
 
 def _log2(n: int) -> int:
@@ -645,13 +629,6 @@ def normalize_module_name(name: str) -> str:
 def module_file_names(module_name: str) -> list[str]:
     """File names a module's debug file may have (``nf_tables.ko``, ``nf_tables.ko.xz``, ...)."""
     return [module_name + suffix for suffix in _MODULE_SUFFIXES]
-
-
-def _strip_module_suffix(file_name: str) -> str | None:
-    for suffix in sorted(_MODULE_SUFFIXES, key=len, reverse=True):
-        if file_name.endswith(suffix):
-            return file_name[: -len(suffix)]
-    return None
 
 
 @functools.lru_cache(maxsize=32)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import threading
 from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -119,6 +118,8 @@ class Prefetcher:
         n = self._processes if self._processes is not None else usable_cpus()
         n = min(n, MAX_PROCESSES, max(1, len(cold) // UNITS_PER_PROCESS))
         # fork only a single-threaded process (a forked copy of a thread holding a lock can hang)
+        import threading  # a thread anyone started has imported it already
+
         if n < 2 or not hasattr(os, "fork") or threading.active_count() > 1:
             # unit by unit, the stored ones pack by pack
             for off in sorted(by_unit, key=lambda o: ((index.pack_of(o) or "") if o is not None else "", o or 0)):

@@ -23,31 +23,33 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from cachetools import LRUCache
-
-from . import dwarf as D
-from .debuginfo import DebuginfoOptions
 from .dwarf_image import ArangeTable, DwarfImage, FileSections, dwarf_sections
 from .errors import BadFileError, KsymError, SpecError
 from .index import (
     CallerKey,
     FileIdentity,
+    Fingerprinting,
     ImageIndex,
     ImageRecord,
     IndexStore,
     StoredChain,
     StoredInstruction,
-    fingerprint,
     image_key,
 )
-from .locate import find_vmlinux
+from .lru import LRUCache
 from .model import Resolution, SourceLocation
 from .pathmap import PathMap
 from .prefetch import Prefetcher
+from .searchopts import Located
 from .spec import AddressSpec, FuncSpec, parse_spec
 from .symbols import SymbolTable, SymbolView, faddr2line_select, inline_chain
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from . import dwarf as D
+    from .searchopts import DebuginfoOptions
 
 __all__ = ["IndexStats", "Symbolizer", "source_relative"]
 
@@ -106,6 +108,17 @@ class IndexStats:
                 f"index={self.index or '-'}")
 
 
+class _ImageTables(NamedTuple):
+    """What a first use reads from the file while its fingerprint is computed."""
+
+    symbols: SymbolTable
+    #: :meth:`ksym.symbols.SymbolTable.to_buffer`: the index's symbols file (empty: no index)
+    symbols_buffer: bytes
+    aranges: ArangeTable
+    #: the DWARF sections as opened to read the aranges (None: no DWARF)
+    opened: D.DwarfSections | None
+
+
 class Symbolizer:
     """Resolve kernel frames (``func+off[/size]``) and link-time addresses against one debug image.
 
@@ -151,9 +164,15 @@ class Symbolizer:
         path_map: Iterable[str | tuple[str, str]] | PathMap | None = None,
     ) -> None:
         self.path_map = PathMap.parse(path_map)
-        if debuginfo is None and cache_dir is not None:
-            debuginfo = DebuginfoOptions(cache_dir=str(cache_dir))
-        located = find_vmlinux(vmlinux, build_id=build_id, options=debuginfo, warn=warn)
+        if vmlinux:
+            located = Located(Path(vmlinux), "given on the command line")  # as find_vmlinux says it
+        else:
+            from .locate import find_vmlinux
+            from .searchopts import DebuginfoOptions
+
+            if debuginfo is None and cache_dir is not None:
+                debuginfo = DebuginfoOptions(cache_dir=str(cache_dir))
+            located = find_vmlinux(vmlinux, build_id=build_id, options=debuginfo, warn=warn)
         self.located = located
         self.path = located.path
         self.warnings: list[str] = list(located.warnings)
@@ -202,21 +221,32 @@ class Symbolizer:
         if identity is None:
             # no index to read or write: the key names nothing on disk
             self._open_session(image_key(self.build_id, "unindexed"))
-            self._apply_record(self._build_record(img))
+            self._apply_record(*self._build_record(img, self._read_tables(img, for_index=False)))
             return
         # the index binds the contents, not only the build id: a damaged copy carrying the genuine
-        # build id must neither be answered from the genuine file's index nor write into it
-        key = image_key(self.build_id, fingerprint(
-            img.mm, [(s.offset, s.size) for s in img.sections if s.type in _RELOCATION_SECTION_TYPES]))
+        # build id must neither be answered from the genuine file's index nor write into it. The
+        # contents are hashed in a thread while the symbol table and the aranges are read (what an
+        # index of this key made from a copy at another path would make unnecessary: rare)
+        hashing = Fingerprinting(img.mm, [(s.offset, s.size) for s in img.sections
+                                          if s.type in _RELOCATION_SECTION_TYPES])
+        try:
+            tables = self._read_tables(img)
+        except BaseException:
+            hashing.join()
+            raise
+        key = image_key(self.build_id, hashing.result())
         self._fingerprinted = True
         rec = self._store.load_image(key)
         if rec is not None and self._use_record(key, rec):
             self._store.remember(identity, key)
             return
         self._open_session(key)
-        rec = self._build_record(img)
-        self._apply_record(rec)
-        self._store.save_image(key, rec)
+        rec, syms = self._build_record(img, tables)
+        self._apply_record(rec, syms)
+        # the symbols file first: an image record names the size of the symbols file written before it
+        buffer = tables.symbols_buffer
+        self._store.save_symbols(key, buffer)
+        self._store.save_image(key, replace(rec, symbols_size=len(buffer)))
         self._store.remember(identity, key)
 
     def _open_session(self, key: str) -> None:
@@ -226,10 +256,14 @@ class Symbolizer:
     def _use_record(self, key: str, rec: ImageRecord) -> bool:
         """Take the image from a stored record; False when it does not make a symbol table (rebuilt)."""
         self._open_session(key)
+        syms = self._index.load_symbols(rec.symbols_size, list(rec.sections))
+        if syms is None:
+            return False  # no symbols file, or a damaged one: rebuild it
         try:
-            self._apply_record(rec)
+            self._apply_record(rec, syms)
         except (KeyError, TypeError, ValueError, IndexError):
             self.dwarf_image = self._sections = None
+            self._index.release_symbols()
             return False  # a stale or damaged index: rebuild it
         return True
 
@@ -240,30 +274,40 @@ class Symbolizer:
             self._image = KernelImage(self.path)
         return self._image
 
-    def _build_record(self, img: Any) -> ImageRecord:
+    def _read_tables(self, img: Any, for_index: bool = True) -> _ImageTables:
+        """The symbol table (and, ``for_index``, its flat form for the index) and the aranges, read from
+        the file."""
         syms = img.load_symbols()
         # a file with a symbol table and no DWARF is answered from the symbols alone, as addr2line does
         aranges = ArangeTable.of(())
         opened = None
         if img.has_dwarf:
+            from . import dwarf as D
+
             opened = self._dwarf_sections_from_image(img)
             with D.damage_is_bad_file(self.path):
                 aranges = ArangeTable.of(D.read_aranges(opened))
+        return _ImageTables(syms, syms.to_buffer() if for_index else b"", aranges, opened)
+
+    def _build_record(self, img: Any, tables: _ImageTables) -> tuple[ImageRecord, SymbolTable]:
+        """The image record (its ``symbols_size`` is set when the symbols file is written) and the
+        symbol table, from ``tables`` and the file."""
+        syms, aranges, opened = tables.symbols, tables.aranges, tables.opened
         banner = None
         banner_addr = syms.address_of("linux_banner")
         if banner_addr is not None:
             banner = img.read_cstring_at_address(banner_addr)
         rec = ImageRecord(
             path=str(self.path), build_id=img.build_id, elf_type=img.elf_type, little_endian=img.little_endian,
-            elfclass=img.elfclass, machine=img.machine, sections=tuple(img.sections), symbols=syms.to_record(),
+            elfclass=img.elfclass, machine=img.machine, sections=tuple(img.sections), symbols_size=0,
             aranges=aranges, banner=banner, has_dwarf=bool(img.has_dwarf), dynamic_symbols=syms.dynamic_count,
             dir_prefix=None,
         )
-        self._apply_record(rec, opened)
+        self._apply_record(rec, syms, opened)
         # faddr2line's path prefix: addr2line's file for start_kernel, cut before init/main.c
-        return replace(rec, dir_prefix=self._find_dir_prefix())
+        return replace(rec, dir_prefix=self._find_dir_prefix()), syms
 
-    def _apply_record(self, rec: ImageRecord, opened: D.DwarfSections | None = None) -> None:
+    def _apply_record(self, rec: ImageRecord, symbols: SymbolTable, opened: D.DwarfSections | None = None) -> None:
         self.build_id = rec.build_id
         self.elf_type = rec.elf_type
         self.little_endian = rec.little_endian
@@ -271,7 +315,7 @@ class Symbolizer:
         self.machine = rec.machine
         self.banner: str | None = rec.banner
         self.sections = list(rec.sections)
-        self.symbols = SymbolTable.from_record(rec.symbols, self.sections)
+        self.symbols = symbols
         self.symbols.machine = self.machine
         self.symbols.dynamic_count = rec.dynamic_symbols
         self.dir_prefix: str | None = rec.dir_prefix
@@ -537,6 +581,9 @@ class Symbolizer:
             self._release()
 
     def _release(self) -> None:
+        index = getattr(self, "_index", None)  # none yet when the file could not be opened
+        if index is not None:
+            index.release_symbols()
         if self._image is not None:
             self._image.close()
             self._image = None

@@ -371,20 +371,44 @@ class SymbolTable:
         if bytes(view[len(magic) : len(magic) + 1]) != (b"l" if sys.byteorder == "little" else b"b"):
             raise ValueError("a symbol table buffer of the other byte order")
         col: dict[str, Any] = {}
-        for k, (name, code) in enumerate(cls._BUFFER_COLUMNS):
-            off, size = struct.unpack_from("<QQ", view, len(magic) + 1 + 16 * k)
-            if off + size > len(view) or off % 8:
-                raise ValueError("a symbol table buffer cut short")
-            part = view[off : off + size]
-            if code == "B":
-                col[name] = bytes(part)
-            else:
-                col[name] = part.cast("Q") if code == "Q" else part.cast("I")
+        try:
+            for k, (name, code) in enumerate(cls._BUFFER_COLUMNS):
+                off, size = struct.unpack_from("<QQ", view, len(magic) + 1 + 16 * k)
+                width = 8 if code == "Q" else 4 if code == "I" else 1
+                if off + size > len(view) or off % 8 or size % width:
+                    raise ValueError("a symbol table buffer cut short")
+                with view[off : off + size] as part:
+                    col[name] = bytes(part) if code == "B" else part.cast("Q" if code == "Q" else "I")
+            n = len(col["values"])
+            text = len(col["text"])
+            if (any(len(col[c]) != n for c in ("name_order", "sizes", "infos", "others", "shndx", "order",
+                                               "order_addrs"))
+                    or len(col["offsets"]) != n + 1 or len(col["text_addrs"]) != text or text > n
+                    or (n and col["offsets"][n] > len(col["blob"]))):
+                raise ValueError("a symbol table buffer whose columns do not agree")
+        except BaseException:
+            for c in col.values():
+                if isinstance(c, memoryview):
+                    c.release()
+            raise
+        finally:
+            view.release()
         names = NameTable(col["blob"], col["offsets"], col["name_order"])
         t = cls(names, col["values"], col["sizes"], col["infos"], col["others"], col["shndx"], sections)
         t._faddr_order = (col["order"], col["order_addrs"])
         t._text = (col["text"], col["text_addrs"])
         return t
+
+    def release(self) -> None:
+        """Release the columns that are views of a buffer (:meth:`from_buffer`), so that a mapped file
+        under them can be closed; the table is unusable after."""
+        cols = [self.names.offsets, self.names.order, self.values, self.sizes, self.shndx]
+        for pair in (self._faddr_order, self._text, self._bfd):
+            if pair is not None:
+                cols.extend(pair)
+        for c in cols:
+            if isinstance(c, memoryview):
+                c.release()
 
     def address_of(self, name: str) -> int | None:
         """Address of the first symbol of this name (functions first), or None."""

@@ -44,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a one-shot command allocates ~10^5 acyclic objects (index records, one record per frame line):
     # the default collector would rescan them all every few hundred allocations (mypy does the same)
     gc.set_threshold(200_000, 30, 30)
-    parser = build_parser(annotate_arguments=words[:1] == ["annotate"])
+    # only the command being run gets its options (argparse's add_argument is most of a parser's cost)
+    parser = build_parser(command=words[0] if words else None)
     args = parser.parse_args(words)
     if not args.command:
         parser.print_help(sys.stderr)

@@ -7,9 +7,8 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..locate import Located
-
 if TYPE_CHECKING:
+    from ..searchopts import Located
     from ..symbolizer import Symbolizer
 
 __all__ = ["BuildIdFrom", "ExpectedBuildId", "expected_build_id", "report_stats", "said_by_locate"]

@@ -43,12 +43,13 @@ option                      resolve  faddr2line  annotate   debuginfo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from ..debuginfo import DebuginfoOptions
 from ..errors import EXIT_USAGE
+from ..searchopts import DebuginfoOptions
 
 __all__ = [
     "EPILOG",
@@ -88,45 +89,78 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def _terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns`` (``$COLUMNS``, then the terminal, then 80) without
+    importing shutil (and the compression modules it imports) on every command's start."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's raw-description formatter, told the width argparse would ask shutil for."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _terminal_columns() - 2 if width is None else width)
+
+
 #: A parser or an argument group (mutually exclusive ones too): what an option is added to.
 _Adder = argparse._ActionsContainer
 
 
-def build_parser(annotate_arguments: bool = True) -> argparse.ArgumentParser:
+def build_parser(annotate_arguments: bool = True, command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every ``ksym`` command. ``annotate_arguments=False`` leaves ``ksym annotate``'s own
-    options out (a run of another command does not need them)."""
+    options out (a run of another command does not need them); ``command`` (the first word of the
+    command line), when it names a command, leaves every other command's options out: each command is
+    still listed, and that command parses (and explains in ``--help``) exactly as with all of them."""
+    commands = ("resolve", "faddr2line", "debuginfo", "annotate")
+    wanted = set(commands) if command not in commands else {command}
+    if not annotate_arguments:
+        wanted.discard("annotate")
     p = _Parser(
         prog="ksym",
         description="Turn Linux kernel stack frames (func+off, raw addresses) into file:line with the "
         "whole inline chain, as scripts/faddr2line prints them.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
         epilog=EPILOG,
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     r = sub.add_parser("resolve", help="resolve func+off[/size] frames or addresses (faddr2line output)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    r.add_argument("frames", nargs="+", metavar="FRAME", help="func+off, func+off/size, or 0xADDRESS")
-    _add_frame_options(r, with_vmlinux=True)
+                       formatter_class=_Formatter, epilog=EPILOG)
+    if "resolve" in wanted:
+        r.add_argument("frames", nargs="+", metavar="FRAME", help="func+off, func+off/size, or 0xADDRESS")
+        _add_frame_options(r, with_vmlinux=True)
     f = sub.add_parser("faddr2line", help="drop-in for scripts/faddr2line: VMLINUX FRAME...",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    f.add_argument("vmlinux_pos", metavar="VMLINUX")
-    f.add_argument("frames", nargs="+", metavar="FRAME")
-    _add_frame_options(f, with_vmlinux=False)
+                       formatter_class=_Formatter, epilog=EPILOG)
+    if "faddr2line" in wanted:
+        f.add_argument("vmlinux_pos", metavar="VMLINUX")
+        f.add_argument("frames", nargs="+", metavar="FRAME")
+        _add_frame_options(f, with_vmlinux=False)
     d = sub.add_parser("debuginfo", help="show which debug file ksym would use and why (build ids, paths, "
-                       "debuginfod)", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    which = d.add_mutually_exclusive_group()
-    _add_build_id(which, "the debug file of this build id")
-    _add_vmlinux(which, "this vmlinux (itself if it has DWARF, else the debug file of its build id)")
-    _add_running(which, "the running kernel's (the default)")
-    _add_release(d, "uname -r for distribution paths and the package to install (default: the running "
-                 "kernel's)")
-    _add_json(d, "one JSON object")
-    _add_offline(d)
-    _add_cache_dir(d)
-    _add_debuginfo_search(d)
+                       "debuginfod)", formatter_class=_Formatter, epilog=EPILOG)
+    if "debuginfo" in wanted:
+        which = d.add_mutually_exclusive_group()
+        _add_build_id(which, "the debug file of this build id")
+        _add_vmlinux(which, "this vmlinux (itself if it has DWARF, else the debug file of its build id)")
+        _add_running(which, "the running kernel's (the default)")
+        _add_release(d, "uname -r for distribution paths and the package to install (default: the running "
+                     "kernel's)")
+        _add_json(d, "one JSON object")
+        _add_offline(d)
+        _add_cache_dir(d)
+        _add_debuginfo_search(d)
     a = sub.add_parser("annotate", help="put file:line under every stack frame of pasted text (a filter)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    if annotate_arguments:
+                       formatter_class=_Formatter, epilog=EPILOG)
+    if "annotate" in wanted:
         _add_annotate_options(a)
     return p
 

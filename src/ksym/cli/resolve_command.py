@@ -21,9 +21,7 @@ __all__ = ["run_resolve"]
 def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[[str], None]) -> int:
     """Resolve ``opts.frames``; the exit code: 0 every frame resolved, 1 some did not, 2 a malformed
     frame or option. Errors that end the command are raised (:class:`ksym.errors.KsymError`)."""
-    from ..debuginfo import mismatch_warning
-    from ..locate import find_vmlinux
-    from ..modules import ModuleSymbolizer, is_module_file
+    from ..image import is_module_file
     from ..symbolizer import Symbolizer
 
     image = opts.image
@@ -40,6 +38,8 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
         return EXIT_USAGE
     if where is BuildIdFrom.OPTION and vmlinux is None and not os.environ.get("KSYM_VMLINUX"):
         # the debug file of that build id: a vmlinux, or a module's (ET_REL) when that is what it names
+        from ..locate import find_vmlinux
+
         vmlinux = str(find_vmlinux(build_id=expected, build_id_source="--build-id", options=image.debuginfo,
                                    warn=err).path)
     if vmlinux is not None and is_module_file(vmlinux):
@@ -47,6 +47,9 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
         if opts.list_source:
             err("--list is not supported for module debug files yet")
             return EXIT_USAGE
+        from ..debuginfo import mismatch_warning
+        from ..modules import ModuleSymbolizer
+
         with ModuleSymbolizer(vmlinux, path_map=image.path_map) as msym:
             warning = mismatch_warning(expected, where.value, vmlinux, msym.build_id)
             if warning:
@@ -57,9 +60,12 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
                     kernel_tag=opts.source.kernel_tag, elixir_url=opts.source.elixir_url,
                     links=opts.json or opts.links,  # plain text shows no links: skip building them
                     debuginfo=image.debuginfo, path_map=image.path_map) as sym:
-        warning = mismatch_warning(expected, where.value, sym.path, sym.build_id)
-        if warning and not said_by_locate(sym.located, expected):
-            err(warning)
+        if expected:
+            from ..debuginfo import mismatch_warning
+
+            warning = mismatch_warning(expected, where.value, sym.path, sym.build_id)
+            if warning and not said_by_locate(sym.located, expected):
+                err(warning)
         lister = _Lister(sym, opts.source, err) if opts.list_source else None
         status = _print_resolutions(sym, opts, out, err, lister)
     report_stats(sym, err)
