@@ -139,7 +139,7 @@ class PathRecord(NamedTuple):
 def fingerprint(data: mmap.mmap, skip: Iterable[tuple[int, int]] = ()) -> str:
     """SHA-256 (hex, first 128 bits) of the mapped file's bytes outside the ``(offset, size)`` ranges of
     ``skip``; the skipped ranges are hashed as their bounds, so moving one changes the fingerprint."""
-    import hashlib  # only on a file's first use: OpenSSL costs a warm run milliseconds
+    import hashlib  # only on a file's first use: a warm run does not load OpenSSL
 
     h = hashlib.sha256()
     end = len(data)
@@ -216,8 +216,8 @@ class IndexStore:
     # -- path → key memo --
 
     def _memo_file(self, identity: FileIdentity) -> Path:
-        # named by two checksums of the path (zlib is loaded anyway, hashlib's OpenSSL costs 4 ms of
-        # a warm run); the memo holds the path itself, so a clash only costs a re-check
+        # named by two checksums of the path (zlib is loaded anyway; hashlib would load OpenSSL in every
+        # warm run); the memo holds the path itself, so a clash only costs a re-check
         b = identity.path.encode("utf-8", "surrogateescape")
         return self.root / "paths" / f"{zlib.crc32(b):08x}{zlib.adler32(b):08x}.v{FORMAT_VERSION}"
 

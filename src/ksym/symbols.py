@@ -1,7 +1,7 @@
 """Locate: the ELF symbol table as kallsyms and faddr2line see it.
 
-The table is read straight from the raw ``.symtab`` bytes (119,000 symbols in a distribution vmlinux;
-pyelftools' per-symbol objects would take seconds) into parallel arrays that the on-disk index stores
+The table is read straight from the raw ``.symtab`` bytes (119,000 symbols in a distribution vmlinux,
+too many for pyelftools' one object per symbol) into parallel arrays that the on-disk index stores
 as they are.
 
 Lookups:
