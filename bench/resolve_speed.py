@@ -17,7 +17,7 @@ The 382 frames are return addresses (the instruction after a ``call``) in distin
 ``.text`` whose names are unique, drawn with a fixed seed, written ``sym+0xoff``; the anchors get the
 same addresses. ksym runs with ``--python`` (a plain venv with ksym installed: its ``ksym`` script when
 there is one beside the interpreter, else ``python -m ksym``). The page cache is warm for every tool.
-The log goes to ``bench/results/resolve-speed-<date>.md`` (``--out`` elsewhere).
+The log is appended to the day's ``bench/results/resolve-speed-<date>.md`` (``--out FILE``: written to FILE).
 
 This process imports nothing of ksym (the frames are drawn by a child running ``--python``): a child's
 ``ru_maxrss`` can carry this process's own size, which stays far below every tool's.
@@ -224,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--vmlinux", type=Path, help="the Debian 6.1 debug vmlinux (default: $KSYM_TEST_VMLINUX, "
                     "then the test-data locations)")
     ap.add_argument("--runs", type=int, default=7, help="repetitions per row (the median is reported)")
-    ap.add_argument("--out", type=Path, help="the log (default: bench/results/resolve-speed-<date>.md)")
+    ap.add_argument("--out", type=Path, help="write the log to this file (default: appended to bench/results/resolve-speed-<date>.md)")
     ap.add_argument("--label", default="", help="what the ksym of --python is (a commit, a change), for the log")
     args = ap.parse_args(argv)
 
@@ -336,9 +336,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines.append(f"| {what}: {by[mine].tool} ÷ {by[anchor].tool} | {ratio:.2f}× | ≤ {limit}× | "
                      f"{'yes' if ok else '**no**'} | {by[mine].cpu / by[anchor].cpu:.2f}× |")
     text = "\n".join(lines) + "\n"
-    out = args.out or HERE / "results" / f"resolve-speed-{now:%Y-%m-%d}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        out = args.out
+    else:  # the day's log: a later run is appended, never written over an earlier one
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from bench.results import append_log
+
+        title = f"{now:%H:%M} UTC" + (f": {args.label}" if args.label else "")
+        out = append_log("resolve-speed", "bench/resolve_speed.py", title, lines[2:], day=f"{now:%Y-%m-%d}")
     sys.stdout.write(text)
     print(f"\nwritten to {out}")
     return 1 if failed else 0
