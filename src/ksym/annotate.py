@@ -400,7 +400,7 @@ class _Answered:
             key = next(plan)[1]
             ending = _ending(text, out)
             # the message starts where parse found it (an e-mail quote aside: see _indent)
-            extent = shapes[shape][3] + start
+            extent = shapes[shape].extent_start + start
             ind = _indent_text(text, extent, None if text.startswith(">") else start)
             block_key = (key, ind, ending)
             block = done.get(block_key)
@@ -610,7 +610,7 @@ class _Annotator:
         for shape, _, stack in parsed.rows:
             if stack < 0:
                 continue
-            f = shapes[shape][0]
+            f = shapes[shape].frame
             assert f is not None
             # parse numbers stacks in line order: a frame starts one when its number changes
             first = stack != last_stack
@@ -1034,7 +1034,7 @@ class _EvidenceScan:
                 counts[shape] = counts.get(shape, 0) + 1
         votes = self.votes
         for shape in sorted(counts):  # shapes are numbered in the order the text first shows them
-            f = shapes[shape][0]
+            f = shapes[shape].frame
             assert f is not None
             if f.address is None or f.module is not None:
                 continue

@@ -27,6 +27,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from .model import frozen_record
 
@@ -701,10 +702,20 @@ def parse_text(text: str) -> list[ParsedLine]:
     return _parse(text).lines()
 
 
-#: A message shape: the frame of the line it was first seen on (``None``: not a frame), that frame's
-#: span and extent relative to the message start, whether the message starts with a stack-switch
-#: marker (``" <EOI>  [<...>] f+0x1"``), and a non-frame line's :func:`line_context`.
-_Shape = tuple[StackFrame | None, int, int, int, int, bool, str | None]
+class _Shape(NamedTuple):
+    """A message shape (see :class:`_Parsed`), parsed once for every line that has it."""
+
+    #: The frame of the line the shape was first seen on (``None``: not a frame).
+    frame: StackFrame | None
+    #: That frame's span and extent, relative to the message start.
+    span_start: int
+    span_end: int
+    extent_start: int
+    extent_end: int
+    #: The message starts with a stack-switch marker (``" <EOI>  [<...>] f+0x1"``): a new stack.
+    marker: bool
+    #: A non-frame line's :func:`line_context`.
+    context: str | None
 
 
 class _Parsed:
@@ -746,12 +757,12 @@ class _Parsed:
         shapes = self.shapes
         base = self.first_lineno
         return [frozen_record(ParsedLine, {"lineno": i + base, "text": text, "frame": self.frame(i),
-                                           "context": shapes[row[0]][6]})
+                                           "context": shapes[row[0]].context})
                 for i, (text, row) in enumerate(zip(self.texts, self.rows))]
 
     def first_line(self, context: str) -> int | None:
         """Number of the first line whose :attr:`ParsedLine.context` is ``context``."""
-        ids = {n for n, shape in enumerate(self.shapes) if shape[6] == context}
+        ids = {n for n, shape in enumerate(self.shapes) if shape.context == context}
         return next((i + self.first_lineno for i, row in enumerate(self.rows) if row[0] in ids),
                     None) if ids else None
 
@@ -788,20 +799,20 @@ def _parse(text: str, state: _ParseState | None = None) -> _Parsed:
             n = seen[key] = len(shapes)
             frame = _parse_body(line, i, start, end, prefixed)
             if frame is None:
-                shapes.append((None, 0, 0, 0, 0, False, line_context(line)))
+                shapes.append(_Shape(None, 0, 0, 0, 0, False, line_context(line)))
             else:
                 (s0, s1), (e0, e1) = frame.span, frame.extent
                 marker = _INLINE_MARKER_RX.match(line, start) is not None
-                shapes.append((frame, s0 - start, s1 - start, e0 - start, e1 - start, marker, None))
+                shapes.append(_Shape(frame, s0 - start, s1 - start, e0 - start, e1 - start, marker, None))
         shape = shapes[n]
-        if shape[0] is None:
+        if shape.frame is None:
             in_stack = False
             rows.append((n, start, -1))
             continue
         if (
             not in_stack
-            or shape[0].kind is FrameKind.DROPWATCH  # every dropwatch line is a separate drop event
-            or shape[5]
+            or shape.frame.kind is FrameKind.DROPWATCH  # every dropwatch line is a separate drop event
+            or shape.marker
         ):
             stack += 1
             in_stack = True
