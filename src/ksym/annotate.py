@@ -1171,8 +1171,8 @@ def annotate(
 
 #: A piece of the input is annotated at once (its addresses prefetched together) up to this many lines
 #: or bytes: the memory a long input needs is a piece's.
-CHUNK_LINES = 200_000
-CHUNK_BYTES = 8 << 20
+CHUNK_LINES = 100_000
+CHUNK_BYTES = 4 << 20
 #: A pipe that gives nothing for this long has said what it has for now (``dmesg -w``, ``journalctl -f``):
 #: what came before the pause is annotated and written, and the rest as it arrives.
 PIPE_PAUSE_SECONDS = 0.1
