@@ -84,6 +84,8 @@ def ksym_annotator(
         sym = Symbolizer(vmlinux) if vmlinux else Symbolizer()
     except KsymError as exc:
         return None, f"no file:line ({exc}); frames shown as func+0xoff"
+    except ImportError as exc:  # ksym imports its ELF reader (pyelftools) only when it opens a file
+        return None, f"ksym is not importable ({exc}): frames shown as func+0xoff"
     path = sym.path
     if not sym.has_dwarf:
         return None, f"no file:line ({path} has no DWARF debug info); frames shown as func+0xoff"
