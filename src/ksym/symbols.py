@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import operator
 import re
 import struct
 import sys
@@ -63,6 +64,8 @@ SHF_ALLOC = 0x2
 
 
 _KALLSYMS_IGNORED = (b"$", b".L", b"__efistub_", b"__kvm_nvhe_$", b"__kvm_nvhe_.L", b"__AArch64ADRPThunk_")
+#: a NUL, then an empty name or one of _KALLSYMS_IGNORED (in a name blob with a NUL put before it)
+_IGNORED_NAME_START = b"\0(?=\0|" + b"|".join(re.escape(p) for p in _KALLSYMS_IGNORED) + b")"
 
 
 @dataclass(frozen=True)
@@ -136,8 +139,7 @@ class NameTable:
 
     @classmethod
     def build(cls, raw: list[bytes]) -> NameTable:
-        offsets = array("I", [0])
-        offsets.extend(itertools.accumulate(len(r) + 1 for r in raw))
+        offsets = array("I", list(itertools.accumulate(map((1).__add__, map(len, raw)), initial=0)))
         blob = b"\0".join(raw) + b"\0" if raw else b""
         order = array("I", sorted(range(len(raw)), key=raw.__getitem__))
         return cls(blob, offsets, order)
@@ -259,20 +261,17 @@ class SymbolTable:
                 if not cols:
                     continue
                 noff, value, size, info, other, sh = cols
-            # names: split the string table once; offsets into the middle of a string (tail merging)
-            # fall back to a search
-            starts: dict[int, bytes] = {}
-            pos = 0
-            for part in strtab.split(b"\0"):
-                starts[pos] = part
-                pos += len(part) + 1
-            get = starts.get
+            # names: the string table split once, each string keyed by its offset; an offset into the
+            # middle of a string (tail merging) falls back to a search
+            parts = strtab.split(b"\0")
+            starts = dict(zip(itertools.accumulate(map((1).__add__, map(len, parts)), initial=0), parts))
+            got: list[bytes | None] = list(map(starts.get, noff))
             find = strtab.find
-            for o in noff:
-                r = get(o)
-                if r is None:
-                    r = strtab[o: find(b"\0", o)]
-                raw.append(r)
+            # the misses (None) and the empty names, for which the search finds the same
+            for k in itertools.compress(range(len(got)), map(operator.not_, got)):
+                o = noff[k]
+                got[k] = strtab[o: find(b"\0", o)]
+            raw.extend(got)  # type: ignore[arg-type]
             values.extend(value)
             sizes.extend(size)
             infos.extend(info)
@@ -423,9 +422,10 @@ class SymbolTable:
     def _address_order(self) -> tuple[Column, Column]:
         """All symbols sorted by address (stable: symbol-table order within one address)."""
         if self._faddr_order is None:
-            vals = self.values
-            idx = sorted(range(len(self.names)), key=vals.__getitem__)
-            self._faddr_order = (array("I", idx), array("Q", [vals[i] for i in idx]))
+            vals = self.values.tolist()  # a list's items are read faster than an array's
+            idx = sorted(range(len(vals)), key=vals.__getitem__)
+            # (an array is made from a list far faster than from an iterator)
+            self._faddr_order = (array("I", idx), array("Q", list(map(vals.__getitem__, idx))))
         return self._faddr_order
 
     _TYPES: ClassVar[dict[int, str]] = {0: "NOTYPE", 1: "OBJECT", 2: "FUNC", 3: "SECTION", 4: "FILE", 5: "COMMON", 6: "TLS",
@@ -561,20 +561,34 @@ class SymbolTable:
     # -- by address --
 
     def _text_index(self) -> tuple[Column, Column]:
+        """The code symbols kallsyms prints, by (address, functions before untyped aliases, symbol-table
+        order): taken from the address order (stable), so only the rare runs at one address are sorted."""
         if self._text is None:
+            n = len(self.infos)
             exec_secs = {s.index for s in self.sections if s.flags & SHF_EXECINSTR}
             wanted = (STT_FUNC, STT_NOTYPE, STT_GNU_IFUNC)
-            infos = self.infos
-            shndx = self.shndx
-            raw = self.names.raw
-            idx = [i for i in range(len(infos)) if (infos[i] & 0xF) in wanted and shndx[i] in exec_secs]
+            # per symbol, 0 or 1: its type is wanted and its section holds code
+            type_ok = self.infos.translate(bytes(1 if (v & 0xF) in wanted else 0 for v in range(256)))
+            in_code = bytes(map(exec_secs.__contains__, self.shndx))
+            keep = bytearray((int.from_bytes(type_ok, "little") & int.from_bytes(in_code, "little"))
+                             .to_bytes(n, "little"))
             # names kallsyms leaves out (scripts/kallsyms.c is_ignored_symbol): mapping symbols ($x, $d)
-            # and local labels, also under arm64's __kvm_nvhe_ prefix, and the EFI stub's namespace
-            idx = [i for i in idx if (r := raw(i)) and not r.startswith(_KALLSYMS_IGNORED)]
-            # functions before untyped aliases at one address, then symbol-table order
-            vals = self.values
-            idx.sort(key=lambda i: (vals[i], 0 if infos[i] & 0xF == STT_FUNC else 1, i))
-            self._text = (array("I", idx), array("Q", [vals[i] for i in idx]))
+            # and local labels, also under arm64's __kvm_nvhe_ prefix, and the EFI stub's namespace; and
+            # empty names. Found in the name blob (a NUL, then such a name) rather than name by name.
+            offsets = self.names.offsets
+            for m in re.finditer(_IGNORED_NAME_START, b"\0" + self.names.blob):
+                i = bisect.bisect_left(offsets, m.start())
+                if i < n and offsets[i] == m.start():
+                    keep[i] = 0
+            order, _addrs = self._address_order()
+            idx = list(itertools.compress(order, map(keep.__getitem__, order)))
+            vals = self.values.tolist()
+            # functions before untyped aliases at one address: a stable sort of (address, not FUNC),
+            # in order already but for those runs
+            untyped = self.infos.translate(bytes(0 if (v & 0xF) == STT_FUNC else 1 for v in range(256)))
+            keys = list(map(int.__add__, map((2).__mul__, map(vals.__getitem__, idx)), map(untyped.__getitem__, idx)))
+            idx = list(map(idx.__getitem__, sorted(range(len(idx)), key=keys.__getitem__)))
+            self._text = (array("I", idx), array("Q", list(map(vals.__getitem__, idx))))
         return self._text
 
     def containing(self, address: int) -> tuple[Symbol, int] | None:
