@@ -1,8 +1,9 @@
 """Parse: open a kernel image (vmlinux or any ELF with DWARF) and expose its raw parts.
 
-The file is memory-mapped; pyelftools reads the ELF header and section table and checks the file,
-and the big sections (.symtab, .debug_*) are handed on as memoryviews over the mapping, so opening even
-a large debug vmlinux reads only its headers and copies no section. Compressed debug sections (SHF_COMPRESSED
+The file is memory-mapped; the ELF header and section table are read with ``struct`` when nothing in
+them needs more (:func:`_plain_section_table`), else by pyelftools, which checks the file; the big
+sections (.symtab, .debug_*) are handed on as memoryviews over the mapping, so opening even a large
+debug vmlinux reads only its headers and copies no section. Compressed debug sections (SHF_COMPRESSED
 zlib or zstd, legacy ``.zdebug_*``; see :mod:`ksym.compress`) are decompressed by ksym on first use, once
 per image, and ``.zdebug_X`` answers for ``.debug_X``.
 """
