@@ -591,12 +591,20 @@ class SymbolTable:
             order, _addrs = self._address_order()
             idx = list(itertools.compress(order, map(keep.__getitem__, order)))
             vals = self.values.tolist()
-            # functions before untyped aliases at one address: a stable sort of (address, not FUNC),
-            # in order already but for those runs
+            addrs = list(map(vals.__getitem__, idx))
+            # functions before untyped aliases at one address: the order is by (address, symbol-table
+            # order) already, so only the runs of one address (rare) are sorted, stably, by type
             untyped = self.infos.translate(bytes(0 if (v & 0xF) == STT_FUNC else 1 for v in range(256)))
-            keys = list(map(int.__add__, map((2).__mul__, map(vals.__getitem__, idx)), map(untyped.__getitem__, idx)))
-            idx = list(map(idx.__getitem__, sorted(range(len(idx)), key=keys.__getitem__)))
-            self._text = (array("I", idx), array("Q", list(map(vals.__getitem__, idx))))
+            same = list(itertools.compress(range(1, len(addrs)), map(operator.eq, addrs[1:], addrs[:-1])))
+            k = 0
+            while k < len(same):
+                start, end = same[k] - 1, same[k] + 1
+                k += 1
+                while k < len(same) and same[k] == end:
+                    end += 1
+                    k += 1
+                idx[start:end] = sorted(idx[start:end], key=untyped.__getitem__)
+            self._text = (array("I", idx), array("Q", addrs))
         return self._text
 
     def containing(self, address: int) -> tuple[Symbol, int] | None:
