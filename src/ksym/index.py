@@ -255,6 +255,9 @@ class Fingerprinting:
         raised here."""
         try:
             self._hashing.work()
+        except BaseException:
+            self._hashing.stopped = True  # the threads stop after their piece
+            raise
         finally:
             for t in self._threads:
                 t.join()
