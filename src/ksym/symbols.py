@@ -262,22 +262,15 @@ class SymbolTable:
                     continue
                 noff, value, size, info, other, sh = cols
             # names: the string table split once, each string keyed by its offset; an offset into the
-            # middle of a string (tail merging: 12% of a vmlinux's names) is cut up to the NUL that ends
-            # the string it falls in (found by bisection over the starts), or searched for
+            # middle of a string (tail merging: 12% of a vmlinux's names) is cut up to the next NUL
             parts = strtab.split(b"\0")
-            at = list(itertools.accumulate(map((1).__add__, map(len, parts)), initial=0))
-            starts = dict(zip(at, parts))
+            starts = dict(zip(itertools.accumulate(map((1).__add__, map(len, parts)), initial=0), parts))
             got: list[bytes | None] = list(map(starts.get, noff))
             # the misses (None) and the empty names, for which the same cut gives the same
             redo = list(itertools.compress(range(len(got)), map(operator.not_, got)))
             offs = list(map(noff.__getitem__, redo))
-            if strtab.endswith(b"\0") and (not offs or max(offs) < len(strtab)):
-                ends = map((-1).__add__, map(at.__getitem__, map(bisect.bisect_right, itertools.repeat(at), offs)))
-                cut: Iterable[bytes] = map(strtab.__getitem__, map(slice, offs, ends))
-            else:
-                find = strtab.find
-                cut = (strtab[o: find(b"\0", o)] for o in offs)
-            for k, r in zip(redo, cut):
+            ends = map(strtab.find, itertools.repeat(b"\0"), offs)
+            for k, r in zip(redo, map(strtab.__getitem__, map(slice, offs, ends))):
                 got[k] = r
             raw.extend(got)  # type: ignore[arg-type]
             values.extend(value)
