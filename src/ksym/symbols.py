@@ -139,7 +139,8 @@ class NameTable:
 
     @classmethod
     def build(cls, raw: list[bytes]) -> NameTable:
-        offsets = array("I", list(itertools.accumulate(map((1).__add__, map(len, raw)), initial=0)))
+        offsets = array("I", [0])
+        offsets.extend(itertools.accumulate(len(r) + 1 for r in raw))
         blob = b"\0".join(raw) + b"\0" if raw else b""
         order = array("I", sorted(range(len(raw)), key=raw.__getitem__))
         return cls(blob, offsets, order)
@@ -261,18 +262,20 @@ class SymbolTable:
                 if not cols:
                     continue
                 noff, value, size, info, other, sh = cols
-            # names: the string table split once, each string keyed by its offset; an offset into the
-            # middle of a string (tail merging: 12% of a vmlinux's names) is cut up to the next NUL
-            parts = strtab.split(b"\0")
-            starts = dict(zip(itertools.accumulate(map((1).__add__, map(len, parts)), initial=0), parts))
-            got: list[bytes | None] = list(map(starts.get, noff))
-            # the misses (None) and the empty names, for which the same cut gives the same
-            redo = list(itertools.compress(range(len(got)), map(operator.not_, got)))
-            offs = list(map(noff.__getitem__, redo))
-            ends = map(strtab.find, itertools.repeat(b"\0"), offs)
-            for k, r in zip(redo, map(strtab.__getitem__, map(slice, offs, ends))):
-                got[k] = r
-            raw.extend(got)  # type: ignore[arg-type]
+            # names: split the string table once; offsets into the middle of a string (tail merging)
+            # fall back to a search
+            starts: dict[int, bytes] = {}
+            pos = 0
+            for part in strtab.split(b"\0"):
+                starts[pos] = part
+                pos += len(part) + 1
+            get = starts.get
+            find = strtab.find
+            for o in noff:
+                r = get(o)
+                if r is None:
+                    r = strtab[o: find(b"\0", o)]
+                raw.append(r)
             values.extend(value)
             sizes.extend(size)
             infos.extend(info)
