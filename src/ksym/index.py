@@ -152,10 +152,8 @@ class _PieceHashing:
     """The pieces of one :func:`fingerprint`, taken in turn by whichever thread calls :meth:`work`."""
 
     def __init__(self, data: mmap.mmap, skip: Iterable[tuple[int, int]]) -> None:
-        import hashlib  # only on a file's first use: a warm run does not load OpenSSL
         import itertools
 
-        self._sha256 = hashlib.sha256
         self._data = data
         end = len(data)
         #: (start, length) of each piece, in file order
@@ -178,6 +176,11 @@ class _PieceHashing:
 
     def work(self) -> None:
         """Hash pieces until none is left (or :attr:`stopped`); hashlib releases the GIL while it hashes."""
+        # imported here (only on a file's first use: a warm run does not load OpenSSL), so that a thread
+        # rather than the caller loads it
+        import hashlib
+
+        sha256 = hashlib.sha256
         data = self._data
         page = mmap.PAGESIZE
         dontneed = getattr(mmap, "MADV_DONTNEED", None)
@@ -186,7 +189,7 @@ class _PieceHashing:
             if k >= len(self.pieces):
                 return
             pos, n = self.pieces[k]
-            h = self._sha256()
+            h = sha256()
             with memoryview(data) as view:
                 h.update(view[pos : pos + n])
             self.digests[k] = h.digest()
@@ -200,7 +203,9 @@ class _PieceHashing:
 
     def digest(self) -> str:
         """The fingerprint, once every piece is hashed."""
-        h = self._sha256()
+        import hashlib
+
+        h = hashlib.sha256()
         for kind, a, b in self.layout:
             if kind == "piece":
                 pos, n = self.pieces[a]
