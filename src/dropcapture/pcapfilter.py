@@ -62,7 +62,12 @@ class CbpfInsn(NamedTuple):
 
 
 class _BpfInsn(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
 
 
 class _BpfProgram(ctypes.Structure):
@@ -136,7 +141,12 @@ class PcapProgram:
         if not handle:
             raise PcapMissingError("libpcap's pcap_open_dead failed (out of memory)")
         try:
-            if self._lib.pcap_compile(handle, ctypes.byref(self._prog), expr.encode(), 1, _PCAP_NETMASK_UNKNOWN) < 0:
+            if (
+                self._lib.pcap_compile(
+                    handle, ctypes.byref(self._prog), expr.encode(), 1, _PCAP_NETMASK_UNKNOWN
+                )
+                < 0
+            ):
                 msg = (self._lib.pcap_geterr(handle) or b"").decode("utf-8", "replace").strip()
                 raise PcapFilterError(f"--pcap-filter {expr!r}: {msg or 'does not compile'}")
             self._compiled = True
@@ -148,7 +158,8 @@ class PcapProgram:
         """The classic BPF instructions."""
         p = self._prog
         return tuple(
-            CbpfInsn(p.bf_insns[i].code, p.bf_insns[i].jt, p.bf_insns[i].jf, p.bf_insns[i].k) for i in range(p.bf_len)
+            CbpfInsn(p.bf_insns[i].code, p.bf_insns[i].jt, p.bf_insns[i].jf, p.bf_insns[i].k)
+            for i in range(p.bf_len)
         )
 
     def matches(self, packet: bytes, wire_len: int) -> bool:
@@ -207,7 +218,17 @@ _LD, _LDX, _ST, _STX, _ALU, _JMP, _RET, _MISC = range(8)
 _W, _H, _B = 0x00, 0x08, 0x10
 _IMM, _ABS, _IND, _MEM, _LEN, _MSH = 0x00, 0x20, 0x40, 0x60, 0x80, 0xA0
 _ADD, _SUB, _MUL, _DIV, _OR, _AND, _LSH, _RSH, _NEG, _MOD, _XOR = (
-    0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80, 0x90, 0xA0,
+    0x00,
+    0x10,
+    0x20,
+    0x30,
+    0x40,
+    0x50,
+    0x60,
+    0x70,
+    0x80,
+    0x90,
+    0xA0,
 )
 _JA, _JEQ, _JGT, _JGE, _JSET = 0x00, 0x10, 0x20, 0x30, 0x40
 _K, _X = 0x00, 0x08
@@ -228,7 +249,11 @@ def _load(size: int, index: str) -> str:
     # verifier sees it inside the array (the bounds check before it is the real one)
     parts = []
     for i in range(size):
-        idx = f"(({index}) + {i}) & DC_DATA_MASK" if index.isidentifier() else f"({int(index) + i}) & DC_DATA_MASK"
+        idx = (
+            f"(({index}) + {i}) & DC_DATA_MASK"
+            if index.isidentifier()
+            else f"({int(index) + i}) & DC_DATA_MASK"
+        )
         shift = 8 * (size - 1 - i)
         parts.append(f"((u32)ev->data[{idx}] << {shift})" if shift else f"(u32)ev->data[{idx}]")
     return " | ".join(parts)
@@ -275,9 +300,7 @@ def cbpf_to_c(name: str, insns: Sequence[CbpfInsn], *, data_size: int) -> str:
         decl += f"    u32 M[{_MEMWORDS}] = {{}};\n"
     return (
         f"static __always_inline u32 {name}(struct dc_event *ev)\n{{\n{decl}"
-        "    if (L > DC_SNAPLEN)\n        L = DC_SNAPLEN;\n"
-        + "\n".join(body)
-        + "\n    return 0;\n}"
+        "    if (L > DC_SNAPLEN)\n        L = DC_SNAPLEN;\n" + "\n".join(body) + "\n    return 0;\n}"
     )
 
 
@@ -304,8 +327,7 @@ def _translate(pc: int, code: int, jt: int, jf: int, k: int, data_size: int) -> 
         if cls == _LD and size in _SIZES and mode == _IND:
             n = _SIZES[size]
             return (
-                f"T = X + {k}U; if ({k}U > L || X > L - {k}U || {n}U > L - T) return 0; "
-                f"A = {_load(n, 'T')};"
+                f"T = X + {k}U; if ({k}U > L || X > L - {k}U || {n}U > L - T) return 0; A = {_load(n, 'T')};"
             )
     elif cls == _ST:
         return f"M[{k}] = A;"

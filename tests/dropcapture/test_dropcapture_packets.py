@@ -1,0 +1,429 @@
+"""Namespaces, devices, packet bytes and the kernel-side filters (--netns, CIDR --host, --pcap-filter).
+
+The kernel tests load real BPF and make real drops on loopback inside network namespaces created
+here. The reference for --pcap-filter is libpcap itself: its interpreter (pcap_offline_filter) run on
+the bytes an unfiltered capture got, next to captures with the filter compiled into the probe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dc_helpers import bpf_prog_exists, bpf_prog_ids, cli_env, dropcapture_cmd
+
+from dropcapture.events import LINKTYPE_ETHERNET, LINKTYPE_RAW, DropEvent
+
+# -- no kernel needed ------------------------------------------------------------------------------
+
+
+def _libpcap_missing() -> str | None:
+    from dropcapture.pcapfilter import PcapMissingError, _libpcap
+
+    try:
+        _libpcap()
+    except PcapMissingError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture
+def need_libpcap() -> None:
+    why = _libpcap_missing()
+    if why is not None:
+        pytest.skip(why)
+
+
+def test_host_prefixes_and_netns_values() -> None:
+    from dropcapture import Filters
+    from dropcapture.filters import netns_inode
+
+    f = Filters(hosts={"10.1.0.0/16", "fd00::/8", "192.0.2.7"})
+    assert f.host_networks == {
+        ipaddress.ip_network("10.1.0.0/16"),
+        ipaddress.ip_network("fd00::/8"),
+        ipaddress.ip_network("192.0.2.7/32"),
+    }
+    with pytest.raises(ValueError, match="host bits set"):
+        Filters(hosts={"10.1.2.3/16"})
+    with pytest.raises(ValueError, match="not an IPv4 or IPv6 address or prefix"):
+        Filters(hosts={"10.1.2"})
+    # a namespace path is its inode (what events carry); a number is taken as it is
+    me = os.stat("/proc/self/ns/net").st_ino
+    assert netns_inode("/proc/self/ns/net") == me == netns_inode(str(me))
+    assert Filters(netns={"/proc/self/ns/net", 7}).netns == {me, 7}
+    for bad in ("/nonexistent/ns", "/etc/hostname", "0"):
+        with pytest.raises(ValueError):
+            netns_inode(bad)
+
+
+def test_member_path_adds_nested_offsets(need_btf: None) -> None:
+    from dropcapture.btf import Btf
+
+    btf = Btf.load()
+    # net_device.nd_net.net = offset of nd_net + offset of net inside possible_net_t, both from BTF
+    outer = btf.member("net_device", "nd_net")
+    inner = btf.member("possible_net_t", "net")
+    got = btf.member_path("net_device", "nd_net.net")
+    assert got.offset == outer.offset + inner.offset and got.size == 8
+    ns = btf.member_path("net", "ns.inum")
+    assert ns.offset == btf.member("net", "ns").offset + btf.member("ns_common", "inum").offset
+    from dropcapture.errors import BtfError
+
+    with pytest.raises(BtfError, match="no member 'nope'"):
+        btf.member_path("net", "ns.nope")
+    with pytest.raises(BtfError, match="not a struct"):
+        btf.member_path("sk_buff", "dev.ifindex")  # a pointer is not followed
+
+
+def test_pcap_filter_bad_expression_is_usage_error(need_libpcap: None) -> None:
+    # libpcap's own message, one line, exit 2, before anything is compiled or loaded (no root needed)
+    proc = subprocess.run(
+        dropcapture_cmd("--pcap-filter", "tcp port"),
+        check=False,
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+        cwd="/",
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "dropcapture: error: --pcap-filter 'tcp port': can't parse filter expression: syntax error"
+    ]
+    assert proc.stdout == ""
+
+
+def test_cbpf_translation_shape(need_libpcap: None) -> None:
+    from dropcapture.pcapfilter import CbpfError, CbpfInsn, cbpf_to_c, compile_filters
+
+    progs = compile_filters("tcp[tcpflags] & tcp-syn != 0", 128)
+    assert set(progs) == {LINKTYPE_ETHERNET, LINKTYPE_RAW}
+    text = cbpf_to_c("f", progs[LINKTYPE_ETHERNET], data_size=128)
+    # an indexed load (X from the IP header length) is bounds-checked as libpcap's bpf_filter does
+    assert "X > L - " in text and "& DC_DATA_MASK" in text and text.count("return") >= 2
+    # an Ethernet-only expression is kept for Ethernet alone
+    assert set(compile_filters("ether src 00:00:00:00:00:00", 128)) == {LINKTYPE_ETHERNET}
+    with pytest.raises(CbpfError):
+        cbpf_to_c("f", [CbpfInsn(0x05, 0, 0, 5)], data_size=128)  # a jump past the end
+    with pytest.raises(CbpfError):
+        cbpf_to_c("f", [CbpfInsn(0xFF, 0, 0, 0)], data_size=128)
+
+
+# -- real BPF, real drops ---------------------------------------------------------------------------
+
+
+def _nft(ns: str, *args: str) -> None:
+    subprocess.run(["ip", "netns", "exec", ns, "nft", *args], check=True, timeout=30)
+
+
+def _in_ns(ns: str, code: str, *args: str) -> None:
+    subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code, *args], check=True, timeout=60)
+
+
+@contextlib.contextmanager
+def _second_netns() -> Iterator[str]:
+    name = f"dctest{os.getpid()}b"
+    subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+def _inode(ns: str) -> int:
+    return os.stat(f"/var/run/netns/{ns}").st_ino
+
+
+class ProgramsFreed:
+    """Every BPF program this process loads while inside the block is gone from the kernel after it;
+    call :meth:`note` while the captures are open."""
+
+    def __init__(self) -> None:
+        self.before = bpf_prog_ids(os.getpid())
+        self.seen: set[int] = set()
+
+    def note(self) -> None:
+        self.seen.update(bpf_prog_ids(os.getpid()) - self.before)
+
+    def __enter__(self) -> ProgramsFreed:  # noqa: PYI034 - typing.Self needs 3.11
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            return
+        deadline = time.monotonic() + 5  # freed after an RCU grace period
+        while any(bpf_prog_exists(p) for p in self.seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.seen, "no program seen while capturing"
+        assert not [p for p in self.seen if bpf_prog_exists(p)], f"programs {self.seen} still loaded"
+
+
+_UDP = """\
+import socket, sys
+host, port, payload = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+with socket.socket(fam, socket.SOCK_DGRAM) as s:
+    s.sendto(payload, (host, port))
+"""
+
+
+@pytest.mark.kernel
+def test_event_carries_netns_device_and_packet_bytes(netns: str) -> None:
+    from dropcapture import Capture, Filters
+
+    port = 40000 + os.getpid() % 20000
+    payload = b"dropcapture-payload-" + os.urandom(8).hex().encode()
+    with (
+        ProgramsFreed() as freed,
+        Capture(Filters(ports={port}, netns={_inode(netns)})) as full,
+        Capture(Filters(ports={port}), snaplen=40) as short,
+    ):
+        freed.note()
+        _in_ns(netns, _UDP, "127.0.0.1", str(port), payload.hex())
+        got = list(full.events(count=1, duration=10))
+        got_short = list(short.events(count=1, duration=10))
+    assert len(got) == 1 and len(got_short) == 1
+    ev = got[0]
+    assert ev.reason_name == "NO_SOCKET" and ev.dport == port
+    # received on the namespace's own loopback: the device's namespace, index 1, name lo
+    assert ev.netns == _inode(netns) != os.stat("/proc/self/ns/net").st_ino
+    assert (ev.ifindex, ev.ifname) == (1, "lo")
+    # loopback has a 14-byte Ethernet header (zero addresses): the bytes start there
+    assert ev.linktype == LINKTYPE_ETHERNET
+    assert ev.wire_len == 14 + 20 + 8 + len(payload) == len(ev.packet)
+    eth, ip, udp, data = ev.packet[:14], ev.packet[14:34], ev.packet[34:42], ev.packet[42:]
+    assert eth == bytes(12) + b"\x08\x00"
+    assert ip[0] == 0x45 and ip[9] == 17 and ip[12:16] == ip[16:20] == socket.inet_aton("127.0.0.1")
+    assert struct.unpack("!HH", udp[:4])[1] == port and struct.unpack("!H", udp[4:6])[0] == 8 + len(payload)
+    assert data == payload
+    # a shorter snap length cuts the bytes, not the original length
+    s = got_short[0]
+    assert s.packet == ev.packet[:40] and s.wire_len == ev.wire_len
+    d = ev.to_dict()
+    assert (d["netns"], d["ifname"], d["ifindex"]) == (_inode(netns), "lo", 1)
+
+
+@pytest.mark.kernel
+def test_send_path_drop_has_socket_netns_and_raw_ip_bytes(netns: str) -> None:
+    # the firewall scenario: the OUTPUT hook drops before a device is set; the namespace is the socket's
+    from dropcapture import Capture, Filters
+
+    _nft(netns, "add", "table", "inet", "dctest")
+    _nft(netns, "add chain inet dctest out { type filter hook output priority 0; }")
+    _nft(
+        netns, "add", "rule", "inet", "dctest", "out", "ip", "daddr", "127.0.0.2", "udp", "dport", "7", "drop"
+    )
+    payload = b"firewalled-" + os.urandom(4).hex().encode()
+    with Capture(Filters(netns={f"/var/run/netns/{netns}"}, hosts={"127.0.0.2"})) as cap:
+        with contextlib.suppress(subprocess.CalledProcessError):  # EPERM from the local drop
+            _in_ns(netns, _UDP, "127.0.0.2", "7", payload.hex())
+        got = list(cap.events(count=1, duration=10))
+    assert len(got) == 1
+    ev = got[0]
+    assert ev.reason_name == "NETFILTER_DROP" and ev.netns == _inode(netns)
+    assert ev.ifname is None and ev.ifindex is None  # no device yet, and not received on one
+    assert (
+        ev.linktype == LINKTYPE_RAW
+        and ev.packet[0] == 0x45
+        and ev.packet[16:20] == socket.inet_aton("127.0.0.2")
+    )
+    assert ev.packet[28:] == payload and ev.wire_len == 20 + 8 + len(payload)
+
+
+@pytest.mark.kernel
+def test_netns_filter_cli_two_namespaces(netns: str) -> None:
+    port = 40000 + (os.getpid() + 1) % 20000
+    with _second_netns() as other:
+        proc = subprocess.Popen(
+            dropcapture_cmd(
+                "--json", "--no-stack", "--port", str(port), "--netns", f"/var/run/netns/{netns}"
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+            cwd="/",
+        )
+        try:
+            assert proc.stderr is not None
+            err = ""
+            while "tracing skb:kfree_skb" not in err:
+                line = proc.stderr.readline()
+                assert line, err
+                err += line
+            for ns in (netns, other, netns, other):
+                _in_ns(ns, _UDP, "127.0.0.1", str(port), b"x".hex())
+            time.sleep(0.5)
+            proc.send_signal(2)
+            out, more = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        assert proc.returncode == 0, err + more
+        rows = [json.loads(line) for line in out.splitlines()]
+        events = rows[:-1]
+        assert len(events) == 2, rows  # the other namespace's two are filtered in the kernel
+        assert {(e["netns"], e["ifname"], e["ifindex"]) for e in events} == {(_inode(netns), "lo", 1)}
+        assert rows[-1]["summary"]["kernel"]["filtered"] >= 2
+
+
+@pytest.mark.kernel
+def test_cidr_host_in_kernel(netns: str) -> None:
+    from dropcapture import Capture, Filters
+
+    subprocess.run(["ip", "-n", netns, "addr", "add", "fd00:1::1/64", "dev", "lo", "nodad"], check=True)
+    subprocess.run(["ip", "-n", netns, "addr", "add", "fd00:2::1/64", "dev", "lo", "nodad"], check=True)
+    port = 40000 + (os.getpid() + 2) % 20000
+    ns = _inode(netns)
+    with (
+        Capture(Filters(ports={port}, netns={ns}, hosts={"127.0.1.0/24", "fd00:2::/32"})) as cap,
+        Capture(Filters(ports={port}, netns={ns})) as every,
+    ):
+        for host in ("127.0.0.5", "127.0.1.9", "127.0.2.1", "fd00:1::1", "fd00:2::1"):
+            _in_ns(netns, _UDP, host, str(port), b"x".hex())
+        got = list(cap.events(duration=1.5))
+        assert cap.stats().filtered >= 3  # rejected in the kernel
+        all_drops = list(every.events(duration=0.5))
+    assert sorted(e.daddr for e in all_drops) == sorted(
+        ["127.0.0.5", "127.0.1.9", "127.0.2.1", "fd00:1::1", "fd00:2::1"]
+    )
+    assert sorted(e.daddr for e in got) == ["127.0.1.9", "fd00:2::1"]
+
+
+# traffic for the pcap filter test, inside the namespace: every packet distinct (ports, payloads)
+_MIX = """\
+import socket, sys, time
+port = int(sys.argv[1])
+def udp(host, payload, fam=socket.AF_INET):
+    with socket.socket(fam, socket.SOCK_DGRAM) as s:
+        try:
+            s.sendto(payload, (host, port))
+        except OSError:
+            pass
+udp("127.0.0.1", b"drop-one")
+udp("127.0.0.2", b"drop-two")
+udp("127.0.0.1", b"drop-long-" + b"x" * 150)
+udp("::1", b"drop-six", socket.AF_INET6)
+for host, p in (("127.0.0.1", port), ("127.0.0.2", 80)):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setblocking(False)
+    try:
+        s.connect((host, p))
+    except OSError:
+        pass
+    time.sleep(0.2)
+    s.close()
+r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+try:
+    r.sendto(bytes([8, 0, 0xf7, 0xff, 0, 0, 0, 0]), ("127.0.0.3", 0))
+except OSError:
+    pass
+"""
+
+PCAP_EXPRESSIONS = (
+    "tcp dst port 80",
+    "udp and dst host 127.0.0.2",
+    "icmp",
+    "ip6",
+    "tcp[tcpflags] & tcp-syn != 0",
+    "greater 100",
+    "udp[8:4] = 0x64726f70",  # "drop": a payload load through the IP header length
+    "ether src 00:00:00:00:00:00",  # Ethernet only: raw-IP drops are rejected
+)
+
+
+def _key(ev: DropEvent) -> tuple[int, int, bytes]:
+    return (ev.linktype, ev.wire_len, ev.packet)
+
+
+@pytest.mark.kernel
+def test_pcap_filter_equals_libpcap(netns: str, need_libpcap: None) -> None:
+    from dropcapture import Capture, Filters
+    from dropcapture.pcapfilter import PcapFilterError, PcapProgram
+
+    _nft(netns, "add", "table", "inet", "dctest")
+    _nft(netns, "add chain inet dctest out { type filter hook output priority 0; }")
+    _nft(
+        netns,
+        "add",
+        "rule",
+        "inet",
+        "dctest",
+        "out",
+        "ip",
+        "daddr",
+        "127.0.0.2",
+        "tcp",
+        "dport",
+        "80",
+        "drop",
+    )
+    _nft(
+        netns,
+        "add",
+        "rule",
+        "inet",
+        "dctest",
+        "out",
+        "ip",
+        "daddr",
+        "127.0.0.3",
+        "ip",
+        "protocol",
+        "icmp",
+        "drop",
+    )
+    ns = _inode(netns)
+    port = 40000 + (os.getpid() + 3) % 20000
+    with ProgramsFreed() as freed, contextlib.ExitStack() as stack:
+        plain = stack.enter_context(Capture(Filters(netns={ns})))
+        caps = {e: stack.enter_context(Capture(Filters(netns={ns}, pcap_filter=e))) for e in PCAP_EXPRESSIONS}
+        freed.note()
+        _in_ns(netns, _MIX, str(port))
+        time.sleep(0.5)
+        drops = list(plain.events(duration=0.5))
+        got = {e: Counter(_key(ev) for ev in cap.events(duration=0.3)) for e, cap in caps.items()}
+        assert all(c.stats().lost == 0 for c in (plain, *caps.values()))
+    linktypes = {ev.linktype for ev in drops}
+    assert linktypes == {LINKTYPE_ETHERNET, LINKTYPE_RAW}, drops  # both kinds of bytes are exercised
+    assert len(drops) >= 7
+    for expr in PCAP_EXPRESSIONS:
+        want: Counter[tuple[int, int, bytes]] = Counter()
+        for ev in drops:
+            try:
+                prog = PcapProgram(expr, ev.linktype, 128)
+            except PcapFilterError:
+                continue  # no meaning on this link type (ether ... on raw IP): rejected
+            with prog:
+                if prog.matches(ev.packet, ev.wire_len):
+                    want[_key(ev)] += 1
+        assert 0 < sum(want.values()) < len(drops), (expr, want)  # the expression decides something
+        assert got[expr] == want, expr
+
+
+def test_netns_path_must_exist_cli(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        dropcapture_cmd("--netns", str(tmp_path / "nope")),
+        check=False,
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd="/",
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("dropcapture: error: --netns ")
+    assert len(proc.stderr.strip().splitlines()) == 1
