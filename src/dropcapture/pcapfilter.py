@@ -20,7 +20,7 @@ import ctypes.util
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from .errors import EXIT_UNSUPPORTED, CaptureError
+from .errors import EXIT_NO_BCC, CaptureError
 from .events import LINKTYPE_ETHERNET, LINKTYPE_RAW
 
 __all__ = [
@@ -47,9 +47,9 @@ class PcapFilterError(ValueError):
 
 
 class PcapMissingError(CaptureError):
-    """libpcap cannot be loaded."""
+    """libpcap cannot be loaded (exit code 3, as for a missing bcc: a library to install)."""
 
-    exit_code = EXIT_UNSUPPORTED
+    exit_code = EXIT_NO_BCC
 
 
 class CbpfInsn(NamedTuple):
