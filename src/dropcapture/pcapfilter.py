@@ -25,6 +25,7 @@ from .events import LINKTYPE_ETHERNET, LINKTYPE_RAW
 
 __all__ = [
     "DLT_FOR_LINKTYPE",
+    "CbpfError",
     "CbpfInsn",
     "PcapFilterError",
     "PcapMissingError",

@@ -68,6 +68,42 @@ def test_host_prefixes_and_netns_values() -> None:
             netns_inode(bad)
 
 
+def test_record_header_then_packet_bytes() -> None:
+    # the record the probe emits: the fixed header (EVENT_FIELDS) then caplen packet bytes
+    import importlib
+
+    from dropcapture.events import HEADER_SIZE, RawEvent, c_struct, decode_event
+
+    for name in importlib.import_module("dropcapture.pcapfilter").__all__:
+        assert hasattr(importlib.import_module("dropcapture.pcapfilter"), name), name
+    r = RawEvent()
+    r.family, r.l4proto, r.eth_protocol = 4, 17, 0x0800
+    r.netns, r.ifindex, r.ifname = 4026532178, 3, b"veth0"
+    r.linktype, r.wire_len, r.caplen = LINKTYPE_RAW, 300, 5
+    pkt = b"\x45\x00\x01\x2c\x00"
+    ev = decode_event(bytes(r) + pkt, reason_name="X", clock_offset=0.0, location_symbol=None, stack=())
+    assert (ev.netns, ev.ifindex, ev.ifname, ev.linktype, ev.wire_len, ev.packet) == (
+        4026532178,
+        3,
+        "veth0",
+        LINKTYPE_RAW,
+        300,
+        pkt,
+    )
+    assert ev.to_dict()["ifname"] == "veth0" and ev.to_dict()["netns"] == 4026532178
+    # nothing known: null, not 0 or ""
+    empty = decode_event(bytes(RawEvent()), reason_name="X", clock_offset=0.0, location_symbol=None, stack=())
+    assert (empty.netns, empty.ifindex, empty.ifname, empty.packet, empty.linktype) == (
+        None,
+        None,
+        None,
+        b"",
+        0,
+    )
+    text = c_struct(data_size=256)
+    assert "u8 data[256];" in text and f"== {HEADER_SIZE}" in text
+
+
 def test_member_path_adds_nested_offsets(need_btf: None) -> None:
     from dropcapture.btf import Btf
 
