@@ -348,7 +348,7 @@ def test_cidr_host_in_kernel(netns: str) -> None:
 
 # traffic for the pcap filter test, inside the namespace: every packet distinct (ports, payloads)
 _MIX = """\
-import socket, sys, time
+import socket, struct, sys, time
 port = int(sys.argv[1])
 def udp(host, payload, fam=socket.AF_INET):
     with socket.socket(fam, socket.SOCK_DGRAM) as s:
@@ -369,6 +369,16 @@ for host, p in (("127.0.0.1", port), ("127.0.0.2", 80)):
         pass
     time.sleep(0.2)
     s.close()
+# a data segment ("GET ...", PSH|ACK) to a closed port, from a raw socket: NO_SOCKET with payload bytes
+data = b"GET / HTTP/1.0\\r\\n\\r\\n"
+tcp = struct.pack("!HHIIBBHHH", 40000, port, 1, 0, 5 << 4, 0x18, 65535, 0, 0) + data
+words = socket.inet_aton("127.0.0.1") * 2 + struct.pack("!BBH", 0, 6, len(tcp)) + tcp + bytes(len(tcp) % 2)
+c = sum(struct.unpack("!%dH" % (len(words) // 2), words))
+while c >> 16:
+    c = (c & 0xFFFF) + (c >> 16)
+tcp = tcp[:16] + struct.pack("!H", ~c & 0xFFFF) + tcp[18:]
+with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP) as t:
+    t.sendto(tcp, ("127.0.0.1", 0))
 r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
 try:
     r.sendto(bytes([8, 0, 0xf7, 0xff, 0, 0, 0, 0]), ("127.0.0.3", 0))
@@ -385,6 +395,7 @@ PCAP_EXPRESSIONS = (
     "greater 100",
     "udp[8:4] = 0x64726f70",  # "drop": a payload load through the IP header length
     "ether src 00:00:00:00:00:00",  # Ethernet only: raw-IP drops are rejected
+    "tcp[(tcp[12] >> 4) * 4 : 4] = 0x47455420",  # "GET " after the TCP header: ALU, TAX, indexed loads
 )
 
 
