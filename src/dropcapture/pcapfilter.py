@@ -195,7 +195,8 @@ def compile_filter(expr: str, linktype: int, snaplen: int) -> tuple[CbpfInsn, ..
 def compile_filters(expr: str, snaplen: int) -> dict[int, tuple[CbpfInsn, ...]]:
     """``expr`` compiled for every link type the probe captures: {linktype: instructions}.
 
-    An expression that compiles for neither is a :class:`PcapFilterError` (the Ethernet message); one
+    An expression that compiles for neither, or to a program the probe cannot run (a loop), is a
+    :class:`PcapFilterError` (for the former, libpcap's Ethernet message); one
     that only makes sense on one link type (``ether host ...`` has no meaning on raw IP) is kept for
     that one, and packets of the other type are rejected.
     """
@@ -203,9 +204,15 @@ def compile_filters(expr: str, snaplen: int) -> dict[int, tuple[CbpfInsn, ...]]:
     first: PcapFilterError | None = None
     for linktype in (LINKTYPE_ETHERNET, LINKTYPE_RAW):
         try:
-            out[linktype] = compile_filter(expr, linktype, snaplen)
+            insns = compile_filter(expr, linktype, snaplen)
         except PcapFilterError as exc:
             first = first or exc
+            continue
+        try:
+            cbpf_to_c("dc_check", insns, data_size=1)  # what the probe cannot run is told now
+        except CbpfError as exc:
+            raise PcapFilterError(f"--pcap-filter {expr!r}: {exc}") from None
+        out[linktype] = insns
     if not out:
         assert first is not None
         raise first
@@ -267,7 +274,7 @@ def cbpf_to_c(name: str, insns: Sequence[CbpfInsn], *, data_size: int) -> str:
 
     ``data_size`` is the size of ``ev->data`` (a power of two; ``DC_DATA_MASK`` is ``data_size - 1``).
 
-    :raises CbpfError: an instruction that is not classic BPF, or a jump out of the program.
+    :raises CbpfError: an instruction that is not classic BPF, a jump out of the program, or a loop.
     """
     n = len(insns)
     if n == 0:
@@ -279,6 +286,11 @@ def cbpf_to_c(name: str, insns: Sequence[CbpfInsn], *, data_size: int) -> str:
         cls = ins.code & 0x07
         if cls == _JMP:
             op = ins.code & 0xF0
+            if op == _JA and ins.k >= 0x80000000:
+                raise CbpfError(
+                    f"libpcap compiled it to a loop (a backward jump at instruction {pc}), which a BPF probe "
+                    "cannot run (e.g. 'protochain')"
+                )
             dests = [pc + 1 + ins.k] if op == _JA else [pc + 1 + ins.jt, pc + 1 + ins.jf]
             for d in dests:
                 if d >= n:

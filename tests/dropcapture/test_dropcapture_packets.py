@@ -481,3 +481,189 @@ def test_netns_path_must_exist_cli(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2 and proc.stderr.startswith("dropcapture: error: --netns ")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# -- the translation against libpcap's interpreter, without a kernel: the generated C built with gcc ----
+
+_HARNESS = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+typedef uint8_t u8;
+typedef uint16_t u16;
+typedef uint32_t u32;
+typedef uint64_t u64;
+typedef int32_t s32;
+#define __always_inline inline __attribute__((always_inline))
+#define DC_SNAPLEN 256
+#define DC_DATA_MASK 255
+STRUCT
+FUNCS
+static struct dc_event ev;
+int main(void)
+{
+    unsigned fn, wire, cap, i, byte;
+    /* lines: function-number wire-length captured-length hex-bytes */
+    while (scanf("%u %u %u", &fn, &wire, &cap) == 3) {
+        memset(&ev, 0, sizeof(ev));
+        for (i = 0; i < cap; i++) {
+            if (scanf("%2x", &byte) != 1)
+                return 2;
+            ev.data[i] = byte;
+        }
+        ev.caplen = cap;
+        ev.wire_len = wire;
+        switch (fn) {
+        CASES
+        default: return 3;
+        }
+    }
+    return 0;
+}
+"""
+
+# more shapes of classic BPF than the kernel test: every ALU operation, shifts by X, scratch words (vlan)
+TRANSLATION_EXPRESSIONS = (
+    *PCAP_EXPRESSIONS,
+    "vlan and udp",
+    "len - 10 > 50",
+    "ip[2:2] % 7 = 0",
+    "ether[0] ^ 0x45 = 0 or ether[0] = 0",
+    "ip[1] << 2 = 0",
+    "ip[0] >> ip[1] = 0",
+    "tcp[13] = 2",
+    "udp[8:2] / 3 = 8571",
+    "-ip[0] > 0xffffffb0",
+    "ip[8] * 2 = 128",
+    "ip[0] & 0xf > 5",
+    "icmp6 and ip6[40] = 128",
+    "ip[6:2] & 0x1fff != 0",
+    "tcp[tcp[12] >> 2 : 2] = 0x4745",
+)
+
+
+def _packets() -> list[tuple[int, bytes]]:
+    """(link type, bytes): Ethernet and raw IP packets of several kinds, each cut at every length."""
+    import random
+
+    def ip4(proto: int, payload: bytes, opts: bytes = b"", frag: int = 0, dst: str = "127.0.0.2") -> bytes:
+        ihl = (20 + len(opts)) // 4
+        hdr = struct.pack(
+            "!BBHHHBBH4s4s",
+            0x40 | ihl,
+            0,
+            20 + len(opts) + len(payload),
+            1,
+            frag,
+            64,
+            proto,
+            0,
+            socket.inet_aton("127.0.0.1"),
+            socket.inet_aton(dst),
+        )
+        return hdr + opts + payload
+
+    def ip6(nxt: int, payload: bytes) -> bytes:
+        return (
+            struct.pack(
+                "!IHBB16s16s",
+                0x60000000,
+                len(payload),
+                nxt,
+                64,
+                socket.inet_pton(socket.AF_INET6, "::1"),
+                socket.inet_pton(socket.AF_INET6, "::1"),
+            )
+            + payload
+        )
+
+    syn = struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, 10 << 4, 0x02, 65535, 0, 0) + bytes(20)
+    get = struct.pack("!HHIIBBHHH", 40001, 8080, 1, 1, 5 << 4, 0x18, 65535, 0, 0) + b"GET / HTTP/1.0\r\n"
+    udp = struct.pack("!HHHH", 5000, 9, 8 + 12, 0) + b"drop-payload"
+    icmp = bytes([8, 0, 0xF7, 0xFF, 0, 0, 0, 0])
+    icmp6 = bytes([128, 0, 0, 0, 0, 1, 0, 1])
+    l3 = [
+        ip4(6, syn),
+        ip4(6, get),
+        ip4(17, udp),
+        ip4(17, udp + bytes(100)),
+        ip4(1, icmp, dst="127.0.0.3"),
+        ip4(17, udp, opts=bytes([1, 1, 1, 0])),
+        ip4(17, udp, frag=0x0005),
+        ip6(17, udp),
+        ip6(6, syn),
+        ip6(58, icmp6),
+    ]
+    eth = bytes(12)
+    out: list[tuple[int, bytes]] = []
+    for pkt in l3:
+        etype = b"\x86\xdd" if pkt[0] >> 4 == 6 else b"\x08\x00"
+        out.append((LINKTYPE_RAW, pkt))
+        out.append((LINKTYPE_ETHERNET, eth + etype + pkt))
+    out.append((LINKTYPE_ETHERNET, eth + b"\x81\x00\x00\x05\x08\x00" + ip4(17, udp)))  # VLAN
+    out.append((LINKTYPE_ETHERNET, bytes(range(12)) + b"\x08\x06" + bytes(28)))  # ARP
+    rng = random.Random(16)
+    mutated = []
+    for lt, pkt in out:
+        for _ in range(3):
+            b = bytearray(pkt)
+            for _ in range(3):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+            mutated.append((lt, bytes(b)))
+    return [(lt, pkt[:cut]) for lt, pkt in out + mutated for cut in range(len(pkt) + 1)]
+
+
+def test_cbpf_translation_equals_libpcap_interpreter(need_libpcap: None, tmp_path: Path) -> None:
+    import shutil
+
+    from dropcapture.events import c_struct
+    from dropcapture.pcapfilter import PcapFilterError, PcapProgram, cbpf_to_c
+
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("no gcc (apt-get install gcc)")
+    funcs, cases, progs = [], [], {}
+    for i, expr in enumerate(TRANSLATION_EXPRESSIONS):
+        for lt in (LINKTYPE_ETHERNET, LINKTYPE_RAW):
+            try:
+                prog = PcapProgram(expr, lt, 65535)
+            except PcapFilterError:
+                continue
+            n = len(progs)
+            progs[n] = (expr, lt, prog)
+            funcs.append(cbpf_to_c(f"f{n}", prog.insns, data_size=256))
+            cases.append(f'case {n}: printf("%d\\n", f{n}(&ev) != 0); break;')
+    try:
+        src = tmp_path / "harness.c"
+        src.write_text(
+            _HARNESS.replace("STRUCT", c_struct(data_size=256))
+            .replace("FUNCS", "\n\n".join(funcs))
+            .replace("CASES", "\n        ".join(cases))
+        )
+        exe = tmp_path / "harness"
+        subprocess.run([gcc, "-O1", "-w", "-o", str(exe), str(src)], check=True, timeout=120)
+        packets = _packets()
+        lines, want = [], []
+        for n, (_expr, lt, prog) in progs.items():
+            for plt, pkt in packets:
+                if plt != lt:
+                    continue
+                wire = len(pkt) + 7  # the original length is longer than what was captured
+                lines.append(f"{n} {wire} {len(pkt)} {pkt.hex()}")
+                want.append(int(prog.matches(pkt, wire)))
+        run = subprocess.run(
+            [str(exe)], input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=120, check=True
+        )
+        got = [int(x) for x in run.stdout.split()]
+    finally:
+        for _e, _lt, prog in progs.values():
+            prog.close()
+    assert len(got) == len(want)
+    bad = [(progs[int(line.split()[0])][:2], line) for line, g, w in zip(lines, got, want) if g != w]
+    assert not bad, bad[:5]
+    # every expression accepts some packets and rejects others: the comparison decides something
+    one_sided = []
+    for n, (expr, lt, _p) in progs.items():
+        if {w for line, w in zip(lines, want) if line.startswith(f"{n} ")} != {0, 1}:
+            one_sided.append((expr, lt))
+    assert not one_sided, one_sided
