@@ -25,12 +25,16 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from typing import IO
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, NamedTuple
 
 from .capture import CaptureStats, KernelInfo
 from .events import DropEvent
 
-__all__ = ["SAVE_MAGIC", "SaveWriter", "Summary", "TextFormatter", "iso_time"]
+if TYPE_CHECKING:
+    from ksym.kallsyms import KallsymsSymbol
+
+__all__ = ["SAVE_MAGIC", "DropSite", "SaveWriter", "Summary", "TextFormatter", "iso_time", "tcp_flag_names"]
 
 SAVE_MAGIC = "# dropcapture capture v1"
 _DEFAULT_TEXT = 0xFFFFFFFF81000000  # x86-64 link address of _text
@@ -41,25 +45,57 @@ def iso_time(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
 
 
+#: TCP header flag bits (byte 13), lowest first, with the names tcpdump and Wireshark use.
+_TCP_FLAGS = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"), (0x20, "URG"),
+              (0x40, "ECE"), (0x80, "CWR"))
+
+
+def tcp_flag_names(flags: int) -> str:
+    """``SYN``, ``SYN,ACK``, ``FIN,ACK`` ... (``-`` for no flag set)."""
+    return ",".join(name for bit, name in _TCP_FLAGS if flags & bit) or "-"
+
+
+def _info(ev: DropEvent) -> str:
+    """The INFO column: TCP flag names, ICMP type/code, else ``-``."""
+    if ev.tcp_flags is not None:
+        return tcp_flag_names(ev.tcp_flags)
+    if ev.icmp_type is not None:
+        return f"type={ev.icmp_type},code={ev.icmp_code}"
+    return "-"
+
+
 class TextFormatter:
-    """The human-readable table: one line per drop, then its stack (unless ``stacks`` is False)."""
+    """The human-readable table: one line per drop, then its stack (unless ``stacks`` is False).
+
+    TIME is local time with microseconds, LEN the packet's length (``skb->len``: from the header the
+    skb starts at), INFO the TCP flag names (``SYN``, ``SYN,ACK``) or the ICMP type and code.
+    """
 
     COLUMNS = (
-        f"{'TIME':<9} {'PID':<7} {'COMM':<15} {'CPU':>3} {'PROTO':<6} {'SRC':<28}    {'DST':<28} "
-        f"{'REASON':<16} LOCATION"
+        f"{'TIME':<15} {'PID':<7} {'COMM':<15} {'CPU':>3} {'PROTO':<6} {'LEN':>5} {'SRC':<28}    {'DST':<28} "
+        f"{'INFO':<11} {'REASON':<16} LOCATION"
     )
 
     def __init__(self, stacks: bool = True) -> None:
         self.stacks = stacks
+        # the strftime part of the time, made once per second
+        self._sec = -1
+        self._sec_text = ""
 
     def header(self) -> str:
         return self.COLUMNS
 
+    def _time(self, ts: float) -> str:
+        sec = int(ts)
+        if sec != self._sec:
+            self._sec, self._sec_text = sec, time.strftime("%H:%M:%S", time.localtime(sec))
+        return f"{self._sec_text}.{int((ts - sec) * 1e6):06d}"
+
     def line(self, ev: DropEvent) -> str:
-        t = time.strftime("%H:%M:%S", time.localtime(ev.timestamp))
         return (
-            f"{t:<9} {ev.pid:<7} {ev.comm:<15} {ev.cpu:>3} {ev.protocol:<6} {ev.endpoint('src'):<28} -> "
-            f"{ev.endpoint('dst'):<28} {ev.reason_name:<16} {ev.location_text}"
+            f"{self._time(ev.timestamp)} {ev.pid:<7} {ev.comm:<15} {ev.cpu:>3} {ev.protocol:<6} {ev.length:>5} "
+            f"{ev.endpoint('src'):<28} -> {ev.endpoint('dst'):<28} {_info(ev):<11} {ev.reason_name:<16} "
+            f"{ev.location_text}"
         )
 
     def format(self, ev: DropEvent) -> str:
@@ -139,12 +175,40 @@ class SaveWriter:
         self.out.write("\n".join(lines) + "\n\n")
 
 
-class Summary:
-    """Counts for the exit summary: drops by reason, by stack, and the capture counters."""
+class DropSite(NamedTuple):
+    """Where drops happen: the drop reason and the drop location (the caller of ``kfree_skb_reason``),
+    with its source line when a debug vmlinux symbolized it."""
 
-    def __init__(self, top: int = 5) -> None:
+    reason: str
+    #: The location's raw address and its ``func+0xoff`` text (the address in hex without a symbol).
+    address: int
+    location: str
+    #: file:line with the inline chain (the first entry is the real function's line), or empty.
+    source: tuple[str, ...]
+
+    @property
+    def source_line(self) -> str:
+        """``net/ipv4/ip_output.c:115 (inlined nf_hook include/linux/netfilter.h:257)`` or ``""``."""
+        return self.source[0] if self.source else ""
+
+
+class Summary:
+    """Counts for the exit summary: drops by reason, by drop site (reason and location), by stack, and
+    the capture counters.
+
+    :param top: how many stacks the summary prints (each whole, every frame).
+    :param annotate: the ksym annotator (``KallsymsSymbol -> file:line texts``) used for a drop location
+        that is not also a frame of the event's stack (whose text is reused otherwise).
+    """
+
+    def __init__(
+        self, top: int = 5, annotate: Callable[[KallsymsSymbol], tuple[str, ...]] | None = None
+    ) -> None:
         self.top = top
+        self.annotate = annotate
         self.by_reason: Counter[str] = Counter()
+        self._by_site_key: Counter[tuple[str, int]] = Counter()
+        self._sites: dict[tuple[str, int], DropSite] = {}
         self._by_stack_id: Counter[int] = Counter()
         self._stack_text: dict[int, tuple[str, ...]] = {}
         self.total = 0
@@ -152,11 +216,38 @@ class Summary:
     def add(self, ev: DropEvent) -> None:
         self.total += 1
         self.by_reason[ev.reason_name] += 1
+        site = (ev.reason_name, ev.location)
+        self._by_site_key[site] += 1
+        if site not in self._sites:
+            self._sites[site] = self._site(ev)
         # keyed by stack id (a stack map id always names the same stack); text made once per id
         self._by_stack_id[ev.stack_id] += 1
         if ev.stack_id not in self._stack_text:
             text = tuple(str(f) for f in ev.stack) or (f"[Missed Kernel Stack: {ev.stack_error}]",)
             self._stack_text[ev.stack_id] = text
+
+    def _site(self, ev: DropEvent) -> DropSite:
+        source: tuple[str, ...] = ()
+        for fr in ev.stack:
+            if fr.address == ev.location and fr.source:
+                source = fr.source
+                break
+        else:
+            if self.annotate is not None and ev.location_symbol is not None:
+                source = self.annotate(ev.location_symbol)
+        return DropSite(ev.reason_name, ev.location, ev.location_text, source)
+
+    @property
+    def by_site(self) -> list[tuple[DropSite, int]]:
+        """``(site, drops)`` for every drop site, most drops first."""
+        return [(self._sites[key], n) for key, n in self._by_site_key.most_common()]
+
+    def site_counts(self) -> dict[tuple[str, int], int]:
+        """A copy of the drops per ``(reason, location address)``, safe to take from another thread."""
+        return self._by_site_key.copy()
+
+    def site(self, key: tuple[str, int]) -> DropSite:
+        return self._sites[key]
 
     @property
     def by_stack(self) -> Counter[tuple[str, ...]]:
@@ -167,7 +258,9 @@ class Summary:
         return out
 
     def render(self, stats: CaptureStats | None, elapsed: float) -> str:
-        """The summary text; ``elapsed`` is the time traced. Top stacks are printed whole, one frame a line."""
+        """The summary text; ``elapsed`` is the time traced. Every drop site is listed, dropwatch style
+        (``N drops at func+0xoff``) with its reason and file:line; the top stacks are printed whole, one
+        frame a line."""
         lines = [f"--- dropcapture summary: {self.total} drops in {elapsed:.1f}s ---"]
         if stats is not None:
             lines.append(
@@ -179,6 +272,15 @@ class Summary:
             lines.append("drops by reason:")
             for name, n in self.by_reason.most_common():
                 lines.append(f"  {n:>8}  {name}")
+        sites = self.by_site
+        if sites:
+            lines.append(f"drops by site (of {len(sites)}):")
+            for site, n in sites:
+                text = f"  {n:>8} drops at {site.location} ({site.reason})"
+                if site.source:
+                    text += f" {site.source_line}"
+                lines.append(text)
+                lines.extend(f"  {'':>8}    {s}" for s in site.source[1:])
         by_stack = self.by_stack
         if by_stack:
             lines.append(f"top stacks (of {len(by_stack)}):")
@@ -193,6 +295,16 @@ class Summary:
                 "drops": self.total,
                 "seconds": round(elapsed, 3),
                 "by_reason": dict(self.by_reason.most_common()),
+                "by_site": [
+                    {
+                        "count": n,
+                        "reason": site.reason,
+                        "location": site.location,
+                        "location_addr": f"{site.address:#x}",
+                        "source": list(site.source) or None,
+                    }
+                    for site, n in self.by_site
+                ],
                 "top_stacks": [{"count": n, "stack": list(s)} for s, n in self.by_stack.most_common(self.top)],
                 "kernel": None
                 if stats is None
