@@ -67,12 +67,12 @@ class TopView:
             site = self.summary.site(key)
             rate = (n - self._last_counts.get(key, 0)) / span
             line = f"{n:>10} {rate:>9.0f}  {site.reason:<22} {site.location:<36} {site.source_line}"
-            lines.append(line[:width])
+            lines.append(line)
         if len(rows) > shown:
             lines.append(f"... {len(rows) - shown} more drop sites (all of them are in the summary at exit)")
         self._last_counts = counts
         self._last_draw = now
-        return "\n".join(lines)
+        return "\n".join(line[:width] for line in lines)
 
     def draw(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
