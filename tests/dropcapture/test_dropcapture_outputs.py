@@ -20,7 +20,6 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO, Any
 
 import pytest
@@ -219,7 +218,7 @@ def test_top_on_a_terminal(netns: str, run: Any) -> None:
     cli = run("--top", "--proto", "udp", "--port", str(port), tty=True)
     cli.read_tty(re.compile(r"DROPS\s+RATE/s\s+REASON\s+LOCATION\s+FILE:LINE"))
     truth = send_udp(netns, 200, port)
-    row = re.compile(rf"^\s+{truth}\s+\d+\s+NO_SOCKET\s+__udp4_lib_rcv\+0x[0-9a-f]+\s*$", re.M)
+    row = re.compile(rf"^\s+{truth}\s+\d+\s+NO_SOCKET\s+__udp4_lib_rcv\+0x[0-9a-f]+\s*$", re.MULTILINE)
     m = cli.read_tty(row)
     head = cli.screen.rsplit("\x1b[2J", 1)[-1].splitlines()[0]
     assert head.startswith(f"dropcapture --top: {truth} drops in ") and "1 drop sites, 0 lost" in head, head
@@ -232,7 +231,7 @@ def test_top_on_a_terminal(netns: str, run: Any) -> None:
     # the summary follows the last frame, with the same site
     tail = screen.rsplit("\x1b[?25h", 1)[-1]
     assert f"--- dropcapture summary: {truth} drops" in tail
-    assert re.search(rf"^\s+{truth} drops at __udp4_lib_rcv\+0x[0-9a-f]+ \(NO_SOCKET\)\r?$", tail, re.M), tail
+    assert re.search(rf"^\s+{truth} drops at __udp4_lib_rcv\+0x[0-9a-f]+ \(NO_SOCKET\)\r?$", tail, re.MULTILINE), tail
 
 
 def _nft(ns: str, *args: str) -> str:

@@ -212,7 +212,7 @@ def test_metrics_address_errors(text: str) -> None:
 ])
 def test_view_usage_errors(args: list[str], message: str) -> None:
     # checked before bcc is imported or anything compiled: exit 2, one line, also as non-root
-    proc = subprocess.run(dropcapture_cmd(*args), capture_output=True, text=True, env=cli_env(), timeout=60,
+    proc = subprocess.run(dropcapture_cmd(*args), check=False, capture_output=True, text=True, env=cli_env(), timeout=60,
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -230,7 +230,7 @@ def tshark_fields(path: Path, *fields: str) -> list[list[str]]:
     cmd = ["tshark", "-r", str(path), "-T", "fields", "-E", "separator=|", "-E", "occurrence=f"]
     for f in fields:
         cmd += ["-e", f]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return [ln.split("|") for ln in proc.stdout.splitlines()]
 
