@@ -296,6 +296,9 @@ def _run(args: argparse.Namespace) -> int:
             print(fmt.header(), file=out)
         annotated = False
         pcap = views.pcap
+        # a terminal sees each drop at once; a pipe or file gets whole buffers, flushed at least every
+        # 0.1 s by the ticker (a write per drop would cost more than the drop's formatting)
+        interactive = out.isatty()
         for ev in cap.events(count=args.count, duration=args.duration, stop=views.ticker(cap)):
             summary.add(ev)
             if annotate is not None and not annotated:
@@ -310,7 +313,8 @@ def _run(args: argparse.Namespace) -> int:
                 out.write(fmt.json(ev) + "\n")
             else:
                 out.write(fmt.format(ev) + "\n")
-            out.flush()
+            if interactive:
+                out.flush()
     finally:
         cap.close()
         closing.close()
@@ -368,15 +372,19 @@ class _Views:
 
             self.top = TopView(self.out, self.summary)
 
-    def ticker(self, cap: Capture) -> Callable[[], bool] | None:
-        """A ``stop`` callback for ``Capture.events`` (called between events and every poll) that
-        redraws ``--top`` and refreshes the counters ``--metrics`` serves, once a second; never stops."""
-        if self.top is None and self.metrics is None:
-            return None
+    def ticker(self, cap: Capture) -> Callable[[], bool]:
+        """A ``stop`` callback for ``Capture.events`` (called between events and before every poll) that
+        flushes stdout every 0.1 s, redraws ``--top`` and refreshes the counters ``--metrics`` serves
+        once a second; it never asks to stop."""
+        flush_at = 0.0
 
         def tick() -> bool:
+            nonlocal flush_at
             now = time.monotonic()
-            if now >= self._next:
+            if now >= flush_at:
+                flush_at = now + 0.1
+                self.out.flush()
+            if now >= self._next and (self.top is not None or self.metrics is not None):
                 self._next = now + 1.0
                 stats = cap.stats()
                 if self.metrics is not None:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, NamedTuple
 
 from .capture import CaptureStats, KernelInfo
-from .events import DropEvent
+from .events import DropEvent, StackFrame
 
 if TYPE_CHECKING:
     from ksym.kallsyms import KallsymsSymbol
@@ -78,6 +78,8 @@ class TextFormatter:
 
     def __init__(self, stacks: bool = True) -> None:
         self.stacks = stacks
+        self._stack_text = _PerStack(self._make_stack_text)
+        self._stack_json = _PerStack(self._make_stack_json)
         # the strftime part of the time, made once per second
         self._sec = -1
         self._sec_text = ""
@@ -99,23 +101,58 @@ class TextFormatter:
         )
 
     def format(self, ev: DropEvent) -> str:
-        lines = [self.line(ev)]
-        if self.stacks:
-            if ev.stack_error:
-                lines.append(f"    [Missed Kernel Stack: {ev.stack_error}]")
-            for fr in ev.stack:
-                text = f"    {fr!s}"
-                if fr.source:
-                    text = f"{text:<44} {fr.source[0]}"
-                    lines.extend([text] + [f"{'':<44} {s}" for s in fr.source[1:]])
-                else:
-                    lines.append(text)
-            lines.append("")
-        return "\n".join(lines)
+        if not self.stacks:
+            return self.line(ev)
+        return self.line(ev) + "\n" + self._stack_text.get(ev)
 
     @staticmethod
-    def json(ev: DropEvent) -> str:
-        return json.dumps(ev.to_dict(), separators=(",", ":"))
+    def _make_stack_text(ev: DropEvent) -> str:
+        lines = []
+        if ev.stack_error:
+            lines.append(f"    [Missed Kernel Stack: {ev.stack_error}]")
+        for fr in ev.stack:
+            text = f"    {fr!s}"
+            if fr.source:
+                text = f"{text:<44} {fr.source[0]}"
+                lines.extend([text] + [f"{'':<44} {s}" for s in fr.source[1:]])
+            else:
+                lines.append(text)
+        lines.append("")
+        return "\n".join(lines)
+
+    def json(self, ev: DropEvent) -> str:
+        """``json.dumps(ev.to_dict())`` (compact), with the stack's JSON made once per stack."""
+        head = ev._replace(stack=()).to_dict()
+        del head["stack"]
+        return _JSON(head)[:-1] + ',"stack":' + self._stack_json.get(ev) + "}"
+
+    @staticmethod
+    def _make_stack_json(ev: DropEvent) -> str:
+        return _JSON(ev.to_dict()["stack"])
+
+
+_JSON = json.JSONEncoder(separators=(",", ":")).encode
+
+
+class _PerStack:
+    """Text made once per stack: a capture hands out one tuple object per stack id (the stack map
+    keeps an id's stack for its lifetime), so an entry is reused only for that very tuple."""
+
+    __slots__ = ("_cache", "_make")
+
+    def __init__(self, make: Callable[[DropEvent], str]) -> None:
+        self._make = make
+        self._cache: dict[int, tuple[tuple[StackFrame, ...], str]] = {}
+
+    def get(self, ev: DropEvent) -> str:
+        hit = self._cache.get(ev.stack_id)
+        if hit is not None and hit[0] is ev.stack:
+            return hit[1]
+        text = self._make(ev)
+        if len(self._cache) >= 65536:
+            self._cache.clear()
+        self._cache[ev.stack_id] = (ev.stack, text)
+        return text
 
 
 def _kv(value: object) -> str:
@@ -146,33 +183,33 @@ class SaveWriter:
             "",
         ]
         out.write("\n".join(lines) + "\n")
+        self._trace = _PerStack(self._make_trace)
+        self._sec = -1
+        self._sec_text = ""
 
     def write(self, ev: DropEvent) -> None:
         self.n += 1
-        fields = [
-            ("time", iso_time(ev.timestamp)),
-            ("pid", ev.pid),
-            ("tid", ev.tid),
-            ("comm", json.dumps(ev.comm)),
-            ("cpu", ev.cpu),
-            ("proto", ev.protocol),
-            ("src", ev.endpoint("src")),
-            ("dst", ev.endpoint("dst")),
-            ("reason", ev.reason_name),
-            ("reason_code", ev.reason),
-            ("location", str(ev.location_symbol) if ev.location_symbol else f"{ev.location:#x}"),
-            ("location_addr", f"{ev.location:#x}"),
-            ("stack_id", ev.stack_id),
-        ]
-        parts = [f"drop {self.n}"]
-        for key, val in fields:
-            parts.append(f"{key}={val if key == 'comm' else _kv(val)}")
-        lines = [" ".join(parts), "Call Trace:"]
+        sec = int(ev.timestamp)
+        if sec != self._sec:
+            self._sec, self._sec_text = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        # numbers and addresses need no quoting; texts go through _kv (comm is always JSON-quoted)
+        loc = str(ev.location_symbol) if ev.location_symbol else f"{ev.location:#x}"
+        line = (
+            f"drop {self.n} time={self._sec_text}.{int(ev.timestamp % 1 * 1e6):06d}Z pid={ev.pid} tid={ev.tid} "
+            f"comm={json.dumps(ev.comm)} cpu={ev.cpu} proto={_kv(ev.protocol)} src={_kv(ev.endpoint('src'))} "
+            f"dst={_kv(ev.endpoint('dst'))} reason={_kv(ev.reason_name)} reason_code={ev.reason} "
+            f"location={_kv(loc)} location_addr={ev.location:#x} stack_id={ev.stack_id}"
+        )
+        self.out.write(line + "\n" + self._trace.get(ev))
+
+    @staticmethod
+    def _make_trace(ev: DropEvent) -> str:
+        lines = ["Call Trace:"]
         if ev.stack_error:
             lines.append(f" [Missed Kernel Stack: {ev.stack_error}]")
         for fr in ev.stack:
             lines.append(f" [<{fr.address:016x}>] {fr.oops if fr.symbol else '?'}")
-        self.out.write("\n".join(lines) + "\n\n")
+        return "\n".join(lines) + "\n\n"
 
 
 class DropSite(NamedTuple):
