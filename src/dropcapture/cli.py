@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import json
 import os
 import signal
@@ -26,8 +25,8 @@ from typing import IO, TYPE_CHECKING
 
 from .capture import Capture, CaptureStats
 from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CaptureError
-from .events import l4_number
-from .filters import PID_MAX, Filters, IPAddress
+from .events import DEFAULT_SNAPLEN, SNAPLEN_MAX, l4_number
+from .filters import PID_MAX, Filters, IPNetwork, host_network, netns_inode
 from .output import SaveWriter, Summary, TextFormatter
 from .reasons import ReasonTable
 
@@ -69,9 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--pid", type=int, action="append", default=[],
                    help="only this process (or thread) id; 0 is the idle task (softirq on an idle CPU)")
     f.add_argument("--proto", action="append", default=[], help="tcp, udp, icmp, icmpv6, sctp or a number")
-    f.add_argument("--host", action="append", default=[], help="source or destination address (v4 or v6)")
+    f.add_argument("--host", action="append", default=[],
+                   help="source or destination address or CIDR prefix (v4 or v6), e.g. 10.0.0.0/8")
     f.add_argument("--port", type=int, action="append", default=[], help="source or destination port")
     f.add_argument("--reason", action="append", default=[], help="drop reason name, e.g. NO_SOCKET")
+    _add_packet_options(p, f)
     lim = p.add_argument_group("limits")
     lim.add_argument("--count", type=int, help="stop after N drops")
     lim.add_argument("--duration", type=float, help="stop after S seconds")
@@ -100,15 +101,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# -- packet capture and kernel filters (--netns, --pcap-filter, --snaplen) -------------------------
+
+
+def _add_packet_options(p: argparse.ArgumentParser, f: argparse._ArgumentGroup) -> None:
+    f.add_argument("--netns", action="append", default=[], metavar="PATH|INODE",
+                   help="only drops in this network namespace: /var/run/netns/NAME, /proc/PID/ns/net or an inode")
+    f.add_argument("--pcap-filter", metavar="EXPR",
+                   help="tcpdump expression, compiled by libpcap and checked in the kernel on the packet bytes")
+    pk = p.add_argument_group("packet bytes")
+    pk.add_argument("--snaplen", type=int, default=DEFAULT_SNAPLEN,
+                    help=f"packet bytes each drop carries, from the L2 or L3 header (default {DEFAULT_SNAPLEN}, "
+                         f"0..{SNAPLEN_MAX}); --pcap-filter sees these bytes")
+
+
+def _netns(args: argparse.Namespace) -> frozenset[int]:
+    """--netns as inodes (ValueError: a usage error)."""
+    return frozenset(netns_inode(spec) for spec in args.netns)
+
+
+def _pcap_filter(args: argparse.Namespace) -> str | None:
+    """--pcap-filter, compiled once here so a bad expression is a usage error before anything is loaded."""
+    if not 0 <= args.snaplen <= SNAPLEN_MAX:
+        raise ValueError(f"--snaplen {args.snaplen}: must be 0..{SNAPLEN_MAX}")
+    expr: str | None = args.pcap_filter
+    if expr is not None:
+        from .pcapfilter import compile_filters
+
+        compile_filters(expr, args.snaplen)  # PcapFilterError is a ValueError
+    return expr
+
+
 def _filters(args: argparse.Namespace, reasons_lookup: ReasonTable) -> Filters:
     """The command line's filters, every value checked (ValueError: a usage error)."""
     protos = set()
     for spec in args.proto:
         for item in spec.split(","):
             protos.add(l4_number(item))
-    hosts: set[IPAddress] = set()
+    hosts: set[IPNetwork] = set()
     for h in args.host:
-        hosts.add(ipaddress.ip_address(h))
+        hosts.add(host_network(h))
     for port in args.port:
         if not 0 < port < 65536:
             raise ValueError(f"bad port {port} (1..65535)")
@@ -131,6 +163,8 @@ def _filters(args: argparse.Namespace, reasons_lookup: ReasonTable) -> Filters:
         hosts=frozenset(hosts),
         ports=frozenset(args.port),
         reasons=frozenset(reasons),
+        netns=_netns(args),
+        pcap_filter=_pcap_filter(args),
     )
 
 
@@ -245,7 +279,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"dropcapture: {status}", file=sys.stderr)
 
     sizes = {} if pages is None else {"ringbuf_pages": pages, "perf_pages": pages}
-    cap = Capture(filters, ringbuf=False if args.perf_buffer else None, annotate=annotate, **sizes)
+    cap = Capture(filters, ringbuf=False if args.perf_buffer else None, annotate=annotate, snaplen=args.snaplen,
+                  **sizes)
     if args.ebpf:
         print(cap.prepare())
         return EXIT_OK
