@@ -13,6 +13,7 @@ import pty
 import random
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
 
 import pytest
@@ -286,3 +288,47 @@ def test_summary_counts_drop_sites(netns: str, run: Any) -> None:
     assert sites.get(("NO_SOCKET", "__udp4_lib_rcv")) == udp, (sites, udp)
     # stacks whole: the NETFILTER_DROP stack runs down to the syscall entry
     assert "entry_SYSCALL_64" in out.split("top stacks")[1]
+
+
+def test_pcapng_read_back_by_tshark(netns: str, run: Any, tmp_path: Path) -> None:
+    if shutil.which("tshark") is None:
+        pytest.skip("tshark is not installed (tools/setup.sh installs it)")
+    tcp, port = ns_port(), ns_port()
+    firewall(netns, tcp)
+    path = tmp_path / "drops.pcapng"
+    inode = os.stat(f"/var/run/netns/{netns}").st_ino
+    cli = run("--json", "--pcapng", str(path), "--netns", f"/var/run/netns/{netns}", "--snaplen", "96")
+    curl_firewalled(netns, tcp)
+    udp = send_udp(netns, 5, port, size=300)
+    out = cli.finish()
+    nft = nft_counter(netns)
+    rows = [json.loads(line) for line in out.splitlines()]
+    events, summary = rows[:-1], rows[-1]["summary"]
+    assert len(events) == summary["drops"] == nft + udp, (len(events), nft, udp)
+    got = tshark_rows(path, "frame.interface_name", "frame.interface_description", "frame.comment",
+                      "frame.time_epoch", "frame.cap_len", "frame.len", "ip.src", "ip.dst", "ip.len",
+                      "tcp.dstport", "tcp.flags.syn", "udp.dstport", "eth.type")
+    assert len(got) == len(events)  # one packet per drop, in the same order
+    for ev, (ifname, desc, comment, epoch, caplen, length, src, dst, iplen, tport, syn, uport, etype) in zip(
+            events, got, strict=True):
+        assert comment == f"{ev['reason']} at {ev['location']} (comm {ev['comm']}, pid {ev['pid']})"
+        assert ifname == (ev["ifname"] or (f"ifindex{ev['ifindex']}" if ev["ifindex"] else "-"))
+        assert desc == f"netns {inode} ifindex {ev['ifindex'] or 0}"
+        assert abs(float(epoch) - ev["time"]) < 2e-6
+        assert (src, dst) == (ev["saddr"], ev["daddr"])
+        eth = 14 if etype else 0  # a MAC header before the IP one (LINKTYPE_ETHERNET)
+        assert int(length) == eth + int(iplen) and int(caplen) == min(96, int(length))
+        if ev["protocol"] == "TCP":
+            assert (ev["reason"], int(tport), syn) == ("NETFILTER_DROP", tcp, "1")
+        else:
+            assert (ev["reason"], int(uport), int(iplen)) == ("NO_SOCKET", port, 20 + 8 + 300)
+    assert sum(ev["protocol"] == "UDP" for ev in events) == udp
+
+
+def tshark_rows(path: Path, *fields: str) -> list[list[str]]:
+    cmd = ["tshark", "-r", str(path), "-T", "fields", "-E", "separator=|", "-E", "occurrence=f"]
+    for f in fields:
+        cmd += ["-e", f]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return [ln.split("|") for ln in proc.stdout.splitlines()]

@@ -276,3 +276,43 @@ def test_pcapng_writer_read_by_tshark(tmp_path: Path) -> None:
     assert rows[0][7:10] == ["127.0.0.1", "127.0.0.1", "9"]
     assert rows[1][7:11] == ["10.1.2.3", "10.1.2.4", "53", "04:04:04:04:04:04"]
     assert rows[3][9] == "9"
+
+
+def test_pcapng_sink_comment_names_reason_location_and_line(tmp_path: Path) -> None:
+    from dropcapture.pcapng import PcapngSink
+
+    ip = _udp("127.0.0.1", "127.0.0.2", 40412, 80, b"z" * 40)
+    with_line = event(raw(), NFT_STACK)._replace(netns=4026531840, ifindex=None, ifname=None,
+                                                 linktype=LINKTYPE_RAW, wire_len=len(ip), packet=ip[:32])
+    no_bytes = event(raw(location=UDP_RCV, reason=3), (), reason="NO_SOCKET")._replace(
+        netns=4026531840, ifindex=1, ifname="lo")
+    s = Summary()
+    path = tmp_path / "x.pcapng"
+    sink = PcapngSink.open(str(path), 128)
+    for ev in (with_line, no_bytes):
+        s.add(ev)
+        sink.write_event(ev, s)
+    sink.close()
+    assert sink.packets == 2
+    rows = tshark_fields(path, "frame.comment", "frame.interface_name", "frame.cap_len", "frame.len", "ip.dst")
+    assert rows == [
+        [f"NETFILTER_DROP at nft_do_chain+0x46f {NFT_LINE} (comm curl, pid 4211)", "-", "32", str(len(ip)),
+         "127.0.0.2"],
+        ["NO_SOCKET at __udp4_lib_rcv+0x4bc (comm curl, pid 4211)", "lo", "0", "0", ""],
+    ]
+    with pytest.raises(ValueError, match="--pcapng /nonexistent-dir/x.pcapng: No such file"):
+        PcapngSink.open("/nonexistent-dir/x.pcapng", 128)
+
+
+def test_per_stack_text_equals_the_plain_formatting() -> None:
+    # the JSON, text and save outputs reuse a stack's text for the same stack tuple only
+    fmt = TextFormatter()
+    a = event(raw(), NFT_STACK)
+    b = event(raw(), (frame(SKB_DROP), frame(UDP_RCV)))  # same stack id 7, another stack (another capture)
+    c = event(raw(stack_id=-12))
+    for ev in (a, b, a, c, b):
+        assert json.loads(fmt.json(ev)) == json.loads(json.dumps(ev.to_dict()))
+        assert list(json.loads(fmt.json(ev))) == list(ev.to_dict())  # same keys, same order
+        assert fmt.format(ev) == TextFormatter().format(ev)  # a fresh formatter: nothing cached
+    assert "__udp4_lib_rcv+0x4bc" in fmt.format(b) and "__udp4_lib_rcv" not in fmt.format(a)
+    assert "net/ipv4/ip_output.c:115" in fmt.format(a)
