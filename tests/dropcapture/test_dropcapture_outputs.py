@@ -174,7 +174,8 @@ def test_metrics_scraped_during_capture(netns: str, run: Any) -> None:
     parser = pytest.importorskip("prometheus_client.parser", reason="prometheus_client is not installed")
     port, mport = ns_port(), free_tcp_port()
     # --quiet: nobody reads stdout until the end, per-drop lines would fill the pipe and block the capture
-    cli = run("--json", "--quiet", "--proto", "udp", "--port", str(port), "--metrics", f"127.0.0.1:{mport}")
+    cli = run("--json", "--quiet", "--netns", f"/var/run/netns/{netns}", "--proto", "udp", "--port", str(port),
+              "--metrics", f"127.0.0.1:{mport}")
     assert f"metrics at http://127.0.0.1:{mport}/metrics" in cli.stderr
     truth = send_udp(netns, 300, port)
 
@@ -217,7 +218,7 @@ def test_metrics_scraped_during_capture(netns: str, run: Any) -> None:
 
 def test_top_on_a_terminal(netns: str, run: Any) -> None:
     port = ns_port()
-    cli = run("--top", "--proto", "udp", "--port", str(port), tty=True)
+    cli = run("--top", "--netns", f"/var/run/netns/{netns}", "--proto", "udp", "--port", str(port), tty=True)
     cli.read_tty(re.compile(r"DROPS\s+RATE/s\s+REASON\s+LOCATION\s+FILE:LINE"))
     truth = send_udp(netns, 200, port)
     row = re.compile(rf"^\s+{truth}\s+\d+\s+NO_SOCKET\s+__udp4_lib_rcv\+0x[0-9a-f]+\s*$", re.MULTILINE)
@@ -269,7 +270,8 @@ def firewall(ns: str, port: int) -> None:
 def test_summary_counts_drop_sites(netns: str, run: Any) -> None:
     tcp, port = ns_port(), ns_port()
     firewall(netns, tcp)
-    cli = run("--summary", "--host", "127.0.0.1", "--host", "127.0.0.2", "--port", str(tcp), "--port", str(port))
+    # only the namespace's drops: its nft counter and UdpNoPorts are the truth
+    cli = run("--summary", "--netns", f"/var/run/netns/{netns}")
     curl_firewalled(netns, tcp)
     udp = send_udp(netns, 50, port)
     out = cli.finish()
