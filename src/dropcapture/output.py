@@ -80,6 +80,7 @@ class TextFormatter:
         self.stacks = stacks
         self._stack_text = _PerStack(self._make_stack_text)
         self._stack_json = _PerStack(self._make_stack_json)
+        self._loc_json: dict[int, str] = {}
         # the strftime part of the time, made once per second
         self._sec = -1
         self._sec_text = ""
@@ -121,10 +122,23 @@ class TextFormatter:
         return "\n".join(lines)
 
     def json(self, ev: DropEvent) -> str:
-        """``json.dumps(ev.to_dict())`` (compact), with the stack's JSON made once per stack."""
-        head = ev._replace(stack=()).to_dict()
-        del head["stack"]
-        return _JSON(head)[:-1] + ',"stack":' + self._stack_json.get(ev) + "}"
+        """``json.dumps(ev.to_dict())`` (compact, the same keys in the same order), written directly: the
+        stack's JSON is made once per stack, a location's text once per location."""
+        loc = self._loc_json.get(ev.location)
+        if loc is None:
+            loc = self._loc_json[ev.location] = (
+                f'"location":{_S(ev.location_text)},"location_addr":"{ev.location:#x}"'
+            )
+        return (
+            f'{{"time":{ev.timestamp!r},"ktime_ns":{ev.ktime_ns},"pid":{ev.pid},"tid":{ev.tid},'
+            f'"comm":{_S(ev.comm)},"cpu":{ev.cpu},"family":{ev.family},"protocol":{_S(ev.protocol)},'
+            f'"l4proto":{_n(ev.l4proto)},"saddr":{_s(ev.saddr)},"sport":{_n(ev.sport)},"daddr":{_s(ev.daddr)},'
+            f'"dport":{_n(ev.dport)},"eth_protocol":{ev.eth_protocol},"reason":{_S(ev.reason_name)},'
+            f'"reason_code":{ev.reason},{loc},"skbaddr":"{ev.skbaddr:#x}","len":{ev.length},'
+            f'"tcp_flags":{_n(ev.tcp_flags)},"icmp_type":{_n(ev.icmp_type)},"icmp_code":{_n(ev.icmp_code)},'
+            f'"netns":{_n(ev.netns)},"ifindex":{_n(ev.ifindex)},"ifname":{_s(ev.ifname)},"stack_id":{ev.stack_id},'
+            f'"stack_error":{_s(ev.stack_error)},"stack":{self._stack_json.get(ev)}}}'
+        )
 
     @staticmethod
     def _make_stack_json(ev: DropEvent) -> str:
@@ -132,6 +146,16 @@ class TextFormatter:
 
 
 _JSON = json.JSONEncoder(separators=(",", ":")).encode
+#: the string encoder json.dumps uses (ensure_ascii)
+_S = json.encoder.encode_basestring_ascii
+
+
+def _n(value: int | None) -> str:
+    return "null" if value is None else str(value)
+
+
+def _s(value: str | None) -> str:
+    return "null" if value is None else _S(value)
 
 
 class _PerStack:
@@ -186,19 +210,30 @@ class SaveWriter:
         self._trace = _PerStack(self._make_trace)
         self._sec = -1
         self._sec_text = ""
+        self._comm: dict[str, str] = {}
+        self._site: dict[tuple[int, int], str] = {}
 
     def write(self, ev: DropEvent) -> None:
         self.n += 1
         sec = int(ev.timestamp)
         if sec != self._sec:
             self._sec, self._sec_text = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        # numbers and addresses need no quoting; texts go through _kv (comm is always JSON-quoted)
-        loc = str(ev.location_symbol) if ev.location_symbol else f"{ev.location:#x}"
+        # numbers and addresses need no quoting; texts go through _kv (comm is always JSON-quoted), made
+        # once per comm and per (reason, location)
+        comm = self._comm.get(ev.comm)
+        if comm is None:
+            comm = self._comm[ev.comm] = json.dumps(ev.comm)
+        site = self._site.get((ev.reason, ev.location))
+        if site is None:
+            loc = str(ev.location_symbol) if ev.location_symbol else f"{ev.location:#x}"
+            site = self._site[(ev.reason, ev.location)] = (
+                f"reason={_kv(ev.reason_name)} reason_code={ev.reason} location={_kv(loc)} "
+                f"location_addr={ev.location:#x}"
+            )
         line = (
             f"drop {self.n} time={self._sec_text}.{int(ev.timestamp % 1 * 1e6):06d}Z pid={ev.pid} tid={ev.tid} "
-            f"comm={json.dumps(ev.comm)} cpu={ev.cpu} proto={_kv(ev.protocol)} src={_kv(ev.endpoint('src'))} "
-            f"dst={_kv(ev.endpoint('dst'))} reason={_kv(ev.reason_name)} reason_code={ev.reason} "
-            f"location={_kv(loc)} location_addr={ev.location:#x} stack_id={ev.stack_id}"
+            f"comm={comm} cpu={ev.cpu} proto={_kv(ev.protocol)} src={_kv(ev.endpoint('src'))} "
+            f"dst={_kv(ev.endpoint('dst'))} {site} stack_id={ev.stack_id}"
         )
         self.out.write(line + "\n" + self._trace.get(ev))
 
