@@ -173,6 +173,18 @@ class ModeResult(NamedTuple):
     lost: int
     #: drops found in the mode's own output (lines, packets, the summary's count)
     written: int
+    #: CPU seconds (user + system) dropcapture used while the senders ran, and per delivered drop
+    cpu: float = 0.0
+
+    @property
+    def cpu_us_per_drop(self) -> float:
+        return self.cpu / self.delivered * 1e6 if self.delivered else 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (/proc/PID/stat), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def udp_noports(netns: str) -> int:
@@ -205,8 +217,10 @@ def run_mode(mode: str, port: int, netns: str, seconds: float, senders: int, rat
         if _has_netns_option():  # only the namespace's drops, whatever else the machine drops
             extra = [*extra, "--netns", f"/var/run/netns/{netns}"]
         proc = start_cli(port, extra, stdout=out, mode=opts)
+        cpu0 = cpu_seconds(proc.pid)  # compiling and loading are done: from here on it is the drops
         got = workload(port, seconds, senders, rate, netns)
         time.sleep(0.5)
+        cpu = cpu_seconds(proc.pid) - cpu0
         proc.send_signal(2)
         _o, err = proc.communicate(timeout=120)
     text = out_path.read_text(encoding="utf-8", errors="replace")
@@ -214,7 +228,7 @@ def run_mode(mode: str, port: int, netns: str, seconds: float, senders: int, rat
         lines = text.splitlines()
         summary = json.loads(lines[-1])["summary"]
         k = summary["kernel"]
-        res = ModeResult(k["emitted"], k["delivered"], k["lost"], len(lines) - 1)
+        res = ModeResult(k["emitted"], k["delivered"], k["lost"], len(lines) - 1, cpu)
     else:
         m = _KERNEL_LINE.search(text) or _KERNEL_LINE.search(err)
         if not m:
@@ -229,7 +243,7 @@ def run_mode(mode: str, port: int, netns: str, seconds: float, senders: int, rat
         if written is None:  # summary, metrics: the drops counted
             m2 = re.search(r"summary: (\d+) drops", text + err)
             written = int(m2.group(1)) if m2 else -1
-        res = ModeResult(emitted, delivered, lost, written)
+        res = ModeResult(emitted, delivered, lost, written, cpu)
     return res, got
 
 
@@ -343,8 +357,8 @@ def main() -> int:
             tmp = Path(tmpdir)
             emit(f"\n### every output mode, senders paced at {args.rate:,.0f} drops/s\n")
             emit("| mode | achieved/s | kernel count (UdpNoPorts) | emitted | delivered | in the output | lost |"
-                 " every drop delivered |")
-            emit("|---|---|---|---|---|---|---|---|")
+                 " every drop delivered | dropcapture CPU µs/drop |")
+            emit("|---|---|---|---|---|---|---|---|---|")
             for mode in modes:
                 port = free_port()
                 before = udp_noports(netns)
@@ -353,12 +367,12 @@ def main() -> int:
                 ok = res.emitted == res.delivered == truth == res.written and res.lost == 0
                 failures += not ok
                 emit(f"| {mode} | {got:,.0f} | {truth:,} | {res.emitted:,} | {res.delivered:,} | {res.written:,} |"
-                     f" {res.lost:,} | {'yes' if ok else 'NO'} |")
+                     f" {res.lost:,} | {'yes' if ok else 'NO'} | {res.cpu_us_per_drop:.1f} |")
             if not args.no_saturation:
                 emit("\n### every output mode at saturation (senders unpaced)\n")
                 emit("| mode | achieved/s | kernel count (UdpNoPorts) | delivered | lost | in the output |"
-                     " delivered + lost == count |")
-                emit("|---|---|---|---|---|---|---|")
+                     " delivered + lost == count | dropcapture CPU µs/drop |")
+                emit("|---|---|---|---|---|---|---|---|")
                 for mode in modes:
                     port = free_port()
                     before = udp_noports(netns)
@@ -367,7 +381,7 @@ def main() -> int:
                     ok = res.delivered + res.lost == truth == res.emitted and res.written == res.delivered
                     failures += not ok
                     emit(f"| {mode} | {got:,.0f} | {truth:,} | {res.delivered:,} | {res.lost:,} | {res.written:,} |"
-                         f" {'yes' if ok else 'NO'} |")
+                         f" {'yes' if ok else 'NO'} | {res.cpu_us_per_drop:.1f} |")
     finally:
         subprocess.run(["ip", "netns", "del", netns], check=False)
     if args.overhead:

@@ -283,6 +283,8 @@ class Summary:
         self._sites: dict[tuple[str, int], DropSite] = {}
         self._by_stack_id: Counter[int] = Counter()
         self._stack_text: dict[int, tuple[str, ...]] = {}
+        #: file:line texts of each frame of a symbolized stack (by its text)
+        self._stack_source: dict[tuple[str, ...], tuple[tuple[str, ...], ...]] = {}
         self.total = 0
 
     def add(self, ev: DropEvent) -> None:
@@ -297,6 +299,8 @@ class Summary:
         if ev.stack_id not in self._stack_text:
             text = tuple(str(f) for f in ev.stack) or (f"[Missed Kernel Stack: {ev.stack_error}]",)
             self._stack_text[ev.stack_id] = text
+            if any(f.source for f in ev.stack):
+                self._stack_source[text] = tuple(f.source for f in ev.stack)
 
     def _site(self, ev: DropEvent) -> DropSite:
         source: tuple[str, ...] = ()
@@ -332,7 +336,7 @@ class Summary:
     def render(self, stats: CaptureStats | None, elapsed: float) -> str:
         """The summary text; ``elapsed`` is the time traced. Every drop site is listed, dropwatch style
         (``N drops at func+0xoff``) with its reason and file:line; the top stacks are printed whole, one
-        frame a line."""
+        frame a line (with its file:line and inline chain when symbolized)."""
         lines = [f"--- dropcapture summary: {self.total} drops in {elapsed:.1f}s ---"]
         if stats is not None:
             lines.append(
@@ -357,8 +361,14 @@ class Summary:
         if by_stack:
             lines.append(f"top stacks (of {len(by_stack)}):")
             for stack, n in by_stack.most_common(self.top):
-                lines.append(f"  {n:>8}  {stack[0]}")
-                lines.extend(f"  {'':>8}  {frame}" for frame in stack[1:])
+                sources = self._stack_source.get(stack)
+                for i, frame in enumerate(stack):
+                    head = f"  {n:>8}  " if i == 0 else f"  {'':>8}  "
+                    if sources and sources[i]:
+                        lines.append(f"{head}{frame:<40} {sources[i][0]}")
+                        lines.extend(f"  {'':>8}  {'':<40} {s}" for s in sources[i][1:])
+                    else:
+                        lines.append(f"{head}{frame}")
         return "\n".join(lines)
 
     def to_dict(self, stats: CaptureStats | None, elapsed: float) -> dict[str, object]:

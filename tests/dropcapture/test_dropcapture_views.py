@@ -316,3 +316,20 @@ def test_per_stack_text_equals_the_plain_formatting() -> None:
         assert fmt.format(ev) == TextFormatter().format(ev)  # a fresh formatter: nothing cached
     assert "__udp4_lib_rcv+0x4bc" in fmt.format(b) and "__udp4_lib_rcv" not in fmt.format(a)
     assert "net/ipv4/ip_output.c:115" in fmt.format(a)
+
+
+def test_summary_stacks_whole_with_file_line() -> None:
+    s = Summary()
+    long_stack = NFT_STACK + tuple(frame(a) for a in [LOCAL_OUT + 0x10, UDP_RCV] * 20)  # 43 frames
+    s.add(event(raw(), long_stack))
+    lines = s.render(None, 1.0).splitlines()
+    i = lines.index("top stacks (of 1):")
+    block = lines[i + 1:]
+    assert len(block) == len(long_stack) + 1  # every frame, and the inline chain's extra line
+    assert block[0] == "         1  sk_skb_reason_drop+0x90"
+    assert block[1] == f"            {'nft_do_chain+0x46f':<40} {NFT_LINE}"
+    assert block[2] == f"            {'__ip_local_out+0x15c':<40} net/ipv4/ip_output.c:115"
+    assert block[3] == f"            {'':<40} nf_hook include/linux/netfilter.h:257"
+    assert block[-1] == "            __udp4_lib_rcv+0x4bc"
+    d: Any = s.to_dict(None, 1.0)["summary"]
+    assert len(d["top_stacks"][0]["stack"]) == len(long_stack)
