@@ -173,6 +173,8 @@ class ModeResult(NamedTuple):
     lost: int
     #: drops found in the mode's own output (lines, packets, the summary's count)
     written: int
+    #: of ``lost``: the buffer was full (the rest was still unread when the capture ended)
+    lost_full: int
     #: CPU seconds (user + system) dropcapture used while the senders ran, and per delivered drop
     cpu: float = 0.0
 
@@ -208,7 +210,7 @@ def _pcapng_packets(path: Path) -> int:
 
 
 def run_mode(mode: str, port: int, netns: str, seconds: float, senders: int, rate: float,
-             extra: list[str], tmp: Path) -> tuple[ModeResult, float]:
+             extra: list[str], tmp: Path, settle: float = 2.0) -> tuple[ModeResult, float]:
     """One capture in ``mode`` while the senders run; returns its counts and the senders' rate."""
     mport = free_tcp_port()
     opts = [o.format(dir=tmp, mport=mport) for o in MODES[mode]]
@@ -219,7 +221,7 @@ def run_mode(mode: str, port: int, netns: str, seconds: float, senders: int, rat
         proc = start_cli(port, extra, stdout=out, mode=opts)
         cpu0 = cpu_seconds(proc.pid)  # compiling and loading are done: from here on it is the drops
         got = workload(port, seconds, senders, rate, netns)
-        time.sleep(0.5)
+        time.sleep(settle)  # the reader may be behind on a busy machine: let it catch up before Ctrl-C
         cpu = cpu_seconds(proc.pid) - cpu0
         proc.send_signal(2)
         _o, err = proc.communicate(timeout=120)
@@ -228,12 +230,12 @@ def run_mode(mode: str, port: int, netns: str, seconds: float, senders: int, rat
         lines = text.splitlines()
         summary = json.loads(lines[-1])["summary"]
         k = summary["kernel"]
-        res = ModeResult(k["emitted"], k["delivered"], k["lost"], len(lines) - 1, cpu)
+        res = ModeResult(k["emitted"], k["delivered"], k["lost"], len(lines) - 1, k["lost_full"], cpu)
     else:
         m = _KERNEL_LINE.search(text) or _KERNEL_LINE.search(err)
         if not m:
             raise SystemExit(f"{mode}: no summary: {err[-2000:]}")
-        _hits, _filtered, emitted, delivered, lost, _full, _exit = (int(g) for g in m.groups())
+        _hits, _filtered, emitted, delivered, lost, full, _exit = (int(g) for g in m.groups())
         written = {
             "text": sum(1 for ln in text.splitlines() if " NO_SOCKET " in ln),
             "save": sum(1 for ln in (tmp / "drops.txt").read_text().splitlines() if ln.startswith("drop "))
@@ -243,7 +245,7 @@ def run_mode(mode: str, port: int, netns: str, seconds: float, senders: int, rat
         if written is None:  # summary, metrics: the drops counted
             m2 = re.search(r"summary: (\d+) drops", text + err)
             written = int(m2.group(1)) if m2 else -1
-        res = ModeResult(emitted, delivered, lost, written, cpu)
+        res = ModeResult(emitted, delivered, lost, written, full, cpu)
     return res, got
 
 
@@ -329,10 +331,13 @@ def main() -> int:
     ap.add_argument("--rates", default="10000,20000,40000,80000")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--perf-buffer", action="store_true", help="benchmark the perf buffer path")
+    ap.add_argument("--buffer-pages", type=int, help="dropcapture --buffer-pages N")
     ap.add_argument("--results", type=Path, default=RESULTS,
                     help="directory of the run logs (default bench/results): the log goes to dropcapture-<date>.md")
     args = ap.parse_args()
     extra = ["--perf-buffer"] if args.perf_buffer else []
+    if args.buffer_pages:
+        extra += ["--buffer-pages", str(args.buffer_pages)]
     modes = [m for m in args.modes.split(",") if m]
     for m in modes:
         if m not in MODES:
@@ -347,7 +352,8 @@ def main() -> int:
         lines.append(line)
 
     emit(f"* {os.uname().release}, {os.cpu_count()} CPUs, {args.senders} senders, {args.seconds}s per run,"
-         f" {'perf' if args.perf_buffer else 'ring'} buffer; the senders in a network namespace of their own,"
+         f" {'perf' if args.perf_buffer else 'ring'} buffer"
+         f"{f' of {args.buffer_pages} pages' if args.buffer_pages else ''}; the senders in a network namespace of their own,"
          f" whose UdpNoPorts is the truth{'; dropcapture --netns of it' if _has_netns_option() else ''}")
     netns = f"dcbench{os.getpid()}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
@@ -367,7 +373,8 @@ def main() -> int:
                 ok = res.emitted == res.delivered == truth == res.written and res.lost == 0
                 failures += not ok
                 emit(f"| {mode} | {got:,.0f} | {truth:,} | {res.emitted:,} | {res.delivered:,} | {res.written:,} |"
-                     f" {res.lost:,} | {'yes' if ok else 'NO'} | {res.cpu_us_per_drop:.1f} |")
+                     f" {res.lost:,} ({res.lost_full:,} buffer full) | {'yes' if ok else 'NO'} |"
+                     f" {res.cpu_us_per_drop:.1f} |")
             if not args.no_saturation:
                 emit("\n### every output mode at saturation (senders unpaced)\n")
                 emit("| mode | achieved/s | kernel count (UdpNoPorts) | delivered | lost | in the output |"
@@ -380,7 +387,8 @@ def main() -> int:
                     truth = udp_noports(netns) - before
                     ok = res.delivered + res.lost == truth == res.emitted and res.written == res.delivered
                     failures += not ok
-                    emit(f"| {mode} | {got:,.0f} | {truth:,} | {res.delivered:,} | {res.lost:,} | {res.written:,} |"
+                    emit(f"| {mode} | {got:,.0f} | {truth:,} | {res.delivered:,} | {res.lost:,} ({res.lost_full:,} buffer"
+                         f" full) | {res.written:,} |"
                          f" {'yes' if ok else 'NO'} | {res.cpu_us_per_drop:.1f} |")
     finally:
         subprocess.run(["ip", "netns", "del", netns], check=False)
