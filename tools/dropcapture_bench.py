@@ -120,7 +120,9 @@ def workload(port: int, seconds: float, senders: int, rate_total: float = 0, net
 
 def start_cli(port: int, extra: list[str], stdout: int | IO[str] = subprocess.PIPE,
               mode: list[str] | None = None) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1")
+    # as users run it: stdout buffered (the "tracing" line comes on stderr, which is line-buffered)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env.pop("PYTHONUNBUFFERED", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "dropcapture", *(mode if mode is not None else ["--quiet", "--json"]),
          "--port", str(port), *extra],
