@@ -46,6 +46,10 @@ examples:
   dropcapture --json --duration 30 > drops.jsonl
   dropcapture --save drops.txt         # stacks for 'ksym annotate' on another machine
   dropcapture --vmlinux /usr/lib/debug/boot/vmlinux-$(uname -r)   # file:line via ksym
+  dropcapture --summary --duration 60  # drops per site (reason, location, file:line), dropwatch style
+  dropcapture --top                    # live drop sites on the terminal, redrawn every second
+  dropcapture --quiet --metrics 127.0.0.1:9101   # Prometheus counters at http://127.0.0.1:9101/metrics
+  dropcapture --pcapng drops.pcapng    # the dropped packets for Wireshark/tshark, one comment each
 
 Ctrl-C: stop tracing, print what is left in the buffer, then the summary; Ctrl-C again: stop at
 once (what is left counts as lost). The summary's counters always add up: emitted = delivered + lost.

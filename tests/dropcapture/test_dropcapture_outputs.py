@@ -41,8 +41,11 @@ for _ in range(n):
 def send_udp(netns: str, n: int, port: int, size: int = 100) -> int:
     """``n`` datagrams to a closed port inside ``netns``; returns the NO_SOCKET drops the kernel counted."""
     before = udp_noports(netns)
-    subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", _SEND, str(n), str(port), str(size)],
-                   check=True, timeout=60)
+    subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", _SEND, str(n), str(port), str(size)],
+        check=True,
+        timeout=60,
+    )
     truth = udp_noports(netns) - before
     assert 0 < truth <= n
     return truth
@@ -68,9 +71,15 @@ class Run:
         slave: int | None = None
         if tty:
             self.master, slave = pty.openpty()
-        self.proc = subprocess.Popen(dropcapture_cmd(*args), stdout=slave if tty else subprocess.PIPE,
-                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=cli_env(),
-                                     cwd="/")
+        self.proc = subprocess.Popen(
+            dropcapture_cmd(*args),
+            stdout=slave if tty else subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=cli_env(),
+            cwd="/",
+        )
         if slave is not None:
             os.close(slave)
         self.stderr = ""
@@ -174,8 +183,18 @@ def test_metrics_scraped_during_capture(netns: str, run: Any) -> None:
     parser = pytest.importorskip("prometheus_client.parser", reason="prometheus_client is not installed")
     port, mport = ns_port(), free_tcp_port()
     # --quiet: nobody reads stdout until the end, per-drop lines would fill the pipe and block the capture
-    cli = run("--json", "--quiet", "--netns", f"/var/run/netns/{netns}", "--proto", "udp", "--port", str(port),
-              "--metrics", f"127.0.0.1:{mport}")
+    cli = run(
+        "--json",
+        "--quiet",
+        "--netns",
+        f"/var/run/netns/{netns}",
+        "--proto",
+        "udp",
+        "--port",
+        str(port),
+        "--metrics",
+        f"127.0.0.1:{mport}",
+    )
     assert f"metrics at http://127.0.0.1:{mport}/metrics" in cli.stderr
     truth = send_udp(netns, 300, port)
 
@@ -188,10 +207,20 @@ def test_metrics_scraped_during_capture(netns: str, run: Any) -> None:
     deadline = time.monotonic() + 20
     while True:
         fams, ctype = scrape()
-        drops = {s.labels["reason"]: s.value for s in fams["dropcapture_drops"].samples
-                 if s.name == "dropcapture_drops_total"}
-        emitted = [s.value for s in fams.get("dropcapture_kernel_emitted", None).samples
-                   if s.name.endswith("_total")] if "dropcapture_kernel_emitted" in fams else []
+        drops = {
+            s.labels["reason"]: s.value
+            for s in fams["dropcapture_drops"].samples
+            if s.name == "dropcapture_drops_total"
+        }
+        emitted = (
+            [
+                s.value
+                for s in fams.get("dropcapture_kernel_emitted", None).samples
+                if s.name.endswith("_total")
+            ]
+            if "dropcapture_kernel_emitted" in fams
+            else []
+        )
         if drops.get("NO_SOCKET") == truth and emitted == [truth] or time.monotonic() > deadline:
             break
         time.sleep(0.2)
@@ -200,8 +229,10 @@ def test_metrics_scraped_during_capture(netns: str, run: Any) -> None:
     assert emitted == [truth]
     sites = [s for s in fams["dropcapture_site_drops"].samples if s.name == "dropcapture_site_drops_total"]
     assert sum(s.value for s in sites) == truth
-    assert all(s.labels["reason"] == "NO_SOCKET" and s.labels["location"].startswith("__udp4_lib_rcv+0x")
-               for s in sites), sites
+    assert all(
+        s.labels["reason"] == "NO_SOCKET" and s.labels["location"].startswith("__udp4_lib_rcv+0x")
+        for s in sites
+    ), sites
     lost = {s.labels["cause"]: s.value for s in fams["dropcapture_lost"].samples if s.name.endswith("_total")}
     assert lost == {"buffer_full": 0, "unread_at_exit": 0}
     out = cli.finish()
@@ -210,7 +241,8 @@ def test_metrics_scraped_during_capture(netns: str, run: Any) -> None:
     summary = rows[-1]["summary"]
     assert summary["drops"] == summary["kernel"]["emitted"] == truth
     assert [(s["reason"], s["location"], s["count"]) for s in summary["by_site"]] == [
-        (s.labels["reason"], s.labels["location"], s.value) for s in sites]
+        (s.labels["reason"], s.labels["location"], s.value) for s in sites
+    ]
     # the server is gone with the capture
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", mport), timeout=2).close()
@@ -234,12 +266,15 @@ def test_top_on_a_terminal(netns: str, run: Any) -> None:
     # the summary follows the last frame, with the same site
     tail = screen.rsplit("\x1b[?25h", 1)[-1]
     assert f"--- dropcapture summary: {truth} drops" in tail
-    assert re.search(rf"^\s+{truth} drops at __udp4_lib_rcv\+0x[0-9a-f]+ \(NO_SOCKET\)\r?$", tail, re.MULTILINE), tail
+    assert re.search(
+        rf"^\s+{truth} drops at __udp4_lib_rcv\+0x[0-9a-f]+ \(NO_SOCKET\)\r?$", tail, re.MULTILINE
+    ), tail
 
 
 def _nft(ns: str, *args: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", ns, "nft", *args], check=True, timeout=30, capture_output=True,
-                          text=True).stdout
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", *args], check=True, timeout=30, capture_output=True, text=True
+    ).stdout
 
 
 def nft_counter(ns: str) -> int:
@@ -250,7 +285,9 @@ def nft_counter(ns: str) -> int:
 
 
 def curl_firewalled(ns: str, port: int) -> None:
-    curl = subprocess.Popen(["ip", "netns", "exec", ns, "curl", "-s", "--max-time", "1", f"http://127.0.0.2:{port}/"])
+    curl = subprocess.Popen(
+        ["ip", "netns", "exec", ns, "curl", "-s", "--max-time", "1", f"http://127.0.0.2:{port}/"]
+    )
     try:
         curl.wait(timeout=30)
     finally:
@@ -263,8 +300,22 @@ def firewall(ns: str, port: int) -> None:
     """The tutorial's rule, with a counter: TCP to 127.0.0.2:port dropped at the OUTPUT hook."""
     _nft(ns, "add", "table", "inet", "dcout")
     _nft(ns, "add chain inet dcout out { type filter hook output priority 0; }")
-    _nft(ns, "add", "rule", "inet", "dcout", "out", "ip", "daddr", "127.0.0.2", "tcp", "dport", str(port), "counter",
-         "drop")
+    _nft(
+        ns,
+        "add",
+        "rule",
+        "inet",
+        "dcout",
+        "out",
+        "ip",
+        "daddr",
+        "127.0.0.2",
+        "tcp",
+        "dport",
+        str(port),
+        "counter",
+        "drop",
+    )
 
 
 def test_summary_counts_drop_sites(netns: str, run: Any) -> None:
@@ -281,7 +332,7 @@ def test_summary_counts_drop_sites(netns: str, run: Any) -> None:
     assert lines[0].startswith("--- dropcapture summary: ")
     i = lines.index(next(ln for ln in lines if ln.startswith("drops by site (of ")))
     sites = {}
-    for ln in lines[i + 1:]:
+    for ln in lines[i + 1 :]:
         m = re.match(r"^\s+(\d+) drops at (\S+) \((\w+)\)", ln)
         if not m:
             break
@@ -307,12 +358,26 @@ def test_pcapng_read_back_by_tshark(netns: str, run: Any, tmp_path: Path) -> Non
     rows = [json.loads(line) for line in out.splitlines()]
     events, summary = rows[:-1], rows[-1]["summary"]
     assert len(events) == summary["drops"] == nft + udp, (len(events), nft, udp)
-    got = tshark_rows(path, "frame.interface_name", "frame.interface_description", "frame.comment",
-                      "frame.time_epoch", "frame.cap_len", "frame.len", "ip.src", "ip.dst", "ip.len",
-                      "tcp.dstport", "tcp.flags.syn", "udp.dstport", "eth.type")
+    got = tshark_rows(
+        path,
+        "frame.interface_name",
+        "frame.interface_description",
+        "frame.comment",
+        "frame.time_epoch",
+        "frame.cap_len",
+        "frame.len",
+        "ip.src",
+        "ip.dst",
+        "ip.len",
+        "tcp.dstport",
+        "tcp.flags.syn",
+        "udp.dstport",
+        "eth.type",
+    )
     assert len(got) == len(events)  # one packet per drop, in the same order
     for ev, (ifname, desc, comment, epoch, caplen, length, src, dst, iplen, tport, syn, uport, etype) in zip(
-            events, got, strict=True):
+        events, got, strict=True
+    ):
         assert comment == f"{ev['reason']} at {ev['location']} (comm {ev['comm']}, pid {ev['pid']})"
         assert ifname == (ev["ifname"] or (f"ifindex{ev['ifindex']}" if ev["ifindex"] else "-"))
         assert desc == f"netns {inode} ifindex {ev['ifindex'] or 0}"

@@ -63,8 +63,9 @@ def raw(**kw: object) -> RawEvent:
 
 
 def event(r: RawEvent, stack: tuple[StackFrame, ...] = (), reason: str = "NETFILTER_DROP") -> DropEvent:
-    return decode_event(r, reason_name=reason, clock_offset=1000.0, location_symbol=KS.locate(r.location),
-                        stack=stack)
+    return decode_event(
+        r, reason_name=reason, clock_offset=1000.0, location_symbol=KS.locate(r.location), stack=stack
+    )
 
 
 def frame(addr: int, *source: str) -> StackFrame:
@@ -72,8 +73,11 @@ def frame(addr: int, *source: str) -> StackFrame:
 
 
 NFT_LINE = "net/netfilter/nf_tables_core.c:272"
-NFT_STACK = (frame(SKB_DROP), frame(NFT, NFT_LINE), frame(LOCAL_OUT, "net/ipv4/ip_output.c:115",
-                                                          "nf_hook include/linux/netfilter.h:257"))
+NFT_STACK = (
+    frame(SKB_DROP),
+    frame(NFT, NFT_LINE),
+    frame(LOCAL_OUT, "net/ipv4/ip_output.c:115", "nf_hook include/linux/netfilter.h:257"),
+)
 
 
 def test_tcp_flag_names() -> None:
@@ -142,8 +146,13 @@ def test_summary_counts_drop_sites_with_file_line() -> None:
         f"         1 drops at nft_do_chain+0x46f (OTHER) {NFT_LINE}",
     ]
     d: Any = s.to_dict(None, 1.0)["summary"]
-    assert d["by_site"][0] == {"count": 3, "reason": "NETFILTER_DROP", "location": "nft_do_chain+0x46f",
-                               "location_addr": hex(NFT), "source": [NFT_LINE]}
+    assert d["by_site"][0] == {
+        "count": 3,
+        "reason": "NETFILTER_DROP",
+        "location": "nft_do_chain+0x46f",
+        "location_addr": hex(NFT),
+        "source": [NFT_LINE],
+    }
     assert sum(x["count"] for x in d["by_site"]) == d["drops"] == 6
     json.dumps(d)
     # without a debug vmlinux: no file:line, the line ends at the reason
@@ -191,29 +200,43 @@ def test_top_screen() -> None:
     assert out.startswith("\x1b[?25l\x1b[H\x1b[2J") and out.endswith("\x1b[?25h") and top.frames == 2
 
 
-@pytest.mark.parametrize(("text", "want"), [("127.0.0.1:9101", ("127.0.0.1", 9101)),
-                                            ("[::1]:80", ("::1", 80)), (":9101", ("0.0.0.0", 9101))])
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [("127.0.0.1:9101", ("127.0.0.1", 9101)), ("[::1]:80", ("::1", 80)), (":9101", ("0.0.0.0", 9101))],
+)
 def test_metrics_address(text: str, want: tuple[str, int]) -> None:
     assert tuple(parse_metrics_address(text)) == want
 
 
-@pytest.mark.parametrize("text", ["9101", "localhost:9101", "127.0.0.1:0", "127.0.0.1:70000", "127.0.0.1:x", ""])
+@pytest.mark.parametrize(
+    "text", ["9101", "localhost:9101", "127.0.0.1:0", "127.0.0.1:70000", "127.0.0.1:x", ""]
+)
 def test_metrics_address_errors(text: str) -> None:
     with pytest.raises(ValueError, match="--metrics"):
         parse_metrics_address(text)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--top"], "--top needs a terminal on stdout"),
-    (["--top", "--json"], "--top draws the drop sites on the terminal; --json"),
-    (["--summary", "--json"], "--summary prints the text summary and --json the JSON one"),
-    (["--metrics", "localhost:1"], "--metrics localhost:1: 'localhost' is not an IP address"),
-    (["--pcapng", "/nonexistent-dir/x.pcapng"], "--pcapng /nonexistent-dir/x.pcapng: directory"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--top"], "--top needs a terminal on stdout"),
+        (["--top", "--json"], "--top draws the drop sites on the terminal; --json"),
+        (["--summary", "--json"], "--summary prints the text summary and --json the JSON one"),
+        (["--metrics", "localhost:1"], "--metrics localhost:1: 'localhost' is not an IP address"),
+        (["--pcapng", "/nonexistent-dir/x.pcapng"], "--pcapng /nonexistent-dir/x.pcapng: directory"),
+    ],
+)
 def test_view_usage_errors(args: list[str], message: str) -> None:
     # checked before bcc is imported or anything compiled: exit 2, one line, also as non-root
-    proc = subprocess.run(dropcapture_cmd(*args), check=False, capture_output=True, text=True, env=cli_env(), timeout=60,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        dropcapture_cmd(*args),
+        check=False,
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dropcapture: error: " + message), proc.stderr
@@ -237,8 +260,9 @@ def tshark_fields(path: Path, *fields: str) -> list[list[str]]:
 
 def _udp(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
     udp = struct.pack(">HHHH", sport, dport, 8 + len(payload), 0) + payload
-    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton(src),
-                     socket.inet_aton(dst))
+    ip = struct.pack(
+        ">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst)
+    )
     return ip + udp
 
 
@@ -251,8 +275,16 @@ def test_pcapng_writer_read_by_tshark(tmp_path: Path) -> None:
     ip2 = _udp("10.1.2.3", "10.1.2.4", 5353, 53, b"y" * 3)  # odd length: the block is padded
     eth = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip2
     packets = [
-        PcapngPacket(lo_a, 1_795_638_884_927_804, ip1[:64], len(ip1), "NO_SOCKET at __udp4_lib_rcv+0x4bc net/ipv4/udp.c:2420"),
-        PcapngPacket(eth0, 1_795_638_884_927_905, eth, len(eth), "NETFILTER_DROP at nft_do_chain+0x46f (comm curl)"),
+        PcapngPacket(
+            lo_a,
+            1_795_638_884_927_804,
+            ip1[:64],
+            len(ip1),
+            "NO_SOCKET at __udp4_lib_rcv+0x4bc net/ipv4/udp.c:2420",
+        ),
+        PcapngPacket(
+            eth0, 1_795_638_884_927_905, eth, len(eth), "NETFILTER_DROP at nft_do_chain+0x46f (comm curl)"
+        ),
         PcapngPacket(lo_b, 1_795_638_884_928_000, eth, len(eth) + 1000, "ü"),
         PcapngPacket(lo_a, 1_795_638_884_929_000, ip1, len(ip1), ""),
         PcapngPacket(lo_a, 1_795_638_884_930_000, b"", 40, "no bytes"),
@@ -261,18 +293,39 @@ def test_pcapng_writer_read_by_tshark(tmp_path: Path) -> None:
         for p in packets:
             w.write(p)
     assert w.interfaces == 3 and w.packets == 5
-    rows = tshark_fields(path, "frame.interface_id", "frame.interface_name", "frame.interface_description",
-                         "frame.comment", "frame.time_epoch", "frame.cap_len", "frame.len", "ip.src", "ip.dst",
-                         "udp.dstport", "eth.src")
+    rows = tshark_fields(
+        path,
+        "frame.interface_id",
+        "frame.interface_name",
+        "frame.interface_description",
+        "frame.comment",
+        "frame.time_epoch",
+        "frame.cap_len",
+        "frame.len",
+        "ip.src",
+        "ip.dst",
+        "udp.dstport",
+        "eth.src",
+    )
     assert len(rows) == 5
     assert [r[0] for r in rows] == ["0", "1", "2", "0", "0"]
     assert [r[1] for r in rows] == ["lo", "eth0", "lo", "lo", "lo"]
     assert rows[0][2] == "netns 4026531840 ifindex 1" and rows[2][2] == "netns 4026532999 ifindex 1"
     assert [r[3] for r in rows] == [p.comment for p in packets]
-    assert [r[4] for r in rows] == ["1795638884.927804000", "1795638884.927905000", "1795638884.928000000",
-                                    "1795638884.929000000", "1795638884.930000000"]
-    assert [(int(r[5]), int(r[6])) for r in rows] == [(64, 128), (len(eth), len(eth)), (len(eth), len(eth) + 1000),
-                                                      (128, 128), (0, 40)]
+    assert [r[4] for r in rows] == [
+        "1795638884.927804000",
+        "1795638884.927905000",
+        "1795638884.928000000",
+        "1795638884.929000000",
+        "1795638884.930000000",
+    ]
+    assert [(int(r[5]), int(r[6])) for r in rows] == [
+        (64, 128),
+        (len(eth), len(eth)),
+        (len(eth), len(eth) + 1000),
+        (128, 128),
+        (0, 40),
+    ]
     assert rows[0][7:10] == ["127.0.0.1", "127.0.0.1", "9"]
     assert rows[1][7:11] == ["10.1.2.3", "10.1.2.4", "53", "04:04:04:04:04:04"]
     assert rows[3][9] == "9"
@@ -282,10 +335,12 @@ def test_pcapng_sink_comment_names_reason_location_and_line(tmp_path: Path) -> N
     from dropcapture.pcapng import PcapngSink
 
     ip = _udp("127.0.0.1", "127.0.0.2", 40412, 80, b"z" * 40)
-    with_line = event(raw(), NFT_STACK)._replace(netns=4026531840, ifindex=None, ifname=None,
-                                                 linktype=LINKTYPE_RAW, wire_len=len(ip), packet=ip[:32])
+    with_line = event(raw(), NFT_STACK)._replace(
+        netns=4026531840, ifindex=None, ifname=None, linktype=LINKTYPE_RAW, wire_len=len(ip), packet=ip[:32]
+    )
     no_bytes = event(raw(location=UDP_RCV, reason=3), (), reason="NO_SOCKET")._replace(
-        netns=4026531840, ifindex=1, ifname="lo")
+        netns=4026531840, ifindex=1, ifname="lo"
+    )
     s = Summary()
     path = tmp_path / "x.pcapng"
     sink = PcapngSink.open(str(path), 128)
@@ -294,10 +349,17 @@ def test_pcapng_sink_comment_names_reason_location_and_line(tmp_path: Path) -> N
         sink.write_event(ev, s)
     sink.close()
     assert sink.packets == 2
-    rows = tshark_fields(path, "frame.comment", "frame.interface_name", "frame.cap_len", "frame.len", "ip.dst")
+    rows = tshark_fields(
+        path, "frame.comment", "frame.interface_name", "frame.cap_len", "frame.len", "ip.dst"
+    )
     assert rows == [
-        [f"NETFILTER_DROP at nft_do_chain+0x46f {NFT_LINE} (comm curl, pid 4211)", "-", "32", str(len(ip)),
-         "127.0.0.2"],
+        [
+            f"NETFILTER_DROP at nft_do_chain+0x46f {NFT_LINE} (comm curl, pid 4211)",
+            "-",
+            "32",
+            str(len(ip)),
+            "127.0.0.2",
+        ],
         ["NO_SOCKET at __udp4_lib_rcv+0x4bc (comm curl, pid 4211)", "lo", "0", "0", ""],
     ]
     with pytest.raises(ValueError, match="--pcapng /nonexistent-dir/x.pcapng: No such file"):
@@ -324,7 +386,7 @@ def test_summary_stacks_whole_with_file_line() -> None:
     s.add(event(raw(), long_stack))
     lines = s.render(None, 1.0).splitlines()
     i = lines.index("top stacks (of 1):")
-    block = lines[i + 1:]
+    block = lines[i + 1 :]
     assert len(block) == len(long_stack) + 1  # every frame, and the inline chain's extra line
     assert block[0] == "         1  sk_skb_reason_drop+0x90"
     assert block[1] == f"            {'nft_do_chain+0x46f':<40} {NFT_LINE}"
@@ -333,3 +395,26 @@ def test_summary_stacks_whole_with_file_line() -> None:
     assert block[-1] == "            __udp4_lib_rcv+0x4bc"
     d: Any = s.to_dict(None, 1.0)["summary"]
     assert len(d["top_stacks"][0]["stack"]) == len(long_stack)
+
+
+def test_metrics_busy_port_is_a_usage_error() -> None:
+    pytest.importorskip("prometheus_client", reason="prometheus_client is not installed")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            dropcapture_cmd("--metrics", f"127.0.0.1:{port}"),
+            check=False,
+            capture_output=True,
+            text=True,
+            env=cli_env(),
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert (
+        lines[-1] == f"dropcapture: error: --metrics 127.0.0.1:{port}: cannot listen: Address already in use"
+    )
+    assert "Traceback" not in proc.stderr and "tracing skb:kfree_skb" not in proc.stderr
