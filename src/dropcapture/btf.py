@@ -212,8 +212,14 @@ class Btf:
         return out
 
     def struct(self, name: str) -> int:
-        """Id of ``struct name`` (or a union of that name)."""
-        return self.find(name, (_STRUCT, _UNION))
+        """Id of ``struct name`` (or a union of that name, or a typedef of one such as ``possible_net_t``)."""
+        try:
+            return self.find(name, (_STRUCT, _UNION))
+        except BtfError:
+            tid = self.resolve(self.find(name, (_TYPEDEF,)))
+            if self._kinds[tid] not in (_STRUCT, _UNION):
+                raise BtfError(f"{name!r} is not a struct or union in BTF") from None
+            return tid
 
     def member(self, struct_name: str, member: str) -> Member:
         """Locate ``member`` in ``struct struct_name``, looking inside anonymous structs/unions.

@@ -449,7 +449,8 @@ class Capture:
         """
         self.open()
         deadline = time.monotonic() + duration if duration is not None else None
-        drain_until = 0.0
+        # already detached (detach() called first): deliver what is left, for up to ``drain`` seconds
+        drain_until = time.monotonic() + drain if self._detached else 0.0
 
         def _over() -> bool:
             """Detach on a stop or at the deadline; True when the iterator must end."""

@@ -1,7 +1,8 @@
 """dropcapture: capture packet drops (skb:kfree_skb) with their kernel stacks.
 
-USAGE: dropcapture [--comm C] [--pid P] [--proto tcp|udp|icmp...] [--host ADDR] [--port N]
-                   [--reason NAME] [--count N] [--duration S] [--json] [--save FILE]
+USAGE: dropcapture [--comm C] [--pid P] [--proto tcp|udp|icmp...] [--host ADDR|CIDR] [--port N]
+                   [--reason NAME] [--netns PATH|INODE] [--pcap-filter EXPR] [--snaplen N]
+                   [--count N] [--duration S] [--json] [--save FILE]
                    [--vmlinux PATH] [--no-stack] [--quiet]
 
 Replaces the bpftrace dropwatch.bt script (kprobe:kfree_skb, TCP only) with the skb:kfree_skb
@@ -43,6 +44,8 @@ examples:
   dropcapture --comm curl              # drops while curl runs (send path, loopback receive)
   dropcapture --proto tcp --port 80    # TCP drops from or to port 80
   dropcapture --reason NETFILTER_DROP --count 10
+  dropcapture --netns /var/run/netns/blue --host 10.0.0.0/8   # one namespace, a prefix
+  dropcapture --pcap-filter 'tcp[tcpflags] & tcp-syn != 0'    # tcpdump syntax, in the kernel
   dropcapture --json --duration 30 > drops.jsonl
   dropcapture --save drops.txt         # stacks for 'ksym annotate' on another machine
   dropcapture --vmlinux /usr/lib/debug/boot/vmlinux-$(uname -r)   # file:line via ksym
@@ -54,7 +57,7 @@ examples:
 Ctrl-C: stop tracing, print what is left in the buffer, then the summary; Ctrl-C again: stop at
 once (what is left counts as lost). The summary's counters always add up: emitted = delivered + lost.
 
-exit codes: 0 ok, 1 capture failed, 2 usage, 3 bcc missing, 4 not privileged,
+exit codes: 0 ok, 1 capture failed, 2 usage, 3 bcc (or libpcap for --pcap-filter) missing, 4 not privileged,
             5 kernel lacks tracefs/tracepoint/BPF/BTF, 6 bcc cannot compile (kernel headers),
             130 interrupted before the capture started
 """

@@ -206,8 +206,8 @@ def host_network(text: str) -> IPNetwork:
         return ipaddress.ip_network(text.strip())
     except ValueError as exc:
         if "/" in text:
-            raise ValueError(f"bad --host prefix {text!r}: {exc}") from None
-        raise ValueError(f"bad --host {text!r}: not an IPv4 or IPv6 address or prefix") from None
+            raise ValueError(f"bad host prefix {text!r}: {exc}") from None
+        raise ValueError(f"bad host {text!r}: not an IPv4 or IPv6 address or prefix") from None
 
 
 def netns_inode(spec: str | int) -> int:

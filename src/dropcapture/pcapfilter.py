@@ -20,11 +20,12 @@ import ctypes.util
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from .errors import EXIT_UNSUPPORTED, CaptureError
+from .errors import EXIT_NO_BCC, CaptureError
 from .events import LINKTYPE_ETHERNET, LINKTYPE_RAW
 
 __all__ = [
     "DLT_FOR_LINKTYPE",
+    "CbpfError",
     "CbpfInsn",
     "PcapFilterError",
     "PcapMissingError",
@@ -47,9 +48,9 @@ class PcapFilterError(ValueError):
 
 
 class PcapMissingError(CaptureError):
-    """libpcap cannot be loaded."""
+    """libpcap cannot be loaded (exit code 3, as for a missing bcc: a library to install)."""
 
-    exit_code = EXIT_UNSUPPORTED
+    exit_code = EXIT_NO_BCC
 
 
 class CbpfInsn(NamedTuple):
@@ -62,7 +63,12 @@ class CbpfInsn(NamedTuple):
 
 
 class _BpfInsn(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
 
 
 class _BpfProgram(ctypes.Structure):
@@ -136,7 +142,12 @@ class PcapProgram:
         if not handle:
             raise PcapMissingError("libpcap's pcap_open_dead failed (out of memory)")
         try:
-            if self._lib.pcap_compile(handle, ctypes.byref(self._prog), expr.encode(), 1, _PCAP_NETMASK_UNKNOWN) < 0:
+            if (
+                self._lib.pcap_compile(
+                    handle, ctypes.byref(self._prog), expr.encode(), 1, _PCAP_NETMASK_UNKNOWN
+                )
+                < 0
+            ):
                 msg = (self._lib.pcap_geterr(handle) or b"").decode("utf-8", "replace").strip()
                 raise PcapFilterError(f"--pcap-filter {expr!r}: {msg or 'does not compile'}")
             self._compiled = True
@@ -148,7 +159,8 @@ class PcapProgram:
         """The classic BPF instructions."""
         p = self._prog
         return tuple(
-            CbpfInsn(p.bf_insns[i].code, p.bf_insns[i].jt, p.bf_insns[i].jf, p.bf_insns[i].k) for i in range(p.bf_len)
+            CbpfInsn(p.bf_insns[i].code, p.bf_insns[i].jt, p.bf_insns[i].jf, p.bf_insns[i].k)
+            for i in range(p.bf_len)
         )
 
     def matches(self, packet: bytes, wire_len: int) -> bool:
@@ -183,7 +195,8 @@ def compile_filter(expr: str, linktype: int, snaplen: int) -> tuple[CbpfInsn, ..
 def compile_filters(expr: str, snaplen: int) -> dict[int, tuple[CbpfInsn, ...]]:
     """``expr`` compiled for every link type the probe captures: {linktype: instructions}.
 
-    An expression that compiles for neither is a :class:`PcapFilterError` (the Ethernet message); one
+    An expression that compiles for neither, or to a program the probe cannot run (a loop), is a
+    :class:`PcapFilterError` (for the former, libpcap's Ethernet message); one
     that only makes sense on one link type (``ether host ...`` has no meaning on raw IP) is kept for
     that one, and packets of the other type are rejected.
     """
@@ -191,9 +204,15 @@ def compile_filters(expr: str, snaplen: int) -> dict[int, tuple[CbpfInsn, ...]]:
     first: PcapFilterError | None = None
     for linktype in (LINKTYPE_ETHERNET, LINKTYPE_RAW):
         try:
-            out[linktype] = compile_filter(expr, linktype, snaplen)
+            insns = compile_filter(expr, linktype, snaplen)
         except PcapFilterError as exc:
             first = first or exc
+            continue
+        try:
+            cbpf_to_c("dc_check", insns, data_size=1)  # what the probe cannot run is told now
+        except CbpfError as exc:
+            raise PcapFilterError(f"--pcap-filter {expr!r}: {exc}") from None
+        out[linktype] = insns
     if not out:
         assert first is not None
         raise first
@@ -207,7 +226,17 @@ _LD, _LDX, _ST, _STX, _ALU, _JMP, _RET, _MISC = range(8)
 _W, _H, _B = 0x00, 0x08, 0x10
 _IMM, _ABS, _IND, _MEM, _LEN, _MSH = 0x00, 0x20, 0x40, 0x60, 0x80, 0xA0
 _ADD, _SUB, _MUL, _DIV, _OR, _AND, _LSH, _RSH, _NEG, _MOD, _XOR = (
-    0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80, 0x90, 0xA0,
+    0x00,
+    0x10,
+    0x20,
+    0x30,
+    0x40,
+    0x50,
+    0x60,
+    0x70,
+    0x80,
+    0x90,
+    0xA0,
 )
 _JA, _JEQ, _JGT, _JGE, _JSET = 0x00, 0x10, 0x20, 0x30, 0x40
 _K, _X = 0x00, 0x08
@@ -228,7 +257,11 @@ def _load(size: int, index: str) -> str:
     # verifier sees it inside the array (the bounds check before it is the real one)
     parts = []
     for i in range(size):
-        idx = f"(({index}) + {i}) & DC_DATA_MASK" if index.isidentifier() else f"({int(index) + i}) & DC_DATA_MASK"
+        idx = (
+            f"(({index}) + {i}) & DC_DATA_MASK"
+            if index.isidentifier()
+            else f"({int(index) + i}) & DC_DATA_MASK"
+        )
         shift = 8 * (size - 1 - i)
         parts.append(f"((u32)ev->data[{idx}] << {shift})" if shift else f"(u32)ev->data[{idx}]")
     return " | ".join(parts)
@@ -241,7 +274,7 @@ def cbpf_to_c(name: str, insns: Sequence[CbpfInsn], *, data_size: int) -> str:
 
     ``data_size`` is the size of ``ev->data`` (a power of two; ``DC_DATA_MASK`` is ``data_size - 1``).
 
-    :raises CbpfError: an instruction that is not classic BPF, or a jump out of the program.
+    :raises CbpfError: an instruction that is not classic BPF, a jump out of the program, or a loop.
     """
     n = len(insns)
     if n == 0:
@@ -253,6 +286,11 @@ def cbpf_to_c(name: str, insns: Sequence[CbpfInsn], *, data_size: int) -> str:
         cls = ins.code & 0x07
         if cls == _JMP:
             op = ins.code & 0xF0
+            if op == _JA and ins.k >= 0x80000000:
+                raise CbpfError(
+                    f"libpcap compiled it to a loop (a backward jump at instruction {pc}), which a BPF probe "
+                    "cannot run (e.g. 'protochain')"
+                )
             dests = [pc + 1 + ins.k] if op == _JA else [pc + 1 + ins.jt, pc + 1 + ins.jf]
             for d in dests:
                 if d >= n:
@@ -275,9 +313,7 @@ def cbpf_to_c(name: str, insns: Sequence[CbpfInsn], *, data_size: int) -> str:
         decl += f"    u32 M[{_MEMWORDS}] = {{}};\n"
     return (
         f"static __always_inline u32 {name}(struct dc_event *ev)\n{{\n{decl}"
-        "    if (L > DC_SNAPLEN)\n        L = DC_SNAPLEN;\n"
-        + "\n".join(body)
-        + "\n    return 0;\n}"
+        "    if (L > DC_SNAPLEN)\n        L = DC_SNAPLEN;\n" + "\n".join(body) + "\n    return 0;\n}"
     )
 
 
@@ -304,8 +340,7 @@ def _translate(pc: int, code: int, jt: int, jf: int, k: int, data_size: int) -> 
         if cls == _LD and size in _SIZES and mode == _IND:
             n = _SIZES[size]
             return (
-                f"T = X + {k}U; if ({k}U > L || X > L - {k}U || {n}U > L - T) return 0; "
-                f"A = {_load(n, 'T')};"
+                f"T = X + {k}U; if ({k}U > L || X > L - {k}U || {n}U > L - T) return 0; A = {_load(n, 'T')};"
             )
     elif cls == _ST:
         return f"M[{k}] = A;"
