@@ -343,8 +343,8 @@ def _run(args: argparse.Namespace) -> int:
             print(fmt.header(), file=out)
         annotated = False
         pcap = views.pcap
-        # a terminal sees each drop at once; a pipe or file gets whole buffers, flushed at least every
-        # 0.1 s by the ticker (a write per drop would cost more than the drop's formatting)
+        # a terminal sees each drop at once; a pipe or a file gets whole buffers, which the ticker
+        # flushes (no write call per drop)
         interactive = out.isatty()
         for ev in cap.events(count=args.count, duration=args.duration, stop=views.ticker(cap)):
             summary.add(ev)
