@@ -332,7 +332,7 @@ def _run(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise ValueError(f"--save {args.save}: {exc.strerror or exc}") from None
         saver = SaveWriter(save, cap.kernel, cap.reasons.source) if save else None
-        views.open_pcapng()
+        views.open_outputs()
         print(
             f"dropcapture: tracing skb:kfree_skb ({'ring buffer' if cap.ringbuf else 'perf buffer'}, "
             f"reasons from {cap.reasons.source}); Ctrl-C to stop",
@@ -409,7 +409,8 @@ class _Views:
             self.metrics = MetricsServer(parse_metrics_address(self.args.metrics), self.summary).start()
             print(f"dropcapture: metrics at http://{self.metrics.address}/metrics", file=sys.stderr, flush=True)
 
-    def open_pcapng(self) -> None:
+    def open_outputs(self) -> None:
+        """Open the pcapng file and start the --top view (once the capture is attached)."""
         if self.args.pcapng:
             from .pcapng import PcapngSink
 
