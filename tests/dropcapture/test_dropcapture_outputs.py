@@ -258,7 +258,7 @@ def test_top_on_a_terminal(netns: str, run: Any) -> None:
     head = cli.screen.rsplit("\x1b[2J", 1)[-1].splitlines()[0]
     assert head.startswith(f"dropcapture --top: {truth} drops in ") and "1 drop sites, 0 lost" in head, head
     frames_before = cli.screen.count("\x1b[2J")
-    time.sleep(2.5)
+    time.sleep(3.5)
     cli.read_tty(row)
     assert cli.screen.count("\x1b[2J") >= frames_before + 2  # redrawn every second, also without drops
     screen = cli.finish()
