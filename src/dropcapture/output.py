@@ -29,12 +29,21 @@ from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, NamedTuple
 
 from .capture import CaptureStats, KernelInfo
-from .events import DropEvent, StackFrame
+from .events import LINKTYPE_ETHERNET, LINKTYPE_RAW, DropEvent, StackFrame
 
 if TYPE_CHECKING:
     from ksym.kallsyms import KallsymsSymbol
 
-__all__ = ["SAVE_MAGIC", "DropSite", "SaveWriter", "Summary", "TextFormatter", "iso_time", "tcp_flag_names"]
+__all__ = [
+    "SAVE_MAGIC",
+    "DropSite",
+    "SaveWriter",
+    "Summary",
+    "TextFormatter",
+    "iso_time",
+    "packet_length",
+    "tcp_flag_names",
+]
 
 SAVE_MAGIC = "# dropcapture capture v1"
 _DEFAULT_TEXT = 0xFFFFFFFF81000000  # x86-64 link address of _text
@@ -55,6 +64,24 @@ def tcp_flag_names(flags: int) -> str:
     return ",".join(name for bit, name in _TCP_FLAGS if flags & bit) or "-"
 
 
+_ETH_HEADER = 14
+
+
+def packet_length(ev: DropEvent) -> int:
+    """The packet's length as tcpdump shows the IP packet: the IPv4 total length or the IPv6 payload
+    length + 40 from the captured header; without IP bytes the original length from where the bytes
+    start (``wire_len``), else ``skb->len``."""
+    data = ev.packet
+    off = _ETH_HEADER if ev.linktype == LINKTYPE_ETHERNET else 0 if ev.linktype == LINKTYPE_RAW else -1
+    if off >= 0 and len(data) >= off + 6 and ev.family in (4, 6):
+        version = data[off] >> 4
+        if version == 4 and ev.family == 4:
+            return int.from_bytes(data[off + 2 : off + 4], "big")
+        if version == 6 and ev.family == 6:
+            return 40 + int.from_bytes(data[off + 4 : off + 6], "big")
+    return ev.wire_len or ev.length
+
+
 def _info(ev: DropEvent) -> str:
     """The INFO column: TCP flag names, ICMP type/code, else ``-``."""
     if ev.tcp_flags is not None:
@@ -67,8 +94,8 @@ def _info(ev: DropEvent) -> str:
 class TextFormatter:
     """The human-readable table: one line per drop, then its stack (unless ``stacks`` is False).
 
-    TIME is local time with microseconds, LEN the packet's length (``skb->len``: from the header the
-    skb starts at), INFO the TCP flag names (``SYN``, ``SYN,ACK``) or the ICMP type and code.
+    TIME is local time with microseconds, LEN the IP packet's length (:func:`packet_length`), INFO the
+    TCP flag names (``SYN``, ``SYN,ACK``) or the ICMP type and code.
     """
 
     COLUMNS = (
@@ -96,7 +123,7 @@ class TextFormatter:
 
     def line(self, ev: DropEvent) -> str:
         return (
-            f"{self._time(ev.timestamp)} {ev.pid:<7} {ev.comm:<15} {ev.cpu:>3} {ev.protocol:<6} {ev.length:>5} "
+            f"{self._time(ev.timestamp)} {ev.pid:<7} {ev.comm:<15} {ev.cpu:>3} {ev.protocol:<6} {packet_length(ev):>5} "
             f"{ev.endpoint('src'):<28} -> {ev.endpoint('dst'):<28} {_info(ev):<11} {ev.reason_name:<16} "
             f"{ev.location_text}"
         )

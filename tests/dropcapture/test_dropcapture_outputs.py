@@ -399,3 +399,25 @@ def tshark_rows(path: Path, *fields: str) -> list[list[str]]:
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return [ln.split("|") for ln in proc.stdout.splitlines()]
+
+
+def test_text_lines_live(netns: str, run: Any) -> None:
+    # the text columns of real drops: microsecond time, the IP packet's length, TCP flag names
+    tcp, port = ns_port(), ns_port()
+    firewall(netns, tcp)
+    cli = run("--no-stack", "--netns", f"/var/run/netns/{netns}")
+    curl_firewalled(netns, tcp)
+    udp = send_udp(netns, 3, port, size=300)
+    out = cli.finish()
+    lines = out.splitlines()
+    assert lines[0].split()[:6] == ["TIME", "PID", "COMM", "CPU", "PROTO", "LEN"]
+    rows = [ln.split() for ln in lines[1:] if ln.strip()]
+    syn = [r for r in rows if r[4] == "TCP"]
+    dgram = [r for r in rows if r[4] == "UDP"]
+    assert len(syn) == nft_counter(netns) and len(dgram) == udp
+    for r in syn:  # a SYN with options: 20 bytes IP + 40 bytes TCP
+        assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{6}", r[0]), r
+        assert r[5] == "60" and r[8:11] == [f"127.0.0.2:{tcp}", "SYN", "NETFILTER_DROP"], r
+        assert r[11].startswith("nft_do_chain+0x"), r
+    for r in dgram:
+        assert r[5] == str(20 + 8 + 300) and r[8:11] == [f"127.0.0.1:{port}", "-", "NO_SOCKET"]

@@ -418,3 +418,27 @@ def test_metrics_busy_port_is_a_usage_error() -> None:
         lines[-1] == f"dropcapture: error: --metrics 127.0.0.1:{port}: cannot listen: Address already in use"
     )
     assert "Traceback" not in proc.stderr and "tracing skb:kfree_skb" not in proc.stderr
+
+
+def test_len_is_the_ip_packet_length() -> None:
+    from dropcapture.output import packet_length
+
+    ip = _udp("127.0.0.1", "127.0.0.1", 40000, 9, b"x" * 300)  # 328 bytes of IP
+    eth = b"\0" * 12 + b"\x08\x00" + ip
+    udp = raw(l4proto=17, tcp_flags=0, len=308)  # skb->len at the UDP receive: from the UDP header
+    on_lo = event(udp)._replace(linktype=LINKTYPE_ETHERNET, packet=eth[:64], wire_len=len(eth))
+    sent = event(udp)._replace(linktype=LINKTYPE_RAW, packet=ip[:20], wire_len=len(ip))
+    assert packet_length(on_lo) == packet_length(sent) == 328
+    assert TextFormatter(stacks=False).line(on_lo).split()[5] == "328"
+    v6 = bytes([0x60, 0, 0, 0]) + (48).to_bytes(2, "big") + bytes([17, 64]) + bytes(32) + bytes(48)
+    ev6 = event(raw(family=6, l4proto=17, tcp_flags=0))._replace(
+        linktype=LINKTYPE_RAW, packet=v6[:40], wire_len=88
+    )
+    assert packet_length(ev6) == 88
+    # no IP header in the bytes (too short, ARP, none captured): the original length, else skb->len
+    assert packet_length(on_lo._replace(packet=eth[:16])) == len(eth)
+    arp = event(raw(family=0, eth_protocol=0x0806))._replace(
+        linktype=LINKTYPE_ETHERNET, packet=b"\xff" * 42, wire_len=42
+    )
+    assert packet_length(arp) == 42
+    assert packet_length(event(udp)) == 308
