@@ -13,6 +13,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -199,6 +200,20 @@ class KernelImage:
         ent = 24 if self.elfclass == 64 else 16  # from_raw leaves out each table's null entry
         table.dynamic_count = sum(max(len(d) // ent - 1, 0) for t, d, _s in tables if t == SHT_DYNSYM)
         return table
+
+    def plain_symtab(self) -> tuple[bytes, bytes] | None:
+        """(``.symtab``, its string table) when they are the file's only symbols, ELF64 little-endian
+        read on a little-endian host (what :meth:`ksym.symbols.SymbolTable.named` reads); else None."""
+        if self.elfclass != 64 or not self.little_endian or sys.byteorder != "little":
+            return None
+        tables = [s for s in self.sections if s.type in (SHT_DYNSYM, SHT_SYMTAB)]
+        if len(tables) != 1 or tables[0].type != SHT_SYMTAB:
+            return None
+        link = self._links[tables[0].index]
+        if not 0 <= link < len(self.sections):
+            return None
+        return (bytes(self.section_bytes(tables[0].name) or b""),
+                bytes(self.section_bytes(self.sections[link].name) or b""))
 
     def read_cstring_at_address(self, address: int, limit: int = 512) -> str | None:
         """A NUL-terminated string at a link-time address (e.g. ``linux_banner``)."""

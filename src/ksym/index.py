@@ -79,7 +79,7 @@ __all__ = [
 #: file's contents (build id + fingerprint), the path memo records device and ctime too. 8: answers from the
 #: symbol table follow bfd's rules (.symtab only, unnamed STT_FILE, local labels). 9: named records
 #: (ImageRecord; stored answers split into chains, instructions and callers' answers).
-FORMAT_VERSION = 9
+FORMAT_VERSION = 10
 #: Units read or expanded are written in batches of this many (a unit often grows several times).
 MAX_DIRTY_UNITS = 64
 #: The answers file is dropped and started again when it grows past this many addresses.

@@ -44,7 +44,7 @@ from .pathmap import PathMap
 from .prefetch import Prefetcher
 from .searchopts import Located
 from .spec import AddressSpec, FuncSpec, parse_spec
-from .symbols import SymbolTable, SymbolView, faddr2line_select, inline_chain
+from .symbols import FaddrMatch, SymbolTable, SymbolView, faddr2line_select, inline_chain
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -111,8 +111,9 @@ class IndexStats:
 class _ImageTables(NamedTuple):
     """What a first use reads from the file while its fingerprint is computed."""
 
-    symbols: SymbolTable
-    #: :meth:`ksym.symbols.SymbolTable.to_buffer`: the index's symbols file (empty: no index)
+    #: None: not built (the file's symbols are looked up name by name: :meth:`Symbolizer._named`)
+    symbols: SymbolTable | None
+    #: :meth:`ksym.symbols.SymbolTable.to_buffer`: the index's symbols file (empty: no index, no table)
     symbols_buffer: bytes
     aranges: ArangeTable
     #: the DWARF sections as opened to read the aranges (None: no DWARF)
@@ -193,6 +194,16 @@ class Symbolizer:
         self._chains: LRUCache[int, tuple[SourceLocation, ...]] = LRUCache(maxsize=16384)
         self._fingerprinted = False
         self._answers_looked_up = 0
+        #: the whole symbol table (None: not needed yet; see :attr:`symbols`)
+        self._symbols: SymbolTable | None = None
+        #: the image record as stored (its ``symbols_size`` 0: no symbols file yet)
+        self._record: ImageRecord | None = None
+        #: whether a symbol table built here is saved to the index
+        self._saves_symbols = False
+        #: frames whose symbols may still be looked up without the whole table (a batch builds it)
+        self._lookups_by_name = 4
+        self._plain_symtab: tuple[bytes, bytes] | None = None
+        self._by_name: SymbolTable | None = None
         try:
             self._load_index()
         except BaseException:
@@ -221,7 +232,8 @@ class Symbolizer:
         if identity is None:
             # no index to read or write: the key names nothing on disk
             self._open_session(image_key(self.build_id, "unindexed"))
-            self._apply_record(*self._build_record(img, self._read_tables(img, for_index=False)))
+            self._record, syms = self._build_record(img, self._read_tables(img, for_index=False))
+            self._apply_record(self._record, syms)
             return
         # the index binds the contents, not only the build id: a damaged copy carrying the genuine
         # build id must neither be answered from the genuine file's index nor write into it. The
@@ -241,12 +253,16 @@ class Symbolizer:
             self._store.remember(identity, key)
             return
         self._open_session(key)
+        self._saves_symbols = True
         rec, syms = self._build_record(img, tables)
         self._apply_record(rec, syms)
         # the symbols file first: an image record names the size of the symbols file written before it
+        # (none when the table is not built yet: the first run that needs it saves it)
         buffer = tables.symbols_buffer
-        self._store.save_symbols(key, buffer)
-        self._store.save_image(key, replace(rec, symbols_size=len(buffer)))
+        if buffer:
+            self._store.save_symbols(key, buffer)
+        self._record = replace(rec, symbols_size=len(buffer))
+        self._store.save_image(key, self._record)
         self._store.remember(identity, key)
 
     def _open_session(self, key: str) -> None:
@@ -256,9 +272,13 @@ class Symbolizer:
     def _use_record(self, key: str, rec: ImageRecord) -> bool:
         """Take the image from a stored record; False when it does not make a symbol table (rebuilt)."""
         self._open_session(key)
-        syms = self._index.load_symbols(rec.symbols_size, list(rec.sections))
-        if syms is None:
-            return False  # no symbols file, or a damaged one: rebuild it
+        self._record = rec
+        self._saves_symbols = True
+        syms = None
+        if rec.symbols_size:
+            syms = self._index.load_symbols(rec.symbols_size, list(rec.sections))
+            if syms is None:
+                return False  # no symbols file, or a damaged one: rebuild it
         try:
             self._apply_record(rec, syms)
         except (KeyError, TypeError, ValueError, IndexError):
@@ -277,7 +297,10 @@ class Symbolizer:
     def _read_tables(self, img: Any, for_index: bool = True) -> _ImageTables:
         """The symbol table (and, ``for_index``, its flat form for the index) and the aranges, read from
         the file."""
-        syms = img.load_symbols()
+        # a file of one plain ELF64 .symtab: its symbols are looked up name by name until a lookup needs
+        # the whole table (a batch, an address, annotate), which is built then (:attr:`symbols`)
+        self._plain_symtab = img.plain_symtab()
+        syms = img.load_symbols() if self._plain_symtab is None else None
         # a file with a symbol table and no DWARF is answered from the symbols alone, as addr2line does
         aranges = ArangeTable.of(())
         opened = None
@@ -287,27 +310,30 @@ class Symbolizer:
             opened = self._dwarf_sections_from_image(img)
             with D.damage_is_bad_file(self.path):
                 aranges = ArangeTable.of(D.read_aranges(opened))
-        return _ImageTables(syms, syms.to_buffer() if for_index else b"", aranges, opened)
+        return _ImageTables(syms, syms.to_buffer() if for_index and syms is not None else b"", aranges, opened)
 
-    def _build_record(self, img: Any, tables: _ImageTables) -> tuple[ImageRecord, SymbolTable]:
+    def _build_record(self, img: Any, tables: _ImageTables) -> tuple[ImageRecord, SymbolTable | None]:
         """The image record (its ``symbols_size`` is set when the symbols file is written) and the
         symbol table, from ``tables`` and the file."""
         syms, aranges, opened = tables.symbols, tables.aranges, tables.opened
         banner = None
-        banner_addr = syms.address_of("linux_banner")
+        self.sections = list(img.sections)  # what the lookups by name size symbols with
+        banner_addr = self._named("linux_banner").address_of("linux_banner")
         if banner_addr is not None:
             banner = img.read_cstring_at_address(banner_addr)
         rec = ImageRecord(
             path=str(self.path), build_id=img.build_id, elf_type=img.elf_type, little_endian=img.little_endian,
             elfclass=img.elfclass, machine=img.machine, sections=tuple(img.sections), symbols_size=0,
-            aranges=aranges, banner=banner, has_dwarf=bool(img.has_dwarf), dynamic_symbols=syms.dynamic_count,
+            aranges=aranges, banner=banner, has_dwarf=bool(img.has_dwarf),
+            dynamic_symbols=syms.dynamic_count if syms is not None else 0,
             dir_prefix=None,
         )
         self._apply_record(rec, syms, opened)
         # faddr2line's path prefix: addr2line's file for start_kernel, cut before init/main.c
         return replace(rec, dir_prefix=self._find_dir_prefix()), syms
 
-    def _apply_record(self, rec: ImageRecord, symbols: SymbolTable, opened: D.DwarfSections | None = None) -> None:
+    def _apply_record(self, rec: ImageRecord, symbols: SymbolTable | None,
+                      opened: D.DwarfSections | None = None) -> None:
         self.build_id = rec.build_id
         self.elf_type = rec.elf_type
         self.little_endian = rec.little_endian
@@ -315,9 +341,9 @@ class Symbolizer:
         self.machine = rec.machine
         self.banner: str | None = rec.banner
         self.sections = list(rec.sections)
-        self.symbols = symbols
-        self.symbols.machine = self.machine
-        self.symbols.dynamic_count = rec.dynamic_symbols
+        self._dynamic_symbols = rec.dynamic_symbols
+        if symbols is not None:
+            self._set_symbols(symbols)
         self.dir_prefix: str | None = rec.dir_prefix
         self.has_dwarf = rec.has_dwarf
         self._prefix_re = _prefix_regex(self.dir_prefix)
@@ -327,11 +353,68 @@ class Symbolizer:
             self.dwarf_image = DwarfImage(self.path, self._sections, rec.aranges, units=self._index,
                                           cache_size=self._cu_cache_size)
 
+    def _set_symbols(self, symbols: SymbolTable) -> None:
+        symbols.machine = self.machine
+        symbols.dynamic_count = self._dynamic_symbols
+        self._symbols = symbols
+
+    @property
+    def symbols(self) -> SymbolTable:
+        """The image's whole symbol table: from the index, else built from the file the first time it is
+        needed (and saved to the index then)."""
+        if self._symbols is None:
+            syms = self._open_image().load_symbols()
+            rec = self._record
+            if self._saves_symbols and rec is not None and not rec.symbols_size:
+                buffer = syms.to_buffer()
+                self._store.save_symbols(self.key, buffer)
+                self._record = replace(rec, symbols_size=len(buffer))
+                self._store.save_image(self.key, self._record)
+            self._set_symbols(syms)
+            self._by_name = None
+        assert self._symbols is not None
+        return self._symbols
+
+    def _named(self, name: str, faddr2line: bool = False) -> SymbolTable:
+        """A table holding what a lookup of ``name`` reads (:meth:`ksym.symbols.SymbolTable.named`):
+        the whole table once there is one, else the few symbols it needs."""
+        if self._symbols is None:
+            if self._plain_symtab is None and self._record is not None and not self._record.symbols_size:
+                self._plain_symtab = self._open_image().plain_symtab()
+            if self._plain_symtab is not None:
+                sub = SymbolTable.named(*self._plain_symtab, self.sections, name, faddr2line,
+                                        lambda: self.symbols)
+                if sub is not None:
+                    return sub
+        return self.symbols
+
+    def _faddr2line_matches(self, name: str) -> list[FaddrMatch]:
+        """:meth:`ksym.symbols.SymbolTable.faddr2line_matches` of ``name``, without the whole table for
+        the first few frames of a run that has none: from the stored answers, else from the symbols
+        :meth:`_named` finds (then stored)."""
+        if self._symbols is not None or self._lookups_by_name <= 0:
+            return self.symbols.faddr2line_matches(name)
+        self._lookups_by_name -= 1
+        key = ("faddr2line", name)
+        stored = self._answers.caller(key)
+        if isinstance(stored, tuple):
+            try:
+                return [FaddrMatch.from_record(r) for r in stored]
+            except (TypeError, ValueError):
+                pass  # damaged: look it up again
+        table = self._named(name, faddr2line=True)
+        got = table.faddr2line_matches(name)
+        if table is not self._symbols:
+            self._by_name = table  # its bfd_function asks the whole table
+            self._answers.add_caller(key, tuple(m.to_record() for m in got))
+        return got
+
     def _find_dir_prefix(self) -> str | None:
-        for i in self.symbols.indices_named("start_kernel"):
+        table = self._named("start_kernel")
+        for i in table.indices_named("start_kernel"):
             if self.dwarf_image is None:
                 return None
-            loc = self.dwarf_image.line_at(int(self.symbols.values[i]))
+            loc = self.dwarf_image.line_at(int(table.values[i]))
             if loc is None:
                 return None
             file_line = f"{loc[0]}:{loc[1]}"
@@ -473,7 +556,7 @@ class Symbolizer:
             if isinstance(spec, AddressSpec):
                 want.add(spec.address)
             else:
-                want.update(m.symbol.address + spec.offset for m in self.symbols.faddr2line_matches(spec.name))
+                want.update(m.symbol.address + spec.offset for m in self._faddr2line_matches(spec.name))
         return self.prefetch(want, processes=processes)
 
     def _view(self) -> str:
@@ -485,10 +568,14 @@ class Symbolizer:
         if got is not None:
             return got
         self._answers_looked_up += 1
+        # a table of some symbols only asks the whole one when the chain needs it (no DWARF function)
+        symbols = self._symbols if self._symbols is not None else self._by_name
+        if symbols is None:
+            symbols = self.symbols
         if self.dwarf_image is None:
-            got = StoredChain(inline_chain(None, address, self.symbols, self._display), -1)
+            got = StoredChain(inline_chain(None, address, symbols, self._display), -1)
         else:
-            got = StoredChain(*self.dwarf_image.chain(address, self.symbols, self._display))
+            got = StoredChain(*self.dwarf_image.chain(address, symbols, self._display))
         self._answers.add_chain(address, got)
         return got
 
@@ -550,7 +637,9 @@ class Symbolizer:
                       view: SymbolView = SymbolView.FADDR2LINE) -> list[Resolution]:
         if not self.has_dwarf:
             self._open_image().require_dwarf()  # scripts/faddr2line refuses a file without DWARF
-        return faddr2line_select(spec, self.symbols.matches(spec.name, view),
+        matches = (self._faddr2line_matches(spec.name) if view is SymbolView.FADDR2LINE
+                   else self.symbols.matches(spec.name, view))
+        return faddr2line_select(spec, matches,
                                  (lambda _m, a: self.chain(a)) if chains else (lambda _m, _a: ()))
 
     def code_bytes(self, address: int, size: int) -> bytes:

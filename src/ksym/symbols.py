@@ -122,6 +122,21 @@ class FaddrMatch:
     #: Next symbol address used for the size (for faddr2line's messages).
     next_address: int | None
 
+    def to_record(self) -> tuple[Any, ...]:
+        s = self.symbol
+        return (s.name, s.address, s.elf_size, s.type, s.bind, s.visibility, s.shndx, self.size, self.next_address)
+
+    @classmethod
+    def from_record(cls, rec: Sequence[Any]) -> FaddrMatch:
+        """:raises TypeError, ValueError: not a record of this shape."""
+        name, address, elf_size, typ, bind, visibility, shndx, size, nxt = rec
+        if not isinstance(name, str) or any(type(v) is not int for v in (address, elf_size, typ, bind, visibility,
+                                                                          shndx)):
+            raise TypeError("not a symbol")
+        if any(v is not None and type(v) is not int for v in (size, nxt)):
+            raise TypeError("not a size")
+        return cls(Symbol(name, address, elf_size, typ, bind, visibility, shndx), size, nxt)
+
 
 def _signed64(v: int) -> int:
     v &= (1 << 64) - 1
@@ -211,6 +226,8 @@ class SymbolTable:
         self.dynamic_count = 0
         self._first_file_after_symbol: int | None = None
         self._matches: dict[str, list[FaddrMatch]] = {}
+        #: set on a table of some symbols only (:meth:`named`): gives the whole table
+        self.whole: Callable[[], SymbolTable] | None = None
 
     # -- construction --
 
@@ -282,6 +299,68 @@ class SymbolTable:
             others.extend(other)
             shndx.extend(sh)
         return cls(NameTable.build(raw), values, sizes, bytes(infos), bytes(others), shndx, sections)
+
+    @classmethod
+    def named(
+        cls, symtab: bytes, strtab: bytes, sections: list[Section], name: str, faddr2line: bool = False,
+        whole: Callable[[], SymbolTable] | None = None,
+    ) -> SymbolTable | None:
+        """A table of only the symbols of one little-endian ELF64 ``.symtab`` (on a little-endian host)
+        that a lookup of ``name`` reads, in symbol-table order, without building the whole table: the
+        symbols called ``name``; with ``faddr2line``, also every symbol at the address of a FUNC one and,
+        for each FUNC one, those at the next address of its section at or beyond its ELF size, so that
+        :meth:`faddr2line_matches` of ``name`` gives on it what it gives on the whole table. None when
+        that cannot be had so (no FUNC symbol of the name, whose promoted ``.llvm.`` names the whole
+        table finds; a string table not ending in a NUL; a next symbol far off): the whole table
+        answers then. ``whole`` gives the whole table for what the subset cannot answer
+        (:meth:`bfd_function`)."""
+        body = memoryview(symtab)[24 : len(symtab) - len(symtab) % 24]
+        if not strtab.endswith(b"\0") or not body:
+            return None
+        n = len(body) // 24
+        key = name.encode("utf-8", "surrogateescape") + b"\0"
+        keep: set[int] = set()
+        p = strtab.find(key)
+        while p >= 0:  # any place the name ends a string (the linker merges tails of names)
+            keep.update(_entries_with(symtab, n, 0, p.to_bytes(4, "little")))
+            p = strtab.find(key, p + 1)
+        if faddr2line:
+            q, hq = body.cast("Q"), body.cast("H")
+            funcs = sorted(i for i in keep if body[24 * i + 4] & 0xF == STT_FUNC)
+            if not funcs:
+                return None
+            blocks: dict[int, list[tuple[int, int]]] = {}
+            for i in funcs:
+                a, section = q[3 * i + 1], hq[12 * i + 3]
+                keep.update(j for j, v in _block(symtab, n, a >> 16, blocks) if v == a)
+                # the first address faddr2line's forward walk can stop at: past the symbol, at least its
+                # ELF size on, less than 2**63 on (a farther one is a negative distance to it)
+                lo, hi = a + max(q[3 * i + 2], 1), min(a + (1 << 63), 1 << 64)
+                block = lo >> 16
+                while True:
+                    if lo >= hi or block << 16 >= hi:
+                        break
+                    if len(blocks) > 64:
+                        return None  # the next address of its section is far on
+                    within = [(v, j) for j, v in _block(symtab, n, block, blocks) if lo <= v < hi]
+                    if not within:
+                        block += 1
+                        continue
+                    nxt = min(within)[0]
+                    at = [j for v, j in within if v == nxt]
+                    keep.update(at)
+                    if any(hq[12 * j + 3] == section for j in at):
+                        break
+                    lo = nxt + 1
+        idx = sorted(keep)
+        vq, hq, noff = body.cast("Q"), body.cast("H"), body.cast("I")
+        raw = [strtab[o : strtab.find(b"\0", o)] for o in (noff[6 * i] for i in idx)]
+        t = cls(NameTable.build(raw), array("Q", [vq[3 * i + 1] for i in idx]),
+                array("Q", [vq[3 * i + 2] for i in idx]), bytes(body[24 * i + 4] for i in idx),
+                bytes(body[24 * i + 5] for i in idx), array("I", [hq[12 * i + 3] for i in idx]),
+                sections)
+        t.whole = whole
+        return t
 
     def __len__(self) -> int:
         return len(self.names)
@@ -673,6 +752,8 @@ class SymbolTable:
         at the highest start; among them the first with the largest size (size 0 counts as 1).
         ``file`` is the STT_FILE symbol before the chosen one, which bfd reports when the symbol is
         local (or no file symbol followed other symbols yet), else None."""
+        if self.whole is not None:
+            return self.whole().bfd_function(address)
         for sec in self.sections:
             # addr2line tries each allocated section holding the address in turn (SHT_NOBITS ones too: a
             # debug-only file's code sections), until one has a symbol
@@ -725,6 +806,31 @@ class SymbolTable:
                 return self.names[j]
         return None
 
+
+def _entries_with(symtab: bytes, n: int, field: int, value: bytes) -> list[int]:
+    """The entries (0: the first after the null one, below ``n``) of an ELF64 ``symtab`` whose field at
+    byte ``field`` of the entry starts with ``value``, found by the bytes' search."""
+    out = []
+    p = symtab.find(value, 24)
+    while p >= 0:
+        i, at = divmod(p - field, 24)
+        if at == 0 and 1 <= i <= n:
+            out.append(i - 1)
+        p = symtab.find(value, p + 1)
+    return out
+
+
+def _block(symtab: bytes, n: int, block: int, seen: dict[int, list[tuple[int, int]]]) -> list[tuple[int, int]]:
+    """(entry, st_value) of the entries of an ELF64 little-endian ``symtab`` whose value lies in the 64 KiB
+    ``block`` (its upper six bytes), found by the bytes' search; kept in ``seen``."""
+    got = seen.get(block)
+    if got is None:
+        got = []
+        if not block >> 48:
+            for i in _entries_with(symtab, n, 10, block.to_bytes(6, "little")):
+                got.append((i, int.from_bytes(symtab[24 * i + 32 : 24 * i + 40], "little")))
+        seen[block] = got
+    return got
 
 def _aarch64_mapping_symbol(name: bytes) -> bool:
     """bfd_is_aarch64_special_symbol_name: ``$x``, ``$d`` (mapping), ``$m``, ``$f``, ``$p`` (tags),
