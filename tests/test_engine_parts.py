@@ -77,7 +77,10 @@ def test_a_closed_symbolizer_wrote_its_index_and_released_its_file(tmp_path: Pat
     assert not sym.dwarf_image.opened and sym.dwarf_image.units_in_memory == 0
     store = IndexStore(cache)
     answers = store.load_answers(key, view)
-    assert answers.callers == {("test", 1): ("kept", 2)}
+    # with the caller's record, the symbols the frame matched (the first frames of a run on a new file are
+    # looked up without the whole symbol table, and found again without it)
+    assert answers.callers.keys() == {("test", 1), ("faddr2line", "__ip_local_out")}
+    assert answers.callers[("test", 1)] == ("kept", 2)
     chains = {a: StoredChain.from_record(r) for a, r in answers.chains.items()}
     assert chains and all(isinstance(loc, SourceLocation) for c in chains.values() for loc in c.chain)
     assert store.load_unit_map(key), "the units read were stored and mapped"

@@ -289,6 +289,41 @@ def test_a_damaged_symbols_file_is_ignored_and_rebuilt_not_misread(tmp_path: Pat
         assert symbols.read_bytes() == good, f"{what}: rebuilt"
 
 
+def test_a_first_frame_is_answered_without_the_whole_symbol_table(tmp_path: Path) -> None:
+    """The first frames of a run on a new file are looked up by name in its ``.symtab``: no symbols file
+    is written, the matches go with the stored answers, so the same frame again builds no table either;
+    the first lookup that needs the whole table (a raw address) builds it and writes the symbols file.
+    Every answer is the one the whole table gives."""
+    genuine = _with_build_id(tmp_path / "vmlinux")
+    cache = tmp_path / "cache"
+    frames = ["ip_local_out_like+0x1d", "netif_receive_like+0xc", "csum_like+0x4"]
+    want = {}
+    with Symbolizer(genuine, use_index=False, links=False) as ref:
+        assert len(ref.symbols) > 0  # the whole table, built before any lookup
+        for frame in frames:
+            try:
+                want[frame] = [str(r) for r in ref.resolve(frame)]
+            except KsymError as exc:
+                want[frame] = [str(exc), *(r.text for r in getattr(exc, "reasons", ()))]
+        address = ref.resolve(frames[0])[0].address
+        want_address = str(ref.symbolize(address))
+    for _ in range(2):
+        with Symbolizer(genuine, cache_dir=cache, links=False) as sym:
+            for frame in frames:
+                try:
+                    got = [str(r) for r in sym.resolve(frame)]
+                except KsymError as exc:
+                    got = [str(exc), *(r.text for r in getattr(exc, "reasons", ()))]
+                assert got == want[frame], frame
+        assert list(cache.glob("index/*/image.v*")), "the image record is written"
+        assert not list(cache.glob("index/*/symbols.v*")), "no whole table was built"
+    with Symbolizer(genuine, cache_dir=cache, links=False) as sym:
+        assert str(sym.symbolize(address)) == want_address
+    assert len(list(cache.glob(f"index/*/symbols.v{FORMAT_VERSION}"))) == 1
+    with Symbolizer(genuine, cache_dir=cache, links=False) as sym:
+        assert [str(r) for r in sym.resolve(frames[0])] == want[frames[0]]
+
+
 def test_first_use_hashes_in_a_thread_that_ends_with_the_open(tmp_path: Path) -> None:
     """A file's first use computes its fingerprint in a thread while it reads the symbol table: the key
     is the one :func:`ksym.index.fingerprint` gives, and no thread is left when the Symbolizer is open."""

@@ -73,3 +73,42 @@ def test_buffer_of_another_kind_is_refused() -> None:
         SymbolTable.from_buffer(b"\x7fELF" + buf[4:], table.sections)
     with pytest.raises(ValueError, match="cut short"):
         SymbolTable.from_buffer(buf[: len(buf) // 2], table.sections)
+
+
+def _check_named(path: Path, samples: int) -> None:
+    """:meth:`SymbolTable.named` (the symbols one lookup reads, found in the raw ``.symtab``) gives what
+    the whole table gives: faddr2line's matches and sizes, and the address of a name."""
+    img = KernelImage(path)
+    try:
+        table = img.load_symbols()
+        plain = img.plain_symtab()
+    finally:
+        img.close()
+    assert plain is not None
+    rng = random.Random(14)
+    names = [table.names[i] for i in rng.sample(range(len(table)), min(samples, len(table)))]
+    funcs = [n for n in names if any(table.infos[i] & 0xF == 2 for i in table.indices_named(n))]
+    assert funcs
+    answered = 0
+    for name in names:
+        sub = SymbolTable.named(*plain, table.sections, name, faddr2line=True, whole=lambda: table)
+        if sub is not None:
+            answered += 1
+            assert sub.faddr2line_matches(name) == table.faddr2line_matches(name), name
+        named = SymbolTable.named(*plain, table.sections, name)
+        assert named is not None and named.address_of(name) == table.address_of(name), name
+    assert answered >= len(funcs) * 0.95, "the subset answers nearly every FUNC name"
+    unnamed = SymbolTable.named(*plain, table.sections, "no such symbol", faddr2line=True)
+    assert unnamed is None and table.faddr2line_matches("no such symbol") == []
+
+
+@pytest.mark.parametrize("name", ["kshapes-dwarf5.elf", "kshapes-clang-thinlto.elf"])
+def test_fixture_named_lookups_agree_with_the_whole_table(name: str) -> None:
+    _check_named(FIXTURES / name, 200)
+
+
+@pytest.mark.vmlinux
+@requires(VMLINUX is not None, "the Debian 6.1 debug vmlinux is missing: run tools/fetch-testdata.sh")
+def test_vmlinux_named_lookups_agree_with_the_whole_table() -> None:
+    assert VMLINUX is not None
+    _check_named(VMLINUX, 2000)

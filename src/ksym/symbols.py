@@ -319,11 +319,15 @@ class SymbolTable:
             return None
         n = len(body) // 24
         key = name.encode("utf-8", "surrogateescape") + b"\0"
-        keep: set[int] = set()
+        offsets = []
         p = strtab.find(key)
         while p >= 0:  # any place the name ends a string (the linker merges tails of names)
-            keep.update(_entries_with(symtab, n, 0, p.to_bytes(4, "little")))
+            offsets.append(p)
             p = strtab.find(key, p + 1)
+        if len(offsets) <= 16:
+            keep = {i for p in offsets for i in _entries_with(symtab, n, 0, p.to_bytes(4, "little"))}
+        else:  # a common tail (or an empty name): one pass over every name offset
+            keep = set(itertools.compress(range(n), map(set(offsets).__contains__, body.cast("I")[0::6])))
         if faddr2line:
             q, hq = body.cast("Q"), body.cast("H")
             funcs = sorted(i for i in keep if body[24 * i + 4] & 0xF == STT_FUNC)
