@@ -318,7 +318,7 @@ class Symbolizer:
         syms, aranges, opened = tables.symbols, tables.aranges, tables.opened
         banner = None
         self.sections = list(img.sections)  # what the lookups by name size symbols with
-        banner_addr = self._named("linux_banner").address_of("linux_banner")
+        banner_addr = (syms if syms is not None else self._named("linux_banner")).address_of("linux_banner")
         if banner_addr is not None:
             banner = img.read_cstring_at_address(banner_addr)
         rec = ImageRecord(

@@ -340,18 +340,27 @@ class SymbolTable:
                 # the first address faddr2line's forward walk can stop at: past the symbol, at least its
                 # ELF size on, less than 2**63 on (a farther one is a negative distance to it)
                 lo, hi = a + max(q[3 * i + 2], 1), min(a + (1 << 63), 1 << 64)
-                block = lo >> 16
-                while True:
-                    if lo >= hi or block << 16 >= hi:
-                        break
-                    if len(blocks) > 64:
-                        return None  # the next address of its section is far on
-                    within = [(v, j) for j, v in _block(symtab, n, block, blocks) if lo <= v < hi]
-                    if not within:
-                        block += 1
-                        continue
-                    nxt = min(within)[0]
-                    at = [j for v, j in within if v == nxt]
+                block, passes = lo >> 16, 0
+                while lo < hi:
+                    if len(blocks) <= 64:
+                        if block << 16 >= hi:
+                            break
+                        within = [(v, j) for j, v in _block(symtab, n, block, blocks) if lo <= v < hi]
+                        if not within:
+                            block += 1
+                            continue
+                        nxt = min(within)[0]
+                        at = [j for v, j in within if v == nxt]
+                    else:  # far on (the last symbol of its section): a pass over every value
+                        passes += 1
+                        if passes > 4:
+                            return None
+                        values = q[1::3]
+                        found = min(filter(range(lo, hi).__contains__, values), default=None)
+                        if found is None:
+                            break
+                        nxt = found
+                        at = list(itertools.compress(range(n), map(nxt.__eq__, values)))
                     keep.update(at)
                     if any(hq[12 * j + 3] == section for j in at):
                         break
