@@ -6,8 +6,8 @@ banner, faddr2line's path prefix), writes the header's metadata and the small bl
 the work: every compilation unit an address can reach (read whole by
 :func:`ksym.dwarf.compile_whole_unit`, stored as its index record and compressed) and every 64 KiB
 chunk of the allocated sections (compressed). Workers take tasks a few at a time from a shared
-counter, biggest units first so they finish together, and send back the compressed pieces, which the
-parent appends to the file as they come. Workers get everything through the arguments of the process
+counter, biggest units first so they finish together, and send back the compressed pieces; the parent
+writes them in order once all are done (the same vmlinux gives the same file, byte for byte). Workers get everything through the arguments of the process
 they run in (with the ``fork`` start method those are inherited, not pickled); the parent reaps every
 worker before it returns, also on an error. The file is written to a temporary and renamed into place.
 """
@@ -166,15 +166,20 @@ def build_index(
             n = max(1, min(processes or _usable_cpus(), len(tasks)))
             done = 0
             code_bytes = sym.code_bytes
+            # kept until all are done and written in order: the same vmlinux gives the same file
+            pieces: dict[tuple[str, int], BuiltPiece] = {}
             with _Workers(sec, code_bytes, level, sym.path) as workers:
                 for piece in workers.run(tasks, n):
-                    if piece.kind == "unit":
-                        writer.add_unit(piece.key, piece.stored, piece.raw_length)
-                    else:
-                        writer.add_code(piece.key, piece.stored, piece.raw_length)
+                    pieces[piece.kind, piece.key] = piece
                     done += 1
                     if progress is not None:
                         progress(done, len(tasks))
+            for _key, piece in sorted(pieces.items()):
+                if piece.kind == "unit":
+                    writer.add_unit(piece.key, piece.stored, piece.raw_length)
+                else:
+                    writer.add_code(piece.key, piece.stored, piece.raw_length)
+            pieces.clear()
             size = writer.finish()
         except BaseException:
             writer.abort()

@@ -186,7 +186,8 @@ class Symbolizer:
         for w in self.warnings:
             if warn:
                 warn(w)
-        self._store = IndexStore(Path(cache_dir) if cache_dir else None, enabled=use_index)
+        # the index file is complete: nothing is learnt, nothing written to the on-disk index
+        self._store = IndexStore(Path(cache_dir) if cache_dir else None, enabled=use_index and index_file is None)
         self._image: Any = None
         self._cu_cache_size = cu_cache_size
         #: the image's DWARF (None: the file has none, or it is not read yet)
@@ -219,7 +220,7 @@ class Symbolizer:
         :raises FileNotFoundKsymError: no such file.
         :raises BadFileError: not an index file of this format, or damaged (also raised by a lookup that
             meets a damaged unit or code chunk)."""
-        return cls(None, use_index=False, index_file=path, **options)
+        return cls(None, index_file=path, **options)
 
     def _load_portable(self) -> None:
         """The image from a portable index file: its record, symbols, aranges and whole units."""

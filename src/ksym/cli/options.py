@@ -37,7 +37,10 @@ option                      resolve  faddr2line  annotate   debuginfo
 ``--format``, ``-f``                             yes
 ``--output``, ``-o``                             yes
 ``--title``                                      yes
+``--index``                 yes                  yes
 ==========================  =======  ==========  =========  =========
+
+``ksym index build VMLINUX -o FILE [--jobs N] [--progress]`` has options of its own (:func:`_add_index_build`).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ __all__ = [
     "AnnotateOptions",
     "DebuginfoCommandOptions",
     "ImageOptions",
+    "IndexBuildOptions",
     "ResolveOptions",
     "SourceOptions",
     "build_parser",
@@ -73,6 +77,8 @@ examples:
   ksym annotate --format html -o oops.html --modules /usr/lib/debug/lib/modules/$(uname -r) oops.txt
   ksym resolve --build-id 5f3c... --debuginfod-url https://debuginfod.debian.net __ip_local_out+219
   ksym debuginfo --running                                       (which debug file, and why)
+  ksym index build vmlinux -o vmlinux.ksymidx                    (a portable file: no vmlinux needed)
+  ksym resolve --index vmlinux.ksymidx __ip_local_out+219
 
 exit codes: 0 all resolved, 1 some frame did not resolve, 2 usage or malformed frame,
             3 file missing or unreadable (or no debug file found), 4 not a usable ELF/DWARF file,
@@ -122,7 +128,7 @@ def build_parser(annotate_arguments: bool = True, command: str | None = None) ->
     options out (a run of another command does not need them); ``command`` (the first word of the
     command line), when it names a command, leaves every other command's options out: each command is
     still listed, and that command parses (and explains in ``--help``) exactly as with all of them."""
-    commands = ("resolve", "faddr2line", "debuginfo", "annotate")
+    commands = ("resolve", "faddr2line", "debuginfo", "annotate", "index")
     wanted = set(commands) if command not in commands else {command}
     if not annotate_arguments:
         wanted.discard("annotate")
@@ -162,6 +168,13 @@ def build_parser(annotate_arguments: bool = True, command: str | None = None) ->
                        formatter_class=_Formatter, epilog=EPILOG)
     if "annotate" in wanted:
         _add_annotate_options(a)
+    i = sub.add_parser("index", help="build a portable index file: resolve and annotate without the vmlinux "
+                       "(docs/index-format.md)", formatter_class=_Formatter, epilog=EPILOG)
+    if "index" in wanted:
+        actions = i.add_subparsers(dest="index_command", metavar="ACTION", parser_class=_Parser, required=True)
+        b = actions.add_parser("build", help="write the index file of a debug vmlinux",
+                               formatter_class=_Formatter)
+        _add_index_build(b)
     return p
 
 
@@ -263,11 +276,27 @@ def _add_source(p: argparse.ArgumentParser) -> None:
                      "repeatable, the first matching rule wins (see docs/usage.md)")
 
 
+def _add_index_file(p: _Adder) -> None:
+    p.add_argument("--index", metavar="FILE", dest="index_file",
+                   help="answer from this portable index file (ksym index build) instead of a vmlinux")
+
+
+def _add_index_build(p: argparse.ArgumentParser) -> None:
+    """``ksym index build VMLINUX -o FILE``."""
+    p.add_argument("vmlinux_pos", metavar="VMLINUX", help="the debug vmlinux")
+    p.add_argument("--output", "-o", metavar="FILE", required=True, help="the index file to write")
+    p.add_argument("--jobs", "-j", metavar="N", type=int, default=None,
+                   help="worker processes (default: every CPU this process may use)")
+    p.add_argument("--progress", action="store_true",
+                   help="show the progress bar even when stderr is not a terminal")
+
+
 def _add_image(p: argparse.ArgumentParser, with_vmlinux: bool) -> None:
-    """The image and how it is read: ``--vmlinux`` (unless positional), the build-id search, ``--no-index``,
-    ``--cache-dir``."""
+    """The image and how it is read: ``--vmlinux`` (unless positional) or ``--index``, the build-id
+    search, ``--no-index``, ``--cache-dir``."""
     if with_vmlinux:
         _add_vmlinux(p)
+        _add_index_file(p)
     _add_debuginfo_search(p, _FRAMES_BUILD_ID if with_vmlinux else None)
     _add_no_index(p)
     _add_cache_dir(p)
@@ -380,6 +409,8 @@ class ImageOptions:
     path_map: tuple[tuple[str, str], ...] = ()
     use_index: bool = True
     cache_dir: str | None = None
+    #: ``--index``: a portable index file to answer from instead of a vmlinux
+    index_file: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, vmlinux: str | None, by_build_id: bool = True) -> ImageOptions:
@@ -393,6 +424,7 @@ class ImageOptions:
             path_map=tuple(args.path_map),
             use_index=not args.no_index,
             cache_dir=args.cache_dir,
+            index_file=getattr(args, "index_file", None),
         )
 
 
@@ -481,3 +513,17 @@ class DebuginfoCommandOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DebuginfoCommandOptions:
         return cls(args.build_id, args.vmlinux, args.release, bool(args.json), debuginfo_options(args))
+
+
+@dataclass(frozen=True, slots=True)
+class IndexBuildOptions:
+    """``ksym index build``: the vmlinux, the file to write, how many workers, whether to show progress."""
+
+    vmlinux: str
+    output: str
+    jobs: int | None = None
+    progress: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> IndexBuildOptions:
+        return cls(args.vmlinux_pos, args.output, args.jobs, bool(args.progress))
