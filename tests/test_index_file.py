@@ -88,7 +88,7 @@ def _cli(*args: str) -> tuple[int, str, str]:
         code = main(list(args))
     out.flush()
     err.flush()
-    return code, out.buffer.getvalue().decode(), err.buffer.getvalue().decode()  # type: ignore[attr-defined]
+    return code, out.buffer.getvalue().decode(), err.buffer.getvalue().decode()
 
 
 def _chain(sym: Symbolizer, address: int) -> list[tuple[str, str, int, int]]:
@@ -216,8 +216,8 @@ def test_annotate_prints_what_the_vmlinux_run_prints(portable_index: Path, vmlin
                               str(dump))
             assert by_file == by_vmlinux, dump.name
     # the 6.1 warning: its call sites are disassembled from the file's code chunks
-    code, out, _err = _cli("annotate", "--index", str(portable_index),
-                           str(REPO_ROOT / "tests/data/annotate/warn-ip_local_out-6.1.0-53.txt"))
+    _code, out, _err = _cli("annotate", "--index", str(portable_index),
+                            str(REPO_ROOT / "tests/data/annotate/warn-ip_local_out-6.1.0-53.txt"))
     assert "net/ipv4/ip_output.c" in out and "call site: call " in out
 
 
