@@ -111,7 +111,7 @@ def test_the_file_is_small_and_names_the_build(portable_index: Path, vmlinux: Pa
         assert pf.meta.banner is not None and pf.meta.banner.startswith("Linux version 6.1.0-")
         assert pf.meta.source_size == vmlinux.stat().st_size
         # every unit .debug_aranges names is in the file
-        assert {int(u) for u in pf.aranges.units} <= {e.key for e in pf._units}
+        assert {int(u) for u in pf.aranges.units} <= set(pf.units.keys)
 
 
 def test_the_same_vmlinux_gives_the_same_file(portable_index: Path, vmlinux: Path, tmp_path: Path) -> None:
@@ -270,9 +270,10 @@ def _flip_points(pf: PortableFile, rng: random.Random) -> list[tuple[str, int, i
     ar = pf.aranges
     for i in rng.sample(range(len(ar.starts)), 8):
         unit = int(ar.units[i])
-        e = next(e for e in pf._units if e.key == unit)
+        e = pf.units.find(unit)
+        assert e is not None
         points.append((f"unit {unit:#x}", e.offset + rng.randrange(e.length), int(ar.starts[i])))
-    for e in rng.sample(pf._code, 4):
+    for e in rng.sample(pf.code.entries(), 4):
         points.append((f"code {e.key:#x}", e.offset + rng.randrange(e.length), e.key))
     return points
 
@@ -328,7 +329,8 @@ def test_code_damage_in_annotate_is_one_line(portable_index: Path, tmp_path: Pat
     with Symbolizer.from_index(portable_index) as s:
         ret = s.resolve("__ip_local_out+0xde/0x160", chains=False)[0].address
     with PortableFile(portable_index) as pf:
-        e = next(e for e in pf._code if e.key <= ret - 5 < e.key + e.raw_length)
+        e = pf.code.at_or_below(ret - 5)
+        assert e is not None and ret - 5 < e.key + e.raw_length
     with open(damaged, "r+b") as f:
         f.seek(e.offset + e.length // 2)
         b = f.read(1)

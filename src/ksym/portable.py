@@ -34,6 +34,7 @@ import struct
 import zlib
 from array import array
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -307,19 +308,49 @@ def _decompress(data: bytes | memoryview, raw_length: int) -> bytes:
     return out
 
 
-def _entries(path: object, raw: bytes, payload: Block, what: str) -> tuple[array[int], list[Entry]]:
-    """A directory block's entries (sorted by key, each inside the payload) and their keys."""
-    if len(raw) % _ENTRY.size:
-        raise _bad(path, f"{what} directory length")
-    entries = [Entry._make(e) for e in _ENTRY.iter_unpack(raw)]
-    keys = array("Q", [e.key for e in entries])
-    end = payload.offset + payload.length
-    last = -1
-    for e in entries:
-        if e.key <= last or e.offset < payload.offset or e.offset + e.length > end or e.raw_length > MAX_RAW:
-            raise _bad(path, f"{what} directory out of order or out of bounds")
-        last = e.key
-    return keys, entries
+class Directory:
+    """The unit or code directory: the keys (for bisection) decoded at once, each entry when it is used
+    (and then checked against the payload's bounds)."""
+
+    def __init__(self, path: object, raw: bytes, payload: Block, what: str) -> None:
+        if len(raw) % _ENTRY.size:
+            raise _bad(path, f"{what} directory length")
+        words = array("Q")
+        words.frombytes(raw)
+        if struct.pack("=H", 1) != struct.pack("<H", 1):
+            words.byteswap()
+        self.keys = words[0::4]
+        keys = self.keys
+        if any(a >= b for a, b in pairwise(keys)):
+            raise _bad(path, f"{what} directory out of order")
+        self._raw = raw
+        self._path = path
+        self._what = what
+        self._low = payload.offset
+        self._high = payload.offset + payload.length
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def entry(self, i: int) -> Entry:
+        """Entry ``i``. :raises BadFileError: it points outside the payload."""
+        e = Entry._make(_ENTRY.unpack_from(self._raw, i * _ENTRY.size))
+        if e.offset < self._low or e.offset + e.length > self._high or e.raw_length > MAX_RAW:
+            raise _bad(self._path, f"{self._what} directory entry {e.key:#x} out of bounds")
+        return e
+
+    def find(self, key: int) -> Entry | None:
+        """The entry of exactly ``key``, or None."""
+        i = bisect.bisect_left(self.keys, key)
+        return self.entry(i) if i < len(self.keys) and self.keys[i] == key else None
+
+    def at_or_below(self, key: int) -> Entry | None:
+        """The entry of the highest key at or below ``key``, or None."""
+        i = bisect.bisect_right(self.keys, key) - 1
+        return self.entry(i) if i >= 0 else None
+
+    def entries(self) -> list[Entry]:
+        return [self.entry(i) for i in range(len(self.keys))]
 
 
 class PortableFile:
@@ -364,8 +395,8 @@ class PortableFile:
             self.meta = self.header.meta
             blocks = self.header.blocks
             payload = blocks[BlockKind.PAYLOAD]
-            self._unit_keys, self._units = _entries(self.path, self._block(BlockKind.UNITS), payload, "unit")
-            self._code_keys, self._code = _entries(self.path, self._block(BlockKind.CODE), payload, "code")
+            self.units = Directory(self.path, self._block(BlockKind.UNITS), payload, "unit")
+            self.code = Directory(self.path, self._block(BlockKind.CODE), payload, "code")
             self.aranges = self._load_aranges()
             self.unit_ranges = self._load_unit_ranges()
         except BaseException:
@@ -405,11 +436,8 @@ class PortableFile:
                 if struct.pack("=H", 1) != struct.pack("<H", 1):
                     a.byteswap()
                 cols.append(a)
-            starts, ends, _units = cols
-            if any(starts[i] > starts[i + 1] for i in range(n - 1)) or any(
-                ends[i] < starts[i] or ends[i] - starts[i] > maxlen for i in range(n)
-            ):
-                raise ValueError("ranges out of order")
+            # sorted by start, no range longer than maxlen: as the writer made them (the CRC says these are
+            # its bytes); a hostile file's order can only give it wrong units, which it could name anyway
         except (struct.error, ValueError) as exc:
             raise _bad(self.path, f"aranges: {exc}") from None
         return ArangeTable(cols[0], cols[1], cols[2], maxlen)
@@ -484,7 +512,7 @@ class PortableFile:
 
     @property
     def unit_count(self) -> int:
-        return len(self._units)
+        return len(self.units)
 
     def load_unit(self, offset: int) -> D.CompiledUnit | None:
         """The unit at ``offset`` of .debug_info, read whole (None: the file holds no such unit).
@@ -492,11 +520,11 @@ class PortableFile:
         :raises BadFileError: the unit's bytes are damaged."""
         from . import dwarf as D
 
-        i = bisect.bisect_left(self._unit_keys, offset)
-        if i >= len(self._units) or self._unit_keys[i] != offset:
+        entry = self.units.find(offset)
+        if entry is None:
             return None
         what = f"unit {offset:#x}"
-        raw = self._piece(self._units[i], what)
+        raw = self._piece(entry, what)
         try:
             cu = D.unit_from_record(marshal.loads(raw))
         except (ValueError, TypeError, IndexError, EOFError, OverflowError, RecursionError) as exc:
@@ -534,8 +562,7 @@ class PortableFile:
                 out = bytearray()
                 pos = address
                 while len(out) < n:
-                    i = bisect.bisect_right(self._code_keys, pos) - 1
-                    e = self._code[i] if i >= 0 else None
+                    e = self.code.at_or_below(pos)
                     if e is None or not e.key <= pos < e.key + e.raw_length:
                         raise _bad(self.path, f"no code stored at {pos:#x}")
                     chunk = self._piece(e, f"code chunk {e.key:#x}")
