@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--specs", type=int, default=520, help="sym+off specs")
     ap.add_argument("--anchor-cache", type=Path, default=HERE / ".cache", help="stored faddr2line outputs")
     ap.add_argument("--no-specs", action="store_true", help="only the addresses (faddr2line is slow)")
+    ap.add_argument("--no-addresses", action="store_true", help="only the specs")
     args = ap.parse_args(argv)
     vmlinux = args.vmlinux or find_test_vmlinux()
     script = find_faddr2line()
@@ -49,20 +50,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [f"* index file: {args.index} ({args.index.stat().st_size / 1e6:.1f} MB); vmlinux {vmlinux}",
              f"* load average {Path('/proc/loadavg').read_text().split()[:3]}", ""]
+    ok = True
     with Symbolizer.from_index(args.index) as sym:
-        samples = sample_addresses(sym, vmlinux, args.addresses, args.addresses, args.addresses)
-        addr = compare_addresses(sym, vmlinux, samples)
-        kinds = ", ".join(f"{k} {a}/{n}" for k, (a, n) in sorted(addr.by_kind.items()))
-        lines.append(f"addresses vs `addr2line -fi`: {addr.agree}/{addr.total} identical ({kinds}); "
-                     f"{addr.seconds:.0f} s")
-        # addr2line given one address at a time (bench/run.py does the same: a batch can answer otherwise)
-        single = [addr2line_batch(vmlinux, [s.address])[0] == got for s, got, _want in addr.mismatches]
-        lines.append(f"the {len(addr.mismatches)} that differ, against `addr2line -fi` given that address alone: "
-                     f"{sum(single)} identical")
-        lines += [f"  - differs from the batch: {s.address:#x} ({s.kind}): ksym {got} addr2line {want}"
-                  for s, got, want in addr.mismatches[:20]]
-        print("\n".join(lines[3:]), flush=True)
-        ok = addr.agree + sum(single) == addr.total
+        if not args.no_addresses:
+            samples = sample_addresses(sym, vmlinux, args.addresses, args.addresses, args.addresses)
+            addr = compare_addresses(sym, vmlinux, samples)
+            kinds = ", ".join(f"{k} {a}/{n}" for k, (a, n) in sorted(addr.by_kind.items()))
+            lines.append(f"addresses vs `addr2line -fi`: {addr.agree}/{addr.total} identical ({kinds}); "
+                         f"{addr.seconds:.0f} s")
+            # addr2line given one address at a time (bench/run.py does the same: a batch can answer otherwise)
+            single = [addr2line_batch(vmlinux, [s.address])[0] == got for s, got, _want in addr.mismatches]
+            lines.append(f"the {len(addr.mismatches)} that differ, against `addr2line -fi` given that address "
+                         f"alone: {sum(single)} identical")
+            lines += [f"  - differs from the batch: {s.address:#x} ({s.kind}): ksym {got} addr2line {want}"
+                      for s, got, want in addr.mismatches[:20]]
+            print("\n".join(lines[3:]), flush=True)
+            ok = addr.agree + sum(single) == addr.total
         if not args.no_specs:
             specs = sample_specs(sym, args.specs)
             with tempfile.TemporaryDirectory() as cache:
