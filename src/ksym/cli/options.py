@@ -207,6 +207,14 @@ def _add_links(p: _Adder, help: str) -> None:
     p.add_argument("--links", action="store_true", help=help)
 
 
+def _add_progress(p: _Adder, help: str) -> None:
+    p.add_argument("--progress", action="store_true", help=help)
+
+
+def _add_output(p: _Adder, help: str, required: bool = False) -> None:
+    p.add_argument("--output", "-o", metavar="FILE", required=required, help=help)
+
+
 def _add_offline(p: _Adder) -> None:
     p.add_argument("--offline", action="store_true", help="no network: never fetch source, never ask "
                    "debuginfod (the debuginfod cache is still read)")
@@ -233,8 +241,7 @@ def _add_debuginfo_search(p: argparse.ArgumentParser, build_id: _BuildIdHelp | N
                    "(repeatable)")
     g.add_argument("--debuginfod-url", metavar="URL", action="append", default=[],
                    help="debuginfod server (repeatable; default: $DEBUGINFOD_URLS)")
-    g.add_argument("--progress", action="store_true",
-                   help="show a download progress bar even when stderr is not a terminal")
+    _add_progress(g, "show a download progress bar even when stderr is not a terminal")
 
 
 @dataclass(frozen=True)
@@ -284,11 +291,10 @@ def _add_index_file(p: _Adder) -> None:
 def _add_index_build(p: argparse.ArgumentParser) -> None:
     """``ksym index build VMLINUX -o FILE``."""
     p.add_argument("vmlinux_pos", metavar="VMLINUX", help="the debug vmlinux")
-    p.add_argument("--output", "-o", metavar="FILE", required=True, help="the index file to write")
+    _add_output(p, "the index file to write", required=True)
     p.add_argument("--jobs", "-j", metavar="N", type=int, default=None,
                    help="worker processes (default: every CPU this process may use)")
-    p.add_argument("--progress", action="store_true",
-                   help="show the progress bar even when stderr is not a terminal")
+    _add_progress(p, "show the progress bar even when stderr is not a terminal")
 
 
 def _add_image(p: argparse.ArgumentParser, with_vmlinux: bool) -> None:
@@ -350,7 +356,7 @@ def _add_annotate_options(p: argparse.ArgumentParser) -> None:
     _add_json(out, "one JSON object per frame instead of the text (as --format json)")
     _add_links(out, "end each location line with its elixir.bootlin.com link (JSON and reports always have "
                "them)")
-    out.add_argument("--output", "-o", metavar="FILE", help="write the output to FILE instead of standard output")
+    _add_output(out, "write the output to FILE instead of standard output")
     out.add_argument("--title", metavar="TEXT", help=f"report title (default: {DEFAULT_TITLE!r})")
     _add_source(p)
     _add_image(p, with_vmlinux=True)
