@@ -71,8 +71,8 @@ _ENTRY = struct.Struct("<QQIII4x")
 CODE_CHUNK = 64 * 1024
 #: No header (metadata and block table) is longer: a longer one is damage.
 MAX_HEADER = 16 << 20
-#: No block or entry decompresses to more than this.
-MAX_RAW = 1 << 30
+#: No block or entry decompresses to more than this (the largest unit of a kernel is a few MB).
+MAX_RAW = 256 << 20
 
 CODEC_NONE = 0
 CODEC_ZSTD = 1
@@ -353,6 +353,20 @@ class Directory:
         return [self.entry(i) for i in range(len(self.keys))]
 
 
+def _plain_unit_record(rec: Any) -> bool:
+    """Whether ``rec`` has the shape of a whole unit's record where a wrong type would make the loader
+    allocate rather than fail (``bytes(n)`` of a number): its line table's columns are bytes, it has
+    no walk state and no pending decoder state (the loader checks the rest field by field)."""
+    if not (isinstance(rec, tuple) and len(rec) == 6 and isinstance(rec[3], list) and rec[5] is None):
+        return False
+    lines = rec[4]
+    if lines is None:
+        return True
+    return (isinstance(lines, tuple) and len(lines) == 8 and isinstance(lines[1], bytes)
+            and isinstance(lines[2], list) and len(lines[2]) == 4 and all(type(c) is bytes for c in lines[2])
+            and type(lines[3]) is bytes and lines[6] is None)
+
+
 class PortableFile:
     """A portable index file, mapped read-only (see the module's documentation).
 
@@ -526,7 +540,10 @@ class PortableFile:
         what = f"unit {offset:#x}"
         raw = self._piece(entry, what)
         try:
-            cu = D.unit_from_record(marshal.loads(raw))
+            rec = marshal.loads(raw)
+            if not _plain_unit_record(rec):
+                raise ValueError("not a unit record")
+            cu = D.unit_from_record(rec)
         except (ValueError, TypeError, IndexError, EOFError, OverflowError, RecursionError) as exc:
             raise _bad(self.path, f"{what}: {type(exc).__name__}") from None
         if (
