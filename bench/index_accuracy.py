@@ -48,32 +48,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     if vmlinux is None or script is None:
         sys.exit("index_accuracy: no test vmlinux or scripts/faddr2line: run tools/fetch-testdata.sh")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    lines = [f"* index file: {args.index} ({args.index.stat().st_size / 1e6:.1f} MB); vmlinux {vmlinux}",
-             f"* load average {Path('/proc/loadavg').read_text().split()[:3]}", ""]
+    lines = [
+        f"* index file: {args.index} ({args.index.stat().st_size / 1e6:.1f} MB); vmlinux {vmlinux}",
+        f"* load average {Path('/proc/loadavg').read_text().split()[:3]}",
+        "",
+    ]
     ok = True
     with Symbolizer.from_index(args.index) as sym:
         if not args.no_addresses:
             samples = sample_addresses(sym, vmlinux, args.addresses, args.addresses, args.addresses)
             addr = compare_addresses(sym, vmlinux, samples)
             kinds = ", ".join(f"{k} {a}/{n}" for k, (a, n) in sorted(addr.by_kind.items()))
-            lines.append(f"addresses vs `addr2line -fi`: {addr.agree}/{addr.total} identical ({kinds}); "
-                         f"{addr.seconds:.0f} s")
+            lines.append(
+                f"addresses vs `addr2line -fi`: {addr.agree}/{addr.total} identical ({kinds}); "
+                f"{addr.seconds:.0f} s"
+            )
             # addr2line given one address at a time (bench/run.py does the same: a batch can answer otherwise)
             single = [addr2line_batch(vmlinux, [s.address])[0] == got for s, got, _want in addr.mismatches]
-            lines.append(f"the {len(addr.mismatches)} that differ, against `addr2line -fi` given that address "
-                         f"alone: {sum(single)} identical")
-            lines += [f"  - differs from the batch: {s.address:#x} ({s.kind}): ksym {got} addr2line {want}"
-                      for s, got, want in addr.mismatches[:20]]
+            lines.append(
+                f"the {len(addr.mismatches)} that differ, against `addr2line -fi` given that address "
+                f"alone: {sum(single)} identical"
+            )
+            lines += [
+                f"  - differs from the batch: {s.address:#x} ({s.kind}): ksym {got} addr2line {want}"
+                for s, got, want in addr.mismatches[:20]
+            ]
             print("\n".join(lines[3:]), flush=True)
             ok = addr.agree + sum(single) == addr.total
         if not args.no_specs:
             specs = sample_specs(sym, args.specs)
             with tempfile.TemporaryDirectory() as cache:
-                rep = compare_specs(vmlinux, script, Path(cache), specs, args.anchor_cache, index_file=args.index)
-            lines.append(f"specs vs scripts/faddr2line: {rep.agree}/{rep.total} identical per spec; whole stdout "
-                         f"{'identical' if rep.text_identical else '**different**'}; `no match` lines "
-                         f"{'identical' if rep.no_match_identical else '**different**'}; {rep.blocks} blocks; "
-                         f"faddr2line {'reused from ' + rep.faddr2line_cached if rep.faddr2line_cached else 'run'}")
+                rep = compare_specs(
+                    vmlinux, script, Path(cache), specs, args.anchor_cache, index_file=args.index
+                )
+            lines.append(
+                f"specs vs scripts/faddr2line: {rep.agree}/{rep.total} identical per spec; whole stdout "
+                f"{'identical' if rep.text_identical else '**different**'}; `no match` lines "
+                f"{'identical' if rep.no_match_identical else '**different**'}; {rep.blocks} blocks; "
+                f"faddr2line {'reused from ' + rep.faddr2line_cached if rep.faddr2line_cached else 'run'}"
+            )
             lines += [f"  - differs: {s.spec}" for s, _o, _r in rep.mismatches[:20]]
             print(lines[-1 - min(20, len(rep.mismatches))], flush=True)
             ok = ok and rep.text_identical and rep.no_match_identical

@@ -61,7 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--vmlinux", type=Path, help="the Debian 6.1 debug vmlinux (default: the test data)")
     ap.add_argument("--runs", type=int, default=7, help="repetitions per lookup row (the median is reported)")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes of the build")
-    ap.add_argument("--out", type=Path, help="write the log here (default: bench/results/index-file-<date>.md)")
+    ap.add_argument(
+        "--out", type=Path, help="write the log here (default: bench/results/index-file-<date>.md)"
+    )
     ap.add_argument("--label", default="", help="what the ksym of --python is, for the log")
     args = ap.parse_args(argv)
 
@@ -86,15 +88,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         index = work / "vmlinux.ksymidx"
         load_build = load_average()
         bwall, bcpu, brss, status, bout, berr = run_timed(
-            [*ksym, "index", "build", v, "-o", str(index), "--jobs", str(args.jobs)], None)
+            [*ksym, "index", "build", v, "-o", str(index), "--jobs", str(args.jobs)], None
+        )
         if status != 0:
             sys.exit(f"index_file: ksym index build exited {status}: {berr.strip()[-500:]}")
         size = index.stat().st_size
         warm = work / "warm"
         outs = {}
-        for name, cmd in (("vmlinux", [*ksym, "resolve", "--vmlinux", v, "--cache-dir", str(warm), *frames]),
-                          ("vmlinux-again", [*ksym, "resolve", "--vmlinux", v, "--cache-dir", str(warm), *frames]),
-                          ("index", [*ksym, "resolve", "--index", str(index), *frames])):
+        for name, cmd in (
+            ("vmlinux", [*ksym, "resolve", "--vmlinux", v, "--cache-dir", str(warm), *frames]),
+            ("vmlinux-again", [*ksym, "resolve", "--vmlinux", v, "--cache-dir", str(warm), *frames]),
+            ("index", [*ksym, "resolve", "--index", str(index), *frames]),
+        ):
             got = run_timed(cmd, None)
             if got[3] != 0:
                 sys.exit(f"index_file: {name} run exited {got[3]}: {got[5].strip()[-500:]}")
@@ -118,17 +123,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         llvm_cmd = [llvm, "--inlines", "--functions=linkage", f"--obj={v}"]
         rows = [
             Row("llvm-1", "llvm-symbolizer", "1 address", lambda i: (llvm_cmd, one_addr)),
-            Row("warm-1", "ksym resolve --vmlinux, warm index", f"1 frame ({frames[0]})",
-                lambda i: ([*ksym, "resolve", "--vmlinux", v, "--cache-dir", str(warm), frames[0]], None)),
-            Row("new-1", "ksym resolve --vmlinux, warm index, new frame", "1 frame, its unit not in the index",
-                lambda i: ([*ksym, "resolve", "--vmlinux", v, "--cache-dir", fresh_copy(i), frames[0]], None)),
-            Row("file-1", "ksym resolve --index FILE", "1 frame",
-                lambda i: ([*ksym, "resolve", "--index", str(index), frames[0]], None)),
+            Row(
+                "warm-1",
+                "ksym resolve --vmlinux, warm index",
+                f"1 frame ({frames[0]})",
+                lambda i: ([*ksym, "resolve", "--vmlinux", v, "--cache-dir", str(warm), frames[0]], None),
+            ),
+            Row(
+                "new-1",
+                "ksym resolve --vmlinux, warm index, new frame",
+                "1 frame, its unit not in the index",
+                lambda i: ([*ksym, "resolve", "--vmlinux", v, "--cache-dir", fresh_copy(i), frames[0]], None),
+            ),
+            Row(
+                "file-1",
+                "ksym resolve --index FILE",
+                "1 frame",
+                lambda i: ([*ksym, "resolve", "--index", str(index), frames[0]], None),
+            ),
             Row("llvm-n", "llvm-symbolizer", f"{N_FRAMES} addresses", lambda i: (llvm_cmd, many_addr)),
-            Row("warm-n", "ksym resolve --vmlinux, warm index", f"{N_FRAMES} frames",
-                lambda i: ([*ksym, "resolve", "--vmlinux", v, "--cache-dir", str(warm), *frames], None)),
-            Row("file-n", "ksym resolve --index FILE", f"{N_FRAMES} frames",
-                lambda i: ([*ksym, "resolve", "--index", str(index), *frames], None)),
+            Row(
+                "warm-n",
+                "ksym resolve --vmlinux, warm index",
+                f"{N_FRAMES} frames",
+                lambda i: ([*ksym, "resolve", "--vmlinux", v, "--cache-dir", str(warm), *frames], None),
+            ),
+            Row(
+                "file-n",
+                "ksym resolve --index FILE",
+                f"{N_FRAMES} frames",
+                lambda i: ([*ksym, "resolve", "--index", str(index), *frames], None),
+            ),
         ]
         load_before = load_average()
         started = time.monotonic()
@@ -154,14 +179,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = [
         f"# portable index file, {now:%Y-%m-%d %H:%M} UTC",
         "",
-        (f"Generated by `{cmdline}` (bench/index_file.py of {git('rev-parse', '--short', 'HEAD')}"
-         f"{' + uncommitted changes' if dirty() else ''})."),
+        (
+            f"Generated by `{cmdline}` (bench/index_file.py of {git('rev-parse', '--short', 'HEAD')}"
+            f"{' + uncommitted changes' if dirty() else ''})."
+        ),
         "",
-        (f"* machine: {os.cpu_count()} CPUs, {platform.system()} {platform.release()}; load average "
-         f"{load_build} before the build, {load_before} before the lookups, {load_after} after; "
-         f"{elapsed:.0f} s of lookup runs"),
-        (f"* ksym: `{' '.join(ksym)}` ({version_of([python, '--version'])}), imported from "
-         f"{ksym_location(python)}{': ' + args.label if args.label else ''}"),
+        (
+            f"* machine: {os.cpu_count()} CPUs, {platform.system()} {platform.release()}; load average "
+            f"{load_build} before the build, {load_before} before the lookups, {load_after} after; "
+            f"{elapsed:.0f} s of lookup runs"
+        ),
+        (
+            f"* ksym: `{' '.join(ksym)}` ({version_of([python, '--version'])}), imported from "
+            f"{ksym_location(python)}{': ' + args.label if args.label else ''}"
+        ),
         f"* {version_of([llvm, '--version']).strip()}",
         f"* vmlinux: {vmlinux} ({vsize / 1e6:.0f} MB); frames as bench/resolve_speed.py (seed {SEED})",
         "",
@@ -173,8 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "|---:|---:|---:|---:|---:|",
         f"| {bwall:.1f} | {bcpu:.1f} | {brss:.0f} | {size / 1e6:.1f} | {size / vsize:.3f} |",
         "",
-        (f"The {N_FRAMES} frames through the file, the vmlinux (first run) and the vmlinux's warm index: "
-         f"{'identical' if same else '**different**'} output."),
+        (
+            f"The {N_FRAMES} frames through the file, the vmlinux (first run) and the vmlinux's warm index: "
+            f"{'identical' if same else '**different**'} output."
+        ),
         "",
         "## Lookups",
         "",
@@ -184,15 +217,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "|---|---|---:|---|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r.tool} | {r.what} | {r.wall * 1e3:.1f} | "
-                     f"{' '.join(f'{x * 1e3:.0f}' for x in r.walls)} | {r.cpu * 1e3:.1f} | {r.rss:.0f} |")
+        lines.append(
+            f"| {r.tool} | {r.what} | {r.wall * 1e3:.1f} | "
+            f"{' '.join(f'{x * 1e3:.0f}' for x in r.walls)} | {r.cpu * 1e3:.1f} | {r.rss:.0f} |"
+        )
     checks = [
         ("file size ÷ vmlinux size", size / vsize, TARGET_SIZE),
         (f"build wall seconds ({args.jobs} workers)", bwall, TARGET_BUILD_SECONDS),
-        ("one frame: --index ÷ warm --vmlinux, same frame answered before (wall)",
-         by["file-1"].wall / by["warm-1"].wall, TARGET_ONE),
-        ("one frame: --index ÷ warm --vmlinux, a new frame (wall)", by["file-1"].wall / by["new-1"].wall,
-         TARGET_ONE),
+        (
+            "one frame: --index ÷ warm --vmlinux, same frame answered before (wall)",
+            by["file-1"].wall / by["warm-1"].wall,
+            TARGET_ONE,
+        ),
+        (
+            "one frame: --index ÷ warm --vmlinux, a new frame (wall)",
+            by["file-1"].wall / by["new-1"].wall,
+            TARGET_ONE,
+        ),
     ]
     lines += ["", "| target | value | limit | met |", "|---|---:|---:|---|"]
     failed = not same
@@ -200,12 +241,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         ok = value <= limit
         failed |= not ok
         lines.append(f"| {what} | {value:.3f} | ≤ {limit} | {'yes' if ok else '**no**'} |")
-    lines += ["", (f"CPU: one frame --index ÷ warm --vmlinux same frame {by['file-1'].cpu / by['warm-1'].cpu:.2f}×, "
-                   f"new frame {by['file-1'].cpu / by['new-1'].cpu:.2f}×."),
-              "", (f"Other ratios (wall): one frame --index ÷ llvm-symbolizer "
-                   f"{by['file-1'].wall / by['llvm-1'].wall:.2f}×; {N_FRAMES} frames --index ÷ warm --vmlinux "
-                   f"{by['file-n'].wall / by['warm-n'].wall:.2f}×, ÷ llvm-symbolizer "
-                   f"{by['file-n'].wall / by['llvm-n'].wall:.2f}×.")]
+    lines += [
+        "",
+        (
+            f"CPU: one frame --index ÷ warm --vmlinux same frame {by['file-1'].cpu / by['warm-1'].cpu:.2f}×, "
+            f"new frame {by['file-1'].cpu / by['new-1'].cpu:.2f}×."
+        ),
+        "",
+        (
+            f"Other ratios (wall): one frame --index ÷ llvm-symbolizer "
+            f"{by['file-1'].wall / by['llvm-1'].wall:.2f}×; {N_FRAMES} frames --index ÷ warm --vmlinux "
+            f"{by['file-n'].wall / by['warm-n'].wall:.2f}×, ÷ llvm-symbolizer "
+            f"{by['file-n'].wall / by['llvm-n'].wall:.2f}×."
+        ),
+    ]
     text = "\n".join(lines) + "\n"
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -102,7 +102,9 @@ def _chain(sym: Symbolizer, address: int) -> list[tuple[str, str, int, int]]:
 def test_the_file_is_small_and_names_the_build(portable_index: Path, vmlinux: Path) -> None:
     size = portable_index.stat().st_size
     assert size <= vmlinux.stat().st_size // 10
-    readelf = subprocess.run(["readelf", "-n", str(vmlinux)], check=True, capture_output=True, text=True).stdout
+    readelf = subprocess.run(
+        ["readelf", "-n", str(vmlinux)], check=True, capture_output=True, text=True
+    ).stdout
     build_id = next(ln.split()[-1] for ln in readelf.splitlines() if "Build ID:" in ln)
     assert file_build_id(portable_index) == build_id
     with PortableFile(portable_index) as pf:
@@ -137,9 +139,12 @@ def test_build_refuses_a_file_without_dwarf_and_leaves_nothing(tmp_path: Path) -
 # -- answers: the anchors, and the vmlinux-backed run -----------------------------------------------------
 
 
-def test_resolve_matches_faddr2line(portable_index: Path, vmlinux: Path, script: Path, psym: Symbolizer) -> None:
-    specs = TUTORIAL[:-2] + sample_specs(psym, int(os.environ.get("KSYM_INDEX_FADDR2LINE_SAMPLES", "40")),
-                                         seed=20261202)
+def test_resolve_matches_faddr2line(
+    portable_index: Path, vmlinux: Path, script: Path, psym: Symbolizer
+) -> None:
+    specs = TUTORIAL[:-2] + sample_specs(
+        psym, int(os.environ.get("KSYM_INDEX_FADDR2LINE_SAMPLES", "40")), seed=20261202
+    )
     ref_out, ref_err = faddr2line_parallel(vmlinux, script, specs)
     code, out, err = _cli("resolve", "--index", str(portable_index), *specs)
     assert code in (0, 1)
@@ -148,7 +153,8 @@ def test_resolve_matches_faddr2line(portable_index: Path, vmlinux: Path, script:
     code, out, err = _cli("resolve", "--index", str(portable_index), *TUTORIAL[:-2])
     assert out == tutorial.stdout
     assert [ln for ln in err.splitlines() if ln.startswith("no match")] == [
-        ln for ln in tutorial.stderr.splitlines() if ln.startswith("no match")]
+        ln for ln in tutorial.stderr.splitlines() if ln.startswith("no match")
+    ]
 
 
 def test_chains_match_addr2line(vmlinux: Path, psym: Symbolizer) -> None:
@@ -169,8 +175,9 @@ def test_chains_match_addr2line(vmlinux: Path, psym: Symbolizer) -> None:
     assert len(addrs) > 650
 
 
-def test_resolve_prints_what_the_vmlinux_run_prints(portable_index: Path, vmlinux: Path, cache_dir: Path,
-                                                      psym: Symbolizer) -> None:
+def test_resolve_prints_what_the_vmlinux_run_prints(
+    portable_index: Path, vmlinux: Path, cache_dir: Path, psym: Symbolizer
+) -> None:
     specs = TUTORIAL + sample_specs(psym, 60, seed=7)
     for extra in ((), ("--links",), ("--json",)):
         by_file = _cli("resolve", "--index", str(portable_index), *extra, *specs)
@@ -183,7 +190,12 @@ def test_resolve_prints_what_the_vmlinux_run_prints(portable_index: Path, vmlinu
 def test_api_answers_as_the_vmlinux(vmlinux: Path, psym: Symbolizer, cache_dir: Path) -> None:
     with Symbolizer(vmlinux, cache_dir=cache_dir) as vsym:
         assert (psym.build_id, psym.banner, psym.dir_prefix, psym.machine, psym.tag_guess) == (
-            vsym.build_id, vsym.banner, vsym.dir_prefix, vsym.machine, vsym.tag_guess)
+            vsym.build_id,
+            vsym.banner,
+            vsym.dir_prefix,
+            vsym.machine,
+            vsym.tag_guess,
+        )
         rng = random.Random(3)
         text = [s for s in vsym.sections if s.flags & 0x4]
         for s in text:
@@ -206,18 +218,25 @@ def _dumps() -> list[Path]:
     return sorted((data / "annotate").glob("*.txt")) + sorted((data / "stacks").glob("*.txt"))
 
 
-def test_annotate_prints_what_the_vmlinux_run_prints(portable_index: Path, vmlinux: Path, cache_dir: Path) -> None:
+def test_annotate_prints_what_the_vmlinux_run_prints(
+    portable_index: Path, vmlinux: Path, cache_dir: Path
+) -> None:
     dumps = _dumps()
     assert len(dumps) > 15
     for dump in dumps:
         for extra in ((), ("--format", "json")) if "6.1.0-53" in dump.name else ((),):
             by_file = _cli("annotate", "--index", str(portable_index), *extra, str(dump))
-            by_vmlinux = _cli("annotate", "--vmlinux", str(vmlinux), "--cache-dir", str(cache_dir), *extra,
-                              str(dump))
+            by_vmlinux = _cli(
+                "annotate", "--vmlinux", str(vmlinux), "--cache-dir", str(cache_dir), *extra, str(dump)
+            )
             assert by_file == by_vmlinux, dump.name
     # the 6.1 warning: its call sites are disassembled from the file's code chunks
-    _code, out, _err = _cli("annotate", "--index", str(portable_index),
-                            str(REPO_ROOT / "tests/data/annotate/warn-ip_local_out-6.1.0-53.txt"))
+    _code, out, _err = _cli(
+        "annotate",
+        "--index",
+        str(portable_index),
+        str(REPO_ROOT / "tests/data/annotate/warn-ip_local_out-6.1.0-53.txt"),
+    )
     assert "net/ipv4/ip_output.c" in out and "call site: call " in out
 
 
@@ -260,10 +279,18 @@ def test_not_an_index_file_missing_cut_or_grown(portable_index: Path, vmlinux: P
 def _flip_points(pf: PortableFile, rng: random.Random) -> list[tuple[str, int, int | None]]:
     """(what, file offset, an address whose answer reads it) for bytes in every block of the file."""
     hdr = pf.header
-    points: list[tuple[str, int, int | None]] = [(f"header byte {i}", i, None) for i in (0, 9, 13, 17, 25, 29, 33, 40)]
+    points: list[tuple[str, int, int | None]] = [
+        (f"header byte {i}", i, None) for i in (0, 9, 13, 17, 25, 29, 33, 40)
+    ]
     points += [("metadata", 64 + rng.randrange(hdr.length - 64 - 6 * 32), None) for _ in range(4)]
     points += [("block table", hdr.length - 6 * 32 + rng.randrange(6 * 32), None) for _ in range(4)]
-    for kind in (BlockKind.SYMBOLS, BlockKind.ARANGES, BlockKind.UNIT_RANGES, BlockKind.UNITS, BlockKind.CODE):
+    for kind in (
+        BlockKind.SYMBOLS,
+        BlockKind.ARANGES,
+        BlockKind.UNIT_RANGES,
+        BlockKind.UNITS,
+        BlockKind.CODE,
+    ):
         b = hdr.blocks[kind]
         if b.length:
             points += [(f"block {kind}", b.offset + rng.randrange(b.length), None) for _ in range(3)]
@@ -278,8 +305,9 @@ def _flip_points(pf: PortableFile, rng: random.Random) -> list[tuple[str, int, i
     return points
 
 
-def test_flipped_bytes_anywhere_fail_in_one_line_or_answer_the_same(portable_index: Path, tmp_path: Path,
-                                                                     psym: Symbolizer) -> None:
+def test_flipped_bytes_anywhere_fail_in_one_line_or_answer_the_same(
+    portable_index: Path, tmp_path: Path, psym: Symbolizer
+) -> None:
     rng = random.Random(4404)
     with PortableFile(portable_index) as pf:
         points = _flip_points(pf, rng)
@@ -347,8 +375,14 @@ def test_a_subprocess_run_reads_the_file_without_the_vmlinux(portable_index: Pat
     alone = tmp_path / "alone.ksymidx"
     shutil.copy(portable_index, alone)
     env = {**os.environ, "KSYM_CACHE_DIR": str(tmp_path / "cache"), "KSYM_VMLINUX": str(tmp_path / "none")}
-    done = subprocess.run([sys.executable, "-m", "ksym", "resolve", "--index", str(alone), *TUTORIAL],
-                          check=False, capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "ksym", "resolve", "--index", str(alone), *TUTORIAL],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     code, out, err = _cli("resolve", "--index", str(portable_index), *TUTORIAL)
     assert (done.returncode, done.stdout, done.stderr) == (code, out, err)
     assert "(inlined by) __ip_local_out at net/ipv4/ip_output.c" in out

@@ -362,9 +362,16 @@ def _plain_unit_record(rec: Any) -> bool:
     lines = rec[4]
     if lines is None:
         return True
-    return (isinstance(lines, tuple) and len(lines) == 8 and isinstance(lines[1], bytes)
-            and isinstance(lines[2], list) and len(lines[2]) == 4 and all(type(c) is bytes for c in lines[2])
-            and type(lines[3]) is bytes and lines[6] is None)
+    return (
+        isinstance(lines, tuple)
+        and len(lines) == 8
+        and isinstance(lines[1], bytes)
+        and isinstance(lines[2], list)
+        and len(lines[2]) == 4
+        and all(type(c) is bytes for c in lines[2])
+        and type(lines[3]) is bytes
+        and lines[6] is None
+    )
 
 
 class PortableFile:
