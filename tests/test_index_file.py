@@ -330,6 +330,9 @@ def test_flipped_bytes_anywhere_fail_in_one_line_or_answer_the_same(
                     s.code_bytes(address, 16)
                 failed += 1
                 continue
+            if what.startswith(("header", "metadata", "block table")):
+                with pytest.raises(BadFileError):
+                    file_build_id(damaged)
             extra = [f"{address:#x}"] if address is not None else []
             # the address that reads the damaged piece first: nothing is printed before the error
             got = _cli("resolve", "--index", str(damaged), *extra, *probes)
