@@ -14,6 +14,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import struct
 import subprocess
@@ -119,9 +120,12 @@ def test_the_file_is_small_and_names_the_build(portable_index: Path, vmlinux: Pa
 def test_the_same_vmlinux_gives_the_same_file(portable_index: Path, vmlinux: Path, tmp_path: Path) -> None:
     """The builder writes the pieces in order whatever order its workers finish in (one worker here)."""
     out = tmp_path / "again.ksymidx"
-    code, stdout, err = _cli("index", "build", str(vmlinux), "-o", str(out), "-j", "1")
-    assert (code, err) == (0, "")
-    assert " units, " in stdout
+    code, stdout, err = _cli("index", "build", str(vmlinux), "-o", str(out), "-j", "1", "--progress")
+    assert code == 0
+    # the progress bar (asked for: stderr is not a terminal here), redrawn in place, ends full
+    units, chunks = (int(x) for x in re.findall(r"(\d+) units, (\d+) code chunks", stdout)[0])
+    total = units + chunks
+    assert err.startswith("\rksym index build [") and err.endswith(f"] 100% {total}/{total}\n")
     assert out.read_bytes() == portable_index.read_bytes()
     assert [p.name for p in tmp_path.iterdir()] == ["again.ksymidx"]  # no temporary left
 
