@@ -76,6 +76,7 @@ def ksym_annotator(
         # imported here: the DWARF engine is needed only when frames get file:line
         from ksym.buildid import same_build_id
         from ksym.errors import KsymError
+        from ksym.links import links_for
         from ksym.symbolizer import Symbolizer
         from ksym.symbols import SymbolView
     except ImportError as exc:
@@ -98,6 +99,7 @@ def ksym_annotator(
             "file:line (it would give wrong lines); frames shown as func+0xoff"
         )
     warnings = "; ".join(str(w) for w in sym.warnings)
+    elixir = links_for(sym.banner)  # the elixir.bootlin.com link after each location
 
     def annotate(s: KallsymsSymbol) -> tuple[str, ...]:
         if s.module:
@@ -110,7 +112,7 @@ def ksym_annotator(
             return ()
         out = []
         for res in results:
-            text = format_chain(res.chain)
+            text = format_chain(elixir.chain(res.chain))
             if text:
                 out.append(text)
         return tuple(out)

@@ -65,6 +65,8 @@ from .kallsyms import (
     kaslr_offset_from_frames,
     kaslr_offset_from_kallsyms,
 )
+from .links import ElixirLinks
+from .lru import LRUCache
 from .model import Resolution, SourceLocation, frozen_record
 from .modules import ModuleSet
 from .parse import (
@@ -522,8 +524,12 @@ def _exact_by_place(frame: StackFrame, top: bool, in_context: bool) -> bool:
 
 class _Annotator:
     def __init__(self, sym: Symbolizer, slide: int | None, kallsyms: Kallsyms | None, exact: bool,
-                 modules: ModuleSet | None = None) -> None:
+                 modules: ModuleSet | None = None, elixir: ElixirLinks | None = None) -> None:
         self.sym = sym
+        #: the links every location gets (None: none)
+        self.elixir = elixir
+        # link-time address -> its chain with links (frames repeat)
+        self._linked: LRUCache[int, tuple[SourceLocation, ...]] = LRUCache(maxsize=16384)
         self.modules = modules
         self.slide = slide
         self.kallsyms = kallsyms
@@ -538,6 +544,15 @@ class _Annotator:
         # the stack structure of the frames answered so far (a text answered piece by piece runs on)
         self._step = _ExactSteps()
         self._last_stack = -1
+
+    def _chain(self, address: int) -> tuple[SourceLocation, ...]:
+        """The symbolizer's chain at a link-time address, with links when the annotation has them."""
+        if self.elixir is None:
+            return self.sym.chain(address)
+        got = self._linked.get(address)
+        if got is None:
+            got = self._linked[address] = self.elixir.chain(self.sym.chain(address))
+        return got
 
     def learn_slide(self, slide: int) -> None:
         """Use ``slide`` for the frames from now on (a stream that gave it late): the answers kept so far
@@ -673,7 +688,7 @@ class _Annotator:
         try:
             status, reason, notes, misfit, stored = rec
             matches = tuple(
-                FrameMatch(link, look, lookup, symbol, offset, size, self.sym.chain(look),
+                FrameMatch(link, look, lookup, symbol, offset, size, self._chain(look),
                            CallInstruction(*call) if call is not None else None, tuple(mnotes), mmisfit)
                 for link, look, lookup, symbol, offset, size, call, mnotes, mmisfit in stored)
             return AnnotatedFrame(f.lineno, f.text, f, top, status, reason, matches, tuple(notes), misfit)
@@ -684,7 +699,7 @@ class _Annotator:
         """Keep ``af``'s answer with the index's answers when :meth:`_stored_key` allows, each match's
         chain by its lookup address (the chain is stored under that address already)."""
         key = self._stored_key(af.frame, exact)
-        if key is None or any(m.chain != self.sym.chain(m.lookup_address) for m in af.matches):
+        if key is None or any(m.chain != self._chain(m.lookup_address) for m in af.matches):
             return
         stored = tuple((m.link_address, m.lookup_address, m.lookup, m.symbol, m.offset, m.size,
                         m.call.fields() if m.call is not None else None, m.notes, m.misfit) for m in af.matches)
@@ -756,7 +771,7 @@ class _Annotator:
             if not found:
                 return bad(why or f"unknown symbol {f.symbol}")
             matches = tuple(
-                FrameMatch(r.address, r.address, LOOKUP_ENTRY, r.symbol, 0, r.size, self.sym.chain(r.address))
+                FrameMatch(r.address, r.address, LOOKUP_ENTRY, r.symbol, 0, r.size, self._chain(r.address))
                 for r in found
             )
             notes.append("the frame gives no offset: the function's entry is shown")
@@ -844,7 +859,7 @@ class _Annotator:
         """An in-tree module is built in the vmlinux's build directory: print its paths source-relative
         like the vmlinux's (faddr2line on the .ko alone cannot know that prefix), with links."""
         prefix = getattr(self.sym, "dir_prefix", None)
-        links = getattr(self.sym, "links", None)
+        links = self.elixir
         out = []
         for loc in chain:
             file = loc.file
@@ -894,7 +909,7 @@ class _Annotator:
             here = self.sym.symbols.containing(link)
             symbol, offset, size = (here[0].name, link - here[0].address, here[1]) if here else (None, None, None)
         if exact:
-            chain = self.sym.chain(link)
+            chain = self._chain(link)
             return FrameMatch(link, link, LOOKUP_EXACT, symbol, offset, size, chain)
         look = link - 1
         call: CallInstruction | None = None
@@ -911,11 +926,11 @@ class _Annotator:
             elif insn is None:
                 why = f"no call instruction ends at {link:#x}: looked up exactly"
             if why is not None:
-                chain = self.sym.chain(link)
+                chain = self._chain(link)
                 return FrameMatch(link, link, LOOKUP_EXACT, symbol, offset, size, chain, None, (why,),
                                   MISFIT_INSIDE_INSTRUCTION if before.boundary is False else None)
             call = insn
-        chain = self.sym.chain(look)
+        chain = self._chain(look)
         return FrameMatch(link, look, LOOKUP_CALL_SITE, symbol, offset, size, chain, call)
 
 
@@ -1145,6 +1160,7 @@ def annotate(
     exact: bool = False,
     modules: ModuleSet | None = None,
     unverified: str | None = None,
+    elixir: ElixirLinks | None = None,
 ) -> AnnotatedText:
     """Resolve every frame of ``text`` against ``symbolizer``'s vmlinux (see the module docstring).
 
@@ -1154,13 +1170,15 @@ def annotate(
     :param exact: look every frame up at its address (faddr2line), never at the call site.
     :param unverified: why the vmlinux is not known to be the dump's build (``--force`` past a build id
         mismatch): every frame carries it (:attr:`AnnotatedFrame.unverified`).
+    :param elixir: the links every location gets (:func:`ksym.links.links_for` the symbolizer's
+        ``banner``); None: locations carry none.
     :raises KaslrError: ``kallsyms`` does not match the vmlinux.
     """
     parsed = _parse(text)
     scan = _EvidenceScan()
     scan.feed(text, parsed, 1)
     slide = _slide_of(scan.evidence(True), symbolizer, kaslr_offset, kallsyms)
-    worker = _Annotator(symbolizer, slide.slide, kallsyms, exact, modules)
+    worker = _Annotator(symbolizer, slide.slide, kallsyms, exact, modules, elixir)
     answered, misfits = _answer_piece(worker, parsed, unverified)
     return AnnotatedText._answered(answered, slide.slide, slide.source, exact,
                                    _end_notes(slide, misfits, symbolizer))
@@ -1354,10 +1372,11 @@ def annotate_stream(
     unverified: str | None = None,
     json: bool = False,
     links: bool = False,
+    elixir: ElixirLinks | None = None,
 ) -> StreamSummary:
     """:func:`annotate` of a text read piece by piece (:class:`DumpInput`), each piece's output given to
-    ``write`` as soon as it is annotated: the annotated text (``links``: with elixir links), or with
-    ``json`` one JSON object per frame and line. Memory does not grow with the text's length.
+    ``write`` as soon as it is annotated: the annotated text (``links``: with the links of ``elixir``
+    after each location), or with ``json`` one JSON object per frame and line (with ``elixir``'s links). Memory does not grow with the text's length.
 
     From a regular file the output is :func:`annotate`'s for the whole text, byte for byte. From a pipe
     each piece is annotated with what the lines read so far say: a KASLR slide from a ``Kernel Offset:``
@@ -1367,7 +1386,7 @@ def annotate_stream(
     evidence = dump.evidence()
     fixed = kaslr_offset is not None or kallsyms is not None or evidence.complete
     slide = _slide_of(evidence, symbolizer, kaslr_offset, kallsyms)
-    worker = _Annotator(symbolizer, slide.slide, kallsyms, exact, modules)
+    worker = _Annotator(symbolizer, slide.slide, kallsyms, exact, modules, elixir)
     frames = unresolved = misfits = 0
     dump.follow = not fixed
     for parsed, known in dump._pieces():
