@@ -510,6 +510,27 @@ def test_cli_helpers(fsym: Symbolizer, fixture_result: AnnotatedText, tmp_path: 
     assert len([w for w in warnings if w.startswith("ksym annotate: warning: ")]) == len(files)
 
 
+
+def test_report_for_command_takes_the_source_options(fsym: Symbolizer, tmp_path: Path) -> None:
+    """``report_for_command`` takes the command's ``SourceOptions``: its kernel tag names the header's tag
+    and the links' (also for locations annotated without links), its Elixir URL their base."""
+    args = AnnotateOptions.from_args(build_parser().parse_args(
+        ["annotate", "--format", "html", "--source-dir", str(FIXTURE_SRC), "--offline", "--kernel-tag", "6.1.1",
+         "--elixir-url", "http://127.0.0.1:9/elixir/"]))
+    assert args.source == SourceOptions("6.1.1", "http://127.0.0.1:9/elixir/", str(FIXTURE_SRC), None, True)
+    plain = annotate(_read(ANNOTATE_DATA / "fixture-dump.txt"), fsym)
+    warnings: list[str] = []
+    root = parse_html(report_for_command(plain, fsym, "html", args.source, warn=warnings.append))
+    assert warnings == []  # a tag given is not a guess: no caveat
+    summary = {dd.attrs["data-key"]: dd.text for dd in root.find("dl", id="summary").find_all("dd")}
+    assert summary["tag"] == "v6.1.1 (from override)"
+    hrefs = [a.attrs["href"] for a in root.find_all("a", cls="place")]
+    assert "http://127.0.0.1:9/elixir/linux/v6.1.1/source/include/linux/netfilter.h#L53" in hrefs
+    assert all(h.startswith("http://127.0.0.1:9/elixir/linux/v6.1.1/source/") for h in hrefs)
+    # the tree was read: the source blocks are there
+    assert root.find_all("details", cls="source")
+
+
 # --------------------------------------------------------------------------------------------------
 # The tutorial stack on the Debian 6.1 vmlinux, with its linux-source tree
 
