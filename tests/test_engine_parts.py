@@ -39,8 +39,13 @@ KSHAPES = "kshapes-dwarf5.elf"
 def _through_protocol(r: ImageResolver, frame: str) -> tuple[str, str, int]:
     """Use an image only through the Protocol: prefetch, resolve, chain and symbolize agree."""
     assert r.has_dwarf and r.path.is_file()
-    assert r.prefetch_frames([frame, "not a frame"]) >= 1
+    # the frame's one address, read once ahead of resolve however often the frame is asked
+    assert r.prefetch_frames([frame, frame, "not a frame"]) == 1
+    dwarf = getattr(r, "dwarf_image", None)
+    assert dwarf is not None
+    read = set(dwarf.units_read)
     res = r.resolve(frame)[0]
+    assert dwarf.units_read == read and len(read) == 1, "the prefetch read the unit the frame needs"
     assert res.chain, frame
     return str(res), str(r.symbolize(res.address)), len(res.chain)
 
