@@ -1011,6 +1011,7 @@ class _EvidenceScan:
         self.addressed_names = False
         self.bare_addresses = False
         self._carry = ""
+        self._id_carry = ""
 
     def feed(self, text: str, parsed: _Parsed | None, first_lineno: int, build_id: bool = True) -> None:
         """Look at the next piece, ``text``, whose first line is number ``first_lineno``: its frames too
@@ -1037,9 +1038,19 @@ class _EvidenceScan:
                 self.kernel_offset_line = _kernel_offset_line(text, first_lineno)
         if parsed is not None:
             self._vote(parsed)
-        parts = window.rsplit("\n", _CARRY_LINES + 1)  # the last lines, and the head before them
-        carry = window if len(parts) < _CARRY_LINES + 2 else window[len(parts[0]) + 1:]
-        self._carry = carry if len(carry) <= _CARRY_CHARS else ""
+        self._carry = self._id_carry = _carry_of(window)
+
+    def named_build_id(self, text: str) -> str | None:
+        """The kernel build id the next piece, ``text``, names (searched after the last lines of the
+        piece before, as :meth:`feed` searches), or None: what a pipe's later pieces are checked by."""
+        from .buildid import kernel_build_id_in_text
+
+        window = self._id_carry + text
+        self._id_carry = _carry_of(window)
+        if '"build_id"' not in window:
+            return kernel_build_id_in_text(window)
+        # as in feed: a "Build ID: <hex>" line wins over a JSON "build_id" key before it
+        return kernel_build_id_in_text(window.replace('"build_id"', '"build~id"')) or kernel_build_id_in_text(window)
 
     def _vote(self, parsed: _Parsed) -> None:
         shapes = parsed.shapes
@@ -1064,6 +1075,14 @@ class _EvidenceScan:
         return DumpEvidence(self.build_id or self._json_id, self.kernel_offset, self.kernel_offset_line,
                             tuple(SlideVote(a, s, o, n) for (a, s, o), n in self.votes.items()),
                             self.addressed_names, self.bare_addresses, complete)
+
+
+def _carry_of(window: str) -> str:
+    """The last lines of ``window`` (:data:`_CARRY_LINES`, at most :data:`_CARRY_CHARS` characters), which
+    the search of the next piece starts with: a pattern may span lines."""
+    parts = window.rsplit("\n", _CARRY_LINES + 1)  # the last lines, and the head before them
+    carry = window if len(parts) < _CARRY_LINES + 2 else window[len(parts[0]) + 1:]
+    return carry if len(carry) <= _CARRY_CHARS else ""
 
 
 def _kernel_offset_line(text: str, first_lineno: int) -> int | None:
@@ -1196,6 +1215,16 @@ CHUNK_BYTES = 4 << 20
 PIPE_PAUSE_SECONDS = 0.1
 
 
+class _Piece(NamedTuple):
+    """A piece of the input as :func:`annotate_stream` annotates it."""
+
+    parsed: _Parsed
+    #: What the text said so far (a file: the whole text)
+    evidence: DumpEvidence
+    #: The kernel build id a pipe's later piece names (None: none, or a piece of a file or the first)
+    build_id: str | None
+
+
 class DumpInput:
     """The text of ``ksym annotate``, read piece by piece from a binary file object: each piece ends at
     a line boundary (the last may lack a line ending), holds at most ``chunk_lines`` lines and about
@@ -1272,27 +1301,29 @@ class DumpInput:
             self._evidence = scan.evidence(self._eof and not self._buf)
         return self._evidence
 
-    def _pieces(self) -> Iterator[tuple[_Parsed, DumpEvidence]]:
-        """Every piece of the text in order, parsed, with the evidence known when it is annotated."""
+    def _pieces(self) -> Iterator[_Piece]:
+        """Every piece of the text in order, parsed, with the evidence known when it is annotated (and,
+        for a pipe's pieces after its first, the kernel build id the piece names)."""
         evidence = self.evidence()
         if self._reread:
             self._fh.seek(self._start)
             self._buf, self._lines, self._eof, self._state = bytearray(), 0, False, _ParseState()
             for piece in self._read_pieces(prelude=False):
-                yield _parse(piece, self._state), evidence
+                yield _Piece(_parse(piece, self._state), evidence, None)
             return
         if self._held is not None:
-            yield self._held[1], evidence
+            yield _Piece(self._held[1], evidence, None)
             self._held = None
         if self.seekable:
             return
         for piece in self._read_pieces(prelude=False):
             first = self._state.lineno
             parsed = _parse(piece, self._state)
+            named = self._scan.named_build_id(piece)
             if self.follow:
                 self._scan.feed(piece, parsed, first, build_id=False)
                 evidence = self._scan.evidence(False)
-            yield parsed, evidence
+            yield _Piece(parsed, evidence, named)
 
     def _read_pieces(self, prelude: bool) -> Iterator[str]:
         """The pieces of the rest of the input. A file's are full pieces; a pipe's are the complete lines
@@ -1373,6 +1404,7 @@ def annotate_stream(
     json: bool = False,
     links: bool = False,
     elixir: ElixirLinks | None = None,
+    check_build_id: Callable[[str], str | None] | None = None,
 ) -> StreamSummary:
     """:func:`annotate` of a text read piece by piece (:class:`DumpInput`), each piece's output given to
     ``write`` as soon as it is annotated: the annotated text (``links``: with the links of ``elixir``
@@ -1381,6 +1413,11 @@ def annotate_stream(
     From a regular file the output is :func:`annotate`'s for the whole text, byte for byte. From a pipe
     each piece is annotated with what the lines read so far say: a KASLR slide from a ``Kernel Offset:``
     line or the frames is used from the piece that gives it on (and kept), and the notes come at the end.
+
+    ``check_build_id`` is called with each kernel build id a pipe names after its first piece (one other
+    than the build id named before it, :attr:`DumpEvidence.build_id` at first) before that piece is
+    annotated: it returns the reason the frames from that piece on carry (``unverified``; None: they are
+    verified), or raises (:class:`ksym.errors.BuildIdMismatchError`) to stop before writing the piece.
     """
     dump = source if isinstance(source, DumpInput) else DumpInput(source)
     evidence = dump.evidence()
@@ -1389,7 +1426,14 @@ def annotate_stream(
     worker = _Annotator(symbolizer, slide.slide, kallsyms, exact, modules, elixir)
     frames = unresolved = misfits = 0
     dump.follow = not fixed
-    for parsed, known in dump._pieces():
+    named = evidence.build_id
+    for parsed, known, build_id in dump._pieces():
+        if build_id is not None and check_build_id is not None:
+            from .buildid import same_build_id
+
+            if named is None or not same_build_id(build_id, named):
+                unverified = check_build_id(build_id)
+                named = build_id
         if dump.follow:
             slide = _slide_of(known, symbolizer, None, None)
             if slide.slide is not None:

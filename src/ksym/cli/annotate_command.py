@@ -111,8 +111,9 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
                 err(f"ksym annotate: error: {exc}")
                 return EXIT_USAGE
         warning = mismatch_warning(expected, where.value, sym.path, sym.build_id)
-        unverified, said = _dump_build_check(text, expected if where is BuildIdFrom.DUMP else None, sym,
-                                             opts.force)
+        # the dump's own build id: what its evidence found (a stream's text is not at hand), else in the text
+        dumped = evidence.build_id if evidence is not None else expected if where is BuildIdFrom.DUMP else None
+        unverified, said = _dump_build_check(text, dumped, sym, opts.force)
         if said is not None:
             err(said)
             if unverified is None:
@@ -171,7 +172,17 @@ def _stream(opts: AnnotateOptions, dump: DumpInput, sym: Symbolizer, ks: Kallsym
     """The text and JSON forms: written piece by piece as they are annotated, to standard output or to
     ``--output`` (:func:`ksym.format.output_file`: renamed over it at the end)."""
     from ..annotate import annotate_stream
+    from ..errors import BuildIdMismatchError
     from ..format import output_file
+
+    def later_build_id(dumped: str) -> str | None:
+        # a build id a pipe names after its first pause: checked as the first piece's was
+        now, said = _dump_build_check("", dumped, sym, opts.force)
+        if said is not None:
+            if now is None:
+                raise BuildIdMismatchError(said.removeprefix("ksym annotate: error: "))
+            err(said)
+        return now
 
     try:
         with contextlib.ExitStack() as closing:
@@ -184,7 +195,8 @@ def _stream(opts: AnnotateOptions, dump: DumpInput, sym: Symbolizer, ks: Kallsym
 
             summary = annotate_stream(dump, sym, write, kaslr_offset=opts.kaslr_offset, kallsyms=ks,
                                       exact=opts.exact, modules=modules, unverified=unverified,
-                                      json=opts.output_format == "json", links=opts.links, elixir=elixir)
+                                      json=opts.output_format == "json", links=opts.links, elixir=elixir,
+                                      check_build_id=later_build_id)
             sym.flush()  # the index learns this dump's frames
     except KsymError as exc:
         err(f"ksym annotate: error: {exc}")
