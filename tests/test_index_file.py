@@ -193,12 +193,11 @@ def test_resolve_prints_what_the_vmlinux_run_prints(
 
 def test_api_answers_as_the_vmlinux(vmlinux: Path, psym: Symbolizer, cache_dir: Path) -> None:
     with Symbolizer(vmlinux, cache_dir=cache_dir) as vsym:
-        assert (psym.build_id, psym.banner, psym.dir_prefix, psym.machine, psym.tag_guess) == (
+        assert (psym.build_id, psym.banner, psym.dir_prefix, psym.machine) == (
             vsym.build_id,
             vsym.banner,
             vsym.dir_prefix,
             vsym.machine,
-            vsym.tag_guess,
         )
         rng = random.Random(3)
         text = [s for s in vsym.sections if s.flags & 0x4]

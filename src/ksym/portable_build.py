@@ -110,10 +110,11 @@ def build_index(
     from . import dwarf as D
     from .dwarf_image import ArangeTable, UnitRange
     from .symbolizer import Symbolizer
+    from .version import choose_tag
 
     started = time.monotonic()
     out = Path(output)
-    with Symbolizer(vmlinux, use_index=False, links=False) as sym:
+    with Symbolizer(vmlinux, use_index=False) as sym:
         if not sym.has_dwarf or sym.dwarf_image is None:
             raise MissingDebugInfoError(f"{sym.path}: no DWARF debug info (.debug_info): nothing to index")
         dw = sym.dwarf_image
@@ -131,7 +132,7 @@ def build_index(
         meta = PortableMeta(
             build_id=sym.build_id,
             banner=sym.banner,
-            kernel_tag=sym.tag_guess.tag,
+            kernel_tag=choose_tag(sym.banner).tag,
             machine=sym.machine,
             elf_type=sym.elf_type,
             elfclass=sym.elfclass,
