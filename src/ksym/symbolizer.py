@@ -49,6 +49,7 @@ from .symbols import FaddrMatch, SymbolTable, SymbolView, faddr2line_select, inl
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from . import dwarf as D
+    from .portable import PortableFile
     from .searchopts import DebuginfoOptions
 
 __all__ = ["IndexStats", "Symbolizer", "source_relative"]
@@ -147,6 +148,9 @@ class Symbolizer:
     batch, a :class:`ksym.prefetch.Prefetcher`. It holds a memory map of the file and what it learnt for
     the index: use it in a ``with`` block or call :meth:`close`, which writes the index (:meth:`flush`)
     and releases the file. A Symbolizer that is not closed writes nothing more to the index.
+
+    It only resolves: its chains carry no links, and the kernel tag they would point at is the presenting
+    side's choice (:func:`ksym.links.links_for` its ``banner``).
     """
 
     def __init__(
@@ -157,15 +161,18 @@ class Symbolizer:
         cache_dir: str | os.PathLike[str] | None = None,
         warn: Callable[[str], None] | None = None,
         cu_cache_size: int = 256,
-        kernel_tag: str | None = None,
-        elixir_url: str | None = None,
-        links: bool = True,
         build_id: str | None = None,
         debuginfo: DebuginfoOptions | None = None,
         path_map: Iterable[str | tuple[str, str]] | PathMap | None = None,
+        index_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path_map = PathMap.parse(path_map)
-        if vmlinux:
+        #: the portable index file answering instead of a vmlinux (``index_file``), else None
+        self.portable: PortableFile | None = None
+        self._reads_index_file = index_file is not None
+        if index_file is not None:
+            located = Located(Path(index_file), "ksym index file given")
+        elif vmlinux:
             located = Located(Path(vmlinux), "given on the command line")  # as find_vmlinux says it
         else:
             from .locate import find_vmlinux
@@ -180,17 +187,14 @@ class Symbolizer:
         for w in self.warnings:
             if warn:
                 warn(w)
-        self._store = IndexStore(Path(cache_dir) if cache_dir else None, enabled=use_index)
+        # the index file is complete: nothing is learnt, nothing written to the on-disk index
+        self._store = IndexStore(Path(cache_dir) if cache_dir else None, enabled=use_index and index_file is None)
         self._image: Any = None
         self._cu_cache_size = cu_cache_size
         #: the image's DWARF (None: the file has none, or it is not read yet)
         self.dwarf_image: DwarfImage | None = None
         self._sections: FileSections | None = None
-        self._tag_override = kernel_tag
-        self._elixir_url = elixir_url
-        self._want_links = links
-        self._links: Any = None
-        # address → inline chain with links, for frames seen again (stack dumps repeat them)
+        # address → inline chain, for frames seen again (stack dumps repeat them)
         self._chains: LRUCache[int, tuple[SourceLocation, ...]] = LRUCache(maxsize=16384)
         self._fingerprinted = False
         self._answers_looked_up = 0
@@ -213,7 +217,33 @@ class Symbolizer:
 
     # -- index ---------------------------------------------------------------------------------------
 
+    @classmethod
+    def from_index(cls, path: str | os.PathLike[str], **options: Any) -> Symbolizer:
+        """A Symbolizer answering from a portable index file (``ksym index build``, :mod:`ksym.portable`)
+        alone, without the vmlinux it was made from: the same answers, read from the file's whole units.
+        ``options``: those of the constructor that do not name a file (``path_map``, ``cu_cache_size``,
+        ``warn``).
+
+        :raises FileNotFoundKsymError: no such file.
+        :raises BadFileError: not an index file of this format, or damaged (also raised by a lookup that
+            meets a damaged unit or code chunk)."""
+        return cls(None, index_file=path, **options)
+
+    def _load_portable(self) -> None:
+        """The image from a portable index file: its record, symbols, aranges and whole units."""
+        from .portable import NoSections, PortableFile
+
+        self.portable = PortableFile(self.path)
+        self._open_session(image_key(self.portable.meta.build_id, "portable"))
+        rec = self.portable.image_record()
+        self.dwarf_image = DwarfImage(self.path, NoSections(self.path), rec.aranges, units=self.portable,
+                                      cache_size=self._cu_cache_size)
+        self._apply_record(rec, self.portable.symbols())
+
     def _load_index(self) -> None:
+        if self._reads_index_file:
+            self._load_portable()
+            return
         if not self.path.exists():
             from .errors import FileNotFoundKsymError
 
@@ -288,6 +318,8 @@ class Symbolizer:
         return True
 
     def _open_image(self) -> Any:
+        if self.portable is not None:
+            raise BadFileError(f"{self.path}: a ksym index file holds no ELF image")
         if self._image is None:
             from .image import KernelImage
 
@@ -454,28 +486,12 @@ class Symbolizer:
                           self._answers.stored_hits, self._answers_looked_up, self._fingerprinted,
                           str(self._index.directory) if self._index.directory is not None else None)
 
-    @property
-    def tag_guess(self) -> Any:
-        """The upstream kernel tag of this image (:class:`ksym.version.TagGuess`): from
-        ``kernel_tag=`` if given, else derived from its ``linux_banner``."""
-        from .version import choose_tag
-
-        return choose_tag(self.banner, self._tag_override)
-
-    @property
-    def links(self) -> Any:
-        """:class:`ksym.links.ElixirLinks` for this image's kernel tag (None when links are off)."""
-        if self._links is None and self._want_links:
-            from .links import DEFAULT_ELIXIR_URL, ElixirLinks
-
-            self._links = ElixirLinks(self.tag_guess.tag, self._elixir_url or DEFAULT_ELIXIR_URL)
-        return self._links
-
     def chain(self, address: int) -> tuple[SourceLocation, ...]:
-        """The inline chain at a link-time address, innermost first (with links when enabled)."""
+        """The inline chain at a link-time address, innermost first (without links: the presenting side
+        adds them, :meth:`ksym.links.ElixirLinks.chain`)."""
         got = self._chains.get(address)
         if got is None:
-            got = self._with_links(self._answer(address).chain)
+            got = self._answer(address).chain
             self._chains[address] = got
         return got
 
@@ -579,15 +595,6 @@ class Symbolizer:
         self._answers.add_chain(address, got)
         return got
 
-    def _with_links(self, chain: tuple[SourceLocation, ...]) -> tuple[SourceLocation, ...]:
-        links = self.links
-        if links is None or not chain:
-            return chain
-        return tuple(
-            replace(loc, url=links.source_url(loc.file, loc.line), ident_url=links.ident_url(loc.function))
-            for loc in chain
-        )
-
     def _display(self, raw: str) -> str:
         if raw in ("", "??"):
             return "??"
@@ -644,6 +651,8 @@ class Symbolizer:
 
     def code_bytes(self, address: int, size: int) -> bytes:
         """Up to ``size`` bytes of the image at a link-time address (empty when no section holds it)."""
+        if self.portable is not None:
+            return self.portable.code_bytes(address, size)
         for s in self.sections:
             if s.flags & 0x2 and s.type != 8 and s.addr <= address < s.addr + s.size:
                 n = min(size, s.addr + s.size - address)
@@ -676,6 +685,13 @@ class Symbolizer:
         if self._image is not None:
             self._image.close()
             self._image = None
+        portable = getattr(self, "portable", None)
+        if portable is not None:
+            if self.dwarf_image is not None:
+                self.dwarf_image.close()
+            portable.close()
+            self.portable = None
+            return
         if self.dwarf_image is not None:
             self.dwarf_image.close()
         elif self._sections is not None:
