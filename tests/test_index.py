@@ -298,7 +298,7 @@ def test_a_first_frame_is_answered_without_the_whole_symbol_table(tmp_path: Path
     cache = tmp_path / "cache"
     frames = ["ip_local_out_like+0x1d", "netif_receive_like+0xc", "csum_like+0x4"]
     want = {}
-    with Symbolizer(genuine, use_index=False, links=False) as ref:
+    with Symbolizer(genuine, use_index=False) as ref:
         assert len(ref.symbols) > 0  # the whole table, built before any lookup
         for frame in frames:
             try:
@@ -308,7 +308,7 @@ def test_a_first_frame_is_answered_without_the_whole_symbol_table(tmp_path: Path
         address = ref.resolve(frames[0])[0].address
         want_address = str(ref.symbolize(address))
     for _ in range(2):
-        with Symbolizer(genuine, cache_dir=cache, links=False) as sym:
+        with Symbolizer(genuine, cache_dir=cache) as sym:
             for frame in frames:
                 try:
                     got = [str(r) for r in sym.resolve(frame)]
@@ -317,10 +317,10 @@ def test_a_first_frame_is_answered_without_the_whole_symbol_table(tmp_path: Path
                 assert got == want[frame], frame
         assert list(cache.glob("index/*/image.v*")), "the image record is written"
         assert not list(cache.glob("index/*/symbols.v*")), "no whole table was built"
-    with Symbolizer(genuine, cache_dir=cache, links=False) as sym:
+    with Symbolizer(genuine, cache_dir=cache) as sym:
         assert str(sym.symbolize(address)) == want_address
     assert len(list(cache.glob(f"index/*/symbols.v{FORMAT_VERSION}"))) == 1
-    with Symbolizer(genuine, cache_dir=cache, links=False) as sym:
+    with Symbolizer(genuine, cache_dir=cache) as sym:
         assert [str(r) for r in sym.resolve(frames[0])] == want[frames[0]]
 
 
