@@ -104,6 +104,23 @@ def test_tutorial_frames_match_faddr2line(vmlinux: Path, script: Path, cache_dir
     assert "nf_hook at include/linux/netfilter.h:257\n(inlined by) __ip_local_out at net/ipv4/ip_output.c:115" in got.stdout
 
 
+def test_each_frame_first_on_a_new_index_matches_faddr2line(vmlinux: Path, script: Path, tmp_path: Path) -> None:
+    """Each tutorial frame as the first-ever run of a new index (its symbols looked up by name, without the
+    whole symbol table), then again warm (from the stored answers): the script's output, byte for byte."""
+    ref = faddr2line(vmlinux, TUTORIAL, script)
+    for run in ("first", "warm"):
+        out, no_match = [], []
+        for k, frame in enumerate(TUTORIAL):
+            got = _ksym_cli(vmlinux, tmp_path / f"cache-{k}", [frame])
+            assert "Traceback" not in got.stderr
+            out.append(got.stdout)
+            no_match += [ln for ln in got.stderr.splitlines() if ln.startswith("no match")]
+        # each run prints its frame alone, without the blank line between frames
+        assert [ln for ln in "".join(out).splitlines() if ln] == [ln for ln in ref.stdout.splitlines() if ln], run
+        assert no_match == [ln for ln in ref.stderr.splitlines() if ln.startswith("no match")], run
+    assert not list(tmp_path.glob("cache-*/index/*/symbols.v*")), "no whole symbol table was built"
+
+
 def test_sampled_frames_match_faddr2line(vmlinux: Path, script: Path, sym: Symbolizer, cache_dir: Path) -> None:
     specs = sample_specs(sym, int(os.environ.get("KSYM_FADDR2LINE_SAMPLES", "200")), seed=61187)
     ref_out, ref_err = faddr2line_parallel(vmlinux, script, specs)

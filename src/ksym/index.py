@@ -2,17 +2,17 @@
 
 Layout under ``$KSYM_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ksym``, i.e. ``~/.cache/ksym``)::
 
-    paths/<checksums of the real path>.v9 → PathRecord: the file's identity (size, mtime, ctime, inode,
+    paths/<checksums of the real path>.v10 → PathRecord: the file's identity (size, mtime, ctime, inode,
                                           device) and its key, so a warm run neither opens nor hashes it
-    index/<key>/image.v9                → ImageRecord: sections, aranges, faddr2line prefix, banner
-    index/<key>/symbols.v9              → the symbol table as one flat buffer
+    index/<key>/image.v10                → ImageRecord: sections, aranges, faddr2line prefix, banner
+    index/<key>/symbols.v10              → the symbol table as one flat buffer
                                           (:meth:`ksym.symbols.SymbolTable.to_buffer`), mapped read-only
                                           by the session: its columns are views of the map
-    index/<key>/units-<...>.v9          → a pack of compilation units as read (function tree + line
+    index/<key>/units-<...>.v10          → a pack of compilation units as read (function tree + line
                                           table, each possibly partial: read on when an address needs it)
-    index/<key>/units.v9                → unit offset → the pack holding its newest record
-    index/<key>/cu--1.v9                → UnitRange records: ranges of the units .debug_aranges misses
-    index/<key>/answers.v9              → AnswerRecords: address → StoredChain (inline chain, line-row
+    index/<key>/units.v10                → unit offset → the pack holding its newest record
+    index/<key>/cu--1.v10                → UnitRange records: ranges of the units .debug_aranges misses
+    index/<key>/answers.v10              → AnswerRecords: address → StoredChain (inline chain, line-row
                                           start) of every address looked up before; (return address,
                                           function start) → StoredInstruction (the instruction before
                                           it); callers' own answers (annotate's frames): a dump seen
