@@ -29,14 +29,11 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import signal
 import stat
 import struct
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, NamedTuple
 
@@ -44,7 +41,7 @@ from .buildid import normalize_build_id, same_build_id
 from .errors import BadFileError, DebuginfodError, FileNotFoundKsymError, KsymError
 from .index import STALE_TEMP_SECONDS
 from .searchopts import Attempt, DebuginfoOptions, DebugLookup
-from .transfer import Limits, Transfer, TransferError
+from .transfer import Limits, Transfer, TransferError, sigterm_unwinds
 
 __all__ = [
     "DEFAULT_DEADLINE",
@@ -389,7 +386,7 @@ class DebuginfodClient:
             if bars:
                 bars[0].update(t.got)
 
-        with _sigterm_cleans_up():  # outside the try: its finally runs before SIGTERM ends the process
+        with sigterm_unwinds():  # outside the try: its finally runs before SIGTERM ends the process
             try:
                 with transfer:
                     renamed = False
@@ -587,33 +584,6 @@ def remove_stale_temporaries(cache: Path, age: float = STALE_TEMPORARY_AGE) -> l
             except OSError:
                 pass
     return removed
-
-
-class _Terminated(BaseException):
-    """SIGTERM arrived during a download: unwinds it (removing its temporary) before the process ends."""
-
-
-@contextmanager
-def _sigterm_cleans_up() -> Iterator[None]:
-    """While a download runs, SIGTERM (when nothing else handles it) unwinds the download first, so its
-    temporary file is removed, then ends the process by SIGTERM as it would have."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
-        yield  # someone else handles SIGTERM (or cannot here): the cleanup on a later run covers it
-        return
-
-    def raise_terminated(signum: int, frame: object) -> None:
-        raise _Terminated
-
-    signal.signal(signal.SIGTERM, raise_terminated)
-    try:
-        yield
-    except _Terminated:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)  # the download's finally blocks have run: end as asked
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class _NotFound(Exception):

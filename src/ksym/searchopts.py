@@ -1,6 +1,7 @@
 """The records a debug-file search takes and gives: :class:`DebuginfoOptions` (where to look),
 :class:`Attempt` and :class:`DebugLookup` (what it tried and found) and :class:`Located` (which file,
-and why).
+and why); and :class:`IndexFileOptions`, where ksym's portable index files are looked for by build id
+(:mod:`ksym.index_files`).
 
 They live apart from :mod:`ksym.debuginfo` and :mod:`ksym.locate` so that a command given its file
 (``--vmlinux``) builds them without importing the search itself; both modules re-export them.
@@ -8,6 +9,7 @@ They live apart from :mod:`ksym.debuginfo` and :mod:`ksym.locate` so that a comm
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +17,26 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["Attempt", "DebugLookup", "DebuginfoOptions", "Located"]
+__all__ = [
+    "INDEX_DEFAULT_DEADLINE",
+    "INDEX_DEFAULT_MAX_SIZE",
+    "INDEX_DEFAULT_TIMEOUT",
+    "INDEX_ENVIRONMENT",
+    "Attempt",
+    "DebugLookup",
+    "DebuginfoOptions",
+    "IndexFileOptions",
+    "Located",
+]
+
+#: an index file download's overall deadline (seconds), size cap (bytes) and connect/read timeout
+#: (seconds) when neither an option nor the environment sets one
+INDEX_DEFAULT_DEADLINE = 600.0
+INDEX_DEFAULT_MAX_SIZE = 1 << 30
+INDEX_DEFAULT_TIMEOUT = 30.0
+#: the environment variables :meth:`IndexFileOptions.from_environment` reads, and nothing else does
+INDEX_ENVIRONMENT = ("KSYM_INDEX_PATH", "KSYM_INDEX_URLS", "KSYM_INDEX_MAXTIME", "KSYM_INDEX_MAXSIZE",
+                     "KSYM_INDEX_TIMEOUT")
 
 
 @dataclass(frozen=True)
@@ -109,3 +130,62 @@ class Located:
     reason: str
     warnings: list[str] = field(default_factory=list)
     lookup: DebugLookup | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IndexFileOptions:
+    """Where ksym's portable index files (``ksym index build``) are looked for by build id, and how one
+    is downloaded (docs/index-files.md). The library reads no environment variable:
+    :meth:`from_environment` is the one place that does, for the commands.
+
+    :param dirs: directories laid out as the URL layout, ``<dir>/buildid/<BUILD-ID>/ksym-index``, in order.
+    :param urls: base URLs; the file of a build id is ``<url>/buildid/<BUILD-ID>/ksym-index``.
+    :param offline: no network: the cache and ``dirs`` only.
+    :param cache_dir: the ksym cache (None: :func:`ksym.index.default_cache_dir`); files are kept under its
+        ``index-files/<BUILD-ID>/ksym-index``, the only place ksym writes them.
+    :param timeout: connect and read (no data) timeout, seconds.
+    :param deadline: overall seconds one download may take, every retry included.
+    :param max_size: the largest file downloaded, bytes.
+    """
+
+    dirs: tuple[str, ...] = ()
+    urls: tuple[str, ...] = ()
+    offline: bool = False
+    cache_dir: str | None = None
+    timeout: float = INDEX_DEFAULT_TIMEOUT
+    deadline: float = INDEX_DEFAULT_DEADLINE
+    max_size: int = INDEX_DEFAULT_MAX_SIZE
+
+    @classmethod
+    def from_environment(
+        cls,
+        environ: Mapping[str, str],
+        *,
+        dirs: tuple[str, ...] = (),
+        urls: tuple[str, ...] = (),
+        offline: bool = False,
+        cache_dir: str | None = None,
+    ) -> IndexFileOptions:
+        """The options of a command: ``dirs`` (``--index-dir``) then ``$KSYM_INDEX_PATH`` (``:``-separated);
+        ``urls`` (``--index-url``), else ``$KSYM_INDEX_URLS`` (space-separated); ``$KSYM_INDEX_MAXTIME``,
+        ``$KSYM_INDEX_MAXSIZE`` and ``$KSYM_INDEX_TIMEOUT`` for the bounds (a value that is not a positive
+        number: the default; a bound always holds)."""
+        path = tuple(d for d in environ.get("KSYM_INDEX_PATH", "").split(":") if d)
+        env_urls = tuple(environ.get("KSYM_INDEX_URLS", "").split())
+        return cls(
+            dirs=tuple(dict.fromkeys(dirs + path)),
+            urls=tuple(urls) if urls else env_urls,
+            offline=offline,
+            cache_dir=cache_dir,
+            timeout=_positive(environ.get("KSYM_INDEX_TIMEOUT"), INDEX_DEFAULT_TIMEOUT),
+            deadline=_positive(environ.get("KSYM_INDEX_MAXTIME"), INDEX_DEFAULT_DEADLINE),
+            max_size=int(_positive(environ.get("KSYM_INDEX_MAXSIZE"), INDEX_DEFAULT_MAX_SIZE)),
+        )
+
+
+def _positive(text: str | None, default: float) -> float:
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        return default
+    return value if 0 < value < float("inf") else default  # NaN compares false: the default
