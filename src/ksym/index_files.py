@@ -47,6 +47,7 @@ __all__ = [
     "INDEX_FILE_NAME",
     "STALE_TEMPORARY_AGE",
     "IndexPlaces",
+    "PortableCheck",
     "Verify",
     "check_index_file",
     "fetch_index_file",
@@ -54,6 +55,7 @@ __all__ = [
     "index_after_miss",
     "index_places",
     "index_url",
+    "portable_check",
     "remove_stale_temporaries",
 ]
 
@@ -70,6 +72,22 @@ STALE_TEMPORARY_AGE = 3600.0
 #: what checks a file: its build id (None: it names none), or :class:`ksym.errors.KsymError` when it is
 #: not a usable index file (:func:`ksym.portable.file_build_id`)
 Verify = Callable[[Path], "str | None"]
+
+
+class PortableCheck(NamedTuple):
+    """How a portable index file is recognised: ``verify`` reads its build id from its header (checked:
+    magic, version, size, CRC), ``magic`` its first bytes (a download starting otherwise is cut at once)."""
+
+    verify: Verify
+    magic: bytes
+
+
+def portable_check() -> PortableCheck:
+    """The check of ksym's portable index format (:func:`ksym.portable.file_build_id`,
+    :data:`ksym.portable.MAGIC`): what the commands verify every file found or fetched with."""
+    from .portable import MAGIC, file_build_id
+
+    return PortableCheck(file_build_id, MAGIC)
 
 
 class IndexPlaces(NamedTuple):

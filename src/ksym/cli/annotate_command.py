@@ -6,13 +6,30 @@ the annotated text or JSON lines as each piece of the input is annotated (:func:
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from ..errors import EXIT_NO_FILE, EXIT_OK, EXIT_UNRESOLVED, EXIT_USAGE, KsymError
-from .common import BuildIdFrom, expected_build_id, report_stats, said_by_locate
+from ..errors import (
+    EXIT_NO_FILE,
+    EXIT_OK,
+    EXIT_UNRESOLVED,
+    EXIT_USAGE,
+    DebuginfodError,
+    FileNotFoundKsymError,
+    KsymError,
+)
+from .common import (
+    BuildIdFrom,
+    ExpectedBuildId,
+    expected_build_id,
+    index_file_after_miss,
+    open_index_symbolizer,
+    report_stats,
+    said_by_locate,
+)
 from .options import AnnotateOptions
 
 if TYPE_CHECKING:
@@ -97,13 +114,21 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
         return EXIT_USAGE
     try:
         ks = load_kallsyms(opts.kallsyms) if opts.kallsyms else None
-        sym = closing.enter_context(Symbolizer(
-            image.vmlinux, use_index=image.use_index, cache_dir=image.cache_dir, warn=err,
-            kernel_tag=opts.source.kernel_tag, elixir_url=opts.source.elixir_url,
-            # plain text without --links shows no links: skip building them
-            links=fmt != "text" or opts.links,
-            build_id=expected if where is not BuildIdFrom.RUNNING else None,
-            debuginfo=image.debuginfo, path_map=image.path_map))
+        # plain text without --links shows no links: skip building them
+        shown: dict[str, Any] = {"warn": err, "kernel_tag": opts.source.kernel_tag,
+                                 "elixir_url": opts.source.elixir_url, "links": fmt != "text" or opts.links,
+                                 "path_map": image.path_map}
+        try:
+            sym = closing.enter_context(Symbolizer(
+                image.vmlinux, use_index=image.use_index, cache_dir=image.cache_dir,
+                build_id=expected if where is not BuildIdFrom.RUNNING else None,
+                debuginfo=image.debuginfo, **shown))
+        except (FileNotFoundKsymError, DebuginfodError) as miss:
+            if image.vmlinux or os.environ.get("KSYM_VMLINUX"):
+                raise
+            # no debug vmlinux of the dump's (or --build-id's) build id: its portable index file
+            found = index_file_after_miss(miss, ExpectedBuildId(expected, where), image.index_files)
+            sym = closing.enter_context(open_index_symbolizer(found, **shown))
         closing.callback(report_stats, sym, err)
         warning = mismatch_warning(expected, where.value, sym.path, sym.build_id)
         unverified, said = _dump_build_check(text, expected if where is BuildIdFrom.DUMP else None, sym,

@@ -1,17 +1,28 @@
-"""What the ``ksym`` commands share: the build id a debug file should have, and the ``KSYM_STATS`` line."""
+"""What the ``ksym`` commands share: the build id a debug file should have, the portable index file found
+by it when no debug vmlinux is, and the ``KSYM_STATS`` line."""
 
 from __future__ import annotations
 
 import enum
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from ..searchopts import Located
+    from ..errors import KsymError
+    from ..searchopts import IndexFileOptions, Located
     from ..symbolizer import Symbolizer
 
-__all__ = ["BuildIdFrom", "ExpectedBuildId", "expected_build_id", "report_stats", "said_by_locate"]
+__all__ = [
+    "BuildIdFrom",
+    "ExpectedBuildId",
+    "expected_build_id",
+    "index_file_after_miss",
+    "open_index_symbolizer",
+    "report_stats",
+    "said_by_locate",
+]
 
 
 class BuildIdFrom(enum.Enum):
@@ -64,6 +75,29 @@ def said_by_locate(located: Located, expected: str | None) -> bool:
     look = located.lookup
     return (bool(expected) and bool(located.warnings) and look is not None and look.build_id is not None
             and same_build_id(str(expected), look.build_id))
+
+
+def index_file_after_miss(miss: KsymError, expected: ExpectedBuildId, options: IndexFileOptions) -> Path:
+    """The portable index file of the ``expected`` build id, looked for (ksym's cache, ``--index-dir`` and
+    ``$KSYM_INDEX_PATH``, then ``--index-url`` or ``$KSYM_INDEX_URLS``: docs/index-files.md) when the
+    debug vmlinux search missed with ``miss``; raises ``miss`` itself when there is no build id to look
+    for, else one error naming both searches (:func:`ksym.index_files.index_after_miss`: exit 3, or 5 when
+    a server failed)."""
+    if not expected.build_id or expected.source not in (BuildIdFrom.OPTION, BuildIdFrom.DUMP):
+        raise miss
+    from ..index_files import index_after_miss, portable_check
+
+    check = portable_check()
+    return index_after_miss(miss, expected.build_id, options, verify=check.verify, magic=check.magic,
+                            source=expected.source.value)
+
+
+def open_index_symbolizer(path: Path, **options: Any) -> Symbolizer:
+    """The Symbolizer of the portable index file found by build id (``options``: those of
+    :meth:`ksym.symbolizer.Symbolizer.from_index`)."""
+    from ..symbolizer import Symbolizer
+
+    return Symbolizer.from_index(path, **options)
 
 
 def report_stats(sym: Symbolizer, err: Callable[[str], None]) -> None:

@@ -19,6 +19,8 @@ option                      resolve  faddr2line  annotate   debuginfo
 ``--progress``              yes      yes         yes        yes
 ``--offline``               yes      yes         yes        yes
 ``--cache-dir``             yes      yes         yes        yes
+``--index-dir``             yes                  yes
+``--index-url``             yes                  yes
 ``--no-index``              yes      yes         yes
 ``--path-map``              yes      yes         yes
 ``--kernel-tag``            yes      yes         yes
@@ -49,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from ..errors import EXIT_USAGE
-from ..searchopts import DebuginfoOptions
+from ..searchopts import DebuginfoOptions, IndexFileOptions
 
 __all__ = [
     "EPILOG",
@@ -60,6 +62,7 @@ __all__ = [
     "SourceOptions",
     "build_parser",
     "debuginfo_options",
+    "index_file_options",
 ]
 
 EPILOG = """\
@@ -224,6 +227,17 @@ def _add_debuginfo_search(p: argparse.ArgumentParser, build_id: _BuildIdHelp | N
                    help="show a download progress bar even when stderr is not a terminal")
 
 
+def _add_index_search(p: argparse.ArgumentParser) -> None:
+    """``--index-dir``, ``--index-url``: where a portable index file is looked for by build id when no
+    debug vmlinux is found."""
+    g = p.add_argument_group("ksym index files by build id, when no debug vmlinux is found (see docs/index-files.md)")
+    g.add_argument("--index-dir", metavar="DIR", action="append", default=[],
+                   help="a directory holding buildid/<BUILD-ID>/ksym-index files, searched before $KSYM_INDEX_PATH "
+                   "(repeatable)")
+    g.add_argument("--index-url", metavar="URL", action="append", default=[],
+                   help="a server with <URL>/buildid/<BUILD-ID>/ksym-index (repeatable; default: $KSYM_INDEX_URLS)")
+
+
 @dataclass(frozen=True)
 class _BuildIdHelp:
     build_id: str
@@ -269,6 +283,8 @@ def _add_image(p: argparse.ArgumentParser, with_vmlinux: bool) -> None:
     if with_vmlinux:
         _add_vmlinux(p)
     _add_debuginfo_search(p, _FRAMES_BUILD_ID if with_vmlinux else None)
+    if with_vmlinux:
+        _add_index_search(p)
     _add_no_index(p)
     _add_cache_dir(p)
 
@@ -344,6 +360,14 @@ def debuginfo_options(args: argparse.Namespace) -> DebuginfoOptions:
     )
 
 
+def index_file_options(args: argparse.Namespace) -> IndexFileOptions:
+    """Where portable index files are looked for, from ``--index-dir``, ``--index-url``, ``--offline``,
+    ``--cache-dir`` and the ``KSYM_INDEX_*`` environment variables (read by
+    :meth:`ksym.searchopts.IndexFileOptions.from_environment`, the one place that reads them)."""
+    return IndexFileOptions.from_environment(os.environ, dirs=tuple(args.index_dir), urls=tuple(args.index_url),
+                                             offline=bool(args.offline), cache_dir=args.cache_dir)
+
+
 @dataclass(frozen=True, slots=True)
 class SourceOptions:
     """The kernel version and source: links (``kernel_tag``, ``elixir_url``) and where source text comes
@@ -371,6 +395,8 @@ class ImageOptions:
     :param path_map: the ``--path-map`` rules, in order.
     :param use_index: read and write the on-disk index (not ``--no-index``).
     :param cache_dir: ``--cache-dir``.
+    :param index_files: where a portable index file is looked for by build id when no debug vmlinux is
+        found (the commands with ``--build-id``).
     """
 
     vmlinux: str | None = None
@@ -380,6 +406,7 @@ class ImageOptions:
     path_map: tuple[tuple[str, str], ...] = ()
     use_index: bool = True
     cache_dir: str | None = None
+    index_files: IndexFileOptions = field(default_factory=IndexFileOptions)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, vmlinux: str | None, by_build_id: bool = True) -> ImageOptions:
@@ -393,6 +420,7 @@ class ImageOptions:
             path_map=tuple(args.path_map),
             use_index=not args.no_index,
             cache_dir=args.cache_dir,
+            index_files=index_file_options(args) if by_build_id else IndexFileOptions(cache_dir=args.cache_dir),
         )
 
 

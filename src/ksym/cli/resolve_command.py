@@ -5,10 +5,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EXIT_OK, EXIT_UNRESOLVED, EXIT_USAGE, SpecError, SymbolNotFoundError
-from .common import BuildIdFrom, expected_build_id, report_stats, said_by_locate
+from .common import (
+    BuildIdFrom,
+    ExpectedBuildId,
+    expected_build_id,
+    index_file_after_miss,
+    open_index_symbolizer,
+    report_stats,
+    said_by_locate,
+)
 from .options import ResolveOptions, SourceOptions
 
 if TYPE_CHECKING:
@@ -36,12 +45,18 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
     except ValueError as exc:
         err(f"ksym: error: {exc}")
         return EXIT_USAGE
+    index_file: Path | None = None
     if where is BuildIdFrom.OPTION and vmlinux is None and not os.environ.get("KSYM_VMLINUX"):
-        # the debug file of that build id: a vmlinux, or a module's (ET_REL) when that is what it names
+        # the debug file of that build id: a vmlinux, or a module's (ET_REL) when that is what it names;
+        # none found: the portable index file of that build id (docs/index-files.md)
+        from ..errors import DebuginfodError, FileNotFoundKsymError
         from ..locate import find_vmlinux
 
-        vmlinux = str(find_vmlinux(build_id=expected, build_id_source="--build-id", options=image.debuginfo,
-                                   warn=err).path)
+        try:
+            vmlinux = str(find_vmlinux(build_id=expected, build_id_source="--build-id", options=image.debuginfo,
+                                       warn=err).path)
+        except (FileNotFoundKsymError, DebuginfodError) as miss:
+            index_file = index_file_after_miss(miss, ExpectedBuildId(expected, where), image.index_files)
     if vmlinux is not None and is_module_file(vmlinux):
         # a module debug file (ET_REL): faddr2line's --section semantics (docs/modules.md)
         if opts.list_source:
@@ -55,11 +70,16 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
             if warning:
                 err(warning)
             return _print_resolutions(msym, opts, out, err, None)
+    # plain text shows no links: skip building them
+    shown: dict[str, Any] = {"warn": err, "kernel_tag": opts.source.kernel_tag, "elixir_url": opts.source.elixir_url,
+                             "links": opts.json or opts.links, "path_map": image.path_map}
+    if index_file is not None:
+        opened = open_index_symbolizer(index_file, **shown)
+    else:
+        opened = Symbolizer(vmlinux, use_index=image.use_index, cache_dir=image.cache_dir,
+                            debuginfo=image.debuginfo, **shown)
     # closed at the end of the block, also on an error: what was read goes to the index then
-    with Symbolizer(vmlinux, use_index=image.use_index, cache_dir=image.cache_dir, warn=err,
-                    kernel_tag=opts.source.kernel_tag, elixir_url=opts.source.elixir_url,
-                    links=opts.json or opts.links,  # plain text shows no links: skip building them
-                    debuginfo=image.debuginfo, path_map=image.path_map) as sym:
+    with opened as sym:
         if expected:
             from ..debuginfo import mismatch_warning
 
