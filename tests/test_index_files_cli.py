@@ -1,0 +1,150 @@
+"""Index files found by build id where they are used: ``ksym resolve --build-id``, ``ksym annotate`` on a dump
+naming its build id, and dropcapture's glue for the running kernel (docs/index-files.md).
+
+The index file is a real one, built by ``ksym.portable_build`` from the fixture ELF given a fresh build id;
+every answer from it is compared with the same command run on that ELF itself. Servers are the static
+server of test_index_files on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_index_files import FIXTURE, Static, publish, start_server, stop_server, tree, with_build_id
+
+import ksym as ksym_package
+from ksym.errors import EXIT_NETWORK, EXIT_NO_FILE, EXIT_OK
+from ksym.index_files import CACHE_SUBDIR, INDEX_FILE_NAME
+
+FRAMES = ("__ip_local_out+0x4/0x85", "ip_local_out_like+0x20", "dev_pick_tx+0x8/0x2e")
+
+
+class Built:
+    """The fixture ELF with a fresh build id (``elf``), its portable index file (``index``) and a directory
+    serving that file in the URL layout (``root``)."""
+
+    def __init__(self, tmp: Path) -> None:
+        from ksym.portable_build import build_index
+
+        self.elf = tmp / "kshapes.elf"
+        self.build_id = with_build_id(FIXTURE, self.elf)
+        self.index = tmp / "kshapes.ksym-index"
+        build_index(self.elf, self.index, processes=1)
+        self.root = tmp / "published"
+        (self.root / "buildid" / self.build_id).mkdir(parents=True)
+        (self.root / "buildid" / self.build_id / INDEX_FILE_NAME).write_bytes(self.index.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    return Built(tmp_path_factory.mktemp("index-files"))
+
+
+@pytest.fixture
+def server() -> Iterator[Static]:
+    state = start_server()
+    yield state
+    stop_server(state)
+
+
+def run(tmp_path: Path, *args: str, stdin: str | None = None, module: str = "ksym",
+        **env: str) -> subprocess.CompletedProcess[str]:
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+            "KSYM_CACHE_DIR": str(tmp_path / "cache"), "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(Path(ksym_package.__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, check=False,
+                          env={**base, **env}, input=stdin, timeout=120)
+
+
+def test_resolve_by_build_id_from_a_search_path_directory(tmp_path: Path, built: Built) -> None:
+    want = run(tmp_path, "resolve", "--vmlinux", str(built.elf), *FRAMES)
+    assert want.returncode == EXIT_OK and want.stdout.count(" at ") >= 3, want.stderr
+    got = run(tmp_path, "resolve", "--build-id", built.build_id, *FRAMES, KSYM_INDEX_PATH=str(built.root))
+    assert (got.returncode, got.stdout, got.stderr) == (EXIT_OK, want.stdout, "")
+    assert not (tmp_path / "cache" / CACHE_SUBDIR).exists()  # read where it is
+    by_option = run(tmp_path, "resolve", "--build-id", built.build_id, "--index-dir", str(built.root), "--json",
+                    *FRAMES)
+    assert by_option.stdout == run(tmp_path, "resolve", "--vmlinux", str(built.elf), "--json", *FRAMES).stdout
+
+
+def test_resolve_fetches_then_reads_the_cache_offline(tmp_path: Path, built: Built, server: Static) -> None:
+    publish(server, built.index, built.build_id)
+    want = run(tmp_path, "resolve", "--vmlinux", str(built.elf), *FRAMES).stdout
+    got = run(tmp_path, "resolve", "--build-id", built.build_id, *FRAMES, KSYM_INDEX_URLS=f"http://127.0.0.1:9 {server.url}")
+    assert (got.returncode, got.stdout) == (EXIT_OK, want), got.stderr
+    cached = tmp_path / "cache" / CACHE_SUBDIR / built.build_id / INDEX_FILE_NAME
+    assert cached.read_bytes() == built.index.read_bytes() and len(server.log) == 1
+    stop_server(server)
+    again = run(tmp_path, "resolve", "--offline", "--build-id", built.build_id, *FRAMES, KSYM_INDEX_URLS=server.url)
+    assert (again.returncode, again.stdout) == (EXIT_OK, want) and len(server.log) == 1
+
+
+def test_annotate_a_dump_naming_its_build_id(tmp_path: Path, built: Built, server: Static) -> None:
+    publish(server, built.index, built.build_id)
+    dump = f"Build ID: {built.build_id}\nCall Trace:\n" + "".join(f" {f}\n" for f in FRAMES)
+    want = run(tmp_path, "annotate", "--vmlinux", str(built.elf), stdin=dump)
+    assert want.returncode == EXIT_OK and want.stdout.count(" at ") >= 3, want.stderr
+    got = run(tmp_path, "annotate", "--index-url", server.url, stdin=dump)
+    assert (got.returncode, got.stdout) == (EXIT_OK, want.stdout), got.stderr
+
+
+def test_offline_and_misses_are_one_line(tmp_path: Path, built: Built, server: Static) -> None:
+    publish(server, built.index, built.build_id)
+    off = run(tmp_path, "resolve", "--offline", "--build-id", built.build_id, FRAMES[0], KSYM_INDEX_URLS=server.url)
+    assert off.returncode == EXIT_NO_FILE and off.stderr.count("\n") == 1 and server.log == []
+    assert "no ksym index file with build id" in off.stderr and "offline" in off.stderr
+    other = tmp_path / "other.elf"
+    other_bid = with_build_id(FIXTURE, other)
+    server.files[f"/buildid/{other_bid}/{INDEX_FILE_NAME}"] = built.index.read_bytes()  # another build's file
+    wrong = run(tmp_path, "resolve", "--build-id", other_bid, FRAMES[0], KSYM_INDEX_URLS=server.url)
+    assert wrong.returncode == EXIT_NETWORK and wrong.stderr.count("\n") == 1, wrong.stderr
+    assert f"the index file of build id {built.build_id}, not {other_bid}: discarded" in wrong.stderr
+    assert tree(tmp_path / "cache" / CACHE_SUBDIR) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# dropcapture
+
+
+def _kallsyms_frames() -> list[object]:
+    from ksym.kallsyms import KallsymsSymbol
+
+    return [KallsymsSymbol("__ip_local_out", 4, 0x85), KallsymsSymbol("dev_pick_tx", 8, 0x2E)]
+
+
+def test_dropcapture_glue_answers_from_the_index_file(tmp_path: Path, built: Built,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from dropcapture.symbolize import ksym_annotator
+    from ksym.searchopts import IndexFileOptions
+
+    monkeypatch.setenv("KSYM_CACHE_DIR", str(tmp_path / "cache"))
+    with contextlib.ExitStack() as closing:
+        by_elf, status = ksym_annotator(str(built.elf), built.build_id, closing)
+        assert by_elf is not None, status
+        want = [by_elf(s) for s in _kallsyms_frames()]  # type: ignore[arg-type]
+        assert all(want)
+        given, status = ksym_annotator(None, built.build_id, closing, index_file=str(built.index))
+        assert given is not None and str(built.index) in status
+        assert [given(s) for s in _kallsyms_frames()] == want  # type: ignore[arg-type]
+        # no debug vmlinux of that build id anywhere: its index file, found by build id
+        found, status = ksym_annotator(None, built.build_id, closing, build_id=built.build_id,
+                                       index_search=IndexFileOptions(dirs=(str(built.root),), offline=True))
+        assert found is not None and str(built.root) in status, status
+        assert [found(s) for s in _kallsyms_frames()] == want  # type: ignore[arg-type]
+        # the file of another build than the running kernel's is refused
+        refused, status = ksym_annotator(None, "00" * 20, closing, index_file=str(built.index))
+        assert refused is None and built.build_id in status and "00" * 20 in status
+
+
+@pytest.mark.parametrize("args", [["--index", "/nonexistent/f"], ["--index", "/proc/self/exe", "--no-stack"],
+                                  ["--index", "/proc/self/exe", "--vmlinux", "/proc/self/exe"],
+                                  ["--build-id", "not-hex"]])
+def test_dropcapture_usage(tmp_path: Path, args: list[str]) -> None:
+    got = run(tmp_path, *args, "--count", "1", module="dropcapture")
+    assert got.returncode == 2 and got.stderr.count("\n") >= 1 and "Traceback" not in got.stderr
