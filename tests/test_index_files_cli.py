@@ -34,11 +34,11 @@ class Built:
     """The fixture ELF with a fresh build id (``elf``), its portable index file (``index``) and a directory
     serving that file in the URL layout (``root``)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, source: Path = FIXTURE) -> None:
         from ksym.portable_build import build_index
 
         self.elf = tmp / "kshapes.elf"
-        self.build_id = with_build_id(FIXTURE, self.elf)
+        self.build_id = with_build_id(source, self.elf)
         self.index = tmp / "kshapes.ksym-index"
         build_index(self.elf, self.index, processes=1)
         self.root = tmp / "published"
@@ -190,3 +190,58 @@ def test_dropcapture_glue_answers_from_the_index_file(
 def test_dropcapture_usage(tmp_path: Path, args: list[str]) -> None:
     got = run(tmp_path, *args, "--count", "1", module="dropcapture")
     assert got.returncode == 2 and got.stderr.count("\n") >= 1 and "Traceback" not in got.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# the fleet example (tools/fleet_annotate.py)
+
+
+def test_fleet_example_annotates_dumps_of_many_builds(tmp_path: Path, built: Built, server: Static) -> None:
+    """Dumps of two builds (one build's file on a server, the other's in a directory) and one naming no
+    build: each annotated dump is what ``ksym annotate`` prints with that build's own ELF file, and each
+    build's file is fetched once."""
+    (tmp_path / "b").mkdir()
+    other = Built(tmp_path / "b", FIXTURE.with_name("kshapes-dwarf4.elf"))
+    assert other.build_id != built.build_id
+    publish(server, built.index, built.build_id)
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    frames = [f" {f}\n" for f in FRAMES]
+    texts = {
+        "a1.txt": f"Build ID: {built.build_id}\nCall Trace:\n" + "".join(frames[:2]),
+        "a2.txt": f"# build-id: {built.build_id}\n" + "".join(frames[1:]),
+        "b1.txt": f"Build ID: {other.build_id}\nCall Trace:\n" + "".join(frames),
+        "none.txt": "Call Trace:\n" + frames[0],
+    }
+    for name, text in texts.items():
+        (dumps / name).write_text(text)
+    out = tmp_path / "out"
+    script = Path(__file__).resolve().parent.parent / "tools" / "fleet_annotate.py"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "KSYM_CACHE_DIR": str(tmp_path / "cache"),
+        "PYTHONPATH": str(Path(ksym_package.__file__).resolve().parents[1]),
+        "KSYM_INDEX_URLS": server.url,
+    }
+    got = subprocess.run(
+        [sys.executable, str(script), str(dumps), "-o", str(out), "-j", "2", "--index-dir", str(other.root)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=300,
+    )
+    assert got.returncode == EXIT_NO_FILE, got.stderr  # none.txt names no build
+    lines = got.stdout.splitlines()
+    assert lines == [
+        f"a1.txt: build {built.build_id}: 2 frames, 0 unresolved",
+        f"a2.txt: build {built.build_id}: 2 frames, 0 unresolved",
+        f"b1.txt: build {other.build_id}: 3 frames, 0 unresolved",
+        "none.txt: skipped: it names no kernel build id",
+    ], got.stdout
+    for name, elf in (("a1.txt", built.elf), ("a2.txt", built.elf), ("b1.txt", other.elf)):
+        want = run(tmp_path, "annotate", "--vmlinux", str(elf), str(dumps / name))
+        assert want.returncode == EXIT_OK and (out / name).read_text() == want.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["a1.txt", "a2.txt", "b1.txt"]
+    assert [p for p, _, _ in server.log] == [f"/buildid/{built.build_id}/{INDEX_FILE_NAME}"]
