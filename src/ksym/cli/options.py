@@ -79,7 +79,7 @@ examples:
 
 exit codes: 0 all resolved, 1 some frame did not resolve, 2 usage or malformed frame,
             3 file missing or unreadable (or no debug file found), 4 not a usable ELF/DWARF file,
-            5 debuginfod failed and no debug file was found, 70 internal error
+            5 a debuginfod or index file server failed and no debug file was found, 70 internal error
 """
 
 #: The output forms of ``ksym annotate --format``.
