@@ -138,6 +138,66 @@ def test_offline_and_misses_are_one_line(tmp_path: Path, built: Built, server: S
     assert tree(tmp_path / "cache" / CACHE_SUBDIR) == []
 
 
+def test_the_command_holds_the_deadline_and_a_signal_leaves_nothing(
+    tmp_path: Path, built: Built, server: Static
+) -> None:
+    """A server trickling the file: ``$KSYM_INDEX_MAXTIME`` ends the command (exit 5, one line); SIGTERM
+    in the middle of the download ends it too, with its temporary removed."""
+    import signal
+    import time
+
+    publish(server, built.index, built.build_id)
+    server.trickle = 0.05
+    t0 = time.monotonic()
+    late = run(
+        tmp_path,
+        "resolve",
+        "--build-id",
+        built.build_id,
+        FRAMES[0],
+        KSYM_INDEX_URLS=server.url,
+        KSYM_INDEX_MAXTIME="1.5",
+    )
+    assert late.returncode == EXIT_NETWORK and late.stderr.count("\n") == 1, late.stderr
+    assert "no complete file within 1.5 s ($KSYM_INDEX_MAXTIME" in late.stderr and time.monotonic() - t0 < 30
+    assert tree(tmp_path / "cache" / CACHE_SUBDIR) == []
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "KSYM_CACHE_DIR": str(tmp_path / "cache"),
+        "KSYM_INDEX_URLS": server.url,
+        "PYTHONPATH": str(Path(ksym_package.__file__).resolve().parents[1]),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ksym", "resolve", "--build-id", built.build_id, FRAMES[0]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        cache = tmp_path / "cache" / CACHE_SUBDIR
+        parts: list[Path] = []
+        for _ in range(600):  # the temporary exists and the server is trickling the body into it
+            parts = list(cache.glob(".tmp-ksym-index-*")) if cache.is_dir() else []
+            if parts and len(server.log) == 2:
+                break
+            time.sleep(0.05)
+        assert parts and len(server.log) == 2, "the download did not start"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGTERM
+    assert tree(tmp_path / "cache" / CACHE_SUBDIR) == []
+
+
 # --------------------------------------------------------------------------------------------------
 # dropcapture
 
