@@ -560,3 +560,18 @@ def ksym(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[
         env={**base, **env},
         timeout=120,
     )
+
+
+def test_progress_is_one_line_when_asked(
+    tmp_path: Path, server: Static, built: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    f, bid = built
+    publish(server, f, bid)
+    fetch_index_file(bid, opts(tmp_path, server.url, progress=True), verify=verify)
+    err = capsys.readouterr().err
+    size = len(f.read_bytes())
+    assert err.endswith("\n") and err.count("\n") == 1 and err.startswith(f"\rksym: index file: {bid[:16]} [")
+    assert f"100% {size / 1e6:.1f}/{size / 1e6:.1f} MB" in err.split("\r")[-1]
+    # not asked, not a terminal: nothing drawn
+    fetch_index_file(bid, opts(tmp_path / "again", server.url), verify=verify)
+    assert capsys.readouterr().err == ""

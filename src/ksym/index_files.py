@@ -33,6 +33,7 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,7 @@ __all__ = [
     "INDEX_FILE_NAME",
     "STALE_TEMPORARY_AGE",
     "IndexPlaces",
+    "Magic",
     "PortableCheck",
     "Verify",
     "check_index_file",
@@ -65,6 +67,8 @@ INDEX_FILE_NAME = "ksym-index"
 CACHE_SUBDIR = "index-files"
 #: a download's temporary, in :data:`CACHE_SUBDIR`
 _TEMP_PREFIX = ".tmp-ksym-index-"
+#: below this size no progress is drawn unless asked for
+_PROGRESS_MIN = 1 << 20
 #: a temporary nothing wrote to for this long (seconds) and no ksym holds is removed (a killed ksym's):
 #: the age the index's and debuginfod's temporaries have
 STALE_TEMPORARY_AGE = 3600.0
@@ -74,20 +78,37 @@ STALE_TEMPORARY_AGE = 3600.0
 Verify = Callable[[Path], "str | None"]
 
 
+#: the first bytes of every file a download may bring (a download starting otherwise is cut at once), or
+#: what gives them, called when a download starts
+Magic = bytes | Callable[[], bytes]
+
+
 class PortableCheck(NamedTuple):
     """How a portable index file is recognised: ``verify`` reads its build id from its header (checked:
-    magic, version, size, CRC), ``magic`` its first bytes (a download starting otherwise is cut at once)."""
+    magic, version, size, CRC), ``magic`` gives its first bytes."""
 
     verify: Verify
-    magic: bytes
+    magic: Callable[[], bytes]
 
 
 def portable_check() -> PortableCheck:
     """The check of ksym's portable index format (:func:`ksym.portable.file_build_id`,
-    :data:`ksym.portable.MAGIC`): what the commands verify every file found or fetched with."""
-    from .portable import MAGIC, file_build_id
+    :data:`ksym.portable.MAGIC`): what the commands verify every file found or fetched with. The format's
+    module is imported when a file is first checked or downloaded, not before (a search that finds nothing
+    never reads it)."""
+    return PortableCheck(_portable_build_id, _portable_magic)
 
-    return PortableCheck(file_build_id, MAGIC)
+
+def _portable_build_id(path: Path) -> str | None:
+    from .portable import file_build_id
+
+    return file_build_id(path)
+
+
+def _portable_magic() -> bytes:
+    from .portable import MAGIC
+
+    return MAGIC
 
 
 class IndexPlaces(NamedTuple):
@@ -147,7 +168,7 @@ def find_index_file(
     options: IndexFileOptions,
     *,
     verify: Verify,
-    magic: bytes = b"",
+    magic: Magic = b"",
     source: str = "given",
     session: Any = None,
 ) -> DebugLookup:
@@ -156,7 +177,8 @@ def find_index_file(
 
     :param verify: reads a file's build id (raising :class:`~ksym.errors.KsymError` for a file that is no
         usable index file); every file found, on disk or downloaded, is checked with it.
-    :param magic: the first bytes of every index file: a download that starts otherwise is cut at once.
+    :param magic: the first bytes of every index file (or what gives them): a download that starts otherwise
+        is cut at once.
     :param session: a ``requests.Session`` for the downloads (default: one per request).
     Never raises for a miss; a malformed ``build_id`` is a :class:`ValueError`.
     """
@@ -209,7 +231,7 @@ def fetch_index_file(
     options: IndexFileOptions,
     *,
     verify: Verify,
-    magic: bytes = b"",
+    magic: Magic = b"",
     source: str = "given",
     session: Any = None,
 ) -> Path:
@@ -230,7 +252,7 @@ def index_after_miss(
     options: IndexFileOptions,
     *,
     verify: Verify,
-    magic: bytes = b"",
+    magic: Magic = b"",
     source: str = "given",
     session: Any = None,
 ) -> Path:
@@ -287,13 +309,13 @@ class _Missed(Exception):
 
 
 def _download(
-    url: str, want: str, cache: Path, options: IndexFileOptions, verify: Verify, magic: bytes, session: Any
+    url: str, want: str, cache: Path, options: IndexFileOptions, verify: Verify, magic: Magic, session: Any
 ) -> Path:
     """``url`` into ``<cache>/<want>/ksym-index``: a bounded transfer into a locked temporary in ``cache``,
     verified, then renamed; on any failure the temporary and the directories this made are removed.
 
     :raises _Missed: why it was not saved."""
-    from .transfer import Limits, Transfer, TransferError, sigterm_unwinds
+    from .transfer import Limits, ProgressLine, Transfer, TransferError, sigterm_unwinds
 
     made: list[Path] = []
     try:
@@ -302,8 +324,19 @@ def _download(
     except OSError as exc:
         _remove_empty(made)
         raise _Missed(f"cannot write the cache {cache}: {exc.strerror or exc}") from None
-    limits = Limits(options.deadline, options.max_size, options.timeout, magic)
+    limits = Limits(
+        options.deadline, options.max_size, options.timeout, magic() if callable(magic) else magic
+    )
     transfer: Transfer[Any] = Transfer(limits, session=session, release=part.file.close)
+    bars: list[ProgressLine] = []
+    stream = sys.stderr
+
+    def tick(t: Transfer[Any]) -> None:
+        if not bars and t.answered and _show_progress(options.progress, stream, t.total):
+            bars.append(ProgressLine(stream, f"ksym: index file: {want[:16]}", t.total))
+        if bars:
+            bars[0].update(t.got)
+
     saved = False
     with sigterm_unwinds():  # outside the try: its finally runs before SIGTERM ends the process
         try:
@@ -312,6 +345,7 @@ def _download(
                     transfer.run(
                         lambda t: t.download(url, part.file, headers={"User-Agent": "ksym"}),
                         name=f"ksym-index-{want[:16]}",
+                        tick=tick,
                     )
                     try:
                         have = verify(part.path)
@@ -343,8 +377,22 @@ def _download(
         except OSError as exc:
             raise _Missed(f"cannot write the cache {cache}: {exc.strerror or exc}") from None
         finally:
+            if bars:
+                bars[0].done()
             if not saved:
                 _remove_empty(made)
+
+
+def _show_progress(asked: bool | None, stream: Any, total: int | None) -> bool:
+    """Whether a download draws its progress: asked for (``--progress``), else on a terminal for a file of
+    :data:`_PROGRESS_MIN` bytes or more (or of a size not told)."""
+    if asked is not None:
+        return asked
+    try:
+        tty = bool(stream.isatty())
+    except (AttributeError, ValueError):
+        tty = False
+    return tty and (total is None or total >= _PROGRESS_MIN)
 
 
 def _transfer_text(exc: Any, got: int, total: int | None, options: IndexFileOptions) -> str:

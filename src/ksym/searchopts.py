@@ -146,6 +146,8 @@ class IndexFileOptions:
     :param timeout: connect and read (no data) timeout, seconds.
     :param deadline: overall seconds one download may take, every retry included.
     :param max_size: the largest file downloaded, bytes.
+    :param progress: draw a download's progress on stderr; None: when stderr is a terminal and the file is
+        1 MB or more.
     """
 
     dirs: tuple[str, ...] = ()
@@ -155,6 +157,7 @@ class IndexFileOptions:
     timeout: float = INDEX_DEFAULT_TIMEOUT
     deadline: float = INDEX_DEFAULT_DEADLINE
     max_size: int = INDEX_DEFAULT_MAX_SIZE
+    progress: bool | None = None
 
     @classmethod
     def from_environment(
@@ -165,6 +168,7 @@ class IndexFileOptions:
         urls: tuple[str, ...] = (),
         offline: bool = False,
         cache_dir: str | None = None,
+        progress: bool | None = None,
     ) -> IndexFileOptions:
         """The options of a command: ``dirs`` (``--index-dir``) then ``$KSYM_INDEX_PATH`` (``:``-separated);
         ``urls`` (``--index-url``), else ``$KSYM_INDEX_URLS`` (space-separated); ``$KSYM_INDEX_MAXTIME``,
@@ -180,6 +184,7 @@ class IndexFileOptions:
             timeout=_positive(environ.get("KSYM_INDEX_TIMEOUT"), INDEX_DEFAULT_TIMEOUT),
             deadline=_positive(environ.get("KSYM_INDEX_MAXTIME"), INDEX_DEFAULT_DEADLINE),
             max_size=int(_positive(environ.get("KSYM_INDEX_MAXSIZE"), INDEX_DEFAULT_MAX_SIZE)),
+            progress=progress,
         )
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "KINDS",
     "Fetched",
     "Limits",
+    "ProgressLine",
     "Transfer",
     "TransferError",
     "new_session",
@@ -394,6 +395,48 @@ class Transfer(Generic[T]):
         :raises TransferError: ``deadline`` when it was stopped or the wait would end past the deadline."""
         if seconds >= self.left() or self.cancel.wait(seconds):
             raise self.late()
+
+
+class ProgressLine:
+    """A download's progress: one line on ``stream`` (stderr), redrawn in place (``\\r``) at most ten times a
+    second, ended by :meth:`done`."""
+
+    def __init__(self, stream: IO[str], label: str, total: int | None) -> None:
+        self.stream, self.label, self.total = stream, label, total
+        self.last = 0.0
+        self.got = 0
+        self.drawn = False
+
+    def update(self, got: int) -> None:
+        self.got = got
+        now = time.monotonic()
+        if now - self.last >= 0.1:
+            self.last = now
+            self._draw()
+
+    def _draw(self) -> None:
+        mb = self.got / 1e6
+        if self.total:
+            pct = min(100, self.got * 100 // self.total)
+            width = 24
+            fill = width * pct // 100
+            text = f"{self.label} [{'#' * fill}{'.' * (width - fill)}] {pct:3d}% {mb:.1f}/{self.total / 1e6:.1f} MB"
+        else:
+            text = f"{self.label} {mb:.1f} MB"
+        try:
+            self.stream.write("\r" + text + "\x1b[K")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+        self.drawn = True
+
+    def done(self) -> None:
+        self._draw()
+        try:
+            self.stream.write("\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def _validator(headers: Any) -> str | None:

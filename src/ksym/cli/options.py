@@ -362,10 +362,11 @@ def debuginfo_options(args: argparse.Namespace) -> DebuginfoOptions:
 
 def index_file_options(args: argparse.Namespace) -> IndexFileOptions:
     """Where portable index files are looked for, from ``--index-dir``, ``--index-url``, ``--offline``,
-    ``--cache-dir`` and the ``KSYM_INDEX_*`` environment variables (read by
+    ``--cache-dir``, ``--progress`` and the ``KSYM_INDEX_*`` environment variables (read by
     :meth:`ksym.searchopts.IndexFileOptions.from_environment`, the one place that reads them)."""
     return IndexFileOptions.from_environment(os.environ, dirs=tuple(args.index_dir), urls=tuple(args.index_url),
-                                             offline=bool(args.offline), cache_dir=args.cache_dir)
+                                             offline=bool(args.offline), cache_dir=args.cache_dir,
+                                             progress=True if args.progress else None)
 
 
 @dataclass(frozen=True, slots=True)
