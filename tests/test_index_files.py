@@ -382,6 +382,22 @@ def test_damaged_and_foreign_files_on_disk_are_passed_over(
     assert look.path is not None and look.path.read_bytes() == f.read_bytes()
 
 
+def test_a_damaged_cache_entry_is_named_and_replaced_by_a_download(
+    tmp_path: Path, server: Static, built: tuple[Path, str]
+) -> None:
+    f, bid = built
+    entry = tmp_path / "cache" / CACHE_SUBDIR / bid / INDEX_FILE_NAME
+    entry.parent.mkdir(parents=True)
+    entry.write_bytes(f.read_bytes()[:200])  # cut short
+    with pytest.raises(FileNotFoundKsymError) as info:
+        fetch_index_file(bid, opts(tmp_path, server.url), verify=verify)
+    assert f"looked in {entry} (unusable: " in str(info.value) and "HTTP 404" in str(info.value)
+    assert entry.read_bytes() == f.read_bytes()[:200]  # left as it was
+    publish(server, f, bid)
+    assert fetch_index_file(bid, opts(tmp_path, server.url), verify=verify) == entry
+    assert entry.read_bytes() == f.read_bytes()
+
+
 # --------------------------------------------------------------------------------------------------
 # refused, and nothing left behind
 

@@ -275,8 +275,17 @@ def index_after_miss(
     raise FileNotFoundKsymError(text)
 
 
+def _looked_at(a: Attempt) -> str:
+    """A place on disk as a miss names it: the path, and why a file there was passed over."""
+    if a.outcome == "mismatch":
+        return f"{a.where} (build id {a.build_id})"
+    if a.outcome != "missing":
+        return f"{a.where} ({a.outcome}{': ' + a.detail if a.detail else ''})"
+    return a.where
+
+
 def _miss_error(look: DebugLookup, options: IndexFileOptions) -> KsymError:
-    looked = [a.where for a in look.attempts if a.outcome not in ("skipped",) and a.kind != "index server"]
+    looked = [_looked_at(a) for a in look.attempts if a.outcome != "skipped" and a.kind != "index server"]
     asked = [a.where for a in look.attempts if a.kind == "index server" and a.outcome == "not found"]
     shown = ", ".join(looked[:3]) + (", ..." if len(looked) > 3 else "")
     what = f"no ksym index file with build id {look.build_id}"
