@@ -44,10 +44,11 @@ FIXTURE = ROOT / "fixtures" / "bin" / "kshapes-dwarf5.elf"
 ELF_MAGIC = b"\x7fELF"
 
 
-def with_build_id(src: Path, dest: Path) -> str:
-    """A copy of ``src`` with a random GNU build id note; returns the id as read back from the file."""
+def with_build_id(src: Path, dest: Path, desc: bytes | None = None) -> str:
+    """A copy of ``src`` with a GNU build id note (``desc``, default random); returns the id as read back
+    from the file."""
     note = dest.with_suffix(".note")
-    desc = os.urandom(20)
+    desc = os.urandom(20) if desc is None else desc
     note.write_bytes(struct.pack("<III", 4, len(desc), 3) + b"GNU\0" + desc)
     subprocess.run(
         [

@@ -34,11 +34,11 @@ class Built:
     """The fixture ELF with a fresh build id (``elf``), its portable index file (``index``) and a directory
     serving that file in the URL layout (``root``)."""
 
-    def __init__(self, tmp: Path, source: Path = FIXTURE) -> None:
+    def __init__(self, tmp: Path, source: Path = FIXTURE, build_id: bytes | None = None) -> None:
         from ksym.portable_build import build_index
 
         self.elf = tmp / "kshapes.elf"
-        self.build_id = with_build_id(source, self.elf)
+        self.build_id = with_build_id(source, self.elf, build_id)
         self.index = tmp / "kshapes.ksym-index"
         build_index(self.elf, self.index, processes=1)
         self.root = tmp / "published"
@@ -196,6 +196,38 @@ def test_the_command_holds_the_deadline_and_a_signal_leaves_nothing(
         proc.stderr.close()
     assert proc.returncode == -signal.SIGTERM
     assert tree(tmp_path / "cache" / CACHE_SUBDIR) == []
+
+
+def test_the_running_kernels_index_file_without_any_build_id_given(tmp_path: Path) -> None:
+    """``ksym resolve FRAME`` and ``dmesg | ksym annotate`` (no build id anywhere) look for the running
+    kernel's debug vmlinux; none found, its index file: here the fixture's, made with the running kernel's
+    build id (read from /sys/kernel/notes) and put on the search path."""
+    from ksym.buildid import running_build_id
+    from ksym.locate import candidate_paths
+
+    running = running_build_id()
+    if running is None:
+        pytest.skip("/sys/kernel/notes gives no build id here")
+    if any(p.is_file() for p in candidate_paths()):
+        pytest.skip("a vmlinux of the running kernel is installed: it is found first")
+    (tmp_path / "b").mkdir()
+    mine = Built(tmp_path / "b", build_id=bytes.fromhex(running))
+    want = run(tmp_path, "resolve", "--vmlinux", str(mine.elf), *FRAMES)
+    assert want.returncode == EXIT_OK, want.stderr
+    got = run(tmp_path, "resolve", *FRAMES, KSYM_INDEX_PATH=str(mine.root))
+    assert (got.returncode, got.stdout, got.stderr) == (EXIT_OK, want.stdout, "")
+    dump = "Call Trace:\n" + "".join(f" {f}\n" for f in FRAMES)
+    annotated = run(tmp_path, "annotate", "--index-dir", str(mine.root), stdin=dump)
+    assert (annotated.returncode, annotated.stdout) == (
+        EXIT_OK,
+        run(tmp_path, "annotate", "--vmlinux", str(mine.elf), stdin=dump).stdout,
+    ), annotated.stderr
+    missing = run(tmp_path, "resolve", *FRAMES)
+    assert missing.returncode == EXIT_NO_FILE and missing.stderr.count("\n") == 1
+    assert (
+        "no debug vmlinux found for kernel" in missing.stderr
+        and f"no ksym index file with build id {running}" in missing.stderr
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -126,7 +126,8 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
         except (FileNotFoundKsymError, DebuginfodError) as miss:
             if image.vmlinux or os.environ.get("KSYM_VMLINUX"):
                 raise
-            # no debug vmlinux of the dump's (or --build-id's) build id: its portable index file
+            # no debug vmlinux of the dump's, --build-id's or the running kernel's build id: its portable
+            # index file (docs/index-files.md)
             found = index_file_after_miss(miss, ExpectedBuildId(expected, where), image.index_files)
             sym = closing.enter_context(open_index_symbolizer(found, **shown))
         closing.callback(report_stats, sym, err)

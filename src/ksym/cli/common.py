@@ -78,18 +78,23 @@ def said_by_locate(located: Located, expected: str | None) -> bool:
 
 
 def index_file_after_miss(miss: KsymError, expected: ExpectedBuildId, options: IndexFileOptions) -> Path:
-    """The portable index file of the ``expected`` build id, looked for (ksym's cache, ``--index-dir`` and
-    ``$KSYM_INDEX_PATH``, then ``--index-url`` or ``$KSYM_INDEX_URLS``: docs/index-files.md) when the
-    debug vmlinux search missed with ``miss``; raises ``miss`` itself when there is no build id to look
-    for, else one error naming both searches (:func:`ksym.index_files.index_after_miss`: exit 3, or 5 when
-    a server failed)."""
-    if not expected.build_id or expected.source not in (BuildIdFrom.OPTION, BuildIdFrom.DUMP):
+    """The portable index file of the build id the debug vmlinux search was for, looked for (ksym's cache,
+    ``--index-dir`` and ``$KSYM_INDEX_PATH``, then ``--index-url`` or ``$KSYM_INDEX_URLS``:
+    docs/index-files.md) when that search missed with ``miss``: the ``expected`` build id, or with none
+    (:attr:`BuildIdFrom.NOWHERE`) the running kernel's, which the search was then for. Raises ``miss``
+    itself when there is no build id to look for, else one error naming both searches
+    (:func:`ksym.index_files.index_after_miss`: exit 3, or 5 when a server failed)."""
+    build_id, source = expected.build_id, expected.source.value
+    if expected.source is BuildIdFrom.NOWHERE:
+        from ..buildid import running_build_id
+
+        build_id, source = running_build_id(), BuildIdFrom.RUNNING.value
+    if not build_id:
         raise miss
     from ..index_files import index_after_miss, portable_check
 
     check = portable_check()
-    return index_after_miss(miss, expected.build_id, options, verify=check.verify, magic=check.magic,
-                            source=expected.source.value)
+    return index_after_miss(miss, build_id, options, verify=check.verify, magic=check.magic, source=source)
 
 
 def open_index_symbolizer(path: Path, **options: Any) -> Symbolizer:

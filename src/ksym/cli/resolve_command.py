@@ -8,7 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EXIT_OK, EXIT_UNRESOLVED, EXIT_USAGE, SpecError, SymbolNotFoundError
+from ..errors import (
+    EXIT_OK,
+    EXIT_UNRESOLVED,
+    EXIT_USAGE,
+    DebuginfodError,
+    FileNotFoundKsymError,
+    SpecError,
+    SymbolNotFoundError,
+)
 from .common import (
     BuildIdFrom,
     ExpectedBuildId,
@@ -49,7 +57,6 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
     if where is BuildIdFrom.OPTION and vmlinux is None and not os.environ.get("KSYM_VMLINUX"):
         # the debug file of that build id: a vmlinux, or a module's (ET_REL) when that is what it names;
         # none found: the portable index file of that build id (docs/index-files.md)
-        from ..errors import DebuginfodError, FileNotFoundKsymError
         from ..locate import find_vmlinux
 
         try:
@@ -73,11 +80,17 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
     # plain text shows no links: skip building them
     shown: dict[str, Any] = {"warn": err, "kernel_tag": opts.source.kernel_tag, "elixir_url": opts.source.elixir_url,
                              "links": opts.json or opts.links, "path_map": image.path_map}
+    if index_file is None:
+        try:
+            opened = Symbolizer(vmlinux, use_index=image.use_index, cache_dir=image.cache_dir,
+                                debuginfo=image.debuginfo, **shown)
+        except (FileNotFoundKsymError, DebuginfodError) as miss:
+            if vmlinux is not None or os.environ.get("KSYM_VMLINUX"):
+                raise
+            # no debug vmlinux of the running kernel: its portable index file (docs/index-files.md)
+            index_file = index_file_after_miss(miss, ExpectedBuildId(expected, where), image.index_files)
     if index_file is not None:
         opened = open_index_symbolizer(index_file, **shown)
-    else:
-        opened = Symbolizer(vmlinux, use_index=image.use_index, cache_dir=image.cache_dir,
-                            debuginfo=image.debuginfo, **shown)
     # closed at the end of the block, also on an error: what was read goes to the index then
     with opened as sym:
         if expected:
