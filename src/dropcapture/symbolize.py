@@ -140,12 +140,12 @@ def ksym_annotator(
 def _index_symbolizer(miss: Exception, running_build_id: str, search: IndexFileOptions) -> Any:
     """The Symbolizer of the running kernel's portable index file, looked for after the debug vmlinux
     search missed with ``miss`` (:func:`ksym.index_files.index_after_miss`: raises one error naming both)."""
-    from ksym.errors import DebuginfodError, FileNotFoundKsymError
+    from ksym.errors import DebuginfodError, FileNotFoundKsymError, MissingDebugInfoError
     from ksym.index_files import index_after_miss, portable_check
     from ksym.symbolizer import Symbolizer
 
-    if not isinstance(miss, (FileNotFoundKsymError, DebuginfodError)):
-        raise miss  # a file found and unusable: not a miss
+    if not isinstance(miss, (FileNotFoundKsymError, DebuginfodError, MissingDebugInfoError)):
+        raise miss  # a file found and unusable: not a miss (only stripped images found is one)
     check = portable_check()
     path = index_after_miss(miss, running_build_id, search, verify=check.verify, magic=check.magic,
                             source="the running kernel's")

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from .buildid import normalize_build_id, same_build_id
-from .errors import DebuginfodError, FileNotFoundKsymError, KsymError
+from .errors import DebuginfodError, FileNotFoundKsymError, KsymError, MissingDebugInfoError
 from .searchopts import Attempt, DebugLookup, IndexFileOptions
 
 __all__ = [
@@ -257,10 +257,12 @@ def index_after_miss(
     session: Any = None,
 ) -> Path:
     """The index file of ``build_id``, looked for after the debug vmlinux search missed with ``miss``
-    (:func:`ksym.locate.find_vmlinux`'s :class:`~ksym.errors.FileNotFoundKsymError` or
-    :class:`~ksym.errors.DebuginfodError`).
+    (:func:`ksym.locate.find_vmlinux`'s :class:`~ksym.errors.FileNotFoundKsymError`,
+    :class:`~ksym.errors.DebuginfodError`, or :class:`~ksym.errors.MissingDebugInfoError` when it found
+    only stripped images).
 
     :raises DebuginfodError: neither was found and a debuginfod or index server failed (exit 5);
+        :raises MissingDebugInfoError: neither was found and ``miss`` is one (exit 4: only stripped images);
         :raises FileNotFoundKsymError: neither was found (exit 3). One line: ``miss``'s, then where the index
         file was looked for.
     """
@@ -272,6 +274,8 @@ def index_after_miss(
     if isinstance(miss, DebuginfodError) or isinstance(index_miss, DebuginfodError):
         failures = tuple(getattr(miss, "failures", ())) + tuple(look.failures)
         raise DebuginfodError(text, failures)
+    if isinstance(miss, MissingDebugInfoError):
+        raise MissingDebugInfoError(text)
     raise FileNotFoundKsymError(text)
 
 

@@ -20,6 +20,7 @@ from ..errors import (
     DebuginfodError,
     FileNotFoundKsymError,
     KsymError,
+    MissingDebugInfoError,
 )
 from .common import (
     BuildIdFrom,
@@ -123,7 +124,7 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
                 image.vmlinux, use_index=image.use_index, cache_dir=image.cache_dir,
                 build_id=expected if where is not BuildIdFrom.RUNNING else None,
                 debuginfo=image.debuginfo, **shown))
-        except (FileNotFoundKsymError, DebuginfodError) as miss:
+        except (FileNotFoundKsymError, DebuginfodError, MissingDebugInfoError) as miss:
             if image.vmlinux or os.environ.get("KSYM_VMLINUX"):
                 raise
             # no debug vmlinux of the dump's, --build-id's or the running kernel's build id: its portable

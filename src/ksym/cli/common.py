@@ -80,12 +80,12 @@ def said_by_locate(located: Located, expected: str | None) -> bool:
 def index_file_after_miss(miss: KsymError, expected: ExpectedBuildId, options: IndexFileOptions) -> Path:
     """The portable index file of the build id the debug vmlinux search was for, looked for (ksym's cache,
     ``--index-dir`` and ``$KSYM_INDEX_PATH``, then ``--index-url`` or ``$KSYM_INDEX_URLS``:
-    docs/index-files.md) when that search missed with ``miss``: the ``expected`` build id, or with none
-    (:attr:`BuildIdFrom.NOWHERE`) the running kernel's, which the search was then for. Raises ``miss``
+    docs/index-files.md) when that search missed with ``miss``: the ``expected`` build id, or without one
+    the running kernel's, which the search was then for. Raises ``miss``
     itself when there is no build id to look for, else one error naming both searches
     (:func:`ksym.index_files.index_after_miss`: exit 3, or 5 when a server failed)."""
     build_id, source = expected.build_id, expected.source.value
-    if expected.source is BuildIdFrom.NOWHERE:
+    if not build_id:
         from ..buildid import running_build_id
 
         build_id, source = running_build_id(), BuildIdFrom.RUNNING.value

@@ -14,6 +14,7 @@ from ..errors import (
     EXIT_USAGE,
     DebuginfodError,
     FileNotFoundKsymError,
+    MissingDebugInfoError,
     SpecError,
     SymbolNotFoundError,
 )
@@ -84,10 +85,11 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
         try:
             opened = Symbolizer(vmlinux, use_index=image.use_index, cache_dir=image.cache_dir,
                                 debuginfo=image.debuginfo, **shown)
-        except (FileNotFoundKsymError, DebuginfodError) as miss:
+        except (FileNotFoundKsymError, DebuginfodError, MissingDebugInfoError) as miss:
             if vmlinux is not None or os.environ.get("KSYM_VMLINUX"):
                 raise
-            # no debug vmlinux of the running kernel: its portable index file (docs/index-files.md)
+            # no debug vmlinux of the running kernel (none, or only stripped ones): its portable index file
+            # (docs/index-files.md)
             index_file = index_file_after_miss(miss, ExpectedBuildId(expected, where), image.index_files)
     if index_file is not None:
         opened = open_index_symbolizer(index_file, **shown)
