@@ -341,3 +341,52 @@ def test_fleet_example_annotates_dumps_of_many_builds(tmp_path: Path, built: Bui
         assert want.returncode == EXIT_OK and (out / name).read_text() == want.stdout
     assert sorted(p.name for p in out.iterdir()) == ["a1.txt", "a2.txt", "b1.txt"]
     assert [p for p, _, _ in server.log] == [f"/buildid/{built.build_id}/{INDEX_FILE_NAME}"]
+
+
+@pytest.mark.vmlinux
+def test_dropcapture_glue_with_the_debian_61_file(
+    request: pytest.FixtureRequest, vmlinux: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 6.1 index file, found by build id (the build id given as dropcapture's --build-id would give
+    it: this machine's kernel is another build), answers every frame as the 6.1 debug vmlinux does."""
+    from dropcapture.symbolize import ksym_annotator
+    from ksym.errors import FileNotFoundKsymError
+    from ksym.index_files import portable_check
+    from ksym.kallsyms import KallsymsSymbol
+    from ksym.locate import find_vmlinux
+    from ksym.searchopts import IndexFileOptions
+
+    try:
+        index = Path(request.getfixturevalue("portable_index"))
+    except pytest.FixtureLookupError:  # pragma: no cover - only before the portable format's tests are merged
+        pytest.skip("no portable_index fixture (the 6.1 index file) in this tree")
+    bid = portable_check().verify(index)
+    assert bid is not None
+    with contextlib.suppress(FileNotFoundKsymError):
+        pytest.skip(
+            f"the 6.1 debug vmlinux is installed where ksym looks ({find_vmlinux(build_id=bid).path})"
+        )
+    published = tmp_path / "published" / "buildid" / bid / INDEX_FILE_NAME
+    published.parent.mkdir(parents=True)
+    published.symlink_to(index)
+    monkeypatch.setenv("KSYM_CACHE_DIR", str(tmp_path / "cache"))
+    frames = [
+        KallsymsSymbol("__ip_local_out", 222, 0x160),
+        KallsymsSymbol("ip_local_out", 29, 0x70),
+        KallsymsSymbol("__ip_local_out", 222, 0x1D0),
+        KallsymsSymbol("entry_SYSCALL_64_after_hwframe", 0x63, 0xD8),
+    ]
+    with contextlib.ExitStack() as closing:
+        by_vmlinux, status = ksym_annotator(str(vmlinux), bid, closing)
+        assert by_vmlinux is not None, status
+        want = [by_vmlinux(s) for s in frames]
+        assert want[0] and want[1] and not want[2]  # a size of another build: skipped, as faddr2line does
+        found, status = ksym_annotator(
+            None,
+            bid,
+            closing,
+            build_id=bid,
+            index_search=IndexFileOptions(dirs=(str(tmp_path / "published"),), offline=True),
+        )
+        assert found is not None and str(published) in status, status
+        assert [found(s) for s in frames] == want
