@@ -1,10 +1,12 @@
 """The records a debug-file search takes and gives: :class:`DebuginfoOptions` (where to look),
 :class:`Attempt` and :class:`DebugLookup` (what it tried and found) and :class:`Located` (which file,
-and why); and :class:`IndexFileOptions`, where ksym's portable index files are looked for by build id
-(:mod:`ksym.index_files`).
+and why); :class:`SourceOptions`, where source text and links come from (:mod:`ksym.source`,
+:mod:`ksym.links`, :func:`ksym.report.report_for_command`); and :class:`IndexFileOptions`, where ksym's
+portable index files are looked for by build id (:mod:`ksym.index_files`).
 
-They live apart from :mod:`ksym.debuginfo` and :mod:`ksym.locate` so that a command given its file
-(``--vmlinux``) builds them without importing the search itself; both modules re-export them.
+They live apart from :mod:`ksym.debuginfo`, :mod:`ksym.locate` and :mod:`ksym.source` so that a command
+given its file (``--vmlinux``) builds them without importing the search itself; those modules and
+:mod:`ksym.cli.options` re-export them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "DebuginfoOptions",
     "IndexFileOptions",
     "Located",
+    "SourceOptions",
 ]
 
 #: an index file download's overall deadline (seconds), size cap (bytes) and connect/read timeout
@@ -68,6 +71,18 @@ class DebuginfoOptions:
     max_size: int | None = None
     use_env: bool = True
     system_root: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SourceOptions:
+    """The kernel version and source: links (``kernel_tag``, ``elixir_url``) and where source text comes
+    from for ``--list`` and the reports (``source_dir``, ``source_url``, ``offline``)."""
+
+    kernel_tag: str | None = None
+    elixir_url: str | None = None
+    source_dir: str | None = None
+    source_url: str | None = None
+    offline: bool = False
 
 
 @dataclass

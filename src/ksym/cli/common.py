@@ -1,5 +1,5 @@
 """What the ``ksym`` commands share: the build id a debug file should have, the portable index file found
-by it when no debug vmlinux is, and the ``KSYM_STATS`` line."""
+by it when no debug vmlinux is, the links locations get, and the ``KSYM_STATS`` line."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from ..errors import KsymError
-    from ..searchopts import IndexFileOptions, Located
+    from ..links import ElixirLinks
+    from ..searchopts import IndexFileOptions, Located, SourceOptions
     from ..symbolizer import Symbolizer
 
 __all__ = [
     "BuildIdFrom",
     "ExpectedBuildId",
     "expected_build_id",
+    "image_links",
     "index_file_after_miss",
     "open_index_symbolizer",
     "report_stats",
@@ -103,6 +105,17 @@ def open_index_symbolizer(path: Path, **options: Any) -> Symbolizer:
     from ..symbolizer import Symbolizer
 
     return Symbolizer.from_index(path, **options)
+
+
+def image_links(sym: Symbolizer, source: SourceOptions) -> ElixirLinks:
+    """The links of the locations a command shows: for ``--kernel-tag``, else the tag of the vmlinux's
+    banner, on ``--elixir-url`` (:func:`ksym.links.links_for`).
+
+    :raises ValueError: a malformed ``--kernel-tag`` or ``--elixir-url``.
+    """
+    from ..links import links_for
+
+    return links_for(sym.banner, kernel_tag=source.kernel_tag, elixir_url=source.elixir_url)
 
 
 def report_stats(sym: Symbolizer, err: Callable[[str], None]) -> None:
