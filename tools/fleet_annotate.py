@@ -72,7 +72,7 @@ def annotate_task(task: Task) -> list[Outcome]:
 
     outcomes = []
     try:
-        sym = Symbolizer.from_index(task.index_file, links=False)
+        sym = Symbolizer.from_index(task.index_file)
     except KsymError as exc:
         return [Outcome(p.name, f"{p.name}: error: {exc}", exc.exit_code) for p in task.dumps]
     with sym:
