@@ -28,7 +28,6 @@ from .common import (
     expected_build_id,
     image_links,
     index_file_after_miss,
-    open_index_symbolizer,
     report_stats,
     said_by_locate,
 )
@@ -108,6 +107,9 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
         err(f"ksym annotate: error: {name}: {exc.strerror or exc}")
         return EXIT_USAGE
     image = opts.image
+    if image.index_file is not None and image.vmlinux is not None:
+        err("ksym annotate: error: --index and --vmlinux do not go together: the index file stands for the vmlinux")
+        return EXIT_USAGE
     try:
         expected, where = expected_build_id(image.build_id, image.running, text if evidence is None else None)
         if evidence is not None and where is BuildIdFrom.NOWHERE:
@@ -122,14 +124,15 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
             sym = closing.enter_context(Symbolizer(
                 image.vmlinux, use_index=image.use_index, cache_dir=image.cache_dir,
                 build_id=expected if where is not BuildIdFrom.RUNNING else None,
-                debuginfo=image.debuginfo, **shown))
+                debuginfo=image.debuginfo, index_file=image.index_file, **shown))
         except (FileNotFoundKsymError, DebuginfodError, MissingDebugInfoError) as miss:
-            if image.vmlinux or os.environ.get("KSYM_VMLINUX"):
+            if image.vmlinux or image.index_file or os.environ.get("KSYM_VMLINUX"):
                 raise
             # no debug vmlinux of the dump's, --build-id's or the running kernel's build id: its portable
             # index file (docs/index-files.md)
             found = index_file_after_miss(miss, ExpectedBuildId(expected, where), image.index_files)
-            sym = closing.enter_context(open_index_symbolizer(found, **shown))
+            sym = closing.enter_context(Symbolizer(None, use_index=image.use_index, cache_dir=image.cache_dir,
+                                                   index_file=found, **shown))
         closing.callback(report_stats, sym, err)
         elixir = None
         if fmt != "text" or opts.links:  # plain text without --links shows no links: skip building them

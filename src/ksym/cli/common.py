@@ -7,7 +7,7 @@ import enum
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from ..errors import KsymError
@@ -21,7 +21,6 @@ __all__ = [
     "expected_build_id",
     "image_links",
     "index_file_after_miss",
-    "open_index_symbolizer",
     "report_stats",
     "said_by_locate",
 ]
@@ -97,14 +96,6 @@ def index_file_after_miss(miss: KsymError, expected: ExpectedBuildId, options: I
 
     check = portable_check()
     return index_after_miss(miss, build_id, options, verify=check.verify, magic=check.magic, source=source)
-
-
-def open_index_symbolizer(path: Path, **options: Any) -> Symbolizer:
-    """The Symbolizer of the portable index file found by build id (``options``: those of
-    :meth:`ksym.symbolizer.Symbolizer.from_index`)."""
-    from ..symbolizer import Symbolizer
-
-    return Symbolizer.from_index(path, **options)
 
 
 def image_links(sym: Symbolizer, source: SourceOptions) -> ElixirLinks:

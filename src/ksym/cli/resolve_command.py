@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
@@ -24,7 +23,6 @@ from .common import (
     expected_build_id,
     image_links,
     index_file_after_miss,
-    open_index_symbolizer,
     report_stats,
     said_by_locate,
 )
@@ -46,6 +44,9 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
 
     image = opts.image
     vmlinux = image.vmlinux
+    if image.index_file is not None and vmlinux is not None:
+        err("ksym: error: --index and --vmlinux do not go together: the index file stands for the vmlinux")
+        return EXIT_USAGE
     if vmlinux is None and opts.frames:
         mistake = _file_as_first_frame(opts.frames[0])
         if mistake is not None:
@@ -56,8 +57,9 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
     except ValueError as exc:
         err(f"ksym: error: {exc}")
         return EXIT_USAGE
-    index_file: Path | None = None
-    if where is BuildIdFrom.OPTION and vmlinux is None and not os.environ.get("KSYM_VMLINUX"):
+    index_file = image.index_file
+    if (where is BuildIdFrom.OPTION and vmlinux is None and index_file is None
+            and not os.environ.get("KSYM_VMLINUX")):
         # the debug file of that build id: a vmlinux, or a module's (ET_REL) when that is what it names;
         # none found: the portable index file of that build id (docs/index-files.md)
         from ..locate import find_vmlinux
@@ -66,7 +68,7 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
             vmlinux = str(find_vmlinux(build_id=expected, build_id_source="--build-id", options=image.debuginfo,
                                        warn=err).path)
         except (FileNotFoundKsymError, DebuginfodError) as miss:
-            index_file = index_file_after_miss(miss, ExpectedBuildId(expected, where), image.index_files)
+            index_file = str(index_file_after_miss(miss, ExpectedBuildId(expected, where), image.index_files))
     if vmlinux is not None and is_module_file(vmlinux):
         # a module debug file (ET_REL): faddr2line's --section semantics (docs/modules.md)
         if opts.list_source:
@@ -80,19 +82,17 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
             if warning:
                 err(warning)
             return _print_resolutions(msym, opts, out, err, None)
-    shown: dict[str, Any] = {"warn": err, "path_map": image.path_map}
-    if index_file is None:
-        try:
-            opened = Symbolizer(vmlinux, use_index=image.use_index, cache_dir=image.cache_dir,
-                                debuginfo=image.debuginfo, **shown)
-        except (FileNotFoundKsymError, DebuginfodError, MissingDebugInfoError) as miss:
-            if vmlinux is not None or os.environ.get("KSYM_VMLINUX"):
-                raise
-            # no debug vmlinux of the running kernel (none, or only stripped ones): its portable index file
-            # (docs/index-files.md)
-            index_file = index_file_after_miss(miss, ExpectedBuildId(expected, where), image.index_files)
-    if index_file is not None:
-        opened = open_index_symbolizer(index_file, **shown)
+    shown: dict[str, Any] = {"use_index": image.use_index, "cache_dir": image.cache_dir, "warn": err,
+                             "debuginfo": image.debuginfo, "path_map": image.path_map}
+    try:
+        opened = Symbolizer(vmlinux, index_file=index_file, **shown)
+    except (FileNotFoundKsymError, DebuginfodError, MissingDebugInfoError) as miss:
+        if vmlinux is not None or index_file is not None or os.environ.get("KSYM_VMLINUX"):
+            raise
+        # no debug vmlinux of the running kernel (none, or only stripped ones): its portable index file
+        # (docs/index-files.md)
+        found = index_file_after_miss(miss, ExpectedBuildId(expected, where), image.index_files)
+        opened = Symbolizer(None, index_file=found, **shown)
     # closed at the end of the block, also on an error: what was read goes to the index then
     with opened as sym:
         elixir = None
