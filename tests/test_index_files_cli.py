@@ -16,11 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-try:
-    import ksym.portable_build  # the index file builder (ksym index build)
-except ImportError:  # pragma: no cover - only before the portable format is merged
-    pytest.skip("ksym.portable_build is not in this tree: no index file to serve", allow_module_level=True)
 from test_index_files import FIXTURE, Static, publish, start_server, stop_server, tree, with_build_id
 
 import ksym as ksym_package
@@ -345,10 +340,11 @@ def test_fleet_example_annotates_dumps_of_many_builds(tmp_path: Path, built: Bui
 
 @pytest.mark.vmlinux
 def test_dropcapture_glue_with_the_debian_61_file(
-    request: pytest.FixtureRequest, vmlinux: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    portable_index: Path, vmlinux: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The 6.1 index file, found by build id (the build id given as dropcapture's --build-id would give
-    it: this machine's kernel is another build), answers every frame as the 6.1 debug vmlinux does."""
+    it: this machine's kernel is another build), answers every frame as the 6.1 debug vmlinux does
+    (``portable_index``: the file ``ksym index build`` makes of it, tests/conftest.py)."""
     from dropcapture.symbolize import ksym_annotator
     from ksym.errors import FileNotFoundKsymError
     from ksym.index_files import portable_check
@@ -356,10 +352,7 @@ def test_dropcapture_glue_with_the_debian_61_file(
     from ksym.locate import find_vmlinux
     from ksym.searchopts import IndexFileOptions
 
-    try:
-        index = Path(request.getfixturevalue("portable_index"))
-    except pytest.FixtureLookupError:  # pragma: no cover - only before the portable format's tests are merged
-        pytest.skip("no portable_index fixture (the 6.1 index file) in this tree")
+    index = portable_index
     bid = portable_check().verify(index)
     assert bid is not None
     with contextlib.suppress(FileNotFoundKsymError):

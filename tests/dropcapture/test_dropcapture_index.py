@@ -18,11 +18,9 @@ import pytest
 from dc_helpers import ROOT
 from test_dropcapture_capture import Cli, free_port
 
+from ksym.portable_build import build_index
+
 sys.path.insert(0, str(ROOT / "tests"))
-try:
-    from ksym.portable_build import build_index
-except ImportError:  # pragma: no cover - only before the portable format is merged
-    pytest.skip("ksym.portable_build is not in this tree", allow_module_level=True)
 from test_index_files import FIXTURE, with_build_id
 
 pytestmark = pytest.mark.kernel
