@@ -852,7 +852,7 @@ class _Annotator:
                 file = file[len(prefix):]
             url = links.source_url(file, loc.line) if links is not None else loc.url
             ident = links.ident_url(loc.function) if links is not None else loc.ident_url
-            out.append(replace(loc, file=file, url=url, ident_url=ident))
+            out.append(loc._replace(file=file, url=url, ident_url=ident))
         return tuple(out)
 
     def _done(self, f: StackFrame, top: bool, matches: tuple[FrameMatch, ...], notes: list[str],

@@ -42,7 +42,6 @@ import struct
 import time
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -444,8 +443,7 @@ class IndexStore:
 # -- records -------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ImageRecord:
+class ImageRecord(NamedTuple):
     """What the index keeps of an image file: everything a warm run needs without opening it."""
 
     path: str
@@ -536,16 +534,33 @@ class StoredInstruction(NamedTuple):
 CallerKey = tuple[Any, ...]
 
 
-@dataclass(slots=True)
 class AnswerRecords:
-    """Stored answers as records (plain tuples, as marshal writes them), by kind."""
+    """Stored answers as records (plain tuples, as marshal writes them), by kind.
 
-    #: address → :meth:`StoredChain.to_record`
-    chains: dict[int, tuple[Any, ...]]
-    #: (return address, function start) → :meth:`StoredInstruction.to_record`
-    instructions: dict[tuple[int, int | None], tuple[Any, ...]]
-    #: a caller's key → its value (tuples, str, int, bytes, None: :meth:`ksym.Symbolizer.remember`)
-    callers: dict[CallerKey, Any]
+    :param chains: address → :meth:`StoredChain.to_record`
+    :param instructions: (return address, function start) → :meth:`StoredInstruction.to_record`
+    :param callers: a caller's key → its value (tuples, str, int, bytes, None:
+        :meth:`ksym.Symbolizer.remember`)
+    """
+
+    __slots__ = ("callers", "chains", "instructions")
+
+    def __init__(self, chains: dict[int, tuple[Any, ...]],
+                 instructions: dict[tuple[int, int | None], tuple[Any, ...]], callers: dict[CallerKey, Any]) -> None:
+        self.chains = chains
+        self.instructions = instructions
+        self.callers = callers
+
+    def __repr__(self) -> str:
+        return (f"AnswerRecords(chains={self.chains!r}, instructions={self.instructions!r}, "
+                f"callers={self.callers!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AnswerRecords):
+            return NotImplemented
+        return (self.chains, self.instructions, self.callers) == (other.chains, other.instructions, other.callers)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass with eq=True
 
     @classmethod
     def empty(cls) -> AnswerRecords:

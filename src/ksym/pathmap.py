@@ -19,7 +19,7 @@ gcc's relative ``comp_dir`` (``debian/build/build_amd64_none_cloud-amd64``), or 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import EXIT_USAGE, KsymError
 
@@ -49,8 +49,7 @@ def parse_path_map_rule(text: str) -> tuple[str, str]:
     return stripped, new
 
 
-@dataclass(frozen=True)
-class PathMap:
+class PathMap(NamedTuple):
     """Ordered ``(OLD, NEW)`` rules; :meth:`apply` gives the rewritten path or None."""
 
     rules: tuple[tuple[str, str], ...] = ()

@@ -21,7 +21,6 @@ import contextlib
 import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -85,8 +84,7 @@ def source_relative(path: str, prefix: str | None = None) -> str:
     return path
 
 
-@dataclass(frozen=True, slots=True)
-class IndexStats:
+class IndexStats(NamedTuple):
     """What a :class:`Symbolizer` read so far (``Symbolizer.stats``; ``KSYM_STATS=1`` prints it)."""
 
     #: compilation units read from the DWARF (or read further than the index held)
@@ -100,7 +98,7 @@ class IndexStats:
     #: whether the file's contents were hashed for its index key (its first use, or it changed)
     fingerprinted: bool
     #: the index directory of the image (None: ``use_index=False``)
-    index: str | None
+    index: str | None  # type: ignore[assignment]  # a field named as tuple.index, which it hides
 
     def __str__(self) -> str:
         return (f"units_read={self.units_read} units_loaded={self.units_loaded} answers_stored={self.answers_stored} "
@@ -246,7 +244,7 @@ class Symbolizer:
         # the symbols file first: an image record names the size of the symbols file written before it
         buffer = tables.symbols_buffer
         self._store.save_symbols(key, buffer)
-        self._store.save_image(key, replace(rec, symbols_size=len(buffer)))
+        self._store.save_image(key, rec._replace(symbols_size=len(buffer)))
         self._store.remember(identity, key)
 
     def _open_session(self, key: str) -> None:
@@ -305,7 +303,7 @@ class Symbolizer:
         )
         self._apply_record(rec, syms, opened)
         # faddr2line's path prefix: addr2line's file for start_kernel, cut before init/main.c
-        return replace(rec, dir_prefix=self._find_dir_prefix()), syms
+        return rec._replace(dir_prefix=self._find_dir_prefix()), syms
 
     def _apply_record(self, rec: ImageRecord, symbols: SymbolTable, opened: D.DwarfSections | None = None) -> None:
         self.build_id = rec.build_id
@@ -497,7 +495,7 @@ class Symbolizer:
         if links is None or not chain:
             return chain
         return tuple(
-            replace(loc, url=links.source_url(loc.file, loc.line), ident_url=links.ident_url(loc.function))
+            loc._replace(url=links.source_url(loc.file, loc.line), ident_url=links.ident_url(loc.function))
             for loc in chain
         )
 

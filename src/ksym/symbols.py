@@ -26,8 +26,8 @@ import struct
 import sys
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from .errors import SkipKind, SkipReason, SymbolNotFoundError
 from .model import Resolution, SourceLocation
@@ -65,9 +65,10 @@ SHF_ALLOC = 0x2
 _KALLSYMS_IGNORED = (b"$", b".L", b"__efistub_", b"__kvm_nvhe_$", b"__kvm_nvhe_.L", b"__AArch64ADRPThunk_")
 
 
-@dataclass(frozen=True)
-class Section:
-    index: int
+class Section(NamedTuple):
+    """One ELF section header."""
+
+    index: int  # type: ignore[assignment]  # a field named as tuple.index, which it hides
     name: str
     type: int
     flags: int
@@ -76,8 +77,7 @@ class Section:
     size: int
 
 
-@dataclass(frozen=True)
-class Symbol:
+class Symbol(NamedTuple):
     """One ELF symbol."""
 
     name: str
@@ -108,8 +108,7 @@ class SymbolView(str, Enum):
         return self.value
 
 
-@dataclass(frozen=True)
-class FaddrMatch:
+class FaddrMatch(NamedTuple):
     """A symbol matching a frame's name in a :class:`SymbolView`, with the size that view gives it (a FUNC
     symbol: faddr2line's size)."""
 

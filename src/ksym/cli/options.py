@@ -45,8 +45,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from ..errors import EXIT_USAGE
 from ..searchopts import DebuginfoOptions
@@ -224,8 +223,7 @@ def _add_debuginfo_search(p: argparse.ArgumentParser, build_id: _BuildIdHelp | N
                    help="show a download progress bar even when stderr is not a terminal")
 
 
-@dataclass(frozen=True)
-class _BuildIdHelp:
+class _BuildIdHelp(NamedTuple):
     build_id: str
     running: str
 
@@ -344,8 +342,7 @@ def debuginfo_options(args: argparse.Namespace) -> DebuginfoOptions:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class SourceOptions:
+class SourceOptions(NamedTuple):
     """The kernel version and source: links (``kernel_tag``, ``elixir_url``) and where source text comes
     from for ``--list`` and the reports (``source_dir``, ``source_url``, ``offline``)."""
 
@@ -360,8 +357,7 @@ class SourceOptions:
         return cls(args.kernel_tag, args.elixir_url, args.source_dir, args.source_url, bool(args.offline))
 
 
-@dataclass(frozen=True, slots=True)
-class ImageOptions:
+class ImageOptions(NamedTuple):
     """The image frames are resolved against and how it is read.
 
     :param vmlinux: the file given (``--vmlinux``, or faddr2line's VMLINUX); None: found.
@@ -376,7 +372,7 @@ class ImageOptions:
     vmlinux: str | None = None
     build_id: str | None = None
     running: bool = False
-    debuginfo: DebuginfoOptions = field(default_factory=DebuginfoOptions)
+    debuginfo: DebuginfoOptions = DebuginfoOptions()
     path_map: tuple[tuple[str, str], ...] = ()
     use_index: bool = True
     cache_dir: str | None = None
@@ -396,13 +392,12 @@ class ImageOptions:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ResolveOptions:
+class ResolveOptions(NamedTuple):
     """``ksym resolve`` and ``ksym faddr2line``: the frames, the image, and how answers are shown."""
 
     frames: tuple[str, ...]
-    image: ImageOptions = field(default_factory=ImageOptions)
-    source: SourceOptions = field(default_factory=SourceOptions)
+    image: ImageOptions = ImageOptions()
+    source: SourceOptions = SourceOptions()
     json: bool = False
     links: bool = False
     #: ``--list``: the source around each location
@@ -418,8 +413,7 @@ class ResolveOptions:
                    bool(args.list))
 
 
-@dataclass(frozen=True, slots=True)
-class AnnotateOptions:
+class AnnotateOptions(NamedTuple):
     """``ksym annotate``: the input, the image, the KASLR slide, and the output.
 
     :param file: the input file, ``-`` for standard input.
@@ -428,8 +422,8 @@ class AnnotateOptions:
     """
 
     file: str = "-"
-    image: ImageOptions = field(default_factory=ImageOptions)
-    source: SourceOptions = field(default_factory=SourceOptions)
+    image: ImageOptions = ImageOptions()
+    source: SourceOptions = SourceOptions()
     kallsyms: str | None = None
     kaslr_offset: int | None = None
     format: str | None = None
@@ -467,8 +461,7 @@ class AnnotateOptions:
         return self.format or ("json" if self.json else "text")
 
 
-@dataclass(frozen=True, slots=True)
-class DebuginfoCommandOptions:
+class DebuginfoCommandOptions(NamedTuple):
     """``ksym debuginfo``: whose debug file (``build_id``, ``vmlinux``, else the running kernel's), for
     which ``release``, and how it is shown."""
 
@@ -476,7 +469,7 @@ class DebuginfoCommandOptions:
     vmlinux: str | None = None
     release: str | None = None
     json: bool = False
-    debuginfo: DebuginfoOptions = field(default_factory=DebuginfoOptions)
+    debuginfo: DebuginfoOptions = DebuginfoOptions()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DebuginfoCommandOptions:
