@@ -8,14 +8,25 @@ They live apart from :mod:`ksym.debuginfo` and :mod:`ksym.locate` so that a comm
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any, ClassVar
 
-__all__ = ["Attempt", "DebugLookup", "DebuginfoOptions", "Located"]
+__all__ = ["Attempt", "DebugLookup", "DebuginfoOptions", "Located", "path_text"]
+
+
+def path_text(path: str | os.PathLike[str]) -> str:
+    """``str(pathlib.PurePosixPath(path))`` without importing pathlib (a warm run does without it): the
+    path as pathlib spells it, so that messages name a file as they always did. Repeated slashes and
+    ``.`` components go, and a trailing slash; ``..`` stays; a leading ``//`` (exactly two) stays, as
+    POSIX allows; the empty path is ``.``."""
+    text = os.fspath(path)
+    root = "//" if text[:2] == "//" and text[2:3] != "/" else "/" if text[:1] == "/" else ""
+    return root + "/".join(p for p in text.split("/") if p and p != ".") or "."
 
 
 class DebuginfoOptions(NamedTuple):
@@ -131,15 +142,26 @@ class DebugLookup(_Record):
 
 
 class Located(_Record):
-    """The file to use (``path``), why it was taken (``reason``), what the search warned about it, and
-    the search itself (``lookup``; None when the file was given)."""
+    """The file to use (``path``; ``path_text``, the same as text), why it was taken (``reason``), what
+    the search warned about it, and the search itself (``lookup``; None when the file was given)."""
 
     _fields = ("path", "reason", "warnings", "lookup")
-    __slots__ = _fields
+    __slots__ = ("_path", "lookup", "path_text", "reason", "warnings")
 
-    def __init__(self, path: Path, reason: str, warnings: list[str] | None = None,
+    def __init__(self, path: str | os.PathLike[str], reason: str, warnings: list[str] | None = None,
                  lookup: DebugLookup | None = None) -> None:
-        self.path = path
+        self.path_text = path_text(path)
+        self._path: Path | None = None
         self.reason = reason
         self.warnings: list[str] = [] if warnings is None else warnings
         self.lookup = lookup
+
+    @property
+    def path(self) -> Path:
+        """The file, as a :class:`pathlib.Path` (made when first asked for: a warm run does not load
+        pathlib)."""
+        if self._path is None:
+            from pathlib import Path
+
+            self._path = Path(self.path_text)
+        return self._path

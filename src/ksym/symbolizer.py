@@ -21,7 +21,6 @@ import contextlib
 import os
 import re
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from .dwarf_image import ArangeTable, DwarfImage, FileSections, dwarf_sections
@@ -47,6 +46,8 @@ from .symbols import SymbolTable, SymbolView, faddr2line_select, inline_chain
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from . import dwarf as D
     from .searchopts import DebuginfoOptions
 
@@ -163,7 +164,7 @@ class Symbolizer:
     ) -> None:
         self.path_map = PathMap.parse(path_map)
         if vmlinux:
-            located = Located(Path(vmlinux), "given on the command line")  # as find_vmlinux says it
+            located = Located(vmlinux, "given on the command line")  # as find_vmlinux says it
         else:
             from .locate import find_vmlinux
             from .searchopts import DebuginfoOptions
@@ -172,12 +173,13 @@ class Symbolizer:
                 debuginfo = DebuginfoOptions(cache_dir=str(cache_dir))
             located = find_vmlinux(vmlinux, build_id=build_id, options=debuginfo, warn=warn)
         self.located = located
-        self.path = located.path
+        # the file as text, for opening it and naming it in messages (``path`` is the same as a Path)
+        self._file = located.path_text
         self.warnings: list[str] = list(located.warnings)
         for w in self.warnings:
             if warn:
                 warn(w)
-        self._store = IndexStore(Path(cache_dir) if cache_dir else None, enabled=use_index)
+        self._store = IndexStore(cache_dir or None, enabled=use_index)
         self._image: Any = None
         self._cu_cache_size = cu_cache_size
         #: the image's DWARF (None: the file has none, or it is not read yet)
@@ -198,18 +200,23 @@ class Symbolizer:
             raise
         self._answers = self._index.answers_for(self._view())
 
+    @property
+    def path(self) -> Path:
+        """The debug file."""
+        return self.located.path
+
     # -- index ---------------------------------------------------------------------------------------
 
     def _load_index(self) -> None:
-        if not self.path.exists():
+        if not os.path.exists(self._file):
             from .errors import FileNotFoundKsymError
 
-            raise FileNotFoundKsymError(f"{self.path}: no such file")
+            raise FileNotFoundKsymError(f"{self._file}: no such file")
         identity = None
         if self._store.enabled:
             # taken before the contents are read: a file changed meanwhile has another identity later
             with contextlib.suppress(OSError):
-                identity = FileIdentity.of(self.path)
+                identity = FileIdentity.of(self._file)
         key = self._store.key_for(identity) if identity is not None else None
         rec = self._store.load_image(key) if key else None
         if rec is not None and key and self._use_record(key, rec):
@@ -269,7 +276,7 @@ class Symbolizer:
         if self._image is None:
             from .image import KernelImage
 
-            self._image = KernelImage(self.path)
+            self._image = KernelImage(self._file)
         return self._image
 
     def _read_tables(self, img: Any, for_index: bool = True) -> _ImageTables:
@@ -283,7 +290,7 @@ class Symbolizer:
             from . import dwarf as D
 
             opened = self._dwarf_sections_from_image(img)
-            with D.damage_is_bad_file(self.path):
+            with D.damage_is_bad_file(self._file):
                 aranges = ArangeTable.of(D.read_aranges(opened))
         return _ImageTables(syms, syms.to_buffer() if for_index else b"", aranges, opened)
 
@@ -296,7 +303,7 @@ class Symbolizer:
         if banner_addr is not None:
             banner = img.read_cstring_at_address(banner_addr)
         rec = ImageRecord(
-            path=str(self.path), build_id=img.build_id, elf_type=img.elf_type, little_endian=img.little_endian,
+            path=self._file, build_id=img.build_id, elf_type=img.elf_type, little_endian=img.little_endian,
             elfclass=img.elfclass, machine=img.machine, sections=tuple(img.sections), symbols_size=0,
             aranges=aranges, banner=banner, has_dwarf=bool(img.has_dwarf), dynamic_symbols=syms.dynamic_count,
             dir_prefix=None,
@@ -320,9 +327,9 @@ class Symbolizer:
         self.has_dwarf = rec.has_dwarf
         self._prefix_re = _prefix_regex(self.dir_prefix)
         if self.has_dwarf and self.dwarf_image is None:
-            self._sections = FileSections(self.path, self.sections, self.little_endian, self.elfclass,
+            self._sections = FileSections(self._file, self.sections, self.little_endian, self.elfclass,
                                           lambda: self._dwarf_sections_from_image(self._open_image()), opened)
-            self.dwarf_image = DwarfImage(self.path, self._sections, rec.aranges, units=self._index,
+            self.dwarf_image = DwarfImage(self._file, self._sections, rec.aranges, units=self._index,
                                           cache_size=self._cu_cache_size)
 
     def _find_dir_prefix(self) -> str | None:
@@ -342,7 +349,7 @@ class Symbolizer:
     def _dwarf_sections_from_image(self, img: Any) -> D.DwarfSections:
         """The DWARF sections as :class:`ksym.image.KernelImage` reads them (each compressed section
         inflated once)."""
-        return dwarf_sections(self.path, img.section_bytes, img.little_endian, img.elfclass, img.require_dwarf)
+        return dwarf_sections(self._file, img.section_bytes, img.little_endian, img.elfclass, img.require_dwarf)
 
     def compiled_unit(self, offset: int, address: int | None = None) -> D.CompiledUnit:
         """The unit at ``offset`` of .debug_info (from memory, the index or the DWARF); given an
@@ -350,7 +357,7 @@ class Symbolizer:
         address needs (:meth:`ksym.dwarf_image.DwarfImage.read_on` reads on)."""
         if self.dwarf_image is None:
             self._open_image().require_dwarf()
-            raise BadFileError(f"{self.path}: no DWARF")
+            raise BadFileError(f"{self._file}: no DWARF")
         return self.dwarf_image.compiled_unit(offset, address)
 
     def flush(self) -> None:
@@ -367,7 +374,7 @@ class Symbolizer:
         dwarf = self.dwarf_image
         return IndexStats(len(dwarf.units_read) if dwarf else 0, dwarf.units_loaded if dwarf else 0,
                           self._answers.stored_hits, self._answers_looked_up, self._fingerprinted,
-                          str(self._index.directory) if self._index.directory is not None else None)
+                          self._index.directory)
 
     @property
     def tag_guess(self) -> Any:
