@@ -119,10 +119,12 @@ _Adder = argparse._ActionsContainer
 def build_parser(annotate_arguments: bool = True, command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every ``ksym`` command. ``annotate_arguments=False`` leaves ``ksym annotate``'s own
     options out (a run of another command does not need them); ``command`` (the first word of the
-    command line), when it names a command, leaves every other command's options out: each command is
-    still listed, and that command parses (and explains in ``--help``) exactly as with all of them."""
+    command line), when it names a command, leaves every other command out (its parser and its
+    options: only ``ksym --help`` and an unknown command show them); that command parses (and explains in
+    ``--help``) exactly as with all of them."""
     commands = ("resolve", "faddr2line", "debuginfo", "annotate")
-    wanted = set(commands) if command not in commands else {command}
+    listed = commands if command not in commands else (command,)
+    wanted = set(listed)
     if not annotate_arguments:
         wanted.discard("annotate")
     p = _Parser(
@@ -133,34 +135,38 @@ def build_parser(annotate_arguments: bool = True, command: str | None = None) ->
         epilog=EPILOG,
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    r = sub.add_parser("resolve", help="resolve func+off[/size] frames or addresses (faddr2line output)",
-                       formatter_class=_Formatter, epilog=EPILOG)
-    if "resolve" in wanted:
-        r.add_argument("frames", nargs="+", metavar="FRAME", help="func+off, func+off/size, or 0xADDRESS")
-        _add_frame_options(r, with_vmlinux=True)
-    f = sub.add_parser("faddr2line", help="drop-in for scripts/faddr2line: VMLINUX FRAME...",
-                       formatter_class=_Formatter, epilog=EPILOG)
-    if "faddr2line" in wanted:
-        f.add_argument("vmlinux_pos", metavar="VMLINUX")
-        f.add_argument("frames", nargs="+", metavar="FRAME")
-        _add_frame_options(f, with_vmlinux=False)
-    d = sub.add_parser("debuginfo", help="show which debug file ksym would use and why (build ids, paths, "
-                       "debuginfod)", formatter_class=_Formatter, epilog=EPILOG)
-    if "debuginfo" in wanted:
-        which = d.add_mutually_exclusive_group()
-        _add_build_id(which, "the debug file of this build id")
-        _add_vmlinux(which, "this vmlinux (itself if it has DWARF, else the debug file of its build id)")
-        _add_running(which, "the running kernel's (the default)")
-        _add_release(d, "uname -r for distribution paths and the package to install (default: the running "
-                     "kernel's)")
-        _add_json(d, "one JSON object")
-        _add_offline(d)
-        _add_cache_dir(d)
-        _add_debuginfo_search(d)
-    a = sub.add_parser("annotate", help="put file:line under every stack frame of pasted text (a filter)",
-                       formatter_class=_Formatter, epilog=EPILOG)
-    if "annotate" in wanted:
-        _add_annotate_options(a)
+    if "resolve" in listed:
+        r = sub.add_parser("resolve", help="resolve func+off[/size] frames or addresses (faddr2line output)",
+                           formatter_class=_Formatter, epilog=EPILOG)
+        if "resolve" in wanted:
+            r.add_argument("frames", nargs="+", metavar="FRAME", help="func+off, func+off/size, or 0xADDRESS")
+            _add_frame_options(r, with_vmlinux=True)
+    if "faddr2line" in listed:
+        f = sub.add_parser("faddr2line", help="drop-in for scripts/faddr2line: VMLINUX FRAME...",
+                           formatter_class=_Formatter, epilog=EPILOG)
+        if "faddr2line" in wanted:
+            f.add_argument("vmlinux_pos", metavar="VMLINUX")
+            f.add_argument("frames", nargs="+", metavar="FRAME")
+            _add_frame_options(f, with_vmlinux=False)
+    if "debuginfo" in listed:
+        d = sub.add_parser("debuginfo", help="show which debug file ksym would use and why (build ids, paths, "
+                           "debuginfod)", formatter_class=_Formatter, epilog=EPILOG)
+        if "debuginfo" in wanted:
+            which = d.add_mutually_exclusive_group()
+            _add_build_id(which, "the debug file of this build id")
+            _add_vmlinux(which, "this vmlinux (itself if it has DWARF, else the debug file of its build id)")
+            _add_running(which, "the running kernel's (the default)")
+            _add_release(d, "uname -r for distribution paths and the package to install (default: the "
+                         "running kernel's)")
+            _add_json(d, "one JSON object")
+            _add_offline(d)
+            _add_cache_dir(d)
+            _add_debuginfo_search(d)
+    if "annotate" in listed:
+        a = sub.add_parser("annotate", help="put file:line under every stack frame of pasted text (a filter)",
+                           formatter_class=_Formatter, epilog=EPILOG)
+        if "annotate" in wanted:
+            _add_annotate_options(a)
     return p
 
 
