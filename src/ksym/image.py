@@ -14,7 +14,6 @@ import os
 import struct
 from typing import Any
 
-from .buildid import read_build_id_from_notes
 from .compress import SectionContents
 from .errors import BadFileError, FileNotFoundKsymError, MissingDebugInfoError
 from .symbols import Section, SymbolTable
@@ -146,6 +145,8 @@ class KernelImage:
 
     @property
     def build_id(self) -> str | None:
+        from .buildid import read_build_id_from_notes  # not on a warm run: only is_module_file is
+
         for s in self.sections:
             if s.type == SHT_NOTE:
                 data = self.section_bytes(s.name)
