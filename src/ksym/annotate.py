@@ -51,7 +51,7 @@ import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO
 
 from .disasm import CallInstruction, supported_machine
 from .errors import (
@@ -81,6 +81,7 @@ from .parse import (
     parse_line,
     strip_log_prefix,
 )
+from .records import NamedTuple
 from .spec import FuncSpec, parse_spec
 from .symbolizer import Symbolizer
 from .symbols import FaddrMatch, SymbolView, faddr2line_select

@@ -18,7 +18,8 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterator
-from typing import NamedTuple
+
+from .records import NamedTuple
 
 __all__ = [
     "KERNEL_NOTES_PATH",

@@ -21,12 +21,13 @@ import bisect
 import mmap
 from array import array
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from .compress import SHF_COMPRESSED
 from .errors import BadFileError
 from .lru import LRUCache
 from .model import SourceLocation
+from .records import NamedTuple
 from .symbols import Section, SymbolTable, inline_chain
 
 TYPE_CHECKING = False

@@ -42,11 +42,12 @@ import struct
 import time
 import zlib
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from .dwarf_image import ArangeTable, UnitRange
 from .lru import LRUCache
 from .model import SourceLocation
+from .records import NamedTuple
 from .searchopts import path_text
 from .symbols import Section, SymbolTable
 

@@ -8,7 +8,9 @@ at the call site, and the last entry is the real (out-of-line) function.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+from .records import NamedTuple
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

@@ -19,9 +19,9 @@ gcc's relative ``comp_dir`` (``debian/build/build_amd64_none_cloud-amd64``), or 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NamedTuple
 
 from .errors import EXIT_USAGE, KsymError
+from .records import NamedTuple
 
 __all__ = ["PathMap", "PathMapError", "parse_path_map_rule"]
 

@@ -9,7 +9,8 @@ They live apart from :mod:`ksym.debuginfo` and :mod:`ksym.locate` so that a comm
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+
+from .records import NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

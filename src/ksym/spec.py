@@ -9,9 +9,9 @@ The offset text is echoed unchanged in the header (``__ip_local_out+219/0x160:``
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
 
 from .errors import SpecError
+from .records import NamedTuple
 
 __all__ = ["AddressSpec", "FuncSpec", "parse_number", "parse_spec"]
 

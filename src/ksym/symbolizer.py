@@ -21,7 +21,7 @@ import contextlib
 import os
 import re
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 from .dwarf_image import ArangeTable, DwarfImage, FileSections, dwarf_sections
 from .errors import BadFileError, KsymError, SpecError
@@ -40,6 +40,7 @@ from .lru import LRUCache
 from .model import Resolution, SourceLocation
 from .pathmap import PathMap
 from .prefetch import Prefetcher
+from .records import NamedTuple
 from .searchopts import Located
 from .spec import AddressSpec, FuncSpec, parse_spec
 from .symbols import SymbolTable, SymbolView, faddr2line_select, inline_chain

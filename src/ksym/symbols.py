@@ -27,10 +27,10 @@ import sys
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from enum import Enum
-from typing import NamedTuple
 
 from .errors import SkipKind, SkipReason, SymbolNotFoundError
 from .model import Resolution, SourceLocation
+from .records import NamedTuple
 from .spec import FuncSpec
 
 # typing.TYPE_CHECKING without importing typing (or the DWARF reader) for a lookup that needs neither:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
+
+from ..records import NamedTuple
 
 if TYPE_CHECKING:
     from ..searchopts import Located

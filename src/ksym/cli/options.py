@@ -45,9 +45,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import NamedTuple, NoReturn
+from typing import NoReturn
 
 from ..errors import EXIT_USAGE
+from ..records import NamedTuple
 from ..searchopts import DebuginfoOptions
 
 __all__ = [
