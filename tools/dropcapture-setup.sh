@@ -2,7 +2,7 @@
 # dropcapture-setup.sh - prepare a machine (as root) to run dropcapture and its tests.
 #
 # Idempotent: safe to run again on a machine that is already set up.
-#   - apt-get update; install python3-bpfcc nftables curl iproute2
+#   - apt-get update; install python3-bpfcc nftables curl iproute2 libpcap0.8 (--pcap-filter)
 #   - mount tracefs at /sys/kernel/tracing if it is not mounted
 #   - when /lib/modules/$(uname -r)/build is missing (custom kernels, e.g. Firecracker, ship no headers
 #     package), fetch the newest Debian linux-headers-<ver>-cloud-amd64 + -common + linux-kbuild-<ver>
@@ -28,8 +28,8 @@ die() { echo "dropcapture-setup: error: $*" >&2; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
 say "apt-get update"
 apt-get update -qq || die "apt-get update failed"
-say "installing python3-bpfcc nftables curl iproute2"
-apt-get install -y -qq python3-bpfcc nftables curl iproute2 >/dev/null || die "apt-get install failed"
+say "installing python3-bpfcc nftables curl iproute2 libpcap0.8"
+apt-get install -y -qq python3-bpfcc nftables curl iproute2 libpcap0.8 >/dev/null || die "apt-get install failed"
 # optional: bpftool lets the tests check that no program is left attached
 apt-get install -y -qq bpftool >/dev/null 2>&1 || say "bpftool not available (optional)"
 

@@ -68,9 +68,10 @@ EOF
     #   gawk (scripts/faddr2line --list), llvm (llvm-symbolizer), gcc, clang and lld (fixtures/build.sh,
     #   rebuilt byte for byte by tests/test_anchors.py), xz-utils and zstd (.ko.xz/.ko.zst files),
     #   util-linux (setpriv), iproute2, nftables, curl and bpftool (dropcapture's kernel tests),
+    #   libpcap0.8 (dropcapture --pcap-filter compiles with it; its tests use it as the reference),
     #   chromium (the HTML report in a real browser); elfutils (eu-addr2line) and time for bench/
     apt_install python3 python3-venv python3-pip binutils binutils-aarch64-linux-gnu elfutils gawk xz-utils \
-      zstd ca-certificates gcc clang lld llvm time util-linux iproute2 nftables curl bpftool chromium
+      zstd ca-certificates gcc clang lld llvm time util-linux iproute2 nftables curl bpftool libpcap0.8 chromium
     if [ "$(id -u)" = 0 ] && [ -d /sys/kernel/btf ]; then
       sh tools/dropcapture-setup.sh
     else

@@ -212,8 +212,14 @@ class Btf:
         return out
 
     def struct(self, name: str) -> int:
-        """Id of ``struct name`` (or a union of that name)."""
-        return self.find(name, (_STRUCT, _UNION))
+        """Id of ``struct name`` (or a union of that name, or a typedef of one such as ``possible_net_t``)."""
+        try:
+            return self.find(name, (_STRUCT, _UNION))
+        except BtfError:
+            tid = self.resolve(self.find(name, (_TYPEDEF,)))
+            if self._kinds[tid] not in (_STRUCT, _UNION):
+                raise BtfError(f"{name!r} is not a struct or union in BTF") from None
+            return tid
 
     def member(self, struct_name: str, member: str) -> Member:
         """Locate ``member`` in ``struct struct_name``, looking inside anonymous structs/unions.
@@ -224,6 +230,46 @@ class Btf:
         if found is None:
             raise BtfError(f"struct {struct_name} has no member {member!r} in BTF")
         return found
+
+    def member_path(self, struct_name: str, path: str) -> Member:
+        """Locate a nested member such as ``nd_net.net`` in ``struct net_device``: each step names a member
+        of the struct (or union) the previous step's type is, through anonymous containers; the offset is
+        from the start of ``struct struct_name``.
+
+        :raises BtfError: a step does not exist or is not inside a struct/union (a pointer is not followed).
+        """
+        tid = self.struct(struct_name)
+        where = f"struct {struct_name}"
+        bit_base = 0
+        found: Member | None = None
+        for step in path.split("."):
+            if found is not None:
+                tid = self.resolve(self._member_type(tid, found.name))
+                if self._kinds[tid] not in (_STRUCT, _UNION):
+                    raise BtfError(f"{where} is not a struct or union in BTF (a pointer is not followed)")
+            found = self._find_member(tid, step, bit_base)
+            if found is None:
+                raise BtfError(f"{where} has no member {step!r} in BTF")
+            bit_base = found.bit_offset
+            where = f"{where}.{step}"
+        if found is None:
+            raise BtfError(f"empty member path for struct {struct_name}")
+        return Member(path, found.offset, found.size, found.bitfield_size, found.bit_offset)
+
+    def _member_type(self, tid: int, member: str) -> int:
+        # the type id of ``member`` (searched like _find_member) in struct/union ``tid``
+        anonymous = []
+        for name, mtype, _boff, _bits in self.members(tid):
+            if name == member:
+                return mtype
+            if not name and self._kinds[self.resolve(mtype)] in (_STRUCT, _UNION):
+                anonymous.append(mtype)
+        for mtype in anonymous:
+            try:
+                return self._member_type(self.resolve(mtype), member)
+            except KeyError:
+                continue
+        raise KeyError(member)
 
     def _find_member(self, tid: int, member: str, bit_base: int) -> Member | None:
         anonymous = []

@@ -28,7 +28,7 @@ from ._bcc import BccProgram, import_bcc
 from .bpf_text import Layout, build_text
 from .btf import BTF_PATH, Btf
 from .errors import BtfError, CaptureError, HeadersError, PrivilegeError, UnsupportedKernelError
-from .events import DropEvent, RawEvent, StackFrame, decode_event
+from .events import DEFAULT_SNAPLEN, SNAPLEN_MAX, DropEvent, RawEvent, StackFrame, decode_event
 from .filters import Filters
 from .reasons import ReasonTable
 from .tpformat import TracepointFormat, read_format
@@ -139,6 +139,8 @@ class Capture:
         keep one call busy and :meth:`stop`/:meth:`abandon` take effect between batches.
     :param annotate: optional ``KallsymsSymbol -> tuple[str, ...]`` adding file:line text to stack frames
         (see :func:`dropcapture.symbolize.ksym_annotator`).
+    :param snaplen: packet bytes each event carries (:attr:`DropEvent.packet`), 0..4096; a pcap filter
+        sees these bytes.
     """
 
     def __init__(
@@ -152,13 +154,17 @@ class Capture:
         wakeup_every: int = 32,
         annotate: Callable[[KallsymsSymbol], tuple[str, ...]] | None = None,
         batch: int = 1024,
+        snaplen: int = DEFAULT_SNAPLEN,
     ) -> None:
         if filters is not None and not isinstance(filters, Filters):
             raise TypeError(f"filters must be a dropcapture.Filters, not {type(filters).__name__}")
         for name, pages in (("ringbuf_pages", ringbuf_pages), ("perf_pages", perf_pages)):
             if isinstance(pages, bool) or not isinstance(pages, int) or pages <= 0 or pages & (pages - 1):
                 raise ValueError(f"{name} must be a power of two, not {pages!r}")
+        if isinstance(snaplen, bool) or not isinstance(snaplen, int) or not 0 <= snaplen <= SNAPLEN_MAX:
+            raise ValueError(f"snaplen must be 0..{SNAPLEN_MAX}, not {snaplen!r}")
         self.filters = filters or Filters()
+        self.snaplen = snaplen
         self._ringbuf = ringbuf
         self._ringbuf_pages = ringbuf_pages
         self._perf_pages = perf_pages
@@ -210,6 +216,11 @@ class Capture:
         self.reasons = ReasonTable.from_kernel(self.format, self.btf)
         self.filters = self.filters.resolve_reasons(self.reasons)
         layout = Layout.from_kernel(self.format, self.btf)
+        programs = None
+        if self.filters.pcap_filter is not None:
+            from .pcapfilter import compile_filters
+
+            programs = compile_filters(self.filters.pcap_filter, self.snaplen)
         if self._ringbuf is None:
             self._ringbuf = _has_ringbuf(self.btf)
         self.text = build_text(
@@ -219,6 +230,8 @@ class Capture:
             ringbuf_pages=self._ringbuf_pages,
             stack_entries=self._stack_entries,
             wakeup_every=self._wakeup_every,
+            snaplen=self.snaplen,
+            pcap_programs=programs,
         )
         return self.text
 
@@ -361,7 +374,9 @@ class Capture:
     def _on_record(self, data: Any) -> int:
         if self._abandoned:
             return -1  # stop reading; the record counts as lost at exit
-        self._raw.append(ctypes.string_at(data, _RAW_SIZE))
+        # the fixed header, then the packet bytes the program captured (caplen <= snaplen, as it wrote)
+        caplen = min(ctypes.c_uint16.from_address(data + _CAPLEN_OFF).value, self.snaplen)
+        self._raw.append(ctypes.string_at(data, _RAW_SIZE + caplen))
         self._received += 1
         self._round += 1
         return -1 if self._round >= self._batch else 0
@@ -434,7 +449,8 @@ class Capture:
         """
         self.open()
         deadline = time.monotonic() + duration if duration is not None else None
-        drain_until = 0.0
+        # already detached (detach() called first): deliver what is left, for up to ``drain`` seconds
+        drain_until = time.monotonic() + drain if self._detached else 0.0
 
         def _over() -> bool:
             """Detach on a stop or at the deadline; True when the iterator must end."""
@@ -501,6 +517,7 @@ class Capture:
 
 
 _RAW_SIZE = ctypes.sizeof(RawEvent)
+_CAPLEN_OFF = RawEvent.caplen.offset
 # location (u64) at offset 16, then pid, tid, cpu (u32), reason (u32) at 36, stack_id (s32) at 40
 _PEEK = struct.Struct("@Q12xIi")
 _PEEK_OFF = RawEvent.location.offset

@@ -1,7 +1,8 @@
 """dropcapture: capture packet drops (skb:kfree_skb) with their kernel stacks.
 
-USAGE: dropcapture [--comm C] [--pid P] [--proto tcp|udp|icmp...] [--host ADDR] [--port N]
-                   [--reason NAME] [--count N] [--duration S] [--json] [--save FILE]
+USAGE: dropcapture [--comm C] [--pid P] [--proto tcp|udp|icmp...] [--host ADDR|CIDR] [--port N]
+                   [--reason NAME] [--netns PATH|INODE] [--pcap-filter EXPR] [--snaplen N]
+                   [--count N] [--duration S] [--json] [--save FILE]
                    [--vmlinux PATH] [--no-stack] [--quiet]
 
 Replaces the bpftrace dropwatch.bt script (kprobe:kfree_skb, TCP only) with the skb:kfree_skb
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import json
 import os
 import signal
@@ -25,8 +25,8 @@ from typing import IO
 
 from .capture import Capture
 from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CaptureError
-from .events import l4_number
-from .filters import PID_MAX, Filters, IPAddress
+from .events import DEFAULT_SNAPLEN, SNAPLEN_MAX, l4_number
+from .filters import PID_MAX, Filters, IPNetwork, host_network, netns_inode
 from .output import SaveWriter, Summary, TextFormatter
 from .reasons import ReasonTable
 
@@ -38,6 +38,8 @@ examples:
   dropcapture --comm curl              # drops while curl runs (send path, loopback receive)
   dropcapture --proto tcp --port 80    # TCP drops from or to port 80
   dropcapture --reason NETFILTER_DROP --count 10
+  dropcapture --netns /var/run/netns/blue --host 10.0.0.0/8   # one namespace, a prefix
+  dropcapture --pcap-filter 'tcp[tcpflags] & tcp-syn != 0'    # tcpdump syntax, in the kernel
   dropcapture --json --duration 30 > drops.jsonl
   dropcapture --save drops.txt         # stacks for 'ksym annotate' on another machine
   dropcapture --vmlinux /usr/lib/debug/boot/vmlinux-$(uname -r)   # file:line via ksym
@@ -45,7 +47,7 @@ examples:
 Ctrl-C: stop tracing, print what is left in the buffer, then the summary; Ctrl-C again: stop at
 once (what is left counts as lost). The summary's counters always add up: emitted = delivered + lost.
 
-exit codes: 0 ok, 1 capture failed, 2 usage, 3 bcc missing, 4 not privileged,
+exit codes: 0 ok, 1 capture failed, 2 usage, 3 bcc (or libpcap for --pcap-filter) missing, 4 not privileged,
             5 kernel lacks tracefs/tracepoint/BPF/BTF, 6 bcc cannot compile (kernel headers),
             130 interrupted before the capture started
 """
@@ -63,9 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--pid", type=int, action="append", default=[],
                    help="only this process (or thread) id; 0 is the idle task (softirq on an idle CPU)")
     f.add_argument("--proto", action="append", default=[], help="tcp, udp, icmp, icmpv6, sctp or a number")
-    f.add_argument("--host", action="append", default=[], help="source or destination address (v4 or v6)")
+    f.add_argument("--host", action="append", default=[],
+                   help="source or destination address or CIDR prefix (v4 or v6), e.g. 10.0.0.0/8")
     f.add_argument("--port", type=int, action="append", default=[], help="source or destination port")
     f.add_argument("--reason", action="append", default=[], help="drop reason name, e.g. NO_SOCKET")
+    _add_packet_options(p, f)
     lim = p.add_argument_group("limits")
     lim.add_argument("--count", type=int, help="stop after N drops")
     lim.add_argument("--duration", type=float, help="stop after S seconds")
@@ -84,15 +88,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# -- packet capture and kernel filters (--netns, --pcap-filter, --snaplen) -------------------------
+
+
+def _add_packet_options(p: argparse.ArgumentParser, f: argparse._ArgumentGroup) -> None:
+    f.add_argument("--netns", action="append", default=[], metavar="PATH|INODE",
+                   help="only drops in this network namespace: /var/run/netns/NAME, /proc/PID/ns/net or an inode")
+    f.add_argument("--pcap-filter", metavar="EXPR",
+                   help="tcpdump expression, compiled by libpcap and checked in the kernel on the packet bytes")
+    pk = p.add_argument_group("packet bytes")
+    pk.add_argument("--snaplen", type=int, default=DEFAULT_SNAPLEN,
+                    help=f"packet bytes each drop carries, from the L2 or L3 header (default {DEFAULT_SNAPLEN}, "
+                         f"0..{SNAPLEN_MAX}); --pcap-filter sees these bytes")
+
+
+def _netns(args: argparse.Namespace) -> frozenset[int]:
+    """--netns as inodes (ValueError: a usage error)."""
+    return frozenset(netns_inode(spec) for spec in args.netns)
+
+
+def _pcap_filter(args: argparse.Namespace) -> str | None:
+    """--pcap-filter, compiled once here so a bad expression is a usage error before anything is loaded."""
+    if not 0 <= args.snaplen <= SNAPLEN_MAX:
+        raise ValueError(f"--snaplen {args.snaplen}: must be 0..{SNAPLEN_MAX}")
+    expr: str | None = args.pcap_filter
+    if expr is not None:
+        from .pcapfilter import compile_filters
+
+        compile_filters(expr, args.snaplen)  # PcapFilterError is a ValueError
+    return expr
+
+
 def _filters(args: argparse.Namespace, reasons_lookup: ReasonTable) -> Filters:
     """The command line's filters, every value checked (ValueError: a usage error)."""
     protos = set()
     for spec in args.proto:
         for item in spec.split(","):
             protos.add(l4_number(item))
-    hosts: set[IPAddress] = set()
+    hosts: set[IPNetwork] = set()
     for h in args.host:
-        hosts.add(ipaddress.ip_address(h))
+        hosts.add(host_network(h))
     for port in args.port:
         if not 0 < port < 65536:
             raise ValueError(f"bad port {port} (1..65535)")
@@ -115,6 +150,8 @@ def _filters(args: argparse.Namespace, reasons_lookup: ReasonTable) -> Filters:
         hosts=frozenset(hosts),
         ports=frozenset(args.port),
         reasons=frozenset(reasons),
+        netns=_netns(args),
+        pcap_filter=_pcap_filter(args),
     )
 
 
@@ -209,7 +246,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"dropcapture: {status}", file=sys.stderr)
 
     sizes = {} if pages is None else {"ringbuf_pages": pages, "perf_pages": pages}
-    cap = Capture(filters, ringbuf=False if args.perf_buffer else None, annotate=annotate, **sizes)
+    cap = Capture(filters, ringbuf=False if args.perf_buffer else None, annotate=annotate, snaplen=args.snaplen,
+                  **sizes)
     if args.ebpf:
         print(cap.prepare())
         return EXIT_OK

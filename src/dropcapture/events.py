@@ -17,8 +17,14 @@ if TYPE_CHECKING:
     from ksym.kallsyms import KallsymsSymbol
 
 __all__ = [
+    "DEFAULT_SNAPLEN",
     "EVENT_FIELDS",
+    "HEADER_SIZE",
+    "LINKTYPE_ETHERNET",
+    "LINKTYPE_NONE",
+    "LINKTYPE_RAW",
     "RAW_STRUCT",
+    "SNAPLEN_MAX",
     "STACK_ERRORS",
     "DropEvent",
     "RawEvent",
@@ -54,22 +60,46 @@ EVENT_FIELDS: list[tuple[str, Any, str]] = [
     ("icmp_type", ctypes.c_uint8, "u8"),
     ("icmp_code", ctypes.c_uint8, "u8"),
     ("has_l4", ctypes.c_uint8, "u8"),
+    ("netns", ctypes.c_uint32, "u32"),
+    ("ifindex", ctypes.c_uint32, "u32"),
+    ("wire_len", ctypes.c_uint32, "u32"),
+    ("caplen", ctypes.c_uint16, "u16"),
+    ("linktype", ctypes.c_uint16, "u16"),
+    ("ifname", ctypes.c_char * 16, "char ifname[16]"),
     ("_pad", ctypes.c_uint32, "u32"),
 ]
 
+#: pcap link types of the captured bytes (``DropEvent.linktype``): from the Ethernet header (the skb has
+#: a MAC header of 14 bytes, e.g. an Ethernet device or loopback) or from the IPv4/IPv6 header.
+LINKTYPE_NONE, LINKTYPE_ETHERNET, LINKTYPE_RAW = 0, 1, 101
+
+#: Largest ``--snaplen``: the program's scratch record (per-CPU map value) holds this many packet bytes.
+SNAPLEN_MAX = 4096
+DEFAULT_SNAPLEN = 128
+
 
 class RawEvent(ctypes.Structure):
-    """ctypes mirror of ``struct dc_event``."""
+    """ctypes mirror of ``struct dc_event`` up to the packet bytes (the record's fixed-size header)."""
 
     _fields_ = [(n, t) for n, t, _c in EVENT_FIELDS]
 
 
-def c_struct(name: str = "dc_event") -> str:
-    """The C definition of the event record, for the BPF text."""
+#: Size of the fixed part; the first ``caplen`` packet bytes follow it in each record.
+HEADER_SIZE = ctypes.sizeof(RawEvent)
+
+
+def c_struct(name: str = "dc_event", data_size: int = DEFAULT_SNAPLEN) -> str:
+    """The C definition of the event record, for the BPF text: the fields of :data:`EVENT_FIELDS`, then
+    ``u8 data[data_size]`` (the program emits only the header and the ``caplen`` bytes captured)."""
     lines = [f"struct {name} {{"]
     for fname, _t, ctype in EVENT_FIELDS:
         lines.append(f"    {ctype};" if "[" in ctype else f"    {ctype} {fname};")
+    lines.append(f"    u8 data[{int(data_size)}];")
     lines.append("};")
+    lines.append(
+        f"_Static_assert(__builtin_offsetof(struct {name}, data) == {HEADER_SIZE}, "
+        '"struct dc_event differs from its ctypes mirror");'
+    )
     return "\n".join(lines)
 
 
@@ -195,6 +225,19 @@ class DropEvent(NamedTuple):
     tcp_flags: int | None = None
     icmp_type: int | None = None
     icmp_code: int | None = None
+    #: Inode of the network namespace (``ls -i /var/run/netns/NAME``, ``/proc/PID/ns/net``): the device's
+    #: namespace, else the socket's; None when the buffer has neither.
+    netns: int | None = None
+    #: The device (``skb->dev``): its index and name; without a device the index is ``skb->skb_iif`` (the
+    #: device it arrived on, 0 for a locally sent buffer) and the name is None.
+    ifindex: int | None = None
+    ifname: str | None = None
+    #: pcap link type of :attr:`packet`: 1 Ethernet, 101 raw IPv4/IPv6, 0 no bytes captured.
+    linktype: int = 0
+    #: Length of the packet from the header :attr:`packet` starts at (the "original length" of pcap).
+    wire_len: int = 0
+    #: The first ``snaplen`` bytes of the packet, from the L2 or L3 header (only the buffer's linear part).
+    packet: bytes = b""
 
     @property
     def protocol(self) -> str:
@@ -250,6 +293,9 @@ class DropEvent(NamedTuple):
             "tcp_flags": self.tcp_flags,
             "icmp_type": self.icmp_type,
             "icmp_code": self.icmp_code,
+            "netns": self.netns,
+            "ifindex": self.ifindex,
+            "ifname": self.ifname,
             "stack_id": self.stack_id,
             "stack_error": self.stack_error,
             "stack": [
@@ -279,12 +325,14 @@ def _struct_format() -> str:
     codes = []
     for _name, _t, ctype in EVENT_FIELDS:
         codes.append("16s" if "[16]" in ctype else _STRUCT_CODES[ctype])
+    # no trailing padding in a struct format: the header's size must come out equal
     return "@" + "".join(codes)
 
 
 #: ``struct`` mirror of the record (native alignment = the C layout); unpacking it is much cheaper
 #: than reading ctypes attributes one by one.
 RAW_STRUCT = struct.Struct(_struct_format())
+assert RAW_STRUCT.size == HEADER_SIZE, "EVENT_FIELDS must end on an 8-byte boundary"
 _INDEX = {name: i for i, (name, _t, _c) in enumerate(EVENT_FIELDS)}
 _PORT_PROTOS = frozenset((6, 17, 132, 136))
 _ICMP_PROTOS = frozenset((1, 58))
@@ -302,10 +350,10 @@ def decode_event(
 
     ``clock_offset`` is wall-clock minus CLOCK_MONOTONIC in seconds (see ``Capture``).
     """
+    buf = bytes(raw) if isinstance(raw, RawEvent) else raw
     (ts_ns, skbaddr, location, pid, tid, cpu, reason, stack_id, length, eth_protocol, family, l4proto,
-     sport, dport, saddr, daddr, comm, tcp_flags, icmp_type, icmp_code, has_l4, _pad) = RAW_STRUCT.unpack_from(
-        bytes(raw) if isinstance(raw, RawEvent) else raw
-    )
+     sport, dport, saddr, daddr, comm, tcp_flags, icmp_type, icmp_code, has_l4, netns, ifindex, wire_len,
+     caplen, linktype, ifname, _pad) = RAW_STRUCT.unpack_from(buf)
     family = family if family in (4, 6) else 0
     has_ip = family != 0
     ports = has_ip and has_l4 and l4proto in _PORT_PROTOS
@@ -336,4 +384,15 @@ def decode_event(
         tcp_flags if (ports and l4proto == 6) else None,
         icmp_type if icmp else None,
         icmp_code if icmp else None,
+        netns or None,
+        ifindex or None,
+        _cstr(ifname) or None,
+        linktype if caplen or wire_len else 0,
+        wire_len,
+        buf[HEADER_SIZE : HEADER_SIZE + caplen],
     )
+
+
+def _cstr(raw: bytes) -> str:
+    nul = raw.find(b"\0")
+    return (raw[:nul] if nul >= 0 else raw).decode("utf-8", "replace")

@@ -37,7 +37,10 @@ def test_help() -> None:
                                   ["--count", "0"], ["--duration", "-1"], ["--proto", "999"], ["--proto", "tcp,256"],
                                   ["--pid", "-5"], ["--pid", str(1 << 23)], ["--comm", ""], ["--buffer-pages", "3"],
                                   ["--no-stack", "--vmlinux", "/proc/self/exe"],
-                                  ["--save", "/nonexistent-dropcapture-dir/drops.txt"], ["--save", "/"]])
+                                  ["--save", "/nonexistent-dropcapture-dir/drops.txt"], ["--save", "/"],
+                                  ["--host", "10.1.2.3/16"], ["--host", "fd00::/129"], ["--snaplen", "5000"],
+                                  ["--snaplen", "-1"], ["--netns", "/nonexistent-dropcapture-ns"],
+                                  ["--netns", "/etc/hostname"], ["--netns", "0"]])
 def test_usage_errors(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(args) == EXIT_USAGE
     _one_line_error(capsys.readouterr().err)

@@ -125,7 +125,7 @@ def test_filters_validate_and_convert() -> None:
     ev = decode(raw_v4())
     # names and strings are accepted and converted to what the kernel compares
     f = Filters(protos=frozenset({"tcp"}), hosts={"10.0.0.2"}, reasons={"netfilter_drop"}, ports={80})
-    assert f.protos == {6} and f.hosts == {ipaddress.ip_address("10.0.0.2")} and f.ports == {80}
+    assert f.protos == {6} and f.hosts == {ipaddress.ip_network("10.0.0.2/32")} and f.ports == {80}
     assert f.reasons == {"NETFILTER_DROP"} and f.matches(ev)  # an unresolved name matches by name
     assert Filters(reasons={"SKB_DROP_REASON_NO_SOCKET"}).reasons == {"NO_SOCKET"}
     # the wrong type: TypeError naming the field; out of range: ValueError

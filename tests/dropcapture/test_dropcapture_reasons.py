@@ -92,20 +92,24 @@ def test_bpf_text_constants_come_from_kernel(need_tracefs: None, need_btf: None)
     assert f"#define SKB_OFF_HEAD {btf.member('sk_buff', 'head').offset}" in text
     assert f"#define SKB_OFF_NETWORK_HEADER {btf.member('sk_buff', 'network_header').offset}" in text
     assert f"#define TP_OFF_SKBADDR {fmt.fields['skbaddr'].offset}" in text
-    assert "ev.comm[0] != 99" in text and "ev.pid == 42" in text and "ev.dport == 80" in text
-    assert "ev.reason == 12" in text and "ev.l4proto == 6" in text
+    assert "ev->comm[0] != 99" in text and "ev->pid == 42" in text and "ev->dport == 80" in text
+    assert "ev->reason == 12" in text and "ev->l4proto == 6" in text
+    # nested members (net_device.nd_net.net, net.ns.inum) from BTF too
+    assert f"#define DEV_OFF_NET {btf.member_path('net_device', 'nd_net.net').offset}" in text
+    assert f"#define NET_OFF_INUM {btf.member_path('net', 'ns.inum').offset}" in text
+    assert f"#define SK_OFF_NET {btf.member_path('sock', '__sk_common.skc_net.net').offset}" in text
     import ipaddress
 
     hosts = frozenset({ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")})
     htext = build_text(layout, Filters(hosts=hosts))
-    assert "*(u32 *)ev.saddr == 0x100007fU" in htext  # 127.0.0.1 as a little-endian u32
-    assert "ev.family == 6" in htext and "0x100000000000000ULL" in htext  # ::1, second half
+    assert "(*(u32 *)ev->saddr & 0xffffffffU) == 0x100007fU" in htext  # 127.0.0.1 as a little-endian u32
+    assert "ev->family == 6" in htext and "0x100000000000000ULL" in htext  # ::1, second half
     assert "#include <net/" not in text and "struct sk_buff *" not in text and "->head" not in text
     assert "BPF_RINGBUF_OUTPUT" in text
     assert "BPF_PERF_OUTPUT" in build_text(layout, ringbuf=False)
     # names reach the C text as validated numbers; unresolved reason names never reach it
     named = build_text(layout, Filters(protos=frozenset({"tcp", "udp"})))
-    assert "ev.l4proto == 6 || ev.l4proto == 17" in named and "'tcp'" not in named
+    assert "ev->l4proto == 6 || ev->l4proto == 17" in named and "'tcp'" not in named
     with pytest.raises(ValueError, match="resolve"):
         build_text(layout, Filters(reasons=frozenset({"NO_SOCKET"})))
     with pytest.raises(ValueError):
