@@ -94,7 +94,7 @@ STALE_TEMP_SECONDS = 3600
 RECENT_CHANGE_SECONDS = 3
 
 # what ksym's writes name their temporaries, and what tempfile.mkstemp named them before format 7
-_TEMP_NAME = re.compile(r"\.tmp-(?:[0-9a-f]{16}|[a-z0-9_]{8})")
+_TEMP_NAME = r"\.tmp-(?:[0-9a-f]{16}|[a-z0-9_]{8})"  # compiled when a write first sweeps (re keeps it)
 # the fingerprint reads the file in pieces of this size and lets the kernel drop each from the mapping
 _FINGERPRINT_CHUNK = 1 << 24
 
@@ -452,7 +452,7 @@ class IndexStore:
             now = time.time()
             with os.scandir(directory) as entries:
                 for e in entries:
-                    if (_TEMP_NAME.fullmatch(e.name) and e.is_file(follow_symlinks=False)
+                    if (re.fullmatch(_TEMP_NAME, e.name) and e.is_file(follow_symlinks=False)
                             and now - e.stat(follow_symlinks=False).st_mtime > STALE_TEMP_SECONDS):
                         os.unlink(e.path)
         except OSError:

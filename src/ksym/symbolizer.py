@@ -58,7 +58,8 @@ _KERNEL_TOP_DIRS = (
     "arch", "block", "certs", "crypto", "drivers", "fs", "include", "init", "io_uring", "ipc", "kernel",
     "lib", "mm", "net", "rust", "samples", "scripts", "security", "sound", "tools", "usr", "virt",
 )
-_TOP_RE = re.compile("/(?:" + "|".join(_KERNEL_TOP_DIRS) + ")/")
+# compiled on first use (re keeps it), by source_relative alone: not at import
+_TOP_PATTERN = "/(?:" + "|".join(_KERNEL_TOP_DIRS) + ")/"
 
 #: SHT_RELA, SHT_REL: sections the Symbolizer never reads (it does not relocate DWARF), left out of
 #: the fingerprint of a file (they are half of a debug vmlinux).
@@ -80,7 +81,7 @@ def source_relative(path: str, prefix: str | None = None) -> str:
             path = path[2:]
         return path
     if path.startswith("/"):
-        m = _TOP_RE.search(path)
+        m = re.search(_TOP_PATTERN, path)
         if m:
             return path[m.start() + 1:]
     return path
