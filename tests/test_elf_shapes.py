@@ -21,15 +21,17 @@ pyelftools cases skip with the reason printed, or fail under CI=true. Its binari
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import struct
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
-from anchors import faddr2line, find_faddr2line, missing
+from anchors import faddr2line, find_faddr2line, find_test_vmlinux, fixture, missing
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
@@ -548,3 +550,116 @@ def test_annotate_module_frame_at_section_offset_0(built: dict[str, Path], name:
         want = addr2line_texts(built[name], [0], f.section)[0]
         text = "\n".join(f"{c['function']}\n{c['file']}:{c['line'] or '?'}" for c in got["chain"])
         assert (got["status"], text) == ("resolved", want), got
+
+
+# --- the section table read without pyelftools ------------------------------------------------------
+
+
+def _pyelftools_table(path: Path) -> tuple[tuple[str, bool, int, str], list[Any], list[int]] | None:
+    """The header facts, sections and links as pyelftools reads them (with ksym's checks of the section
+    table, :class:`ksym.image.SectionTableCheck`), or None where that reading refuses the file."""
+    from elftools.common.exceptions import ELFError
+
+    from ksym.image import SectionTableCheck, SectionTableError, _sh_type_num
+    from ksym.symbols import Section
+
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            elf = ELFFile(f)
+            if elf.header["e_shoff"] + elf.num_sections() * elf.header["e_shentsize"] > size:
+                return None
+            check = SectionTableCheck(elf, size)
+            sections, links = [], []
+            for i, sec in enumerate(elf.iter_sections()):
+                h = sec.header
+                check.entry(i, h)
+                t = h["sh_type"]
+                sections.append(Section(i, sec.name, t if isinstance(t, int) else _sh_type_num(str(t)), h["sh_flags"],
+                                        h["sh_addr"], h["sh_offset"], h["sh_size"]))
+                links.append(h["sh_link"])
+        except (ELFError, SectionTableError, struct.error, ValueError, OSError, OverflowError):
+            return None
+        facts = (str(elf.header["e_type"]), bool(elf.little_endian), int(elf.elfclass), str(elf.header["e_machine"]))
+        return facts, sections, links
+
+
+def _plain_table(path: Path) -> Any:
+    import mmap
+
+    from ksym.image import _plain_section_table
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        return _plain_section_table(mm, len(mm))
+
+
+def _agrees(path: Path) -> bool:
+    """Whether ksym read ``path``'s section table without pyelftools; where it did, it read what
+    pyelftools reads."""
+    plain = _plain_table(path)
+    if plain is None:
+        return False
+    theirs = _pyelftools_table(path)
+    assert theirs is not None, f"{path}: read without pyelftools, which refuses it"
+    assert ((plain.elf_type, plain.little_endian, plain.elfclass, plain.machine), plain.sections, plain.links) == theirs
+    return True
+
+
+def test_section_table_without_pyelftools_is_what_pyelftools_reads(pyelftools_dir: Path) -> None:
+    """A file's first use reads the ELF header and section table with ``struct`` (importing pyelftools
+    costs more than reading them) when nothing in them needs pyelftools' own reading: the same facts and
+    sections as pyelftools gives, on every fixture, pyelftools' binaries and the Debian vmlinux files;
+    those read so include the vmlinux files and the uncompressed fixtures."""
+    files = sorted(fixture("kshapes-dwarf5.elf").parent.glob("*.elf"))
+    files += [pyelftools_dir / m for m in PYELFTOOLS_ELVES + CXX_ELVES]
+    vmlinux = [p for p in (find_test_vmlinux(), _DATA / "arm64" / "vmlinux-6.1.0-53-arm64") if p and p.is_file()]
+    read = {p.name for p in files + vmlinux if _agrees(p)}
+    assert {p.name for p in vmlinux} <= read
+    assert {"kshapes-dwarf5.elf", "kshapes-i386-dwarf5.elf", "kshapes-clang.elf"} <= read, read
+    for p in vmlinux:  # and opening one imports no pyelftools
+        code = ("import sys; from ksym.image import KernelImage; img = KernelImage(sys.argv[1]); "
+                "img.load_symbols(); print(sorted(m for m in sys.modules if m.startswith('elftools')))")
+        got = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, check=True)
+        assert got.stdout.strip() == "[]", got
+
+
+def test_section_table_without_pyelftools_on_damaged_headers(tmp_path: Path) -> None:
+    """Seeded damage to section header entries and ELF header fields of three fixtures: where ksym reads
+    the damaged table without pyelftools, pyelftools reads the same (and accepts it); every other copy
+    is left to pyelftools' reading and its errors."""
+    rng = random.Random(14)
+    bad = tmp_path / "damaged.elf"
+    read = refused = 0
+    for name in ("kshapes-dwarf5.elf", "kshapes-i386-dwarf5.elf", "kshapes-dwarf4-zlib-gnu.elf"):
+        pristine = fixture(name).read_bytes()
+        e = "<" if pristine[5] == 1 else ">"
+        if pristine[4] == 2:
+            (shoff,) = struct.unpack_from(e + "Q", pristine, 0x28)
+            shent, shnum = struct.unpack_from(e + "HH", pristine, 0x3A)
+            fields = ((0, 4), (4, 4), (8, 8), (16, 8), (24, 8), (32, 8), (40, 4), (44, 4), (48, 8), (56, 8))
+            header = ((4, 1), (5, 1), (16, 2), (18, 2), (40, 8), (58, 2), (60, 2), (62, 2))
+        else:
+            (shoff,) = struct.unpack_from(e + "I", pristine, 0x20)
+            shent, shnum = struct.unpack_from(e + "HH", pristine, 0x2E)
+            fields = tuple((4 * k, 4) for k in range(10))
+            header = ((4, 1), (5, 1), (16, 2), (18, 2), (32, 4), (46, 2), (48, 2), (50, 2))
+        for _ in range(150):
+            out = bytearray(pristine)
+            for _ in range(rng.choice((1, 1, 2))):
+                if rng.random() < 0.8:
+                    off, size = rng.choice(fields)
+                    at = shoff + rng.randrange(shnum) * shent + off
+                else:
+                    at, size = rng.choice(header)
+                fmt = e + {1: "B", 2: "H", 4: "I", 8: "Q"}[size]
+                (old,) = struct.unpack_from(fmt, out, at)
+                top = (1 << (8 * size)) - 1
+                new = rng.choice((0, top, len(out), len(out) + rng.randrange(1, 64), old + rng.randrange(1, 4096),
+                                  max(old - rng.randrange(1, 64), 0), rng.randrange(top + 1),
+                                  old ^ (1 << rng.randrange(8 * size)), rng.randrange(20)))
+                struct.pack_into(fmt, out, at, new & top)
+            bad.write_bytes(out)
+            if _agrees(bad):
+                read += 1
+            refused += _pyelftools_table(bad) is None
+    assert read > 100 and refused > 100, (read, refused)

@@ -69,9 +69,14 @@ EOF
     #   rebuilt byte for byte by tests/test_anchors.py), xz-utils and zstd (.ko.xz/.ko.zst files),
     #   util-linux (setpriv), iproute2, nftables, curl and bpftool (dropcapture's kernel tests),
     #   libpcap0.8 (dropcapture --pcap-filter compiles with it; its tests use it as the reference),
-    #   chromium (the HTML report in a real browser); elfutils (eu-addr2line) and time for bench/
+    #   chromium (the HTML report in a real browser); elfutils (eu-addr2line) and time for bench/;
+    #   tshark reads back dropcapture's --pcapng files (answer its debconf question first: no setuid dumpcap)
+    if command -v debconf-set-selections >/dev/null; then
+      echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO debconf-set-selections
+    fi
     apt_install python3 python3-venv python3-pip binutils binutils-aarch64-linux-gnu elfutils gawk xz-utils \
-      zstd ca-certificates gcc clang lld llvm time util-linux iproute2 nftables curl bpftool libpcap0.8 chromium
+      zstd ca-certificates gcc clang lld llvm time util-linux iproute2 nftables curl bpftool libpcap0.8 chromium \
+      tshark
     if [ "$(id -u)" = 0 ] && [ -d /sys/kernel/btf ]; then
       sh tools/dropcapture-setup.sh
     else

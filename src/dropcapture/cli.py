@@ -18,19 +18,28 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from .capture import Capture
+from .capture import Capture, CaptureStats
 from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CaptureError
 from .events import DEFAULT_SNAPLEN, SNAPLEN_MAX, l4_number
 from .filters import PID_MAX, Filters, IPNetwork, host_network, netns_inode
 from .output import SaveWriter, Summary, TextFormatter
 from .reasons import ReasonTable
 
-__all__ = ["build_parser", "main"]
+if TYPE_CHECKING:
+    from .metrics import MetricsServer
+    from .pcapng import PcapngSink
+    from .top import TopView
+
+__all__ = ["CLI_RINGBUF_PAGES", "build_parser", "main"]
+
+#: Ring buffer size of the command line, in pages (16 MiB); ``--buffer-pages`` overrides it.
+CLI_RINGBUF_PAGES = 4096
 
 EPILOG = """\
 examples:
@@ -43,6 +52,10 @@ examples:
   dropcapture --json --duration 30 > drops.jsonl
   dropcapture --save drops.txt         # stacks for 'ksym annotate' on another machine
   dropcapture --vmlinux /usr/lib/debug/boot/vmlinux-$(uname -r)   # file:line via ksym
+  dropcapture --summary --duration 60  # drops per site (reason, location, file:line), dropwatch style
+  dropcapture --top                    # live drop sites on the terminal, redrawn every second
+  dropcapture --quiet --metrics 127.0.0.1:9101   # Prometheus counters at http://127.0.0.1:9101/metrics
+  dropcapture --pcapng drops.pcapng    # the dropped packets for Wireshark/tshark, one comment each
 
 Ctrl-C: stop tracing, print what is left in the buffer, then the summary; Ctrl-C again: stop at
 once (what is left counts as lost). The summary's counters always add up: emitted = delivered + lost.
@@ -80,10 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--quiet", "-q", action="store_true", help="no per-drop output, summary only")
     o.add_argument("--no-summary", action="store_true", help="no summary at exit")
     o.add_argument("--vmlinux", help="debug vmlinux of the running kernel, for file:line through ksym")
+    # drop sites, the live view, metrics and pcapng (docs/dropcapture.md "Drop sites", "Metrics", "pcapng")
+    v = p.add_argument_group("drop sites, live view, metrics, packets")
+    v.add_argument("--summary", action="store_true",
+                   help="no per-drop output: at exit the summary on stdout, with drops per site (reason, location, "
+                        "file:line), dropwatch style")
+    v.add_argument("--top", action="store_true",
+                   help="live view of the drop sites for a terminal, redrawn every second, most drops first")
+    v.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve drop counters by reason and by drop site for Prometheus at http://HOST:PORT/metrics")
+    v.add_argument("--pcapng", metavar="FILE", help="also write the dropped packets as pcapng (Wireshark, tshark)")
     b = p.add_argument_group("buffers")
     b.add_argument("--perf-buffer", action="store_true", help="per-CPU perf buffers instead of a ring buffer")
     b.add_argument("--buffer-pages", type=int,
-                   help="buffer size in pages, a power of two (ring buffer: 1024; perf buffer: 256 per CPU)")
+                   help="buffer size in pages, a power of two (ring buffer: 4096 = 16 MiB; perf buffer: 256 per CPU)")
     p.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -155,19 +178,38 @@ def _filters(args: argparse.Namespace, reasons_lookup: ReasonTable) -> Filters:
     )
 
 
-def _check_output(path: str) -> None:
+def _check_output(path: str, option: str = "--save") -> None:
     """:raises ValueError: ``--save path`` cannot be written (checked before any BPF is loaded)."""
     target = Path(path)
     parent = target.parent
     if target.is_dir():
-        raise ValueError(f"--save {path}: is a directory")
+        raise ValueError(f"{option} {path}: is a directory")
     if not parent.is_dir():
-        raise ValueError(f"--save {path}: directory {str(parent)!r} does not exist")
+        raise ValueError(f"{option} {path}: directory {str(parent)!r} does not exist")
     if target.exists():
         if not os.access(target, os.W_OK):
-            raise ValueError(f"--save {path}: not writable")
+            raise ValueError(f"{option} {path}: not writable")
     elif not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"--save {path}: directory {str(parent)!r} is not writable")
+        raise ValueError(f"{option} {path}: directory {str(parent)!r} is not writable")
+
+
+def _check_views(args: argparse.Namespace) -> None:
+    """:raises ValueError: ``--top``/``--summary``/``--metrics``/``--pcapng`` misused (before any BPF)."""
+    if args.top:
+        for flag, name in ((args.json, "--json"), (args.quiet, "--quiet"), (args.summary, "--summary")):
+            if flag:
+                raise ValueError(f"--top draws the drop sites on the terminal; {name} prints elsewhere: use one")
+        if not sys.stdout.isatty():
+            raise ValueError("--top needs a terminal on stdout (for a pipe or a file use --summary or --json)")
+    if args.summary and args.json:
+        raise ValueError("--summary prints the text summary and --json the JSON one: use one")
+    if args.metrics:
+        from .metrics import import_prometheus_client, parse_metrics_address
+
+        parse_metrics_address(args.metrics)
+        import_prometheus_client()
+    if args.pcapng:
+        _check_output(args.pcapng, "--pcapng")
 
 
 def _running_build_id() -> str | None:
@@ -225,6 +267,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--vmlinux {args.vmlinux}: no such file")
     if args.save:
         _check_output(args.save)
+    _check_views(args)
     # reason names need the running kernel's table before the program is built
     table = ReasonTable()
     if args.reason:
@@ -245,7 +288,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.vmlinux or annotate is not None:
             print(f"dropcapture: {status}", file=sys.stderr)
 
-    sizes = {} if pages is None else {"ringbuf_pages": pages, "perf_pages": pages}
+    # the command line's ring buffer is 16 MiB (the API's Capture default is 4 MiB): on a busy 2-CPU
+    # machine the reader is descheduled for longer than 4 MiB of records lasts (docs: Benchmark)
+    sizes = {"ringbuf_pages": CLI_RINGBUF_PAGES} if pages is None else {"ringbuf_pages": pages, "perf_pages": pages}
     cap = Capture(filters, ringbuf=False if args.perf_buffer else None, annotate=annotate, snaplen=args.snaplen,
                   **sizes)
     if args.ebpf:
@@ -274,8 +319,12 @@ def _run(args: argparse.Namespace) -> int:
     out: IO[str] = sys.stdout
     save: IO[str] | None = None
     fmt = TextFormatter(stacks=not args.no_stack)
-    summary = Summary()
+    summary = Summary(annotate=annotate)
+    # no per-drop output: --quiet, --summary, --top (which draws the sites instead)
+    quiet = args.quiet or args.summary or args.top
+    views = _Views(args, summary, out)
     try:
+        views.open()
         cap.open()
         if args.save:
             try:
@@ -283,28 +332,36 @@ def _run(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise ValueError(f"--save {args.save}: {exc.strerror or exc}") from None
         saver = SaveWriter(save, cap.kernel, cap.reasons.source) if save else None
+        views.open_outputs()
         print(
             f"dropcapture: tracing skb:kfree_skb ({'ring buffer' if cap.ringbuf else 'perf buffer'}, "
             f"reasons from {cap.reasons.source}); Ctrl-C to stop",
             file=sys.stderr,
             flush=True,
         )
-        if not args.json and not args.quiet:
+        if not args.json and not quiet:
             print(fmt.header(), file=out)
         annotated = False
-        for ev in cap.events(count=args.count, duration=args.duration):
+        pcap = views.pcap
+        # a terminal sees each drop at once; a pipe or a file gets whole buffers, which the ticker
+        # flushes (no write call per drop)
+        interactive = out.isatty()
+        for ev in cap.events(count=args.count, duration=args.duration, stop=views.ticker(cap)):
             summary.add(ev)
             if annotate is not None and not annotated:
                 annotated = any(fr.source for fr in ev.stack)
             if saver:
                 saver.write(ev)
-            if args.quiet:
+            if pcap is not None:
+                pcap.write_event(ev, summary)
+            if quiet:
                 continue
             if args.json:
                 out.write(fmt.json(ev) + "\n")
             else:
                 out.write(fmt.format(ev) + "\n")
-            out.flush()
+            if interactive:
+                out.flush()
     finally:
         cap.close()
         closing.close()
@@ -313,6 +370,7 @@ def _run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, old_term)
         if save:
             save.close()
+        views.close(cap.stats())
     stats = cap.stats()
     elapsed = cap.elapsed
     if annotate is not None and summary.total and not annotated:
@@ -325,10 +383,76 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             out.write(json.dumps(summary.to_dict(stats, elapsed)) + "\n")
         else:
-            print(summary.render(stats, elapsed), file=sys.stderr if not args.quiet else out)
+            print(summary.render(stats, elapsed), file=out if quiet else sys.stderr)
     out.flush()
     return EXIT_OK
 
+
+class _Views:
+    """The outputs besides the per-drop lines: ``--top``, ``--metrics`` and ``--pcapng``; their life
+    cycle in one place (opened before the capture starts, closed after it ends)."""
+
+    def __init__(self, args: argparse.Namespace, summary: Summary, out: IO[str]) -> None:
+        self.args = args
+        self.summary = summary
+        self.out = out
+        self.top: TopView | None = None
+        self.metrics: MetricsServer | None = None
+        self.pcap: PcapngSink | None = None
+        self._next = 0.0
+
+    def open(self) -> None:
+        """Bind the metrics port (a busy port fails before anything is compiled)."""
+        if self.args.metrics:
+            from .metrics import MetricsServer, parse_metrics_address
+
+            self.metrics = MetricsServer(parse_metrics_address(self.args.metrics), self.summary).start()
+            print(f"dropcapture: metrics at http://{self.metrics.address}/metrics", file=sys.stderr, flush=True)
+
+    def open_outputs(self) -> None:
+        """Open the pcapng file and start the --top view (once the capture is attached)."""
+        if self.args.pcapng:
+            from .pcapng import PcapngSink
+
+            self.pcap = PcapngSink.open(self.args.pcapng, self.args.snaplen)
+        if self.args.top:
+            from .top import TopView
+
+            self.top = TopView(self.out, self.summary)
+
+    def ticker(self, cap: Capture) -> Callable[[], bool]:
+        """A ``stop`` callback for ``Capture.events`` (called between events and before every poll) that
+        flushes stdout every 0.1 s, redraws ``--top`` and refreshes the counters ``--metrics`` serves
+        once a second; it never asks to stop."""
+        flush_at = 0.0
+
+        def tick() -> bool:
+            nonlocal flush_at
+            now = time.monotonic()
+            if now >= flush_at:
+                flush_at = now + 0.1
+                self.out.flush()
+            if now >= self._next and (self.top is not None or self.metrics is not None):
+                self._next = now + 1.0
+                stats = cap.stats()
+                if self.metrics is not None:
+                    self.metrics.update(stats)
+                if self.top is not None:
+                    self.top.tick(stats)
+            return False
+
+        return tick
+
+    def close(self, stats: CaptureStats) -> None:
+        try:
+            if self.top is not None:
+                self.top.close(stats)
+            if self.pcap is not None:
+                self.pcap.close()
+        finally:
+            if self.metrics is not None:
+                self.metrics.update(stats)
+                self.metrics.close()
 
 if __name__ == "__main__":
     sys.exit(main())

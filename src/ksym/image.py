@@ -1,8 +1,9 @@
 """Parse: open a kernel image (vmlinux or any ELF with DWARF) and expose its raw parts.
 
-The file is memory-mapped; pyelftools reads the ELF header and section table and checks the file,
-and the big sections (.symtab, .debug_*) are handed on as memoryviews over the mapping, so opening even
-a large debug vmlinux reads only its headers and copies no section. Compressed debug sections (SHF_COMPRESSED
+The file is memory-mapped; the ELF header and section table are read with ``struct`` when nothing in
+them needs more (:func:`_plain_section_table`), else by pyelftools, which checks the file; the big
+sections (.symtab, .debug_*) are handed on as memoryviews over the mapping, so opening even a large
+debug vmlinux reads only its headers and copies no section. Compressed debug sections (SHF_COMPRESSED
 zlib or zstd, legacy ``.zdebug_*``; see :mod:`ksym.compress`) are decompressed by ksym on first use, once
 per image, and ``.zdebug_X`` answers for ``.debug_X``.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 from .compress import SectionContents
 from .errors import BadFileError, FileNotFoundKsymError, MissingDebugInfoError
+from .records import NamedTuple
 from .symbols import Section, SymbolTable
 
 __all__ = [
@@ -74,26 +76,47 @@ class KernelImage:
             raise BadFileError(f"{self.path}: truncated ELF file ({self.size} bytes)")
         self.mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         self.view = memoryview(self.mm)
+        plain = _plain_section_table(self.mm, self.size)
+        if plain is not None:
+            self.elf_type, self.little_endian, self.elfclass, self.machine, sections, self._links = plain
+        else:
+            sections = self._sections_by_pyelftools()
+        self.sections = sections
+        self._by_name = {s.name: s for s in sections}
+        # each compressed section is inflated once per image
+        self._contents = SectionContents(self.view, sections, self.little_endian, self.elfclass, self.path)
+        for s in sections:
+            if s.type != SHT_NOBITS and s.offset + s.size > self.size:
+                raise BadFileError(
+                    f"{self.path}: truncated ELF file: section {s.name} ends at {s.offset + s.size:#x}, "
+                    f"past the end of the file ({self.size:#x})"
+                )
+
+    def _sections_by_pyelftools(self) -> list[Section]:
+        """The header facts and the section table as pyelftools reads them: for a file
+        :func:`_plain_section_table` leaves to it (its checks and messages decide then)."""
         from elftools.common.exceptions import ELFError
         from elftools.elf.elffile import ELFFile
 
         try:
-            self.elf = ELFFile(self._file)
-            shoff = self.elf.header["e_shoff"]
-            shnum = self.elf.num_sections()
-            if shoff + shnum * self.elf.header["e_shentsize"] > self.size:
+            elf = ELFFile(self._file)
+            shoff = elf.header["e_shoff"]
+            shnum = elf.num_sections()
+            if shoff + shnum * elf.header["e_shentsize"] > self.size:
                 raise BadFileError(
                     f"{self.path}: truncated ELF file: section table ends past the file's {self.size} bytes"
                 )
-            self.elf_type = str(self.elf.header["e_type"])
-            self.little_endian = self.elf.little_endian
-            self.elfclass = self.elf.elfclass
-            self.machine = str(self.elf.header["e_machine"])
+            self.elf_type = str(elf.header["e_type"])
+            self.little_endian = elf.little_endian
+            self.elfclass = elf.elfclass
+            self.machine = str(elf.header["e_machine"])
             sections = []
-            check = SectionTableCheck(self.elf, self.size)
-            for i, sec in enumerate(self.elf.iter_sections()):
+            check = SectionTableCheck(elf, self.size)
+            links = []
+            for i, sec in enumerate(elf.iter_sections()):
                 h = sec.header
                 check.entry(i, h)
+                links.append(int(h["sh_link"]))
                 sections.append(Section(i, sec.name, int(h["sh_type"]) if isinstance(h["sh_type"], int)
                                         else _sh_type_num(str(h["sh_type"])),
                                         int(h["sh_flags"]), int(h["sh_addr"]), int(h["sh_offset"]),
@@ -105,16 +128,8 @@ class KernelImage:
             if isinstance(exc, BadFileError):
                 raise
             raise BadFileError(f"{self.path}: corrupt ELF file: {exc}") from None
-        self.sections = sections
-        self._by_name = {s.name: s for s in sections}
-        # each compressed section is inflated once per image
-        self._contents = SectionContents(self.view, sections, self.little_endian, self.elfclass, self.path)
-        for s in sections:
-            if s.type != SHT_NOBITS and s.offset + s.size > self.size:
-                raise BadFileError(
-                    f"{self.path}: truncated ELF file: section {s.name} ends at {s.offset + s.size:#x}, "
-                    f"past the end of the file ({self.size:#x})"
-                )
+        self._links = links
+        return sections
 
     def close(self) -> None:
         self._contents.clear()
@@ -171,7 +186,7 @@ class KernelImage:
         tables = []
         for s in self.sections:
             if s.type in (SHT_DYNSYM, SHT_SYMTAB):
-                link = self.elf.get_section(s.index).header["sh_link"]
+                link = self._links[s.index]
                 strsec = self.sections[link] if 0 <= link < len(self.sections) else None
                 if strsec is None:
                     continue
@@ -237,6 +252,88 @@ class SectionTableCheck:
                                         f"{h['sh_size']:#x} (entries are {self.sym_size} bytes)")
             if not 0 < h["sh_link"] < self.count:
                 raise SectionTableError(f"{where}: the symbol table's string table {h['sh_link']} is no section")
+
+
+#: e_type and e_machine values read without pyelftools, with the names pyelftools gives them (the
+#: names ksym keeps: ``ImageRecord.machine``, ``disasm``); a file of another type or machine is read by
+#: pyelftools
+_PLAIN_ELF_TYPES = {0: "ET_NONE", 1: "ET_REL", 2: "ET_EXEC", 3: "ET_DYN", 4: "ET_CORE"}
+_PLAIN_MACHINES = {2: "EM_SPARC", 3: "EM_386", 8: "EM_MIPS", 20: "EM_PPC", 21: "EM_PPC64", 22: "EM_S390",
+                   40: "EM_ARM", 43: "EM_SPARCV9", 62: "EM_X86_64", 183: "EM_AARCH64", 243: "EM_RISCV",
+                   258: "EM_LOONGARCH"}
+#: section types whose pyelftools section objects read nothing more when they are made (no links to
+#: follow, no contents to parse), with the number ksym keeps for each (:func:`_sh_type_num` of the name
+#: pyelftools gives it); a file with a section of another type is read by pyelftools
+_PLAIN_SECTION_TYPES = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 7: 7, 8: 8, 9: 9, 11: 11, 14: 0x70000000, 15: 0x70000000,
+                        16: 0x70000000, 17: 0x70000000}
+_SHF_COMPRESSED = 0x800
+
+
+class _PlainTable(NamedTuple):
+    """The ELF header facts and section table of a plain file, as :class:`KernelImage` keeps them."""
+
+    elf_type: str
+    little_endian: bool
+    elfclass: int
+    machine: str
+    sections: list[Section]
+    #: ``sh_link`` of each section
+    links: list[int]
+
+
+def _plain_section_table(mm: mmap.mmap, size: int) -> _PlainTable | None:
+    """The header facts and section table read with ``struct``, for a file whose reading by pyelftools
+    (and :class:`SectionTableCheck`) would find nothing wrong and give the same facts: a known type and
+    machine, no extended section numbering, section header entries of the class's size, every section
+    of a type in ``_PLAIN_SECTION_TYPES``, none compressed, and every check of
+    :class:`SectionTableCheck` and pyelftools' section objects passed (symbol tables linked to a string
+    table, relocation entries of their size). None for any other file: pyelftools reads it then (and
+    its errors are reported as before). Importing pyelftools costs more than reading a vmlinux's
+    section table."""
+    if size < 64:
+        return None
+    elfclass, data = mm[4], mm[5]
+    if elfclass not in (1, 2) or data not in (1, 2):
+        return None
+    e = "<" if data == 1 else ">"
+    e_type, e_machine = struct.unpack_from(e + "HH", mm, 16)
+    if elfclass == 2:
+        (shoff,) = struct.unpack_from(e + "Q", mm, 0x28)
+        shentsize, shnum, shstrndx = struct.unpack_from(e + "HHH", mm, 0x3A)
+        entry, fmt, sym_size, rel_size, rela_size = 64, e + "IIQQQQIIQQ", 24, 16, 24
+    else:
+        (shoff,) = struct.unpack_from(e + "I", mm, 0x20)
+        shentsize, shnum, shstrndx = struct.unpack_from(e + "HHH", mm, 0x2E)
+        entry, fmt, sym_size, rel_size, rela_size = 40, e + "IIIIIIIIII", 16, 8, 12
+    if e_type not in _PLAIN_ELF_TYPES or e_machine not in _PLAIN_MACHINES:
+        return None
+    if not shoff or not shnum or shentsize != entry or shstrndx >= shnum or shoff + shnum * entry > size:
+        return None  # also no extended numbering: e_shnum 0, e_shstrndx SHN_XINDEX
+    heads = [struct.unpack_from(fmt, mm, shoff + i * entry) for i in range(shnum)]
+    names_at, names_size = heads[shstrndx][4], heads[shstrndx][5]
+    if names_at + names_size > size:
+        return None
+    sections = []
+    links = []
+    for i, (name, stype, flags, addr, offset, ssize, link, _info, _align, entsize) in enumerate(heads):
+        kept = _PLAIN_SECTION_TYPES.get(stype)
+        if kept is None or flags & _SHF_COMPRESSED or link >= shnum or (i and name >= names_size):
+            return None
+        if stype != SHT_NOBITS and offset + ssize > size:
+            return None
+        if stype in (SHT_SYMTAB, SHT_DYNSYM) and (entsize != sym_size or ssize % sym_size or not link
+                                                  or heads[link][1] != 3):
+            return None
+        if (stype == 4 and entsize != rela_size) or (stype == 9 and entsize != rel_size):
+            return None
+        # pyelftools' name: the bytes up to a NUL, wherever it is in the file ("" with none)
+        start = names_at + name
+        end = mm.find(b"\0", start)
+        text = mm[start:end].decode("utf-8", "replace") if end > start else ""
+        sections.append(Section(i, text, kept, flags, addr, offset, ssize))
+        links.append(link)
+    return _PlainTable(_PLAIN_ELF_TYPES[e_type], data == 1, 64 if elfclass == 2 else 32, _PLAIN_MACHINES[e_machine],
+                       sections, links)
 
 
 def _sh_type_num(name: str) -> int:

@@ -95,8 +95,9 @@ RECENT_CHANGE_SECONDS = 3
 
 # what ksym's writes name their temporaries, and what tempfile.mkstemp named them before format 7
 _TEMP_NAME = r"\.tmp-(?:[0-9a-f]{16}|[a-z0-9_]{8})"  # compiled when a write first sweeps (re keeps it)
-# the fingerprint reads the file in pieces of this size and lets the kernel drop each from the mapping
-_FINGERPRINT_CHUNK = 1 << 24
+# the fingerprint hashes the file in pieces of this size, each on its own (threads share them), and
+# lets the kernel drop each from the mapping after hashing it
+_FINGERPRINT_PIECE = 1 << 24
 
 
 def xdg_cache_home() -> Path:
@@ -153,66 +154,137 @@ class PathRecord(NamedTuple):
 
 
 def fingerprint(data: mmap.mmap, skip: Iterable[tuple[int, int]] = ()) -> str:
-    """SHA-256 (hex, first 128 bits) of the mapped file's bytes outside the ``(offset, size)`` ranges of
-    ``skip``; the skipped ranges are hashed as their bounds, so moving one changes the fingerprint."""
-    import hashlib  # only on a file's first use: a warm run does not load OpenSSL
+    """A SHA-256 hash list (hex, first 128 bits) of the mapped file's bytes outside the ``(offset, size)``
+    ranges of ``skip``: those bytes are cut into pieces of ``_FINGERPRINT_PIECE`` bytes at fixed places
+    (so that threads can hash them apart, :class:`Fingerprinting`), and the result is the SHA-256 of
+    each piece's place, length and SHA-256, in file order, with each skipped range's bounds in its place
+    (moving one changes the fingerprint). Two files with one fingerprint would make a SHA-256 collision."""
+    hashing = _PieceHashing(data, skip)
+    hashing.work()
+    return hashing.digest()
 
-    h = hashlib.sha256()
-    end = len(data)
-    pos = 0
-    page = mmap.PAGESIZE
-    view = memoryview(data)
-    try:
+
+class _PieceHashing:
+    """The pieces of one :func:`fingerprint`, taken in turn by whichever thread calls :meth:`work`."""
+
+    def __init__(self, data: mmap.mmap, skip: Iterable[tuple[int, int]]) -> None:
+        import itertools
+
+        self._data = data
+        end = len(data)
+        #: (start, length) of each piece, in file order
+        self.pieces: list[tuple[int, int]] = []
+        #: the file in order: ("piece", index, 0) or ("skip", offset, size)
+        self.layout: list[tuple[str, int, int]] = []
+        pos = 0
         for off, size in sorted({(max(0, o), max(0, s)) for o, s in skip}) + [(end, 0)]:
             stop = min(max(off, pos), end)
             while pos < stop:
-                n = min(_FINGERPRINT_CHUNK, stop - pos)
-                h.update(view[pos : pos + n])
-                if hasattr(mmap, "MADV_DONTNEED"):
-                    # read once: keep it out of this process's resident memory (the page cache keeps it)
-                    first = pos - pos % page
-                    try:
-                        data.madvise(mmap.MADV_DONTNEED, first, pos + n - first)
-                    except (OSError, ValueError):
-                        pass
+                n = min(_FINGERPRINT_PIECE, stop - pos)
+                self.layout.append(("piece", len(self.pieces), 0))
+                self.pieces.append((pos, n))
                 pos += n
-            h.update(struct.pack("<QQ", off, size))
+            self.layout.append(("skip", off, size))
             pos = max(pos, min(off + size, end))
-    finally:
-        view.release()
-    return h.hexdigest()[:32]
+        self.digests: list[bytes | None] = [None] * len(self.pieces)
+        self._next = itertools.count()  # next() of a count is atomic: each piece goes to one thread
+        self.stopped = False
+
+    def work(self) -> None:
+        """Hash pieces until none is left (or :attr:`stopped`); hashlib releases the GIL while it hashes."""
+        # imported here (only on a file's first use: a warm run does not load OpenSSL), so that a thread
+        # rather than the caller loads it
+        import hashlib
+
+        sha256 = hashlib.sha256
+        data = self._data
+        page = mmap.PAGESIZE
+        dontneed = getattr(mmap, "MADV_DONTNEED", None)
+        while not self.stopped:
+            k = next(self._next)
+            if k >= len(self.pieces):
+                return
+            pos, n = self.pieces[k]
+            h = sha256()
+            with memoryview(data) as view:
+                h.update(view[pos : pos + n])
+            self.digests[k] = h.digest()
+            if dontneed is not None:
+                # read once: keep it out of this process's resident memory (the page cache keeps it)
+                first = pos - pos % page
+                try:
+                    data.madvise(dontneed, first, pos + n - first)
+                except (OSError, ValueError):
+                    pass
+
+    def digest(self) -> str:
+        """The fingerprint, once every piece is hashed."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for kind, a, b in self.layout:
+            if kind == "piece":
+                pos, n = self.pieces[a]
+                got = self.digests[a]
+                assert got is not None, "a piece not hashed"
+                h.update(b"P" + struct.pack("<QQ", pos, n) + got)
+            else:
+                h.update(b"S" + struct.pack("<QQ", a, b))
+        return h.hexdigest()[:32]
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class Fingerprinting:
-    """:func:`fingerprint` computed in a thread (hashlib releases the GIL while it hashes) while the
-    caller reads the same mapped file for other things. :meth:`result` joins the thread; a caller that
-    fails on the way calls :meth:`join` before it raises, so the thread never outlives the command."""
+    """:func:`fingerprint` computed in threads while the caller reads the same mapped file for other
+    things: one thread fewer than the CPUs this process may use (at least one, at most three), and the
+    caller itself hashes what is left when it asks for :meth:`result`, so that on two CPUs the hash
+    shares them with the caller's own work without taking a CPU from it. :meth:`result` joins the
+    threads; a caller that fails on the way calls :meth:`join` (which stops the hashing) before it
+    raises, so no thread outlives the command."""
 
     def __init__(self, data: mmap.mmap, skip: Iterable[tuple[int, int]] = ()) -> None:
         import threading  # only on a file's first use
 
-        self._result: str | None = None
+        self._hashing = _PieceHashing(data, skip)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(data, list(skip)), name="ksym-fingerprint",
-                                        daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"ksym-fingerprint-{k}", daemon=True)
+                         for k in range(max(1, min(_usable_cpus() - 1, 3)))]
+        for t in self._threads:
+            t.start()
 
-    def _run(self, data: mmap.mmap, skip: list[tuple[int, int]]) -> None:
+    def _run(self) -> None:
         try:
-            self._result = fingerprint(data, skip)
+            self._hashing.work()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
             self._error = exc
+            self._hashing.stopped = True
 
     def join(self) -> None:
-        self._thread.join()
+        """Stop hashing and wait for the threads."""
+        self._hashing.stopped = True
+        for t in self._threads:
+            t.join()
 
     def result(self) -> str:
-        """The fingerprint, once the thread is done; what it raised is raised here."""
-        self.join()
+        """The fingerprint (the caller hashes the pieces no thread took yet); what a thread raised is
+        raised here."""
+        try:
+            self._hashing.work()
+        except BaseException:
+            self._hashing.stopped = True  # the threads stop after their piece
+            raise
+        finally:
+            for t in self._threads:
+                t.join()
         if self._error is not None:
             raise self._error
-        assert self._result is not None
-        return self._result
+        return self._hashing.digest()
 
 
 def image_key(build_id: str | None, content: str) -> str:

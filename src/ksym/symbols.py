@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import operator
 import re
 import struct
 import sys
@@ -63,6 +64,8 @@ SHF_ALLOC = 0x2
 
 
 _KALLSYMS_IGNORED = (b"$", b".L", b"__efistub_", b"__kvm_nvhe_$", b"__kvm_nvhe_.L", b"__AArch64ADRPThunk_")
+#: a NUL, then an empty name or one of _KALLSYMS_IGNORED (in a name blob with a NUL put before it)
+_IGNORED_NAME_START = b"\0(?=\0|" + b"|".join(re.escape(p) for p in _KALLSYMS_IGNORED) + b")"
 
 
 class Section(NamedTuple):
@@ -422,9 +425,10 @@ class SymbolTable:
     def _address_order(self) -> tuple[Column, Column]:
         """All symbols sorted by address (stable: symbol-table order within one address)."""
         if self._faddr_order is None:
-            vals = self.values
-            idx = sorted(range(len(self.names)), key=vals.__getitem__)
-            self._faddr_order = (array("I", idx), array("Q", [vals[i] for i in idx]))
+            vals = self.values.tolist()  # a list's items are read faster than an array's
+            idx = sorted(range(len(vals)), key=vals.__getitem__)
+            # (an array is made from a list far faster than from an iterator)
+            self._faddr_order = (array("I", idx), array("Q", list(map(vals.__getitem__, idx))))
         return self._faddr_order
 
     _TYPES: ClassVar[dict[int, str]] = {0: "NOTYPE", 1: "OBJECT", 2: "FUNC", 3: "SECTION", 4: "FILE", 5: "COMMON", 6: "TLS",
@@ -560,20 +564,42 @@ class SymbolTable:
     # -- by address --
 
     def _text_index(self) -> tuple[Column, Column]:
+        """The code symbols kallsyms prints, by (address, functions before untyped aliases, symbol-table
+        order): taken from the address order (stable), so only the rare runs at one address are sorted."""
         if self._text is None:
+            n = len(self.infos)
             exec_secs = {s.index for s in self.sections if s.flags & SHF_EXECINSTR}
             wanted = (STT_FUNC, STT_NOTYPE, STT_GNU_IFUNC)
-            infos = self.infos
-            shndx = self.shndx
-            raw = self.names.raw
-            idx = [i for i in range(len(infos)) if (infos[i] & 0xF) in wanted and shndx[i] in exec_secs]
+            # per symbol, 0 or 1: its type is wanted and its section holds code
+            type_ok = self.infos.translate(bytes(1 if (v & 0xF) in wanted else 0 for v in range(256)))
+            in_code = bytes(map(exec_secs.__contains__, self.shndx))
+            keep = bytearray((int.from_bytes(type_ok, "little") & int.from_bytes(in_code, "little"))
+                             .to_bytes(n, "little"))
             # names kallsyms leaves out (scripts/kallsyms.c is_ignored_symbol): mapping symbols ($x, $d)
-            # and local labels, also under arm64's __kvm_nvhe_ prefix, and the EFI stub's namespace
-            idx = [i for i in idx if (r := raw(i)) and not r.startswith(_KALLSYMS_IGNORED)]
-            # functions before untyped aliases at one address, then symbol-table order
-            vals = self.values
-            idx.sort(key=lambda i: (vals[i], 0 if infos[i] & 0xF == STT_FUNC else 1, i))
-            self._text = (array("I", idx), array("Q", [vals[i] for i in idx]))
+            # and local labels, also under arm64's __kvm_nvhe_ prefix, and the EFI stub's namespace; and
+            # empty names. Found in the name blob (a NUL, then such a name) rather than name by name.
+            offsets = self.names.offsets
+            for m in re.finditer(_IGNORED_NAME_START, b"\0" + self.names.blob):
+                i = bisect.bisect_left(offsets, m.start())
+                if i < n and offsets[i] == m.start():
+                    keep[i] = 0
+            order, _addrs = self._address_order()
+            idx = list(itertools.compress(order, map(keep.__getitem__, order)))
+            vals = self.values.tolist()
+            addrs = list(map(vals.__getitem__, idx))
+            # functions before untyped aliases at one address: the order is by (address, symbol-table
+            # order) already, so only the runs of one address (rare) are sorted, stably, by type
+            untyped = self.infos.translate(bytes(0 if (v & 0xF) == STT_FUNC else 1 for v in range(256)))
+            same = list(itertools.compress(range(1, len(addrs)), map(operator.eq, addrs[1:], addrs[:-1])))
+            k = 0
+            while k < len(same):
+                start, end = same[k] - 1, same[k] + 1
+                k += 1
+                while k < len(same) and same[k] == end:
+                    end += 1
+                    k += 1
+                idx[start:end] = sorted(idx[start:end], key=untyped.__getitem__)
+            self._text = (array("I", idx), array("Q", addrs))
         return self._text
 
     def containing(self, address: int) -> tuple[Symbol, int] | None:
