@@ -25,3 +25,19 @@ def vmlinux() -> Path:
     """The Debian 6.1 x86-64 debug vmlinux (a module that needs another one, such as test_arm64, defines its
     own ``vmlinux``)."""
     return require_test_vmlinux()
+
+
+@pytest.fixture(scope="session")
+def portable_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The portable index file of the Debian 6.1 vmlinux, built once per test session by ``ksym index
+    build`` (two worker processes) into a temporary directory (tests/test_index_file.py)."""
+    import subprocess
+    import sys
+
+    vmlinux = require_test_vmlinux()
+    out = tmp_path_factory.mktemp("ksym-index-file") / "vmlinux-6.1.0-53-cloud-amd64.ksymidx"
+    done = subprocess.run([sys.executable, "-m", "ksym", "index", "build", str(vmlinux), "-o", str(out), "-j", "2"],
+                          check=False, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{out}: ") and done.stderr == ""
+    return out

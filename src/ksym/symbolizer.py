@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from . import dwarf as D
+    from .portable import PortableFile
     from .searchopts import DebuginfoOptions
 
 __all__ = ["IndexStats", "Symbolizer", "source_relative"]
@@ -163,9 +164,15 @@ class Symbolizer:
         build_id: str | None = None,
         debuginfo: DebuginfoOptions | None = None,
         path_map: Iterable[str | tuple[str, str]] | PathMap | None = None,
+        index_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path_map = PathMap.parse(path_map)
-        if vmlinux:
+        #: the portable index file answering instead of a vmlinux (``index_file``), else None
+        self.portable: PortableFile | None = None
+        self._reads_index_file = index_file is not None
+        if index_file is not None:
+            located = Located(index_file, "ksym index file given")
+        elif vmlinux:
             located = Located(vmlinux, "given on the command line")  # as find_vmlinux says it
         else:
             from .locate import find_vmlinux
@@ -181,7 +188,8 @@ class Symbolizer:
         for w in self.warnings:
             if warn:
                 warn(w)
-        self._store = IndexStore(cache_dir or None, enabled=use_index)
+        # the index file is complete: nothing is learnt, nothing written to the on-disk index
+        self._store = IndexStore(cache_dir or None, enabled=use_index and index_file is None)
         self._image: Any = None
         self._cu_cache_size = cu_cache_size
         #: the image's DWARF (None: the file has none, or it is not read yet)
@@ -205,7 +213,33 @@ class Symbolizer:
 
     # -- index ---------------------------------------------------------------------------------------
 
+    @classmethod
+    def from_index(cls, path: str | os.PathLike[str], **options: Any) -> Symbolizer:
+        """A Symbolizer answering from a portable index file (``ksym index build``, :mod:`ksym.portable`)
+        alone, without the vmlinux it was made from: the same answers, read from the file's whole units.
+        ``options``: those of the constructor that do not name a file (``path_map``, ``cu_cache_size``,
+        ``warn``).
+
+        :raises FileNotFoundKsymError: no such file.
+        :raises BadFileError: not an index file of this format, or damaged (also raised by a lookup that
+            meets a damaged unit or code chunk)."""
+        return cls(None, index_file=path, **options)
+
+    def _load_portable(self) -> None:
+        """The image from a portable index file: its record, symbols, aranges and whole units."""
+        from .portable import NoSections, PortableFile
+
+        self.portable = PortableFile(self.path)
+        self._open_session(image_key(self.portable.meta.build_id, "portable"))
+        rec = self.portable.image_record()
+        self.dwarf_image = DwarfImage(self.path, NoSections(self.path), rec.aranges, units=self.portable,
+                                      cache_size=self._cu_cache_size)
+        self._apply_record(rec, self.portable.symbols())
+
     def _load_index(self) -> None:
+        if self._reads_index_file:
+            self._load_portable()
+            return
         if not os.path.exists(self._file):
             from .errors import FileNotFoundKsymError
 
@@ -271,6 +305,8 @@ class Symbolizer:
         return True
 
     def _open_image(self) -> Any:
+        if self.portable is not None:
+            raise BadFileError(f"{self.path}: a ksym index file holds no ELF image")
         if self._image is None:
             from .image import KernelImage
 
@@ -533,6 +569,8 @@ class Symbolizer:
 
     def code_bytes(self, address: int, size: int) -> bytes:
         """Up to ``size`` bytes of the image at a link-time address (empty when no section holds it)."""
+        if self.portable is not None:
+            return self.portable.code_bytes(address, size)
         for s in self.sections:
             if s.flags & 0x2 and s.type != 8 and s.addr <= address < s.addr + s.size:
                 n = min(size, s.addr + s.size - address)
@@ -565,6 +603,13 @@ class Symbolizer:
         if self._image is not None:
             self._image.close()
             self._image = None
+        portable = getattr(self, "portable", None)
+        if portable is not None:
+            if self.dwarf_image is not None:
+                self.dwarf_image.close()
+            portable.close()
+            self.portable = None
+            return
         if self.dwarf_image is not None:
             self.dwarf_image.close()
         elif self._sections is not None:

@@ -9,6 +9,7 @@ traceback, unless KSYM_DEBUG=1 asks for one.
 - :mod:`ksym.cli.resolve_command` — ``ksym resolve`` and ``ksym faddr2line``.
 - :mod:`ksym.cli.annotate_command` — ``ksym annotate`` (over :func:`ksym.annotate.annotate`).
 - :mod:`ksym.cli.debuginfo_command` — ``ksym debuginfo``.
+- :mod:`ksym.cli.index_command` — ``ksym index build`` (over :mod:`ksym.portable_build`).
 - :mod:`ksym.cli.common` — the build id a debug file should have, ``KSYM_STATS``.
 
 A command module is imported only when its command runs; none of them imports this package.
@@ -71,6 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .options import AnnotateOptions
 
             return run_annotate(AnnotateOptions.from_args(args), err)
+        if args.command == "index":
+            from .index_command import run_index_build
+            from .options import IndexBuildOptions
+
+            return run_index_build(IndexBuildOptions.from_args(args), out, err)
         if args.command == "debuginfo":
             from .debuginfo_command import run_debuginfo
             from .options import DebuginfoCommandOptions

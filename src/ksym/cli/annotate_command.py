@@ -89,6 +89,9 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
         err(f"ksym annotate: error: {name}: {exc.strerror or exc}")
         return EXIT_USAGE
     image = opts.image
+    if image.index_file is not None and image.vmlinux is not None:
+        err("ksym annotate: error: --index and --vmlinux do not go together: the index file stands for the vmlinux")
+        return EXIT_USAGE
     try:
         expected, where = expected_build_id(image.build_id, image.running, text if evidence is None else None)
         if evidence is not None and where is BuildIdFrom.NOWHERE:
@@ -101,7 +104,7 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
         sym = closing.enter_context(Symbolizer(
             image.vmlinux, use_index=image.use_index, cache_dir=image.cache_dir, warn=err,
             build_id=expected if where is not BuildIdFrom.RUNNING else None,
-            debuginfo=image.debuginfo, path_map=image.path_map))
+            debuginfo=image.debuginfo, path_map=image.path_map, index_file=image.index_file))
         closing.callback(report_stats, sym, err)
         elixir = None
         if fmt != "text" or opts.links:  # plain text without --links shows no links: skip building them

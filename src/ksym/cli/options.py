@@ -38,7 +38,10 @@ option                      resolve  faddr2line  annotate   debuginfo
 ``--format``, ``-f``                             yes
 ``--output``, ``-o``                             yes
 ``--title``                                      yes
+``--index``                 yes                  yes
 ==========================  =======  ==========  =========  =========
+
+``ksym index build VMLINUX -o FILE [--jobs N] [--progress]`` has options of its own (:func:`_add_index_build`).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ __all__ = [
     "AnnotateOptions",
     "DebuginfoCommandOptions",
     "ImageOptions",
+    "IndexBuildOptions",
     "ResolveOptions",
     "SourceOptions",
     "build_parser",
@@ -75,6 +79,8 @@ examples:
   ksym annotate --format html -o oops.html --modules /usr/lib/debug/lib/modules/$(uname -r) oops.txt
   ksym resolve --build-id 5f3c... --debuginfod-url https://debuginfod.debian.net __ip_local_out+219
   ksym debuginfo --running                                       (which debug file, and why)
+  ksym index build vmlinux -o vmlinux.ksymidx                    (a portable file: no vmlinux needed)
+  ksym resolve --index vmlinux.ksymidx __ip_local_out+219
 
 exit codes: 0 all resolved, 1 some frame did not resolve, 2 usage or malformed frame,
             3 file missing or unreadable (or no debug file found), 4 not a usable ELF/DWARF file,
@@ -125,7 +131,7 @@ def build_parser(annotate_arguments: bool = True, command: str | None = None) ->
     command line), when it names a command, leaves every other command out (its parser and its
     options: only ``ksym --help`` and an unknown command show them); that command parses (and explains in
     ``--help``) exactly as with all of them."""
-    commands = ("resolve", "faddr2line", "debuginfo", "annotate")
+    commands = ("resolve", "faddr2line", "debuginfo", "annotate", "index")
     listed = commands if command not in commands else (command,)
     wanted = set(listed)
     if not annotate_arguments:
@@ -170,6 +176,15 @@ def build_parser(annotate_arguments: bool = True, command: str | None = None) ->
                            formatter_class=_Formatter, epilog=EPILOG)
         if "annotate" in wanted:
             _add_annotate_options(a)
+    if "index" in listed:
+        i = sub.add_parser("index", help="build a portable index file: resolve and annotate without the vmlinux "
+                           "(docs/index-format.md)", formatter_class=_Formatter, epilog=EPILOG)
+        if "index" in wanted:
+            actions = i.add_subparsers(dest="index_command", metavar="ACTION", parser_class=_Parser,
+                                       required=True)
+            b = actions.add_parser("build", help="write the index file of a debug vmlinux",
+                                   formatter_class=_Formatter)
+            _add_index_build(b)
     return p
 
 
@@ -202,6 +217,14 @@ def _add_links(p: _Adder, help: str) -> None:
     p.add_argument("--links", action="store_true", help=help)
 
 
+def _add_progress(p: _Adder, help: str) -> None:
+    p.add_argument("--progress", action="store_true", help=help)
+
+
+def _add_output(p: _Adder, help: str, required: bool = False) -> None:
+    p.add_argument("--output", "-o", metavar="FILE", required=required, help=help)
+
+
 def _add_offline(p: _Adder) -> None:
     p.add_argument("--offline", action="store_true", help="no network: never fetch source, never ask "
                    "debuginfod (the debuginfod cache is still read)")
@@ -228,8 +251,7 @@ def _add_debuginfo_search(p: argparse.ArgumentParser, build_id: _BuildIdHelp | N
                    "(repeatable)")
     g.add_argument("--debuginfod-url", metavar="URL", action="append", default=[],
                    help="debuginfod server (repeatable; default: $DEBUGINFOD_URLS)")
-    g.add_argument("--progress", action="store_true",
-                   help="show a download progress bar even when stderr is not a terminal")
+    _add_progress(g, "show a download progress bar even when stderr is not a terminal")
 
 
 class _BuildIdHelp(NamedTuple):
@@ -270,11 +292,26 @@ def _add_source(p: argparse.ArgumentParser) -> None:
                      "repeatable, the first matching rule wins (see docs/usage.md)")
 
 
+def _add_index_file(p: _Adder) -> None:
+    p.add_argument("--index", metavar="FILE", dest="index_file",
+                   help="answer from this portable index file (ksym index build) instead of a vmlinux")
+
+
+def _add_index_build(p: argparse.ArgumentParser) -> None:
+    """``ksym index build VMLINUX -o FILE``."""
+    p.add_argument("vmlinux_pos", metavar="VMLINUX", help="the debug vmlinux")
+    _add_output(p, "the index file to write", required=True)
+    p.add_argument("--jobs", "-j", metavar="N", type=int, default=None,
+                   help="worker processes (default: every CPU this process may use)")
+    _add_progress(p, "show the progress bar even when stderr is not a terminal")
+
+
 def _add_image(p: argparse.ArgumentParser, with_vmlinux: bool) -> None:
-    """The image and how it is read: ``--vmlinux`` (unless positional), the build-id search, ``--no-index``,
-    ``--cache-dir``."""
+    """The image and how it is read: ``--vmlinux`` (unless positional) or ``--index``, the build-id
+    search, ``--no-index``, ``--cache-dir``."""
     if with_vmlinux:
         _add_vmlinux(p)
+        _add_index_file(p)
     _add_debuginfo_search(p, _FRAMES_BUILD_ID if with_vmlinux else None)
     _add_no_index(p)
     _add_cache_dir(p)
@@ -328,7 +365,7 @@ def _add_annotate_options(p: argparse.ArgumentParser) -> None:
     _add_json(out, "one JSON object per frame instead of the text (as --format json)")
     _add_links(out, "end each location line with its elixir.bootlin.com link (JSON and reports always have "
                "them)")
-    out.add_argument("--output", "-o", metavar="FILE", help="write the output to FILE instead of standard output")
+    _add_output(out, "write the output to FILE instead of standard output")
     out.add_argument("--title", metavar="TEXT", help=f"report title (default: {DEFAULT_TITLE!r})")
     _add_source(p)
     _add_image(p, with_vmlinux=True)
@@ -376,6 +413,8 @@ class ImageOptions(NamedTuple):
     path_map: tuple[tuple[str, str], ...] = ()
     use_index: bool = True
     cache_dir: str | None = None
+    #: ``--index``: a portable index file to answer from instead of a vmlinux
+    index_file: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, vmlinux: str | None, by_build_id: bool = True) -> ImageOptions:
@@ -389,6 +428,7 @@ class ImageOptions(NamedTuple):
             path_map=tuple(args.path_map),
             use_index=not args.no_index,
             cache_dir=args.cache_dir,
+            index_file=getattr(args, "index_file", None),
         )
 
 
@@ -474,3 +514,16 @@ class DebuginfoCommandOptions(NamedTuple):
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DebuginfoCommandOptions:
         return cls(args.build_id, args.vmlinux, args.release, bool(args.json), debuginfo_options(args))
+
+
+class IndexBuildOptions(NamedTuple):
+    """``ksym index build``: the vmlinux, the file to write, how many workers, whether to show progress."""
+
+    vmlinux: str
+    output: str
+    jobs: int | None = None
+    progress: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> IndexBuildOptions:
+        return cls(args.vmlinux_pos, args.output, args.jobs, bool(args.progress))

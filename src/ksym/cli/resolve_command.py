@@ -27,6 +27,9 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
 
     image = opts.image
     vmlinux = image.vmlinux
+    if image.index_file is not None and vmlinux is not None:
+        err("ksym: error: --index and --vmlinux do not go together: the index file stands for the vmlinux")
+        return EXIT_USAGE
     if vmlinux is None and opts.frames:
         mistake = _file_as_first_frame(opts.frames[0])
         if mistake is not None:
@@ -37,7 +40,8 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
     except ValueError as exc:
         err(f"ksym: error: {exc}")
         return EXIT_USAGE
-    if where is BuildIdFrom.OPTION and vmlinux is None and not os.environ.get("KSYM_VMLINUX"):
+    if (where is BuildIdFrom.OPTION and vmlinux is None and image.index_file is None
+            and not os.environ.get("KSYM_VMLINUX")):
         # the debug file of that build id: a vmlinux, or a module's (ET_REL) when that is what it names
         from ..locate import find_vmlinux
 
@@ -58,7 +62,7 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
             return _print_resolutions(msym, opts, out, err, None)
     # closed at the end of the block, also on an error: what was read goes to the index then
     with Symbolizer(vmlinux, use_index=image.use_index, cache_dir=image.cache_dir, warn=err,
-                    debuginfo=image.debuginfo, path_map=image.path_map) as sym:
+                    debuginfo=image.debuginfo, path_map=image.path_map, index_file=image.index_file) as sym:
         elixir = None
         if opts.json or opts.links:  # plain text shows no links: skip building them
             try:
