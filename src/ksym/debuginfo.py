@@ -35,11 +35,12 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO
 
 from .buildid import normalize_build_id, same_build_id
 from .errors import BadFileError, DebuginfodError, FileNotFoundKsymError, KsymError
 from .index import STALE_TEMP_SECONDS
+from .records import NamedTuple
 from .searchopts import Attempt, DebuginfoOptions, DebugLookup
 from .transfer import Limits, ProgressLine, Transfer, TransferError, sigterm_unwinds
 

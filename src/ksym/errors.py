@@ -8,7 +8,8 @@ line uses for it (see docs/usage.md, "Exit codes").
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+
+from .records import NamedTuple
 
 __all__ = [
     "EXIT_BAD_FILE",

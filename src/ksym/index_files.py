@@ -37,10 +37,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any
 
 from .buildid import normalize_build_id, same_build_id
 from .errors import DebuginfodError, FileNotFoundKsymError, KsymError, MissingDebugInfoError
+from .records import NamedTuple
 from .searchopts import Attempt, DebugLookup, IndexFileOptions
 
 __all__ = [

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from .errors import BadFileError, KsymError, MissingDebugInfoError
 from .portable import (
@@ -34,6 +34,7 @@ from .portable import (
     compress,
     unit_range_block,
 )
+from .records import NamedTuple
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection

@@ -22,10 +22,11 @@ import contextlib
 import gc
 import os
 from collections.abc import Callable, Generator, Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from .errors import KsymError
 from .index import AnswerRecords, ImageIndex, StoredAnswers
+from .records import NamedTuple
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection

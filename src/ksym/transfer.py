@@ -39,7 +39,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import IO, Any, Generic, NamedTuple, TypeVar
+from typing import IO, Any, Generic, TypeVar
+
+from .records import NamedTuple
 
 __all__ = [
     "KINDS",

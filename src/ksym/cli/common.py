@@ -6,10 +6,13 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
+
+from ..records import NamedTuple
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ..errors import KsymError
     from ..links import ElixirLinks
     from ..searchopts import IndexFileOptions, Located, SourceOptions

@@ -51,10 +51,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass, field
 from typing import NoReturn
 
 from ..errors import EXIT_USAGE
+from ..records import NamedTuple
 from ..searchopts import DebuginfoOptions, IndexFileOptions, SourceOptions
 
 __all__ = [
@@ -131,10 +131,12 @@ _Adder = argparse._ActionsContainer
 def build_parser(annotate_arguments: bool = True, command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every ``ksym`` command. ``annotate_arguments=False`` leaves ``ksym annotate``'s own
     options out (a run of another command does not need them); ``command`` (the first word of the
-    command line), when it names a command, leaves every other command's options out: each command is
-    still listed, and that command parses (and explains in ``--help``) exactly as with all of them."""
+    command line), when it names a command, leaves every other command out (its parser and its
+    options: only ``ksym --help`` and an unknown command show them); that command parses (and explains in
+    ``--help``) exactly as with all of them."""
     commands = ("resolve", "faddr2line", "debuginfo", "annotate", "index")
-    wanted = set(commands) if command not in commands else {command}
+    listed = commands if command not in commands else (command,)
+    wanted = set(listed)
     if not annotate_arguments:
         wanted.discard("annotate")
     p = _Parser(
@@ -145,41 +147,47 @@ def build_parser(annotate_arguments: bool = True, command: str | None = None) ->
         epilog=EPILOG,
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    r = sub.add_parser("resolve", help="resolve func+off[/size] frames or addresses (faddr2line output)",
-                       formatter_class=_Formatter, epilog=EPILOG)
-    if "resolve" in wanted:
-        r.add_argument("frames", nargs="+", metavar="FRAME", help="func+off, func+off/size, or 0xADDRESS")
-        _add_frame_options(r, with_vmlinux=True)
-    f = sub.add_parser("faddr2line", help="drop-in for scripts/faddr2line: VMLINUX FRAME...",
-                       formatter_class=_Formatter, epilog=EPILOG)
-    if "faddr2line" in wanted:
-        f.add_argument("vmlinux_pos", metavar="VMLINUX")
-        f.add_argument("frames", nargs="+", metavar="FRAME")
-        _add_frame_options(f, with_vmlinux=False)
-    d = sub.add_parser("debuginfo", help="show which debug file ksym would use and why (build ids, paths, "
-                       "debuginfod)", formatter_class=_Formatter, epilog=EPILOG)
-    if "debuginfo" in wanted:
-        which = d.add_mutually_exclusive_group()
-        _add_build_id(which, "the debug file of this build id")
-        _add_vmlinux(which, "this vmlinux (itself if it has DWARF, else the debug file of its build id)")
-        _add_running(which, "the running kernel's (the default)")
-        _add_release(d, "uname -r for distribution paths and the package to install (default: the running "
-                     "kernel's)")
-        _add_json(d, "one JSON object")
-        _add_offline(d)
-        _add_cache_dir(d)
-        _add_debuginfo_search(d)
-    a = sub.add_parser("annotate", help="put file:line under every stack frame of pasted text (a filter)",
-                       formatter_class=_Formatter, epilog=EPILOG)
-    if "annotate" in wanted:
-        _add_annotate_options(a)
-    i = sub.add_parser("index", help="build a portable index file: resolve and annotate without the vmlinux "
-                       "(docs/index-format.md)", formatter_class=_Formatter, epilog=EPILOG)
-    if "index" in wanted:
-        actions = i.add_subparsers(dest="index_command", metavar="ACTION", parser_class=_Parser, required=True)
-        b = actions.add_parser("build", help="write the index file of a debug vmlinux",
-                               formatter_class=_Formatter)
-        _add_index_build(b)
+    if "resolve" in listed:
+        r = sub.add_parser("resolve", help="resolve func+off[/size] frames or addresses (faddr2line output)",
+                           formatter_class=_Formatter, epilog=EPILOG)
+        if "resolve" in wanted:
+            r.add_argument("frames", nargs="+", metavar="FRAME", help="func+off, func+off/size, or 0xADDRESS")
+            _add_frame_options(r, with_vmlinux=True)
+    if "faddr2line" in listed:
+        f = sub.add_parser("faddr2line", help="drop-in for scripts/faddr2line: VMLINUX FRAME...",
+                           formatter_class=_Formatter, epilog=EPILOG)
+        if "faddr2line" in wanted:
+            f.add_argument("vmlinux_pos", metavar="VMLINUX")
+            f.add_argument("frames", nargs="+", metavar="FRAME")
+            _add_frame_options(f, with_vmlinux=False)
+    if "debuginfo" in listed:
+        d = sub.add_parser("debuginfo", help="show which debug file ksym would use and why (build ids, paths, "
+                           "debuginfod)", formatter_class=_Formatter, epilog=EPILOG)
+        if "debuginfo" in wanted:
+            which = d.add_mutually_exclusive_group()
+            _add_build_id(which, "the debug file of this build id")
+            _add_vmlinux(which, "this vmlinux (itself if it has DWARF, else the debug file of its build id)")
+            _add_running(which, "the running kernel's (the default)")
+            _add_release(d, "uname -r for distribution paths and the package to install (default: the "
+                         "running kernel's)")
+            _add_json(d, "one JSON object")
+            _add_offline(d)
+            _add_cache_dir(d)
+            _add_debuginfo_search(d)
+    if "annotate" in listed:
+        a = sub.add_parser("annotate", help="put file:line under every stack frame of pasted text (a filter)",
+                           formatter_class=_Formatter, epilog=EPILOG)
+        if "annotate" in wanted:
+            _add_annotate_options(a)
+    if "index" in listed:
+        i = sub.add_parser("index", help="build a portable index file: resolve and annotate without the vmlinux "
+                           "(docs/index-format.md)", formatter_class=_Formatter, epilog=EPILOG)
+        if "index" in wanted:
+            actions = i.add_subparsers(dest="index_command", metavar="ACTION", parser_class=_Parser,
+                                       required=True)
+            b = actions.add_parser("build", help="write the index file of a debug vmlinux",
+                                   formatter_class=_Formatter)
+            _add_index_build(b)
     return p
 
 
@@ -260,8 +268,7 @@ def _add_index_search(p: argparse.ArgumentParser) -> None:
                    help="a server with <URL>/buildid/<BUILD-ID>/ksym-index (repeatable; default: $KSYM_INDEX_URLS)")
 
 
-@dataclass(frozen=True)
-class _BuildIdHelp:
+class _BuildIdHelp(NamedTuple):
     build_id: str
     running: str
 
@@ -412,8 +419,7 @@ def source_options(args: argparse.Namespace) -> SourceOptions:
     return SourceOptions(args.kernel_tag, args.elixir_url, args.source_dir, args.source_url, bool(args.offline))
 
 
-@dataclass(frozen=True, slots=True)
-class ImageOptions:
+class ImageOptions(NamedTuple):
     """The image frames are resolved against and how it is read.
 
     :param vmlinux: the file given (``--vmlinux``, or faddr2line's VMLINUX); None: found.
@@ -430,11 +436,11 @@ class ImageOptions:
     vmlinux: str | None = None
     build_id: str | None = None
     running: bool = False
-    debuginfo: DebuginfoOptions = field(default_factory=DebuginfoOptions)
+    debuginfo: DebuginfoOptions = DebuginfoOptions()
     path_map: tuple[tuple[str, str], ...] = ()
     use_index: bool = True
     cache_dir: str | None = None
-    index_files: IndexFileOptions = field(default_factory=IndexFileOptions)
+    index_files: IndexFileOptions = IndexFileOptions()
     #: ``--index``: a portable index file to answer from instead of a vmlinux
     index_file: str | None = None
 
@@ -455,13 +461,12 @@ class ImageOptions:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ResolveOptions:
+class ResolveOptions(NamedTuple):
     """``ksym resolve`` and ``ksym faddr2line``: the frames, the image, and how answers are shown."""
 
     frames: tuple[str, ...]
-    image: ImageOptions = field(default_factory=ImageOptions)
-    source: SourceOptions = field(default_factory=SourceOptions)
+    image: ImageOptions = ImageOptions()
+    source: SourceOptions = SourceOptions()
     json: bool = False
     links: bool = False
     #: ``--list``: the source around each location
@@ -477,8 +482,7 @@ class ResolveOptions:
                    bool(args.list))
 
 
-@dataclass(frozen=True, slots=True)
-class AnnotateOptions:
+class AnnotateOptions(NamedTuple):
     """``ksym annotate``: the input, the image, the KASLR slide, and the output.
 
     :param file: the input file, ``-`` for standard input.
@@ -487,8 +491,8 @@ class AnnotateOptions:
     """
 
     file: str = "-"
-    image: ImageOptions = field(default_factory=ImageOptions)
-    source: SourceOptions = field(default_factory=SourceOptions)
+    image: ImageOptions = ImageOptions()
+    source: SourceOptions = SourceOptions()
     kallsyms: str | None = None
     kaslr_offset: int | None = None
     format: str | None = None
@@ -526,8 +530,7 @@ class AnnotateOptions:
         return self.format or ("json" if self.json else "text")
 
 
-@dataclass(frozen=True, slots=True)
-class DebuginfoCommandOptions:
+class DebuginfoCommandOptions(NamedTuple):
     """``ksym debuginfo``: whose debug file (``build_id``, ``vmlinux``, else the running kernel's), for
     which ``release``, and how it is shown."""
 
@@ -535,15 +538,14 @@ class DebuginfoCommandOptions:
     vmlinux: str | None = None
     release: str | None = None
     json: bool = False
-    debuginfo: DebuginfoOptions = field(default_factory=DebuginfoOptions)
+    debuginfo: DebuginfoOptions = DebuginfoOptions()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DebuginfoCommandOptions:
         return cls(args.build_id, args.vmlinux, args.release, bool(args.json), debuginfo_options(args))
 
 
-@dataclass(frozen=True, slots=True)
-class IndexBuildOptions:
+class IndexBuildOptions(NamedTuple):
     """``ksym index build``: the vmlinux, the file to write, how many workers, whether to show progress."""
 
     vmlinux: str
