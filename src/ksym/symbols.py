@@ -309,8 +309,9 @@ class SymbolTable:
         symbols called ``name``; with ``faddr2line``, also every symbol at the address of a FUNC one and,
         for each FUNC one, those at the next address of its section at or beyond its ELF size, so that
         :meth:`faddr2line_matches` of ``name`` gives on it what it gives on the whole table. None when
-        that cannot be had so (no FUNC symbol of the name, whose promoted ``.llvm.`` names the whole
-        table finds; a string table not ending in a NUL; a next symbol far off): the whole table
+        that cannot be had so (no FUNC symbol of the name while a promoted ``name.llvm.`` name, which
+        the whole table looks up then, is in the string table; a string table not ending in a NUL; a
+        next symbol very far off): the whole table
         answers then. ``whole`` gives the whole table for what the subset cannot answer
         (:meth:`bfd_function`)."""
         body = memoryview(symtab)[24 : len(symtab) - len(symtab) % 24]
@@ -331,7 +332,10 @@ class SymbolTable:
             q, hq = body.cast("Q"), body.cast("H")
             funcs = sorted(i for i in keep if body[24 * i + 4] & 0xF == STT_FUNC)
             if not funcs:
-                return None
+                # no symbol to walk from: the whole table's answer is its promoted ``name.llvm.<digits>``
+                # symbols, and with none of those in the string table, nothing
+                if (name + ".llvm.").encode("utf-8", "surrogateescape") in strtab:
+                    return None
             blocks: dict[int, list[tuple[int, int]]] = {}
             for i in funcs:
                 a, section = q[3 * i + 1], hq[12 * i + 3]
