@@ -331,11 +331,10 @@ class SymbolTable:
         if faddr2line:
             q, hq = body.cast("Q"), body.cast("H")
             funcs = sorted(i for i in keep if body[24 * i + 4] & 0xF == STT_FUNC)
-            if not funcs:
-                # no symbol to walk from: the whole table's answer is its promoted ``name.llvm.<digits>``
-                # symbols, and with none of those in the string table, nothing
-                if (name + ".llvm.").encode("utf-8", "surrogateescape") in strtab:
-                    return None
+            # no symbol to walk from: the whole table's answer is its promoted ``name.llvm.<digits>``
+            # symbols, and with none of those in the string table, nothing
+            if not funcs and (name + ".llvm.").encode("utf-8", "surrogateescape") in strtab:
+                return None
             blocks: dict[int, list[tuple[int, int]]] = {}
             for i in funcs:
                 a, section = q[3 * i + 1], hq[12 * i + 3]
