@@ -444,7 +444,7 @@ def decode_events(
     ntop = socket.inet_ntop
     af4, af6 = socket.AF_INET, socket.AF_INET6
     ports_ok, icmp_ok = _PORT_PROTOS, _ICMP_PROTOS
-    make = DropEvent._make
+    new, event = tuple.__new__, DropEvent  # DropEvent._make without its length check per record
     hdr = HEADER_SIZE
     out: list[DropEvent] = []
     append = out.append
@@ -490,7 +490,8 @@ def decode_events(
         nul = comm.find(b"\0")
         nul_if = ifname.find(b"\0")
         append(
-            make(
+            new(
+                event,
                 (
                     ts_ns / 1e9 + clock_offset,
                     ts_ns,
@@ -522,7 +523,7 @@ def decode_events(
                     linktype if caplen or wire_len else 0,
                     wire_len,
                     buf[hdr : hdr + caplen],
-                )
+                ),
             )
         )
     return out
