@@ -3,7 +3,9 @@
 
 Workload: UDP datagrams from N sender processes to a closed port on 127.0.0.1 inside a network namespace
 made for the run; each one is a NO_SOCKET drop at the skb:kfree_skb tracepoint, and that namespace's
-``Udp: NoPorts`` counter (/proc/net/snmp) is the truth (nothing leaves the machine).
+``Udp: NoPorts`` counter (/proc/net/snmp) is the truth (nothing leaves the machine). The senders send 64
+datagrams per sendmmsg(2) call and pace themselves by the clock once per batch; the rate they achieved is
+reported next to every row (a paced row shows the target only if it reached it).
 
 1. every output mode (text, json, save, pcapng, summary, metrics), senders paced at --rate (50,000/s):
    the real CLI, its stdout to a file; the count the kernel made, what dropcapture emitted, delivered and
