@@ -46,6 +46,7 @@ from ksym.annotate import (
 )
 from ksym.disasm import call_before, instruction_before, supported_machine
 from ksym.kallsyms import KaslrError, load_kallsyms
+from ksym.links import links_for
 from ksym.parse import StackFrame, parse_line
 
 SAMPLES = sorted([*Path("/work/shared/samples").glob("*.txt"), *(REPO_ROOT / "tests/data/stacks").glob("*.txt")])
@@ -500,7 +501,8 @@ def test_stored_frame_answers_equal_worked_out_ones(vmlinux: Path, call_sites: l
              "", f"\tffffffffc0000000 {call_sites[1].symbol}+{call_sites[1].offset:#x} ([kernel.kallsyms])"]
     text = "\n".join(lines) + "\n"
     first = Symbolizer(vmlinux, cache_dir=tmp_path)
-    worked = annotate(text, first, kaslr_offset=SLIDE)
+    elixir = links_for(first.banner)
+    worked = annotate(text, first, kaslr_offset=SLIDE, elixir=elixir)
     first.close()
     assert sum(1 for af in worked.frames if af.lookup == LOOKUP_CALL_SITE and af.call is not None) >= 20
     calls: list[StackFrame] = []
@@ -512,13 +514,13 @@ def test_stored_frame_answers_equal_worked_out_ones(vmlinux: Path, call_sites: l
 
     monkeypatch.setattr(_Annotator, "_frame", counted)
     again = Symbolizer(vmlinux, cache_dir=tmp_path)
-    stored = annotate(text, again, kaslr_offset=SLIDE)
+    stored = annotate(text, again, kaslr_offset=SLIDE, elixir=elixir)
     assert [c.symbol for c in calls] == [call_sites[1].symbol]  # only the frame with a runtime address
     assert stored.frames == worked.frames
     assert stored.text == worked.text and stored.notes == worked.notes
     assert stored.render_text(links=True) == worked.render_text(links=True)
-    # the stored answers do not hold the links: a symbolizer without links gets none
-    plain = annotate(text, Symbolizer(vmlinux, cache_dir=tmp_path, links=False), kaslr_offset=SLIDE)
+    # the stored answers do not hold the links: an annotation without links gets none
+    plain = annotate(text, Symbolizer(vmlinux, cache_dir=tmp_path), kaslr_offset=SLIDE)
     assert plain.text == worked.text
     assert all(loc.url is None for af in plain.frames for loc in af.chain)
     assert any(loc.url for af in stored.frames for loc in af.chain)

@@ -113,10 +113,10 @@ def test_every_frame_with_an_address_passes_the_quick_look() -> None:
 class _Child:
     """``python -m ksym annotate`` reading a pipe, its output read as it comes."""
 
-    def __init__(self, vmlinux: Path, cache_dir: Path) -> None:
+    def __init__(self, vmlinux: Path, cache_dir: Path, *args: str) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
         self.proc = subprocess.Popen([sys.executable, "-m", "ksym", "annotate", "--vmlinux", str(vmlinux),
-                                      "--cache-dir", str(cache_dir)], stdin=subprocess.PIPE,
+                                      "--cache-dir", str(cache_dir), *args], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         self.got = b""
 
@@ -173,6 +173,66 @@ def test_pipe_annotates_each_line_as_it_arrives(vmlinux: Path, cache_dir: Path, 
     assert code == EXIT_UNRESOLVED and b"1 of 3 frames unresolved" in err, err
     assert f"KASLR slide {SLIDE:#x} (from Kernel Offset line 5)".encode() in err
     assert b"-> " not in rest
+
+
+def _refusal(named: str, vmlinux: Path, has: str) -> str:
+    """The one line ``ksym annotate`` refuses a dump of another build with (docs/annotate.md)."""
+    return (f"ksym annotate: error: build id mismatch: the dump names build id {named} but {vmlinux} has {has}: "
+            "give the dump's vmlinux (--vmlinux, or found by its build id through DEBUGINFOD_URLS), or --force "
+            "to annotate anyway")
+
+
+@pytest.mark.parametrize("case", ["another", "another-forced", "the-same"])
+def test_pipe_build_id_after_the_first_pause_is_checked(vmlinux: Path, cache_dir: Path, vsym: Symbolizer,
+                                                         case: str) -> None:
+    """A ``Build ID:`` line that arrives after the pipe's first pause is checked as one in the first piece
+    is: another build stops the command before that piece is written (exit 3, one error line), with
+    ``--force`` the frames from that piece on are marked unverified (a warning line); the vmlinux's own
+    build id changes nothing."""
+    assert vsym.build_id is not None
+    other = "".join("0123456789abcdef"[(int(c, 16) + 1) % 16] for c in vsym.build_id)
+    named = vsym.build_id if case == "the-same" else other
+    child = _Child(vmlinux, cache_dir, *(["--force", "--json"] if case == "another-forced" else []))
+    try:
+        child.send("[   12.345678] Call Trace:\n[   12.345679]  ip_local_out+0x17/0x70\n")
+        first = child.read_until(b"ip_local_out" if case == "another-forced" else b"call site:")
+        assert b"ip_local_out" in first and b"build id" not in first  # written before the build id arrived
+        child.send(f"[   13.000000] Build ID: {named}\n[   13.000001] Call Trace:\n"
+                   "[   13.000002]  __ip_local_out+0xde/0x160\n")
+        code, rest, err = child.close()
+    finally:
+        child.kill()
+    lines = err.decode().splitlines()
+    if case == "another":
+        assert code == 3, err
+        assert lines == [_refusal(other, vmlinux, vsym.build_id)]
+        assert b"__ip_local_out" not in rest  # the piece naming another build was not written
+    elif case == "another-forced":
+        assert code == EXIT_OK, err
+        assert lines[0].startswith(f"ksym annotate: warning: build id mismatch: the dump names build id {other}")
+        frames = [json.loads(line) for line in (first + rest).splitlines()]
+        assert [(f["symbol"], f["verified"]) for f in frames if "symbol" in f] == [
+            ("ip_local_out", True), ("__ip_local_out", False)]
+    else:
+        assert code == EXIT_OK and err == b"", err
+        assert b"__ip_local_out+0xde/0x160\n" in rest and b"-> " in rest  # annotated
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "markdown"])
+def test_the_dumps_build_id_is_checked_with_build_id_given(vmlinux: Path, cache_dir: Path, vsym: Symbolizer,
+                                                          tmp_path: Path, fmt: str) -> None:
+    """With ``--build-id`` (the vmlinux's), a dump naming another build is refused by the streamed forms
+    (text, JSON) as by the reports, which read the whole text: exit 3, nothing written."""
+    assert vsym.build_id is not None
+    other = "".join("0123456789abcdef"[(int(c, 16) + 1) % 16] for c in vsym.build_id)
+    dump = tmp_path / "dump.txt"
+    dump.write_text(f"Build ID: {other}\nCall Trace:\n ip_local_out+0x17/0x70\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    got = subprocess.run([sys.executable, "-m", "ksym", "annotate", "--vmlinux", str(vmlinux), "--cache-dir",
+                          str(cache_dir), "--build-id", vsym.build_id, "--format", fmt, str(dump)],
+                         capture_output=True, env=env, timeout=300, check=False)
+    assert got.returncode == 3 and got.stdout == b"", got.stderr
+    assert got.stderr.decode().splitlines() == [_refusal(other, vmlinux, vsym.build_id)]
 
 
 def test_pipe_whole_input_is_the_file_output(vmlinux: Path, cache_dir: Path, tmp_path: Path) -> None:

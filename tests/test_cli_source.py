@@ -172,3 +172,18 @@ def test_real_vmlinux_list_uses_a_local_tree_before_the_network(tmp_path: Path) 
                             text=True, check=False, cwd=tmp_path, env=env, timeout=600)
     assert want in beside.stdout, beside.stderr
     assert "warning" not in beside.stderr
+
+
+@pytest.mark.parametrize("option", [("--elixir-url", "ftp://elixir.example.test"), ("--kernel-tag", "v6 .1")])
+@pytest.mark.parametrize("command", ["resolve", "annotate"])
+def test_a_malformed_link_option_is_a_usage_error(tmp_path: Path, command: str, option: tuple[str, str]) -> None:
+    """A bad ``--elixir-url`` or ``--kernel-tag`` is one line and exit 2 (it was an internal error, 70)."""
+    elf = fixture("kshapes-dwarf5.elf")
+    env = {**os.environ, "KSYM_CACHE_DIR": str(tmp_path)}
+    args = ["--links", "__ip_local_out+0x10"] if command == "resolve" else ["--json", "-"]
+    got = subprocess.run([sys.executable, "-m", "ksym", command, "--vmlinux", str(elf), *option, *args],
+                         input=" __ip_local_out+0x10/0x40\n", capture_output=True, text=True, check=False,
+                         env=env, timeout=600)
+    assert got.returncode == 2, got.stderr
+    assert len(got.stderr.splitlines()) == 1 and "internal error" not in got.stderr, got.stderr
+    assert option[1].split()[0] in got.stderr and got.stdout == ""

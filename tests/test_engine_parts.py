@@ -39,14 +39,19 @@ KSHAPES = "kshapes-dwarf5.elf"
 def _through_protocol(r: ImageResolver, frame: str) -> tuple[str, str, int]:
     """Use an image only through the Protocol: prefetch, resolve, chain and symbolize agree."""
     assert r.has_dwarf and r.path.is_file()
-    assert r.prefetch_frames([frame, "not a frame"]) >= 1
+    # the frame's one address, read once ahead of resolve however often the frame is asked
+    assert r.prefetch_frames([frame, frame, "not a frame"]) == 1
+    dwarf = getattr(r, "dwarf_image", None)
+    assert dwarf is not None
+    read = set(dwarf.units_read)
     res = r.resolve(frame)[0]
+    assert dwarf.units_read == read and len(read) == 1, "the prefetch read the unit the frame needs"
     assert res.chain, frame
     return str(res), str(r.symbolize(res.address)), len(res.chain)
 
 
 def test_symbolizer_and_module_symbolizer_are_image_resolvers() -> None:
-    with Symbolizer(fixture(KSHAPES), use_index=False, links=False) as sym:
+    with Symbolizer(fixture(KSHAPES), use_index=False) as sym:
         assert isinstance(sym, ImageResolver)
         assert isinstance(sym.dwarf_image, DwarfImage)
         text, _by_address, depth = _through_protocol(sym, "__ip_local_out+45")
@@ -67,7 +72,7 @@ def test_symbolizer_and_module_symbolizer_are_image_resolvers() -> None:
 def test_a_closed_symbolizer_wrote_its_index_and_released_its_file(tmp_path: Path) -> None:
     elf = fixture(KSHAPES)
     cache = tmp_path / "cache"
-    sym = Symbolizer(elf, cache_dir=cache, links=False)
+    sym = Symbolizer(elf, cache_dir=cache)
     want = [str(r) for r in sym.resolve("__ip_local_out+45")]
     sym.remember(("test", 1), ("kept", 2))
     assert sym.dwarf_image is not None and sym.dwarf_image.opened
@@ -84,7 +89,7 @@ def test_a_closed_symbolizer_wrote_its_index_and_released_its_file(tmp_path: Pat
     rec = store.load_image(key)
     assert isinstance(rec, ImageRecord) and rec.has_dwarf and rec.path == str(elf)
     assert ImageRecord.from_record(rec.to_record()) == rec
-    with Symbolizer(elf, cache_dir=cache, links=False) as again:
+    with Symbolizer(elf, cache_dir=cache) as again:
         assert [str(r) for r in again.resolve("__ip_local_out+45")] == want
         assert again.remembered(("test", 1)) == ("kept", 2)
         assert again.dwarf_image is not None and not again.dwarf_image.opened, "answered from the index alone"
@@ -131,7 +136,7 @@ from ksym.prefetch import Prefetcher
 
 vmlinux, cache = sys.argv[1], Path(sys.argv[2])
 Symbolizer(vmlinux, cache_dir=cache).close()  # the image record only
-with Symbolizer(vmlinux, cache_dir=cache, links=False) as sym:
+with Symbolizer(vmlinux, cache_dir=cache) as sym:
     st = sym.symbols
     funcs = [i for i in range(len(st.values)) if st.infos[i] & 0xF == 2 and st.sizes[i] >= 16]
     addrs = [int(st.values[i]) + 4 for i in random.Random(14).sample(funcs, 200)]

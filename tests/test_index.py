@@ -72,7 +72,7 @@ def _answers(path: Path, cache: Path | None) -> list[str]:
     a file gets with and without an index."""
     out = []
     try:
-        sym = Symbolizer(path, cache_dir=cache, use_index=cache is not None, links=False)
+        sym = Symbolizer(path, cache_dir=cache, use_index=cache is not None)
     except Exception as exc:  # noqa: BLE001 - every outcome is compared
         return [f"open: {type(exc).__name__}"]
     with sym:
@@ -134,7 +134,7 @@ def test_damaged_vmlinux_copy_run_first_neither_poisons_nor_is_served(tmp_path: 
         elf = ELFFile(f)
         dwarf = elf.get_dwarf_info(relocate_dwarf_sections=False)
         info_off = elf.get_section_by_name(".debug_info")["sh_offset"]
-        with Symbolizer(vmlinux, use_index=False, links=False) as sym:
+        with Symbolizer(vmlinux, use_index=False) as sym:
             address = sym.resolve(frame)[0].address
         cu = dwarf.get_CU_at(dwarf.get_aranges().cu_offset_at_addr(address))
         lines = [a for a in (d.attributes.get("DW_AT_call_line") for d in cu.iter_DIEs()
@@ -150,7 +150,7 @@ def test_damaged_vmlinux_copy_run_first_neither_poisons_nor_is_served(tmp_path: 
         want_damaged = _ksym("resolve", "--no-index", "--vmlinux", str(damaged), frame)
         assert want_damaged.stdout == want.stdout.replace("ip_output.c:115", "ip_output.c:116")
         cache = tmp_path / "cache"
-        with Symbolizer(damaged, cache_dir=cache, links=False) as first:  # closing writes its index
+        with Symbolizer(damaged, cache_dir=cache) as first:  # closing writes its index
             assert "".join(f"{r}\n" for r in first.resolve(frame)) == want_damaged.stdout
         assert list(cache.glob("index/*/answers.v*")), "the damaged copy's answers were stored"
         got = _ksym("resolve", "--vmlinux", str(vmlinux), "--cache-dir", str(cache), frame)
@@ -191,7 +191,7 @@ def test_a_file_changed_seconds_ago_is_fingerprinted_on_every_run(tmp_path: Path
     run use the index of its previous contents."""
     elf = _with_build_id(tmp_path / "vmlinux")
     cache = tmp_path / "cache"
-    with Symbolizer(elf, cache_dir=cache, links=False) as sym:
+    with Symbolizer(elf, cache_dir=cache) as sym:
         want = [str(r) for r in sym.resolve(SPECS[0])]
         assert sym.stats.fingerprinted
     assert not list((cache / "paths").glob("*")), "a file changed just now was remembered by identity"
@@ -202,7 +202,7 @@ def test_a_file_changed_seconds_ago_is_fingerprinted_on_every_run(tmp_path: Path
     with open(elf, "r+b") as f:  # in place: same inode, same size, the mtime set back
         f.write(bytes(data))
     os.utime(elf, ns=(st.st_atime_ns, st.st_mtime_ns))
-    with Symbolizer(elf, cache_dir=cache, links=False) as sym:
+    with Symbolizer(elf, cache_dir=cache) as sym:
         got = [str(r) for r in sym.resolve(SPECS[0])]
         assert sym.stats.fingerprinted
     assert got == [w.replace("nf_hook at", "nf_hooX at") for w in want]
@@ -215,7 +215,7 @@ def test_an_older_index_keyed_by_build_id_alone_is_ignored(tmp_path: Path) -> No
     genuine = _with_build_id(tmp_path / "vmlinux")
     want = _answers(genuine, None)
     cache = tmp_path / "cache"
-    with Symbolizer(genuine, use_index=False, links=False) as ref:
+    with Symbolizer(genuine, use_index=False) as ref:
         view = ref._view()
         addrs = [m.address for s in SPECS[:3] for m in ref.resolve(s)]
     poison = ((("evil", "evil.c", 1, 0, 0, "evil.c", False),), -1)
@@ -243,7 +243,7 @@ def test_an_index_of_format_8_is_ignored_not_misread(tmp_path: Path) -> None:
     assert FORMAT_VERSION > 8
     genuine = _with_build_id(tmp_path / "vmlinux")
     want = _answers(genuine, None)
-    with Symbolizer(genuine, cache_dir=tmp_path / "probe", links=False) as probe:
+    with Symbolizer(genuine, cache_dir=tmp_path / "probe") as probe:
         key, view = probe.key, probe._view()
         addrs = [m.address for s in SPECS[:3] for m in probe.resolve(s)]
     poison = ((("evil", "evil.c", 1, 0, 0, "evil.c", False),), -1)
@@ -299,7 +299,7 @@ def test_first_use_hashes_in_a_thread_that_ends_with_the_open(tmp_path: Path) ->
 
     genuine = _with_build_id(tmp_path / "vmlinux")
     before = threading.active_count()
-    with Symbolizer(genuine, cache_dir=tmp_path / "cache", links=False) as sym:
+    with Symbolizer(genuine, cache_dir=tmp_path / "cache") as sym:
         assert threading.active_count() == before
         assert sym.stats.fingerprinted
         skip = [(s.offset, s.size) for s in sym.sections if s.type in (4, 9)]
@@ -328,11 +328,11 @@ def test_a_unit_that_failed_to_read_is_never_stored(tmp_path: Path) -> None:
     cu_offset, low_pc, die_offset = target
     damaged = _damaged(genuine, tmp_path / "vmlinux.damaged", info_off + die_offset, 0x7F)
     cache = tmp_path / "cache"
-    with Symbolizer(damaged, cache_dir=cache, links=False) as sym, pytest.raises(KsymError):
+    with Symbolizer(damaged, cache_dir=cache) as sym, pytest.raises(KsymError):
         sym.symbolize(low_pc)
 
     store = IndexStore(cache)
-    with Symbolizer(damaged, cache_dir=cache, links=False) as again:
+    with Symbolizer(damaged, cache_dir=cache) as again:
         units = store.load_unit_map(again.key)
         assert cu_offset not in units, "the unit whose read failed was stored"
         with pytest.raises(KsymError):
@@ -344,7 +344,7 @@ def test_a_unit_that_failed_to_read_is_never_stored(tmp_path: Path) -> None:
 
 def _frames(vmlinux: Path, n: int) -> list[str]:
     """``n`` real ``func+0xoff`` frames: FUNC symbols of one name sampled with a fixed seed."""
-    with Symbolizer(vmlinux, use_index=False, links=False) as sym:
+    with Symbolizer(vmlinux, use_index=False) as sym:
         st = sym.symbols
         funcs = [i for i in range(len(st.values)) if st.infos[i] & 0xF == 2 and st.sizes[i] >= 16
                  and len(st.indices_named(st.names[i])) == 1]
@@ -379,10 +379,10 @@ def test_second_resolve_of_60_frames_reads_no_dwarf(tmp_path: Path) -> None:
 def test_with_block_writes_the_index_and_an_open_symbolizer_writes_nothing_at_exit(tmp_path: Path) -> None:
     elf = _with_build_id(tmp_path / "vmlinux")
     cache = tmp_path / "cache"
-    with Symbolizer(elf, cache_dir=cache, links=False) as sym:
+    with Symbolizer(elf, cache_dir=cache) as sym:
         want = [str(r) for s in SPECS[:-1] for r in sym.resolve(s)]
         assert sym.stats.answers_looked_up > 0
-    with Symbolizer(elf, cache_dir=cache, links=False) as again:
+    with Symbolizer(elf, cache_dir=cache) as again:
         assert [str(r) for s in SPECS[:-1] for r in again.resolve(s)] == want
         assert (again.stats.units_read, again.stats.answers_looked_up) == (0, 0)
         assert again.stats.answers_stored > 0
@@ -390,7 +390,7 @@ def test_with_block_writes_the_index_and_an_open_symbolizer_writes_nothing_at_ex
     # at interpreter exit (only close()/flush()/with write: nothing depends on when objects die)
     other = tmp_path / "cache2"
     code = ("import gc, sys; from ksym import Symbolizer\n"
-            "s = Symbolizer(sys.argv[1], cache_dir=sys.argv[2], links=False)\n"
+            "s = Symbolizer(sys.argv[1], cache_dir=sys.argv[2])\n"
             "s.resolve('__ip_local_out+45'); kept = s; del s; gc.collect()\n")
     subprocess.run([sys.executable, "-c", code, str(elf), str(other)], check=True, timeout=120,
                    env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")})
@@ -404,7 +404,7 @@ def test_with_block_writes_the_index_and_an_open_symbolizer_writes_nothing_at_ex
 def test_stale_temporaries_are_removed_by_a_later_run(tmp_path: Path) -> None:
     elf = _with_build_id(tmp_path / "vmlinux")
     cache = tmp_path / "cache"
-    with Symbolizer(elf, cache_dir=cache, links=False) as sym:
+    with Symbolizer(elf, cache_dir=cache) as sym:
         sym.resolve(SPECS[0])
     (key_dir,) = (cache / "index").iterdir()
     old = time.time() - 2 * 3600
@@ -420,7 +420,7 @@ def test_stale_temporaries_are_removed_by_a_later_run(tmp_path: Path) -> None:
             planted[p] = name in (".tmp-0123456789abcdef", ".tmp-abcdefgh")
     # a later run that writes (a frame not answered before) removes the aged temporaries of its own
     # names only
-    with Symbolizer(elf, cache_dir=cache, links=False) as sym:
+    with Symbolizer(elf, cache_dir=cache) as sym:
         sym.resolve(SPECS[1])
     for p, removed in planted.items():
         assert p.exists() != removed, p

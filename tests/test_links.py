@@ -62,3 +62,31 @@ def test_kernel_relative_path() -> None:
     assert kernel_relative_path("/home/me/notes.txt") is None
     assert kernel_relative_path("../etc/passwd") is None
     assert kernel_relative_path("") is None
+
+
+def test_the_symbolizer_resolves_and_the_presenting_side_links() -> None:
+    """The Symbolizer's chains carry no links; ``links_for`` its banner (or a ``kernel_tag``) gives the
+    links a command shows, on the Debian 6.1 vmlinux whose banner names Debian 6.1.187."""
+    from anchors import require_test_vmlinux
+
+    from ksym import Symbolizer
+    from ksym.links import links_for
+    from ksym.version import choose_tag
+
+    with Symbolizer(require_test_vmlinux(), use_index=False) as sym:
+        res = sym.resolve("__ip_local_out+222")[0]
+        banner = sym.banner
+    assert not hasattr(sym, "links") and not hasattr(sym, "tag_guess")
+    assert res.chain and all(loc.url is None and loc.ident_url is None for loc in res.chain)
+    linked = links_for(banner).resolution(res)
+    assert [(loc.function, loc.file, loc.line) for loc in linked.chain] == [
+        (loc.function, loc.file, loc.line) for loc in res.chain]
+    assert linked.chain[0].url == "https://elixir.bootlin.com/linux/v6.1.187/source/include/linux/netfilter.h#L257"
+    assert linked.chain[-1].ident_url == "https://elixir.bootlin.com/linux/v6.1.187/A/ident/__ip_local_out"
+    assert links_for(banner).tag == choose_tag(banner).tag == "v6.1.187"
+    mine = links_for(banner, kernel_tag="6.1.1", elixir_url="http://127.0.0.1:8080/")
+    assert mine.location(res.chain[0]).url == (
+        "http://127.0.0.1:8080/linux/v6.1.1/source/include/linux/netfilter.h#L257")
+    assert links_for(None).tag == "latest"
+    with pytest.raises(ValueError):
+        links_for(banner, elixir_url="ftp://elixir.example.test")

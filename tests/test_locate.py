@@ -12,7 +12,7 @@ from anchors import addr2line_batch, fixture, func_symbols
 
 from ksym import FileNotFoundKsymError, MissingDebugInfoError, Symbolizer
 from ksym.image import KernelImage
-from ksym.locate import candidate_paths, find_vmlinux
+from ksym.locate import candidate_paths, find_vmlinux, release_paths
 
 
 def _notes(build_id: bytes) -> bytes:
@@ -129,3 +129,25 @@ def test_zstd_compressed_debug_sections_resolve_the_same(tmp_path: Path) -> None
     z = Symbolizer(packed, cache_dir=tmp_path / "c")
     for spec in ("__ip_local_out+0x10", "ip_local_out_like+0x40", "raw_ioctl+0x5", "netif_receive_like.cold+0x10"):
         assert [str(r) for r in z.resolve(spec)] == [str(r) for r in plain.resolve(spec)]
+
+
+def test_release_paths_name_one_release_and_candidates_add_the_others(tmp_path: Path) -> None:
+    """Under a root holding vmlinux files of two releases, ``release_paths`` lists the given release's places
+    only; ``candidate_paths`` adds the other release's /boot/vmlinux-* after them (find_vmlinux checks its
+    build id); the running kernel's release is the default."""
+    elf = fixture("kshapes-dwarf5.elf").read_bytes()
+    mine, other = "6.1.0-53-cloud-amd64", "6.18.0-rc3"
+    for rel_path in (f"lib/modules/{mine}/vmlinux", f"boot/vmlinux-{other}", f"usr/lib/debug/boot/vmlinux-{other}"):
+        (tmp_path / rel_path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel_path).write_bytes(elf)
+    paths = release_paths(mine, root=tmp_path)
+    assert paths == [p for p in candidate_paths(mine, root=tmp_path) if other not in str(p)]
+    assert all(mine in str(p) and p.is_relative_to(tmp_path) for p in paths)
+    assert [p for p in paths if p.is_file()] == [tmp_path / f"lib/modules/{mine}/vmlinux"]
+    assert candidate_paths(mine, root=tmp_path)[len(paths):] == [tmp_path / f"boot/vmlinux-{other}"]
+    assert [p for p in release_paths(other, root=tmp_path) if p.is_file()] == [
+        tmp_path / f"usr/lib/debug/boot/vmlinux-{other}", tmp_path / f"boot/vmlinux-{other}"]
+    import os
+
+    assert release_paths(root=tmp_path) == release_paths(os.uname().release, root=tmp_path)
+    assert release_paths(mine)[0] == Path(f"/usr/lib/debug/boot/vmlinux-{mine}")

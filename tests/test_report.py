@@ -30,8 +30,8 @@ from anchors import REPO_ROOT, TESTDATA, fixture, missing
 from ksym import Symbolizer
 from ksym.annotate import AnnotatedFrame, AnnotatedText, annotate
 from ksym.cli import build_parser
-from ksym.cli.options import AnnotateOptions
-from ksym.links import ElixirLinks
+from ksym.cli.options import AnnotateOptions, SourceOptions
+from ksym.links import ElixirLinks, links_for
 from ksym.model import SourceLocation
 from ksym.report import (
     DEFAULT_TITLE,
@@ -46,6 +46,7 @@ from ksym.report import (
     write_output,
 )
 from ksym.source import SourceFetchError, SourceProvider
+from ksym.version import choose_tag
 
 FIXTURE = fixture("kshapes-dwarf5.elf")
 FIXTURE_SRC = REPO_ROOT / "fixtures" / "src"
@@ -157,18 +158,20 @@ def fprovider(tmp_path_factory: pytest.TempPathFactory) -> SourceProvider:
 
 @pytest.fixture(scope="module")
 def fixture_result(fsym: Symbolizer) -> AnnotatedText:
-    return annotate(_read(ANNOTATE_DATA / "fixture-dump.txt") + _read(DATA / "hostile.txt"), fsym)
+    return annotate(_read(ANNOTATE_DATA / "fixture-dump.txt") + _read(DATA / "hostile.txt"), fsym,
+                    elixir=links_for(fsym.banner))
 
 
 @pytest.fixture(scope="module")
 def fixture_html(fixture_result: AnnotatedText, fsym: Symbolizer, fprovider: SourceProvider) -> str:
-    return render_html(fixture_result, provider=fprovider, tag=fsym.tag_guess.tag,
+    return render_html(fixture_result, provider=fprovider, tag=choose_tag(fsym.banner).tag,
                        info=report_info(fsym, input_name="fixture-dump.txt + hostile.txt"))
 
 
 @pytest.fixture(scope="module")
 def fixture_md(fixture_result: AnnotatedText, fsym: Symbolizer, fprovider: SourceProvider) -> str:
-    return render_markdown(fixture_result, provider=fprovider, tag=fsym.tag_guess.tag, info=report_info(fsym))
+    return render_markdown(fixture_result, provider=fprovider, tag=choose_tag(fsym.banner).tag,
+                           info=report_info(fsym))
 
 
 
@@ -188,7 +191,7 @@ def vsym(vmlinux: Path, cache_dir: Path) -> Symbolizer:
 
 @pytest.fixture(scope="module")
 def tutorial(vsym: Symbolizer) -> AnnotatedText:
-    return annotate(_read(ANNOTATE_DATA / "warn-ip_local_out-6.1.0-53.txt"), vsym)
+    return annotate(_read(ANNOTATE_DATA / "warn-ip_local_out-6.1.0-53.txt"), vsym, elixir=links_for(vsym.banner))
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +199,7 @@ def tutorial_html(tutorial: AnnotatedText, vsym: Symbolizer, srcdir: Path, tmp_p
                   ) -> str:
     provider = SourceProvider(source_dir=srcdir, offline=True, url_template=None,
                               cache_dir=tmp_path_factory.mktemp("src-cache"))
-    return render_html(tutorial, provider=provider, tag=vsym.tag_guess.tag, title="WARN in nf_hook_slow",
+    return render_html(tutorial, provider=provider, tag=choose_tag(vsym.banner).tag, title="WARN in nf_hook_slow",
                        info=report_info(vsym, input_name="warn-ip_local_out-6.1.0-53.txt"))
 
 
@@ -367,8 +370,8 @@ def test_html_without_provider_and_unreadable_source(fixture_result: AnnotatedTe
 
 
 def test_html_links_filled_from_info(fsym: Symbolizer, fprovider: SourceProvider) -> None:
-    nolinks = Symbolizer(FIXTURE, use_index=False, links=False)
-    result = annotate(_read(ANNOTATE_DATA / "fixture-dump.txt"), nolinks)
+    nolinks = Symbolizer(FIXTURE, use_index=False)
+    result = annotate(_read(ANNOTATE_DATA / "fixture-dump.txt"), nolinks)  # no elixir=: no links
     assert all(loc.url is None for af in result.frames for loc in af.chain)
     root = parse_html(render_html(result, provider=fprovider, tag="v6.1.187",
                                   info=ReportInfo(links=ElixirLinks("v6.1.187"))))
@@ -492,8 +495,8 @@ def test_cli_helpers(fsym: Symbolizer, fixture_result: AnnotatedText, tmp_path: 
     provider = provider_for(fsym, source_dir=args.source.source_dir, offline=args.source.offline)
     assert provider.source_dir == FIXTURE_SRC and provider.offline
     warnings: list[str] = []
-    page = report_for_command(fixture_result, fsym, args.output_format, source_dir=args.source.source_dir,
-                              offline=True, input_name="dump.txt", warn=warnings.append)
+    page = report_for_command(fixture_result, fsym, args.output_format, args.source, input_name="dump.txt",
+                              warn=warnings.append)
     assert warnings == [("ksym annotate: note: kernel tag latest: kernel version unknown (no linux_banner); "
                         "links point to the latest release")]
     write_output(args.output, page)
@@ -501,9 +504,31 @@ def test_cli_helpers(fsym: Symbolizer, fixture_result: AnnotatedText, tmp_path: 
     assert [p.name for p in tmp_path.iterdir()] == ["r.html"]
     # unreadable sources: one warning per file
     warnings.clear()
-    report_for_command(fixture_result, fsym, "markdown", source_dir=tmp_path, offline=True, warn=warnings.append)
+    report_for_command(fixture_result, fsym, "markdown", SourceOptions(source_dir=str(tmp_path), offline=True),
+                       warn=warnings.append)
     files = {loc.file for af in fixture_result.frames for m in af.matches for loc in m.chain}
     assert len([w for w in warnings if w.startswith("ksym annotate: warning: ")]) == len(files)
+
+
+
+def test_report_for_command_takes_the_source_options(fsym: Symbolizer, tmp_path: Path) -> None:
+    """``report_for_command`` takes the command's ``SourceOptions``: its kernel tag names the header's tag
+    and the links' (also for locations annotated without links), its Elixir URL their base."""
+    args = AnnotateOptions.from_args(build_parser().parse_args(
+        ["annotate", "--format", "html", "--source-dir", str(FIXTURE_SRC), "--offline", "--kernel-tag", "6.1.1",
+         "--elixir-url", "http://127.0.0.1:9/elixir/"]))
+    assert args.source == SourceOptions("6.1.1", "http://127.0.0.1:9/elixir/", str(FIXTURE_SRC), None, True)
+    plain = annotate(_read(ANNOTATE_DATA / "fixture-dump.txt"), fsym)
+    warnings: list[str] = []
+    root = parse_html(report_for_command(plain, fsym, "html", args.source, warn=warnings.append))
+    assert warnings == []  # a tag given is not a guess: no caveat
+    summary = {dd.attrs["data-key"]: dd.text for dd in root.find("dl", id="summary").find_all("dd")}
+    assert summary["tag"] == "v6.1.1 (from override)"
+    hrefs = [a.attrs["href"] for a in root.find_all("a", cls="place")]
+    assert "http://127.0.0.1:9/elixir/linux/v6.1.1/source/include/linux/netfilter.h#L53" in hrefs
+    assert all(h.startswith("http://127.0.0.1:9/elixir/linux/v6.1.1/source/") for h in hrefs)
+    # the tree was read: the source blocks are there
+    assert root.find_all("details", cls="source")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -543,7 +568,7 @@ def test_html_tutorial_debian(tutorial_html: str, tutorial: AnnotatedText, srcdi
 @pytest.mark.vmlinux
 def test_markdown_tutorial_debian(tutorial: AnnotatedText, vsym: Symbolizer, srcdir: Path, tmp_path: Path) -> None:
     provider = SourceProvider(source_dir=srcdir, offline=True, url_template=None, cache_dir=tmp_path)
-    md = render_markdown(tutorial, provider=provider, tag=vsym.tag_guess.tag, info=report_info(vsym))
+    md = render_markdown(tutorial, provider=provider, tag=choose_tag(vsym.banner).tag, info=report_info(vsym))
     outside, blocks = _md_blocks(md)
     assert f"| kernel tag | {TAG} (from debian\\_package) |" not in outside  # '-' is not escaped
     assert f"| kernel tag | {TAG} (from debian-package) |" in outside
@@ -556,7 +581,7 @@ def test_markdown_tutorial_debian(tutorial: AnnotatedText, vsym: Symbolizer, src
 @pytest.mark.vmlinux
 def test_html_kaslr_header_debian(vsym: Symbolizer) -> None:
     result = annotate(_read(ANNOTATE_DATA / "raw-kernel-offset-6.1.0-53.txt"), vsym)
-    root = parse_html(render_html(result, provider=None, tag=vsym.tag_guess.tag, info=report_info(vsym)))
+    root = parse_html(render_html(result, provider=None, tag=choose_tag(vsym.banner).tag, info=report_info(vsym)))
     assert root.find("dd", data_key="kaslr").text == f"0x1a600000 (from {result.kaslr_source})"
     assert result.kaslr_source is not None and result.kaslr_source.startswith("Kernel Offset line")
     assert [li.text for li in root.find("ul", id="notes").children_nodes("li")] == list(result.notes)

@@ -8,7 +8,6 @@ called. Without ksym's dependencies or a debug vmlinux frames stay ``func+0xoff`
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,23 +16,16 @@ if TYPE_CHECKING:
 
 __all__ = ["default_vmlinux", "format_chain", "ksym_annotator"]
 
-# where distributions install the debug vmlinux of the running kernel
-_VMLINUX_CANDIDATES = (
-    "/usr/lib/debug/boot/vmlinux-{rel}",
-    "/usr/lib/debug/lib/modules/{rel}/vmlinux",
-    "/boot/vmlinux-{rel}",
-    "/lib/modules/{rel}/vmlinux",
-    "/usr/lib/debug/vmlinux-{rel}",
-)
 
+def default_vmlinux(release: str | None = None, *, root: str = "/") -> str | None:
+    """The vmlinux of kernel ``release`` (default: the running one) when one is installed where
+    distributions put it (:func:`ksym.locate.release_paths` under ``root``: that release's paths only,
+    never another release's ``/boot/vmlinux-*``), the first that is a file; else None."""
+    from ksym.locate import release_paths
 
-def default_vmlinux() -> str | None:
-    """The debug vmlinux of the running kernel when one is installed in a usual place."""
-    rel = os.uname().release
-    for pattern in _VMLINUX_CANDIDATES:
-        path = pattern.format(rel=rel)
-        if os.path.isfile(path):
-            return path
+    for path in release_paths(release, root=root):
+        if path.is_file():
+            return str(path)
     return None
 
 
@@ -76,6 +68,7 @@ def ksym_annotator(
         # imported here: the DWARF engine is needed only when frames get file:line
         from ksym.buildid import same_build_id
         from ksym.errors import KsymError
+        from ksym.links import links_for
         from ksym.symbolizer import Symbolizer
         from ksym.symbols import SymbolView
     except ImportError as exc:
@@ -98,6 +91,7 @@ def ksym_annotator(
             "file:line (it would give wrong lines); frames shown as func+0xoff"
         )
     warnings = "; ".join(str(w) for w in sym.warnings)
+    elixir = links_for(sym.banner)  # the elixir.bootlin.com link after each location
 
     def annotate(s: KallsymsSymbol) -> tuple[str, ...]:
         if s.module:
@@ -110,7 +104,7 @@ def ksym_annotator(
             return ()
         out = []
         for res in results:
-            text = format_chain(res.chain)
+            text = format_chain(elixir.chain(res.chain))
             if text:
                 out.append(text)
         return tuple(out)

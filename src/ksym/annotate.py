@@ -65,6 +65,8 @@ from .kallsyms import (
     kaslr_offset_from_frames,
     kaslr_offset_from_kallsyms,
 )
+from .links import ElixirLinks
+from .lru import LRUCache
 from .model import Resolution, SourceLocation, frozen_record
 from .modules import ModuleSet
 from .parse import (
@@ -522,8 +524,12 @@ def _exact_by_place(frame: StackFrame, top: bool, in_context: bool) -> bool:
 
 class _Annotator:
     def __init__(self, sym: Symbolizer, slide: int | None, kallsyms: Kallsyms | None, exact: bool,
-                 modules: ModuleSet | None = None) -> None:
+                 modules: ModuleSet | None = None, elixir: ElixirLinks | None = None) -> None:
         self.sym = sym
+        #: the links every location gets (None: none)
+        self.elixir = elixir
+        # link-time address -> its chain with links (frames repeat)
+        self._linked: LRUCache[int, tuple[SourceLocation, ...]] = LRUCache(maxsize=16384)
         self.modules = modules
         self.slide = slide
         self.kallsyms = kallsyms
@@ -538,6 +544,15 @@ class _Annotator:
         # the stack structure of the frames answered so far (a text answered piece by piece runs on)
         self._step = _ExactSteps()
         self._last_stack = -1
+
+    def _chain(self, address: int) -> tuple[SourceLocation, ...]:
+        """The symbolizer's chain at a link-time address, with links when the annotation has them."""
+        if self.elixir is None:
+            return self.sym.chain(address)
+        got = self._linked.get(address)
+        if got is None:
+            got = self._linked[address] = self.elixir.chain(self.sym.chain(address))
+        return got
 
     def learn_slide(self, slide: int) -> None:
         """Use ``slide`` for the frames from now on (a stream that gave it late): the answers kept so far
@@ -673,7 +688,7 @@ class _Annotator:
         try:
             status, reason, notes, misfit, stored = rec
             matches = tuple(
-                FrameMatch(link, look, lookup, symbol, offset, size, self.sym.chain(look),
+                FrameMatch(link, look, lookup, symbol, offset, size, self._chain(look),
                            CallInstruction(*call) if call is not None else None, tuple(mnotes), mmisfit)
                 for link, look, lookup, symbol, offset, size, call, mnotes, mmisfit in stored)
             return AnnotatedFrame(f.lineno, f.text, f, top, status, reason, matches, tuple(notes), misfit)
@@ -684,7 +699,7 @@ class _Annotator:
         """Keep ``af``'s answer with the index's answers when :meth:`_stored_key` allows, each match's
         chain by its lookup address (the chain is stored under that address already)."""
         key = self._stored_key(af.frame, exact)
-        if key is None or any(m.chain != self.sym.chain(m.lookup_address) for m in af.matches):
+        if key is None or any(m.chain != self._chain(m.lookup_address) for m in af.matches):
             return
         stored = tuple((m.link_address, m.lookup_address, m.lookup, m.symbol, m.offset, m.size,
                         m.call.fields() if m.call is not None else None, m.notes, m.misfit) for m in af.matches)
@@ -756,7 +771,7 @@ class _Annotator:
             if not found:
                 return bad(why or f"unknown symbol {f.symbol}")
             matches = tuple(
-                FrameMatch(r.address, r.address, LOOKUP_ENTRY, r.symbol, 0, r.size, self.sym.chain(r.address))
+                FrameMatch(r.address, r.address, LOOKUP_ENTRY, r.symbol, 0, r.size, self._chain(r.address))
                 for r in found
             )
             notes.append("the frame gives no offset: the function's entry is shown")
@@ -844,7 +859,7 @@ class _Annotator:
         """An in-tree module is built in the vmlinux's build directory: print its paths source-relative
         like the vmlinux's (faddr2line on the .ko alone cannot know that prefix), with links."""
         prefix = getattr(self.sym, "dir_prefix", None)
-        links = getattr(self.sym, "links", None)
+        links = self.elixir
         out = []
         for loc in chain:
             file = loc.file
@@ -894,7 +909,7 @@ class _Annotator:
             here = self.sym.symbols.containing(link)
             symbol, offset, size = (here[0].name, link - here[0].address, here[1]) if here else (None, None, None)
         if exact:
-            chain = self.sym.chain(link)
+            chain = self._chain(link)
             return FrameMatch(link, link, LOOKUP_EXACT, symbol, offset, size, chain)
         look = link - 1
         call: CallInstruction | None = None
@@ -911,11 +926,11 @@ class _Annotator:
             elif insn is None:
                 why = f"no call instruction ends at {link:#x}: looked up exactly"
             if why is not None:
-                chain = self.sym.chain(link)
+                chain = self._chain(link)
                 return FrameMatch(link, link, LOOKUP_EXACT, symbol, offset, size, chain, None, (why,),
                                   MISFIT_INSIDE_INSTRUCTION if before.boundary is False else None)
             call = insn
-        chain = self.sym.chain(look)
+        chain = self._chain(look)
         return FrameMatch(link, look, LOOKUP_CALL_SITE, symbol, offset, size, chain, call)
 
 
@@ -996,6 +1011,7 @@ class _EvidenceScan:
         self.addressed_names = False
         self.bare_addresses = False
         self._carry = ""
+        self._id_carry = ""
 
     def feed(self, text: str, parsed: _Parsed | None, first_lineno: int, build_id: bool = True) -> None:
         """Look at the next piece, ``text``, whose first line is number ``first_lineno``: its frames too
@@ -1022,9 +1038,19 @@ class _EvidenceScan:
                 self.kernel_offset_line = _kernel_offset_line(text, first_lineno)
         if parsed is not None:
             self._vote(parsed)
-        parts = window.rsplit("\n", _CARRY_LINES + 1)  # the last lines, and the head before them
-        carry = window if len(parts) < _CARRY_LINES + 2 else window[len(parts[0]) + 1:]
-        self._carry = carry if len(carry) <= _CARRY_CHARS else ""
+        self._carry = self._id_carry = _carry_of(window)
+
+    def named_build_id(self, text: str) -> str | None:
+        """The kernel build id the next piece, ``text``, names (searched after the last lines of the
+        piece before, as :meth:`feed` searches), or None: what a pipe's later pieces are checked by."""
+        from .buildid import kernel_build_id_in_text
+
+        window = self._id_carry + text
+        self._id_carry = _carry_of(window)
+        if '"build_id"' not in window:
+            return kernel_build_id_in_text(window)
+        # as in feed: a "Build ID: <hex>" line wins over a JSON "build_id" key before it
+        return kernel_build_id_in_text(window.replace('"build_id"', '"build~id"')) or kernel_build_id_in_text(window)
 
     def _vote(self, parsed: _Parsed) -> None:
         shapes = parsed.shapes
@@ -1049,6 +1075,14 @@ class _EvidenceScan:
         return DumpEvidence(self.build_id or self._json_id, self.kernel_offset, self.kernel_offset_line,
                             tuple(SlideVote(a, s, o, n) for (a, s, o), n in self.votes.items()),
                             self.addressed_names, self.bare_addresses, complete)
+
+
+def _carry_of(window: str) -> str:
+    """The last lines of ``window`` (:data:`_CARRY_LINES`, at most :data:`_CARRY_CHARS` characters), which
+    the search of the next piece starts with: a pattern may span lines."""
+    parts = window.rsplit("\n", _CARRY_LINES + 1)  # the last lines, and the head before them
+    carry = window if len(parts) < _CARRY_LINES + 2 else window[len(parts[0]) + 1:]
+    return carry if len(carry) <= _CARRY_CHARS else ""
 
 
 def _kernel_offset_line(text: str, first_lineno: int) -> int | None:
@@ -1145,6 +1179,7 @@ def annotate(
     exact: bool = False,
     modules: ModuleSet | None = None,
     unverified: str | None = None,
+    elixir: ElixirLinks | None = None,
 ) -> AnnotatedText:
     """Resolve every frame of ``text`` against ``symbolizer``'s vmlinux (see the module docstring).
 
@@ -1154,13 +1189,15 @@ def annotate(
     :param exact: look every frame up at its address (faddr2line), never at the call site.
     :param unverified: why the vmlinux is not known to be the dump's build (``--force`` past a build id
         mismatch): every frame carries it (:attr:`AnnotatedFrame.unverified`).
+    :param elixir: the links every location gets (:func:`ksym.links.links_for` the symbolizer's
+        ``banner``); None: locations carry none.
     :raises KaslrError: ``kallsyms`` does not match the vmlinux.
     """
     parsed = _parse(text)
     scan = _EvidenceScan()
     scan.feed(text, parsed, 1)
     slide = _slide_of(scan.evidence(True), symbolizer, kaslr_offset, kallsyms)
-    worker = _Annotator(symbolizer, slide.slide, kallsyms, exact, modules)
+    worker = _Annotator(symbolizer, slide.slide, kallsyms, exact, modules, elixir)
     answered, misfits = _answer_piece(worker, parsed, unverified)
     return AnnotatedText._answered(answered, slide.slide, slide.source, exact,
                                    _end_notes(slide, misfits, symbolizer))
@@ -1176,6 +1213,16 @@ CHUNK_BYTES = 4 << 20
 #: A pipe that gives nothing for this long has said what it has for now (``dmesg -w``, ``journalctl -f``):
 #: what came before the pause is annotated and written, and the rest as it arrives.
 PIPE_PAUSE_SECONDS = 0.1
+
+
+class _Piece(NamedTuple):
+    """A piece of the input as :func:`annotate_stream` annotates it."""
+
+    parsed: _Parsed
+    #: What the text said so far (a file: the whole text)
+    evidence: DumpEvidence
+    #: The kernel build id a pipe's later piece names (None: none, or a piece of a file or the first)
+    build_id: str | None
 
 
 class DumpInput:
@@ -1254,27 +1301,29 @@ class DumpInput:
             self._evidence = scan.evidence(self._eof and not self._buf)
         return self._evidence
 
-    def _pieces(self) -> Iterator[tuple[_Parsed, DumpEvidence]]:
-        """Every piece of the text in order, parsed, with the evidence known when it is annotated."""
+    def _pieces(self) -> Iterator[_Piece]:
+        """Every piece of the text in order, parsed, with the evidence known when it is annotated (and,
+        for a pipe's pieces after its first, the kernel build id the piece names)."""
         evidence = self.evidence()
         if self._reread:
             self._fh.seek(self._start)
             self._buf, self._lines, self._eof, self._state = bytearray(), 0, False, _ParseState()
             for piece in self._read_pieces(prelude=False):
-                yield _parse(piece, self._state), evidence
+                yield _Piece(_parse(piece, self._state), evidence, None)
             return
         if self._held is not None:
-            yield self._held[1], evidence
+            yield _Piece(self._held[1], evidence, None)
             self._held = None
         if self.seekable:
             return
         for piece in self._read_pieces(prelude=False):
             first = self._state.lineno
             parsed = _parse(piece, self._state)
+            named = self._scan.named_build_id(piece)
             if self.follow:
                 self._scan.feed(piece, parsed, first, build_id=False)
                 evidence = self._scan.evidence(False)
-            yield parsed, evidence
+            yield _Piece(parsed, evidence, named)
 
     def _read_pieces(self, prelude: bool) -> Iterator[str]:
         """The pieces of the rest of the input. A file's are full pieces; a pipe's are the complete lines
@@ -1354,23 +1403,37 @@ def annotate_stream(
     unverified: str | None = None,
     json: bool = False,
     links: bool = False,
+    elixir: ElixirLinks | None = None,
+    check_build_id: Callable[[str], str | None] | None = None,
 ) -> StreamSummary:
     """:func:`annotate` of a text read piece by piece (:class:`DumpInput`), each piece's output given to
-    ``write`` as soon as it is annotated: the annotated text (``links``: with elixir links), or with
-    ``json`` one JSON object per frame and line. Memory does not grow with the text's length.
+    ``write`` as soon as it is annotated: the annotated text (``links``: with the links of ``elixir``
+    after each location), or with ``json`` one JSON object per frame and line (with ``elixir``'s links). Memory does not grow with the text's length.
 
     From a regular file the output is :func:`annotate`'s for the whole text, byte for byte. From a pipe
     each piece is annotated with what the lines read so far say: a KASLR slide from a ``Kernel Offset:``
     line or the frames is used from the piece that gives it on (and kept), and the notes come at the end.
+
+    ``check_build_id`` is called with each kernel build id a pipe names after its first piece (one other
+    than the build id named before it, :attr:`DumpEvidence.build_id` at first) before that piece is
+    annotated: it returns the reason the frames from that piece on carry (``unverified``; None: they are
+    verified), or raises (:class:`ksym.errors.BuildIdMismatchError`) to stop before writing the piece.
     """
     dump = source if isinstance(source, DumpInput) else DumpInput(source)
     evidence = dump.evidence()
     fixed = kaslr_offset is not None or kallsyms is not None or evidence.complete
     slide = _slide_of(evidence, symbolizer, kaslr_offset, kallsyms)
-    worker = _Annotator(symbolizer, slide.slide, kallsyms, exact, modules)
+    worker = _Annotator(symbolizer, slide.slide, kallsyms, exact, modules, elixir)
     frames = unresolved = misfits = 0
     dump.follow = not fixed
-    for parsed, known in dump._pieces():
+    named = evidence.build_id
+    for parsed, known, build_id in dump._pieces():
+        if build_id is not None and check_build_id is not None:
+            from .buildid import same_build_id
+
+            if named is None or not same_build_id(build_id, named):
+                unverified = check_build_id(build_id)
+                named = build_id
         if dump.follow:
             slide = _slide_of(known, symbolizer, None, None)
             if slide.slide is not None:

@@ -19,6 +19,7 @@ __all__ = [
     "EXIT_UNRESOLVED",
     "EXIT_USAGE",
     "BadFileError",
+    "BuildIdMismatchError",
     "DebuginfodError",
     "FileNotFoundKsymError",
     "KsymError",
@@ -53,6 +54,13 @@ class KsymError(Exception):
 
 class FileNotFoundKsymError(KsymError, FileNotFoundError):
     """The debug file (vmlinux) does not exist, cannot be read, or none was found."""
+
+    exit_code = EXIT_NO_FILE
+
+
+class BuildIdMismatchError(KsymError, LookupError):
+    """The input names another kernel build than the debug file's (``ksym annotate`` without ``--force``:
+    its source lines would look right and be wrong)."""
 
     exit_code = EXIT_NO_FILE
 

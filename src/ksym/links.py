@@ -3,14 +3,23 @@
 Each location gets ``<base>/linux/<tag>/source/<path>#L<line>`` and each function
 ``<base>/linux/<tag>/A/ident/<function>``, where ``<tag>`` is the upstream tag chosen by
 :func:`ksym.version.kernel_tag` (or ``--kernel-tag``) and ``<base>`` is ``--elixir-url``.
+
+Links are the presenting side's: the resolvers (:class:`ksym.Symbolizer`, the module symbolizer) give
+chains without them, and whoever shows a chain adds them (:func:`links_for` an image's banner,
+:meth:`ElixirLinks.chain`, :meth:`ElixirLinks.resolution`).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from urllib.parse import quote
 
-__all__ = ["DEFAULT_ELIXIR_URL", "ElixirLinks", "ident_name", "kernel_relative_path"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .model import Resolution, SourceLocation
+
+__all__ = ["DEFAULT_ELIXIR_URL", "ElixirLinks", "ident_name", "kernel_relative_path", "links_for"]
 
 DEFAULT_ELIXIR_URL = "https://elixir.bootlin.com"
 
@@ -92,3 +101,28 @@ class ElixirLinks:
         if name is None:
             return None
         return f"{self._prefix}/A/ident/{quote(name, safe='')}"
+
+    def location(self, loc: SourceLocation) -> SourceLocation:
+        """``loc`` with its links (:meth:`source_url` of its file and line, :meth:`ident_url` of its
+        function)."""
+        return replace(loc, url=self.source_url(loc.file, loc.line), ident_url=self.ident_url(loc.function))
+
+    def chain(self, chain: tuple[SourceLocation, ...]) -> tuple[SourceLocation, ...]:
+        """Every location of an inline chain with its links."""
+        return tuple(self.location(loc) for loc in chain)
+
+    def resolution(self, res: Resolution) -> Resolution:
+        """``res`` with links on every location of its chain."""
+        return replace(res, chain=self.chain(res.chain)) if res.chain else res
+
+
+def links_for(banner: str | None, *, kernel_tag: str | None = None, elixir_url: str | None = None) -> ElixirLinks:
+    """The links of an image whose ``linux_banner`` is ``banner`` (``Symbolizer.banner``): for the tag
+    :func:`ksym.version.choose_tag` picks (``kernel_tag`` wins), on ``elixir_url`` (default
+    :data:`DEFAULT_ELIXIR_URL`).
+
+    :raises ValueError: a malformed ``kernel_tag`` or ``elixir_url``.
+    """
+    from .version import choose_tag
+
+    return ElixirLinks(choose_tag(banner, kernel_tag).tag, elixir_url or DEFAULT_ELIXIR_URL)

@@ -26,24 +26,37 @@ from .debuginfo import (
 from .errors import DebuginfodError, FileNotFoundKsymError, MissingDebugInfoError
 from .searchopts import Located
 
-__all__ = ["Located", "candidate_paths", "explain_debuginfo", "find_vmlinux", "search_vmlinux"]
+__all__ = ["Located", "candidate_paths", "explain_debuginfo", "find_vmlinux", "release_paths", "search_vmlinux"]
+
+#: Where distributions put the debug vmlinux of a kernel release (``{rel}``), most specific first, relative
+#: to the root of the file system.
+_RELEASE_PATHS = (
+    "usr/lib/debug/boot/vmlinux-{rel}",
+    "usr/lib/debug/lib/modules/{rel}/vmlinux",
+    "usr/lib/debug/vmlinux-{rel}",
+    "boot/vmlinux-{rel}",
+    "lib/modules/{rel}/build/vmlinux",
+    "lib/modules/{rel}/vmlinux",
+    "usr/lib/modules/{rel}/vmlinux",
+    "usr/lib/debug/usr/lib/modules/{rel}/vmlinux",
+)
 
 
-def candidate_paths(release: str | None = None) -> list[Path]:
-    """Where distributions put the debug vmlinux of kernel ``release`` (default: the running one)."""
+def release_paths(release: str | None = None, *, root: str | os.PathLike[str] = "/") -> list[Path]:
+    """Where distributions put the debug vmlinux of kernel ``release`` (default: the running one) under
+    ``root``: that release's paths only, in the order they are tried (whether they exist is not looked at)."""
     rel = release or os.uname().release
-    pats = [
-        f"/usr/lib/debug/boot/vmlinux-{rel}",
-        f"/usr/lib/debug/lib/modules/{rel}/vmlinux",
-        f"/usr/lib/debug/vmlinux-{rel}",
-        f"/boot/vmlinux-{rel}",
-        f"/lib/modules/{rel}/build/vmlinux",
-        f"/lib/modules/{rel}/vmlinux",
-        f"/usr/lib/modules/{rel}/vmlinux",
-        f"/usr/lib/debug/usr/lib/modules/{rel}/vmlinux",
-    ]
-    out = [Path(p) for p in pats]
-    out += [Path(p) for p in sorted(glob.glob("/boot/vmlinux-*")) if Path(p) not in out]
+    base = Path(root)
+    return [base / p.format(rel=rel) for p in _RELEASE_PATHS]
+
+
+def candidate_paths(release: str | None = None, *, root: str | os.PathLike[str] = "/") -> list[Path]:
+    """Where :func:`find_vmlinux` looks for the debug vmlinux of kernel ``release`` (default: the running
+    one) under ``root``: :func:`release_paths`, then every other ``boot/vmlinux-*`` there (a file of
+    another release is used only when its build id is the one wanted, or none is known)."""
+    out = release_paths(release, root=root)
+    pattern = os.path.join(glob.escape(os.fspath(root)), "boot", "vmlinux-*")
+    out += [Path(p) for p in sorted(glob.glob(pattern)) if Path(p) not in out]
     return out
 
 

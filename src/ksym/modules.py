@@ -418,14 +418,40 @@ class ModuleSymbolizer:
         return got
 
     def prefetch_frames(self, frames: Iterable[str], *, processes: int | None = None) -> int:
-        """Answer the frames ahead of :meth:`resolve` (what :class:`ksym.model.ImageResolver` asks; a
-        module's units are few and small: read in this process, ``processes`` is not used). Returns
-        how many addresses were answered; errors are left for :meth:`resolve` to report."""
-        got = 0
+        """Read ahead what :meth:`resolve` of these frames will need (what :class:`ksym.model.ImageResolver`
+        asks): the chain at each distinct placed address they name, kept for :meth:`chain`, so that
+        :meth:`resolve` then only picks the symbols. A module's units are few and small: read in this
+        process, ``processes`` is not used. Returns how many addresses were answered; malformed or
+        unknown frames and errors are left for :meth:`resolve` to report."""
+        want: set[int] = set()
         for frame in frames:
+            try:
+                spec = parse_spec(re.sub(r"\s*\[[^\]]*\]\s*$", "", frame))
+            except SpecError:
+                continue
+            if isinstance(spec, AddressSpec):
+                # symbolize_address tries the sections holding it in turn: the first one is the usual answer
+                holding = self._holding(spec.address)
+                if holding:
+                    want.add(self.image.bases[holding[0].index] + spec.address - holding[0].addr)
+                continue
+            for m in self.raw_symbols.faddr2line_matches(spec.name):
+                shndx = m.symbol.shndx
+                sec = self.image.sections[shndx] if 0 < shndx < len(self.image.sections) else None
+                offset = m.symbol.address + spec.offset
+                if sec is not None and sec.index in self.image.bases and 0 <= offset < sec.size:
+                    want.add(self.image.bases[sec.index] + offset)
+        got = 0
+        for address in want:
             with contextlib.suppress(KsymError):
-                got += len(self.resolve(frame))
+                self.chain(address)
+                got += 1
         return got
+
+    def _holding(self, address: int) -> list[Section]:
+        """The allocated sections holding section offset ``address``, in section-header order."""
+        return [s for s in self.image.sections
+                if s.index in self.image.bases and s.addr <= address < s.addr + s.size]
 
     def _display(self, raw: str) -> str:
         mapped = self.path_map.apply(raw) if self.path_map and raw not in ("", "??") else None
@@ -493,8 +519,7 @@ class ModuleSymbolizer:
             address; see docs/modules.md).
         """
         q = query if query is not None else f"{address:#x}"
-        holding = [s for s in self.image.sections
-                   if s.index in self.image.bases and s.addr <= address < s.addr + s.size]
+        holding = self._holding(address)
         if not holding:
             raise SpecError(f"{q}: past the end of every allocated section of {self.path.name}: an address "
                             "in a module is an offset into its sections (a runtime address needs the "

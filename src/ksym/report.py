@@ -35,9 +35,14 @@ from .annotate import (
     FrameMatch,
 )
 from .format import write_output
-from .links import ElixirLinks
+from .links import ElixirLinks, links_for
 from .model import SourceLocation
 from .source import SourceFetchError, SourceProvider, choose_source_dir, render_context
+from .version import choose_tag
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .searchopts import SourceOptions
 
 __all__ = [
     "DEFAULT_TITLE",
@@ -77,23 +82,28 @@ class ReportInfo:
     tag_note: str | None = None
     #: Where the input came from (a file name, ``standard input``).
     input_name: str | None = None
-    #: Links for locations that carry none (a Symbolizer built with ``links=False``).
+    #: Links for locations that carry none (annotated without ``elixir=``).
     links: ElixirLinks | None = None
     #: Extra ``(label, value)`` rows for the header.
     extra: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
 
-def report_info(symbolizer: Any, *, input_name: str | None = None) -> ReportInfo:
-    """:class:`ReportInfo` for a :class:`ksym.Symbolizer` (path, banner, tag guess, links)."""
-    guess = symbolizer.tag_guess
-    links = symbolizer.links
+def report_info(symbolizer: Any, *, input_name: str | None = None, kernel_tag: str | None = None,
+                elixir_url: str | None = None) -> ReportInfo:
+    """:class:`ReportInfo` for a :class:`ksym.Symbolizer` (path, banner, the tag guessed from the banner
+    or ``kernel_tag``, links to it on ``elixir_url``: :func:`ksym.links.links_for`).
+
+    :raises ValueError: a malformed ``kernel_tag`` or ``elixir_url``.
+    """
+    banner = getattr(symbolizer, "banner", None)
+    guess = choose_tag(banner, kernel_tag)
     return ReportInfo(
         vmlinux=str(symbolizer.path),
-        banner=(symbolizer.banner or "").strip() or None,
+        banner=(banner or "").strip() or None,
         tag_source=guess.derived_from,
         tag_note=guess.note,
         input_name=input_name,
-        links=links if isinstance(links, ElixirLinks) else None,
+        links=links_for(banner, kernel_tag=kernel_tag, elixir_url=elixir_url),
     )
 
 
@@ -675,14 +685,17 @@ def provider_for(
     source_url: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     warn: Callable[[str], None] | None = None,
+    kernel_tag: str | None = None,
 ) -> SourceProvider:
     """The :class:`SourceProvider` ``ksym resolve --list`` would use: ``source_dir``, else a local tree
     (:func:`ksym.source.choose_source_dir`: the current directory when it is a kernel tree,
     ``$KSYM_SOURCE_DIR``, beside the vmlinux, installed); fetching unless ``offline``. Files are read
-    only under that tree and the absolute ``--path-map`` targets. A note about the choice (a tarball to
-    extract) goes to ``warn``."""
+    only under that tree and the absolute ``--path-map`` targets; a local tree is chosen for the
+    kernel version of the symbolizer's banner (or of ``kernel_tag``). A note about the choice (a tarball
+    to extract) goes to ``warn``."""
     path = getattr(symbolizer, "path", None)
-    choice = choose_source_dir(symbolizer.tag_guess.version, source_dir=source_dir,
+    choice = choose_source_dir(choose_tag(getattr(symbolizer, "banner", None), kernel_tag).version,
+                               source_dir=source_dir,
                                vmlinux=str(path) if path is not None else None)
     if choice.note and warn is not None:
         warn(f"ksym annotate: note: {choice.note}")
@@ -701,25 +714,29 @@ def report_for_command(
     annotated: AnnotatedText,
     symbolizer: Any,
     fmt: str,
+    source: SourceOptions,
     *,
-    source_dir: str | os.PathLike[str] | None = None,
-    offline: bool = False,
-    source_url: str | None = None,
     title: str | None = None,
     input_name: str | None = None,
     warn: Callable[[str], None] | None = None,
     provider: SourceProvider | None = None,
 ) -> str:
     """The ``--format html|markdown`` output of ``ksym annotate``: the report for ``annotated`` with the
-    header taken from ``symbolizer`` (banner, tag, links) and source from :func:`provider_for`; each
-    file that could not be read, and the kernel tag's caveat, go to ``warn`` once."""
-    info = report_info(symbolizer, input_name=input_name)
-    tag = symbolizer.tag_guess.tag
+    header taken from ``symbolizer`` (banner, tag, links) and the command's source options (``source``,
+    the :class:`ksym.searchopts.SourceOptions` record the CLI builds: ``--kernel-tag``, ``--elixir-url``,
+    ``--source-dir``, ``--source-url``, ``--offline``), source from :func:`provider_for`; each file that
+    could not be read, and the kernel tag's caveat, go to ``warn`` once.
+
+    :raises ValueError: a malformed ``--kernel-tag``, ``--elixir-url`` or ``--source-url``.
+    """
+    info = report_info(symbolizer, input_name=input_name, kernel_tag=source.kernel_tag,
+                       elixir_url=source.elixir_url)
+    tag = info.links.tag if info.links is not None else "latest"
     if warn is not None and info.tag_note:
         warn(f"ksym annotate: note: kernel tag {tag}: {info.tag_note}")
     if provider is None:
-        provider = provider_for(symbolizer, source_dir=source_dir, offline=offline, source_url=source_url,
-                                warn=warn)
+        provider = provider_for(symbolizer, source_dir=source.source_dir, offline=source.offline,
+                                source_url=source.source_url, warn=warn, kernel_tag=source.kernel_tag)
     errors: list[SourceFetchError] = []
     text = render_report(annotated, fmt, provider=provider, tag=tag, title=title or DEFAULT_TITLE, info=info,
                          errors=errors)

@@ -1,9 +1,11 @@
 """The records a debug-file search takes and gives: :class:`DebuginfoOptions` (where to look),
 :class:`Attempt` and :class:`DebugLookup` (what it tried and found) and :class:`Located` (which file,
-and why).
+and why); and :class:`SourceOptions`, where source text and links come from (:mod:`ksym.source`,
+:mod:`ksym.links`, :func:`ksym.report.report_for_command`).
 
-They live apart from :mod:`ksym.debuginfo` and :mod:`ksym.locate` so that a command given its file
-(``--vmlinux``) builds them without importing the search itself; both modules re-export them.
+They live apart from :mod:`ksym.debuginfo`, :mod:`ksym.locate` and :mod:`ksym.source` so that a command
+given its file (``--vmlinux``) builds them without importing the search itself; those modules and
+:mod:`ksym.cli.options` re-export them.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["Attempt", "DebugLookup", "DebuginfoOptions", "Located"]
+__all__ = ["Attempt", "DebugLookup", "DebuginfoOptions", "Located", "SourceOptions"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,18 @@ class DebuginfoOptions:
     max_size: int | None = None
     use_env: bool = True
     system_root: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SourceOptions:
+    """The kernel version and source: links (``kernel_tag``, ``elixir_url``) and where source text comes
+    from for ``--list`` and the reports (``source_dir``, ``source_url``, ``offline``)."""
+
+    kernel_tag: str | None = None
+    elixir_url: str | None = None
+    source_dir: str | None = None
+    source_url: str | None = None
+    offline: bool = False
 
 
 @dataclass

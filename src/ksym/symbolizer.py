@@ -146,6 +146,9 @@ class Symbolizer:
     batch, a :class:`ksym.prefetch.Prefetcher`. It holds a memory map of the file and what it learnt for
     the index: use it in a ``with`` block or call :meth:`close`, which writes the index (:meth:`flush`)
     and releases the file. A Symbolizer that is not closed writes nothing more to the index.
+
+    It only resolves: its chains carry no links, and the kernel tag they would point at is the presenting
+    side's choice (:func:`ksym.links.links_for` its ``banner``).
     """
 
     def __init__(
@@ -156,9 +159,6 @@ class Symbolizer:
         cache_dir: str | os.PathLike[str] | None = None,
         warn: Callable[[str], None] | None = None,
         cu_cache_size: int = 256,
-        kernel_tag: str | None = None,
-        elixir_url: str | None = None,
-        links: bool = True,
         build_id: str | None = None,
         debuginfo: DebuginfoOptions | None = None,
         path_map: Iterable[str | tuple[str, str]] | PathMap | None = None,
@@ -185,11 +185,7 @@ class Symbolizer:
         #: the image's DWARF (None: the file has none, or it is not read yet)
         self.dwarf_image: DwarfImage | None = None
         self._sections: FileSections | None = None
-        self._tag_override = kernel_tag
-        self._elixir_url = elixir_url
-        self._want_links = links
-        self._links: Any = None
-        # address → inline chain with links, for frames seen again (stack dumps repeat them)
+        # address → inline chain, for frames seen again (stack dumps repeat them)
         self._chains: LRUCache[int, tuple[SourceLocation, ...]] = LRUCache(maxsize=16384)
         self._fingerprinted = False
         self._answers_looked_up = 0
@@ -371,28 +367,12 @@ class Symbolizer:
                           self._answers.stored_hits, self._answers_looked_up, self._fingerprinted,
                           str(self._index.directory) if self._index.directory is not None else None)
 
-    @property
-    def tag_guess(self) -> Any:
-        """The upstream kernel tag of this image (:class:`ksym.version.TagGuess`): from
-        ``kernel_tag=`` if given, else derived from its ``linux_banner``."""
-        from .version import choose_tag
-
-        return choose_tag(self.banner, self._tag_override)
-
-    @property
-    def links(self) -> Any:
-        """:class:`ksym.links.ElixirLinks` for this image's kernel tag (None when links are off)."""
-        if self._links is None and self._want_links:
-            from .links import DEFAULT_ELIXIR_URL, ElixirLinks
-
-            self._links = ElixirLinks(self.tag_guess.tag, self._elixir_url or DEFAULT_ELIXIR_URL)
-        return self._links
-
     def chain(self, address: int) -> tuple[SourceLocation, ...]:
-        """The inline chain at a link-time address, innermost first (with links when enabled)."""
+        """The inline chain at a link-time address, innermost first (without links: the presenting side
+        adds them, :meth:`ksym.links.ElixirLinks.chain`)."""
         got = self._chains.get(address)
         if got is None:
-            got = self._with_links(self._answer(address).chain)
+            got = self._answer(address).chain
             self._chains[address] = got
         return got
 
@@ -491,15 +471,6 @@ class Symbolizer:
             got = StoredChain(*self.dwarf_image.chain(address, self.symbols, self._display))
         self._answers.add_chain(address, got)
         return got
-
-    def _with_links(self, chain: tuple[SourceLocation, ...]) -> tuple[SourceLocation, ...]:
-        links = self.links
-        if links is None or not chain:
-            return chain
-        return tuple(
-            replace(loc, url=links.source_url(loc.file, loc.line), ident_url=links.ident_url(loc.function))
-            for loc in chain
-        )
 
     def _display(self, raw: str) -> str:
         if raw in ("", "??"):

@@ -131,3 +131,26 @@ def test_annotator_kallsyms_labels(vmlinux: str) -> None:
     func = next(a for a, n in text if n == "__ip_local_out")
     got = annotate(KallsymsSymbol("__ip_local_out", 0xDE, next(a for a, _ in text if a > func) - func))
     assert len(got) == 1 and got[0].split("  ")[0] == _addr2line_text(vmlinux, func + 0xDE, prefix)
+
+
+def test_default_vmlinux_takes_the_release_paths_of_ksym_locate(tmp_path: Path) -> None:
+    """dropcapture's default vmlinux is the first of ksym.locate's places for the release that is a file:
+    never another release's /boot/vmlinux-* (which ksym's own search checks by build id)."""
+    from dropcapture.symbolize import default_vmlinux
+    from ksym.locate import release_paths
+
+    elf = (ROOT / "fixtures" / "bin" / "kshapes-dwarf5.elf").read_bytes()
+    mine, other = "6.1.0-53-cloud-amd64", "6.18.0-rc3"
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "boot" / f"vmlinux-{other}").write_bytes(elf)
+    assert default_vmlinux(mine, root=str(tmp_path)) is None
+    later = [p for p in release_paths(mine, root=tmp_path) if "lib/modules" in str(p)]
+    for p in later:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(elf)
+    assert default_vmlinux(mine, root=str(tmp_path)) == str(later[0])
+    first = release_paths(mine, root=tmp_path)[0]
+    first.parent.mkdir(parents=True, exist_ok=True)
+    first.write_bytes(elf)
+    assert default_vmlinux(mine, root=str(tmp_path)) == str(first)
+    assert default_vmlinux(other, root=str(tmp_path)) == str(tmp_path / "boot" / f"vmlinux-{other}")

@@ -12,12 +12,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import EXIT_NO_FILE, EXIT_OK, EXIT_UNRESOLVED, EXIT_USAGE, KsymError
-from .common import BuildIdFrom, expected_build_id, report_stats, said_by_locate
+from .common import BuildIdFrom, expected_build_id, image_links, report_stats, said_by_locate
 from .options import AnnotateOptions
 
 if TYPE_CHECKING:
     from ..annotate import DumpInput
     from ..kallsyms import Kallsyms
+    from ..links import ElixirLinks
     from ..modules import ModuleSet
     from ..symbolizer import Symbolizer
 
@@ -99,15 +100,20 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
         ks = load_kallsyms(opts.kallsyms) if opts.kallsyms else None
         sym = closing.enter_context(Symbolizer(
             image.vmlinux, use_index=image.use_index, cache_dir=image.cache_dir, warn=err,
-            kernel_tag=opts.source.kernel_tag, elixir_url=opts.source.elixir_url,
-            # plain text without --links shows no links: skip building them
-            links=fmt != "text" or opts.links,
             build_id=expected if where is not BuildIdFrom.RUNNING else None,
             debuginfo=image.debuginfo, path_map=image.path_map))
         closing.callback(report_stats, sym, err)
+        elixir = None
+        if fmt != "text" or opts.links:  # plain text without --links shows no links: skip building them
+            try:
+                elixir = image_links(sym, opts.source)
+            except ValueError as exc:  # --kernel-tag, --elixir-url
+                err(f"ksym annotate: error: {exc}")
+                return EXIT_USAGE
         warning = mismatch_warning(expected, where.value, sym.path, sym.build_id)
-        unverified, said = _dump_build_check(text, expected if where is BuildIdFrom.DUMP else None, sym,
-                                             opts.force)
+        # the dump's own build id: what its evidence found (a stream's text is not at hand), else in the text
+        dumped = evidence.build_id if evidence is not None else expected if where is BuildIdFrom.DUMP else None
+        unverified, said = _dump_build_check(text, dumped, sym, opts.force)
         if said is not None:
             err(said)
             if unverified is None:
@@ -121,9 +127,9 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
         modules = ModuleSet(release, list(opts.modules), debuginfo=image.debuginfo, path_map=sym.path_map)
         closing.callback(modules.close)
         if dump is not None:
-            return _stream(opts, dump, sym, ks, modules, unverified, err)
+            return _stream(opts, dump, sym, ks, modules, unverified, elixir, err)
         result = annotate(text, sym, kaslr_offset=opts.kaslr_offset, kallsyms=ks, exact=opts.exact,
-                          modules=modules, unverified=unverified)
+                          modules=modules, unverified=unverified, elixir=elixir)
         sym.flush()  # the index learns this dump's frames (the report below may read more)
     except KsymError as exc:
         err(f"ksym annotate: error: {exc}")
@@ -134,10 +140,8 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
         from ..report import report_for_command
 
         try:
-            payload = report_for_command(
-                result, sym, fmt, source_dir=opts.source.source_dir, offline=opts.source.offline,
-                source_url=opts.source.source_url, title=opts.title,
-                input_name=None if name == "-" else name, warn=err)
+            payload = report_for_command(result, sym, fmt, opts.source, title=opts.title,
+                                         input_name=None if name == "-" else name, warn=err)
         except ValueError as exc:  # a --source-url without {path}
             err(f"ksym annotate: error: {exc}")
             return EXIT_USAGE
@@ -164,11 +168,21 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
 
 
 def _stream(opts: AnnotateOptions, dump: DumpInput, sym: Symbolizer, ks: Kallsyms | None, modules: ModuleSet,
-            unverified: str | None, err: Callable[[str], None]) -> int:
+            unverified: str | None, elixir: ElixirLinks | None, err: Callable[[str], None]) -> int:
     """The text and JSON forms: written piece by piece as they are annotated, to standard output or to
     ``--output`` (:func:`ksym.format.output_file`: renamed over it at the end)."""
     from ..annotate import annotate_stream
+    from ..errors import BuildIdMismatchError
     from ..format import output_file
+
+    def later_build_id(dumped: str) -> str | None:
+        # a build id a pipe names after its first pause: checked as the first piece's was
+        now, said = _dump_build_check("", dumped, sym, opts.force)
+        if said is not None:
+            if now is None:
+                raise BuildIdMismatchError(said.removeprefix("ksym annotate: error: "))
+            err(said)
+        return now
 
     try:
         with contextlib.ExitStack() as closing:
@@ -181,7 +195,8 @@ def _stream(opts: AnnotateOptions, dump: DumpInput, sym: Symbolizer, ks: Kallsym
 
             summary = annotate_stream(dump, sym, write, kaslr_offset=opts.kaslr_offset, kallsyms=ks,
                                       exact=opts.exact, modules=modules, unverified=unverified,
-                                      json=opts.output_format == "json", links=opts.links)
+                                      json=opts.output_format == "json", links=opts.links, elixir=elixir,
+                                      check_build_id=later_build_id)
             sym.flush()  # the index learns this dump's frames
     except KsymError as exc:
         err(f"ksym annotate: error: {exc}")

@@ -1,4 +1,5 @@
-"""What the ``ksym`` commands share: the build id a debug file should have, and the ``KSYM_STATS`` line."""
+"""What the ``ksym`` commands share: the build id a debug file should have, the links locations get, and
+the ``KSYM_STATS`` line."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from ..searchopts import Located
+    from ..links import ElixirLinks
+    from ..searchopts import Located, SourceOptions
     from ..symbolizer import Symbolizer
 
-__all__ = ["BuildIdFrom", "ExpectedBuildId", "expected_build_id", "report_stats", "said_by_locate"]
+__all__ = ["BuildIdFrom", "ExpectedBuildId", "expected_build_id", "image_links", "report_stats", "said_by_locate"]
 
 
 class BuildIdFrom(enum.Enum):
@@ -64,6 +66,17 @@ def said_by_locate(located: Located, expected: str | None) -> bool:
     look = located.lookup
     return (bool(expected) and bool(located.warnings) and look is not None and look.build_id is not None
             and same_build_id(str(expected), look.build_id))
+
+
+def image_links(sym: Symbolizer, source: SourceOptions) -> ElixirLinks:
+    """The links of the locations a command shows: for ``--kernel-tag``, else the tag of the vmlinux's
+    banner, on ``--elixir-url`` (:func:`ksym.links.links_for`).
+
+    :raises ValueError: a malformed ``--kernel-tag`` or ``--elixir-url``.
+    """
+    from ..links import links_for
+
+    return links_for(sym.banner, kernel_tag=source.kernel_tag, elixir_url=source.elixir_url)
 
 
 def report_stats(sym: Symbolizer, err: Callable[[str], None]) -> None:

@@ -4,7 +4,8 @@
 small set of options that always go together); a command's parsed :class:`argparse.Namespace` becomes its
 record (:meth:`ResolveOptions.from_args`, :meth:`AnnotateOptions.from_args`,
 :meth:`DebuginfoCommandOptions.from_args`), which is all a command body reads. Library modules take those
-records' parts (:class:`ksym.debuginfo.DebuginfoOptions`, keyword arguments), never a Namespace.
+records' parts (:class:`ksym.searchopts.DebuginfoOptions`, :class:`ksym.searchopts.SourceOptions`, keyword
+arguments), never a Namespace.
 
 Where the options are used:
 
@@ -49,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from ..errors import EXIT_USAGE
-from ..searchopts import DebuginfoOptions
+from ..searchopts import DebuginfoOptions, SourceOptions
 
 __all__ = [
     "EPILOG",
@@ -60,6 +61,7 @@ __all__ = [
     "SourceOptions",
     "build_parser",
     "debuginfo_options",
+    "source_options",
 ]
 
 EPILOG = """\
@@ -344,20 +346,10 @@ def debuginfo_options(args: argparse.Namespace) -> DebuginfoOptions:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class SourceOptions:
-    """The kernel version and source: links (``kernel_tag``, ``elixir_url``) and where source text comes
-    from for ``--list`` and the reports (``source_dir``, ``source_url``, ``offline``)."""
-
-    kernel_tag: str | None = None
-    elixir_url: str | None = None
-    source_dir: str | None = None
-    source_url: str | None = None
-    offline: bool = False
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> SourceOptions:
-        return cls(args.kernel_tag, args.elixir_url, args.source_dir, args.source_url, bool(args.offline))
+def source_options(args: argparse.Namespace) -> SourceOptions:
+    """The kernel version and source options (:class:`ksym.searchopts.SourceOptions`), from
+    ``--kernel-tag``, ``--elixir-url``, ``--source-dir``, ``--source-url`` and ``--offline``."""
+    return SourceOptions(args.kernel_tag, args.elixir_url, args.source_dir, args.source_url, bool(args.offline))
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,7 +406,7 @@ class ResolveOptions:
             image = ImageOptions.from_args(args, args.vmlinux_pos, by_build_id=False)
         else:
             image = ImageOptions.from_args(args, args.vmlinux)
-        return cls(tuple(args.frames), image, SourceOptions.from_args(args), bool(args.json), bool(args.links),
+        return cls(tuple(args.frames), image, source_options(args), bool(args.json), bool(args.links),
                    bool(args.list))
 
 
@@ -447,7 +439,7 @@ class AnnotateOptions:
         return cls(
             file=args.file or "-",
             image=ImageOptions.from_args(args, args.vmlinux),
-            source=SourceOptions.from_args(args),
+            source=source_options(args),
             kallsyms=args.kallsyms,
             kaslr_offset=args.kaslr_offset,
             format=args.format,

@@ -8,10 +8,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EXIT_OK, EXIT_UNRESOLVED, EXIT_USAGE, SpecError, SymbolNotFoundError
-from .common import BuildIdFrom, expected_build_id, report_stats, said_by_locate
+from .common import BuildIdFrom, expected_build_id, image_links, report_stats, said_by_locate
 from .options import ResolveOptions, SourceOptions
 
 if TYPE_CHECKING:
+    from ..links import ElixirLinks
     from ..model import ImageResolver, Resolution
     from ..symbolizer import Symbolizer
 
@@ -57,9 +58,14 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
             return _print_resolutions(msym, opts, out, err, None)
     # closed at the end of the block, also on an error: what was read goes to the index then
     with Symbolizer(vmlinux, use_index=image.use_index, cache_dir=image.cache_dir, warn=err,
-                    kernel_tag=opts.source.kernel_tag, elixir_url=opts.source.elixir_url,
-                    links=opts.json or opts.links,  # plain text shows no links: skip building them
                     debuginfo=image.debuginfo, path_map=image.path_map) as sym:
+        elixir = None
+        if opts.json or opts.links:  # plain text shows no links: skip building them
+            try:
+                elixir = image_links(sym, opts.source)
+            except ValueError as exc:  # --kernel-tag, --elixir-url
+                err(f"ksym: error: {exc}")
+                return EXIT_USAGE
         if expected:
             from ..debuginfo import mismatch_warning
 
@@ -67,7 +73,7 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
             if warning and not said_by_locate(sym.located, expected):
                 err(warning)
         lister = _Lister(sym, opts.source, err) if opts.list_source else None
-        status = _print_resolutions(sym, opts, out, err, lister)
+        status = _print_resolutions(sym, opts, out, err, lister, elixir)
     report_stats(sym, err)
     return status
 
@@ -90,7 +96,8 @@ def _file_as_first_frame(first: str) -> str | None:
 
 
 def _print_resolutions(sym: ImageResolver, opts: ResolveOptions, out: Callable[[str], None],
-                       err: Callable[[str], None], lister: _Lister | None) -> int:
+                       err: Callable[[str], None], lister: _Lister | None,
+                       elixir: ElixirLinks | None = None) -> int:
     from ..format import faddr2line_lines, frame_json, terminal_text
 
     status = EXIT_OK
@@ -117,6 +124,8 @@ def _print_resolutions(sym: ImageResolver, opts: ResolveOptions, out: Callable[[
             if not any(r.stops for r in exc.reasons):
                 err(f"no match for {frame}")
             continue
+        if elixir is not None:
+            matches = [elixir.resolution(m) for m in matches]
         if opts.json:
             out(frame_json(frame, matches))
             continue
@@ -142,8 +151,9 @@ class _Lister:
 
     def __init__(self, sym: Symbolizer, source: SourceOptions, err: Callable[[str], None]) -> None:
         from ..source import SourceFetchError, SourceProvider, choose_source_dir
+        from ..version import choose_tag
 
-        self.tag = sym.tag_guess
+        self.tag = choose_tag(sym.banner, source.kernel_tag)
         # a local tree first (--source-dir, the current directory, $KSYM_SOURCE_DIR, beside the vmlinux,
         # installed): only without one does --list ask the network
         choice = choose_source_dir(self.tag.version, source_dir=source.source_dir, vmlinux=str(sym.path))
