@@ -9,6 +9,9 @@ record that wraps around is contiguous), copies the span between the two positio
 The layout (kernel/bpf/ringbuf.c, include/uapi/linux/bpf.h): each record starts with an 8-byte header,
 a ``u32`` length whose bit 31 says "still being written" (BUSY) and bit 30 "discarded", and a ``u32``
 page offset; the record's data follows, and the next header is at the next multiple of 8.
+
+Python has no acquire loads or release stores; plain loads and stores have those semantics only on
+x86-64 (TSO), so :data:`SUPPORTED` is False elsewhere and the capture then uses bcc's consumer.
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import platform
 import select
 import struct
 
-__all__ = ["RingReader"]
+__all__ = ["SUPPORTED", "RingReader"]
+
+#: The machine orders plain loads and stores as the ring's protocol needs (x86-64).
+SUPPORTED = platform.machine().lower() in ("x86_64", "amd64")
 
 _BUSY = 1 << 31
 _DISCARD = 1 << 30

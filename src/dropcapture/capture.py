@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._bcc import BccProgram, import_bcc
+from ._ringbuf import SUPPORTED as ring_supported
 from ._ringbuf import RingReader
 from .bpf_text import Layout, build_text
 from .btf import BTF_PATH, Btf
@@ -272,11 +273,11 @@ class Capture:
         self._clock_offset = time.time() - time.monotonic()
         self._prog = BccProgram(self.text, ringbuf=bool(self._ringbuf))
         try:
-            if self._ringbuf:
+            if self._ringbuf and ring_supported:
                 fd, size = self._prog.ring_map()
                 try:
                     self._ring = RingReader(fd, size, _RAW_SIZE + self.snaplen)
-                except OSError:  # no mapping (an old kernel): libbpf's consumer through bcc
+                except OSError:  # no mapping: libbpf's consumer through bcc
                     self._ring = None
             if self._ring is None:
                 self._prog.open_output(
