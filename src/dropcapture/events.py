@@ -448,6 +448,9 @@ def decode_events(
     hdr = HEADER_SIZE
     out: list[DropEvent] = []
     append = out.append
+    texts4: dict[bytes, str] = {}
+    texts6: dict[bytes, str] = {}
+    names: dict[bytes, str] = {}
     for buf in bufs:
         (
             ts_ns,
@@ -479,16 +482,26 @@ def decode_events(
             ifname,
             _pad,
         ) = unpack(buf)
-        if family == 4:
-            src, dst, has_ip = ntop(af4, saddr[:4]), ntop(af4, daddr[:4]), True
-        elif family == 6:
-            src, dst, has_ip = ntop(af6, saddr), ntop(af6, daddr), True
+        if family == 4 or family == 6:
+            # the texts of the addresses, the comm and the device name: made once per batch each
+            texts = texts4 if family == 4 else texts6
+            src = texts.get(saddr)
+            if src is None:
+                src = texts[saddr] = ntop(af4, saddr[:4]) if family == 4 else ntop(af6, saddr)
+            dst = texts.get(daddr)
+            if dst is None:
+                dst = texts[daddr] = ntop(af4, daddr[:4]) if family == 4 else ntop(af6, daddr)
+            has_ip = True
         else:
             family, src, dst, has_ip = 0, None, None, False
         ports = has_ip and has_l4 and l4proto in ports_ok
         icmp = has_ip and has_l4 and l4proto in icmp_ok
-        nul = comm.find(b"\0")
-        nul_if = ifname.find(b"\0")
+        comm_text = names.get(comm)
+        if comm_text is None:
+            comm_text = names[comm] = _cstr(comm)
+        if_text = names.get(ifname)
+        if if_text is None:
+            if_text = names[ifname] = _cstr(ifname)
         append(
             new(
                 event,
@@ -497,7 +510,7 @@ def decode_events(
                     ts_ns,
                     pid,
                     tid,
-                    (comm[:nul] if nul >= 0 else comm).decode("utf-8", "replace"),
+                    comm_text,
                     cpu,
                     family,
                     src,
@@ -519,7 +532,7 @@ def decode_events(
                     icmp_code if icmp else None,
                     netns or None,
                     ifindex or None,
-                    (ifname[:nul_if] if nul_if >= 0 else ifname).decode("utf-8", "replace") or None,
+                    if_text or None,
                     linktype if caplen or wire_len else 0,
                     wire_len,
                     buf[hdr : hdr + caplen],
