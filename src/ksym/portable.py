@@ -26,7 +26,6 @@ build id.
 from __future__ import annotations
 
 import bisect
-import json
 import marshal
 import mmap
 import os
@@ -60,7 +59,7 @@ __all__ = [
 #: The first 8 bytes of every portable index file.
 MAGIC = b"KSYMIDX\x00"
 #: The format this ksym writes and reads; a file of another version is refused (exit 4).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: magic, version, header length, file size, metadata length, block count, header CRC-32, reserved
 _HEAD = struct.Struct("<8sIIQIII28x")
 #: kind, codec, CRC-32 of the stored bytes, offset, stored length, length once decompressed
@@ -75,7 +74,10 @@ MAX_HEADER = 16 << 20
 MAX_RAW = 256 << 20
 
 CODEC_NONE = 0
-CODEC_ZSTD = 1
+#: format 1's zstd: not written or read since format 2
+CODEC_ZLIB = 2
+#: the zlib level of the units and code chunks
+LEVEL = 9
 
 
 class BlockKind:
@@ -123,7 +125,7 @@ class Entry(NamedTuple):
 
 
 class PortableMeta(NamedTuple):
-    """The metadata of a portable index file (its JSON object; docs/index-format.md)."""
+    """The metadata of a portable index file (a ``marshal`` dict of plain values; docs/index-format.md)."""
 
     build_id: str | None
     banner: str | None
@@ -142,19 +144,21 @@ class PortableMeta(NamedTuple):
     source_size: int
     created_by: str
 
-    def to_json(self) -> bytes:
+    def to_bytes(self) -> bytes:
+        """The metadata as ``marshal`` (format 4) of a dict with sorted keys: str, int, bool, None, lists
+        (``marshal`` is built in, where ``json`` is an import on the way to the first answer)."""
         d = self._asdict()
         d["sections"] = [[s.index, s.name, s.type, s.flags, s.addr, s.offset, s.size] for s in self.sections]
-        return json.dumps(d, separators=(",", ":"), sort_keys=True).encode()
+        return marshal.dumps(dict(sorted(d.items())), 4)
 
     @classmethod
-    def from_json(cls, data: bytes) -> PortableMeta:
-        """:raises ValueError, TypeError: not such an object (bad JSON, a missing or mistyped field)."""
+    def from_bytes(cls, data: bytes) -> PortableMeta:
+        """:raises ValueError, TypeError: not such an object (not marshal data, a missing or mistyped field)."""
         try:
-            d = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, RecursionError) as exc:
-            raise ValueError(str(exc)) from None
-        if not isinstance(d, dict):
+            d = marshal.loads(data)
+        except (EOFError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+            raise ValueError(f"{type(exc).__name__}") from None
+        if type(d) is not dict:
             raise TypeError("metadata is not an object")
 
         def get(name: str, *types: type) -> Any:
@@ -247,7 +251,7 @@ def _parse_header(path: object, head: bytes, read_rest: Any, actual_size: int) -
     if zlib.crc32(rest, zlib.crc32(zeroed)) != crc:
         raise _bad(path, "header checksum mismatch")
     try:
-        meta = PortableMeta.from_json(bytes(rest[:meta_len]))
+        meta = PortableMeta.from_bytes(bytes(rest[:meta_len]))
     except (TypeError, ValueError) as exc:
         raise _bad(path, f"metadata: {exc}") from None
     blocks: dict[int, Block] = {}
@@ -258,7 +262,7 @@ def _parse_header(path: object, head: bytes, read_rest: Any, actual_size: int) -
         if (
             b.offset < length
             or b.offset + b.length > actual_size
-            or b.codec not in (CODEC_NONE, CODEC_ZSTD)
+            or b.codec not in (CODEC_NONE, CODEC_ZLIB)
             or b.raw_length > MAX_RAW
             or (b.codec == CODEC_NONE and b.raw_length != b.length)
         ):
@@ -289,21 +293,20 @@ def file_build_id(path: str | os.PathLike[str]) -> str:
 
 
 def _decompress(data: bytes | memoryview, raw_length: int) -> bytes:
-    """A zstd frame that must decompress to exactly ``raw_length`` bytes.
+    """A zlib stream that must decompress to exactly ``raw_length`` bytes and end where ``data`` ends
+    (no more is ever decompressed than that).
 
     :raises ValueError: it does not."""
-    import zstandard
-
     if raw_length > MAX_RAW:
         raise ValueError("too long")
+    d = zlib.decompressobj()
     try:
-        declared = zstandard.frame_content_size(data)
-        if declared not in (-1, raw_length):
-            raise ValueError("content size mismatch")
-        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=raw_length)
-    except zstandard.ZstdError as exc:
+        out = d.decompress(data, max(raw_length, 1))
+        if len(out) == raw_length and not d.eof and d.decompress(d.unconsumed_tail, 1):
+            raise ValueError("longer than its directory says")
+    except zlib.error as exc:
         raise ValueError(str(exc)) from None
-    if len(out) != raw_length:
+    if len(out) != raw_length or not d.eof or d.unused_data:
         raise ValueError("length mismatch")
     return out
 
@@ -630,8 +633,8 @@ class PortableWriter:
     def __init__(self, path: str | os.PathLike[str], meta: PortableMeta) -> None:
         self.path = Path(path)
         self.meta = meta
-        self._meta_json = meta.to_json()
-        self._header_length = _HEAD.size + len(self._meta_json) + len(_REQUIRED) * _BLOCK.size
+        self._meta_bytes = meta.to_bytes()
+        self._header_length = _HEAD.size + len(self._meta_bytes) + len(_REQUIRED) * _BLOCK.size
         self.tmp = self.path.parent / f".tmp-{os.urandom(8).hex()}"
         self._f: BinaryIO = open(self.tmp, "xb")  # noqa: SIM115 - closed by finish/abort
         self._f.write(bytes(self._header_length))
@@ -645,15 +648,16 @@ class PortableWriter:
         if pad:
             self._f.write(bytes(pad))
 
-    def add_block(self, kind: int, data: bytes, compress_it: bool = True) -> None:
-        """A block (before the first unit or chunk, or after :meth:`end_payload`)."""
+    def add_block(self, kind: int, data: bytes, compress_it: bool = False) -> None:
+        """A block (before the first unit or chunk, or after :meth:`end_payload`): stored as it is (read
+        on every open: a copy out of the mapping costs less than decompressing), or compressed."""
         self._align(4096 if kind == BlockKind.SYMBOLS else 8)
         offset = self._f.tell()
         stored = compress(data) if compress_it else data
         self._f.write(stored)
         self._blocks[kind] = Block(
             kind,
-            CODEC_ZSTD if compress_it else CODEC_NONE,
+            CODEC_ZLIB if compress_it else CODEC_NONE,
             zlib.crc32(stored),
             offset,
             len(stored),
@@ -697,13 +701,13 @@ class PortableWriter:
             self.add_block(kind, b"".join(_ENTRY.pack(*e) for e in entries))
         size = self._f.tell()
         table = b"".join(_BLOCK.pack(*self._blocks[k]) for k in _REQUIRED)
-        rest = self._meta_json + table
+        rest = self._meta_bytes + table
         head = _HEAD.pack(
-            MAGIC, FORMAT_VERSION, self._header_length, size, len(self._meta_json), len(_REQUIRED), 0
+            MAGIC, FORMAT_VERSION, self._header_length, size, len(self._meta_bytes), len(_REQUIRED), 0
         )
         crc = zlib.crc32(rest, zlib.crc32(head))
         head = _HEAD.pack(
-            MAGIC, FORMAT_VERSION, self._header_length, size, len(self._meta_json), len(_REQUIRED), crc
+            MAGIC, FORMAT_VERSION, self._header_length, size, len(self._meta_bytes), len(_REQUIRED), crc
         )
         self._f.seek(0)
         self._f.write(head + rest)
@@ -724,11 +728,9 @@ class PortableWriter:
                 pass
 
 
-def compress(data: bytes, level: int = 12) -> bytes:
-    """``data`` as one zstd frame that records its length."""
-    import zstandard
-
-    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
+def compress(data: bytes, level: int = LEVEL) -> bytes:
+    """``data`` as one zlib stream (its length is the directory's)."""
+    return zlib.compress(data, level)
 
 
 def arange_block(table: ArangeTable) -> bytes:

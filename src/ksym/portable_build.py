@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .errors import BadFileError, KsymError, MissingDebugInfoError
 from .portable import (
     CODE_CHUNK,
+    LEVEL,
     BlockKind,
     PortableMeta,
     PortableWriter,
@@ -96,13 +97,13 @@ def build_index(
     *,
     processes: int | None = None,
     progress: Callable[[int, int], None] | None = None,
-    level: int = 12,
+    level: int = LEVEL,
 ) -> BuildResult:
     """Write the portable index file of ``vmlinux`` to ``output``.
 
     :param processes: worker processes (default: every CPU this process may use).
     :param progress: called with (tasks done, tasks in all) as pieces arrive.
-    :param level: the zstd level of the units and code chunks.
+    :param level: the zlib level of the units and code chunks.
     :raises FileNotFoundKsymError: no such vmlinux, or ``output``'s directory cannot be written.
     :raises BadFileError: not a usable ELF file, or damaged DWARF (in any unit).
     :raises MissingDebugInfoError: no DWARF.
