@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import marshal
 import os
 import random
 import re
@@ -19,6 +20,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,7 +40,7 @@ from anchors import (
 from ksym import Symbolizer
 from ksym.cli import main
 from ksym.errors import EXIT_BAD_FILE, BadFileError
-from ksym.portable import BlockKind, PortableFile, file_build_id
+from ksym.portable import FORMAT_VERSION, BlockKind, PortableFile, PortableMeta, _decompress, file_build_id
 
 pytestmark = pytest.mark.vmlinux
 
@@ -272,11 +274,12 @@ def test_not_an_index_file_missing_cut_or_grown(portable_index: Path, vmlinux: P
             file_build_id(cut)
     cut.write_bytes(data + b"\0")
     _assert_one_line_exit_4(_cli("resolve", "--index", str(cut), "ip_local_out+29"))
-    newer = bytearray(data[:64])
-    newer[8:12] = struct.pack("<I", 2)
-    cut.write_bytes(bytes(newer) + data[64:])
-    code, _out, err = _cli("resolve", "--index", str(cut), "ip_local_out+29")
-    assert code == EXIT_BAD_FILE and "format 2" in err
+    for version in (1, FORMAT_VERSION + 1):  # format 1: zstd pieces, JSON metadata
+        other = bytearray(data[:64])
+        other[8:12] = struct.pack("<I", version)
+        cut.write_bytes(bytes(other) + data[64:])
+        code, _out, err = _cli("resolve", "--index", str(cut), "ip_local_out+29")
+        assert code == EXIT_BAD_FILE and f"format {version};" in err and "build the file again" in err
 
 
 def _flip_points(pf: PortableFile, rng: random.Random) -> list[tuple[str, int, int | None]]:
@@ -393,3 +396,47 @@ def test_a_subprocess_run_reads_the_file_without_the_vmlinux(portable_index: Pat
     assert (done.returncode, done.stdout, done.stderr) == (code, out, err)
     assert "(inlined by) __ip_local_out at net/ipv4/ip_output.c" in out
     assert not (tmp_path / "cache").exists()  # nothing written to the on-disk index
+
+
+def test_a_piece_must_decompress_to_exactly_its_length_and_end_there(portable_index: Path) -> None:
+    """Format 2's zlib pieces, taken from the file: the directory's length is the only one accepted, and
+    nothing may follow the stream's end (a hostile file whose CRCs agree still cannot make it read on)."""
+    with PortableFile(portable_index) as pf:
+        e = pf.units.entry(len(pf.units) // 2)
+        stored = portable_index.read_bytes()[e.offset : e.offset + e.length]
+        raw = pf._piece(e, "unit")
+    assert zlib.decompress(stored) == raw and len(raw) == e.raw_length
+    assert _decompress(stored, e.raw_length) == raw
+    for bad_length in (e.raw_length - 1, e.raw_length + 1, 0):
+        with pytest.raises(ValueError):
+            _decompress(stored, bad_length)
+    for bad in (stored[:-1], stored[: len(stored) // 2], stored + b"\0", stored + stored, b"", b"\x78"):
+        with pytest.raises(ValueError):
+            _decompress(bad, e.raw_length)
+    empty = zlib.compress(b"", 9)
+    assert _decompress(empty, 0) == b""
+    with pytest.raises(ValueError):
+        _decompress(empty + b"x", 0)
+
+
+def test_the_metadata_is_plain_data_checked_field_by_field(portable_index: Path) -> None:
+    with PortableFile(portable_index) as pf:
+        meta = pf.meta
+    data = meta.to_bytes()
+    assert PortableMeta.from_bytes(data) == meta
+    d = marshal.loads(data)
+    hostile: list[object] = [
+        [1, 2],
+        (lambda: 0).__code__,
+        {**d, "sections": [[1, "x", 1]]},
+        {**d, "elfclass": 16},
+        {**d, "byteorder": "middle"},
+        {**d, "build_id": 5},
+        {k: v for k, v in d.items() if k != "banner"},
+    ]
+    for value in hostile:
+        with pytest.raises(ValueError):
+            PortableMeta.from_bytes(marshal.dumps(value, 4))
+    for cut in (0, 1, len(data) // 2, len(data) - 1):
+        with pytest.raises(ValueError):
+            PortableMeta.from_bytes(data[:cut])

@@ -2,7 +2,7 @@
 in one file that is used without the debug vmlinux (``ksym index build``, ``Symbolizer.from_index``).
 
 The layout is documented in docs/index-format.md. In short: a 64-byte header (magic, format version,
-lengths, a CRC-32 of the header, its metadata and its block table), the metadata as JSON (build id,
+lengths, a CRC-32 of the header, its metadata and its block table), the metadata (build id,
 banner, kernel tag, ELF facts, section table, faddr2line's path prefix), a table of blocks, and the
 blocks: the symbol table as :meth:`ksym.symbols.SymbolTable.to_buffer` writes it (stored plainly so
 that it is mapped, not read), ``.debug_aranges``, the ranges of units .debug_aranges misses, a
@@ -159,7 +159,7 @@ class PortableMeta(NamedTuple):
         except (EOFError, ValueError, TypeError, OverflowError, RecursionError) as exc:
             raise ValueError(f"{type(exc).__name__}") from None
         if type(d) is not dict:
-            raise TypeError("metadata is not an object")
+            raise ValueError("metadata is not a dict")
 
         def get(name: str, *types: type) -> Any:
             if name not in d:
