@@ -23,10 +23,12 @@ import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from anchors import (
     REPO_ROOT,
+    Frame,
     addr2line_batch,
     assert_same_as_faddr2line,
     call_return_addresses,
@@ -34,12 +36,15 @@ from anchors import (
     faddr2line_parallel,
     find_faddr2line,
     missing,
+    parse_addr2line_output,
     sample_specs,
 )
+from conftest import INDEX_FILE_MODULES
 
 from ksym import Symbolizer
 from ksym.cli import main
-from ksym.errors import EXIT_BAD_FILE, BadFileError
+from ksym.errors import EXIT_BAD_FILE, BadFileError, KsymError
+from ksym.modules import ModuleSymbolizer
 from ksym.portable import FORMAT_VERSION, BlockKind, PortableFile, PortableMeta, _decompress, file_build_id
 
 pytestmark = pytest.mark.vmlinux
@@ -122,12 +127,24 @@ def test_the_file_is_small_and_names_the_build(portable_index: Path, vmlinux: Pa
 def test_the_same_vmlinux_gives_the_same_file(portable_index: Path, vmlinux: Path, tmp_path: Path) -> None:
     """The builder writes the pieces in order whatever order its workers finish in (one worker here)."""
     out = tmp_path / "again.ksymidx"
-    code, stdout, err = _cli("index", "build", str(vmlinux), "-o", str(out), "-j", "1", "--progress")
+    code, stdout, err = _cli(
+        "index",
+        "build",
+        str(vmlinux),
+        "-o",
+        str(out),
+        "-j",
+        "1",
+        "--progress",
+        "--modules",
+        str(portable_index.parent / "modules"),
+    )
     assert code == 0
     # the progress bar (asked for: stderr is not a terminal here), redrawn in place, ends full
     units, chunks = (int(x) for x in re.findall(r"(\d+) units, (\d+) code chunks", stdout)[0])
     total = units + chunks
     assert err.startswith("\rksym index build [") and err.endswith(f"] 100% {total}/{total}\n")
+    assert f", {len(INDEX_FILE_MODULES)} modules, " in stdout
     assert out.read_bytes() == portable_index.read_bytes()
     assert [p.name for p in tmp_path.iterdir()] == ["again.ksymidx"]  # no temporary left
 
@@ -231,10 +248,25 @@ def test_annotate_prints_what_the_vmlinux_run_prints(
     for dump in dumps:
         for extra in ((), ("--format", "json")) if "6.1.0-53" in dump.name else ((),):
             by_file = _cli("annotate", "--index", str(portable_index), *extra, str(dump))
+            # module frames: from the file's modules, and from their debug files
             by_vmlinux = _cli(
-                "annotate", "--vmlinux", str(vmlinux), "--cache-dir", str(cache_dir), *extra, str(dump)
+                "annotate",
+                "--vmlinux",
+                str(vmlinux),
+                "--cache-dir",
+                str(cache_dir),
+                "--modules",
+                str(portable_index.parent / "modules"),
+                *extra,
+                str(dump),
             )
-            assert by_file == by_vmlinux, dump.name
+            # a module neither holds is looked for in the file, and in the directory
+            modules = f" in {portable_index.parent / 'modules'}, "
+            assert by_file == (
+                by_vmlinux[0],
+                by_vmlinux[1].replace(modules, f" in {portable_index}, "),
+                by_vmlinux[2].replace(modules, f" in {portable_index}, "),
+            ), dump.name
     # the 6.1 warning: its call sites are disassembled from the file's code chunks
     _code, out, _err = _cli(
         "annotate",
@@ -297,7 +329,7 @@ def _flip_points(pf: PortableFile, rng: random.Random) -> list[tuple[str, int, i
         BlockKind.UNITS,
         BlockKind.CODE,
     ):
-        b = hdr.blocks[kind]
+        b = hdr.blocks[kind]  # (MODULES below)
         if b.length:
             points += [(f"block {kind}", b.offset + rng.randrange(b.length), None) for _ in range(3)]
     ar = pf.aranges
@@ -308,6 +340,10 @@ def _flip_points(pf: PortableFile, rng: random.Random) -> list[tuple[str, int, i
         points.append((f"unit {unit:#x}", e.offset + rng.randrange(e.length), int(ar.starts[i])))
     for e in rng.sample(pf.code.entries(), 4):
         points.append((f"code {e.key:#x}", e.offset + rng.randrange(e.length), e.key))
+    b = hdr.blocks[BlockKind.MODULES]
+    points += [("module directory", b.offset + rng.randrange(b.length), None) for _ in range(3)]
+    for m in pf._module_directory():
+        points += [(f"module {m.name}", m.offset + rng.randrange(m.length), None) for _ in range(2)]
     return points
 
 
@@ -329,6 +365,14 @@ def test_flipped_bytes_anywhere_fail_in_one_line_or_answer_the_same(
             f.seek(offset)
             f.write(bytes([old[0] ^ (1 << rng.randrange(8))]))
         try:
+            if what.startswith("module"):
+                # resolve reads no module: annotate does, when a frame names one
+                name = what.split()[1] if what != "module directory" else "nf_tables"
+                with pytest.raises(BadFileError, match="checksum"), PortableFile(damaged) as pf:
+                    for bid in pf.module_build_ids(name):
+                        pf.module(name, bid)
+                failed += 1
+                continue
             if what.startswith("code"):
                 # resolve reads no code: the call-site disassembly does
                 assert address is not None
@@ -425,7 +469,7 @@ def test_the_metadata_is_plain_data_checked_field_by_field(portable_index: Path)
     data = meta.to_bytes()
     assert PortableMeta.from_bytes(data) == meta
     d = marshal.loads(data)
-    hostile: list[object] = [
+    hostile: list[Any] = [
         [1, 2],
         (lambda: 0).__code__,
         {**d, "sections": [[1, "x", 1]]},
@@ -440,3 +484,74 @@ def test_the_metadata_is_plain_data_checked_field_by_field(portable_index: Path)
     for cut in (0, 1, len(data) // 2, len(data) - 1):
         with pytest.raises(ValueError):
             PortableMeta.from_bytes(data[:cut])
+
+
+# -- modules (--modules) --------------------------------------------------------------------------------
+
+
+def _module_answers(m: ModuleSymbolizer, frames: list[str]) -> list[object]:
+    out: list[object] = []
+    for f in frames:
+        try:
+            out.append([(r.symbol, r.offset, r.size, r.address, r.chain) for r in m.resolve(f)])
+        except KsymError as exc:
+            out.append((type(exc).__name__, exc.exit_code))
+    return out
+
+
+@pytest.mark.parametrize("name", INDEX_FILE_MODULES)
+def test_module_frames_answer_as_the_module_debug_file(portable_index: Path, name: str) -> None:
+    """Every function of the module at a random offset, and raw offsets, as ModuleSymbolizer on the .ko
+    answers them; section offsets as ``addr2line -fi -j`` on the .ko prints them."""
+    ko = (portable_index.parent / "modules" / name).resolve()
+    module = name.removesuffix(".ko")
+    rng = random.Random(len(name))
+    with ModuleSymbolizer(ko) as by_file_of_ko, PortableFile(portable_index) as pf:
+        assert pf.module_build_ids(module) == [by_file_of_ko.build_id]
+        with ModuleSymbolizer(module, image=pf.module(module, by_file_of_ko.build_id)) as by_index:
+            st = by_file_of_ko.raw_symbols
+            frames = [
+                f"{st.names[i]}+{rng.randrange(st.sizes[i]):#x}"
+                for i in range(len(st))
+                if st.infos[i] & 0xF == 2 and st.sizes[i]
+            ]
+            text = by_file_of_ko.image.section(".text")
+            assert text is not None and len(frames) > 10
+            frames += [f"{rng.randrange(text.size):#x}" for _ in range(50)] + ["0x7fffffff", "nope+0x1"]
+            assert _module_answers(by_index, frames) == _module_answers(by_file_of_ko, frames)
+            offsets = sorted(rng.sample(range(text.size), 60))
+            want = _addr2line_j(ko, ".text", offsets)
+            got = [
+                [(c.function, c.file, c.line, c.discriminator) for c in by_index.section_chain(".text", o)]
+                or [("??", "??", 0, 0)]
+                for o in offsets
+            ]
+            assert got == want
+            for o in offsets[:10]:
+                assert by_index.code_bytes(".text", o, 16) == by_file_of_ko.code_bytes(".text", o, 16)
+
+
+def _addr2line_j(module: Path, section: str, offsets: list[int]) -> list[list[Frame]]:
+    proc = subprocess.run(
+        ["addr2line", "-a", "-f", "-i", "-j", section, "-e", str(module)],
+        input="".join(f"{o:#x}\n" for o in offsets),
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "LC_ALL": "C"},
+    )
+    recs = parse_addr2line_output(proc.stdout)
+    assert len(recs) == len(offsets)
+    return recs
+
+
+def test_a_file_without_modules_has_none(tmp_path: Path, portable_index: Path) -> None:
+    with PortableFile(portable_index) as pf:
+        assert pf.module_names() == sorted(n.removesuffix(".ko") for n in INDEX_FILE_MODULES)
+        assert pf.module_build_ids("nf-tables") == pf.module_build_ids("nf_tables") != []
+        with pytest.raises(KeyError):
+            pf.module("nf_tables", "0" * 40)
+    code, _out, err = _cli(
+        "index", "build", str(portable_index), "-o", str(tmp_path / "x"), "--modules", "/nonexistent"
+    )
+    assert code == 3 and len(err.splitlines()) == 1 and "--modules" in err

@@ -404,6 +404,11 @@ class ModuleDebugImage(Protocol):
 class ModuleSource(Protocol):
     """Modules kept elsewhere than in debug files (:class:`ksym.portable.PortableFile`)."""
 
+    @property
+    def path(self) -> Path:
+        """Where they are (named where a module is not found)."""
+        ...
+
     def module_build_ids(self, module_name: str) -> list[str | None]:
         """The build ids of the modules of this name it holds (normalized name)."""
         ...
@@ -680,7 +685,8 @@ class ModuleSet:
                 path = DebuginfodClient(self.debuginfo).find(build_id, failures=failures)
             if path is None:
                 rel = self.release if self.release is not None else os.uname().release
-                where = ", ".join([*(str(d) for d in self.search_dirs), str(MODULE_DEBUG_ROOT / rel)])
+                where = ", ".join([*([str(self.index.path)] if self.index is not None else []),
+                                   *(str(d) for d in self.search_dirs), str(MODULE_DEBUG_ROOT / rel)])
                 bid = f" with build id {build_id}" if build_id else ""
                 if failures:
                     raise DebuginfodError(f"no debug file for module {module_name}{bid} in {where}; debuginfod: "
