@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from anchors import (
     REPO_ROOT,
+    TUTORIAL_SPECS,
     Frame,
     addr2line_batch,
     assert_same_as_faddr2line,
@@ -51,22 +52,8 @@ pytestmark = pytest.mark.vmlinux
 
 FADDR2LINE = find_faddr2line()
 
-TUTORIAL = [
-    "__ip_local_out+219",
-    "__ip_local_out+222",
-    "ip_local_out+29",
-    "__ip_queue_xmit+367",
-    "kfree_skb+1",
-    "ip_local_out+0x1d/0x70",
-    "__ip_local_out+0xdb/0x160",
-    "__ip_local_out+0x500",
-    "__ip_local_out+0x10/0x20",
-    "nf_hook_slow+0",
-    "tcp_v4_rcv+145",
-    "__udp4_lib_rcv+0x4bc",
-    "entry_SYSCALL_64_after_hwframe+0x63",
-    "0xffffffff8184586e",
-]
+#: the tutorial, then a frame of an assembly entry and a raw address
+TUTORIAL = [*TUTORIAL_SPECS, "entry_SYSCALL_64_after_hwframe+0x63", "0xffffffff8184586e"]
 
 
 @pytest.fixture(scope="module")

@@ -26,9 +26,10 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from .errors import BadFileError
+from .records import NamedTuple
 
 __all__ = [
     "ArangeEntry",

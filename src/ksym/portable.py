@@ -35,11 +35,12 @@ from array import array
 from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO
 
 from .dwarf_image import ArangeTable, UnitRange
 from .errors import BadFileError, FileNotFoundKsymError
 from .index import ImageRecord
+from .records import NamedTuple
 from .symbols import Section, SymbolTable
 
 TYPE_CHECKING = False

@@ -15,14 +15,13 @@ worker before it returns, also on an error. The file is written to a temporary a
 from __future__ import annotations
 
 import contextlib
-import gc
 import marshal
 import os
 import sys
 import time
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING
 
 from .errors import BadFileError, KsymError, MissingDebugInfoError
 from .portable import (
@@ -35,11 +34,9 @@ from .portable import (
     compress,
     unit_range_block,
 )
+from .records import NamedTuple
 
 if TYPE_CHECKING:
-    from multiprocessing.connection import Connection
-    from multiprocessing.process import BaseProcess
-
     from .dwarf import DwarfSections
 
 __all__ = ["BuildResult", "build_index"]
@@ -176,8 +173,8 @@ def build_index(
             code_bytes = sym.code_bytes
             # kept until all are done and written in order: the same vmlinux gives the same file
             pieces: dict[tuple[str, int], BuiltPiece] = {}
-            with _Workers(sec, code_bytes, level, sym.path) as workers:
-                for piece in workers.run(tasks, n):
+            with contextlib.closing(_run_tasks(_Pieces(sec, code_bytes, level, sym.path), tasks, n)) as built:
+                for piece in built:
                     pieces[piece.kind, piece.key] = piece
                     done += 1
                     if progress is not None:
@@ -264,8 +261,8 @@ def _piece(
     return BuiltPiece(task.kind, task.key, compress(raw, level), len(raw))
 
 
-class _Workers:
-    """Forked workers taking tasks from a shared counter (see the module's documentation)."""
+class _Pieces:
+    """The work of one worker: a task's piece (the arguments :func:`_piece` needs but the task)."""
 
     def __init__(
         self, sec: DwarfSections, code_bytes: Callable[[int, int], bytes], level: int, path: object
@@ -274,88 +271,24 @@ class _Workers:
         self._code_bytes = code_bytes
         self._level = level
         self._path = path
-        self._procs: list[BaseProcess] = []
 
-    def run(self, tasks: list[BuildTask], n: int) -> Generator[BuiltPiece, None, None]:
-        """The pieces of ``tasks`` as they come from ``n`` workers (in this process when ``n`` is 1 or
-        fork is missing)."""
-        if n < 2 or not hasattr(os, "fork"):
-            for t in tasks:
-                yield _piece(self._sec, self._code_bytes, self._level, self._path, t)
-            return
-        import multiprocessing
-        from multiprocessing.connection import wait
+    def __call__(self, task: BuildTask) -> BuiltPiece:
+        return _piece(self._sec, self._code_bytes, self._level, self._path, task)
 
-        ctx = multiprocessing.get_context("fork")
-        counter = ctx.Value("l", 0)
-        readers: list[Connection] = []
-        finished = False
-        gc.freeze()
-        try:
-            for _ in range(n):
-                reader, writer = ctx.Pipe(duplex=False)
-                p = ctx.Process(target=self._serve, args=(tasks, counter, writer), daemon=True)
-                p.start()
-                writer.close()
-                self._procs.append(p)
-                readers.append(reader)
-            by_id = {id(r): r for r in readers}
-            got = 0
-            while by_id:
-                for ready in wait(list(by_id.values())):
-                    r = by_id[id(ready)]
-                    try:
-                        piece = r.recv()
-                    except EOFError:
-                        del by_id[id(ready)]
-                        continue
-                    if isinstance(piece, BaseException):
-                        raise piece
-                    got += 1
-                    yield piece
-            if got != len(tasks):
-                raise KsymError(f"index build: {len(tasks) - got} tasks were not done (a worker died)")
-            finished = True
-        finally:
-            for r in readers:
-                r.close()
-            self._reap(stop=not finished)
-            gc.unfreeze()
 
-    def _serve(self, tasks: list[BuildTask], counter: Any, conn: Connection) -> None:
-        code = 0
-        try:
-            gc.disable()
-            while True:
-                with counter.get_lock():
-                    i = counter.value
-                    counter.value = i + TASKS_PER_TAKE
-                if i >= len(tasks):
-                    break
-                for t in tasks[i : i + TASKS_PER_TAKE]:
-                    conn.send(_piece(self._sec, self._code_bytes, self._level, self._path, t))
-        except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
-            code = 1
-            with contextlib.suppress(Exception):
-                conn.send(exc)
-        finally:
-            with contextlib.suppress(Exception):
-                conn.close()
-            os._exit(code)
+def _run_tasks(make: _Pieces, tasks: list[BuildTask], n: int) -> Generator[BuiltPiece, None, None]:
+    """The pieces of ``tasks`` as they come from ``n`` forked workers (in this process when ``n`` is 1
+    or fork is missing); every worker is reaped before this ends."""
+    if n < 2 or not hasattr(os, "fork"):
+        for t in tasks:
+            yield make(t)
+        return
+    from .workers import ForkedWorkers
 
-    def _reap(self, stop: bool) -> None:
-        for p in self._procs:
-            if stop and p.exitcode is None:
-                p.terminate()
-            p.join()
-            p.close()
-        self._procs = []
-
-    def close(self) -> None:
-        self._reap(stop=True)
-
-    def __enter__(self) -> _Workers:  # noqa: PYI034 - typing.Self needs Python 3.11
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    got = 0
+    with ForkedWorkers(make, take=TASKS_PER_TAKE) as workers:
+        for piece in workers.run(tasks, n):
+            got += 1
+            yield piece
+    if got != len(tasks):
+        raise KsymError(f"index build: {len(tasks) - got} tasks were not done (a worker died)")

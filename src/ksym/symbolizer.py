@@ -21,9 +21,7 @@ import contextlib
 import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from .dwarf_image import ArangeTable, DwarfImage, FileSections, dwarf_sections
 from .errors import BadFileError, KsymError, SpecError
@@ -42,12 +40,15 @@ from .lru import LRUCache
 from .model import Resolution, SourceLocation
 from .pathmap import PathMap
 from .prefetch import Prefetcher
+from .records import NamedTuple
 from .searchopts import Located
 from .spec import AddressSpec, FuncSpec, parse_spec
 from .symbols import SymbolTable, SymbolView, faddr2line_select, inline_chain
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from . import dwarf as D
     from .portable import PortableFile
     from .searchopts import DebuginfoOptions
@@ -58,7 +59,8 @@ _KERNEL_TOP_DIRS = (
     "arch", "block", "certs", "crypto", "drivers", "fs", "include", "init", "io_uring", "ipc", "kernel",
     "lib", "mm", "net", "rust", "samples", "scripts", "security", "sound", "tools", "usr", "virt",
 )
-_TOP_RE = re.compile("/(?:" + "|".join(_KERNEL_TOP_DIRS) + ")/")
+# compiled on first use (re keeps it), by source_relative alone: not at import
+_TOP_PATTERN = "/(?:" + "|".join(_KERNEL_TOP_DIRS) + ")/"
 
 #: SHT_RELA, SHT_REL: sections the Symbolizer never reads (it does not relocate DWARF), left out of
 #: the fingerprint of a file (they are half of a debug vmlinux).
@@ -80,14 +82,13 @@ def source_relative(path: str, prefix: str | None = None) -> str:
             path = path[2:]
         return path
     if path.startswith("/"):
-        m = _TOP_RE.search(path)
+        m = re.search(_TOP_PATTERN, path)
         if m:
             return path[m.start() + 1:]
     return path
 
 
-@dataclass(frozen=True, slots=True)
-class IndexStats:
+class IndexStats(NamedTuple):
     """What a :class:`Symbolizer` read so far (``Symbolizer.stats``; ``KSYM_STATS=1`` prints it)."""
 
     #: compilation units read from the DWARF (or read further than the index held)
@@ -101,7 +102,7 @@ class IndexStats:
     #: whether the file's contents were hashed for its index key (its first use, or it changed)
     fingerprinted: bool
     #: the index directory of the image (None: ``use_index=False``)
-    index: str | None
+    index: str | None  # type: ignore[assignment]  # a field named as tuple.index, which it hides
 
     def __str__(self) -> str:
         return (f"units_read={self.units_read} units_loaded={self.units_loaded} answers_stored={self.answers_stored} "
@@ -170,9 +171,9 @@ class Symbolizer:
         self.portable: PortableFile | None = None
         self._reads_index_file = index_file is not None
         if index_file is not None:
-            located = Located(Path(index_file), "ksym index file given")
+            located = Located(index_file, "ksym index file given")
         elif vmlinux:
-            located = Located(Path(vmlinux), "given on the command line")  # as find_vmlinux says it
+            located = Located(vmlinux, "given on the command line")  # as find_vmlinux says it
         else:
             from .locate import find_vmlinux
             from .searchopts import DebuginfoOptions
@@ -181,13 +182,14 @@ class Symbolizer:
                 debuginfo = DebuginfoOptions(cache_dir=str(cache_dir))
             located = find_vmlinux(vmlinux, build_id=build_id, options=debuginfo, warn=warn)
         self.located = located
-        self.path = located.path
+        # the file as text, for opening it and naming it in messages (``path`` is the same as a Path)
+        self._file = located.path_text
         self.warnings: list[str] = list(located.warnings)
         for w in self.warnings:
             if warn:
                 warn(w)
         # the index file is complete: nothing is learnt, nothing written to the on-disk index
-        self._store = IndexStore(Path(cache_dir) if cache_dir else None, enabled=use_index and index_file is None)
+        self._store = IndexStore(cache_dir or None, enabled=use_index and index_file is None)
         self._image: Any = None
         self._cu_cache_size = cu_cache_size
         #: the image's DWARF (None: the file has none, or it is not read yet)
@@ -203,6 +205,11 @@ class Symbolizer:
             self._release()  # a file that cannot be used is not kept open until the collector runs
             raise
         self._answers = self._index.answers_for(self._view())
+
+    @property
+    def path(self) -> Path:
+        """The debug file."""
+        return self.located.path
 
     # -- index ---------------------------------------------------------------------------------------
 
@@ -233,15 +240,15 @@ class Symbolizer:
         if self._reads_index_file:
             self._load_portable()
             return
-        if not self.path.exists():
+        if not os.path.exists(self._file):
             from .errors import FileNotFoundKsymError
 
-            raise FileNotFoundKsymError(f"{self.path}: no such file")
+            raise FileNotFoundKsymError(f"{self._file}: no such file")
         identity = None
         if self._store.enabled:
             # taken before the contents are read: a file changed meanwhile has another identity later
             with contextlib.suppress(OSError):
-                identity = FileIdentity.of(self.path)
+                identity = FileIdentity.of(self._file)
         key = self._store.key_for(identity) if identity is not None else None
         rec = self._store.load_image(key) if key else None
         if rec is not None and key and self._use_record(key, rec):
@@ -276,7 +283,7 @@ class Symbolizer:
         # the symbols file first: an image record names the size of the symbols file written before it
         buffer = tables.symbols_buffer
         self._store.save_symbols(key, buffer)
-        self._store.save_image(key, replace(rec, symbols_size=len(buffer)))
+        self._store.save_image(key, rec._replace(symbols_size=len(buffer)))
         self._store.remember(identity, key)
 
     def _open_session(self, key: str) -> None:
@@ -303,7 +310,7 @@ class Symbolizer:
         if self._image is None:
             from .image import KernelImage
 
-            self._image = KernelImage(self.path)
+            self._image = KernelImage(self._file)
         return self._image
 
     def _read_tables(self, img: Any, for_index: bool = True) -> _ImageTables:
@@ -317,7 +324,7 @@ class Symbolizer:
             from . import dwarf as D
 
             opened = self._dwarf_sections_from_image(img)
-            with D.damage_is_bad_file(self.path):
+            with D.damage_is_bad_file(self._file):
                 aranges = ArangeTable.of(D.read_aranges(opened))
         return _ImageTables(syms, syms.to_buffer() if for_index else b"", aranges, opened)
 
@@ -330,14 +337,14 @@ class Symbolizer:
         if banner_addr is not None:
             banner = img.read_cstring_at_address(banner_addr)
         rec = ImageRecord(
-            path=str(self.path), build_id=img.build_id, elf_type=img.elf_type, little_endian=img.little_endian,
+            path=self._file, build_id=img.build_id, elf_type=img.elf_type, little_endian=img.little_endian,
             elfclass=img.elfclass, machine=img.machine, sections=tuple(img.sections), symbols_size=0,
             aranges=aranges, banner=banner, has_dwarf=bool(img.has_dwarf), dynamic_symbols=syms.dynamic_count,
             dir_prefix=None,
         )
         self._apply_record(rec, syms, opened)
         # faddr2line's path prefix: addr2line's file for start_kernel, cut before init/main.c
-        return replace(rec, dir_prefix=self._find_dir_prefix()), syms
+        return rec._replace(dir_prefix=self._find_dir_prefix()), syms
 
     def _apply_record(self, rec: ImageRecord, symbols: SymbolTable, opened: D.DwarfSections | None = None) -> None:
         self.build_id = rec.build_id
@@ -354,9 +361,9 @@ class Symbolizer:
         self.has_dwarf = rec.has_dwarf
         self._prefix_re = _prefix_regex(self.dir_prefix)
         if self.has_dwarf and self.dwarf_image is None:
-            self._sections = FileSections(self.path, self.sections, self.little_endian, self.elfclass,
+            self._sections = FileSections(self._file, self.sections, self.little_endian, self.elfclass,
                                           lambda: self._dwarf_sections_from_image(self._open_image()), opened)
-            self.dwarf_image = DwarfImage(self.path, self._sections, rec.aranges, units=self._index,
+            self.dwarf_image = DwarfImage(self._file, self._sections, rec.aranges, units=self._index,
                                           cache_size=self._cu_cache_size)
 
     def _find_dir_prefix(self) -> str | None:
@@ -376,7 +383,7 @@ class Symbolizer:
     def _dwarf_sections_from_image(self, img: Any) -> D.DwarfSections:
         """The DWARF sections as :class:`ksym.image.KernelImage` reads them (each compressed section
         inflated once)."""
-        return dwarf_sections(self.path, img.section_bytes, img.little_endian, img.elfclass, img.require_dwarf)
+        return dwarf_sections(self._file, img.section_bytes, img.little_endian, img.elfclass, img.require_dwarf)
 
     def compiled_unit(self, offset: int, address: int | None = None) -> D.CompiledUnit:
         """The unit at ``offset`` of .debug_info (from memory, the index or the DWARF); given an
@@ -384,7 +391,7 @@ class Symbolizer:
         address needs (:meth:`ksym.dwarf_image.DwarfImage.read_on` reads on)."""
         if self.dwarf_image is None:
             self._open_image().require_dwarf()
-            raise BadFileError(f"{self.path}: no DWARF")
+            raise BadFileError(f"{self._file}: no DWARF")
         return self.dwarf_image.compiled_unit(offset, address)
 
     def flush(self) -> None:
@@ -401,7 +408,7 @@ class Symbolizer:
         dwarf = self.dwarf_image
         return IndexStats(len(dwarf.units_read) if dwarf else 0, dwarf.units_loaded if dwarf else 0,
                           self._answers.stored_hits, self._answers_looked_up, self._fingerprinted,
-                          str(self._index.directory) if self._index.directory is not None else None)
+                          self._index.directory)
 
     def chain(self, address: int) -> tuple[SourceLocation, ...]:
         """The inline chain at a link-time address, innermost first (without links: the presenting side

@@ -6,13 +6,31 @@ the annotated text or JSON lines as each piece of the input is annotated (:func:
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from ..errors import EXIT_NO_FILE, EXIT_OK, EXIT_UNRESOLVED, EXIT_USAGE, KsymError
-from .common import BuildIdFrom, expected_build_id, image_links, report_stats, said_by_locate
+from ..errors import (
+    EXIT_NO_FILE,
+    EXIT_OK,
+    EXIT_UNRESOLVED,
+    EXIT_USAGE,
+    DebuginfodError,
+    FileNotFoundKsymError,
+    KsymError,
+    MissingDebugInfoError,
+)
+from .common import (
+    BuildIdFrom,
+    ExpectedBuildId,
+    expected_build_id,
+    image_links,
+    index_file_after_miss,
+    report_stats,
+    said_by_locate,
+)
 from .options import AnnotateOptions
 
 if TYPE_CHECKING:
@@ -101,10 +119,20 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
         return EXIT_USAGE
     try:
         ks = load_kallsyms(opts.kallsyms) if opts.kallsyms else None
-        sym = closing.enter_context(Symbolizer(
-            image.vmlinux, use_index=image.use_index, cache_dir=image.cache_dir, warn=err,
-            build_id=expected if where is not BuildIdFrom.RUNNING else None,
-            debuginfo=image.debuginfo, path_map=image.path_map, index_file=image.index_file))
+        shown: dict[str, Any] = {"warn": err, "path_map": image.path_map}
+        try:
+            sym = closing.enter_context(Symbolizer(
+                image.vmlinux, use_index=image.use_index, cache_dir=image.cache_dir,
+                build_id=expected if where is not BuildIdFrom.RUNNING else None,
+                debuginfo=image.debuginfo, index_file=image.index_file, **shown))
+        except (FileNotFoundKsymError, DebuginfodError, MissingDebugInfoError) as miss:
+            if image.vmlinux or image.index_file or os.environ.get("KSYM_VMLINUX"):
+                raise
+            # no debug vmlinux of the dump's, --build-id's or the running kernel's build id: its portable
+            # index file (docs/index-files.md)
+            found = index_file_after_miss(miss, ExpectedBuildId(expected, where), image.index_files)
+            sym = closing.enter_context(Symbolizer(None, use_index=image.use_index, cache_dir=image.cache_dir,
+                                                   index_file=found, **shown))
         closing.callback(report_stats, sym, err)
         elixir = None
         if fmt != "text" or opts.links:  # plain text without --links shows no links: skip building them
