@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from anchors import missing, require_test_vmlinux
+from anchors import INDEX_FILE_MODULES, missing, require_test_vmlinux
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,6 @@ def vmlinux() -> Path:
     return require_test_vmlinux()
 
 
-#: the module debug files the session's portable index file holds (``--modules``): ``portable_index.parent /
-#: "modules"`` links to them
-INDEX_FILE_MODULES = ("nf_tables.ko", "nf_conntrack.ko", "nft_ct.ko")
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from anchors import (
+    INDEX_FILE_MODULES,
     REPO_ROOT,
     TUTORIAL_SPECS,
     Frame,
@@ -40,7 +41,6 @@ from anchors import (
     parse_addr2line_output,
     sample_specs,
 )
-from conftest import INDEX_FILE_MODULES
 
 from ksym import Symbolizer
 from ksym.cli import main
