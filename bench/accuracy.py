@@ -302,10 +302,12 @@ class SpecReport:
         return 100.0 * self.agree / self.total if self.total else 0.0
 
 
-def run_ksym_cli(vmlinux: Path, cache_dir: Path, specs: list[str]) -> subprocess.CompletedProcess[str]:
+def run_ksym_cli(vmlinux: Path, cache_dir: Path, specs: list[str],
+                 index_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``ksym resolve`` over ``specs``: with the vmlinux, or with ``index_file`` (``--index``) instead."""
+    image = ["--index", str(index_file)] if index_file is not None else ["--vmlinux", str(vmlinux)]
     return subprocess.run(
-        [sys.executable, "-m", "ksym", "resolve", "--vmlinux", str(vmlinux), "--cache-dir", str(cache_dir),
-         *specs],
+        [sys.executable, "-m", "ksym", "resolve", *image, "--cache-dir", str(cache_dir), *specs],
         check=False, capture_output=True, text=True, timeout=1800, env={**os.environ, "LC_ALL": "C"},
     )
 
@@ -379,10 +381,12 @@ def _no_match(stderr: str) -> list[str]:
 
 
 def compare_specs(vmlinux: Path, script: Path, cache_dir: Path, samples: list[SpecSample],
-                  anchor_cache: Path | None = None) -> SpecReport:
+                  anchor_cache: Path | None = None, index_file: Path | None = None) -> SpecReport:
+    """ksym's text for ``samples`` (from the vmlinux, or from ``index_file``) against scripts/faddr2line
+    run on the vmlinux."""
     specs = [s.spec for s in samples]
     t = time.monotonic()
-    got = run_ksym_cli(vmlinux, cache_dir, specs)
+    got = run_ksym_cli(vmlinux, cache_dir, specs, index_file)
     rep = SpecReport(total=len(samples), ksym_seconds=time.monotonic() - t)
     ref_out, ref_err, rep.faddr2line_seconds, rep.faddr2line_cached = faddr2line_cached(
         vmlinux, script, specs, anchor_cache)

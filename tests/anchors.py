@@ -79,6 +79,29 @@ class FAddr2lineResult:
     returncode: int
 
 
+
+
+#: the module debug files the session's portable index file holds (``--modules``): ``portable_index.parent /
+#: "modules"`` links to them
+INDEX_FILE_MODULES = ("nf_tables.ko", "nf_conntrack.ko", "nft_ct.ko")
+
+#: The tutorial's frames on the Debian 6.1 vmlinux: matches, a wrong size, offsets past the end, an
+#: inline wrapper without a symbol (kfree_skb), decimal and hex offsets.
+TUTORIAL_SPECS = (
+    "__ip_local_out+219",
+    "__ip_local_out+222",
+    "ip_local_out+29",
+    "__ip_queue_xmit+367",
+    "kfree_skb+1",
+    "ip_local_out+0x1d/0x70",
+    "__ip_local_out+0xdb/0x160",
+    "__ip_local_out+0x500",
+    "__ip_local_out+0x10/0x20",
+    "nf_hook_slow+0",
+    "tcp_v4_rcv+145",
+    "__udp4_lib_rcv+0x4bc",
+)
+
 def fixture(name: str) -> Path:
     """Path of a built fixture ELF in fixtures/bin (e.g. ``kshapes-dwarf5.elf``)."""
     return FIXTURES_BIN / name

@@ -241,3 +241,39 @@ def test_annotate_arm64_oops(vmlinux: Path, sym: Symbolizer) -> None:
            for af in call_trace]
     ref, _ = _reference(vmlinux, [a for a in looks if a is not None], got)
     assert got == ref
+
+
+# -- the portable index file (ksym index build) of the arm64 vmlinux --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def arm64_index(vmlinux: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ksym-index-file-arm64") / "vmlinux-6.1.0-53-arm64.ksymidx"
+    done = subprocess.run([sys.executable, "-m", "ksym", "index", "build", str(vmlinux), "-o", str(out), "-j", "2"],
+                          check=False, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    print(done.stdout.strip(), f"({out.stat().st_size / vmlinux.stat().st_size:.3f} of the vmlinux)")
+    return out
+
+
+def test_index_file_answers_as_faddr2line_and_addr2line(vmlinux: Path, script: Path, sym: Symbolizer,
+                                                        arm64_index: Path) -> None:
+    """The arm64 file, without the vmlinux: specs byte-identical to scripts/faddr2line (CROSS_COMPILE), chains
+    equal to aarch64 addr2line -fi, and the same answers as the vmlinux-backed Symbolizer."""
+    specs = FIXED + sample_specs(sym, int(os.environ.get("KSYM_ARM64_INDEX_SAMPLES", "5")), seed=15)
+    ref_out, ref_err = faddr2line_parallel(vmlinux, script, specs, cross_compile=CROSS)
+    got = subprocess.run([sys.executable, "-m", "ksym", "resolve", "--index", str(arm64_index), *specs],
+                         check=False, capture_output=True, text=True, timeout=600)
+    assert_same_as_faddr2line(ref_out, ref_err, got.stdout, got.stderr, len(specs))
+    rng = random.Random(1564)
+    with Symbolizer.from_index(arm64_index) as psym:
+        assert (psym.build_id, psym.banner, psym.dir_prefix) == (sym.build_id, sym.banner, sym.dir_prefix)
+        st = psym.symbols
+        funcs = [i for i in range(len(st)) if st.infos[i] & 0xF == 2 and st.sizes[i] > 0]
+        addrs = [int(st.values[i]) + 4 * rng.randrange(int(st.sizes[i]) // 4 or 1) for i in rng.sample(funcs, 150)]
+        addrs += _bl_return_addresses(psym, vmlinux, rng, 30)
+        mine = [_chain(psym, a) for a in addrs]
+        assert mine == [_chain(sym, a) for a in addrs]
+        assert psym.dwarf_image is not None and not psym.dwarf_image.opened
+    ref, _again = _reference(vmlinux, addrs, mine)
+    assert mine == ref

@@ -23,6 +23,7 @@ from ksym.cli.options import (
 )
 from ksym.debuginfo import DebuginfoOptions
 from ksym.locate import find_vmlinux
+from ksym.searchopts import INDEX_ENVIRONMENT, IndexFileOptions
 
 SRC = REPO_ROOT / "src"
 FIXTURE = fixture("kshapes-dwarf5.elf")
@@ -67,18 +68,23 @@ def test_no_module_outside_the_cli_layer_imports_argparse() -> None:
     assert users and all(u.startswith("ksym/cli/") for u in users), users
 
 
-def test_resolve_and_faddr2line_records() -> None:
+def test_resolve_and_faddr2line_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in INDEX_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KSYM_INDEX_PATH", "e1:e2")
     p = build_parser(annotate_arguments=False)
     r = ResolveOptions.from_args(p.parse_args(
         ["resolve", "-e", "vm", "--build-id", BID, "--json", "--list", "--kernel-tag", "v6.1.1", "--offline",
          "--debug-dir", "a", "--debug-dir", "b", "--debuginfod-url", "http://x", "--path-map", "/b=/s",
-         "--no-index", "--cache-dir", "c", "f+1", "0x10"]))
+         "--no-index", "--cache-dir", "c", "--index-dir", "d", "--index-url", "http://i", "f+1", "0x10"]))
     assert r == ResolveOptions(
         frames=("f+1", "0x10"),
         image=ImageOptions(vmlinux="vm", build_id=BID, running=False,
                            debuginfo=DebuginfoOptions(debug_dirs=("a", "b"), servers=("http://x",), offline=True,
                                                       cache_dir="c"),
-                           path_map=(("/b", "/s"),), use_index=False, cache_dir="c"),
+                           path_map=(("/b", "/s"),), use_index=False, cache_dir="c",
+                           index_files=IndexFileOptions(dirs=("d", "e1", "e2"), urls=("http://i",), offline=True,
+                                                        cache_dir="c")),
         source=SourceOptions(kernel_tag="v6.1.1", offline=True),
         json=True, links=False, list_source=True)
     f = ResolveOptions.from_args(p.parse_args(["faddr2line", "vm", "f+1", "--links"]))

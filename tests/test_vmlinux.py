@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from anchors import (
+    TUTORIAL_SPECS,
     addr2line_batch,
     assert_same_as_faddr2line,
     call_return_addresses,
@@ -75,20 +76,7 @@ def _ksym_cli(vmlinux: Path, cache_dir: Path, specs: list[str], *extra: str) -> 
     )
 
 
-TUTORIAL = [
-    "__ip_local_out+219",
-    "__ip_local_out+222",
-    "ip_local_out+29",
-    "__ip_queue_xmit+367",
-    "kfree_skb+1",
-    "ip_local_out+0x1d/0x70",
-    "__ip_local_out+0xdb/0x160",
-    "__ip_local_out+0x500",
-    "__ip_local_out+0x10/0x20",
-    "nf_hook_slow+0",
-    "tcp_v4_rcv+145",
-    "__udp4_lib_rcv+0x4bc",
-]
+TUTORIAL = list(TUTORIAL_SPECS)
 
 
 def test_tutorial_frames_match_faddr2line(vmlinux: Path, script: Path, cache_dir: Path) -> None:

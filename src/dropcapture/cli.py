@@ -3,7 +3,7 @@
 USAGE: dropcapture [--comm C] [--pid P] [--proto tcp|udp|icmp...] [--host ADDR|CIDR] [--port N]
                    [--reason NAME] [--netns PATH|INODE] [--pcap-filter EXPR] [--snaplen N]
                    [--count N] [--duration S] [--json] [--save FILE]
-                   [--vmlinux PATH] [--no-stack] [--quiet]
+                   [--vmlinux PATH | --index FILE] [--build-id HEX] [--offline] [--no-stack] [--quiet]
 
 Replaces the bpftrace dropwatch.bt script (kprobe:kfree_skb, TCP only) with the skb:kfree_skb
 tracepoint, every protocol, the kernel's drop reason by name, and stacks that ksym can turn into
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from .capture import Capture, CaptureStats
 from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CaptureError
@@ -53,6 +53,8 @@ examples:
   dropcapture --json --duration 30 > drops.jsonl
   dropcapture --save drops.txt         # stacks for 'ksym annotate' on another machine
   dropcapture --vmlinux /usr/lib/debug/boot/vmlinux-$(uname -r)   # file:line via ksym
+  dropcapture --index vmlinux.ksym-index      # file:line from a portable index file, no DWARF on the host
+  KSYM_INDEX_URLS=https://kernels.example.org/ksym dropcapture   # its index file fetched by build id
   dropcapture --summary --duration 60  # drops per site (reason, location, file:line), dropwatch style
   dropcapture --top                    # live drop sites on the terminal, redrawn every second
   dropcapture --quiet --metrics 127.0.0.1:9101   # Prometheus counters at http://127.0.0.1:9101/metrics
@@ -93,7 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-stack", action="store_true", help="one line per drop, no stack")
     o.add_argument("--quiet", "-q", action="store_true", help="no per-drop output, summary only")
     o.add_argument("--no-summary", action="store_true", help="no summary at exit")
-    o.add_argument("--vmlinux", help="debug vmlinux of the running kernel, for file:line through ksym")
+    debug = o.add_mutually_exclusive_group()
+    debug.add_argument("--vmlinux", help="debug vmlinux of the running kernel, for file:line through ksym")
+    debug.add_argument("--index", metavar="FILE", help="portable index file of the running kernel (ksym index "
+                       "build), for file:line without its debug vmlinux; default: when no debug vmlinux is found, "
+                       "the one of its build id in ksym's cache, $KSYM_INDEX_PATH or $KSYM_INDEX_URLS")
+    o.add_argument("--build-id", metavar="HEX", help="the build id the debug file must have, instead of the running "
+                   "kernel's (/sys/kernel/notes); frames then get the lines of that build")
+    o.add_argument("--offline", action="store_true", help="never download an index file ($KSYM_INDEX_URLS)")
     # drop sites, the live view, metrics and pcapng (docs/dropcapture.md "Drop sites", "Metrics", "pcapng")
     v = p.add_argument_group("drop sites, live view, metrics, packets")
     v.add_argument("--summary", action="store_true",
@@ -223,6 +232,27 @@ def _running_build_id() -> str | None:
     return running_build_id()
 
 
+def _build_id_option(text: str | None) -> str | None:
+    """``--build-id``, normalised by ksym; :raises ValueError: not a build id (or ksym missing)."""
+    if not text:
+        return None
+    try:
+        from ksym.buildid import normalize_build_id
+    except ImportError:
+        raise ValueError("--build-id needs ksym, which is not importable") from None
+    return normalize_build_id(text)
+
+
+def _index_search(offline: bool) -> Any:
+    """Where ksym looks for the running kernel's portable index file: its cache and the ``KSYM_INDEX_*``
+    variables (read by ksym's ``IndexFileOptions.from_environment``); None when ksym cannot be imported."""
+    try:
+        from ksym.searchopts import IndexFileOptions
+    except ImportError:
+        return None
+    return IndexFileOptions.from_environment(os.environ, offline=offline)
+
+
 def _err(msg: str) -> None:
     print(f"dropcapture: error: {msg}", file=sys.stderr)
 
@@ -262,10 +292,12 @@ def _run(args: argparse.Namespace) -> int:
     pages = args.buffer_pages
     if pages is not None and (pages <= 0 or pages & (pages - 1)):
         raise ValueError(f"--buffer-pages {pages}: must be a power of two")
-    if args.no_stack and args.vmlinux:
-        raise ValueError("--vmlinux annotates stack frames and --no-stack prints none: use one of them")
-    if args.vmlinux and not os.path.isfile(args.vmlinux):
-        raise ValueError(f"--vmlinux {args.vmlinux}: no such file")
+    for opt, given in (("--vmlinux", args.vmlinux), ("--index", args.index)):
+        if args.no_stack and given:
+            raise ValueError(f"{opt} annotates stack frames and --no-stack prints none: use one of them")
+        if given and not os.path.isfile(given):
+            raise ValueError(f"{opt} {given}: no such file")
+    override = _build_id_option(args.build_id)
     if args.save:
         _check_output(args.save)
     _check_views(args)
@@ -285,8 +317,10 @@ def _run(args: argparse.Namespace) -> int:
     # closes ksym's Symbolizer at the end of the capture: what it learnt goes to its index then
     closing = contextlib.ExitStack()
     if not args.ebpf and not args.no_stack:
-        annotate, status = ksym_annotator(args.vmlinux, _running_build_id(), closing)
-        if args.vmlinux or annotate is not None:
+        annotate, status = ksym_annotator(args.vmlinux, override or _running_build_id(), closing,
+                                          index_file=args.index, index_search=_index_search(args.offline),
+                                          build_id=override)
+        if args.vmlinux or args.index or annotate is not None:
             print(f"dropcapture: {status}", file=sys.stderr)
 
     # the command line's ring buffer is 16 MiB (the API's Capture default is 4 MiB): on a busy 2-CPU

@@ -1,7 +1,9 @@
-"""file:line with the inline chain for stack frames, through ksym and a debug vmlinux.
+"""file:line with the inline chain for stack frames, through ksym and a debug vmlinux or a portable index
+file of the running kernel (``ksym index build``; found by build id when no debug vmlinux is, see ksym's
+docs/index-files.md).
 
 The glue to ksym's Symbolizer lives in :func:`ksym_annotator` alone; ksym is imported when it is
-called. Without ksym's dependencies or a debug vmlinux frames stay ``func+0xoff``.
+called. Without ksym's dependencies or a debug file frames stay ``func+0xoff``.
 :func:`default_vmlinux` is kept for API users; the CLI lets ksym's own locator search.
 """
 
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ksym.kallsyms import KallsymsSymbol
+    from ksym.searchopts import IndexFileOptions
 
 __all__ = ["default_vmlinux", "format_chain", "ksym_annotator"]
 
@@ -51,7 +54,8 @@ def format_chain(chain: Any) -> str:
 
 def ksym_annotator(
     vmlinux: str | None = None, running_build_id: str | None = None,
-    closing: contextlib.ExitStack | None = None,
+    closing: contextlib.ExitStack | None = None, *, index_file: str | None = None,
+    index_search: IndexFileOptions | None = None, build_id: str | None = None,
 ) -> tuple[Callable[[KallsymsSymbol], tuple[str, ...]] | None, str]:
     """A ``KallsymsSymbol -> ("file:line (inlined ...)", ...)`` function backed by ksym, and a status text.
 
@@ -63,6 +67,10 @@ def ksym_annotator(
     resolve to wrong lines.
     ``closing`` closes ksym's Symbolizer when it closes (that writes what it learnt to ksym's index);
     without it the Symbolizer is never closed and its index gets nothing from this run.
+    ``index_file``: a portable index file (``ksym index build``) instead of a vmlinux, checked against
+    ``running_build_id`` the same way. ``index_search``: when no debug vmlinux is found, the index file of
+    ``running_build_id`` is looked for there (ksym's cache, ``$KSYM_INDEX_PATH``, ``$KSYM_INDEX_URLS``).
+    ``build_id``: look the debug vmlinux up by this build id instead of the running kernel's (an override).
     """
     try:
         # imported here: the DWARF engine is needed only when frames get file:line
@@ -74,7 +82,17 @@ def ksym_annotator(
     except ImportError as exc:
         return None, f"ksym is not importable ({exc}): frames shown as func+0xoff"
     try:
-        sym = Symbolizer(vmlinux) if vmlinux else Symbolizer()
+        if index_file:
+            sym = Symbolizer.from_index(index_file)
+        elif vmlinux:
+            sym = Symbolizer(vmlinux)
+        else:
+            try:
+                sym = Symbolizer(build_id=build_id) if build_id else Symbolizer()
+            except KsymError as miss:
+                if index_search is None or not running_build_id:
+                    raise
+                sym = _index_symbolizer(miss, running_build_id, index_search)
     except KsymError as exc:
         return None, f"no file:line ({exc}); frames shown as func+0xoff"
     except ImportError as exc:  # ksym imports its ELF reader (pyelftools) only when it opens a file
@@ -111,3 +129,18 @@ def ksym_annotator(
 
     status = f"file:line from {path} through ksym"
     return annotate, status + (f" ({warnings})" if warnings else "")
+
+
+def _index_symbolizer(miss: Exception, running_build_id: str, search: IndexFileOptions) -> Any:
+    """The Symbolizer of the running kernel's portable index file, looked for after the debug vmlinux
+    search missed with ``miss`` (:func:`ksym.index_files.index_after_miss`: raises one error naming both)."""
+    from ksym.errors import DebuginfodError, FileNotFoundKsymError, MissingDebugInfoError
+    from ksym.index_files import index_after_miss, portable_check
+    from ksym.symbolizer import Symbolizer
+
+    if not isinstance(miss, (FileNotFoundKsymError, DebuginfodError, MissingDebugInfoError)):
+        raise miss  # a file found and unusable: not a miss (only stripped images found is one)
+    check = portable_check()
+    path = index_after_miss(miss, running_build_id, search, verify=check.verify, magic=check.magic,
+                            source="the running kernel's")
+    return Symbolizer.from_index(path)

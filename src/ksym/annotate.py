@@ -51,7 +51,7 @@ import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO
 
 from .disasm import CallInstruction, supported_machine
 from .errors import (
@@ -83,6 +83,7 @@ from .parse import (
     parse_line,
     strip_log_prefix,
 )
+from .records import NamedTuple
 from .spec import FuncSpec, parse_spec
 from .symbolizer import Symbolizer
 from .symbols import FaddrMatch, SymbolView, faddr2line_select
@@ -867,7 +868,7 @@ class _Annotator:
                 file = file[len(prefix):]
             url = links.source_url(file, loc.line) if links is not None else loc.url
             ident = links.ident_url(loc.function) if links is not None else loc.ident_url
-            out.append(replace(loc, file=file, url=url, ident_url=ident))
+            out.append(loc._replace(file=file, url=url, ident_url=ident))
         return tuple(out)
 
     def _done(self, f: StackFrame, top: bool, matches: tuple[FrameMatch, ...], notes: list[str],

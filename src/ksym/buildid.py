@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterator
-from pathlib import Path
-from typing import NamedTuple
+
+from .records import NamedTuple
 
 __all__ = [
     "KERNEL_NOTES_PATH",
@@ -79,7 +79,8 @@ def running_build_id(notes_path: str = KERNEL_NOTES_PATH) -> str | None:
     """The running kernel's build id, from ``/sys/kernel/notes``; None when it cannot be read or holds
     none."""
     try:
-        data = Path(notes_path).read_bytes()
+        with open(notes_path, "rb") as f:
+            data = f.read()
     except OSError:
         return None
     return read_build_id_from_notes(data)

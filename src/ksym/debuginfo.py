@@ -29,22 +29,20 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import signal
 import stat
 import struct
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO
 
 from .buildid import normalize_build_id, same_build_id
 from .errors import BadFileError, DebuginfodError, FileNotFoundKsymError, KsymError
 from .index import STALE_TEMP_SECONDS
+from .records import NamedTuple
 from .searchopts import Attempt, DebuginfoOptions, DebugLookup
-from .transfer import Limits, Transfer, TransferError
+from .transfer import Limits, ProgressLine, Transfer, TransferError, sigterm_unwinds
 
 __all__ = [
     "DEFAULT_DEADLINE",
@@ -380,16 +378,16 @@ class DebuginfodClient:
             raise _Failed(f"cannot write the cache {self.cache_dir}: {exc.strerror or exc}") from None
         transfer: Transfer[None] = Transfer(Limits(self.deadline, self.max_size, self.timeout, _ELF_MAGIC),
                                             got=part.size, head=part.head, release=part.file.close)
-        bars: list[_Progress] = []
+        bars: list[ProgressLine] = []
 
         def tick(t: Transfer[None]) -> None:
             if not bars and self.progress and t.answered and (
                     self.forced_progress or t.total is None or t.total >= _PROGRESS_MIN):
-                bars.append(_Progress(self.stream, f"ksym: debuginfod: {build_id[:16]}", t.total))
+                bars.append(ProgressLine(self.stream, f"ksym: debuginfod: {build_id[:16]}", t.total))
             if bars:
                 bars[0].update(t.got)
 
-        with _sigterm_cleans_up():  # outside the try: its finally runs before SIGTERM ends the process
+        with sigterm_unwinds():  # outside the try: its finally runs before SIGTERM ends the process
             try:
                 with transfer:
                     renamed = False
@@ -589,33 +587,6 @@ def remove_stale_temporaries(cache: Path, age: float = STALE_TEMPORARY_AGE) -> l
     return removed
 
 
-class _Terminated(BaseException):
-    """SIGTERM arrived during a download: unwinds it (removing its temporary) before the process ends."""
-
-
-@contextmanager
-def _sigterm_cleans_up() -> Iterator[None]:
-    """While a download runs, SIGTERM (when nothing else handles it) unwinds the download first, so its
-    temporary file is removed, then ends the process by SIGTERM as it would have."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
-        yield  # someone else handles SIGTERM (or cannot here): the cleanup on a later run covers it
-        return
-
-    def raise_terminated(signum: int, frame: object) -> None:
-        raise _Terminated
-
-    signal.signal(signal.SIGTERM, raise_terminated)
-    try:
-        yield
-    except _Terminated:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)  # the download's finally blocks have run: end as asked
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 class _NotFound(Exception):
     pass
 
@@ -684,47 +655,6 @@ def _isatty(stream: IO[str]) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
-
-
-class _Progress:
-    """One line on stderr, redrawn in place (``\\r``) at most ten times a second."""
-
-    def __init__(self, stream: IO[str], label: str, total: int | None) -> None:
-        self.stream, self.label, self.total = stream, label, total
-        self.last = 0.0
-        self.got = 0
-        self.drawn = False
-
-    def update(self, got: int) -> None:
-        self.got = got
-        now = time.monotonic()
-        if now - self.last >= 0.1:
-            self.last = now
-            self._draw()
-
-    def _draw(self) -> None:
-        mb = self.got / 1e6
-        if self.total:
-            pct = min(100, self.got * 100 // self.total)
-            width = 24
-            fill = width * pct // 100
-            text = f"{self.label} [{'#' * fill}{'.' * (width - fill)}] {pct:3d}% {mb:.1f}/{self.total / 1e6:.1f} MB"
-        else:
-            text = f"{self.label} {mb:.1f} MB"
-        try:
-            self.stream.write("\r" + text + "\x1b[K")
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
-        self.drawn = True
-
-    def done(self) -> None:
-        self._draw()
-        try:
-            self.stream.write("\n")
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
 
 
 def _miss_error(build_id: str, attempts: Sequence[Attempt], failures: Sequence[str], what: str,

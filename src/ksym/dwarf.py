@@ -26,9 +26,10 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from .errors import BadFileError
+from .records import NamedTuple
 
 __all__ = [
     "ArangeEntry",
@@ -46,6 +47,7 @@ __all__ = [
     "WalkState",
     "check_unit",
     "compile_unit",
+    "compile_whole_unit",
     "concat_filename",
     "damage_is_bad_file",
     "expand_for",
@@ -1687,6 +1689,30 @@ def walk_on(sec: DwarfSections, cu: CompiledUnit, address: int) -> bool:
     cu.walk = None if stop is None else WalkState(stop, stack)
     cu.finish()
     return True
+
+
+def compile_whole_unit(sec: DwarfSections, cu_offset: int) -> CompiledUnit:
+    """Read one CU whole: every top-level function, every function subtree and the whole line program
+    (what :func:`compile_unit` and the readers on would read for all addresses together). Nothing is
+    left to read on: ``walk`` and ``lines.pending`` are None and no function has an unread subtree
+    (the portable index file, :mod:`ksym.portable`, stores such units).
+
+    :raises DwarfError: the unit, its abbreviations, line program or range lists are damaged."""
+    cu = compile_unit(sec, cu_offset)
+    try:
+        reader = _unit_reader(sec, cu)
+        getter = _reader_getter(sec, reader)
+        i = 0
+        while i < len(cu.functions):  # subtrees append their nodes: those are entered too
+            fn = cu.functions[i]
+            if fn.child_pos >= 0:
+                pos, fn.child_pos = fn.child_pos, -1
+                _walk_children(reader, pos, cu.functions, getter, [i], top_only=False)
+            i += 1
+    except (DwarfError, *_CUT_SHORT) as exc:
+        raise _damage(exc, ".debug_info", cu_offset) from None
+    cu.reader = None
+    return cu.finish()
 
 
 def _unit_reader(sec: DwarfSections, cu: CompiledUnit) -> _CUReader:

@@ -21,17 +21,19 @@ import bisect
 import mmap
 from array import array
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from .compress import SHF_COMPRESSED
 from .errors import BadFileError
 from .lru import LRUCache
 from .model import SourceLocation
+from .records import NamedTuple
 from .symbols import Section, SymbolTable, inline_chain
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from . import dwarf as D
 
 __all__ = [
@@ -191,7 +193,7 @@ class FileSections:
     table says they are stored plainly; else (SHF_COMPRESSED, legacy ``.zdebug_*``, no .debug_info)
     what ``decompressed`` makes. ``opened``: sections already at hand (made while indexing the file)."""
 
-    def __init__(self, path: Path, sections: Sequence[Section], little_endian: bool, elfclass: int,
+    def __init__(self, path: str | Path, sections: Sequence[Section], little_endian: bool, elfclass: int,
                  decompressed: Callable[[], D.DwarfSections], opened: D.DwarfSections | None = None) -> None:
         self.path = path
         self._table = sections
@@ -250,7 +252,7 @@ class DwarfImage:
     :meth:`close` drops the units in memory and releases the sections (a later lookup opens them again).
     """
 
-    def __init__(self, path: Path, source: SectionSource, aranges: ArangeTable | None = None, *,
+    def __init__(self, path: str | Path, source: SectionSource, aranges: ArangeTable | None = None, *,
                  units: UnitStore | None = None, cache_size: int = 256) -> None:
 
         self.path = path

@@ -8,7 +8,8 @@ line uses for it (see docs/usage.md, "Exit codes").
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+
+from .records import NamedTuple
 
 __all__ = [
     "EXIT_BAD_FILE",
@@ -39,8 +40,9 @@ EXIT_USAGE = 2
 EXIT_NO_FILE = 3
 #: The file is not usable: not ELF, truncated, no symbol table, no DWARF.
 EXIT_BAD_FILE = 4
-#: No debug file was found and a debuginfod server failed (timeout, refused connection, HTTP error,
-#: a download that kept breaking off, or a file whose build id is not the one asked for).
+#: No debug file was found and a debuginfod server or an index file server failed (timeout, refused
+#: connection, HTTP error, a download that kept breaking off, or a file whose build id is not the one
+#: asked for).
 EXIT_NETWORK = 5
 #: A bug in ksym: reported in one line, never as a traceback (run with KSYM_DEBUG=1 for one).
 EXIT_INTERNAL = 70
@@ -131,9 +133,10 @@ class SymbolNotFoundError(KsymError, LookupError):
 
 
 class DebuginfodError(KsymError, OSError):
-    """No debug file was found locally and debuginfod could not deliver one: a server timed out, refused
-    the connection, answered with an HTTP error, or sent a file with another build id. ``failures`` holds
-    one line per server that failed (a plain 404 is "not found", not a failure)."""
+    """No debug file was found locally and debuginfod (or a server of portable index files,
+    :mod:`ksym.index_files`) could not deliver one: a server timed out, refused the connection, answered
+    with an HTTP error, or sent a file with another build id. ``failures`` holds one line per server that
+    failed (a plain 404 is "not found", not a failure)."""
 
     exit_code = EXIT_NETWORK
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from .buildid import read_build_id_from_notes
 from .compress import SectionContents
 from .errors import BadFileError, FileNotFoundKsymError, MissingDebugInfoError
+from .records import NamedTuple
 from .symbols import Section, SymbolTable
 
 __all__ = [
@@ -48,6 +47,8 @@ class KernelImage:
     """An opened ELF file: header facts, sections, the symbol table and the raw DWARF sections."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        from pathlib import Path  # an image is opened only when the index cannot answer
+
         self.path = Path(path)
         try:
             self._file = open(self.path, "rb")  # noqa: SIM115 - kept open for the mmap
@@ -159,6 +160,8 @@ class KernelImage:
 
     @property
     def build_id(self) -> str | None:
+        from .buildid import read_build_id_from_notes  # not on a warm run: only is_module_file is
+
         for s in self.sections:
             if s.type == SHT_NOTE:
                 data = self.section_bytes(s.name)
@@ -356,11 +359,12 @@ def strip_module_suffix(file_name: str) -> str | None:
 def is_module_file(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` looks like a module debug file: a ``.ko*`` name, or an ELF relocatable object
     (e_type ET_REL). Cheap: reads 18 bytes at most; False for unreadable files."""
-    p = Path(path)
-    if strip_module_suffix(p.name) is not None:
+    # the last component, as pathlib names it (a warm run does not load pathlib)
+    parts = [c for c in os.fspath(path).split("/") if c and c != "."]
+    if strip_module_suffix(parts[-1] if parts else "") is not None:
         return True
     try:
-        with open(p, "rb") as f:
+        with open(path, "rb") as f:
             head = f.read(18)
     except OSError:
         return False

@@ -42,17 +42,19 @@ import struct
 import time
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from .dwarf_image import ArangeTable, UnitRange
 from .lru import LRUCache
 from .model import SourceLocation
+from .records import NamedTuple
+from .searchopts import path_text
 from .symbols import Section, SymbolTable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from . import dwarf as D
 
 __all__ = [
@@ -92,7 +94,7 @@ STALE_TEMP_SECONDS = 3600
 RECENT_CHANGE_SECONDS = 3
 
 # what ksym's writes name their temporaries, and what tempfile.mkstemp named them before format 7
-_TEMP_NAME = re.compile(r"\.tmp-(?:[0-9a-f]{16}|[a-z0-9_]{8})")
+_TEMP_NAME = r"\.tmp-(?:[0-9a-f]{16}|[a-z0-9_]{8})"  # compiled when a write first sweeps (re keeps it)
 # the fingerprint hashes the file in pieces of this size, each on its own (threads share them), and
 # lets the kernel drop each from the mapping after hashing it
 _FINGERPRINT_PIECE = 1 << 24
@@ -101,16 +103,29 @@ _FINGERPRINT_PIECE = 1 << 24
 def xdg_cache_home() -> Path:
     """``$XDG_CACHE_HOME``, or ``~/.cache`` when it is unset, empty or relative (the XDG Base Directory
     specification: relative paths are invalid and are ignored)."""
+    from pathlib import Path
+
+    return Path(_xdg_cache_home_text())
+
+
+def _xdg_cache_home_text() -> str:
     xdg = os.environ.get("XDG_CACHE_HOME", "")
-    return Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return path_text(xdg if xdg and os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache"))
 
 
 def default_cache_dir() -> Path:
     """``$KSYM_CACHE_DIR``, else ``ksym`` under :func:`xdg_cache_home`."""
+    from pathlib import Path
+
+    return Path(_default_cache_dir_text())
+
+
+def _default_cache_dir_text() -> str:
+    """:func:`default_cache_dir` as text (a warm run does not load pathlib)."""
     env = os.environ.get("KSYM_CACHE_DIR")
     if env:
-        return Path(env)
-    return xdg_cache_home() / "ksym"
+        return path_text(env)
+    return os.path.join(_xdg_cache_home_text(), "ksym")
 
 
 class FileIdentity(NamedTuple):
@@ -124,10 +139,11 @@ class FileIdentity(NamedTuple):
     device: int
 
     @classmethod
-    def of(cls, path: Path) -> FileIdentity:
-        """The identity of the file at ``path`` now. :raises OSError: it cannot be stat'ed."""
-        st = path.stat()
-        return cls(str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+    def of(cls, path: str | os.PathLike[str]) -> FileIdentity:
+        """The identity of the file at ``path`` now (``path`` resolved as :meth:`pathlib.Path.resolve`
+        does). :raises OSError: it cannot be stat'ed."""
+        st = os.stat(path)
+        return cls(os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
 class PathRecord(NamedTuple):
@@ -279,19 +295,20 @@ def image_key(build_id: str | None, content: str) -> str:
 class IndexStore:
     """Reads and writes index files; every failure degrades to "not cached"."""
 
-    def __init__(self, root: Path | None = None, enabled: bool = True) -> None:
-        self.root = root or default_cache_dir()
+    def __init__(self, root: str | os.PathLike[str] | None = None, enabled: bool = True) -> None:
+        #: the cache directory (its paths are text: a warm run does not load pathlib)
+        self.root = path_text(root) if root else _default_cache_dir_text()
         self.enabled = enabled
         # directories whose stale temporaries this store has already looked for
-        self._swept: set[Path] = set()
+        self._swept: set[str] = set()
 
     # -- path → key memo --
 
-    def _memo_file(self, identity: FileIdentity) -> Path:
+    def _memo_file(self, identity: FileIdentity) -> str:
         # named by two checksums of the path (zlib is loaded anyway; hashlib would load OpenSSL in every
         # warm run); the memo holds the path itself, so a clash only costs a re-check
         b = identity.path.encode("utf-8", "surrogateescape")
-        return self.root / "paths" / f"{zlib.crc32(b):08x}{zlib.adler32(b):08x}.v{FORMAT_VERSION}"
+        return os.path.join(self.root, "paths", f"{zlib.crc32(b):08x}{zlib.adler32(b):08x}.v{FORMAT_VERSION}")
 
     def key_for(self, identity: FileIdentity) -> str | None:
         """The key remembered for this exact file (same path, size, mtime, ctime, inode and device), or
@@ -315,16 +332,16 @@ class IndexStore:
 
     # -- image and CU records --
 
-    def directory(self, key: str) -> Path:
+    def directory(self, key: str) -> str:
         """The directory of the index of ``key``."""
         safe = "".join(c for c in key if c.isalnum() or c in "-_")
-        return self.root / "index" / safe
+        return os.path.join(self.root, "index", safe)
 
     def load_image(self, key: str) -> ImageRecord | None:
         """The image record of ``key``, or None (none, another version's, damaged)."""
         if not self.enabled:
             return None
-        data = self._load(self.directory(key) / f"image.v{FORMAT_VERSION}")
+        data = self._load(os.path.join(self.directory(key), f"image.v{FORMAT_VERSION}"))
         if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION or data.get("key") != key:
             return None  # another version's, or a directory not made for this key
         try:
@@ -334,20 +351,20 @@ class IndexStore:
 
     def save_image(self, key: str, record: ImageRecord) -> None:
         if self.enabled:
-            self._save(self.directory(key) / f"image.v{FORMAT_VERSION}",
+            self._save(os.path.join(self.directory(key), f"image.v{FORMAT_VERSION}"),
                        {**record.to_record(), "format": FORMAT_VERSION, "key": key})
 
     def save_symbols(self, key: str, buffer: bytes) -> None:
         """Write the symbol table's flat buffer (:meth:`ksym.symbols.SymbolTable.to_buffer`)."""
         if self.enabled:
-            self._save(self.directory(key) / f"symbols.v{FORMAT_VERSION}", buffer, raw=True)
+            self._save(os.path.join(self.directory(key), f"symbols.v{FORMAT_VERSION}"), buffer, raw=True)
 
     def map_symbols(self, key: str, size: int) -> mmap.mmap | None:
         """The symbols file of ``key`` mapped read-only, or None (none, disabled, or not ``size`` bytes
         long as the image record says: a short or another write's file, deleted to be rebuilt)."""
         if not self.enabled:
             return None
-        path = self.directory(key) / f"symbols.v{FORMAT_VERSION}"
+        path = os.path.join(self.directory(key), f"symbols.v{FORMAT_VERSION}")
         try:
             with open(path, "rb") as f:
                 if os.fstat(f.fileno()).st_size != size or size == 0:
@@ -363,7 +380,7 @@ class IndexStore:
         """The ranges of the units .debug_aranges misses, as stored, or None."""
         if not self.enabled:
             return None
-        data = self._load(self.directory(key) / f"cu--1.v{FORMAT_VERSION}")
+        data = self._load(os.path.join(self.directory(key), f"cu--1.v{FORMAT_VERSION}"))
         if not isinstance(data, list):
             return None
         try:
@@ -373,7 +390,7 @@ class IndexStore:
 
     def save_unit_ranges(self, key: str, ranges: Iterable[UnitRange]) -> None:
         if self.enabled:
-            self._save(self.directory(key) / f"cu--1.v{FORMAT_VERSION}", [r.to_record() for r in ranges])
+            self._save(os.path.join(self.directory(key), f"cu--1.v{FORMAT_VERSION}"), [r.to_record() for r in ranges])
 
     # -- compilation units, written in packs (one file per batch: creating files is what costs) --
 
@@ -381,7 +398,7 @@ class IndexStore:
         """Unit offset → name of the pack file holding it."""
         if not self.enabled:
             return {}
-        data = self._load(self.directory(key) / f"units.v{FORMAT_VERSION}")
+        data = self._load(os.path.join(self.directory(key), f"units.v{FORMAT_VERSION}"))
         return data if isinstance(data, dict) else {}
 
     def save_units(self, key: str, records: dict[int, Any]) -> str | None:
@@ -389,7 +406,7 @@ class IndexStore:
         if not self.enabled or not records:
             return None
         name = f"units-{min(records)}-{os.getpid()}-{os.urandom(4).hex()}.v{FORMAT_VERSION}"
-        return name if self._save(self.directory(key) / name, records) else None
+        return name if self._save(os.path.join(self.directory(key), name), records) else None
 
     def save_unit_map(self, key: str, new: dict[int, str]) -> None:
         """Add ``new`` to the unit map (re-read first: another process may have added units), and
@@ -400,7 +417,7 @@ class IndexStore:
         units = self.load_unit_map(key)
         units.update(new)
         d = self.directory(key)
-        if not self._save(d / f"units.v{FORMAT_VERSION}", units):
+        if not self._save(os.path.join(d, f"units.v{FORMAT_VERSION}"), units):
             return
         live = set(units.values())
         try:
@@ -413,14 +430,14 @@ class IndexStore:
             pass
 
     def load_pack(self, key: str, name: str) -> dict[int, Any]:
-        data = self._load(self.directory(key) / name) if self.enabled and name.startswith("units-") else None
+        data = self._load(os.path.join(self.directory(key), name)) if self.enabled and name.startswith("units-") else None
         return data if isinstance(data, dict) else {}
 
     def load_answers(self, key: str, view: str) -> AnswerRecords:
         """What was answered before for this image, as shown with the display settings ``view``."""
         if not self.enabled:
             return AnswerRecords.empty()
-        data = self._load(self.directory(key) / f"answers.v{FORMAT_VERSION}")
+        data = self._load(os.path.join(self.directory(key), f"answers.v{FORMAT_VERSION}"))
         if not isinstance(data, dict) or data.get("view") != view:
             return AnswerRecords.empty()
         return AnswerRecords.from_record(data)
@@ -433,7 +450,7 @@ class IndexStore:
         if len(answers) + len(new) > MAX_ANSWERS:
             answers = AnswerRecords.empty()
         answers.update(new)
-        self._save(self.directory(key) / f"answers.v{FORMAT_VERSION}", {"view": view, **answers.to_record()})
+        self._save(os.path.join(self.directory(key), f"answers.v{FORMAT_VERSION}"), {"view": view, **answers.to_record()})
 
     def evict(self, key: str | None = None) -> None:
         """Delete the index of one key, or everything."""
@@ -445,7 +462,7 @@ class IndexStore:
     # -- file helpers --
 
     @staticmethod
-    def _load(path: Path) -> Any:
+    def _load(path: str) -> Any:
         try:
             with open(path, "rb") as f:
                 # one read, then decode: marshal.load(f) reads the file in many small pieces
@@ -458,23 +475,24 @@ class IndexStore:
             return None
 
     @staticmethod
-    def drop(path: Path) -> None:
+    def drop(path: str) -> None:
         """Delete a damaged index file (it is rebuilt)."""
         try:
-            path.unlink()
+            os.unlink(path)
         except OSError:
             pass
 
-    def _save(self, path: Path, obj: Any, raw: bool = False) -> bool:
+    def _save(self, path: str, obj: Any, raw: bool = False) -> bool:
         """Write ``obj`` (marshalled; ``raw``: bytes as they are) to a temporary, renamed to ``path``."""
+        parent = os.path.dirname(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            for d in (path.parent, self.root / "paths"):
+            os.makedirs(parent, exist_ok=True)
+            for d in (parent, os.path.join(self.root, "paths")):
                 if d not in self._swept:
                     self._swept.add(d)
                     self._sweep(d)
             while True:
-                tmp = path.parent / f".tmp-{os.urandom(8).hex()}"
+                tmp = os.path.join(parent, f".tmp-{os.urandom(8).hex()}")
                 try:
                     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
                     break
@@ -499,14 +517,14 @@ class IndexStore:
         return True
 
     @staticmethod
-    def _sweep(directory: Path) -> None:
+    def _sweep(directory: str) -> None:
         """Delete the temporaries of interrupted writes in ``directory``: only files named as ksym names
         them, only once they are :data:`STALE_TEMP_SECONDS` old (a younger one may be a write under way)."""
         try:
             now = time.time()
             with os.scandir(directory) as entries:
                 for e in entries:
-                    if (_TEMP_NAME.fullmatch(e.name) and e.is_file(follow_symlinks=False)
+                    if (re.fullmatch(_TEMP_NAME, e.name) and e.is_file(follow_symlinks=False)
                             and now - e.stat(follow_symlinks=False).st_mtime > STALE_TEMP_SECONDS):
                         os.unlink(e.path)
         except OSError:
@@ -516,8 +534,7 @@ class IndexStore:
 # -- records -------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ImageRecord:
+class ImageRecord(NamedTuple):
     """What the index keeps of an image file: everything a warm run needs without opening it."""
 
     path: str
@@ -608,16 +625,33 @@ class StoredInstruction(NamedTuple):
 CallerKey = tuple[Any, ...]
 
 
-@dataclass(slots=True)
 class AnswerRecords:
-    """Stored answers as records (plain tuples, as marshal writes them), by kind."""
+    """Stored answers as records (plain tuples, as marshal writes them), by kind.
 
-    #: address → :meth:`StoredChain.to_record`
-    chains: dict[int, tuple[Any, ...]]
-    #: (return address, function start) → :meth:`StoredInstruction.to_record`
-    instructions: dict[tuple[int, int | None], tuple[Any, ...]]
-    #: a caller's key → its value (tuples, str, int, bytes, None: :meth:`ksym.Symbolizer.remember`)
-    callers: dict[CallerKey, Any]
+    :param chains: address → :meth:`StoredChain.to_record`
+    :param instructions: (return address, function start) → :meth:`StoredInstruction.to_record`
+    :param callers: a caller's key → its value (tuples, str, int, bytes, None:
+        :meth:`ksym.Symbolizer.remember`)
+    """
+
+    __slots__ = ("callers", "chains", "instructions")
+
+    def __init__(self, chains: dict[int, tuple[Any, ...]],
+                 instructions: dict[tuple[int, int | None], tuple[Any, ...]], callers: dict[CallerKey, Any]) -> None:
+        self.chains = chains
+        self.instructions = instructions
+        self.callers = callers
+
+    def __repr__(self) -> str:
+        return (f"AnswerRecords(chains={self.chains!r}, instructions={self.instructions!r}, "
+                f"callers={self.callers!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AnswerRecords):
+            return NotImplemented
+        return (self.chains, self.instructions, self.callers) == (other.chains, other.instructions, other.callers)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass with eq=True
 
     @classmethod
     def empty(cls) -> AnswerRecords:
@@ -746,7 +780,7 @@ class ImageIndex:
         self._symbols: SymbolTable | None = None
 
     @property
-    def directory(self) -> Path | None:
+    def directory(self) -> str | None:
         """Where the index of this image lives (None: the store is disabled)."""
         return self.store.directory(self.key) if self.store.enabled else None
 
@@ -766,7 +800,7 @@ class ImageIndex:
             table = None
         if table is None:
             mm.close()
-            self.store.drop(self.store.directory(self.key) / f"symbols.v{FORMAT_VERSION}")
+            self.store.drop(os.path.join(self.store.directory(self.key), f"symbols.v{FORMAT_VERSION}"))
             return None
         self._symbols_map, self._symbols = mm, table
         return table

@@ -32,10 +32,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
 
 from .errors import EXIT_UNRESOLVED, BadFileError, FileNotFoundKsymError, KsymError
 from .parse import StackFrame
+from .records import NamedTuple
 
 __all__ = [
     "KALLSYMS_PATH",

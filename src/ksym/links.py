@@ -12,7 +12,6 @@ chains without them, and whoever shows a chain adds them (:func:`links_for` an i
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from urllib.parse import quote
 
 TYPE_CHECKING = False
@@ -105,7 +104,7 @@ class ElixirLinks:
     def location(self, loc: SourceLocation) -> SourceLocation:
         """``loc`` with its links (:meth:`source_url` of its file and line, :meth:`ident_url` of its
         function)."""
-        return replace(loc, url=self.source_url(loc.file, loc.line), ident_url=self.ident_url(loc.function))
+        return loc._replace(url=self.source_url(loc.file, loc.line), ident_url=self.ident_url(loc.function))
 
     def chain(self, chain: tuple[SourceLocation, ...]) -> tuple[SourceLocation, ...]:
         """Every location of an inline chain with its links."""
@@ -113,7 +112,7 @@ class ElixirLinks:
 
     def resolution(self, res: Resolution) -> Resolution:
         """``res`` with links on every location of its chain."""
-        return replace(res, chain=self.chain(res.chain)) if res.chain else res
+        return res._replace(chain=self.chain(res.chain)) if res.chain else res
 
 
 def links_for(banner: str | None, *, kernel_tag: str | None = None, elixir_url: str | None = None) -> ElixirLinks:

@@ -1,4 +1,4 @@
-"""The records ksym returns: plain frozen dataclasses with a readable ``str()``.
+"""The records ksym returns: named tuples (immutable, fields by name) with a readable ``str()``.
 
 A :class:`Resolution` is one answer for one input (a ``func+off`` frame or an address); its ``chain``
 is the inline chain, innermost first, the way faddr2line and addr2line -i print it: the first entry is
@@ -8,8 +8,9 @@ at the call site, and the last entry is the real (out-of-line) function.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+from .records import NamedTuple
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -29,8 +30,7 @@ def frozen_record(cls: type[_T], fields: dict[str, Any]) -> _T:
     return new
 
 
-@dataclass(frozen=True)
-class SourceLocation:
+class SourceLocation(NamedTuple):
     """One level of an inline chain."""
 
     #: Function name as the debug info names it (``"??"`` when unknown).
@@ -59,11 +59,10 @@ class SourceLocation:
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self._asdict()
 
 
-@dataclass(frozen=True)
-class Resolution:
+class Resolution(NamedTuple):
     """The answer for one input: the symbol it falls in and the inline chain at its address."""
 
     #: The input as given (``__ip_local_out+222``, ``0xffffffff81845796``).
@@ -79,7 +78,7 @@ class Resolution:
     #: The offset exactly as the input spelled it (``219``, ``0xdb``); faddr2line echoes it.
     offset_text: str | None = None
     #: Inline chain, innermost first; empty when the address has no line information.
-    chain: tuple[SourceLocation, ...] = field(default_factory=tuple)
+    chain: tuple[SourceLocation, ...] = ()
 
     @property
     def header(self) -> str:

@@ -27,9 +27,9 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import NamedTuple
 
 from .model import frozen_record
+from .records import NamedTuple
 
 __all__ = [
     "FrameKind",

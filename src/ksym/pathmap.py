@@ -19,9 +19,9 @@ gcc's relative ``comp_dir`` (``debian/build/build_amd64_none_cloud-amd64``), or 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from .errors import EXIT_USAGE, KsymError
+from .records import NamedTuple
 
 __all__ = ["PathMap", "PathMapError", "parse_path_map_rule"]
 
@@ -49,8 +49,7 @@ def parse_path_map_rule(text: str) -> tuple[str, str]:
     return stripped, new
 
 
-@dataclass(frozen=True)
-class PathMap:
+class PathMap(NamedTuple):
     """Ordered ``(OLD, NEW)`` rules; :meth:`apply` gives the rewritten path or None."""
 
     rules: tuple[tuple[str, str], ...] = ()

@@ -8,30 +8,27 @@ units it read to the index as one pack per task, and sends back a :class:`Prefet
 as records, where the units are stored); the parent merges them into its session. Otherwise the groups
 are answered in this process, unit by unit, the stored ones pack by pack.
 
-The workers get everything through their process's target and arguments: with the ``fork`` start
-method these are inherited, not pickled, and no module-level state is involved. The parent freezes
-the garbage collector's view of its objects while the workers run (they share them copy-on-write);
-a worker runs with the collector off and leaves by ``os._exit`` (it writes nothing of its parent's,
-such as buffered output). Errors other than :class:`ksym.errors.KsymError` in a worker are raised
-in the parent; a KsymError is left for the lookup in order to raise.
+The workers are :class:`ksym.workers.ForkedWorkers`: they get everything through their process's
+target and arguments (inherited with the ``fork`` start method, not pickled; no module-level state),
+run with the collector off and leave by ``os._exit``. Errors other than
+:class:`ksym.errors.KsymError` in a worker are raised in the parent; a KsymError is left for the
+lookup in order to raise.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 from collections.abc import Callable, Generator, Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING
 
 from .errors import KsymError
 from .index import AnswerRecords, ImageIndex, StoredAnswers
+from .records import NamedTuple
 
 if TYPE_CHECKING:
-    from multiprocessing.connection import Connection
-    from multiprocessing.process import BaseProcess
-
     from .dwarf_image import DwarfImage
+    from .workers import ForkedWorkers
 
 __all__ = ["PrefetchResult", "PrefetchTask", "Prefetcher"]
 
@@ -94,7 +91,7 @@ class Prefetcher:
         self._answer = answer
         self._answer_call = answer_call
         self._processes = processes
-        self._workers: list[BaseProcess] = []
+        self._workers: ForkedWorkers[PrefetchTask, PrefetchResult] | None = None
         #: addresses whose answers came from workers (looked up in them)
         self.looked_up = 0
 
@@ -154,70 +151,22 @@ class Prefetcher:
     # -- the workers --
 
     def _in_workers(self, tasks: list[PrefetchTask], n: int) -> Generator[PrefetchResult, None, None]:
-        """Run ``tasks`` in ``n`` forked workers; their results as they come. Closing the generator
-        (or its end) ends and reaps the workers."""
-        import multiprocessing
-        from multiprocessing.connection import wait
+        """Run ``tasks`` in ``n`` forked workers (:class:`ksym.workers.ForkedWorkers`); their results as
+        they come. Closing the generator (or its end) ends and reaps the workers."""
+        from .workers import ForkedWorkers
 
-        ctx = multiprocessing.get_context("fork")
-        # the next task to take, shared by the workers
-        counter = ctx.Value("l", 0)
-        readers: list[Connection] = []
-        finished = False
-        # the workers share this process's objects copy-on-write: keep the collector off them
-        gc.freeze()
+        workers: ForkedWorkers[PrefetchTask, PrefetchResult] = ForkedWorkers(self._task, start=self._start_worker)
+        self._workers = workers
         try:
-            for _ in range(n):
-                reader, writer = ctx.Pipe(duplex=False)
-                p = ctx.Process(target=self._serve, args=(tasks, counter, writer), daemon=True)
-                p.start()
-                # the worker has its own copy: closing this one lets the reader see its end
-                writer.close()
-                self._workers.append(p)
-                readers.append(reader)
-            by_id = {id(r): r for r in readers}
-            while by_id:
-                for ready in wait(list(by_id.values())):
-                    r = by_id[id(ready)]
-                    try:
-                        got = r.recv()
-                    except EOFError:  # the worker is done (or died: its tasks are answered later here)
-                        del by_id[id(ready)]
-                        continue
-                    if isinstance(got, BaseException):
-                        raise got
-                    yield got
-            finished = True
+            yield from workers.run(tasks, n)
         finally:
-            for r in readers:
-                r.close()
-            self._reap(stop=not finished)
-            gc.unfreeze()
+            workers.close()
+            self._workers = None
 
-    def _serve(self, tasks: list[PrefetchTask], counter: Any, conn: Connection) -> None:
-        """A worker process: take tasks until none are left, send each one's result."""
-        code = 0
-        try:
-            # a short-lived process making many small objects and no cycles worth finding: the
-            # collector would cost a tenth of its time
-            gc.disable()
-            self._answers.take_new()
-            self._index.take_new_units()
-            while True:
-                with counter.get_lock():
-                    i = counter.value
-                    counter.value = i + 1
-                if i >= len(tasks):
-                    break
-                conn.send(self._task(tasks[i]))
-        except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
-            code = 1
-            with contextlib.suppress(Exception):
-                conn.send(exc)
-        finally:
-            with contextlib.suppress(Exception):
-                conn.close()
-            os._exit(code)
+    def _start_worker(self) -> None:
+        """In a new worker: what the parent learnt before the fork is not the worker's to send."""
+        self._answers.take_new()
+        self._index.take_new_units()
 
     def _task(self, task: PrefetchTask) -> PrefetchResult:
         """In a worker: answer each group of addresses and call sites (one unit each), write the units
@@ -237,17 +186,9 @@ class Prefetcher:
 
     def close(self) -> None:
         """End and reap the workers (none are left after :meth:`run` returns or raises)."""
-        self._reap(stop=True)
-
-    def _reap(self, stop: bool) -> None:
-        """Wait for every worker to end; with ``stop``, end those still running first (the parent no
-        longer reads their results)."""
-        for p in self._workers:
-            if stop and p.exitcode is None:
-                p.terminate()
-            p.join()
-            p.close()
-        self._workers = []
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
 
     def __enter__(self) -> Prefetcher:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self

@@ -1,7 +1,8 @@
 """The records a debug-file search takes and gives: :class:`DebuginfoOptions` (where to look),
 :class:`Attempt` and :class:`DebugLookup` (what it tried and found) and :class:`Located` (which file,
-and why); and :class:`SourceOptions`, where source text and links come from (:mod:`ksym.source`,
-:mod:`ksym.links`, :func:`ksym.report.report_for_command`).
+and why); :class:`SourceOptions`, where source text and links come from (:mod:`ksym.source`,
+:mod:`ksym.links`, :func:`ksym.report.report_for_command`); and :class:`IndexFileOptions`, where ksym's
+portable index files are looked for by build id (:mod:`ksym.index_files`).
 
 They live apart from :mod:`ksym.debuginfo`, :mod:`ksym.locate` and :mod:`ksym.source` so that a command
 given its file (``--vmlinux``) builds them without importing the search itself; those modules and
@@ -10,18 +11,51 @@ given its file (``--vmlinux``) builds them without importing the search itself; 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+import os
+
+from .records import NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Mapping
+    from pathlib import Path
+    from typing import Any, ClassVar
 
-__all__ = ["Attempt", "DebugLookup", "DebuginfoOptions", "Located", "SourceOptions"]
+__all__ = [
+    "INDEX_DEFAULT_DEADLINE",
+    "INDEX_DEFAULT_MAX_SIZE",
+    "INDEX_DEFAULT_TIMEOUT",
+    "INDEX_ENVIRONMENT",
+    "Attempt",
+    "DebugLookup",
+    "DebuginfoOptions",
+    "IndexFileOptions",
+    "Located",
+    "SourceOptions",
+    "path_text",
+]
+
+#: an index file download's overall deadline (seconds), size cap (bytes) and connect/read timeout
+#: (seconds) when neither an option nor the environment sets one
+INDEX_DEFAULT_DEADLINE = 600.0
+INDEX_DEFAULT_MAX_SIZE = 1 << 30
+INDEX_DEFAULT_TIMEOUT = 30.0
+#: the environment variables :meth:`IndexFileOptions.from_environment` reads, and nothing else does
+INDEX_ENVIRONMENT = ("KSYM_INDEX_PATH", "KSYM_INDEX_URLS", "KSYM_INDEX_MAXTIME", "KSYM_INDEX_MAXSIZE",
+                     "KSYM_INDEX_TIMEOUT")
 
 
-@dataclass(frozen=True)
-class DebuginfoOptions:
+def path_text(path: str | os.PathLike[str]) -> str:
+    """``str(pathlib.PurePosixPath(path))`` without importing pathlib (a warm run does without it): the
+    path as pathlib spells it, so that messages name a file as they always did. Repeated slashes and
+    ``.`` components go, and a trailing slash; ``..`` stays; a leading ``//`` (exactly two) stays, as
+    POSIX allows; the empty path is ``.``."""
+    text = os.fspath(path)
+    root = "//" if text[:2] == "//" and text[2:3] != "/" else "/" if text[:1] == "/" else ""
+    return root + "/".join(p for p in text.split("/") if p and p != ".") or "."
+
+
+class DebuginfoOptions(NamedTuple):
     """How to look for debug files.
 
     :param debug_dirs: roots searched before ``$KSYM_DEBUG_DIRS`` and ``/usr/lib/debug`` (each holding a
@@ -51,8 +85,7 @@ class DebuginfoOptions:
     system_root: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class SourceOptions:
+class SourceOptions(NamedTuple):
     """The kernel version and source: links (``kernel_tag``, ``elixir_url``) and where source text comes
     from for ``--list`` and the reports (``source_dir``, ``source_url``, ``offline``)."""
 
@@ -63,18 +96,40 @@ class SourceOptions:
     offline: bool = False
 
 
-@dataclass
-class Attempt:
+class _Record:
+    """What the mutable records below share with a dataclass: equality and ``repr`` field by field, in
+    the order of ``_fields`` (their ``__slots__``)."""
+
+    __slots__ = ()
+    _fields: ClassVar[tuple[str, ...]] = ()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{f}={getattr(self, f)!r}' for f in self._fields)})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self._fields)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable: not hashable, as a dataclass with eq=True
+
+
+class Attempt(_Record):
     """One place looked at: ``kind`` (build-id dir, distribution path, cache, debuginfod), where, and the
     outcome (``missing``, ``match``, ``mismatch``, ``no build id``, ``unusable``, ``not found``,
     ``failed``, ``skipped``), with the build id the file has and a detail."""
 
-    kind: str
-    where: str
-    outcome: str
-    build_id: str | None = None
-    detail: str = ""
-    has_dwarf: bool | None = None
+    _fields = ("kind", "where", "outcome", "build_id", "detail", "has_dwarf")
+    __slots__ = _fields
+
+    def __init__(self, kind: str, where: str, outcome: str, build_id: str | None = None, detail: str = "",
+                 has_dwarf: bool | None = None) -> None:
+        self.kind = kind
+        self.where = where
+        self.outcome = outcome
+        self.build_id = build_id
+        self.detail = detail
+        self.has_dwarf = has_dwarf
 
     def __str__(self) -> str:
         text = f"{self.kind}: {self.where}: {self.outcome}"
@@ -89,22 +144,31 @@ class Attempt:
                 "detail": self.detail or None}
 
 
-@dataclass
-class DebugLookup:
-    """What :func:`locate_debuginfo` found: ``path`` (None when nothing), and every attempt."""
+class DebugLookup(_Record):
+    """What :func:`locate_debuginfo` found: ``path`` (None when nothing), and every attempt.
 
-    build_id: str | None
-    source: str
-    path: Path | None = None
-    found_by: str | None = None
-    attempts: list[Attempt] = field(default_factory=list)
-    servers: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    #: facts shown by ``ksym debuginfo`` (the running kernel's build id, a given vmlinux's, ...)
-    notes: list[str] = field(default_factory=list)
-    #: what to install when nothing was found
-    install: str | None = None
+    ``notes``: facts shown by ``ksym debuginfo`` (the running kernel's build id, a given vmlinux's, ...);
+    ``install``: what to install when nothing was found.
+    """
+
+    _fields = ("build_id", "source", "path", "found_by", "attempts", "servers", "failures", "warnings", "notes",
+               "install")
+    __slots__ = _fields
+
+    def __init__(self, build_id: str | None, source: str, path: Path | None = None, found_by: str | None = None,
+                 attempts: list[Attempt] | None = None, servers: list[str] | None = None,
+                 failures: list[str] | None = None, warnings: list[str] | None = None,
+                 notes: list[str] | None = None, install: str | None = None) -> None:
+        self.build_id = build_id
+        self.source = source
+        self.path = path
+        self.found_by = found_by
+        self.attempts: list[Attempt] = [] if attempts is None else attempts
+        self.servers: list[str] = [] if servers is None else servers
+        self.failures: list[str] = [] if failures is None else failures
+        self.warnings: list[str] = [] if warnings is None else warnings
+        self.notes: list[str] = [] if notes is None else notes
+        self.install = install
 
     def to_dict(self) -> dict[str, Any]:
         return {"build_id": self.build_id, "build_id_source": self.source, "found": self.path is not None,
@@ -114,12 +178,90 @@ class DebugLookup:
                 "install": self.install}
 
 
-@dataclass
-class Located:
-    """The file to use (``path``), why it was taken (``reason``), what the search warned about it, and
-    the search itself (``lookup``; None when the file was given)."""
+class Located(_Record):
+    """The file to use (``path``; ``path_text``, the same as text), why it was taken (``reason``), what
+    the search warned about it, and the search itself (``lookup``; None when the file was given)."""
 
-    path: Path
-    reason: str
-    warnings: list[str] = field(default_factory=list)
-    lookup: DebugLookup | None = None
+    _fields = ("path", "reason", "warnings", "lookup")
+    __slots__ = ("_path", "lookup", "path_text", "reason", "warnings")
+
+    def __init__(self, path: str | os.PathLike[str], reason: str, warnings: list[str] | None = None,
+                 lookup: DebugLookup | None = None) -> None:
+        self.path_text = path_text(path)
+        self._path: Path | None = None
+        self.reason = reason
+        self.warnings: list[str] = [] if warnings is None else warnings
+        self.lookup = lookup
+
+    @property
+    def path(self) -> Path:
+        """The file, as a :class:`pathlib.Path` (made when first asked for: a warm run does not load
+        pathlib)."""
+        if self._path is None:
+            from pathlib import Path
+
+            self._path = Path(self.path_text)
+        return self._path
+
+
+class IndexFileOptions(NamedTuple):
+    """Where ksym's portable index files (``ksym index build``) are looked for by build id, and how one
+    is downloaded (docs/index-files.md). The library reads no environment variable:
+    :meth:`from_environment` is the one place that does, for the commands.
+
+    :param dirs: directories laid out as the URL layout, ``<dir>/buildid/<BUILD-ID>/ksym-index``, in order.
+    :param urls: base URLs; the file of a build id is ``<url>/buildid/<BUILD-ID>/ksym-index``.
+    :param offline: no network: the cache and ``dirs`` only.
+    :param cache_dir: the ksym cache (None: :func:`ksym.index.default_cache_dir`); files are kept under its
+        ``index-files/<BUILD-ID>/ksym-index``, the only place ksym writes them.
+    :param timeout: connect and read (no data) timeout, seconds.
+    :param deadline: overall seconds one download may take, every retry included.
+    :param max_size: the largest file downloaded, bytes.
+    :param progress: draw a download's progress on stderr; None: when stderr is a terminal and the file is
+        1 MB or more.
+    """
+
+    dirs: tuple[str, ...] = ()
+    urls: tuple[str, ...] = ()
+    offline: bool = False
+    cache_dir: str | None = None
+    timeout: float = INDEX_DEFAULT_TIMEOUT
+    deadline: float = INDEX_DEFAULT_DEADLINE
+    max_size: int = INDEX_DEFAULT_MAX_SIZE
+    progress: bool | None = None
+
+    @classmethod
+    def from_environment(
+        cls,
+        environ: Mapping[str, str],
+        *,
+        dirs: tuple[str, ...] = (),
+        urls: tuple[str, ...] = (),
+        offline: bool = False,
+        cache_dir: str | None = None,
+        progress: bool | None = None,
+    ) -> IndexFileOptions:
+        """The options of a command: ``dirs`` (``--index-dir``) then ``$KSYM_INDEX_PATH`` (``:``-separated);
+        ``urls`` (``--index-url``), else ``$KSYM_INDEX_URLS`` (space-separated); ``$KSYM_INDEX_MAXTIME``,
+        ``$KSYM_INDEX_MAXSIZE`` and ``$KSYM_INDEX_TIMEOUT`` for the bounds (a value that is not a positive
+        number: the default; a bound always holds)."""
+        path = tuple(d for d in environ.get("KSYM_INDEX_PATH", "").split(":") if d)
+        env_urls = tuple(environ.get("KSYM_INDEX_URLS", "").split())
+        return cls(
+            dirs=tuple(dict.fromkeys(dirs + path)),
+            urls=tuple(urls) if urls else env_urls,
+            offline=offline,
+            cache_dir=cache_dir,
+            timeout=_positive(environ.get("KSYM_INDEX_TIMEOUT"), INDEX_DEFAULT_TIMEOUT),
+            deadline=_positive(environ.get("KSYM_INDEX_MAXTIME"), INDEX_DEFAULT_DEADLINE),
+            max_size=int(_positive(environ.get("KSYM_INDEX_MAXSIZE"), INDEX_DEFAULT_MAX_SIZE)),
+            progress=progress,
+        )
+
+
+def _positive(text: str | None, default: float) -> float:
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        return default
+    return value if 0 < value < float("inf") else default  # NaN compares false: the default

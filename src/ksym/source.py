@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable, Sequence
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 from cachetools import LRUCache
@@ -40,6 +40,8 @@ from cachetools import LRUCache
 from ksym.errors import EXIT_NO_FILE, KsymError
 from ksym.links import kernel_relative_path
 from ksym.version import KernelVersion
+
+from .records import NamedTuple
 
 if TYPE_CHECKING:  # requests is heavy to import: only the HTTP path imports it
     import requests

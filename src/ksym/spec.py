@@ -9,9 +9,9 @@ The offset text is echoed unchanged in the header (``__ip_local_out+219/0x160:``
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from .errors import SpecError
+from .records import NamedTuple
 
 __all__ = ["AddressSpec", "FuncSpec", "parse_number", "parse_spec"]
 
@@ -21,8 +21,7 @@ _ADDR_RE = re.compile(r"^(?:0[xX][0-9a-fA-F]+|[0-9a-fA-F]{16})$")
 _NAME_RE = re.compile(r"^[A-Za-z_.$][\w.$@-]*$")
 
 
-@dataclass(frozen=True)
-class FuncSpec:
+class FuncSpec(NamedTuple):
     """``name+offset[/size]``."""
 
     text: str
@@ -33,8 +32,7 @@ class FuncSpec:
     size_text: str | None = None
 
 
-@dataclass(frozen=True)
-class AddressSpec:
+class AddressSpec(NamedTuple):
     """A raw (link-time) address such as ``0xffffffff81845790``."""
 
     text: str

@@ -21,9 +21,7 @@ import contextlib
 import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from .dwarf_image import ArangeTable, DwarfImage, FileSections, dwarf_sections
 from .errors import BadFileError, KsymError, SpecError
@@ -42,13 +40,17 @@ from .lru import LRUCache
 from .model import Resolution, SourceLocation
 from .pathmap import PathMap
 from .prefetch import Prefetcher
+from .records import NamedTuple
 from .searchopts import Located
 from .spec import AddressSpec, FuncSpec, parse_spec
 from .symbols import SymbolTable, SymbolView, faddr2line_select, inline_chain
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from . import dwarf as D
+    from .portable import PortableFile
     from .searchopts import DebuginfoOptions
 
 __all__ = ["IndexStats", "Symbolizer", "source_relative"]
@@ -57,7 +59,8 @@ _KERNEL_TOP_DIRS = (
     "arch", "block", "certs", "crypto", "drivers", "fs", "include", "init", "io_uring", "ipc", "kernel",
     "lib", "mm", "net", "rust", "samples", "scripts", "security", "sound", "tools", "usr", "virt",
 )
-_TOP_RE = re.compile("/(?:" + "|".join(_KERNEL_TOP_DIRS) + ")/")
+# compiled on first use (re keeps it), by source_relative alone: not at import
+_TOP_PATTERN = "/(?:" + "|".join(_KERNEL_TOP_DIRS) + ")/"
 
 #: SHT_RELA, SHT_REL: sections the Symbolizer never reads (it does not relocate DWARF), left out of
 #: the fingerprint of a file (they are half of a debug vmlinux).
@@ -79,14 +82,13 @@ def source_relative(path: str, prefix: str | None = None) -> str:
             path = path[2:]
         return path
     if path.startswith("/"):
-        m = _TOP_RE.search(path)
+        m = re.search(_TOP_PATTERN, path)
         if m:
             return path[m.start() + 1:]
     return path
 
 
-@dataclass(frozen=True, slots=True)
-class IndexStats:
+class IndexStats(NamedTuple):
     """What a :class:`Symbolizer` read so far (``Symbolizer.stats``; ``KSYM_STATS=1`` prints it)."""
 
     #: compilation units read from the DWARF (or read further than the index held)
@@ -100,7 +102,7 @@ class IndexStats:
     #: whether the file's contents were hashed for its index key (its first use, or it changed)
     fingerprinted: bool
     #: the index directory of the image (None: ``use_index=False``)
-    index: str | None
+    index: str | None  # type: ignore[assignment]  # a field named as tuple.index, which it hides
 
     def __str__(self) -> str:
         return (f"units_read={self.units_read} units_loaded={self.units_loaded} answers_stored={self.answers_stored} "
@@ -162,10 +164,16 @@ class Symbolizer:
         build_id: str | None = None,
         debuginfo: DebuginfoOptions | None = None,
         path_map: Iterable[str | tuple[str, str]] | PathMap | None = None,
+        index_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path_map = PathMap.parse(path_map)
-        if vmlinux:
-            located = Located(Path(vmlinux), "given on the command line")  # as find_vmlinux says it
+        #: the portable index file answering instead of a vmlinux (``index_file``), else None
+        self.portable: PortableFile | None = None
+        self._reads_index_file = index_file is not None
+        if index_file is not None:
+            located = Located(index_file, "ksym index file given")
+        elif vmlinux:
+            located = Located(vmlinux, "given on the command line")  # as find_vmlinux says it
         else:
             from .locate import find_vmlinux
             from .searchopts import DebuginfoOptions
@@ -174,12 +182,14 @@ class Symbolizer:
                 debuginfo = DebuginfoOptions(cache_dir=str(cache_dir))
             located = find_vmlinux(vmlinux, build_id=build_id, options=debuginfo, warn=warn)
         self.located = located
-        self.path = located.path
+        # the file as text, for opening it and naming it in messages (``path`` is the same as a Path)
+        self._file = located.path_text
         self.warnings: list[str] = list(located.warnings)
         for w in self.warnings:
             if warn:
                 warn(w)
-        self._store = IndexStore(Path(cache_dir) if cache_dir else None, enabled=use_index)
+        # the index file is complete: nothing is learnt, nothing written to the on-disk index
+        self._store = IndexStore(cache_dir or None, enabled=use_index and index_file is None)
         self._image: Any = None
         self._cu_cache_size = cu_cache_size
         #: the image's DWARF (None: the file has none, or it is not read yet)
@@ -196,18 +206,49 @@ class Symbolizer:
             raise
         self._answers = self._index.answers_for(self._view())
 
+    @property
+    def path(self) -> Path:
+        """The debug file."""
+        return self.located.path
+
     # -- index ---------------------------------------------------------------------------------------
 
+    @classmethod
+    def from_index(cls, path: str | os.PathLike[str], **options: Any) -> Symbolizer:
+        """A Symbolizer answering from a portable index file (``ksym index build``, :mod:`ksym.portable`)
+        alone, without the vmlinux it was made from: the same answers, read from the file's whole units.
+        ``options``: those of the constructor that do not name a file (``path_map``, ``cu_cache_size``,
+        ``warn``).
+
+        :raises FileNotFoundKsymError: no such file.
+        :raises BadFileError: not an index file of this format, or damaged (also raised by a lookup that
+            meets a damaged unit or code chunk)."""
+        return cls(None, index_file=path, **options)
+
+    def _load_portable(self) -> None:
+        """The image from a portable index file: its record, symbols, aranges and whole units."""
+        from .portable import NoSections, PortableFile
+
+        self.portable = PortableFile(self.path)
+        self._open_session(image_key(self.portable.meta.build_id, "portable"))
+        rec = self.portable.image_record()
+        self.dwarf_image = DwarfImage(self.path, NoSections(self.path), rec.aranges, units=self.portable,
+                                      cache_size=self._cu_cache_size)
+        self._apply_record(rec, self.portable.symbols())
+
     def _load_index(self) -> None:
-        if not self.path.exists():
+        if self._reads_index_file:
+            self._load_portable()
+            return
+        if not os.path.exists(self._file):
             from .errors import FileNotFoundKsymError
 
-            raise FileNotFoundKsymError(f"{self.path}: no such file")
+            raise FileNotFoundKsymError(f"{self._file}: no such file")
         identity = None
         if self._store.enabled:
             # taken before the contents are read: a file changed meanwhile has another identity later
             with contextlib.suppress(OSError):
-                identity = FileIdentity.of(self.path)
+                identity = FileIdentity.of(self._file)
         key = self._store.key_for(identity) if identity is not None else None
         rec = self._store.load_image(key) if key else None
         if rec is not None and key and self._use_record(key, rec):
@@ -242,7 +283,7 @@ class Symbolizer:
         # the symbols file first: an image record names the size of the symbols file written before it
         buffer = tables.symbols_buffer
         self._store.save_symbols(key, buffer)
-        self._store.save_image(key, replace(rec, symbols_size=len(buffer)))
+        self._store.save_image(key, rec._replace(symbols_size=len(buffer)))
         self._store.remember(identity, key)
 
     def _open_session(self, key: str) -> None:
@@ -264,10 +305,12 @@ class Symbolizer:
         return True
 
     def _open_image(self) -> Any:
+        if self.portable is not None:
+            raise BadFileError(f"{self.path}: a ksym index file holds no ELF image")
         if self._image is None:
             from .image import KernelImage
 
-            self._image = KernelImage(self.path)
+            self._image = KernelImage(self._file)
         return self._image
 
     def _read_tables(self, img: Any, for_index: bool = True) -> _ImageTables:
@@ -281,7 +324,7 @@ class Symbolizer:
             from . import dwarf as D
 
             opened = self._dwarf_sections_from_image(img)
-            with D.damage_is_bad_file(self.path):
+            with D.damage_is_bad_file(self._file):
                 aranges = ArangeTable.of(D.read_aranges(opened))
         return _ImageTables(syms, syms.to_buffer() if for_index else b"", aranges, opened)
 
@@ -294,14 +337,14 @@ class Symbolizer:
         if banner_addr is not None:
             banner = img.read_cstring_at_address(banner_addr)
         rec = ImageRecord(
-            path=str(self.path), build_id=img.build_id, elf_type=img.elf_type, little_endian=img.little_endian,
+            path=self._file, build_id=img.build_id, elf_type=img.elf_type, little_endian=img.little_endian,
             elfclass=img.elfclass, machine=img.machine, sections=tuple(img.sections), symbols_size=0,
             aranges=aranges, banner=banner, has_dwarf=bool(img.has_dwarf), dynamic_symbols=syms.dynamic_count,
             dir_prefix=None,
         )
         self._apply_record(rec, syms, opened)
         # faddr2line's path prefix: addr2line's file for start_kernel, cut before init/main.c
-        return replace(rec, dir_prefix=self._find_dir_prefix()), syms
+        return rec._replace(dir_prefix=self._find_dir_prefix()), syms
 
     def _apply_record(self, rec: ImageRecord, symbols: SymbolTable, opened: D.DwarfSections | None = None) -> None:
         self.build_id = rec.build_id
@@ -318,9 +361,9 @@ class Symbolizer:
         self.has_dwarf = rec.has_dwarf
         self._prefix_re = _prefix_regex(self.dir_prefix)
         if self.has_dwarf and self.dwarf_image is None:
-            self._sections = FileSections(self.path, self.sections, self.little_endian, self.elfclass,
+            self._sections = FileSections(self._file, self.sections, self.little_endian, self.elfclass,
                                           lambda: self._dwarf_sections_from_image(self._open_image()), opened)
-            self.dwarf_image = DwarfImage(self.path, self._sections, rec.aranges, units=self._index,
+            self.dwarf_image = DwarfImage(self._file, self._sections, rec.aranges, units=self._index,
                                           cache_size=self._cu_cache_size)
 
     def _find_dir_prefix(self) -> str | None:
@@ -340,7 +383,7 @@ class Symbolizer:
     def _dwarf_sections_from_image(self, img: Any) -> D.DwarfSections:
         """The DWARF sections as :class:`ksym.image.KernelImage` reads them (each compressed section
         inflated once)."""
-        return dwarf_sections(self.path, img.section_bytes, img.little_endian, img.elfclass, img.require_dwarf)
+        return dwarf_sections(self._file, img.section_bytes, img.little_endian, img.elfclass, img.require_dwarf)
 
     def compiled_unit(self, offset: int, address: int | None = None) -> D.CompiledUnit:
         """The unit at ``offset`` of .debug_info (from memory, the index or the DWARF); given an
@@ -348,7 +391,7 @@ class Symbolizer:
         address needs (:meth:`ksym.dwarf_image.DwarfImage.read_on` reads on)."""
         if self.dwarf_image is None:
             self._open_image().require_dwarf()
-            raise BadFileError(f"{self.path}: no DWARF")
+            raise BadFileError(f"{self._file}: no DWARF")
         return self.dwarf_image.compiled_unit(offset, address)
 
     def flush(self) -> None:
@@ -365,7 +408,7 @@ class Symbolizer:
         dwarf = self.dwarf_image
         return IndexStats(len(dwarf.units_read) if dwarf else 0, dwarf.units_loaded if dwarf else 0,
                           self._answers.stored_hits, self._answers_looked_up, self._fingerprinted,
-                          str(self._index.directory) if self._index.directory is not None else None)
+                          self._index.directory)
 
     def chain(self, address: int) -> tuple[SourceLocation, ...]:
         """The inline chain at a link-time address, innermost first (without links: the presenting side
@@ -526,6 +569,8 @@ class Symbolizer:
 
     def code_bytes(self, address: int, size: int) -> bytes:
         """Up to ``size`` bytes of the image at a link-time address (empty when no section holds it)."""
+        if self.portable is not None:
+            return self.portable.code_bytes(address, size)
         for s in self.sections:
             if s.flags & 0x2 and s.type != 8 and s.addr <= address < s.addr + s.size:
                 n = min(size, s.addr + s.size - address)
@@ -558,6 +603,13 @@ class Symbolizer:
         if self._image is not None:
             self._image.close()
             self._image = None
+        portable = getattr(self, "portable", None)
+        if portable is not None:
+            if self.dwarf_image is not None:
+                self.dwarf_image.close()
+            portable.close()
+            self.portable = None
+            return
         if self.dwarf_image is not None:
             self.dwarf_image.close()
         elif self._sections is not None:

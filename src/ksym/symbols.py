@@ -27,11 +27,11 @@ import struct
 import sys
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from enum import Enum
 
 from .errors import SkipKind, SkipReason, SymbolNotFoundError
 from .model import Resolution, SourceLocation
+from .records import NamedTuple
 from .spec import FuncSpec
 
 # typing.TYPE_CHECKING without importing typing (or the DWARF reader) for a lookup that needs neither:
@@ -68,9 +68,10 @@ _KALLSYMS_IGNORED = (b"$", b".L", b"__efistub_", b"__kvm_nvhe_$", b"__kvm_nvhe_.
 _IGNORED_NAME_START = b"\0(?=\0|" + b"|".join(re.escape(p) for p in _KALLSYMS_IGNORED) + b")"
 
 
-@dataclass(frozen=True)
-class Section:
-    index: int
+class Section(NamedTuple):
+    """One ELF section header."""
+
+    index: int  # type: ignore[assignment]  # a field named as tuple.index, which it hides
     name: str
     type: int
     flags: int
@@ -79,8 +80,7 @@ class Section:
     size: int
 
 
-@dataclass(frozen=True)
-class Symbol:
+class Symbol(NamedTuple):
     """One ELF symbol."""
 
     name: str
@@ -111,8 +111,7 @@ class SymbolView(str, Enum):
         return self.value
 
 
-@dataclass(frozen=True)
-class FaddrMatch:
+class FaddrMatch(NamedTuple):
     """A symbol matching a frame's name in a :class:`SymbolView`, with the size that view gives it (a FUNC
     symbol: faddr2line's size)."""
 

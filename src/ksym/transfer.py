@@ -17,6 +17,13 @@ object or into bytes, with ``read1`` (what one socket read brings), checking aft
 - the first bytes, when ``Limits.magic`` is set (the ELF magic for debuginfod; kind ``content``);
 - the deadline.
 
+:meth:`Transfer.download` is a whole file's download on top of them: it resumes a body that broke off with a
+``Range`` request from the bytes already received, made conditional with ``If-Range`` on the first answer's
+strong ``ETag`` (else its ``Last-Modified``) so that a file changed on the server meanwhile comes whole again
+instead of being spliced; a server that ignores the range (200) or refuses it (416) makes it start over
+cleanly; an answer with neither validator is never resumed (started over instead). :func:`sigterm_unwinds`
+lets a download's cleanup (removing its temporary) run before SIGTERM ends the process.
+
 Every failure is one :class:`TransferError` whose ``kind`` says what happened; callers word their messages
 from it and from the transfer's counters (``got``, ``total``, ``head``), never from message text.
 """
@@ -24,14 +31,29 @@ from it and from the transfer's counters (``got``, ``total``, ``head``), never f
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Any, Generic, TypeVar
 
-__all__ = ["KINDS", "Limits", "Transfer", "TransferError", "new_session"]
+from .records import NamedTuple
+
+__all__ = [
+    "KINDS",
+    "Fetched",
+    "Limits",
+    "ProgressLine",
+    "Transfer",
+    "TransferError",
+    "new_session",
+    "short_reason",
+    "sigterm_unwinds",
+]
 
 T = TypeVar("T")
 
@@ -42,6 +64,8 @@ KINDS = ("deadline", "size", "content", "http", "timeout", "network")
 _CHUNK = 1 << 16
 #: how often the waiting thread wakes to check the deadline and call ``tick``
 _POLL = 0.1
+#: requests one :meth:`Transfer.download` makes at most (the first and its resumes or restarts)
+DOWNLOAD_TRIES = 4
 
 
 class TransferError(Exception):
@@ -68,6 +92,20 @@ class Limits:
     max_bytes: int
     timeout: float
     magic: bytes = b""
+
+
+class Fetched(NamedTuple):
+    """What :meth:`Transfer.download` did: the file's ``size``, the ``requests`` it took, how many of them
+    continued the part already received (``resumed``: 206 from that byte) and how many times it started
+    the file over (``restarted``: the server ignored or refused the range, the file changed, or the first
+    answer gave no validator to resume it safely); ``breaks`` says why each request before the last ended
+    early."""
+
+    size: int
+    requests: int
+    resumed: int
+    restarted: int
+    breaks: tuple[str, ...]
 
 
 def new_session(user_agent: str) -> Any:
@@ -103,6 +141,9 @@ class Transfer(Generic[T]):
         self.total: int | None = None
         self.head = head
         self.answered = False
+        #: the ``If-Range`` value that resumes the file being read (a strong ``ETag``, else a
+        #: ``Last-Modified``); None: it cannot be resumed safely
+        self.validator: str | None = None
         self.cancel = threading.Event()
         self._lock = threading.Lock()
         self._response: Any = None
@@ -289,9 +330,180 @@ class Transfer(Generic[T]):
         out.truncate()
         self.got, self.head, self.total = 0, b"", None
 
+    def download(self, url: str, out: IO[bytes], *, headers: dict[str, str] | None = None,
+                 tries: int = DOWNLOAD_TRIES) -> Fetched:
+        """``GET url`` into ``out`` (empty, or holding ``got`` bytes of it), resuming when the body breaks off
+        (see the module docstring), within the transfer's limits and at most ``tries`` requests.
+
+        :raises TransferError: ``http`` (a status other than 200/206, e.g. 404: ``status`` says which;
+            ``phase`` ``answer``), ``network`` (no connection; or the body broke off ``tries`` times), and
+            every kind :meth:`get` and :meth:`read` raise.
+        """
+        resumed = restarted = requests = 0
+        breaks: list[str] = []
+        for _try in range(tries):
+            # identity: byte counts and ranges are then those of the file itself
+            ask = {"Accept-Encoding": "identity", **(headers or {})}
+            if self.got and self.validator is None:
+                self.restart(out)  # nothing tells a changed file from the same one: never splice them
+                restarted += 1
+            if self.got:
+                ask["Range"] = f"bytes={self.got}-"
+                ask["If-Range"] = str(self.validator)
+            try:
+                requests += 1
+                response = self.get(url, ask)
+            except TransferError as exc:
+                if exc.kind == "network" and self.got:
+                    breaks.append(short_reason(exc))  # the server went away mid-file: ask again for the rest
+                    continue
+                raise
+            with response:
+                status = response.status_code
+                whole: int | None = None
+                start = _range_start(response.headers.get("Content-Range"))
+                if self.got and status == 206 and start == self.got and _same_validator(self.validator,
+                                                                                        response.headers):
+                    whole = _range_total(response.headers.get("Content-Range"))
+                    resumed += 1
+                elif status in (200, 206, 416) and (status == 200 or self.got):
+                    if self.got:  # the range was ignored, refused, answered from elsewhere, or the file changed
+                        self.restart(out)
+                        restarted += 1
+                    if status != 200:
+                        breaks.append(f"HTTP {status}: the range asked for was not served")
+                        continue
+                    self.validator = _validator(response.headers)
+                else:
+                    raise TransferError("http", f"HTTP {status} {response.reason or ''}".rstrip(),
+                                        phase="answer", status=status)
+                try:
+                    self.read(response, out, total=whole)
+                except TransferError as exc:
+                    if exc.kind != "network":
+                        raise
+                    breaks.append(short_reason(exc))  # cut short (IncompleteRead, a reset): ask for the rest
+                    continue
+            if self.total is None or self.got >= self.total:
+                out.flush()
+                return Fetched(self.got, requests, resumed, restarted, tuple(breaks))
+            breaks.append(f"connection closed after {self.got} of {self.total} bytes")
+        raise TransferError("network", f"the download broke off {len(breaks)} times "
+                            f"({breaks[-1] if breaks else '?'})", phase="body")
+
     def wait(self, seconds: float) -> None:
         """Sleep ``seconds`` (a backoff), or until the transfer is stopped.
 
         :raises TransferError: ``deadline`` when it was stopped or the wait would end past the deadline."""
         if seconds >= self.left() or self.cancel.wait(seconds):
             raise self.late()
+
+
+class ProgressLine:
+    """A download's progress: one line on ``stream`` (stderr), redrawn in place (``\\r``) at most ten times a
+    second, ended by :meth:`done`."""
+
+    def __init__(self, stream: IO[str], label: str, total: int | None) -> None:
+        self.stream, self.label, self.total = stream, label, total
+        self.last = 0.0
+        self.got = 0
+        self.drawn = False
+
+    def update(self, got: int) -> None:
+        self.got = got
+        now = time.monotonic()
+        if now - self.last >= 0.1:
+            self.last = now
+            self._draw()
+
+    def _draw(self) -> None:
+        mb = self.got / 1e6
+        if self.total:
+            pct = min(100, self.got * 100 // self.total)
+            width = 24
+            fill = width * pct // 100
+            text = f"{self.label} [{'#' * fill}{'.' * (width - fill)}] {pct:3d}% {mb:.1f}/{self.total / 1e6:.1f} MB"
+        else:
+            text = f"{self.label} {mb:.1f} MB"
+        try:
+            self.stream.write("\r" + text + "\x1b[K")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+        self.drawn = True
+
+    def done(self) -> None:
+        self._draw()
+        try:
+            self.stream.write("\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _validator(headers: Any) -> str | None:
+    """What ``If-Range`` may carry to resume this answer's body: its strong ``ETag`` (a weak one, ``W/"..."``,
+    may not be used), else its ``Last-Modified``; None when it has neither."""
+    etag = str(headers.get("ETag") or "").strip()
+    if etag and not etag.startswith("W/"):
+        return etag
+    modified = str(headers.get("Last-Modified") or "").strip()
+    return modified or None
+
+
+def _same_validator(validator: str | None, headers: Any) -> bool:
+    """A 206 continues the file begun when its ``ETag`` (when it sends one and the validator is one) is the
+    validator the part was read under."""
+    etag = str(headers.get("ETag") or "").strip()
+    return not (etag and validator and validator.startswith('"') and etag != validator)
+
+
+def _range_start(value: str | None) -> int | None:
+    m = re.match(r"bytes (\d+)-", (value or "").strip())
+    return int(m.group(1)) if m else None
+
+
+def _range_total(value: str | None) -> int | None:
+    """The whole file's size in a ``Content-Range: bytes a-b/N`` (None for ``*`` or none)."""
+    m = re.match(r"bytes \d+-\d+/(\d+)$", (value or "").strip())
+    return int(m.group(1)) if m else None
+
+
+def short_reason(exc: TransferError) -> str:
+    """One short line for a broken connection: the innermost reason requests, urllib3, http.client or the
+    socket gave."""
+    text = str(exc.cause or exc)
+    for pat in (r"\[Errno -?\d+\] [^'\")]+", r"IncompleteRead\([^)]*\)", r"Connection broken: [^'\")]+",
+                r"Read timed out", r"Connection aborted"):
+        m = re.search(pat, text)
+        if m:
+            return m.group(0).strip().rstrip(",")
+    return " ".join(text.split())[:160]
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived during a download: unwinds it (removing its temporary) before the process ends."""
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """While a download runs, SIGTERM (when nothing else handles it) unwinds the download first, so its
+    temporary file is removed, then ends the process by SIGTERM as it would have. Elsewhere than in the
+    main thread, or when the program handles SIGTERM itself, nothing changes."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield  # someone else handles SIGTERM (or cannot here): a later run's cleanup covers it
+        return
+
+    def raise_terminated(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)  # the download's finally blocks have run: end as asked
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -135,7 +135,7 @@ def test_ctrl_c_while_starting_is_one_line(monkeypatch: pytest.MonkeyPatch, caps
     from dropcapture import symbolize
     from dropcapture.errors import EXIT_INTERRUPTED
 
-    def interrupted(*_args: object) -> None:
+    def interrupted(*_args: object, **_kw: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(symbolize, "ksym_annotator", interrupted)

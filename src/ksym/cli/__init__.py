@@ -9,6 +9,7 @@ traceback, unless KSYM_DEBUG=1 asks for one.
 - :mod:`ksym.cli.resolve_command` — ``ksym resolve`` and ``ksym faddr2line``.
 - :mod:`ksym.cli.annotate_command` — ``ksym annotate`` (over :func:`ksym.annotate.annotate`).
 - :mod:`ksym.cli.debuginfo_command` — ``ksym debuginfo``.
+- :mod:`ksym.cli.index_command` — ``ksym index build`` (over :mod:`ksym.portable_build`).
 - :mod:`ksym.cli.common` — the build id a debug file should have, ``KSYM_STATS``.
 
 A command module is imported only when its command runs; none of them imports this package.
@@ -19,17 +20,35 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from collections.abc import Sequence
 
-from ..errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, KsymError
-from .options import build_parser
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .options import build_parser
 
 __all__ = ["build_parser", "main", "run"]
 
 
+def __getattr__(name: str) -> object:
+    """:func:`ksym.cli.options.build_parser`, imported on first use (PEP 562): the command imports its
+    modules only once the collector is set for a one-shot run (:func:`main`)."""
+    if name == "build_parser":
+        from .options import build_parser
+
+        return build_parser
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``ksym`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    # a one-shot command allocates ~10^5 acyclic objects (index records, one record per frame line), and
+    # its imports many more: the default collector would rescan them all every few hundred allocations
+    # (mypy does the same). Set before anything is imported.
+    gc.set_threshold(200_000, 30, 30)
+    from ..errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, KsymError
     from ..format import terminal_text
+    from .options import build_parser
 
     # names and paths come from debug files: no control character reaches the terminal raw (tab, the
     # form feed of source text and the newlines between lines stay; names are escaped whole before)
@@ -41,9 +60,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.flush()
 
     words = list(sys.argv[1:] if argv is None else argv)
-    # a one-shot command allocates ~10^5 acyclic objects (index records, one record per frame line):
-    # the default collector would rescan them all every few hundred allocations (mypy does the same)
-    gc.set_threshold(200_000, 30, 30)
     # only the command being run gets its options (argparse's add_argument is most of a parser's cost)
     parser = build_parser(command=words[0] if words else None)
     args = parser.parse_args(words)
@@ -56,6 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .options import AnnotateOptions
 
             return run_annotate(AnnotateOptions.from_args(args), err)
+        if args.command == "index":
+            from .index_command import run_index_build
+            from .options import IndexBuildOptions
+
+            return run_index_build(IndexBuildOptions.from_args(args), out, err)
         if args.command == "debuginfo":
             from .debuginfo_command import run_debuginfo
             from .options import DebuginfoCommandOptions

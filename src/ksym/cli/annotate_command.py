@@ -6,13 +6,31 @@ the annotated text or JSON lines as each piece of the input is annotated (:func:
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from ..errors import EXIT_NO_FILE, EXIT_OK, EXIT_UNRESOLVED, EXIT_USAGE, KsymError
-from .common import BuildIdFrom, expected_build_id, image_links, report_stats, said_by_locate
+from ..errors import (
+    EXIT_NO_FILE,
+    EXIT_OK,
+    EXIT_UNRESOLVED,
+    EXIT_USAGE,
+    DebuginfodError,
+    FileNotFoundKsymError,
+    KsymError,
+    MissingDebugInfoError,
+)
+from .common import (
+    BuildIdFrom,
+    ExpectedBuildId,
+    expected_build_id,
+    image_links,
+    index_file_after_miss,
+    report_stats,
+    said_by_locate,
+)
 from .options import AnnotateOptions
 
 if TYPE_CHECKING:
@@ -89,6 +107,9 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
         err(f"ksym annotate: error: {name}: {exc.strerror or exc}")
         return EXIT_USAGE
     image = opts.image
+    if image.index_file is not None and image.vmlinux is not None:
+        err("ksym annotate: error: --index and --vmlinux do not go together: the index file stands for the vmlinux")
+        return EXIT_USAGE
     try:
         expected, where = expected_build_id(image.build_id, image.running, text if evidence is None else None)
         if evidence is not None and where is BuildIdFrom.NOWHERE:
@@ -98,10 +119,20 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
         return EXIT_USAGE
     try:
         ks = load_kallsyms(opts.kallsyms) if opts.kallsyms else None
-        sym = closing.enter_context(Symbolizer(
-            image.vmlinux, use_index=image.use_index, cache_dir=image.cache_dir, warn=err,
-            build_id=expected if where is not BuildIdFrom.RUNNING else None,
-            debuginfo=image.debuginfo, path_map=image.path_map))
+        shown: dict[str, Any] = {"warn": err, "path_map": image.path_map}
+        try:
+            sym = closing.enter_context(Symbolizer(
+                image.vmlinux, use_index=image.use_index, cache_dir=image.cache_dir,
+                build_id=expected if where is not BuildIdFrom.RUNNING else None,
+                debuginfo=image.debuginfo, index_file=image.index_file, **shown))
+        except (FileNotFoundKsymError, DebuginfodError, MissingDebugInfoError) as miss:
+            if image.vmlinux or image.index_file or os.environ.get("KSYM_VMLINUX"):
+                raise
+            # no debug vmlinux of the dump's, --build-id's or the running kernel's build id: its portable
+            # index file (docs/index-files.md)
+            found = index_file_after_miss(miss, ExpectedBuildId(expected, where), image.index_files)
+            sym = closing.enter_context(Symbolizer(None, use_index=image.use_index, cache_dir=image.cache_dir,
+                                                   index_file=found, **shown))
         closing.callback(report_stats, sym, err)
         elixir = None
         if fmt != "text" or opts.links:  # plain text without --links shows no links: skip building them
@@ -124,7 +155,9 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
         if release is None and sym.banner:
             m = re.match(r"Linux version (\S+)", sym.banner)
             release = m.group(1) if m else None
-        modules = ModuleSet(release, list(opts.modules), debuginfo=image.debuginfo, path_map=sym.path_map)
+        # a portable index file made with --modules answers module frames before any debug file
+        modules = ModuleSet(release, list(opts.modules), debuginfo=image.debuginfo, path_map=sym.path_map,
+                            index=sym.portable)
         closing.callback(modules.close)
         if dump is not None:
             return _stream(opts, dump, sym, ks, modules, unverified, elixir, err)

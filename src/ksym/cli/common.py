@@ -1,19 +1,32 @@
-"""What the ``ksym`` commands share: the build id a debug file should have, the links locations get, and
-the ``KSYM_STATS`` line."""
+"""What the ``ksym`` commands share: the build id a debug file should have, the portable index file found
+by it when no debug vmlinux is, the links locations get, and the ``KSYM_STATS`` line."""
 
 from __future__ import annotations
 
 import enum
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
+
+from ..records import NamedTuple
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ..errors import KsymError
     from ..links import ElixirLinks
-    from ..searchopts import Located, SourceOptions
+    from ..searchopts import IndexFileOptions, Located, SourceOptions
     from ..symbolizer import Symbolizer
 
-__all__ = ["BuildIdFrom", "ExpectedBuildId", "expected_build_id", "image_links", "report_stats", "said_by_locate"]
+__all__ = [
+    "BuildIdFrom",
+    "ExpectedBuildId",
+    "expected_build_id",
+    "image_links",
+    "index_file_after_miss",
+    "report_stats",
+    "said_by_locate",
+]
 
 
 class BuildIdFrom(enum.Enum):
@@ -66,6 +79,26 @@ def said_by_locate(located: Located, expected: str | None) -> bool:
     look = located.lookup
     return (bool(expected) and bool(located.warnings) and look is not None and look.build_id is not None
             and same_build_id(str(expected), look.build_id))
+
+
+def index_file_after_miss(miss: KsymError, expected: ExpectedBuildId, options: IndexFileOptions) -> Path:
+    """The portable index file of the build id the debug vmlinux search was for, looked for (ksym's cache,
+    ``--index-dir`` and ``$KSYM_INDEX_PATH``, then ``--index-url`` or ``$KSYM_INDEX_URLS``:
+    docs/index-files.md) when that search missed with ``miss``: the ``expected`` build id, or without one
+    the running kernel's, which the search was then for. Raises ``miss``
+    itself when there is no build id to look for, else one error naming both searches
+    (:func:`ksym.index_files.index_after_miss`: exit 3, or 5 when a server failed)."""
+    build_id, source = expected.build_id, expected.source.value
+    if not build_id:
+        from ..buildid import running_build_id
+
+        build_id, source = running_build_id(), BuildIdFrom.RUNNING.value
+    if not build_id:
+        raise miss
+    from ..index_files import index_after_miss, portable_check
+
+    check = portable_check()
+    return index_after_miss(miss, build_id, options, verify=check.verify, magic=check.magic, source=source)
 
 
 def image_links(sym: Symbolizer, source: SourceOptions) -> ElixirLinks:

@@ -20,6 +20,8 @@ option                      resolve  faddr2line  annotate   debuginfo
 ``--progress``              yes      yes         yes        yes
 ``--offline``               yes      yes         yes        yes
 ``--cache-dir``             yes      yes         yes        yes
+``--index-dir``             yes                  yes
+``--index-url``             yes                  yes
 ``--no-index``              yes      yes         yes
 ``--path-map``              yes      yes         yes
 ``--kernel-tag``            yes      yes         yes
@@ -38,7 +40,10 @@ option                      resolve  faddr2line  annotate   debuginfo
 ``--format``, ``-f``                             yes
 ``--output``, ``-o``                             yes
 ``--title``                                      yes
+``--index``                 yes                  yes
 ==========================  =======  ==========  =========  =========
+
+``ksym index build VMLINUX -o FILE [--jobs N] [--progress]`` has options of its own (:func:`_add_index_build`).
 """
 
 from __future__ import annotations
@@ -46,21 +51,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass, field
 from typing import NoReturn
 
 from ..errors import EXIT_USAGE
-from ..searchopts import DebuginfoOptions, SourceOptions
+from ..records import NamedTuple
+from ..searchopts import DebuginfoOptions, IndexFileOptions, SourceOptions
 
 __all__ = [
     "EPILOG",
     "AnnotateOptions",
     "DebuginfoCommandOptions",
     "ImageOptions",
+    "IndexBuildOptions",
     "ResolveOptions",
     "SourceOptions",
     "build_parser",
     "debuginfo_options",
+    "index_file_options",
     "source_options",
 ]
 
@@ -75,10 +82,12 @@ examples:
   ksym annotate --format html -o oops.html --modules /usr/lib/debug/lib/modules/$(uname -r) oops.txt
   ksym resolve --build-id 5f3c... --debuginfod-url https://debuginfod.debian.net __ip_local_out+219
   ksym debuginfo --running                                       (which debug file, and why)
+  ksym index build vmlinux -o vmlinux.ksymidx                    (a portable file: no vmlinux needed)
+  ksym resolve --index vmlinux.ksymidx __ip_local_out+219
 
 exit codes: 0 all resolved, 1 some frame did not resolve, 2 usage or malformed frame,
             3 file missing or unreadable (or no debug file found), 4 not a usable ELF/DWARF file,
-            5 debuginfod failed and no debug file was found, 70 internal error
+            5 a debuginfod or index file server failed and no debug file was found, 70 internal error
 """
 
 #: The output forms of ``ksym annotate --format``.
@@ -122,10 +131,12 @@ _Adder = argparse._ActionsContainer
 def build_parser(annotate_arguments: bool = True, command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every ``ksym`` command. ``annotate_arguments=False`` leaves ``ksym annotate``'s own
     options out (a run of another command does not need them); ``command`` (the first word of the
-    command line), when it names a command, leaves every other command's options out: each command is
-    still listed, and that command parses (and explains in ``--help``) exactly as with all of them."""
-    commands = ("resolve", "faddr2line", "debuginfo", "annotate")
-    wanted = set(commands) if command not in commands else {command}
+    command line), when it names a command, leaves every other command out (its parser and its
+    options: only ``ksym --help`` and an unknown command show them); that command parses (and explains in
+    ``--help``) exactly as with all of them."""
+    commands = ("resolve", "faddr2line", "debuginfo", "annotate", "index")
+    listed = commands if command not in commands else (command,)
+    wanted = set(listed)
     if not annotate_arguments:
         wanted.discard("annotate")
     p = _Parser(
@@ -136,34 +147,47 @@ def build_parser(annotate_arguments: bool = True, command: str | None = None) ->
         epilog=EPILOG,
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    r = sub.add_parser("resolve", help="resolve func+off[/size] frames or addresses (faddr2line output)",
-                       formatter_class=_Formatter, epilog=EPILOG)
-    if "resolve" in wanted:
-        r.add_argument("frames", nargs="+", metavar="FRAME", help="func+off, func+off/size, or 0xADDRESS")
-        _add_frame_options(r, with_vmlinux=True)
-    f = sub.add_parser("faddr2line", help="drop-in for scripts/faddr2line: VMLINUX FRAME...",
-                       formatter_class=_Formatter, epilog=EPILOG)
-    if "faddr2line" in wanted:
-        f.add_argument("vmlinux_pos", metavar="VMLINUX")
-        f.add_argument("frames", nargs="+", metavar="FRAME")
-        _add_frame_options(f, with_vmlinux=False)
-    d = sub.add_parser("debuginfo", help="show which debug file ksym would use and why (build ids, paths, "
-                       "debuginfod)", formatter_class=_Formatter, epilog=EPILOG)
-    if "debuginfo" in wanted:
-        which = d.add_mutually_exclusive_group()
-        _add_build_id(which, "the debug file of this build id")
-        _add_vmlinux(which, "this vmlinux (itself if it has DWARF, else the debug file of its build id)")
-        _add_running(which, "the running kernel's (the default)")
-        _add_release(d, "uname -r for distribution paths and the package to install (default: the running "
-                     "kernel's)")
-        _add_json(d, "one JSON object")
-        _add_offline(d)
-        _add_cache_dir(d)
-        _add_debuginfo_search(d)
-    a = sub.add_parser("annotate", help="put file:line under every stack frame of pasted text (a filter)",
-                       formatter_class=_Formatter, epilog=EPILOG)
-    if "annotate" in wanted:
-        _add_annotate_options(a)
+    if "resolve" in listed:
+        r = sub.add_parser("resolve", help="resolve func+off[/size] frames or addresses (faddr2line output)",
+                           formatter_class=_Formatter, epilog=EPILOG)
+        if "resolve" in wanted:
+            r.add_argument("frames", nargs="+", metavar="FRAME", help="func+off, func+off/size, or 0xADDRESS")
+            _add_frame_options(r, with_vmlinux=True)
+    if "faddr2line" in listed:
+        f = sub.add_parser("faddr2line", help="drop-in for scripts/faddr2line: VMLINUX FRAME...",
+                           formatter_class=_Formatter, epilog=EPILOG)
+        if "faddr2line" in wanted:
+            f.add_argument("vmlinux_pos", metavar="VMLINUX")
+            f.add_argument("frames", nargs="+", metavar="FRAME")
+            _add_frame_options(f, with_vmlinux=False)
+    if "debuginfo" in listed:
+        d = sub.add_parser("debuginfo", help="show which debug file ksym would use and why (build ids, paths, "
+                           "debuginfod)", formatter_class=_Formatter, epilog=EPILOG)
+        if "debuginfo" in wanted:
+            which = d.add_mutually_exclusive_group()
+            _add_build_id(which, "the debug file of this build id")
+            _add_vmlinux(which, "this vmlinux (itself if it has DWARF, else the debug file of its build id)")
+            _add_running(which, "the running kernel's (the default)")
+            _add_release(d, "uname -r for distribution paths and the package to install (default: the "
+                         "running kernel's)")
+            _add_json(d, "one JSON object")
+            _add_offline(d)
+            _add_cache_dir(d)
+            _add_debuginfo_search(d)
+    if "annotate" in listed:
+        a = sub.add_parser("annotate", help="put file:line under every stack frame of pasted text (a filter)",
+                           formatter_class=_Formatter, epilog=EPILOG)
+        if "annotate" in wanted:
+            _add_annotate_options(a)
+    if "index" in listed:
+        i = sub.add_parser("index", help="build a portable index file: resolve and annotate without the vmlinux "
+                           "(docs/index-format.md)", formatter_class=_Formatter, epilog=EPILOG)
+        if "index" in wanted:
+            actions = i.add_subparsers(dest="index_command", metavar="ACTION", parser_class=_Parser,
+                                       required=True)
+            b = actions.add_parser("build", help="write the index file of a debug vmlinux",
+                                   formatter_class=_Formatter)
+            _add_index_build(b)
     return p
 
 
@@ -196,6 +220,14 @@ def _add_links(p: _Adder, help: str) -> None:
     p.add_argument("--links", action="store_true", help=help)
 
 
+def _add_progress(p: _Adder, help: str) -> None:
+    p.add_argument("--progress", action="store_true", help=help)
+
+
+def _add_output(p: _Adder, help: str, required: bool = False) -> None:
+    p.add_argument("--output", "-o", metavar="FILE", required=required, help=help)
+
+
 def _add_offline(p: _Adder) -> None:
     p.add_argument("--offline", action="store_true", help="no network: never fetch source, never ask "
                    "debuginfod (the debuginfod cache is still read)")
@@ -222,12 +254,21 @@ def _add_debuginfo_search(p: argparse.ArgumentParser, build_id: _BuildIdHelp | N
                    "(repeatable)")
     g.add_argument("--debuginfod-url", metavar="URL", action="append", default=[],
                    help="debuginfod server (repeatable; default: $DEBUGINFOD_URLS)")
-    g.add_argument("--progress", action="store_true",
-                   help="show a download progress bar even when stderr is not a terminal")
+    _add_progress(g, "show a download progress bar even when stderr is not a terminal")
 
 
-@dataclass(frozen=True)
-class _BuildIdHelp:
+def _add_index_search(p: argparse.ArgumentParser) -> None:
+    """``--index-dir``, ``--index-url``: where a portable index file is looked for by build id when no
+    debug vmlinux is found."""
+    g = p.add_argument_group("ksym index files by build id, when no debug vmlinux is found (see docs/index-files.md)")
+    g.add_argument("--index-dir", metavar="DIR", action="append", default=[],
+                   help="a directory holding buildid/<BUILD-ID>/ksym-index files, searched before $KSYM_INDEX_PATH "
+                   "(repeatable)")
+    g.add_argument("--index-url", metavar="URL", action="append", default=[],
+                   help="a server with <URL>/buildid/<BUILD-ID>/ksym-index (repeatable; default: $KSYM_INDEX_URLS)")
+
+
+class _BuildIdHelp(NamedTuple):
     build_id: str
     running: str
 
@@ -265,12 +306,31 @@ def _add_source(p: argparse.ArgumentParser) -> None:
                      "repeatable, the first matching rule wins (see docs/usage.md)")
 
 
+def _add_index_file(p: _Adder) -> None:
+    p.add_argument("--index", metavar="FILE", dest="index_file",
+                   help="answer from this portable index file (ksym index build) instead of a vmlinux")
+
+
+def _add_index_build(p: argparse.ArgumentParser) -> None:
+    """``ksym index build VMLINUX -o FILE``."""
+    p.add_argument("vmlinux_pos", metavar="VMLINUX", help="the debug vmlinux")
+    _add_output(p, "the index file to write", required=True)
+    p.add_argument("--jobs", "-j", metavar="N", type=int, default=None,
+                   help="worker processes (default: every CPU this process may use)")
+    p.add_argument("--modules", metavar="DIR", default=None,
+                   help="also the module debug files under DIR (searched recursively), for ksym annotate --index")
+    _add_progress(p, "show the progress bar even when stderr is not a terminal")
+
+
 def _add_image(p: argparse.ArgumentParser, with_vmlinux: bool) -> None:
-    """The image and how it is read: ``--vmlinux`` (unless positional), the build-id search, ``--no-index``,
-    ``--cache-dir``."""
+    """The image and how it is read: ``--vmlinux`` (unless positional) or ``--index``, the build-id
+    search, ``--no-index``, ``--cache-dir``."""
     if with_vmlinux:
         _add_vmlinux(p)
+        _add_index_file(p)
     _add_debuginfo_search(p, _FRAMES_BUILD_ID if with_vmlinux else None)
+    if with_vmlinux:
+        _add_index_search(p)
     _add_no_index(p)
     _add_cache_dir(p)
 
@@ -323,7 +383,7 @@ def _add_annotate_options(p: argparse.ArgumentParser) -> None:
     _add_json(out, "one JSON object per frame instead of the text (as --format json)")
     _add_links(out, "end each location line with its elixir.bootlin.com link (JSON and reports always have "
                "them)")
-    out.add_argument("--output", "-o", metavar="FILE", help="write the output to FILE instead of standard output")
+    _add_output(out, "write the output to FILE instead of standard output")
     out.add_argument("--title", metavar="TEXT", help=f"report title (default: {DEFAULT_TITLE!r})")
     _add_source(p)
     _add_image(p, with_vmlinux=True)
@@ -346,14 +406,22 @@ def debuginfo_options(args: argparse.Namespace) -> DebuginfoOptions:
     )
 
 
+def index_file_options(args: argparse.Namespace) -> IndexFileOptions:
+    """Where portable index files are looked for, from ``--index-dir``, ``--index-url``, ``--offline``,
+    ``--cache-dir``, ``--progress`` and the ``KSYM_INDEX_*`` environment variables (read by
+    :meth:`ksym.searchopts.IndexFileOptions.from_environment`, the one place that reads them)."""
+    return IndexFileOptions.from_environment(os.environ, dirs=tuple(args.index_dir), urls=tuple(args.index_url),
+                                             offline=bool(args.offline), cache_dir=args.cache_dir,
+                                             progress=True if args.progress else None)
+
+
 def source_options(args: argparse.Namespace) -> SourceOptions:
     """The kernel version and source options (:class:`ksym.searchopts.SourceOptions`), from
     ``--kernel-tag``, ``--elixir-url``, ``--source-dir``, ``--source-url`` and ``--offline``."""
     return SourceOptions(args.kernel_tag, args.elixir_url, args.source_dir, args.source_url, bool(args.offline))
 
 
-@dataclass(frozen=True, slots=True)
-class ImageOptions:
+class ImageOptions(NamedTuple):
     """The image frames are resolved against and how it is read.
 
     :param vmlinux: the file given (``--vmlinux``, or faddr2line's VMLINUX); None: found.
@@ -363,15 +431,20 @@ class ImageOptions:
     :param path_map: the ``--path-map`` rules, in order.
     :param use_index: read and write the on-disk index (not ``--no-index``).
     :param cache_dir: ``--cache-dir``.
+    :param index_files: where a portable index file is looked for by build id when no debug vmlinux is
+        found (the commands with ``--build-id``).
     """
 
     vmlinux: str | None = None
     build_id: str | None = None
     running: bool = False
-    debuginfo: DebuginfoOptions = field(default_factory=DebuginfoOptions)
+    debuginfo: DebuginfoOptions = DebuginfoOptions()
     path_map: tuple[tuple[str, str], ...] = ()
     use_index: bool = True
     cache_dir: str | None = None
+    index_files: IndexFileOptions = IndexFileOptions()
+    #: ``--index``: a portable index file to answer from instead of a vmlinux
+    index_file: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, vmlinux: str | None, by_build_id: bool = True) -> ImageOptions:
@@ -385,16 +458,17 @@ class ImageOptions:
             path_map=tuple(args.path_map),
             use_index=not args.no_index,
             cache_dir=args.cache_dir,
+            index_files=index_file_options(args) if by_build_id else IndexFileOptions(cache_dir=args.cache_dir),
+            index_file=getattr(args, "index_file", None),
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ResolveOptions:
+class ResolveOptions(NamedTuple):
     """``ksym resolve`` and ``ksym faddr2line``: the frames, the image, and how answers are shown."""
 
     frames: tuple[str, ...]
-    image: ImageOptions = field(default_factory=ImageOptions)
-    source: SourceOptions = field(default_factory=SourceOptions)
+    image: ImageOptions = ImageOptions()
+    source: SourceOptions = SourceOptions()
     json: bool = False
     links: bool = False
     #: ``--list``: the source around each location
@@ -410,8 +484,7 @@ class ResolveOptions:
                    bool(args.list))
 
 
-@dataclass(frozen=True, slots=True)
-class AnnotateOptions:
+class AnnotateOptions(NamedTuple):
     """``ksym annotate``: the input, the image, the KASLR slide, and the output.
 
     :param file: the input file, ``-`` for standard input.
@@ -420,8 +493,8 @@ class AnnotateOptions:
     """
 
     file: str = "-"
-    image: ImageOptions = field(default_factory=ImageOptions)
-    source: SourceOptions = field(default_factory=SourceOptions)
+    image: ImageOptions = ImageOptions()
+    source: SourceOptions = SourceOptions()
     kallsyms: str | None = None
     kaslr_offset: int | None = None
     format: str | None = None
@@ -459,8 +532,7 @@ class AnnotateOptions:
         return self.format or ("json" if self.json else "text")
 
 
-@dataclass(frozen=True, slots=True)
-class DebuginfoCommandOptions:
+class DebuginfoCommandOptions(NamedTuple):
     """``ksym debuginfo``: whose debug file (``build_id``, ``vmlinux``, else the running kernel's), for
     which ``release``, and how it is shown."""
 
@@ -468,8 +540,22 @@ class DebuginfoCommandOptions:
     vmlinux: str | None = None
     release: str | None = None
     json: bool = False
-    debuginfo: DebuginfoOptions = field(default_factory=DebuginfoOptions)
+    debuginfo: DebuginfoOptions = DebuginfoOptions()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DebuginfoCommandOptions:
         return cls(args.build_id, args.vmlinux, args.release, bool(args.json), debuginfo_options(args))
+
+
+class IndexBuildOptions(NamedTuple):
+    """``ksym index build``: the vmlinux, the file to write, how many workers, whether to show progress."""
+
+    vmlinux: str
+    output: str
+    jobs: int | None = None
+    progress: bool = False
+    modules: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> IndexBuildOptions:
+        return cls(args.vmlinux_pos, args.output, args.jobs, bool(args.progress), args.modules)

@@ -7,8 +7,25 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EXIT_OK, EXIT_UNRESOLVED, EXIT_USAGE, SpecError, SymbolNotFoundError
-from .common import BuildIdFrom, expected_build_id, image_links, report_stats, said_by_locate
+from ..errors import (
+    EXIT_OK,
+    EXIT_UNRESOLVED,
+    EXIT_USAGE,
+    DebuginfodError,
+    FileNotFoundKsymError,
+    MissingDebugInfoError,
+    SpecError,
+    SymbolNotFoundError,
+)
+from .common import (
+    BuildIdFrom,
+    ExpectedBuildId,
+    expected_build_id,
+    image_links,
+    index_file_after_miss,
+    report_stats,
+    said_by_locate,
+)
 from .options import ResolveOptions, SourceOptions
 
 if TYPE_CHECKING:
@@ -27,6 +44,9 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
 
     image = opts.image
     vmlinux = image.vmlinux
+    if image.index_file is not None and vmlinux is not None:
+        err("ksym: error: --index and --vmlinux do not go together: the index file stands for the vmlinux")
+        return EXIT_USAGE
     if vmlinux is None and opts.frames:
         mistake = _file_as_first_frame(opts.frames[0])
         if mistake is not None:
@@ -37,12 +57,18 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
     except ValueError as exc:
         err(f"ksym: error: {exc}")
         return EXIT_USAGE
-    if where is BuildIdFrom.OPTION and vmlinux is None and not os.environ.get("KSYM_VMLINUX"):
-        # the debug file of that build id: a vmlinux, or a module's (ET_REL) when that is what it names
+    index_file = image.index_file
+    if (where is BuildIdFrom.OPTION and vmlinux is None and index_file is None
+            and not os.environ.get("KSYM_VMLINUX")):
+        # the debug file of that build id: a vmlinux, or a module's (ET_REL) when that is what it names;
+        # none found: the portable index file of that build id (docs/index-files.md)
         from ..locate import find_vmlinux
 
-        vmlinux = str(find_vmlinux(build_id=expected, build_id_source="--build-id", options=image.debuginfo,
-                                   warn=err).path)
+        try:
+            vmlinux = str(find_vmlinux(build_id=expected, build_id_source="--build-id", options=image.debuginfo,
+                                       warn=err).path)
+        except (FileNotFoundKsymError, DebuginfodError) as miss:
+            index_file = str(index_file_after_miss(miss, ExpectedBuildId(expected, where), image.index_files))
     if vmlinux is not None and is_module_file(vmlinux):
         # a module debug file (ET_REL): faddr2line's --section semantics (docs/modules.md)
         if opts.list_source:
@@ -56,9 +82,19 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
             if warning:
                 err(warning)
             return _print_resolutions(msym, opts, out, err, None)
+    shown: dict[str, Any] = {"use_index": image.use_index, "cache_dir": image.cache_dir, "warn": err,
+                             "debuginfo": image.debuginfo, "path_map": image.path_map}
+    try:
+        opened = Symbolizer(vmlinux, index_file=index_file, **shown)
+    except (FileNotFoundKsymError, DebuginfodError, MissingDebugInfoError) as miss:
+        if vmlinux is not None or index_file is not None or os.environ.get("KSYM_VMLINUX"):
+            raise
+        # no debug vmlinux of the running kernel (none, or only stripped ones): its portable index file
+        # (docs/index-files.md)
+        found = index_file_after_miss(miss, ExpectedBuildId(expected, where), image.index_files)
+        opened = Symbolizer(None, index_file=found, **shown)
     # closed at the end of the block, also on an error: what was read goes to the index then
-    with Symbolizer(vmlinux, use_index=image.use_index, cache_dir=image.cache_dir, warn=err,
-                    debuginfo=image.debuginfo, path_map=image.path_map) as sym:
+    with opened as sym:
         elixir = None
         if opts.json or opts.links:  # plain text shows no links: skip building them
             try:

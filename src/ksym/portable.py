@@ -1,0 +1,1097 @@
+"""The portable index file: everything ``ksym resolve`` and ``ksym annotate`` need of one kernel build,
+in one file that is used without the debug vmlinux (``ksym index build``, ``Symbolizer.from_index``).
+
+The layout is documented in docs/index-format.md. In short: a 64-byte header (magic, format version,
+lengths, a CRC-32 of the header, its metadata and its block table), the metadata (build id,
+banner, kernel tag, ELF facts, section table, faddr2line's path prefix), a table of blocks, and the
+blocks: the symbol table as :meth:`ksym.symbols.SymbolTable.to_buffer` writes it (stored plainly so
+that it is mapped, not read), ``.debug_aranges``, the ranges of units .debug_aranges misses, a
+directory of the compilation units, a directory of code chunks, and the payload those directories
+point into: each unit read whole (:func:`ksym.dwarf.compile_whole_unit`) and compressed on its own,
+and the image's allocated section contents in 64 KiB chunks compressed on their own, so one lookup
+decompresses one unit and a call site one or two chunks.
+
+Everything is checked where it is read: the header's CRC when the file is opened, each block's CRC
+before it is used (the symbol table's when the file is opened), each unit's and chunk's CRC before it
+is decompressed; lengths and counts are checked against the file. A damaged or hostile file is one
+:class:`ksym.errors.BadFileError` naming the file (exit 4), never an answer from damaged bytes.
+The file is memory-mapped read-only; nothing is read whole.
+
+:class:`PortableFile` reads it (it is the :class:`ksym.dwarf_image.UnitStore` and the code source of a
+Symbolizer made by ``Symbolizer.from_index``); :class:`PortableWriter` writes it (the builder:
+:mod:`ksym.portable_build`); :func:`file_build_id` reads only the header, to check a file found by
+build id.
+"""
+
+from __future__ import annotations
+
+import bisect
+import marshal
+import mmap
+import os
+import struct
+import zlib
+from array import array
+from collections.abc import Sequence
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .dwarf_image import ArangeTable, UnitRange
+from .errors import BadFileError, FileNotFoundKsymError
+from .index import ImageRecord
+from .records import NamedTuple
+from .symbols import Section, SymbolTable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from . import dwarf as D
+    from .dwarf_image import DwarfImage
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAGIC",
+    "BlockKind",
+    "PortableFile",
+    "PortableMeta",
+    "PortableWriter",
+    "file_build_id",
+]
+
+#: The first 8 bytes of every portable index file.
+MAGIC = b"KSYMIDX\x00"
+#: The format this ksym writes and reads; a file of another version is refused (exit 4).
+FORMAT_VERSION = 2
+#: magic, version, header length, file size, metadata length, block count, header CRC-32, reserved
+_HEAD = struct.Struct("<8sIIQIII28x")
+#: kind, codec, CRC-32 of the stored bytes, offset, stored length, length once decompressed
+_BLOCK = struct.Struct("<HHIQQQ")
+#: key (unit offset in .debug_info, or chunk address), payload offset, stored length, raw length, CRC-32
+_ENTRY = struct.Struct("<QQIII4x")
+#: Code is stored in chunks of this many bytes (the last of a section shorter).
+CODE_CHUNK = 64 * 1024
+#: No header (metadata and block table) is longer: a longer one is damage.
+MAX_HEADER = 16 << 20
+#: No block or entry decompresses to more than this (the largest unit of a kernel is a few MB).
+MAX_RAW = 256 << 20
+
+CODEC_NONE = 0
+#: format 1's zstd: not written or read since format 2
+CODEC_ZLIB = 2
+#: the zlib level of the units and code chunks
+LEVEL = 9
+
+
+class BlockKind:
+    """The kinds of block (each at most once in a file)."""
+
+    SYMBOLS = 1
+    ARANGES = 2
+    UNIT_RANGES = 3
+    UNITS = 4
+    CODE = 5
+    PAYLOAD = 6
+    #: optional (``ksym index build --modules``): the module directory
+    MODULES = 7
+
+
+_REQUIRED = (
+    BlockKind.SYMBOLS,
+    BlockKind.ARANGES,
+    BlockKind.UNIT_RANGES,
+    BlockKind.UNITS,
+    BlockKind.CODE,
+    BlockKind.PAYLOAD,
+)
+_OPTIONAL = (BlockKind.MODULES,)
+
+
+class Block(NamedTuple):
+    """One entry of the block table."""
+
+    kind: int
+    codec: int
+    crc: int
+    offset: int
+    length: int
+    raw_length: int
+
+
+class Entry(NamedTuple):
+    """One entry of the unit or code directory: a piece of the payload, compressed on its own."""
+
+    #: the unit's .debug_info offset, or the chunk's first address
+    key: int
+    #: where the piece starts in the file
+    offset: int
+    length: int
+    raw_length: int
+    crc: int
+
+
+class ModuleEntry(NamedTuple):
+    """One entry of the module directory: a module's piece of the payload."""
+
+    #: the module's name (``-`` as ``_``)
+    name: str
+    build_id: str | None
+    offset: int
+    length: int
+    raw_length: int
+    crc: int
+
+
+class PortableMeta(NamedTuple):
+    """The metadata of a portable index file (a ``marshal`` dict of plain values; docs/index-format.md)."""
+
+    build_id: str | None
+    banner: str | None
+    kernel_tag: str | None
+    machine: str | None
+    elf_type: str
+    elfclass: int
+    little_endian: bool
+    sections: tuple[Section, ...]
+    dir_prefix: str | None
+    dynamic_symbols: int
+    #: the byte order of the symbol table's columns ("little" or "big")
+    byteorder: str
+    #: the name and size of the file it was made from
+    source_name: str
+    source_size: int
+    created_by: str
+
+    def to_bytes(self) -> bytes:
+        """The metadata as ``marshal`` (format 4) of a dict with sorted keys: str, int, bool, None, lists
+        (``marshal`` is built in, where ``json`` is an import on the way to the first answer)."""
+        d = self._asdict()
+        d["sections"] = [[s.index, s.name, s.type, s.flags, s.addr, s.offset, s.size] for s in self.sections]
+        return marshal.dumps(dict(sorted(d.items())), 4)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PortableMeta:
+        """:raises ValueError, TypeError: not such an object (not marshal data, a missing or mistyped field)."""
+        try:
+            d = marshal.loads(data)
+        except (EOFError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+            raise ValueError(f"{type(exc).__name__}") from None
+        if type(d) is not dict:
+            raise ValueError("metadata is not a dict")
+
+        def get(name: str, *types: type) -> Any:
+            if name not in d:
+                raise ValueError(f"metadata without {name}")
+            v = d[name]
+            if type(v) not in types:
+                raise ValueError(f"metadata {name} of the wrong type")
+            return v
+
+        none = type(None)
+        sections = _sections_of(get("sections", list))
+        byteorder = get("byteorder", str)
+        if byteorder not in ("little", "big"):
+            raise ValueError("metadata: byte order")
+        elfclass = get("elfclass", int)
+        if elfclass not in (32, 64):
+            raise ValueError("metadata: ELF class")
+        dyn = get("dynamic_symbols", int)
+        if dyn < 0:
+            raise ValueError("metadata: dynamic symbols")
+        return cls(
+            build_id=get("build_id", str, none),
+            banner=get("banner", str, none),
+            kernel_tag=get("kernel_tag", str, none),
+            machine=get("machine", str, none),
+            elf_type=get("elf_type", str),
+            elfclass=elfclass,
+            little_endian=get("little_endian", bool),
+            sections=sections,
+            dir_prefix=get("dir_prefix", str, none),
+            dynamic_symbols=dyn,
+            byteorder=byteorder,
+            source_name=get("source_name", str),
+            source_size=get("source_size", int),
+            created_by=get("created_by", str),
+        )
+
+
+class _Header(NamedTuple):
+    """The parsed header, metadata and block table."""
+
+    version: int
+    length: int
+    file_size: int
+    meta: PortableMeta
+    blocks: dict[int, Block]
+
+
+def _bad(path: object, what: str) -> BadFileError:
+    return BadFileError(f"{path}: damaged ksym index file: {what}")
+
+
+def _parse_header(path: object, head: bytes, read_rest: Any, actual_size: int) -> _Header:
+    """The header of a file of ``actual_size`` bytes whose first 64 bytes are ``head``;
+    ``read_rest(n)`` gives the next ``n`` bytes.
+
+    :raises BadFileError: not such a file, another format version, or damaged."""
+    if len(head) < 8 or head[:8] != MAGIC:
+        raise BadFileError(f"{path}: not a ksym index file")
+    if len(head) < _HEAD.size:
+        raise _bad(path, "cut short in its header")
+    _magic, version, length, file_size, meta_len, nblocks, crc = _HEAD.unpack_from(head)
+    if version != FORMAT_VERSION:
+        raise BadFileError(
+            f"{path}: ksym index file of format {version}; this ksym reads format "
+            f"{FORMAT_VERSION} (build the file again with this ksym)"
+        )
+    if file_size != actual_size:
+        raise _bad(path, f"{actual_size} bytes long, its header says {file_size}")
+    if (
+        not (_HEAD.size <= length <= min(MAX_HEADER, actual_size))
+        or length != _HEAD.size + meta_len + nblocks * _BLOCK.size
+    ):
+        raise _bad(path, "header lengths disagree")
+    rest = read_rest(length - _HEAD.size)
+    if len(rest) != length - _HEAD.size:
+        raise _bad(path, "cut short in its header")
+    zeroed = head[:32] + b"\0\0\0\0" + head[36 : _HEAD.size]
+    if zlib.crc32(rest, zlib.crc32(zeroed)) != crc:
+        raise _bad(path, "header checksum mismatch")
+    try:
+        meta = PortableMeta.from_bytes(bytes(rest[:meta_len]))
+    except (TypeError, ValueError) as exc:
+        raise _bad(path, f"metadata: {exc}") from None
+    blocks: dict[int, Block] = {}
+    for i in range(nblocks):
+        b = Block._make(_BLOCK.unpack_from(rest, meta_len + i * _BLOCK.size))
+        if b.kind in blocks:
+            raise _bad(path, f"block kind {b.kind} twice")
+        if b.kind not in _REQUIRED and b.kind not in _OPTIONAL:
+            raise _bad(path, f"block of unknown kind {b.kind}")
+        if (
+            b.offset < length
+            or b.offset + b.length > actual_size
+            or b.codec not in (CODEC_NONE, CODEC_ZLIB)
+            or b.raw_length > MAX_RAW
+            or (b.codec == CODEC_NONE and b.raw_length != b.length)
+        ):
+            raise _bad(path, f"block {b.kind} out of bounds")
+        blocks[b.kind] = b
+    for k in _REQUIRED:
+        if k not in blocks:
+            raise _bad(path, f"no block of kind {k}")
+    return _Header(version, length, file_size, meta, blocks)
+
+
+def file_build_id(path: str | os.PathLike[str]) -> str:
+    """The build id a portable index file was made for, reading and checking only its header.
+
+    :raises FileNotFoundKsymError: no such file, or it cannot be read.
+    :raises BadFileError: not a portable index file, another format version, a damaged header, or a
+        file made from an image without a build id."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(_HEAD.size)
+            hdr = _parse_header(path, head, f.read, size)
+    except OSError as exc:
+        raise FileNotFoundKsymError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not hdr.meta.build_id:
+        raise BadFileError(f"{path}: ksym index file of an image without a build id")
+    return hdr.meta.build_id
+
+
+def _decompress(data: bytes | memoryview, raw_length: int) -> bytes:
+    """A zlib stream that must decompress to exactly ``raw_length`` bytes and end where ``data`` ends
+    (no more is ever decompressed than that).
+
+    :raises ValueError: it does not."""
+    if raw_length > MAX_RAW:
+        raise ValueError("too long")
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, max(raw_length, 1))
+        if len(out) == raw_length and not d.eof and d.decompress(d.unconsumed_tail, 1):
+            raise ValueError("longer than its directory says")
+    except zlib.error as exc:
+        raise ValueError(str(exc)) from None
+    if len(out) != raw_length or not d.eof or d.unused_data:
+        raise ValueError("length mismatch")
+    return out
+
+
+def _aranges_of(raw: bytes) -> ArangeTable:
+    """An ARANGES block's table. :raises ValueError: not one."""
+    try:
+        n, maxlen = struct.unpack_from("<QQ", raw)
+    except struct.error:
+        raise ValueError("cut short") from None
+    if len(raw) != 16 + 24 * n:
+        raise ValueError("length")
+    cols = []
+    for i in range(3):
+        a = array("Q")
+        a.frombytes(raw[16 + 8 * n * i : 16 + 8 * n * (i + 1)])
+        if struct.pack("=H", 1) != struct.pack("<H", 1):
+            a.byteswap()
+        cols.append(a)
+    # sorted by start, no range longer than maxlen: as the writer made them (the CRC says these are
+    # its bytes); a hostile file's order can only give it wrong units, which it could name anyway
+    return ArangeTable(cols[0], cols[1], cols[2], maxlen)
+
+
+def _unit_ranges_of(raw: bytes) -> list[UnitRange]:
+    """A UNIT_RANGES block's ranges. :raises ValueError: not such a block."""
+    if len(raw) % 24:
+        raise ValueError("length")
+    return [UnitRange(lo, hi, u) for lo, hi, u in struct.iter_unpack("<QQQ", raw)]
+
+
+def _sections_of(secs: object) -> tuple[Section, ...]:
+    """A section table as the metadata keeps it. :raises ValueError: not one."""
+    if type(secs) is not list:
+        raise ValueError("sections: not a list")
+    sections = []
+    for s in secs:
+        if (
+            type(s) is not list
+            or len(s) != 7
+            or type(s[1]) is not str
+            or any(type(x) is not int or x < 0 for i, x in enumerate(s) if i != 1)
+        ):
+            raise ValueError("a malformed section")
+        sections.append(Section(*s))
+    return tuple(sections)
+
+
+def _whole_unit(rec: Any, offset: int) -> D.CompiledUnit:
+    """The unit of a record read from the file, which must be the whole unit at ``offset``.
+
+    :raises ValueError: it is not."""
+    from . import dwarf as D
+
+    try:
+        if not _plain_unit_record(rec):
+            raise ValueError("not a unit record")
+        cu = D.unit_from_record(rec)
+    except (TypeError, IndexError, OverflowError, RecursionError) as exc:
+        raise ValueError(type(exc).__name__) from None
+    if (
+        cu.offset != offset
+        or cu.walk is not None
+        or (cu.lines is not None and cu.lines.pending is not None)
+        or any(f.child_pos >= 0 or not 0 <= f.parent + 1 <= i for i, f in enumerate(cu.functions))
+    ):
+        raise ValueError("not a whole unit")
+    return cu
+
+
+class Directory:
+    """The unit or code directory: the keys (for bisection) decoded at once, each entry when it is used
+    (and then checked against the payload's bounds)."""
+
+    def __init__(self, path: object, raw: bytes, payload: Block, what: str) -> None:
+        if len(raw) % _ENTRY.size:
+            raise _bad(path, f"{what} directory length")
+        words = array("Q")
+        words.frombytes(raw)
+        if struct.pack("=H", 1) != struct.pack("<H", 1):
+            words.byteswap()
+        self.keys = words[0::4]
+        keys = self.keys
+        if any(a >= b for a, b in pairwise(keys)):
+            raise _bad(path, f"{what} directory out of order")
+        self._raw = raw
+        self._path = path
+        self._what = what
+        self._low = payload.offset
+        self._high = payload.offset + payload.length
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def entry(self, i: int) -> Entry:
+        """Entry ``i``. :raises BadFileError: it points outside the payload."""
+        e = Entry._make(_ENTRY.unpack_from(self._raw, i * _ENTRY.size))
+        if e.offset < self._low or e.offset + e.length > self._high or e.raw_length > MAX_RAW:
+            raise _bad(self._path, f"{self._what} directory entry {e.key:#x} out of bounds")
+        return e
+
+    def find(self, key: int) -> Entry | None:
+        """The entry of exactly ``key``, or None."""
+        i = bisect.bisect_left(self.keys, key)
+        return self.entry(i) if i < len(self.keys) and self.keys[i] == key else None
+
+    def at_or_below(self, key: int) -> Entry | None:
+        """The entry of the highest key at or below ``key``, or None."""
+        i = bisect.bisect_right(self.keys, key) - 1
+        return self.entry(i) if i >= 0 else None
+
+    def entries(self) -> list[Entry]:
+        return [self.entry(i) for i in range(len(self.keys))]
+
+
+def _plain_unit_record(rec: Any) -> bool:
+    """Whether ``rec`` has the shape of a whole unit's record where a wrong type would make the loader
+    allocate rather than fail (``bytes(n)`` of a number): its line table's columns are bytes, it has
+    no walk state and no pending decoder state (the loader checks the rest field by field)."""
+    if not (isinstance(rec, tuple) and len(rec) == 6 and isinstance(rec[3], list) and rec[5] is None):
+        return False
+    lines = rec[4]
+    if lines is None:
+        return True
+    return (
+        isinstance(lines, tuple)
+        and len(lines) == 8
+        and isinstance(lines[1], bytes)
+        and isinstance(lines[2], list)
+        and len(lines[2]) == 4
+        and all(type(c) is bytes for c in lines[2])
+        and type(lines[3]) is bytes
+        and lines[6] is None
+    )
+
+
+class PortableFile:
+    """A portable index file, mapped read-only (see the module's documentation).
+
+    :raises FileNotFoundKsymError: no such file.
+    :raises BadFileError: not a portable index file, another version, damaged header or symbol table.
+
+    Use it in a ``with`` block or call :meth:`close` (the Symbolizer over it does)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._mm: mmap.mmap | None = None
+        self._view: memoryview | None = None
+        self._symbols: SymbolTable | None = None
+        self._symbols_view: memoryview | None = None
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < _HEAD.size:
+                    head = f.read(_HEAD.size)
+                    _parse_header(self.path, head, f.read, size)  # says what is wrong
+                    raise _bad(self.path, "cut short")
+                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            raise FileNotFoundKsymError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise FileNotFoundKsymError(f"{self.path}: is a directory") from None
+        except OSError as exc:
+            raise FileNotFoundKsymError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+        try:
+            self._view = memoryview(self._mm)
+            mm = self._mm
+            pos = [_HEAD.size]
+
+            def read_rest(n: int) -> bytes:
+                out = mm[pos[0] : pos[0] + n]
+                pos[0] += n
+                return out
+
+            self.header = _parse_header(self.path, mm[: _HEAD.size], read_rest, len(mm))
+            self.meta = self.header.meta
+            blocks = self.header.blocks
+            payload = blocks[BlockKind.PAYLOAD]
+            self.units = Directory(self.path, self._block(BlockKind.UNITS), payload, "unit")
+            self.code = Directory(self.path, self._block(BlockKind.CODE), payload, "code")
+            self.aranges = self._load_aranges()
+            self.unit_ranges = self._load_unit_ranges()
+        except BaseException:
+            self.close()
+            raise
+        self._modules: list[ModuleEntry] | None = None
+
+    # -- blocks --
+
+    def _block(self, kind: int) -> bytes:
+        """The contents of a block, its CRC checked, decompressed."""
+        assert self._view is not None
+        b = self.header.blocks[kind]
+        stored = self._view[b.offset : b.offset + b.length]
+        try:
+            if zlib.crc32(stored) != b.crc:
+                raise _bad(self.path, f"block {kind} checksum mismatch")
+            if b.codec == CODEC_NONE:
+                return bytes(stored)
+            try:
+                return _decompress(stored, b.raw_length)
+            except ValueError as exc:
+                raise _bad(self.path, f"block {kind}: {exc}") from None
+        finally:
+            stored.release()
+
+    def _load_aranges(self) -> ArangeTable:
+        try:
+            return _aranges_of(self._block(BlockKind.ARANGES))
+        except ValueError as exc:
+            raise _bad(self.path, f"aranges: {exc}") from None
+
+    def _load_unit_ranges(self) -> list[UnitRange]:
+        try:
+            return _unit_ranges_of(self._block(BlockKind.UNIT_RANGES))
+        except ValueError as exc:
+            raise _bad(self.path, f"unit ranges: {exc}") from None
+
+    def _piece(self, e: Entry, what: str) -> bytes:
+        assert self._view is not None
+        stored = self._view[e.offset : e.offset + e.length]
+        try:
+            if zlib.crc32(stored) != e.crc:
+                raise _bad(self.path, f"{what} checksum mismatch")
+            try:
+                return _decompress(stored, e.raw_length)
+            except ValueError as exc:
+                raise _bad(self.path, f"{what}: {exc}") from None
+        finally:
+            stored.release()
+
+    # -- what a Symbolizer needs --
+
+    def image_record(self) -> ImageRecord:
+        """The image as the on-disk index would record it (``symbols_size``: the symbol block's)."""
+        m = self.meta
+        return ImageRecord(
+            path=str(self.path),
+            build_id=m.build_id,
+            elf_type=m.elf_type,
+            little_endian=m.little_endian,
+            elfclass=m.elfclass,
+            machine=m.machine,
+            sections=m.sections,
+            symbols_size=self.header.blocks[BlockKind.SYMBOLS].length,
+            aranges=self.aranges,
+            banner=m.banner,
+            has_dwarf=True,
+            dynamic_symbols=m.dynamic_symbols,
+            dir_prefix=m.dir_prefix,
+        )
+
+    def symbols(self) -> SymbolTable:
+        """The symbol table, its columns views of the mapping (valid until :meth:`close`); its CRC is
+        checked first.
+
+        :raises BadFileError: damaged, or written on a host of the other byte order."""
+        if self._symbols is not None:
+            return self._symbols
+        assert self._view is not None
+        import sys
+
+        if self.meta.byteorder != sys.byteorder:
+            raise BadFileError(
+                f"{self.path}: ksym index file written on a {self.meta.byteorder}-endian host; "
+                f"this one is {sys.byteorder}-endian (build the file here)"
+            )
+        b = self.header.blocks[BlockKind.SYMBOLS]
+        view = self._view[b.offset : b.offset + b.length]
+        if zlib.crc32(view) != b.crc:
+            view.release()
+            raise _bad(self.path, "symbol table checksum mismatch")
+        try:
+            table = SymbolTable.from_buffer(view, list(self.meta.sections))
+        except ValueError as exc:
+            view.release()
+            raise _bad(self.path, f"symbol table: {exc}") from None
+        self._symbols, self._symbols_view = table, view
+        return table
+
+    @property
+    def unit_count(self) -> int:
+        return len(self.units)
+
+    def load_unit(self, offset: int) -> D.CompiledUnit | None:
+        """The unit at ``offset`` of .debug_info, read whole (None: the file holds no such unit).
+
+        :raises BadFileError: the unit's bytes are damaged."""
+        entry = self.units.find(offset)
+        if entry is None:
+            return None
+        what = f"unit {offset:#x}"
+        raw = self._piece(entry, what)
+        try:
+            return _whole_unit(marshal.loads(raw), offset)
+        except (ValueError, TypeError, EOFError, OverflowError, RecursionError) as exc:
+            raise _bad(self.path, f"{what}: {exc}") from None
+
+    def unit_changed(self, unit: D.CompiledUnit) -> None:
+        """Units of the file are whole: nothing is read on, nothing is stored."""
+
+    def forget_unit(self, offset: int) -> None:
+        pass
+
+    def load_unit_ranges(self) -> list[UnitRange] | None:
+        return self.unit_ranges
+
+    def save_unit_ranges(self, ranges: list[UnitRange]) -> None:
+        pass
+
+    def code_bytes(self, address: int, size: int) -> bytes:
+        """Up to ``size`` bytes of the image at a link-time address, as
+        :meth:`ksym.symbolizer.Symbolizer.code_bytes` reads them from the vmlinux (empty when no
+        allocated section with contents holds it).
+
+        :raises BadFileError: a chunk is damaged, or missing."""
+        for s in self.meta.sections:
+            if s.flags & 0x2 and s.type != 8 and s.addr <= address < s.addr + s.size:
+                n = min(size, s.addr + s.size - address)
+                out = bytearray()
+                pos = address
+                while len(out) < n:
+                    e = self.code.at_or_below(pos)
+                    if e is None or not e.key <= pos < e.key + e.raw_length:
+                        raise _bad(self.path, f"no code stored at {pos:#x}")
+                    chunk = self._piece(e, f"code chunk {e.key:#x}")
+                    out += chunk[pos - e.key : pos - e.key + n - len(out)]
+                    pos = e.key + e.raw_length
+                return bytes(out)
+        return b""
+
+    # -- modules (--modules) --
+
+    def _module_directory(self) -> list[ModuleEntry]:
+        """The module directory (empty: a file made without ``--modules``), read and checked once."""
+        if self._modules is None:
+            entries: list[ModuleEntry] = []
+            if BlockKind.MODULES in self.header.blocks:
+                payload = self.header.blocks[BlockKind.PAYLOAD]
+                raw = self._block(BlockKind.MODULES)
+                try:
+                    rows = marshal.loads(raw)
+                    if type(rows) is not list:
+                        raise ValueError("not a list")
+                    for row in rows:
+                        if (
+                            type(row) is not list
+                            or len(row) != 6
+                            or type(row[0]) is not str
+                            or type(row[1]) not in (str, type(None))
+                            or any(type(x) is not int or x < 0 for x in row[2:])
+                        ):
+                            raise ValueError("a malformed entry")
+                        e = ModuleEntry(*row)
+                        if (
+                            e.offset < payload.offset
+                            or e.offset + e.length > payload.offset + payload.length
+                            or e.raw_length > MAX_RAW
+                        ):
+                            raise ValueError(f"module {e.name} out of bounds")
+                        entries.append(e)
+                except (EOFError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+                    raise _bad(self.path, f"module directory: {exc}") from None
+            self._modules = entries
+        return self._modules
+
+    def module_names(self) -> list[str]:
+        """The names of the modules the file holds (``ksym index build --modules``)."""
+        return sorted({e.name for e in self._module_directory()})
+
+    def module_build_ids(self, module_name: str) -> list[str | None]:
+        """The build ids of the modules of this name (``-`` and ``_`` alike) the file holds."""
+        want = module_name.replace("-", "_")
+        return [e.build_id for e in self._module_directory() if e.name == want]
+
+    def module(self, module_name: str, build_id: str | None) -> PortableModule:
+        """The module of this name and exact build id, read whole (its CRC checked, every field).
+
+        :raises KeyError: the file holds no such module.
+        :raises BadFileError: its bytes are damaged."""
+        want = module_name.replace("-", "_")
+        for e in self._module_directory():
+            if e.name == want and e.build_id == build_id:
+                what = f"module {e.name}"
+                raw = self._piece(Entry(0, e.offset, e.length, e.raw_length, e.crc), what)
+                try:
+                    return PortableModule.from_record(self.path, e.name, marshal.loads(raw))
+                except (
+                    ValueError,
+                    TypeError,
+                    IndexError,
+                    KeyError,
+                    EOFError,
+                    OverflowError,
+                    RecursionError,
+                ) as exc:
+                    raise _bad(self.path, f"{what}: {type(exc).__name__}: {exc}") from None
+        raise KeyError(module_name)
+
+    # -- lifecycle --
+
+    def close(self) -> None:
+        """Release the symbol table's columns, then the mapping."""
+        if self._symbols is not None:
+            self._symbols.release()
+            self._symbols = None
+        for v in (self._symbols_view, self._view):
+            if v is not None:
+                v.release()
+        self._symbols_view = self._view = None
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:
+                pass  # a view of it is still held somewhere: the mapping goes with it
+            self._mm = None
+
+    def __enter__(self) -> PortableFile:  # noqa: PYI034 - typing.Self needs Python 3.11
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PortableWriter:
+    """Writes a portable index file: to a temporary in the target's directory, renamed into place by
+    :meth:`finish` (a failed build leaves nothing; :meth:`abort` deletes the temporary).
+
+    Blocks are added in any order, units and code chunks as they come (already compressed by the
+    builder's workers: :func:`compress`)."""
+
+    def __init__(self, path: str | os.PathLike[str], meta: PortableMeta, *, modules: bool = False) -> None:
+        self.path = Path(path)
+        self.meta = meta
+        self._meta_bytes = meta.to_bytes()
+        self._kinds = _REQUIRED + _OPTIONAL if modules else _REQUIRED
+        self._header_length = _HEAD.size + len(self._meta_bytes) + len(self._kinds) * _BLOCK.size
+        self.tmp = self.path.parent / f".tmp-{os.urandom(8).hex()}"
+        self._f: BinaryIO = open(self.tmp, "xb")  # noqa: SIM115 - closed by finish/abort
+        self._f.write(bytes(self._header_length))
+        self._blocks: dict[int, Block] = {}
+        self._units: list[Entry] = []
+        self._code: list[Entry] = []
+        self._modules: list[ModuleEntry] = []
+        self._payload_start: int | None = None
+
+    def _align(self, to: int) -> None:
+        pad = -self._f.tell() % to
+        if pad:
+            self._f.write(bytes(pad))
+
+    def add_block(self, kind: int, data: bytes, compress_it: bool = False) -> None:
+        """A block (before the first unit or chunk, or after :meth:`end_payload`): stored as it is (read
+        on every open: a copy out of the mapping costs less than decompressing), or compressed."""
+        self._align(4096 if kind == BlockKind.SYMBOLS else 8)
+        offset = self._f.tell()
+        stored = compress(data) if compress_it else data
+        self._f.write(stored)
+        self._blocks[kind] = Block(
+            kind,
+            CODEC_ZLIB if compress_it else CODEC_NONE,
+            zlib.crc32(stored),
+            offset,
+            len(stored),
+            len(data),
+        )
+
+    def _piece(self, stored: bytes, raw_length: int) -> tuple[int, int]:
+        if self._payload_start is None:
+            self._align(8)
+            self._payload_start = self._f.tell()
+        offset = self._f.tell()
+        self._f.write(stored)
+        return offset, zlib.crc32(stored)
+
+    def add_unit(self, offset: int, stored: bytes, raw_length: int) -> None:
+        """A unit: ``stored`` is :func:`compress` of ``marshal.dumps(unit_to_record(unit))``."""
+        at, crc = self._piece(stored, raw_length)
+        self._units.append(Entry(offset, at, len(stored), raw_length, crc))
+
+    def add_code(self, address: int, stored: bytes, raw_length: int) -> None:
+        """A code chunk of ``raw_length`` bytes at ``address`` (:func:`compress` of them)."""
+        at, crc = self._piece(stored, raw_length)
+        self._code.append(Entry(address, at, len(stored), raw_length, crc))
+
+    def add_module(self, name: str, build_id: str | None, stored: bytes, raw_length: int) -> None:
+        """A module (:func:`compress` of ``marshal.dumps(record, 4)``, :meth:`PortableModule.record`)."""
+        at, crc = self._piece(stored, raw_length)
+        self._modules.append(ModuleEntry(name, build_id, at, len(stored), raw_length, crc))
+
+    def finish(self) -> int:
+        """Write the directories and the header, and rename the file into place; its size."""
+        if self._payload_start is None:
+            self._align(8)
+            self._payload_start = self._f.tell()
+        end = self._f.tell()
+        self._blocks[BlockKind.PAYLOAD] = Block(
+            BlockKind.PAYLOAD,
+            CODEC_NONE,
+            0,
+            self._payload_start,
+            end - self._payload_start,
+            end - self._payload_start,
+        )
+        for kind, entries in ((BlockKind.UNITS, self._units), (BlockKind.CODE, self._code)):
+            entries.sort()
+            self.add_block(kind, b"".join(_ENTRY.pack(*e) for e in entries))
+        if BlockKind.MODULES in self._kinds:
+            self.add_block(
+                BlockKind.MODULES, marshal.dumps([list(e) for e in sorted(self._modules, key=_module_key)], 4)
+            )
+        size = self._f.tell()
+        table = b"".join(_BLOCK.pack(*self._blocks[k]) for k in self._kinds)
+        rest = self._meta_bytes + table
+        head = _HEAD.pack(
+            MAGIC, FORMAT_VERSION, self._header_length, size, len(self._meta_bytes), len(self._kinds), 0
+        )
+        crc = zlib.crc32(rest, zlib.crc32(head))
+        head = _HEAD.pack(
+            MAGIC, FORMAT_VERSION, self._header_length, size, len(self._meta_bytes), len(self._kinds), crc
+        )
+        self._f.seek(0)
+        self._f.write(head + rest)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self.tmp, self.path)
+        return size
+
+    def abort(self) -> None:
+        """Delete the temporary (a build that failed or was interrupted)."""
+        try:
+            self._f.close()
+        finally:
+            try:
+                self.tmp.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def compress(data: bytes, level: int = LEVEL) -> bytes:
+    """``data`` as one zlib stream (its length is the directory's)."""
+    return zlib.compress(data, level)
+
+
+def arange_block(table: ArangeTable) -> bytes:
+    """The ARANGES block of ``table``: count, longest range, then the starts, ends and units (u64 LE)."""
+    cols = [array("Q", c) for c in (table.starts, table.ends, table.units)]
+    if struct.pack("=H", 1) != struct.pack("<H", 1):
+        for c in cols:
+            c.byteswap()
+    return struct.pack("<QQ", len(cols[0]), table.maxlen) + b"".join(c.tobytes() for c in cols)
+
+
+def unit_range_block(ranges: Sequence[UnitRange]) -> bytes:
+    """The UNIT_RANGES block: (low, high, unit offset) as u64 LE triples."""
+    return b"".join(struct.pack("<QQQ", r.low, r.high, r.unit) for r in ranges)
+
+
+def _module_key(e: ModuleEntry) -> tuple[str, str]:
+    return (e.name, e.build_id or "")
+
+
+class _ModuleUnits:
+    """The :class:`ksym.dwarf_image.UnitStore` of a module of the file: its whole units, in memory."""
+
+    def __init__(self, units: dict[int, D.CompiledUnit], ranges: list[UnitRange]) -> None:
+        self._units = units
+        self._ranges = ranges
+
+    def load_unit(self, offset: int) -> D.CompiledUnit | None:
+        return self._units.get(offset)
+
+    def unit_changed(self, unit: D.CompiledUnit) -> None:
+        pass
+
+    def forget_unit(self, offset: int) -> None:
+        pass
+
+    def load_unit_ranges(self) -> list[UnitRange] | None:
+        return self._ranges
+
+    def save_unit_ranges(self, ranges: list[UnitRange]) -> None:
+        pass
+
+
+class PortableModule:
+    """A module of a portable index file made with ``--modules`` (a :class:`ksym.modules.ModuleDebugImage`:
+    ``ModuleSymbolizer(path, image=...)`` answers from it as from the module's debug file).
+
+    Its record (:meth:`record`, ``marshal``ed, one zlib piece): ``module_name``, ``file`` (the debug
+    file's name), ``build_id``, ``sections`` (as the metadata's), ``bases`` (``[index, address]``: bfd's
+    layout), ``symbols`` (the raw symbol table, :meth:`ksym.symbols.SymbolTable.to_buffer`),
+    ``has_dwarf``, ``aranges`` and ``unit_ranges`` (as the blocks of those kinds), ``units``
+    (``[offset, unit record]``, each whole) and ``code`` (``[section index, contents]`` of the allocated
+    sections with contents)."""
+
+    def __init__(
+        self,
+        path: Path,
+        module_name: str,
+        build_id: str | None,
+        sections: list[Section],
+        bases: dict[int, int],
+        symbols: bytes,
+        has_dwarf: bool,
+        aranges: ArangeTable,
+        unit_ranges: list[UnitRange],
+        units: dict[int, D.CompiledUnit],
+        code: dict[int, bytes],
+    ) -> None:
+        self._path = path
+        self._module_name = module_name
+        self._build_id = build_id
+        self._sections = sections
+        self._bases = bases
+        self._has_dwarf = has_dwarf
+        self._aranges = aranges
+        self._unit_ranges = unit_ranges
+        self._units = units
+        self._code = code
+        self.placed_sections = [
+            Section(s.index, s.name, s.type, s.flags, bases.get(s.index, 0), s.offset, s.size)
+            for s in sections
+        ]
+        self._raw = SymbolTable.from_buffer(symbols, sections)  # :raises ValueError: not such a table
+
+    @staticmethod
+    def record(
+        image: Any,
+        symbols: SymbolTable,
+        aranges: ArangeTable | None,
+        ranges: Sequence[UnitRange],
+        units: dict[int, D.CompiledUnit],
+        code: dict[int, bytes],
+    ) -> dict[str, Any]:
+        """The record of a module (``image``: its :class:`ksym.modules.ModuleImage`)."""
+        from . import dwarf as D
+
+        return {
+            "module_name": image.module_name,
+            "file": image.path.name,
+            "build_id": image.build_id,
+            "sections": [
+                [s.index, s.name, s.type, s.flags, s.addr, s.offset, s.size] for s in image.sections
+            ],
+            "bases": [[i, a] for i, a in sorted(image.bases.items())],
+            "symbols": symbols.to_buffer(),
+            "has_dwarf": image.has_dwarf,
+            "aranges": arange_block(aranges if aranges is not None else ArangeTable.of([])),
+            "unit_ranges": unit_range_block(ranges),
+            "units": [[off, D.unit_to_record(cu)] for off, cu in sorted(units.items())],
+            "code": [[i, c] for i, c in sorted(code.items())],
+        }
+
+    @classmethod
+    def from_record(cls, index_path: Path, name: str, rec: Any) -> PortableModule:
+        """:raises ValueError, TypeError, KeyError: not a module's record."""
+        if type(rec) is not dict:
+            raise ValueError("not a dict")
+
+        def get(key: str, *types: type) -> Any:
+            v = rec[key]
+            if type(v) not in types:
+                raise ValueError(f"{key} of the wrong type")
+            return v
+
+        module_name = get("module_name", str)
+        if module_name.replace("-", "_") != name:
+            raise ValueError("another module's record")
+        file = get("file", str)
+        sections = list(_sections_of(get("sections", list)))
+        bases: dict[int, int] = {}
+        for pair in get("bases", list):
+            if type(pair) is not list or len(pair) != 2 or any(type(x) is not int or x < 0 for x in pair):
+                raise ValueError("a malformed base")
+            bases[pair[0]] = pair[1]
+        units: dict[int, D.CompiledUnit] = {}
+        for pair in get("units", list):
+            if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not int:
+                raise ValueError("a malformed unit")
+            units[pair[0]] = _whole_unit(pair[1], pair[0])
+        code: dict[int, bytes] = {}
+        for pair in get("code", list):
+            if (
+                type(pair) is not list
+                or len(pair) != 2
+                or type(pair[0]) is not int
+                or type(pair[1]) is not bytes
+            ):
+                raise ValueError("a malformed code section")
+            code[pair[0]] = pair[1]
+        return cls(
+            Path(f"{index_path}:{file}"),
+            module_name,
+            get("build_id", str, type(None)),
+            sections,
+            bases,
+            get("symbols", bytes),
+            get("has_dwarf", bool),
+            _aranges_of(get("aranges", bytes)),
+            _unit_ranges_of(get("unit_ranges", bytes)),
+            units,
+            code,
+        )
+
+    # -- what ModuleSymbolizer reads (ksym.modules.ModuleDebugImage) --
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def build_id(self) -> str | None:
+        return self._build_id
+
+    @property
+    def module_name(self) -> str:
+        return self._module_name
+
+    @property
+    def has_dwarf(self) -> bool:
+        return self._has_dwarf
+
+    @property
+    def sections(self) -> list[Section]:
+        return self._sections
+
+    @property
+    def bases(self) -> dict[int, int]:
+        return self._bases
+
+    def section(self, name: str) -> Section | None:
+        for s in self._sections:
+            if s.name == name:
+                return s
+        return None
+
+    def require_dwarf(self) -> None:
+        from .errors import MissingDebugInfoError
+
+        if not self._has_dwarf:
+            raise MissingDebugInfoError(
+                f"{self._path}: no DWARF debug info (.debug_info): this is a stripped module; install the "
+                "kernel's debug symbols (Debian: linux-image-<release>-dbg) or pass the module's debug file"
+            )
+
+    def symbol_tables(self) -> tuple[SymbolTable, SymbolTable]:
+        from .modules import placed_symbol_table
+
+        return self._raw, placed_symbol_table(self._raw, self._bases, self.placed_sections)
+
+    def make_dwarf_image(self) -> DwarfImage:
+        from .dwarf_image import DwarfImage
+
+        return DwarfImage(
+            self._path,
+            NoSections(self._path),
+            self._aranges,
+            units=_ModuleUnits(self._units, self._unit_ranges),
+        )
+
+    def section_data(self, s: Section, offset: int, size: int) -> bytes:
+        return self._code.get(s.index, b"")[offset : offset + size]
+
+
+class NoSections:
+    """The :class:`ksym.dwarf_image.SectionSource` of a Symbolizer over a portable index file: its units
+    are whole, so no lookup reads DWARF; one that would (a unit the file should hold and does not) is
+    damage."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def open(self) -> D.DwarfSections:
+        raise _bad(self.path, "a lookup needs a compilation unit the file does not hold")
+
+    def close(self) -> None:
+        pass
