@@ -80,6 +80,11 @@ class FAddr2lineResult:
 
 
 
+
+#: the module debug files the session's portable index file holds (``--modules``): ``portable_index.parent /
+#: "modules"`` links to them
+INDEX_FILE_MODULES = ("nf_tables.ko", "nf_conntrack.ko", "nft_ct.ko")
+
 #: The tutorial's frames on the Debian 6.1 vmlinux: matches, a wrong size, offsets past the end, an
 #: inline wrapper without a symbol (kfree_skb), decimal and hex offsets.
 TUTORIAL_SPECS = (

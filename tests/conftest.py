@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from anchors import require_test_vmlinux
+from anchors import INDEX_FILE_MODULES, missing, require_test_vmlinux
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,8 @@ def vmlinux() -> Path:
     return require_test_vmlinux()
 
 
+
+
 @pytest.fixture(scope="session")
 def portable_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The portable index file of the Debian 6.1 vmlinux, built once per test session by ``ksym index
@@ -36,8 +39,16 @@ def portable_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     vmlinux = require_test_vmlinux()
     out = tmp_path_factory.mktemp("ksym-index-file") / "vmlinux-6.1.0-53-cloud-amd64.ksymidx"
-    done = subprocess.run([sys.executable, "-m", "ksym", "index", "build", str(vmlinux), "-o", str(out), "-j", "2"],
-                          check=False, capture_output=True, text=True, timeout=900)
+    # with three modules of the same build (--modules): links to their debug files beside the file
+    modules = out.parent / "modules"
+    modules.mkdir()
+    netfilter = Path(os.environ.get("KSYM_TESTDATA", "/var/tmp/ksym-testdata")) / "modules/kernel/net/netfilter"
+    for name in INDEX_FILE_MODULES:
+        if not (netfilter / name).is_file():
+            missing(f"{netfilter / name} not found: run tools/fetch-testdata.sh")
+        (modules / name).symlink_to(netfilter / name)
+    done = subprocess.run([sys.executable, "-m", "ksym", "index", "build", str(vmlinux), "-o", str(out), "-j", "2",
+                           "--modules", str(modules)], check=False, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"{out}: ") and done.stderr == ""
     return out

@@ -97,6 +97,11 @@ class BccProgram:
         else:
             table.open_perf_buffer(_cb_perf, page_cnt=pages, lost_cb=_lost)
 
+    def ring_map(self) -> tuple[int, int]:
+        """The ring buffer map's file descriptor and its data size in bytes (ring buffer mode)."""
+        table = self._b[b"dc_events"]
+        return int(table.map_fd), int(table.max_entries)
+
     def poll(self, timeout_ms: int) -> None:
         """Wait up to ``timeout_ms`` for a wake-up, then read what is there."""
         if self.ringbuf:

@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._bcc import BccProgram, import_bcc
+from ._ringbuf import SUPPORTED as ring_supported
+from ._ringbuf import RingReader
 from .bpf_text import Layout, build_text
 from .btf import BTF_PATH, Btf
 from .errors import BtfError, CaptureError, HeadersError, PrivilegeError, UnsupportedKernelError
-from .events import DEFAULT_SNAPLEN, SNAPLEN_MAX, DropEvent, RawEvent, StackFrame, decode_event
+from .events import DEFAULT_SNAPLEN, SNAPLEN_MAX, DropEvent, RawEvent, StackFrame, decode_event, decode_events
 from .filters import Filters
 from .reasons import ReasonTable
 from .tpformat import TracepointFormat, read_format
@@ -172,6 +174,8 @@ class Capture:
         self._wakeup_every = max(1, wakeup_every)
         self._annotate = annotate
         self._prog: BccProgram | None = None
+        # ring buffer mode: the ring read through its mapping (None: records come through bcc's callback)
+        self._ring: RingReader | None = None
         self._batch = max(1, int(batch))
         # records copied out of the buffer, not yet decoded (bytes of one RawEvent each)
         self._raw: deque[bytes] = deque()
@@ -269,8 +273,20 @@ class Capture:
         self._clock_offset = time.time() - time.monotonic()
         self._prog = BccProgram(self.text, ringbuf=bool(self._ringbuf))
         try:
-            self._prog.open_output(self._on_record, self._ringbuf_pages if self._ringbuf else self._perf_pages)
+            if self._ringbuf and ring_supported:
+                fd, size = self._prog.ring_map()
+                try:
+                    self._ring = RingReader(fd, size, _RAW_SIZE + self.snaplen)
+                except OSError:  # no mapping: libbpf's consumer through bcc
+                    self._ring = None
+            if self._ring is None:
+                self._prog.open_output(
+                    self._on_record, self._ringbuf_pages if self._ringbuf else self._perf_pages
+                )
         except Exception:
+            if self._ring is not None:
+                self._ring.close()
+                self._ring = None
             self._prog.close()
             self._prog = None
             raise
@@ -294,6 +310,9 @@ class Capture:
                 self.detach()
                 self._final_stats = self.stats()
             finally:
+                if self._ring is not None:
+                    self._ring.close()
+                    self._ring = None
                 self._prog.close()
                 self._prog = None
                 self._raw.clear()
@@ -395,6 +414,14 @@ class Capture:
         """Copy up to one batch of records out of the buffer (waiting up to ``timeout`` for the first)."""
         if self._prog is None or self._abandoned:
             return
+        if self._ring is not None:
+            if not self._more and timeout > 0:
+                self._ring.wait(int(timeout * 1000))
+            records = self._ring.read(self._batch)
+            self._raw.extend(records)
+            self._received += len(records)
+            self._more = len(records) >= self._batch
+            return
         self._round = 0
         if self._more or timeout <= 0:
             self._prog.consume()
@@ -410,21 +437,33 @@ class Capture:
             raise CaptureError("the capture is not open")
         if not self._raw:
             self._read(timeout)
-        out = []
-        for _ in range(min(self._batch, len(self._raw))):
-            if self._abandoned:
-                break
-            ev = self._decode(self._raw.popleft())
-            if self.filters.matches(ev):
-                out.append(ev)
-            else:
-                self._rejected += 1
+        if self._abandoned or not self._raw:
+            return []
+        raw = self._raw
+        take = min(self._batch, len(raw))
+        bufs = [raw.popleft() for _ in range(take)]
+        events = self._decode_many(bufs)
+        matches = self.filters.matches
+        out = [ev for ev in events if matches(ev)]
+        self._rejected += len(events) - len(out)
         return out
+
+    def _decode_many(self, bufs: list[bytes]) -> list[DropEvent]:
+        """:meth:`_decode` of many records (equal record by record; tests compare the two)."""
+        return decode_events(
+            bufs,
+            reason_name=self._reason_name,
+            clock_offset=self._clock_offset,
+            location_symbol=self._symbol,
+            stack=self._stack,
+        )
 
     @property
     def _drained(self) -> bool:
         # after detach: every record the kernel wrote has been read
-        return self._detached and not self._raw and (self._kernel is None or self._received >= self._kernel[1])
+        return (
+            self._detached and not self._raw and (self._kernel is None or self._received >= self._kernel[1])
+        )
 
     def poll(self, timeout: float = 0.1) -> list[DropEvent]:
         """Wait up to ``timeout`` seconds and return the drops that arrived (at most one batch)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -377,6 +378,9 @@ def _run(args: argparse.Namespace) -> int:
             print(fmt.header(), file=out)
         annotated = False
         pcap = views.pcap
+        # what is loaded by now (kallsyms, BTF, the program) lives to the end: keep the collector from
+        # walking it again and again while the short-lived events come and go
+        gc.freeze()
         # a terminal sees each drop at once; a pipe or a file gets whole buffers, which the ticker
         # flushes (no write call per drop)
         interactive = out.isatty()

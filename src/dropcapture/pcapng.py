@@ -3,7 +3,8 @@
 The file is one section (little-endian): a Section Header Block naming dropcapture, then an Interface
 Description Block the first time a device appears, keyed by (network namespace, ifindex, link type),
 with ``if_name`` (the device's name and its namespace) and ``if_description``; then one Enhanced Packet
-Block per drop with the captured bytes, the packet's original length, a microsecond timestamp and an
+Block per drop with the captured bytes, the packet's original length, a nanosecond timestamp (``if_tsresol``
+9: the kernel stamps drops in nanoseconds) and an
 ``opt_comment`` naming the drop reason, the drop location and, when symbolized, its file:line.
 Block layouts: the pcapng specification (draft-ietf-opsawg-pcapng), sections 4.1, 4.2 and 4.3.
 """
@@ -53,10 +54,10 @@ class PcapngInterface(NamedTuple):
 
 
 class PcapngPacket(NamedTuple):
-    """One dropped packet: its interface, microseconds since the epoch, bytes, original length, comment."""
+    """One dropped packet: its interface, nanoseconds since the epoch, bytes, original length, comment."""
 
     interface: PcapngInterface
-    timestamp_us: int
+    timestamp_ns: int
     data: bytes
     orig_len: int
     comment: str
@@ -102,7 +103,7 @@ class PcapngWriter:
                 [
                     (_IF_NAME, iface.name.encode("utf-8", "replace")),
                     (_IF_DESCRIPTION, desc.encode()),
-                    (_IF_TSRESOL, b"\x06"),  # microseconds (the default, said explicitly)
+                    (_IF_TSRESOL, b"\x09"),  # nanoseconds (10^-9 s)
                 ]
             )
             self.out.write(_block(_IDB, body))
@@ -111,7 +112,7 @@ class PcapngWriter:
     def write(self, pkt: PcapngPacket) -> None:
         iface = self.interface_id(pkt.interface)
         data = pkt.data
-        ts = pkt.timestamp_us
+        ts = pkt.timestamp_ns
         body = (
             struct.pack(
                 "<IIIII",
@@ -157,6 +158,9 @@ class PcapngSink:
         self._file = out
         self.writer = PcapngWriter(out, snaplen)
         self._ifaces: dict[tuple[int | None, int | None, str | None, int], PcapngInterface] = {}
+        # wall clock minus the kernel's CLOCK_MONOTONIC stamp, in ns, fixed at the first drop: the
+        # packets keep the kernel's nanoseconds exactly relative to each other
+        self._offset_ns: int | None = None
 
     @classmethod
     def open(cls, path: str, snaplen: int) -> PcapngSink:
@@ -174,11 +178,13 @@ class PcapngSink:
         if iface is None:
             name = ev.ifname or (f"ifindex{ev.ifindex}" if ev.ifindex else "-")
             iface = self._ifaces[key] = PcapngInterface(ev.netns or 0, ev.ifindex or 0, linktype, name)
+        if self._offset_ns is None:
+            self._offset_ns = round(ev.timestamp * 1e9) - ev.ktime_ns
         source = summary.site((ev.reason_name, ev.location)).source_line if summary is not None else ""
         self.writer.write(
             PcapngPacket(
                 iface,
-                int(ev.timestamp * 1e6),
+                ev.ktime_ns + self._offset_ns,
                 ev.packet,
                 ev.wire_len or len(ev.packet),
                 drop_comment(ev, source),

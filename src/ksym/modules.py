@@ -34,6 +34,7 @@ import re
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from . import dwarf as D
 from .buildid import read_build_id_from_notes, same_build_id
@@ -257,6 +258,18 @@ class ModuleImage:
                 return base[: -len(suffix)]
         return base
 
+    @property
+    def has_dwarf(self) -> bool:
+        return self._lookup(".debug_info") is not None
+
+    def make_dwarf_image(self) -> DwarfImage:
+        """The module's DWARF, relocated, read on first use."""
+        return DwarfImage(self.path, ReadySections(self.dwarf_sections))
+
+    def section_data(self, s: Section, offset: int, size: int) -> bytes:
+        """``size`` bytes of section ``s`` (with contents) from ``offset``, not relocated."""
+        return self.data[s.offset + offset : s.offset + offset + size]
+
     def require_dwarf(self) -> None:
         if self._lookup(".debug_info") is None:
             raise MissingDebugInfoError(
@@ -267,8 +280,6 @@ class ModuleImage:
     def symbol_tables(self) -> tuple[SymbolTable, SymbolTable]:
         """(raw, placed): symbol values section-relative as readelf prints them (faddr2line's sizes), and
         the same table with every value moved to its section's synthetic address (bfd's view)."""
-        from array import array
-
         tables = []
         for s in self.sections:
             if s.type == SHT_SYMTAB:
@@ -279,12 +290,7 @@ class ModuleImage:
         if not tables:
             raise BadFileError(f"{self.path}: no symbol table (.symtab): the module was stripped")
         raw = SymbolTable.from_raw(tables, self.sections, self.little_endian, self.elfclass)
-        placed_values = array("Q", (
-            (v + self.bases.get(sh, 0)) & 0xFFFFFFFFFFFFFFFF for v, sh in zip(raw.values, raw.shndx)
-        ))
-        placed = SymbolTable(raw.names, placed_values, raw.sizes, raw.infos, raw.others, raw.shndx,
-                             self.placed_sections)
-        return raw, placed
+        return raw, placed_symbol_table(raw, self.bases, self.placed_sections)
 
     # -- relocation --
 
@@ -362,6 +368,56 @@ class ModuleImage:
                               self.require_dwarf)
 
 
+def placed_symbol_table(raw: SymbolTable, bases: dict[int, int], placed_sections: list[Section]) -> SymbolTable:
+    """``raw`` with every value moved to its section's synthetic address (bfd's view of a module)."""
+    from array import array
+
+    placed_values = array("Q", (
+        (v + bases.get(sh, 0)) & 0xFFFFFFFFFFFFFFFF for v, sh in zip(raw.values, raw.shndx)
+    ))
+    return SymbolTable(raw.names, placed_values, raw.sizes, raw.infos, raw.others, raw.shndx, placed_sections)
+
+
+class ModuleDebugImage(Protocol):
+    """What :class:`ModuleSymbolizer` reads of a module: a :class:`ModuleImage` (its debug file) or a
+    module of a portable index file (:class:`ksym.portable.PortableModule`)."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def build_id(self) -> str | None: ...
+    @property
+    def module_name(self) -> str: ...
+    @property
+    def has_dwarf(self) -> bool: ...
+    @property
+    def sections(self) -> list[Section]: ...
+    @property
+    def bases(self) -> dict[int, int]: ...
+    def section(self, name: str) -> Section | None: ...
+    def require_dwarf(self) -> None: ...
+    def symbol_tables(self) -> tuple[SymbolTable, SymbolTable]: ...
+    def make_dwarf_image(self) -> DwarfImage: ...
+    def section_data(self, s: Section, offset: int, size: int) -> bytes: ...
+
+
+class ModuleSource(Protocol):
+    """Modules kept elsewhere than in debug files (:class:`ksym.portable.PortableFile`)."""
+
+    @property
+    def path(self) -> Path:
+        """Where they are (named where a module is not found)."""
+        ...
+
+    def module_build_ids(self, module_name: str) -> list[str | None]:
+        """The build ids of the modules of this name it holds (normalized name)."""
+        ...
+
+    def module(self, module_name: str, build_id: str | None) -> ModuleDebugImage:
+        """The module of this name and exact build id (one :meth:`module_build_ids` gave)."""
+        ...
+
+
 def _machine_number(data: bytes, little_endian: bool) -> int:
     return int(struct.unpack_from("<H" if little_endian else ">H", data, 18)[0])
 
@@ -390,20 +446,21 @@ class ModuleSymbolizer:
     """
 
     def __init__(self, path: str | os.PathLike[str], *,
-                 path_map: Iterable[str | tuple[str, str]] | PathMap | None = None) -> None:
+                 path_map: Iterable[str | tuple[str, str]] | PathMap | None = None,
+                 image: ModuleDebugImage | None = None) -> None:
         self.path_map = PathMap.parse(path_map)
-        self.image = ModuleImage(path)
+        #: the module's debug file, or ``image`` (a module of a portable index file: ``path`` unused)
+        self.image: ModuleDebugImage = image if image is not None else ModuleImage(path)
         self.path = self.image.path
         #: False for a module stripped of its DWARF: addresses are answered from the symbol table alone
         #: (function names, no file:line), as addr2line does; ``func+off`` frames raise
         #: MissingDebugInfoError, as scripts/faddr2line refuses such a file.
-        self.has_dwarf = self.image._lookup(".debug_info") is not None
+        self.has_dwarf = self.image.has_dwarf
         self.build_id: str | None = self.image.build_id
         self.module_name: str = self.image.module_name
         self.raw_symbols, self.symbols = self.image.symbol_tables()
         #: the module's DWARF (None: it has none): its relocated sections, read on first use
-        self.dwarf_image: DwarfImage | None = (
-            DwarfImage(self.path, ReadySections(self.image.dwarf_sections)) if self.has_dwarf else None)
+        self.dwarf_image: DwarfImage | None = self.image.make_dwarf_image() if self.has_dwarf else None
         self._chains: dict[int, tuple[SourceLocation, ...]] = {}
 
     def chain(self, address: int) -> tuple[SourceLocation, ...]:
@@ -557,8 +614,7 @@ class ModuleSymbolizer:
         s = self.image.section(section_name)
         if s is None or s.type == SHT_NOBITS or not 0 <= offset < s.size:
             return b""
-        n = min(size, s.size - offset)
-        return self.image.data[s.offset + offset : s.offset + offset + n]
+        return self.image.section_data(s, offset, min(size, s.size - offset))
 
     def section_of(self, resolution: Resolution) -> str | None:
         """The section a :meth:`resolve` answer's address is relative to."""
@@ -598,8 +654,11 @@ class ModuleSet:
     def __init__(self, release: str | None = None,
                  search_dirs: Sequence[str | os.PathLike[str]] = (),
                  debuginfo: DebuginfoOptions | None = None, *,
-                 path_map: Iterable[str | tuple[str, str]] | PathMap | None = None) -> None:
+                 path_map: Iterable[str | tuple[str, str]] | PathMap | None = None,
+                 index: ModuleSource | None = None) -> None:
         self.path_map = PathMap.parse(path_map)
+        #: a portable index file made with ``--modules``: its modules are used before any debug file
+        self.index = index
         self.release = release
         self.search_dirs = list(search_dirs)
         self.debuginfo = debuginfo
@@ -612,6 +671,12 @@ class ModuleSet:
         """
         key = (normalize_module_name(module_name), build_id.lower() if build_id else None)
         got = self._open.get(key)
+        if got is None and self.index is not None:
+            for have in self.index.module_build_ids(key[0]):
+                if key[1] is None or (have is not None and same_build_id(key[1], have)):
+                    got = ModuleSymbolizer(key[0], image=self.index.module(key[0], have), path_map=self.path_map)
+                    self._open[key] = got
+                    break
         if got is None:
             path = find_module_debug_file(module_name, self.release, self.search_dirs, build_id,
                                           debuginfo=self.debuginfo)
@@ -620,7 +685,8 @@ class ModuleSet:
                 path = DebuginfodClient(self.debuginfo).find(build_id, failures=failures)
             if path is None:
                 rel = self.release if self.release is not None else os.uname().release
-                where = ", ".join([*(str(d) for d in self.search_dirs), str(MODULE_DEBUG_ROOT / rel)])
+                where = ", ".join([*([str(self.index.path)] if self.index is not None else []),
+                                   *(str(d) for d in self.search_dirs), str(MODULE_DEBUG_ROOT / rel)])
                 bid = f" with build id {build_id}" if build_id else ""
                 if failures:
                     raise DebuginfodError(f"no debug file for module {module_name}{bid} in {where}; debuginfod: "

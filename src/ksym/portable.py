@@ -2,7 +2,7 @@
 in one file that is used without the debug vmlinux (``ksym index build``, ``Symbolizer.from_index``).
 
 The layout is documented in docs/index-format.md. In short: a 64-byte header (magic, format version,
-lengths, a CRC-32 of the header, its metadata and its block table), the metadata as JSON (build id,
+lengths, a CRC-32 of the header, its metadata and its block table), the metadata (build id,
 banner, kernel tag, ELF facts, section table, faddr2line's path prefix), a table of blocks, and the
 blocks: the symbol table as :meth:`ksym.symbols.SymbolTable.to_buffer` writes it (stored plainly so
 that it is mapped, not read), ``.debug_aranges``, the ranges of units .debug_aranges misses, a
@@ -26,7 +26,6 @@ build id.
 from __future__ import annotations
 
 import bisect
-import json
 import marshal
 import mmap
 import os
@@ -47,6 +46,7 @@ from .symbols import Section, SymbolTable
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from . import dwarf as D
+    from .dwarf_image import DwarfImage
 
 __all__ = [
     "FORMAT_VERSION",
@@ -61,7 +61,7 @@ __all__ = [
 #: The first 8 bytes of every portable index file.
 MAGIC = b"KSYMIDX\x00"
 #: The format this ksym writes and reads; a file of another version is refused (exit 4).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: magic, version, header length, file size, metadata length, block count, header CRC-32, reserved
 _HEAD = struct.Struct("<8sIIQIII28x")
 #: kind, codec, CRC-32 of the stored bytes, offset, stored length, length once decompressed
@@ -76,7 +76,10 @@ MAX_HEADER = 16 << 20
 MAX_RAW = 256 << 20
 
 CODEC_NONE = 0
-CODEC_ZSTD = 1
+#: format 1's zstd: not written or read since format 2
+CODEC_ZLIB = 2
+#: the zlib level of the units and code chunks
+LEVEL = 9
 
 
 class BlockKind:
@@ -88,6 +91,8 @@ class BlockKind:
     UNITS = 4
     CODE = 5
     PAYLOAD = 6
+    #: optional (``ksym index build --modules``): the module directory
+    MODULES = 7
 
 
 _REQUIRED = (
@@ -98,6 +103,7 @@ _REQUIRED = (
     BlockKind.CODE,
     BlockKind.PAYLOAD,
 )
+_OPTIONAL = (BlockKind.MODULES,)
 
 
 class Block(NamedTuple):
@@ -123,8 +129,20 @@ class Entry(NamedTuple):
     crc: int
 
 
+class ModuleEntry(NamedTuple):
+    """One entry of the module directory: a module's piece of the payload."""
+
+    #: the module's name (``-`` as ``_``)
+    name: str
+    build_id: str | None
+    offset: int
+    length: int
+    raw_length: int
+    crc: int
+
+
 class PortableMeta(NamedTuple):
-    """The metadata of a portable index file (its JSON object; docs/index-format.md)."""
+    """The metadata of a portable index file (a ``marshal`` dict of plain values; docs/index-format.md)."""
 
     build_id: str | None
     banner: str | None
@@ -143,20 +161,22 @@ class PortableMeta(NamedTuple):
     source_size: int
     created_by: str
 
-    def to_json(self) -> bytes:
+    def to_bytes(self) -> bytes:
+        """The metadata as ``marshal`` (format 4) of a dict with sorted keys: str, int, bool, None, lists
+        (``marshal`` is built in, where ``json`` is an import on the way to the first answer)."""
         d = self._asdict()
         d["sections"] = [[s.index, s.name, s.type, s.flags, s.addr, s.offset, s.size] for s in self.sections]
-        return json.dumps(d, separators=(",", ":"), sort_keys=True).encode()
+        return marshal.dumps(dict(sorted(d.items())), 4)
 
     @classmethod
-    def from_json(cls, data: bytes) -> PortableMeta:
-        """:raises ValueError, TypeError: not such an object (bad JSON, a missing or mistyped field)."""
+    def from_bytes(cls, data: bytes) -> PortableMeta:
+        """:raises ValueError, TypeError: not such an object (not marshal data, a missing or mistyped field)."""
         try:
-            d = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, RecursionError) as exc:
-            raise ValueError(str(exc)) from None
-        if not isinstance(d, dict):
-            raise TypeError("metadata is not an object")
+            d = marshal.loads(data)
+        except (EOFError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+            raise ValueError(f"{type(exc).__name__}") from None
+        if type(d) is not dict:
+            raise ValueError("metadata is not a dict")
 
         def get(name: str, *types: type) -> Any:
             if name not in d:
@@ -167,17 +187,7 @@ class PortableMeta(NamedTuple):
             return v
 
         none = type(None)
-        secs = get("sections", list)
-        sections = []
-        for s in secs:
-            if (
-                not isinstance(s, list)
-                or len(s) != 7
-                or type(s[1]) is not str
-                or any(type(x) is not int or x < 0 for i, x in enumerate(s) if i != 1)
-            ):
-                raise ValueError("metadata: a malformed section")
-            sections.append(Section(*s))
+        sections = _sections_of(get("sections", list))
         byteorder = get("byteorder", str)
         if byteorder not in ("little", "big"):
             raise ValueError("metadata: byte order")
@@ -195,7 +205,7 @@ class PortableMeta(NamedTuple):
             elf_type=get("elf_type", str),
             elfclass=elfclass,
             little_endian=get("little_endian", bool),
-            sections=tuple(sections),
+            sections=sections,
             dir_prefix=get("dir_prefix", str, none),
             dynamic_symbols=dyn,
             byteorder=byteorder,
@@ -248,7 +258,7 @@ def _parse_header(path: object, head: bytes, read_rest: Any, actual_size: int) -
     if zlib.crc32(rest, zlib.crc32(zeroed)) != crc:
         raise _bad(path, "header checksum mismatch")
     try:
-        meta = PortableMeta.from_json(bytes(rest[:meta_len]))
+        meta = PortableMeta.from_bytes(bytes(rest[:meta_len]))
     except (TypeError, ValueError) as exc:
         raise _bad(path, f"metadata: {exc}") from None
     blocks: dict[int, Block] = {}
@@ -256,10 +266,12 @@ def _parse_header(path: object, head: bytes, read_rest: Any, actual_size: int) -
         b = Block._make(_BLOCK.unpack_from(rest, meta_len + i * _BLOCK.size))
         if b.kind in blocks:
             raise _bad(path, f"block kind {b.kind} twice")
+        if b.kind not in _REQUIRED and b.kind not in _OPTIONAL:
+            raise _bad(path, f"block of unknown kind {b.kind}")
         if (
             b.offset < length
             or b.offset + b.length > actual_size
-            or b.codec not in (CODEC_NONE, CODEC_ZSTD)
+            or b.codec not in (CODEC_NONE, CODEC_ZLIB)
             or b.raw_length > MAX_RAW
             or (b.codec == CODEC_NONE and b.raw_length != b.length)
         ):
@@ -290,23 +302,88 @@ def file_build_id(path: str | os.PathLike[str]) -> str:
 
 
 def _decompress(data: bytes | memoryview, raw_length: int) -> bytes:
-    """A zstd frame that must decompress to exactly ``raw_length`` bytes.
+    """A zlib stream that must decompress to exactly ``raw_length`` bytes and end where ``data`` ends
+    (no more is ever decompressed than that).
 
     :raises ValueError: it does not."""
-    import zstandard
-
     if raw_length > MAX_RAW:
         raise ValueError("too long")
+    d = zlib.decompressobj()
     try:
-        declared = zstandard.frame_content_size(data)
-        if declared not in (-1, raw_length):
-            raise ValueError("content size mismatch")
-        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=raw_length)
-    except zstandard.ZstdError as exc:
+        out = d.decompress(data, max(raw_length, 1))
+        if len(out) == raw_length and not d.eof and d.decompress(d.unconsumed_tail, 1):
+            raise ValueError("longer than its directory says")
+    except zlib.error as exc:
         raise ValueError(str(exc)) from None
-    if len(out) != raw_length:
+    if len(out) != raw_length or not d.eof or d.unused_data:
         raise ValueError("length mismatch")
     return out
+
+
+def _aranges_of(raw: bytes) -> ArangeTable:
+    """An ARANGES block's table. :raises ValueError: not one."""
+    try:
+        n, maxlen = struct.unpack_from("<QQ", raw)
+    except struct.error:
+        raise ValueError("cut short") from None
+    if len(raw) != 16 + 24 * n:
+        raise ValueError("length")
+    cols = []
+    for i in range(3):
+        a = array("Q")
+        a.frombytes(raw[16 + 8 * n * i : 16 + 8 * n * (i + 1)])
+        if struct.pack("=H", 1) != struct.pack("<H", 1):
+            a.byteswap()
+        cols.append(a)
+    # sorted by start, no range longer than maxlen: as the writer made them (the CRC says these are
+    # its bytes); a hostile file's order can only give it wrong units, which it could name anyway
+    return ArangeTable(cols[0], cols[1], cols[2], maxlen)
+
+
+def _unit_ranges_of(raw: bytes) -> list[UnitRange]:
+    """A UNIT_RANGES block's ranges. :raises ValueError: not such a block."""
+    if len(raw) % 24:
+        raise ValueError("length")
+    return [UnitRange(lo, hi, u) for lo, hi, u in struct.iter_unpack("<QQQ", raw)]
+
+
+def _sections_of(secs: object) -> tuple[Section, ...]:
+    """A section table as the metadata keeps it. :raises ValueError: not one."""
+    if type(secs) is not list:
+        raise ValueError("sections: not a list")
+    sections = []
+    for s in secs:
+        if (
+            type(s) is not list
+            or len(s) != 7
+            or type(s[1]) is not str
+            or any(type(x) is not int or x < 0 for i, x in enumerate(s) if i != 1)
+        ):
+            raise ValueError("a malformed section")
+        sections.append(Section(*s))
+    return tuple(sections)
+
+
+def _whole_unit(rec: Any, offset: int) -> D.CompiledUnit:
+    """The unit of a record read from the file, which must be the whole unit at ``offset``.
+
+    :raises ValueError: it is not."""
+    from . import dwarf as D
+
+    try:
+        if not _plain_unit_record(rec):
+            raise ValueError("not a unit record")
+        cu = D.unit_from_record(rec)
+    except (TypeError, IndexError, OverflowError, RecursionError) as exc:
+        raise ValueError(type(exc).__name__) from None
+    if (
+        cu.offset != offset
+        or cu.walk is not None
+        or (cu.lines is not None and cu.lines.pending is not None)
+        or any(f.child_pos >= 0 or not 0 <= f.parent + 1 <= i for i, f in enumerate(cu.functions))
+    ):
+        raise ValueError("not a whole unit")
+    return cu
 
 
 class Directory:
@@ -424,7 +501,7 @@ class PortableFile:
         except BaseException:
             self.close()
             raise
-        self._decompressor: Any = None
+        self._modules: list[ModuleEntry] | None = None
 
     # -- blocks --
 
@@ -446,29 +523,16 @@ class PortableFile:
             stored.release()
 
     def _load_aranges(self) -> ArangeTable:
-        raw = self._block(BlockKind.ARANGES)
         try:
-            n, maxlen = struct.unpack_from("<QQ", raw)
-            if len(raw) != 16 + 24 * n:
-                raise ValueError("length")
-            cols = []
-            for i in range(3):
-                a = array("Q")
-                a.frombytes(raw[16 + 8 * n * i : 16 + 8 * n * (i + 1)])
-                if struct.pack("=H", 1) != struct.pack("<H", 1):
-                    a.byteswap()
-                cols.append(a)
-            # sorted by start, no range longer than maxlen: as the writer made them (the CRC says these are
-            # its bytes); a hostile file's order can only give it wrong units, which it could name anyway
-        except (struct.error, ValueError) as exc:
+            return _aranges_of(self._block(BlockKind.ARANGES))
+        except ValueError as exc:
             raise _bad(self.path, f"aranges: {exc}") from None
-        return ArangeTable(cols[0], cols[1], cols[2], maxlen)
 
     def _load_unit_ranges(self) -> list[UnitRange]:
-        raw = self._block(BlockKind.UNIT_RANGES)
-        if len(raw) % 24:
-            raise _bad(self.path, "unit ranges length")
-        return [UnitRange(lo, hi, u) for lo, hi, u in struct.iter_unpack("<QQQ", raw)]
+        try:
+            return _unit_ranges_of(self._block(BlockKind.UNIT_RANGES))
+        except ValueError as exc:
+            raise _bad(self.path, f"unit ranges: {exc}") from None
 
     def _piece(self, e: Entry, what: str) -> bytes:
         assert self._view is not None
@@ -540,28 +604,15 @@ class PortableFile:
         """The unit at ``offset`` of .debug_info, read whole (None: the file holds no such unit).
 
         :raises BadFileError: the unit's bytes are damaged."""
-        from . import dwarf as D
-
         entry = self.units.find(offset)
         if entry is None:
             return None
         what = f"unit {offset:#x}"
         raw = self._piece(entry, what)
         try:
-            rec = marshal.loads(raw)
-            if not _plain_unit_record(rec):
-                raise ValueError("not a unit record")
-            cu = D.unit_from_record(rec)
-        except (ValueError, TypeError, IndexError, EOFError, OverflowError, RecursionError) as exc:
-            raise _bad(self.path, f"{what}: {type(exc).__name__}") from None
-        if (
-            cu.offset != offset
-            or cu.walk is not None
-            or (cu.lines is not None and cu.lines.pending is not None)
-            or any(f.child_pos >= 0 or not 0 <= f.parent + 1 <= i for i, f in enumerate(cu.functions))
-        ):
-            raise _bad(self.path, f"{what} is not a whole unit")
-        return cu
+            return _whole_unit(marshal.loads(raw), offset)
+        except (ValueError, TypeError, EOFError, OverflowError, RecursionError) as exc:
+            raise _bad(self.path, f"{what}: {exc}") from None
 
     def unit_changed(self, unit: D.CompiledUnit) -> None:
         """Units of the file are whole: nothing is read on, nothing is stored."""
@@ -596,6 +647,74 @@ class PortableFile:
                 return bytes(out)
         return b""
 
+    # -- modules (--modules) --
+
+    def _module_directory(self) -> list[ModuleEntry]:
+        """The module directory (empty: a file made without ``--modules``), read and checked once."""
+        if self._modules is None:
+            entries: list[ModuleEntry] = []
+            if BlockKind.MODULES in self.header.blocks:
+                payload = self.header.blocks[BlockKind.PAYLOAD]
+                raw = self._block(BlockKind.MODULES)
+                try:
+                    rows = marshal.loads(raw)
+                    if type(rows) is not list:
+                        raise ValueError("not a list")
+                    for row in rows:
+                        if (
+                            type(row) is not list
+                            or len(row) != 6
+                            or type(row[0]) is not str
+                            or type(row[1]) not in (str, type(None))
+                            or any(type(x) is not int or x < 0 for x in row[2:])
+                        ):
+                            raise ValueError("a malformed entry")
+                        e = ModuleEntry(*row)
+                        if (
+                            e.offset < payload.offset
+                            or e.offset + e.length > payload.offset + payload.length
+                            or e.raw_length > MAX_RAW
+                        ):
+                            raise ValueError(f"module {e.name} out of bounds")
+                        entries.append(e)
+                except (EOFError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+                    raise _bad(self.path, f"module directory: {exc}") from None
+            self._modules = entries
+        return self._modules
+
+    def module_names(self) -> list[str]:
+        """The names of the modules the file holds (``ksym index build --modules``)."""
+        return sorted({e.name for e in self._module_directory()})
+
+    def module_build_ids(self, module_name: str) -> list[str | None]:
+        """The build ids of the modules of this name (``-`` and ``_`` alike) the file holds."""
+        want = module_name.replace("-", "_")
+        return [e.build_id for e in self._module_directory() if e.name == want]
+
+    def module(self, module_name: str, build_id: str | None) -> PortableModule:
+        """The module of this name and exact build id, read whole (its CRC checked, every field).
+
+        :raises KeyError: the file holds no such module.
+        :raises BadFileError: its bytes are damaged."""
+        want = module_name.replace("-", "_")
+        for e in self._module_directory():
+            if e.name == want and e.build_id == build_id:
+                what = f"module {e.name}"
+                raw = self._piece(Entry(0, e.offset, e.length, e.raw_length, e.crc), what)
+                try:
+                    return PortableModule.from_record(self.path, e.name, marshal.loads(raw))
+                except (
+                    ValueError,
+                    TypeError,
+                    IndexError,
+                    KeyError,
+                    EOFError,
+                    OverflowError,
+                    RecursionError,
+                ) as exc:
+                    raise _bad(self.path, f"{what}: {type(exc).__name__}: {exc}") from None
+        raise KeyError(module_name)
+
     # -- lifecycle --
 
     def close(self) -> None:
@@ -628,17 +747,19 @@ class PortableWriter:
     Blocks are added in any order, units and code chunks as they come (already compressed by the
     builder's workers: :func:`compress`)."""
 
-    def __init__(self, path: str | os.PathLike[str], meta: PortableMeta) -> None:
+    def __init__(self, path: str | os.PathLike[str], meta: PortableMeta, *, modules: bool = False) -> None:
         self.path = Path(path)
         self.meta = meta
-        self._meta_json = meta.to_json()
-        self._header_length = _HEAD.size + len(self._meta_json) + len(_REQUIRED) * _BLOCK.size
+        self._meta_bytes = meta.to_bytes()
+        self._kinds = _REQUIRED + _OPTIONAL if modules else _REQUIRED
+        self._header_length = _HEAD.size + len(self._meta_bytes) + len(self._kinds) * _BLOCK.size
         self.tmp = self.path.parent / f".tmp-{os.urandom(8).hex()}"
         self._f: BinaryIO = open(self.tmp, "xb")  # noqa: SIM115 - closed by finish/abort
         self._f.write(bytes(self._header_length))
         self._blocks: dict[int, Block] = {}
         self._units: list[Entry] = []
         self._code: list[Entry] = []
+        self._modules: list[ModuleEntry] = []
         self._payload_start: int | None = None
 
     def _align(self, to: int) -> None:
@@ -646,15 +767,16 @@ class PortableWriter:
         if pad:
             self._f.write(bytes(pad))
 
-    def add_block(self, kind: int, data: bytes, compress_it: bool = True) -> None:
-        """A block (before the first unit or chunk, or after :meth:`end_payload`)."""
+    def add_block(self, kind: int, data: bytes, compress_it: bool = False) -> None:
+        """A block (before the first unit or chunk, or after :meth:`end_payload`): stored as it is (read
+        on every open: a copy out of the mapping costs less than decompressing), or compressed."""
         self._align(4096 if kind == BlockKind.SYMBOLS else 8)
         offset = self._f.tell()
         stored = compress(data) if compress_it else data
         self._f.write(stored)
         self._blocks[kind] = Block(
             kind,
-            CODEC_ZSTD if compress_it else CODEC_NONE,
+            CODEC_ZLIB if compress_it else CODEC_NONE,
             zlib.crc32(stored),
             offset,
             len(stored),
@@ -679,6 +801,11 @@ class PortableWriter:
         at, crc = self._piece(stored, raw_length)
         self._code.append(Entry(address, at, len(stored), raw_length, crc))
 
+    def add_module(self, name: str, build_id: str | None, stored: bytes, raw_length: int) -> None:
+        """A module (:func:`compress` of ``marshal.dumps(record, 4)``, :meth:`PortableModule.record`)."""
+        at, crc = self._piece(stored, raw_length)
+        self._modules.append(ModuleEntry(name, build_id, at, len(stored), raw_length, crc))
+
     def finish(self) -> int:
         """Write the directories and the header, and rename the file into place; its size."""
         if self._payload_start is None:
@@ -696,15 +823,19 @@ class PortableWriter:
         for kind, entries in ((BlockKind.UNITS, self._units), (BlockKind.CODE, self._code)):
             entries.sort()
             self.add_block(kind, b"".join(_ENTRY.pack(*e) for e in entries))
+        if BlockKind.MODULES in self._kinds:
+            self.add_block(
+                BlockKind.MODULES, marshal.dumps([list(e) for e in sorted(self._modules, key=_module_key)], 4)
+            )
         size = self._f.tell()
-        table = b"".join(_BLOCK.pack(*self._blocks[k]) for k in _REQUIRED)
-        rest = self._meta_json + table
+        table = b"".join(_BLOCK.pack(*self._blocks[k]) for k in self._kinds)
+        rest = self._meta_bytes + table
         head = _HEAD.pack(
-            MAGIC, FORMAT_VERSION, self._header_length, size, len(self._meta_json), len(_REQUIRED), 0
+            MAGIC, FORMAT_VERSION, self._header_length, size, len(self._meta_bytes), len(self._kinds), 0
         )
         crc = zlib.crc32(rest, zlib.crc32(head))
         head = _HEAD.pack(
-            MAGIC, FORMAT_VERSION, self._header_length, size, len(self._meta_json), len(_REQUIRED), crc
+            MAGIC, FORMAT_VERSION, self._header_length, size, len(self._meta_bytes), len(self._kinds), crc
         )
         self._f.seek(0)
         self._f.write(head + rest)
@@ -725,11 +856,9 @@ class PortableWriter:
                 pass
 
 
-def compress(data: bytes, level: int = 12) -> bytes:
-    """``data`` as one zstd frame that records its length."""
-    import zstandard
-
-    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
+def compress(data: bytes, level: int = LEVEL) -> bytes:
+    """``data`` as one zlib stream (its length is the directory's)."""
+    return zlib.compress(data, level)
 
 
 def arange_block(table: ArangeTable) -> bytes:
@@ -744,6 +873,213 @@ def arange_block(table: ArangeTable) -> bytes:
 def unit_range_block(ranges: Sequence[UnitRange]) -> bytes:
     """The UNIT_RANGES block: (low, high, unit offset) as u64 LE triples."""
     return b"".join(struct.pack("<QQQ", r.low, r.high, r.unit) for r in ranges)
+
+
+def _module_key(e: ModuleEntry) -> tuple[str, str]:
+    return (e.name, e.build_id or "")
+
+
+class _ModuleUnits:
+    """The :class:`ksym.dwarf_image.UnitStore` of a module of the file: its whole units, in memory."""
+
+    def __init__(self, units: dict[int, D.CompiledUnit], ranges: list[UnitRange]) -> None:
+        self._units = units
+        self._ranges = ranges
+
+    def load_unit(self, offset: int) -> D.CompiledUnit | None:
+        return self._units.get(offset)
+
+    def unit_changed(self, unit: D.CompiledUnit) -> None:
+        pass
+
+    def forget_unit(self, offset: int) -> None:
+        pass
+
+    def load_unit_ranges(self) -> list[UnitRange] | None:
+        return self._ranges
+
+    def save_unit_ranges(self, ranges: list[UnitRange]) -> None:
+        pass
+
+
+class PortableModule:
+    """A module of a portable index file made with ``--modules`` (a :class:`ksym.modules.ModuleDebugImage`:
+    ``ModuleSymbolizer(path, image=...)`` answers from it as from the module's debug file).
+
+    Its record (:meth:`record`, ``marshal``ed, one zlib piece): ``module_name``, ``file`` (the debug
+    file's name), ``build_id``, ``sections`` (as the metadata's), ``bases`` (``[index, address]``: bfd's
+    layout), ``symbols`` (the raw symbol table, :meth:`ksym.symbols.SymbolTable.to_buffer`),
+    ``has_dwarf``, ``aranges`` and ``unit_ranges`` (as the blocks of those kinds), ``units``
+    (``[offset, unit record]``, each whole) and ``code`` (``[section index, contents]`` of the allocated
+    sections with contents)."""
+
+    def __init__(
+        self,
+        path: Path,
+        module_name: str,
+        build_id: str | None,
+        sections: list[Section],
+        bases: dict[int, int],
+        symbols: bytes,
+        has_dwarf: bool,
+        aranges: ArangeTable,
+        unit_ranges: list[UnitRange],
+        units: dict[int, D.CompiledUnit],
+        code: dict[int, bytes],
+    ) -> None:
+        self._path = path
+        self._module_name = module_name
+        self._build_id = build_id
+        self._sections = sections
+        self._bases = bases
+        self._has_dwarf = has_dwarf
+        self._aranges = aranges
+        self._unit_ranges = unit_ranges
+        self._units = units
+        self._code = code
+        self.placed_sections = [
+            Section(s.index, s.name, s.type, s.flags, bases.get(s.index, 0), s.offset, s.size)
+            for s in sections
+        ]
+        self._raw = SymbolTable.from_buffer(symbols, sections)  # :raises ValueError: not such a table
+
+    @staticmethod
+    def record(
+        image: Any,
+        symbols: SymbolTable,
+        aranges: ArangeTable | None,
+        ranges: Sequence[UnitRange],
+        units: dict[int, D.CompiledUnit],
+        code: dict[int, bytes],
+    ) -> dict[str, Any]:
+        """The record of a module (``image``: its :class:`ksym.modules.ModuleImage`)."""
+        from . import dwarf as D
+
+        return {
+            "module_name": image.module_name,
+            "file": image.path.name,
+            "build_id": image.build_id,
+            "sections": [
+                [s.index, s.name, s.type, s.flags, s.addr, s.offset, s.size] for s in image.sections
+            ],
+            "bases": [[i, a] for i, a in sorted(image.bases.items())],
+            "symbols": symbols.to_buffer(),
+            "has_dwarf": image.has_dwarf,
+            "aranges": arange_block(aranges if aranges is not None else ArangeTable.of([])),
+            "unit_ranges": unit_range_block(ranges),
+            "units": [[off, D.unit_to_record(cu)] for off, cu in sorted(units.items())],
+            "code": [[i, c] for i, c in sorted(code.items())],
+        }
+
+    @classmethod
+    def from_record(cls, index_path: Path, name: str, rec: Any) -> PortableModule:
+        """:raises ValueError, TypeError, KeyError: not a module's record."""
+        if type(rec) is not dict:
+            raise ValueError("not a dict")
+
+        def get(key: str, *types: type) -> Any:
+            v = rec[key]
+            if type(v) not in types:
+                raise ValueError(f"{key} of the wrong type")
+            return v
+
+        module_name = get("module_name", str)
+        if module_name.replace("-", "_") != name:
+            raise ValueError("another module's record")
+        file = get("file", str)
+        sections = list(_sections_of(get("sections", list)))
+        bases: dict[int, int] = {}
+        for pair in get("bases", list):
+            if type(pair) is not list or len(pair) != 2 or any(type(x) is not int or x < 0 for x in pair):
+                raise ValueError("a malformed base")
+            bases[pair[0]] = pair[1]
+        units: dict[int, D.CompiledUnit] = {}
+        for pair in get("units", list):
+            if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not int:
+                raise ValueError("a malformed unit")
+            units[pair[0]] = _whole_unit(pair[1], pair[0])
+        code: dict[int, bytes] = {}
+        for pair in get("code", list):
+            if (
+                type(pair) is not list
+                or len(pair) != 2
+                or type(pair[0]) is not int
+                or type(pair[1]) is not bytes
+            ):
+                raise ValueError("a malformed code section")
+            code[pair[0]] = pair[1]
+        return cls(
+            Path(f"{index_path}:{file}"),
+            module_name,
+            get("build_id", str, type(None)),
+            sections,
+            bases,
+            get("symbols", bytes),
+            get("has_dwarf", bool),
+            _aranges_of(get("aranges", bytes)),
+            _unit_ranges_of(get("unit_ranges", bytes)),
+            units,
+            code,
+        )
+
+    # -- what ModuleSymbolizer reads (ksym.modules.ModuleDebugImage) --
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def build_id(self) -> str | None:
+        return self._build_id
+
+    @property
+    def module_name(self) -> str:
+        return self._module_name
+
+    @property
+    def has_dwarf(self) -> bool:
+        return self._has_dwarf
+
+    @property
+    def sections(self) -> list[Section]:
+        return self._sections
+
+    @property
+    def bases(self) -> dict[int, int]:
+        return self._bases
+
+    def section(self, name: str) -> Section | None:
+        for s in self._sections:
+            if s.name == name:
+                return s
+        return None
+
+    def require_dwarf(self) -> None:
+        from .errors import MissingDebugInfoError
+
+        if not self._has_dwarf:
+            raise MissingDebugInfoError(
+                f"{self._path}: no DWARF debug info (.debug_info): this is a stripped module; install the "
+                "kernel's debug symbols (Debian: linux-image-<release>-dbg) or pass the module's debug file"
+            )
+
+    def symbol_tables(self) -> tuple[SymbolTable, SymbolTable]:
+        from .modules import placed_symbol_table
+
+        return self._raw, placed_symbol_table(self._raw, self._bases, self.placed_sections)
+
+    def make_dwarf_image(self) -> DwarfImage:
+        from .dwarf_image import DwarfImage
+
+        return DwarfImage(
+            self._path,
+            NoSections(self._path),
+            self._aranges,
+            units=_ModuleUnits(self._units, self._unit_ranges),
+        )
+
+    def section_data(self, s: Section, offset: int, size: int) -> bytes:
+        return self._code.get(s.index, b"")[offset : offset + size]
 
 
 class NoSections:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from .errors import BadFileError, KsymError, MissingDebugInfoError
 from .portable import (
     CODE_CHUNK,
+    LEVEL,
     BlockKind,
     PortableMeta,
     PortableWriter,
@@ -72,6 +73,8 @@ class BuildResult(NamedTuple):
     processes: int
     seconds: float
     build_id: str | None
+    #: modules written (``modules``)
+    modules: int = 0
 
 
 def _created_by() -> str:
@@ -93,13 +96,16 @@ def build_index(
     *,
     processes: int | None = None,
     progress: Callable[[int, int], None] | None = None,
-    level: int = 12,
+    level: int = LEVEL,
+    modules: str | os.PathLike[str] | None = None,
 ) -> BuildResult:
     """Write the portable index file of ``vmlinux`` to ``output``.
 
     :param processes: worker processes (default: every CPU this process may use).
     :param progress: called with (tasks done, tasks in all) as pieces arrive.
-    :param level: the zstd level of the units and code chunks.
+    :param level: the zlib level of the units and code chunks.
+    :param modules: a directory of module debug files (searched recursively, as ``ksym annotate
+        --modules``): each module (the first file of each name) is read whole into the file too.
     :raises FileNotFoundKsymError: no such vmlinux, or ``output``'s directory cannot be written.
     :raises BadFileError: not a usable ELF file, or damaged DWARF (in any unit).
     :raises MissingDebugInfoError: no DWARF.
@@ -111,6 +117,7 @@ def build_index(
 
     started = time.monotonic()
     out = Path(output)
+    module_files = _module_files(modules) if modules is not None else []
     with Symbolizer(vmlinux, use_index=False) as sym:
         if not sym.has_dwarf or sym.dwarf_image is None:
             raise MissingDebugInfoError(f"{sym.path}: no DWARF debug info (.debug_info): nothing to index")
@@ -152,7 +159,7 @@ def build_index(
         # biggest first: the workers finish together
         tasks.sort(key=lambda t: t.size, reverse=True)
         try:
-            writer = PortableWriter(out, meta)
+            writer = PortableWriter(out, meta, modules=modules is not None)
         except OSError as exc:
             from .errors import FileNotFoundKsymError
 
@@ -178,13 +185,63 @@ def build_index(
                 else:
                     writer.add_code(piece.key, piece.stored, piece.raw_length)
             pieces.clear()
+            nmod = 0
+            for path in module_files:
+                writer.add_module(*_module_piece(path, level))
+                nmod += 1
             size = writer.finish()
         except BaseException:
             writer.abort()
             raise
     return BuildResult(
-        out, size, len(units), len(tasks) - len(units), n, time.monotonic() - started, meta.build_id
+        out, size, len(units), len(tasks) - len(units), n, time.monotonic() - started, meta.build_id, nmod
     )
+
+
+def _module_files(root: str | os.PathLike[str]) -> list[str]:
+    """The module debug files under ``root``: the first (by suffix: ``.ko`` before ``.ko.debug``, ``.xz``,
+    ...) of each module name, by name.
+
+    :raises FileNotFoundKsymError: ``root`` is not a directory."""
+    from .errors import FileNotFoundKsymError
+    from .modules import _module_files_under
+
+    if not os.path.isdir(root):
+        raise FileNotFoundKsymError(f"{root}: no such directory (--modules)")
+    found = _module_files_under(os.path.realpath(root))
+    return [paths[0] for _name, paths in sorted(found.items()) if paths]
+
+
+def _module_piece(path: str, level: int) -> tuple[str, str | None, bytes, int]:
+    """One module read whole: (normalized name, build id, its compressed record, its length)."""
+    from . import dwarf as D
+    from .dwarf_image import ArangeTable, UnitRange
+    from .modules import ModuleImage, normalize_module_name
+    from .portable import PortableModule
+
+    img = ModuleImage(path)
+    raw_symbols, _placed = img.symbol_tables()
+    aranges: ArangeTable | None = None
+    ranges: list[UnitRange] = []
+    units: dict[int, D.CompiledUnit] = {}
+    if img.has_dwarf:
+        sec = img.dwarf_sections()
+        with D.damage_is_bad_file(img.path):
+            aranges = ArangeTable.of(D.read_aranges(sec))
+            covered = set(aranges.units)
+            for s in D.scan_cu_headers(sec):
+                if s.offset not in covered:
+                    ranges.extend(UnitRange(lo, hi, s.offset) for lo, hi in D.unit_ranges(sec, s.offset))
+            ranges.sort()
+            for off in sorted(covered | {r.unit for r in ranges}):
+                units[off] = D.compile_whole_unit(sec, off)
+    code = {
+        s.index: img.section_data(s, 0, s.size)
+        for s in img.sections
+        if s.flags & 0x2 and s.type != 8 and s.size
+    }
+    raw = marshal.dumps(PortableModule.record(img, raw_symbols, aranges, ranges, units, code), 4)
+    return normalize_module_name(img.module_name), img.build_id, compress(raw, level), len(raw)
 
 
 def _piece(

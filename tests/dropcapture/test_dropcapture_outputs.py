@@ -390,6 +390,9 @@ def test_pcapng_read_back_by_tshark(netns: str, run: Any, tmp_path: Path) -> Non
         else:
             assert (ev["reason"], int(uport), int(iplen)) == ("NO_SOCKET", port, 20 + 8 + 300)
     assert sum(ev["protocol"] == "UDP" for ev in events) == udp
+    # nanosecond timestamps (if_tsresol 9): the packets are as far apart as the kernel's stamps
+    ns = [int(sec) * 10**9 + int(frac.ljust(9, "0")) for sec, frac in (r[3].split(".") for r in got)]
+    assert [n - ns[0] for n in ns] == [ev["ktime_ns"] - events[0]["ktime_ns"] for ev in events]
 
 
 def tshark_rows(path: Path, *fields: str) -> list[list[str]]:

@@ -277,17 +277,17 @@ def test_pcapng_writer_read_by_tshark(tmp_path: Path) -> None:
     packets = [
         PcapngPacket(
             lo_a,
-            1_795_638_884_927_804,
+            1_795_638_884_927_804_123,
             ip1[:64],
             len(ip1),
             "NO_SOCKET at __udp4_lib_rcv+0x4bc net/ipv4/udp.c:2420",
         ),
         PcapngPacket(
-            eth0, 1_795_638_884_927_905, eth, len(eth), "NETFILTER_DROP at nft_do_chain+0x46f (comm curl)"
+            eth0, 1_795_638_884_927_905_001, eth, len(eth), "NETFILTER_DROP at nft_do_chain+0x46f (comm curl)"
         ),
-        PcapngPacket(lo_b, 1_795_638_884_928_000, eth, len(eth) + 1000, "ü"),
-        PcapngPacket(lo_a, 1_795_638_884_929_000, ip1, len(ip1), ""),
-        PcapngPacket(lo_a, 1_795_638_884_930_000, b"", 40, "no bytes"),
+        PcapngPacket(lo_b, 1_795_638_884_928_000_000, eth, len(eth) + 1000, "ü"),
+        PcapngPacket(lo_a, 1_795_638_884_929_000_999, ip1, len(ip1), ""),
+        PcapngPacket(lo_a, 1_795_638_884_930_000_000, b"", 40, "no bytes"),
     ]
     with path.open("wb") as f, PcapngWriter(f, 128) as w:
         for p in packets:
@@ -313,10 +313,10 @@ def test_pcapng_writer_read_by_tshark(tmp_path: Path) -> None:
     assert rows[0][2] == "netns 4026531840 ifindex 1" and rows[2][2] == "netns 4026532999 ifindex 1"
     assert [r[3] for r in rows] == [p.comment for p in packets]
     assert [r[4] for r in rows] == [
-        "1795638884.927804000",
-        "1795638884.927905000",
+        "1795638884.927804123",
+        "1795638884.927905001",
         "1795638884.928000000",
-        "1795638884.929000000",
+        "1795638884.929000999",
         "1795638884.930000000",
     ]
     assert [(int(r[5]), int(r[6])) for r in rows] == [

@@ -155,7 +155,9 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
         if release is None and sym.banner:
             m = re.match(r"Linux version (\S+)", sym.banner)
             release = m.group(1) if m else None
-        modules = ModuleSet(release, list(opts.modules), debuginfo=image.debuginfo, path_map=sym.path_map)
+        # a portable index file made with --modules answers module frames before any debug file
+        modules = ModuleSet(release, list(opts.modules), debuginfo=image.debuginfo, path_map=sym.path_map,
+                            index=sym.portable)
         closing.callback(modules.close)
         if dump is not None:
             return _stream(opts, dump, sym, ks, modules, unverified, elixir, err)

@@ -53,13 +53,19 @@ def run_index_build(opts: IndexBuildOptions, out: Callable[[str], None], err: Ca
     bar = _Bar("ksym index build") if opts.progress or sys.stderr.isatty() else None
     try:
         got = build_index(
-            opts.vmlinux, opts.output, processes=opts.jobs, progress=bar.update if bar is not None else None
+            opts.vmlinux,
+            opts.output,
+            processes=opts.jobs,
+            progress=bar.update if bar is not None else None,
+            modules=opts.modules,
         )
     finally:
         if bar is not None:
             bar.end()
     out(
         f"{got.path}: {got.size} bytes, {got.units} units, {got.code_chunks} code chunks, build id "
-        f"{got.build_id or 'none'}, {got.seconds:.1f} s with {got.processes} processes"
+        f"{got.build_id or 'none'}, "
+        + (f"{got.modules} modules, " if opts.modules is not None else "")
+        + f"{got.seconds:.1f} s with {got.processes} processes"
     )
     return EXIT_OK

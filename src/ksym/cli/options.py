@@ -317,6 +317,8 @@ def _add_index_build(p: argparse.ArgumentParser) -> None:
     _add_output(p, "the index file to write", required=True)
     p.add_argument("--jobs", "-j", metavar="N", type=int, default=None,
                    help="worker processes (default: every CPU this process may use)")
+    p.add_argument("--modules", metavar="DIR", default=None,
+                   help="also the module debug files under DIR (searched recursively), for ksym annotate --index")
     _add_progress(p, "show the progress bar even when stderr is not a terminal")
 
 
@@ -552,7 +554,8 @@ class IndexBuildOptions(NamedTuple):
     output: str
     jobs: int | None = None
     progress: bool = False
+    modules: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> IndexBuildOptions:
-        return cls(args.vmlinux_pos, args.output, args.jobs, bool(args.progress))
+        return cls(args.vmlinux_pos, args.output, args.jobs, bool(args.progress), args.modules)
