@@ -224,6 +224,12 @@ def _add_progress(p: _Adder, help: str) -> None:
     p.add_argument("--progress", action="store_true", help=help)
 
 
+def _add_modules(p: _Adder, help: str, many: bool) -> None:
+    """``--modules``: module debug files; ``many``: repeatable (a list), else one directory."""
+    kind: dict[str, object] = {"action": "append", "default": []} if many else {"default": None}
+    p.add_argument("--modules", metavar="DIR", help=help, **kind)  # type: ignore[arg-type]
+
+
 def _add_output(p: _Adder, help: str, required: bool = False) -> None:
     p.add_argument("--output", "-o", metavar="FILE", required=required, help=help)
 
@@ -317,8 +323,8 @@ def _add_index_build(p: argparse.ArgumentParser) -> None:
     _add_output(p, "the index file to write", required=True)
     p.add_argument("--jobs", "-j", metavar="N", type=int, default=None,
                    help="worker processes (default: every CPU this process may use)")
-    p.add_argument("--modules", metavar="DIR", default=None,
-                   help="also the module debug files under DIR (searched recursively), for ksym annotate --index")
+    _add_modules(p, "also the module debug files under DIR (searched recursively), for ksym annotate --index",
+                 many=False)
     _add_progress(p, "show the progress bar even when stderr is not a terminal")
 
 
@@ -372,9 +378,8 @@ def _add_annotate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true",
                    help="annotate even when the dump names a build id the vmlinux does not have; every frame "
                    "is then marked unverified")
-    p.add_argument("--modules", metavar="DIR", action="append", default=[],
-                   help="directory (searched recursively) or file with module debug files (.ko, .ko.xz, "
-                   ".ko.debug); /usr/lib/debug/lib/modules/RELEASE is always searched")
+    _add_modules(p, "directory (searched recursively) or file with module debug files (.ko, .ko.xz, "
+                 ".ko.debug); /usr/lib/debug/lib/modules/RELEASE is always searched", many=True)
     _add_release(p, "uname -r of the kernel the text comes from (default: from the vmlinux banner)")
     out = p.add_argument_group("output")
     out.add_argument("--format", "-f", choices=ANNOTATE_FORMATS, default=None,
