@@ -192,7 +192,8 @@ class Filters:
             return False
         if self.hosts:
             addrs = [ipaddress.ip_address(a) for a in (ev.saddr, ev.daddr) if a is not None]
-            if not any(a in n for a in addrs for n in self.host_networks):
+            nets = self.host_networks
+            if not any(a in n for a in addrs for n in nets):
                 return False
         return True
 

@@ -866,9 +866,8 @@ class _Annotator:
             file = loc.file
             if prefix and file.startswith(prefix):
                 file = file[len(prefix):]
-            url = links.source_url(file, loc.line) if links is not None else loc.url
-            ident = links.ident_url(loc.function) if links is not None else loc.ident_url
-            out.append(loc._replace(file=file, url=url, ident_url=ident))
+            loc = loc._replace(file=file)
+            out.append(links.location(loc) if links is not None else loc)
         return tuple(out)
 
     def _done(self, f: StackFrame, top: bool, matches: tuple[FrameMatch, ...], notes: list[str],

@@ -233,7 +233,8 @@ class _PieceHashing:
         return h.hexdigest()[:32]
 
 
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -254,7 +255,7 @@ class Fingerprinting:
         self._hashing = _PieceHashing(data, skip)
         self._error: BaseException | None = None
         self._threads = [threading.Thread(target=self._run, name=f"ksym-fingerprint-{k}", daemon=True)
-                         for k in range(max(1, min(_usable_cpus() - 1, 3)))]
+                         for k in range(max(1, min(usable_cpus() - 1, 3)))]
         for t in self._threads:
             t.start()
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import BadFileError, KsymError, MissingDebugInfoError
+from .index import usable_cpus
 from .portable import (
     CODE_CHUNK,
     LEVEL,
@@ -81,13 +82,6 @@ def _created_by() -> str:
     from . import __version__
 
     return f"ksym {__version__}"
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def build_index(
@@ -168,7 +162,7 @@ def build_index(
             writer.add_block(BlockKind.SYMBOLS, sym.symbols.to_buffer(), compress_it=False)
             writer.add_block(BlockKind.ARANGES, arange_block(aranges))
             writer.add_block(BlockKind.UNIT_RANGES, unit_range_block(ranges))
-            n = max(1, min(processes or _usable_cpus(), len(tasks)))
+            n = max(1, min(processes or usable_cpus(), len(tasks)))
             done = 0
             code_bytes = sym.code_bytes
             # kept until all are done and written in order: the same vmlinux gives the same file

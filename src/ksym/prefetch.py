@@ -23,7 +23,7 @@ from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING
 
 from .errors import KsymError
-from .index import AnswerRecords, ImageIndex, StoredAnswers
+from .index import AnswerRecords, ImageIndex, StoredAnswers, usable_cpus
 from .records import NamedTuple
 
 if TYPE_CHECKING:
@@ -57,14 +57,6 @@ class PrefetchResult(NamedTuple):
     answers: AnswerRecords
     #: unit offset → pack of the index it stored the unit in
     units: dict[int, str]
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 class Prefetcher:

@@ -692,17 +692,14 @@ class Symbolizer:
         if self._image is not None:
             self._image.close()
             self._image = None
-        portable = getattr(self, "portable", None)
-        if portable is not None:
-            if self.dwarf_image is not None:
-                self.dwarf_image.close()
-            portable.close()
-            self.portable = None
-            return
         if self.dwarf_image is not None:
             self.dwarf_image.close()
         elif self._sections is not None:
             self._sections.close()
+        # the portable file after the DWARF image read from it
+        if self.portable is not None:
+            self.portable.close()
+            self.portable = None
 
     def __enter__(self) -> Symbolizer:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
