@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from ._ringbuf import RingReader
 from .bpf_text import Layout, build_text
 from .btf import BTF_PATH, Btf
 from .errors import BtfError, CaptureError, HeadersError, PrivilegeError, UnsupportedKernelError
-from .events import DEFAULT_SNAPLEN, SNAPLEN_MAX, DropEvent, RawEvent, StackFrame, decode_event, decode_events
+from .events import DEFAULT_SNAPLEN, SNAPLEN_MAX, DropEvent, RawEvent, StackFrame, decode_events
 from .filters import Filters
 from .reasons import ReasonTable
 from .tpformat import TracepointFormat, read_format
@@ -400,16 +399,6 @@ class Capture:
         self._round += 1
         return -1 if self._round >= self._batch else 0
 
-    def _decode(self, buf: bytes) -> DropEvent:
-        location, reason, stack_id = _PEEK.unpack_from(buf, _PEEK_OFF)
-        return decode_event(
-            buf,
-            reason_name=self._reason_name(reason),
-            clock_offset=self._clock_offset,
-            location_symbol=self._symbol(location),
-            stack=self._stack(stack_id),
-        )
-
     def _read(self, timeout: float) -> None:
         """Copy up to one batch of records out of the buffer (waiting up to ``timeout`` for the first)."""
         if self._prog is None or self._abandoned:
@@ -449,7 +438,7 @@ class Capture:
         return out
 
     def _decode_many(self, bufs: list[bytes]) -> list[DropEvent]:
-        """:meth:`_decode` of many records (equal record by record; tests compare the two)."""
+        """Decode records copied out of the buffer (tests compare it with a decode through :class:`RawEvent`)."""
         return decode_events(
             bufs,
             reason_name=self._reason_name,
@@ -557,10 +546,6 @@ class Capture:
 
 _RAW_SIZE = ctypes.sizeof(RawEvent)
 _CAPLEN_OFF = RawEvent.caplen.offset
-# location (u64) at offset 16, then pid, tid, cpu (u32), reason (u32) at 36, stack_id (s32) at 40
-_PEEK = struct.Struct("@Q12xIi")
-_PEEK_OFF = RawEvent.location.offset
-assert RawEvent.reason.offset == _PEEK_OFF + 20 and RawEvent.stack_id.offset == _PEEK_OFF + 24
 
 
 def _has_ringbuf(btf: Btf) -> bool:

@@ -348,78 +348,19 @@ def decode_event(
     location_symbol: KallsymsSymbol | None,
     stack: tuple[StackFrame, ...],
 ) -> DropEvent:
-    """Turn one raw record (ctypes mirror or its bytes) into a :class:`DropEvent`.
+    """Turn one raw record (ctypes mirror or its bytes) into a :class:`DropEvent`: :func:`decode_events`
+    of one record, with the lookups' answers given.
 
     ``clock_offset`` is wall-clock minus CLOCK_MONOTONIC in seconds (see ``Capture``).
     """
     buf = bytes(raw) if isinstance(raw, RawEvent) else raw
-    (
-        ts_ns,
-        skbaddr,
-        location,
-        pid,
-        tid,
-        cpu,
-        reason,
-        stack_id,
-        length,
-        eth_protocol,
-        family,
-        l4proto,
-        sport,
-        dport,
-        saddr,
-        daddr,
-        comm,
-        tcp_flags,
-        icmp_type,
-        icmp_code,
-        has_l4,
-        netns,
-        ifindex,
-        wire_len,
-        caplen,
-        linktype,
-        ifname,
-        _pad,
-    ) = RAW_STRUCT.unpack_from(buf)
-    family = family if family in (4, 6) else 0
-    has_ip = family != 0
-    ports = has_ip and has_l4 and l4proto in _PORT_PROTOS
-    icmp = has_ip and has_l4 and l4proto in _ICMP_PROTOS
-    nul = comm.find(b"\0")
-    return DropEvent(
-        ts_ns / 1e9 + clock_offset,
-        ts_ns,
-        pid,
-        tid,
-        (comm[:nul] if nul >= 0 else comm).decode("utf-8", "replace"),
-        cpu,
-        family,
-        decode_addr(family, saddr),
-        decode_addr(family, daddr),
-        l4proto if has_ip else None,
-        sport if ports else None,
-        dport if ports else None,
-        eth_protocol,
-        reason,
-        reason_name,
-        location,
-        location_symbol,
-        skbaddr,
-        length,
-        stack_id,
-        stack,
-        tcp_flags if (ports and l4proto == 6) else None,
-        icmp_type if icmp else None,
-        icmp_code if icmp else None,
-        netns or None,
-        ifindex or None,
-        _cstr(ifname) or None,
-        linktype if caplen or wire_len else 0,
-        wire_len,
-        buf[HEADER_SIZE : HEADER_SIZE + caplen],
-    )
+    return decode_events(
+        (buf,),
+        reason_name=lambda _reason: reason_name,
+        clock_offset=clock_offset,
+        location_symbol=lambda _location: location_symbol,
+        stack=lambda _stack_id: stack,
+    )[0]
 
 
 def _cstr(raw: bytes) -> str:
@@ -435,10 +376,11 @@ def decode_events(
     location_symbol: Callable[[int], KallsymsSymbol | None],
     stack: Callable[[int], tuple[StackFrame, ...]],
 ) -> list[DropEvent]:
-    """:func:`decode_event` for many records at once, equal to it record by record.
+    """Turn raw records (the fixed header, then ``caplen`` packet bytes each) into :class:`DropEvent` records.
 
-    The lookups take the record's reason, location and stack id. One loop with everything bound to
-    locals: per record one ``unpack_from`` and one tuple, no keyword call per record.
+    ``clock_offset`` is wall-clock minus CLOCK_MONOTONIC in seconds (see ``Capture``). The lookups take
+    the record's reason, location and stack id. One loop with everything bound to locals: per record
+    one ``unpack_from`` and one tuple, no keyword call per record.
     """
     unpack = RAW_STRUCT.unpack_from
     ntop = socket.inet_ntop

@@ -6,6 +6,11 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dropcapture.events import DropEvent, StackFrame
+    from ksym.kallsyms import KallsymsSymbol
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
@@ -119,3 +124,48 @@ def udp_noports(netns: str) -> int:
                           capture_output=True, text=True, timeout=30).stdout
     head, values = [ln.split() for ln in text.splitlines() if ln.startswith("Udp:")][:2]
     return int(values[head.index("NoPorts")])
+
+
+def ctypes_decode(buf: bytes, *, reason_name: str, clock_offset: float,
+                  location_symbol: KallsymsSymbol | None, stack: tuple[StackFrame, ...]) -> DropEvent:
+    """A record decoded field by field through the ctypes mirror (:class:`RawEvent`), keyword by
+    keyword: the reference that ``events.decode_events`` (one ``struct`` unpack per record) must equal."""
+    from dropcapture.events import HEADER_SIZE, DropEvent, RawEvent, decode_addr
+
+    raw = RawEvent.from_buffer_copy(buf[:HEADER_SIZE])
+    family = raw.family if raw.family in (4, 6) else 0
+    has_ip = family != 0
+    ports = has_ip and bool(raw.has_l4) and raw.l4proto in (6, 17, 132, 136)
+    icmp = has_ip and bool(raw.has_l4) and raw.l4proto in (1, 58)
+    return DropEvent(
+        timestamp=raw.ts_ns / 1e9 + clock_offset,
+        ktime_ns=raw.ts_ns,
+        pid=raw.pid,
+        tid=raw.tid,
+        comm=raw.comm.decode("utf-8", "replace"),  # a c_char array reads up to its first NUL
+        cpu=raw.cpu,
+        family=family,
+        saddr=decode_addr(family, bytes(raw.saddr)),
+        daddr=decode_addr(family, bytes(raw.daddr)),
+        l4proto=raw.l4proto if has_ip else None,
+        sport=raw.sport if ports else None,
+        dport=raw.dport if ports else None,
+        eth_protocol=raw.eth_protocol,
+        reason=raw.reason,
+        reason_name=reason_name,
+        location=raw.location,
+        location_symbol=location_symbol,
+        skbaddr=raw.skbaddr,
+        length=raw.len,
+        stack_id=raw.stack_id,
+        stack=stack,
+        tcp_flags=raw.tcp_flags if (ports and raw.l4proto == 6) else None,
+        icmp_type=raw.icmp_type if icmp else None,
+        icmp_code=raw.icmp_code if icmp else None,
+        netns=raw.netns or None,
+        ifindex=raw.ifindex or None,
+        ifname=raw.ifname.decode("utf-8", "replace") or None,
+        linktype=raw.linktype if raw.caplen or raw.wire_len else 0,
+        wire_len=raw.wire_len,
+        packet=buf[HEADER_SIZE : HEADER_SIZE + raw.caplen],
+    )

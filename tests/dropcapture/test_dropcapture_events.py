@@ -9,9 +9,19 @@ import json
 import socket
 
 import pytest
+from dc_helpers import ctypes_decode
 
 from dropcapture.capture import CaptureStats, KernelInfo
-from dropcapture.events import EVENT_FIELDS, RawEvent, StackFrame, c_struct, decode_event, l4_number
+from dropcapture.events import (
+    EVENT_FIELDS,
+    LINKTYPE_ETHERNET,
+    RawEvent,
+    StackFrame,
+    c_struct,
+    decode_event,
+    decode_events,
+    l4_number,
+)
 from dropcapture.filters import Filters
 from dropcapture.output import SAVE_MAGIC, SaveWriter, Summary, TextFormatter
 from dropcapture.symbolize import format_chain
@@ -59,6 +69,61 @@ def test_layout_is_one_definition() -> None:
     for name, _t, ctype in EVENT_FIELDS:
         assert (ctype + ";" if "[" in ctype else f"{ctype} {name};") in text
     assert ctypes.sizeof(RawEvent) % 8 == 0
+
+
+def _records() -> list[bytes]:
+    """Records of every kind the decoder tells apart, each twice (the batch decoder keeps the texts of
+    addresses and names it has made), with packet bytes after some headers."""
+    v6 = raw_v4(family=6, l4proto=17)
+    v6.saddr[:] = list(ipaddress.IPv6Address("::1").packed)
+    v6.daddr[:] = list(ipaddress.IPv6Address("fe80::2").packed)
+    icmp6 = raw_v4(family=6, l4proto=58, icmp_type=128, icmp_code=3)
+    icmp6.saddr[:] = list(ipaddress.IPv6Address("2001:db8::7").packed)
+    kinds = [
+        bytes(raw_v4()),
+        bytes(v6),
+        bytes(icmp6),
+        bytes(raw_v4(l4proto=1, icmp_type=8, icmp_code=0, tcp_flags=0x12)),
+        bytes(raw_v4(l4proto=47)),  # GRE: no ports
+        bytes(raw_v4(has_l4=0)),  # TCP without its header captured: no ports, no flags
+        bytes(raw_v4(family=0, eth_protocol=0x0806)),  # ARP: no IP fields at all
+        bytes(raw_v4(family=9)),  # a family the program never writes is no IP header
+        bytes(raw_v4(comm=b"0123456789abcdef", ifname=b"averyveryverylon")),  # no NUL in either
+        bytes(raw_v4(comm=b"\xff\xfeok", ifindex=3, ifname=b"eth0", netns=4026531840)),
+        bytes(raw_v4(stack_id=-17, reason=2, location=0xFFFFFFFF81E94FB0)),
+        bytes(raw_v4(caplen=4, wire_len=90, linktype=LINKTYPE_ETHERNET)) + b"\x01\x02\x03\x04",
+        bytes(raw_v4(caplen=0, wire_len=0, linktype=LINKTYPE_ETHERNET)),  # nothing captured: link type 0
+        bytes(raw_v4(caplen=3, wire_len=0, linktype=101)) + b"\x45\x00\x00",
+        bytes(raw_v4(ts_ns=(1 << 64) - 1, pid=(1 << 32) - 1, sport=65535, dport=1, len=1 << 31)),
+    ]
+    return kinds + kinds
+
+
+def test_decode_equals_ctypes_field_by_field() -> None:
+    # the one decoder (a struct unpack per record, texts kept across the batch) against the record read
+    # field by field through its ctypes mirror
+    ks = parse_kallsyms(KALLSYMS)
+    bufs = _records()
+    reasons = {12: "NETFILTER_DROP", 2: "NOT_SPECIFIED"}
+    stacks = {7: _stack(), -17: ()}
+    batch = decode_events(bufs, reason_name=reasons.__getitem__, clock_offset=1000.0,
+                          location_symbol=ks.locate, stack=stacks.__getitem__)
+    expect = []
+    for buf in bufs:
+        r = RawEvent.from_buffer_copy(buf[: ctypes.sizeof(RawEvent)])
+        expect.append(ctypes_decode(buf, reason_name=reasons[r.reason], clock_offset=1000.0,
+                                    location_symbol=ks.locate(r.location), stack=stacks[r.stack_id]))
+    assert batch == expect
+    for got, want in zip(batch, expect, strict=True):  # None and 0, False and 0 compare equal: types too
+        assert [type(v) for v in got] == [type(v) for v in want]
+    # one record, ctypes mirror or bytes, is the same decode
+    first = RawEvent.from_buffer_copy(bufs[0])
+    assert decode_event(first, reason_name="NETFILTER_DROP", clock_offset=1000.0,
+                        location_symbol=ks.locate(first.location), stack=_stack()) == expect[0]
+    assert decode_event(bufs[11], reason_name="NETFILTER_DROP", clock_offset=1000.0,
+                        location_symbol=ks.locate(first.location), stack=_stack()) == expect[11]
+    assert expect[11].packet == b"\x01\x02\x03\x04" and expect[12].linktype == 0
+    assert expect[8].comm == "0123456789abcdef" and expect[9].comm == "\ufffd\ufffdok"
 
 
 def test_kallsyms_lookup() -> None:
