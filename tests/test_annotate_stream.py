@@ -96,6 +96,23 @@ def test_dump_evidence_spans_pieces(tmp_path: Path) -> None:
         assert DumpInput(fh, chunk_lines=2).evidence().build_id == "ab" * 20
 
 
+def test_pipe_pieces_name_build_ids_only_when_asked() -> None:
+    """A pipe's pieces after its first carry the build id each names (a JSON ``"build_id"`` key, a
+    ``Build ID:`` line broken at a piece boundary) when they are to be checked, and none is looked
+    for when they are not."""
+    text = ("Call Trace:\n" + '{"build_id": "' + "ab" * 20 + '"}\n' + "filler\n" * 5
+            + "Build ID:\n  " + "cd" * 20 + "\n" + "filler\n" * 5)
+    named: dict[bool, list[str | None]] = {}
+    for asked in (False, True):
+        read, write = os.pipe()
+        os.write(write, text.encode())
+        os.close(write)
+        with open(read, "rb") as fh:
+            named[asked] = [piece.build_id for piece in DumpInput(fh, chunk_lines=1)._pieces(build_ids=asked)]
+    assert named[False] == [None] * 14
+    assert named[True] == [None] + ["ab" * 20] * 5 + [None, None] + ["cd" * 20] * 4 + [None, None]
+
+
 def test_every_frame_with_an_address_passes_the_quick_look() -> None:
     """A file's first read parses a piece for the slide's votes only when the quick look
     (:func:`ksym.parse._may_hold_address`) says a frame in it may print an address: it must say so of

@@ -1017,18 +1017,12 @@ class _EvidenceScan:
         """Look at the next piece, ``text``, whose first line is number ``first_lineno``: its frames too
         when ``parsed`` is given (the slide's votes; without, it gives none), its build id with
         ``build_id``."""
-        from .buildid import kernel_build_id_in_text
-
         window = self._carry + text
         if build_id and self.build_id is None:
-            if '"build_id"' not in window:
-                self.build_id = kernel_build_id_in_text(window)
-            else:
-                # a "Build ID: <hex>" line anywhere wins over a JSON "build_id" key before it: look for
-                # the former alone first (the JSON key's quote keeps it from being one), then for either
-                self.build_id = kernel_build_id_in_text(window.replace('"build_id"', '"build~id"'))
-                if self.build_id is None and self._json_id is None:
-                    self._json_id = kernel_build_id_in_text(window)
+            stated = _stated_build_id(window, json=self._json_id is None)
+            self.build_id = stated.line
+            if self._json_id is None:
+                self._json_id = stated.json
         if self.kernel_offset is None:
             self.kernel_offset = find_kaslr_offset(window)
         if self.kernel_offset_line is None:
@@ -1043,14 +1037,10 @@ class _EvidenceScan:
     def named_build_id(self, text: str) -> str | None:
         """The kernel build id the next piece, ``text``, names (searched after the last lines of the
         piece before, as :meth:`feed` searches), or None: what a pipe's later pieces are checked by."""
-        from .buildid import kernel_build_id_in_text
-
         window = self._id_carry + text
         self._id_carry = _carry_of(window)
-        if '"build_id"' not in window:
-            return kernel_build_id_in_text(window)
-        # as in feed: a "Build ID: <hex>" line wins over a JSON "build_id" key before it
-        return kernel_build_id_in_text(window.replace('"build_id"', '"build~id"')) or kernel_build_id_in_text(window)
+        stated = _stated_build_id(window, json=True)
+        return stated.line or stated.json
 
     def _vote(self, parsed: _Parsed) -> None:
         shapes = parsed.shapes
@@ -1075,6 +1065,27 @@ class _EvidenceScan:
         return DumpEvidence(self.build_id or self._json_id, self.kernel_offset, self.kernel_offset_line,
                             tuple(SlideVote(a, s, o, n) for (a, s, o), n in self.votes.items()),
                             self.addressed_names, self.bare_addresses, complete)
+
+
+class _StatedBuildId(NamedTuple):
+    """The kernel build id a piece of text names (:func:`ksym.buildid.kernel_build_id_in_text`)."""
+
+    #: Named other than by a JSON ``"build_id"`` key (a ``Build ID: <hex>`` line): it wins over such a
+    #: key anywhere before it.
+    line: str | None
+    #: Named by a JSON ``"build_id"`` key; looked for only where ``line`` is None and it is asked for.
+    json: str | None
+
+
+def _stated_build_id(window: str, json: bool) -> _StatedBuildId:
+    """The build id ``window`` names: a ``Build ID:`` line first (the JSON key's quote keeps it from
+    being one once renamed), then, with ``json``, one of either kind."""
+    from .buildid import kernel_build_id_in_text
+
+    if '"build_id"' not in window:
+        return _StatedBuildId(kernel_build_id_in_text(window), None)
+    line = kernel_build_id_in_text(window.replace('"build_id"', '"build~id"'))
+    return _StatedBuildId(line, kernel_build_id_in_text(window) if json and line is None else None)
 
 
 def _carry_of(window: str) -> str:
@@ -1301,9 +1312,9 @@ class DumpInput:
             self._evidence = scan.evidence(self._eof and not self._buf)
         return self._evidence
 
-    def _pieces(self) -> Iterator[_Piece]:
+    def _pieces(self, build_ids: bool = False) -> Iterator[_Piece]:
         """Every piece of the text in order, parsed, with the evidence known when it is annotated (and,
-        for a pipe's pieces after its first, the kernel build id the piece names)."""
+        with ``build_ids``, for a pipe's pieces after its first, the kernel build id the piece names)."""
         evidence = self.evidence()
         if self._reread:
             self._fh.seek(self._start)
@@ -1319,7 +1330,7 @@ class DumpInput:
         for piece in self._read_pieces(prelude=False):
             first = self._state.lineno
             parsed = _parse(piece, self._state)
-            named = self._scan.named_build_id(piece)
+            named = self._scan.named_build_id(piece) if build_ids else None
             if self.follow:
                 self._scan.feed(piece, parsed, first, build_id=False)
                 evidence = self._scan.evidence(False)
@@ -1427,7 +1438,7 @@ def annotate_stream(
     frames = unresolved = misfits = 0
     dump.follow = not fixed
     named = evidence.build_id
-    for parsed, known, build_id in dump._pieces():
+    for parsed, known, build_id in dump._pieces(build_ids=check_build_id is not None):
         if build_id is not None and check_build_id is not None:
             from .buildid import same_build_id
 
