@@ -6,28 +6,24 @@ the annotated text or JSON lines as each piece of the input is annotated (:func:
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import (
     EXIT_NO_FILE,
     EXIT_OK,
     EXIT_UNRESOLVED,
     EXIT_USAGE,
-    DebuginfodError,
-    FileNotFoundKsymError,
     KsymError,
-    MissingDebugInfoError,
 )
 from .common import (
     BuildIdFrom,
     ExpectedBuildId,
     expected_build_id,
     image_links,
-    index_file_after_miss,
+    open_symbolizer,
     report_stats,
     said_by_locate,
 )
@@ -88,7 +84,6 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
     from ..debuginfo import mismatch_warning
     from ..kallsyms import load_kallsyms
     from ..modules import ModuleSet
-    from ..symbolizer import Symbolizer
 
     name = opts.file
     fmt = opts.output_format
@@ -119,20 +114,9 @@ def _run(opts: AnnotateOptions, err: Callable[[str], None], closing: contextlib.
         return EXIT_USAGE
     try:
         ks = load_kallsyms(opts.kallsyms) if opts.kallsyms else None
-        shown: dict[str, Any] = {"warn": err, "path_map": image.path_map}
-        try:
-            sym = closing.enter_context(Symbolizer(
-                image.vmlinux, use_index=image.use_index, cache_dir=image.cache_dir,
-                build_id=expected if where is not BuildIdFrom.RUNNING else None,
-                debuginfo=image.debuginfo, index_file=image.index_file, **shown))
-        except (FileNotFoundKsymError, DebuginfodError, MissingDebugInfoError) as miss:
-            if image.vmlinux or image.index_file or os.environ.get("KSYM_VMLINUX"):
-                raise
-            # no debug vmlinux of the dump's, --build-id's or the running kernel's build id: its portable
-            # index file (docs/index-files.md)
-            found = index_file_after_miss(miss, ExpectedBuildId(expected, where), image.index_files)
-            sym = closing.enter_context(Symbolizer(None, use_index=image.use_index, cache_dir=image.cache_dir,
-                                                   index_file=found, **shown))
+        sym = closing.enter_context(open_symbolizer(
+            image, ExpectedBuildId(expected, where), err, vmlinux=image.vmlinux, index_file=image.index_file,
+            build_id=expected if where is not BuildIdFrom.RUNNING else None))
         closing.callback(report_stats, sym, err)
         elixir = None
         if fmt != "text" or opts.links:  # plain text without --links shows no links: skip building them

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ..links import ElixirLinks
     from ..searchopts import IndexFileOptions, Located, SourceOptions
     from ..symbolizer import Symbolizer
+    from .options import ImageOptions
 
 __all__ = [
     "BuildIdFrom",
@@ -24,6 +25,7 @@ __all__ = [
     "expected_build_id",
     "image_links",
     "index_file_after_miss",
+    "open_symbolizer",
     "report_stats",
     "said_by_locate",
 ]
@@ -99,6 +101,27 @@ def index_file_after_miss(miss: KsymError, expected: ExpectedBuildId, options: I
 
     check = portable_check()
     return index_after_miss(miss, build_id, options, verify=check.verify, magic=check.magic, source=source)
+
+
+def open_symbolizer(image: ImageOptions, expected: ExpectedBuildId, err: Callable[[str], None], *,
+                    vmlinux: str | None, index_file: str | None, build_id: str | None = None) -> Symbolizer:
+    """The command's Symbolizer, on ``image``'s options (``err`` is given its warnings): of ``vmlinux``
+    or the portable ``index_file`` when given, else of the debug vmlinux found for ``build_id`` (default:
+    the running kernel's). When that search misses and no file was named (nor ``$KSYM_VMLINUX``), of
+    the portable index file of the ``expected`` build id (:func:`index_file_after_miss`,
+    docs/index-files.md). The caller closes it."""
+    from ..errors import DebuginfodError, FileNotFoundKsymError, MissingDebugInfoError
+    from ..symbolizer import Symbolizer
+
+    try:
+        return Symbolizer(vmlinux, index_file=index_file, build_id=build_id, debuginfo=image.debuginfo,
+                          use_index=image.use_index, cache_dir=image.cache_dir, warn=err, path_map=image.path_map)
+    except (FileNotFoundKsymError, DebuginfodError, MissingDebugInfoError) as miss:
+        if vmlinux or index_file or os.environ.get("KSYM_VMLINUX"):
+            raise
+        found = index_file_after_miss(miss, expected, image.index_files)
+        return Symbolizer(None, index_file=found, use_index=image.use_index, cache_dir=image.cache_dir, warn=err,
+                          path_map=image.path_map)
 
 
 def image_links(sym: Symbolizer, source: SourceOptions) -> ElixirLinks:

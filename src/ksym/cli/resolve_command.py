@@ -13,7 +13,6 @@ from ..errors import (
     EXIT_USAGE,
     DebuginfodError,
     FileNotFoundKsymError,
-    MissingDebugInfoError,
     SpecError,
     SymbolNotFoundError,
 )
@@ -23,6 +22,7 @@ from .common import (
     expected_build_id,
     image_links,
     index_file_after_miss,
+    open_symbolizer,
     report_stats,
     said_by_locate,
 )
@@ -40,7 +40,6 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
     """Resolve ``opts.frames``; the exit code: 0 every frame resolved, 1 some did not, 2 a malformed
     frame or option. Errors that end the command are raised (:class:`ksym.errors.KsymError`)."""
     from ..image import is_module_file
-    from ..symbolizer import Symbolizer
 
     image = opts.image
     vmlinux = image.vmlinux
@@ -82,17 +81,7 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
             if warning:
                 err(warning)
             return _print_resolutions(msym, opts, out, err, None)
-    shown: dict[str, Any] = {"use_index": image.use_index, "cache_dir": image.cache_dir, "warn": err,
-                             "debuginfo": image.debuginfo, "path_map": image.path_map}
-    try:
-        opened = Symbolizer(vmlinux, index_file=index_file, **shown)
-    except (FileNotFoundKsymError, DebuginfodError, MissingDebugInfoError) as miss:
-        if vmlinux is not None or index_file is not None or os.environ.get("KSYM_VMLINUX"):
-            raise
-        # no debug vmlinux of the running kernel (none, or only stripped ones): its portable index file
-        # (docs/index-files.md)
-        found = index_file_after_miss(miss, ExpectedBuildId(expected, where), image.index_files)
-        opened = Symbolizer(None, index_file=found, **shown)
+    opened = open_symbolizer(image, ExpectedBuildId(expected, where), err, vmlinux=vmlinux, index_file=index_file)
     # closed at the end of the block, also on an error: what was read goes to the index then
     with opened as sym:
         elixir = None
