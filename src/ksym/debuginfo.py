@@ -29,10 +29,8 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import stat
 import struct
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO
@@ -42,6 +40,7 @@ from .errors import BadFileError, DebuginfodError, FileNotFoundKsymError, KsymEr
 from .index import STALE_TEMP_SECONDS
 from .records import NamedTuple
 from .searchopts import Attempt, DebuginfoOptions, DebugLookup
+from .temporaries import lock_temporary, remove_stale, unlink_quietly
 from .transfer import Limits, ProgressLine, Transfer, TransferError, sigterm_unwinds
 
 __all__ = [
@@ -404,7 +403,7 @@ class DebuginfodClient:
                         return dest
                     finally:
                         if not renamed:
-                            _unlink(part.path)  # before its lock goes with the file
+                            unlink_quietly(part.path)  # before its lock goes with the file
             except TransferError as exc:  # the deadline: the worker words its other misses itself
                 if exc.kind != "deadline":
                     raise _Failed(str(exc)) from None
@@ -500,24 +499,6 @@ class _Temporary(NamedTuple):
     head: bytes
 
 
-def _lock_temporary(path: Path) -> tuple[int, os.stat_result] | None:
-    """Open and lock ``path`` (a regular file, not a symlink, still under that name), or None when it is
-    gone, not a plain file or locked by a running download."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode) and os.stat(path, follow_symlinks=False).st_ino == st.st_ino:
-            return fd, st
-    except OSError:
-        pass
-    os.close(fd)
-    return None
-
-
 def _claim_temporary(dest_dir: Path) -> _Temporary:
     """The file a download of ``dest_dir``'s build id writes: a partial one left by a ksym that was killed
     (unlocked, starting as an ELF file does) to resume, else a new one; other abandoned ones are removed.
@@ -525,7 +506,7 @@ def _claim_temporary(dest_dir: Path) -> _Temporary:
     :raises OSError: the cache cannot be written."""
     taken: _Temporary | None = None
     for p in sorted(dest_dir.glob(_TEMP_PREFIX + "*")):
-        locked = _lock_temporary(p)
+        locked = lock_temporary(p, writable=True)
         if locked is None:
             continue  # another download's, running now
         fd, st = locked
@@ -534,7 +515,7 @@ def _claim_temporary(dest_dir: Path) -> _Temporary:
             taken = _Temporary(p, os.fdopen(fd, "r+b"), st.st_size, head)
             taken.file.seek(0, os.SEEK_END)
             continue
-        _unlink(p)
+        unlink_quietly(p)
         os.close(fd)
     if taken is not None:
         return taken
@@ -557,33 +538,18 @@ def remove_stale_temporaries(cache: Path, age: float = STALE_TEMPORARY_AGE) -> l
     ``cache`` that no running ksym holds and that nothing wrote to for ``age`` seconds (left by a ksym
     killed with SIGKILL, or by a power cut); returns what was removed. Never raises."""
     removed: list[Path] = []
-    now = time.time()
     try:
         dirs = [d for d in os.scandir(cache) if d.is_dir(follow_symlinks=False)]
     except OSError:
         return removed
     for d in dirs:
-        try:
-            names = [e for e in os.scandir(d.path) if e.name.startswith(_TEMP_PREFIX)]
-        except OSError:
-            continue
-        for e in names:
-            try:
-                if now - e.stat(follow_symlinks=False).st_mtime < age:
-                    continue
-            except OSError:
-                continue
-            locked = _lock_temporary(Path(e.path))
-            if locked is None:
-                continue
-            _unlink(Path(e.path))
-            os.close(locked[0])
-            removed.append(Path(e.path))
-        if names:
+        here = remove_stale(Path(d.path), _TEMP_PREFIX, age)
+        if here:
             try:
                 os.rmdir(d.path)  # only if that left it empty
             except OSError:
                 pass
+        removed += here
     return removed
 
 
@@ -641,13 +607,6 @@ def _short(exc: BaseException) -> str:
         if m:
             return m.group(0).strip().rstrip(",")
     return " ".join(text.split())[:160]
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
 
 
 def _isatty(stream: IO[str]) -> bool:

@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-import stat
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -43,6 +41,7 @@ from .buildid import normalize_build_id, same_build_id
 from .errors import DebuginfodError, FileNotFoundKsymError, KsymError, MissingDebugInfoError
 from .records import NamedTuple
 from .searchopts import Attempt, DebugLookup, IndexFileOptions
+from .temporaries import remove_stale, unlink_quietly
 
 __all__ = [
     "CACHE_SUBDIR",
@@ -382,7 +381,7 @@ def _download(
                     return dest
                 finally:
                     if not saved:
-                        _unlink(part.path)  # before its lock goes with the file
+                        unlink_quietly(part.path)  # before its lock goes with the file
         except TransferError as exc:
             raise _Missed(
                 _transfer_text(exc, transfer.got, transfer.total, options),
@@ -452,7 +451,7 @@ def _new_temporary(cache: Path) -> _Temporary:
         return _Temporary(Path(name), os.fdopen(fd, "r+b"))
     except BaseException:
         os.close(fd)
-        _unlink(Path(name))
+        unlink_quietly(Path(name))
         raise
 
 
@@ -494,34 +493,4 @@ def remove_stale_temporaries(cache: Path, age: float = STALE_TEMPORARY_AGE) -> l
     """Remove the download temporaries in ``cache`` (``<ksym cache>/index-files``) that no running ksym
     holds and nothing wrote to for ``age`` seconds (left by a ksym killed with SIGKILL, or a power cut);
     returns what was removed. Never raises."""
-    removed: list[Path] = []
-    now = time.time()
-    try:
-        entries = [e for e in os.scandir(cache) if e.name.startswith(_TEMP_PREFIX)]
-    except OSError:
-        return removed
-    for e in entries:
-        try:
-            if now - e.stat(follow_symlinks=False).st_mtime < age:
-                continue
-            fd = os.open(e.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            st = os.fstat(fd)
-            if stat.S_ISREG(st.st_mode) and os.stat(e.path, follow_symlinks=False).st_ino == st.st_ino:
-                _unlink(Path(e.path))
-                removed.append(Path(e.path))
-        except OSError:
-            pass  # a running download holds it
-        finally:
-            os.close(fd)
-    return removed
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
+    return remove_stale(cache, _TEMP_PREFIX, age)
