@@ -394,3 +394,17 @@ def test_is_module_file(tmp_path: Path) -> None:
     assert is_module_file(plain) and is_module_file(renamed) and is_module_file(tmp_path / "x.ko.xz")
     assert not is_module_file(Path("/bin/true").resolve())
     assert not is_module_file(tmp_path / "missing")
+    assert is_module_file(f"{tmp_path}//x.ko.zst/./") and not is_module_file(f"{tmp_path}/x.ko/..")
+
+
+def test_path_text_and_name_are_pathlibs() -> None:
+    """The file names of messages and the module test take paths apart as pathlib does, without it."""
+    from pathlib import PurePosixPath
+
+    from ksym.searchopts import path_name, path_parts, path_text
+
+    for p in ("", ".", "/", "//", "///", "a", "a/", "a//b/", "./a/./b", "//x/y", "///x", "a/..", "/x.ko/.",
+              "../a/./", ".hidden", "a/.../b"):
+        pure = PurePosixPath(p)
+        assert (path_text(p), path_name(p)) == (str(pure), pure.name), p
+        assert path_parts(p) == [c for c in pure.parts if c not in ("/", "//")], p

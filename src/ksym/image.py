@@ -19,6 +19,7 @@ from typing import Any
 from .compress import SectionContents
 from .errors import BadFileError, FileNotFoundKsymError, MissingDebugInfoError
 from .records import NamedTuple
+from .searchopts import path_name
 from .symbols import Section, SymbolTable
 
 __all__ = [
@@ -374,9 +375,7 @@ def strip_module_suffix(file_name: str) -> str | None:
 def is_module_file(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` looks like a module debug file: a ``.ko*`` name, or an ELF relocatable object
     (e_type ET_REL). Cheap: reads 18 bytes at most; False for unreadable files."""
-    # the last component, as pathlib names it (a warm run does not load pathlib)
-    parts = [c for c in os.fspath(path).split("/") if c and c != "."]
-    if strip_module_suffix(parts[-1] if parts else "") is not None:
+    if strip_module_suffix(path_name(path)) is not None:
         return True
     try:
         with open(path, "rb") as f:

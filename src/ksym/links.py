@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
+from .searchopts import path_parts
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .model import Resolution, SourceLocation
@@ -42,7 +44,7 @@ def kernel_relative_path(path: str) -> str | None:
     path = path.strip()
     if not path or path == "??":
         return None
-    parts = [p for p in path.split("/") if p not in ("", ".")]
+    parts = path_parts(path)
     if not parts or ".." in parts:
         return None
     if path.startswith("/"):

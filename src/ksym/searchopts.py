@@ -32,6 +32,8 @@ __all__ = [
     "IndexFileOptions",
     "Located",
     "SourceOptions",
+    "path_name",
+    "path_parts",
     "path_text",
 ]
 
@@ -52,7 +54,20 @@ def path_text(path: str | os.PathLike[str]) -> str:
     POSIX allows; the empty path is ``.``."""
     text = os.fspath(path)
     root = "//" if text[:2] == "//" and text[2:3] != "/" else "/" if text[:1] == "/" else ""
-    return root + "/".join(p for p in text.split("/") if p and p != ".") or "."
+    return root + "/".join(path_parts(text)) or "."
+
+
+def path_parts(path: str | os.PathLike[str]) -> list[str]:
+    """The components of ``path`` as pathlib takes it apart, without importing pathlib: no empty ones
+    (repeated and trailing slashes, the root) and no ``.``; ``..`` stays."""
+    return [p for p in os.fspath(path).split("/") if p and p != "."]
+
+
+def path_name(path: str | os.PathLike[str]) -> str:
+    """``pathlib.PurePosixPath(path).name`` without importing pathlib: the last component, ``""`` for
+    the root and the empty path."""
+    parts = path_parts(path)
+    return parts[-1] if parts else ""
 
 
 class DebuginfoOptions(NamedTuple):

@@ -42,6 +42,7 @@ from ksym.links import kernel_relative_path
 from ksym.version import KernelVersion
 
 from .records import NamedTuple
+from .searchopts import path_parts
 
 if TYPE_CHECKING:  # requests is heavy to import: only the HTTP path imports it
     import requests
@@ -109,7 +110,7 @@ def default_cache_dir() -> Path:
 
 def _clean_path(path: str) -> str | None:
     """A relative path without ``.``/``..``/empty components, or None."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
+    parts = path_parts(path)
     if not parts or ".." in parts or any("\0" in p for p in parts):
         return None
     return "/".join(parts)
