@@ -7,6 +7,7 @@ Needs tools/fetch-testdata.sh; skipped with a printed reason elsewhere, a failur
 from __future__ import annotations
 
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,9 @@ def _addresses(sym: Symbolizer, n: int) -> list[int]:
 
 
 def test_parallel_prefetch_equals_one_process(vmlinux: Path, tmp_path: Path) -> None:
+    # prefetch forks its workers only from a single-threaded process: a thread an earlier test left
+    # running would make the parent read the DWARF itself
+    assert threading.active_count() == 1, f"threads left running: {[t.name for t in threading.enumerate()]}"
     base = Symbolizer(vmlinux, cache_dir=tmp_path / "base")
     addrs = _addresses(base, 160)
     assert base.dwarf_image is not None

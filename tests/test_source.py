@@ -7,6 +7,7 @@ error cases. Nothing here talks to any other address.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -62,14 +63,16 @@ SLOW_SECONDS = 1.5
 
 
 class TreeServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
+    # server_close joins the threads answering requests; ``stopping`` ends the slow and trickling ones
+    daemon_threads = False
+    block_on_close = True
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), TreeHandler)
         self.requests: list[str] = []
         self.counts: dict[str, int] = {}
         self.lock = threading.Lock()
+        self.stopping = threading.Event()
 
     @property
     def url_template(self) -> str:
@@ -107,8 +110,8 @@ class TreeHandler(BaseHTTPRequestHandler):
             if tag not in (TAG, "latest") or path not in FILES:
                 self._send(404, b"Not found\n")
             elif path == "slow.c":
-                time.sleep(SLOW_SECONDS)
-                self._send(200, FILES[path].encode())
+                if not self.server.stopping.wait(SLOW_SECONDS):
+                    self._send(200, FILES[path].encode())
             elif (path == "flaky.c" and n == 1) or path == "broken.c":
                 self._send(500, b"oops\n")
             elif path == "limited.c" and n == 1:
@@ -123,13 +126,15 @@ class TreeHandler(BaseHTTPRequestHandler):
                 for byte in body:
                     self.wfile.write(bytes([byte]))
                     self.wfile.flush()
-                    time.sleep(TRICKLE_SECONDS)
+                    if self.server.stopping.wait(TRICKLE_SECONDS):
+                        break
             elif path == "trickle-headers.c":  # the status line and headers, one byte at a time
                 head = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nX-Padding: " + b"p" * 200 + b"\r\n\r\n"
                 for byte in head:
                     self.wfile.write(bytes([byte]))
                     self.wfile.flush()
-                    time.sleep(TRICKLE_SECONDS)
+                    if self.server.stopping.wait(TRICKLE_SECONDS):
+                        break
             elif path == "huge-nolength.c":  # HTTP/1.0, no Content-Length: the body ends when the server closes
                 self.send_response(200)
                 self.end_headers()
@@ -142,17 +147,33 @@ class TreeHandler(BaseHTTPRequestHandler):
             pass  # the client gave up (timeout test)
 
 
-@pytest.fixture
-def server() -> Iterator[TreeServer]:
+@contextlib.contextmanager
+def serving() -> Iterator[TreeServer]:
+    """A :class:`TreeServer` answering from a thread. At the end every thread the block started has
+    ended: the server's, those answering its requests (cut short), and ksym's transfer workers left
+    waiting on them (a later test that forks, as Symbolizer.prefetch does, needs a single thread)."""
+    before = set(threading.enumerate())
     srv = TreeServer()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
         yield srv
     finally:
+        srv.stopping.set()
         srv.shutdown()
         srv.server_close()
         thread.join(5)
+        started = [t for t in threading.enumerate() if t not in before]
+        for t in started:
+            t.join(5)
+        left = [t.name for t in started if t.is_alive()]
+        assert not left, f"threads still running after the server stopped: {left}"
+
+
+@pytest.fixture
+def server() -> Iterator[TreeServer]:
+    with serving() as srv:
+        yield srv
 
 
 def provider(srv: TreeServer | None, cache: Path, **kw: object) -> SourceProvider:
@@ -294,18 +315,11 @@ def test_rate_limit(server: TreeServer, tmp_path: Path) -> None:
 
 
 def test_cache_hit_without_server(tmp_path: Path) -> None:
-    srv = TreeServer()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    template = srv.url_template
-    try:
+    with serving() as srv:
+        template = srv.url_template
         assert provider(srv, tmp_path / "cache").get_lines(TAG, "include/linux/netfilter.h")[0] == (
             "/* netfilter.h 1 */"
         )
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(5)
     # The server is gone: its port refuses connections.
     p = SourceProvider(url_template=template, cache_dir=tmp_path / "cache", timeout=2, retries=0)
     assert len(p.get_lines(TAG, "include/linux/netfilter.h")) == 12
