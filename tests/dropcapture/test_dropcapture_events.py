@@ -6,10 +6,14 @@ import ctypes
 import io
 import ipaddress
 import json
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from dc_helpers import ctypes_decode
+from dc_helpers import ROOT, _bcc_importable, ctypes_decode
 
 from dropcapture.capture import CaptureStats, KernelInfo
 from dropcapture.events import (
@@ -124,6 +128,24 @@ def test_decode_equals_ctypes_field_by_field() -> None:
                         location_symbol=ks.locate(first.location), stack=_stack()) == expect[11]
     assert expect[11].packet == b"\x01\x02\x03\x04" and expect[12].linktype == 0
     assert expect[8].comm == "0123456789abcdef" and expect[9].comm == "\ufffd\ufffdok"
+
+
+def test_hypothesis_reading_bcc_warns_nothing(tmp_path: Path) -> None:
+    """Hypothesis parses the source of the modules it takes for the project's own, bcc among them once
+    it is imported (from the system's dist-packages): the parser's warning about bcc's own source
+    (``<unknown>:749: invalid escape sequence``) is not the project's, and the test run shows none."""
+    if not _bcc_importable():
+        pytest.skip("bcc is not importable here")
+    test = tmp_path / "test_bcc_then_hypothesis.py"
+    test.write_text("import bcc  # noqa: F401\nfrom hypothesis import given, strategies as st\n\n\n"
+                    "@given(st.text())\ndef test_text(s: str) -> None:\n    assert isinstance(s, str)\n")
+    env = {**os.environ, "HYPOTHESIS_STORAGE_DIRECTORY": str(tmp_path / "hypothesis")}  # nothing cached yet
+    got = subprocess.run([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir",
+                          str(tmp_path), "-p", "no:cacheprovider", str(test)],
+                         capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert got.returncode == 0, got.stdout + got.stderr
+    assert "invalid escape sequence" not in got.stdout + got.stderr, got.stdout
+    assert list((tmp_path / "hypothesis" / "constants").iterdir()), "Hypothesis read the local modules' constants"
 
 
 def test_kallsyms_lookup() -> None:
