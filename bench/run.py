@@ -46,10 +46,12 @@ from bench.accuracy import (  # noqa: I001
     AddressReport, SpecReport, compare_addresses, compare_specs, sample_addresses, sample_specs,
 )
 from bench.speed import (
-    DRGN_INPROCESS, DRGN_SCRIPT, Measure, in_process_us, ksym_cmd, load_average, median_of, run_timed,
+    DRGN_INPROCESS, DRGN_SCRIPT, Measure, in_process_us, ksym_cmd, median_of, run_timed,
     tool_cmds,
 )
-from bench.results import RESULTS, append_log, first_line, ksym_commit, ksym_source, machine_info, machine_line
+from bench.results import (
+    RESULTS, append_log, first_line, ksym_commit, ksym_source, load_average, machine_info, machine_line,
+)
 from anchors import addr2line_batch, find_faddr2line, find_test_vmlinux
 from ksym import Symbolizer
 

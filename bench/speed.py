@@ -172,9 +172,3 @@ def in_process_us(vmlinux: Path, cache: Path, frames: list[str], runs: int) -> t
     sym.close()
     return first, statistics.median(warm)
 
-
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
