@@ -568,22 +568,28 @@ class PortableFile:
 
     # -- blocks --
 
-    def _block(self, kind: int) -> bytes:
-        """The contents of a block, its CRC checked, decompressed."""
+    def _checked(self, offset: int, length: int, crc: int, raw_length: int | None, what: str) -> bytes:
+        """``length`` bytes of the file at ``offset`` (within it: the header's and the directories'
+        checks), their CRC checked, then decompressed to exactly ``raw_length`` bytes (None: stored)."""
         assert self._view is not None
-        b = self.header.blocks[kind]
-        stored = self._view[b.offset : b.offset + b.length]
+        stored = self._view[offset : offset + length]
         try:
-            if zlib.crc32(stored) != b.crc:
-                raise _bad(self.path, f"block {kind} checksum mismatch")
-            if b.codec == CODEC_NONE:
+            if zlib.crc32(stored) != crc:
+                raise _bad(self.path, f"{what} checksum mismatch")
+            if raw_length is None:
                 return bytes(stored)
             try:
-                return _decompress(stored, b.raw_length)
+                return _decompress(stored, raw_length)
             except ValueError as exc:
-                raise _bad(self.path, f"block {kind}: {exc}") from None
+                raise _bad(self.path, f"{what}: {exc}") from None
         finally:
             stored.release()
+
+    def _block(self, kind: int) -> bytes:
+        """The contents of a block, its CRC checked, decompressed."""
+        b = self.header.blocks[kind]
+        raw_length = None if b.codec == CODEC_NONE else b.raw_length
+        return self._checked(b.offset, b.length, b.crc, raw_length, f"block {kind}")
 
     def _load_aranges(self) -> ArangeTable:
         try:
@@ -598,17 +604,8 @@ class PortableFile:
             raise _bad(self.path, f"unit ranges: {exc}") from None
 
     def _piece(self, e: Entry, what: str) -> bytes:
-        assert self._view is not None
-        stored = self._view[e.offset : e.offset + e.length]
-        try:
-            if zlib.crc32(stored) != e.crc:
-                raise _bad(self.path, f"{what} checksum mismatch")
-            try:
-                return _decompress(stored, e.raw_length)
-            except ValueError as exc:
-                raise _bad(self.path, f"{what}: {exc}") from None
-        finally:
-            stored.release()
+        """A unit, code chunk or module of the payload, its CRC checked, decompressed."""
+        return self._checked(e.offset, e.length, e.crc, e.raw_length, what)
 
     # -- what a Symbolizer needs --
 
