@@ -44,7 +44,10 @@ from ksym.symbols import SymbolTable, SymbolView
 
 ELF = REPO_ROOT / "fixtures/bin/kshapes-dwarf5.elf"
 MODULE = "xt_comment"
-KO = Path(os.environ.get("KSYM_TESTDATA", "/var/tmp/ksym-testdata")) / f"modules/kernel/net/netfilter/{MODULE}.ko"
+KO = (
+    Path(os.environ.get("KSYM_TESTDATA", "/var/tmp/ksym-testdata"))
+    / f"modules/kernel/net/netfilter/{MODULE}.ko"
+)
 
 #: frames of every function of the fixture, misses, and raw addresses in and out of .text
 FRAMES = [
@@ -65,7 +68,14 @@ FRAMES = [
     "0x402008",
 ]
 ADDRESSES = [0x401000 + k for k in range(0, 0x440, 0x2B)] + [0, 0x400FFF, 0x403060, (1 << 64) - 1]
-MODULE_FRAMES = ["comment_mt+0x3", "comment_mt_init+0x1", "cleanup_module+0x0", "init_module+2", "0x5", "nope+1"]
+MODULE_FRAMES = [
+    "comment_mt+0x3",
+    "comment_mt_init+0x1",
+    "cleanup_module+0x0",
+    "init_module+2",
+    "0x5",
+    "nope+1",
+]
 DUMP = f"""\
 RIP: 0010:nf_hook_slow+0xc/0x30
 Call Trace:
@@ -135,7 +145,8 @@ class Parts:
             self.units: list[tuple[int, bytes]] = [(e.key, pf._piece(e, "u")) for e in pf.units.entries()]
             self.code: list[tuple[int, bytes]] = [(e.key, pf._piece(e, "c")) for e in pf.code.entries()]
             self.modules: list[tuple[str, str | None, bytes]] = [
-                (m.name, m.build_id, pf._piece(Entry(0, m.offset, m.length, m.raw_length, m.crc), "m")) for m in pf._module_directory()
+                (m.name, m.build_id, pf._piece(Entry(0, m.offset, m.length, m.raw_length, m.crc), "m"))
+                for m in pf._module_directory()
             ]
             self.module_directory: bytes | None = None
 
@@ -260,7 +271,10 @@ def read_cli(path: Path, tmp: Path) -> None:
         ("annotate", "--index", str(path), str(dump)),
     ):
         code, _out, err = _cli(*args)
-        assert code != EXIT_INTERNAL and "internal error" not in err and "Traceback" not in err, (args[0], err)
+        assert code != EXIT_INTERNAL and "internal error" not in err and "Traceback" not in err, (
+            args[0],
+            err,
+        )
         if code == EXIT_BAD_FILE:
             # a unit's line table naming a file it does not have is reported as the vmlinux's DWARF would be
             assert len(err.splitlines()) == 1 and f"{path}: damaged " in err, err
@@ -297,7 +311,19 @@ def _columns(buf: bytes) -> dict[str, tuple[int, int, int]]:
 
 def _odd_number(rng: random.Random, n: int, width: int) -> int:
     top = (1 << (8 * width)) - 1
-    v = rng.choice([n, n + 1, n - 1, n + rng.randrange(1, 1000), top, top - rng.randrange(8), rng.randrange(top + 1), 0, 1])
+    v = rng.choice(
+        [
+            n,
+            n + 1,
+            n - 1,
+            n + rng.randrange(1, 1000),
+            top,
+            top - rng.randrange(8),
+            rng.randrange(top + 1),
+            0,
+            1,
+        ]
+    )
     return v & top
 
 
@@ -322,8 +348,14 @@ def symbol_table_edits(buf: bytes, rng: random.Random, count: int) -> Iterator[t
         fmt = {8: "=Q", 4: "=I", 1: "=B"}[width]
         if kind == 4 and count_ > 1:  # two entries swapped
             j = rng.randrange(count_)
-            a, b = data[off + i * width : off + (i + 1) * width], data[off + j * width : off + (j + 1) * width]
-            data[off + i * width : off + (i + 1) * width], data[off + j * width : off + (j + 1) * width] = b, a
+            a, b = (
+                data[off + i * width : off + (i + 1) * width],
+                data[off + j * width : off + (j + 1) * width],
+            )
+            data[off + i * width : off + (i + 1) * width], data[off + j * width : off + (j + 1) * width] = (
+                b,
+                a,
+            )
             yield f"symbol table: {name}[{i}] and [{j}] swapped", bytes(data)
             continue
         if kind == 3:  # the whole column one value
@@ -370,7 +402,9 @@ def _mutate(value: Any, rng: random.Random, depth: int = 0) -> tuple[str, Any]:
         r = rng.random()
         if r < 0.3:  # one packed number made another (a row's file, a column's length)
             i = rng.randrange(0, len(b) - 3, 4) if len(b) >= 4 else 0
-            b[i : i + 4] = rng.choice([255, 256, 1 << 20, (1 << 32) - 1, 0, 1, 2, 9]).to_bytes(4, "little")[: len(b) - i]
+            b[i : i + 4] = rng.choice([255, 256, 1 << 20, (1 << 32) - 1, 0, 1, 2, 9]).to_bytes(4, "little")[
+                : len(b) - i
+            ]
             return f" bytes at {i}", bytes(b)
         if r < 0.5:
             cut = rng.randrange(len(b))
@@ -381,7 +415,9 @@ def _mutate(value: Any, rng: random.Random, depth: int = 0) -> tuple[str, Any]:
         b[i] = rng.randrange(256)
         return f" byte {i}", bytes(b)
     if isinstance(value, int) and not isinstance(value, bool) and rng.random() < 0.6:
-        v = rng.choice([value + 1, value - 1, value + rng.randrange(1, 1 << 16), -value - 1, value << 20, 0, -1])
+        v = rng.choice(
+            [value + 1, value - 1, value + rng.randrange(1, 1 << 16), -value - 1, value << 20, 0, -1]
+        )
         return f" {value} -> {v}", v
     new = rng.choice(ODD)
     return f" = {new!r}", new
@@ -403,17 +439,31 @@ def unit_attacks(rec: Any) -> Iterator[tuple[str, Any]]:
         nest = [nest, nest]
     offset, name, comp_dir, fns, lines, walk = rec
     f0 = list(fns[0])
-    yield "a function's name a nest of lists", (offset, name, comp_dir, [(*f0[:3], nest, *f0[4:]), *fns[1:]], lines, walk)
+    yield (
+        "a function's name a nest of lists",
+        (offset, name, comp_dir, [(*f0[:3], nest, *f0[4:]), *fns[1:]], lines, walk),
+    )
     yield "the unit's name a nest of lists", (offset, nest, comp_dir, fns, lines, walk)
     yield "its directory a nest of lists", (offset, name, nest, fns, lines, walk)
     shared = [(0x401000, 0x401400)] * 10**5
-    yield "one list of ranges in every function", (offset, name, comp_dir, [(*f0[:2], shared, *f0[3:])] * 10**5, lines, walk)
+    yield (
+        "one list of ranges in every function",
+        (offset, name, comp_dir, [(*f0[:2], shared, *f0[3:])] * 10**5, lines, walk),
+    )
     for k, f in enumerate(fns):
-        for field, values in ((4, [k, k + 1, -2, 1 << 40]), (5, [1 << 20, -1, 10**6]), (0, [nest]), (1, [nest])):
+        for field, values in (
+            (4, [k, k + 1, -2, 1 << 40]),
+            (5, [1 << 20, -1, 10**6]),
+            (0, [nest]),
+            (1, [nest]),
+        ):
             for v in values:
                 g = list(f)
                 g[field] = v
-                yield f"function {k} field {field} = {'a nest' if v is nest else v}", (offset, name, comp_dir, [*fns[:k], tuple(g), *fns[k + 1 :]], lines, walk)
+                yield (
+                    f"function {k} field {field} = {'a nest' if v is nest else v}",
+                    (offset, name, comp_dir, [*fns[:k], tuple(g), *fns[k + 1 :]], lines, walk),
+                )
     if lines is None:
         return
     files, addrs, cols, ends, seqs, file_base, pending, loff = lines
@@ -421,7 +471,10 @@ def unit_attacks(rec: Any) -> Iterator[tuple[str, Any]]:
     def with_lines(*new: Any) -> Any:
         return (offset, name, comp_dir, fns, tuple(new), walk)
 
-    yield "a file name a nest of lists", with_lines([nest, *files[1:]], addrs, cols, ends, seqs, file_base, pending, loff)
+    yield (
+        "a file name a nest of lists",
+        with_lines([nest, *files[1:]], addrs, cols, ends, seqs, file_base, pending, loff),
+    )
     yield "no file names", with_lines([], addrs, cols, ends, seqs, file_base, pending, loff)
     for base in (-5, 1, 7, 1 << 40):
         yield f"file base {base}", with_lines(files, addrs, cols, ends, seqs, base, pending, loff)
@@ -429,12 +482,27 @@ def unit_attacks(rec: Any) -> Iterator[tuple[str, Any]]:
         for fill in (b"\xff", b"\x07", b"\x00\x00\x00\x80"):
             new = list(cols)
             new[c] = (fill * len(new[c]))[: len(new[c])]
-            yield f"line column {c} of {fill!r}", with_lines(files, addrs, new, ends, seqs, file_base, pending, loff)
+            yield (
+                f"line column {c} of {fill!r}",
+                with_lines(files, addrs, new, ends, seqs, file_base, pending, loff),
+            )
     for q in range(len(seqs)):
-        for k, v in enumerate(([nest] * 4, (0, 1 << 64, 0, len(ends) + 1), (0, 1 << 64, 5, 2), (0, 1 << 64, -1, 3), (1, 2, 3), tuple(nest))):
+        for k, v in enumerate(
+            (
+                [nest] * 4,
+                (0, 1 << 64, 0, len(ends) + 1),
+                (0, 1 << 64, 5, 2),
+                (0, 1 << 64, -1, 3),
+                (1, 2, 3),
+                tuple(nest),
+            )
+        ):
             new = list(seqs)
             new[q] = tuple(v)
-            yield f"line sequence {q}: edit {k}", with_lines(files, addrs, cols, ends, new, file_base, pending, loff)
+            yield (
+                f"line sequence {q}: edit {k}",
+                with_lines(files, addrs, cols, ends, new, file_base, pending, loff),
+            )
     yield "a sequence a nest", with_lines(files, addrs, cols, ends, [nest] * 4, file_base, pending, loff)
     yield "rows without ends", with_lines(files, addrs, cols, b"", seqs, file_base, pending, loff)
     yield "addresses out of order", with_lines(files, addrs[::-1], cols, ends, seqs, file_base, pending, loff)
@@ -465,6 +533,16 @@ def crafted_files(genuine: Path) -> Iterator[Crafted]:
         p = base.copy()
         p.meta = meta
         yield Crafted(f"metadata{where}", p)
+    # the section table: code where there is none, sections over each other, past the address space
+    meta = marshal.loads(base.meta)
+    for _ in range(40):
+        sections = [list(x) for x in meta["sections"]]
+        sec = rng.choice(sections)
+        field = rng.choice([0, 2, 3, 4, 6])
+        sec[field] = rng.choice([0, 1, 2, 6, 8, 0x401000, 0x401010, 1 << 16, (1 << 64) - 1, 1 << 64, 1 << 70])
+        p = base.copy()
+        p.meta = marshal.dumps({**meta, "sections": sections}, 4)
+        yield Crafted(f"metadata: section {sec[1]!r} field {field} = {sec[field]:#x}", p)
     # the aranges and the unit ranges: numbers out of range, order or agreement
     for name in ("aranges", "unit_ranges"):
         raw = getattr(base, name)
@@ -474,7 +552,9 @@ def crafted_files(genuine: Path) -> Iterator[Crafted]:
                 data = bytearray(struct.pack("<QQQ", 0x401000, 0x401400, rng.choice([0, 3, 1211, 1 << 40])))
             else:
                 i = rng.randrange(0, len(data) - 7, 8)
-                struct.pack_into("<Q", data, i, rng.choice([0, 1, 3, 1211, 0x401000, 0x401400, (1 << 64) - 1, 1 << 40]))
+                struct.pack_into(
+                    "<Q", data, i, rng.choice([0, 1, 3, 1211, 0x401000, 0x401400, (1 << 64) - 1, 1 << 40])
+                )
             p = base.copy()
             setattr(p, name, bytes(data))
             yield Crafted(f"{name} edited", p)
@@ -547,7 +627,10 @@ def crafted_files(genuine: Path) -> Iterator[Crafted]:
         p.modules[0] = (name, bid, marshal.dumps({**rec, "symbols": buf}, 4))
         yield Crafted(f"module {what}", p)
     for k in range(len(rec["units"])):
-        edits = [*record_edits(marshal.dumps(rec["units"][k][1], 4), rng, 30), *unit_attacks(rec["units"][k][1])]
+        edits = [
+            *record_edits(marshal.dumps(rec["units"][k][1], 4), rng, 30),
+            *unit_attacks(rec["units"][k][1]),
+        ]
         for where, new in edits:
             units = list(rec["units"])
             units[k] = [units[k][0], marshal.loads(new) if isinstance(new, bytes) else new]
@@ -565,7 +648,9 @@ def genuine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "modules").mkdir()
     (d / "modules" / f"{MODULE}.ko").symlink_to(KO)
     out = d / "kshapes.ksymidx"
-    code, _out, err = _cli("index", "build", str(ELF), "-o", str(out), "--modules", str(d / "modules"), "-j", "1")
+    code, _out, err = _cli(
+        "index", "build", str(ELF), "-o", str(out), "--modules", str(d / "modules"), "-j", "1"
+    )
     assert code == 0, err
     return out
 
@@ -596,7 +681,8 @@ def test_crafted_files_answer_or_fail_in_one_line(genuine: Path, tmp_path: Path)
                 read_cli(crafted, tmp_path)
         except Exception as exc:  # noqa: BLE001 - each one is reported below
             failures.append(f"{c.what}: {type(exc).__name__}: {str(exc)[:200]}")
-    assert not failures, f"{len(failures)} crafted files not refused in one line:\n" + "\n".join(failures[:40])
-    print(seen)
+    assert not failures, f"{len(failures)} crafted files not refused in one line:\n" + "\n".join(
+        failures[:40]
+    )
     # both outcomes are reached: many edits are refused, some change nothing a lookup reads
     assert seen["bad"] > 300 and seen["ok"] > 10, seen

@@ -649,7 +649,9 @@ class PortableFile:
             view.release()
             raise _bad(self.path, "symbol table checksum mismatch")
         try:
-            table = SymbolTable.from_buffer(view, list(self.meta.sections), _damage(self.path, "symbol table"))
+            table = SymbolTable.from_buffer(
+                view, list(self.meta.sections), _damage(self.path, "symbol table")
+            )
         except ValueError as exc:
             view.release()
             raise _bad(self.path, f"symbol table: {exc}") from None
