@@ -375,7 +375,9 @@ def placed_symbol_table(raw: SymbolTable, bases: dict[int, int], placed_sections
     placed_values = array("Q", (
         (v + bases.get(sh, 0)) & 0xFFFFFFFFFFFFFFFF for v, sh in zip(raw.values, raw.shndx)
     ))
-    return SymbolTable(raw.names, placed_values, raw.sizes, raw.infos, raw.others, raw.shndx, placed_sections)
+    placed = SymbolTable(raw.names, placed_values, raw.sizes, raw.infos, raw.others, raw.shndx, placed_sections)
+    placed.damaged = raw.damaged  # the names (and their stored order) are raw's
+    return placed
 
 
 class ModuleDebugImage(Protocol):

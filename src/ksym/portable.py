@@ -13,8 +13,12 @@ decompresses one unit and a call site one or two chunks.
 
 Everything is checked where it is read: the header's CRC when the file is opened, each block's CRC
 before it is used (the symbol table's when the file is opened), each unit's and chunk's CRC before it
-is decompressed; lengths and counts are checked against the file. A damaged or hostile file is one
-:class:`ksym.errors.BadFileError` naming the file (exit 4), never an answer from damaged bytes.
+is decompressed; lengths and counts are checked against the file. A hostile file can make its CRCs
+agree, so its contents are checked too (docs/index-format.md, "Safety"): what is cheap when the file is
+opened, the rest where it is first used (a unit when it is loaded: :func:`_whole_unit`; the symbol
+table's index columns as a lookup reads them: :attr:`ksym.symbols.SymbolTable.damaged`). A damaged or
+hostile file is one :class:`ksym.errors.BadFileError` naming the file (exit 4), never an answer from
+damaged bytes, never another exception.
 The file is memory-mapped read-only; nothing is read whole.
 
 :class:`PortableFile` reads it (it is the :class:`ksym.dwarf_image.UnitStore` and the code source of a
@@ -32,8 +36,9 @@ import os
 import struct
 import zlib
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import pairwise
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -229,6 +234,12 @@ def _bad(path: object, what: str) -> BadFileError:
     return BadFileError(f"{path}: damaged ksym index file: {what}")
 
 
+def _damage(path: object, part: str) -> Callable[[str], BadFileError]:
+    """The error a structure of the file checked where it is used raises (a symbol table's lookups:
+    :attr:`ksym.symbols.SymbolTable.damaged`)."""
+    return lambda what: _bad(path, f"{part}: {what}")
+
+
 def _parse_header(path: object, head: bytes, read_rest: Any, actual_size: int) -> _Header:
     """The header of a file of ``actual_size`` bytes whose first 64 bytes are ``head``;
     ``read_rest(n)`` gives the next ``n`` bytes.
@@ -364,14 +375,15 @@ def _sections_of(secs: object) -> tuple[Section, ...]:
     return tuple(sections)
 
 
-def _whole_unit(rec: Any, offset: int) -> D.CompiledUnit:
-    """The unit of a record read from the file, which must be the whole unit at ``offset``.
+def _whole_unit(rec: Any, offset: int, size: int) -> D.CompiledUnit:
+    """The unit of a record read from the file (``size``: the length of the ``marshal`` data it was
+    read from), which must be the whole unit at ``offset``.
 
     :raises ValueError: it is not."""
     from . import dwarf as D
 
     try:
-        if not _plain_unit_record(rec):
+        if not _plain_unit_record(rec, size):
             raise ValueError("not a unit record")
         cu = D.unit_from_record(rec)
     except (TypeError, IndexError, OverflowError, RecursionError) as exc:
@@ -383,7 +395,27 @@ def _whole_unit(rec: Any, offset: int) -> D.CompiledUnit:
         or any(f.child_pos >= 0 or not 0 <= f.parent + 1 <= i for i, f in enumerate(cu.functions))
     ):
         raise ValueError("not a whole unit")
+    if cu.lines is not None:
+        _check_lines(cu.lines)
     return cu
+
+
+def _check_lines(lines: D.LineTable) -> None:
+    """A line table read from the file must agree with itself where a lookup relies on it: its
+    columns of one length, its sequences' rows within them, its file names strings. The rest is what a
+    line program could say, and a lookup checks it as it checks a line program's (a row's or a call's
+    file number past the files is damage when a lookup reads it: :meth:`ksym.dwarf.LineTable.file_name`).
+
+    :raises ValueError: it does not."""
+    rows = lines.rows
+    n = len(lines.addrs)
+    if any(len(c) != n for c in (rows.files, rows.lines, rows.cols, rows.discs, rows.ends)):
+        raise ValueError("line table columns of different lengths")
+    if set(map(type, lines.files)) - {str}:
+        raise ValueError("a file name of the line table is not a string")
+    for q in lines.seqs:
+        if set(map(type, q)) - {int} or not 0 <= q.first_row <= q.end_row <= n:
+            raise ValueError("a line sequence out of bounds")
 
 
 class Directory:
@@ -431,25 +463,56 @@ class Directory:
         return [self.entry(i) for i in range(len(self.keys))]
 
 
-def _plain_unit_record(rec: Any) -> bool:
-    """Whether ``rec`` has the shape of a whole unit's record where a wrong type would make the loader
-    allocate rather than fail (``bytes(n)`` of a number): its line table's columns are bytes, it has
-    no walk state and no pending decoder state (the loader checks the rest field by field)."""
-    if not (isinstance(rec, tuple) and len(rec) == 6 and isinstance(rec[3], list) and rec[5] is None):
+def _plain_unit_record(rec: Any, size: int) -> bool:
+    """Whether ``rec`` (read from ``size`` bytes of ``marshal`` data) has the shape of a whole unit's
+    record where a wrong type would make the loader allocate or work rather than fail: ``bytes(n)`` of
+    a number; ``str()`` of a nest of lists (``marshal`` shares an object it holds twice, so a few
+    bytes can hold a nest of 2**40 lists); ranges or line sequences read more often than the data
+    holds bytes (one list shared by every function). Its names are strings, its function records
+    tuples of 9 with a list of ranges each (together no more ranges than ``size``), its line table's
+    columns bytes, its sequences of 4 numbers, and it has no walk state and no pending decoder state
+    (the loader checks the rest field by field). Checked in C (``map``): a unit holds thousands of
+    function records."""
+    if not (
+        type(rec) is tuple
+        and len(rec) == 6
+        and type(rec[0]) is int
+        and type(rec[1]) is str
+        and type(rec[2]) is str
+        and type(rec[3]) is list
+        and rec[5] is None
+    ):
+        return False
+    fns = rec[3]
+    if set(map(type, fns)) - {tuple} or set(map(len, fns)) - {9}:
+        return False
+    if set(map(type, map(_NAME, fns))) - {str}:
+        return False
+    ranges = list(map(_RANGES, fns))
+    if set(map(type, ranges)) - {list} or sum(map(len, ranges)) > size:
         return False
     lines = rec[4]
     if lines is None:
         return True
     return (
-        isinstance(lines, tuple)
+        type(lines) is tuple
         and len(lines) == 8
-        and isinstance(lines[1], bytes)
-        and isinstance(lines[2], list)
+        and type(lines[0]) is list
+        and type(lines[1]) is bytes
+        and type(lines[2]) is list
         and len(lines[2]) == 4
         and all(type(c) is bytes for c in lines[2])
         and type(lines[3]) is bytes
+        and type(lines[4]) is list
+        and not set(map(type, lines[4])) - {tuple}
+        and not set(map(len, lines[4])) - {4}
         and lines[6] is None
     )
+
+
+#: a function record's name and ranges (ksym.dwarf.FunctionNode.to_record)
+_NAME = itemgetter(3)
+_RANGES = itemgetter(2)
 
 
 class PortableFile:
@@ -505,22 +568,28 @@ class PortableFile:
 
     # -- blocks --
 
-    def _block(self, kind: int) -> bytes:
-        """The contents of a block, its CRC checked, decompressed."""
+    def _checked(self, offset: int, length: int, crc: int, raw_length: int | None, what: str) -> bytes:
+        """``length`` bytes of the file at ``offset`` (within it: the header's and the directories'
+        checks), their CRC checked, then decompressed to exactly ``raw_length`` bytes (None: stored)."""
         assert self._view is not None
-        b = self.header.blocks[kind]
-        stored = self._view[b.offset : b.offset + b.length]
+        stored = self._view[offset : offset + length]
         try:
-            if zlib.crc32(stored) != b.crc:
-                raise _bad(self.path, f"block {kind} checksum mismatch")
-            if b.codec == CODEC_NONE:
+            if zlib.crc32(stored) != crc:
+                raise _bad(self.path, f"{what} checksum mismatch")
+            if raw_length is None:
                 return bytes(stored)
             try:
-                return _decompress(stored, b.raw_length)
+                return _decompress(stored, raw_length)
             except ValueError as exc:
-                raise _bad(self.path, f"block {kind}: {exc}") from None
+                raise _bad(self.path, f"{what}: {exc}") from None
         finally:
             stored.release()
+
+    def _block(self, kind: int) -> bytes:
+        """The contents of a block, its CRC checked, decompressed."""
+        b = self.header.blocks[kind]
+        raw_length = None if b.codec == CODEC_NONE else b.raw_length
+        return self._checked(b.offset, b.length, b.crc, raw_length, f"block {kind}")
 
     def _load_aranges(self) -> ArangeTable:
         try:
@@ -535,17 +604,8 @@ class PortableFile:
             raise _bad(self.path, f"unit ranges: {exc}") from None
 
     def _piece(self, e: Entry, what: str) -> bytes:
-        assert self._view is not None
-        stored = self._view[e.offset : e.offset + e.length]
-        try:
-            if zlib.crc32(stored) != e.crc:
-                raise _bad(self.path, f"{what} checksum mismatch")
-            try:
-                return _decompress(stored, e.raw_length)
-            except ValueError as exc:
-                raise _bad(self.path, f"{what}: {exc}") from None
-        finally:
-            stored.release()
+        """A unit, code chunk or module of the payload, its CRC checked, decompressed."""
+        return self._checked(e.offset, e.length, e.crc, e.raw_length, what)
 
     # -- what a Symbolizer needs --
 
@@ -589,7 +649,9 @@ class PortableFile:
             view.release()
             raise _bad(self.path, "symbol table checksum mismatch")
         try:
-            table = SymbolTable.from_buffer(view, list(self.meta.sections))
+            table = SymbolTable.from_buffer(
+                view, list(self.meta.sections), _damage(self.path, "symbol table")
+            )
         except ValueError as exc:
             view.release()
             raise _bad(self.path, f"symbol table: {exc}") from None
@@ -610,7 +672,7 @@ class PortableFile:
         what = f"unit {offset:#x}"
         raw = self._piece(entry, what)
         try:
-            return _whole_unit(marshal.loads(raw), offset)
+            return _whole_unit(marshal.loads(raw), offset, len(raw))
         except (ValueError, TypeError, EOFError, OverflowError, RecursionError) as exc:
             raise _bad(self.path, f"{what}: {exc}") from None
 
@@ -702,7 +764,7 @@ class PortableFile:
                 what = f"module {e.name}"
                 raw = self._piece(Entry(0, e.offset, e.length, e.raw_length, e.crc), what)
                 try:
-                    return PortableModule.from_record(self.path, e.name, marshal.loads(raw))
+                    return PortableModule.from_record(self.path, e.name, marshal.loads(raw), len(raw))
                 except (
                     ValueError,
                     TypeError,
@@ -941,7 +1003,8 @@ class PortableModule:
             Section(s.index, s.name, s.type, s.flags, bases.get(s.index, 0), s.offset, s.size)
             for s in sections
         ]
-        self._raw = SymbolTable.from_buffer(symbols, sections)  # :raises ValueError: not such a table
+        # :raises ValueError: not such a table
+        self._raw = SymbolTable.from_buffer(symbols, sections, _damage(path, "symbol table"))
 
     @staticmethod
     def record(
@@ -972,8 +1035,10 @@ class PortableModule:
         }
 
     @classmethod
-    def from_record(cls, index_path: Path, name: str, rec: Any) -> PortableModule:
-        """:raises ValueError, TypeError, KeyError: not a module's record."""
+    def from_record(cls, index_path: Path, name: str, rec: Any, size: int) -> PortableModule:
+        """The module of ``rec``, read from ``size`` bytes of ``marshal`` data.
+
+        :raises ValueError, TypeError, KeyError: not a module's record."""
         if type(rec) is not dict:
             raise ValueError("not a dict")
 
@@ -997,7 +1062,7 @@ class PortableModule:
         for pair in get("units", list):
             if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not int:
                 raise ValueError("a malformed unit")
-            units[pair[0]] = _whole_unit(pair[1], pair[0])
+            units[pair[0]] = _whole_unit(pair[1], pair[0], size)
         code: dict[int, bytes] = {}
         for pair in get("code", list):
             if (

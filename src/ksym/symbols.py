@@ -227,6 +227,9 @@ class SymbolTable:
         self._matches: dict[str, list[FaddrMatch]] = {}
         #: set on a table of some symbols only (:meth:`named`): gives the whole table
         self.whole: Callable[[], SymbolTable] | None = None
+        #: set on a table read from a stored buffer (:meth:`from_buffer`): the error (naming the file) a
+        #: lookup raises when a stored index column points past the table (see :meth:`_past_columns`)
+        self.damaged: Callable[[str], Exception] | None = None
 
     # -- construction --
 
@@ -395,7 +398,18 @@ class SymbolTable:
 
     def indices_named(self, name: str) -> list[int]:
         """Indices of every symbol called ``name``, in symbol-table order."""
-        return self.names.lookup(name)
+        try:
+            return self.names.lookup(name)
+        except IndexError as exc:
+            raise self._past_columns(exc) from None
+
+    def _past_columns(self, exc: IndexError) -> Exception:
+        """What a lookup raises when it reads an index past the columns: only a stored table's index
+        columns (name order, address order, text index: :meth:`from_buffer`) can hold such an index,
+        and they are checked where a lookup reads them (each entry it reads, in C, as the columns are
+        indexed) rather than whole on load: that is the table's damage (:attr:`damaged`). A table built
+        here never does (the IndexError is a defect, raised as it is)."""
+        return exc if self.damaged is None else self.damaged("an index column points past the table")
 
     # -- persistence --
 
@@ -455,10 +469,20 @@ class SymbolTable:
         return bytes(out)
 
     @classmethod
-    def from_buffer(cls, buf: Any, sections: list[Section]) -> SymbolTable:
+    def from_buffer(cls, buf: Any, sections: list[Section],
+                    damaged: Callable[[str], Exception] | None = None) -> SymbolTable:
         """The table of :meth:`to_buffer`'s ``buf`` (bytes, or a mapped file: its numeric columns stay views
-        of it, so the buffer must outlive the table). :raises ValueError: not such a buffer, or written
-        with another byte order."""
+        of it, so the buffer must outlive the table). ``damaged(what)`` gives the error a lookup raises
+        when an index column points past the table (:attr:`damaged`).
+
+        Checked here: the header, each column's bounds and length (every column of the symbol count,
+        the name offsets one more, the text index's two alike and no longer), the last name offset
+        within the name blob. Not here (a whole pass over a column in Python costs more than opening
+        the file does): where the index columns point, checked as a lookup reads them
+        (:meth:`_past_columns`). Other numbers (addresses, sizes, section indices, name offsets) are
+        any a symbol table could hold: a lookup reads them as it reads an ELF file's.
+
+        :raises ValueError: not such a buffer, or written with another byte order."""
         view = memoryview(buf)
         magic = cls._BUFFER_MAGIC
         ncols = len(cls._BUFFER_COLUMNS)
@@ -494,6 +518,7 @@ class SymbolTable:
         t = cls(names, col["values"], col["sizes"], col["infos"], col["others"], col["shndx"], sections)
         t._faddr_order = (col["order"], col["order_addrs"])
         t._text = (col["text"], col["text_addrs"])
+        t.damaged = damaged
         return t
 
     def release(self) -> None:
@@ -548,9 +573,12 @@ class SymbolTable:
         """
         got = self._matches.get(name)
         if got is None:
-            got = self._faddr2line_matches(name)
-            if not got and ".llvm." not in name:
-                got = self._llvm_promoted_matches(name)
+            try:
+                got = self._faddr2line_matches(name)
+                if not got and ".llvm." not in name:
+                    got = self._llvm_promoted_matches(name)
+            except IndexError as exc:
+                raise self._past_columns(exc) from None
             if len(self._matches) > 8192:
                 self._matches.clear()
             self._matches[name] = got
@@ -562,10 +590,13 @@ class SymbolTable:
         (see :meth:`faddr2line_matches`)."""
         if view is not SymbolView.KALLSYMS:
             return self.faddr2line_matches(name)
-        got = self._kallsyms_matches(name)
-        if not got and ".llvm." not in name:
-            for n in self._promoted_names(name, functions_only=False):
-                got.extend(self._kallsyms_matches(n))
+        try:
+            got = self._kallsyms_matches(name)
+            if not got and ".llvm." not in name:
+                for n in self._promoted_names(name, functions_only=False):
+                    got.extend(self._kallsyms_matches(n))
+        except IndexError as exc:
+            raise self._past_columns(exc) from None
         return got
 
     def _kallsyms_matches(self, name: str) -> list[FaddrMatch]:
@@ -710,8 +741,10 @@ class SymbolTable:
         # first (preferred) symbol at that address
         while k > 0 and addrs[k - 1] == start:
             k -= 1
-        i = idx[k]
-        sym = self.symbol(i)
+        try:
+            sym = self.symbol(idx[k])
+        except IndexError as exc:
+            raise self._past_columns(exc) from None
         nk = bisect.bisect_right(addrs, start)
         if nk < len(addrs):
             size = addrs[nk] - start
@@ -754,8 +787,11 @@ class SymbolTable:
                        and not sizes[i] and (others[i] & 3) == STV_HIDDEN)
             order, _addrs = self._address_order()  # by (address, symbol-table order)
             first = self.dynamic_count
-            idx = array("I", [i for i in order if i >= first and type_ok[i] and 0 < shndx[i] < SHN_LORESERVE
-                              and i not in odd])
+            try:
+                idx = array("I", [i for i in order if i >= first and type_ok[i] and 0 < shndx[i] < SHN_LORESERVE
+                                  and i not in odd])
+            except IndexError as exc:
+                raise self._past_columns(exc) from None
             vals = self.values
             self._bfd = (idx, array("Q", [vals[i] for i in idx]))
         return self._bfd
