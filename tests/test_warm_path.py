@@ -6,6 +6,10 @@ named below was once imported by that run for nothing it did (the DWARF and ELF 
 the other commands, ``dataclasses`` and ``pathlib`` with what they import): the test runs the command
 in a child on the Debian 6.1 vmlinux with a private cache made warm by a first run, and lists what the
 command itself imported (what the interpreter had loaded before it does not count).
+
+A ``ksym resolve --index FILE`` of one frame (the portable index file) is held to the same list but for
+the DWARF records it loads its unit into (``ksym.dwarf``, whose records were dataclasses, and then
+imported ``dataclasses`` with ``inspect``): issue 15 wants it no slower than a warm run.
 """
 
 from __future__ import annotations
@@ -47,7 +51,16 @@ sys.exit(code)
 """
 
 
+#: Never imported by ``ksym resolve --index FILE FRAME`` (plain text, one frame): the same, but for the
+#: records a unit of the file is loaded into.
+NOT_ON_THE_INDEX_FILE_PATH = tuple(m for m in NOT_ON_THE_WARM_PATH if m != "ksym.dwarf")
+
+
 def _resolve(vmlinux: Path, cache: Path, frame: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    return _run(["resolve", "--vmlinux", str(vmlinux), frame], cache)
+
+
+def _run(argv: list[str], cache: Path) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     # without the site module (-S): what .pth files import at start (an editable install's finder loads
     # pathlib) is not there to hide what the command imports; the ksym under test (installed or not) and
     # the dependencies come from the path given
@@ -55,8 +68,8 @@ def _resolve(vmlinux: Path, cache: Path, frame: str) -> tuple[subprocess.Complet
     path = [src, *sys.path[1:]]
     env = {**os.environ, "KSYM_CACHE_DIR": str(cache), "KSYM_STATS": "1", "PYTHONPATH": os.pathsep.join(path)}
     env.pop("KSYM_DEBUG", None)
-    got = subprocess.run([sys.executable, "-S", "-c", _CHILD, "resolve", "--vmlinux", str(vmlinux), frame],
-                         capture_output=True, text=True, check=False, env=env, timeout=600)
+    got = subprocess.run([sys.executable, "-S", "-c", _CHILD, *argv], capture_output=True, text=True, check=False,
+                         env=env, timeout=600)
     head, _, last = got.stderr.rstrip("\n").rpartition("\nimported: ")
     assert head or last, got.stderr
     return got, set(last.split())
@@ -74,6 +87,20 @@ def test_a_warm_resolve_of_one_frame_imports_only_the_lookup(vmlinux: Path, tmp_
     assert warm.stdout == cold.stdout and "nf_hook at include/linux/netfilter.h:257" in warm.stdout
     assert "units_read=0 units_loaded=0 " in warm.stderr and "fingerprinted=0" in warm.stderr, warm.stderr
     assert "ksym.symbolizer" in modules and "ksym.index" in modules
-    imported = sorted(m for m in modules if m.split(".")[0] in NOT_ON_THE_WARM_PATH
-                      or any(m == n or m.startswith(n + ".") for n in NOT_ON_THE_WARM_PATH))
-    assert imported == [], f"a warm one-frame resolve imported {imported}"
+    assert _among(modules, NOT_ON_THE_WARM_PATH) == [], "a warm one-frame resolve imported those"
+
+
+def test_a_resolve_of_one_frame_from_an_index_file_imports_only_the_lookup(portable_index: Path,
+                                                                           tmp_path: Path) -> None:
+    got, modules = _run(["resolve", "--index", str(portable_index), "__ip_local_out+0xde"], tmp_path / "cache")
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == ("__ip_local_out+0xde/0x160:\nnf_hook at include/linux/netfilter.h:257\n"
+                          "(inlined by) __ip_local_out at net/ipv4/ip_output.c:115\n")
+    # the answer came from the file's unit, loaded into the DWARF records; no debug file was read
+    assert {"ksym.portable", "ksym.dwarf", "ksym.symbolizer"} <= modules
+    assert _among(modules, NOT_ON_THE_INDEX_FILE_PATH) == [], "a one-frame resolve --index imported those"
+
+
+def _among(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    """The modules that are one of ``names`` or in one of those packages."""
+    return sorted(m for m in modules if any(m == n or m.startswith(n + ".") for n in names))

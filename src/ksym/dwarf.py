@@ -25,8 +25,7 @@ import struct
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from .errors import BadFileError
 from .records import NamedTuple
@@ -301,27 +300,57 @@ def _cstr(buf: bytes | memoryview, pos: int) -> tuple[str, int]:
     return buf[pos:end].decode("utf-8", "replace"), end + 1
 
 
-@dataclass
-class DwarfSections:
+class _Mutable:
+    """What the mutable records of this module share with a dataclass: equality and ``repr`` field by
+    field, in the order of ``_fields`` (the caches in the rest of their ``__slots__`` take no part).
+    Slotted classes rather than dataclasses: :mod:`dataclasses` imports :mod:`inspect` (with
+    :mod:`ast`, :mod:`dis`, :mod:`tokenize`) and makes each class with ``exec``, which an answer from
+    the portable index file (``ksym resolve --index``) would pay for on every run."""
+
+    __slots__ = ()
+    _fields: ClassVar[tuple[str, ...]] = ()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{f}={getattr(self, f)!r}' for f in self._fields)})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self._fields)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable: not hashable, as a dataclass with eq=True
+
+
+class DwarfSections(_Mutable):
     """The raw DWARF sections (bytes or memoryviews over an mmap) a lookup reads."""
 
-    info: bytes | memoryview
-    abbrev: bytes | memoryview
-    line: bytes | memoryview | None = None
-    debug_str: bytes | memoryview | None = None
-    line_str: bytes | memoryview | None = None
-    ranges: bytes | memoryview | None = None
-    rnglists: bytes | memoryview | None = None
-    addr: bytes | memoryview | None = None
-    str_offsets: bytes | memoryview | None = None
-    aranges: bytes | memoryview | None = None
-    little_endian: bool = True
-    default_address_size: int = 8
-    # (id of a string section, offset) → string: units share their include files' and types' names
-    _strings: dict[tuple[int, int], str] = field(default_factory=dict, repr=False, compare=False)
-    # comp_dir → {(directory's .debug_line_str offset, name's offset): joined file name} (GCC's tables)
-    _joined: dict[str, dict[tuple[int, int], str]] = field(default_factory=dict, repr=False, compare=False)
-    _abbrevs: dict[int, dict[int, Abbrev]] = field(default_factory=dict, repr=False, compare=False)
+    _fields = ("info", "abbrev", "line", "debug_str", "line_str", "ranges", "rnglists", "addr", "str_offsets",
+               "aranges", "little_endian", "default_address_size")
+    __slots__ = (*_fields, "_abbrevs", "_joined", "_strings")
+
+    def __init__(self, info: bytes | memoryview, abbrev: bytes | memoryview, line: bytes | memoryview | None = None,
+                 debug_str: bytes | memoryview | None = None, line_str: bytes | memoryview | None = None,
+                 ranges: bytes | memoryview | None = None, rnglists: bytes | memoryview | None = None,
+                 addr: bytes | memoryview | None = None, str_offsets: bytes | memoryview | None = None,
+                 aranges: bytes | memoryview | None = None, little_endian: bool = True,
+                 default_address_size: int = 8) -> None:
+        self.info = info
+        self.abbrev = abbrev
+        self.line = line
+        self.debug_str = debug_str
+        self.line_str = line_str
+        self.ranges = ranges
+        self.rnglists = rnglists
+        self.addr = addr
+        self.str_offsets = str_offsets
+        self.aranges = aranges
+        self.little_endian = little_endian
+        self.default_address_size = default_address_size
+        # (id of a string section, offset) → string: units share their include files' and types' names
+        self._strings: dict[tuple[int, int], str] = {}
+        # comp_dir → {(directory's .debug_line_str offset, name's offset): joined file name} (GCC's tables)
+        self._joined: dict[str, dict[tuple[int, int], str]] = {}
+        self._abbrevs: dict[int, dict[int, Abbrev]] = {}
 
     def abbrev_table(self, offset: int) -> dict[int, Abbrev]:
         """The abbreviations at ``offset`` (:func:`parse_abbrevs`), kept for a unit opened again to
@@ -452,8 +481,9 @@ def _read_aranges(sec: DwarfSections, data: bytes) -> list[ArangeEntry]:
 # --- CU headers and abbreviations --------------------------------------------------------------------
 
 
-@dataclass
-class CUHeader:
+class CUHeader(NamedTuple):
+    """The header of a unit of .debug_info (:func:`parse_cu_header`)."""
+
     offset: int
     version: int
     unit_type: int
@@ -583,20 +613,27 @@ def parse_abbrevs(sec: DwarfSections, offset: int) -> dict[int, Abbrev]:
 # --- the compact form of one CU ----------------------------------------------------------------------
 
 
-@dataclass
-class FunctionNode:
-    """A subprogram or inlined subroutine: its ranges, name and where it was called from."""
+class FunctionNode(_Mutable):
+    """A subprogram or inlined subroutine: its ranges, name and where it was called from.
 
-    die_offset: int
-    tag: int
-    ranges: list[tuple[int, int]]
-    name: str
-    parent: int  # index of the enclosing function node in CompiledUnit.functions, -1 for none
-    call_file: int = 0
-    call_line: int = 0
-    call_column: int = 0
-    #: .debug_info offset of the first child while the subtree is not read yet, else -1.
-    child_pos: int = -1
+    ``parent``: index of the enclosing function node in :attr:`CompiledUnit.functions`, -1 for none;
+    ``child_pos``: .debug_info offset of the first child while the subtree is not read yet, else -1."""
+
+    _fields = ("die_offset", "tag", "ranges", "name", "parent", "call_file", "call_line", "call_column",
+               "child_pos")
+    __slots__ = _fields
+
+    def __init__(self, die_offset: int, tag: int, ranges: list[tuple[int, int]], name: str, parent: int,
+                 call_file: int = 0, call_line: int = 0, call_column: int = 0, child_pos: int = -1) -> None:
+        self.die_offset = die_offset
+        self.tag = tag
+        self.ranges = ranges
+        self.name = name
+        self.parent = parent
+        self.call_file = call_file
+        self.call_line = call_line
+        self.call_column = call_column
+        self.child_pos = child_pos
 
     def to_record(self) -> tuple[Any, ...]:
         """The node as plain data for the index (see :meth:`from_records`)."""
@@ -711,28 +748,33 @@ class LineDecoderState(NamedTuple):
                    int(sequence_start), header)
 
 
-@dataclass
-class LineTable:
+class LineTable(_Mutable):
     """Rows of one CU's line program, sequence by sequence, in bfd's form.
 
     ``addrs``/``rows`` are parallel (a row's fields: :class:`LineRow`; read one with :meth:`row`);
     ``seqs`` are the :class:`LineSequence` s, sorted by low address.
+
+    ``file_base``: what a file number of this table (call_file, rows) is offset by: 1 before DWARF 5,
+    else 0. ``pending``: the decoder's state where it stopped (``read_line_table(until=...)``), None
+    once it is complete (see :func:`_decode_lines`): rows from ``pending.sequence_start`` on belong to
+    the sequence being decoded, which is not in ``seqs`` yet. ``offset``: where the program starts in
+    .debug_line (-1: not known, a table stored by an older ksym).
     """
 
-    files: list[str]
-    addrs: Any = field(default_factory=list)  # list[int] while decoding, array('Q') when loaded
-    rows: Any = field(default_factory=list)  # list of _RowTuple while decoding, _Rows when loaded
-    seqs: list[LineSequence] = field(default_factory=list)
-    #: What a file number of this table (call_file, rows) is offset by: 1 before DWARF 5, else 0.
-    file_base: int = 0
-    #: The decoder's state where it stopped (``read_line_table(until=...)``), None once it is complete
-    #: (see :func:`_decode_lines`): rows from ``pending.sequence_start`` on belong to the sequence being
-    #: decoded, which is not in ``seqs`` yet.
-    pending: LineDecoderState | None = None
-    #: Where the program starts in .debug_line (-1: not known, a table stored by an older ksym).
-    offset: int = -1
-    # the sequences' low addresses, for bisect (derived from ``seqs`` on first lookup)
-    _lows: list[int] | None = field(default=None, repr=False, compare=False)
+    _fields = ("files", "addrs", "rows", "seqs", "file_base", "pending", "offset")
+    __slots__ = (*_fields, "_lows")
+
+    def __init__(self, files: list[str], addrs: Any = None, rows: Any = None, seqs: list[LineSequence] | None = None,
+                 file_base: int = 0, pending: LineDecoderState | None = None, offset: int = -1) -> None:
+        self.files = files
+        self.addrs: Any = [] if addrs is None else addrs  # list[int] while decoding, array('Q') when loaded
+        self.rows: Any = [] if rows is None else rows  # list of _RowTuple while decoding, _Rows when loaded
+        self.seqs: list[LineSequence] = [] if seqs is None else seqs
+        self.file_base = file_base
+        self.pending = pending
+        self.offset = offset
+        # the sequences' low addresses, for bisect (derived from ``seqs`` on first lookup)
+        self._lows: list[int] | None = None
 
     def to_record(self) -> tuple[Any, ...]:
         """The table as plain data for the index: the rows as columns of packed numbers (loading them
@@ -892,24 +934,29 @@ class WalkState(NamedTuple):
         return cls(int(position), [int(x) for x in stack])
 
 
-@dataclass
-class CompiledUnit:
-    """What ksym keeps of one compilation unit."""
+class CompiledUnit(_Mutable):
+    """What ksym keeps of one compilation unit.
 
-    offset: int
-    name: str
-    comp_dir: str
-    functions: list[FunctionNode]
-    lines: LineTable | None
-    #: Where the walk of the top-level DIEs stopped (``compile_unit(until=...)``); None once every
-    #: top-level function is in ``functions``.
-    walk: WalkState | None = None
-    # (low, high, function index) for every range of every function, sorted by low
-    _starts: list[int] = field(default_factory=list, repr=False)
-    _spans: list[tuple[int, int, int]] = field(default_factory=list, repr=False)
-    _reach: list[int] = field(default_factory=list, repr=False)
-    # the reader that built this unit, reused by expand_for (not stored on disk)
-    reader: _CUReader | None = field(default=None, repr=False, compare=False)
+    ``walk``: where the walk of the top-level DIEs stopped (``compile_unit(until=...)``); None once
+    every top-level function is in ``functions``. ``reader``: the reader that built this unit, reused
+    by :func:`expand_for` (not stored on disk)."""
+
+    _fields = ("offset", "name", "comp_dir", "functions", "lines", "walk")
+    __slots__ = (*_fields, "_reach", "_spans", "_starts", "reader")
+
+    def __init__(self, offset: int, name: str, comp_dir: str, functions: list[FunctionNode], lines: LineTable | None,
+                 walk: WalkState | None = None) -> None:
+        self.offset = offset
+        self.name = name
+        self.comp_dir = comp_dir
+        self.functions = functions
+        self.lines = lines
+        self.walk = walk
+        # (low, high, function index) for every range of every function, sorted by low (see finish)
+        self._starts: list[int] = []
+        self._spans: list[tuple[int, int, int]] = []
+        self._reach: list[int] = []
+        self.reader: _CUReader | None = None
 
     def to_record(self) -> tuple[Any, ...]:
         """The unit as plain data for the on-disk index (which writes it with ``marshal``): the
@@ -982,65 +1029,84 @@ class CompiledUnit:
 # --- reading one CU ------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
+# the plan's steps and plans are made once per abbreviation and read for every DIE: plain slotted
+# classes (attribute reads as fast as a dataclass's with slots, made without importing dataclasses)
+
+
 class _SkipBytes:
     """A read plan's step: step over ``size`` bytes of attribute values of fixed-size forms."""
 
-    size: int
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
 
 
-@dataclass(slots=True)
 class _DecodeFixed:
     """A read plan's step: decode attribute ``attr``, of a 1-, 2-, 4- or 8-byte integer form, with a
     precompiled struct's ``unpack_from``."""
 
-    attr: int
-    form: int
-    unpack: Callable[[bytes | memoryview, int], tuple[int, ...]]
-    size: int
+    __slots__ = ("attr", "form", "size", "unpack")
+
+    def __init__(self, attr: int, form: int, unpack: Callable[[bytes | memoryview, int], tuple[int, ...]],
+                 size: int) -> None:
+        self.attr = attr
+        self.form = form
+        self.unpack = unpack
+        self.size = size
 
 
-@dataclass(slots=True)
 class _Decode:
-    """A read plan's step: decode attribute ``attr`` (:meth:`_CUReader._read_form`)."""
+    """A read plan's step: decode attribute ``attr`` (:meth:`_CUReader._read_form`) whose
+    abbreviation gives DW_FORM_implicit_const value ``const``."""
 
-    attr: int
-    form: int
-    #: the abbreviation's DW_FORM_implicit_const value
-    const: int
+    __slots__ = ("attr", "const", "form")
+
+    def __init__(self, attr: int, form: int, const: int) -> None:
+        self.attr = attr
+        self.form = form
+        self.const = const
 
 
-@dataclass(slots=True)
 class _SkipForm:
     """A read plan's step: step over an attribute value of a variable-size form."""
 
-    form: int
-    const: int
+    __slots__ = ("const", "form")
+
+    def __init__(self, form: int, const: int) -> None:
+        self.form = form
+        self.const = const
 
 
 _PlanStep = _SkipBytes | _DecodeFixed | _Decode | _SkipForm
 
 
-@dataclass(slots=True)
 class _DiePlan:
-    """How to read a DIE of one abbreviation (:meth:`_CUReader._plan`)."""
+    """How to read a DIE of one abbreviation (:meth:`_CUReader._plan`); ``fixed_size``: the size of the
+    DIE's attributes when every step is a :class:`_SkipBytes` (nothing decoded), else -1."""
 
-    tag: int
-    has_children: bool
-    steps: tuple[_PlanStep, ...]
-    #: the size of the DIE's attributes when every step is a :class:`_SkipBytes` (nothing decoded), else -1
-    fixed_size: int
+    __slots__ = ("fixed_size", "has_children", "steps", "tag")
+
+    def __init__(self, tag: int, has_children: bool, steps: tuple[_PlanStep, ...], fixed_size: int) -> None:
+        self.tag = tag
+        self.has_children = has_children
+        self.steps = steps
+        self.fixed_size = fixed_size
 
 
-@dataclass(slots=True)
 class _DieSkip:
     """How the function walk steps over a DIE of one abbreviation without decoding it
-    (:meth:`_CUReader.fast_skip`): at most one of the two is >= 0; both -1: read the DIE."""
+    (:meth:`_CUReader.fast_skip`): at most one of the two is >= 0; both -1: read the DIE.
 
-    #: a childless DIE whose attributes take this many bytes after the code
-    fixed_size: int
-    #: a DIE whose children are not entered, with a DW_AT_sibling (ref4) this many bytes after the code
-    sibling_at: int
+    ``fixed_size``: a childless DIE whose attributes take this many bytes after the code;
+    ``sibling_at``: a DIE whose children are not entered, with a DW_AT_sibling (ref4) this many bytes
+    after the code."""
+
+    __slots__ = ("fixed_size", "sibling_at")
+
+    def __init__(self, fixed_size: int, sibling_at: int) -> None:
+        self.fixed_size = fixed_size
+        self.sibling_at = sibling_at
 
 
 class _CUReader:

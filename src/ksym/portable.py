@@ -39,17 +39,19 @@ from array import array
 from collections.abc import Callable, Sequence
 from itertools import pairwise
 from operator import itemgetter
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from .dwarf_image import ArangeTable, UnitRange
 from .errors import BadFileError, FileNotFoundKsymError
 from .index import ImageRecord
 from .records import NamedTuple
+from .searchopts import path_text
 from .symbols import Section, SymbolTable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from . import dwarf as D
     from .dwarf_image import DwarfImage
 
@@ -524,13 +526,16 @@ class PortableFile:
     Use it in a ``with`` block or call :meth:`close` (the Symbolizer over it does)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        # the file as pathlib spells it, for opening it and naming it in messages (``path``: as a Path,
+        # made when asked for: answering a frame does without pathlib)
+        self._name = path_text(path)
+        self._path: Path | None = None
         self._mm: mmap.mmap | None = None
         self._view: memoryview | None = None
         self._symbols: SymbolTable | None = None
         self._symbols_view: memoryview | None = None
         try:
-            with open(self.path, "rb") as f:
+            with open(self._name, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 if size < _HEAD.size:
                     head = f.read(_HEAD.size)
@@ -553,18 +558,27 @@ class PortableFile:
                 pos[0] += n
                 return out
 
-            self.header = _parse_header(self.path, mm[: _HEAD.size], read_rest, len(mm))
+            self.header = _parse_header(self._name, mm[: _HEAD.size], read_rest, len(mm))
             self.meta = self.header.meta
             blocks = self.header.blocks
             payload = blocks[BlockKind.PAYLOAD]
-            self.units = Directory(self.path, self._block(BlockKind.UNITS), payload, "unit")
-            self.code = Directory(self.path, self._block(BlockKind.CODE), payload, "code")
+            self.units = Directory(self._name, self._block(BlockKind.UNITS), payload, "unit")
+            self.code = Directory(self._name, self._block(BlockKind.CODE), payload, "code")
             self.aranges = self._load_aranges()
             self.unit_ranges = self._load_unit_ranges()
         except BaseException:
             self.close()
             raise
         self._modules: list[ModuleEntry] | None = None
+
+    @property
+    def path(self) -> Path:
+        """The file."""
+        if self._path is None:
+            from pathlib import Path
+
+            self._path = Path(self._name)
+        return self._path
 
     # -- blocks --
 
@@ -613,7 +627,7 @@ class PortableFile:
         """The image as the on-disk index would record it (``symbols_size``: the symbol block's)."""
         m = self.meta
         return ImageRecord(
-            path=str(self.path),
+            path=self._name,
             build_id=m.build_id,
             elf_type=m.elf_type,
             little_endian=m.little_endian,
@@ -650,7 +664,7 @@ class PortableFile:
             raise _bad(self.path, "symbol table checksum mismatch")
         try:
             table = SymbolTable.from_buffer(
-                view, list(self.meta.sections), _damage(self.path, "symbol table")
+                view, list(self.meta.sections), _damage(self._name, "symbol table")
             )
         except ValueError as exc:
             view.release()
@@ -810,6 +824,8 @@ class PortableWriter:
     builder's workers: :func:`compress`)."""
 
     def __init__(self, path: str | os.PathLike[str], meta: PortableMeta, *, modules: bool = False) -> None:
+        from pathlib import Path
+
         self.path = Path(path)
         self.meta = meta
         self._meta_bytes = meta.to_bytes()
@@ -1073,6 +1089,8 @@ class PortableModule:
             ):
                 raise ValueError("a malformed code section")
             code[pair[0]] = pair[1]
+        from pathlib import Path
+
         return cls(
             Path(f"{index_path}:{file}"),
             module_name,
@@ -1152,7 +1170,7 @@ class NoSections:
     are whole, so no lookup reads DWARF; one that would (a unit the file should hold and does not) is
     damage."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = path
 
     def open(self) -> D.DwarfSections:

@@ -240,10 +240,10 @@ class Symbolizer:
         """The image from a portable index file: its record, symbols, aranges and whole units."""
         from .portable import NoSections, PortableFile
 
-        self.portable = PortableFile(self.path)
+        self.portable = PortableFile(self._file)
         self._open_session(image_key(self.portable.meta.build_id, "portable"))
         rec = self.portable.image_record()
-        self.dwarf_image = DwarfImage(self.path, NoSections(self.path), rec.aranges, units=self.portable,
+        self.dwarf_image = DwarfImage(self._file, NoSections(self._file), rec.aranges, units=self.portable,
                                       cache_size=self._cu_cache_size)
         self._apply_record(rec, self.portable.symbols())
 

@@ -106,10 +106,9 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
 def _file_as_first_frame(first: str) -> str | None:
     """``ksym resolve VMLINUX FRAME`` (a forgotten ``--vmlinux``, or faddr2line's argument order): what to
     say when the first frame names an existing file, None when it does not."""
-    import shlex
-
     if not os.path.isfile(first):
         return None
+    import shlex  # only for the message: not on a run that resolves its frames
     try:
         with open(first, "rb") as f:
             magic = f.read(4)
