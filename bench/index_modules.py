@@ -128,9 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         by_file = run_timed([*ksym, "annotate", "--index", str(index)], trace)
         by_ko = run_timed([*ksym, "annotate", "--vmlinux", v, "--modules", mods], trace)
         same = by_file[3] == by_ko[3] and by_file[4] == by_ko[4]
-        resolved = sum(
-            1 for ln in by_ko[4].splitlines() if ln.startswith("   -> ") and "unresolved" not in ln
-        )
+        unresolved = sum(1 for ln in by_ko[4].splitlines() if ln.startswith("   -> unresolved"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -172,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{len(picked)} frames, one in a random function of each of {len(picked)} modules (seed {SEED}), "
             f"as a call trace: `ksym annotate --index FILE` and `ksym annotate --vmlinux VMLINUX --modules DIR` "
             f"print {'identical' if same else '**different**'} output (exit {by_file[3]} and {by_ko[3]}; "
-            f"{resolved} of them resolved)."
+            f"{unresolved} of them unresolved)."
         ),
         "",
         "First lines:",
