@@ -168,9 +168,16 @@ def _handler(state: Debuginfod) -> type[http.server.BaseHTTPRequestHandler]:
             try:
                 if state.stall.get(bid, 0) > 0:
                     state.stall[bid] -= 1
-                    self.wfile.write(body[: len(body) // 2])
+                    # the last 100 bytes of the half come on their own: the client reads them as one small
+                    # piece, which must reach the file too, not wait in a buffer (a SIGKILL would lose it)
+                    half = len(body) // 2
+                    self.wfile.write(body[: half - 100])
                     self.wfile.flush()
-                    sent = len(body) // 2
+                    if state.stopped.wait(0.3):
+                        return
+                    self.wfile.write(body[half - 100 : half])
+                    self.wfile.flush()
+                    sent = half
                     state.stopped.wait(60)
                     return
                 for i in range(len(body)):

@@ -308,6 +308,7 @@ class Transfer(Generic[T]):
                     raise TransferError("size", f"over the cap of {self.limits.max_bytes} bytes", phase="body")
                 if out is not None:
                     out.write(chunk)
+                    out.flush()  # in the file now: after a SIGKILL the next run resumes from all it got
                 else:
                     chunks.append(chunk)
                 self.got += len(chunk)
