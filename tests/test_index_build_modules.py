@@ -20,7 +20,7 @@ import pytest
 from anchors import INDEX_FILE_MODULES, TESTDATA, fixture, missing
 from test_index_file import _addr2line_j, _module_answers
 
-from ksym.errors import EXIT_BAD_FILE
+from ksym.errors import EXIT_BAD_FILE, EXIT_NO_FILE
 from ksym.modules import ModuleImage, ModuleSymbolizer
 from ksym.portable import PortableFile
 from ksym.portable_build import BuildResult, WorkerShare, build_index
@@ -162,3 +162,28 @@ def test_a_damaged_module_ends_the_build_with_one_line(tmp_path: Path, how: str)
         assert list(out_dir.iterdir()) == []
         lines.append(done.stderr)
     assert lines[0] == lines[1]
+
+
+def _limit_file_size() -> None:
+    import resource
+
+    # writing past 256 KiB fails with EFBIG (Python ignores SIGXFSZ), as a full disk fails with ENOSPC
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_output_that_cannot_be_written_is_one_line_and_exit_3(tmp_path: Path, jobs: str) -> None:
+    """The file, or the temporary the pieces wait in, cannot grow: one line, exit 3, nothing left."""
+    _require_inputs()
+    modules = _modules_dir(tmp_path)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "ksym", "index", "build", str(IMAGE), "--modules", str(modules), "-o",
+         str(out_dir / "x.ksymidx"), "-j", jobs],
+        capture_output=True, text=True, timeout=300, check=False, preexec_fn=_limit_file_size,
+    )
+    assert done.returncode == EXIT_NO_FILE, done.stderr
+    assert done.stdout == "" and len(done.stderr.splitlines()) == 1
+    assert done.stderr.startswith(f"ksym: error: {out_dir}") and "cannot write" in done.stderr
+    assert list(out_dir.iterdir()) == []

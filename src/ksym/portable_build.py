@@ -209,9 +209,10 @@ def build_index(
 
             raise FileNotFoundKsymError(f"{out}: cannot write: {exc.strerror or exc}") from None
         try:
-            writer.add_block(BlockKind.SYMBOLS, sym.symbols.to_buffer(), compress_it=False)
-            writer.add_block(BlockKind.ARANGES, arange_block(aranges))
-            writer.add_block(BlockKind.UNIT_RANGES, unit_range_block(ranges))
+            with _writing(out):
+                writer.add_block(BlockKind.SYMBOLS, sym.symbols.to_buffer(), compress_it=False)
+                writer.add_block(BlockKind.ARANGES, arange_block(aranges))
+                writer.add_block(BlockKind.UNIT_RANGES, unit_range_block(ranges))
             n = max(1, min(processes or usable_cpus(), len(jobs)))
             make = _Pieces(sec, sym.code_bytes, level, sym.path, module_files)
             shares: dict[int, WorkerShare] = {}
@@ -227,15 +228,16 @@ def build_index(
                         if progress is not None:
                             progress(len(spool), ntasks)
                 nmod = 0
-                for at, stored in spool.in_order():
-                    if at.kind == "unit":
-                        writer.add_unit(at.key, stored, at.raw_length)
-                    elif at.kind == "code":
-                        writer.add_code(at.key, stored, at.raw_length)
-                    else:
-                        writer.add_module(at.name, at.build_id, stored, at.raw_length)
-                        nmod += 1
-            size = writer.finish()
+                with _writing(out):
+                    for at, stored in spool.in_order():
+                        if at.kind == "unit":
+                            writer.add_unit(at.key, stored, at.raw_length)
+                        elif at.kind == "code":
+                            writer.add_code(at.key, stored, at.raw_length)
+                        else:
+                            writer.add_module(at.name, at.build_id, stored, at.raw_length)
+                            nmod += 1
+                    size = writer.finish()
         except BaseException:
             writer.abort()
             raise
@@ -250,6 +252,18 @@ def build_index(
         nmod,
         tuple(sorted(shares.values())),
     )
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Writing ``path`` (the file, or the spool beside it): a write that fails (a full disk, a file size
+    limit) is :class:`ksym.errors.FileNotFoundKsymError` naming it, as an output that cannot be created is."""
+    from .errors import FileNotFoundKsymError
+
+    try:
+        yield
+    except OSError as exc:
+        raise FileNotFoundKsymError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
 def _jobs(tasks: list[BuildTask], module_files: Sequence[str]) -> list[BuildJob]:
@@ -377,12 +391,8 @@ class _Spool:
         self._end = 0
 
     def __enter__(self) -> _Spool:  # noqa: PYI034 - typing.Self needs Python 3.11
-        try:
+        with _writing(self._directory):
             self._f = tempfile.TemporaryFile(dir=self._directory)
-        except OSError as exc:
-            from .errors import FileNotFoundKsymError
-
-            raise FileNotFoundKsymError(f"{self._directory}: cannot write: {exc.strerror or exc}") from None
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -395,7 +405,8 @@ class _Spool:
 
     def add(self, piece: BuiltPiece) -> None:
         assert self._f is not None
-        self._f.write(piece.stored)
+        with _writing(self._directory):
+            self._f.write(piece.stored)
         self._at.append(
             SpooledPiece(
                 piece.kind,
