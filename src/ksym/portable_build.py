@@ -4,24 +4,40 @@ forked worker processes.
 The parent opens the vmlinux as a :class:`ksym.symbolizer.Symbolizer` does (symbol table, aranges,
 banner, faddr2line's path prefix), writes the header's metadata and the small blocks, then hands out
 the work: every compilation unit an address can reach (read whole by
-:func:`ksym.dwarf.compile_whole_unit`, stored as its index record and compressed) and every 64 KiB
-chunk of the allocated sections (compressed). Workers take tasks a few at a time from a shared
-counter, biggest units first so they finish together, and send back the compressed pieces; the parent
-writes them in order once all are done (the same vmlinux gives the same file, byte for byte). Workers get everything through the arguments of the process
-they run in (with the ``fork`` start method those are inherited, not pickled); the parent reaps every
-worker before it returns, also on an error. The file is written to a temporary and renamed into place.
+:func:`ksym.dwarf.compile_whole_unit`, stored as its index record and compressed), every 64 KiB
+chunk of the allocated sections (compressed) and, with ``modules``, every module debug file (read
+whole: :func:`_module_piece`). Workers take jobs one at a time from a shared counter (a module is one
+job, vmlinux pieces go four to a job), biggest first so they finish together, and send back the
+compressed pieces. The parent appends each piece as it arrives to a spool (an unnamed temporary file
+beside the output) and, once all are done, copies them into the file in a fixed order: code chunks and
+units by address and offset, then modules by name. The same inputs give the same file, byte for byte,
+whatever the number of workers and the order they finish in.
+
+Memory: the parent holds the vmlinux (as a :class:`ksym.symbolizer.Symbolizer` does) and one piece at a
+time; each worker holds the vmlinux's mapping (shared with the parent) and one job's data: one unit, or
+one module read whole (its file, its units and its record: a few times the module file's size, about
+150 MB for the largest modules of a distribution kernel). Peak memory is therefore bounded by the
+number of workers times the largest module, not by the number of modules.
+
+Workers get everything through the arguments of the process they run in (with the ``fork`` start
+method those are inherited, not pickled); the parent reaps every worker before it returns, also on an
+error. An error in any job (a damaged unit or module debug file: :class:`ksym.errors.BadFileError`)
+ends the build with that error, leaves no file and stops the other workers. The file is written to a
+temporary and renamed into place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import marshal
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from .errors import BadFileError, KsymError, MissingDebugInfoError
 from .index import usable_cpus
@@ -40,28 +56,60 @@ from .records import NamedTuple
 if TYPE_CHECKING:
     from .dwarf import DwarfSections
 
-__all__ = ["BuildResult", "build_index"]
+__all__ = ["BuildResult", "WorkerShare", "build_index"]
 
-#: Tasks a worker takes at once from the shared counter.
-TASKS_PER_TAKE = 4
+#: vmlinux tasks (units and code chunks) in one job; a module is a job of its own.
+TASKS_PER_JOB = 4
 
 
 class BuildTask(NamedTuple):
-    """One piece of work: a unit (``kind`` "unit", ``key`` its offset) or a code chunk (``kind`` "code",
-    ``key`` its address, ``size`` its length)."""
+    """One piece of work: a unit (``kind`` "unit", ``key`` its offset), a code chunk (``kind`` "code",
+    ``key`` its address, ``size`` its length) or a module (``kind`` "module", ``key`` its place in the
+    sorted list of module files, ``size`` the file's size)."""
 
     kind: str
     key: int
     size: int
 
 
+class BuildJob(NamedTuple):
+    """What a worker takes from the shared counter at once: a few vmlinux tasks, or one module."""
+
+    tasks: tuple[BuildTask, ...]
+    size: int
+
+
 class BuiltPiece(NamedTuple):
-    """What a worker sends back for one task: the compressed piece and its length before."""
+    """What a worker sends back for one task: the compressed piece, its length before, the process that
+    made it and, for a module, its name and build id."""
 
     kind: str
     key: int
     stored: bytes
     raw_length: int
+    pid: int
+    name: str = ""
+    build_id: str | None = None
+
+
+class SpooledPiece(NamedTuple):
+    """A piece in the spool: where its compressed bytes are, and what the file's directory says of it."""
+
+    kind: str
+    key: int
+    offset: int
+    length: int
+    raw_length: int
+    name: str
+    build_id: str | None
+
+
+class WorkerShare(NamedTuple):
+    """The pieces one process built (the builder itself when it used no workers)."""
+
+    pid: int
+    pieces: int
+    modules: int
 
 
 class BuildResult(NamedTuple):
@@ -76,6 +124,8 @@ class BuildResult(NamedTuple):
     build_id: str | None
     #: modules written (``modules``)
     modules: int = 0
+    #: who built the pieces, by pid
+    workers: tuple[WorkerShare, ...] = ()
 
 
 def _created_by() -> str:
@@ -150,8 +200,8 @@ def build_index(
                     BuildTask("code", a, min(CODE_CHUNK, s.addr + s.size - a))
                     for a in range(s.addr, s.addr + s.size, CODE_CHUNK)
                 )
-        # biggest first: the workers finish together
-        tasks.sort(key=lambda t: t.size, reverse=True)
+        jobs = _jobs(tasks, module_files)
+        ntasks = len(tasks) + len(module_files)
         try:
             writer = PortableWriter(out, meta, modules=modules is not None)
         except OSError as exc:
@@ -159,37 +209,79 @@ def build_index(
 
             raise FileNotFoundKsymError(f"{out}: cannot write: {exc.strerror or exc}") from None
         try:
-            writer.add_block(BlockKind.SYMBOLS, sym.symbols.to_buffer(), compress_it=False)
-            writer.add_block(BlockKind.ARANGES, arange_block(aranges))
-            writer.add_block(BlockKind.UNIT_RANGES, unit_range_block(ranges))
-            n = max(1, min(processes or usable_cpus(), len(tasks)))
-            done = 0
-            code_bytes = sym.code_bytes
-            # kept until all are done and written in order: the same vmlinux gives the same file
-            pieces: dict[tuple[str, int], BuiltPiece] = {}
-            with contextlib.closing(_run_tasks(_Pieces(sec, code_bytes, level, sym.path), tasks, n)) as built:
-                for piece in built:
-                    pieces[piece.kind, piece.key] = piece
-                    done += 1
-                    if progress is not None:
-                        progress(done, len(tasks))
-            for _key, piece in sorted(pieces.items()):
-                if piece.kind == "unit":
-                    writer.add_unit(piece.key, piece.stored, piece.raw_length)
-                else:
-                    writer.add_code(piece.key, piece.stored, piece.raw_length)
-            pieces.clear()
-            nmod = 0
-            for path in module_files:
-                writer.add_module(*_module_piece(path, level))
-                nmod += 1
-            size = writer.finish()
+            with _writing(out):
+                writer.add_block(BlockKind.SYMBOLS, sym.symbols.to_buffer(), compress_it=False)
+                writer.add_block(BlockKind.ARANGES, arange_block(aranges))
+                writer.add_block(BlockKind.UNIT_RANGES, unit_range_block(ranges))
+            n = max(1, min(processes or usable_cpus(), len(jobs)))
+            make = _Pieces(sec, sym.code_bytes, level, sym.path, module_files)
+            shares: dict[int, WorkerShare] = {}
+            # the pieces go to the spool as they come, and into the file in order once all are done
+            with _Spool(out.parent) as spool:
+                with contextlib.closing(_run_jobs(make, jobs, ntasks, n)) as built:
+                    for piece in built:
+                        spool.add(piece)
+                        was = shares.get(piece.pid, WorkerShare(piece.pid, 0, 0))
+                        shares[piece.pid] = WorkerShare(
+                            piece.pid, was.pieces + 1, was.modules + (piece.kind == "module")
+                        )
+                        if progress is not None:
+                            progress(len(spool), ntasks)
+                nmod = 0
+                with _writing(out):
+                    for at, stored in spool.in_order():
+                        if at.kind == "unit":
+                            writer.add_unit(at.key, stored, at.raw_length)
+                        elif at.kind == "code":
+                            writer.add_code(at.key, stored, at.raw_length)
+                        else:
+                            writer.add_module(at.name, at.build_id, stored, at.raw_length)
+                            nmod += 1
+                    size = writer.finish()
         except BaseException:
             writer.abort()
             raise
     return BuildResult(
-        out, size, len(units), len(tasks) - len(units), n, time.monotonic() - started, meta.build_id, nmod
+        out,
+        size,
+        len(units),
+        len(tasks) - len(units),
+        n,
+        time.monotonic() - started,
+        meta.build_id,
+        nmod,
+        tuple(sorted(shares.values())),
     )
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Writing ``path`` (the file, or the spool beside it): a write that fails (a full disk, a file size
+    limit) is :class:`ksym.errors.FileNotFoundKsymError` naming it, as an output that cannot be created is."""
+    from .errors import FileNotFoundKsymError
+
+    try:
+        yield
+    except OSError as exc:
+        raise FileNotFoundKsymError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+def _jobs(tasks: list[BuildTask], module_files: Sequence[str]) -> list[BuildJob]:
+    """The jobs of a build, biggest first (the workers finish together): the vmlinux's tasks, biggest
+    first, :data:`TASKS_PER_JOB` to a job, and one job per module (its size: the file's)."""
+    tasks = sorted(tasks, key=lambda t: t.size, reverse=True)
+    jobs = [
+        BuildJob(tuple(part), sum(t.size for t in part))
+        for part in (tasks[i : i + TASKS_PER_JOB] for i in range(0, len(tasks), TASKS_PER_JOB))
+    ]
+    for i, path in enumerate(module_files):
+        try:
+            size = os.stat(path).st_size
+        except OSError:  # reported by the job that reads it
+            size = 0
+        jobs.append(BuildJob((BuildTask("module", i, size),), size))
+    jobs.sort(key=lambda j: j.size, reverse=True)
+    return jobs
 
 
 def _module_files(root: str | os.PathLike[str]) -> list[str]:
@@ -241,7 +333,7 @@ def _module_piece(path: str, level: int) -> tuple[str, str | None, bytes, int]:
 def _piece(
     sec: DwarfSections, code_bytes: Callable[[int, int], bytes], level: int, path: object, task: BuildTask
 ) -> BuiltPiece:
-    """In a worker: one task done."""
+    """In a worker: one task of the vmlinux done."""
     from . import dwarf as D
 
     if task.kind == "unit":
@@ -252,37 +344,105 @@ def _piece(
         raw = code_bytes(task.key, task.size)
         if len(raw) != task.size:
             raise BadFileError(f"{path}: section contents at {task.key:#x} cut short")
-    return BuiltPiece(task.kind, task.key, compress(raw, level), len(raw))
+    return BuiltPiece(task.kind, task.key, compress(raw, level), len(raw), os.getpid())
 
 
 class _Pieces:
-    """The work of one worker: a task's piece (the arguments :func:`_piece` needs but the task)."""
+    """The work of one worker: a job's pieces (the arguments :func:`_piece` and :func:`_module_piece`
+    need but the task)."""
 
     def __init__(
-        self, sec: DwarfSections, code_bytes: Callable[[int, int], bytes], level: int, path: object
+        self,
+        sec: DwarfSections,
+        code_bytes: Callable[[int, int], bytes],
+        level: int,
+        path: object,
+        module_files: Sequence[str],
     ) -> None:
         self._sec = sec
         self._code_bytes = code_bytes
         self._level = level
         self._path = path
+        self._module_files = module_files
 
-    def __call__(self, task: BuildTask) -> BuiltPiece:
-        return _piece(self._sec, self._code_bytes, self._level, self._path, task)
+    def __call__(self, job: BuildJob) -> list[BuiltPiece]:
+        return [self._one(t) for t in job.tasks]
+
+    def _one(self, task: BuildTask) -> BuiltPiece:
+        if task.kind != "module":
+            return _piece(self._sec, self._code_bytes, self._level, self._path, task)
+        name, build_id, stored, raw_length = _module_piece(self._module_files[task.key], self._level)
+        if not gc.isenabled():
+            # a worker runs with the collector off (ksym.workers), and pyelftools' ELFFile of a module
+            # is a reference cycle holding the whole module file: without this a worker grows by the
+            # size of every module it reads
+            gc.collect()
+        return BuiltPiece(task.kind, task.key, stored, raw_length, os.getpid(), name, build_id)
 
 
-def _run_tasks(make: _Pieces, tasks: list[BuildTask], n: int) -> Generator[BuiltPiece, None, None]:
-    """The pieces of ``tasks`` as they come from ``n`` forked workers (in this process when ``n`` is 1
+class _Spool:
+    """The pieces of a build as they arrive, in an unnamed temporary file (gone when closed, also when
+    the process dies), read back in the file's order by :meth:`in_order`."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._f: IO[bytes] | None = None
+        self._at: list[SpooledPiece] = []
+        self._end = 0
+
+    def __enter__(self) -> _Spool:  # noqa: PYI034 - typing.Self needs Python 3.11
+        with _writing(self._directory):
+            self._f = tempfile.TemporaryFile(dir=self._directory)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def add(self, piece: BuiltPiece) -> None:
+        assert self._f is not None
+        with _writing(self._directory):
+            self._f.write(piece.stored)
+        self._at.append(
+            SpooledPiece(
+                piece.kind,
+                piece.key,
+                self._end,
+                len(piece.stored),
+                piece.raw_length,
+                piece.name,
+                piece.build_id,
+            )
+        )
+        self._end += len(piece.stored)
+
+    def in_order(self) -> Iterator[tuple[SpooledPiece, bytes]]:
+        """Each piece with its bytes: the vmlinux's code chunks by address and units by offset (as the
+        file has always held them), then the modules in the order of their files' names."""
+        assert self._f is not None
+        self._f.flush()
+        fd = self._f.fileno()
+        for at in sorted(self._at, key=lambda p: (p.kind == "module", p.kind, p.key)):
+            yield at, os.pread(fd, at.length, at.offset)
+
+
+def _run_jobs(make: _Pieces, jobs: list[BuildJob], ntasks: int, n: int) -> Generator[BuiltPiece, None, None]:
+    """The pieces of ``jobs`` as they come from ``n`` forked workers (in this process when ``n`` is 1
     or fork is missing); every worker is reaped before this ends."""
     if n < 2 or not hasattr(os, "fork"):
-        for t in tasks:
-            yield make(t)
+        for job in jobs:
+            yield from make(job)
         return
     from .workers import ForkedWorkers
 
     got = 0
-    with ForkedWorkers(make, take=TASKS_PER_TAKE) as workers:
-        for piece in workers.run(tasks, n):
-            got += 1
-            yield piece
-    if got != len(tasks):
-        raise KsymError(f"index build: {len(tasks) - got} tasks were not done (a worker died)")
+    with ForkedWorkers(make, take=1) as workers:
+        for pieces in workers.run(jobs, n):
+            got += len(pieces)
+            yield from pieces
+    if got != ntasks:
+        raise KsymError(f"index build: {ntasks - got} tasks were not done (a worker died)")
