@@ -25,10 +25,10 @@ import struct
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from .errors import BadFileError
-from .records import NamedTuple
+from .records import MutableRecord, NamedTuple
 
 __all__ = [
     "ArangeEntry",
@@ -300,25 +300,7 @@ def _cstr(buf: bytes | memoryview, pos: int) -> tuple[str, int]:
     return buf[pos:end].decode("utf-8", "replace"), end + 1
 
 
-class _Mutable:
-    """What the mutable records of this module share with a dataclass: equality and ``repr`` field by
-    field, in the order of ``_fields`` (the caches in the rest of their ``__slots__`` take no part).
-    Slotted classes rather than dataclasses: :mod:`dataclasses` imports :mod:`inspect` (with
-    :mod:`ast`, :mod:`dis`, :mod:`tokenize`) and makes each class with ``exec``, which an answer from
-    the portable index file (``ksym resolve --index``) would pay for on every run."""
-
-    __slots__ = ()
-    _fields: ClassVar[tuple[str, ...]] = ()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{f}={getattr(self, f)!r}' for f in self._fields)})"
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return all(getattr(self, f) == getattr(other, f) for f in self._fields)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable: not hashable, as a dataclass with eq=True
+_Mutable = MutableRecord
 
 
 class DwarfSections(_Mutable):

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import collections
 
-__all__ = ["NamedTuple"]
+__all__ = ["MutableRecord", "NamedTuple"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import NamedTuple
+    from typing import ClassVar, NamedTuple
 else:
     # what typing.NamedTuple forbids a class body to set, and what it does not copy from it
     _PROHIBITED = frozenset({"__new__", "__init__", "__slots__", "__getnewargs__", "_fields", "_field_defaults",
@@ -52,3 +52,23 @@ else:
 
     _NamedTupleBase = type.__new__(_NamedTupleMeta, "NamedTuple", (), {})
     NamedTuple = _NamedTupleBase
+
+
+class MutableRecord:
+    """A mutable record's base: equality and ``repr`` field by field, in the order of ``_fields``, as a
+    dataclass gives (the caches in the rest of a subclass's ``__slots__`` take no part). Slotted classes on
+    this base rather than dataclasses: :mod:`dataclasses` imports :mod:`inspect` (with :mod:`ast`,
+    :mod:`dis`, :mod:`tokenize`) and makes each class with ``exec``, which short runs would pay for."""
+
+    __slots__ = ()
+    _fields: ClassVar[tuple[str, ...]] = ()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{f}={getattr(self, f)!r}' for f in self._fields)})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self._fields)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable: not hashable, as a dataclass with eq=True

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 
-from .records import NamedTuple
+from .records import MutableRecord, NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
-    from typing import Any, ClassVar
+    from typing import Any
 
 __all__ = [
     "INDEX_DEFAULT_DEADLINE",
@@ -111,22 +111,7 @@ class SourceOptions(NamedTuple):
     offline: bool = False
 
 
-class _Record:
-    """What the mutable records below share with a dataclass: equality and ``repr`` field by field, in
-    the order of ``_fields`` (their ``__slots__``)."""
-
-    __slots__ = ()
-    _fields: ClassVar[tuple[str, ...]] = ()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{f}={getattr(self, f)!r}' for f in self._fields)})"
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return all(getattr(self, f) == getattr(other, f) for f in self._fields)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable: not hashable, as a dataclass with eq=True
+_Record = MutableRecord
 
 
 class Attempt(_Record):
