@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from anchors import INDEX_FILE_MODULES, TESTDATA, fixture, missing
-from test_index_file import _addr2line_j, _module_answers
+from test_index_file import _addr2line_j, _module_answers, _module_frames
 
 from ksym.errors import EXIT_BAD_FILE, EXIT_NO_FILE
 from ksym.modules import ModuleImage, ModuleSymbolizer
@@ -108,15 +108,7 @@ def test_module_frames_from_the_workers_answer_as_the_module_debug_file(builds: 
     with ModuleSymbolizer(ko) as by_ko, PortableFile(builds[2].path) as pf:
         assert pf.module_build_ids(module) == [by_ko.build_id]
         with ModuleSymbolizer(module, image=pf.module(module, by_ko.build_id)) as by_index:
-            st = by_ko.raw_symbols
-            frames = [
-                f"{st.names[i]}+{rng.randrange(st.sizes[i]):#x}"
-                for i in range(len(st))
-                if st.infos[i] & 0xF == 2 and st.sizes[i]
-            ]
-            text = by_ko.image.section(".text")
-            assert text is not None and len(frames) > 10
-            frames += [f"{rng.randrange(text.size):#x}" for _ in range(30)]
+            frames, text = _module_frames(by_ko, rng, 30)
             assert _module_answers(by_index, frames) == _module_answers(by_ko, frames)
             offsets = sorted(rng.sample(range(text.size), 40))
             got = [

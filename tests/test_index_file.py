@@ -47,6 +47,7 @@ from ksym.cli import main
 from ksym.errors import EXIT_BAD_FILE, BadFileError, KsymError
 from ksym.modules import ModuleSymbolizer
 from ksym.portable import FORMAT_VERSION, BlockKind, PortableFile, PortableMeta, _decompress, file_build_id
+from ksym.symbols import Section
 
 pytestmark = pytest.mark.vmlinux
 
@@ -487,6 +488,18 @@ def _module_answers(m: ModuleSymbolizer, frames: list[str]) -> list[object]:
     return out
 
 
+def _module_frames(m: ModuleSymbolizer, rng: random.Random, raw: int) -> tuple[list[str], Section]:
+    """Every function of the module at a random offset, then ``raw`` random offsets into its .text; and
+    that .text."""
+    st = m.raw_symbols
+    frames = [
+        f"{st.names[i]}+{rng.randrange(st.sizes[i]):#x}" for i in range(len(st)) if st.infos[i] & 0xF == 2 and st.sizes[i]
+    ]
+    text = m.image.section(".text")
+    assert text is not None and len(frames) > 10
+    return frames + [f"{rng.randrange(text.size):#x}" for _ in range(raw)], text
+
+
 @pytest.mark.parametrize("name", INDEX_FILE_MODULES)
 def test_module_frames_answer_as_the_module_debug_file(portable_index: Path, name: str) -> None:
     """Every function of the module at a random offset, and raw offsets, as ModuleSymbolizer on the .ko
@@ -497,15 +510,8 @@ def test_module_frames_answer_as_the_module_debug_file(portable_index: Path, nam
     with ModuleSymbolizer(ko) as by_file_of_ko, PortableFile(portable_index) as pf:
         assert pf.module_build_ids(module) == [by_file_of_ko.build_id]
         with ModuleSymbolizer(module, image=pf.module(module, by_file_of_ko.build_id)) as by_index:
-            st = by_file_of_ko.raw_symbols
-            frames = [
-                f"{st.names[i]}+{rng.randrange(st.sizes[i]):#x}"
-                for i in range(len(st))
-                if st.infos[i] & 0xF == 2 and st.sizes[i]
-            ]
-            text = by_file_of_ko.image.section(".text")
-            assert text is not None and len(frames) > 10
-            frames += [f"{rng.randrange(text.size):#x}" for _ in range(50)] + ["0x7fffffff", "nope+0x1"]
+            frames, text = _module_frames(by_file_of_ko, rng, 50)
+            frames += ["0x7fffffff", "nope+0x1"]
             assert _module_answers(by_index, frames) == _module_answers(by_file_of_ko, frames)
             offsets = sorted(rng.sample(range(text.size), 60))
             want = _addr2line_j(ko, ".text", offsets)

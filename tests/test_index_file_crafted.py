@@ -12,8 +12,6 @@ seconds; the edits are drawn from seeded generators, the same on every run.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import marshal
 import os
 import random
@@ -25,9 +23,9 @@ from typing import Any, cast
 
 import pytest
 from anchors import REPO_ROOT, missing
+from test_index_file import _cli
 
 from ksym import Symbolizer
-from ksym.cli import main
 from ksym.errors import EXIT_BAD_FILE, EXIT_INTERNAL, BadFileError, KsymError
 from ksym.modules import ModuleSymbolizer
 from ksym.portable import (
@@ -118,16 +116,6 @@ ODD: list[Any] = [
     (lambda: 0).__code__,
 ]
 
-
-def _cli(*args: str) -> tuple[int, str, str]:
-    """``ksym ARGS`` in this process: exit code, stdout, stderr."""
-    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="")
-    err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="")
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    out.flush()
-    err.flush()
-    return code, out.buffer.getvalue().decode(), err.buffer.getvalue().decode()
 
 
 # -- the parts of a file, and writing them back with every CRC agreeing -------------------------------
