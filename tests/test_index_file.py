@@ -17,9 +17,11 @@ import os
 import random
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,6 +148,68 @@ def test_build_refuses_a_file_without_dwarf_and_leaves_nothing(tmp_path: Path) -
     assert code == EXIT_BAD_FILE and out == ""
     assert len(err.splitlines()) == 1 and "no DWARF" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stripped"]
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started and has not reaped (its main thread's children)."""
+    try:
+        return [int(w) for w in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:  # it has ended
+        return []
+
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (field 22 of /proc/PID/stat, clock ticks since boot: tells it from a
+    later process given the same pid), or None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def test_a_killed_worker_ends_the_build_in_one_line_and_leaves_nothing(vmlinux: Path, tmp_path: Path) -> None:
+    """A worker killed (by the out-of-memory killer, or a user) is no bug of ksym: the build stops with
+    exit 3 and one line naming the signal, writes no file, leaves no temporary and reaps every worker."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "vmlinux.ksymidx"
+    workers: dict[int, str | None] = {}
+    # files, not pipes: a worker the build failed to end would hold a pipe open (and the test with it)
+    with open(tmp_path / "stdout", "w+") as stdout, open(tmp_path / "stderr", "w+") as stderr:
+        build = subprocess.Popen(
+            [sys.executable, "-m", "ksym", "index", "build", str(vmlinux), "-o", str(out), "--jobs", "2"],
+            stdout=stdout, stderr=stderr,
+        )
+        try:
+            # the workers start once the parent has read the vmlinux's symbols and aranges (seconds)
+            while build.poll() is None and len(_children(build.pid)) < 2:
+                time.sleep(0.01)
+            found = _children(build.pid)
+            if build.poll() is not None or len(found) != 2:
+                pytest.fail(f"the build ended (exit {build.poll()}) or has {found} for workers before one could "
+                            "be killed: this test needs a build that runs for a while")
+            workers = {pid: _started(pid) for pid in found}
+            os.kill(found[0], signal.SIGKILL)
+            build.wait(timeout=600)
+        finally:
+            if build.poll() is None:
+                build.kill()
+            build.wait()
+            # the build's workers it left (orphans now): ended here, the test's own failure says so below
+            left = [pid for pid, started in workers.items() if _started(pid) == started]
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        stdout.seek(0)
+        stderr.seek(0)
+        printed, said = stdout.read(), stderr.read()
+    assert (build.returncode, printed) == (3, ""), said
+    assert said == (f"ksym: error: index build: worker process {found[0]} was killed by signal 9 (SIGKILL; out of "
+                    "memory? try fewer --jobs): no file written\n")
+    assert list(out_dir.iterdir()) == []  # no file, no temporary
+    # every worker was reaped by the build (a worker left running would still be there, orphaned)
+    assert left == []
 
 
 # -- answers: the anchors, and the vmlinux-backed run -----------------------------------------------------

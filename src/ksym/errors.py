@@ -29,6 +29,7 @@ __all__ = [
     "SkipReason",
     "SpecError",
     "SymbolNotFoundError",
+    "WorkerDiedError",
 ]
 
 EXIT_OK = 0
@@ -36,7 +37,9 @@ EXIT_OK = 0
 EXIT_UNRESOLVED = 1
 #: Bad command line or malformed frame text.
 EXIT_USAGE = 2
-#: The debug file is missing or unreadable, or none could be found.
+#: The debug file is missing or unreadable, or none could be found; a file ksym writes cannot be written
+#: (nor grow: a full disk), or a worker process of ``ksym index build`` was killed (the out-of-memory
+#: killer): the machine ran out of something.
 EXIT_NO_FILE = 3
 #: The file is not usable: not ELF, truncated, no symbol table, no DWARF.
 EXIT_BAD_FILE = 4
@@ -65,6 +68,19 @@ class BuildIdMismatchError(KsymError, LookupError):
     its source lines would look right and be wrong)."""
 
     exit_code = EXIT_NO_FILE
+
+
+class WorkerDiedError(KsymError, OSError):
+    """A worker process was killed by a signal (``signal``: its number) before it finished its work: the
+    out-of-memory killer, or a user. Not a bug of ksym; the work it had taken is lost, so the command
+    stops (``ksym index build`` writes no file)."""
+
+    exit_code = EXIT_NO_FILE
+
+    def __init__(self, message: str, pid: int, signal: int) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.signal = signal
 
 
 class BadFileError(KsymError, ValueError):

@@ -22,7 +22,9 @@ number of workers times the largest module, not by the number of modules.
 Workers get everything through the arguments of the process they run in (with the ``fork`` start
 method those are inherited, not pickled); the parent reaps every worker before it returns, also on an
 error. An error in any job (a damaged unit or module debug file: :class:`ksym.errors.BadFileError`)
-ends the build with that error, leaves no file and stops the other workers. The file is written to a
+ends the build with that error, leaves no file and stops the other workers; so does a worker killed by
+a signal (the out-of-memory killer, a user: :class:`ksym.errors.WorkerDiedError`, told by the exit the
+worker was reaped with, :class:`ksym.workers.WorkerExit`). The file is written to a
 temporary and renamed into place.
 """
 
@@ -32,6 +34,7 @@ import contextlib
 import gc
 import marshal
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -39,7 +42,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from .errors import BadFileError, KsymError, MissingDebugInfoError
+from .errors import BadFileError, KsymError, MissingDebugInfoError, WorkerDiedError
 from .index import usable_cpus
 from .portable import (
     CODE_CHUNK,
@@ -55,6 +58,7 @@ from .records import NamedTuple
 
 if TYPE_CHECKING:
     from .dwarf import DwarfSections
+    from .workers import ForkedWorkers
 
 __all__ = ["BuildResult", "WorkerShare", "build_index"]
 
@@ -153,6 +157,7 @@ def build_index(
     :raises FileNotFoundKsymError: no such vmlinux, or ``output``'s directory cannot be written.
     :raises BadFileError: not a usable ELF file, or damaged DWARF (in any unit).
     :raises MissingDebugInfoError: no DWARF.
+    :raises WorkerDiedError: a worker process was killed by a signal (the out-of-memory killer, a user).
     """
     from . import dwarf as D
     from .dwarf_image import ArangeTable, UnitRange
@@ -441,8 +446,31 @@ def _run_jobs(make: _Pieces, jobs: list[BuildJob], ntasks: int, n: int) -> Gener
 
     got = 0
     with ForkedWorkers(make, take=1) as workers:
-        for pieces in workers.run(jobs, n):
-            got += len(pieces)
-            yield from pieces
+        with contextlib.closing(workers.run(jobs, n)) as results:
+            for pieces in results:
+                # a dead worker's job is lost: stop the others at once rather than after their work
+                _check_workers(workers)
+                got += len(pieces)
+                yield from pieces
+        _check_workers(workers)
     if got != ntasks:
-        raise KsymError(f"index build: {ntasks - got} tasks were not done (a worker died)")
+        raise KsymError(f"index build: {ntasks - got} tasks were not done, and every worker finished")
+
+
+def _check_workers(workers: ForkedWorkers[BuildJob, list[BuiltPiece]]) -> None:
+    """Raise if a worker of the build died.
+
+    :raises WorkerDiedError: it was killed by a signal (the out-of-memory killer, a user).
+    :raises KsymError: it exited with an error of its own without sending it (a bug)."""
+    for ended in workers.died:
+        if ended.signal is not None:
+            notes = [n for n in (ended.signal_name,) if n]
+            if ended.signal == signal.SIGKILL:
+                # what the out-of-memory killer sends: more workers hold more memory at once
+                notes.append("out of memory? try fewer --jobs")
+            how = f"killed by signal {ended.signal}" + (f" ({'; '.join(notes)})" if notes else "")
+            raise WorkerDiedError(
+                f"index build: worker process {ended.pid} was {how}: no file written", ended.pid, ended.signal
+            )
+    for ended in workers.died:
+        raise KsymError(f"index build: worker process {ended.pid} {ended} without saying why: no file written")

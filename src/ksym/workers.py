@@ -8,7 +8,9 @@ different cost spread over the workers), sends each result back through its own 
 garbage collector off and leaves by ``os._exit`` (it writes nothing of its parent's, such as buffered
 output). An exception in a worker is sent to the parent and raised there. While the workers run, the
 parent freezes the collector's view of its objects (they share them copy-on-write). Every worker is
-reaped before :meth:`ForkedWorkers.run` ends, also when its caller stops reading or raises.
+reaped before :meth:`ForkedWorkers.run` ends, also when its caller stops reading or raises; how each
+one ended is kept (:attr:`ForkedWorkers.exits`, a :class:`WorkerExit` each), so that a caller can tell a
+worker killed by a signal (the out-of-memory killer, a user) from one that finished.
 """
 
 from __future__ import annotations
@@ -16,17 +18,55 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import signal
 from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .records import NamedTuple
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
 
-__all__ = ["ForkedWorkers"]
+__all__ = ["ForkedWorkers", "WorkerExit"]
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class WorkerExit(NamedTuple):
+    """How one worker process ended: its pid and its exit code as :attr:`multiprocessing.Process.exitcode`
+    gives it (0 done, a positive exit status, or minus the number of the signal that killed it)."""
+
+    pid: int
+    exitcode: int
+
+    @property
+    def signal(self) -> int | None:
+        """The number of the signal that killed the worker, or None when it exited."""
+        return -self.exitcode if self.exitcode < 0 else None
+
+    @property
+    def signal_name(self) -> str | None:
+        """The name of that signal (``SIGKILL``), or None (it exited, or the number has no name here)."""
+        if self.signal is None:
+            return None
+        try:
+            return signal.Signals(self.signal).name
+        except ValueError:
+            return None
+
+    @property
+    def died(self) -> bool:
+        """It did not finish its work: killed by a signal, or a non-zero exit status."""
+        return self.exitcode != 0
+
+    def __str__(self) -> str:
+        """``killed by signal 9 (SIGKILL)``, ``exited with status 1`` or ``exited``."""
+        if self.signal is not None:
+            name = self.signal_name
+            return f"killed by signal {self.signal}" + (f" ({name})" if name else "")
+        return f"exited with status {self.exitcode}" if self.exitcode else "exited"
 
 
 class ForkedWorkers(Generic[T, R]):
@@ -40,11 +80,25 @@ class ForkedWorkers(Generic[T, R]):
         self._take = take
         self._start = start
         self._procs: list[BaseProcess] = []
+        self._exits: dict[int, WorkerExit] = {}
+
+    @property
+    def exits(self) -> tuple[WorkerExit, ...]:
+        """How the workers of the last :meth:`run` that ended by themselves ended, as each one was reaped
+        (while the run goes on: those reaped so far). Workers ended because the run was closed early are
+        not among them."""
+        return tuple(self._exits.values())
+
+    @property
+    def died(self) -> tuple[WorkerExit, ...]:
+        """The :attr:`exits` of workers that did not finish their work (:attr:`WorkerExit.died`)."""
+        return tuple(e for e in self._exits.values() if e.died)
 
     def run(self, tasks: Sequence[T], n: int) -> Generator[R, None, None]:
         """The results of ``tasks`` as they come from ``n`` workers, in no fixed order. A task whose
-        worker died is not answered (the caller counts what it got). Closing the generator, or its end,
-        ends and reaps the workers."""
+        worker died is not answered: the caller counts what it got, or looks at :attr:`died` (a worker
+        is reaped, and its exit kept, as soon as its pipe ends). Closing the generator, or its end, ends
+        and reaps the workers."""
         import multiprocessing
         from multiprocessing.connection import wait
 
@@ -52,6 +106,7 @@ class ForkedWorkers(Generic[T, R]):
         counter = ctx.Value("l", 0)
         readers: list[Connection] = []
         finished = False
+        self._exits = {}
         gc.freeze()
         try:
             for _ in range(n):
@@ -62,14 +117,16 @@ class ForkedWorkers(Generic[T, R]):
                 writer.close()
                 self._procs.append(p)
                 readers.append(reader)
-            by_id = {id(r): r for r in readers}
+            by_id = {id(r): (r, w) for r, w in zip(readers, self._procs)}
             while by_id:
-                for ready in wait(list(by_id.values())):
-                    r = by_id[id(ready)]
+                for ready in wait([r for r, _w in by_id.values()]):
+                    r, worker = by_id[id(ready)]
                     try:
                         got = r.recv()
-                    except EOFError:  # the worker is done (or died)
+                    except EOFError:  # the worker is done (or died): it closes its pipe as it exits
                         del by_id[id(ready)]
+                        worker.join()
+                        self._ended(worker)
                         continue
                     if isinstance(got, BaseException):
                         raise got
@@ -112,11 +169,19 @@ class ForkedWorkers(Generic[T, R]):
         """Wait for every worker to end; with ``stop``, end those still running first (the parent no
         longer reads their results)."""
         for p in self._procs:
-            if stop and p.exitcode is None:
+            stopped = stop and p.exitcode is None
+            if stopped:
                 p.terminate()
             p.join()
+            if not stopped:
+                self._ended(p)
             p.close()
         self._procs = []
+
+    def _ended(self, p: BaseProcess) -> None:
+        """Keep how the reaped worker ``p`` ended (once)."""
+        if p.pid is not None and p.exitcode is not None and p.pid not in self._exits:
+            self._exits[p.pid] = WorkerExit(p.pid, p.exitcode)
 
     def close(self) -> None:
         """End and reap the workers (none are left after :meth:`run` returns or raises)."""
