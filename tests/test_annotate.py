@@ -14,6 +14,7 @@ import random
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,9 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fsym(cache_dir: Path) -> Symbolizer:
-    return Symbolizer(FIXTURE, cache_dir=cache_dir)
+def fsym(cache_dir: Path) -> Iterator[Symbolizer]:
+    with Symbolizer(FIXTURE, cache_dir=cache_dir) as sym:
+        yield sym
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +81,9 @@ def vmlinux() -> Path:
 
 
 @pytest.fixture(scope="module")
-def vsym(vmlinux: Path, cache_dir: Path) -> Symbolizer:
-    return Symbolizer(vmlinux, cache_dir=cache_dir)
+def vsym(vmlinux: Path, cache_dir: Path) -> Iterator[Symbolizer]:
+    with Symbolizer(vmlinux, cache_dir=cache_dir) as sym:
+        yield sym
 
 
 def _chain(chain: tuple[SourceLocation, ...]) -> list[tuple[str, str, int, int]]:
@@ -513,14 +516,15 @@ def test_stored_frame_answers_equal_worked_out_ones(vmlinux: Path, call_sites: l
         return real(self, f, top, exact)
 
     monkeypatch.setattr(_Annotator, "_frame", counted)
-    again = Symbolizer(vmlinux, cache_dir=tmp_path)
-    stored = annotate(text, again, kaslr_offset=SLIDE, elixir=elixir)
+    with Symbolizer(vmlinux, cache_dir=tmp_path) as again:
+        stored = annotate(text, again, kaslr_offset=SLIDE, elixir=elixir)
     assert [c.symbol for c in calls] == [call_sites[1].symbol]  # only the frame with a runtime address
     assert stored.frames == worked.frames
     assert stored.text == worked.text and stored.notes == worked.notes
     assert stored.render_text(links=True) == worked.render_text(links=True)
     # the stored answers do not hold the links: an annotation without links gets none
-    plain = annotate(text, Symbolizer(vmlinux, cache_dir=tmp_path), kaslr_offset=SLIDE)
+    with Symbolizer(vmlinux, cache_dir=tmp_path) as third:
+        plain = annotate(text, third, kaslr_offset=SLIDE)
     assert plain.text == worked.text
     assert all(loc.url is None for af in plain.frames for loc in af.chain)
     assert any(loc.url for af in stored.frames for loc in af.chain)
@@ -679,10 +683,11 @@ def test_module_frames_resolve_with_module_debug_files(vmlinux: Path, tmp_path: 
     frames = [json.loads(line) for line in got.stdout.splitlines()]
     module = frames[0]
     assert module["module"] == "nf_tables" and module["status"] == "resolved", module
-    mod = ModuleSymbolizer(nft)
-    res = mod.resolve("nft_do_chain+0x3e8/0x5d0")[0]
-    want = mod.section_chain(mod.section_of(res), res.address - 1)
-    prefix = Symbolizer(vmlinux, cache_dir=tmp_path / "c").dir_prefix
+    with ModuleSymbolizer(nft) as mod:
+        res = mod.resolve("nft_do_chain+0x3e8/0x5d0")[0]
+        want = mod.section_chain(mod.section_of(res), res.address - 1)
+    with Symbolizer(vmlinux, cache_dir=tmp_path / "c") as sym:
+        prefix = sym.dir_prefix
     assert prefix
     # module paths come out source-relative like the vmlinux's, with links
     assert [(c["function"], c["file"], c["line"]) for c in module["chain"]] == [
