@@ -168,6 +168,18 @@ def _started(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def _two_workers(build: subprocess.Popen[Any]) -> list[int]:
+    """The two worker processes of a running ``ksym index build --jobs 2``, once both exist."""
+    # the workers start once the parent has read the vmlinux's symbols and aranges (seconds)
+    while build.poll() is None and len(_children(build.pid)) < 2:
+        time.sleep(0.01)
+    found = _children(build.pid)
+    if build.poll() is not None or len(found) != 2:
+        pytest.fail(f"the build ended (exit {build.poll()}) or has {found} for workers before one could be "
+                    "killed: this test needs a build that runs for a while")
+    return found
+
+
 def test_a_killed_worker_ends_the_build_in_one_line_and_leaves_nothing(vmlinux: Path, tmp_path: Path) -> None:
     """A worker killed (by the out-of-memory killer, or a user) is no bug of ksym: the build stops with
     exit 3 and one line naming the signal, writes no file, leaves no temporary and reaps every worker."""
@@ -182,13 +194,7 @@ def test_a_killed_worker_ends_the_build_in_one_line_and_leaves_nothing(vmlinux: 
             stdout=stdout, stderr=stderr,
         )
         try:
-            # the workers start once the parent has read the vmlinux's symbols and aranges (seconds)
-            while build.poll() is None and len(_children(build.pid)) < 2:
-                time.sleep(0.01)
-            found = _children(build.pid)
-            if build.poll() is not None or len(found) != 2:
-                pytest.fail(f"the build ended (exit {build.poll()}) or has {found} for workers before one could "
-                            "be killed: this test needs a build that runs for a while")
+            found = _two_workers(build)
             workers = {pid: _started(pid) for pid in found}
             os.kill(found[0], signal.SIGKILL)
             build.wait(timeout=600)
@@ -209,6 +215,34 @@ def test_a_killed_worker_ends_the_build_in_one_line_and_leaves_nothing(vmlinux: 
                     "memory? try fewer --jobs): no file written\n")
     assert list(out_dir.iterdir()) == []  # no file, no temporary
     # every worker was reaped by the build (a worker left running would still be there, orphaned)
+    assert left == []
+
+
+def test_the_workers_of_a_killed_build_end(vmlinux: Path, tmp_path: Path) -> None:
+    """A build killed with SIGKILL cannot stop its workers: each must end by itself at its next result
+    (a pipe nobody reads any more), not block forever on a full pipe holding its memory."""
+    build = subprocess.Popen(
+        [sys.executable, "-m", "ksym", "index", "build", str(vmlinux), "-o", str(tmp_path / "x.ksymidx"), "-j", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    workers: dict[int, str | None] = {}
+    try:
+        workers = {pid: _started(pid) for pid in _two_workers(build)}
+        os.kill(build.pid, signal.SIGKILL)
+        build.wait()
+        # not a measure of speed: a worker ends within one job (a second), or never
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and any(_started(pid) == started for pid, started in workers.items()):
+            time.sleep(0.05)
+    finally:
+        if build.poll() is None:
+            build.kill()
+            build.wait()
+        left = [pid for pid, started in workers.items() if _started(pid) == started]
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert build.returncode == -signal.SIGKILL
     assert left == []
 
 

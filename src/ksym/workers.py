@@ -8,7 +8,8 @@ different cost spread over the workers), sends each result back through its own 
 garbage collector off and leaves by ``os._exit`` (it writes nothing of its parent's, such as buffered
 output). An exception in a worker is sent to the parent and raised there. While the workers run, the
 parent freezes the collector's view of its objects (they share them copy-on-write). Every worker is
-reaped before :meth:`ForkedWorkers.run` ends, also when its caller stops reading or raises; how each
+reaped before :meth:`ForkedWorkers.run` ends, also when its caller stops reading or raises (and if the
+parent is killed, each worker ends at its next result: it holds no reading end of any pipe); how each
 one ended is kept (:attr:`ForkedWorkers.exits`, a :class:`WorkerExit` each), so that a caller can tell a
 worker killed by a signal (the out-of-memory killer, a user) from one that finished.
 """
@@ -111,12 +112,15 @@ class ForkedWorkers(Generic[T, R]):
         try:
             for _ in range(n):
                 reader, writer = ctx.Pipe(duplex=False)
-                p = ctx.Process(target=self._serve, args=(tasks, counter, writer), daemon=True)
+                readers.append(reader)
+                # the worker closes its copies of the readers (its own and those of the workers before
+                # it): if this process dies (SIGKILL), a worker's next result meets a pipe nobody reads
+                # and it ends, rather than block on a full pipe it holds the other end of, forever
+                p = ctx.Process(target=self._serve, args=(tasks, counter, writer, tuple(readers)), daemon=True)
                 p.start()
                 # the worker has its own copy: closing this one lets the reader see its end
                 writer.close()
                 self._procs.append(p)
-                readers.append(reader)
             by_id = {id(r): (r, w) for r, w in zip(readers, self._procs)}
             while by_id:
                 for ready in wait([r for r, _w in by_id.values()]):
@@ -138,10 +142,13 @@ class ForkedWorkers(Generic[T, R]):
             self._reap(stop=not finished)
             gc.unfreeze()
 
-    def _serve(self, tasks: Sequence[T], counter: Any, conn: Connection) -> None:
-        """A worker process: take tasks until none are left, send each one's result."""
+    def _serve(self, tasks: Sequence[T], counter: Any, conn: Connection, readers: tuple[Connection, ...]) -> None:
+        """A worker process: take tasks until none are left, send each one's result (``readers``: the
+        parent's ends of the pipes, which it closes)."""
         code = 0
         try:
+            for r in readers:
+                r.close()
             # a short-lived process making many small objects and no cycles worth finding: the
             # collector would cost a tenth of its time
             gc.disable()
