@@ -263,10 +263,15 @@ def test_an_index_of_format_8_is_ignored_not_misread(tmp_path: Path) -> None:
 
 def test_a_damaged_symbols_file_is_ignored_and_rebuilt_not_misread(tmp_path: Path) -> None:
     """The symbol table is its own file (``symbols.v<N>``, mapped): cut short, emptied, with a damaged
-    header, with columns that do not agree, or of another size than the image record names, it is
-    never read; the answers are those of the file read without an index, and the file is rebuilt."""
+    header, with columns that do not agree, of another size than the image record names, or with one
+    byte changed, it is never read; the answers are those of the file read without an index (frames seen
+    before need no table: their matches are stored), and the file is rebuilt by the first lookup that
+    needs the whole table (a raw address)."""
     genuine = _with_build_id(tmp_path / "vmlinux")
     want = _answers(genuine, None)
+    with Symbolizer(genuine, use_index=False) as ref:
+        address = ref.resolve(SPECS[1])[0].address
+        want_address = str(ref.symbolize(address))
     cache = tmp_path / "cache"
     assert _answers(genuine, cache) == want
     (symbols,) = cache.glob(f"index/*/symbols.v{FORMAT_VERSION}")
@@ -282,10 +287,13 @@ def test_a_damaged_symbols_file_is_ignored_and_rebuilt_not_misread(tmp_path: Pat
         "byte order": good[:8] + (b"b" if good[8:9] == b"l" else b"l") + good[9:],
         "columns disagree": bytes(shrunk),
         "longer": good + bytes(8),
+        "a byte changed": good[:-1] + bytes([good[-1] ^ 1]),  # in the last name: only its CRC-32 tells
     }
     for what, data in damages.items():
         symbols.write_bytes(data)
         assert _answers(genuine, cache) == want, what
+        with Symbolizer(genuine, cache_dir=cache) as sym:
+            assert str(sym.symbolize(address)) == want_address, what
         assert symbols.read_bytes() == good, f"{what}: rebuilt"
 
 

@@ -80,8 +80,10 @@ __all__ = [
 #: Version of the layout and of every record; files of other versions are never read. 7: keys bind the
 #: file's contents (build id + fingerprint), the path memo records device and ctime too. 8: answers from the
 #: symbol table follow bfd's rules (.symtab only, unnamed STT_FILE, local labels). 9: named records
-#: (ImageRecord; stored answers split into chains, instructions and callers' answers).
-FORMAT_VERSION = 10
+#: (ImageRecord; stored answers split into chains, instructions and callers' answers). 11: every file is
+#: checked before use (a marshal file's header holds the CRC-32 of its payload, the image record the
+#: symbols file's), and a symbols file is mapped when a lookup first needs the whole table.
+FORMAT_VERSION = 11
 #: Units read or expanded are written in batches of this many (a unit often grows several times).
 MAX_DIRTY_UNITS = 64
 #: The answers file is dropped and started again when it grows past this many addresses.
@@ -95,6 +97,9 @@ RECENT_CHANGE_SECONDS = 3
 
 # what ksym's writes name their temporaries, and what tempfile.mkstemp named them before format 7
 _TEMP_NAME = r"\.tmp-(?:[0-9a-f]{16}|[a-z0-9_]{8})"  # compiled when a write first sweeps (re keeps it)
+# a marshal file of the index: this magic, the CRC-32 of the payload (u32 little-endian), the payload
+_MARSHAL_MAGIC = b"ksym"
+_MARSHAL_HEAD = len(_MARSHAL_MAGIC) + 4
 # the fingerprint hashes the file in pieces of this size, each on its own (threads share them), and
 # lets the kernel drop each from the mapping after hashing it
 _FINGERPRINT_PIECE = 1 << 24
@@ -358,19 +363,28 @@ class IndexStore:
     def save_symbols(self, key: str, buffer: bytes) -> None:
         """Write the symbol table's flat buffer (:meth:`ksym.symbols.SymbolTable.to_buffer`)."""
         if self.enabled:
-            self._save(os.path.join(self.directory(key), f"symbols.v{FORMAT_VERSION}"), buffer, raw=True)
+            self._save(self.symbols_file(key), buffer, raw=True)
 
-    def map_symbols(self, key: str, size: int) -> mmap.mmap | None:
-        """The symbols file of ``key`` mapped read-only, or None (none, disabled, or not ``size`` bytes
-        long as the image record says: a short or another write's file, deleted to be rebuilt)."""
+    def symbols_file(self, key: str) -> str:
+        """The path of the symbols file of ``key``."""
+        return os.path.join(self.directory(key), f"symbols.v{FORMAT_VERSION}")
+
+    def map_symbols(self, key: str, size: int, crc: int) -> mmap.mmap | None:
+        """The symbols file of ``key`` mapped read-only, or None (none, disabled, or not the file the image
+        record names: not ``size`` bytes long or not of CRC-32 ``crc``, a damaged or another write's file,
+        deleted to be rebuilt). The whole file is read once here, for its CRC."""
         if not self.enabled:
             return None
-        path = os.path.join(self.directory(key), f"symbols.v{FORMAT_VERSION}")
+        path = self.symbols_file(key)
         try:
             with open(path, "rb") as f:
                 if os.fstat(f.fileno()).st_size != size or size == 0:
                     raise ValueError("not the symbols file the image record names")
-                return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            if zlib.crc32(mm) != crc:
+                mm.close()
+                raise ValueError("a damaged symbols file")
+            return mm
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
@@ -464,10 +478,17 @@ class IndexStore:
 
     @staticmethod
     def _load(path: str) -> Any:
+        """The object of a marshal file (:meth:`_save`), or None: none, or damaged (a header that is not
+        ksym's, a payload of another CRC-32, or one marshal cannot read: deleted, it is rebuilt)."""
         try:
             with open(path, "rb") as f:
                 # one read, then decode: marshal.load(f) reads the file in many small pieces
-                return marshal.loads(f.read())
+                data = f.read()
+            payload = memoryview(data)[_MARSHAL_HEAD:]  # not copied
+            if (data[: len(_MARSHAL_MAGIC)] != _MARSHAL_MAGIC
+                    or zlib.crc32(payload) != int.from_bytes(data[len(_MARSHAL_MAGIC) : _MARSHAL_HEAD], "little")):
+                raise ValueError("a damaged index file")
+            return marshal.loads(payload)
         except FileNotFoundError:
             return None
         except (OSError, EOFError, ValueError, TypeError):
@@ -484,7 +505,8 @@ class IndexStore:
             pass
 
     def _save(self, path: str, obj: Any, raw: bool = False) -> bool:
-        """Write ``obj`` (marshalled; ``raw``: bytes as they are) to a temporary, renamed to ``path``."""
+        """Write ``obj`` (marshalled, after a header with the magic and the payload's CRC-32: :meth:`_load`;
+        ``raw``: bytes as they are) to a temporary, renamed to ``path``."""
         parent = os.path.dirname(path)
         try:
             os.makedirs(parent, exist_ok=True)
@@ -504,7 +526,9 @@ class IndexStore:
                     if raw:
                         f.write(obj)
                     else:
-                        marshal.dump(obj, f)
+                        payload = marshal.dumps(obj)
+                        f.write(_MARSHAL_MAGIC + zlib.crc32(payload).to_bytes(4, "little"))
+                        f.write(payload)
                 os.replace(tmp, path)
             except BaseException:
                 try:
@@ -555,13 +579,16 @@ class ImageRecord(NamedTuple):
     dynamic_symbols: int
     #: faddr2line's path prefix (addr2line's file for start_kernel, cut before init/main.c)
     dir_prefix: str | None
+    #: the CRC-32 of the symbols file, checked when it is mapped (0 with no symbols file, or none of the
+    #: index: a portable index file's symbols are checked with their block)
+    symbols_crc: int = 0
 
     def to_record(self) -> dict[str, Any]:
         return {
             "path": self.path, "build_id": self.build_id, "elf_type": self.elf_type,
             "little_endian": self.little_endian, "elfclass": self.elfclass, "machine": self.machine,
             "sections": [(s.index, s.name, s.type, s.flags, s.addr, s.offset, s.size) for s in self.sections],
-            "symbols_size": self.symbols_size, "aranges": self.aranges.to_record(), "banner": self.banner,
+            "symbols_size": self.symbols_size, "symbols_crc": self.symbols_crc, "aranges": self.aranges.to_record(), "banner": self.banner,
             "has_dwarf": self.has_dwarf, "dynamic_symbols": self.dynamic_symbols, "dir_prefix": self.dir_prefix,
         }
 
@@ -572,12 +599,13 @@ class ImageRecord(NamedTuple):
         for v in (build_id, machine, banner, prefix):
             if v is not None and not isinstance(v, str):
                 raise TypeError("not a string")
-        if type(rec["symbols_size"]) is not int:
-            raise TypeError("symbols file size")
+        if type(rec["symbols_size"]) is not int or type(rec["symbols_crc"]) is not int:
+            raise TypeError("symbols file size or CRC")
         return cls(
             path=str(rec["path"]), build_id=build_id, elf_type=str(rec["elf_type"]),
             little_endian=bool(rec["little_endian"]), elfclass=int(rec["elfclass"]), machine=machine,
             sections=tuple(Section(*s) for s in rec["sections"]), symbols_size=rec["symbols_size"],
+            symbols_crc=rec["symbols_crc"],
             aranges=ArangeTable.from_record(rec["aranges"]), banner=banner, has_dwarf=bool(rec["has_dwarf"]),
             dynamic_symbols=int(rec["dynamic_symbols"]), dir_prefix=prefix,
         )
@@ -760,6 +788,23 @@ class StoredAnswers:
             self._new = AnswerRecords.empty()
 
 
+class _SymbolsDamage:
+    """:attr:`ksym.symbols.SymbolTable.damaged` of a mapped symbols file: deletes the file (the next run
+    rebuilds it) and gives the error naming it."""
+
+    __slots__ = ("path", "store")
+
+    def __init__(self, store: IndexStore, path: str) -> None:
+        self.store = store
+        self.path = path
+
+    def __call__(self, what: str) -> Exception:
+        from .errors import BadFileError
+
+        self.store.drop(self.path)
+        return BadFileError(f"{self.path}: damaged ksym cache file: symbol table: {what} (deleted: rebuilt by the next run)")
+
+
 class ImageIndex:
     """A session on one image's index: the units it stored (unit map, packs loaded), the units read or
     grown since (written as packs of :data:`MAX_DIRTY_UNITS`, and at :meth:`flush`), and the stored
@@ -787,21 +832,22 @@ class ImageIndex:
 
     # -- the symbol table --
 
-    def load_symbols(self, size: int, sections: list[Section]) -> SymbolTable | None:
-        """The image's symbol table from its symbols file of ``size`` bytes, mapped for the session's
-        life (its columns are views of the map until :meth:`close`); None when there is none or it is
-        damaged (deleted: it is rebuilt)."""
+    def load_symbols(self, size: int, crc: int, sections: list[Section]) -> SymbolTable | None:
+        """The image's symbol table from its symbols file of ``size`` bytes and CRC-32 ``crc``, mapped for
+        the session's life (its columns are views of the map until :meth:`close`); None when there is
+        none or it is damaged (deleted: it is rebuilt). A lookup that meets an index column pointing
+        past the table (a file made so, with the right CRC) deletes the file and raises
+        :class:`ksym.errors.BadFileError` naming it (:attr:`ksym.symbols.SymbolTable.damaged`)."""
         self.release_symbols()
-        mm = self.store.map_symbols(self.key, size)
+        mm = self.store.map_symbols(self.key, size, crc)
         if mm is None:
             return None
+        path = self.store.symbols_file(self.key)
         try:
-            table = SymbolTable.from_buffer(mm, sections)
+            table = SymbolTable.from_buffer(mm, sections, _SymbolsDamage(self.store, path))
         except ValueError:
-            table = None
-        if table is None:
             mm.close()
-            self.store.drop(os.path.join(self.store.directory(self.key), f"symbols.v{FORMAT_VERSION}"))
+            self.store.drop(path)
             return None
         self._symbols_map, self._symbols = mm, table
         return table
