@@ -261,6 +261,30 @@ def test_an_index_of_format_8_is_ignored_not_misread(tmp_path: Path) -> None:
     assert marshal.loads((d / "answers.v8").read_bytes()) == old_shape, "the older file is left as it was"
 
 
+def test_an_index_of_format_10_is_ignored(tmp_path: Path) -> None:
+    """Format 10 wrote plain marshal files, without the CRC-32 header of this format (``.v10``): such files,
+    here holding wrong answers under the genuine file's own key (stored chains and faddr2line matches), are
+    never read, and one of that shape under this format's name fails its check and is replaced."""
+    assert FORMAT_VERSION == 11
+    genuine = _with_build_id(tmp_path / "vmlinux")
+    want = _answers(genuine, None)
+    with Symbolizer(genuine, cache_dir=tmp_path / "probe") as probe:
+        key, view = probe.key, probe._view()
+        addrs = [m.address for s in SPECS[:3] for m in probe.resolve(s)]
+    poison = ((("evil", "evil.c", 1, 0, 0, "evil.c", False),), -1)
+    old = {"view": view, "chains": dict.fromkeys(addrs, poison), "instructions": {}, "callers": {}}
+    cache = tmp_path / "cache"
+    d = cache / "index" / key
+    d.mkdir(parents=True)
+    for name in ("answers.v10", f"answers.v{FORMAT_VERSION}"):
+        (d / name).write_bytes(marshal.dumps(old))
+    assert _answers(genuine, cache) == want
+    assert _answers(genuine, cache) == want
+    stored = IndexStore(cache).load_answers(key, view)
+    assert stored.chains and all("evil" not in repr(rec) for rec in stored.chains.values())
+    assert marshal.loads((d / "answers.v10").read_bytes()) == old, "the older file is left as it was"
+
+
 def test_a_damaged_symbols_file_is_ignored_and_rebuilt_not_misread(tmp_path: Path) -> None:
     """The symbol table is its own file (``symbols.v<N>``, mapped): cut short, emptied, with a damaged
     header, with columns that do not agree, of another size than the image record names, or with one

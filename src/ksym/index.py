@@ -2,21 +2,29 @@
 
 Layout under ``$KSYM_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ksym``, i.e. ``~/.cache/ksym``)::
 
-    paths/<checksums of the real path>.v10 → PathRecord: the file's identity (size, mtime, ctime, inode,
+    paths/<checksums of the real path>.v11 → PathRecord: the file's identity (size, mtime, ctime, inode,
                                           device) and its key, so a warm run neither opens nor hashes it
-    index/<key>/image.v10                → ImageRecord: sections, aranges, faddr2line prefix, banner
-    index/<key>/symbols.v10              → the symbol table as one flat buffer
+    index/<key>/image.v11                → ImageRecord: sections, aranges, faddr2line prefix, banner, the
+                                          size and CRC-32 of the symbols file
+    index/<key>/symbols.v11              → the symbol table as one flat buffer
                                           (:meth:`ksym.symbols.SymbolTable.to_buffer`), mapped read-only
-                                          by the session: its columns are views of the map
-    index/<key>/units-<...>.v10          → a pack of compilation units as read (function tree + line
+                                          when a lookup first needs the whole table (its CRC-32 checked
+                                          then): its columns are views of the map
+    index/<key>/units-<...>.v11          → a pack of compilation units as read (function tree + line
                                           table, each possibly partial: read on when an address needs it)
-    index/<key>/units.v10                → unit offset → the pack holding its newest record
-    index/<key>/cu--1.v10                → UnitRange records: ranges of the units .debug_aranges misses
-    index/<key>/answers.v10              → AnswerRecords: address → StoredChain (inline chain, line-row
+    index/<key>/units.v11                → unit offset → the pack holding its newest record
+    index/<key>/cu--1.v11                → UnitRange records: ranges of the units .debug_aranges misses
+    index/<key>/answers.v11              → AnswerRecords: address → StoredChain (inline chain, line-row
                                           start) of every address looked up before; (return address,
                                           function start) → StoredInstruction (the instruction before
                                           it); callers' own answers (annotate's frames): a dump seen
                                           again needs no CU at all
+
+Every file but the symbols file is written with ``marshal`` after an 8-byte header: ``ksym`` and the CRC-32
+of the payload (u32 little-endian). A file whose header or CRC-32 does not match, or that ``marshal`` cannot
+read, is damaged: deleted, and rebuilt as if it were missing; so is a symbols file of another size or CRC-32
+than the image record names. (The CRC-32s find damage, not intent: a file written on purpose with matching
+ones is read as data, and its symbol table's index columns are still checked as a lookup reads them.)
 
 One image's index is used through an :class:`ImageIndex` session (units read, answers given, written by
 its :meth:`ImageIndex.flush`); :class:`IndexStore` only reads and writes the files.
@@ -28,7 +36,7 @@ its own and can neither be answered from the genuine file's index nor write into
 once per file identity and remembered in the path memo. Files are written with ``marshal`` (plain data
 only: loading never runs code) to a temporary name (``.tmp-<16 hex digits>``) and renamed into place,
 so readers never see half a file (the symbols file is written before the image record naming its
-size); a file that fails to load is deleted and rebuilt; temporaries left
+size and CRC-32); a file that fails to load or to match its CRC-32 is deleted and rebuilt; temporaries left
 by an interrupted write are deleted by a later write to the same directory once they are an hour old.
 """
 
