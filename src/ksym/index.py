@@ -53,6 +53,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .dwarf_image import ArangeTable, UnitRange
+from .errors import BadFileError
 from .lru import LRUCache
 from .model import SourceLocation
 from .records import NamedTuple
@@ -70,6 +71,7 @@ __all__ = [
     "RECENT_CHANGE_SECONDS",
     "STALE_TEMP_SECONDS",
     "AnswerRecords",
+    "DamagedSymbolsFile",
     "FileIdentity",
     "Fingerprinting",
     "ImageIndex",
@@ -796,9 +798,15 @@ class StoredAnswers:
             self._new = AnswerRecords.empty()
 
 
+class DamagedSymbolsFile(BadFileError):
+    """A lookup in a mapped symbols file met an index column pointing past the table (a file made so: its
+    CRC-32 matches). The file is deleted when this is raised; :class:`ksym.Symbolizer` then answers from a
+    table built from the image (saved again), else this is the run's error (exit 4, naming the file)."""
+
+
 class _SymbolsDamage:
-    """:attr:`ksym.symbols.SymbolTable.damaged` of a mapped symbols file: deletes the file (the next run
-    rebuilds it) and gives the error naming it."""
+    """:attr:`ksym.symbols.SymbolTable.damaged` of a mapped symbols file: deletes the file and gives the
+    error naming it (:class:`DamagedSymbolsFile`)."""
 
     __slots__ = ("path", "store")
 
@@ -807,10 +815,8 @@ class _SymbolsDamage:
         self.path = path
 
     def __call__(self, what: str) -> Exception:
-        from .errors import BadFileError
-
         self.store.drop(self.path)
-        return BadFileError(f"{self.path}: damaged ksym cache file: symbol table: {what} (deleted: rebuilt by the next run)")
+        return DamagedSymbolsFile(f"{self.path}: damaged ksym cache file: symbol table: {what} (deleted: rebuilt by the next run)")
 
 
 class ImageIndex:
@@ -845,7 +851,7 @@ class ImageIndex:
         the session's life (its columns are views of the map until :meth:`close`); None when there is
         none or it is damaged (deleted: it is rebuilt). A lookup that meets an index column pointing
         past the table (a file made so, with the right CRC) deletes the file and raises
-        :class:`ksym.errors.BadFileError` naming it (:attr:`ksym.symbols.SymbolTable.damaged`)."""
+        :class:`DamagedSymbolsFile` naming it (:attr:`ksym.symbols.SymbolTable.damaged`)."""
         self.release_symbols()
         mm = self.store.map_symbols(self.key, size, crc)
         if mm is None:
@@ -859,6 +865,10 @@ class ImageIndex:
             return None
         self._symbols_map, self._symbols = mm, table
         return table
+
+    def holds_symbols(self, table: SymbolTable) -> bool:
+        """Whether ``table`` is the one mapped from the symbols file (:meth:`load_symbols`)."""
+        return table is self._symbols
 
     def release_symbols(self) -> None:
         """Release the mapped symbol table: its columns first, then the map."""
