@@ -87,7 +87,7 @@ def _check_round_trip(sec: D.DwarfSections, offset: int, symbols: SymbolTable, r
             # both read on from the states they have (the loaded one from its record's)
             for cu in (part, back):
                 if cu.lines is not None:
-                    cu.lines.extend(sec, a)
+                    D.extend_lines(cu.lines, sec, a)
                 D.walk_on(sec, cu, a)
                 D.expand_for(sec, cu, a)
             assert _answers(back, a, symbols) == _answers(part, a, symbols), f"unit {offset:#x} at {a:#x}"
