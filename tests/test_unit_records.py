@@ -1,5 +1,5 @@
-"""A unit's index record (:func:`ksym.dwarf.unit_to_record`, written with ``marshal`` as the index writes
-it, read back by :func:`ksym.dwarf.unit_from_record`) gives a unit that answers every address exactly as
+"""A unit's index record (:func:`ksym.units.unit_to_record`, written with ``marshal`` as the index writes
+it, read back by :func:`ksym.units.unit_from_record`) gives a unit that answers every address exactly as
 the unit it was made from, and that reads on from where that one stopped: whole and part-read units of
 the fixture ELFs and of the real Debian 6.1 vmlinux.
 
