@@ -146,7 +146,9 @@ class NameTable:
     """Symbol names as one blob plus an index sorted by name, so a loaded index answers lookups by
     name (bisect) without decoding 100,000 strings first."""
 
-    def __init__(self, blob: bytes, offsets: Column, order: Column) -> None:
+    def __init__(self, blob: bytes | memoryview, offsets: Column, order: Column) -> None:
+        # bytes, or a view of a mapped file (:meth:`SymbolTable.from_buffer`: a copy of a kernel's 2.8 MB
+        # of names costs more than the lookup of a frame); names are read out of it as bytes
         self.blob = blob
         self.offsets = offsets
         self.order = order
@@ -163,10 +165,10 @@ class NameTable:
         return len(self.offsets) - 1
 
     def raw(self, i: int) -> bytes:
-        return self.blob[self.offsets[i] : self.offsets[i + 1] - 1]
+        return bytes(self.blob[self.offsets[i] : self.offsets[i + 1] - 1])
 
     def __getitem__(self, i: int) -> str:
-        return self.blob[self.offsets[i] : self.offsets[i + 1] - 1].decode("utf-8", "replace")
+        return str(self.blob[self.offsets[i] : self.offsets[i + 1] - 1], "utf-8", "replace")
 
     def __iter__(self) -> Iterator[str]:
         for i in range(len(self)):
@@ -417,7 +419,7 @@ class SymbolTable:
         order, oaddrs = self._address_order()
         tidx, taddrs = self._text_index()
         n = self.names
-        return (n.blob, n.offsets.tobytes(), n.order.tobytes(), self.values.tobytes(),
+        return (bytes(n.blob), n.offsets.tobytes(), n.order.tobytes(), self.values.tobytes(),
                 self.sizes.tobytes(), self.infos, self.others, self.shndx.tobytes(), order.tobytes(),
                 oaddrs.tobytes(), tidx.tobytes(), taddrs.tobytes())
 
@@ -471,8 +473,8 @@ class SymbolTable:
     @classmethod
     def from_buffer(cls, buf: Any, sections: list[Section],
                     damaged: Callable[[str], Exception] | None = None) -> SymbolTable:
-        """The table of :meth:`to_buffer`'s ``buf`` (bytes, or a mapped file: its numeric columns stay views
-        of it, so the buffer must outlive the table). ``damaged(what)`` gives the error a lookup raises
+        """The table of :meth:`to_buffer`'s ``buf`` (bytes, or a mapped file: its numeric columns and its
+        name blob stay views of it, so the buffer must outlive the table). ``damaged(what)`` gives the error a lookup raises
         when an index column points past the table (:attr:`damaged`).
 
         Checked here: the header, each column's bounds and length (every column of the symbol count,
@@ -498,7 +500,11 @@ class SymbolTable:
                 width = 8 if code == "Q" else 4 if code == "I" else 1
                 if off + size > len(view) or off % 8 or size % width:
                     raise ValueError("a symbol table buffer cut short")
-                with view[off : off + size] as part:
+                part = view[off : off + size]
+                if name == "blob":  # names are read out of it as bytes: it stays a view
+                    col[name] = part
+                    continue
+                with part:  # the byte columns are read with bytes' methods (translate): copied
                     col[name] = bytes(part) if code == "B" else part.cast("Q" if code == "Q" else "I")
             n = len(col["values"])
             text = len(col["text"])
@@ -524,7 +530,7 @@ class SymbolTable:
     def release(self) -> None:
         """Release the columns that are views of a buffer (:meth:`from_buffer`), so that a mapped file
         under them can be closed; the table is unusable after."""
-        cols = [self.names.offsets, self.names.order, self.values, self.sizes, self.shndx]
+        cols = [self.names.blob, self.names.offsets, self.names.order, self.values, self.sizes, self.shndx]
         for pair in (self._faddr_order, self._text, self._bfd):
             if pair is not None:
                 cols.extend(pair)
