@@ -64,7 +64,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from . import dwarf as D
+    from .units import CompiledUnit
 
 __all__ = [
     "FORMAT_VERSION",
@@ -833,7 +833,7 @@ class ImageIndex:
         self._unit_map: dict[int, str] | None = None
         self._new_units: dict[int, str] = {}
         self._packs: LRUCache[str, dict[int, Any]] = LRUCache(maxsize=4)
-        self._dirty: dict[int, D.CompiledUnit] = {}
+        self._dirty: dict[int, CompiledUnit] = {}
         self._answers: StoredAnswers | None = None
         # the mapped symbols file and the table whose columns are views of it (released by close())
         self._symbols_map: mmap.mmap | None = None
@@ -890,8 +890,8 @@ class ImageIndex:
             self._unit_map = self.store.load_unit_map(self.key)
         return self._unit_map.get(offset)
 
-    def load_unit(self, offset: int) -> D.CompiledUnit | None:
-        from . import dwarf as D
+    def load_unit(self, offset: int) -> CompiledUnit | None:
+        from .units import unit_from_record
 
         pack = self.pack_of(offset)
         if pack is None:
@@ -903,11 +903,11 @@ class ImageIndex:
         if rec is None:
             return None
         try:
-            return D.unit_from_record(rec)
+            return unit_from_record(rec)
         except (TypeError, ValueError, IndexError):
             return None
 
-    def unit_changed(self, unit: D.CompiledUnit) -> None:
+    def unit_changed(self, unit: CompiledUnit) -> None:
         self._dirty[unit.offset] = unit
         if len(self._dirty) >= MAX_DIRTY_UNITS:
             self.write_units()
@@ -925,9 +925,9 @@ class ImageIndex:
         """Write the units read or grown since the last call as one pack (mapped at :meth:`flush`)."""
         if not self._dirty:
             return
-        from . import dwarf as D
+        from .units import unit_to_record
 
-        recs = {off: D.unit_to_record(cu) for off, cu in self._dirty.items()}
+        recs = {off: unit_to_record(cu) for off, cu in self._dirty.items()}
         self._dirty.clear()
         name = self.store.save_units(self.key, recs)
         if name is not None:

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from . import dwarf as D
     from .portable import PortableFile
     from .searchopts import DebuginfoOptions
+    from .units import CompiledUnit
 
 __all__ = ["IndexStats", "Symbolizer", "source_relative"]
 
@@ -508,7 +509,7 @@ class Symbolizer:
         inflated once)."""
         return dwarf_sections(self._file, img.section_bytes, img.little_endian, img.elfclass, img.require_dwarf)
 
-    def compiled_unit(self, offset: int, address: int | None = None) -> D.CompiledUnit:
+    def compiled_unit(self, offset: int, address: int | None = None) -> CompiledUnit:
         """The unit at ``offset`` of .debug_info (from memory, the index or the DWARF); given an
         ``address``, a unit read from the DWARF decodes its line program only as far as that
         address needs (:meth:`ksym.dwarf_image.DwarfImage.read_on` reads on)."""
