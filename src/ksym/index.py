@@ -800,8 +800,9 @@ class StoredAnswers:
 
 class DamagedSymbolsFile(BadFileError):
     """A lookup in a mapped symbols file met an index column pointing past the table (a file made so: its
-    CRC-32 matches). The file is deleted when this is raised; :class:`ksym.Symbolizer` then answers from a
-    table built from the image (saved again), else this is the run's error (exit 4, naming the file)."""
+    CRC-32 matches). The file is deleted when this is raised, and it is the run's error (exit 4, naming the
+    file): the next run builds the table from the image again. Damage a CRC-32 finds (a changed byte) is
+    not this: such a file is dropped and rebuilt before it is used."""
 
 
 class _SymbolsDamage:
@@ -865,10 +866,6 @@ class ImageIndex:
             return None
         self._symbols_map, self._symbols = mm, table
         return table
-
-    def holds_symbols(self, table: SymbolTable) -> bool:
-        """Whether ``table`` is the one mapped from the symbols file (:meth:`load_symbols`)."""
-        return table is self._symbols
 
     def release_symbols(self) -> None:
         """Release the mapped symbol table: its columns first, then the map."""

@@ -18,18 +18,16 @@ by the garbage collector.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import re
 import zlib
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from .dwarf_image import ArangeTable, DwarfImage, FileSections, dwarf_sections
 from .errors import BadFileError, KsymError, SpecError
 from .index import (
     CallerKey,
-    DamagedSymbolsFile,
     FileIdentity,
     Fingerprinting,
     ImageIndex,
@@ -124,26 +122,6 @@ class _ImageTables(NamedTuple):
     aranges: ArangeTable
     #: the DWARF sections as opened to read the aranges (None: no DWARF)
     opened: D.DwarfSections | None
-
-
-_Method = TypeVar("_Method", bound=Callable[..., Any])
-
-
-def _answers_again_if_symbols_file_damaged(method: _Method) -> _Method:
-    """A :class:`Symbolizer` lookup that, when the symbols file it mapped from the index turns out damaged
-    (:class:`ksym.index.DamagedSymbolsFile`: the file is deleted), is run again on a table built from the
-    image (:meth:`Symbolizer._symbols_file_damaged`); raised as it is when the table was not the index's."""
-
-    @functools.wraps(method)
-    def run(self: Symbolizer, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(self, *args, **kwargs)
-        except DamagedSymbolsFile:
-            if not self._symbols_file_damaged():
-                raise
-        return method(self, *args, **kwargs)
-
-    return cast("_Method", run)
 
 
 class Symbolizer:
@@ -441,18 +419,6 @@ class Symbolizer:
         assert self._symbols is not None
         return self._symbols
 
-    def _symbols_file_damaged(self) -> bool:
-        """Forget the table mapped from the index's symbols file (deleted as damaged), so that
-        :attr:`symbols` builds it from the image and saves it again; False when the table in use is not
-        the index's."""
-        if self._symbols is None or not self._index.holds_symbols(self._symbols) or self._record is None:
-            return False
-        self._symbols = self._by_name = None
-        self._chains.clear()
-        self._index.release_symbols()
-        self._record = self._record._replace(symbols_size=0, symbols_crc=0)
-        return True
-
     def _named(self, name: str, faddr2line: bool = False) -> SymbolTable:
         """A table holding what a lookup of ``name`` reads (:meth:`ksym.symbols.SymbolTable.named`):
         the whole table once there is one, else the few symbols it needs."""
@@ -534,7 +500,6 @@ class Symbolizer:
                           self._answers.stored_hits, self._answers_looked_up, self._fingerprinted,
                           self._index.directory)
 
-    @_answers_again_if_symbols_file_damaged
     def chain(self, address: int) -> tuple[SourceLocation, ...]:
         """The inline chain at a link-time address, innermost first (without links: the presenting side
         adds them, :meth:`ksym.links.ElixirLinks.chain`)."""
@@ -574,14 +539,12 @@ class Symbolizer:
         caller's tag (``"frame"``: :mod:`ksym.annotate`); ``value``: tuples, str, int, bytes, None."""
         self._answers.add_caller(key, value)
 
-    @_answers_again_if_symbols_file_damaged
     def line_row_start(self, address: int) -> int | None:
         """Start of the line-table row covering ``address``: an instruction boundary at or before it
         (what the call-site disassembly starts from), or None without line information."""
         row = self._answer(address).row_start
         return row if row >= 0 else None
 
-    @_answers_again_if_symbols_file_damaged
     def name_of(self, address: int) -> str | None:
         """``symbol`` or ``symbol+0x1a`` for a link-time address (how call targets are named), or None."""
         hit = self.symbols.containing(address)
@@ -590,7 +553,6 @@ class Symbolizer:
         s, _ = hit
         return s.name if address == s.address else f"{s.name}+{address - s.address:#x}"
 
-    @_answers_again_if_symbols_file_damaged
     def prefetch(self, addresses: Iterable[int], *, processes: int | None = None,
                  call_sites: Iterable[tuple[int, int | None]] = ()) -> int:
         """Answer ``addresses`` ahead of :meth:`chain` (a dump's frames, before they are printed), and
@@ -612,7 +574,6 @@ class Symbolizer:
     def _answer_call(self, return_address: int, function_start: int | None) -> None:
         self.instruction_before(return_address, function_start, self.name_of)
 
-    @_answers_again_if_symbols_file_damaged
     def prefetch_frames(self, frames: Iterable[str], *, processes: int | None = None) -> int:
         """:meth:`prefetch` for the addresses ``func+off[/size]`` frames and raw addresses name
         (malformed or unknown ones are left for :meth:`resolve` to report)."""
@@ -661,7 +622,6 @@ class Symbolizer:
                 return raw[m.end() - 1:]
         return raw
 
-    @_answers_again_if_symbols_file_damaged
     def symbolize(self, address: int, query: str | None = None) -> Resolution:
         """Resolve one link-time address (no KASLR adjustment)."""
         hit = self.symbols.containing(address)
@@ -675,7 +635,6 @@ class Symbolizer:
     def symbolize_many(self, addresses: Iterable[int]) -> list[Resolution]:
         return [self.symbolize(a) for a in addresses]
 
-    @_answers_again_if_symbols_file_damaged
     def resolve(self, frame: str, *, chains: bool = True,
                 view: SymbolView = SymbolView.FADDR2LINE) -> list[Resolution]:
         """Resolve ``func+off[/size]`` (every matching symbol, as faddr2line) or a raw address.
@@ -721,7 +680,6 @@ class Symbolizer:
                 return bytes(img.view[off : off + n])
         return b""
 
-    @_answers_again_if_symbols_file_damaged
     def address_of(self, name: str) -> int | None:
         """Link-time address of a symbol (functions first), or None."""
         addr: int | None = self.symbols.address_of(name)
