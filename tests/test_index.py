@@ -261,12 +261,41 @@ def test_an_index_of_format_8_is_ignored_not_misread(tmp_path: Path) -> None:
     assert marshal.loads((d / "answers.v8").read_bytes()) == old_shape, "the older file is left as it was"
 
 
-def test_a_damaged_symbols_file_is_ignored_and_rebuilt_not_misread(tmp_path: Path) -> None:
-    """The symbol table is its own file (``symbols.v<N>``, mapped): cut short, emptied, with a damaged
-    header, with columns that do not agree, or of another size than the image record names, it is
-    never read; the answers are those of the file read without an index, and the file is rebuilt."""
+def test_an_index_of_format_10_is_ignored(tmp_path: Path) -> None:
+    """Format 10 wrote plain marshal files, without the CRC-32 header of this format (``.v10``): such files,
+    here holding wrong answers under the genuine file's own key (stored chains and faddr2line matches), are
+    never read, and one of that shape under this format's name fails its check and is replaced."""
+    assert FORMAT_VERSION == 11
     genuine = _with_build_id(tmp_path / "vmlinux")
     want = _answers(genuine, None)
+    with Symbolizer(genuine, cache_dir=tmp_path / "probe") as probe:
+        key, view = probe.key, probe._view()
+        addrs = [m.address for s in SPECS[:3] for m in probe.resolve(s)]
+    poison = ((("evil", "evil.c", 1, 0, 0, "evil.c", False),), -1)
+    old = {"view": view, "chains": dict.fromkeys(addrs, poison), "instructions": {}, "callers": {}}
+    cache = tmp_path / "cache"
+    d = cache / "index" / key
+    d.mkdir(parents=True)
+    for name in ("answers.v10", f"answers.v{FORMAT_VERSION}"):
+        (d / name).write_bytes(marshal.dumps(old))
+    assert _answers(genuine, cache) == want
+    assert _answers(genuine, cache) == want
+    stored = IndexStore(cache).load_answers(key, view)
+    assert stored.chains and all("evil" not in repr(rec) for rec in stored.chains.values())
+    assert marshal.loads((d / "answers.v10").read_bytes()) == old, "the older file is left as it was"
+
+
+def test_a_damaged_symbols_file_is_ignored_and_rebuilt_not_misread(tmp_path: Path) -> None:
+    """The symbol table is its own file (``symbols.v<N>``, mapped): cut short, emptied, with a damaged
+    header, with columns that do not agree, of another size than the image record names, or with one
+    byte changed, it is never read; the answers are those of the file read without an index (frames seen
+    before need no table: their matches are stored), and the file is rebuilt by the first lookup that
+    needs the whole table (a raw address)."""
+    genuine = _with_build_id(tmp_path / "vmlinux")
+    want = _answers(genuine, None)
+    with Symbolizer(genuine, use_index=False) as ref:
+        address = ref.resolve(SPECS[1])[0].address
+        want_address = str(ref.symbolize(address))
     cache = tmp_path / "cache"
     assert _answers(genuine, cache) == want
     (symbols,) = cache.glob(f"index/*/symbols.v{FORMAT_VERSION}")
@@ -282,10 +311,13 @@ def test_a_damaged_symbols_file_is_ignored_and_rebuilt_not_misread(tmp_path: Pat
         "byte order": good[:8] + (b"b" if good[8:9] == b"l" else b"l") + good[9:],
         "columns disagree": bytes(shrunk),
         "longer": good + bytes(8),
+        "a byte changed": good[:-1] + bytes([good[-1] ^ 1]),  # in the last name: only its CRC-32 tells
     }
     for what, data in damages.items():
         symbols.write_bytes(data)
         assert _answers(genuine, cache) == want, what
+        with Symbolizer(genuine, cache_dir=cache) as sym:
+            assert str(sym.symbolize(address)) == want_address, what
         assert symbols.read_bytes() == good, f"{what}: rebuilt"
 
 

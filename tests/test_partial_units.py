@@ -1,5 +1,5 @@
 """Units read only as far as the addresses asked need (ksym.dwarf: compile_unit(until=...),
-LineTable.covers/extend, walk_on) answer every address exactly like the unit read whole, also after a
+LineTable.covers, extend_lines, walk_on) answer every address exactly like the unit read whole, also after a
 round trip through the index record, on real units of the Debian 6.1 vmlinux.
 
 Needs tools/fetch-testdata.sh; skipped with a printed reason elsewhere, a failure under CI=true."""
@@ -62,7 +62,7 @@ def test_partial_unit_answers_like_the_whole_unit(sym: Symbolizer) -> None:
             if k == len(probes) // 2:  # stored and loaded again half way
                 part = D.unit_from_record(D.unit_to_record(part))
             assert part.lines is not None
-            part.lines.extend(sec, a)
+            D.extend_lines(part.lines, sec, a)
             D.walk_on(sec, part, a)
             for cu in (part, whole):
                 if cu.needs_expansion(a):
@@ -72,7 +72,7 @@ def test_partial_unit_answers_like_the_whole_unit(sym: Symbolizer) -> None:
             got = inline_chain(part, a, sym.symbols, sym._display)
             assert got == inline_chain(whole, a, sym.symbols, sym._display), hex(a)
         # read to the end, the partial unit is the whole one
-        part.lines.extend(sec, 1 << 64)
+        D.extend_lines(part.lines, sec, 1 << 64)
         assert part.lines.pending is None
         assert list(part.lines.addrs) == list(lt.addrs) and sorted(part.lines.seqs) == sorted(lt.seqs)
     assert partial_seen >= 12, "most units stop their line program early"

@@ -1,5 +1,5 @@
-"""A unit's index record (:func:`ksym.dwarf.unit_to_record`, written with ``marshal`` as the index writes
-it, read back by :func:`ksym.dwarf.unit_from_record`) gives a unit that answers every address exactly as
+"""A unit's index record (:func:`ksym.units.unit_to_record`, written with ``marshal`` as the index writes
+it, read back by :func:`ksym.units.unit_from_record`) gives a unit that answers every address exactly as
 the unit it was made from, and that reads on from where that one stopped: whole and part-read units of
 the fixture ELFs and of the real Debian 6.1 vmlinux.
 
@@ -87,7 +87,7 @@ def _check_round_trip(sec: D.DwarfSections, offset: int, symbols: SymbolTable, r
             # both read on from the states they have (the loaded one from its record's)
             for cu in (part, back):
                 if cu.lines is not None:
-                    cu.lines.extend(sec, a)
+                    D.extend_lines(cu.lines, sec, a)
                 D.walk_on(sec, cu, a)
                 D.expand_for(sec, cu, a)
             assert _answers(back, a, symbols) == _answers(part, a, symbols), f"unit {offset:#x} at {a:#x}"

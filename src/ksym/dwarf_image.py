@@ -8,11 +8,13 @@
   :class:`ReadySections` (bytes made by the caller: a module's relocated sections);
 - an address finds its unit through ``.debug_aranges`` (:class:`ArangeTable`, bisected) and, for the
   units .debug_aranges misses, the ranges of every unit DIE (:class:`UnitRange`, read once);
-- units are kept in an LRU cache, read only as far as the addresses asked need and read on later
-  (:meth:`DwarfImage.read_on`); a :class:`UnitStore` (the index session of a vmlinux, none for a module)
-  supplies units stored before and receives units read or grown;
+- units (:class:`ksym.units.CompiledUnit`) are kept in an LRU cache, read only as far as the addresses
+  asked need and read on later (:meth:`DwarfImage.read_on`); a :class:`UnitStore` (the index session of a
+  vmlinux, the portable index file, none for a module) supplies units stored before and receives units
+  read or grown. The DWARF parser (:mod:`ksym.dwarf`) is imported only when something is read from the
+  sections: an answer from a stored unit that holds what the address needs reads the records alone;
 - damaged DWARF met while reading is the one :class:`ksym.errors.BadFileError` naming the file, section
-  and offset (:func:`ksym.dwarf.damage_is_bad_file`); a unit that failed to read is forgotten.
+  and offset (:func:`ksym.units.damage_is_bad_file`); a unit that failed to read is forgotten.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from . import dwarf as D
+    from .units import CompiledUnit
 
 __all__ = [
     "DWARF_SECTIONS",
@@ -158,11 +161,11 @@ class SectionSource(Protocol):
 class UnitStore(Protocol):
     """Persistence of units for a :class:`DwarfImage` (:class:`ksym.index.ImageIndex`)."""
 
-    def load_unit(self, offset: int) -> D.CompiledUnit | None:
+    def load_unit(self, offset: int) -> CompiledUnit | None:
         """The unit stored before (possibly partial), or None."""
         ...
 
-    def unit_changed(self, unit: D.CompiledUnit) -> None:
+    def unit_changed(self, unit: CompiledUnit) -> None:
         """``unit`` was read or grew: store it (now or at the session's flush)."""
         ...
 
@@ -261,7 +264,7 @@ class DwarfImage:
         self._aranges = aranges
         self._fallback: list[UnitRange] | None = None
         self._store = units
-        self._units: LRUCache[int, D.CompiledUnit] = LRUCache(maxsize=cache_size)
+        self._units: LRUCache[int, CompiledUnit] = LRUCache(maxsize=cache_size)
         #: offsets of the units read from the DWARF (or read further) in this session
         self.units_read: set[int] = set()
         #: how many units came from the :class:`UnitStore`
@@ -332,12 +335,10 @@ class DwarfImage:
     def units_in_memory(self) -> int:
         return len(self._units)
 
-    def compiled_unit(self, offset: int, address: int | None = None) -> D.CompiledUnit:
+    def compiled_unit(self, offset: int, address: int | None = None) -> CompiledUnit:
         """The unit at ``offset`` of .debug_info (from memory, the store or the DWARF); given an
         ``address``, a unit read from the DWARF is read only as far as that address needs
         (:meth:`read_on` reads on)."""
-        from . import dwarf as D
-
         cu = self._units.get(offset)
         if cu is not None:
             return cu
@@ -346,16 +347,22 @@ class DwarfImage:
             if cu is not None:
                 self.units_loaded += 1
         if cu is None:
+            from . import dwarf as D
+
             with D.damage_is_bad_file(self.path):
                 cu = D.compile_unit(self.sections, offset, until=address, expect=address)
             self._changed(cu)
         self._units[offset] = cu
         return cu
 
-    def read_on(self, cu: D.CompiledUnit, address: int, functions: bool = True) -> None:
+    def read_on(self, cu: CompiledUnit, address: int, functions: bool = True) -> None:
         """Read as much more of ``cu`` as ``address`` needs: its line program, and with ``functions``
         its top-level functions and the subtree of the one holding it; a unit that grew goes to the
-        store. The sections are opened only when something is missing."""
+        store. The sections are opened, and the DWARF parser imported, only when something is missing."""
+        lines = cu.lines
+        if (lines is None or lines.covers(address)) and not (
+                functions and (cu.needs_walk(address) or cu.needs_expansion(address))):
+            return
         from . import dwarf as D
 
         changed = False
@@ -363,9 +370,8 @@ class DwarfImage:
         # dropped from memory and from the pending writes: nothing half-read is kept or stored
         try:
             with D.damage_is_bad_file(self.path):
-                lines = cu.lines
                 if lines is not None and not lines.covers(address):
-                    changed = lines.extend(self.sections, address)
+                    changed = D.extend_lines(lines, self.sections, address)
                 if functions:
                     if cu.needs_walk(address):
                         changed = D.walk_on(self.sections, cu, address) or changed
@@ -377,7 +383,7 @@ class DwarfImage:
         if changed:
             self._changed(cu)
 
-    def _changed(self, cu: D.CompiledUnit) -> None:
+    def _changed(self, cu: CompiledUnit) -> None:
         self.units_read.add(cu.offset)
         if self._store is not None:
             self._store.unit_changed(cu)
@@ -395,7 +401,7 @@ class DwarfImage:
               display: Callable[[str], str]) -> tuple[tuple[SourceLocation, ...], int]:
         """The inline chain at ``address``, innermost first, as addr2line -i reports it (paths shown
         by ``display``), and the start of the line row covering it (-1: none)."""
-        from . import dwarf as D
+        from .units import damage_is_bad_file
 
         off = self.unit_offset(address)
         if off is None:
@@ -403,23 +409,27 @@ class DwarfImage:
         cu = self.compiled_unit(off, address)
         self.read_on(cu, address)
         row = cu.lines.row_address(address) if cu.lines is not None else None
-        with D.damage_is_bad_file(self.path):  # a file number past the line table's files
+        with damage_is_bad_file(self.path):  # a file number past the line table's files
             chain = inline_chain(cu, address, symbols, display)
         return chain, -1 if row is None else row
 
     def line_at(self, address: int) -> tuple[str, int, int, int] | None:
         """The innermost line at ``address`` (addr2line without -i) from the line table alone:
         (file, line, column, discriminator), or None."""
-        from . import dwarf as D
-
         off = self.unit_offset(address)
         if off is None:
             return None
         cu = self._units.get(off)
         if cu is not None:
             self.read_on(cu, address, functions=False)
+            from .units import damage_is_bad_file
+
+            with damage_is_bad_file(self.path):
+                return cu.lines.lookup(address) if cu.lines is not None else None
+        from . import dwarf as D
+
         with D.damage_is_bad_file(self.path):
-            table = cu.lines if cu is not None else D.unit_line_table(self.sections, off)
+            table = D.unit_line_table(self.sections, off)
             return table.lookup(address) if table is not None else None
 
     def close(self) -> None:

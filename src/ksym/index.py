@@ -2,21 +2,29 @@
 
 Layout under ``$KSYM_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ksym``, i.e. ``~/.cache/ksym``)::
 
-    paths/<checksums of the real path>.v10 → PathRecord: the file's identity (size, mtime, ctime, inode,
+    paths/<checksums of the real path>.v11 → PathRecord: the file's identity (size, mtime, ctime, inode,
                                           device) and its key, so a warm run neither opens nor hashes it
-    index/<key>/image.v10                → ImageRecord: sections, aranges, faddr2line prefix, banner
-    index/<key>/symbols.v10              → the symbol table as one flat buffer
+    index/<key>/image.v11                → ImageRecord: sections, aranges, faddr2line prefix, banner, the
+                                          size and CRC-32 of the symbols file
+    index/<key>/symbols.v11              → the symbol table as one flat buffer
                                           (:meth:`ksym.symbols.SymbolTable.to_buffer`), mapped read-only
-                                          by the session: its columns are views of the map
-    index/<key>/units-<...>.v10          → a pack of compilation units as read (function tree + line
+                                          when a lookup first needs the whole table (its CRC-32 checked
+                                          then): its columns are views of the map
+    index/<key>/units-<...>.v11          → a pack of compilation units as read (function tree + line
                                           table, each possibly partial: read on when an address needs it)
-    index/<key>/units.v10                → unit offset → the pack holding its newest record
-    index/<key>/cu--1.v10                → UnitRange records: ranges of the units .debug_aranges misses
-    index/<key>/answers.v10              → AnswerRecords: address → StoredChain (inline chain, line-row
+    index/<key>/units.v11                → unit offset → the pack holding its newest record
+    index/<key>/cu--1.v11                → UnitRange records: ranges of the units .debug_aranges misses
+    index/<key>/answers.v11              → AnswerRecords: address → StoredChain (inline chain, line-row
                                           start) of every address looked up before; (return address,
                                           function start) → StoredInstruction (the instruction before
                                           it); callers' own answers (annotate's frames): a dump seen
                                           again needs no CU at all
+
+Every file but the symbols file is written with ``marshal`` after an 8-byte header: ``ksym`` and the CRC-32
+of the payload (u32 little-endian). A file whose header or CRC-32 does not match, or that ``marshal`` cannot
+read, is damaged: deleted, and rebuilt as if it were missing; so is a symbols file of another size or CRC-32
+than the image record names. (The CRC-32s find damage, not intent: a file written on purpose with matching
+ones is read as data, and its symbol table's index columns are still checked as a lookup reads them.)
 
 One image's index is used through an :class:`ImageIndex` session (units read, answers given, written by
 its :meth:`ImageIndex.flush`); :class:`IndexStore` only reads and writes the files.
@@ -28,7 +36,7 @@ its own and can neither be answered from the genuine file's index nor write into
 once per file identity and remembered in the path memo. Files are written with ``marshal`` (plain data
 only: loading never runs code) to a temporary name (``.tmp-<16 hex digits>``) and renamed into place,
 so readers never see half a file (the symbols file is written before the image record naming its
-size); a file that fails to load is deleted and rebuilt; temporaries left
+size and CRC-32); a file that fails to load or to match its CRC-32 is deleted and rebuilt; temporaries left
 by an interrupted write are deleted by a later write to the same directory once they are an hour old.
 """
 
@@ -45,6 +53,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .dwarf_image import ArangeTable, UnitRange
+from .errors import BadFileError
 from .lru import LRUCache
 from .model import SourceLocation
 from .records import NamedTuple
@@ -55,13 +64,14 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from . import dwarf as D
+    from .units import CompiledUnit
 
 __all__ = [
     "FORMAT_VERSION",
     "RECENT_CHANGE_SECONDS",
     "STALE_TEMP_SECONDS",
     "AnswerRecords",
+    "DamagedSymbolsFile",
     "FileIdentity",
     "Fingerprinting",
     "ImageIndex",
@@ -80,8 +90,10 @@ __all__ = [
 #: Version of the layout and of every record; files of other versions are never read. 7: keys bind the
 #: file's contents (build id + fingerprint), the path memo records device and ctime too. 8: answers from the
 #: symbol table follow bfd's rules (.symtab only, unnamed STT_FILE, local labels). 9: named records
-#: (ImageRecord; stored answers split into chains, instructions and callers' answers).
-FORMAT_VERSION = 10
+#: (ImageRecord; stored answers split into chains, instructions and callers' answers). 11: every file is
+#: checked before use (a marshal file's header holds the CRC-32 of its payload, the image record the
+#: symbols file's), and a symbols file is mapped when a lookup first needs the whole table.
+FORMAT_VERSION = 11
 #: Units read or expanded are written in batches of this many (a unit often grows several times).
 MAX_DIRTY_UNITS = 64
 #: The answers file is dropped and started again when it grows past this many addresses.
@@ -95,6 +107,9 @@ RECENT_CHANGE_SECONDS = 3
 
 # what ksym's writes name their temporaries, and what tempfile.mkstemp named them before format 7
 _TEMP_NAME = r"\.tmp-(?:[0-9a-f]{16}|[a-z0-9_]{8})"  # compiled when a write first sweeps (re keeps it)
+# a marshal file of the index: this magic, the CRC-32 of the payload (u32 little-endian), the payload
+_MARSHAL_MAGIC = b"ksym"
+_MARSHAL_HEAD = len(_MARSHAL_MAGIC) + 4
 # the fingerprint hashes the file in pieces of this size, each on its own (threads share them), and
 # lets the kernel drop each from the mapping after hashing it
 _FINGERPRINT_PIECE = 1 << 24
@@ -358,19 +373,28 @@ class IndexStore:
     def save_symbols(self, key: str, buffer: bytes) -> None:
         """Write the symbol table's flat buffer (:meth:`ksym.symbols.SymbolTable.to_buffer`)."""
         if self.enabled:
-            self._save(os.path.join(self.directory(key), f"symbols.v{FORMAT_VERSION}"), buffer, raw=True)
+            self._save(self.symbols_file(key), buffer, raw=True)
 
-    def map_symbols(self, key: str, size: int) -> mmap.mmap | None:
-        """The symbols file of ``key`` mapped read-only, or None (none, disabled, or not ``size`` bytes
-        long as the image record says: a short or another write's file, deleted to be rebuilt)."""
+    def symbols_file(self, key: str) -> str:
+        """The path of the symbols file of ``key``."""
+        return os.path.join(self.directory(key), f"symbols.v{FORMAT_VERSION}")
+
+    def map_symbols(self, key: str, size: int, crc: int) -> mmap.mmap | None:
+        """The symbols file of ``key`` mapped read-only, or None (none, disabled, or not the file the image
+        record names: not ``size`` bytes long or not of CRC-32 ``crc``, a damaged or another write's file,
+        deleted to be rebuilt). The whole file is read once here, for its CRC."""
         if not self.enabled:
             return None
-        path = os.path.join(self.directory(key), f"symbols.v{FORMAT_VERSION}")
+        path = self.symbols_file(key)
         try:
             with open(path, "rb") as f:
                 if os.fstat(f.fileno()).st_size != size or size == 0:
                     raise ValueError("not the symbols file the image record names")
-                return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            if zlib.crc32(mm) != crc:
+                mm.close()
+                raise ValueError("a damaged symbols file")
+            return mm
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
@@ -464,10 +488,17 @@ class IndexStore:
 
     @staticmethod
     def _load(path: str) -> Any:
+        """The object of a marshal file (:meth:`_save`), or None: none, or damaged (a header that is not
+        ksym's, a payload of another CRC-32, or one marshal cannot read: deleted, it is rebuilt)."""
         try:
             with open(path, "rb") as f:
                 # one read, then decode: marshal.load(f) reads the file in many small pieces
-                return marshal.loads(f.read())
+                data = f.read()
+            payload = memoryview(data)[_MARSHAL_HEAD:]  # not copied
+            if (data[: len(_MARSHAL_MAGIC)] != _MARSHAL_MAGIC
+                    or zlib.crc32(payload) != int.from_bytes(data[len(_MARSHAL_MAGIC) : _MARSHAL_HEAD], "little")):
+                raise ValueError("a damaged index file")
+            return marshal.loads(payload)
         except FileNotFoundError:
             return None
         except (OSError, EOFError, ValueError, TypeError):
@@ -484,7 +515,8 @@ class IndexStore:
             pass
 
     def _save(self, path: str, obj: Any, raw: bool = False) -> bool:
-        """Write ``obj`` (marshalled; ``raw``: bytes as they are) to a temporary, renamed to ``path``."""
+        """Write ``obj`` (marshalled, after a header with the magic and the payload's CRC-32: :meth:`_load`;
+        ``raw``: bytes as they are) to a temporary, renamed to ``path``."""
         parent = os.path.dirname(path)
         try:
             os.makedirs(parent, exist_ok=True)
@@ -504,7 +536,9 @@ class IndexStore:
                     if raw:
                         f.write(obj)
                     else:
-                        marshal.dump(obj, f)
+                        payload = marshal.dumps(obj)
+                        f.write(_MARSHAL_MAGIC + zlib.crc32(payload).to_bytes(4, "little"))
+                        f.write(payload)
                 os.replace(tmp, path)
             except BaseException:
                 try:
@@ -555,13 +589,16 @@ class ImageRecord(NamedTuple):
     dynamic_symbols: int
     #: faddr2line's path prefix (addr2line's file for start_kernel, cut before init/main.c)
     dir_prefix: str | None
+    #: the CRC-32 of the symbols file, checked when it is mapped (0 with no symbols file, or none of the
+    #: index: a portable index file's symbols are checked with their block)
+    symbols_crc: int = 0
 
     def to_record(self) -> dict[str, Any]:
         return {
             "path": self.path, "build_id": self.build_id, "elf_type": self.elf_type,
             "little_endian": self.little_endian, "elfclass": self.elfclass, "machine": self.machine,
             "sections": [(s.index, s.name, s.type, s.flags, s.addr, s.offset, s.size) for s in self.sections],
-            "symbols_size": self.symbols_size, "aranges": self.aranges.to_record(), "banner": self.banner,
+            "symbols_size": self.symbols_size, "symbols_crc": self.symbols_crc, "aranges": self.aranges.to_record(), "banner": self.banner,
             "has_dwarf": self.has_dwarf, "dynamic_symbols": self.dynamic_symbols, "dir_prefix": self.dir_prefix,
         }
 
@@ -572,12 +609,13 @@ class ImageRecord(NamedTuple):
         for v in (build_id, machine, banner, prefix):
             if v is not None and not isinstance(v, str):
                 raise TypeError("not a string")
-        if type(rec["symbols_size"]) is not int:
-            raise TypeError("symbols file size")
+        if type(rec["symbols_size"]) is not int or type(rec["symbols_crc"]) is not int:
+            raise TypeError("symbols file size or CRC")
         return cls(
             path=str(rec["path"]), build_id=build_id, elf_type=str(rec["elf_type"]),
             little_endian=bool(rec["little_endian"]), elfclass=int(rec["elfclass"]), machine=machine,
             sections=tuple(Section(*s) for s in rec["sections"]), symbols_size=rec["symbols_size"],
+            symbols_crc=rec["symbols_crc"],
             aranges=ArangeTable.from_record(rec["aranges"]), banner=banner, has_dwarf=bool(rec["has_dwarf"]),
             dynamic_symbols=int(rec["dynamic_symbols"]), dir_prefix=prefix,
         )
@@ -760,6 +798,28 @@ class StoredAnswers:
             self._new = AnswerRecords.empty()
 
 
+class DamagedSymbolsFile(BadFileError):
+    """A lookup in a mapped symbols file met an index column pointing past the table (a file made so: its
+    CRC-32 matches). The file is deleted when this is raised, and it is the run's error (exit 4, naming the
+    file): the next run builds the table from the image again. Damage a CRC-32 finds (a changed byte) is
+    not this: such a file is dropped and rebuilt before it is used."""
+
+
+class _SymbolsDamage:
+    """:attr:`ksym.symbols.SymbolTable.damaged` of a mapped symbols file: deletes the file and gives the
+    error naming it (:class:`DamagedSymbolsFile`)."""
+
+    __slots__ = ("path", "store")
+
+    def __init__(self, store: IndexStore, path: str) -> None:
+        self.store = store
+        self.path = path
+
+    def __call__(self, what: str) -> Exception:
+        self.store.drop(self.path)
+        return DamagedSymbolsFile(f"{self.path}: damaged ksym cache file: symbol table: {what} (deleted: rebuilt by the next run)")
+
+
 class ImageIndex:
     """A session on one image's index: the units it stored (unit map, packs loaded), the units read or
     grown since (written as packs of :data:`MAX_DIRTY_UNITS`, and at :meth:`flush`), and the stored
@@ -774,7 +834,7 @@ class ImageIndex:
         self._unit_map: dict[int, str] | None = None
         self._new_units: dict[int, str] = {}
         self._packs: LRUCache[str, dict[int, Any]] = LRUCache(maxsize=4)
-        self._dirty: dict[int, D.CompiledUnit] = {}
+        self._dirty: dict[int, CompiledUnit] = {}
         self._answers: StoredAnswers | None = None
         # the mapped symbols file and the table whose columns are views of it (released by close())
         self._symbols_map: mmap.mmap | None = None
@@ -787,21 +847,22 @@ class ImageIndex:
 
     # -- the symbol table --
 
-    def load_symbols(self, size: int, sections: list[Section]) -> SymbolTable | None:
-        """The image's symbol table from its symbols file of ``size`` bytes, mapped for the session's
-        life (its columns are views of the map until :meth:`close`); None when there is none or it is
-        damaged (deleted: it is rebuilt)."""
+    def load_symbols(self, size: int, crc: int, sections: list[Section]) -> SymbolTable | None:
+        """The image's symbol table from its symbols file of ``size`` bytes and CRC-32 ``crc``, mapped for
+        the session's life (its columns are views of the map until :meth:`close`); None when there is
+        none or it is damaged (deleted: it is rebuilt). A lookup that meets an index column pointing
+        past the table (a file made so, with the right CRC) deletes the file and raises
+        :class:`DamagedSymbolsFile` naming it (:attr:`ksym.symbols.SymbolTable.damaged`)."""
         self.release_symbols()
-        mm = self.store.map_symbols(self.key, size)
+        mm = self.store.map_symbols(self.key, size, crc)
         if mm is None:
             return None
+        path = self.store.symbols_file(self.key)
         try:
-            table = SymbolTable.from_buffer(mm, sections)
+            table = SymbolTable.from_buffer(mm, sections, _SymbolsDamage(self.store, path))
         except ValueError:
-            table = None
-        if table is None:
             mm.close()
-            self.store.drop(os.path.join(self.store.directory(self.key), f"symbols.v{FORMAT_VERSION}"))
+            self.store.drop(path)
             return None
         self._symbols_map, self._symbols = mm, table
         return table
@@ -826,8 +887,8 @@ class ImageIndex:
             self._unit_map = self.store.load_unit_map(self.key)
         return self._unit_map.get(offset)
 
-    def load_unit(self, offset: int) -> D.CompiledUnit | None:
-        from . import dwarf as D
+    def load_unit(self, offset: int) -> CompiledUnit | None:
+        from .units import unit_from_record
 
         pack = self.pack_of(offset)
         if pack is None:
@@ -839,11 +900,11 @@ class ImageIndex:
         if rec is None:
             return None
         try:
-            return D.unit_from_record(rec)
+            return unit_from_record(rec)
         except (TypeError, ValueError, IndexError):
             return None
 
-    def unit_changed(self, unit: D.CompiledUnit) -> None:
+    def unit_changed(self, unit: CompiledUnit) -> None:
         self._dirty[unit.offset] = unit
         if len(self._dirty) >= MAX_DIRTY_UNITS:
             self.write_units()
@@ -861,9 +922,9 @@ class ImageIndex:
         """Write the units read or grown since the last call as one pack (mapped at :meth:`flush`)."""
         if not self._dirty:
             return
-        from . import dwarf as D
+        from .units import unit_to_record
 
-        recs = {off: D.unit_to_record(cu) for off, cu in self._dirty.items()}
+        recs = {off: unit_to_record(cu) for off, cu in self._dirty.items()}
         self._dirty.clear()
         name = self.store.save_units(self.key, recs)
         if name is not None:

@@ -34,9 +34,8 @@ import re
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from . import dwarf as D
 from .buildid import read_build_id_from_notes, same_build_id
 from .compress import ZSTD_MAGIC, SectionContents, zstd_decompress
 from .debuginfo import DebuginfodClient, DebuginfoOptions, build_id_paths
@@ -56,6 +55,9 @@ from .model import Resolution, SourceLocation
 from .pathmap import PathMap
 from .spec import AddressSpec, FuncSpec, parse_spec
 from .symbols import FaddrMatch, Section, SymbolTable, faddr2line_select, inline_chain
+
+if TYPE_CHECKING:
+    from . import dwarf as D
 
 __all__ = [
     "MODULE_DEBUG_ROOT",

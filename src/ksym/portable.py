@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
     from . import dwarf as D
     from .dwarf_image import DwarfImage
+    from .units import CompiledUnit, LineTable
 
 __all__ = [
     "FORMAT_VERSION",
@@ -377,17 +378,17 @@ def _sections_of(secs: object) -> tuple[Section, ...]:
     return tuple(sections)
 
 
-def _whole_unit(rec: Any, offset: int, size: int) -> D.CompiledUnit:
+def _whole_unit(rec: Any, offset: int, size: int) -> CompiledUnit:
     """The unit of a record read from the file (``size``: the length of the ``marshal`` data it was
     read from), which must be the whole unit at ``offset``.
 
     :raises ValueError: it is not."""
-    from . import dwarf as D
+    from .units import unit_from_record
 
     try:
         if not _plain_unit_record(rec, size):
             raise ValueError("not a unit record")
-        cu = D.unit_from_record(rec)
+        cu = unit_from_record(rec)
     except (TypeError, IndexError, OverflowError, RecursionError) as exc:
         raise ValueError(type(exc).__name__) from None
     if (
@@ -402,11 +403,11 @@ def _whole_unit(rec: Any, offset: int, size: int) -> D.CompiledUnit:
     return cu
 
 
-def _check_lines(lines: D.LineTable) -> None:
+def _check_lines(lines: LineTable) -> None:
     """A line table read from the file must agree with itself where a lookup relies on it: its
     columns of one length, its sequences' rows within them, its file names strings. The rest is what a
     line program could say, and a lookup checks it as it checks a line program's (a row's or a call's
-    file number past the files is damage when a lookup reads it: :meth:`ksym.dwarf.LineTable.file_name`).
+    file number past the files is damage when a lookup reads it: :meth:`ksym.units.LineTable.file_name`).
 
     :raises ValueError: it does not."""
     rows = lines.rows
@@ -512,7 +513,7 @@ def _plain_unit_record(rec: Any, size: int) -> bool:
     )
 
 
-#: a function record's name and ranges (ksym.dwarf.FunctionNode.to_record)
+#: a function record's name and ranges (ksym.units.FunctionNode.to_record)
 _NAME = itemgetter(3)
 _RANGES = itemgetter(2)
 
@@ -676,7 +677,7 @@ class PortableFile:
     def unit_count(self) -> int:
         return len(self.units)
 
-    def load_unit(self, offset: int) -> D.CompiledUnit | None:
+    def load_unit(self, offset: int) -> CompiledUnit | None:
         """The unit at ``offset`` of .debug_info, read whole (None: the file holds no such unit).
 
         :raises BadFileError: the unit's bytes are damaged."""
@@ -690,7 +691,7 @@ class PortableFile:
         except (ValueError, TypeError, EOFError, OverflowError, RecursionError) as exc:
             raise _bad(self.path, f"{what}: {exc}") from None
 
-    def unit_changed(self, unit: D.CompiledUnit) -> None:
+    def unit_changed(self, unit: CompiledUnit) -> None:
         """Units of the file are whole: nothing is read on, nothing is stored."""
 
     def forget_unit(self, offset: int) -> None:
@@ -960,14 +961,14 @@ def _module_key(e: ModuleEntry) -> tuple[str, str]:
 class _ModuleUnits:
     """The :class:`ksym.dwarf_image.UnitStore` of a module of the file: its whole units, in memory."""
 
-    def __init__(self, units: dict[int, D.CompiledUnit], ranges: list[UnitRange]) -> None:
+    def __init__(self, units: dict[int, CompiledUnit], ranges: list[UnitRange]) -> None:
         self._units = units
         self._ranges = ranges
 
-    def load_unit(self, offset: int) -> D.CompiledUnit | None:
+    def load_unit(self, offset: int) -> CompiledUnit | None:
         return self._units.get(offset)
 
-    def unit_changed(self, unit: D.CompiledUnit) -> None:
+    def unit_changed(self, unit: CompiledUnit) -> None:
         pass
 
     def forget_unit(self, offset: int) -> None:
@@ -1002,7 +1003,7 @@ class PortableModule:
         has_dwarf: bool,
         aranges: ArangeTable,
         unit_ranges: list[UnitRange],
-        units: dict[int, D.CompiledUnit],
+        units: dict[int, CompiledUnit],
         code: dict[int, bytes],
     ) -> None:
         self._path = path
@@ -1028,11 +1029,11 @@ class PortableModule:
         symbols: SymbolTable,
         aranges: ArangeTable | None,
         ranges: Sequence[UnitRange],
-        units: dict[int, D.CompiledUnit],
+        units: dict[int, CompiledUnit],
         code: dict[int, bytes],
     ) -> dict[str, Any]:
         """The record of a module (``image``: its :class:`ksym.modules.ModuleImage`)."""
-        from . import dwarf as D
+        from .units import unit_to_record
 
         return {
             "module_name": image.module_name,
@@ -1046,7 +1047,7 @@ class PortableModule:
             "has_dwarf": image.has_dwarf,
             "aranges": arange_block(aranges if aranges is not None else ArangeTable.of([])),
             "unit_ranges": unit_range_block(ranges),
-            "units": [[off, D.unit_to_record(cu)] for off, cu in sorted(units.items())],
+            "units": [[off, unit_to_record(cu)] for off, cu in sorted(units.items())],
             "code": [[i, c] for i, c in sorted(code.items())],
         }
 
@@ -1074,7 +1075,7 @@ class PortableModule:
             if type(pair) is not list or len(pair) != 2 or any(type(x) is not int or x < 0 for x in pair):
                 raise ValueError("a malformed base")
             bases[pair[0]] = pair[1]
-        units: dict[int, D.CompiledUnit] = {}
+        units: dict[int, CompiledUnit] = {}
         for pair in get("units", list):
             if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not int:
                 raise ValueError("a malformed unit")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from . import dwarf as D
     from .portable import PortableFile
     from .searchopts import DebuginfoOptions
+    from .units import CompiledUnit
 
 __all__ = ["IndexStats", "Symbolizer", "source_relative"]
 
@@ -287,6 +289,8 @@ class Symbolizer:
         self._fingerprinted = True
         rec = self._store.load_image(key)
         if rec is not None and self._use_record(key, rec):
+            if tables.symbols is not None:
+                self._set_symbols(tables.symbols)  # read already: the symbols file is not mapped
             self._store.remember(identity, key)
             return
         self._open_session(key)
@@ -298,7 +302,7 @@ class Symbolizer:
         buffer = tables.symbols_buffer
         if buffer:
             self._store.save_symbols(key, buffer)
-        self._record = rec._replace(symbols_size=len(buffer))
+        self._record = rec._replace(symbols_size=len(buffer), symbols_crc=zlib.crc32(buffer))
         self._store.save_image(key, self._record)
         self._store.remember(identity, key)
 
@@ -307,20 +311,15 @@ class Symbolizer:
         self._index = ImageIndex(self._store, key)
 
     def _use_record(self, key: str, rec: ImageRecord) -> bool:
-        """Take the image from a stored record; False when it does not make a symbol table (rebuilt)."""
+        """Take the image from a stored record (its symbols file is mapped when a lookup first needs the
+        whole table: :attr:`symbols`); False when it is not usable (rebuilt)."""
         self._open_session(key)
         self._record = rec
         self._saves_symbols = True
-        syms = None
-        if rec.symbols_size:
-            syms = self._index.load_symbols(rec.symbols_size, list(rec.sections))
-            if syms is None:
-                return False  # no symbols file, or a damaged one: rebuild it
         try:
-            self._apply_record(rec, syms)
+            self._apply_record(rec, None)
         except (KeyError, TypeError, ValueError, IndexError):
             self.dwarf_image = self._sections = None
-            self._index.release_symbols()
             return False  # a stale or damaged index: rebuild it
         return True
 
@@ -396,21 +395,27 @@ class Symbolizer:
         symbols.machine = self.machine
         symbols.dynamic_count = self._dynamic_symbols
         self._symbols = symbols
+        self._by_name = None
 
     @property
     def symbols(self) -> SymbolTable:
-        """The image's whole symbol table: from the index, else built from the file the first time it is
-        needed (and saved to the index then)."""
+        """The image's whole symbol table, the first time it is needed: from the index's symbols file
+        (mapped, checked against the image record's size and CRC-32), else built from the file (and saved
+        to the index then)."""
         if self._symbols is None:
-            syms = self._open_image().load_symbols()
             rec = self._record
-            if self._saves_symbols and rec is not None and not rec.symbols_size:
-                buffer = syms.to_buffer()
-                self._store.save_symbols(self.key, buffer)
-                self._record = rec._replace(symbols_size=len(buffer))
-                self._store.save_image(self.key, self._record)
+            syms = None
+            if rec is not None and rec.symbols_size:
+                syms = self._index.load_symbols(rec.symbols_size, rec.symbols_crc, list(rec.sections))
+            if syms is None:
+                syms = self._open_image().load_symbols()
+                if self._saves_symbols and rec is not None:
+                    # none yet, or a damaged one (deleted): the symbols file first, then the record naming it
+                    buffer = syms.to_buffer()
+                    self._store.save_symbols(self.key, buffer)
+                    self._record = rec._replace(symbols_size=len(buffer), symbols_crc=zlib.crc32(buffer))
+                    self._store.save_image(self.key, self._record)
             self._set_symbols(syms)
-            self._by_name = None
         assert self._symbols is not None
         return self._symbols
 
@@ -428,12 +433,10 @@ class Symbolizer:
         return self.symbols
 
     def _faddr2line_matches(self, name: str) -> list[FaddrMatch]:
-        """:meth:`ksym.symbols.SymbolTable.faddr2line_matches` of ``name``, without the whole table for
-        the first few frames of a run that has none: from the stored answers, else from the symbols
-        :meth:`_named` finds (then stored)."""
-        if self._symbols is not None or self._lookups_by_name <= 0:
-            return self.symbols.faddr2line_matches(name)
-        self._lookups_by_name -= 1
+        """:meth:`ksym.symbols.SymbolTable.faddr2line_matches` of ``name``, without the whole table when
+        it is not at hand: from the stored answers, else (the first few frames of a run that has none)
+        from the symbols :meth:`_named` finds, else from the whole table; then stored (a name seen again
+        needs no table: the symbols file is not even mapped)."""
         key = ("faddr2line", name)
         stored = self._answers.caller(key)
         if isinstance(stored, tuple):
@@ -441,11 +444,15 @@ class Symbolizer:
                 return [FaddrMatch.from_record(r) for r in stored]
             except (TypeError, ValueError):
                 pass  # damaged: look it up again
-        table = self._named(name, faddr2line=True)
+        if self._symbols is not None or self._lookups_by_name <= 0:
+            table = self.symbols
+        else:
+            self._lookups_by_name -= 1
+            table = self._named(name, faddr2line=True)
         got = table.faddr2line_matches(name)
         if table is not self._symbols:
             self._by_name = table  # its bfd_function asks the whole table
-            self._answers.add_caller(key, tuple(m.to_record() for m in got))
+        self._answers.add_caller(key, tuple(m.to_record() for m in got))
         return got
 
     def _find_dir_prefix(self) -> str | None:
@@ -468,7 +475,7 @@ class Symbolizer:
         inflated once)."""
         return dwarf_sections(self._file, img.section_bytes, img.little_endian, img.elfclass, img.require_dwarf)
 
-    def compiled_unit(self, offset: int, address: int | None = None) -> D.CompiledUnit:
+    def compiled_unit(self, offset: int, address: int | None = None) -> CompiledUnit:
         """The unit at ``offset`` of .debug_info (from memory, the index or the DWARF); given an
         ``address``, a unit read from the DWARF decodes its line program only as far as that
         address needs (:meth:`ksym.dwarf_image.DwarfImage.read_on` reads on)."""

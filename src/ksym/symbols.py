@@ -34,13 +34,13 @@ from .model import Resolution, SourceLocation
 from .records import NamedTuple
 from .spec import FuncSpec
 
-# typing.TYPE_CHECKING without importing typing (or the DWARF reader) for a lookup that needs neither:
+# typing.TYPE_CHECKING without importing typing (or the unit records) for a lookup that needs neither:
 # type checkers take any TYPE_CHECKING as true
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, ClassVar
 
-    from . import dwarf as D
+    from .units import CompiledUnit
 
     #: a column of the table: an array built here, or a view of a mapped index file (:meth:`SymbolTable.from_buffer`)
     Column = array[int] | memoryview[int]
@@ -952,7 +952,7 @@ def _shown_symbol_file(name: str | None, display: Callable[[str], str]) -> str:
 
 
 def inline_chain(
-    cu: D.CompiledUnit | None, address: int, symbols: SymbolTable, display: Callable[[str], str]
+    cu: CompiledUnit | None, address: int, symbols: SymbolTable, display: Callable[[str], str]
 ) -> tuple[SourceLocation, ...]:
     """The inline chain at ``address`` as ``addr2line -i`` reports it, innermost first, from its unit
     (``None``: no unit covers it) with function subtrees already read; ``display`` turns a DWARF path
@@ -980,7 +980,7 @@ def inline_chain(
     else:
         raw, line, col, disc = loc
         out = [SourceLocation(name, display(raw), line, col, disc, raw, False)]
-    from .dwarf import TAG_INLINED_SUBROUTINE  # a unit was read: the reader is loaded already
+    from .units import TAG_INLINED_SUBROUTINE  # a unit was read: its records are loaded already
 
     if fi >= 0 and cu.functions[fi].tag == TAG_INLINED_SUBROUTINE and cu.lines is not None:
         fn = cu.functions[fi]
