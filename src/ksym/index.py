@@ -52,6 +52,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from .checksum import crc32
 from .dwarf_image import ArangeTable, UnitRange
 from .errors import BadFileError
 from .lru import LRUCache
@@ -391,7 +392,7 @@ class IndexStore:
                 if os.fstat(f.fileno()).st_size != size or size == 0:
                     raise ValueError("not the symbols file the image record names")
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            if zlib.crc32(mm) != crc:
+            if crc32(mm) != crc:
                 mm.close()
                 raise ValueError("a damaged symbols file")
             return mm
@@ -496,7 +497,7 @@ class IndexStore:
                 data = f.read()
             payload = memoryview(data)[_MARSHAL_HEAD:]  # not copied
             if (data[: len(_MARSHAL_MAGIC)] != _MARSHAL_MAGIC
-                    or zlib.crc32(payload) != int.from_bytes(data[len(_MARSHAL_MAGIC) : _MARSHAL_HEAD], "little")):
+                    or crc32(payload) != int.from_bytes(data[len(_MARSHAL_MAGIC) : _MARSHAL_HEAD], "little")):
                 raise ValueError("a damaged index file")
             return marshal.loads(payload)
         except FileNotFoundError:
@@ -537,7 +538,7 @@ class IndexStore:
                         f.write(obj)
                     else:
                         payload = marshal.dumps(obj)
-                        f.write(_MARSHAL_MAGIC + zlib.crc32(payload).to_bytes(4, "little"))
+                        f.write(_MARSHAL_MAGIC + crc32(payload).to_bytes(4, "little"))
                         f.write(payload)
                 os.replace(tmp, path)
             except BaseException:

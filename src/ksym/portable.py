@@ -41,6 +41,7 @@ from itertools import pairwise
 from operator import itemgetter
 from typing import Any, BinaryIO
 
+from .checksum import crc32
 from .dwarf_image import ArangeTable, UnitRange
 from .errors import BadFileError, FileNotFoundKsymError
 from .index import ImageRecord
@@ -660,7 +661,7 @@ class PortableFile:
             )
         b = self.header.blocks[BlockKind.SYMBOLS]
         view = self._view[b.offset : b.offset + b.length]
-        if zlib.crc32(view) != b.crc:
+        if crc32(view) != b.crc:
             view.release()
             raise _bad(self.path, "symbol table checksum mismatch")
         try:

@@ -20,10 +20,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .checksum import crc32
 from .dwarf_image import ArangeTable, DwarfImage, FileSections, dwarf_sections
 from .errors import BadFileError, KsymError, SpecError
 from .index import (
@@ -302,7 +302,7 @@ class Symbolizer:
         buffer = tables.symbols_buffer
         if buffer:
             self._store.save_symbols(key, buffer)
-        self._record = rec._replace(symbols_size=len(buffer), symbols_crc=zlib.crc32(buffer))
+        self._record = rec._replace(symbols_size=len(buffer), symbols_crc=crc32(buffer))
         self._store.save_image(key, self._record)
         self._store.remember(identity, key)
 
@@ -413,7 +413,7 @@ class Symbolizer:
                     # none yet, or a damaged one (deleted): the symbols file first, then the record naming it
                     buffer = syms.to_buffer()
                     self._store.save_symbols(self.key, buffer)
-                    self._record = rec._replace(symbols_size=len(buffer), symbols_crc=zlib.crc32(buffer))
+                    self._record = rec._replace(symbols_size=len(buffer), symbols_crc=crc32(buffer))
                     self._store.save_image(self.key, self._record)
             self._set_symbols(syms)
         assert self._symbols is not None
