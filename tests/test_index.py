@@ -27,7 +27,9 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from anchors import REPO_ROOT, fixture, missing, require_test_vmlinux
@@ -235,30 +237,45 @@ def test_an_older_index_keyed_by_build_id_alone_is_ignored(tmp_path: Path) -> No
     assert "evil" not in _ksym("resolve", "--vmlinux", str(genuine), "--cache-dir", str(cache), SPECS[0]).stdout
 
 
+_POISON = ((("evil", "evil.c", 1, 0, 0, "evil.c", False),), -1)
+
+
+def _older_answers_file(tmp_path: Path, shape: Callable[[dict[str, Any], list[int]], dict[str, Any]],
+                        version: int) -> tuple[Path, Path, str, dict[str, Any], dict[str, Any]]:
+    """The genuine fixture file, and a cache holding an answers file of an older format under its own key
+    (``shape(view, addresses)``: wrong answers for the first specs' addresses) twice: with that format's
+    name (``.v<version>``) and with this format's. Returns the file, the cache, the key, the view and
+    the older file's object."""
+    genuine = _with_build_id(tmp_path / "vmlinux")
+    with Symbolizer(genuine, cache_dir=tmp_path / "probe") as probe:
+        key, view = probe.key, probe._view()
+        addrs = [m.address for s in SPECS[:3] for m in probe.resolve(s)]
+    old = shape(view, addrs)
+    cache = tmp_path / "cache"
+    d = cache / "index" / key
+    d.mkdir(parents=True)
+    for name in (f"answers.v{version}", f"answers.v{FORMAT_VERSION}"):
+        (d / name).write_bytes(marshal.dumps(old))
+    return genuine, cache, key, view, old
+
+
 def test_an_index_of_format_8_is_ignored_not_misread(tmp_path: Path) -> None:
     """Format 8 kept every stored answer in one dict (``{"view", "answers"}``) whose keys were addresses
     or tuples, and the same file names with ``.v8``: such files, here holding wrong answers under the
     genuine file's own key, are never read, and one of that shape under this format's name is not
     misread as this format's answers (it is replaced by the answers of this run)."""
     assert FORMAT_VERSION > 8
-    genuine = _with_build_id(tmp_path / "vmlinux")
+    genuine, cache, key, view, old = _older_answers_file(
+        tmp_path, lambda view, addrs: {"view": view, "answers": {**dict.fromkeys(addrs, _POISON),
+                                                                 ("insn", addrs[0], None): (True, None)}}, 8)
     want = _answers(genuine, None)
-    with Symbolizer(genuine, cache_dir=tmp_path / "probe") as probe:
-        key, view = probe.key, probe._view()
-        addrs = [m.address for s in SPECS[:3] for m in probe.resolve(s)]
-    poison = ((("evil", "evil.c", 1, 0, 0, "evil.c", False),), -1)
-    old_shape = {"view": view, "answers": {**dict.fromkeys(addrs, poison), ("insn", addrs[0], None): (True, None)}}
-    cache = tmp_path / "cache"
-    d = cache / "index" / key
-    d.mkdir(parents=True)
-    for name in ("answers.v8", f"answers.v{FORMAT_VERSION}"):
-        (d / name).write_bytes(marshal.dumps(old_shape))
     assert _answers(genuine, cache) == want
     assert _answers(genuine, cache) == want
     stored = IndexStore(cache).load_answers(key, view)
     assert stored.chains and all(isinstance(a, int) for a in stored.chains), "this run's answers replaced the old file"
     assert all("evil" not in repr(rec) for rec in stored.chains.values())
-    assert marshal.loads((d / "answers.v8").read_bytes()) == old_shape, "the older file is left as it was"
+    d = cache / "index" / key
+    assert marshal.loads((d / "answers.v8").read_bytes()) == old, "the older file is left as it was"
 
 
 def test_an_index_of_format_10_is_ignored(tmp_path: Path) -> None:
@@ -266,22 +283,15 @@ def test_an_index_of_format_10_is_ignored(tmp_path: Path) -> None:
     here holding wrong answers under the genuine file's own key (stored chains and faddr2line matches), are
     never read, and one of that shape under this format's name fails its check and is replaced."""
     assert FORMAT_VERSION == 11
-    genuine = _with_build_id(tmp_path / "vmlinux")
+    genuine, cache, key, view, old = _older_answers_file(
+        tmp_path, lambda view, addrs: {"view": view, "chains": dict.fromkeys(addrs, _POISON), "instructions": {},
+                                       "callers": {}}, 10)
     want = _answers(genuine, None)
-    with Symbolizer(genuine, cache_dir=tmp_path / "probe") as probe:
-        key, view = probe.key, probe._view()
-        addrs = [m.address for s in SPECS[:3] for m in probe.resolve(s)]
-    poison = ((("evil", "evil.c", 1, 0, 0, "evil.c", False),), -1)
-    old = {"view": view, "chains": dict.fromkeys(addrs, poison), "instructions": {}, "callers": {}}
-    cache = tmp_path / "cache"
-    d = cache / "index" / key
-    d.mkdir(parents=True)
-    for name in ("answers.v10", f"answers.v{FORMAT_VERSION}"):
-        (d / name).write_bytes(marshal.dumps(old))
     assert _answers(genuine, cache) == want
     assert _answers(genuine, cache) == want
     stored = IndexStore(cache).load_answers(key, view)
     assert stored.chains and all("evil" not in repr(rec) for rec in stored.chains.values())
+    d = cache / "index" / key
     assert marshal.loads((d / "answers.v10").read_bytes()) == old, "the older file is left as it was"
 
 

@@ -180,6 +180,16 @@ def _two_workers(build: subprocess.Popen[Any]) -> list[int]:
     return found
 
 
+def _end_left(workers: dict[int, str | None]) -> list[int]:
+    """The workers (pid: start time) still running, each ended here with SIGKILL (the test's own failure
+    says they were left)."""
+    left = [pid for pid, started in workers.items() if _started(pid) == started]
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
 def test_a_killed_worker_ends_the_build_in_one_line_and_leaves_nothing(vmlinux: Path, tmp_path: Path) -> None:
     """A worker killed (by the out-of-memory killer, or a user) is no bug of ksym: the build stops with
     exit 3 and one line naming the signal, writes no file, leaves no temporary and reaps every worker."""
@@ -202,11 +212,7 @@ def test_a_killed_worker_ends_the_build_in_one_line_and_leaves_nothing(vmlinux: 
             if build.poll() is None:
                 build.kill()
             build.wait()
-            # the build's workers it left (orphans now): ended here, the test's own failure says so below
-            left = [pid for pid, started in workers.items() if _started(pid) == started]
-            for pid in left:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            left = _end_left(workers)  # the build's workers it left (orphans now)
         stdout.seek(0)
         stderr.seek(0)
         printed, said = stdout.read(), stderr.read()
@@ -238,10 +244,7 @@ def test_the_workers_of_a_killed_build_end(vmlinux: Path, tmp_path: Path) -> Non
         if build.poll() is None:
             build.kill()
             build.wait()
-        left = [pid for pid, started in workers.items() if _started(pid) == started]
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        left = _end_left(workers)
     assert build.returncode == -signal.SIGKILL
     assert left == []
 
