@@ -297,14 +297,17 @@ class Symbolizer:
         self._saves_symbols = True
         rec, syms = self._build_record(img, tables)
         self._apply_record(rec, syms)
-        # the symbols file first: an image record names the size of the symbols file written before it
-        # (none when the table is not built yet: the first run that needs it saves it)
-        buffer = tables.symbols_buffer
-        if buffer:
-            self._store.save_symbols(key, buffer)
-        self._record = rec._replace(symbols_size=len(buffer), symbols_crc=crc32(buffer))
-        self._store.save_image(key, self._record)
+        # none when the table is not built yet: the first run that needs it saves it
+        self._save_record(rec, tables.symbols_buffer)
         self._store.remember(identity, key)
+
+    def _save_record(self, rec: ImageRecord, symbols_buffer: bytes) -> None:
+        """Save the image record naming the symbols file of ``symbols_buffer`` (its size and CRC-32; empty:
+        none yet), the symbols file first: a record names only a symbols file written before it."""
+        if symbols_buffer:
+            self._store.save_symbols(self.key, symbols_buffer)
+        self._record = rec._replace(symbols_size=len(symbols_buffer), symbols_crc=crc32(symbols_buffer))
+        self._store.save_image(self.key, self._record)
 
     def _open_session(self, key: str) -> None:
         self.key: str = key
@@ -410,11 +413,7 @@ class Symbolizer:
             if syms is None:
                 syms = self._open_image().load_symbols()
                 if self._saves_symbols and rec is not None:
-                    # none yet, or a damaged one (deleted): the symbols file first, then the record naming it
-                    buffer = syms.to_buffer()
-                    self._store.save_symbols(self.key, buffer)
-                    self._record = rec._replace(symbols_size=len(buffer), symbols_crc=crc32(buffer))
-                    self._store.save_image(self.key, self._record)
+                    self._save_record(rec, syms.to_buffer())  # none yet, or a damaged one (deleted)
             self._set_symbols(syms)
         assert self._symbols is not None
         return self._symbols
