@@ -462,15 +462,13 @@ def _check_workers(workers: ForkedWorkers[BuildJob, list[BuiltPiece]]) -> None:
 
     :raises WorkerDiedError: it was killed by a signal (the out-of-memory killer, a user).
     :raises KsymError: it exited with an error of its own without sending it (a bug)."""
-    for ended in workers.died:
-        if ended.signal is not None:
-            notes = [n for n in (ended.signal_name,) if n]
-            if ended.signal == signal.SIGKILL:
-                # what the out-of-memory killer sends: more workers hold more memory at once
-                notes.append("out of memory? try fewer --jobs")
-            how = f"killed by signal {ended.signal}" + (f" ({'; '.join(notes)})" if notes else "")
-            raise WorkerDiedError(
-                f"index build: worker process {ended.pid} was {how}: no file written", ended.pid, ended.signal
-            )
-    for ended in workers.died:
+    died = workers.died
+    if not died:
+        return
+    ended = next((e for e in died if e.signal is not None), died[0])
+    if ended.signal is None:
         raise KsymError(f"index build: worker process {ended.pid} {ended} without saying why: no file written")
+    # SIGKILL is what the out-of-memory killer sends: more workers hold more memory at once
+    how = ended.how("out of memory? try fewer --jobs" if ended.signal == signal.SIGKILL else None)
+    raise WorkerDiedError(f"index build: worker process {ended.pid} was {how}: no file written", ended.pid,
+                          ended.signal)

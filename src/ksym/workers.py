@@ -62,12 +62,16 @@ class WorkerExit(NamedTuple):
         """It did not finish its work: killed by a signal, or a non-zero exit status."""
         return self.exitcode != 0
 
-    def __str__(self) -> str:
-        """``killed by signal 9 (SIGKILL)``, ``exited with status 1`` or ``exited``."""
+    def how(self, note: str | None = None) -> str:
+        """``killed by signal 9 (SIGKILL)``, ``exited with status 1`` or ``exited``; a ``note`` goes in the
+        parentheses after the signal's name (``killed by signal 9 (SIGKILL; NOTE)``)."""
         if self.signal is not None:
-            name = self.signal_name
-            return f"killed by signal {self.signal}" + (f" ({name})" if name else "")
+            notes = [n for n in (self.signal_name, note) if n]
+            return f"killed by signal {self.signal}" + (f" ({'; '.join(notes)})" if notes else "")
         return f"exited with status {self.exitcode}" if self.exitcode else "exited"
+
+    def __str__(self) -> str:
+        return self.how()
 
 
 class ForkedWorkers(Generic[T, R]):
