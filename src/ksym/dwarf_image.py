@@ -360,8 +360,9 @@ class DwarfImage:
         its top-level functions and the subtree of the one holding it; a unit that grew goes to the
         store. The sections are opened, and the DWARF parser imported, only when something is missing."""
         lines = cu.lines
-        if (lines is None or lines.covers(address)) and not (
-                functions and (cu.needs_walk(address) or cu.needs_expansion(address))):
+        more_lines = lines is not None and not lines.covers(address)
+        walk = functions and cu.needs_walk(address)
+        if not (more_lines or walk or (functions and cu.needs_expansion(address))):
             return
         from . import dwarf as D
 
@@ -370,13 +371,14 @@ class DwarfImage:
         # dropped from memory and from the pending writes: nothing half-read is kept or stored
         try:
             with D.damage_is_bad_file(self.path):
-                if lines is not None and not lines.covers(address):
+                if more_lines:
+                    assert lines is not None
                     changed = D.extend_lines(lines, self.sections, address)
-                if functions:
-                    if cu.needs_walk(address):
-                        changed = D.walk_on(self.sections, cu, address) or changed
-                    if cu.needs_expansion(address):
-                        changed = D.expand_for(self.sections, cu, address) or changed
+                if walk:
+                    changed = D.walk_on(self.sections, cu, address) or changed
+                # asked again: the walk may have read the function holding it, subtree unread
+                if functions and cu.needs_expansion(address):
+                    changed = D.expand_for(self.sections, cu, address) or changed
         except BadFileError:
             self.forget_unit(cu.offset)
             raise
