@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +55,9 @@ OTHER_BUILD_ID = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(scope="module")
-def vsym(vmlinux: Path, tmp_path_factory: pytest.TempPathFactory) -> Symbolizer:
-    return Symbolizer(vmlinux, cache_dir=tmp_path_factory.mktemp("ksym-index"))
+def vsym(vmlinux: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Symbolizer]:
+    with Symbolizer(vmlinux, cache_dir=tmp_path_factory.mktemp("ksym-index")) as sym:
+        yield sym
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,8 +81,9 @@ def script(vmlinux: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sym(vmlinux: Path, tmp_path_factory: pytest.TempPathFactory) -> Symbolizer:
-    return Symbolizer(vmlinux, cache_dir=tmp_path_factory.mktemp("ksym-index-arm64"))
+def sym(vmlinux: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Symbolizer]:
+    with Symbolizer(vmlinux, cache_dir=tmp_path_factory.mktemp("ksym-index-arm64")) as s:
+        yield s
 
 
 def _chain(sym: Symbolizer, address: int) -> list[Frame]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,8 +51,9 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sym(vmlinux: Path, cache_dir: Path) -> Symbolizer:
-    return Symbolizer(vmlinux, cache_dir=cache_dir)
+def sym(vmlinux: Path, cache_dir: Path) -> Iterator[Symbolizer]:
+    with Symbolizer(vmlinux, cache_dir=cache_dir) as s:
+        yield s
 
 
 def test_sampled_addresses_agree_with_addr2line(vmlinux: Path, sym: Symbolizer) -> None:

@@ -79,14 +79,14 @@ def test_every_instruction_matches_llvm_symbolizer(elf_name: str) -> None:
     elf = fixture(elf_name)
     insns = instruction_addresses(elf)
     expected = llvm_symbolizer_batch(elf, [a for _, _, a in insns], "short")
-    s = Symbolizer(elf)
     mismatches = []
     depths: set[int] = set()
-    for (name, base, addr), want in zip(insns, expected):
-        got = raw_frames(s.symbolize(addr).chain)
-        depths.add(len(want))
-        if got != want:
-            mismatches.append(f"{name}+{addr - base:#x} ({addr:#x}): ksym {got} != llvm-symbolizer {want}")
+    with Symbolizer(elf) as s:
+        for (name, base, addr), want in zip(insns, expected):
+            got = raw_frames(s.symbolize(addr).chain)
+            depths.add(len(want))
+            if got != want:
+                mismatches.append(f"{name}+{addr - base:#x} ({addr:#x}): ksym {got} != llvm-symbolizer {want}")
     assert not mismatches, _report(mismatches)
     assert {1, 2, 3} <= depths  # the inline shapes are there
 
@@ -99,17 +99,17 @@ def test_linkage_names_are_the_symbols(elf_name: str) -> None:
     elf = fixture(elf_name)
     insns = instruction_addresses(elf)
     expected = llvm_symbolizer_batch(elf, [a for _, _, a in insns], "linkage")
-    s = Symbolizer(elf)
     mismatches = []
     promoted = set()
-    for (name, base, addr), want in zip(insns, expected):
-        r = s.symbolize(addr)
-        got = raw_frames(r.chain)
-        got[-1] = (r.symbol or "??", *got[-1][1:])
-        if ".llvm." in want[-1][0]:
-            promoted.add(want[-1][0])
-        if got != want:
-            mismatches.append(f"{name}+{addr - base:#x} ({addr:#x}): ksym {got} != llvm-symbolizer {want}")
+    with Symbolizer(elf) as s:
+        for (name, base, addr), want in zip(insns, expected):
+            r = s.symbolize(addr)
+            got = raw_frames(r.chain)
+            got[-1] = (r.symbol or "??", *got[-1][1:])
+            if ".llvm." in want[-1][0]:
+                promoted.add(want[-1][0])
+            if got != want:
+                mismatches.append(f"{name}+{addr - base:#x} ({addr:#x}): ksym {got} != llvm-symbolizer {want}")
     assert not mismatches, _report(mismatches)
     if "thinlto" in elf_name:
         assert any(p.startswith("skb_csum_slow.llvm.") for p in promoted), promoted
@@ -120,8 +120,8 @@ def test_thinlto_inlines_across_units() -> None:
     """skb_csum_like (net/core/skbuff.c) inlined into sock_csum_user (net/core/sock.c): the inlined
     subroutine's abstract origin is in another unit (DW_FORM_ref_addr)."""
     addrs = [a for n, _b, a in instruction_addresses(THINLTO) if n == "sock_csum_user"]
-    s = Symbolizer(THINLTO)
-    chains = [raw_frames(s.symbolize(a).chain) for a in addrs]
+    with Symbolizer(THINLTO) as s:
+        chains = [raw_frames(s.symbolize(a).chain) for a in addrs]
     cross = [c for c in chains if len(c) == 2 and c[0][0] == "skb_csum_like" and c[1][0] == "sock_csum_user"]
     assert cross, chains
     assert cross[0][0][1] == f"{CLANG_ROOT}/net/core/skbuff.c" and cross[0][1][1] == f"{CLANG_ROOT}/net/core/sock.c"
@@ -142,15 +142,15 @@ def test_every_byte_of_text(elf_name: str) -> None:
     llvm = llvm_symbolizer_batch(elf, addrs, "short")
     padding = [a for a, w in zip(addrs, llvm) if w[-1][0] == "??"]
     bfd = dict(zip(padding, addr2line_batch(elf, padding))) if padding and find_addr2line() else {}
-    s = Symbolizer(elf)
     mismatches = []
-    for a, want in zip(addrs, llvm):
-        got = raw_frames(s.symbolize(a).chain)
-        if want[-1][0] == "??":
-            if a in bfd and got != bfd[a]:
-                mismatches.append(f"{a:#x} (padding): ksym {got} != addr2line {bfd[a]}")
-        elif got != want:
-            mismatches.append(f"{a:#x}: ksym {got} != llvm-symbolizer {want}")
+    with Symbolizer(elf) as s:
+        for a, want in zip(addrs, llvm):
+            got = raw_frames(s.symbolize(a).chain)
+            if want[-1][0] == "??":
+                if a in bfd and got != bfd[a]:
+                    mismatches.append(f"{a:#x} (padding): ksym {got} != addr2line {bfd[a]}")
+            elif got != want:
+                mismatches.append(f"{a:#x}: ksym {got} != llvm-symbolizer {want}")
     assert not mismatches, _report(mismatches)
 
 
@@ -218,15 +218,15 @@ def test_bare_name_finds_promoted_static() -> None:
     """Kernels 6.2-6.10 (CONFIG_LTO_CLANG) print ``skb_csum_slow+0x10/0xb0``: ksym tries
     ``skb_csum_slow.llvm.<digits>`` when no symbol has the exact name."""
     full = next(n for n, _a, _s in _promoted() if n.startswith("skb_csum_slow.llvm."))
-    s = Symbolizer(THINLTO)
-    bare = s.resolve("skb_csum_slow+0x10/0xb0")
-    exact = s.resolve(f"{full}+0x10/0xb0")
+    with Symbolizer(THINLTO) as s:
+        bare = s.resolve("skb_csum_slow+0x10/0xb0")
+        exact = s.resolve(f"{full}+0x10/0xb0")
+        # two promoted raw_ioctl statics: both, like two statics of one name; the size picks one
+        both = s.resolve("raw_ioctl+0x8")
+        one = s.resolve("raw_ioctl+0x8/0x10")
     assert len(bare) == 1 and bare[0].chain == exact[0].chain and bare[0].address == exact[0].address
     assert bare[0].symbol == "skb_csum_slow"
-    # two promoted raw_ioctl statics: both, like two statics of one name; the size picks one
-    both = s.resolve("raw_ioctl+0x8")
     assert [r.chain[-1].raw_file for r in both] == [f"{CLANG_ROOT}/net/ipv4/raw.c", f"{CLANG_ROOT}/drivers/char/raw.c"]
-    one = s.resolve("raw_ioctl+0x8/0x10")
     assert [r.chain[-1].raw_file for r in one] == [f"{CLANG_ROOT}/drivers/char/raw.c"]
     # a wrong hash or a prefix that is not a whole name stays unknown
     for bad in ("skb_csum_slow.llvm.1+0x10", "skb_csum+0x10"):
@@ -239,7 +239,8 @@ def test_bare_name_finds_promoted_static() -> None:
 
 def test_path_map_clang() -> None:
     """The mapped path is shown (no prefix strip); raw_file and the elixir link keep the DWARF path."""
-    loc = Symbolizer(THINLTO).resolve("skb_csum_like+0x4")[0].chain[0]
+    with Symbolizer(THINLTO) as s:
+        loc = s.resolve("skb_csum_like+0x4")[0].chain[0]
     assert loc.raw_file == f"{CLANG_ROOT}/net/core/skbuff.c" and loc.file == "net/core/skbuff.c"
     args = ("resolve", "--no-index", "-e", str(THINLTO), "--path-map", f"{CLANG_ROOT}={SRC}", "skb_csum_like+0x4")
     text = run_cli(*args)
@@ -251,13 +252,14 @@ def test_path_map_clang() -> None:
 
 
 def test_path_map_whole_components_and_first_rule() -> None:
-    s = Symbolizer(THINLTO, path_map=[(CLANG_ROOT + "/net", "/n"), f"{CLANG_ROOT}=/all", "/build/lin=/never"])
-    chain = s.resolve("ip_local_out_like+0x0")[0].chain
+    with Symbolizer(THINLTO, path_map=[(CLANG_ROOT + "/net", "/n"), f"{CLANG_ROOT}=/all", "/build/lin=/never"]) as s:
+        chain = s.resolve("ip_local_out_like+0x0")[0].chain
+        inc = [loc.file for a in range(0x10, 0x40) for loc in s.symbolize(s.address_of("ip_local_out_like") + a).chain
+               if "include" in loc.raw_file]
     assert chain[0].file.startswith("/n/ipv4/") and chain[0].raw_file.startswith(CLANG_ROOT + "/net/")
-    inc = [loc.file for a in range(0x10, 0x40) for loc in s.symbolize(s.address_of("ip_local_out_like") + a).chain
-           if "include" in loc.raw_file]
     assert inc and all(f.startswith("/all/include/") for f in inc)
-    none = Symbolizer(THINLTO, path_map=["/build/lin=/never"]).resolve("skb_csum_like+0x4")[0].chain[0]
+    with Symbolizer(THINLTO, path_map=["/build/lin=/never"]) as s:
+        none = s.resolve("skb_csum_like+0x4")[0].chain[0]
     assert none.file == "net/core/skbuff.c"
 
 
@@ -273,7 +275,8 @@ def test_path_map_list_reads_the_mapped_file(elf_name: str, old: str, tmp_path: 
     """--list (offline, from a directory that is no kernel tree) finds the source only through the map."""
     elf = fixture(elf_name)
     spec = "ip_local_out_like+0x21"
-    loc = Symbolizer(elf).resolve(spec)[0].chain[0]
+    with Symbolizer(elf) as s:
+        loc = s.resolve(spec)[0].chain[0]
     rel = loc.file
     args = ("resolve", "--no-index", "-e", str(elf), "--list", "--offline", spec)
     plain = run_cli(*args, cwd=tmp_path)

@@ -165,23 +165,22 @@ def test_every_byte_of_text_matches_addr2line_and_the_plain_file(name: str, tmp_
     expected = addr2line_batch(plain, addrs)
     if name not in BFD_CANNOT_READ:
         assert addr2line_batch(elf, addrs) == expected  # objcopy changed nothing but the compression
-    s = Symbolizer(elf, cache_dir=tmp_path / "index")
-    p = Symbolizer(plain, use_index=False)
     mismatches = []
     depths: set[int] = set()
-    for addr, want_raw in zip(addrs, expected):
-        want = [(fn, strip_prefix(file, prefix), line, disc) for fn, file, line, disc in want_raw]
-        got = s.symbolize(addr)
-        depths.add(len(want))
-        if _frames(got.chain) != want:
-            mismatches.append(f"{addr:#x}: ksym {_frames(got.chain)} != addr2line {want}")
-        elif str(got) != str(p.symbolize(addr)):
-            mismatches.append(f"{addr:#x}: {got!s} != plain file's {p.symbolize(addr)!s}")
-    assert not mismatches, f"{len(mismatches)} mismatches:\n" + "\n".join(mismatches[:20])
-    assert {1, 2, 3, 4} <= depths
-    # again from the on-disk index written by the first Symbolizer (the DWARF is decompressed anew)
-    again = Symbolizer(elf, cache_dir=tmp_path / "index")
-    assert [str(again.symbolize(a)) for a in addrs[::7]] == [str(s.symbolize(a)) for a in addrs[::7]]
+    with Symbolizer(elf, cache_dir=tmp_path / "index") as s, Symbolizer(plain, use_index=False) as p:
+        for addr, want_raw in zip(addrs, expected):
+            want = [(fn, strip_prefix(file, prefix), line, disc) for fn, file, line, disc in want_raw]
+            got = s.symbolize(addr)
+            depths.add(len(want))
+            if _frames(got.chain) != want:
+                mismatches.append(f"{addr:#x}: ksym {_frames(got.chain)} != addr2line {want}")
+            elif str(got) != str(p.symbolize(addr)):
+                mismatches.append(f"{addr:#x}: {got!s} != plain file's {p.symbolize(addr)!s}")
+        assert not mismatches, f"{len(mismatches)} mismatches:\n" + "\n".join(mismatches[:20])
+        assert {1, 2, 3, 4} <= depths
+        # again from the on-disk index written by the first Symbolizer (the DWARF is decompressed anew)
+        with Symbolizer(elf, cache_dir=tmp_path / "index") as again:
+            assert [str(again.symbolize(a)) for a in addrs[::7]] == [str(s.symbolize(a)) for a in addrs[::7]]
 
 
 @needs_addr2line
@@ -196,7 +195,8 @@ def test_binutils_cannot_read_dwarf5_zdebug() -> None:
     proc = subprocess.run([ADDR2LINE, "-f", "-e", str(elf), hex(start[0])], capture_output=True, text=True,
                           check=False, env={**os.environ, "LC_ALL": "C"})
     assert "can't find .debug_rnglists section" in proc.stderr
-    assert Symbolizer(elf, use_index=False).symbolize(0x401090).chain[0].function == "start_kernel"
+    with Symbolizer(elf, use_index=False) as s:
+        assert s.symbolize(0x401090).chain[0].function == "start_kernel"
 
 
 @pytest.mark.parametrize("name", sorted(COMPRESSED))

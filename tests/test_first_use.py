@@ -69,8 +69,8 @@ def test_a_named_stripped_file_does_not_say_pass_vmlinux(tmp_path: Path, name: s
     assert got.stderr.count("\n") == 1 and what in got.stderr
     assert "--vmlinux" not in got.stderr
     assert "use the kernel's debug vmlinux instead" in got.stderr and "linux-image-$(uname -r)-dbg" in got.stderr
-    with pytest.raises(BadFileError) as exc:
-        Symbolizer(fixture(name), use_index=False).resolve("raw_ioctl+0x5")
+    with pytest.raises(BadFileError) as exc, Symbolizer(fixture(name), use_index=False) as sym:
+        sym.resolve("raw_ioctl+0x5")
     assert "--vmlinux" not in str(exc.value)
 
 

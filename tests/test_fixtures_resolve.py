@@ -164,17 +164,17 @@ def test_every_instruction_matches_addr2line(elf_name: str) -> None:
     assert prefix == "debian/build/build_amd64_none_cloud-amd64/"
     insns = instruction_addresses(elf)
     expected = addr2line_batch(elf, [a for _, _, a in insns])
-    s = Symbolizer(elf)
-    mismatches = []
-    depths: set[int] = set()
-    for (name, base, addr), want_raw in zip(insns, expected):
-        want = stripped(want_raw, prefix)
-        got = chain_frames(s.symbolize(addr).chain)
-        depths.add(len(want))
-        if got != want:
-            mismatches.append(f"{name}+{addr - base:#x} ({addr:#x}): ksym {got} != addr2line {want}")
-    assert not mismatches, _report(mismatches)
-    assert {1, 2, 3, 4} <= depths  # the fixture really has the inline shapes
+    with Symbolizer(elf) as s:
+        mismatches = []
+        depths: set[int] = set()
+        for (name, base, addr), want_raw in zip(insns, expected):
+            want = stripped(want_raw, prefix)
+            got = chain_frames(s.symbolize(addr).chain)
+            depths.add(len(want))
+            if got != want:
+                mismatches.append(f"{name}+{addr - base:#x} ({addr:#x}): ksym {got} != addr2line {want}")
+        assert not mismatches, _report(mismatches)
+        assert {1, 2, 3, 4} <= depths  # the fixture really has the inline shapes
 
 
 @needs_addr2line
@@ -184,17 +184,17 @@ def test_raw_files_and_inlined_flags(elf_name: str) -> None:
     elf = fixture(elf_name)
     insns = instruction_addresses(elf)
     expected = addr2line_batch(elf, [a for _, _, a in insns])
-    s = Symbolizer(elf)
-    mismatches = []
-    for (name, base, addr), want in zip(insns, expected):
-        chain = s.symbolize(addr).chain
-        raws = [loc.raw_file for loc in chain]
-        if raws != [file for _, file, _, _ in want]:
-            mismatches.append(f"{name}+{addr - base:#x}: raw_file {raws} != {[f for _, f, _, _ in want]}")
-        flags = [loc.inlined for loc in chain]
-        if flags != [True] * (len(chain) - 1) + [False]:
-            mismatches.append(f"{name}+{addr - base:#x}: inlined flags {flags}")
-    assert not mismatches, _report(mismatches)
+    with Symbolizer(elf) as s:
+        mismatches = []
+        for (name, base, addr), want in zip(insns, expected):
+            chain = s.symbolize(addr).chain
+            raws = [loc.raw_file for loc in chain]
+            if raws != [file for _, file, _, _ in want]:
+                mismatches.append(f"{name}+{addr - base:#x}: raw_file {raws} != {[f for _, f, _, _ in want]}")
+            flags = [loc.inlined for loc in chain]
+            if flags != [True] * (len(chain) - 1) + [False]:
+                mismatches.append(f"{name}+{addr - base:#x}: inlined flags {flags}")
+        assert not mismatches, _report(mismatches)
 
 
 @needs_addr2line
@@ -215,23 +215,23 @@ def test_every_byte_of_text_matches_addr2line(elf_name: str) -> None:
         start, size = text["sh_addr"], text["sh_size"]
     addrs = list(range(start - 16, start + size + 16))
     expected = addr2line_batch(elf, addrs)
-    s = Symbolizer(elf)
-    mismatches = []
-    for addr, want_raw in zip(addrs, expected):
-        want = stripped(want_raw, prefix)
-        got = chain_frames(s.symbolize(addr).chain)
-        if got != want:
-            mismatches.append(f"{addr:#x}: ksym {got} != addr2line {want}")
-    assert not mismatches, _report(mismatches)
+    with Symbolizer(elf) as s:
+        mismatches = []
+        for addr, want_raw in zip(addrs, expected):
+            want = stripped(want_raw, prefix)
+            got = chain_frames(s.symbolize(addr).chain)
+            if got != want:
+                mismatches.append(f"{addr:#x}: ksym {got} != addr2line {want}")
+        assert not mismatches, _report(mismatches)
 
 
 @pytest.mark.parametrize("elf_name", DEBUG_ELVES)
 def test_symbolize_names_the_containing_symbol(elf_name: str) -> None:
     elf = fixture(elf_name)
-    s = Symbolizer(elf)
-    for name, base, addr in instruction_addresses(elf):
-        r = s.symbolize(addr)
-        assert (r.symbol, r.offset, r.address) == (name, addr - base, addr)
+    with Symbolizer(elf) as s:
+        for name, base, addr in instruction_addresses(elf):
+            r = s.symbolize(addr)
+            assert (r.symbol, r.offset, r.address) == (name, addr - base, addr)
 
 
 # -- API-level resolve against faddr2line -------------------------------------------------------------
@@ -242,42 +242,42 @@ def test_symbolize_names_the_containing_symbol(elf_name: str) -> None:
 def test_resolve_api_text_matches_faddr2line(elf_name: str) -> None:
     assert FADDR2LINE is not None
     elf = fixture(elf_name)
-    s = Symbolizer(elf)
-    for spec in SPECS:
-        ref = faddr2line(elf, [spec], FADDR2LINE)
-        blocks = [b for b in ref.stdout.split("\n\n") if b.strip()]
-        # drop faddr2line's "skipping ..." lines (printed only when nothing matched)
-        blocks = ["\n".join(ln for ln in b.splitlines() if not ln.startswith("skipping ")) for b in blocks]
-        blocks = [b for b in blocks if b]
-        if not blocks:
-            with pytest.raises(SymbolNotFoundError):
-                s.resolve(spec)
-            continue
-        results = s.resolve(spec)
-        assert [str(r) for r in results] == blocks, spec
-        for r in results:
-            assert str(r).splitlines()[0] == r.header
-            assert r.symbol == spec.split("+")[0]
-            assert r.size is not None and r.offset is not None
-            assert r.address - r.offset > 0
+    with Symbolizer(elf) as s:
+        for spec in SPECS:
+            ref = faddr2line(elf, [spec], FADDR2LINE)
+            blocks = [b for b in ref.stdout.split("\n\n") if b.strip()]
+            # drop faddr2line's "skipping ..." lines (printed only when nothing matched)
+            blocks = ["\n".join(ln for ln in b.splitlines() if not ln.startswith("skipping ")) for b in blocks]
+            blocks = [b for b in blocks if b]
+            if not blocks:
+                with pytest.raises(SymbolNotFoundError):
+                    s.resolve(spec)
+                continue
+            results = s.resolve(spec)
+            assert [str(r) for r in results] == blocks, spec
+            for r in results:
+                assert str(r).splitlines()[0] == r.header
+                assert r.symbol == spec.split("+")[0]
+                assert r.size is not None and r.offset is not None
+                assert r.address - r.offset > 0
 
 
 def test_resolve_api_duplicates_and_sizes() -> None:
-    s = Symbolizer(fixture("kshapes-dwarf5.elf"))
-    both = s.resolve("raw_ioctl+0x5")
-    assert [(r.symbol, r.offset, r.size) for r in both] == [("raw_ioctl", 5, 0x40), ("raw_ioctl", 5, 0x20)]
-    assert [r.chain[-1].file for r in both] == ["net/ipv4/raw.c", "drivers/char/raw.c"]
-    one = s.resolve("raw_ioctl+0x5/0x20")
-    assert len(one) == 1 and one[0].header == "raw_ioctl+0x5/0x20:"
-    r = s.resolve("ip_local_out_like+0x40")[0]
-    assert [loc.function for loc in r.chain] == ["nf_hook_state_init", "nf_hook", "ip_local_out_inl",
-                                                 "ip_local_out_like"]
-    assert r.chain[0].file == "include/linux/netfilter.h"
-    assert r.chain[0].raw_file == "debian/build/build_amd64_none_cloud-amd64/include/linux/netfilter.h"
-    cold = s.resolve("netif_receive_like.cold+0x10")[0]
-    assert cold.symbol == "netif_receive_like.cold"
-    assert cold.chain[0].function == "netif_receive_like"
-    assert cold.chain[0].discriminator == 4
+    with Symbolizer(fixture("kshapes-dwarf5.elf")) as s:
+        both = s.resolve("raw_ioctl+0x5")
+        assert [(r.symbol, r.offset, r.size) for r in both] == [("raw_ioctl", 5, 0x40), ("raw_ioctl", 5, 0x20)]
+        assert [r.chain[-1].file for r in both] == ["net/ipv4/raw.c", "drivers/char/raw.c"]
+        one = s.resolve("raw_ioctl+0x5/0x20")
+        assert len(one) == 1 and one[0].header == "raw_ioctl+0x5/0x20:"
+        r = s.resolve("ip_local_out_like+0x40")[0]
+        assert [loc.function for loc in r.chain] == ["nf_hook_state_init", "nf_hook", "ip_local_out_inl",
+                                                     "ip_local_out_like"]
+        assert r.chain[0].file == "include/linux/netfilter.h"
+        assert r.chain[0].raw_file == "debian/build/build_amd64_none_cloud-amd64/include/linux/netfilter.h"
+        cold = s.resolve("netif_receive_like.cold+0x10")[0]
+        assert cold.symbol == "netif_receive_like.cold"
+        assert cold.chain[0].function == "netif_receive_like"
+        assert cold.chain[0].discriminator == 4
 
 
 @needs_faddr2line
@@ -298,14 +298,14 @@ def test_cli_padding_of_local_symbol_matches_faddr2line() -> None:
 
 @pytest.mark.parametrize("spec", ["no_such_function+0x10", "netif_receive_like+0x21", "raw_ioctl+0x5/0x50"])
 def test_resolve_api_not_found(spec: str) -> None:
-    with pytest.raises(SymbolNotFoundError):
-        Symbolizer(fixture("kshapes-dwarf5.elf")).resolve(spec)
+    with pytest.raises(SymbolNotFoundError), Symbolizer(fixture("kshapes-dwarf5.elf")) as sym:
+        sym.resolve(spec)
 
 
 @pytest.mark.parametrize("spec", ["ip_local_out_like", "+0x10", "ip_local_out_like+", "ip_local_out_like+zz"])
 def test_resolve_api_malformed(spec: str) -> None:
-    with pytest.raises(SpecError):
-        Symbolizer(fixture("kshapes-dwarf5.elf")).resolve(spec)
+    with pytest.raises(SpecError), Symbolizer(fixture("kshapes-dwarf5.elf")) as sym:
+        sym.resolve(spec)
 
 
 # -- (b) the command line against faddr2line ----------------------------------------------------------
@@ -350,20 +350,20 @@ def test_cli_json_chains_match_addr2line() -> None:
     assert "Traceback" not in got.stderr
     objs = [json.loads(line) for line in got.stdout.splitlines()]
     assert [o["query"] for o in objs] == SPECS
-    s = Symbolizer(elf)
-    for spec, obj in zip(SPECS, objs):
-        try:
-            api = s.resolve(spec)
-        except SymbolNotFoundError:
-            api = []
-        assert obj["resolved"] == bool(api)
-        assert len(obj["matches"]) == len(api), spec
-        if not api:
-            continue
-        want_chains = addr2line_batch(elf, [int(m["address"], 16) for m in obj["matches"]])
-        for m, want in zip(obj["matches"], want_chains):
-            got_chain = [(c["function"], c["file"], c["line"], c["discriminator"]) for c in m["chain"]]
-            assert got_chain == stripped(want, prefix), spec
+    with Symbolizer(elf) as s:
+        for spec, obj in zip(SPECS, objs):
+            try:
+                api = s.resolve(spec)
+            except SymbolNotFoundError:
+                api = []
+            assert obj["resolved"] == bool(api)
+            assert len(obj["matches"]) == len(api), spec
+            if not api:
+                continue
+            want_chains = addr2line_batch(elf, [int(m["address"], 16) for m in obj["matches"]])
+            for m, want in zip(obj["matches"], want_chains):
+                got_chain = [(c["function"], c["file"], c["line"], c["discriminator"]) for c in m["chain"]]
+                assert got_chain == stripped(want, prefix), spec
 
 
 # -- (c) unusable inputs -------------------------------------------------------------------------------
@@ -410,8 +410,8 @@ def test_bad_input_exit_codes_are_distinct() -> None:
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_api_bad_input_raises(case: str, tmp_path: Path) -> None:
     path, exc = _bad_inputs(tmp_path)[case]
-    with pytest.raises(exc):
-        Symbolizer(path).resolve("start_kernel+0")
+    with pytest.raises(exc), Symbolizer(path) as sym:
+        sym.resolve("start_kernel+0")
 
 
 @needs_faddr2line

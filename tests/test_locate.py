@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -99,24 +100,24 @@ def test_units_missing_from_aranges_still_resolve(name: str, tmp_path: Path) -> 
     img.close()
     addrs = [addr + off for _n, addr, size in func_symbols(stripped) if size for off in range(0, size, 3)]
     want = addr2line_batch(stripped, addrs)
-    sym = Symbolizer(stripped, cache_dir=tmp_path / "cache")
-    got = [[(c.function, c.raw_file, c.line, c.discriminator) for c in sym.symbolize(a).chain] or
-           [("??", "??", 0, 0)] for a in addrs]
-    assert got == want
-    # and once more from the stored index (the unit ranges are kept there)
-    again = Symbolizer(stripped, cache_dir=tmp_path / "cache")
-    assert [str(again.symbolize(a)) for a in addrs[:20]] == [str(sym.symbolize(a)) for a in addrs[:20]]
+    with Symbolizer(stripped, cache_dir=tmp_path / "cache") as sym:
+        got = [[(c.function, c.raw_file, c.line, c.discriminator) for c in sym.symbolize(a).chain] or
+               [("??", "??", 0, 0)] for a in addrs]
+        assert got == want
+        # and once more from the stored index (the unit ranges are kept there)
+        with Symbolizer(stripped, cache_dir=tmp_path / "cache") as again:
+            assert [str(again.symbolize(a)) for a in addrs[:20]] == [str(sym.symbolize(a)) for a in addrs[:20]]
 
 
 def test_zlib_compressed_debug_sections_resolve_the_same(tmp_path: Path) -> None:
     src = fixture("kshapes-dwarf5.elf")
     packed = tmp_path / "z.elf"
     subprocess.run(["objcopy", "--compress-debug-sections=zlib", str(src), str(packed)], check=True)
-    assert KernelImage(packed).section(".debug_info").flags & 0x800  # type: ignore[union-attr]
-    plain = Symbolizer(src, use_index=False)
-    z = Symbolizer(packed, cache_dir=tmp_path / "c")
-    for spec in ("__ip_local_out+0x10", "ip_local_out_like+0x40", "raw_ioctl+0x5", "netif_receive_like.cold+0x10"):
-        assert [str(r) for r in z.resolve(spec)] == [str(r) for r in plain.resolve(spec)]
+    with closing(KernelImage(packed)) as img:
+        assert img.section(".debug_info").flags & 0x800  # type: ignore[union-attr]
+    with Symbolizer(src, use_index=False) as plain, Symbolizer(packed, cache_dir=tmp_path / "c") as z:
+        for spec in ("__ip_local_out+0x10", "ip_local_out_like+0x40", "raw_ioctl+0x5", "netif_receive_like.cold+0x10"):
+            assert [str(r) for r in z.resolve(spec)] == [str(r) for r in plain.resolve(spec)]
 
 
 def test_zstd_compressed_debug_sections_resolve_the_same(tmp_path: Path) -> None:
@@ -124,11 +125,11 @@ def test_zstd_compressed_debug_sections_resolve_the_same(tmp_path: Path) -> None
     src = fixture("kshapes-dwarf5.elf")
     packed = tmp_path / "zs.elf"
     subprocess.run(["objcopy", "--compress-debug-sections=zstd", str(src), str(packed)], check=True)
-    assert KernelImage(packed).section(".debug_info").flags & 0x800  # type: ignore[union-attr]
-    plain = Symbolizer(src, use_index=False)
-    z = Symbolizer(packed, cache_dir=tmp_path / "c")
-    for spec in ("__ip_local_out+0x10", "ip_local_out_like+0x40", "raw_ioctl+0x5", "netif_receive_like.cold+0x10"):
-        assert [str(r) for r in z.resolve(spec)] == [str(r) for r in plain.resolve(spec)]
+    with closing(KernelImage(packed)) as img:
+        assert img.section(".debug_info").flags & 0x800  # type: ignore[union-attr]
+    with Symbolizer(src, use_index=False) as plain, Symbolizer(packed, cache_dir=tmp_path / "c") as z:
+        for spec in ("__ip_local_out+0x10", "ip_local_out_like+0x40", "raw_ioctl+0x5", "netif_receive_like.cold+0x10"):
+            assert [str(r) for r in z.resolve(spec)] == [str(r) for r in plain.resolve(spec)]
 
 
 def test_release_paths_name_one_release_and_candidates_add_the_others(tmp_path: Path) -> None:

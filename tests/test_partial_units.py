@@ -7,6 +7,7 @@ Needs tools/fetch-testdata.sh; skipped with a printed reason elsewhere, a failur
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,10 @@ pytestmark = pytest.mark.vmlinux
 
 
 @pytest.fixture(scope="module")
-def sym() -> Symbolizer:
+def sym() -> Iterator[Symbolizer]:
     path = require_test_vmlinux()
-    return Symbolizer(path, use_index=False)
+    with Symbolizer(path, use_index=False) as s:
+        yield s
 
 
 def _units(sym: Symbolizer, n: int) -> list[tuple[int, list[int]]]:

@@ -20,6 +20,7 @@ import shutil
 import struct
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -146,8 +147,9 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fsym(cache_dir: Path) -> Symbolizer:
-    return Symbolizer(FIXTURE, cache_dir=cache_dir)
+def fsym(cache_dir: Path) -> Iterator[Symbolizer]:
+    with Symbolizer(FIXTURE, cache_dir=cache_dir) as sym:
+        yield sym
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +187,9 @@ def srcdir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def vsym(vmlinux: Path, cache_dir: Path) -> Symbolizer:
-    return Symbolizer(vmlinux, cache_dir=cache_dir)
+def vsym(vmlinux: Path, cache_dir: Path) -> Iterator[Symbolizer]:
+    with Symbolizer(vmlinux, cache_dir=cache_dir) as sym:
+        yield sym
 
 
 @pytest.fixture(scope="module")
@@ -370,8 +373,8 @@ def test_html_without_provider_and_unreadable_source(fixture_result: AnnotatedTe
 
 
 def test_html_links_filled_from_info(fsym: Symbolizer, fprovider: SourceProvider) -> None:
-    nolinks = Symbolizer(FIXTURE, use_index=False)
-    result = annotate(_read(ANNOTATE_DATA / "fixture-dump.txt"), nolinks)  # no elixir=: no links
+    with Symbolizer(FIXTURE, use_index=False) as nolinks:
+        result = annotate(_read(ANNOTATE_DATA / "fixture-dump.txt"), nolinks)  # no elixir=: no links
     assert all(loc.url is None for af in result.frames for loc in af.chain)
     root = parse_html(render_html(result, provider=fprovider, tag="v6.1.187",
                                   info=ReportInfo(links=ElixirLinks("v6.1.187"))))
@@ -479,7 +482,8 @@ def test_render_report_dispatch(fixture_result: AnnotatedText) -> None:
 
 
 def test_empty_input() -> None:
-    result = annotate("no frames here\n", Symbolizer(FIXTURE, use_index=False))
+    with Symbolizer(FIXTURE, use_index=False) as sym:
+        result = annotate("no frames here\n", sym)
     root = parse_html(render_html(result, provider=None, tag="latest"))
     assert root.find("p", id="no-frames")
     assert root.find("dd", data_key="counts").text.startswith("0 resolved, 0 unresolved, of 0 frames")

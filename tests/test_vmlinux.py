@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,8 +65,9 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sym(vmlinux: Path, cache_dir: Path) -> Symbolizer:
-    return Symbolizer(vmlinux, cache_dir=cache_dir)
+def sym(vmlinux: Path, cache_dir: Path) -> Iterator[Symbolizer]:
+    with Symbolizer(vmlinux, cache_dir=cache_dir) as s:
+        yield s
 
 
 def _ksym_cli(vmlinux: Path, cache_dir: Path, specs: list[str], *extra: str) -> subprocess.CompletedProcess[str]:
@@ -145,6 +147,7 @@ def test_addresses_match_addr2line(vmlinux: Path, sym: Symbolizer, cache_dir: Pa
     assert again.dwarf_image is not None and again.dwarf_image.units_in_memory == 0
     stored = [[(c.function, c.raw_file, c.line, c.discriminator) for c in again.symbolize(a).chain] or
               [("??", "??", 0, 0)] for a in addrs]
+    again.close()
     assert stored == ref
 
 
@@ -193,3 +196,5 @@ def test_index_warm_equals_cold_and_survives_corruption(vmlinux: Path, tmp_path:
     assert [str(r) for s in specs for r in again.resolve(s)] == want
     nocache = Symbolizer(vmlinux, use_index=False)
     assert [str(r) for s in specs for r in nocache.resolve(s)] == want
+    for s in (cold, warm, again, nocache):
+        s.close()
