@@ -268,9 +268,9 @@ def test_icmp_drop_in_netns(netns: str, start_cli: Callable[..., Cli]) -> None:
     _nft(netns, "add", "rule", "inet", "dctest", "out", "ip", "daddr", "127.0.0.3", "ip", "protocol", "icmp", "drop")
     cli = start_cli("--proto", "icmp", "--host", "127.0.0.3")
     code = (
-        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\n"
-        "try:\n    s.sendto(bytes([8, 0, 0xf7, 0xff, 0, 0, 0, 0]), ('127.0.0.3', 0))\n"
-        "except PermissionError:\n    pass  # the local netfilter drop is reported to the sender as EPERM\n"
+        "import socket\nwith socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:\n"
+        "    try:\n        s.sendto(bytes([8, 0, 0xf7, 0xff, 0, 0, 0, 0]), ('127.0.0.3', 0))\n"
+        "    except PermissionError:\n        pass  # the local netfilter drop is reported to the sender as EPERM\n"
     )
     subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code], check=True, timeout=30)
     events, _ = cli.stop()
@@ -306,14 +306,14 @@ _FLOOD = """\
 import socket, sys, time
 n, port = int(sys.argv[1]), int(sys.argv[2])
 end = time.monotonic() + float(sys.argv[3]) if len(sys.argv) > 3 else None
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 i = 0
-while i < n and (end is None or i % 256 or time.monotonic() < end):
-    try:
-        s.sendto(b"x", ("127.0.0.1", port))
-    except OSError:
-        pass
-    i += 1
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    while i < n and (end is None or i % 256 or time.monotonic() < end):
+        try:
+            s.sendto(b"x", ("127.0.0.1", port))
+        except OSError:
+            pass
+        i += 1
 """
 
 

@@ -32,9 +32,9 @@ pytestmark = pytest.mark.kernel
 _SEND = """
 import socket, sys
 n, port, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for _ in range(n):
-    s.sendto(b"x" * size, ("127.0.0.1", port))
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    for _ in range(n):
+        s.sendto(b"x" * size, ("127.0.0.1", port))
 """
 
 

@@ -379,11 +379,11 @@ while c >> 16:
 tcp = tcp[:16] + struct.pack("!H", ~c & 0xFFFF) + tcp[18:]
 with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP) as t:
     t.sendto(tcp, ("127.0.0.1", 0))
-r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-try:
-    r.sendto(bytes([8, 0, 0xf7, 0xff, 0, 0, 0, 0]), ("127.0.0.3", 0))
-except OSError:
-    pass
+with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as r:
+    try:
+        r.sendto(bytes([8, 0, 0xf7, 0xff, 0, 0, 0, 0]), ("127.0.0.3", 0))
+    except OSError:
+        pass
 """
 
 PCAP_EXPRESSIONS = (
