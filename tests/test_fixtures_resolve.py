@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import capstone
@@ -42,6 +43,7 @@ from ksym import (
     Symbolizer,
     SymbolNotFoundError,
 )
+from ksym.image import KernelImage
 
 DEBUG_ELVES = ["kshapes-dwarf5.elf", "kshapes-dwarf4.elf"]
 
@@ -412,6 +414,23 @@ def test_api_bad_input_raises(case: str, tmp_path: Path) -> None:
     path, exc = _bad_inputs(tmp_path)[case]
     with pytest.raises(exc), Symbolizer(path) as sym:
         sym.resolve("start_kernel+0")
+
+
+def _mapped(path: Path) -> list[str]:
+    """The lines of /proc/self/maps naming ``path``."""
+    with open("/proc/self/maps", encoding="utf-8") as f:
+        return [ln for ln in f if ln.rstrip("\n").endswith(" " + str(path))]
+
+
+@pytest.mark.parametrize("open_it", [KernelImage, lambda p: Symbolizer(p, use_index=False)], ids=["image", "api"])
+def test_a_file_refused_after_it_was_mapped_is_unmapped(open_it: Callable[[Path], object]) -> None:
+    """A truncated ELF file is refused after it was mapped: the error comes with neither the file nor its
+    mapping open (the half-made image stays alive as long as the caller keeps the exception)."""
+    path = fixture("kshapes-truncated.elf").resolve()
+    with pytest.raises(BadFileError, match="truncated ELF file") as exc:
+        open_it(path)
+    assert exc.value is not None
+    assert _mapped(path) == []
 
 
 @needs_faddr2line

@@ -65,6 +65,8 @@ class KernelImage:
         try:
             self._open()
         except BaseException:
+            # the error's frames keep this half-made image alive as long as the caller keeps the error
+            self._unmap()
             self._file.close()
             raise
 
@@ -135,12 +137,20 @@ class KernelImage:
 
     def close(self) -> None:
         self._contents.clear()
-        try:
-            self.view.release()
-            self.mm.close()
-        except (AttributeError, BufferError, ValueError):
-            pass
+        self._unmap()
         self._file.close()
+
+    def _unmap(self) -> None:
+        """Release the view and the mapping (none yet when the file was refused before mapping it)."""
+        view: memoryview | None = getattr(self, "view", None)
+        mm: mmap.mmap | None = getattr(self, "mm", None)
+        try:
+            if view is not None:
+                view.release()
+            if mm is not None:
+                mm.close()
+        except (BufferError, ValueError):
+            pass  # a view of it is still held: the mapping goes with the last one
 
     # -- facts --
 
