@@ -618,7 +618,7 @@ def test_section_table_without_pyelftools_is_what_pyelftools_reads(pyelftools_di
     assert {"kshapes-dwarf5.elf", "kshapes-i386-dwarf5.elf", "kshapes-clang.elf"} <= read, read
     for p in vmlinux:  # and opening one imports no pyelftools
         code = ("import sys; from ksym.image import KernelImage; img = KernelImage(sys.argv[1]); "
-                "img.load_symbols(); print(sorted(m for m in sys.modules if m.startswith('elftools')))")
+                "img.load_symbols(); img.close(); print(sorted(m for m in sys.modules if m.startswith('elftools')))")
         got = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, check=True)
         assert got.stdout.strip() == "[]", got
 
