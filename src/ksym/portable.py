@@ -6,14 +6,16 @@ lengths, a CRC-32 of the header, its metadata and its block table), the metadata
 banner, kernel tag, ELF facts, section table, faddr2line's path prefix), a table of blocks, and the
 blocks: the symbol table as :meth:`ksym.symbols.SymbolTable.to_buffer` writes it (stored plainly so
 that it is mapped, not read), ``.debug_aranges``, the ranges of units .debug_aranges misses, a
-directory of the compilation units, a directory of code chunks, and the payload those directories
-point into: each unit read whole (:func:`ksym.dwarf.compile_whole_unit`) and compressed on its own,
-and the image's allocated section contents in 64 KiB chunks compressed on their own, so one lookup
-decompresses one unit and a call site one or two chunks.
+directory of the compilation units, a directory of code chunks, a directory of name pieces, and the
+payload those directories point into: each unit read whole (:func:`ksym.dwarf.compile_whole_unit`)
+and compressed on its own, the image's allocated section contents in 64 KiB chunks compressed on
+their own, and faddr2line's matches of every name in pieces of a few dozen names, so one frame reads
+one name piece and one unit, and a call site one or two chunks.
 
 Everything is checked where it is read: the header's CRC when the file is opened, each block's CRC
-before it is used (the symbol table's when the file is opened), each unit's and chunk's CRC before it
-is decompressed; lengths and counts are checked against the file. A hostile file can make its CRCs
+before it is used (the symbol table's when a lookup first needs the whole table), each unit's,
+chunk's and name piece's CRC before it is decompressed; lengths and counts are checked against the
+file. A hostile file can make its CRCs
 agree, so its contents are checked too (docs/index-format.md, "Safety"): what is cheap when the file is
 opened, the rest where it is first used (a unit when it is loaded: :func:`_whole_unit`; the symbol
 table's index columns as a lookup reads them: :attr:`ksym.symbols.SymbolTable.damaged`). A damaged or
@@ -22,7 +24,8 @@ damaged bytes, never another exception.
 The file is memory-mapped read-only; nothing is read whole.
 
 :class:`PortableFile` reads it (it is the :class:`ksym.dwarf_image.UnitStore` and the code source of a
-Symbolizer made by ``Symbolizer.from_index``); :class:`PortableWriter` writes it (the builder:
+Symbolizer made by ``Symbolizer.from_index``), :class:`ksym.portable_module.PortableModule` a module
+it holds; :class:`ksym.portable_write.PortableWriter` writes it (the builder:
 :mod:`ksym.portable_build`); :func:`file_build_id` reads only the header, to check a file found by
 build id.
 """
@@ -32,14 +35,14 @@ from __future__ import annotations
 import bisect
 import marshal
 import mmap
+import operator
 import os
 import struct
 import zlib
 from array import array
-from collections.abc import Callable, Sequence
-from itertools import pairwise
-from operator import itemgetter
-from typing import Any, BinaryIO
+from collections.abc import Callable
+from itertools import islice
+from typing import Any
 
 from .checksum import crc32
 from .dwarf_image import ArangeTable, UnitRange
@@ -47,14 +50,14 @@ from .errors import BadFileError, FileNotFoundKsymError
 from .index import ImageRecord
 from .records import NamedTuple
 from .searchopts import path_text
-from .symbols import Section, SymbolTable
+from .symbols import FaddrMatch, Section, SymbolTable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
 
     from . import dwarf as D
-    from .dwarf_image import DwarfImage
+    from .portable_module import PortableModule
     from .units import CompiledUnit, LineTable
 
 __all__ = [
@@ -63,14 +66,14 @@ __all__ = [
     "BlockKind",
     "PortableFile",
     "PortableMeta",
-    "PortableWriter",
     "file_build_id",
+    "name_piece_of",
 ]
 
 #: The first 8 bytes of every portable index file.
 MAGIC = b"KSYMIDX\x00"
 #: The format this ksym writes and reads; a file of another version is refused (exit 4).
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: magic, version, header length, file size, metadata length, block count, header CRC-32, reserved
 _HEAD = struct.Struct("<8sIIQIII28x")
 #: kind, codec, CRC-32 of the stored bytes, offset, stored length, length once decompressed
@@ -89,6 +92,8 @@ CODEC_NONE = 0
 CODEC_ZLIB = 2
 #: the zlib level of the units and code chunks
 LEVEL = 9
+#: About this many names go to a name piece (a few KB): a name is looked up by reading one.
+NAMES_PER_PIECE = 48
 
 
 class BlockKind:
@@ -102,6 +107,8 @@ class BlockKind:
     PAYLOAD = 6
     #: optional (``ksym index build --modules``): the module directory
     MODULES = 7
+    #: the directory of the name pieces: faddr2line's matches of each name (format 3)
+    NAMES = 8
 
 
 _REQUIRED = (
@@ -111,6 +118,7 @@ _REQUIRED = (
     BlockKind.UNITS,
     BlockKind.CODE,
     BlockKind.PAYLOAD,
+    BlockKind.NAMES,
 )
 _OPTIONAL = (BlockKind.MODULES,)
 
@@ -368,12 +376,11 @@ def _sections_of(secs: object) -> tuple[Section, ...]:
         raise ValueError("sections: not a list")
     sections = []
     for s in secs:
-        if (
-            type(s) is not list
-            or len(s) != 7
-            or type(s[1]) is not str
-            or any(type(x) is not int or x < 0 for i, x in enumerate(s) if i != 1)
-        ):
+        if type(s) is not list or len(s) != 7:
+            raise ValueError("a malformed section")
+        index, name, *numbers = s
+        numbers.append(index)
+        if type(name) is not str or set(map(type, numbers)) != {int} or min(numbers) < 0:
             raise ValueError("a malformed section")
         sections.append(Section(*s))
     return tuple(sections)
@@ -435,7 +442,7 @@ class Directory:
             words.byteswap()
         self.keys = words[0::4]
         keys = self.keys
-        if any(a >= b for a, b in pairwise(keys)):
+        if not all(map(operator.lt, keys, islice(keys, 1, None))):
             raise _bad(path, f"{what} directory out of order")
         self._raw = raw
         self._path = path
@@ -465,6 +472,26 @@ class Directory:
 
     def entries(self) -> list[Entry]:
         return [self.entry(i) for i in range(len(self.keys))]
+
+
+def name_piece_of(name: str, pieces: int) -> int:
+    """The name piece (of ``pieces``) that holds ``name``'s matches, if any symbol has the name."""
+    return zlib.crc32(name.encode("utf-8", "surrogatepass")) % pieces
+
+
+def _name_matches(piece: Any, name: str) -> list[FaddrMatch]:
+    """``name``'s matches in a name piece as ``marshal`` loaded it. :raises ValueError: not a piece."""
+    if type(piece) is not dict:
+        raise ValueError("not a dict")
+    records = piece.get(name)
+    if records is None:
+        return []
+    if type(records) is not tuple or not records:
+        raise ValueError(f"{name}: not a tuple of matches")
+    try:
+        return [FaddrMatch.from_record(r) for r in records]
+    except TypeError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 def _plain_unit_record(rec: Any, size: int) -> bool:
@@ -515,8 +542,8 @@ def _plain_unit_record(rec: Any, size: int) -> bool:
 
 
 #: a function record's name and ranges (ksym.units.FunctionNode.to_record)
-_NAME = itemgetter(3)
-_RANGES = itemgetter(2)
+_NAME = operator.itemgetter(3)
+_RANGES = operator.itemgetter(2)
 
 
 class PortableFile:
@@ -572,6 +599,7 @@ class PortableFile:
             self.close()
             raise
         self._modules: list[ModuleEntry] | None = None
+        self._names: Directory | None = None
 
     @property
     def path(self) -> Path:
@@ -673,6 +701,30 @@ class PortableFile:
             raise _bad(self.path, f"symbol table: {exc}") from None
         self._symbols, self._symbols_view = table, view
         return table
+
+    def faddr2line_matches(self, name: str) -> list[FaddrMatch]:
+        """:meth:`ksym.symbols.SymbolTable.faddr2line_matches` of ``name`` as the file's symbol table
+        gives it, read from the one name piece that holds it (a few KB: the table is not mapped).
+
+        :raises BadFileError: the name directory or the piece is damaged."""
+        names = self._name_directory()
+        piece = name_piece_of(name, len(names))
+        what = f"name piece {piece}"
+        raw = self._piece(names.entry(piece), what)
+        try:
+            return _name_matches(marshal.loads(raw), name)
+        except (ValueError, TypeError, EOFError, OverflowError, RecursionError) as exc:
+            raise _bad(self.path, f"{what}: {exc}") from None
+
+    def _name_directory(self) -> Directory:
+        """The name pieces' directory, read and checked once: pieces 0 to n - 1, n at least 1."""
+        if self._names is None:
+            payload = self.header.blocks[BlockKind.PAYLOAD]
+            names = Directory(self._name, self._block(BlockKind.NAMES), payload, "name")
+            if not len(names) or names.keys[-1] != len(names) - 1:
+                raise _bad(self.path, "name directory: not its pieces in order")
+            self._names = names
+        return self._names
 
     @property
     def unit_count(self) -> int:
@@ -779,6 +831,8 @@ class PortableFile:
             if e.name == want and e.build_id == build_id:
                 what = f"module {e.name}"
                 raw = self._piece(Entry(0, e.offset, e.length, e.raw_length, e.crc), what)
+                from .portable_module import PortableModule
+
                 try:
                     return PortableModule.from_record(self.path, e.name, marshal.loads(raw), len(raw))
                 except (
@@ -816,355 +870,6 @@ class PortableFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class PortableWriter:
-    """Writes a portable index file: to a temporary in the target's directory, renamed into place by
-    :meth:`finish` (a failed build leaves nothing; :meth:`abort` deletes the temporary).
-
-    Blocks are added in any order, units and code chunks as they come (already compressed by the
-    builder's workers: :func:`compress`)."""
-
-    def __init__(self, path: str | os.PathLike[str], meta: PortableMeta, *, modules: bool = False) -> None:
-        from pathlib import Path
-
-        self.path = Path(path)
-        self.meta = meta
-        self._meta_bytes = meta.to_bytes()
-        self._kinds = _REQUIRED + _OPTIONAL if modules else _REQUIRED
-        self._header_length = _HEAD.size + len(self._meta_bytes) + len(self._kinds) * _BLOCK.size
-        self.tmp = self.path.parent / f".tmp-{os.urandom(8).hex()}"
-        self._f: BinaryIO = open(self.tmp, "xb")  # noqa: SIM115 - closed by finish/abort
-        self._f.write(bytes(self._header_length))
-        self._blocks: dict[int, Block] = {}
-        self._units: list[Entry] = []
-        self._code: list[Entry] = []
-        self._modules: list[ModuleEntry] = []
-        self._payload_start: int | None = None
-
-    def _align(self, to: int) -> None:
-        pad = -self._f.tell() % to
-        if pad:
-            self._f.write(bytes(pad))
-
-    def add_block(self, kind: int, data: bytes, compress_it: bool = False) -> None:
-        """A block (before the first unit or chunk, or after :meth:`end_payload`): stored as it is (read
-        on every open: a copy out of the mapping costs less than decompressing), or compressed."""
-        self._align(4096 if kind == BlockKind.SYMBOLS else 8)
-        offset = self._f.tell()
-        stored = compress(data) if compress_it else data
-        self._f.write(stored)
-        self._blocks[kind] = Block(
-            kind,
-            CODEC_ZLIB if compress_it else CODEC_NONE,
-            zlib.crc32(stored),
-            offset,
-            len(stored),
-            len(data),
-        )
-
-    def _piece(self, stored: bytes, raw_length: int) -> tuple[int, int]:
-        if self._payload_start is None:
-            self._align(8)
-            self._payload_start = self._f.tell()
-        offset = self._f.tell()
-        self._f.write(stored)
-        return offset, zlib.crc32(stored)
-
-    def add_unit(self, offset: int, stored: bytes, raw_length: int) -> None:
-        """A unit: ``stored`` is :func:`compress` of ``marshal.dumps(unit_to_record(unit))``."""
-        at, crc = self._piece(stored, raw_length)
-        self._units.append(Entry(offset, at, len(stored), raw_length, crc))
-
-    def add_code(self, address: int, stored: bytes, raw_length: int) -> None:
-        """A code chunk of ``raw_length`` bytes at ``address`` (:func:`compress` of them)."""
-        at, crc = self._piece(stored, raw_length)
-        self._code.append(Entry(address, at, len(stored), raw_length, crc))
-
-    def add_module(self, name: str, build_id: str | None, stored: bytes, raw_length: int) -> None:
-        """A module (:func:`compress` of ``marshal.dumps(record, 4)``, :meth:`PortableModule.record`)."""
-        at, crc = self._piece(stored, raw_length)
-        self._modules.append(ModuleEntry(name, build_id, at, len(stored), raw_length, crc))
-
-    def finish(self) -> int:
-        """Write the directories and the header, and rename the file into place; its size."""
-        if self._payload_start is None:
-            self._align(8)
-            self._payload_start = self._f.tell()
-        end = self._f.tell()
-        self._blocks[BlockKind.PAYLOAD] = Block(
-            BlockKind.PAYLOAD,
-            CODEC_NONE,
-            0,
-            self._payload_start,
-            end - self._payload_start,
-            end - self._payload_start,
-        )
-        for kind, entries in ((BlockKind.UNITS, self._units), (BlockKind.CODE, self._code)):
-            entries.sort()
-            self.add_block(kind, b"".join(_ENTRY.pack(*e) for e in entries))
-        if BlockKind.MODULES in self._kinds:
-            self.add_block(
-                BlockKind.MODULES, marshal.dumps([list(e) for e in sorted(self._modules, key=_module_key)], 4)
-            )
-        size = self._f.tell()
-        table = b"".join(_BLOCK.pack(*self._blocks[k]) for k in self._kinds)
-        rest = self._meta_bytes + table
-        head = _HEAD.pack(
-            MAGIC, FORMAT_VERSION, self._header_length, size, len(self._meta_bytes), len(self._kinds), 0
-        )
-        crc = zlib.crc32(rest, zlib.crc32(head))
-        head = _HEAD.pack(
-            MAGIC, FORMAT_VERSION, self._header_length, size, len(self._meta_bytes), len(self._kinds), crc
-        )
-        self._f.seek(0)
-        self._f.write(head + rest)
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        os.replace(self.tmp, self.path)
-        return size
-
-    def abort(self) -> None:
-        """Delete the temporary (a build that failed or was interrupted)."""
-        try:
-            self._f.close()
-        finally:
-            try:
-                self.tmp.unlink()
-            except FileNotFoundError:
-                pass
-
-
-def compress(data: bytes, level: int = LEVEL) -> bytes:
-    """``data`` as one zlib stream (its length is the directory's)."""
-    return zlib.compress(data, level)
-
-
-def arange_block(table: ArangeTable) -> bytes:
-    """The ARANGES block of ``table``: count, longest range, then the starts, ends and units (u64 LE)."""
-    cols = [array("Q", c) for c in (table.starts, table.ends, table.units)]
-    if struct.pack("=H", 1) != struct.pack("<H", 1):
-        for c in cols:
-            c.byteswap()
-    return struct.pack("<QQ", len(cols[0]), table.maxlen) + b"".join(c.tobytes() for c in cols)
-
-
-def unit_range_block(ranges: Sequence[UnitRange]) -> bytes:
-    """The UNIT_RANGES block: (low, high, unit offset) as u64 LE triples."""
-    return b"".join(struct.pack("<QQQ", r.low, r.high, r.unit) for r in ranges)
-
-
-def _module_key(e: ModuleEntry) -> tuple[str, str]:
-    return (e.name, e.build_id or "")
-
-
-class _ModuleUnits:
-    """The :class:`ksym.dwarf_image.UnitStore` of a module of the file: its whole units, in memory."""
-
-    def __init__(self, units: dict[int, CompiledUnit], ranges: list[UnitRange]) -> None:
-        self._units = units
-        self._ranges = ranges
-
-    def load_unit(self, offset: int) -> CompiledUnit | None:
-        return self._units.get(offset)
-
-    def unit_changed(self, unit: CompiledUnit) -> None:
-        pass
-
-    def forget_unit(self, offset: int) -> None:
-        pass
-
-    def load_unit_ranges(self) -> list[UnitRange] | None:
-        return self._ranges
-
-    def save_unit_ranges(self, ranges: list[UnitRange]) -> None:
-        pass
-
-
-class PortableModule:
-    """A module of a portable index file made with ``--modules`` (a :class:`ksym.modules.ModuleDebugImage`:
-    ``ModuleSymbolizer(path, image=...)`` answers from it as from the module's debug file).
-
-    Its record (:meth:`record`, ``marshal``ed, one zlib piece): ``module_name``, ``file`` (the debug
-    file's name), ``build_id``, ``sections`` (as the metadata's), ``bases`` (``[index, address]``: bfd's
-    layout), ``symbols`` (the raw symbol table, :meth:`ksym.symbols.SymbolTable.to_buffer`),
-    ``has_dwarf``, ``aranges`` and ``unit_ranges`` (as the blocks of those kinds), ``units``
-    (``[offset, unit record]``, each whole) and ``code`` (``[section index, contents]`` of the allocated
-    sections with contents)."""
-
-    def __init__(
-        self,
-        path: Path,
-        module_name: str,
-        build_id: str | None,
-        sections: list[Section],
-        bases: dict[int, int],
-        symbols: bytes,
-        has_dwarf: bool,
-        aranges: ArangeTable,
-        unit_ranges: list[UnitRange],
-        units: dict[int, CompiledUnit],
-        code: dict[int, bytes],
-    ) -> None:
-        self._path = path
-        self._module_name = module_name
-        self._build_id = build_id
-        self._sections = sections
-        self._bases = bases
-        self._has_dwarf = has_dwarf
-        self._aranges = aranges
-        self._unit_ranges = unit_ranges
-        self._units = units
-        self._code = code
-        self.placed_sections = [
-            Section(s.index, s.name, s.type, s.flags, bases.get(s.index, 0), s.offset, s.size)
-            for s in sections
-        ]
-        # :raises ValueError: not such a table
-        self._raw = SymbolTable.from_buffer(symbols, sections, _damage(path, "symbol table"))
-
-    @staticmethod
-    def record(
-        image: Any,
-        symbols: SymbolTable,
-        aranges: ArangeTable | None,
-        ranges: Sequence[UnitRange],
-        units: dict[int, CompiledUnit],
-        code: dict[int, bytes],
-    ) -> dict[str, Any]:
-        """The record of a module (``image``: its :class:`ksym.modules.ModuleImage`)."""
-        from .units import unit_to_record
-
-        return {
-            "module_name": image.module_name,
-            "file": image.path.name,
-            "build_id": image.build_id,
-            "sections": [
-                [s.index, s.name, s.type, s.flags, s.addr, s.offset, s.size] for s in image.sections
-            ],
-            "bases": [[i, a] for i, a in sorted(image.bases.items())],
-            "symbols": symbols.to_buffer(),
-            "has_dwarf": image.has_dwarf,
-            "aranges": arange_block(aranges if aranges is not None else ArangeTable.of([])),
-            "unit_ranges": unit_range_block(ranges),
-            "units": [[off, unit_to_record(cu)] for off, cu in sorted(units.items())],
-            "code": [[i, c] for i, c in sorted(code.items())],
-        }
-
-    @classmethod
-    def from_record(cls, index_path: Path, name: str, rec: Any, size: int) -> PortableModule:
-        """The module of ``rec``, read from ``size`` bytes of ``marshal`` data.
-
-        :raises ValueError, TypeError, KeyError: not a module's record."""
-        if type(rec) is not dict:
-            raise ValueError("not a dict")
-
-        def get(key: str, *types: type) -> Any:
-            v = rec[key]
-            if type(v) not in types:
-                raise ValueError(f"{key} of the wrong type")
-            return v
-
-        module_name = get("module_name", str)
-        if module_name.replace("-", "_") != name:
-            raise ValueError("another module's record")
-        file = get("file", str)
-        sections = list(_sections_of(get("sections", list)))
-        bases: dict[int, int] = {}
-        for pair in get("bases", list):
-            if type(pair) is not list or len(pair) != 2 or any(type(x) is not int or x < 0 for x in pair):
-                raise ValueError("a malformed base")
-            bases[pair[0]] = pair[1]
-        units: dict[int, CompiledUnit] = {}
-        for pair in get("units", list):
-            if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not int:
-                raise ValueError("a malformed unit")
-            units[pair[0]] = _whole_unit(pair[1], pair[0], size)
-        code: dict[int, bytes] = {}
-        for pair in get("code", list):
-            if (
-                type(pair) is not list
-                or len(pair) != 2
-                or type(pair[0]) is not int
-                or type(pair[1]) is not bytes
-            ):
-                raise ValueError("a malformed code section")
-            code[pair[0]] = pair[1]
-        from pathlib import Path
-
-        return cls(
-            Path(f"{index_path}:{file}"),
-            module_name,
-            get("build_id", str, type(None)),
-            sections,
-            bases,
-            get("symbols", bytes),
-            get("has_dwarf", bool),
-            _aranges_of(get("aranges", bytes)),
-            _unit_ranges_of(get("unit_ranges", bytes)),
-            units,
-            code,
-        )
-
-    # -- what ModuleSymbolizer reads (ksym.modules.ModuleDebugImage) --
-
-    @property
-    def path(self) -> Path:
-        return self._path
-
-    @property
-    def build_id(self) -> str | None:
-        return self._build_id
-
-    @property
-    def module_name(self) -> str:
-        return self._module_name
-
-    @property
-    def has_dwarf(self) -> bool:
-        return self._has_dwarf
-
-    @property
-    def sections(self) -> list[Section]:
-        return self._sections
-
-    @property
-    def bases(self) -> dict[int, int]:
-        return self._bases
-
-    def section(self, name: str) -> Section | None:
-        for s in self._sections:
-            if s.name == name:
-                return s
-        return None
-
-    def require_dwarf(self) -> None:
-        from .errors import MissingDebugInfoError
-
-        if not self._has_dwarf:
-            raise MissingDebugInfoError(
-                f"{self._path}: no DWARF debug info (.debug_info): this is a stripped module; install the "
-                "kernel's debug symbols (Debian: linux-image-<release>-dbg) or pass the module's debug file"
-            )
-
-    def symbol_tables(self) -> tuple[SymbolTable, SymbolTable]:
-        from .modules import placed_symbol_table
-
-        return self._raw, placed_symbol_table(self._raw, self._bases, self.placed_sections)
-
-    def make_dwarf_image(self) -> DwarfImage:
-        from .dwarf_image import DwarfImage
-
-        return DwarfImage(
-            self._path,
-            NoSections(self._path),
-            self._aranges,
-            units=_ModuleUnits(self._units, self._unit_ranges),
-        )
-
-    def section_data(self, s: Section, offset: int, size: int) -> bytes:
-        return self._code.get(s.index, b"")[offset : offset + size]
 
 
 class NoSections:
