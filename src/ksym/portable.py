@@ -41,7 +41,7 @@ import struct
 import zlib
 from array import array
 from collections.abc import Callable
-from itertools import islice
+from itertools import chain, islice
 from typing import Any
 
 from .checksum import crc32
@@ -371,19 +371,18 @@ def _unit_ranges_of(raw: bytes) -> list[UnitRange]:
 
 
 def _sections_of(secs: object) -> tuple[Section, ...]:
-    """A section table as the metadata keeps it. :raises ValueError: not one."""
+    """A section table as the metadata keeps it: lists of an index, a name and five numbers, none
+    negative (checked column by column, in C). :raises ValueError: not one."""
     if type(secs) is not list:
         raise ValueError("sections: not a list")
-    sections = []
-    for s in secs:
-        if type(s) is not list or len(s) != 7:
-            raise ValueError("a malformed section")
-        index, name, *numbers = s
+    if set(map(type, secs)) - {list} or set(map(len, secs)) - {7}:
+        raise ValueError("a malformed section")
+    if secs:
+        index, name, *numbers = zip(*secs)
         numbers.append(index)
-        if type(name) is not str or set(map(type, numbers)) != {int} or min(numbers) < 0:
+        if set(map(type, name)) != {str} or set(map(type, chain(*numbers))) != {int} or min(map(min, numbers)) < 0:
             raise ValueError("a malformed section")
-        sections.append(Section(*s))
-    return tuple(sections)
+    return tuple(map(Section._make, secs))
 
 
 def _whole_unit(rec: Any, offset: int, size: int) -> CompiledUnit:
