@@ -26,9 +26,9 @@ for p in (REPO, REPO / "tests"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from anchors import addr2line_batch, find_faddr2line, find_test_vmlinux
+from anchors import addr2line_batch, find_faddr2line, find_test_vmlinux, joined_faddr2line_stdout
 
-from bench.accuracy import compare_addresses, compare_specs, sample_addresses, sample_specs
+from bench.accuracy import compare_addresses, compare_specs, faddr2line_cached, sample_addresses, sample_specs
 from bench.results import append_log
 from ksym import Symbolizer
 
@@ -90,10 +90,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             lines += [f"  - differs: {s.spec}" for s, _o, _r in rep.mismatches[:20]]
             print(lines[-1 - min(20, len(rep.mismatches))], flush=True)
             ok = ok and rep.text_identical and rep.no_match_identical
+            # one run reads its first names from the file's name pieces, later ones from the symbol table:
+            # each spec again as the only frame of a run
+            ref_out = faddr2line_cached(vmlinux, script, [s.spec for s in specs], args.anchor_cache)[0]
+            alone = joined_faddr2line_stdout([_alone(args.index, s.spec) for s in specs])
+            lines.append(
+                f"each spec the only frame of its run (its name read from the name pieces): whole stdout "
+                f"{'identical' if alone == ref_out else '**different**'}"
+            )
+            print(lines[-1], flush=True)
+            ok = ok and alone == ref_out
     cmd = " ".join(["python", "bench/index_accuracy.py", *(sys.argv[1:] if argv is None else argv)])
     out = append_log("index-accuracy", "bench/index_accuracy.py", started, [f"Command: `{cmd}`", "", *lines])
     print(f"written to {out}")
     return 0 if ok else 1
+
+
+def _alone(index: Path, spec: str) -> str:
+    """What ``ksym resolve --index INDEX SPEC`` prints on stdout (run in this process)."""
+    import contextlib
+    import io
+
+    from ksym.cli import main as ksym_main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        ksym_main(["resolve", "--index", str(index), spec])
+    return out.getvalue()
 
 
 if __name__ == "__main__":

@@ -341,18 +341,24 @@ def faddr2line_parallel(
     chunks = [specs[i : i + size] for i in range(0, len(specs), size)]
     with ThreadPoolExecutor(len(chunks)) as pool:
         results = list(pool.map(lambda c: faddr2line(vmlinux, c, script, cross_compile), chunks))
+    return joined_faddr2line_stdout([r.stdout for r in results]), "".join(r.stderr for r in results)
+
+
+def joined_faddr2line_stdout(outs: list[str]) -> str:
+    """The stdout one faddr2line-style run over all specs prints, from the stdouts of runs over
+    consecutive parts of them: a run alone has not printed a block yet when it reaches its first header,
+    so it puts no blank line before it; one run over all specs would, once anything printed a block
+    before."""
     out = ""
     printed_block = False
-    for r in results:
-        lines = r.stdout.splitlines(keepends=True)
-        # a chunk run alone has not printed a block yet when it reaches its first header, so it puts no
-        # blank line before it; one run over all specs would, once anything printed a block before
+    for text in outs:
+        lines = text.splitlines(keepends=True)
         first_header = next((i for i, ln in enumerate(lines) if not ln.startswith("skipping")), None)
         if printed_block and first_header is not None:
             lines.insert(first_header, "\n")
         printed_block = printed_block or first_header is not None
         out += "".join(lines)
-    return out, "".join(r.stderr for r in results)
+    return out
 
 
 def assert_same_as_faddr2line(ref_out: str, ref_err: str, out: str, err: str, nspecs: int,

@@ -36,6 +36,8 @@ from elftools.elf.elffile import ELFFile
 from test_fixtures_resolve import instruction_addresses
 
 from ksym import PathMap, PathMapError, SourceLocation, Symbolizer
+from ksym.errors import KsymError
+from ksym.portable import PortableFile
 
 CLANG_ELVES = ["kshapes-clang.elf", "kshapes-clang-thinlto.elf"]
 THINLTO = fixture("kshapes-clang-thinlto.elf")
@@ -232,6 +234,31 @@ def test_bare_name_finds_promoted_static() -> None:
     for bad in ("skb_csum_slow.llvm.1+0x10", "skb_csum+0x10"):
         r = run_cli("resolve", "--no-index", "-e", str(THINLTO), bad)
         assert r.returncode == 1 and f"no match for {bad}" in r.stderr
+
+
+def test_an_index_file_finds_promoted_statics_by_name(tmp_path: Path) -> None:
+    """A portable index file answers a run's first frames from its name pieces, without its symbol table:
+    they hold the bare names of promoted statics too, so each frame answers as the file itself does."""
+    out = tmp_path / "thinlto.ksymidx"
+    built = run_cli("index", "build", str(THINLTO), "-o", str(out), "-j", "1")
+    assert built.returncode == 0, built.stderr
+    full = next(n for n, _a, _s in _promoted() if n.startswith("skb_csum_slow.llvm."))
+    specs = ["skb_csum_slow+0x10/0xb0", f"{full}+0x10/0xb0", "raw_ioctl+0x8", "raw_ioctl+0x8/0x10", "skb_csum+0x10"]
+    with Symbolizer(THINLTO, use_index=False) as elf:
+        for spec in specs:
+            with Symbolizer.from_index(out) as s:  # the first frame of its run
+                try:
+                    got: object = s.resolve(spec)
+                except KsymError as exc:
+                    got = type(exc)
+                try:
+                    want: object = elf.resolve(spec)
+                except KsymError as exc:
+                    want = type(exc)
+                assert got == want, spec
+        assert len(elf.resolve("raw_ioctl+0x8")) == 2
+    with PortableFile(out) as pf:
+        assert [m.symbol.name for m in pf.faddr2line_matches("skb_csum_slow")] == [full]
 
 
 # -- (c) --path-map ------------------------------------------------------------------------------------

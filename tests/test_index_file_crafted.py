@@ -28,16 +28,8 @@ from test_index_file import _cli
 from ksym import Symbolizer
 from ksym.errors import EXIT_BAD_FILE, EXIT_INTERNAL, BadFileError, KsymError
 from ksym.modules import ModuleSymbolizer
-from ksym.portable import (
-    _BLOCK,
-    _ENTRY,
-    _HEAD,
-    BlockKind,
-    Entry,
-    PortableFile,
-    PortableWriter,
-    compress,
-)
+from ksym.portable import _BLOCK, _ENTRY, _HEAD, BlockKind, Entry, PortableFile
+from ksym.portable_write import PortableWriter, compress
 from ksym.symbols import SymbolTable, SymbolView
 
 ELF = REPO_ROOT / "fixtures/bin/kshapes-dwarf5.elf"
@@ -136,12 +128,14 @@ class Parts:
                 (m.name, m.build_id, pf._piece(Entry(0, m.offset, m.length, m.raw_length, m.crc), "m"))
                 for m in pf._module_directory()
             ]
+            self.names: list[tuple[int, bytes]] = [(e.key, pf._piece(e, "n")) for e in pf._name_directory().entries()]
             self.module_directory: bytes | None = None
 
     def copy(self) -> Parts:
         new = object.__new__(Parts)
         new.__dict__.update(self.__dict__)
         new.units, new.code, new.modules = list(self.units), list(self.code), list(self.modules)
+        new.names = list(self.names)
         return new
 
 
@@ -166,6 +160,8 @@ def write(parts: Parts, path: Path) -> None:
             w.add_unit(key, compress(raw), len(raw))
         for name, bid, raw in parts.modules:
             w.add_module(name, bid, compress(raw), len(raw))
+        for key, raw in parts.names:
+            w.add_names(key, compress(raw), len(raw))
         w.finish()
     except BaseException:
         w.abort()
@@ -192,11 +188,12 @@ def _blocks(data: bytes | bytearray) -> dict[int, tuple[int, int, int, int]]:
 
 
 def reseal(data: bytearray) -> bytes:
-    """``data`` with every CRC recomputed from its bytes (the pieces' in the unit and code directories,
-    each block's but the payload's, the header's) and its header's file size made its length."""
+    """``data`` with every CRC recomputed from its bytes (the pieces' in the unit, code and name
+    directories, each block's but the payload's, the header's) and its header's file size made its
+    length."""
     struct.pack_into("<Q", data, 16, len(data))
     blocks = _blocks(data)
-    for kind in (BlockKind.UNITS, BlockKind.CODE):
+    for kind in (BlockKind.UNITS, BlockKind.CODE, BlockKind.NAMES):
         if kind not in blocks:
             continue
         _at, _k, off, ln = blocks[kind]
@@ -232,6 +229,9 @@ def read_all(path: Path) -> str:
     """Every lookup of the fixture's frames and addresses, its code and its module's frames: "ok", or
     "bad" (one BadFileError, of one line)."""
     try:
+        for f in FRAMES:  # each the first frame of a run: its name read from the name pieces
+            with Symbolizer.from_index(path) as s:
+                _each([lambda f=f: s.resolve(f)])  # type: ignore[misc]
         with Symbolizer.from_index(path) as s:
             _each([lambda f=f: s.resolve(f) for f in FRAMES])  # type: ignore[misc]
             _each([lambda f=f: s.resolve(f, view=SymbolView.KALLSYMS) for f in FRAMES])  # type: ignore[misc]
@@ -546,10 +546,10 @@ def crafted_files(genuine: Path) -> Iterator[Crafted]:
             p = base.copy()
             setattr(p, name, bytes(data))
             yield Crafted(f"{name} edited", p)
-    # the unit and code directories: an entry's key, place, lengths
+    # the unit, code and name directories: an entry's key, place, lengths
     data = bytearray(Path(genuine).read_bytes())
     blocks = _blocks(data)
-    for kind in (BlockKind.UNITS, BlockKind.CODE):
+    for kind in (BlockKind.UNITS, BlockKind.CODE, BlockKind.NAMES):
         _at, _k, off, ln = blocks[kind]
         for _ in range(30):
             d = bytearray(data)
@@ -584,6 +584,15 @@ def crafted_files(genuine: Path) -> Iterator[Crafted]:
             p = base.copy()
             p.units[i] = (key, marshal.dumps(new, 4))
             yield Crafted(f"unit {key:#x}: {where}", p)
+    # each name piece's record, edited (what a frame's name reads before any symbol table)
+    for i, (key, raw) in enumerate(base.names):
+        for where, new in record_edits(raw, rng, 40):
+            p = base.copy()
+            p.names[i] = (key, new)
+            yield Crafted(f"name piece {key}{where}", p)
+    p = base.copy()
+    p.names = []
+    yield Crafted("no name pieces", p)
     # a unit stored under another's key, a code chunk as a unit
     p = base.copy()
     p.units[0] = (p.units[0][0], p.units[1][1])

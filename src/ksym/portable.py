@@ -6,14 +6,16 @@ lengths, a CRC-32 of the header, its metadata and its block table), the metadata
 banner, kernel tag, ELF facts, section table, faddr2line's path prefix), a table of blocks, and the
 blocks: the symbol table as :meth:`ksym.symbols.SymbolTable.to_buffer` writes it (stored plainly so
 that it is mapped, not read), ``.debug_aranges``, the ranges of units .debug_aranges misses, a
-directory of the compilation units, a directory of code chunks, and the payload those directories
-point into: each unit read whole (:func:`ksym.dwarf.compile_whole_unit`) and compressed on its own,
-and the image's allocated section contents in 64 KiB chunks compressed on their own, so one lookup
-decompresses one unit and a call site one or two chunks.
+directory of the compilation units, a directory of code chunks, a directory of name pieces, and the
+payload those directories point into: each unit read whole (:func:`ksym.dwarf.compile_whole_unit`)
+and compressed on its own, the image's allocated section contents in 64 KiB chunks compressed on
+their own, and faddr2line's matches of every name in pieces of a few dozen names, so one frame reads
+one name piece and one unit, and a call site one or two chunks.
 
 Everything is checked where it is read: the header's CRC when the file is opened, each block's CRC
-before it is used (the symbol table's when the file is opened), each unit's and chunk's CRC before it
-is decompressed; lengths and counts are checked against the file. A hostile file can make its CRCs
+before it is used (the symbol table's when a lookup first needs the whole table), each unit's,
+chunk's and name piece's CRC before it is decompressed; lengths and counts are checked against the
+file. A hostile file can make its CRCs
 agree, so its contents are checked too (docs/index-format.md, "Safety"): what is cheap when the file is
 opened, the rest where it is first used (a unit when it is loaded: :func:`_whole_unit`; the symbol
 table's index columns as a lookup reads them: :attr:`ksym.symbols.SymbolTable.damaged`). A damaged or
@@ -22,7 +24,8 @@ damaged bytes, never another exception.
 The file is memory-mapped read-only; nothing is read whole.
 
 :class:`PortableFile` reads it (it is the :class:`ksym.dwarf_image.UnitStore` and the code source of a
-Symbolizer made by ``Symbolizer.from_index``); :class:`PortableWriter` writes it (the builder:
+Symbolizer made by ``Symbolizer.from_index``), :class:`PortableModule` a module it holds;
+:class:`ksym.portable_write.PortableWriter` writes it (the builder:
 :mod:`ksym.portable_build`); :func:`file_build_id` reads only the header, to check a file found by
 build id.
 """
@@ -32,14 +35,14 @@ from __future__ import annotations
 import bisect
 import marshal
 import mmap
+import operator
 import os
 import struct
 import zlib
 from array import array
-from collections.abc import Callable, Sequence
-from itertools import pairwise
-from operator import itemgetter
-from typing import Any, BinaryIO
+from collections.abc import Callable
+from itertools import chain, islice
+from typing import Any
 
 from .checksum import crc32
 from .dwarf_image import ArangeTable, UnitRange
@@ -47,7 +50,7 @@ from .errors import BadFileError, FileNotFoundKsymError
 from .index import ImageRecord
 from .records import NamedTuple
 from .searchopts import path_text
-from .symbols import Section, SymbolTable
+from .symbols import FaddrMatch, Section, SymbolTable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -63,14 +66,14 @@ __all__ = [
     "BlockKind",
     "PortableFile",
     "PortableMeta",
-    "PortableWriter",
     "file_build_id",
+    "name_piece_of",
 ]
 
 #: The first 8 bytes of every portable index file.
 MAGIC = b"KSYMIDX\x00"
 #: The format this ksym writes and reads; a file of another version is refused (exit 4).
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: magic, version, header length, file size, metadata length, block count, header CRC-32, reserved
 _HEAD = struct.Struct("<8sIIQIII28x")
 #: kind, codec, CRC-32 of the stored bytes, offset, stored length, length once decompressed
@@ -89,6 +92,8 @@ CODEC_NONE = 0
 CODEC_ZLIB = 2
 #: the zlib level of the units and code chunks
 LEVEL = 9
+#: About this many names go to a name piece (a few KB): a name is looked up by reading one.
+NAMES_PER_PIECE = 48
 
 
 class BlockKind:
@@ -102,6 +107,8 @@ class BlockKind:
     PAYLOAD = 6
     #: optional (``ksym index build --modules``): the module directory
     MODULES = 7
+    #: the directory of the name pieces: faddr2line's matches of each name (format 3)
+    NAMES = 8
 
 
 _REQUIRED = (
@@ -111,6 +118,7 @@ _REQUIRED = (
     BlockKind.UNITS,
     BlockKind.CODE,
     BlockKind.PAYLOAD,
+    BlockKind.NAMES,
 )
 _OPTIONAL = (BlockKind.MODULES,)
 
@@ -363,20 +371,18 @@ def _unit_ranges_of(raw: bytes) -> list[UnitRange]:
 
 
 def _sections_of(secs: object) -> tuple[Section, ...]:
-    """A section table as the metadata keeps it. :raises ValueError: not one."""
+    """A section table as the metadata keeps it: lists of an index, a name and five numbers, none
+    negative (checked column by column, in C). :raises ValueError: not one."""
     if type(secs) is not list:
         raise ValueError("sections: not a list")
-    sections = []
-    for s in secs:
-        if (
-            type(s) is not list
-            or len(s) != 7
-            or type(s[1]) is not str
-            or any(type(x) is not int or x < 0 for i, x in enumerate(s) if i != 1)
-        ):
+    if set(map(type, secs)) - {list} or set(map(len, secs)) - {7}:
+        raise ValueError("a malformed section")
+    if secs:
+        index, name, *numbers = zip(*secs)
+        numbers.append(index)
+        if set(map(type, name)) != {str} or set(map(type, chain(*numbers))) != {int} or min(map(min, numbers)) < 0:
             raise ValueError("a malformed section")
-        sections.append(Section(*s))
-    return tuple(sections)
+    return tuple(map(Section._make, secs))
 
 
 def _whole_unit(rec: Any, offset: int, size: int) -> CompiledUnit:
@@ -435,7 +441,7 @@ class Directory:
             words.byteswap()
         self.keys = words[0::4]
         keys = self.keys
-        if any(a >= b for a, b in pairwise(keys)):
+        if not all(map(operator.lt, keys, islice(keys, 1, None))):
             raise _bad(path, f"{what} directory out of order")
         self._raw = raw
         self._path = path
@@ -465,6 +471,26 @@ class Directory:
 
     def entries(self) -> list[Entry]:
         return [self.entry(i) for i in range(len(self.keys))]
+
+
+def name_piece_of(name: str, pieces: int) -> int:
+    """The name piece (of ``pieces``) that holds ``name``'s matches, if any symbol has the name."""
+    return zlib.crc32(name.encode("utf-8", "surrogatepass")) % pieces
+
+
+def _name_matches(piece: Any, name: str) -> list[FaddrMatch]:
+    """``name``'s matches in a name piece as ``marshal`` loaded it. :raises ValueError: not a piece."""
+    if type(piece) is not dict:
+        raise ValueError("not a dict")
+    records = piece.get(name)
+    if records is None:
+        return []
+    if type(records) is not tuple or not records:
+        raise ValueError(f"{name}: not a tuple of matches")
+    try:
+        return [FaddrMatch.from_record(r) for r in records]
+    except TypeError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 def _plain_unit_record(rec: Any, size: int) -> bool:
@@ -515,8 +541,8 @@ def _plain_unit_record(rec: Any, size: int) -> bool:
 
 
 #: a function record's name and ranges (ksym.units.FunctionNode.to_record)
-_NAME = itemgetter(3)
-_RANGES = itemgetter(2)
+_NAME = operator.itemgetter(3)
+_RANGES = operator.itemgetter(2)
 
 
 class PortableFile:
@@ -572,6 +598,7 @@ class PortableFile:
             self.close()
             raise
         self._modules: list[ModuleEntry] | None = None
+        self._names: Directory | None = None
 
     @property
     def path(self) -> Path:
@@ -673,6 +700,30 @@ class PortableFile:
             raise _bad(self.path, f"symbol table: {exc}") from None
         self._symbols, self._symbols_view = table, view
         return table
+
+    def faddr2line_matches(self, name: str) -> list[FaddrMatch]:
+        """:meth:`ksym.symbols.SymbolTable.faddr2line_matches` of ``name`` as the file's symbol table
+        gives it, read from the one name piece that holds it (a few KB: the table is not mapped).
+
+        :raises BadFileError: the name directory or the piece is damaged."""
+        names = self._name_directory()
+        piece = name_piece_of(name, len(names))
+        what = f"name piece {piece}"
+        raw = self._piece(names.entry(piece), what)
+        try:
+            return _name_matches(marshal.loads(raw), name)
+        except (ValueError, TypeError, EOFError, OverflowError, RecursionError) as exc:
+            raise _bad(self.path, f"{what}: {exc}") from None
+
+    def _name_directory(self) -> Directory:
+        """The name pieces' directory, read and checked once: pieces 0 to n - 1, n at least 1."""
+        if self._names is None:
+            payload = self.header.blocks[BlockKind.PAYLOAD]
+            names = Directory(self._name, self._block(BlockKind.NAMES), payload, "name")
+            if not len(names) or names.keys[-1] != len(names) - 1:
+                raise _bad(self.path, "name directory: not its pieces in order")
+            self._names = names
+        return self._names
 
     @property
     def unit_count(self) -> int:
@@ -818,147 +869,6 @@ class PortableFile:
         self.close()
 
 
-class PortableWriter:
-    """Writes a portable index file: to a temporary in the target's directory, renamed into place by
-    :meth:`finish` (a failed build leaves nothing; :meth:`abort` deletes the temporary).
-
-    Blocks are added in any order, units and code chunks as they come (already compressed by the
-    builder's workers: :func:`compress`)."""
-
-    def __init__(self, path: str | os.PathLike[str], meta: PortableMeta, *, modules: bool = False) -> None:
-        from pathlib import Path
-
-        self.path = Path(path)
-        self.meta = meta
-        self._meta_bytes = meta.to_bytes()
-        self._kinds = _REQUIRED + _OPTIONAL if modules else _REQUIRED
-        self._header_length = _HEAD.size + len(self._meta_bytes) + len(self._kinds) * _BLOCK.size
-        self.tmp = self.path.parent / f".tmp-{os.urandom(8).hex()}"
-        self._f: BinaryIO = open(self.tmp, "xb")  # noqa: SIM115 - closed by finish/abort
-        self._f.write(bytes(self._header_length))
-        self._blocks: dict[int, Block] = {}
-        self._units: list[Entry] = []
-        self._code: list[Entry] = []
-        self._modules: list[ModuleEntry] = []
-        self._payload_start: int | None = None
-
-    def _align(self, to: int) -> None:
-        pad = -self._f.tell() % to
-        if pad:
-            self._f.write(bytes(pad))
-
-    def add_block(self, kind: int, data: bytes, compress_it: bool = False) -> None:
-        """A block (before the first unit or chunk, or after :meth:`end_payload`): stored as it is (read
-        on every open: a copy out of the mapping costs less than decompressing), or compressed."""
-        self._align(4096 if kind == BlockKind.SYMBOLS else 8)
-        offset = self._f.tell()
-        stored = compress(data) if compress_it else data
-        self._f.write(stored)
-        self._blocks[kind] = Block(
-            kind,
-            CODEC_ZLIB if compress_it else CODEC_NONE,
-            zlib.crc32(stored),
-            offset,
-            len(stored),
-            len(data),
-        )
-
-    def _piece(self, stored: bytes, raw_length: int) -> tuple[int, int]:
-        if self._payload_start is None:
-            self._align(8)
-            self._payload_start = self._f.tell()
-        offset = self._f.tell()
-        self._f.write(stored)
-        return offset, zlib.crc32(stored)
-
-    def add_unit(self, offset: int, stored: bytes, raw_length: int) -> None:
-        """A unit: ``stored`` is :func:`compress` of ``marshal.dumps(unit_to_record(unit))``."""
-        at, crc = self._piece(stored, raw_length)
-        self._units.append(Entry(offset, at, len(stored), raw_length, crc))
-
-    def add_code(self, address: int, stored: bytes, raw_length: int) -> None:
-        """A code chunk of ``raw_length`` bytes at ``address`` (:func:`compress` of them)."""
-        at, crc = self._piece(stored, raw_length)
-        self._code.append(Entry(address, at, len(stored), raw_length, crc))
-
-    def add_module(self, name: str, build_id: str | None, stored: bytes, raw_length: int) -> None:
-        """A module (:func:`compress` of ``marshal.dumps(record, 4)``, :meth:`PortableModule.record`)."""
-        at, crc = self._piece(stored, raw_length)
-        self._modules.append(ModuleEntry(name, build_id, at, len(stored), raw_length, crc))
-
-    def finish(self) -> int:
-        """Write the directories and the header, and rename the file into place; its size."""
-        if self._payload_start is None:
-            self._align(8)
-            self._payload_start = self._f.tell()
-        end = self._f.tell()
-        self._blocks[BlockKind.PAYLOAD] = Block(
-            BlockKind.PAYLOAD,
-            CODEC_NONE,
-            0,
-            self._payload_start,
-            end - self._payload_start,
-            end - self._payload_start,
-        )
-        for kind, entries in ((BlockKind.UNITS, self._units), (BlockKind.CODE, self._code)):
-            entries.sort()
-            self.add_block(kind, b"".join(_ENTRY.pack(*e) for e in entries))
-        if BlockKind.MODULES in self._kinds:
-            self.add_block(
-                BlockKind.MODULES, marshal.dumps([list(e) for e in sorted(self._modules, key=_module_key)], 4)
-            )
-        size = self._f.tell()
-        table = b"".join(_BLOCK.pack(*self._blocks[k]) for k in self._kinds)
-        rest = self._meta_bytes + table
-        head = _HEAD.pack(
-            MAGIC, FORMAT_VERSION, self._header_length, size, len(self._meta_bytes), len(self._kinds), 0
-        )
-        crc = zlib.crc32(rest, zlib.crc32(head))
-        head = _HEAD.pack(
-            MAGIC, FORMAT_VERSION, self._header_length, size, len(self._meta_bytes), len(self._kinds), crc
-        )
-        self._f.seek(0)
-        self._f.write(head + rest)
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        os.replace(self.tmp, self.path)
-        return size
-
-    def abort(self) -> None:
-        """Delete the temporary (a build that failed or was interrupted)."""
-        try:
-            self._f.close()
-        finally:
-            try:
-                self.tmp.unlink()
-            except FileNotFoundError:
-                pass
-
-
-def compress(data: bytes, level: int = LEVEL) -> bytes:
-    """``data`` as one zlib stream (its length is the directory's)."""
-    return zlib.compress(data, level)
-
-
-def arange_block(table: ArangeTable) -> bytes:
-    """The ARANGES block of ``table``: count, longest range, then the starts, ends and units (u64 LE)."""
-    cols = [array("Q", c) for c in (table.starts, table.ends, table.units)]
-    if struct.pack("=H", 1) != struct.pack("<H", 1):
-        for c in cols:
-            c.byteswap()
-    return struct.pack("<QQ", len(cols[0]), table.maxlen) + b"".join(c.tobytes() for c in cols)
-
-
-def unit_range_block(ranges: Sequence[UnitRange]) -> bytes:
-    """The UNIT_RANGES block: (low, high, unit offset) as u64 LE triples."""
-    return b"".join(struct.pack("<QQQ", r.low, r.high, r.unit) for r in ranges)
-
-
-def _module_key(e: ModuleEntry) -> tuple[str, str]:
-    return (e.name, e.build_id or "")
-
-
 class _ModuleUnits:
     """The :class:`ksym.dwarf_image.UnitStore` of a module of the file: its whole units, in memory."""
 
@@ -1023,34 +933,6 @@ class PortableModule:
         ]
         # :raises ValueError: not such a table
         self._raw = SymbolTable.from_buffer(symbols, sections, _damage(path, "symbol table"))
-
-    @staticmethod
-    def record(
-        image: Any,
-        symbols: SymbolTable,
-        aranges: ArangeTable | None,
-        ranges: Sequence[UnitRange],
-        units: dict[int, CompiledUnit],
-        code: dict[int, bytes],
-    ) -> dict[str, Any]:
-        """The record of a module (``image``: its :class:`ksym.modules.ModuleImage`)."""
-        from .units import unit_to_record
-
-        return {
-            "module_name": image.module_name,
-            "file": image.path.name,
-            "build_id": image.build_id,
-            "sections": [
-                [s.index, s.name, s.type, s.flags, s.addr, s.offset, s.size] for s in image.sections
-            ],
-            "bases": [[i, a] for i, a in sorted(image.bases.items())],
-            "symbols": symbols.to_buffer(),
-            "has_dwarf": image.has_dwarf,
-            "aranges": arange_block(aranges if aranges is not None else ArangeTable.of([])),
-            "unit_ranges": unit_range_block(ranges),
-            "units": [[off, unit_to_record(cu)] for off, cu in sorted(units.items())],
-            "code": [[i, c] for i, c in sorted(code.items())],
-        }
 
     @classmethod
     def from_record(cls, index_path: Path, name: str, rec: Any, size: int) -> PortableModule:

@@ -44,14 +44,13 @@ from typing import IO, TYPE_CHECKING
 
 from .errors import BadFileError, KsymError, MissingDebugInfoError, WorkerDiedError
 from .index import usable_cpus
-from .portable import (
-    CODE_CHUNK,
-    LEVEL,
-    BlockKind,
-    PortableMeta,
+from .portable import CODE_CHUNK, LEVEL, BlockKind, PortableMeta
+from .portable_write import (
     PortableWriter,
     arange_block,
     compress,
+    module_record,
+    name_pieces,
     unit_range_block,
 )
 from .records import NamedTuple
@@ -218,6 +217,7 @@ def build_index(
                 writer.add_block(BlockKind.SYMBOLS, sym.symbols.to_buffer(), compress_it=False)
                 writer.add_block(BlockKind.ARANGES, arange_block(aranges))
                 writer.add_block(BlockKind.UNIT_RANGES, unit_range_block(ranges))
+            names = [(compress(raw, level), len(raw)) for raw in name_pieces(sym.symbols.faddr2line_names())]
             n = max(1, min(processes or usable_cpus(), len(jobs)))
             make = _Pieces(sec, sym.code_bytes, level, sym.path, module_files)
             shares: dict[int, WorkerShare] = {}
@@ -242,6 +242,8 @@ def build_index(
                         else:
                             writer.add_module(at.name, at.build_id, stored, at.raw_length)
                             nmod += 1
+                    for i, (stored, raw_length) in enumerate(names):
+                        writer.add_names(i, stored, raw_length)
                     size = writer.finish()
         except BaseException:
             writer.abort()
@@ -308,7 +310,6 @@ def _module_piece(path: str, level: int) -> tuple[str, str | None, bytes, int]:
     from . import dwarf as D
     from .dwarf_image import ArangeTable, UnitRange
     from .modules import ModuleImage, normalize_module_name
-    from .portable import PortableModule
 
     img = ModuleImage(path)
     raw_symbols, _placed = img.symbol_tables()
@@ -331,7 +332,7 @@ def _module_piece(path: str, level: int) -> tuple[str, str | None, bytes, int]:
         for s in img.sections
         if s.flags & 0x2 and s.type != 8 and s.size
     }
-    raw = marshal.dumps(PortableModule.record(img, raw_symbols, aranges, ranges, units, code), 4)
+    raw = marshal.dumps(module_record(img, raw_symbols, aranges, ranges, units, code), 4)
     return normalize_module_name(img.module_name), img.build_id, compress(raw, level), len(raw)
 
 

@@ -247,7 +247,7 @@ class Symbolizer:
         rec = self.portable.image_record()
         self.dwarf_image = DwarfImage(self._file, NoSections(self._file), rec.aranges, units=self.portable,
                                       cache_size=self._cu_cache_size)
-        self._apply_record(rec, self.portable.symbols())
+        self._apply_record(rec, None)  # the symbol table when a lookup needs it (:attr:`symbols`)
 
     def _load_index(self) -> None:
         if self._reads_index_file:
@@ -402,13 +402,15 @@ class Symbolizer:
 
     @property
     def symbols(self) -> SymbolTable:
-        """The image's whole symbol table, the first time it is needed: from the index's symbols file
-        (mapped, checked against the image record's size and CRC-32), else built from the file (and saved
-        to the index then)."""
+        """The image's whole symbol table, the first time it is needed: a portable file's (mapped, its
+        CRC-32 checked), else the index's symbols file (mapped, checked against the image record's size
+        and CRC-32), else built from the file (and saved to the index then)."""
         if self._symbols is None:
             rec = self._record
             syms = None
-            if rec is not None and rec.symbols_size:
+            if self.portable is not None:
+                syms = self.portable.symbols()
+            elif rec is not None and rec.symbols_size:
                 syms = self._index.load_symbols(rec.symbols_size, rec.symbols_crc, list(rec.sections))
             if syms is None:
                 syms = self._open_image().load_symbols()
@@ -434,8 +436,8 @@ class Symbolizer:
     def _faddr2line_matches(self, name: str) -> list[FaddrMatch]:
         """:meth:`ksym.symbols.SymbolTable.faddr2line_matches` of ``name``, without the whole table when
         it is not at hand: from the stored answers, else (the first few frames of a run that has none)
-        from the symbols :meth:`_named` finds, else from the whole table; then stored (a name seen again
-        needs no table: the symbols file is not even mapped)."""
+        :meth:`_matches_by_name`, else from the whole table; then stored (a name seen again needs no
+        table: the symbols file is not even mapped)."""
         key = ("faddr2line", name)
         stored = self._answers.caller(key)
         if isinstance(stored, tuple):
@@ -444,14 +446,27 @@ class Symbolizer:
             except (TypeError, ValueError):
                 pass  # damaged: look it up again
         if self._symbols is not None or self._lookups_by_name <= 0:
-            table = self.symbols
+            got = self.symbols.faddr2line_matches(name)
         else:
             self._lookups_by_name -= 1
+            got = self._matches_by_name(name)
+        self._answers.add_caller(key, tuple(m.to_record() for m in got))
+        return got
+
+    def _matches_by_name(self, name: str) -> list[FaddrMatch]:
+        """faddr2line's matches of ``name`` read without the whole table: from a portable file's name
+        piece, else from the symbols :meth:`_named` finds (the whole table when it cannot). A chain is
+        then given a table that asks for the whole one only when it needs it (:attr:`_by_name`)."""
+        if self.portable is not None:
+            got = self.portable.faddr2line_matches(name)
+            table = self._by_name
+            if table is None:
+                table = SymbolTable.deferred(self.sections, lambda: self.symbols)
+        else:
             table = self._named(name, faddr2line=True)
-        got = table.faddr2line_matches(name)
+            got = table.faddr2line_matches(name)
         if table is not self._symbols:
             self._by_name = table  # its bfd_function asks the whole table
-        self._answers.add_caller(key, tuple(m.to_record() for m in got))
         return got
 
     def _find_dir_prefix(self) -> str | None:

@@ -305,6 +305,15 @@ class SymbolTable:
         return cls(NameTable.build(raw), values, sizes, bytes(infos), bytes(others), shndx, sections)
 
     @classmethod
+    def deferred(cls, sections: list[Section], whole: Callable[[], SymbolTable]) -> SymbolTable:
+        """A table of no symbols whose :meth:`bfd_function` asks ``whole`` for the whole table: what an
+        inline chain is given while no lookup has needed the table (a frame's name was looked up in a
+        portable index file's name pieces, :meth:`ksym.portable.PortableFile.faddr2line_matches`)."""
+        table = cls(NameTable.build([]), array("Q"), array("Q"), b"", b"", array("I"), sections)
+        table.whole = whole
+        return table
+
+    @classmethod
     def named(
         cls, symtab: bytes, strtab: bytes, sections: list[Section], name: str, faddr2line: bool = False,
         whole: Callable[[], SymbolTable] | None = None,
@@ -589,6 +598,27 @@ class SymbolTable:
                 self._matches.clear()
             self._matches[name] = got
         return got
+
+    def faddr2line_names(self) -> dict[str, list[FaddrMatch]]:
+        """Every name :meth:`faddr2line_matches` finds symbols for, by name, with what it finds: the names
+        of FUNC symbols and the names their ``.llvm.<digits>`` suffix was added to (any other name finds
+        none). A portable index file stores these, so that a frame's name is looked up without the whole
+        table (:mod:`ksym.portable`)."""
+        infos = self.infos
+        names: set[str] = set()
+        for i in range(len(infos)):
+            if infos[i] & 0xF == STT_FUNC:
+                name = self.names[i]
+                names.add(name)
+                cut = name.rfind(".llvm.")
+                if cut >= 0 and name[cut + 6 :].isdigit():
+                    names.add(name[:cut])
+        out: dict[str, list[FaddrMatch]] = {}
+        for name in sorted(names):
+            got = self.faddr2line_matches(name)
+            if got:
+                out[name] = got
+        return out
 
     def matches(self, name: str, view: SymbolView) -> list[FaddrMatch]:
         """The symbols ``name`` names in ``view`` (see :class:`SymbolView`), in symbol-table order; in

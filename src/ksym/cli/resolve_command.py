@@ -39,8 +39,6 @@ __all__ = ["run_resolve"]
 def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[[str], None]) -> int:
     """Resolve ``opts.frames``; the exit code: 0 every frame resolved, 1 some did not, 2 a malformed
     frame or option. Errors that end the command are raised (:class:`ksym.errors.KsymError`)."""
-    from ..image import is_module_file
-
     image = opts.image
     vmlinux = image.vmlinux
     if image.index_file is not None and vmlinux is not None:
@@ -68,7 +66,7 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
                                        warn=err).path)
         except (FileNotFoundKsymError, DebuginfodError) as miss:
             index_file = str(index_file_after_miss(miss, ExpectedBuildId(expected, where), image.index_files))
-    if vmlinux is not None and is_module_file(vmlinux):
+    if vmlinux is not None and _is_module_file(vmlinux):
         # a module debug file (ET_REL): faddr2line's --section semantics (docs/modules.md)
         if opts.list_source:
             err("--list is not supported for module debug files yet")
@@ -101,6 +99,14 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
         status = _print_resolutions(sym, opts, out, err, lister, elixir)
     report_stats(sym, err)
     return status
+
+
+def _is_module_file(path: str) -> bool:
+    """:func:`ksym.image.is_module_file` (the ELF reader is imported for a debug file, not for an index
+    file)."""
+    from ..image import is_module_file
+
+    return is_module_file(path)
 
 
 def _file_as_first_frame(first: str) -> str | None:
