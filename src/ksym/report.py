@@ -734,12 +734,17 @@ def report_for_command(
     tag = info.links.tag if info.links is not None else "latest"
     if warn is not None and info.tag_note:
         warn(f"ksym annotate: note: kernel tag {tag}: {info.tag_note}")
+    own = provider is None  # made here: closed here (its HTTP session)
     if provider is None:
         provider = provider_for(symbolizer, source_dir=source.source_dir, offline=source.offline,
                                 source_url=source.source_url, warn=warn, kernel_tag=source.kernel_tag)
     errors: list[SourceFetchError] = []
-    text = render_report(annotated, fmt, provider=provider, tag=tag, title=title or DEFAULT_TITLE, info=info,
-                         errors=errors)
+    try:
+        text = render_report(annotated, fmt, provider=provider, tag=tag, title=title or DEFAULT_TITLE, info=info,
+                             errors=errors)
+    finally:
+        if own:
+            provider.close()
     if warn is not None:
         seen: set[str] = set()
         for e in errors:

@@ -96,7 +96,11 @@ def run_resolve(opts: ResolveOptions, out: Callable[[str], None], err: Callable[
             if warning and not said_by_locate(sym.located, expected):
                 err(warning)
         lister = _Lister(sym, opts.source, err) if opts.list_source else None
-        status = _print_resolutions(sym, opts, out, err, lister, elixir)
+        try:
+            status = _print_resolutions(sym, opts, out, err, lister, elixir)
+        finally:
+            if lister is not None:
+                lister.provider.close()  # its HTTP session
     report_stats(sym, err)
     return status
 
