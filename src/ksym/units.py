@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 from array import array
 from contextlib import contextmanager
+from itertools import starmap
 
 from .errors import BadFileError
 from .records import MutableRecord, NamedTuple
@@ -117,6 +118,14 @@ class FunctionNode(_Mutable):
         return [cls(int(die_offset), int(tag), [(int(lo), int(hi)) for lo, hi in ranges], str(name), int(parent),
                     int(call_file), int(call_line), int(call_column), int(child_pos))
                 for die_offset, tag, ranges, name, parent, call_file, call_line, call_column, child_pos in recs]
+
+    @classmethod
+    def from_exact_records(cls, recs: Sequence[Sequence[Any]]) -> list[FunctionNode]:
+        """The nodes of records already checked to be exactly what :meth:`to_record` writes: tuples of 9,
+        each field of exactly its type (``int``, not a subclass; the ranges a list of 2-tuples of ``int``):
+        :meth:`from_records` without its conversions (each would give the value itself). The ranges
+        lists are the records' own."""
+        return list(starmap(cls, recs))
 
 
 class LineSequence(NamedTuple):
@@ -438,11 +447,7 @@ class CompiledUnit(_Mutable):
                    None if walk is None else WalkState.from_record(walk)).finish()
 
     def finish(self) -> CompiledUnit:
-        spans = []
-        for i, fn in enumerate(self.functions):
-            for lo, hi in fn.ranges:
-                if hi > lo:
-                    spans.append((lo, hi, i))
+        spans = [(lo, hi, i) for i, fn in enumerate(self.functions) for lo, hi in fn.ranges if hi > lo]
         spans.sort()
         self._spans = spans
         self._starts = [s[0] for s in spans]
@@ -450,7 +455,8 @@ class CompiledUnit(_Mutable):
         reach = []
         top = 0
         for _lo, hi, _i in spans:
-            top = max(top, hi)
+            if hi > top:  # noqa: PLR1730 - max() is a call per span
+                top = hi
             reach.append(top)
         self._reach = reach
         return self
