@@ -683,3 +683,34 @@ def test_crafted_files_answer_or_fail_in_one_line(genuine: Path, tmp_path: Path)
     )
     # both outcomes are reached: many edits are refused, some change nothing a lookup reads
     assert seen["bad"] > 300 and seen["ok"] > 10, seen
+
+
+def test_blocks_read_when_first_used_are_checked_then(genuine: Path, tmp_path: Path) -> None:
+    """The code directory and the unit ranges are read when first used, not when the file is opened:
+    a flipped byte in either opens the file and answers a frame, then is refused (its CRC) where a
+    lookup first reads the block, before anything is answered from it."""
+    parts = Parts(genuine)
+    if not parts.unit_ranges:
+        # a range of a unit .debug_aranges misses (the fixture's units all have aranges)
+        parts.unit_ranges = struct.pack("<QQQ", 0x401000, 0x401400, parts.units[0][0])
+    path = tmp_path / "lazy.ksymidx"
+    write(parts, path)
+    data = path.read_bytes()
+    blocks = _blocks(data)
+    for kind in (BlockKind.CODE, BlockKind.UNIT_RANGES):
+        _at, _k, off, ln = blocks[kind]
+        assert ln > 0
+        damaged = bytearray(data)
+        damaged[off + ln // 2] ^= 0x10
+        path.write_bytes(bytes(damaged))
+        with PortableFile(path) as pf:  # opened: the block is not read yet
+            with pytest.raises(BadFileError, match=f"block {kind} checksum mismatch"):
+                if kind == BlockKind.CODE:
+                    pf.code_bytes(ADDRESSES[0], 4)
+                else:
+                    pf.load_unit_ranges()
+            if kind == BlockKind.CODE:
+                with Symbolizer.from_index(path) as s:
+                    assert s.resolve("ip_local_out_like+0x79/0x90") != []
+                    with pytest.raises(BadFileError, match="checksum"):
+                        s.code_bytes(ADDRESSES[0], 16)

@@ -41,8 +41,8 @@ import struct
 import zlib
 from array import array
 from collections.abc import Callable
-from itertools import chain, islice
-from typing import Any
+from itertools import chain, count, repeat
+from typing import Any, TypeVar
 
 from .checksum import crc32
 from .dwarf_image import ArangeTable, UnitRange
@@ -59,6 +59,8 @@ if TYPE_CHECKING:
     from . import dwarf as D
     from .dwarf_image import DwarfImage
     from .units import CompiledUnit, LineTable
+
+_T = TypeVar("_T")
 
 __all__ = [
     "FORMAT_VERSION",
@@ -80,6 +82,8 @@ _HEAD = struct.Struct("<8sIIQIII28x")
 _BLOCK = struct.Struct("<HHIQQQ")
 #: key (unit offset in .debug_info, or chunk address), payload offset, stored length, raw length, CRC-32
 _ENTRY = struct.Struct("<QQIII4x")
+#: this host stores numbers big-endian (the file's are little-endian)
+_BIG_HOST = struct.pack("=H", 1) != struct.pack("<H", 1)
 #: Code is stored in chunks of this many bytes (the last of a section shorter).
 CODE_CHUNK = 64 * 1024
 #: No header (metadata and block table) is longer: a longer one is damage.
@@ -343,8 +347,8 @@ def _decompress(data: bytes | memoryview, raw_length: int) -> bytes:
     return out
 
 
-def _aranges_of(raw: bytes) -> ArangeTable:
-    """An ARANGES block's table. :raises ValueError: not one."""
+def _aranges_of(raw: bytes | memoryview) -> ArangeTable:
+    """An ARANGES block's table (its columns copied from ``raw``). :raises ValueError: not one."""
     try:
         n, maxlen = struct.unpack_from("<QQ", raw)
     except struct.error:
@@ -355,7 +359,7 @@ def _aranges_of(raw: bytes) -> ArangeTable:
     for i in range(3):
         a = array("Q")
         a.frombytes(raw[16 + 8 * n * i : 16 + 8 * n * (i + 1)])
-        if struct.pack("=H", 1) != struct.pack("<H", 1):
+        if _BIG_HOST:
             a.byteswap()
         cols.append(a)
     # sorted by start, no range longer than maxlen: as the writer made them (the CRC says these are
@@ -382,7 +386,11 @@ def _sections_of(secs: object) -> tuple[Section, ...]:
         numbers.append(index)
         if set(map(type, name)) != {str} or set(map(type, chain(*numbers))) != {int} or min(map(min, numbers)) < 0:
             raise ValueError("a malformed section")
-    return tuple(map(Section._make, secs))
+    # the records made in C (Section._make would check each one's length again)
+    return tuple(map(_tuple_new, repeat(Section), secs))
+
+
+_tuple_new = tuple.__new__
 
 
 def _whole_unit(rec: Any, offset: int, size: int) -> CompiledUnit:
@@ -390,22 +398,27 @@ def _whole_unit(rec: Any, offset: int, size: int) -> CompiledUnit:
     read from), which must be the whole unit at ``offset``.
 
     :raises ValueError: it is not."""
-    from .units import unit_from_record
+    from .units import CompiledUnit, FunctionNode, LineTable
 
     try:
-        if not _plain_unit_record(rec, size):
+        fns = _plain_unit_record(rec, size)
+        if fns is None:
             raise ValueError("not a unit record")
-        cu = unit_from_record(rec)
+        if rec[0] != offset:
+            raise ValueError("not a whole unit")
+        # every field of exactly its type (checked above): the nodes are made without conversions
+        cu = CompiledUnit(
+            offset,
+            rec[1],
+            rec[2],
+            FunctionNode.from_exact_records(fns),
+            None if rec[4] is None else LineTable.from_record(rec[4]),
+        ).finish()
     except (TypeError, IndexError, OverflowError, RecursionError) as exc:
         raise ValueError(type(exc).__name__) from None
-    if (
-        cu.offset != offset
-        or cu.walk is not None
-        or (cu.lines is not None and cu.lines.pending is not None)
-        or any(f.child_pos >= 0 or not 0 <= f.parent + 1 <= i for i, f in enumerate(cu.functions))
-    ):
-        raise ValueError("not a whole unit")
     if cu.lines is not None:
+        if cu.lines.pending is not None:
+            raise ValueError("not a whole unit")
         _check_lines(cu.lines)
     return cu
 
@@ -429,21 +442,33 @@ def _check_lines(lines: LineTable) -> None:
 
 
 class Directory:
-    """The unit or code directory: the keys (for bisection) decoded at once, each entry when it is used
-    (and then checked against the payload's bounds)."""
+    """The unit, code or name directory: the keys (for bisection) decoded at once and checked to be
+    strictly increasing (a name directory's: exactly 0 to n - 1, ``pieces``), each entry when it is
+    used (and then checked against the payload's bounds).
 
-    def __init__(self, path: object, raw: bytes, payload: Block, what: str) -> None:
+    ``raw``: the directory's bytes (a view of the mapping is copied once, not kept)."""
+
+    def __init__(
+        self, path: object, raw: bytes | memoryview, payload: Block, what: str, pieces: bool = False
+    ) -> None:
         if len(raw) % _ENTRY.size:
             raise _bad(path, f"{what} directory length")
         words = array("Q")
         words.frombytes(raw)
-        if struct.pack("=H", 1) != struct.pack("<H", 1):
+        if _BIG_HOST:
+            self._raw: bytes | array[int] = bytes(raw)
             words.byteswap()
-        self.keys = words[0::4]
+        else:
+            self._raw = words  # the entries are unpacked from the words themselves
+        self.keys: list[int] = words[0::4].tolist()
         keys = self.keys
-        if not all(map(operator.lt, keys, islice(keys, 1, None))):
+        if pieces:
+            if not keys or keys != list(range(len(keys))):
+                raise _bad(path, f"{what} directory: not its pieces in order")
+        # strictly increasing: in order (a sorted list is one run: sorting it compares each key with
+        # the next, in C) and no key twice
+        elif keys != sorted(keys) or len(set(keys)) != len(keys):
             raise _bad(path, f"{what} directory out of order")
-        self._raw = raw
         self._path = path
         self._what = what
         self._low = payload.offset
@@ -493,16 +518,19 @@ def _name_matches(piece: Any, name: str) -> list[FaddrMatch]:
         raise ValueError(f"{name}: {exc}") from None
 
 
-def _plain_unit_record(rec: Any, size: int) -> bool:
-    """Whether ``rec`` (read from ``size`` bytes of ``marshal`` data) has the shape of a whole unit's
-    record where a wrong type would make the loader allocate or work rather than fail: ``bytes(n)`` of
-    a number; ``str()`` of a nest of lists (``marshal`` shares an object it holds twice, so a few
-    bytes can hold a nest of 2**40 lists); ranges or line sequences read more often than the data
-    holds bytes (one list shared by every function). Its names are strings, its function records
-    tuples of 9 with a list of ranges each (together no more ranges than ``size``), its line table's
-    columns bytes, its sequences of 4 numbers, and it has no walk state and no pending decoder state
-    (the loader checks the rest field by field). Checked in C (``map``): a unit holds thousands of
-    function records."""
+def _plain_unit_record(rec: Any, size: int) -> list[tuple[Any, ...]] | None:
+    """The function records of ``rec`` (read from ``size`` bytes of ``marshal`` data) if it has the
+    shape of a whole unit's record, else None: where a wrong type would make the loader allocate or
+    work rather than fail (``bytes(n)`` of a number; ``str()`` of a nest of lists: ``marshal`` shares an
+    object it holds twice, so a few bytes can hold a nest of 2**40 lists; ranges or line sequences read
+    more often than the data holds bytes: one list shared by every function), and where the loader
+    takes a field as it is. Its offset and names are exactly ``int`` and ``str``; its function records
+    tuples of 9, every field exactly of its type (``int``, not a subclass such as ``bool``; the name a
+    ``str``; the ranges a list of 2-tuples of ``int``, together no more ranges than ``size``); no
+    function has an unread subtree (``child_pos`` -1 or below) and each one's enclosing function comes
+    before it (``parent`` -1 or an earlier index); its line table's columns are bytes, its sequences of
+    4, and it has no walk state and no pending decoder state (the line table's loader checks the rest
+    field by field). Checked in C (``map``, ``zip``): a unit holds thousands of function records."""
     if not (
         type(rec) is tuple
         and len(rec) == 6
@@ -512,19 +540,29 @@ def _plain_unit_record(rec: Any, size: int) -> bool:
         and type(rec[3]) is list
         and rec[5] is None
     ):
-        return False
-    fns = rec[3]
+        return None
+    fns: list[tuple[Any, ...]] = rec[3]
     if set(map(type, fns)) - {tuple} or set(map(len, fns)) - {9}:
-        return False
-    if set(map(type, map(_NAME, fns))) - {str}:
-        return False
-    ranges = list(map(_RANGES, fns))
-    if set(map(type, ranges)) - {list} or sum(map(len, ranges)) > size:
-        return False
+        return None
+    if fns:
+        die, tag, ranges, names, parents, call_file, call_line, call_column, child_pos = zip(*fns)
+        if set(map(type, names)) - {str}:
+            return None
+        if set(map(type, chain(die, tag, parents, call_file, call_line, call_column, child_pos))) - {int}:
+            return None
+        if set(map(type, ranges)) - {list} or sum(map(len, ranges)) > size:
+            return None
+        pairs = list(chain.from_iterable(ranges))
+        if set(map(type, pairs)) - {tuple} or set(map(len, pairs)) - {2}:
+            return None
+        if set(map(type, chain.from_iterable(pairs))) - {int}:
+            return None
+        if max(child_pos) >= 0 or min(parents) < -1 or not all(map(operator.lt, parents, count())):
+            return None
     lines = rec[4]
     if lines is None:
-        return True
-    return (
+        return fns
+    if (
         type(lines) is tuple
         and len(lines) == 8
         and type(lines[0]) is list
@@ -537,12 +575,9 @@ def _plain_unit_record(rec: Any, size: int) -> bool:
         and not set(map(type, lines[4])) - {tuple}
         and not set(map(len, lines[4])) - {4}
         and lines[6] is None
-    )
-
-
-#: a function record's name and ranges (ksym.units.FunctionNode.to_record)
-_NAME = operator.itemgetter(3)
-_RANGES = operator.itemgetter(2)
+    ):
+        return fns
+    return None
 
 
 class PortableFile:
@@ -590,13 +625,17 @@ class PortableFile:
             self.meta = self.header.meta
             blocks = self.header.blocks
             payload = blocks[BlockKind.PAYLOAD]
-            self.units = Directory(self._name, self._block(BlockKind.UNITS), payload, "unit")
-            self.code = Directory(self._name, self._block(BlockKind.CODE), payload, "code")
+            self.units = self._from_block(
+                BlockKind.UNITS, lambda raw: Directory(self._name, raw, payload, "unit")
+            )
             self.aranges = self._load_aranges()
-            self.unit_ranges = self._load_unit_ranges()
         except BaseException:
             self.close()
             raise
+        # read and checked when first used: the code by annotate's call sites, the unit ranges by a
+        # lookup the aranges miss, the names by a frame's name, the modules by a frame naming one
+        self._code: Directory | None = None
+        self._unit_ranges: list[UnitRange] | None = None
         self._modules: list[ModuleEntry] | None = None
         self._names: Directory | None = None
 
@@ -634,17 +673,49 @@ class PortableFile:
         raw_length = None if b.codec == CODEC_NONE else b.raw_length
         return self._checked(b.offset, b.length, b.crc, raw_length, f"block {kind}")
 
+    def _from_block(self, kind: int, parse: Callable[[bytes | memoryview], _T]) -> _T:
+        """What ``parse`` makes of a block's contents, its CRC checked: a stored block's given as a view
+        of the mapping (``parse`` copies what it keeps: the view is released after), a compressed one's
+        decompressed."""
+        b = self.header.blocks[kind]
+        if b.codec != CODEC_NONE:
+            return parse(self._block(kind))
+        assert self._view is not None
+        view = self._view[b.offset : b.offset + b.length]
+        try:
+            if zlib.crc32(view) != b.crc:
+                raise _bad(self.path, f"block {kind} checksum mismatch")
+            return parse(view)
+        finally:
+            view.release()
+
     def _load_aranges(self) -> ArangeTable:
         try:
-            return _aranges_of(self._block(BlockKind.ARANGES))
+            return self._from_block(BlockKind.ARANGES, _aranges_of)
         except ValueError as exc:
             raise _bad(self.path, f"aranges: {exc}") from None
 
-    def _load_unit_ranges(self) -> list[UnitRange]:
-        try:
-            return _unit_ranges_of(self._block(BlockKind.UNIT_RANGES))
-        except ValueError as exc:
-            raise _bad(self.path, f"unit ranges: {exc}") from None
+    @property
+    def unit_ranges(self) -> list[UnitRange]:
+        """The ranges of the units .debug_aranges misses, read and checked once, when first needed.
+
+        :raises BadFileError: the block is damaged."""
+        if self._unit_ranges is None:
+            try:
+                self._unit_ranges = _unit_ranges_of(self._block(BlockKind.UNIT_RANGES))
+            except ValueError as exc:
+                raise _bad(self.path, f"unit ranges: {exc}") from None
+        return self._unit_ranges
+
+    @property
+    def code(self) -> Directory:
+        """The code directory, read and checked once, when code is first read.
+
+        :raises BadFileError: the block is damaged, or its keys are out of order."""
+        if self._code is None:
+            payload = self.header.blocks[BlockKind.PAYLOAD]
+            self._code = self._from_block(BlockKind.CODE, lambda raw: Directory(self._name, raw, payload, "code"))
+        return self._code
 
     def _piece(self, e: Entry, what: str) -> bytes:
         """A unit, code chunk or module of the payload, its CRC checked, decompressed."""
@@ -719,10 +790,9 @@ class PortableFile:
         """The name pieces' directory, read and checked once: pieces 0 to n - 1, n at least 1."""
         if self._names is None:
             payload = self.header.blocks[BlockKind.PAYLOAD]
-            names = Directory(self._name, self._block(BlockKind.NAMES), payload, "name")
-            if not len(names) or names.keys[-1] != len(names) - 1:
-                raise _bad(self.path, "name directory: not its pieces in order")
-            self._names = names
+            self._names = self._from_block(
+                BlockKind.NAMES, lambda raw: Directory(self._name, raw, payload, "name", pieces=True)
+            )
         return self._names
 
     @property
