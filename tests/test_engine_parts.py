@@ -20,16 +20,10 @@ from anchors import fixture, require_test_vmlinux
 
 from ksym import Symbolizer
 from ksym.dwarf_image import ArangeTable, DwarfImage, UnitRange
-from ksym.index import (
-    AnswerRecords,
-    ImageIndex,
-    ImageRecord,
-    IndexStore,
-    StoredChain,
-    StoredInstruction,
-)
+from ksym.index import ImageIndex, IndexStore
 from ksym.model import ImageResolver, SourceLocation
 from ksym.modules import ModuleSymbolizer
+from ksym.session import AnswerRecords, ImageRecord, StoredChain, StoredInstruction
 
 _DATA = Path(os.environ.get("KSYM_TESTDATA", "/var/tmp/ksym-testdata"))
 NFT_CT = _DATA / "modules" / "kernel" / "net" / "netfilter" / "nft_ct.ko"

@@ -372,7 +372,8 @@ def test_first_use_hashes_in_a_thread_that_ends_with_the_open(tmp_path: Path) ->
     import mmap
     import threading
 
-    from ksym.index import Fingerprinting, fingerprint, image_key
+    from ksym.index import Fingerprinting, fingerprint
+    from ksym.session import image_key
 
     genuine = _with_build_id(tmp_path / "vmlinux")
     before = threading.active_count()

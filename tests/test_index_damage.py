@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 from anchors import REPO_ROOT
 
-from ksym.index import ImageRecord, IndexStore
+from ksym.index import IndexStore
+from ksym.session import ImageRecord
 
 pytestmark = pytest.mark.vmlinux
 

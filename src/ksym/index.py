@@ -49,16 +49,16 @@ import re
 import struct
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from .checksum import crc32
-from .dwarf_image import ArangeTable, UnitRange
+from .dwarf_image import UnitRange
 from .errors import BadFileError
 from .lru import LRUCache
-from .model import SourceLocation
 from .records import NamedTuple
 from .searchopts import path_text
+from .session import AnswerRecords, ImageRecord, StoredAnswers
 from .symbols import Section, SymbolTable
 
 TYPE_CHECKING = False
@@ -71,20 +71,14 @@ __all__ = [
     "FORMAT_VERSION",
     "RECENT_CHANGE_SECONDS",
     "STALE_TEMP_SECONDS",
-    "AnswerRecords",
     "DamagedSymbolsFile",
     "FileIdentity",
     "Fingerprinting",
     "ImageIndex",
-    "ImageRecord",
     "IndexStore",
     "PathRecord",
-    "StoredAnswers",
-    "StoredChain",
-    "StoredInstruction",
     "default_cache_dir",
     "fingerprint",
-    "image_key",
     "xdg_cache_home",
 ]
 
@@ -249,14 +243,6 @@ class _PieceHashing:
         return h.hexdigest()[:32]
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 class Fingerprinting:
     """:func:`fingerprint` computed in threads while the caller reads the same mapped file for other
     things: one thread fewer than the CPUs this process may use (at least one, at most three), and the
@@ -267,6 +253,8 @@ class Fingerprinting:
 
     def __init__(self, data: mmap.mmap, skip: Iterable[tuple[int, int]] = ()) -> None:
         import threading  # only on a file's first use
+
+        from .workers import usable_cpus
 
         self._hashing = _PieceHashing(data, skip)
         self._error: BaseException | None = None
@@ -303,10 +291,6 @@ class Fingerprinting:
             raise self._error
         return self._hashing.digest()
 
-
-def image_key(build_id: str | None, content: str) -> str:
-    """The index key of a file: its build id (if any) and the :func:`fingerprint` of its contents."""
-    return f"{build_id or 'nobuildid'}-{content}"
 
 
 class IndexStore:
@@ -565,238 +549,6 @@ class IndexStore:
                         os.unlink(e.path)
         except OSError:
             pass
-
-
-# -- records -------------------------------------------------------------------------------------------
-
-
-class ImageRecord(NamedTuple):
-    """What the index keeps of an image file: everything a warm run needs without opening it."""
-
-    path: str
-    build_id: str | None
-    elf_type: str
-    little_endian: bool
-    elfclass: int
-    machine: str | None
-    sections: tuple[Section, ...]
-    #: the length of the symbols file (``symbols.v<N>``, :meth:`ksym.symbols.SymbolTable.to_buffer`)
-    symbols_size: int
-    aranges: ArangeTable
-    #: ``linux_banner`` (None: no such symbol)
-    banner: str | None
-    has_dwarf: bool
-    #: how many symbols came from .dynsym
-    dynamic_symbols: int
-    #: faddr2line's path prefix (addr2line's file for start_kernel, cut before init/main.c)
-    dir_prefix: str | None
-    #: the CRC-32 of the symbols file, checked when it is mapped (0 with no symbols file, or none of the
-    #: index: a portable index file's symbols are checked with their block)
-    symbols_crc: int = 0
-
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "path": self.path, "build_id": self.build_id, "elf_type": self.elf_type,
-            "little_endian": self.little_endian, "elfclass": self.elfclass, "machine": self.machine,
-            "sections": [(s.index, s.name, s.type, s.flags, s.addr, s.offset, s.size) for s in self.sections],
-            "symbols_size": self.symbols_size, "symbols_crc": self.symbols_crc, "aranges": self.aranges.to_record(), "banner": self.banner,
-            "has_dwarf": self.has_dwarf, "dynamic_symbols": self.dynamic_symbols, "dir_prefix": self.dir_prefix,
-        }
-
-    @classmethod
-    def from_record(cls, rec: dict[str, Any]) -> ImageRecord:
-        """:raises KeyError, TypeError, ValueError, IndexError: not a record of this shape."""
-        build_id, machine, banner, prefix = rec["build_id"], rec["machine"], rec["banner"], rec["dir_prefix"]
-        for v in (build_id, machine, banner, prefix):
-            if v is not None and not isinstance(v, str):
-                raise TypeError("not a string")
-        if type(rec["symbols_size"]) is not int or type(rec["symbols_crc"]) is not int:
-            raise TypeError("symbols file size or CRC")
-        return cls(
-            path=str(rec["path"]), build_id=build_id, elf_type=str(rec["elf_type"]),
-            little_endian=bool(rec["little_endian"]), elfclass=int(rec["elfclass"]), machine=machine,
-            sections=tuple(Section(*s) for s in rec["sections"]), symbols_size=rec["symbols_size"],
-            symbols_crc=rec["symbols_crc"],
-            aranges=ArangeTable.from_record(rec["aranges"]), banner=banner, has_dwarf=bool(rec["has_dwarf"]),
-            dynamic_symbols=int(rec["dynamic_symbols"]), dir_prefix=prefix,
-        )
-
-
-class StoredChain(NamedTuple):
-    """The answer for one address: its inline chain (without links) and the start of its line row."""
-
-    chain: tuple[SourceLocation, ...]
-    #: start of the line-table row covering the address, -1: none
-    row_start: int
-
-    def to_record(self) -> tuple[Any, ...]:
-        return (tuple((c.function, c.file, c.line, c.column, c.discriminator, c.raw_file, c.inlined)
-                      for c in self.chain), self.row_start)
-
-    @classmethod
-    def from_record(cls, rec: Sequence[Any]) -> StoredChain:
-        """:raises TypeError, ValueError, IndexError: not a record of this shape."""
-        return cls(tuple(SourceLocation(*loc) for loc in rec[0]), int(rec[1]))
-
-
-class StoredInstruction(NamedTuple):
-    """The instruction before a return address (:func:`ksym.disasm.instruction_before`)."""
-
-    #: whether the return address is an instruction boundary (None: unknown)
-    boundary: bool | None
-    #: :meth:`ksym.disasm.Instruction.fields` (None: no instruction found)
-    fields: tuple[Any, ...] | None
-
-    def to_record(self) -> tuple[Any, ...]:
-        return (self.boundary, self.fields)
-
-    @classmethod
-    def from_record(cls, rec: Sequence[Any]) -> StoredInstruction:
-        """:raises TypeError, ValueError, IndexError: not a record of this shape."""
-        boundary, fields = rec[0], rec[1]
-        if boundary is not None and not isinstance(boundary, bool):
-            raise TypeError("boundary")
-        if fields is not None and not isinstance(fields, tuple):
-            raise TypeError("fields")
-        return cls(boundary, fields)
-
-
-#: The key of a caller's stored answer: a tuple starting with the caller's tag (``"frame"``: annotate).
-CallerKey = tuple[Any, ...]
-
-
-class AnswerRecords:
-    """Stored answers as records (plain tuples, as marshal writes them), by kind.
-
-    :param chains: address → :meth:`StoredChain.to_record`
-    :param instructions: (return address, function start) → :meth:`StoredInstruction.to_record`
-    :param callers: a caller's key → its value (tuples, str, int, bytes, None:
-        :meth:`ksym.Symbolizer.remember`)
-    """
-
-    __slots__ = ("callers", "chains", "instructions")
-
-    def __init__(self, chains: dict[int, tuple[Any, ...]],
-                 instructions: dict[tuple[int, int | None], tuple[Any, ...]], callers: dict[CallerKey, Any]) -> None:
-        self.chains = chains
-        self.instructions = instructions
-        self.callers = callers
-
-    def __repr__(self) -> str:
-        return (f"AnswerRecords(chains={self.chains!r}, instructions={self.instructions!r}, "
-                f"callers={self.callers!r})")
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, AnswerRecords):
-            return NotImplemented
-        return (self.chains, self.instructions, self.callers) == (other.chains, other.instructions, other.callers)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass with eq=True
-
-    @classmethod
-    def empty(cls) -> AnswerRecords:
-        return cls({}, {}, {})
-
-    def __len__(self) -> int:
-        return len(self.chains) + len(self.instructions) + len(self.callers)
-
-    def update(self, other: AnswerRecords) -> None:
-        self.chains.update(other.chains)
-        self.instructions.update(other.instructions)
-        self.callers.update(other.callers)
-
-    def to_record(self) -> dict[str, Any]:
-        return {"chains": self.chains, "instructions": self.instructions, "callers": self.callers}
-
-    @classmethod
-    def from_record(cls, rec: dict[str, Any]) -> AnswerRecords:
-        """Each kind that is not a dict is taken as empty (its entries are checked when used)."""
-        chains, insns, callers = rec.get("chains"), rec.get("instructions"), rec.get("callers")
-        return cls(chains if isinstance(chains, dict) else {}, insns if isinstance(insns, dict) else {},
-                   callers if isinstance(callers, dict) else {})
-
-
-class StoredAnswers:
-    """One image's stored answers, as shown with one ``view`` (how paths are displayed): read from the
-    index on first use; what this session adds is written by :meth:`flush`. A damaged entry reads as
-    missing (answered again)."""
-
-    def __init__(self, store: IndexStore, key: str, view: str) -> None:
-        self._store = store
-        self._key = key
-        self.view = view
-        self._all: AnswerRecords | None = None
-        self._new = AnswerRecords.empty()
-        #: chains answered from what an earlier session stored
-        self.stored_hits = 0
-
-    def _records(self) -> AnswerRecords:
-        if self._all is None:
-            self._all = self._store.load_answers(self._key, self.view)
-        return self._all
-
-    # -- chains --
-
-    def has_chain(self, address: int) -> bool:
-        return address in self._records().chains
-
-    def chain(self, address: int) -> StoredChain | None:
-        rec = self._records().chains.get(address)
-        if rec is None:
-            return None
-        try:
-            got = StoredChain.from_record(rec)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if address not in self._new.chains:
-            self.stored_hits += 1
-        return got
-
-    def add_chain(self, address: int, answer: StoredChain) -> None:
-        self._records().chains[address] = self._new.chains[address] = answer.to_record()
-
-    # -- instructions --
-
-    def has_instruction(self, return_address: int, function_start: int | None) -> bool:
-        return (return_address, function_start) in self._records().instructions
-
-    def instruction(self, return_address: int, function_start: int | None) -> StoredInstruction | None:
-        rec = self._records().instructions.get((return_address, function_start))
-        if rec is None:
-            return None
-        try:
-            return StoredInstruction.from_record(rec)
-        except (TypeError, ValueError, IndexError):
-            return None
-
-    def add_instruction(self, return_address: int, function_start: int | None, answer: StoredInstruction) -> None:
-        key = (return_address, function_start)
-        self._records().instructions[key] = self._new.instructions[key] = answer.to_record()
-
-    # -- callers' answers --
-
-    def caller(self, key: CallerKey) -> Any:
-        return self._records().callers.get(key)
-
-    def add_caller(self, key: CallerKey, value: Any) -> None:
-        self._records().callers[key] = self._new.callers[key] = value
-
-    # -- pending --
-
-    def take_new(self) -> AnswerRecords:
-        """What this session added since the last call (a prefetch worker sends it to its parent)."""
-        new, self._new = self._new, AnswerRecords.empty()
-        return new
-
-    def merge(self, new: AnswerRecords) -> None:
-        """Add answers worked out elsewhere (a prefetch worker's), to be written by :meth:`flush`."""
-        self._records().update(new)
-        self._new.update(new)
-
-    def flush(self) -> None:
-        if len(self._new):
-            self._store.save_answers(self._key, self.view, self._new)
-            self._new = AnswerRecords.empty()
 
 
 class DamagedSymbolsFile(BadFileError):

@@ -47,9 +47,9 @@ from typing import Any, TypeVar
 from .checksum import crc32
 from .dwarf_image import ArangeTable, UnitRange
 from .errors import BadFileError, FileNotFoundKsymError
-from .index import ImageRecord
 from .records import NamedTuple
 from .searchopts import path_text
+from .session import ImageRecord
 from .symbols import FaddrMatch, Section, SymbolTable
 
 TYPE_CHECKING = False

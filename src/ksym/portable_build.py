@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from .errors import BadFileError, KsymError, MissingDebugInfoError, WorkerDiedError
-from .index import usable_cpus
 from .portable import CODE_CHUNK, LEVEL, BlockKind, PortableMeta
 from .portable_write import (
     PortableWriter,
@@ -54,6 +53,7 @@ from .portable_write import (
     unit_range_block,
 )
 from .records import NamedTuple
+from .workers import usable_cpus
 
 if TYPE_CHECKING:
     from .dwarf import DwarfSections

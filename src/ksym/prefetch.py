@@ -23,8 +23,8 @@ from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING
 
 from .errors import KsymError
-from .index import AnswerRecords, ImageIndex, StoredAnswers, usable_cpus
 from .records import NamedTuple
+from .session import AnswerRecords, Session, StoredAnswers
 
 if TYPE_CHECKING:
     from .dwarf_image import DwarfImage
@@ -63,7 +63,7 @@ class Prefetcher:
     """Answers addresses and call sites of one image ahead of use (see the module's documentation).
 
     :param dwarf: the image's DWARF (None: no DWARF, every address answered from the symbols).
-    :param index: the image's index session (units stored, answers).
+    :param index: the image's session (units stored, answers: :class:`ksym.session.Session`).
     :param answers: its stored answers (what is answered already; where new answers go).
     :param answer: works out and keeps the answer for an address (may raise KsymError).
     :param answer_call: works out and keeps the instruction before a ``(return address, function
@@ -74,7 +74,7 @@ class Prefetcher:
     an interrupted run left.
     """
 
-    def __init__(self, dwarf: DwarfImage | None, index: ImageIndex, answers: StoredAnswers,
+    def __init__(self, dwarf: DwarfImage | None, index: Session, answers: StoredAnswers,
                  answer: Callable[[int], object], answer_call: Callable[[int, int | None], object], *,
                  processes: int | None = None) -> None:
         self._dwarf = dwarf
@@ -104,7 +104,12 @@ class Prefetcher:
         dwarf = self._dwarf
         cold = [off for off in by_unit
                 if off is not None and dwarf is not None and not dwarf.in_memory(off) and index.pack_of(off) is None]
-        n = self._processes if self._processes is not None else usable_cpus()
+        if self._processes is not None:
+            n = self._processes
+        else:
+            from .workers import usable_cpus
+
+            n = usable_cpus()
         n = min(n, MAX_PROCESSES, max(1, len(cold) // UNITS_PER_PROCESS))
         # fork only a single-threaded process (a forked copy of a thread holding a lock can hang)
         import threading  # a thread anyone started has imported it already

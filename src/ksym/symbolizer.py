@@ -26,23 +26,13 @@ from typing import Any
 from .checksum import crc32
 from .dwarf_image import ArangeTable, DwarfImage, FileSections, dwarf_sections
 from .errors import BadFileError, KsymError, SpecError
-from .index import (
-    CallerKey,
-    FileIdentity,
-    Fingerprinting,
-    ImageIndex,
-    ImageRecord,
-    IndexStore,
-    StoredChain,
-    StoredInstruction,
-    image_key,
-)
 from .lru import LRUCache
 from .model import Resolution, SourceLocation
 from .pathmap import PathMap
 from .prefetch import Prefetcher
 from .records import NamedTuple
 from .searchopts import Located
+from .session import CallerKey, ImageRecord, MemorySession, Session, StoredChain, StoredInstruction, image_key
 from .spec import AddressSpec, FuncSpec, parse_spec
 from .symbols import FaddrMatch, SymbolTable, SymbolView, faddr2line_select, inline_chain
 
@@ -51,6 +41,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from . import dwarf as D
+    from .index import IndexStore
     from .portable import PortableFile
     from .searchopts import DebuginfoOptions
     from .units import CompiledUnit
@@ -191,8 +182,13 @@ class Symbolizer:
         for w in self.warnings:
             if warn:
                 warn(w)
-        # the index file is complete: nothing is learnt, nothing written to the on-disk index
-        self._store = IndexStore(cache_dir or None, enabled=use_index and index_file is None)
+        # the on-disk index of a debug file (made by _load_index; an index file is complete: nothing is
+        # learnt, nothing written, and the store is not even imported)
+        self._use_index = use_index
+        self._cache_dir = cache_dir
+        self._store: IndexStore | None = None
+        #: the image's session (the on-disk index's, or a portable file's in memory: :mod:`ksym.session`)
+        self._index: Session = MemorySession()
         self._image: Any = None
         self._cu_cache_size = cu_cache_size
         #: the image's DWARF (None: the file has none, or it is not read yet)
@@ -243,7 +239,8 @@ class Symbolizer:
         from .portable import NoSections, PortableFile
 
         self.portable = PortableFile(self._file)
-        self._open_session(image_key(self.portable.meta.build_id, "portable"))
+        self.key: str = image_key(self.portable.meta.build_id, "portable")
+        self._index = MemorySession()
         rec = self.portable.image_record()
         self.dwarf_image = DwarfImage(self._file, NoSections(self._file), rec.aranges, units=self.portable,
                                       cache_size=self._cu_cache_size)
@@ -257,13 +254,16 @@ class Symbolizer:
             from .errors import FileNotFoundKsymError
 
             raise FileNotFoundKsymError(f"{self._file}: no such file")
+        from .index import FileIdentity, Fingerprinting, IndexStore
+
+        store = self._store = IndexStore(self._cache_dir or None, enabled=self._use_index)
         identity = None
-        if self._store.enabled:
+        if store.enabled:
             # taken before the contents are read: a file changed meanwhile has another identity later
             with contextlib.suppress(OSError):
                 identity = FileIdentity.of(self._file)
-        key = self._store.key_for(identity) if identity is not None else None
-        rec = self._store.load_image(key) if key else None
+        key = store.key_for(identity) if identity is not None else None
+        rec = store.load_image(key) if key else None
         if rec is not None and key and self._use_record(key, rec):
             return
         img = self._open_image()
@@ -287,11 +287,11 @@ class Symbolizer:
             raise
         key = image_key(self.build_id, hashing.result())
         self._fingerprinted = True
-        rec = self._store.load_image(key)
+        rec = store.load_image(key)
         if rec is not None and self._use_record(key, rec):
             if tables.symbols is not None:
                 self._set_symbols(tables.symbols)  # read already: the symbols file is not mapped
-            self._store.remember(identity, key)
+            store.remember(identity, key)
             return
         self._open_session(key)
         self._saves_symbols = True
@@ -299,19 +299,28 @@ class Symbolizer:
         self._apply_record(rec, syms)
         # none when the table is not built yet: the first run that needs it saves it
         self._save_record(rec, tables.symbols_buffer)
-        self._store.remember(identity, key)
+        store.remember(identity, key)
 
     def _save_record(self, rec: ImageRecord, symbols_buffer: bytes) -> None:
         """Save the image record naming the symbols file of ``symbols_buffer`` (its size and CRC-32; empty:
         none yet), the symbols file first: a record names only a symbols file written before it."""
+        store = self._index_store()
         if symbols_buffer:
-            self._store.save_symbols(self.key, symbols_buffer)
+            store.save_symbols(self.key, symbols_buffer)
         self._record = rec._replace(symbols_size=len(symbols_buffer), symbols_crc=crc32(symbols_buffer))
-        self._store.save_image(self.key, self._record)
+        store.save_image(self.key, self._record)
+
+    def _index_store(self) -> IndexStore:
+        """The on-disk store of a debug file's index (:meth:`_load_index` made it)."""
+        assert self._store is not None, "a portable index file has no on-disk store"
+        return self._store
 
     def _open_session(self, key: str) -> None:
-        self.key: str = key
-        self._index = ImageIndex(self._store, key)
+        """The session of a debug file's on-disk index under ``key``."""
+        from .index import ImageIndex
+
+        self.key = key
+        self._index = ImageIndex(self._index_store(), key)
 
     def _use_record(self, key: str, rec: ImageRecord) -> bool:
         """Take the image from a stored record (its symbols file is mapped when a lookup first needs the
@@ -707,9 +716,7 @@ class Symbolizer:
             self._release()
 
     def _release(self) -> None:
-        index = getattr(self, "_index", None)  # none yet when the file could not be opened
-        if index is not None:
-            index.release_symbols()
+        self._index.release_symbols()
         if self._image is not None:
             self._image.close()
             self._image = None

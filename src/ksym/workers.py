@@ -29,10 +29,18 @@ if TYPE_CHECKING:
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
 
-__all__ = ["ForkedWorkers", "WorkerExit"]
+__all__ = ["ForkedWorkers", "WorkerExit", "usable_cpus"]
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class WorkerExit(NamedTuple):
