@@ -416,9 +416,7 @@ def _whole_unit(rec: Any, offset: int, size: int) -> CompiledUnit:
         ).finish()
     except (TypeError, IndexError, OverflowError, RecursionError) as exc:
         raise ValueError(type(exc).__name__) from None
-    if cu.lines is not None:
-        if cu.lines.pending is not None:
-            raise ValueError("not a whole unit")
+    if cu.lines is not None:  # without pending decoder state (_plain_unit_record)
         _check_lines(cu.lines)
     return cu
 
@@ -650,44 +648,38 @@ class PortableFile:
 
     # -- blocks --
 
-    def _checked(self, offset: int, length: int, crc: int, raw_length: int | None, what: str) -> bytes:
-        """``length`` bytes of the file at ``offset`` (within it: the header's and the directories'
-        checks), their CRC checked, then decompressed to exactly ``raw_length`` bytes (None: stored)."""
+    def _checked(
+        self, offset: int, length: int, crc: int, raw_length: int | None, what: str,
+        parse: Callable[[bytes | memoryview], _T],
+    ) -> _T:
+        """What ``parse`` makes of ``length`` bytes of the file at ``offset`` (within it: the header's and
+        the directories' checks), their CRC checked: stored ones (``raw_length`` None) given as a view of
+        the mapping (``parse`` copies what it keeps, as ``bytes`` does: the view is released after),
+        compressed ones decompressed to exactly ``raw_length`` bytes."""
         assert self._view is not None
         stored = self._view[offset : offset + length]
         try:
             if zlib.crc32(stored) != crc:
                 raise _bad(self.path, f"{what} checksum mismatch")
             if raw_length is None:
-                return bytes(stored)
+                return parse(stored)
             try:
-                return _decompress(stored, raw_length)
+                raw = _decompress(stored, raw_length)
             except ValueError as exc:
                 raise _bad(self.path, f"{what}: {exc}") from None
         finally:
             stored.release()
+        return parse(raw)
 
     def _block(self, kind: int) -> bytes:
         """The contents of a block, its CRC checked, decompressed."""
-        b = self.header.blocks[kind]
-        raw_length = None if b.codec == CODEC_NONE else b.raw_length
-        return self._checked(b.offset, b.length, b.crc, raw_length, f"block {kind}")
+        return self._from_block(kind, bytes)
 
     def _from_block(self, kind: int, parse: Callable[[bytes | memoryview], _T]) -> _T:
-        """What ``parse`` makes of a block's contents, its CRC checked: a stored block's given as a view
-        of the mapping (``parse`` copies what it keeps: the view is released after), a compressed one's
-        decompressed."""
+        """What ``parse`` makes of a block's contents (:meth:`_checked`)."""
         b = self.header.blocks[kind]
-        if b.codec != CODEC_NONE:
-            return parse(self._block(kind))
-        assert self._view is not None
-        view = self._view[b.offset : b.offset + b.length]
-        try:
-            if zlib.crc32(view) != b.crc:
-                raise _bad(self.path, f"block {kind} checksum mismatch")
-            return parse(view)
-        finally:
-            view.release()
+        raw_length = None if b.codec == CODEC_NONE else b.raw_length
+        return self._checked(b.offset, b.length, b.crc, raw_length, f"block {kind}", parse)
 
     def _load_aranges(self) -> ArangeTable:
         try:
@@ -719,7 +711,7 @@ class PortableFile:
 
     def _piece(self, e: Entry, what: str) -> bytes:
         """A unit, code chunk or module of the payload, its CRC checked, decompressed."""
-        return self._checked(e.offset, e.length, e.crc, e.raw_length, what)
+        return self._checked(e.offset, e.length, e.crc, e.raw_length, what, bytes)
 
     # -- what a Symbolizer needs --
 

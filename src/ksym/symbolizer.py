@@ -187,7 +187,8 @@ class Symbolizer:
         self._use_index = use_index
         self._cache_dir = cache_dir
         self._store: IndexStore | None = None
-        #: the image's session (the on-disk index's, or a portable file's in memory: :mod:`ksym.session`)
+        #: the image's session (:mod:`ksym.session`): a debug file's on-disk index once _load_index opens
+        #: it; a portable file's stays this one, in memory
         self._index: Session = MemorySession()
         self._image: Any = None
         self._cu_cache_size = cu_cache_size
@@ -239,8 +240,8 @@ class Symbolizer:
         from .portable import NoSections, PortableFile
 
         self.portable = PortableFile(self._file)
+        # its session is the MemorySession the constructor made: nothing is stored
         self.key: str = image_key(self.portable.meta.build_id, "portable")
-        self._index = MemorySession()
         rec = self.portable.image_record()
         self.dwarf_image = DwarfImage(self._file, NoSections(self._file), rec.aranges, units=self.portable,
                                       cache_size=self._cu_cache_size)
