@@ -18,6 +18,7 @@ import random
 import struct
 import zlib
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,9 +29,11 @@ from test_index_file import _cli
 from ksym import Symbolizer
 from ksym.errors import EXIT_BAD_FILE, EXIT_INTERNAL, BadFileError, KsymError
 from ksym.modules import ModuleSymbolizer
-from ksym.portable import _BLOCK, _ENTRY, _HEAD, BlockKind, Entry, PortableFile
-from ksym.portable_write import PortableWriter, compress
+from ksym.portable import _BLOCK, _ENTRY, _HEAD, BlockKind, Entry, PortableFile, _whole_unit
+from ksym.portable_write import PortableWriter, StoredPart, compress
 from ksym.symbols import SymbolTable, SymbolView
+from ksym.unit_parts import unit_parts as unit_parts_of
+from ksym.units import unit_to_record
 
 ELF = REPO_ROOT / "fixtures/bin/kshapes-dwarf5.elf"
 MODULE = "xt_comment"
@@ -122,7 +125,12 @@ class Parts:
             self.symbols: bytes = pf._block(BlockKind.SYMBOLS)
             self.aranges: bytes = pf._block(BlockKind.ARANGES)
             self.unit_ranges: bytes = pf._block(BlockKind.UNIT_RANGES)
-            self.units: list[tuple[int, bytes]] = [(e.key, pf._piece(e, "u")) for e in pf.units.entries()]
+            # each unit's address parts: (lowest address, record)
+            self.units: list[tuple[int, list[tuple[int, bytes]]]] = []
+            for e in pf.units.entries():
+                table = pf._part_table(e.key)
+                assert table is not None
+                self.units.append((e.key, [(p.key, pf._piece(p, "u")) for p in table.entries()]))
             self.code: list[tuple[int, bytes]] = [(e.key, pf._piece(e, "c")) for e in pf.code.entries()]
             self.modules: list[tuple[str, str | None, bytes]] = [
                 (m.name, m.build_id, pf._piece(Entry(0, m.offset, m.length, m.raw_length, m.crc), "m"))
@@ -156,8 +164,8 @@ def write(parts: Parts, path: Path) -> None:
         w.add_block(BlockKind.UNIT_RANGES, parts.unit_ranges)
         for key, raw in parts.code:  # as the builder writes them
             w.add_code(key, compress(raw), len(raw))
-        for key, raw in parts.units:
-            w.add_unit(key, compress(raw), len(raw))
+        for key, unit_parts in parts.units:
+            w.add_unit(key, [StoredPart(low, compress(raw), len(raw)) for low, raw in unit_parts])
         for name, bid, raw in parts.modules:
             w.add_module(name, bid, compress(raw), len(raw))
         for key, raw in parts.names:
@@ -433,6 +441,9 @@ def unit_attacks(rec: Any) -> Iterator[tuple[str, Any]]:
     )
     yield "the unit's name a nest of lists", (offset, nest, comp_dir, fns, lines, walk)
     yield "its directory a nest of lists", (offset, name, nest, fns, lines, walk)
+    if lines is not None:
+        # a part leaves out the names of files it does not name (None): one it names is damage
+        yield "its file names left out", (offset, name, comp_dir, fns, ([None] * len(lines[0]), *lines[1:]), walk)
     shared = [(0x401000, 0x401400)] * 10**5
     yield (
         "one list of ranges in every function",
@@ -573,17 +584,39 @@ def crafted_files(genuine: Path) -> Iterator[Crafted]:
             struct.pack_into("<QQ", d, at + 8, off + 8, ln - 8 if ln >= 8 else 0)
             struct.pack_into("<Q", d, at + 24, ln - 8 if ln >= 8 else 0)
         yield Crafted(f"block {kind} made {r}", data=reseal(d))
-    # each unit's record, edited
-    for i, (key, raw) in enumerate(base.units):
-        for where, new in record_edits(raw, rng, 45):
-            p = base.copy()
-            p.units[i] = (key, new)
-            yield Crafted(f"unit {key:#x}{where}", p)
-    for i, (key, raw) in enumerate(base.units):
-        for where, new in unit_attacks(marshal.loads(raw)):
-            p = base.copy()
-            p.units[i] = (key, marshal.dumps(new, 4))
-            yield Crafted(f"unit {key:#x}: {where}", p)
+    # each unit's parts' records, edited
+    for i, (key, unit_parts) in enumerate(base.units):
+        for j, (low, raw) in enumerate(unit_parts):
+            for where, new in record_edits(raw, rng, 45 if j == 0 else 15):
+                p = base.copy()
+                p.units[i] = (key, [*unit_parts[:j], (low, new), *unit_parts[j + 1 :]])
+                yield Crafted(f"unit {key:#x} part {j}{where}", p)
+            for where, new in unit_attacks(marshal.loads(raw)):
+                p = base.copy()
+                p.units[i] = (key, [*unit_parts[:j], (low, marshal.dumps(new, 4)), *unit_parts[j + 1 :]])
+                yield Crafted(f"unit {key:#x} part {j}: {where}", p)
+        p = base.copy()
+        p.units[i] = (key, [])
+        yield Crafted(f"unit {key:#x} without parts", p)
+        p = base.copy()
+        p.units[i] = (key, [(0, base.units[(i + 1) % len(base.units)][1][0][1])])
+        yield Crafted(f"unit {key:#x} holds another unit's part", p)
+    # part tables (on the units cut finer, so that each has several parts): lows out of order, not
+    # from 0, twice, past the top of the address space
+    fine = cut_finer(base)
+    for i, (key, unit_parts) in enumerate(fine.units):
+        lows = [low for low, _raw in unit_parts]
+        for what, new_lows in (
+            ("lows reversed", lows[::-1]),
+            ("first low not 0", [1, *lows[1:]]),
+            ("a low twice", [*lows, lows[-1]]),
+            ("lows past the top", [0, *((1 << 64) - 1 - k for k in range(len(lows) - 1, 0, -1))]),
+            ("lows shifted", [0, *(low + 3 for low in lows[1:])]),
+        ):
+            p = fine.copy()
+            recs = [raw for _low, raw in unit_parts]
+            p.units[i] = (key, list(zip(new_lows, (recs * 2)[: len(new_lows)])))
+            yield Crafted(f"unit {key:#x} cut finer, part table: {what}", p)
     # each name piece's record, edited (what a frame's name reads before any symbol table)
     for i, (key, raw) in enumerate(base.names):
         for where, new in record_edits(raw, rng, 40):
@@ -598,7 +631,7 @@ def crafted_files(genuine: Path) -> Iterator[Crafted]:
     p.units[0] = (p.units[0][0], p.units[1][1])
     yield Crafted("unit 0 holds unit 1", p)
     p = base.copy()
-    p.units[0] = (p.units[0][0], p.code[0][1])
+    p.units[0] = (p.units[0][0], [(0, p.code[0][1])])
     yield Crafted("unit 0 holds code", p)
     # code chunks of other lengths
     for i, (key, raw) in enumerate(base.code):
@@ -664,6 +697,41 @@ def test_the_genuine_file_written_back_answers_the_same(genuine: Path, tmp_path:
         assert [r.chain[0].line for r in s.resolve("ip_local_out_like+0x79/0x90")] != []
     with PortableFile(genuine) as pf:
         assert pf.module_build_ids(MODULE) != []
+
+
+def cut_finer(parts: Parts, size: int = 64) -> Parts:
+    """``parts`` with each unit cut into parts of about ``size`` bytes (the fixture's units are small:
+    one part each at the builder's size)."""
+    new = parts.copy()
+    for i, (key, unit_parts) in enumerate(parts.units):
+        finer = []
+        for low, raw in unit_parts:
+            whole = _whole_unit(marshal.loads(raw), key, len(raw))
+            for p in unit_parts_of(whole, size):
+                finer.append((max(low, p.low), marshal.dumps(unit_to_record(p.unit), 4)))
+        new.units[i] = (key, finer)
+    return new
+
+
+def test_units_cut_finer_answer_the_same(genuine: Path, tmp_path: Path) -> None:
+    """The reader finds an address's part among many: the fixture's units cut into parts of 64 bytes
+    answer every frame and address as the genuine file does."""
+    fine = cut_finer(Parts(genuine))
+    assert sum(len(p) > 1 for _key, p in fine.units) >= 3
+    path = tmp_path / "fine.ksymidx"
+    write(fine, path)
+
+    def answers(p: Path) -> list[object]:
+        out: list[object] = []
+        with Symbolizer.from_index(p) as s:
+            for call in [*(partial(s.resolve, f) for f in FRAMES), *(partial(s.symbolize, a) for a in ADDRESSES)]:
+                try:
+                    out.append(call())
+                except KsymError as exc:  # a frame of the fixture that misses: the same miss
+                    out.append(str(exc))
+        return out
+
+    assert answers(path) == answers(genuine)
 
 
 def test_crafted_files_answer_or_fail_in_one_line(genuine: Path, tmp_path: Path) -> None:

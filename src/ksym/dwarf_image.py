@@ -8,7 +8,8 @@
   :class:`ReadySections` (bytes made by the caller: a module's relocated sections);
 - an address finds its unit through ``.debug_aranges`` (:class:`ArangeTable`, bisected) and, for the
   units .debug_aranges misses, the ranges of every unit DIE (:class:`UnitRange`, read once);
-- units (:class:`ksym.units.CompiledUnit`) are kept in an LRU cache, read only as far as the addresses
+- units (:class:`ksym.units.CompiledUnit`) are kept in an LRU cache (by offset and the part the store
+  keeps them in: :meth:`UnitStore.part_of`), read only as far as the addresses
   asked need and read on later (:meth:`DwarfImage.read_on`); a :class:`UnitStore` (the index session of a
   vmlinux, the portable index file, none for a module) supplies units stored before and receives units
   read or grown. The DWARF parser (:mod:`ksym.dwarf`) is imported only when something is read from the
@@ -161,8 +162,16 @@ class SectionSource(Protocol):
 class UnitStore(Protocol):
     """Persistence of units for a :class:`DwarfImage` (:class:`ksym.index.ImageIndex`)."""
 
-    def load_unit(self, offset: int) -> CompiledUnit | None:
-        """The unit stored before (possibly partial), or None."""
+    def part_of(self, offset: int, address: int | None) -> int:
+        """Which stored part of the unit at ``offset`` answers ``address``: 0, the unit itself, for a
+        store that keeps units whole; from 1 on for one that keeps them in address parts (the portable
+        index file: :mod:`ksym.unit_parts`), each a unit of its own that answers its addresses as the
+        whole unit would."""
+        ...
+
+    def load_unit(self, offset: int, part: int = 0) -> CompiledUnit | None:
+        """Part ``part`` (:meth:`part_of`) of the unit stored before (part 0: the unit, possibly read
+        part way), or None."""
         ...
 
     def unit_changed(self, unit: CompiledUnit) -> None:
@@ -264,7 +273,8 @@ class DwarfImage:
         self._aranges = aranges
         self._fallback: list[UnitRange] | None = None
         self._store = units
-        self._units: LRUCache[int, CompiledUnit] = LRUCache(maxsize=cache_size)
+        # (unit offset, part: UnitStore.part_of) → the unit or part
+        self._units: LRUCache[tuple[int, int], CompiledUnit] = LRUCache(maxsize=cache_size)
         #: offsets of the units read from the DWARF (or read further) in this session
         self.units_read: set[int] = set()
         #: how many units came from the :class:`UnitStore`
@@ -328,8 +338,8 @@ class DwarfImage:
     # -- units --
 
     def in_memory(self, offset: int) -> bool:
-        """Whether the unit at ``offset`` is in the in-memory cache."""
-        return offset in self._units
+        """Whether the unit at ``offset`` (itself, not a part) is in the in-memory cache."""
+        return (offset, 0) in self._units
 
     @property
     def units_in_memory(self) -> int:
@@ -338,12 +348,14 @@ class DwarfImage:
     def compiled_unit(self, offset: int, address: int | None = None) -> CompiledUnit:
         """The unit at ``offset`` of .debug_info (from memory, the store or the DWARF); given an
         ``address``, a unit read from the DWARF is read only as far as that address needs
-        (:meth:`read_on` reads on)."""
-        cu = self._units.get(offset)
+        (:meth:`read_on` reads on), and a store that keeps units in parts gives the part that answers
+        it (without an address, such a store's unit is read from the DWARF)."""
+        part = self._store.part_of(offset, address) if self._store is not None else 0
+        cu = self._units.get((offset, part))
         if cu is not None:
             return cu
         if self._store is not None:
-            cu = self._store.load_unit(offset)
+            cu = self._store.load_unit(offset, part)
             if cu is not None:
                 self.units_loaded += 1
         if cu is None:
@@ -351,8 +363,9 @@ class DwarfImage:
 
             with D.damage_is_bad_file(self.path):
                 cu = D.compile_unit(self.sections, offset, until=address, expect=address)
+            part = 0
             self._changed(cu)
-        self._units[offset] = cu
+        self._units[(offset, part)] = cu
         return cu
 
     def read_on(self, cu: CompiledUnit, address: int, functions: bool = True) -> None:
@@ -395,7 +408,7 @@ class DwarfImage:
         again from the start if asked again."""
         if self._store is not None:
             self._store.forget_unit(offset)
-        self._units.pop(offset, None)
+        self._units.pop((offset, 0), None)
 
     # -- answers --
 
@@ -421,7 +434,10 @@ class DwarfImage:
         off = self.unit_offset(address)
         if off is None:
             return None
-        cu = self._units.get(off)
+        part = self._store.part_of(off, address) if self._store is not None else 0
+        cu = self._units.get((off, part))
+        if cu is None and part:
+            cu = self.compiled_unit(off, address)  # a part of a unit is small: it is loaded whole
         if cu is not None:
             self.read_on(cu, address, functions=False)
             from .units import damage_is_bad_file

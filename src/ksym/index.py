@@ -640,7 +640,10 @@ class ImageIndex:
             self._unit_map = self.store.load_unit_map(self.key)
         return self._unit_map.get(offset)
 
-    def load_unit(self, offset: int) -> CompiledUnit | None:
+    def part_of(self, offset: int, address: int | None) -> int:
+        return 0  # units are stored whole (or read part way), never in parts
+
+    def load_unit(self, offset: int, part: int = 0) -> CompiledUnit | None:
         from .units import unit_from_record
 
         pack = self.pack_of(offset)

@@ -8,16 +8,17 @@ blocks: the symbol table as :meth:`ksym.symbols.SymbolTable.to_buffer` writes it
 that it is mapped, not read), ``.debug_aranges``, the ranges of units .debug_aranges misses, a
 directory of the compilation units, a directory of code chunks, a directory of name pieces, and the
 payload those directories point into: each unit read whole (:func:`ksym.dwarf.compile_whole_unit`)
-and compressed on its own, the image's allocated section contents in 64 KiB chunks compressed on
-their own, and faddr2line's matches of every name in pieces of a few dozen names, so one frame reads
-one name piece and one unit, and a call site one or two chunks.
+and cut into address parts of a few KB (:mod:`ksym.unit_parts`), each compressed on its own, with
+the unit's part table, the image's allocated section contents in 64 KiB chunks compressed on their
+own, and faddr2line's matches of every name in pieces of a few dozen names, so one frame reads one
+name piece and one part of a unit, and a call site one or two chunks.
 
 Everything is checked where it is read: the header's CRC when the file is opened, each block's CRC
-before it is used (the symbol table's when a lookup first needs the whole table), each unit's,
-chunk's and name piece's CRC before it is decompressed; lengths and counts are checked against the
+before it is used (the symbol table's when a lookup first needs the whole table), each part table's,
+part's, chunk's and name piece's CRC before it is decompressed; lengths and counts are checked against the
 file. A hostile file can make its CRCs
 agree, so its contents are checked too (docs/index-format.md, "Safety"): what is cheap when the file is
-opened, the rest where it is first used (a unit when it is loaded: :func:`_whole_unit`; the symbol
+opened, the rest where it is first used (a part of a unit when it is loaded: :func:`_whole_unit`; the symbol
 table's index columns as a lookup reads them: :attr:`ksym.symbols.SymbolTable.damaged`). A damaged or
 hostile file is one :class:`ksym.errors.BadFileError` naming the file (exit 4), never an answer from
 damaged bytes, never another exception.
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
 
     from . import dwarf as D
     from .dwarf_image import DwarfImage
-    from .units import CompiledUnit, LineTable
+    from .units import CompiledUnit, FunctionNode, LineTable
 
 _T = TypeVar("_T")
 
@@ -75,7 +76,7 @@ __all__ = [
 #: The first 8 bytes of every portable index file.
 MAGIC = b"KSYMIDX\x00"
 #: The format this ksym writes and reads; a file of another version is refused (exit 4).
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: magic, version, header length, file size, metadata length, block count, header CRC-32, reserved
 _HEAD = struct.Struct("<8sIIQIII28x")
 #: kind, codec, CRC-32 of the stored bytes, offset, stored length, length once decompressed
@@ -395,7 +396,8 @@ _tuple_new = tuple.__new__
 
 def _whole_unit(rec: Any, offset: int, size: int) -> CompiledUnit:
     """The unit of a record read from the file (``size``: the length of the ``marshal`` data it was
-    read from), which must be the whole unit at ``offset``.
+    read from), which must be of the unit at ``offset`` and whole (nothing left to read): a part of a
+    vmlinux unit (:mod:`ksym.unit_parts`), or a module's unit.
 
     :raises ValueError: it is not."""
     from .units import CompiledUnit, FunctionNode, LineTable
@@ -405,7 +407,7 @@ def _whole_unit(rec: Any, offset: int, size: int) -> CompiledUnit:
         if fns is None:
             raise ValueError("not a unit record")
         if rec[0] != offset:
-            raise ValueError("not a whole unit")
+            raise ValueError("another unit's record")
         # every field of exactly its type (checked above): the nodes are made without conversions
         cu = CompiledUnit(
             offset,
@@ -417,37 +419,52 @@ def _whole_unit(rec: Any, offset: int, size: int) -> CompiledUnit:
     except (TypeError, IndexError, OverflowError, RecursionError) as exc:
         raise ValueError(type(exc).__name__) from None
     if cu.lines is not None:  # without pending decoder state (_plain_unit_record)
-        _check_lines(cu.lines)
+        _check_lines(cu.lines, cu.functions)
     return cu
 
 
-def _check_lines(lines: LineTable) -> None:
+def _check_lines(lines: LineTable, functions: list[FunctionNode]) -> None:
     """A line table read from the file must agree with itself where a lookup relies on it: its
-    columns of one length, its sequences' rows within them, its file names strings. The rest is what a
-    line program could say, and a lookup checks it as it checks a line program's (a row's or a call's
-    file number past the files is damage when a lookup reads it: :meth:`ksym.units.LineTable.file_name`).
+    columns of one length, its sequences' rows within them, its file names strings, or None (a part of
+    a unit leaves out the names it does not use: :mod:`ksym.unit_parts`) where no row and no call of
+    ``functions`` names the file. The rest is what a line program could say, and a lookup checks it as
+    it checks a line program's (a row's or a call's file number past the files is damage when a lookup
+    reads it: :meth:`ksym.units.LineTable.file_name`).
 
     :raises ValueError: it does not."""
     rows = lines.rows
     n = len(lines.addrs)
     if any(len(c) != n for c in (rows.files, rows.lines, rows.cols, rows.discs, rows.ends)):
         raise ValueError("line table columns of different lengths")
-    if set(map(type, lines.files)) - {str}:
+    kinds = set(map(type, lines.files))
+    if kinds - {str, type(None)}:
         raise ValueError("a file name of the line table is not a string")
+    if type(None) in kinds:
+        base = lines.file_base
+        left_out = {i + base for i, name in enumerate(lines.files) if name is None}
+        if not left_out.isdisjoint(rows.files) or not left_out.isdisjoint(f.call_file for f in functions):
+            raise ValueError("a file the line table leaves out is named")
     for q in lines.seqs:
         if set(map(type, q)) - {int} or not 0 <= q.first_row <= q.end_row <= n:
             raise ValueError("a line sequence out of bounds")
 
 
 class Directory:
-    """The unit, code or name directory: the keys (for bisection) decoded at once and checked to be
-    strictly increasing (a name directory's: exactly 0 to n - 1, ``pieces``), each entry when it is
-    used (and then checked against the payload's bounds).
+    """The unit, code or name directory, or a unit's part table: the keys (for bisection) decoded at once,
+    each entry when it is used (and then checked against the payload's bounds). The keys are checked
+    as ``order`` says:
+
+    - ``"increasing"``: strictly increasing (the code directory, a part table: an address is bisected
+      to the entry at or below it);
+    - ``"pieces"``: exactly 0 to n - 1, n at least 1 (the name directory: a piece is read by number);
+    - ``"exact"``: not at all (the unit directory, thousands of entries read on every open: a unit is
+      found by its exact key, so a key out of order can only hide a unit, which is damage when a
+      lookup needs it, never give another unit's entry).
 
     ``raw``: the directory's bytes (a view of the mapping is copied once, not kept)."""
 
     def __init__(
-        self, path: object, raw: bytes | memoryview, payload: Block, what: str, pieces: bool = False
+        self, path: object, raw: bytes | memoryview, payload: Block, what: str, order: str = "increasing"
     ) -> None:
         if len(raw) % _ENTRY.size:
             raise _bad(path, f"{what} directory length")
@@ -458,15 +475,18 @@ class Directory:
             words.byteswap()
         else:
             self._raw = words  # the entries are unpacked from the words themselves
-        self.keys: list[int] = words[0::4].tolist()
+        #: the keys, for bisection (an array: made and compared in C)
+        self.keys: array[int] = words[0::4]
         keys = self.keys
-        if pieces:
-            if not keys or keys != list(range(len(keys))):
+        if order == "pieces":
+            if not keys or keys != array("Q", range(len(keys))):
                 raise _bad(path, f"{what} directory: not its pieces in order")
-        # strictly increasing: in order (a sorted list is one run: sorting it compares each key with
-        # the next, in C) and no key twice
-        elif keys != sorted(keys) or len(set(keys)) != len(keys):
-            raise _bad(path, f"{what} directory out of order")
+        elif order == "increasing":
+            # strictly increasing: in order (a sorted list is one run: sorting it compares each key
+            # with the next, in C) and no key twice
+            listed = keys.tolist()
+            if listed != sorted(listed) or len(set(listed)) != len(listed):
+                raise _bad(path, f"{what} directory out of order")
         self._path = path
         self._what = what
         self._low = payload.offset
@@ -624,7 +644,7 @@ class PortableFile:
             blocks = self.header.blocks
             payload = blocks[BlockKind.PAYLOAD]
             self.units = self._from_block(
-                BlockKind.UNITS, lambda raw: Directory(self._name, raw, payload, "unit")
+                BlockKind.UNITS, lambda raw: Directory(self._name, raw, payload, "unit", "exact")
             )
             self.aranges = self._load_aranges()
         except BaseException:
@@ -636,6 +656,8 @@ class PortableFile:
         self._unit_ranges: list[UnitRange] | None = None
         self._modules: list[ModuleEntry] | None = None
         self._names: Directory | None = None
+        # unit offset → its part table, read when a lookup first needs the unit
+        self._part_tables: dict[int, Directory] = {}
 
     @property
     def path(self) -> Path:
@@ -783,7 +805,7 @@ class PortableFile:
         if self._names is None:
             payload = self.header.blocks[BlockKind.PAYLOAD]
             self._names = self._from_block(
-                BlockKind.NAMES, lambda raw: Directory(self._name, raw, payload, "name", pieces=True)
+                BlockKind.NAMES, lambda raw: Directory(self._name, raw, payload, "name", "pieces")
             )
         return self._names
 
@@ -791,19 +813,52 @@ class PortableFile:
     def unit_count(self) -> int:
         return len(self.units)
 
-    def load_unit(self, offset: int) -> CompiledUnit | None:
-        """The unit at ``offset`` of .debug_info, read whole (None: the file holds no such unit).
+    def part_of(self, offset: int, address: int | None) -> int:
+        """The part of the unit at ``offset`` of .debug_info that answers ``address`` (numbered from 1:
+        the file keeps each unit in address parts, :mod:`ksym.unit_parts`); 0 when the file holds no
+        such unit, or no address is given (:meth:`load_unit` of part 0 is None).
 
-        :raises BadFileError: the unit's bytes are damaged."""
-        entry = self.units.find(offset)
-        if entry is None:
+        :raises BadFileError: the unit's part table is damaged."""
+        if address is None:
+            return 0
+        table = self._part_table(offset)
+        if table is None:
+            return 0
+        return bisect.bisect_right(table.keys, address)  # the first key is 0: at least 1
+
+    def load_unit(self, offset: int, part: int = 0) -> CompiledUnit | None:
+        """Part ``part`` (:meth:`part_of`) of the unit at ``offset`` of .debug_info, read whole (None:
+        the file holds no such unit or part).
+
+        :raises BadFileError: the part's bytes are damaged."""
+        table = self._part_table(offset) if part > 0 else None
+        if table is None or part > len(table):
             return None
-        what = f"unit {offset:#x}"
-        raw = self._piece(entry, what)
+        what = f"unit {offset:#x} part {part}"
+        raw = self._piece(table.entry(part - 1), what)
         try:
             return _whole_unit(marshal.loads(raw), offset, len(raw))
         except (ValueError, TypeError, EOFError, OverflowError, RecursionError) as exc:
             raise _bad(self.path, f"{what}: {exc}") from None
+
+    def _part_table(self, offset: int) -> Directory | None:
+        """The parts of the unit at ``offset``, read and checked once: entries keyed by the lowest
+        address each part answers, strictly increasing from 0 (None: the file holds no such unit).
+
+        :raises BadFileError: it is damaged."""
+        table = self._part_tables.get(offset)
+        if table is None:
+            entry = self.units.find(offset)
+            if entry is None:
+                return None
+            what = f"unit {offset:#x} part table"
+            payload = self.header.blocks[BlockKind.PAYLOAD]
+            table = self._checked(entry.offset, entry.length, entry.crc, entry.raw_length, what,
+                                  lambda raw: Directory(self._name, raw, payload, f"unit {offset:#x} part"))
+            if not table.keys or table.keys[0] != 0:
+                raise _bad(self.path, f"{what}: its first part does not start at 0")
+            self._part_tables[offset] = table
+        return table
 
     def unit_changed(self, unit: CompiledUnit) -> None:
         """Units of the file are whole: nothing is read on, nothing is stored."""
@@ -938,8 +993,11 @@ class _ModuleUnits:
         self._units = units
         self._ranges = ranges
 
-    def load_unit(self, offset: int) -> CompiledUnit | None:
-        return self._units.get(offset)
+    def part_of(self, offset: int, address: int | None) -> int:
+        return 0  # a module's units are stored whole
+
+    def load_unit(self, offset: int, part: int = 0) -> CompiledUnit | None:
+        return self._units.get(offset) if part == 0 else None
 
     def unit_changed(self, unit: CompiledUnit) -> None:
         pass

@@ -46,6 +46,7 @@ from .errors import BadFileError, KsymError, MissingDebugInfoError, WorkerDiedEr
 from .portable import CODE_CHUNK, LEVEL, BlockKind, PortableMeta
 from .portable_write import (
     PortableWriter,
+    StoredPart,
     arange_block,
     compress,
     module_record,
@@ -93,6 +94,19 @@ class BuiltPiece(NamedTuple):
     pid: int
     name: str = ""
     build_id: str | None = None
+    #: a unit's address parts, their compressed records one after the other in ``stored``
+    parts: tuple[PartLength, ...] = ()
+
+
+class PartLength(NamedTuple):
+    """Where one address part of a unit is in its :class:`BuiltPiece`'s bytes."""
+
+    #: the lowest address it answers
+    low: int
+    #: its compressed record's length
+    length: int
+    #: its record's length
+    raw_length: int
 
 
 class SpooledPiece(NamedTuple):
@@ -105,6 +119,7 @@ class SpooledPiece(NamedTuple):
     raw_length: int
     name: str
     build_id: str | None
+    parts: tuple[PartLength, ...]
 
 
 class WorkerShare(NamedTuple):
@@ -236,7 +251,7 @@ def build_index(
                 with _writing(out):
                     for at, stored in spool.in_order():
                         if at.kind == "unit":
-                            writer.add_unit(at.key, stored, at.raw_length)
+                            writer.add_unit(at.key, _stored_parts(at.parts, stored))
                         elif at.kind == "code":
                             writer.add_code(at.key, stored, at.raw_length)
                         else:
@@ -336,6 +351,16 @@ def _module_piece(path: str, level: int) -> tuple[str, str | None, bytes, int]:
     return normalize_module_name(img.module_name), img.build_id, compress(raw, level), len(raw)
 
 
+def _stored_parts(parts: Sequence[PartLength], stored: bytes) -> list[StoredPart]:
+    """A unit's parts, cut out of the bytes its worker sent (``stored``: their records one after the other)."""
+    out = []
+    at = 0
+    for p in parts:
+        out.append(StoredPart(p.low, stored[at : at + p.length], p.raw_length))
+        at += p.length
+    return out
+
+
 def _piece(
     sec: DwarfSections, code_bytes: Callable[[int, int], bytes], level: int, path: object, task: BuildTask
 ) -> BuiltPiece:
@@ -343,9 +368,18 @@ def _piece(
     from . import dwarf as D
 
     if task.kind == "unit":
+        from .unit_parts import unit_parts
+
         with D.damage_is_bad_file(path):
             cu = D.compile_whole_unit(sec, task.key)
-        raw = marshal.dumps(D.unit_to_record(cu))
+        stored = []
+        lengths = []
+        for part in unit_parts(cu):
+            raw = marshal.dumps(D.unit_to_record(part.unit))
+            stored.append(compress(raw, level))
+            lengths.append(PartLength(part.low, len(stored[-1]), len(raw)))
+        return BuiltPiece(task.kind, task.key, b"".join(stored), sum(p.raw_length for p in lengths), os.getpid(),
+                          parts=tuple(lengths))
     else:
         raw = code_bytes(task.key, task.size)
         if len(raw) != task.size:
@@ -422,6 +456,7 @@ class _Spool:
                 piece.raw_length,
                 piece.name,
                 piece.build_id,
+                piece.parts,
             )
         )
         self._end += len(piece.stored)

@@ -31,13 +31,25 @@ from .portable import (
     PortableMeta,
     name_piece_of,
 )
+from .records import NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .symbols import FaddrMatch, SymbolTable
     from .units import CompiledUnit
 
-__all__ = ["PortableWriter", "arange_block", "compress", "module_record", "name_pieces", "unit_range_block"]
+__all__ = ["PortableWriter", "StoredPart", "arange_block", "compress", "module_record", "name_pieces", "unit_range_block"]
+
+
+class StoredPart(NamedTuple):
+    """One address part of a unit as the builder hands it to :meth:`PortableWriter.add_unit`."""
+
+    #: the lowest address it answers
+    low: int
+    #: :func:`compress` of its record
+    stored: bytes
+    #: the record's length
+    raw_length: int
 
 
 class PortableWriter:
@@ -94,10 +106,18 @@ class PortableWriter:
         self._f.write(stored)
         return offset, zlib.crc32(stored)
 
-    def add_unit(self, offset: int, stored: bytes, raw_length: int) -> None:
-        """A unit: ``stored`` is :func:`compress` of ``marshal.dumps(unit_to_record(unit))``."""
-        at, crc = self._piece(stored, raw_length)
-        self._units.append(Entry(offset, at, len(stored), raw_length, crc))
+    def add_unit(self, offset: int, parts: Sequence[StoredPart]) -> None:
+        """A unit, in its address parts (:func:`ksym.unit_parts.unit_parts`) by increasing low, the first
+        one's 0: each part's ``stored`` is :func:`compress` of ``marshal.dumps(unit_to_record(part))``.
+        The parts go to the payload, then the unit's part table, which the unit directory points to."""
+        table = []
+        for part in parts:
+            at, crc = self._piece(part.stored, part.raw_length)
+            table.append(Entry(part.low, at, len(part.stored), part.raw_length, crc))
+        raw = b"".join(_ENTRY.pack(*e) for e in table)
+        stored = compress(raw)
+        at, crc = self._piece(stored, len(raw))
+        self._units.append(Entry(offset, at, len(stored), len(raw), crc))
 
     def add_code(self, address: int, stored: bytes, raw_length: int) -> None:
         """A code chunk of ``raw_length`` bytes at ``address`` (:func:`compress` of them)."""

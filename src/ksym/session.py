@@ -347,7 +347,10 @@ class MemorySession:
             self._answers = StoredAnswers(None, "", view)
         return self._answers
 
-    def load_unit(self, offset: int) -> CompiledUnit | None:
+    def part_of(self, offset: int, address: int | None) -> int:
+        return 0
+
+    def load_unit(self, offset: int, part: int = 0) -> CompiledUnit | None:
         return None
 
     def unit_changed(self, unit: CompiledUnit) -> None:

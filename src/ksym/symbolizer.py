@@ -226,7 +226,8 @@ class Symbolizer:
     @classmethod
     def from_index(cls, path: str | os.PathLike[str], **options: Any) -> Symbolizer:
         """A Symbolizer answering from a portable index file (``ksym index build``, :mod:`ksym.portable`)
-        alone, without the vmlinux it was made from: the same answers, read from the file's whole units.
+        alone, without the vmlinux it was made from: the same answers, read from the parts of the file's
+        units (:mod:`ksym.unit_parts`).
         ``options``: those of the constructor that do not name a file (``path_map``, ``cu_cache_size``,
         ``warn``).
 
@@ -236,7 +237,7 @@ class Symbolizer:
         return cls(None, index_file=path, **options)
 
     def _load_portable(self) -> None:
-        """The image from a portable index file: its record, symbols, aranges and whole units."""
+        """The image from a portable index file: its record, symbols, aranges and units (in parts)."""
         from .portable import NoSections, PortableFile
 
         self.portable = PortableFile(self._file)
