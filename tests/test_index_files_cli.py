@@ -247,25 +247,25 @@ def test_dropcapture_glue_answers_from_the_index_file(
 
     monkeypatch.setenv("KSYM_CACHE_DIR", str(tmp_path / "cache"))
     with contextlib.ExitStack() as closing:
-        by_elf, status = ksym_annotator(str(built.elf), built.build_id, closing)
+        by_elf, status = ksym_annotator(str(built.elf), built.build_id, closing=closing)
         assert by_elf is not None, status
         want = [by_elf(s) for s in _kallsyms_frames()]  # type: ignore[arg-type]
         assert all(want)
-        given, status = ksym_annotator(None, built.build_id, closing, index_file=str(built.index))
+        given, status = ksym_annotator(None, built.build_id, closing=closing, index_file=str(built.index))
         assert given is not None and str(built.index) in status
         assert [given(s) for s in _kallsyms_frames()] == want  # type: ignore[arg-type]
         # no debug vmlinux of that build id anywhere: its index file, found by build id
         found, status = ksym_annotator(
             None,
             built.build_id,
-            closing,
+            closing=closing,
             build_id=built.build_id,
             index_search=IndexFileOptions(dirs=(str(built.root),), offline=True),
         )
         assert found is not None and str(built.root) in status, status
         assert [found(s) for s in _kallsyms_frames()] == want  # type: ignore[arg-type]
         # the file of another build than the running kernel's is refused
-        refused, status = ksym_annotator(None, "00" * 20, closing, index_file=str(built.index))
+        refused, status = ksym_annotator(None, "00" * 20, closing=closing, index_file=str(built.index))
         assert refused is None and built.build_id in status and "00" * 20 in status
 
 
@@ -370,14 +370,14 @@ def test_dropcapture_glue_with_the_debian_61_file(
         KallsymsSymbol("entry_SYSCALL_64_after_hwframe", 0x63, 0xD8),
     ]
     with contextlib.ExitStack() as closing:
-        by_vmlinux, status = ksym_annotator(str(vmlinux), bid, closing)
+        by_vmlinux, status = ksym_annotator(str(vmlinux), bid, closing=closing)
         assert by_vmlinux is not None, status
         want = [by_vmlinux(s) for s in frames]
         assert want[0] and want[1] and not want[2]  # a size of another build: skipped, as faddr2line does
         found, status = ksym_annotator(
             None,
             bid,
-            closing,
+            closing=closing,
             build_id=bid,
             index_search=IndexFileOptions(dirs=(str(tmp_path / "published"),), offline=True),
         )

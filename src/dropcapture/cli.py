@@ -317,7 +317,7 @@ def _run(args: argparse.Namespace) -> int:
     # closes ksym's Symbolizer at the end of the capture: what it learnt goes to its index then
     closing = contextlib.ExitStack()
     if not args.ebpf and not args.no_stack:
-        annotate, status = ksym_annotator(args.vmlinux, override or _running_build_id(), closing,
+        annotate, status = ksym_annotator(args.vmlinux, override or _running_build_id(), closing=closing,
                                           index_file=args.index, index_search=_index_search(args.offline),
                                           build_id=override)
         if args.vmlinux or args.index or annotate is not None:
@@ -326,8 +326,12 @@ def _run(args: argparse.Namespace) -> int:
     # the command line's ring buffer is 16 MiB (the API's Capture default is 4 MiB): on a busy 2-CPU
     # machine the reader is descheduled for longer than 4 MiB of records lasts (docs: Benchmark)
     sizes = {"ringbuf_pages": CLI_RINGBUF_PAGES} if pages is None else {"ringbuf_pages": pages, "perf_pages": pages}
-    cap = Capture(filters, ringbuf=False if args.perf_buffer else None, annotate=annotate, snaplen=args.snaplen,
-                  **sizes)
+    try:
+        cap = Capture(filters, ringbuf=False if args.perf_buffer else None, annotate=annotate, snaplen=args.snaplen,
+                      **sizes)
+    except BaseException:
+        closing.close()  # the Symbolizer (the finally below closes it on every later way out)
+        raise
     if args.ebpf:
         print(cap.prepare())
         return EXIT_OK

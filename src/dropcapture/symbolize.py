@@ -53,9 +53,8 @@ def format_chain(chain: Any) -> str:
 
 
 def ksym_annotator(
-    vmlinux: str | None = None, running_build_id: str | None = None,
-    closing: contextlib.ExitStack | None = None, *, index_file: str | None = None,
-    index_search: IndexFileOptions | None = None, build_id: str | None = None,
+    vmlinux: str | None = None, running_build_id: str | None = None, *, closing: contextlib.ExitStack,
+    index_file: str | None = None, index_search: IndexFileOptions | None = None, build_id: str | None = None,
 ) -> tuple[Callable[[KallsymsSymbol], tuple[str, ...]] | None, str]:
     """A ``KallsymsSymbol -> ("file:line (inlined ...)", ...)`` function backed by ksym, and a status text.
 
@@ -65,8 +64,9 @@ def ksym_annotator(
     With ``running_build_id`` (:func:`ksym.buildid.running_build_id`), a vmlinux whose GNU build id
     differs is refused: some functions of another build have the same size, so ``func+off/size`` would
     resolve to wrong lines.
-    ``closing`` closes ksym's Symbolizer when it closes (that writes what it learnt to ksym's index);
-    without it the Symbolizer is never closed and its index gets nothing from this run.
+    ``closing`` closes ksym's Symbolizer when it closes (that writes what it learnt to ksym's index),
+    also one that is not used (a file without DWARF, or of another build): the caller's ``with`` block
+    owns the file ksym opened, whatever the outcome.
     ``index_file``: a portable index file (``ksym index build``) instead of a vmlinux, checked against
     ``running_build_id`` the same way. ``index_search``: when no debug vmlinux is found, the index file of
     ``running_build_id`` is looked for there (ksym's cache, ``$KSYM_INDEX_PATH``, ``$KSYM_INDEX_URLS``).
@@ -97,12 +97,11 @@ def ksym_annotator(
         return None, f"no file:line ({exc}); frames shown as func+0xoff"
     except ImportError as exc:  # ksym imports its ELF reader (pyelftools) only when it opens a file
         return None, f"ksym is not importable ({exc}): frames shown as func+0xoff"
+    closing.callback(sym.close)
     path = sym.path
     if not sym.has_dwarf:
         return None, f"no file:line ({path} has no DWARF debug info); frames shown as func+0xoff"
     have = sym.build_id
-    if closing is not None:
-        closing.callback(sym.close)
     if running_build_id and have and not same_build_id(running_build_id, have):
         return None, (
             f"{path} has build id {have} but the running kernel's is {running_build_id}: not used for "

@@ -7,11 +7,13 @@ There is no debug vmlinux for the running 6.18 kernel, so the glue is checked wi
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from dc_helpers import ROOT
@@ -41,8 +43,13 @@ def vmlinux() -> str:
 
 @pytest.mark.vmlinux
 def test_annotator_inline_chain(vmlinux: str) -> None:
-    annotate, status = ksym_annotator(vmlinux)
-    assert annotate is not None, status
+    with contextlib.ExitStack() as closing:
+        annotate, status = ksym_annotator(vmlinux, closing=closing)
+        assert annotate is not None, status
+        _inline_chain_of(annotate)
+
+
+def _inline_chain_of(annotate: Any) -> None:
     # faddr2line: nf_hook at include/linux/netfilter.h:257 (inlined by) __ip_local_out at net/ipv4/ip_output.c:115
     assert annotate(KallsymsSymbol("__ip_local_out", 222, 0x160)) == (
         (
@@ -76,8 +83,27 @@ def test_annotator_writes_ksym_index_when_closed(vmlinux: str, tmp_path: Path,
 
 
 def test_annotator_without_vmlinux(tmp_path: object) -> None:
-    annotate, status = ksym_annotator(str(tmp_path) + "/missing-vmlinux")
+    with contextlib.ExitStack() as closing:
+        annotate, status = ksym_annotator(str(tmp_path) + "/missing-vmlinux", closing=closing)
     assert annotate is None and status
+
+
+def _open_fds_of(path: Path) -> int:
+    """How many of this process's file descriptors are open on ``path``."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(path.resolve()))
+
+
+def test_annotator_closes_a_file_it_does_not_use() -> None:
+    """A file without DWARF is not used for file:line, and the caller's ``with`` block still closes it
+    (it was left open until the garbage collector ran: a ResourceWarning in a later test)."""
+    nodebug = ROOT / "fixtures/bin/kshapes-nodebug.elf"
+    gc.collect()
+    before = _open_fds_of(nodebug)
+    with contextlib.ExitStack() as closing:
+        annotate, status = ksym_annotator(str(nodebug), closing=closing)
+        assert annotate is None and "no DWARF" in status, status
+    assert _open_fds_of(nodebug) == before
 
 
 def test_cli_vmlinux_missing() -> None:
@@ -86,10 +112,11 @@ def test_cli_vmlinux_missing() -> None:
 
 @pytest.mark.vmlinux
 def test_annotator_refuses_other_build(vmlinux: str) -> None:
-    annotate, status = ksym_annotator(vmlinux, running_build_id="00" * 20)
-    assert annotate is None and "build id" in status
-    annotate, _ = ksym_annotator(vmlinux, running_build_id=None)
-    assert annotate is not None
+    with contextlib.ExitStack() as closing:
+        annotate, status = ksym_annotator(vmlinux, running_build_id="00" * 20, closing=closing)
+        assert annotate is None and "build id" in status
+        annotate, _ = ksym_annotator(vmlinux, running_build_id=None, closing=closing)
+        assert annotate is not None
 
 
 def _kallsyms_text(vmlinux: str) -> list[tuple[int, str]]:
@@ -113,8 +140,13 @@ def test_annotator_kallsyms_labels(vmlinux: str) -> None:
     resolves (scripts/faddr2line's FUNC-only rule says "no match"), to binutils addr2line -fi's line at
     the address, with the kernel's size for it (nm: up to the next code symbol); a function frame is
     unchanged."""
-    annotate, status = ksym_annotator(vmlinux)
-    assert annotate is not None, status
+    with contextlib.ExitStack() as closing:
+        annotate, status = ksym_annotator(vmlinux, closing=closing)
+        assert annotate is not None, status
+        _kallsyms_labels_of(annotate, vmlinux)
+
+
+def _kallsyms_labels_of(annotate: Any, vmlinux: str) -> None:
     text = _kallsyms_text(vmlinux)
     prefix = dir_prefix(Path(vmlinux))
     label = "entry_SYSCALL_64_after_hwframe"
