@@ -123,3 +123,26 @@ def test_parts_are_small_and_leave_out_unused_file_names(sym: Symbolizer) -> Non
         assert p.unit.lines is not None and len(p.unit.lines.files) == len(whole.lines.files)
         named = [f for f in p.unit.lines.files if f is not None]
         assert 0 < len(named) < len(whole.lines.files)
+
+
+def test_a_part_naming_a_file_it_leaves_out_is_refused(sym: Symbolizer) -> None:
+    """The reader refuses a part whose rows or calls name a file number whose name it leaves out (None):
+    a lookup would print no file name where the whole unit prints one."""
+    assert sym.dwarf_image is not None
+    st = sym.symbols
+    (i, *_rest) = st.indices_named("__ip_local_out")
+    off = sym.dwarf_image.unit_offset(int(st.values[i]))
+    assert off is not None
+    part = next(p for p in unit_parts(D.compile_whole_unit(sym.dwarf_image.sections, off))
+                if p.low <= int(st.values[i]))
+    rec = unit_to_record(part.unit)
+    raw = marshal.dumps(rec, 4)
+    assert _whole_unit(marshal.loads(raw), off, len(raw)).lines is not None  # as stored: accepted
+    lines = list(rec[4])
+    for number in sorted(set(part.unit.lines.rows.files))[:3]:  # type: ignore[union-attr]
+        files = list(lines[0])
+        files[number - lines[5]] = None
+        bad = (*rec[:4], (files, *lines[1:]), rec[5])
+        raw = marshal.dumps(bad, 4)
+        with pytest.raises(ValueError, match="leaves out"):
+            _whole_unit(marshal.loads(raw), off, len(raw))

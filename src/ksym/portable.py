@@ -25,7 +25,8 @@ damaged bytes, never another exception.
 The file is memory-mapped read-only; nothing is read whole.
 
 :class:`PortableFile` reads it (it is the :class:`ksym.dwarf_image.UnitStore` and the code source of a
-Symbolizer made by ``Symbolizer.from_index``), :class:`PortableModule` a module it holds;
+Symbolizer made by ``Symbolizer.from_index``), :class:`ksym.portable_modules.PortableModule` a module it
+holds;
 :class:`ksym.portable_write.PortableWriter` writes it (the builder:
 :mod:`ksym.portable_build`); :func:`file_build_id` reads only the header, to check a file found by
 build id.
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from . import dwarf as D
-    from .dwarf_image import DwarfImage
+    from .portable_modules import PortableModule
     from .units import CompiledUnit, FunctionNode, LineTable
 
 _T = TypeVar("_T")
@@ -329,6 +330,13 @@ def file_build_id(path: str | os.PathLike[str]) -> str:
     return hdr.meta.build_id
 
 
+def _release(*objs: object) -> None:
+    """Release those of ``objs`` that are views (of the mapping)."""
+    for obj in objs:
+        if isinstance(obj, memoryview):
+            obj.release()
+
+
 def _decompress(data: bytes | memoryview, raw_length: int) -> bytes:
     """A zlib stream that must decompress to exactly ``raw_length`` bytes and end where ``data`` ends
     (no more is ever decompressed than that).
@@ -349,17 +357,24 @@ def _decompress(data: bytes | memoryview, raw_length: int) -> bytes:
 
 
 def _aranges_of(raw: bytes | memoryview) -> ArangeTable:
-    """An ARANGES block's table (its columns copied from ``raw``). :raises ValueError: not one."""
+    """An ARANGES block's table: its columns views of ``raw`` when that is a view of the mapping on a
+    little-endian host (nothing copied: :meth:`PortableFile.close` releases them), else copied from it.
+
+    :raises ValueError: not one."""
     try:
         n, maxlen = struct.unpack_from("<QQ", raw)
     except struct.error:
         raise ValueError("cut short") from None
     if len(raw) != 16 + 24 * n:
         raise ValueError("length")
-    cols = []
+    cols: list[Any] = []
     for i in range(3):
+        col = raw[16 + 8 * n * i : 16 + 8 * n * (i + 1)]
+        if isinstance(col, memoryview) and not _BIG_HOST:
+            cols.append(col.cast("Q"))
+            continue
         a = array("Q")
-        a.frombytes(raw[16 + 8 * n * i : 16 + 8 * n * (i + 1)])
+        a.frombytes(col)
         if _BIG_HOST:
             a.byteswap()
         cols.append(a)
@@ -436,14 +451,16 @@ def _check_lines(lines: LineTable, functions: list[FunctionNode]) -> None:
     n = len(lines.addrs)
     if any(len(c) != n for c in (rows.files, rows.lines, rows.cols, rows.discs, rows.ends)):
         raise ValueError("line table columns of different lengths")
-    kinds = set(map(type, lines.files))
-    if kinds - {str, type(None)}:
+    files = lines.files
+    if set(map(type, files)) - {str, type(None)}:
         raise ValueError("a file name of the line table is not a string")
-    if type(None) in kinds:
+    if None in files:
+        # the numbers named (a few dozen in a part), not the files (thousands in some units)
         base = lines.file_base
-        left_out = {i + base for i, name in enumerate(lines.files) if name is None}
-        if not left_out.isdisjoint(rows.files) or not left_out.isdisjoint(f.call_file for f in functions):
-            raise ValueError("a file the line table leaves out is named")
+        for number in set(rows.files).union([f.call_file for f in functions]):
+            i = number - base
+            if 0 <= i < len(files) and files[i] is None:
+                raise ValueError(f"file number {number}, which the line table leaves out, is named")
     for q in lines.seqs:
         if set(map(type, q)) - {int} or not 0 <= q.first_row <= q.end_row <= n:
             raise ValueError("a line sequence out of bounds")
@@ -461,22 +478,28 @@ class Directory:
       found by its exact key, so a key out of order can only hide a unit, which is damage when a
       lookup needs it, never give another unit's entry).
 
-    ``raw``: the directory's bytes (a view of the mapping is copied once, not kept)."""
+    ``raw``: the directory's bytes; a view of the mapping is kept (on a little-endian host: the entries are
+    read from it, nothing is copied; :meth:`release` lets it go), other bytes are copied once."""
 
     def __init__(
         self, path: object, raw: bytes | memoryview, payload: Block, what: str, order: str = "increasing"
     ) -> None:
         if len(raw) % _ENTRY.size:
             raise _bad(path, f"{what} directory length")
-        words = array("Q")
-        words.frombytes(raw)
-        if _BIG_HOST:
-            self._raw: bytes | array[int] = bytes(raw)
-            words.byteswap()
+        words: Any
+        if isinstance(raw, memoryview) and not _BIG_HOST:
+            words = raw.cast("Q")
+            self._raw: Any = words  # the entries are unpacked from the mapping
         else:
-            self._raw = words  # the entries are unpacked from the words themselves
-        #: the keys, for bisection (an array: made and compared in C)
-        self.keys: array[int] = words[0::4]
+            words = array("Q")
+            words.frombytes(raw)
+            if _BIG_HOST:
+                self._raw = bytes(raw)
+                words.byteswap()
+            else:
+                self._raw = words  # the entries are unpacked from the words themselves
+        #: the keys, for bisection (an array or a view of the mapping: made and compared in C)
+        self.keys: Any = words[0::4]
         keys = self.keys
         if order == "pieces":
             if not keys or keys != array("Q", range(len(keys))):
@@ -494,6 +517,10 @@ class Directory:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def release(self) -> None:
+        """Let go of the views of the mapping it reads (the owner's :meth:`PortableFile.close`)."""
+        _release(self.keys, self._raw)
 
     def entry(self, i: int) -> Entry:
         """Entry ``i``. :raises BadFileError: it points outside the payload."""
@@ -615,6 +642,14 @@ class PortableFile:
         self._view: memoryview | None = None
         self._symbols: SymbolTable | None = None
         self._symbols_view: memoryview | None = None
+        # read and checked when first used: the code by annotate's call sites, the unit ranges by a
+        # lookup the aranges miss, the names by a frame's name, the modules by a frame naming one
+        self._code: Directory | None = None
+        self._unit_ranges: list[UnitRange] | None = None
+        self._modules: list[ModuleEntry] | None = None
+        self._names: Directory | None = None
+        # unit offset → its part table, read when a lookup first needs the unit
+        self._part_tables: dict[int, Directory] = {}
         try:
             with open(self._name, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
@@ -650,14 +685,6 @@ class PortableFile:
         except BaseException:
             self.close()
             raise
-        # read and checked when first used: the code by annotate's call sites, the unit ranges by a
-        # lookup the aranges miss, the names by a frame's name, the modules by a frame naming one
-        self._code: Directory | None = None
-        self._unit_ranges: list[UnitRange] | None = None
-        self._modules: list[ModuleEntry] | None = None
-        self._names: Directory | None = None
-        # unit offset → its part table, read when a lookup first needs the unit
-        self._part_tables: dict[int, Directory] = {}
 
     @property
     def path(self) -> Path:
@@ -676,8 +703,9 @@ class PortableFile:
     ) -> _T:
         """What ``parse`` makes of ``length`` bytes of the file at ``offset`` (within it: the header's and
         the directories' checks), their CRC checked: stored ones (``raw_length`` None) given as a view of
-        the mapping (``parse`` copies what it keeps, as ``bytes`` does: the view is released after),
-        compressed ones decompressed to exactly ``raw_length`` bytes."""
+        the mapping (``parse`` copies what it keeps, as ``bytes`` does, or keeps views of it, which
+        :meth:`close` releases: the view itself is released after), compressed ones decompressed to
+        exactly ``raw_length`` bytes."""
         assert self._view is not None
         stored = self._view[offset : offset + length]
         try:
@@ -947,6 +975,8 @@ class PortableFile:
             if e.name == want and e.build_id == build_id:
                 what = f"module {e.name}"
                 raw = self._piece(Entry(0, e.offset, e.length, e.raw_length, e.crc), what)
+                from .portable_modules import PortableModule
+
                 try:
                     return PortableModule.from_record(self.path, e.name, marshal.loads(raw), len(raw))
                 except (
@@ -964,10 +994,16 @@ class PortableFile:
     # -- lifecycle --
 
     def close(self) -> None:
-        """Release the symbol table's columns, then the mapping."""
+        """Release the symbol table's columns and the other views of the mapping, then the mapping."""
         if self._symbols is not None:
             self._symbols.release()
             self._symbols = None
+        aranges = getattr(self, "aranges", None)
+        if aranges is not None:
+            _release(aranges.starts, aranges.ends, aranges.units)
+        for d in (getattr(self, "units", None), self._code, self._names):
+            if d is not None:
+                d.release()
         for v in (self._symbols_view, self._view):
             if v is not None:
                 v.release()
@@ -984,189 +1020,6 @@ class PortableFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class _ModuleUnits:
-    """The :class:`ksym.dwarf_image.UnitStore` of a module of the file: its whole units, in memory."""
-
-    def __init__(self, units: dict[int, CompiledUnit], ranges: list[UnitRange]) -> None:
-        self._units = units
-        self._ranges = ranges
-
-    def part_of(self, offset: int, address: int | None) -> int:
-        return 0  # a module's units are stored whole
-
-    def load_unit(self, offset: int, part: int = 0) -> CompiledUnit | None:
-        return self._units.get(offset) if part == 0 else None
-
-    def unit_changed(self, unit: CompiledUnit) -> None:
-        pass
-
-    def forget_unit(self, offset: int) -> None:
-        pass
-
-    def load_unit_ranges(self) -> list[UnitRange] | None:
-        return self._ranges
-
-    def save_unit_ranges(self, ranges: list[UnitRange]) -> None:
-        pass
-
-
-class PortableModule:
-    """A module of a portable index file made with ``--modules`` (a :class:`ksym.modules.ModuleDebugImage`:
-    ``ModuleSymbolizer(path, image=...)`` answers from it as from the module's debug file).
-
-    Its record (:meth:`record`, ``marshal``ed, one zlib piece): ``module_name``, ``file`` (the debug
-    file's name), ``build_id``, ``sections`` (as the metadata's), ``bases`` (``[index, address]``: bfd's
-    layout), ``symbols`` (the raw symbol table, :meth:`ksym.symbols.SymbolTable.to_buffer`),
-    ``has_dwarf``, ``aranges`` and ``unit_ranges`` (as the blocks of those kinds), ``units``
-    (``[offset, unit record]``, each whole) and ``code`` (``[section index, contents]`` of the allocated
-    sections with contents)."""
-
-    def __init__(
-        self,
-        path: Path,
-        module_name: str,
-        build_id: str | None,
-        sections: list[Section],
-        bases: dict[int, int],
-        symbols: bytes,
-        has_dwarf: bool,
-        aranges: ArangeTable,
-        unit_ranges: list[UnitRange],
-        units: dict[int, CompiledUnit],
-        code: dict[int, bytes],
-    ) -> None:
-        self._path = path
-        self._module_name = module_name
-        self._build_id = build_id
-        self._sections = sections
-        self._bases = bases
-        self._has_dwarf = has_dwarf
-        self._aranges = aranges
-        self._unit_ranges = unit_ranges
-        self._units = units
-        self._code = code
-        self.placed_sections = [
-            Section(s.index, s.name, s.type, s.flags, bases.get(s.index, 0), s.offset, s.size)
-            for s in sections
-        ]
-        # :raises ValueError: not such a table
-        self._raw = SymbolTable.from_buffer(symbols, sections, _damage(path, "symbol table"))
-
-    @classmethod
-    def from_record(cls, index_path: Path, name: str, rec: Any, size: int) -> PortableModule:
-        """The module of ``rec``, read from ``size`` bytes of ``marshal`` data.
-
-        :raises ValueError, TypeError, KeyError: not a module's record."""
-        if type(rec) is not dict:
-            raise ValueError("not a dict")
-
-        def get(key: str, *types: type) -> Any:
-            v = rec[key]
-            if type(v) not in types:
-                raise ValueError(f"{key} of the wrong type")
-            return v
-
-        module_name = get("module_name", str)
-        if module_name.replace("-", "_") != name:
-            raise ValueError("another module's record")
-        file = get("file", str)
-        sections = list(_sections_of(get("sections", list)))
-        bases: dict[int, int] = {}
-        for pair in get("bases", list):
-            if type(pair) is not list or len(pair) != 2 or any(type(x) is not int or x < 0 for x in pair):
-                raise ValueError("a malformed base")
-            bases[pair[0]] = pair[1]
-        units: dict[int, CompiledUnit] = {}
-        for pair in get("units", list):
-            if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not int:
-                raise ValueError("a malformed unit")
-            units[pair[0]] = _whole_unit(pair[1], pair[0], size)
-        code: dict[int, bytes] = {}
-        for pair in get("code", list):
-            if (
-                type(pair) is not list
-                or len(pair) != 2
-                or type(pair[0]) is not int
-                or type(pair[1]) is not bytes
-            ):
-                raise ValueError("a malformed code section")
-            code[pair[0]] = pair[1]
-        from pathlib import Path
-
-        return cls(
-            Path(f"{index_path}:{file}"),
-            module_name,
-            get("build_id", str, type(None)),
-            sections,
-            bases,
-            get("symbols", bytes),
-            get("has_dwarf", bool),
-            _aranges_of(get("aranges", bytes)),
-            _unit_ranges_of(get("unit_ranges", bytes)),
-            units,
-            code,
-        )
-
-    # -- what ModuleSymbolizer reads (ksym.modules.ModuleDebugImage) --
-
-    @property
-    def path(self) -> Path:
-        return self._path
-
-    @property
-    def build_id(self) -> str | None:
-        return self._build_id
-
-    @property
-    def module_name(self) -> str:
-        return self._module_name
-
-    @property
-    def has_dwarf(self) -> bool:
-        return self._has_dwarf
-
-    @property
-    def sections(self) -> list[Section]:
-        return self._sections
-
-    @property
-    def bases(self) -> dict[int, int]:
-        return self._bases
-
-    def section(self, name: str) -> Section | None:
-        for s in self._sections:
-            if s.name == name:
-                return s
-        return None
-
-    def require_dwarf(self) -> None:
-        from .errors import MissingDebugInfoError
-
-        if not self._has_dwarf:
-            raise MissingDebugInfoError(
-                f"{self._path}: no DWARF debug info (.debug_info): this is a stripped module; install the "
-                "kernel's debug symbols (Debian: linux-image-<release>-dbg) or pass the module's debug file"
-            )
-
-    def symbol_tables(self) -> tuple[SymbolTable, SymbolTable]:
-        from .modules import placed_symbol_table
-
-        return self._raw, placed_symbol_table(self._raw, self._bases, self.placed_sections)
-
-    def make_dwarf_image(self) -> DwarfImage:
-        from .dwarf_image import DwarfImage
-
-        return DwarfImage(
-            self._path,
-            NoSections(self._path),
-            self._aranges,
-            units=_ModuleUnits(self._units, self._unit_ranges),
-        )
-
-    def section_data(self, s: Section, offset: int, size: int) -> bytes:
-        return self._code.get(s.index, b"")[offset : offset + size]
 
 
 class NoSections:
