@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 from anchors import INDEX_FILE_MODULES, missing, require_test_vmlinux
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ksym import Symbolizer
+
 
 @pytest.fixture(scope="module")
 def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
@@ -28,6 +32,16 @@ def vmlinux() -> Path:
     return require_test_vmlinux()
 
 
+
+
+@pytest.fixture(scope="module")
+def plain_sym() -> Iterator[Symbolizer]:
+    """A Symbolizer of the Debian 6.1 x86-64 debug vmlinux without the on-disk index (everything read
+    from the DWARF), for one test module."""
+    from ksym import Symbolizer  # not at import: some tests check what a fresh import of ksym loads
+
+    with Symbolizer(require_test_vmlinux(), use_index=False) as s:
+        yield s
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,9 @@ Needs tools/fetch-testdata.sh; skipped with a printed reason elsewhere, a failur
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from anchors import require_test_vmlinux
 
 from ksym import Symbolizer
 from ksym import dwarf as D
@@ -20,23 +18,17 @@ from ksym.symbols import inline_chain
 pytestmark = pytest.mark.vmlinux
 
 
-@pytest.fixture(scope="module")
-def sym() -> Iterator[Symbolizer]:
-    path = require_test_vmlinux()
-    with Symbolizer(path, use_index=False) as s:
-        yield s
 
-
-def _units(sym: Symbolizer, n: int) -> list[tuple[int, list[int]]]:
+def _units(plain_sym: Symbolizer, n: int) -> list[tuple[int, list[int]]]:
     """``n`` units holding FUNC symbols spread over .text, each with a few addresses of them."""
-    st = sym.symbols
+    st = plain_sym.symbols
     funcs = [i for i in range(len(st.values)) if st.infos[i] & 0xF == 2 and st.sizes[i] >= 16]
     rng = random.Random(1126)
     out: dict[int, list[int]] = {}
     for i in rng.sample(funcs, 400):
         start, size = int(st.values[i]), int(st.sizes[i])
-        assert sym.dwarf_image is not None
-        off = sym.dwarf_image.unit_offset(start)
+        assert plain_sym.dwarf_image is not None
+        off = plain_sym.dwarf_image.unit_offset(start)
         if off is not None:
             out.setdefault(off, []).extend([start, start + size // 2, start + size - 1])
         if len(out) == n:
@@ -44,12 +36,12 @@ def _units(sym: Symbolizer, n: int) -> list[tuple[int, list[int]]]:
     return list(out.items())
 
 
-def test_partial_unit_answers_like_the_whole_unit(sym: Symbolizer) -> None:
-    assert sym.dwarf_image is not None
-    sec = sym.dwarf_image.sections
+def test_partial_unit_answers_like_the_whole_unit(plain_sym: Symbolizer) -> None:
+    assert plain_sym.dwarf_image is not None
+    sec = plain_sym.dwarf_image.sections
     rng = random.Random(26)
     partial_seen = 0
-    for off, addrs in _units(sym, 24):
+    for off, addrs in _units(plain_sym, 24):
         whole = D.compile_unit(sec, off)
         assert whole.walk is None and whole.lines is not None and whole.lines.pending is None
         lt = whole.lines
@@ -71,8 +63,8 @@ def test_partial_unit_answers_like_the_whole_unit(sym: Symbolizer) -> None:
                     D.expand_for(sec, cu, a)
             assert part.lines.lookup(a) == lt.lookup(a), hex(a)
             assert part.lines.row_address(a) == lt.row_address(a), hex(a)
-            got = inline_chain(part, a, sym.symbols, sym._display)
-            assert got == inline_chain(whole, a, sym.symbols, sym._display), hex(a)
+            got = inline_chain(part, a, plain_sym.symbols, plain_sym._display)
+            assert got == inline_chain(whole, a, plain_sym.symbols, plain_sym._display), hex(a)
         # read to the end, the partial unit is the whole one
         D.extend_lines(part.lines, sec, 1 << 64)
         assert part.lines.pending is None
@@ -80,38 +72,38 @@ def test_partial_unit_answers_like_the_whole_unit(sym: Symbolizer) -> None:
     assert partial_seen >= 12, "most units stop their line program early"
 
 
-def test_symbolizer_reads_on_from_a_stored_partial_unit(tmp_path: Path, sym: Symbolizer) -> None:
-    (off, addrs), = _units(sym, 1)
-    first = Symbolizer(sym.path, cache_dir=tmp_path)
+def test_symbolizer_reads_on_from_a_stored_partial_unit(tmp_path: Path, plain_sym: Symbolizer) -> None:
+    (off, addrs), = _units(plain_sym, 1)
+    first = Symbolizer(plain_sym.path, cache_dir=tmp_path)
     lowest = min(addrs)
-    want_low = sym.chain(lowest)
+    want_low = plain_sym.chain(lowest)
     assert first.chain(lowest) == want_low
     first.close()
-    again = Symbolizer(sym.path, cache_dir=tmp_path)
+    again = Symbolizer(plain_sym.path, cache_dir=tmp_path)
     cu = again.compiled_unit(off)
     assert cu.lines is not None
     stored_partial = cu.lines.pending is not None or cu.walk is not None
     highest = max(addrs)
-    assert again.chain(highest) == sym.chain(highest)
+    assert again.chain(highest) == plain_sym.chain(highest)
     assert again.chain(lowest) == want_low
     again.close()
     if stored_partial:
         # the grown unit was written back: a third start answers a new address next to the higher
         # one from it, without the DWARF
-        third = Symbolizer(sym.path, cache_dir=tmp_path)
-        assert third.chain(highest - 1) == sym.chain(highest - 1)
+        third = Symbolizer(plain_sym.path, cache_dir=tmp_path)
+        assert third.chain(highest - 1) == plain_sym.chain(highest - 1)
         assert third.dwarf_image is not None and not third.dwarf_image.opened
         third.close()
 
 
-def test_gcc_file_tables_join_like_the_generic_reader(sym: Symbolizer) -> None:
+def test_gcc_file_tables_join_like_the_generic_reader(plain_sym: Symbolizer) -> None:
     """GCC's DWARF 5 file tables (read by offset pairs, joined once per pair) give the same directories
     and file names as the generic entry reader and concat_filename, in 60 kernel units."""
-    assert sym.dwarf_image is not None
-    sec = sym.dwarf_image.sections
+    assert plain_sym.dwarf_image is not None
+    sec = plain_sym.dwarf_image.sections
     assert sec.line is not None
     checked = 0
-    for off, _ in _units(sym, 60):
+    for off, _ in _units(plain_sym, 60):
         reader, vals, _children, _pos = D._open_unit(sec, off)
         comp_dir = reader.string(*vals[D.AT_COMP_DIR]) if D.AT_COMP_DIR in vals else ""
         data = sec.line

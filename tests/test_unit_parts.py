@@ -11,10 +11,8 @@ from __future__ import annotations
 import bisect
 import marshal
 import random
-from collections.abc import Iterator
 
 import pytest
-from anchors import require_test_vmlinux
 
 from ksym import Symbolizer
 from ksym import dwarf as D
@@ -26,30 +24,24 @@ from ksym.units import CompiledUnit, unit_to_record
 pytestmark = pytest.mark.vmlinux
 
 
-@pytest.fixture(scope="module")
-def sym() -> Iterator[Symbolizer]:
-    path = require_test_vmlinux()
-    with Symbolizer(path, use_index=False) as s:
-        yield s
 
-
-def _unit_offsets(sym: Symbolizer) -> list[int]:
+def _unit_offsets(plain_sym: Symbolizer) -> list[int]:
     """Units of the packet path, the largest units of the image's frames, and a random sample."""
-    assert sym.dwarf_image is not None
-    st = sym.symbols
+    assert plain_sym.dwarf_image is not None
+    st = plain_sym.symbols
     named = ["__ip_local_out", "tcp_v4_rcv", "nf_hook_slow", "__netif_receive_skb_core.constprop.0",
              "kfree_skb_reason",
              "program_hpx_type0", "start_kernel"]
     offs = []
     for name in named:
         (i, *_rest) = st.indices_named(name)
-        off = sym.dwarf_image.unit_offset(int(st.values[i]))
+        off = plain_sym.dwarf_image.unit_offset(int(st.values[i]))
         assert off is not None, name
         offs.append(off)
     funcs = [i for i in range(len(st.values)) if st.infos[i] & 0xF == 2 and st.sizes[i] >= 16]
     rng = random.Random(15)
     for i in rng.sample(funcs, 60):
-        off = sym.dwarf_image.unit_offset(int(st.values[i]))
+        off = plain_sym.dwarf_image.unit_offset(int(st.values[i]))
         if off is not None and off not in offs:
             offs.append(off)
     return offs
@@ -68,21 +60,21 @@ def _probes(cu: CompiledUnit, lows: list[int]) -> list[int]:
     return sorted(a for a in out if a >= 0)
 
 
-def _answer(cu: CompiledUnit, address: int, sym: Symbolizer) -> object:
+def _answer(cu: CompiledUnit, address: int, plain_sym: Symbolizer) -> object:
     try:
         lines = cu.lines
-        return (inline_chain(cu, address, sym.symbols, sym._display),
+        return (inline_chain(cu, address, plain_sym.symbols, plain_sym._display),
                 lines.row_address(address) if lines is not None else None,
                 lines.lookup(address) if lines is not None else None)
     except D.DwarfError as exc:  # damage in the unit itself: the same in the part
         return str(exc)
 
 
-def test_parts_answer_as_the_whole_unit(sym: Symbolizer) -> None:
-    assert sym.dwarf_image is not None
-    sec = sym.dwarf_image.sections
+def test_parts_answer_as_the_whole_unit(plain_sym: Symbolizer) -> None:
+    assert plain_sym.dwarf_image is not None
+    sec = plain_sym.dwarf_image.sections
     checked = split = 0
-    for off in _unit_offsets(sym):
+    for off in _unit_offsets(plain_sym):
         whole = D.compile_whole_unit(sec, off)
         parts = unit_parts(whole)
         lows = [p.low for p in parts]
@@ -98,20 +90,20 @@ def test_parts_answer_as_the_whole_unit(sym: Symbolizer) -> None:
         split += len(parts) > 1
         for a in _probes(whole, lows):
             part = stored[bisect.bisect_right(lows, a) - 1]
-            assert _answer(part, a, sym) == _answer(whole, a, sym), (hex(off), hex(a))
+            assert _answer(part, a, plain_sym) == _answer(whole, a, plain_sym), (hex(off), hex(a))
             checked += 1
     assert checked > 50_000 and split > 5, (checked, split)
 
 
-def test_parts_are_small_and_leave_out_unused_file_names(sym: Symbolizer) -> None:
+def test_parts_are_small_and_leave_out_unused_file_names(plain_sym: Symbolizer) -> None:
     """A frame in net/ipv4/ip_output.c decodes a part of a few KB, not the unit of 160 KB, and a part
     names a few of the unit's files."""
-    assert sym.dwarf_image is not None
-    st = sym.symbols
+    assert plain_sym.dwarf_image is not None
+    st = plain_sym.symbols
     (i, *_rest) = st.indices_named("__ip_local_out")
-    off = sym.dwarf_image.unit_offset(int(st.values[i]))
+    off = plain_sym.dwarf_image.unit_offset(int(st.values[i]))
     assert off is not None
-    whole = D.compile_whole_unit(sym.dwarf_image.sections, off)
+    whole = D.compile_whole_unit(plain_sym.dwarf_image.sections, off)
     parts = unit_parts(whole)
     whole_size = len(marshal.dumps(unit_to_record(whole), 4))
     sizes = [len(marshal.dumps(unit_to_record(p.unit), 4)) for p in parts]
@@ -125,15 +117,15 @@ def test_parts_are_small_and_leave_out_unused_file_names(sym: Symbolizer) -> Non
         assert 0 < len(named) < len(whole.lines.files)
 
 
-def test_a_part_naming_a_file_it_leaves_out_is_refused(sym: Symbolizer) -> None:
+def test_a_part_naming_a_file_it_leaves_out_is_refused(plain_sym: Symbolizer) -> None:
     """The reader refuses a part whose rows or calls name a file number whose name it leaves out (None):
     a lookup would print no file name where the whole unit prints one."""
-    assert sym.dwarf_image is not None
-    st = sym.symbols
+    assert plain_sym.dwarf_image is not None
+    st = plain_sym.symbols
     (i, *_rest) = st.indices_named("__ip_local_out")
-    off = sym.dwarf_image.unit_offset(int(st.values[i]))
+    off = plain_sym.dwarf_image.unit_offset(int(st.values[i]))
     assert off is not None
-    part = next(p for p in unit_parts(D.compile_whole_unit(sym.dwarf_image.sections, off))
+    part = next(p for p in unit_parts(D.compile_whole_unit(plain_sym.dwarf_image.sections, off))
                 if p.low <= int(st.values[i]))
     rec = unit_to_record(part.unit)
     raw = marshal.dumps(rec, 4)

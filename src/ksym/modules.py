@@ -384,7 +384,7 @@ def placed_symbol_table(raw: SymbolTable, bases: dict[int, int], placed_sections
 
 class ModuleDebugImage(Protocol):
     """What :class:`ModuleSymbolizer` reads of a module: a :class:`ModuleImage` (its debug file) or a
-    module of a portable index file (:class:`ksym.portable_modules.PortableModule`)."""
+    module of a portable index file (:class:`ksym.portable.PortableModule`)."""
 
     @property
     def path(self) -> Path: ...

@@ -4,7 +4,8 @@ forked worker processes.
 The parent opens the vmlinux as a :class:`ksym.symbolizer.Symbolizer` does (symbol table, aranges,
 banner, faddr2line's path prefix), writes the header's metadata and the small blocks, then hands out
 the work: every compilation unit an address can reach (read whole by
-:func:`ksym.dwarf.compile_whole_unit`, stored as its index record and compressed), every 64 KiB
+:func:`ksym.dwarf.compile_whole_unit`, cut into address parts by :func:`ksym.unit_parts.unit_parts`,
+each stored as its index record and compressed), every 64 KiB
 chunk of the allocated sections (compressed) and, with ``modules``, every module debug file (read
 whole: :func:`_module_piece`). Workers take jobs one at a time from a shared counter (a module is one
 job, vmlinux pieces go four to a job), biggest first so they finish together, and send back the

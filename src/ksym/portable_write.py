@@ -230,7 +230,7 @@ image: Any,
     code: dict[int, bytes],
 ) -> dict[str, Any]:
     """The record of a module a portable file holds (``image``: its :class:`ksym.modules.ModuleImage`;
-    read back by :meth:`ksym.portable_modules.PortableModule.from_record`)."""
+    read back by :meth:`ksym.portable.PortableModule.from_record`)."""
     from .units import unit_to_record
 
     return {
