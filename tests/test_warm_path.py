@@ -58,8 +58,10 @@ sys.exit(code)
 #: included (the unit read from the file is loaded into the records of ksym.units), the ELF reader, the
 #: file's writer; nor ISA-L's CRC-32 (``isal``), which checks the 8.4 MB symbol table: the frame's name is
 #: read from a name piece of a few KB; nor the on-disk index (``ksym.index``): the file is complete, its
-#: session (:class:`ksym.session.MemorySession`) stores nothing.
-NOT_ON_THE_INDEX_FILE_PATH = (*NOT_ON_THE_WARM_PATH, "ksym.image", "ksym.portable_write", "isal", "ksym.index")
+#: session (:class:`ksym.session.MemorySession`) stores nothing; nor the records of a unit read part way
+#: (``ksym.unit_state``) or the builder's cutting of units (``ksym.unit_parts``): a part is whole.
+NOT_ON_THE_INDEX_FILE_PATH = (*NOT_ON_THE_WARM_PATH, "ksym.image", "ksym.portable_write", "isal", "ksym.index",
+                              "ksym.unit_state", "ksym.unit_parts")
 
 
 def _resolve(vmlinux: Path, cache: Path, frame: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:

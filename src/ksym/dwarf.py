@@ -28,18 +28,16 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from .records import MutableRecord, NamedTuple
+from .unit_state import LineDecoderState, LineProgramHeader, WalkState
 from .units import (
     TAG_INLINED_SUBROUTINE,
     CompiledUnit,
     DwarfError,
     FunctionNode,
-    LineDecoderState,
     LineLocation,
-    LineProgramHeader,
     LineRow,
     LineSequence,
     LineTable,
-    WalkState,
     _Rows,
     damage_is_bad_file,
     unit_from_record,

@@ -10,8 +10,10 @@ and the line row covering it (:meth:`LineTable.lookup`), as binutils' bfd does (
 This module does not import :mod:`ksym.dwarf`, so answering from stored whole units (``ksym resolve
 --index FILE``) never loads the parser. What reads on in a unit stored part way (``walk``,
 ``LineTable.pending``, unread subtrees) is the parser's: :func:`ksym.dwarf.walk_on`,
-:func:`ksym.dwarf.expand_for`, :func:`ksym.dwarf.extend_lines`. :mod:`ksym.dwarf` re-exports every name
-of this module, so ``ksym.dwarf.CompiledUnit`` and the like still work.
+:func:`ksym.dwarf.expand_for`, :func:`ksym.dwarf.extend_lines`; the records of where it stopped
+(:class:`ksym.unit_state.WalkState`, :class:`ksym.unit_state.LineDecoderState`) are in
+:mod:`ksym.unit_state`, loaded only with such a unit. :mod:`ksym.dwarf` re-exports every name of both
+modules, so ``ksym.dwarf.CompiledUnit`` and the like still work.
 """
 
 from __future__ import annotations
@@ -30,18 +32,17 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
     from typing import Any
 
+    from .unit_state import LineDecoderState, WalkState
+
 __all__ = [
     "TAG_INLINED_SUBROUTINE",
     "CompiledUnit",
     "DwarfError",
     "FunctionNode",
-    "LineDecoderState",
     "LineLocation",
-    "LineProgramHeader",
     "LineRow",
     "LineSequence",
     "LineTable",
-    "WalkState",
     "damage_is_bad_file",
     "unit_from_record",
     "unit_to_record",
@@ -166,67 +167,6 @@ class LineLocation(NamedTuple):
     discriminator: int
 
 
-class LineProgramHeader(NamedTuple):
-    """The constants of a line program's header that decoding it needs."""
-
-    #: .debug_line offset one past the program
-    end: int
-    min_inst_length: int
-    line_base: int
-    line_range: int
-    opcode_base: int
-    #: size of a DW_LNE_set_address operand
-    address_size: int
-    #: the file register at the start of every sequence (binutils: 0 for DWARF 5, else 1)
-    first_file: int
-    big_endian: bool
-    standard_opcode_lengths: tuple[int, ...]
-
-
-class LineDecoderState(NamedTuple):
-    """Where the decoding of a line program stopped (``ksym.dwarf.read_line_table(until=...)``): the
-    state machine's registers and the program's header, enough to decode on
-    (:func:`ksym.dwarf.extend_lines`).
-    Stored in the index with its unit (:meth:`to_record`, :meth:`from_record`)."""
-
-    #: .debug_line offset of the next opcode
-    position: int
-    address: int
-    file: int
-    line: int
-    column: int
-    discriminator: int
-    #: address of the last row of the sequence being decoded (-1: it has none yet); a row at the same
-    #: address replaces that row, as in bfd
-    last_address: int
-    #: index in :attr:`LineTable.rows` of the first row of the sequence being decoded (rows from there
-    #: on are not in :attr:`LineTable.seqs` yet)
-    sequence_start: int
-    header: LineProgramHeader
-
-    def to_record(self) -> list[Any]:
-        """The state as plain data for the index (a flat list: see :meth:`from_record`)."""
-        h = self.header
-        return [self.position, h.end, self.address, self.file, self.line, self.column, self.discriminator,
-                self.last_address, self.sequence_start, h.min_inst_length, h.line_base, h.line_range,
-                h.opcode_base, h.address_size, h.first_file, int(h.big_endian), tuple(h.standard_opcode_lengths)]
-
-    @classmethod
-    def from_record(cls, rec: Sequence[Any]) -> LineDecoderState:
-        """The state :meth:`to_record` wrote.
-
-        :raises ValueError: ``rec`` is not such a record."""
-        if len(rec) != 17:
-            raise ValueError(f"a line decoder state record of {len(rec)} fields, not 17")
-        (position, end, address, file, line, column, disc, last_address, sequence_start, min_inst, line_base,
-         line_range, opcode_base, address_size, first_file, big, std_lengths) = rec
-        header = LineProgramHeader(int(end), int(min_inst), int(line_base), int(line_range), int(opcode_base),
-                                   int(address_size), int(first_file), bool(big),
-                                   tuple(int(n) for n in std_lengths))
-        return cls(int(position), int(address), int(file), int(line), int(column), int(disc), int(last_address),
-                   int(sequence_start), header)
-
-
 class LineTable(_Mutable):
     """Rows of one CU's line program, sequence by sequence, in bfd's form.
 
@@ -288,9 +228,13 @@ class LineTable(_Mutable):
             return a
 
         rows = _Rows(arr("I", cols[0]), arr("I", cols[1]), arr("I", cols[2]), arr("I", cols[3]), bytes(ends))
+        state = None
+        if pending is not None:  # a table stored part way (the on-disk index): the decoder's records
+            from .unit_state import LineDecoderState
+
+            state = LineDecoderState.from_record(pending)
         return cls(list(files), arr("Q", addrs), rows, [LineSequence._make(q) for q in seqs],
-                   int(file_base), None if pending is None else LineDecoderState.from_record(pending),
-                   int(more[0]) if more else -1)
+                   int(file_base), state, int(more[0]) if more else -1)
 
     def covers(self, address: int) -> bool:
         """Whether the rows decoded so far answer ``address`` as the whole table would."""
@@ -387,23 +331,6 @@ class _Rows:
         return LineRow(self.files[j], self.lines[j], self.cols[j], self.discs[j], bool(self.ends[j]))
 
 
-class WalkState(NamedTuple):
-    """Where the walk of a unit's top-level DIEs stopped (:attr:`CompiledUnit.walk`)."""
-
-    #: .debug_info offset of the next DIE
-    position: int
-    #: the enclosing function node of each open DIE level (-1: none), innermost last
-    stack: list[int]
-
-    def to_record(self) -> tuple[int, list[int]]:
-        return (self.position, list(self.stack))
-
-    @classmethod
-    def from_record(cls, rec: Sequence[Any]) -> WalkState:
-        position, stack = rec
-        return cls(int(position), [int(x) for x in stack])
-
-
 class CompiledUnit(_Mutable):
     """What ksym keeps of one compilation unit.
 
@@ -442,9 +369,13 @@ class CompiledUnit(_Mutable):
 
         :raises ValueError, TypeError, IndexError: ``rec`` is not such a record."""
         offset, name, comp_dir, fns, lines, walk = rec
+        state = None
+        if walk is not None:  # a unit stored part way (the on-disk index): the walk's record
+            from .unit_state import WalkState
+
+            state = WalkState.from_record(walk)
         return cls(int(offset), str(name), str(comp_dir), FunctionNode.from_records(fns),
-                   None if lines is None else LineTable.from_record(lines),
-                   None if walk is None else WalkState.from_record(walk)).finish()
+                   None if lines is None else LineTable.from_record(lines), state).finish()
 
     def finish(self) -> CompiledUnit:
         spans = [(lo, hi, i) for i, fn in enumerate(self.functions) for lo, hi in fn.ranges if hi > lo]
