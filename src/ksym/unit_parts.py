@@ -87,7 +87,9 @@ def unit_parts(cu: CompiledUnit, size: int = PART_SIZE) -> list[UnitPart]:
 def _cuts(cu: CompiledUnit, by_low: list[tuple[int, int]], trees: dict[int, list[int]], size: int) -> list[int]:
     """The parts' lows: 0, then the lowest address of the first tree of each part after the first,
     trees taken in the order of their lowest addresses until a part holds about ``size`` bytes (its
-    trees' records and the line rows up to the next tree)."""
+    trees' records and the line rows up to the next tree). The rows are counted by bisecting the whole
+    row column, which is sorted but where sequences overlap (discarded code at address 0): an estimate
+    of the size only, never of what a part holds."""
     addrs = cu.lines.addrs if cu.lines is not None else array("Q")
     lows = [0]
     used = 0
