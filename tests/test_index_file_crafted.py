@@ -701,15 +701,13 @@ def test_the_genuine_file_written_back_answers_the_same(genuine: Path, tmp_path:
 
 def cut_finer(parts: Parts, size: int = 64) -> Parts:
     """``parts`` with each unit cut into parts of about ``size`` bytes (the fixture's units are small:
-    one part each at the builder's size)."""
+    one part each at the builder's size, the whole unit)."""
     new = parts.copy()
     for i, (key, unit_parts) in enumerate(parts.units):
-        finer = []
-        for low, raw in unit_parts:
-            whole = _whole_unit(marshal.loads(raw), key, len(raw))
-            for p in unit_parts_of(whole, size):
-                finer.append((max(low, p.low), marshal.dumps(unit_to_record(p.unit), 4)))
-        new.units[i] = (key, finer)
+        ((low, raw),) = unit_parts
+        assert low == 0
+        whole = _whole_unit(marshal.loads(raw), key, len(raw))
+        new.units[i] = (key, [(p.low, marshal.dumps(unit_to_record(p.unit), 4)) for p in unit_parts_of(whole, size)])
     return new
 
 

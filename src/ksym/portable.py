@@ -355,6 +355,19 @@ def _decompress(data: bytes | memoryview, raw_length: int) -> bytes:
     return out
 
 
+def _u64s(raw: bytes | memoryview) -> Any:
+    """``raw`` as little-endian u64s: a view of it when it is a view of the mapping on a little-endian
+    host (nothing copied: the owner releases it, :meth:`PortableFile.close`), else an array copied from
+    it (byte-swapped on a big-endian host)."""
+    if isinstance(raw, memoryview) and not _BIG_HOST:
+        return raw.cast("Q")
+    a = array("Q")
+    a.frombytes(raw)
+    if _BIG_HOST:
+        a.byteswap()
+    return a
+
+
 def _aranges_of(raw: bytes | memoryview) -> ArangeTable:
     """An ARANGES block's table: its columns views of ``raw`` when that is a view of the mapping on a
     little-endian host (nothing copied: :meth:`PortableFile.close` releases them), else copied from it.
@@ -366,17 +379,7 @@ def _aranges_of(raw: bytes | memoryview) -> ArangeTable:
         raise ValueError("cut short") from None
     if len(raw) != 16 + 24 * n:
         raise ValueError("length")
-    cols: list[Any] = []
-    for i in range(3):
-        col = raw[16 + 8 * n * i : 16 + 8 * n * (i + 1)]
-        if isinstance(col, memoryview) and not _BIG_HOST:
-            cols.append(col.cast("Q"))
-            continue
-        a = array("Q")
-        a.frombytes(col)
-        if _BIG_HOST:
-            a.byteswap()
-        cols.append(a)
+    cols = [_u64s(raw[16 + 8 * n * i : 16 + 8 * n * (i + 1)]) for i in range(3)]
     # sorted by start, no range longer than maxlen: as the writer made them (the CRC says these are
     # its bytes); a hostile file's order can only give it wrong units, which it could name anyway
     return ArangeTable(cols[0], cols[1], cols[2], maxlen)
@@ -485,18 +488,10 @@ class Directory:
     ) -> None:
         if len(raw) % _ENTRY.size:
             raise _bad(path, f"{what} directory length")
-        words: Any
-        if isinstance(raw, memoryview) and not _BIG_HOST:
-            words = raw.cast("Q")
-            self._raw: Any = words  # the entries are unpacked from the mapping
-        else:
-            words = array("Q")
-            words.frombytes(raw)
-            if _BIG_HOST:
-                self._raw = bytes(raw)
-                words.byteswap()
-            else:
-                self._raw = words  # the entries are unpacked from the words themselves
+        words = _u64s(raw)
+        # the entries are unpacked (little-endian) from the words themselves, or on a big-endian host
+        # from the bytes as the file has them
+        self._raw: Any = bytes(raw) if _BIG_HOST else words
         #: the keys, for bisection (an array or a view of the mapping: made and compared in C)
         self.keys: Any = words[0::4]
         keys = self.keys
